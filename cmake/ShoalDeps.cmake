@@ -1,0 +1,34 @@
+# Third-party libraries, as shoal::* interface targets so that the rest of the build
+# does not care whether they come from a CMake package or from bare headers.
+# SHOAL_EXTRA_INCLUDE (optional) names a folder of extra headers (the GPU machine has no
+# spdlog/fmt/msgpack packages: their Debian headers travel there, used header-only).
+set(SHOAL_EXTRA_INCLUDE "" CACHE PATH "folder with extra third-party headers")
+
+find_package(Boost 1.71 REQUIRED)
+add_library(shoal::boost INTERFACE IMPORTED)
+target_include_directories(shoal::boost INTERFACE ${Boost_INCLUDE_DIRS})
+target_link_libraries(shoal::boost INTERFACE rt)
+
+add_library(shoal::msgpack INTERFACE IMPORTED)
+find_package(msgpack-cxx QUIET CONFIG)
+if(TARGET msgpack-cxx)
+  target_link_libraries(shoal::msgpack INTERFACE msgpack-cxx)
+else()
+  find_path(SHOAL_MSGPACK_INCLUDE msgpack.hpp HINTS ${SHOAL_EXTRA_INCLUDE} REQUIRED)
+  target_include_directories(shoal::msgpack INTERFACE ${SHOAL_MSGPACK_INCLUDE})
+endif()
+
+add_library(shoal::spdlog INTERFACE IMPORTED)
+find_package(spdlog QUIET CONFIG)
+if(TARGET spdlog::spdlog)
+  target_link_libraries(shoal::spdlog INTERFACE spdlog::spdlog)
+else()
+  find_path(SHOAL_SPDLOG_INCLUDE spdlog/spdlog.h HINTS ${SHOAL_EXTRA_INCLUDE} REQUIRED)
+  target_include_directories(shoal::spdlog INTERFACE ${SHOAL_SPDLOG_INCLUDE})
+  target_compile_definitions(shoal::spdlog INTERFACE SPDLOG_HEADER_ONLY FMT_HEADER_ONLY)
+endif()
+
+list(APPEND CMAKE_PREFIX_PATH "${SHOAL_TORCH_CMAKE_PREFIX}")
+find_package(Torch REQUIRED)
+
+find_package(Catch2 QUIET CONFIG)

@@ -1,0 +1,114 @@
+#include "protocol/channel.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "protocol/frame.h"
+
+namespace shoal {
+
+namespace {
+ssize_t SendMsg(int sock, std::string_view data, const std::vector<int>& fds) {
+  struct iovec iov;
+  iov.iov_base = const_cast<char*>(data.data());
+  iov.iov_len = data.size();
+  struct msghdr msg;
+  std::memset(&msg, 0, sizeof(msg));
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(struct cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * kMaxFdsPerFrame)];
+  if (!fds.empty()) {
+    size_t len = sizeof(int) * fds.size();
+    msg.msg_control = ctrl;
+    msg.msg_controllen = CMSG_SPACE(len);
+    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(len);
+    std::memcpy(CMSG_DATA(c), fds.data(), len);
+  }
+  ssize_t n;
+  do {
+    n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  return n;
+}
+}  // namespace
+
+Status SendAll(int sock, std::string_view data, const std::vector<int>& fds) {
+  if (fds.size() > kMaxFdsPerFrame) return Status::Internal("too many fds for one frame");
+  bool first = true;
+  while (!data.empty()) {
+    ssize_t n = SendMsg(sock, data, first ? fds : std::vector<int>{});
+    if (n < 0) return Status::FromErrno("sendmsg", errno);
+    first = false;
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return Status::Ok();
+}
+
+Result<size_t> SendSome(int sock, std::string_view data, const std::vector<int>& fds) {
+  ssize_t n = SendMsg(sock, data, fds);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return size_t{0};
+    return Status::FromErrno("sendmsg", errno);
+  }
+  return static_cast<size_t>(n);
+}
+
+Result<size_t> RecvSome(int sock, uint8_t* buf, size_t cap, std::vector<int>* fds) {
+  struct iovec iov;
+  iov.iov_base = buf;
+  iov.iov_len = cap;
+  struct msghdr msg;
+  std::memset(&msg, 0, sizeof(msg));
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(struct cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * kMaxFdsPerFrame)];
+  msg.msg_control = ctrl;
+  msg.msg_controllen = sizeof(ctrl);
+  ssize_t n;
+  do {
+    n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Status(Code::kUnavailable, "would block");
+    return Status::FromErrno("recvmsg", errno);
+  }
+  for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      const int* p = reinterpret_cast<const int*>(CMSG_DATA(c));
+      for (size_t i = 0; i < count; ++i) fds->push_back(p[i]);
+    }
+  }
+  if (msg.msg_flags & MSG_CTRUNC) {
+    CloseAll(fds);
+    return Status::BadRequest("too many file descriptors in one message (at most " +
+                              std::to_string(kMaxFdsPerFrame) + ")");
+  }
+  return static_cast<size_t>(n);
+}
+
+Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* fds) {
+  uint8_t buf[64 * 1024];
+  for (;;) {
+    auto frame = reader->Next();
+    if (!frame.ok()) return frame.status();
+    if (frame->has_value()) return std::move(**frame);
+    auto n = RecvSome(sock, buf, sizeof(buf), fds);
+    if (!n.ok()) return n.status();
+    if (*n == 0) return Status(Code::kUnavailable, "connection closed by peer");
+    reader->Append(buf, *n);
+  }
+}
+
+void CloseAll(std::vector<int>* fds) {
+  for (int fd : *fds) close(fd);
+  fds->clear();
+}
+
+}  // namespace shoal

@@ -1,0 +1,37 @@
+// Blocking and non-blocking I/O of frames over Unix stream sockets, with file
+// descriptors passed as SCM_RIGHTS on the first byte of a frame.
+// Thread-safety: functions are reentrant; one writer per socket at a time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shoal/status.h"
+
+namespace shoal {
+
+constexpr size_t kMaxFdsPerFrame = 8;
+
+// Sends `data` (usually EncodeFrame's output) with `fds` attached to its first byte.
+// Blocks until all is written; the socket must be blocking. Does not close `fds`.
+Status SendAll(int sock, std::string_view data, const std::vector<int>& fds = {});
+
+// Sends as much of `data` as the socket takes now (non-blocking socket); `fds` go with the
+// first byte and only when at least one byte is sent. Returns bytes sent (0 if it would block).
+Result<size_t> SendSome(int sock, std::string_view data, const std::vector<int>& fds);
+
+// One recvmsg: appends received fds (close-on-exec) to *fds. Returns bytes read, 0 on EOF;
+// a non-blocking socket with nothing to read gives Code::kUnavailable.
+Result<size_t> RecvSome(int sock, uint8_t* buf, size_t cap, std::vector<int>* fds);
+
+// Blocking: reads until one full frame is available. Returns the body; fds received so far
+// are appended to *fds. EOF gives Code::kUnavailable.
+class FrameReader;
+Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* fds);
+
+void CloseAll(std::vector<int>* fds);
+
+}  // namespace shoal

@@ -1,0 +1,41 @@
+// Descriptor: where a tensor's bytes live in an arena, and how to read them.
+//
+// {"arena": id, "block": offset of the allocation, "offset": first element's byte offset,
+//  "dtype": "float32"|..., "shape": [...], "strides": [...] (in elements)}
+// Parse() checks every field; Extent() and CheckBounds() make sure the bytes lie inside
+// the arena before anybody touches them. Pure functions. Thread-compatible.
+#pragma once
+
+#include <cstdint>
+#include <msgpack.hpp>
+#include <string>
+#include <vector>
+
+#include "protocol/messages.h"
+#include "shoal/status.h"
+
+namespace shoal {
+
+constexpr size_t kMaxDims = 16;
+
+// Element size in bytes of a dtype name, or 0 when the name is unknown.
+size_t DTypeSize(std::string_view dtype);
+
+struct Descriptor {
+  uint64_t arena = 0;
+  uint64_t block = 0;
+  uint64_t offset = 0;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;
+
+  static Result<Descriptor> Parse(const msgpack::object& o);
+  void Pack(Writer* w) const;
+  // Bytes spanned from `offset` to the last element (0 for an empty tensor).
+  // Fails on overflow, negative sizes or strides, unknown dtypes.
+  Result<uint64_t> Extent() const;
+  // Fails with BadRequest unless the whole extent lies within an arena of `arena_size` bytes.
+  Status CheckBounds(uint64_t arena_size) const;
+};
+
+}  // namespace shoal

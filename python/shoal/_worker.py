@@ -1,0 +1,140 @@
+"""The job runner inside a shoal-worker process (one per interpreter).
+
+shoal-worker (C++) reads each framed message from shoald and calls ``Runner.handle(body,
+fds)``; the returned bytes (if any) are the reply. Messages come from the supervisor,
+which has already checked every descriptor against its arena's bounds.
+"""
+import os
+import traceback
+
+import msgpack
+import torch
+
+from . import _native, _tensors, archive
+
+VERSION = 1
+
+
+def _error(rid, code, message, tb=None):
+    err = {"code": code, "message": message}
+    if tb:
+        err["traceback"] = tb
+    return msgpack.packb({"v": VERSION, "id": rid, "ok": False, "error": err})
+
+
+class Runner:
+    def __init__(self, slot):
+        self.slot = slot
+        self.models = {}   # name -> served object
+        self.arenas = {}   # arena id -> _native.Arena
+        torch.set_grad_enabled(False)
+
+    # -- dispatch -------------------------------------------------------------------
+    def handle(self, body, fds):
+        msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        op = msg["op"]
+        if op == "infer":
+            return self._infer(msg)
+        if op == "arena":
+            self.arenas[msg["arena"]] = _native.Arena.open(fds.pop(0))
+        elif op == "drop_arena":
+            self.arenas.pop(msg["arena"], None)
+        elif op == "free":
+            arena = self.arenas.get(msg["arena"])
+            if arena is not None:
+                for b in msg["blocks"]:
+                    arena.free(b)
+        elif op == "load":
+            return self._load(msg)
+        elif op == "unload":
+            self.models.pop(msg["name"], None)
+            return msgpack.packb({"v": VERSION, "id": msg["id"], "ok": True})
+        for fd in fds:  # nobody claimed them
+            os.close(fd)
+        return None
+
+    def _load(self, msg):
+        rid, name, path = msg["id"], msg["name"], msg["path"]
+        try:
+            self.models[name] = archive.load(path)
+        except archive.ArchiveError as e:
+            return _error(rid, "BAD_REQUEST", f"model '{name}': {e}")
+        except Exception as e:
+            return _error(rid, "MODEL_ERROR",
+                          f"model '{name}': loading archive {path} raised {type(e).__name__}: {e}",
+                          traceback.format_exc())
+        return msgpack.packb({"v": VERSION, "id": rid, "ok": True})
+
+    # -- inference ------------------------------------------------------------------
+    def _infer(self, msg):
+        rid, name = msg["id"], msg["model"]
+        model = self.models.get(name)
+        if model is None:
+            return _error(rid, "MODEL_NOT_FOUND", f"model '{name}' is not loaded in worker {self.slot}")
+        inputs, spans = [], []
+        for d in msg["inputs"]:
+            arena = self.arenas[d["arena"]]
+            t = _tensors.view(arena, 0, d)
+            inputs.append(t)
+            itemsize = t.element_size()
+            spans.append((d["arena"], d["block"], d["offset"],
+                          d["offset"] + _tensors.extent(d["shape"], d["strides"], itemsize),
+                          arena.address))
+        try:
+            out = model(*inputs)
+        except Exception as e:
+            return _error(rid, "MODEL_ERROR",
+                          f"model '{name}' raised {type(e).__name__} in job {rid}: {e}",
+                          traceback.format_exc())
+        out_id = msg["out_arena"]
+        out_arena = self.arenas[out_id]
+        allocated = []
+
+        def encode_tensor(t):
+            if t.device.type != "cpu":
+                t = t.cpu()
+            dtype = _tensors.dtype_name(t.dtype)
+            itemsize = t.element_size()
+            shape, strides = list(t.shape), list(t.stride())
+            nbytes = _tensors.extent(shape, strides, itemsize)
+            if nbytes == 0:
+                return {"arena": out_id, "block": 0, "offset": 0, "dtype": dtype,
+                        "shape": shape, "strides": _tensors.contiguous_strides(shape)}
+            # Already in the arena (an input, or a view of one)? Return it where it is.
+            ptr = t.data_ptr()
+            for arena_id, block, start, end, base in spans:
+                off = ptr - base
+                if start <= off and off + nbytes <= end:
+                    return {"arena": arena_id, "block": block, "offset": off, "dtype": dtype,
+                            "shape": shape, "strides": strides}
+            # Otherwise one copy into the client's arena.
+            numel = t.numel()
+            try:
+                block = out_arena.alloc(numel * itemsize)
+            except _native.ArenaFullError as e:
+                raise _ArenaFull(str(e)) from None
+            allocated.append(block)
+            desc = {"arena": out_id, "block": block, "offset": block, "dtype": dtype,
+                    "shape": shape, "strides": _tensors.contiguous_strides(shape)}
+            _tensors.view(out_arena, 0, desc).copy_(t)
+            return desc
+
+        try:
+            tree = _tensors.encode_tree(out, encode_tensor)
+        except _ArenaFull as e:
+            self._free(out_arena, allocated)
+            return _error(rid, "ARENA_FULL", f"model '{name}', job {rid}: output does not fit "
+                          f"the client's arena: {e}")
+        except Exception as e:
+            self._free(out_arena, allocated)
+            return _error(rid, "MODEL_ERROR", f"model '{name}', job {rid}: {e}", traceback.format_exc())
+        return msgpack.packb({"v": VERSION, "id": rid, "ok": True, "outputs": tree})
+
+    @staticmethod
+    def _free(arena, blocks):
+        for b in blocks:
+            arena.free(b)
+
+
+class _ArenaFull(Exception):
+    pass

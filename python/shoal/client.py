@@ -1,0 +1,228 @@
+"""shoal's Python client.
+
+    c = shoal.Client()                       # $SHOAL_SOCKET or the default socket
+    c.load("resnet", "resnet.pt")
+    x = c.empty((1, 3, 224, 224))            # arena-backed: fill in place, no copy
+    x.normal_()
+    y = c.infer("resnet", x)                 # y is a view on the arena; dropping it frees it
+
+Ordinary tensors and numpy arrays work too (one copy into the arena). A Client may be
+shared by threads; its requests are serialised. Results stay valid after close().
+"""
+import array
+import os
+import socket as _socket
+import struct
+import threading
+import weakref
+
+import msgpack
+import numpy as np
+import torch
+
+from . import _native, _tensors, errors
+
+VERSION = 1
+DEFAULT_ARENA_SIZE = 256 << 20
+_HEADER = struct.Struct("<I")
+
+
+def default_socket_path():
+    """$SHOAL_SOCKET, else /run/shoal/shoal.sock for root, else $XDG_RUNTIME_DIR/shoal/shoal.sock."""
+    env = os.environ.get("SHOAL_SOCKET")
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return "/run/shoal/shoal.sock"
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return os.path.join(xdg, "shoal", "shoal.sock")
+    return f"/tmp/shoal-{os.geteuid()}/shoal.sock"
+
+
+class Client:
+    def __init__(self, socket=None, arena_size=DEFAULT_ARENA_SIZE):
+        self.socket_path = socket or default_socket_path()
+        self._arena_size = arena_size
+        self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            self._sock.connect(self.socket_path)
+        except OSError as e:
+            self._sock.close()
+            raise errors.Unavailable(
+                f"cannot connect to shoald at {self.socket_path}: {e.strerror}; is shoald running? "
+                f"(start it with `shoald --socket {self.socket_path}`)") from None
+        self._lock = threading.Lock()
+        self._next_id = 1
+        self._arenas = {}    # arena id -> _native.Arena
+        self._blocks = {}    # (arena id, block offset) -> weakref to the Block of empty()
+        self._add_arena(arena_size)
+
+    # -- plumbing -------------------------------------------------------------------
+    def close(self):
+        self._sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, msg, fds=()):
+        with self._lock:
+            rid = self._next_id
+            self._next_id += 1
+            msg["v"] = VERSION
+            msg["id"] = rid
+            body = msgpack.packb(msg)
+            data = _HEADER.pack(len(body)) + body
+            try:
+                if fds:
+                    sent = self._sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                                         array.array("i", fds))])
+                    if sent < len(data):
+                        self._sock.sendall(data[sent:])
+                else:
+                    self._sock.sendall(data)
+                reply = msgpack.unpackb(self._recv_frame(), raw=False, strict_map_key=False)
+            except (OSError, ConnectionError) as e:
+                raise errors.Unavailable(f"lost the connection to shoald at {self.socket_path}: {e}") from None
+        if reply.get("id") != rid:
+            raise errors.InternalError(f"reply for request {reply.get('id')} while waiting for {rid}")
+        if not reply.get("ok"):
+            raise errors.from_reply(reply.get("error", {}))
+        return reply
+
+    def _recv_exact(self, n):
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self._sock.recv_into(view[got:])
+            if k == 0:
+                raise ConnectionError("shoald closed the connection")
+            got += k
+        return buf
+
+    def _recv_frame(self):
+        (n,) = _HEADER.unpack(self._recv_exact(4))
+        return self._recv_exact(n)
+
+    def _add_arena(self, size):
+        arena = _native.Arena.create(size, "shoal-client")
+        reply = self._call({"op": "register_arena"}, fds=[arena.fd])
+        self._arenas[reply["arena"]] = arena
+        return reply["arena"], arena
+
+    def _alloc(self, nbytes):
+        """A Block of ``nbytes`` in one of our arenas; adds an arena when all are full."""
+        for aid, arena in self._arenas.items():
+            try:
+                return aid, _native.Block(arena, arena.alloc(nbytes), nbytes)
+            except _native.ArenaFullError:
+                continue
+        aid, arena = self._add_arena(max(self._arena_size, 2 * nbytes + (1 << 20)))
+        return aid, _native.Block(arena, arena.alloc(nbytes), nbytes)
+
+    # -- administration -------------------------------------------------------------
+    def load(self, name, archive):
+        """Loads an archive into every worker under ``name``; returns when all are ready."""
+        self._call({"op": "load", "name": name, "path": os.path.abspath(os.fspath(archive))})
+
+    def unload(self, name):
+        self._call({"op": "unload", "name": name})
+
+    def models(self):
+        """[{"name", "path", "ready"}] of the loaded models."""
+        return self._call({"op": "models"})["models"]
+
+    def status(self):
+        """Workers (pid, state, job, models, rss_kb), queue length and counters."""
+        reply = self._call({"op": "status"})
+        for k in ("v", "id", "ok"):
+            reply.pop(k, None)
+        return reply
+
+    def ping(self):
+        self._call({"op": "ping"})
+
+    # -- tensors --------------------------------------------------------------------
+    def empty(self, shape, dtype=torch.float32):
+        """An uninitialised tensor that lives in shared memory: fill it in place and pass it
+        to infer() with no copy. Freed when the tensor (and its views) are dropped."""
+        if isinstance(shape, int):
+            shape = (shape,)
+        shape = tuple(int(s) for s in shape)
+        _tensors.dtype_name(dtype)
+        itemsize = _tensors.element_size(dtype)
+        numel = 1
+        for s in shape:
+            numel *= s
+        aid, block = self._alloc(max(numel * itemsize, 1))
+        self._blocks[(aid, block.offset)] = weakref.ref(block)
+        if numel == 0:
+            return torch.empty(shape, dtype=dtype)
+        return _tensors.view(block, block.offset, {"dtype": _tensors.dtype_name(dtype), "shape": list(shape),
+                                                    "strides": _tensors.contiguous_strides(shape),
+                                                    "offset": block.offset})
+
+    def _find_block(self, t):
+        """(arena id, Block) when ``t`` lives in a block made by empty(), else None."""
+        start = _tensors.storage_ptr(t)
+        for aid, arena in self._arenas.items():
+            off = start - arena.address
+            if 0 <= off < arena.size:
+                ref = self._blocks.get((aid, off))
+                block = ref() if ref is not None else None
+                return (aid, block) if block is not None else None
+        return None
+
+    def _describe(self, x, keep):
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(x) if x.dtype.byteorder == ">" else x)
+        if not isinstance(x, torch.Tensor):
+            raise errors.BadRequest(f"inputs must be torch tensors or numpy arrays, not {type(x).__name__}")
+        if x.device.type != "cpu":
+            raise errors.BadRequest(f"input on {x.device} is not supported yet; move it to the CPU")
+        dtype = _tensors.dtype_name(x.dtype)
+        found = self._find_block(x) if x.numel() > 0 else None
+        if found is not None:
+            aid, block = found
+            keep[(aid, block.offset)] = block
+            return {"arena": aid, "block": block.offset,
+                    "offset": block.offset + x.storage_offset() * x.element_size(),
+                    "dtype": dtype, "shape": list(x.shape), "strides": list(x.stride())}
+        shape = list(x.shape)
+        nbytes = x.numel() * x.element_size()
+        aid, block = self._alloc(max(nbytes, 1))
+        keep[(aid, block.offset)] = block
+        desc = {"arena": aid, "block": block.offset, "offset": block.offset, "dtype": dtype,
+                "shape": shape, "strides": _tensors.contiguous_strides(shape)}
+        if nbytes:
+            _tensors.view(block, block.offset, desc).copy_(x)
+        return desc
+
+    # -- inference ------------------------------------------------------------------
+    def infer(self, name, *inputs, timeout=None):
+        """Runs model ``name`` on ``inputs``; returns its output with the model's own
+        structure, tensors as views on shared memory. ``timeout`` in seconds."""
+        keep = {}  # blocks of this request's inputs, by (arena, offset)
+        descs = [self._describe(x, keep) for x in inputs]
+        msg = {"op": "infer", "model": name, "inputs": descs}
+        if timeout is not None:
+            msg["timeout_ms"] = max(1, int(timeout * 1000))
+        reply = self._call(msg)
+
+        def make_tensor(d):
+            key = (d["arena"], d["block"])
+            block = keep.get(key)
+            if block is None:
+                arena = self._arenas.get(d["arena"])
+                if arena is None:
+                    raise errors.InternalError(f"output in unknown arena {d['arena']}")
+                # A block the worker allocated for us: ours to free when dropped.
+                block = _native.Block(arena, d["block"], arena.size - d["block"], True)
+                keep[key] = block
+            return _tensors.view(block, block.offset, d)
+
+        return _tensors.decode_tree(reply["outputs"], make_tensor)

@@ -1,0 +1,75 @@
+// AsyncChannel: a framed, fd-passing Unix stream socket on the supervisor's event loop.
+//
+// Reads whole frames and hands each, with the fds that arrived with it, to the frame
+// handler; queues writes the socket does not take at once. Owns the socket fd.
+// Thread-safety: loop thread only. Callbacks run on the loop thread and may call Close().
+#pragma once
+
+#include <boost/asio.hpp>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "protocol/frame.h"
+#include "shoal/status.h"
+
+namespace shoal {
+
+// An fd closed when the last reference goes.
+class OwnedFd {
+ public:
+  explicit OwnedFd(int fd) : fd_(fd) {}
+  ~OwnedFd();
+  OwnedFd(const OwnedFd&) = delete;
+  OwnedFd& operator=(const OwnedFd&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+class AsyncChannel : public std::enable_shared_from_this<AsyncChannel> {
+ public:
+  // Takes ownership of `fd` and makes it non-blocking.
+  AsyncChannel(boost::asio::io_context& io, int fd);
+  ~AsyncChannel();
+  AsyncChannel(const AsyncChannel&) = delete;
+  AsyncChannel& operator=(const AsyncChannel&) = delete;
+
+  using FrameHandler = std::function<void(std::string body, std::vector<int> fds)>;
+  // Called once: on EOF, on an I/O error, or on a framing error (`why` says which).
+  using CloseHandler = std::function<void(const Status& why)>;
+  void Start(FrameHandler on_frame, CloseHandler on_close);
+
+  // Queues one message body (framed here) with `fds` attached; the fds stay open until sent.
+  void Send(std::string_view body, std::vector<std::shared_ptr<OwnedFd>> fds = {});
+  // Stops I/O and closes the socket; the close handler is not called.
+  void Close();
+  bool closed() const { return closed_; }
+  int native_handle() { return sd_.native_handle(); }
+  size_t queued_bytes() const { return queued_bytes_; }
+
+ private:
+  struct Out {
+    std::string data;
+    size_t off = 0;
+    std::vector<std::shared_ptr<OwnedFd>> fds;
+  };
+  void ReadSome();
+  void Flush();
+  void Fail(const Status& why);
+
+  boost::asio::posix::stream_descriptor sd_;
+  FrameReader reader_;
+  std::vector<int> pending_fds_;
+  std::deque<Out> out_;
+  size_t queued_bytes_ = 0;
+  bool writing_ = false;
+  bool closed_ = false;
+  FrameHandler on_frame_;
+  CloseHandler on_close_;
+};
+
+}  // namespace shoal

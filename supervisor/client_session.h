@@ -1,0 +1,31 @@
+// ClientSession: one connected client, as the supervisor sees it: its socket, who it is
+// (SO_PEERCRED), and the arenas it registered. Thread-safety: loop thread only.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "supervisor/async_channel.h"
+
+namespace shoal {
+
+struct ClientSession {
+  uint64_t id = 0;
+  std::shared_ptr<AsyncChannel> channel;
+  pid_t pid = -1;
+  uid_t uid = static_cast<uid_t>(-1);
+  gid_t gid = static_cast<gid_t>(-1);
+  std::set<uint64_t> arenas;  // ids registered on this connection
+  bool closed = false;
+
+  std::string Describe() const;
+};
+
+// Fills pid/uid/gid from the socket's peer credentials.
+Status ReadPeerCredentials(int sock, ClientSession* s);
+
+}  // namespace shoal

@@ -1,0 +1,894 @@
+#include "supervisor/supervisor.h"
+
+#include "protocol/channel.h"
+#include "shm/memfd.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+
+namespace shoal {
+
+namespace asio = boost::asio;
+using local = asio::local::stream_protocol;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string Join(const std::map<std::string, ModelEntry>& models) {
+  std::string out;
+  for (const auto& [name, m] : models) out += (out.empty() ? "" : ", ") + name;
+  return out.empty() ? "(none)" : out;
+}
+
+// VmRSS of a process in kB, 0 if unknown.
+uint64_t RssKb(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10);
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::string DefaultSocketPath() {
+  if (const char* s = getenv("SHOAL_SOCKET"); s != nullptr && *s != '\0') return s;
+  if (geteuid() == 0) return "/run/shoal/shoal.sock";
+  if (const char* x = getenv("XDG_RUNTIME_DIR"); x != nullptr && *x != '\0') {
+    return std::string(x) + "/shoal/shoal.sock";
+  }
+  return "/tmp/shoal-" + std::to_string(geteuid()) + "/shoal.sock";
+}
+
+Supervisor::Supervisor(asio::io_context& io, SupervisorConfig config)
+    : io_(io), config_(std::move(config)), signals_(io) {}
+
+Supervisor::~Supervisor() {
+  for (auto& [slot, w] : workers_) {
+    if (!w->gone && w->pid > 0) {
+      kill(w->pid, SIGKILL);
+      waitpid(w->pid, nullptr, 0);
+    }
+  }
+}
+
+Status Supervisor::Start() {
+  started_ = Clock::now();
+  if (config_.workers < 1 || config_.workers > 1024) {
+    return Status::BadRequest("--workers must be between 1 and 1024");
+  }
+  if (config_.worker_binary.empty()) {
+    std::error_code ec;
+    auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    config_.worker_binary = (self.parent_path() / "shoal-worker").string();
+  }
+  if (access(config_.worker_binary.c_str(), X_OK) != 0) {
+    return Status::FromErrno("worker binary " + config_.worker_binary + " is not executable "
+                             "(pass --worker-binary PATH)", errno);
+  }
+
+  // A stale socket file from a dead shoald is removed; a live one is left alone.
+  std::filesystem::path sp(config_.socket_path);
+  std::error_code ec;
+  std::filesystem::create_directories(sp.parent_path(), ec);
+  if (std::filesystem::exists(sp)) {
+    local::socket probe(io_);
+    boost::system::error_code pec;
+    probe.connect(local::endpoint(config_.socket_path), pec);
+    if (!pec) return Status(Code::kUnavailable, "another shoald is serving " + config_.socket_path);
+    std::filesystem::remove(sp, ec);
+  }
+  try {
+    acceptor_ = std::make_unique<local::acceptor>(io_, local::endpoint(config_.socket_path));
+  } catch (const std::exception& e) {
+    return Status(Code::kIoError, "cannot listen on " + config_.socket_path + ": " + e.what());
+  }
+  chmod(config_.socket_path.c_str(), 0666);  // access control is per operation (SO_PEERCRED)
+
+  signals_.add(SIGCHLD);
+  signals_.add(SIGTERM);
+  signals_.add(SIGINT);
+  signals_.async_wait([this](const boost::system::error_code& ec, int sig) {
+    if (!ec) OnSignal(sig);
+  });
+  signal(SIGPIPE, SIG_IGN);
+
+  for (const auto& [name, path] : config_.models) {
+    models_[name] = ModelEntry{name, path, false};
+  }
+  for (int slot = 0; slot < config_.workers; ++slot) SpawnWorker(slot);
+  Accept();
+  spdlog::info("shoald listening on {} with {} workers", config_.socket_path, config_.workers);
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------------------
+// clients
+
+void Supervisor::Accept() {
+  acceptor_->async_accept([this](const boost::system::error_code& ec, local::socket sock) {
+    if (ec == asio::error::operation_aborted || stopping_) return;
+    if (!ec) {
+      auto s = std::make_shared<ClientSession>();
+      s->id = next_session_++;
+      int fd = sock.release();
+      if (auto st = ReadPeerCredentials(fd, s.get()); !st.ok()) spdlog::warn("{}", st.ToString());
+      s->channel = std::make_shared<AsyncChannel>(io_, fd);
+      sessions_[s->id] = s;
+      std::weak_ptr<ClientSession> weak = s;
+      s->channel->Start(
+          [this, weak](std::string body, std::vector<int> fds) {
+            if (auto s = weak.lock()) OnClientFrame(s, std::move(body), std::move(fds));
+          },
+          [this, weak](const Status& why) {
+            auto s = weak.lock();
+            if (!s) return;
+            if (why.code() == Code::kBadRequest) {
+              // A framing error cannot be resynchronised: say why, then hang up.
+              spdlog::warn("{}: {}", s->Describe(), why.message());
+            }
+            OnClientClosed(s);
+          });
+    } else {
+      spdlog::warn("accept: {}", ec.message());
+    }
+    Accept();
+  });
+}
+
+void Supervisor::ReplyOk(const std::shared_ptr<ClientSession>& s, uint64_t id) {
+  Writer w;
+  w.Map(3);
+  w.Key("v"); w.Val(kProtocolVersion);
+  w.Key("id"); w.Val(id);
+  w.Key("ok"); w.Val(true);
+  s->channel->Send(w.body());
+}
+
+void Supervisor::ReplyError(const std::shared_ptr<ClientSession>& s, uint64_t id, const Status& st,
+                            std::string_view traceback) {
+  s->channel->Send(ErrorReply(id, st, traceback));
+}
+
+void Supervisor::OnClientFrame(const std::shared_ptr<ClientSession>& s, std::string body,
+                               std::vector<int> fds) {
+  auto oh = Decode(body);
+  if (!oh.ok()) {
+    CloseAll(&fds);
+    return ReplyError(s, 0, oh.status());
+  }
+  MapView m(oh->get());
+  uint64_t id = 0;
+  if (auto rid = m.OptUint("id"); rid.ok() && rid->has_value()) id = **rid;
+  auto fail = [&](const Status& st) {
+    CloseAll(&fds);
+    ReplyError(s, id, st);
+  };
+  if (auto v = m.Uint("v"); !v.ok() || *v != kProtocolVersion) {
+    return fail(Status::BadRequest("unsupported protocol version (this shoald speaks v" +
+                                   std::to_string(kProtocolVersion) + "); upgrade the client"));
+  }
+  auto op = m.Str("op");
+  if (!op.ok()) return fail(op.status());
+  if (*op != "register_arena" && !fds.empty()) {
+    return fail(Status::BadRequest("file descriptors sent with '" + *op + "', which takes none"));
+  }
+  if (*op == "infer") {
+    if (auto st = HandleInfer(s, id, m); !st.ok()) ReplyError(s, id, st);
+  } else if (*op == "register_arena") {
+    if (auto st = HandleRegisterArena(s, id, &fds); !st.ok()) fail(st);
+  } else if (*op == "load") {
+    HandleLoad(s, id, m);
+  } else if (*op == "unload") {
+    HandleUnload(s, id, m);
+  } else if (*op == "models") {
+    HandleModels(s, id);
+  } else if (*op == "status") {
+    HandleStatus(s, id);
+  } else if (*op == "ping") {
+    ReplyOk(s, id);
+  } else {
+    fail(Status::BadRequest("unknown operation '" + *op + "'"));
+  }
+}
+
+void Supervisor::OnClientClosed(const std::shared_ptr<ClientSession>& s) {
+  s->closed = true;
+  // Queued jobs of this client are dropped; running ones finish and are discarded.
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if ((*it)->client.lock() == s) {
+      (*it)->answered = true;
+      if ((*it)->deadline) (*it)->deadline->cancel();
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (uint64_t a : s->arenas) DropArena(a);
+  sessions_.erase(s->id);
+}
+
+Status Supervisor::HandleRegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id,
+                                       std::vector<int>* fds) {
+  if (fds->size() != 1) {
+    return Status::BadRequest("register_arena needs exactly one memfd attached (got " +
+                              std::to_string(fds->size()) + ")");
+  }
+  if (s->arenas.size() >= 64) return Status::BadRequest("too many arenas on one connection (64 at most)");
+  auto size = CheckArenaFd((*fds)[0]);
+  if (!size.ok()) return size.status();
+  ArenaEntry a;
+  a.id = next_arena_++;
+  a.owner = s->id;
+  a.size = *size;
+  a.fd = std::make_shared<OwnedFd>((*fds)[0]);
+  fds->clear();
+  s->arenas.insert(a.id);
+  arenas_[a.id] = a;
+  Writer w;
+  w.Map(4);
+  w.Key("v"); w.Val(kProtocolVersion);
+  w.Key("id"); w.Val(id);
+  w.Key("ok"); w.Val(true);
+  w.Key("arena"); w.Val(a.id);
+  s->channel->Send(w.body());
+  return Status::Ok();
+}
+
+void Supervisor::DropArena(uint64_t arena) {
+  for (auto& [slot, w] : workers_) {
+    if (w->gone || w->arenas.erase(arena) == 0) continue;
+    Writer m;
+    m.Map(3);
+    m.Key("v"); m.Val(kProtocolVersion);
+    m.Key("op"); m.Str("drop_arena");
+    m.Key("arena"); m.Val(arena);
+    w->channel->Send(m.body());
+  }
+  arenas_.erase(arena);
+}
+
+bool Supervisor::IsAdmin(const ClientSession& s) const { return s.uid == 0 || s.uid == geteuid(); }
+
+void Supervisor::HandleLoad(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m) {
+  if (!IsAdmin(*s)) {
+    spdlog::warn("refused load from {}: not an administrator", s->Describe());
+    return ReplyError(s, id, Status::BadRequest("load refused for uid " + std::to_string(s->uid) +
+                                                ": loading a model runs its code; only root or shoald's "
+                                                "own user may load models"));
+  }
+  auto name = m.Str("name");
+  auto path = m.Str("path");
+  if (!name.ok()) return ReplyError(s, id, name.status());
+  if (!path.ok()) return ReplyError(s, id, path.status());
+  if (name->empty() || name->size() > 128 || name->find_first_of(" /:\n\t") != std::string::npos) {
+    return ReplyError(s, id, Status::BadRequest("model name '" + *name +
+                                                "' is invalid: use 1-128 characters, no spaces, '/' or ':'"));
+  }
+  if (path->empty() || (*path)[0] != '/') {
+    return ReplyError(s, id, Status::BadRequest("archive path '" + *path + "' must be absolute"));
+  }
+  if (access(path->c_str(), R_OK) != 0) {
+    return ReplyError(s, id, Status::FromErrno("model '" + *name + "': cannot read archive " + *path, errno));
+  }
+  if (models_.count(*name) != 0) {
+    return ReplyError(s, id, Status::BadRequest("model '" + *name + "' is already loaded; unload it first"));
+  }
+  models_[*name] = ModelEntry{*name, *path, true};
+  struct LoadOp {
+    int remaining = 0;
+    Status first_error;
+    std::string traceback;
+  };
+  auto op = std::make_shared<LoadOp>();
+  std::vector<WorkerHandle*> live;
+  for (auto& [slot, w] : workers_) {
+    if (!w->gone) live.push_back(w.get());
+  }
+  op->remaining = static_cast<int>(live.size());
+  std::weak_ptr<ClientSession> weak = s;
+  std::string model = *name;
+  auto finish = [this, op, weak, id, model]() {
+    auto it = models_.find(model);
+    auto s = weak.lock();
+    if (!op->first_error.ok()) {
+      for (auto& [slot, w] : workers_) {
+        if (!w->gone && w->ready_models.erase(model) > 0) {
+          Writer u;
+          u.Map(4);
+          u.Key("v"); u.Val(kProtocolVersion);
+          u.Key("op"); u.Str("unload");
+          u.Key("id"); u.Val(next_request_);
+          u.Key("name"); u.Str(model);
+          SendRequest(w.get(), next_request_++, u.body(), [](const Status&, const MapView*) {});
+        }
+      }
+      if (it != models_.end()) models_.erase(it);
+      spdlog::warn("load of model '{}' failed: {}", model, op->first_error.ToString());
+      if (s) ReplyError(s, id, op->first_error, op->traceback);
+      return;
+    }
+    if (it != models_.end()) it->second.loading = false;
+    spdlog::info("model '{}' loaded", model);
+    if (s) ReplyOk(s, id);
+    Dispatch();
+  };
+  if (live.empty()) {
+    // No live worker right now: replacements load it when they start.
+    models_[*name].loading = false;
+    return ReplyOk(s, id);
+  }
+  for (WorkerHandle* w : live) {
+    LoadInWorker(w, *name, *path, [op, finish](const Status& st, const std::string& tb) {
+      if (!st.ok() && op->first_error.ok()) {
+        op->first_error = st;
+        op->traceback = tb;
+      }
+      if (--op->remaining == 0) finish();
+    });
+  }
+}
+
+void Supervisor::LoadInWorker(WorkerHandle* w, const std::string& name, const std::string& path,
+                              std::function<void(const Status&, const std::string&)> done) {
+  uint64_t rid = next_request_++;
+  Writer m;
+  m.Map(5);
+  m.Key("v"); m.Val(kProtocolVersion);
+  m.Key("op"); m.Str("load");
+  m.Key("id"); m.Val(rid);
+  m.Key("name"); m.Str(name);
+  m.Key("path"); m.Str(path);
+  int slot = w->slot;
+  uint64_t gen = w->generation;
+  SendRequest(w, rid, m.body(), [this, slot, gen, name, done](const Status& st, const MapView* reply) {
+    std::string tb;
+    Status result = st;
+    if (st.ok() && reply != nullptr) {
+      auto ok = reply->Bool("ok");
+      if (!ok.ok() || !*ok) result = StatusFromReply(*reply, &tb);
+    }
+    auto it = workers_.find(slot);
+    if (result.ok() && it != workers_.end() && it->second->generation == gen && !it->second->gone) {
+      it->second->ready_models.insert(name);
+    }
+    if (!result.ok() && st.code() == Code::kWorkerCrashed) {
+      result = Status(Code::kWorkerCrashed, "model '" + name + "': " + st.message());
+    }
+    done(result, tb);
+  });
+}
+
+void Supervisor::HandleUnload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m) {
+  if (!IsAdmin(*s)) {
+    spdlog::warn("refused unload from {}: not an administrator", s->Describe());
+    return ReplyError(s, id, Status::BadRequest("unload refused for uid " + std::to_string(s->uid) +
+                                                ": only root or shoald's own user may unload models"));
+  }
+  auto name = m.Str("name");
+  if (!name.ok()) return ReplyError(s, id, name.status());
+  if (models_.erase(*name) == 0) {
+    return ReplyError(s, id, Status(Code::kModelNotFound, "model '" + *name + "' is not loaded (loaded: " +
+                                                              Join(models_) + ")"));
+  }
+  // Queued jobs for it can no longer run; running ones finish first (the worker handles
+  // messages in order).
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if ((*it)->model == *name) {
+      auto job = *it;
+      it = queue_.erase(it);
+      FailJob(job, Status(Code::kModelNotFound, "model '" + *name + "' was unloaded before job " +
+                                                    std::to_string(job->id) + " could run"));
+    } else {
+      ++it;
+    }
+  }
+  for (auto& [slot, w] : workers_) {
+    if (w->gone) continue;
+    w->ready_models.erase(*name);
+    Writer u;
+    u.Map(4);
+    u.Key("v"); u.Val(kProtocolVersion);
+    u.Key("op"); u.Str("unload");
+    u.Key("id"); u.Val(next_request_);
+    u.Key("name"); u.Str(*name);
+    SendRequest(w.get(), next_request_++, u.body(), [](const Status&, const MapView*) {});
+  }
+  spdlog::info("model '{}' unloaded", *name);
+  ReplyOk(s, id);
+}
+
+bool Supervisor::ModelReady(const std::string& name) const {
+  for (const auto& [slot, w] : workers_) {
+    if (!w->gone && w->ready_models.count(name) != 0) return true;
+  }
+  return false;
+}
+
+void Supervisor::HandleModels(const std::shared_ptr<ClientSession>& s, uint64_t id) {
+  Writer w;
+  w.Map(4);
+  w.Key("v"); w.Val(kProtocolVersion);
+  w.Key("id"); w.Val(id);
+  w.Key("ok"); w.Val(true);
+  w.Key("models");
+  w.pk().pack_array(static_cast<uint32_t>(models_.size()));
+  for (const auto& [name, m] : models_) {
+    w.Map(3);
+    w.Key("name"); w.Str(name);
+    w.Key("path"); w.Str(m.path);
+    w.Key("ready"); w.Val(ModelReady(name));
+  }
+  s->channel->Send(w.body());
+}
+
+void Supervisor::HandleStatus(const std::shared_ptr<ClientSession>& s, uint64_t id) {
+  Writer w;
+  w.Map(10);
+  w.Key("v"); w.Val(kProtocolVersion);
+  w.Key("id"); w.Val(id);
+  w.Key("ok"); w.Val(true);
+  w.Key("pid"); w.Val(static_cast<int64_t>(getpid()));
+  w.Key("uptime_s");
+  w.Val(std::chrono::duration<double>(Clock::now() - started_).count());
+  w.Key("queued"); w.Val(static_cast<uint64_t>(queue_.size()));
+  w.Key("jobs_done"); w.Val(jobs_done_);
+  w.Key("jobs_failed"); w.Val(jobs_failed_);
+  w.Key("worker_restarts"); w.Val(worker_restarts_);
+  w.Key("workers");
+  w.pk().pack_array(static_cast<uint32_t>(workers_.size()));
+  for (const auto& [slot, wk] : workers_) {
+    w.Map(6);
+    w.Key("slot"); w.Val(slot);
+    w.Key("pid"); w.Val(static_cast<int64_t>(wk->pid));
+    w.Key("state"); w.Str(wk->gone ? "restarting" : (wk->job ? "busy" : "idle"));
+    w.Key("job");
+    if (wk->job) {
+      w.Map(2);
+      w.Key("id"); w.Val(wk->job->id);
+      w.Key("model"); w.Str(wk->job->model);
+    } else {
+      w.pk().pack_nil();
+    }
+    w.Key("models");
+    w.Val(std::vector<std::string>(wk->ready_models.begin(), wk->ready_models.end()));
+    w.Key("rss_kb"); w.Val(wk->gone ? uint64_t{0} : RssKb(wk->pid));
+  }
+  s->channel->Send(w.body());
+}
+
+Status Supervisor::HandleInfer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m) {
+  if (stopping_) return Status(Code::kUnavailable, "shoald is shutting down; retry on another instance");
+  auto model = m.Str("model");
+  if (!model.ok()) return model.status();
+  if (models_.count(*model) == 0) {
+    return Status(Code::kModelNotFound, "model '" + *model + "' is not loaded (loaded: " + Join(models_) +
+                                             "); load it with `shoal load " + *model + " ARCHIVE`");
+  }
+  auto inputs = m.Array("inputs");
+  if (!inputs.ok()) return inputs.status();
+  const auto& arr = (*inputs)->via.array;
+  if (arr.size > 256) return Status::BadRequest("too many inputs (" + std::to_string(arr.size) + ", at most 256)");
+  auto job = std::make_shared<Job>();
+  for (uint32_t i = 0; i < arr.size; ++i) {
+    auto d = Descriptor::Parse(arr.ptr[i]);
+    if (!d.ok()) return Status::BadRequest("input " + std::to_string(i) + ": " + d.status().message());
+    auto a = arenas_.find(d->arena);
+    if (a == arenas_.end() || a->second.owner != s->id) {
+      return Status::BadRequest("input " + std::to_string(i) + ": arena " + std::to_string(d->arena) +
+                                " is not registered on this connection");
+    }
+    if (auto st = d->CheckBounds(a->second.size); !st.ok()) {
+      return Status::BadRequest("input " + std::to_string(i) + ": " + st.message());
+    }
+    job->inputs.push_back(std::move(*d));
+  }
+  auto timeout = m.OptUint("timeout_ms");
+  if (!timeout.ok()) return timeout.status();
+  if (!job->inputs.empty()) {
+    job->out_arena = job->inputs[0].arena;
+  } else if (!s->arenas.empty()) {
+    job->out_arena = *s->arenas.begin();
+  } else {
+    return Status::BadRequest("register an arena before inferring: outputs are written into it");
+  }
+  if (queue_.size() >= config_.max_queue) {
+    return Status(Code::kOverloaded, "queue is full (" + std::to_string(queue_.size()) + " jobs); retry later");
+  }
+  job->id = next_request_++;
+  job->request_id = id;
+  job->client = s;
+  job->model = *model;
+  job->accepted = Clock::now();
+  uint64_t ms = timeout->value_or(config_.default_timeout_ms);
+  if (ms > 0) {
+    job->deadline = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(ms));
+    std::weak_ptr<Job> weak = job;
+    job->deadline->async_wait([this, weak](const boost::system::error_code& ec) {
+      auto j = weak.lock();
+      if (!ec && j) OnDeadline(j);
+    });
+  }
+  queue_.push_back(job);
+  Dispatch();
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------------------
+// jobs
+
+void Supervisor::Dispatch() {
+  if (queue_.empty()) return;
+  for (auto& [slot, w] : workers_) {
+    if (w->gone || w->job) continue;
+    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+      if (w->ready_models.count((*it)->model) != 0) {
+        auto job = *it;
+        queue_.erase(it);
+        RunOn(w.get(), job);
+        break;
+      }
+    }
+    if (queue_.empty()) return;
+  }
+}
+
+void Supervisor::SendArenaIfNeeded(WorkerHandle* w, uint64_t arena) {
+  if (w->arenas.count(arena) != 0) return;
+  auto a = arenas_.find(arena);
+  if (a == arenas_.end()) return;
+  Writer m;
+  m.Map(3);
+  m.Key("v"); m.Val(kProtocolVersion);
+  m.Key("op"); m.Str("arena");
+  m.Key("arena"); m.Val(arena);
+  w->channel->Send(m.body(), {a->second.fd});
+  w->arenas.insert(arena);
+}
+
+void Supervisor::RunOn(WorkerHandle* w, const std::shared_ptr<Job>& job) {
+  for (const auto& d : job->inputs) SendArenaIfNeeded(w, d.arena);
+  SendArenaIfNeeded(w, job->out_arena);
+  w->job = job;
+  job->worker_slot = w->slot;
+  Writer m;
+  m.Map(6);
+  m.Key("v"); m.Val(kProtocolVersion);
+  m.Key("op"); m.Str("infer");
+  m.Key("id"); m.Val(job->id);
+  m.Key("model"); m.Str(job->model);
+  m.Key("out_arena"); m.Val(job->out_arena);
+  m.Key("inputs");
+  m.pk().pack_array(static_cast<uint32_t>(job->inputs.size()));
+  for (const auto& d : job->inputs) d.Pack(&m);
+  int slot = w->slot;
+  SendRequest(w, job->id, m.body(), [this, slot, job](const Status& st, const MapView* reply) {
+    auto it = workers_.find(slot);
+    OnJobReply(it == workers_.end() ? nullptr : it->second.get(), job, st, reply);
+  });
+}
+
+Status Supervisor::CheckOutputs(const msgpack::object& tree, const Job& job, int depth,
+                                std::vector<uint64_t>* blocks) const {
+  if (depth > 16) return Status::Internal("output structure nested too deeply");
+  if (tree.type != msgpack::type::MAP || tree.via.map.size != 1) {
+    return Status::Internal("worker sent a malformed output tree");
+  }
+  const auto& kv = tree.via.map.ptr[0];
+  if (kv.key.type != msgpack::type::STR) return Status::Internal("worker sent a malformed output tree");
+  std::string_view kind(kv.key.via.str.ptr, kv.key.via.str.size);
+  if (kind == "tensor") {
+    auto d = Descriptor::Parse(kv.val);
+    if (!d.ok()) return Status::Internal("worker sent a bad output descriptor: " + d.status().message());
+    auto a = arenas_.find(d->arena);
+    if (d->arena != job.out_arena && (a == arenas_.end() || !job.client.lock() ||
+                                      a->second.owner != job.client.lock()->id)) {
+      return Status::Internal("worker returned a tensor in a foreign arena");
+    }
+    if (a == arenas_.end()) return Status::Internal("output arena vanished");
+    if (auto st = d->CheckBounds(a->second.size); !st.ok()) return Status::Internal(st.message());
+    auto extent = d->Extent();
+    if (extent.ok() && *extent > 0) blocks->push_back(d->block);
+    return Status::Ok();
+  }
+  if (kind == "tuple" || kind == "list") {
+    if (kv.val.type != msgpack::type::ARRAY) return Status::Internal("malformed output sequence");
+    for (uint32_t i = 0; i < kv.val.via.array.size; ++i) {
+      if (auto st = CheckOutputs(kv.val.via.array.ptr[i], job, depth + 1, blocks); !st.ok()) return st;
+    }
+    return Status::Ok();
+  }
+  if (kind == "dict") {
+    if (kv.val.type != msgpack::type::ARRAY) return Status::Internal("malformed output dict");
+    for (uint32_t i = 0; i < kv.val.via.array.size; ++i) {
+      const auto& pair = kv.val.via.array.ptr[i];
+      if (pair.type != msgpack::type::ARRAY || pair.via.array.size != 2) {
+        return Status::Internal("malformed output dict entry");
+      }
+      if (auto st = CheckOutputs(pair.via.array.ptr[1], job, depth + 1, blocks); !st.ok()) return st;
+    }
+    return Status::Ok();
+  }
+  if (kind == "value" || kind == "float") return Status::Ok();
+  return Status::Internal("unknown output node '" + std::string(kind) + "'");
+}
+
+void Supervisor::OnJobReply(WorkerHandle* w, const std::shared_ptr<Job>& job, const Status& st,
+                            const MapView* reply) {
+  if (w != nullptr && w->job == job) {
+    w->job.reset();
+    if (w->kill_timer) w->kill_timer->cancel();
+  }
+  if (!st.ok()) {
+    FailJob(job, st);  // the worker died under it
+    Dispatch();
+    return;
+  }
+  auto ok = reply->Bool("ok");
+  std::vector<uint64_t> blocks;
+  const msgpack::object* outputs = ok.ok() && *ok ? reply->Find("outputs") : nullptr;
+  Status check = Status::Ok();
+  if (outputs != nullptr) check = CheckOutputs(*outputs, *job, 0, &blocks);
+  if (job->answered && !blocks.empty() && w != nullptr && !w->gone && arenas_.count(job->out_arena)) {
+    // Nobody will read these outputs (the job timed out): give the blocks back.
+    Writer f;
+    f.Map(4);
+    f.Key("v"); f.Val(kProtocolVersion);
+    f.Key("op"); f.Str("free");
+    f.Key("arena"); f.Val(job->out_arena);
+    f.Key("blocks"); f.Val(blocks);
+    w->channel->Send(f.body());
+  }
+  if (!ok.ok() || !*ok) {
+    std::string tb;
+    Status err = StatusFromReply(*reply, &tb);
+    FailJob(job, err, tb);
+  } else if (outputs == nullptr) {
+    FailJob(job, Status::Internal("worker reply without outputs for job " + std::to_string(job->id)));
+  } else if (!check.ok()) {
+    FailJob(job, Status::Internal("job " + std::to_string(job->id) + " of model '" + job->model +
+                                  "': " + check.message()));
+  } else if (!job->answered) {
+    Writer r;
+    r.Map(5);
+    r.Key("v"); r.Val(kProtocolVersion);
+    r.Key("id"); r.Val(job->request_id);
+    r.Key("ok"); r.Val(true);
+    r.Key("job"); r.Val(job->id);
+    r.Key("outputs"); r.pk().pack(*outputs);
+    AnswerJob(job, r.body());
+    ++jobs_done_;
+  }
+  Dispatch();
+}
+
+void Supervisor::AnswerJob(const std::shared_ptr<Job>& job, std::string_view body) {
+  if (job->answered) return;
+  job->answered = true;
+  if (job->deadline) job->deadline->cancel();
+  if (auto s = job->client.lock(); s && !s->closed) s->channel->Send(body);
+}
+
+void Supervisor::FailJob(const std::shared_ptr<Job>& job, const Status& st, std::string_view traceback) {
+  if (job->answered) return;
+  ++jobs_failed_;
+  AnswerJob(job, ErrorReply(job->request_id, st, traceback));
+}
+
+void Supervisor::OnDeadline(const std::shared_ptr<Job>& job) {
+  if (job->answered) return;
+  auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - job->accepted).count();
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    if (*it == job) {
+      queue_.erase(it);
+      return FailJob(job, Status(Code::kTimeout, "job " + std::to_string(job->id) + " of model '" + job->model +
+                                                     "' waited " + std::to_string(waited) +
+                                                     " ms in the queue and passed its deadline"));
+    }
+  }
+  FailJob(job, Status(Code::kTimeout, "job " + std::to_string(job->id) + " of model '" + job->model +
+                                          "' passed its deadline after " + std::to_string(waited) +
+                                          " ms while running; its worker is given " +
+                                          std::to_string(config_.kill_grace_ms) + " ms before it is killed"));
+  auto it = workers_.find(job->worker_slot);
+  if (it == workers_.end() || it->second->gone || it->second->job != job) return;
+  WorkerHandle* w = it->second.get();
+  w->kill_timer = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(config_.kill_grace_ms));
+  pid_t pid = w->pid;
+  uint64_t gen = w->generation;
+  int slot = w->slot;
+  w->kill_timer->async_wait([this, pid, gen, slot, job](const boost::system::error_code& ec) {
+    if (ec) return;
+    auto it = workers_.find(slot);
+    if (it == workers_.end() || it->second->generation != gen || it->second->gone || it->second->job != job) return;
+    spdlog::warn("worker {} (pid {}) still runs timed-out job {}; killing it", slot, pid, job->id);
+    kill(pid, SIGKILL);
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// workers
+
+void Supervisor::SpawnWorker(int slot) {
+  auto proc = SpawnWorkerProcess(config_.worker_binary, slot, config_.worker_env);
+  if (!proc.ok()) {
+    spdlog::error("cannot start worker {}: {}", slot, proc.status().ToString());
+    return ScheduleRespawn(slot, std::chrono::milliseconds(1000));
+  }
+  auto w = std::make_unique<WorkerHandle>();
+  w->slot = slot;
+  w->pid = proc->pid;
+  w->started = Clock::now();
+  static uint64_t generation = 0;
+  w->generation = ++generation;
+  w->channel = std::make_shared<AsyncChannel>(io_, proc->sock);
+  WorkerHandle* raw = w.get();
+  uint64_t gen = w->generation;
+  workers_[slot] = std::move(w);
+  raw->channel->Start(
+      [this, slot, gen](std::string body, std::vector<int> fds) {
+        auto it = workers_.find(slot);
+        CloseAll(&fds);  // workers never send fds
+        if (it != workers_.end() && it->second->generation == gen) OnWorkerFrame(it->second.get(), std::move(body), {});
+      },
+      [this, slot, gen](const Status& why) {
+        auto it = workers_.find(slot);
+        if (it == workers_.end() || it->second->generation != gen || it->second->gone) return;
+        WorkerHandle* w = it->second.get();
+        // EOF: the process is exiting or exited. Make sure it is gone, then learn how it died.
+        if (why.code() != Code::kUnavailable) spdlog::warn("{}: {}", w->Describe(), why.ToString());
+        kill(w->pid, SIGKILL);
+        int status = 0;
+        pid_t r;
+        do {
+          r = waitpid(w->pid, &status, 0);
+        } while (r < 0 && errno == EINTR);
+        OnWorkerGone(w, r == w->pid ? DescribeWaitStatus(status) : "closed its socket");
+      });
+  spdlog::info("started worker {} (pid {})", slot, raw->pid);
+  for (const auto& [name, m] : models_) {
+    if (m.loading) continue;  // the pending client load() covers workers alive at its start
+    std::string model = name;
+    LoadInWorker(raw, name, m.path, [this, model, slot](const Status& st, const std::string& tb) {
+      if (!st.ok()) {
+        spdlog::error("worker {} could not load model '{}': {}{}", slot, model, st.ToString(),
+                      tb.empty() ? "" : "\n" + tb);
+      }
+      Dispatch();
+    });
+  }
+}
+
+void Supervisor::ScheduleRespawn(int slot, std::chrono::milliseconds delay) {
+  if (stopping_) return;
+  if (delay.count() == 0) return SpawnWorker(slot);
+  auto t = std::make_shared<asio::steady_timer>(io_, delay);
+  t->async_wait([this, slot, t](const boost::system::error_code& ec) {
+    if (!ec && !stopping_) SpawnWorker(slot);
+  });
+}
+
+void Supervisor::SendRequest(WorkerHandle* w, uint64_t id, std::string_view body, WorkerHandle::ReplyFn fn,
+                             std::vector<std::shared_ptr<OwnedFd>> fds) {
+  w->pending[id] = std::move(fn);
+  w->channel->Send(body, std::move(fds));
+}
+
+void Supervisor::OnWorkerFrame(WorkerHandle* w, std::string body, std::vector<int> /*fds*/) {
+  auto oh = Decode(body);
+  if (!oh.ok()) {
+    spdlog::error("{} sent an undecodable message: {}", w->Describe(), oh.status().ToString());
+    kill(w->pid, SIGKILL);
+    return;
+  }
+  MapView m(oh->get());
+  auto id = m.Uint("id");
+  if (!id.ok()) {
+    spdlog::error("{} sent a message without id", w->Describe());
+    return;
+  }
+  auto it = w->pending.find(*id);
+  if (it == w->pending.end()) {
+    spdlog::warn("{} answered unknown request {}", w->Describe(), *id);
+    return;
+  }
+  auto fn = std::move(it->second);
+  w->pending.erase(it);
+  fn(Status::Ok(), &m);
+}
+
+void Supervisor::OnWorkerGone(WorkerHandle* w, const std::string& how) {
+  if (w->gone) return;
+  w->gone = true;
+  w->channel->Close();
+  if (w->kill_timer) w->kill_timer->cancel();
+  ++worker_restarts_;
+  std::string job_part;
+  if (w->job) job_part = " while running job " + std::to_string(w->job->id) + " of model '" + w->job->model + "'";
+  spdlog::error("{} died: {}{}", w->Describe(), how, job_part);
+  // Answer everything it owed, in request order; the callbacks may touch workers_.
+  auto pending = std::move(w->pending);
+  w->pending.clear();
+  auto job = std::move(w->job);
+  w->job.reset();
+  w->ready_models.clear();
+  w->arenas.clear();
+  for (auto& [rid, fn] : pending) {
+    std::string what = (job && job->id == rid)
+                           ? "worker " + std::to_string(w->slot) + " (pid " + std::to_string(w->pid) + ") died from " +
+                                 how + " while running job " + std::to_string(rid) + " of model '" + job->model +
+                                 "'; the worker is being replaced and the job was not retried"
+                           : "worker " + std::to_string(w->slot) + " (pid " + std::to_string(w->pid) +
+                                 ") died from " + how + " before answering";
+    fn(Status(Code::kWorkerCrashed, what), nullptr);
+  }
+  if (stopping_) return;
+  // Capped exponential backoff for workers that die young; an old worker restarts at once.
+  int slot = w->slot;
+  bool young = Clock::now() - w->started < std::chrono::seconds(10);
+  int streak = young ? ++crash_streak_[slot] : (crash_streak_[slot] = 0);
+  auto delay = std::chrono::milliseconds(streak <= 1 ? 0 : std::min(100 << std::min(streak - 2, 6), 5000));
+  ScheduleRespawn(slot, delay);
+}
+
+void Supervisor::ReapChildren() {
+  for (;;) {
+    int status = 0;
+    pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) return;
+    for (auto& [slot, w] : workers_) {
+      if (w->pid == pid && !w->gone) {
+        OnWorkerGone(w.get(), DescribeWaitStatus(status));
+        break;
+      }
+    }
+  }
+}
+
+void Supervisor::OnSignal(int sig) {
+  if (sig == SIGCHLD) {
+    ReapChildren();
+  } else if (sig == SIGTERM || sig == SIGINT) {
+    spdlog::info("received {}: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    Shutdown();
+    return;
+  }
+  signals_.async_wait([this](const boost::system::error_code& ec, int s) {
+    if (!ec) OnSignal(s);
+  });
+}
+
+void Supervisor::Shutdown() {
+  stopping_ = true;
+  boost::system::error_code ec;
+  if (acceptor_) acceptor_->close(ec);
+  std::error_code fec;
+  std::filesystem::remove(config_.socket_path, fec);
+  for (auto job : queue_) FailJob(job, Status(Code::kUnavailable, "shoald is shutting down"));
+  queue_.clear();
+  for (auto& [slot, w] : workers_) {
+    if (w->gone) continue;
+    if (w->job) FailJob(w->job, Status(Code::kUnavailable, "shoald is shutting down"));
+    kill(w->pid, SIGKILL);
+    waitpid(w->pid, nullptr, 0);
+    w->gone = true;
+    w->channel->Close();
+  }
+  // Let queued replies reach clients, then stop.
+  auto t = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(50));
+  t->async_wait([this, t](const boost::system::error_code&) {
+    for (auto& [id, s] : sessions_) s->channel->Close();
+    signals_.cancel();
+    io_.stop();
+  });
+}
+
+}  // namespace shoal

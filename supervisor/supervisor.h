@@ -1,0 +1,141 @@
+// Supervisor: the heart of shoald. Owns the client socket, the arenas registry, the model
+// registry, the job queue and the worker pool; runs no Python and no model code.
+//
+// Everything happens on one Boost.Asio event loop thread: client frames, worker replies,
+// timers and signals (SIGCHLD, SIGTERM, SIGINT are only queued by Asio's signal_set; the
+// loop does the work). Every accepted job is answered exactly once.
+// Thread-safety: construct, Start() and Run on the loop thread; nothing is shared.
+#pragma once
+
+#include <boost/asio.hpp>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "protocol/descriptor.h"
+#include "supervisor/client_session.h"
+#include "supervisor/worker_handle.h"
+
+namespace shoal {
+
+struct SupervisorConfig {
+  std::string socket_path;
+  int workers = 2;
+  std::string worker_binary;                                   // default: next to shoald
+  std::vector<std::pair<std::string, std::string>> models;     // loaded at start-up
+  uint64_t default_timeout_ms = 60000;                         // a job's deadline if it gives none
+  uint64_t kill_grace_ms = 2000;  // a worker whose job timed out gets this long before SIGKILL
+  size_t max_queue = 1024;        // queued jobs beyond this are answered OVERLOADED
+  std::vector<std::string> worker_env;  // extra "K=V" for workers
+};
+
+// Default socket path: $SHOAL_SOCKET, else /run/shoal/shoal.sock for root, else
+// $XDG_RUNTIME_DIR/shoal/shoal.sock (else /tmp/shoal-<uid>/shoal.sock).
+std::string DefaultSocketPath();
+
+struct Job {
+  uint64_t id = 0;
+  uint64_t request_id = 0;
+  std::weak_ptr<ClientSession> client;
+  std::string model;
+  std::vector<Descriptor> inputs;
+  uint64_t out_arena = 0;
+  bool answered = false;
+  int worker_slot = -1;
+  std::chrono::steady_clock::time_point accepted;
+  std::unique_ptr<boost::asio::steady_timer> deadline;
+};
+
+struct ArenaEntry {
+  uint64_t id = 0;
+  uint64_t owner = 0;  // client session id
+  size_t size = 0;
+  std::shared_ptr<OwnedFd> fd;
+};
+
+struct ModelEntry {
+  std::string name;
+  std::string path;
+  bool loading = true;  // a client's load() is still waiting for the workers
+};
+
+class Supervisor {
+ public:
+  Supervisor(boost::asio::io_context& io, SupervisorConfig config);
+  ~Supervisor();
+  Supervisor(const Supervisor&) = delete;
+  Supervisor& operator=(const Supervisor&) = delete;
+
+  // Binds the socket, spawns the workers, loads the configured models, installs signals.
+  Status Start();
+
+ private:
+  // clients
+  void Accept();
+  void OnClientFrame(const std::shared_ptr<ClientSession>& s, std::string body, std::vector<int> fds);
+  void OnClientClosed(const std::shared_ptr<ClientSession>& s);
+  Status HandleRegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, std::vector<int>* fds);
+  void HandleLoad(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
+  void HandleUnload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
+  void HandleModels(const std::shared_ptr<ClientSession>& s, uint64_t id);
+  void HandleStatus(const std::shared_ptr<ClientSession>& s, uint64_t id);
+  Status HandleInfer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
+  bool IsAdmin(const ClientSession& s) const;
+  void ReplyOk(const std::shared_ptr<ClientSession>& s, uint64_t id);
+  void ReplyError(const std::shared_ptr<ClientSession>& s, uint64_t id, const Status& st,
+                  std::string_view traceback = {});
+
+  // workers
+  void SpawnWorker(int slot);
+  void ScheduleRespawn(int slot, std::chrono::milliseconds delay);
+  void OnWorkerFrame(WorkerHandle* w, std::string body, std::vector<int> fds);
+  void OnWorkerGone(WorkerHandle* w, const std::string& how);
+  void ReapChildren();
+  void SendRequest(WorkerHandle* w, uint64_t id, std::string_view body, WorkerHandle::ReplyFn fn,
+                   std::vector<std::shared_ptr<OwnedFd>> fds = {});
+  void LoadInWorker(WorkerHandle* w, const std::string& name, const std::string& path,
+                    std::function<void(const Status&, const std::string&)> done);
+  void SendArenaIfNeeded(WorkerHandle* w, uint64_t arena);
+  void DropArena(uint64_t arena);
+
+  // jobs
+  void Dispatch();
+  void RunOn(WorkerHandle* w, const std::shared_ptr<Job>& job);
+  void OnJobReply(WorkerHandle* w, const std::shared_ptr<Job>& job, const Status& st, const MapView* reply);
+  void AnswerJob(const std::shared_ptr<Job>& job, std::string_view body);
+  void FailJob(const std::shared_ptr<Job>& job, const Status& st, std::string_view traceback = {});
+  void OnDeadline(const std::shared_ptr<Job>& job);
+  Status CheckOutputs(const msgpack::object& tree, const Job& job, int depth,
+                      std::vector<uint64_t>* blocks) const;
+  bool ModelReady(const std::string& name) const;
+
+  void OnSignal(int sig);
+  void Shutdown();
+
+  boost::asio::io_context& io_;
+  SupervisorConfig config_;
+  std::unique_ptr<boost::asio::local::stream_protocol::acceptor> acceptor_;
+  boost::asio::signal_set signals_;
+  std::chrono::steady_clock::time_point started_;
+  bool stopping_ = false;
+
+  uint64_t next_session_ = 1;
+  uint64_t next_arena_ = 1;
+  uint64_t next_request_ = 1;  // ids of requests to workers (jobs and control)
+  std::map<uint64_t, std::shared_ptr<ClientSession>> sessions_;
+  std::map<uint64_t, ArenaEntry> arenas_;
+  std::map<std::string, ModelEntry> models_;
+  std::map<int, std::unique_ptr<WorkerHandle>> workers_;
+  std::map<int, int> crash_streak_;  // slot -> consecutive short-lived crashes
+  std::deque<std::shared_ptr<Job>> queue_;
+  uint64_t jobs_done_ = 0;
+  uint64_t jobs_failed_ = 0;
+  uint64_t worker_restarts_ = 0;
+};
+
+}  // namespace shoal

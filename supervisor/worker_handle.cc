@@ -1,0 +1,76 @@
+#include "supervisor/worker_handle.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace shoal {
+
+std::string WorkerHandle::Describe() const {
+  return "worker " + std::to_string(slot) + " (pid " + std::to_string(pid) + ")";
+}
+
+std::string DescribeWaitStatus(int status) {
+  if (WIFSIGNALED(status)) {
+    int sig = WTERMSIG(status);
+    const char* abbrev = sigabbrev_np(sig);
+    return std::string("signal ") + (abbrev ? std::string("SIG") + abbrev : std::to_string(sig)) + " (" +
+           strsignal(sig) + ")";
+  }
+  if (WIFEXITED(status)) return "exit code " + std::to_string(WEXITSTATUS(status));
+  return "status " + std::to_string(status);
+}
+
+Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, int slot,
+                                          const std::vector<std::string>& env_extra) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    return Status::FromErrno("socketpair for a worker", errno);
+  }
+  // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
+  std::string slot_str = std::to_string(slot);
+  std::vector<char*> argv = {const_cast<char*>(binary.c_str()), const_cast<char*>("--fd"),
+                             const_cast<char*>("3"), const_cast<char*>("--slot"),
+                             const_cast<char*>(slot_str.c_str()), nullptr};
+  std::vector<std::string> env_store;
+  for (char** e = environ; *e != nullptr; ++e) env_store.emplace_back(*e);
+  for (const auto& e : env_extra) env_store.push_back(e);
+  std::vector<char*> envp;
+  for (auto& e : env_store) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  pid_t parent = getpid();
+
+  pid_t pid = fork();
+  if (pid < 0) {
+    int err = errno;
+    close(sv[0]);
+    close(sv[1]);
+    return Status::FromErrno("fork of a worker", err);
+  }
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);  // the supervisor died before prctl
+    // Signals the supervisor blocked or handles must not leak into the worker.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    for (int s : {SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGPIPE}) signal(s, SIG_DFL);
+    if (sv[1] == 3) {
+      fcntl(3, F_SETFD, 0);
+    } else if (dup2(sv[1], 3) < 0) {  // dup2 clears close-on-exec on fd 3
+      _exit(127);
+    }
+    execve(binary.c_str(), argv.data(), envp.data());
+    _exit(127);
+  }
+  close(sv[1]);
+  return SpawnedProcess{pid, sv[0]};
+}
+
+}  // namespace shoal

@@ -1,0 +1,58 @@
+// WorkerHandle: the supervisor's view of one shoal-worker process, and how to start one.
+//
+// A worker runs one job at a time (one slot, K=1). Requests to it carry ids; each pending
+// id has a callback that runs with the reply, or with WORKER_CRASHED if the worker dies
+// first, so no request is ever left without an answer. Thread-safety: loop thread only.
+#pragma once
+
+#include <sys/types.h>
+
+#include <boost/asio.hpp>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "protocol/messages.h"
+#include "supervisor/async_channel.h"
+
+namespace shoal {
+
+struct Job;
+
+struct WorkerHandle {
+  using ReplyFn = std::function<void(const Status& st, const MapView* reply)>;
+
+  int slot = 0;         // index in the pool; a replacement takes the same slot
+  uint64_t generation = 0;
+  pid_t pid = -1;
+  bool gone = false;
+  std::shared_ptr<AsyncChannel> channel;
+  std::chrono::steady_clock::time_point started;
+  std::set<std::string> ready_models;  // loaded and servable in this worker
+  std::set<uint64_t> arenas;           // arena ids whose fd this worker was sent
+  std::map<uint64_t, ReplyFn> pending;  // request id -> callback
+  std::shared_ptr<Job> job;            // the in-flight inference, if any
+  std::unique_ptr<boost::asio::steady_timer> kill_timer;
+
+  std::string Describe() const;
+};
+
+struct SpawnedProcess {
+  pid_t pid;
+  int sock;  // the supervisor's end of the socketpair
+};
+
+// fork + exec `binary --fd 3 --slot N`, with the worker's end of a fresh socketpair as fd 3,
+// a parent-death signal, and `env_extra` ("K=V") added to the environment.
+Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, int slot,
+                                          const std::vector<std::string>& env_extra);
+
+// "signal SIGSEGV (Segmentation fault)" / "exit code 3" for a waitpid status.
+std::string DescribeWaitStatus(int status);
+
+}  // namespace shoal

@@ -1,0 +1,40 @@
+// Interpreter: the embedded CPython of a worker (K=1: the process's own interpreter).
+//
+// All model semantics live in Python (python/shoal/_worker.py: archive loading, tensors
+// over arena memory, running the model); this class starts the interpreter, imports that
+// module and hands it each message. Thread-safety: call from the thread that created it.
+// The GIL is released while the caller waits for the next message.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "shoal/status.h"
+
+namespace shoal {
+
+class Interpreter {
+ public:
+  // Initialises Python with `python_dir` first on sys.path and builds the job runner.
+  static Result<std::unique_ptr<Interpreter>> Start(const std::string& python_dir, int slot);
+  ~Interpreter();
+  Interpreter(const Interpreter&) = delete;
+  Interpreter& operator=(const Interpreter&) = delete;
+
+  // Passes one message body (and its fds, whose ownership passes to Python) to the runner.
+  // Returns the reply body, or an empty string when the message needs no reply.
+  Result<std::string> Handle(const std::string& body, std::vector<int>* fds);
+
+  // Releases / re-acquires the GIL around blocking waits.
+  void ReleaseGil();
+  void AcquireGil();
+
+ private:
+  Interpreter() = default;
+  void* runner_ = nullptr;      // PyObject*
+  void* handle_ = nullptr;      // PyObject*: runner.handle
+  void* saved_thread_ = nullptr;  // PyThreadState* while the GIL is released
+};
+
+}  // namespace shoal
