@@ -12,8 +12,13 @@ namespace shoal {
 
 namespace bip = boost::interprocess;
 
+// The allocator state lives in the arena and is shared by processes: it needs the
+// process-shared mutex family (the stock managed_external_buffer uses a null mutex).
+using SharedBuffer =
+    bip::basic_managed_external_buffer<char, bip::rbtree_best_fit<bip::mutex_family>, bip::iset_index>;
+
 struct Arena::Segment {
-  bip::managed_external_buffer buffer;
+  SharedBuffer buffer;
 };
 
 Arena::Arena(int fd, size_t size, uint8_t* base, std::unique_ptr<Segment> segment)
@@ -43,7 +48,7 @@ Result<std::unique_ptr<Arena>> Arena::Create(const std::string& name, size_t siz
     return base.status();
   }
   auto seg = std::make_unique<Segment>();
-  seg->buffer = bip::managed_external_buffer(bip::create_only, *base, size);
+  seg->buffer = SharedBuffer(bip::create_only, *base, size);
   return std::unique_ptr<Arena>(new Arena(*fd, size, *base, std::move(seg)));
 }
 
@@ -60,7 +65,7 @@ Result<std::unique_ptr<Arena>> Arena::Open(int fd) {
   }
   auto seg = std::make_unique<Segment>();
   try {
-    seg->buffer = bip::managed_external_buffer(bip::open_only, *base, *size);
+    seg->buffer = SharedBuffer(bip::open_only, *base, *size);
   } catch (const std::exception& e) {
     munmap(*base, *size);
     close(fd);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "protocol/descriptor.h"
+#include "protocol/paths.h"
 #include "supervisor/client_session.h"
 #include "supervisor/worker_handle.h"
 
@@ -34,9 +35,6 @@ struct SupervisorConfig {
   std::vector<std::string> worker_env;  // extra "K=V" for workers
 };
 
-// Default socket path: $SHOAL_SOCKET, else /run/shoal/shoal.sock for root, else
-// $XDG_RUNTIME_DIR/shoal/shoal.sock (else /tmp/shoal-<uid>/shoal.sock).
-std::string DefaultSocketPath();
 
 struct Job {
   uint64_t id = 0;

@@ -1,0 +1,296 @@
+#include "shoal/client.h"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "client/tree.h"
+#include "protocol/channel.h"
+#include "protocol/descriptor.h"
+#include "protocol/frame.h"
+#include "protocol/messages.h"
+#include "protocol/paths.h"
+#include "shm/arena.h"
+
+namespace shoal {
+
+namespace {
+
+// One block of an arena, freed when the last tensor over it goes.
+struct BlockRef {
+  BlockRef(std::shared_ptr<Arena> a, uint64_t id, uint64_t off) : arena(std::move(a)), arena_id(id), offset(off) {}
+  ~BlockRef() { arena->Free(offset); }
+  BlockRef(const BlockRef&) = delete;
+  BlockRef& operator=(const BlockRef&) = delete;
+  std::shared_ptr<Arena> arena;
+  uint64_t arena_id;
+  uint64_t offset;
+};
+
+// The deleter of storages over blocks: also how Infer recognises an arena-backed tensor.
+void DeleteBlock(void* ctx) { delete static_cast<std::shared_ptr<BlockRef>*>(ctx); }
+
+std::shared_ptr<BlockRef> BlockOf(const torch::Tensor& t) {
+  const auto& dp = t.storage().data_ptr();
+  if (dp.get_deleter() != &DeleteBlock) return nullptr;
+  return *static_cast<std::shared_ptr<BlockRef>*>(dp.get_context());
+}
+
+// A tensor over [data, data + extent) of a block, keeping the block alive.
+torch::Tensor TensorOver(const std::shared_ptr<BlockRef>& block, uint64_t data_offset, at::ScalarType type,
+                         at::IntArrayRef shape, at::IntArrayRef strides, size_t nbytes) {
+  uint8_t* data = block->arena->base() + data_offset;
+  auto* ctx = new std::shared_ptr<BlockRef>(block);
+  c10::DataPtr dp(data, ctx, &DeleteBlock, c10::Device(c10::kCPU));
+  c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(dp), nullptr, false);
+  return torch::empty({0}, torch::TensorOptions().dtype(type)).set_(storage, 0, shape, strides);
+}
+
+std::vector<int64_t> ContiguousStrides(at::IntArrayRef shape) {
+  std::vector<int64_t> s(shape.size());
+  int64_t acc = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    s[i] = acc;
+    acc *= std::max<int64_t>(shape[i], 1);
+  }
+  return s;
+}
+
+}  // namespace
+
+struct Client::Impl {
+  int sock = -1;
+  size_t arena_size = 0;
+  std::mutex mu;  // serialises requests on the socket; guards everything below
+  uint64_t next_id = 1;
+  FrameReader reader;
+  std::map<uint64_t, std::shared_ptr<Arena>> arenas;  // GUARDED_BY(mu)
+
+  ~Impl() {
+    if (sock >= 0) close(sock);
+  }
+
+  // Sends one request and waits for its reply. REQUIRES(mu).
+  Result<msgpack::object_handle> Call(Writer& w, uint64_t id, const std::vector<int>& fds = {}) {
+    if (auto st = SendAll(sock, EncodeFrame(w.body()), fds); !st.ok()) {
+      return Status(Code::kUnavailable, "lost the connection to shoald: " + st.message());
+    }
+    std::vector<int> got;
+    auto body = RecvFrame(sock, &reader, &got);
+    CloseAll(&got);
+    if (!body.ok()) return Status(Code::kUnavailable, "lost the connection to shoald: " + body.status().message());
+    auto oh = Decode(*body);
+    if (!oh.ok()) return oh.status();
+    MapView m(oh->get());
+    auto rid = m.Uint("id");
+    if (!rid.ok() || *rid != id) return Status::Internal("reply to another request");
+    auto ok = m.Bool("ok");
+    if (!ok.ok() || !*ok) {
+      std::string tb;
+      Status st = StatusFromReply(m, &tb);
+      if (!tb.empty()) st = Status(st.code(), st.message() + "\n--- model traceback ---\n" + tb);
+      return st;
+    }
+    return oh;
+  }
+
+  void Header(Writer& w, uint32_t fields, const char* op, uint64_t id) {
+    w.Map(fields + 3);
+    w.Key("v"); w.Val(kProtocolVersion);
+    w.Key("op"); w.Str(op);
+    w.Key("id"); w.Val(id);
+  }
+
+  // REQUIRES(mu)
+  Result<uint64_t> AddArena(size_t size) {
+    auto arena = Arena::Create("shoal-client", size);
+    if (!arena.ok()) return arena.status();
+    uint64_t id = next_id++;
+    Writer w;
+    Header(w, 0, "register_arena", id);
+    auto reply = Call(w, id, {(*arena)->fd()});
+    if (!reply.ok()) return reply.status();
+    auto aid = MapView(reply->get()).Uint("arena");
+    if (!aid.ok()) return aid.status();
+    arenas[*aid] = std::shared_ptr<Arena>(std::move(*arena));
+    return *aid;
+  }
+
+  // REQUIRES(mu)
+  Result<std::shared_ptr<BlockRef>> Alloc(size_t nbytes) {
+    for (auto& [id, arena] : arenas) {
+      auto off = arena->Allocate(nbytes);
+      if (off.ok()) return std::make_shared<BlockRef>(arena, id, *off);
+    }
+    auto id = AddArena(std::max(arena_size, 2 * nbytes + (1u << 20)));
+    if (!id.ok()) return id.status();
+    auto off = arenas[*id]->Allocate(nbytes);
+    if (!off.ok()) return off.status();
+    return std::make_shared<BlockRef>(arenas[*id], *id, *off);
+  }
+};
+
+Client::Client(std::unique_ptr<Impl> impl, std::string path) : impl_(std::move(impl)), socket_path_(std::move(path)) {}
+Client::~Client() = default;
+
+Result<std::unique_ptr<Client>> Client::Connect(const std::string& socket_path, size_t arena_size) {
+  std::string path = socket_path.empty() ? DefaultSocketPath() : socket_path;
+  auto impl = std::make_unique<Impl>();
+  impl->arena_size = arena_size;
+  impl->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (impl->sock < 0) return Status::FromErrno("socket", errno);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) return Status::BadRequest("socket path too long: " + path);
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  if (connect(impl->sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return Status(Code::kUnavailable, "cannot connect to shoald at " + path + ": " + std::strerror(errno) +
+                                          "; is shoald running? (start it with `shoald --socket " + path + "`)");
+  }
+  {
+    std::lock_guard<std::mutex> lock(impl->mu);
+    auto id = impl->AddArena(arena_size);
+    if (!id.ok()) return id.status();
+  }
+  return std::unique_ptr<Client>(new Client(std::move(impl), path));
+}
+
+Status Client::Load(const std::string& name, const std::string& archive_path) {
+  std::error_code ec;
+  auto abs = std::filesystem::absolute(archive_path, ec);
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  uint64_t id = impl_->next_id++;
+  Writer w;
+  impl_->Header(w, 2, "load", id);
+  w.Key("name"); w.Str(name);
+  w.Key("path"); w.Str(abs.string());
+  return impl_->Call(w, id).status();
+}
+
+Status Client::Unload(const std::string& name) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  uint64_t id = impl_->next_id++;
+  Writer w;
+  impl_->Header(w, 1, "unload", id);
+  w.Key("name"); w.Str(name);
+  return impl_->Call(w, id).status();
+}
+
+Result<std::vector<ModelInfo>> Client::Models() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  uint64_t id = impl_->next_id++;
+  Writer w;
+  impl_->Header(w, 0, "models", id);
+  auto reply = impl_->Call(w, id);
+  if (!reply.ok()) return reply.status();
+  auto arr = MapView(reply->get()).Array("models");
+  if (!arr.ok()) return arr.status();
+  std::vector<ModelInfo> out;
+  for (uint32_t i = 0; i < (*arr)->via.array.size; ++i) {
+    MapView m((*arr)->via.array.ptr[i]);
+    ModelInfo info;
+    if (auto n = m.Str("name"); n.ok()) info.name = *n;
+    if (auto p = m.Str("path"); p.ok()) info.path = *p;
+    if (auto r = m.Bool("ready"); r.ok()) info.ready = *r;
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+Result<std::string> Client::StatusText() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  uint64_t id = impl_->next_id++;
+  Writer w;
+  impl_->Header(w, 0, "status", id);
+  auto reply = impl_->Call(w, id);
+  if (!reply.ok()) return reply.status();
+  std::ostringstream os;
+  os << reply->get();
+  return os.str();
+}
+
+Result<torch::Tensor> Client::Empty(at::IntArrayRef shape, at::ScalarType dtype) {
+  if (DTypeName(dtype).empty()) return Status::BadRequest("dtype cannot travel through shoal");
+  int64_t numel = 1;
+  for (auto s : shape) {
+    if (s < 0) return Status::BadRequest("negative dimension");
+    numel *= s;
+  }
+  size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  auto block = impl_->Alloc(std::max<size_t>(nbytes, 1));
+  if (!block.ok()) return block.status();
+  return TensorOver(*block, (*block)->offset, dtype, shape, ContiguousStrides(shape), nbytes);
+}
+
+Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<torch::Tensor>& inputs,
+                                  std::optional<std::chrono::milliseconds> timeout) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<BlockRef>> keep;  // (arena, block)
+  std::vector<Descriptor> descs;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const torch::Tensor& x = inputs[i];
+    if (!x.defined()) return Status::BadRequest("input " + std::to_string(i) + " is an undefined tensor");
+    if (!x.device().is_cpu()) return Status::BadRequest("input " + std::to_string(i) + " is not on the CPU");
+    std::string dtype = DTypeName(x.scalar_type());
+    if (dtype.empty()) return Status::BadRequest("input " + std::to_string(i) + " has an unsupported dtype");
+    Descriptor d;
+    d.dtype = dtype;
+    d.shape = x.sizes().vec();
+    auto block = x.numel() > 0 ? BlockOf(x) : nullptr;
+    if (block && impl_->arenas.count(block->arena_id) != 0) {
+      // Arena-backed: describe the bytes where they are.
+      d.arena = block->arena_id;
+      d.block = block->offset;
+      d.offset = static_cast<uint64_t>(static_cast<uint8_t*>(x.data_ptr()) - block->arena->base());
+      d.strides = x.strides().vec();
+    } else {
+      size_t nbytes = static_cast<size_t>(x.numel()) * x.element_size();
+      auto b = impl_->Alloc(std::max<size_t>(nbytes, 1));
+      if (!b.ok()) return b.status();
+      block = *b;
+      d.arena = block->arena_id;
+      d.block = d.offset = block->offset;
+      d.strides = ContiguousStrides(x.sizes());
+      if (nbytes > 0) {
+        TensorOver(block, block->offset, x.scalar_type(), x.sizes(), d.strides, nbytes).copy_(x);
+      }
+    }
+    keep[{d.arena, d.block}] = block;
+    descs.push_back(std::move(d));
+  }
+  uint64_t id = impl_->next_id++;
+  Writer w;
+  impl_->Header(w, timeout ? 3 : 2, "infer", id);
+  w.Key("model"); w.Str(model);
+  w.Key("inputs");
+  w.pk().pack_array(static_cast<uint32_t>(descs.size()));
+  for (const auto& d : descs) d.Pack(&w);
+  if (timeout) {
+    w.Key("timeout_ms");
+    w.Val(static_cast<uint64_t>(std::max<int64_t>(1, timeout->count())));
+  }
+  auto reply = impl_->Call(w, id);
+  if (!reply.ok()) return reply.status();
+  const msgpack::object* outputs = MapView(reply->get()).Find("outputs");
+  if (outputs == nullptr) return Status::Internal("reply without outputs");
+  auto make = [&](const Descriptor& d) -> Result<torch::Tensor> {
+    auto type = ScalarTypeOf(d.dtype);
+    auto extent = d.Extent();
+    if (!type || !extent.ok()) return Status::Internal("bad output descriptor");
+    if (*extent == 0) return torch::empty(d.shape, torch::TensorOptions().dtype(*type));
+    auto arena = impl_->arenas.find(d.arena);
+    if (arena == impl_->arenas.end()) return Status::Internal("output in an unknown arena");
+    if (auto st = d.CheckBounds(arena->second->size()); !st.ok()) return Status::Internal(st.message());
+    auto& block = keep[{d.arena, d.block}];
+    if (!block) block = std::make_shared<BlockRef>(arena->second, d.arena, d.block);  // ours now
+    return TensorOver(block, d.offset, *type, d.shape, d.strides, *extent);
+  };
+  return DecodeTree(*outputs, make);
+}
+
+}  // namespace shoal

@@ -1,0 +1,73 @@
+// shoal::Client: the C++ client of shoald. Start here.
+//
+//   auto c = shoal::Client::Connect();                 // $SHOAL_SOCKET or the default socket
+//   if (!c.ok()) ... c.status().ToString()
+//   torch::Tensor x = (*c)->Empty({1, 3, 224, 224});   // lives in shared memory: no copy
+//   auto y = (*c)->Infer("resnet", {x});               // Result<c10::IValue>
+//
+// Inputs are torch::Tensors (CPU). An ordinary tensor costs one copy into the client's
+// arena; a tensor from Empty() costs none. Outputs keep the model's structure (tensor,
+// tuple, list, dict, scalars) and their tensors are views on shared memory that free
+// themselves when the last reference goes, even after the Client is gone.
+// Errors are Status values whose code says what happened (Code::kWorkerCrashed,
+// kModelNotFound, kModelError (the message carries the model's traceback), kTimeout,
+// kBadRequest, ...).
+// Thread-safety: a Client may be shared by threads; its requests are serialised.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "shoal/status.h"
+
+namespace shoal {
+
+class Arena;
+
+struct ModelInfo {
+  std::string name;
+  std::string path;
+  bool ready = false;
+};
+
+class Client {
+ public:
+  static constexpr size_t kDefaultArenaSize = 256u << 20;
+
+  // Connects to shoald at `socket_path` (empty: the default path) and registers an arena.
+  static Result<std::unique_ptr<Client>> Connect(const std::string& socket_path = "",
+                                                 size_t arena_size = kDefaultArenaSize);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  Status Load(const std::string& name, const std::string& archive_path);
+  Status Unload(const std::string& name);
+  Result<std::vector<ModelInfo>> Models();
+  // The status map as JSON-like text (workers, queue, counters), for display.
+  Result<std::string> StatusText();
+
+  // An uninitialised tensor in shared memory; fill it in place and pass it to Infer.
+  Result<torch::Tensor> Empty(at::IntArrayRef shape, at::ScalarType dtype = at::kFloat);
+
+  Result<c10::IValue> Infer(const std::string& model, const std::vector<torch::Tensor>& inputs,
+                            std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+
+  const std::string& socket_path() const { return socket_path_; }
+
+ private:
+  struct Impl;
+  explicit Client(std::unique_ptr<Impl> impl, std::string path);
+  std::unique_ptr<Impl> impl_;
+  std::string socket_path_;
+};
+
+}  // namespace shoal
