@@ -103,10 +103,13 @@ void AsyncChannel::Flush() {
 }
 
 void AsyncChannel::Fail(const Status& why) {
-  if (closed_) return;
+  if (closed_ || failing_) return;
+  // The handler runs while the socket is still open, so it can send a last error reply
+  // (best effort: whatever the socket takes now), then the channel closes.
+  failing_ = true;
   auto handler = std::move(on_close_);
-  Close();
   if (handler) handler(why);
+  Close();
 }
 
 void AsyncChannel::Close() {

@@ -39,7 +39,8 @@ class AsyncChannel : public std::enable_shared_from_this<AsyncChannel> {
   AsyncChannel& operator=(const AsyncChannel&) = delete;
 
   using FrameHandler = std::function<void(std::string body, std::vector<int> fds)>;
-  // Called once: on EOF, on an I/O error, or on a framing error (`why` says which).
+  // Called once: on EOF, on an I/O error, or on a framing error (`why` says which),
+  // before the socket is closed (a last Send is attempted at once, not queued).
   using CloseHandler = std::function<void(const Status& why)>;
   void Start(FrameHandler on_frame, CloseHandler on_close);
 
@@ -68,6 +69,7 @@ class AsyncChannel : public std::enable_shared_from_this<AsyncChannel> {
   size_t queued_bytes_ = 0;
   bool writing_ = false;
   bool closed_ = false;
+  bool failing_ = false;
   FrameHandler on_frame_;
   CloseHandler on_close_;
 };

@@ -125,6 +125,7 @@ void Supervisor::Accept() {
             if (why.code() == Code::kBadRequest) {
               // A framing error cannot be resynchronised: say why, then hang up.
               spdlog::warn("{}: {}", s->Describe(), why.message());
+              s->channel->Send(ErrorReply(0, why));
             }
             OnClientClosed(s);
           });

@@ -1,0 +1,84 @@
+"""Models used by shoal's tests and examples. Written in plain Python on purpose."""
+import ctypes
+import os
+
+import torch
+from torch import nn
+
+import shoal_test_helpers as helpers
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow, a loop whose length depends on the input, a helper
+    module, and a nested output structure."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = nn.Linear(16, 32)
+        self.blocks = nn.ModuleList([nn.Linear(32, 32) for _ in range(3)])
+        self.out = nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        steps = 1 + helpers.count_positive(x[0, :3])
+        for i in range(steps):
+            h = torch.tanh(self.blocks[i % len(self.blocks)](h))
+        h, mode = helpers.gated_scale(h, 0.3)
+        y = self.out(h)
+        return {"logits": y, "extra": (h.sum(dim=1), [steps, mode])}
+
+
+class AddConst(nn.Module):
+    def __init__(self, k=1.0):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x):
+        return x * 2 + self.k
+
+
+class Identity(nn.Module):
+    def forward(self, *xs):
+        return xs[0] if len(xs) == 1 else xs
+
+
+class Crashy(nn.Module):
+    """Segfaults (a NULL write through ctypes) when the input's sum is negative."""
+
+    def forward(self, x):
+        if float(x.sum()) < 0:
+            ctypes.string_at(0)  # reads address 0: SIGSEGV, like a broken C extension
+        return x + 1
+
+
+class Raises(nn.Module):
+    def forward(self, x):
+        raise ValueError(f"bad input of shape {tuple(x.shape)}")
+
+
+class Exits(nn.Module):
+    def forward(self, x):
+        os._exit(7)
+
+
+class Sleeps(nn.Module):
+    def forward(self, x):
+        import time
+        time.sleep(float(x.flatten()[0]))
+        return x
+
+
+class BigWeights(nn.Module):
+    """About `mb` MB of float32 weights."""
+
+    def __init__(self, mb=200):
+        super().__init__()
+        n = int((mb * 1024 * 1024 / 4 / 2) ** 0.5)
+        torch.manual_seed(1)
+        self.a = nn.Linear(n, n, bias=False)
+        self.b = nn.Linear(n, n, bias=False)
+        self.n = n
+
+    def forward(self, x):
+        return self.b(self.a(x))

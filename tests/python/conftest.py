@@ -1,0 +1,104 @@
+"""Fixtures: a real shoald on a temporary socket, and archives of the test models.
+
+SHOAL_BUILD_DIR (set by ctest) names the build tree: bin/shoald and python/shoal."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+BUILD = os.environ.get("SHOAL_BUILD_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
+BUILD = os.path.abspath(BUILD)
+sys.path.insert(0, os.path.join(BUILD, "python"))
+MODELS = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "models"))
+sys.path.insert(0, MODELS)
+
+import shoal  # noqa: E402
+
+
+class Daemon:
+    def __init__(self, tmp, workers=2, args=()):
+        self.socket = str(tmp / "shoal.sock")
+        self.log_path = tmp / "shoald.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [os.path.join(BUILD, "bin", "shoald"), "--socket", self.socket, "--workers", str(workers),
+             *args], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"shoald exited: {open(self.log_path).read()}")
+            if os.path.exists(self.socket):
+                try:
+                    shoal.Client(self.socket).close()
+                    return
+                except shoal.Unavailable:
+                    pass
+            time.sleep(0.05)
+        raise RuntimeError("shoald did not come up")
+
+    def client(self, **kw):
+        return shoal.Client(self.socket, **kw)
+
+    def worker_pids(self):
+        with self.client() as c:
+            return [w["pid"] for w in c.status()["workers"]]
+
+    def wait_ready(self, model, workers=None, timeout=30):
+        """Until `model` is loaded in `workers` workers (all by default)."""
+        deadline = time.time() + timeout
+        with self.client() as c:
+            while time.time() < deadline:
+                st = c.status()["workers"]
+                n = sum(1 for w in st if model in w["models"] and w["state"] != "restarting")
+                if n >= (workers or len(st)):
+                    return
+                time.sleep(0.05)
+        raise TimeoutError(f"model {model} not ready in time")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(tmp_path)
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def make_daemon(tmp_path):
+    made = []
+
+    def make(workers=2, args=()):
+        sub = tmp_path / f"d{len(made)}"
+        sub.mkdir()
+        d = Daemon(sub, workers, args)
+        made.append(d)
+        return d
+    yield make
+    for d in made:
+        d.stop()
+
+
+@pytest.fixture(scope="session")
+def archives(tmp_path_factory):
+    """Archives of the small test models, exported once per session."""
+    import shoal_test_models as m
+    out = tmp_path_factory.mktemp("archives")
+    paths = {}
+    for name, obj in {"branchy": m.Branchy(), "add": m.AddConst(1.0), "identity": m.Identity(),
+                      "crashy": m.Crashy(), "raises": m.Raises(), "exits": m.Exits(),
+                      "sleeps": m.Sleeps()}.items():
+        paths[name] = shoal.export(obj, out / f"{name}.pt")
+    return paths
