@@ -17,7 +17,8 @@ from torch.package import PackageExporter, PackageImporter
 ENTRY_PACKAGE = "model"
 ENTRY_RESOURCE = "model.pkl"
 ALIGNMENT = 64
-DEFAULT_EXTERN = ["torch", "torch.**", "numpy", "numpy.**", "torchvision", "torchvision.**"]
+DEFAULT_EXTERN = ["torch", "torch.**", "numpy", "numpy.**", "torchvision", "torchvision.**",
+                  "shoal", "shoal.**"]
 
 
 class ArchiveError(Exception):
@@ -27,7 +28,7 @@ class ArchiveError(Exception):
 def export(model, path, extern=(), intern=(), mock=()):
     """Packages ``model`` (any picklable object; usually an ``nn.Module``) into ``path``.
 
-    torch, numpy and torchvision are extern (taken from the serving environment); every
+    torch, numpy, torchvision and shoal are extern (taken from the serving environment); every
     other module the model needs, the user's own code included, is interned (copied into
     the archive as source). ``extern``/``intern``/``mock`` add torch.package patterns.
     """

@@ -1,0 +1,147 @@
+"""Malformed input from a client gets BAD_REQUEST and never hurts the daemon or others."""
+import os
+import socket
+import struct
+
+import msgpack
+import pytest
+import torch
+
+import shoal
+
+
+def raw(daemon):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(daemon.socket)
+    s.settimeout(10)
+    return s
+
+
+def read_reply(s):
+    hdr = b""
+    while len(hdr) < 4:
+        chunk = s.recv(4 - len(hdr))
+        if not chunk:
+            return None
+        hdr += chunk
+    (n,) = struct.unpack("<I", hdr)
+    body = b""
+    while len(body) < n:
+        body += s.recv(n - len(body))
+    return msgpack.unpackb(body, raw=False)
+
+
+def frame(body):
+    return struct.pack("<I", len(body)) + body
+
+
+def assert_serving(daemon, archives):
+    with daemon.client() as c:
+        if "add" not in [m["name"] for m in c.models()]:
+            c.load("add", archives["add"])
+        assert float(c.infer("add", torch.zeros(1))[0]) == 1.0
+
+
+@pytest.mark.parametrize("body,needle", [
+    (b"\xc1\xc1\xc1 garbage", "not valid MessagePack"),
+    (msgpack.packb({"v": 1, "op": "infer", "id": 1, "model": "add", "inputs": [1, 2]})[:-3],
+     "not valid MessagePack"),  # truncated inside the message
+    (msgpack.packb([1, 2, 3]), "not a map"),
+    (msgpack.packb({"v": 99, "op": "ping", "id": 1}), "protocol version"),
+    (msgpack.packb({"v": 1, "op": "explode", "id": 1}), "unknown operation"),
+    (msgpack.packb({"v": 1, "op": "infer", "id": 1}), "missing field 'model'"),
+    (msgpack.packb({"v": 1, "op": "ping", "id": 1, "x": list(range(100000))}), "size limit"),
+], ids=["garbage", "truncated", "not-a-map", "version", "unknown-op", "missing-field", "too-many-items"])
+def test_garbage_and_truncated_messages(daemon, archives, body, needle):
+    s = raw(daemon)
+    s.sendall(frame(body))
+    reply = read_reply(s)
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "BAD_REQUEST"
+    assert needle in reply["error"]["message"]
+    s.close()
+    assert_serving(daemon, archives)
+
+
+def test_oversized_frame_is_refused_and_connection_closed(daemon, archives):
+    s = raw(daemon)
+    s.sendall(struct.pack("<I", 512 << 20))  # claims 512 MiB of control data
+    reply = read_reply(s)
+    assert reply["error"]["code"] == "BAD_REQUEST"
+    assert "exceeds the limit" in reply["error"]["message"]
+    assert read_reply(s) is None  # then the daemon hangs up
+    assert_serving(daemon, archives)
+
+
+def test_zero_length_frame(daemon, archives):
+    s = raw(daemon)
+    s.sendall(struct.pack("<I", 0))
+    assert read_reply(s)["error"]["code"] == "BAD_REQUEST"
+    assert_serving(daemon, archives)
+
+
+def test_truncated_frame_then_disconnect(daemon, archives):
+    s = raw(daemon)
+    s.sendall(struct.pack("<I", 100) + b"only ten b")
+    s.close()
+    assert_serving(daemon, archives)
+
+
+def test_fd_that_is_not_a_memfd_is_refused(daemon, archives):
+    s = raw(daemon)
+    r, w = os.pipe()
+    body = frame(msgpack.packb({"v": 1, "op": "register_arena", "id": 5}))
+    s.sendmsg([body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", r))])
+    reply = read_reply(s)
+    assert reply["id"] == 5 and reply["error"]["code"] == "BAD_REQUEST"
+    assert "not a memfd" in reply["error"]["message"]
+    os.close(r)
+    os.close(w)
+    assert_serving(daemon, archives)
+
+
+def desc(**over):
+    d = {"arena": 1, "block": 64, "offset": 64, "dtype": "float32", "shape": [4], "strides": [1]}
+    d.update(over)
+    return d
+
+
+@pytest.mark.parametrize("bad,needle", [
+    (dict(offset=1 << 40, block=1 << 40), "outside arena"),
+    (dict(shape=[1 << 30], strides=[1]), "outside arena"),
+    (dict(shape=[2, 2], strides=[1 << 40, 1]), "outside arena"),
+    (dict(arena=999), "not registered on this connection"),
+    (dict(dtype="float128"), "unknown dtype"),
+    (dict(shape=[2, 2], strides=[1]), "differ in length"),
+    (dict(shape=[1] * 17, strides=[1] * 17), "dimensions"),
+    (dict(shape=[-1], strides=[1]), "integers in [0, 2^48]"),
+    (dict(block=128), "block starts after its data"),
+], ids=["offset", "shape", "stride", "arena", "dtype", "ndim-mismatch", "17-dims", "negative", "block"])
+def test_descriptors_outside_their_arena(daemon, archives, bad, needle):
+    with daemon.client(arena_size=1 << 20) as c:
+        c.load("add", archives["add"])
+        aid = next(iter(c._arenas))
+        d = desc(arena=aid)
+        d.update(bad)
+        with pytest.raises(shoal.BadRequest, match=needle.replace("[", r"\[").replace("^", r"\^")):
+            c._call({"op": "infer", "model": "add", "inputs": [d]})
+        # the same connection keeps working
+        assert float(c.infer("add", torch.zeros(1))[0]) == 1.0
+
+
+def test_another_clients_arena_is_off_limits(daemon, archives):
+    with daemon.client() as a, daemon.client() as b:
+        a.load("add", archives["add"])
+        aid = next(iter(a._arenas))
+        with pytest.raises(shoal.BadRequest, match="not registered on this connection"):
+            b._call({"op": "infer", "model": "add", "inputs": [desc(arena=aid)]})
+
+
+def test_output_larger_than_arena_is_arena_full(daemon, tmp_path):
+    import shoal_test_models as m
+    big = shoal.export(m.Grow(), tmp_path / "grow.pt")
+    with daemon.client(arena_size=1 << 20) as c:
+        c.load("grow", big)
+        with pytest.raises(shoal.ArenaFull, match="grow"):
+            c.infer("grow", torch.ones(1))
+        assert c.status()["workers"][0]["state"] != "restarting"
