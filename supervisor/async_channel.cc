@@ -52,9 +52,7 @@ void AsyncChannel::ReadSome() {
         auto frame = self->reader_.Next();
         if (!frame.ok()) return self->Fail(frame.status());
         if (!frame->has_value()) break;
-        std::vector<int> fds;
-        fds.swap(self->pending_fds_);
-        self->on_frame_(std::move(**frame), std::move(fds));
+        self->on_frame_(std::move(**frame), &self->pending_fds_);
         if (self->closed_) return;
       }
       if (*n < sizeof(buf)) break;

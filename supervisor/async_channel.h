@@ -38,7 +38,10 @@ class AsyncChannel : public std::enable_shared_from_this<AsyncChannel> {
   AsyncChannel(const AsyncChannel&) = delete;
   AsyncChannel& operator=(const AsyncChannel&) = delete;
 
-  using FrameHandler = std::function<void(std::string body, std::vector<int> fds)>;
+  // `fds` is the connection's FIFO of received, unclaimed descriptors (they arrive no later
+  // than the first byte of the frame they belong to): a handler takes from its front what
+  // the message says it carries and leaves the rest.
+  using FrameHandler = std::function<void(std::string body, std::vector<int>* fds)>;
   // Called once: on EOF, on an I/O error, or on a framing error (`why` says which),
   // before the socket is closed (a last Send is attempted at once, not queued).
   using CloseHandler = std::function<void(const Status& why)>;

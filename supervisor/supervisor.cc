@@ -116,8 +116,8 @@ void Supervisor::Accept() {
       sessions_[s->id] = s;
       std::weak_ptr<ClientSession> weak = s;
       s->channel->Start(
-          [this, weak](std::string body, std::vector<int> fds) {
-            if (auto s = weak.lock()) OnClientFrame(s, std::move(body), std::move(fds));
+          [this, weak](std::string body, std::vector<int>* fds) {
+            if (auto s = weak.lock()) OnClientFrame(s, std::move(body), fds);
           },
           [this, weak](const Status& why) {
             auto s = weak.lock();
@@ -151,32 +151,23 @@ void Supervisor::ReplyError(const std::shared_ptr<ClientSession>& s, uint64_t id
 }
 
 void Supervisor::OnClientFrame(const std::shared_ptr<ClientSession>& s, std::string body,
-                               std::vector<int> fds) {
+                               std::vector<int>* fds) {
   auto oh = Decode(body);
-  if (!oh.ok()) {
-    CloseAll(&fds);
-    return ReplyError(s, 0, oh.status());
-  }
+  if (!oh.ok()) return ReplyError(s, 0, oh.status());
   MapView m(oh->get());
   uint64_t id = 0;
   if (auto rid = m.OptUint("id"); rid.ok() && rid->has_value()) id = **rid;
-  auto fail = [&](const Status& st) {
-    CloseAll(&fds);
-    ReplyError(s, id, st);
-  };
+  auto fail = [&](const Status& st) { ReplyError(s, id, st); };
   if (auto v = m.Uint("v"); !v.ok() || *v != kProtocolVersion) {
     return fail(Status::BadRequest("unsupported protocol version (this shoald speaks v" +
                                    std::to_string(kProtocolVersion) + "); upgrade the client"));
   }
   auto op = m.Str("op");
   if (!op.ok()) return fail(op.status());
-  if (*op != "register_arena" && !fds.empty()) {
-    return fail(Status::BadRequest("file descriptors sent with '" + *op + "', which takes none"));
-  }
   if (*op == "infer") {
     if (auto st = HandleInfer(s, id, m); !st.ok()) ReplyError(s, id, st);
   } else if (*op == "register_arena") {
-    if (auto st = HandleRegisterArena(s, id, &fds); !st.ok()) fail(st);
+    if (auto st = HandleRegisterArena(s, id, fds); !st.ok()) fail(st);
   } else if (*op == "load") {
     HandleLoad(s, id, m);
   } else if (*op == "unload") {
@@ -210,19 +201,17 @@ void Supervisor::OnClientClosed(const std::shared_ptr<ClientSession>& s) {
 
 Status Supervisor::HandleRegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id,
                                        std::vector<int>* fds) {
-  if (fds->size() != 1) {
-    return Status::BadRequest("register_arena needs exactly one memfd attached (got " +
-                              std::to_string(fds->size()) + ")");
-  }
+  if (fds->empty()) return Status::BadRequest("register_arena needs a memfd attached (SCM_RIGHTS)");
+  auto fd = std::make_shared<OwnedFd>(fds->front());  // closed on every error path below
+  fds->erase(fds->begin());
   if (s->arenas.size() >= 64) return Status::BadRequest("too many arenas on one connection (64 at most)");
-  auto size = CheckArenaFd((*fds)[0]);
+  auto size = CheckArenaFd(fd->get());
   if (!size.ok()) return size.status();
   ArenaEntry a;
   a.id = next_arena_++;
   a.owner = s->id;
   a.size = *size;
-  a.fd = std::make_shared<OwnedFd>((*fds)[0]);
-  fds->clear();
+  a.fd = fd;
   s->arenas.insert(a.id);
   arenas_[a.id] = a;
   Writer w;
@@ -726,10 +715,10 @@ void Supervisor::SpawnWorker(int slot) {
   uint64_t gen = w->generation;
   workers_[slot] = std::move(w);
   raw->channel->Start(
-      [this, slot, gen](std::string body, std::vector<int> fds) {
+      [this, slot, gen](std::string body, std::vector<int>* fds) {
         auto it = workers_.find(slot);
-        CloseAll(&fds);  // workers never send fds
-        if (it != workers_.end() && it->second->generation == gen) OnWorkerFrame(it->second.get(), std::move(body), {});
+        CloseAll(fds);  // workers never send fds
+        if (it != workers_.end() && it->second->generation == gen) OnWorkerFrame(it->second.get(), std::move(body));
       },
       [this, slot, gen](const Status& why) {
         auto it = workers_.find(slot);
@@ -774,7 +763,7 @@ void Supervisor::SendRequest(WorkerHandle* w, uint64_t id, std::string_view body
   w->channel->Send(body, std::move(fds));
 }
 
-void Supervisor::OnWorkerFrame(WorkerHandle* w, std::string body, std::vector<int> /*fds*/) {
+void Supervisor::OnWorkerFrame(WorkerHandle* w, std::string body) {
   auto oh = Decode(body);
   if (!oh.ok()) {
     spdlog::error("{} sent an undecodable message: {}", w->Describe(), oh.status().ToString());

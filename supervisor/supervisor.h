@@ -75,7 +75,7 @@ class Supervisor {
  private:
   // clients
   void Accept();
-  void OnClientFrame(const std::shared_ptr<ClientSession>& s, std::string body, std::vector<int> fds);
+  void OnClientFrame(const std::shared_ptr<ClientSession>& s, std::string body, std::vector<int>* fds);
   void OnClientClosed(const std::shared_ptr<ClientSession>& s);
   Status HandleRegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, std::vector<int>* fds);
   void HandleLoad(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
@@ -91,7 +91,7 @@ class Supervisor {
   // workers
   void SpawnWorker(int slot);
   void ScheduleRespawn(int slot, std::chrono::milliseconds delay);
-  void OnWorkerFrame(WorkerHandle* w, std::string body, std::vector<int> fds);
+  void OnWorkerFrame(WorkerHandle* w, std::string body);
   void OnWorkerGone(WorkerHandle* w, const std::string& how);
   void ReapChildren();
   void SendRequest(WorkerHandle* w, uint64_t id, std::string_view body, WorkerHandle::ReplyFn fn,

@@ -92,10 +92,12 @@ void Interpreter::AcquireGil() {
 Result<std::string> Interpreter::Handle(const std::string& body, std::vector<int>* fds) {
   PyObject* fd_list = PyList_New(static_cast<Py_ssize_t>(fds->size()));
   for (size_t i = 0; i < fds->size(); ++i) PyList_SET_ITEM(fd_list, i, PyLong_FromLong((*fds)[i]));
-  fds->clear();  // owned by Python now
   PyObject* arg = PyBytes_FromStringAndSize(body.data(), static_cast<Py_ssize_t>(body.size()));
   PyObject* res = PyObject_CallFunctionObjArgs(static_cast<PyObject*>(handle_), arg, fd_list, nullptr);
   Py_DECREF(arg);
+  // The runner pops the fds its message carries; the rest belong to later messages.
+  fds->clear();
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(fd_list); ++i) fds->push_back(PyLong_AsLong(PyList_GET_ITEM(fd_list, i)));
   Py_DECREF(fd_list);
   if (res == nullptr) return Status::Internal("runner.handle raised:\n" + FetchPythonError());
   std::string out;

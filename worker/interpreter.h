@@ -22,7 +22,8 @@ class Interpreter {
   Interpreter(const Interpreter&) = delete;
   Interpreter& operator=(const Interpreter&) = delete;
 
-  // Passes one message body (and its fds, whose ownership passes to Python) to the runner.
+  // Passes one message body and the FIFO of received fds to the runner, which takes (from
+  // the front) those its message carries; the others stay in *fds for later messages.
   // Returns the reply body, or an empty string when the message needs no reply.
   Result<std::string> Handle(const std::string& body, std::vector<int>* fds);
 

@@ -4,7 +4,6 @@ shoal-worker (C++) reads each framed message from shoald and calls ``Runner.hand
 fds)``; the returned bytes (if any) are the reply. Messages come from the supervisor,
 which has already checked every descriptor against its arena's bounds.
 """
-import os
 import traceback
 
 import msgpack
@@ -31,6 +30,8 @@ class Runner:
 
     # -- dispatch -------------------------------------------------------------------
     def handle(self, body, fds):
+        """``fds``: received descriptors not yet claimed, oldest first; a message that
+        carries one (``arena``) pops it from the front."""
         msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
         op = msg["op"]
         if op == "infer":
@@ -49,8 +50,6 @@ class Runner:
         elif op == "unload":
             self.models.pop(msg["name"], None)
             return msgpack.packb({"v": VERSION, "id": msg["id"], "ok": True})
-        for fd in fds:  # nobody claimed them
-            os.close(fd)
         return None
 
     def _load(self, msg):
