@@ -66,9 +66,13 @@ class [[nodiscard]] Result {
     return ok() ? kOk : std::get<Status>(v_);
   }
   T& value() & { return std::get<T>(v_); }
+  const T& value() const& { return std::get<T>(v_); }
   T&& value() && { return std::get<T>(std::move(v_)); }
   T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
+  T&& operator*() && { return std::move(*this).value(); }
 
  private:
   std::variant<T, Status> v_;

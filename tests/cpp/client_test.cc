@@ -1,0 +1,121 @@
+// The C++ client against a real shoald (started here as a child process) with archives
+// made by tests/models/make_archives.py (the ctest fixture). SHOAL_BUILD_DIR and
+// SHOAL_TEST_ARCHIVES come from ctest.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "shoal/client.h"
+#include "tests/cpp/catch.h"
+
+namespace {
+
+std::string Env(const char* name) {
+  const char* v = getenv(name);
+  return v ? v : "";
+}
+
+class Daemon {
+ public:
+  Daemon() {
+    socket_ = "/tmp/shoal-client-test-" + std::to_string(getpid()) + ".sock";
+    std::string bin = Env("SHOAL_BUILD_DIR") + "/bin/shoald";
+    std::string add = "add=" + Env("SHOAL_TEST_ARCHIVES") + "/add.pt";
+    pid_ = fork();
+    if (pid_ == 0) {
+      execl(bin.c_str(), "shoald", "--socket", socket_.c_str(), "--workers", "2", "--model", add.c_str(),
+            "--log-level", "warn", nullptr);
+      _exit(127);
+    }
+    for (int i = 0; i < 300; ++i) {
+      auto c = shoal::Client::Connect(socket_, 1 << 20);
+      if (c.ok()) {
+        auto models = (*c)->Models();
+        if (models.ok() && !models->empty() && (*models)[0].ready) return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    FAIL("shoald did not come up");
+  }
+  ~Daemon() {
+    kill(pid_, SIGTERM);
+    int st;
+    waitpid(pid_, &st, 0);
+  }
+  const std::string& socket() const { return socket_; }
+
+ private:
+  std::string socket_;
+  pid_t pid_;
+};
+
+std::string Archive(const char* name) { return Env("SHOAL_TEST_ARCHIVES") + "/" + name + ".pt"; }
+
+}  // namespace
+
+TEST_CASE("C++ client: infer with ordinary and arena-backed tensors", "[client]") {
+  Daemon d;
+  auto c = shoal::Client::Connect(d.socket());
+  REQUIRE(c.ok());
+  auto x = torch::arange(6, torch::kFloat).reshape({2, 3});
+  auto y = (*c)->Infer("add", {x});
+  REQUIRE(y.ok());
+  REQUIRE(y->isTensor());
+  REQUIRE(torch::equal(y->toTensor(), x * 2 + 1));
+
+  auto xa = (*c)->Empty({4, 4});
+  REQUIRE(xa.ok());
+  xa->fill_(2.0);
+  REQUIRE(torch::equal((*c)->Infer("add", {*xa})->toTensor(), torch::full({4, 4}, 5.0)));
+
+  REQUIRE((*c)->Load("identity", Archive("identity")).ok());
+  auto same = (*c)->Infer("identity", {*xa});
+  REQUIRE(same->toTensor().data_ptr() == xa->data_ptr());  // zero copies
+  auto models = (*c)->Models();
+  REQUIRE(models->size() == 2);
+}
+
+TEST_CASE("C++ client: structured outputs become IValues", "[client]") {
+  Daemon d;
+  auto c = shoal::Client::Connect(d.socket());
+  REQUIRE((*c)->Load("branchy", Archive("branchy")).ok());
+  auto y = (*c)->Infer("branchy", {torch::randn({3, 16})});
+  REQUIRE(y.ok());
+  REQUIRE(y->isGenericDict());
+  auto dict = y->toGenericDict();
+  REQUIRE(dict.at("logits").toTensor().sizes() == std::vector<int64_t>{3, 4});
+  auto extra = dict.at("extra").toTuple();
+  REQUIRE(extra->elements()[0].isTensor());
+  auto list = extra->elements()[1].toList();
+  REQUIRE(list.get(0).isInt());
+  REQUIRE(list.get(1).isString());
+}
+
+TEST_CASE("C++ client: errors carry their codes", "[client]") {
+  Daemon d;
+  auto c = shoal::Client::Connect(d.socket());
+  REQUIRE((*c)->Infer("ghost", {torch::ones({1})}).status().code() == shoal::Code::kModelNotFound);
+  REQUIRE((*c)->Load("raises", Archive("raises")).ok());
+  auto e = (*c)->Infer("raises", {torch::ones({2})});
+  REQUIRE(e.status().code() == shoal::Code::kModelError);
+  REQUIRE(e.status().message().find("ValueError") != std::string::npos);  // the traceback
+  REQUIRE((*c)->Load("crashy", Archive("crashy")).ok());
+  auto crash = (*c)->Infer("crashy", {-torch::ones({2})});
+  REQUIRE(crash.status().code() == shoal::Code::kWorkerCrashed);
+  REQUIRE(crash.status().message().find("SIGSEGV") != std::string::npos);
+  // the service goes on
+  REQUIRE((*c)->Infer("add", {torch::zeros({1})}).ok());
+  REQUIRE((*c)->Unload("raises").ok());
+  REQUIRE((*c)->Unload("raises").code() == shoal::Code::kModelNotFound);
+}
+
+TEST_CASE("C++ client: no daemon gives a clear Unavailable", "[client]") {
+  auto c = shoal::Client::Connect("/tmp/shoal-no-such-daemon.sock");
+  REQUIRE(c.status().code() == shoal::Code::kUnavailable);
+  REQUIRE(c.status().message().find("is shoald running?") != std::string::npos);
+}

@@ -1,0 +1,126 @@
+#include <limits>
+
+#include "protocol/descriptor.h"
+#include "protocol/frame.h"
+#include "protocol/messages.h"
+#include "tests/cpp/catch.h"
+
+using namespace shoal;
+
+namespace {
+std::string Pack(const std::function<void(Writer&)>& f) {
+  Writer w;
+  f(w);
+  return std::string(w.body());
+}
+
+Result<Descriptor> ParseDesc(int64_t offset, std::vector<int64_t> shape, std::vector<int64_t> strides,
+                             const char* dtype = "float32") {
+  std::string body = Pack([&](Writer& w) {
+    w.Map(6);
+    w.Key("arena"); w.Val(1);
+    w.Key("block"); w.Val(offset);
+    w.Key("offset"); w.Val(offset);
+    w.Key("dtype"); w.Str(dtype);
+    w.Key("shape"); w.Val(shape);
+    w.Key("strides"); w.Val(strides);
+  });
+  auto oh = Decode(body);
+  REQUIRE(oh.ok());
+  return Descriptor::Parse(oh->get());
+}
+}  // namespace
+
+TEST_CASE("frame reader reassembles frames split at any byte", "[protocol]") {
+  std::string stream = EncodeFrame("hello") + EncodeFrame("shoal");
+  for (size_t cut = 0; cut <= stream.size(); ++cut) {
+    FrameReader r;
+    std::vector<std::string> got;
+    r.Append(reinterpret_cast<const uint8_t*>(stream.data()), cut);
+    for (auto f = r.Next(); f.ok() && f->has_value(); f = r.Next()) got.push_back(**f);
+    r.Append(reinterpret_cast<const uint8_t*>(stream.data()) + cut, stream.size() - cut);
+    for (auto f = r.Next(); f.ok() && f->has_value(); f = r.Next()) got.push_back(**f);
+    REQUIRE(got == std::vector<std::string>{"hello", "shoal"});
+  }
+}
+
+TEST_CASE("frame reader rejects empty and oversized frames", "[protocol]") {
+  FrameReader r(1024);
+  std::string zero(4, '\0');
+  r.Append(reinterpret_cast<const uint8_t*>(zero.data()), 4);
+  REQUIRE(r.Next().status().code() == Code::kBadRequest);
+
+  FrameReader big(1024);
+  std::string hdr = EncodeFrame(std::string(2000, 'x')).substr(0, 4);
+  big.Append(reinterpret_cast<const uint8_t*>(hdr.data()), 4);
+  auto f = big.Next();
+  REQUIRE(f.status().code() == Code::kBadRequest);
+  REQUIRE(f.status().message().find("exceeds the limit") != std::string::npos);
+}
+
+TEST_CASE("decode bounds containers and rejects garbage", "[protocol]") {
+  REQUIRE(Decode("\xc1").status().code() == Code::kBadRequest);
+  REQUIRE(Decode(Pack([](Writer& w) { w.Val(std::vector<int>{1, 2}); })).status().message() == "message is not a map");
+  std::string huge = Pack([](Writer& w) {
+    w.Map(1);
+    w.Key("x");
+    w.Val(std::vector<int>(100000, 1));
+  });
+  REQUIRE(Decode(huge).status().message().find("size limit") != std::string::npos);
+  std::string ok = Pack([](Writer& w) {
+    w.Map(1);
+    w.Key("op");
+    w.Str("ping");
+  });
+  REQUIRE(Decode(ok.substr(0, ok.size() - 1)).status().code() == Code::kBadRequest);  // truncated
+  auto oh = Decode(ok);
+  REQUIRE(oh.ok());
+  MapView m(oh->get());
+  REQUIRE(*m.Str("op") == "ping");
+  REQUIRE(m.Uint("op").status().message() == "field 'op' must be a non-negative integer");
+  REQUIRE(m.Str("model").status().message() == "missing field 'model'");
+}
+
+TEST_CASE("descriptor extent follows strides", "[protocol]") {
+  auto d = ParseDesc(64, {2, 3}, {3, 1});
+  REQUIRE(d.ok());
+  REQUIRE(*d->Extent() == 6 * 4);
+  auto t = ParseDesc(64, {3, 2}, {1, 3});  // a transposed view spans the same bytes
+  REQUIRE(*t->Extent() == 6 * 4);
+  auto e = ParseDesc(64, {0, 5}, {5, 1});
+  REQUIRE(*e->Extent() == 0);
+}
+
+TEST_CASE("descriptor bounds are checked against the arena", "[protocol]") {
+  auto d = ParseDesc(4096 - 16, {4}, {1});
+  REQUIRE(d->CheckBounds(4096).ok());
+  auto past = ParseDesc(4096 - 12, {4}, {1});
+  auto st = past->CheckBounds(4096);
+  REQUIRE(st.code() == Code::kBadRequest);
+  REQUIRE(st.message().find("outside arena 1") != std::string::npos);
+  auto stride = ParseDesc(0, {2, 2}, {int64_t{1} << 40, 1});
+  REQUIRE_FALSE(stride->CheckBounds(1 << 20).ok());
+}
+
+TEST_CASE("descriptor parsing rejects bad fields", "[protocol]") {
+  REQUIRE(ParseDesc(0, {2}, {1}, "float128").status().message() == "unknown dtype 'float128'");
+  REQUIRE(ParseDesc(0, {2, 2}, {1}).status().message().find("differ in length") != std::string::npos);
+  REQUIRE(ParseDesc(0, std::vector<int64_t>(17, 1), std::vector<int64_t>(17, 1)).status().message().find(
+              "dimensions") != std::string::npos);
+  // 2^48 x 2^48 elements overflows any arena: refused rather than wrapped around
+  auto big = ParseDesc(0, {int64_t{1} << 48, int64_t{1} << 48}, {int64_t{1} << 48, 1});
+  REQUIRE_FALSE(big.ok());
+}
+
+TEST_CASE("error replies round-trip code, message and traceback", "[protocol]") {
+  std::string body = ErrorReply(7, Status(Code::kModelError, "model 'm' raised"), "Traceback...");
+  auto oh = Decode(body);
+  REQUIRE(oh.ok());
+  MapView m(oh->get());
+  REQUIRE(*m.Uint("id") == 7);
+  std::string tb;
+  Status st = StatusFromReply(m, &tb);
+  REQUIRE(st.code() == Code::kModelError);
+  REQUIRE(st.message() == "model 'm' raised");
+  REQUIRE(tb == "Traceback...");
+}
