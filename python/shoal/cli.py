@@ -1,0 +1,105 @@
+"""The `shoal` command: talk to shoald from a shell.
+
+    shoal [--socket PATH] load NAME ARCHIVE
+    shoal [--socket PATH] unload NAME
+    shoal [--socket PATH] models
+    shoal [--socket PATH] status
+    shoal [--socket PATH] infer NAME IN.npy... [-o OUT.npy] [--timeout SECONDS]
+"""
+import argparse
+import json
+import sys
+
+import numpy as np
+import torch
+
+from . import errors
+from .client import Client
+
+
+def _flatten(obj, prefix, out):
+    if isinstance(obj, torch.Tensor):
+        out[prefix or "output"] = obj.numpy()
+    elif isinstance(obj, (tuple, list)):
+        for i, x in enumerate(obj):
+            _flatten(x, f"{prefix}.{i}" if prefix else str(i), out)
+    elif isinstance(obj, dict):
+        for k, x in obj.items():
+            _flatten(x, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix or "output"] = np.asarray(obj)
+
+
+def _show(obj, indent=""):
+    if isinstance(obj, torch.Tensor):
+        flat = obj.flatten()
+        head = ", ".join(f"{float(v):.6g}" for v in flat[:8])
+        more = ", ..." if flat.numel() > 8 else ""
+        return f"tensor(shape={list(obj.shape)}, dtype={str(obj.dtype).replace('torch.', '')}, [{head}{more}])"
+    if isinstance(obj, dict):
+        inner = "".join(f"\n{indent}  {k!r}: {_show(v, indent + '  ')}" for k, v in obj.items())
+        return "{" + inner + f"\n{indent}}}"
+    if isinstance(obj, (tuple, list)):
+        o, c = ("(", ")") if isinstance(obj, tuple) else ("[", "]")
+        inner = "".join(f"\n{indent}  {_show(v, indent + '  ')}," for v in obj)
+        return o + inner + f"\n{indent}{c}"
+    return repr(obj)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="shoal", description="Client of the shoal inference service.")
+    p.add_argument("--socket", help="shoald's socket (default: $SHOAL_SOCKET or the system socket)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("load", help="load an archive under a name")
+    s.add_argument("name")
+    s.add_argument("archive")
+    s = sub.add_parser("unload", help="unload a model")
+    s.add_argument("name")
+    sub.add_parser("models", help="list loaded models")
+    sub.add_parser("status", help="workers, queue and counters (JSON)")
+    s = sub.add_parser("infer", help="run a model on .npy inputs")
+    s.add_argument("name")
+    s.add_argument("inputs", nargs="*", metavar="IN.npy")
+    s.add_argument("-o", "--output", help="write the result: .npy for one tensor, .npz for a structure")
+    s.add_argument("--timeout", type=float, help="deadline in seconds")
+    args = p.parse_args(argv)
+
+    try:
+        with Client(args.socket) as c:
+            if args.cmd == "load":
+                c.load(args.name, args.archive)
+                print(f"loaded {args.name} from {args.archive}")
+            elif args.cmd == "unload":
+                c.unload(args.name)
+                print(f"unloaded {args.name}")
+            elif args.cmd == "models":
+                for m in c.models():
+                    print(f"{m['name']}\t{'ready' if m['ready'] else 'NOT READY'}\t{m['path']}")
+            elif args.cmd == "status":
+                print(json.dumps(c.status(), indent=2))
+            elif args.cmd == "infer":
+                inputs = []
+                for path in args.inputs:
+                    try:
+                        inputs.append(np.load(path, allow_pickle=False))
+                    except (OSError, ValueError) as e:
+                        print(f"shoal: cannot read input {path}: {e}", file=sys.stderr)
+                        return 2
+                out = c.infer(args.name, *inputs, timeout=args.timeout)
+                print(_show(out))
+                if args.output:
+                    if isinstance(out, torch.Tensor):
+                        np.save(args.output, out.numpy())
+                    else:
+                        flat = {}
+                        _flatten(out, "", flat)
+                        np.savez(args.output, **flat)
+                    print(f"wrote {args.output}")
+    except errors.Error as e:
+        print(f"shoal: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
