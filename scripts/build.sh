@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Configures and builds shoal into ${SHOAL_BUILD_DIR:-build}.
+# SHOAL_PYTHON=/path/to/python3 picks the interpreter (default: the first that imports torch).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${SHOAL_BUILD_DIR:-build}
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo ${SHOAL_PYTHON:+-DSHOAL_PYTHON=$SHOAL_PYTHON} \
+  ${SHOAL_CMAKE_ARGS:-} >/dev/null
+cmake --build "$BUILD" -j"$(nproc)"

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what shoal needs from Debian's packages (idempotent; as root or with sudo).
+# SHOAL_NO_INSTALL=1 skips installing (machines without a package registry).
+set -euo pipefail
+PACKAGES=(build-essential cmake pkg-config libboost-dev libmsgpack-cxx-dev python3-msgpack
+          libtorch-dev python3-torch python3-torchvision python3.11-dev python3-numpy
+          python3-pytest catch2 libspdlog-dev patchelf)
+[ "${SHOAL_NO_INSTALL:-0}" = "1" ] && exit 0
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && { echo "setup: all packages present"; exit 0; }
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+echo "setup: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
