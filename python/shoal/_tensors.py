@@ -6,8 +6,6 @@ elements. An output tree node is one of ``{"tensor": desc}``, ``{"tuple": [...]}
 ``{"list": [...]}``, ``{"dict": [[key, node], ...]}``, ``{"float": x}`` or ``{"value": x}``
 (None, bool, int, str).
 """
-import warnings
-
 import torch
 
 DTYPES = {
@@ -17,6 +15,7 @@ DTYPES = {
     "complex64": torch.complex64, "complex128": torch.complex128,
 }
 NAMES = {v: k for k, v in DTYPES.items()}
+ITEMSIZE = {name: torch.empty((), dtype=dt).element_size() for name, dt in DTYPES.items()}
 
 
 def dtype_name(dtype):
@@ -44,16 +43,18 @@ def storage_ptr(t):
 def view(buffer, base_offset, desc):
     """A tensor over ``buffer`` (an object with the buffer protocol whose byte 0 is arena
     offset ``base_offset``) described by ``desc``. No bytes are copied."""
-    dtype = DTYPES[desc["dtype"]]
+    name = desc["dtype"]
+    dtype = DTYPES[name]
     shape, strides = desc["shape"], desc["strides"]
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = ITEMSIZE[name]
     nbytes = extent(shape, strides, itemsize)
     if nbytes == 0:
         return torch.empty(shape, dtype=dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # read-only buffers warn; arenas are writable anyway
-        flat = torch.frombuffer(buffer, dtype=dtype, count=nbytes // itemsize,
-                                offset=desc["offset"] - base_offset)
+    # Arena and Block buffers are writable, so frombuffer does not warn (or copy).
+    flat = torch.frombuffer(buffer, dtype=dtype, count=nbytes // itemsize,
+                            offset=desc["offset"] - base_offset)
+    if len(shape) == 1 and strides[0] == 1:
+        return flat
     if list(strides) == contiguous_strides(shape):
         return flat.view(shape)
     return flat.as_strided(shape, strides)
@@ -68,7 +69,7 @@ def contiguous_strides(shape):
 
 
 def element_size(dtype):
-    return torch.empty((), dtype=dtype).element_size()
+    return ITEMSIZE[dtype_name(dtype)]
 
 
 def decode_tree(node, make_tensor):

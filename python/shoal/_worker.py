@@ -73,11 +73,9 @@ class Runner:
         inputs, spans = [], []
         for d in msg["inputs"]:
             arena = self.arenas[d["arena"]]
-            t = _tensors.view(arena, 0, d)
-            inputs.append(t)
-            itemsize = t.element_size()
+            inputs.append(_tensors.view(arena, 0, d))
             spans.append((d["arena"], d["block"], d["offset"],
-                          d["offset"] + _tensors.extent(d["shape"], d["strides"], itemsize),
+                          d["offset"] + _tensors.extent(d["shape"], d["strides"], _tensors.ITEMSIZE[d["dtype"]]),
                           arena.address))
         try:
             out = model(*inputs)
