@@ -134,21 +134,28 @@ def test_bad_archives_are_refused_with_clear_errors(daemon, tmp_path):
         assert c.models() == []
 
 
-def test_compressed_storage_is_refused(daemon, tmp_path):
+def _rewrite(src, dst, compress_type):
     import zipfile
-    src = shoal.export(models.AddConst(2.0), tmp_path / "ok.pt")
-    bad = tmp_path / "compressed.pt"
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(bad, "w") as zout:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for info in zin.infolist():
-            zout.writestr(info.filename, zin.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
-    m = models.BigWeights(1)  # has storages, unlike AddConst
-    src2 = shoal.export(m, tmp_path / "w.pt")
-    with zipfile.ZipFile(src2) as zin, zipfile.ZipFile(bad, "w") as zout:
-        for info in zin.infolist():
-            zout.writestr(info.filename, zin.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
+            zout.writestr(info.filename, zin.read(info.filename), compress_type=compress_type)
+
+
+def test_compressed_or_misaligned_storages_are_refused(daemon, tmp_path):
+    import zipfile
+    src = shoal.export(models.BigWeights(1), tmp_path / "w.pt")  # has storage records
+    compressed = tmp_path / "compressed.pt"
+    _rewrite(src, compressed, zipfile.ZIP_DEFLATED)
+    misaligned = tmp_path / "misaligned.pt"
+    _rewrite(src, misaligned, zipfile.ZIP_STORED)  # Python's zipfile does not pad to 64 bytes
     with daemon.client() as c:
-        with pytest.raises(shoal.BadRequest, match="compressed"):
-            c.load("w", bad)
+        with pytest.raises(shoal.BadRequest, match=r"compressed\.pt: storage record .* is compressed"):
+            c.load("w", compressed)
+        with pytest.raises(shoal.BadRequest, match="not 64-byte aligned"):
+            c.load("w", misaligned)
+        assert c.models() == []
+        c.load("w", src)  # the original is servable
+        assert c.models()[0]["ready"]
 
 
 def test_eight_concurrent_clients_fifty_requests_each(daemon, archives):
