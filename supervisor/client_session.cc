@@ -19,6 +19,11 @@ Status ReadPeerCredentials(int sock, ClientSession* s) {
   s->pid = cred.pid;
   s->uid = cred.uid;
   s->gid = cred.gid;
+  gid_t groups[256];
+  socklen_t glen = sizeof(groups);
+  if (getsockopt(sock, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) == 0) {
+    s->groups.assign(groups, groups + glen / sizeof(gid_t));
+  }
   return Status::Ok();
 }
 

@@ -8,6 +8,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "supervisor/async_channel.h"
 
@@ -19,13 +20,14 @@ struct ClientSession {
   pid_t pid = -1;
   uid_t uid = static_cast<uid_t>(-1);
   gid_t gid = static_cast<gid_t>(-1);
+  std::vector<gid_t> groups;  // supplementary groups (SO_PEERGROUPS)
   std::set<uint64_t> arenas;  // ids registered on this connection
   bool closed = false;
 
   std::string Describe() const;
 };
 
-// Fills pid/uid/gid from the socket's peer credentials.
+// Fills pid/uid/gid/groups from the socket's peer credentials.
 Status ReadPeerCredentials(int sock, ClientSession* s);
 
 }  // namespace shoal

@@ -6,22 +6,31 @@
 #include <iostream>
 #include <string>
 
+#include "supervisor/config.h"
 #include "supervisor/supervisor.h"
+#include "supervisor/systemd.h"
 
 namespace {
 
 const char kUsage[] =
-    "usage: shoald [--socket PATH] [--workers N] [--model NAME=ARCHIVE]...\n"
+    "usage: shoald [--config FILE] [--socket PATH] [--workers N] [--model NAME=ARCHIVE]...\n"
     "              [--timeout-ms MS] [--kill-grace-ms MS] [--max-queue N]\n"
     "              [--worker-binary PATH] [--log-level trace|debug|info|warn|error]\n"
     "\n"
+    "  --config FILE       read this configuration file first (see /etc/shoal/shoald.conf);\n"
+    "                      the other options override it\n"
     "  --socket PATH       client socket (default: $SHOAL_SOCKET, else /run/shoal/shoal.sock\n"
     "                      for root, else $XDG_RUNTIME_DIR/shoal/shoal.sock)\n"
     "  --workers N         worker processes (default 2)\n"
     "  --model NAME=PATH   load this archive at start-up (repeatable)\n"
     "  --timeout-ms MS     deadline of jobs that give none (default 60000; 0 = none)\n"
     "  --kill-grace-ms MS  a worker still running a timed-out job is killed after this (2000)\n"
-    "  --max-queue N       queued jobs beyond this are answered OVERLOADED (1024)\n";
+    "  --max-queue N       queued jobs beyond this are answered OVERLOADED (1024)\n"
+    "  --drain-grace-ms MS on SIGTERM, running jobs get this long to finish (10000)\n"
+    "  --admin-group NAME  members may load and unload models (besides root and shoald's user)\n"
+    "\n"
+    "Under systemd, shoald takes its listening socket from socket activation (LISTEN_FDS) and\n"
+    "reports READY=1 once the configured models serve (NOTIFY_SOCKET, WATCHDOG_USEC).\n";
 
 bool ParseUint(const char* s, uint64_t* out) {
   char* end = nullptr;
@@ -37,6 +46,20 @@ bool ParseUint(const char* s, uint64_t* out) {
 int main(int argc, char** argv) {
   shoal::SupervisorConfig cfg;
   cfg.socket_path = shoal::DefaultSocketPath();
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e shoald[%P] %l: %v");
+  for (int i = 1; i + 1 < argc; ++i) {  // the file first, so that options override it
+    if (std::string(argv[i]) == "--config") {
+      if (auto st = shoal::LoadConfigFile(argv[i + 1], &cfg); !st.ok()) {
+        std::cerr << "shoald: " << st.message() << "\n";
+        return 2;
+      }
+    }
+  }
+  spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+  // Archives named in the file: relative paths are under model_repository.
+  for (auto& [name, path] : cfg.models) {
+    if (!path.empty() && path[0] != '/' && !cfg.model_repository.empty()) path = cfg.model_repository + "/" + path;
+  }
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](const char* name) -> const char* {
@@ -55,7 +78,9 @@ int main(int argc, char** argv) {
       }
       return n;
     };
-    if (a == "--socket") {
+    if (a == "--config") {
+      ++i;  // already read
+    } else if (a == "--socket") {
       cfg.socket_path = value("--socket");
     } else if (a == "--workers") {
       cfg.workers = static_cast<int>(number("--workers"));
@@ -81,6 +106,10 @@ int main(int argc, char** argv) {
       cfg.kill_grace_ms = number("--kill-grace-ms");
     } else if (a == "--max-queue") {
       cfg.max_queue = number("--max-queue");
+    } else if (a == "--drain-grace-ms") {
+      cfg.drain_grace_ms = number("--drain-grace-ms");
+    } else if (a == "--admin-group") {
+      cfg.admin_group = value("--admin-group");
     } else if (a == "--worker-binary") {
       cfg.worker_binary = value("--worker-binary");
     } else if (a == "--log-level") {
@@ -93,7 +122,14 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e shoald[%P] %l: %v");
+  if (auto fd = shoal::TakeListenFd()) cfg.listen_fd = *fd;
+  for (const auto& [name, path] : cfg.models) {
+    if (path.empty() || path[0] != '/') {
+      std::cerr << "shoald: model '" << name << "': archive path '" << path
+                << "' must be absolute (or set model_repository)\n";
+      return 2;
+    }
+  }
   boost::asio::io_context io;
   shoal::Supervisor sup(io, cfg);
   if (auto st = sup.Start(); !st.ok()) {
@@ -102,5 +138,5 @@ int main(int argc, char** argv) {
   }
   io.run();
   spdlog::info("shoald stopped");
-  return 0;
+  return sup.exit_code();
 }

@@ -3,6 +3,7 @@
 #include "protocol/channel.h"
 #include "shm/memfd.h"
 
+#include <grp.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
@@ -66,23 +67,42 @@ Status Supervisor::Start() {
                              "(pass --worker-binary PATH)", errno);
   }
 
-  // A stale socket file from a dead shoald is removed; a live one is left alone.
-  std::filesystem::path sp(config_.socket_path);
-  std::error_code ec;
-  std::filesystem::create_directories(sp.parent_path(), ec);
-  if (std::filesystem::exists(sp)) {
-    local::socket probe(io_);
-    boost::system::error_code pec;
-    probe.connect(local::endpoint(config_.socket_path), pec);
-    if (!pec) return Status(Code::kUnavailable, "another shoald is serving " + config_.socket_path);
-    std::filesystem::remove(sp, ec);
+  if (!config_.admin_group.empty()) {
+    struct group* g = getgrnam(config_.admin_group.c_str());
+    if (g == nullptr) {
+      return Status::BadRequest("admin_group '" + config_.admin_group + "' does not exist (create it or "
+                                "change admin_group in the configuration)");
+    }
+    admin_gid_ = g->gr_gid;
   }
-  try {
-    acceptor_ = std::make_unique<local::acceptor>(io_, local::endpoint(config_.socket_path));
-  } catch (const std::exception& e) {
-    return Status(Code::kIoError, "cannot listen on " + config_.socket_path + ": " + e.what());
+  if (config_.listen_fd >= 0) {
+    // Socket activation: systemd owns the socket file, its mode and its group.
+    acceptor_ = std::make_unique<local::acceptor>(io_);
+    boost::system::error_code aec;
+    acceptor_->assign(local(), config_.listen_fd, aec);
+    if (aec) return Status(Code::kIoError, "cannot adopt the socket passed by systemd: " + aec.message());
+    config_.socket_path = "(socket from systemd)";
+  } else {
+    // A stale socket file from a dead shoald is removed; a live one is left alone.
+    std::filesystem::path sp(config_.socket_path);
+    std::error_code ec;
+    std::filesystem::create_directories(sp.parent_path(), ec);
+    if (std::filesystem::exists(sp)) {
+      local::socket probe(io_);
+      boost::system::error_code pec;
+      probe.connect(local::endpoint(config_.socket_path), pec);
+      if (!pec) return Status(Code::kUnavailable, "another shoald is serving " + config_.socket_path);
+      std::filesystem::remove(sp, ec);
+    }
+    try {
+      acceptor_ = std::make_unique<local::acceptor>(io_, local::endpoint(config_.socket_path));
+    } catch (const std::exception& e) {
+      return Status(Code::kIoError, "cannot listen on " + config_.socket_path + ": " + e.what());
+    }
+    // Who may connect is decided by the socket's directory; what they may do, per
+    // operation (SO_PEERCRED).
+    chmod(config_.socket_path.c_str(), 0666);
   }
-  chmod(config_.socket_path.c_str(), 0666);  // access control is per operation (SO_PEERCRED)
 
   signals_.add(SIGCHLD);
   signals_.add(SIGTERM);
@@ -95,10 +115,33 @@ Status Supervisor::Start() {
   for (const auto& [name, path] : config_.models) {
     models_[name] = ModelEntry{name, path, false};
   }
+  notifier_.Notify("STATUS=starting " + std::to_string(config_.workers) + " workers, loading " +
+                   std::to_string(models_.size()) + " models");
   for (int slot = 0; slot < config_.workers; ++slot) SpawnWorker(slot);
   Accept();
   spdlog::info("shoald listening on {} with {} workers", config_.socket_path, config_.workers);
+  if (notifier_.watchdog_interval()) Watchdog();
+  CheckReady();
   return Status::Ok();
+}
+
+void Supervisor::CheckReady() {
+  if (ready_sent_ || stopping_) return;
+  for (const auto& [name, m] : models_) {
+    if (!ModelReady(name)) return;
+  }
+  ready_sent_ = true;
+  notifier_.Notify("READY=1\nSTATUS=serving " + std::to_string(models_.size()) + " models with " +
+                   std::to_string(config_.workers) + " workers on " + config_.socket_path);
+}
+
+void Supervisor::Watchdog() {
+  // Pinged from the loop itself: a wedged loop stops the pings and systemd restarts us.
+  notifier_.Notify("WATCHDOG=1");
+  watchdog_timer_ = std::make_unique<asio::steady_timer>(io_, *notifier_.watchdog_interval());
+  watchdog_timer_->async_wait([this](const boost::system::error_code& ec) {
+    if (!ec && !finished_) Watchdog();
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -237,14 +280,25 @@ void Supervisor::DropArena(uint64_t arena) {
   arenas_.erase(arena);
 }
 
-bool Supervisor::IsAdmin(const ClientSession& s) const { return s.uid == 0 || s.uid == geteuid(); }
+bool Supervisor::IsAdmin(const ClientSession& s) const {
+  if (s.uid == 0 || s.uid == geteuid()) return true;
+  if (admin_gid_ == static_cast<gid_t>(-1)) return false;
+  if (s.gid == admin_gid_) return true;
+  for (gid_t g : s.groups) {
+    if (g == admin_gid_) return true;
+  }
+  return false;
+}
 
 void Supervisor::HandleLoad(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m) {
   if (!IsAdmin(*s)) {
     spdlog::warn("refused load from {}: not an administrator", s->Describe());
-    return ReplyError(s, id, Status::BadRequest("load refused for uid " + std::to_string(s->uid) +
-                                                ": loading a model runs its code; only root or shoald's "
-                                                "own user may load models"));
+    return ReplyError(s, id, Status::BadRequest(
+                                 "load refused for uid " + std::to_string(s->uid) +
+                                 ": loading a model runs its code; only root, shoald's own user" +
+                                 (config_.admin_group.empty() ? std::string()
+                                                              : " or members of group '" + config_.admin_group + "'") +
+                                 " may load models"));
   }
   auto name = m.Str("name");
   auto path = m.Str("path");
@@ -351,8 +405,11 @@ void Supervisor::LoadInWorker(WorkerHandle* w, const std::string& name, const st
 void Supervisor::HandleUnload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m) {
   if (!IsAdmin(*s)) {
     spdlog::warn("refused unload from {}: not an administrator", s->Describe());
-    return ReplyError(s, id, Status::BadRequest("unload refused for uid " + std::to_string(s->uid) +
-                                                ": only root or shoald's own user may unload models"));
+    return ReplyError(s, id, Status::BadRequest(
+                                 "unload refused for uid " + std::to_string(s->uid) + ": only root, shoald's own user" +
+                                 (config_.admin_group.empty() ? std::string()
+                                                              : " or members of group '" + config_.admin_group + "'") +
+                                 " may unload models"));
   }
   auto name = m.Str("name");
   if (!name.ok()) return ReplyError(s, id, name.status());
@@ -507,6 +564,12 @@ Status Supervisor::HandleInfer(const std::shared_ptr<ClientSession>& s, uint64_t
 // jobs
 
 void Supervisor::Dispatch() {
+  if (stopping_) {
+    for (const auto& [slot, w] : workers_) {
+      if (!w->gone && w->job) return;  // still draining
+    }
+    return FinishShutdown();
+  }
   if (queue_.empty()) return;
   for (auto& [slot, w] : workers_) {
     if (w->gone || w->job) continue;
@@ -742,7 +805,16 @@ void Supervisor::SpawnWorker(int slot) {
       if (!st.ok()) {
         spdlog::error("worker {} could not load model '{}': {}{}", slot, model, st.ToString(),
                       tb.empty() ? "" : "\n" + tb);
+        if (!ready_sent_ && st.code() != Code::kWorkerCrashed && !stopping_) {
+          // A configured model that cannot load is a start-up failure, not something to retry.
+          notifier_.Notify("STATUS=model '" + model + "' failed to load: " + st.message());
+          spdlog::critical("configured model '{}' cannot be loaded; stopping", model);
+          exit_code_ = 1;
+          Shutdown();
+          return;
+        }
       }
+      CheckReady();
       Dispatch();
     });
   }
@@ -848,19 +920,41 @@ void Supervisor::OnSignal(int sig) {
 }
 
 void Supervisor::Shutdown() {
+  if (stopping_) return;
   stopping_ = true;
+  notifier_.Notify("STOPPING=1\nSTATUS=draining: finishing running jobs");
   boost::system::error_code ec;
   if (acceptor_) acceptor_->close(ec);
-  std::error_code fec;
-  std::filesystem::remove(config_.socket_path, fec);
-  for (auto job : queue_) FailJob(job, Status(Code::kUnavailable, "shoald is shutting down"));
+  if (config_.listen_fd < 0) {
+    std::error_code fec;
+    std::filesystem::remove(config_.socket_path, fec);
+  }
+  for (auto job : queue_) {
+    FailJob(job, Status(Code::kUnavailable, "shoald is shutting down; job " + std::to_string(job->id) +
+                                                " of model '" + job->model + "' was not started"));
+  }
   queue_.clear();
+  drain_timer_ = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(config_.drain_grace_ms));
+  drain_timer_->async_wait([this](const boost::system::error_code& ec) {
+    if (!ec) FinishShutdown();
+  });
+  Dispatch();  // finishes at once when nothing is running
+}
+
+void Supervisor::FinishShutdown() {
+  if (finished_) return;
+  finished_ = true;
+  if (drain_timer_) drain_timer_->cancel();
+  if (watchdog_timer_) watchdog_timer_->cancel();
   for (auto& [slot, w] : workers_) {
     if (w->gone) continue;
-    if (w->job) FailJob(w->job, Status(Code::kUnavailable, "shoald is shutting down"));
+    if (w->job) {
+      FailJob(w->job, Status(Code::kUnavailable, "shoald stopped before job " + std::to_string(w->job->id) +
+                                                     " of model '" + w->job->model + "' finished"));
+    }
+    w->gone = true;
     kill(w->pid, SIGKILL);
     waitpid(w->pid, nullptr, 0);
-    w->gone = true;
     w->channel->Close();
   }
   // Let queued replies reach clients, then stop.

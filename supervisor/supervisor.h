@@ -20,12 +20,14 @@
 #include "protocol/descriptor.h"
 #include "protocol/paths.h"
 #include "supervisor/client_session.h"
+#include "supervisor/systemd.h"
 #include "supervisor/worker_handle.h"
 
 namespace shoal {
 
 struct SupervisorConfig {
   std::string socket_path;
+  int listen_fd = -1;             // an already-listening socket (systemd socket activation)
   int workers = 2;
   std::string worker_binary;                                   // default: next to shoald
   std::vector<std::pair<std::string, std::string>> models;     // loaded at start-up
@@ -33,6 +35,10 @@ struct SupervisorConfig {
   uint64_t kill_grace_ms = 2000;  // a worker whose job timed out gets this long before SIGKILL
   size_t max_queue = 1024;        // queued jobs beyond this are answered OVERLOADED
   std::vector<std::string> worker_env;  // extra "K=V" for workers
+  uint64_t drain_grace_ms = 10000;  // SIGTERM: running jobs get this long to finish
+  std::string admin_group;          // members may load/unload (besides root and shoald's user)
+  std::string model_repository;     // relative archive paths resolve against it
+  std::string log_level = "info";
 };
 
 
@@ -69,8 +75,12 @@ class Supervisor {
   Supervisor(const Supervisor&) = delete;
   Supervisor& operator=(const Supervisor&) = delete;
 
-  // Binds the socket, spawns the workers, loads the configured models, installs signals.
+  // Binds the socket (or adopts config.listen_fd), spawns the workers, loads the
+  // configured models, installs signals. READY=1 goes to systemd once they all serve.
   Status Start();
+  // What main should return once the loop stops: 0 after a drain, 1 when a configured
+  // model could not be loaded at start-up.
+  int exit_code() const { return exit_code_; }
 
  private:
   // clients
@@ -113,7 +123,10 @@ class Supervisor {
   bool ModelReady(const std::string& name) const;
 
   void OnSignal(int sig);
-  void Shutdown();
+  void Shutdown();         // SIGTERM/SIGINT: drain, then stop
+  void FinishShutdown();   // kill workers, close clients, stop the loop
+  void CheckReady();       // READY=1 once every configured model serves
+  void Watchdog();
 
   boost::asio::io_context& io_;
   SupervisorConfig config_;
@@ -121,6 +134,13 @@ class Supervisor {
   boost::asio::signal_set signals_;
   std::chrono::steady_clock::time_point started_;
   bool stopping_ = false;
+  bool finished_ = false;
+  bool ready_sent_ = false;
+  int exit_code_ = 0;
+  gid_t admin_gid_ = static_cast<gid_t>(-1);
+  Notifier notifier_;
+  std::unique_ptr<boost::asio::steady_timer> watchdog_timer_;
+  std::unique_ptr<boost::asio::steady_timer> drain_timer_;
 
   uint64_t next_session_ = 1;
   uint64_t next_arena_ = 1;

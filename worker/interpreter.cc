@@ -47,14 +47,17 @@ Result<std::unique_ptr<Interpreter>> Interpreter::Start(const std::string& pytho
   if (PyStatus_Exception(st)) {
     return Status::Internal(std::string("Python failed to initialise: ") + (st.err_msg ? st.err_msg : "?"));
   }
-  PyObject* sys_path = PySys_GetObject("path");  // borrowed
-  PyObject* dir = PyUnicode_FromString(python_dir.c_str());
-  PyList_Insert(sys_path, 0, dir);
-  Py_DECREF(dir);
+  if (!python_dir.empty()) {
+    PyObject* sys_path = PySys_GetObject("path");  // borrowed
+    PyObject* dir = PyUnicode_FromString(python_dir.c_str());
+    PyList_Insert(sys_path, 0, dir);
+    Py_DECREF(dir);
+  }
 
   PyObject* mod = PyImport_ImportModule("shoal._worker");
   if (mod == nullptr) {
-    return Status::Internal("cannot import shoal._worker from " + python_dir + ":\n" + FetchPythonError());
+    return Status::Internal("cannot import shoal._worker (from " + (python_dir.empty() ? "sys.path" : python_dir) +
+                            "):\n" + FetchPythonError());
   }
   PyObject* runner = PyObject_CallMethod(mod, "Runner", "i", slot);
   Py_DECREF(mod);

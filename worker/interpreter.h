@@ -16,7 +16,8 @@ namespace shoal {
 
 class Interpreter {
  public:
-  // Initialises Python with `python_dir` first on sys.path and builds the job runner.
+  // Initialises Python (with `python_dir`, if not empty, first on sys.path) and builds
+  // the job runner.
   static Result<std::unique_ptr<Interpreter>> Start(const std::string& python_dir, int slot);
   ~Interpreter();
   Interpreter(const Interpreter&) = delete;

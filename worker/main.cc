@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
 
 #include "protocol/channel.h"
@@ -28,8 +29,16 @@ int main(int argc, char** argv) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e shoal-worker[%P] %l: %v");
 
-  std::string python_dir = SHOAL_PYTHON_DIR;
-  if (const char* d = getenv("SHOAL_PYTHONPATH"); d != nullptr && *d != '\0') python_dir = d;
+  // The shoal package: $SHOAL_PYTHONPATH, else the build tree next to this binary
+  // (build/bin/../python), else wherever the interpreter finds it (an installed shoal).
+  std::string python_dir;
+  std::error_code ec;
+  auto beside = std::filesystem::read_symlink("/proc/self/exe", ec).parent_path().parent_path() / "python";
+  if (const char* d = getenv("SHOAL_PYTHONPATH"); d != nullptr && *d != '\0') {
+    python_dir = d;
+  } else if (std::filesystem::exists(beside / "shoal" / "_worker.py", ec)) {
+    python_dir = beside.string();
+  }
   auto interp = shoal::Interpreter::Start(python_dir, slot);
   if (!interp.ok()) {
     spdlog::critical("{}", interp.status().ToString());
