@@ -127,8 +127,12 @@ Status Supervisor::Start() {
 
 void Supervisor::CheckReady() {
   if (ready_sent_ || stopping_) return;
-  for (const auto& [name, m] : models_) {
-    if (!ModelReady(name)) return;
+  // Ready means full capacity: every worker has loaded every configured model.
+  for (const auto& [slot, w] : workers_) {
+    if (w->gone) return;
+    for (const auto& [name, m] : models_) {
+      if (w->ready_models.count(name) == 0) return;
+    }
   }
   ready_sent_ = true;
   notifier_.Notify("READY=1\nSTATUS=serving " + std::to_string(models_.size()) + " models with " +
