@@ -6,11 +6,14 @@
 #include <grp.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -49,6 +52,10 @@ Supervisor::~Supervisor() {
       kill(w->pid, SIGKILL);
       waitpid(w->pid, nullptr, 0);
     }
+  }
+  if (zygote_ && !zygote_->gone && zygote_->pid > 0) {
+    kill(zygote_->pid, SIGKILL);
+    waitpid(zygote_->pid, nullptr, 0);
   }
 }
 
@@ -117,6 +124,10 @@ Status Supervisor::Start() {
   }
   notifier_.Notify("STATUS=starting " + std::to_string(config_.workers) + " workers, loading " +
                    std::to_string(models_.size()) + " models");
+  // Workers forked by the zygote are reparented to us when their middle process exits:
+  // as a subreaper we wait for them (and learn how they died) ourselves.
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  if (config_.zygote) StartZygote();
   for (int slot = 0; slot < config_.workers; ++slot) SpawnWorker(slot);
   Accept();
   spdlog::info("shoald listening on {} with {} workers", config_.socket_path, config_.workers);
@@ -750,14 +761,27 @@ void Supervisor::OnDeadline(const std::shared_ptr<Job>& job) {
   if (it == workers_.end() || it->second->gone || it->second->job != job) return;
   WorkerHandle* w = it->second.get();
   w->kill_timer = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(config_.kill_grace_ms));
-  pid_t pid = w->pid;
   uint64_t gen = w->generation;
   int slot = w->slot;
-  w->kill_timer->async_wait([this, pid, gen, slot, job](const boost::system::error_code& ec) {
+  w->kill_timer->async_wait([this, gen, slot, job](const boost::system::error_code& ec) {
     if (ec) return;
     auto it = workers_.find(slot);
     if (it == workers_.end() || it->second->generation != gen || it->second->gone || it->second->job != job) return;
-    spdlog::warn("worker {} (pid {}) still runs timed-out job {}; killing it", slot, pid, job->id);
+    TerminateWorker(it->second.get(), "still runs timed-out job " + std::to_string(job->id));
+  });
+}
+
+void Supervisor::TerminateWorker(WorkerHandle* w, const std::string& why) {
+  if (w->gone || w->pid <= 0) return;
+  spdlog::warn("{} {}: SIGTERM, then SIGKILL after 500 ms", w->Describe(), why);
+  kill(w->pid, SIGTERM);
+  w->kill_timer = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(500));
+  pid_t pid = w->pid;
+  uint64_t gen = w->generation;
+  int slot = w->slot;
+  w->kill_timer->async_wait([this, pid, gen, slot](const boost::system::error_code& ec) {
+    auto it = workers_.find(slot);
+    if (ec || it == workers_.end() || it->second->generation != gen || it->second->gone) return;
     kill(pid, SIGKILL);
   });
 }
@@ -765,21 +789,121 @@ void Supervisor::OnDeadline(const std::shared_ptr<Job>& job) {
 // ---------------------------------------------------------------------------------------
 // workers
 
-void Supervisor::SpawnWorker(int slot) {
-  auto proc = SpawnWorkerProcess(config_.worker_binary, slot, config_.worker_env);
+void Supervisor::StartZygote() {
+  std::vector<std::string> args = {"--zygote", "--supervisor", std::to_string(getpid())};
+  for (auto& a : config_.sandbox.ToArgs()) args.push_back(a);
+  auto proc = SpawnWorkerProcess(config_.worker_binary, args, config_.worker_env);
   if (!proc.ok()) {
-    spdlog::error("cannot start worker {}: {}", slot, proc.status().ToString());
-    return ScheduleRespawn(slot, std::chrono::milliseconds(1000));
+    spdlog::error("cannot start the zygote: {}; workers are started one by one", proc.status().ToString());
+    return;
   }
+  zygote_ = std::make_unique<ZygoteHandle>();
+  zygote_->pid = proc->pid;
+  zygote_->started = Clock::now();
+  zygote_->channel = std::make_shared<AsyncChannel>(io_, proc->sock);
+  ZygoteHandle* z = zygote_.get();
+  z->channel->Start(
+      [this, z](std::string body, std::vector<int>* fds) {
+        CloseAll(fds);
+        if (zygote_.get() != z) return;
+        auto oh = Decode(body);
+        if (!oh.ok()) return;
+        MapView m(oh->get());
+        auto id = m.Uint("id");
+        const msgpack::object* pid = m.Find("pid");
+        if (!id.ok() || pid == nullptr) return;
+        auto it = z->pending.find(*id);
+        if (it == z->pending.end()) return;
+        auto fn = std::move(it->second);
+        z->pending.erase(it);
+        fn(pid->type == msgpack::type::POSITIVE_INTEGER ? static_cast<pid_t>(pid->via.u64) : -1);
+      },
+      [this, z](const Status&) {
+        if (zygote_.get() != z || z->gone) return;
+        kill(z->pid, SIGKILL);
+        int status = 0;
+        pid_t r;
+        do {
+          r = waitpid(z->pid, &status, 0);
+        } while (r < 0 && errno == EINTR);
+        OnZygoteGone(r == z->pid ? DescribeWaitStatus(status) : "closed its socket");
+      });
+  spdlog::info("started the zygote (pid {})", z->pid);
+}
+
+void Supervisor::OnZygoteGone(const std::string& how) {
+  ZygoteHandle* z = zygote_.get();
+  if (z == nullptr || z->gone) return;
+  z->gone = true;
+  z->channel->Close();
+  spdlog::error("the zygote (pid {}) died: {}; workers are started one by one until it is back", z->pid, how);
+  // Workers it was forking may or may not exist; without their pids they cannot be
+  // supervised: hang up on them (a worker exits on EOF) and start them anew.
+  auto pending = std::move(z->pending);
+  for (auto& [id, fn] : pending) fn(-1);
+  if (stopping_) return;
+  bool young = Clock::now() - z->started < std::chrono::seconds(10);
+  zygote_streak_ = young ? zygote_streak_ + 1 : 0;
+  auto t = std::make_shared<asio::steady_timer>(
+      io_, std::chrono::milliseconds(std::min(1000 << std::min(zygote_streak_, 5), 30000)));
+  t->async_wait([this, t](const boost::system::error_code& ec) {
+    if (!ec && !stopping_) StartZygote();
+  });
+}
+
+void Supervisor::SpawnWorker(int slot) {
+  static uint64_t generation = 0;
   auto w = std::make_unique<WorkerHandle>();
   w->slot = slot;
-  w->pid = proc->pid;
   w->started = Clock::now();
-  static uint64_t generation = 0;
   w->generation = ++generation;
-  w->channel = std::make_shared<AsyncChannel>(io_, proc->sock);
-  WorkerHandle* raw = w.get();
   uint64_t gen = w->generation;
+  int sock = -1;
+  if (zygote_ && !zygote_->gone) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+      spdlog::error("socketpair for worker {}: {}", slot, std::strerror(errno));
+      return ScheduleRespawn(slot, std::chrono::milliseconds(1000));
+    }
+    sock = sv[0];
+    uint64_t rid = next_request_++;
+    Writer m;
+    m.Map(4);
+    m.Key("v"); m.Val(kProtocolVersion);
+    m.Key("op"); m.Str("fork");
+    m.Key("id"); m.Val(rid);
+    m.Key("slot"); m.Val(slot);
+    zygote_->pending[rid] = [this, slot, gen](pid_t pid) {
+      auto it = workers_.find(slot);
+      bool current = it != workers_.end() && it->second->generation == gen && !it->second->gone;
+      if (!current) {
+        if (pid > 0) kill(pid, SIGKILL);  // its slot moved on; the reaper collects it
+        return;
+      }
+      WorkerHandle* w = it->second.get();
+      if (pid <= 0) {
+        w->channel->Close();
+        return OnWorkerGone(w, "no process (the zygote could not fork it)");
+      }
+      w->pid = pid;
+      spdlog::info("worker {} forked by the zygote (pid {}) in {:.1f} ms", slot, pid,
+                   std::chrono::duration<double, std::milli>(Clock::now() - w->started).count());
+    };
+    zygote_->channel->Send(m.body(), {std::make_shared<OwnedFd>(sv[1])});
+  } else {
+    std::vector<std::string> args = {"--slot", std::to_string(slot)};
+    for (auto& a : config_.sandbox.ToArgs()) args.push_back(a);
+    auto proc = SpawnWorkerProcess(config_.worker_binary, args, config_.worker_env);
+    if (!proc.ok()) {
+      spdlog::error("cannot start worker {}: {}", slot, proc.status().ToString());
+      return ScheduleRespawn(slot, std::chrono::milliseconds(1000));
+    }
+    w->pid = proc->pid;
+    sock = proc->sock;
+    spdlog::info("started worker {} (pid {})", slot, w->pid);
+  }
+  w->channel = std::make_shared<AsyncChannel>(io_, sock);
+  WorkerHandle* raw = w.get();
   workers_[slot] = std::move(w);
   raw->channel->Start(
       [this, slot, gen](std::string body, std::vector<int>* fds) {
@@ -793,6 +917,7 @@ void Supervisor::SpawnWorker(int slot) {
         WorkerHandle* w = it->second.get();
         // EOF: the process is exiting or exited. Make sure it is gone, then learn how it died.
         if (why.code() != Code::kUnavailable) spdlog::warn("{}: {}", w->Describe(), why.ToString());
+        if (w->pid <= 0) return OnWorkerGone(w, "exit before it was started (the zygote died)");
         kill(w->pid, SIGKILL);
         int status = 0;
         pid_t r;
@@ -801,7 +926,6 @@ void Supervisor::SpawnWorker(int slot) {
         } while (r < 0 && errno == EINTR);
         OnWorkerGone(w, r == w->pid ? DescribeWaitStatus(status) : "closed its socket");
       });
-  spdlog::info("started worker {} (pid {})", slot, raw->pid);
   for (const auto& [name, m] : models_) {
     if (m.loading) continue;  // the pending client load() covers workers alive at its start
     std::string model = name;
@@ -843,7 +967,7 @@ void Supervisor::OnWorkerFrame(WorkerHandle* w, std::string body) {
   auto oh = Decode(body);
   if (!oh.ok()) {
     spdlog::error("{} sent an undecodable message: {}", w->Describe(), oh.status().ToString());
-    kill(w->pid, SIGKILL);
+    if (w->pid > 0) kill(w->pid, SIGKILL);
     return;
   }
   MapView m(oh->get());
@@ -901,6 +1025,10 @@ void Supervisor::ReapChildren() {
     int status = 0;
     pid_t pid = waitpid(-1, &status, WNOHANG);
     if (pid <= 0) return;
+    if (zygote_ && zygote_->pid == pid && !zygote_->gone) {
+      OnZygoteGone(DescribeWaitStatus(status));
+      continue;
+    }
     for (auto& [slot, w] : workers_) {
       if (w->pid == pid && !w->gone) {
         OnWorkerGone(w.get(), DescribeWaitStatus(status));
@@ -957,9 +1085,17 @@ void Supervisor::FinishShutdown() {
                                                      " of model '" + w->job->model + "' finished"));
     }
     w->gone = true;
-    kill(w->pid, SIGKILL);
-    waitpid(w->pid, nullptr, 0);
+    if (w->pid > 0) {
+      kill(w->pid, SIGKILL);
+      waitpid(w->pid, nullptr, 0);
+    }
     w->channel->Close();
+  }
+  if (zygote_ && !zygote_->gone) {
+    zygote_->gone = true;
+    kill(zygote_->pid, SIGKILL);
+    waitpid(zygote_->pid, nullptr, 0);
+    zygote_->channel->Close();
   }
   // Let queued replies reach clients, then stop.
   auto t = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(50));

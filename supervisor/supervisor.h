@@ -22,6 +22,7 @@
 #include "supervisor/client_session.h"
 #include "supervisor/systemd.h"
 #include "supervisor/worker_handle.h"
+#include "worker/sandbox.h"
 
 namespace shoal {
 
@@ -39,6 +40,17 @@ struct SupervisorConfig {
   std::string admin_group;          // members may load/unload (besides root and shoald's user)
   std::string model_repository;     // relative archive paths resolve against it
   std::string log_level = "info";
+  bool zygote = true;               // fork workers from a zygote (else exec each one)
+  SandboxConfig sandbox;            // applied in every worker
+};
+
+// The zygote process (worker/zygote.h) as shoald sees it.
+struct ZygoteHandle {
+  pid_t pid = -1;
+  bool gone = false;
+  std::shared_ptr<AsyncChannel> channel;
+  std::map<uint64_t, std::function<void(pid_t)>> pending;  // fork request id -> callback
+  std::chrono::steady_clock::time_point started;
 };
 
 
@@ -100,6 +112,10 @@ class Supervisor {
 
   // workers
   void SpawnWorker(int slot);
+  void StartZygote();
+  void OnZygoteGone(const std::string& how);
+  // SIGTERM now, SIGKILL after a short grace if it is still there.
+  void TerminateWorker(WorkerHandle* w, const std::string& why);
   void ScheduleRespawn(int slot, std::chrono::milliseconds delay);
   void OnWorkerFrame(WorkerHandle* w, std::string body);
   void OnWorkerGone(WorkerHandle* w, const std::string& how);
@@ -149,6 +165,8 @@ class Supervisor {
   std::map<uint64_t, ArenaEntry> arenas_;
   std::map<std::string, ModelEntry> models_;
   std::map<int, std::unique_ptr<WorkerHandle>> workers_;
+  std::unique_ptr<ZygoteHandle> zygote_;
+  int zygote_streak_ = 0;
   std::map<int, int> crash_streak_;  // slot -> consecutive short-lived crashes
   std::deque<std::shared_ptr<Job>> queue_;
   uint64_t jobs_done_ = 0;

@@ -27,17 +27,18 @@ std::string DescribeWaitStatus(int status) {
   return "status " + std::to_string(status);
 }
 
-Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, int slot,
+Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, const std::vector<std::string>& args,
                                           const std::vector<std::string>& env_extra) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
     return Status::FromErrno("socketpair for a worker", errno);
   }
   // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
-  std::string slot_str = std::to_string(slot);
-  std::vector<char*> argv = {const_cast<char*>(binary.c_str()), const_cast<char*>("--fd"),
-                             const_cast<char*>("3"), const_cast<char*>("--slot"),
-                             const_cast<char*>(slot_str.c_str()), nullptr};
+  std::vector<std::string> arg_store = {binary, "--fd", "3"};
+  arg_store.insert(arg_store.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : arg_store) argv.push_back(a.data());
+  argv.push_back(nullptr);
   std::vector<std::string> env_store;
   for (char** e = environ; *e != nullptr; ++e) env_store.emplace_back(*e);
   for (const auto& e : env_extra) env_store.push_back(e);

@@ -29,8 +29,9 @@ struct WorkerHandle {
 
   int slot = 0;         // index in the pool; a replacement takes the same slot
   uint64_t generation = 0;
-  pid_t pid = -1;
+  pid_t pid = -1;       // -1 until the zygote says which process it forked
   bool gone = false;
+  uint64_t jobs_run = 0;
   std::shared_ptr<AsyncChannel> channel;
   std::chrono::steady_clock::time_point started;
   std::set<std::string> ready_models;  // loaded and servable in this worker
@@ -47,9 +48,9 @@ struct SpawnedProcess {
   int sock;  // the supervisor's end of the socketpair
 };
 
-// fork + exec `binary --fd 3 --slot N`, with the worker's end of a fresh socketpair as fd 3,
+// fork + exec `binary --fd 3 ARGS...`, with the child's end of a fresh socketpair as fd 3,
 // a parent-death signal, and `env_extra` ("K=V") added to the environment.
-Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, int slot,
+Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, const std::vector<std::string>& args,
                                           const std::vector<std::string>& env_extra);
 
 // "signal SIGSEGV (Segmentation fault)" / "exit code 3" for a waitpid status.

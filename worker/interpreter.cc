@@ -37,7 +37,7 @@ std::string FetchPythonError() {
 }
 }  // namespace
 
-Result<std::unique_ptr<Interpreter>> Interpreter::Start(const std::string& python_dir, int slot) {
+Result<std::unique_ptr<Interpreter>> Interpreter::Start(const std::string& python_dir) {
   PyConfig config;
   PyConfig_InitPythonConfig(&config);
   config.install_signal_handlers = 0;  // a worker dies by the default action of its signals
@@ -59,19 +59,38 @@ Result<std::unique_ptr<Interpreter>> Interpreter::Start(const std::string& pytho
     return Status::Internal("cannot import shoal._worker (from " + (python_dir.empty() ? "sys.path" : python_dir) +
                             "):\n" + FetchPythonError());
   }
-  PyObject* runner = PyObject_CallMethod(mod, "Runner", "i", slot);
-  Py_DECREF(mod);
+  std::unique_ptr<Interpreter> it(new Interpreter());
+  it->module_ = mod;
+  return it;
+}
+
+Status Interpreter::CreateRunner(int slot) {
+  PyObject* runner = PyObject_CallMethod(static_cast<PyObject*>(module_), "Runner", "i", slot);
   if (runner == nullptr) return Status::Internal("shoal._worker.Runner failed:\n" + FetchPythonError());
   PyObject* handle = PyObject_GetAttrString(runner, "handle");
   if (handle == nullptr) {
     Py_DECREF(runner);
     return Status::Internal("Runner has no handle():\n" + FetchPythonError());
   }
-  std::unique_ptr<Interpreter> it(new Interpreter());
-  it->runner_ = runner;
-  it->handle_ = handle;
-  return it;
+  runner_ = runner;
+  handle_ = handle;
+  return Status::Ok();
 }
+
+Status Interpreter::Freeze() {
+  PyObject* gc = PyImport_ImportModule("gc");
+  PyObject* r = gc ? PyObject_CallMethod(gc, "collect", nullptr) : nullptr;
+  Py_XDECREF(r);
+  r = gc ? PyObject_CallMethod(gc, "freeze", nullptr) : nullptr;
+  Py_XDECREF(gc);
+  if (r == nullptr) return Status::Internal("gc.freeze failed:\n" + FetchPythonError());
+  Py_DECREF(r);
+  return Status::Ok();
+}
+
+void Interpreter::BeforeFork() { PyOS_BeforeFork(); }
+void Interpreter::AfterForkParent() { PyOS_AfterFork_Parent(); }
+void Interpreter::AfterForkChild() { PyOS_AfterFork_Child(); }
 
 Interpreter::~Interpreter() {
   // The worker exits with _exit after its loop: finalising torch can hang or crash at
@@ -79,6 +98,7 @@ Interpreter::~Interpreter() {
   AcquireGil();
   Py_XDECREF(static_cast<PyObject*>(handle_));
   Py_XDECREF(static_cast<PyObject*>(runner_));
+  Py_XDECREF(static_cast<PyObject*>(module_));
 }
 
 void Interpreter::ReleaseGil() {

@@ -16,9 +16,18 @@ namespace shoal {
 
 class Interpreter {
  public:
-  // Initialises Python (with `python_dir`, if not empty, first on sys.path) and builds
-  // the job runner.
-  static Result<std::unique_ptr<Interpreter>> Start(const std::string& python_dir, int slot);
+  // Initialises Python (with `python_dir`, if not empty, first on sys.path) and imports
+  // the runner's module (and with it torch).
+  static Result<std::unique_ptr<Interpreter>> Start(const std::string& python_dir);
+  // Builds the job runner of a worker slot.
+  Status CreateRunner(int slot);
+  // Zygote: moves every object alive now to the permanent generation (gc.freeze), so that
+  // the collector in forked workers never writes to these pages and they stay shared.
+  Status Freeze();
+  // Around fork(2), with the GIL held (PyOS_BeforeFork / AfterFork_*).
+  void BeforeFork();
+  void AfterForkParent();
+  void AfterForkChild();
   ~Interpreter();
   Interpreter(const Interpreter&) = delete;
   Interpreter& operator=(const Interpreter&) = delete;
@@ -34,6 +43,7 @@ class Interpreter {
 
  private:
   Interpreter() = default;
+  void* module_ = nullptr;      // PyObject*: shoal._worker
   void* runner_ = nullptr;      // PyObject*
   void* handle_ = nullptr;      // PyObject*: runner.handle
   void* saved_thread_ = nullptr;  // PyThreadState* while the GIL is released

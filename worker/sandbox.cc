@@ -1,0 +1,82 @@
+#include "worker/sandbox.h"
+
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+#ifdef SHOAL_HAVE_SECCOMP
+#include <seccomp.h>
+#endif
+
+namespace shoal {
+
+bool SeccompAvailable() {
+#ifdef SHOAL_HAVE_SECCOMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+namespace {
+Status SetLimit(int resource, uint64_t value, const char* name) {
+  if (value == 0) return Status::Ok();
+  struct rlimit rl;
+  rl.rlim_cur = rl.rlim_max = static_cast<rlim_t>(value);
+  if (setrlimit(resource, &rl) != 0) return Status::FromErrno(std::string("setrlimit(") + name + ")", errno);
+  return Status::Ok();
+}
+
+#ifdef SHOAL_HAVE_SECCOMP
+Status InstallSeccomp(bool allow_network) {
+  scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+  if (ctx == nullptr) return Status::Internal("seccomp_init failed");
+  const uint32_t deny = SCMP_ACT_ERRNO(EPERM);
+  // Debugging and tampering with other processes.
+  static const int kDenied[] = {
+      SCMP_SYS(ptrace), SCMP_SYS(process_vm_readv), SCMP_SYS(process_vm_writev),
+      // The system itself: mounts, kernels, modules, swap, clocks, reboot.
+      SCMP_SYS(mount), SCMP_SYS(umount2), SCMP_SYS(pivot_root), SCMP_SYS(chroot), SCMP_SYS(kexec_load),
+      SCMP_SYS(kexec_file_load), SCMP_SYS(init_module), SCMP_SYS(finit_module), SCMP_SYS(delete_module),
+      SCMP_SYS(reboot), SCMP_SYS(swapon), SCMP_SYS(swapoff), SCMP_SYS(settimeofday), SCMP_SYS(clock_settime),
+      SCMP_SYS(clock_adjtime), SCMP_SYS(adjtimex), SCMP_SYS(acct), SCMP_SYS(syslog), SCMP_SYS(sethostname),
+      SCMP_SYS(setdomainname), SCMP_SYS(iopl), SCMP_SYS(ioperm),
+      // Escapes and kernel attack surface: namespaces, bpf, perf, keyrings, handles.
+      SCMP_SYS(unshare), SCMP_SYS(setns), SCMP_SYS(bpf), SCMP_SYS(perf_event_open), SCMP_SYS(keyctl),
+      SCMP_SYS(add_key), SCMP_SYS(request_key), SCMP_SYS(open_by_handle_at), SCMP_SYS(name_to_handle_at),
+      SCMP_SYS(userfaultfd), SCMP_SYS(quotactl), SCMP_SYS(lookup_dcookie), SCMP_SYS(fanotify_init),
+  };
+  int rc = 0;
+  for (int nr : kDenied) rc = rc ? rc : seccomp_rule_add(ctx, deny, nr, 0);
+  // Sockets: Unix sockets always (the worker's own channel); packet/netlink-raw never;
+  // IPv4/IPv6 only when the configuration allows model code on the network.
+  rc = rc ? rc : seccomp_rule_add(ctx, deny, SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_EQ, AF_PACKET));
+  if (!allow_network) {
+    rc = rc ? rc : seccomp_rule_add(ctx, deny, SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_EQ, AF_INET));
+    rc = rc ? rc : seccomp_rule_add(ctx, deny, SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_EQ, AF_INET6));
+  }
+  if (rc == 0) rc = seccomp_load(ctx);
+  seccomp_release(ctx);
+  if (rc != 0) return Status(Code::kInternal, std::string("seccomp filter: ") + std::strerror(-rc));
+  return Status::Ok();
+}
+#endif
+}  // namespace
+
+Status ApplySandbox(const SandboxConfig& cfg) {
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return Status::FromErrno("PR_SET_NO_NEW_PRIVS", errno);
+  if (auto st = SetLimit(RLIMIT_AS, cfg.address_space_bytes, "RLIMIT_AS"); !st.ok()) return st;
+  if (auto st = SetLimit(RLIMIT_CPU, cfg.cpu_seconds, "RLIMIT_CPU"); !st.ok()) return st;
+  if (auto st = SetLimit(RLIMIT_NOFILE, cfg.open_files, "RLIMIT_NOFILE"); !st.ok()) return st;
+#ifdef SHOAL_HAVE_SECCOMP
+  if (cfg.seccomp) {
+    if (auto st = InstallSeccomp(cfg.allow_network); !st.ok()) return st;
+  }
+#endif
+  return Status::Ok();
+}
+
+}  // namespace shoal

@@ -1,0 +1,58 @@
+// The worker's sandbox: what a process running third-party model code gives up.
+//
+// Applied in each worker (and in the zygote, whose children inherit it) before any model
+// code runs: PR_SET_NO_NEW_PRIVS, resource limits (address space, CPU seconds, open
+// files), and a seccomp filter that denies (EPERM) system calls model code has no
+// business making: ptrace, mount, kexec, module loading, namespaces, bpf, raw and network
+// sockets unless allowed. docs/security.md lists them and why.
+// Thread-safety: call once, single-threaded, before starting threads.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "shoal/status.h"
+
+namespace shoal {
+
+struct SandboxConfig {
+  uint64_t address_space_bytes = 0;  // RLIMIT_AS; 0 = unlimited
+  uint64_t cpu_seconds = 0;          // RLIMIT_CPU; 0 = unlimited
+  uint64_t open_files = 4096;        // RLIMIT_NOFILE
+  bool allow_network = false;        // AF_INET/AF_INET6 sockets for model code
+  bool seccomp = true;               // install the filter (when built with libseccomp)
+
+  // As command-line arguments for shoal-worker, and back.
+  std::vector<std::string> ToArgs() const {
+    return {"--rlimit-as", std::to_string(address_space_bytes), "--rlimit-cpu", std::to_string(cpu_seconds),
+            "--rlimit-nofile", std::to_string(open_files), "--allow-network", allow_network ? "1" : "0",
+            "--seccomp", seccomp ? "1" : "0"};
+  }
+  // Takes one "--flag value" pair if it is a sandbox option; false otherwise.
+  bool ParseArg(const std::string& flag, const std::string& value) {
+    uint64_t v = std::strtoull(value.c_str(), nullptr, 10);
+    if (flag == "--rlimit-as") {
+      address_space_bytes = v;
+    } else if (flag == "--rlimit-cpu") {
+      cpu_seconds = v;
+    } else if (flag == "--rlimit-nofile") {
+      open_files = v;
+    } else if (flag == "--allow-network") {
+      allow_network = v != 0;
+    } else if (flag == "--seccomp") {
+      seccomp = v != 0;
+    } else {
+      return false;
+    }
+    return true;
+  }
+};
+
+// True when this build can install seccomp filters.
+bool SeccompAvailable();
+
+Status ApplySandbox(const SandboxConfig& cfg);
+
+}  // namespace shoal

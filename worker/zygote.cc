@@ -1,0 +1,95 @@
+#include "worker/zygote.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <thread>
+
+#include "protocol/channel.h"
+#include "protocol/frame.h"
+#include "protocol/messages.h"
+
+namespace shoal {
+
+namespace {
+
+void Reply(int fd, uint64_t id, pid_t pid) {
+  Writer w;
+  w.Map(4);
+  w.Key("v"); w.Val(kProtocolVersion);
+  w.Key("id"); w.Val(id);
+  w.Key("ok"); w.Val(true);
+  w.Key("pid"); w.Val(static_cast<int64_t>(pid));
+  (void)SendAll(fd, EncodeFrame(w.body()));
+}
+
+// In the worker: wait until it is shoald's child (the middle process has exited), then
+// ask for SIGKILL when shoald dies.
+void BecomeSupervisorsChild(pid_t supervisor) {
+  for (int i = 0; i < 20000 && getppid() != supervisor; ++i) usleep(50);
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != supervisor) _exit(0);  // shoald is gone already
+}
+
+}  // namespace
+
+ForkedWorker RunZygote(int fd, Interpreter* interp, pid_t supervisor) {
+  FrameReader reader;
+  std::vector<int> fds;
+  for (;;) {
+    interp->ReleaseGil();
+    auto body = RecvFrame(fd, &reader, &fds);
+    interp->AcquireGil();
+    if (!body.ok()) _exit(0);  // shoald went away
+    auto oh = Decode(*body);
+    if (!oh.ok()) _exit(5);
+    MapView m(oh->get());
+    auto op = m.Str("op");
+    auto id = m.Uint("id");
+    auto slot = m.Uint("slot");
+    if (!op.ok() || *op != "fork" || !id.ok() || !slot.ok() || fds.empty()) {
+      spdlog::critical("zygote: malformed request from shoald");
+      _exit(5);
+    }
+    int worker_fd = fds.front();
+    fds.erase(fds.begin());
+
+    int pid_pipe[2];
+    if (pipe2(pid_pipe, O_CLOEXEC) != 0) _exit(6);
+    interp->BeforeFork();
+    pid_t middle = fork();
+    if (middle == 0) {
+      pid_t worker = fork();
+      if (worker != 0) {  // the middle process: report the worker's pid and vanish
+        (void)!write(pid_pipe[1], &worker, sizeof(worker));
+        _exit(0);
+      }
+      interp->AfterForkChild();
+      close(pid_pipe[0]);
+      close(pid_pipe[1]);
+      close(fd);
+      CloseAll(&fds);
+      BecomeSupervisorsChild(supervisor);
+      return ForkedWorker{worker_fd, static_cast<int>(*slot)};
+    }
+    interp->AfterForkParent();
+    close(pid_pipe[1]);
+    close(worker_fd);  // the worker has it; shoald's end sees EOF when the worker dies
+    pid_t worker = -1;
+    if (middle > 0) {
+      (void)!read(pid_pipe[0], &worker, sizeof(worker));
+      while (waitpid(middle, nullptr, 0) < 0 && errno == EINTR) {
+      }
+    }
+    close(pid_pipe[0]);
+    Reply(fd, *id, worker);
+  }
+}
+
+}  // namespace shoal

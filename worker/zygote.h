@@ -1,0 +1,28 @@
+// The zygote: a single-threaded shoal-worker that has initialised Python and imported
+// torch once, and forks ready workers on request, so that a replacement worker starts in
+// milliseconds and shares the zygote's pages copy-on-write.
+//
+// Protocol on its socket (framing of docs/protocol.md): shoald sends
+// {"op":"fork","id":n,"slot":s} with the new worker's socket attached; the zygote
+// answers {"id":n,"ok":true,"pid":p}. Each worker is forked twice (zygote -> short-lived
+// child -> worker) so that it is reparented to shoald, a child subreaper: shoald waits for
+// its workers itself. Thread-safety: single-threaded by design (fork).
+#pragma once
+
+#include <sys/types.h>
+
+#include "shoal/status.h"
+#include "worker/interpreter.h"
+
+namespace shoal {
+
+struct ForkedWorker {
+  int fd;    // the worker's socket to shoald
+  int slot;
+};
+
+// Serves fork requests on `fd` until shoald goes away (then exits the process). Returns
+// only in a forked worker, which continues as that worker.
+ForkedWorker RunZygote(int fd, Interpreter* interp, pid_t supervisor);
+
+}  // namespace shoal
