@@ -213,6 +213,29 @@ Result<std::string> Client::StatusText() {
   return os.str();
 }
 
+Result<HealthInfo> Client::Health() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  uint64_t id = impl_->next_id++;
+  Writer w;
+  impl_->Header(w, 0, "health", id);
+  auto reply = impl_->Call(w, id);
+  if (!reply.ok()) return reply.status();
+  MapView m(reply->get());
+  HealthInfo h;
+  h.live = m.Bool("live").ok() && *m.Bool("live");
+  h.ready = m.Bool("ready").ok() && *m.Bool("ready");
+  h.stopping = m.Bool("stopping").ok() && *m.Bool("stopping");
+  if (const auto* models = m.Find("models"); models != nullptr && models->type == msgpack::type::MAP) {
+    for (uint32_t i = 0; i < models->via.map.size; ++i) {
+      const auto& kv = models->via.map.ptr[i];
+      if (kv.key.type == msgpack::type::STR && kv.val.type == msgpack::type::BOOLEAN) {
+        h.models[std::string(kv.key.via.str.ptr, kv.key.via.str.size)] = kv.val.via.boolean;
+      }
+    }
+  }
+  return h;
+}
+
 Result<torch::Tensor> Client::Empty(at::IntArrayRef shape, at::ScalarType dtype) {
   if (DTypeName(dtype).empty()) return Status::BadRequest("dtype cannot travel through shoal");
   int64_t numel = 1;
@@ -228,7 +251,7 @@ Result<torch::Tensor> Client::Empty(at::IntArrayRef shape, at::ScalarType dtype)
 }
 
 Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<torch::Tensor>& inputs,
-                                  std::optional<std::chrono::milliseconds> timeout) {
+                                  std::optional<std::chrono::milliseconds> timeout, int retries) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<BlockRef>> keep;  // (arena, block)
   std::vector<Descriptor> descs;
@@ -265,7 +288,7 @@ Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<to
   }
   uint64_t id = impl_->next_id++;
   Writer w;
-  impl_->Header(w, timeout ? 3 : 2, "infer", id);
+  impl_->Header(w, 2 + (timeout ? 1 : 0) + (retries > 0 ? 1 : 0), "infer", id);
   w.Key("model"); w.Str(model);
   w.Key("inputs");
   w.pk().pack_array(static_cast<uint32_t>(descs.size()));
@@ -273,6 +296,10 @@ Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<to
   if (timeout) {
     w.Key("timeout_ms");
     w.Val(static_cast<uint64_t>(std::max<int64_t>(1, timeout->count())));
+  }
+  if (retries > 0) {
+    w.Key("retries");
+    w.Val(static_cast<uint64_t>(retries));
   }
   auto reply = impl_->Call(w, id);
   if (!reply.ok()) return reply.status();

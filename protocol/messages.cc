@@ -87,17 +87,18 @@ Result<const msgpack::object*> MapView::Array(std::string_view key) const {
   return v;
 }
 
-std::string ErrorReply(uint64_t id, const Status& status, std::string_view traceback) {
+std::string ErrorReply(uint64_t id, const Status& status, std::string_view traceback, uint64_t retry_after_ms) {
   Writer w;
   w.Map(4);
   w.Key("v"); w.Val(kProtocolVersion);
   w.Key("id"); w.Val(id);
   w.Key("ok"); w.Val(false);
   w.Key("error");
-  w.Map(traceback.empty() ? 2 : 3);
+  w.Map(2 + (traceback.empty() ? 0 : 1) + (retry_after_ms ? 1 : 0));
   w.Key("code"); w.Str(CodeName(status.code()));
   w.Key("message"); w.Str(status.message());
   if (!traceback.empty()) { w.Key("traceback"); w.Str(traceback); }
+  if (retry_after_ms) { w.Key("retry_after_ms"); w.Val(retry_after_ms); }
   return std::string(w.body());
 }
 

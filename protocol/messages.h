@@ -56,8 +56,10 @@ class Writer {
   msgpack::packer<msgpack::sbuffer> pk_;
 };
 
-// {"v":1,"id":id,"ok":false,"error":{"code":...,"message":...[,"traceback":...]}}
-std::string ErrorReply(uint64_t id, const Status& status, std::string_view traceback = {});
+// {"v":1,"id":id,"ok":false,"error":{"code":...,"message":...[,"traceback":...]
+//  [,"retry_after_ms":n]}}
+std::string ErrorReply(uint64_t id, const Status& status, std::string_view traceback = {},
+                       uint64_t retry_after_ms = 0);
 // Reads the "error" map of a reply into a Status (and its traceback, if any).
 Status StatusFromReply(const MapView& reply, std::string* traceback = nullptr);
 

@@ -62,6 +62,31 @@ Status ParseConfig(const std::string& text, const std::string& origin, Superviso
     } else if (key == "max_queue") {
       if (auto st = number(uint64_t{1} << 24); !st.ok()) return st;
       cfg->max_queue = n;
+    } else if (key == "crash_loop_limit") {
+      if (auto st = number(1000); !st.ok()) return st;
+      if (n == 0) return Status::BadRequest(where + "crash_loop_limit must be at least 1");
+      cfg->crash_loop_limit = static_cast<int>(n);
+    } else if (key == "crash_window_s") {
+      if (auto st = number(uint64_t{1} << 30); !st.ok()) return st;
+      cfg->crash_window_s = n;
+    } else if (key == "max_jobs_per_worker") {
+      if (auto st = number(uint64_t{1} << 40); !st.ok()) return st;
+      cfg->max_jobs_per_worker = n;
+    } else if (key == "worker_memory_mb") {
+      if (auto st = number(uint64_t{1} << 30); !st.ok()) return st;
+      cfg->sandbox.address_space_bytes = n << 20;
+    } else if (key == "worker_cpu_seconds") {
+      if (auto st = number(uint64_t{1} << 30); !st.ok()) return st;
+      cfg->sandbox.cpu_seconds = n;
+    } else if (key == "worker_open_files") {
+      if (auto st = number(uint64_t{1} << 20); !st.ok()) return st;
+      cfg->sandbox.open_files = n;
+    } else if (key == "worker_network" || key == "seccomp" || key == "zygote") {
+      if (value != "yes" && value != "no") return Status::BadRequest(where + key + " takes yes or no");
+      bool yes = value == "yes";
+      if (key == "worker_network") cfg->sandbox.allow_network = yes;
+      if (key == "seccomp") cfg->sandbox.seccomp = yes;
+      if (key == "zygote") cfg->zygote = yes;
     } else if (key == "admin_group") {
       cfg->admin_group = value;
     } else if (key == "model_repository") {

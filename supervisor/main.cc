@@ -1,6 +1,7 @@
 // shoald: the shoal supervisor daemon. See docs/architecture.md.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -28,6 +29,13 @@ const char kUsage[] =
     "  --max-queue N       queued jobs beyond this are answered OVERLOADED (1024)\n"
     "  --drain-grace-ms MS on SIGTERM, running jobs get this long to finish (10000)\n"
     "  --admin-group NAME  members may load and unload models (besides root and shoald's user)\n"
+    "  --max-jobs-per-worker N  recycle a worker after N jobs (0 = never)\n"
+    "  --crash-loop-limit N     crashes within crash_window_s that mark a model failed (3)\n"
+    "  --worker-memory-mb MB    address-space limit of each worker (0 = none)\n"
+    "  --worker-cpu-seconds S   CPU-time limit of each worker (0 = none)\n"
+    "  --no-zygote              exec every worker instead of forking it from the zygote\n"
+    "\n"
+    "SIGTERM drains and exits; SIGHUP re-reads --config (workers, limits, sandbox).\n"
     "\n"
     "Under systemd, shoald takes its listening socket from socket activation (LISTEN_FDS) and\n"
     "reports READY=1 once the configured models serve (NOTIFY_SOCKET, WATCHDOG_USEC).\n";
@@ -53,6 +61,9 @@ int main(int argc, char** argv) {
         std::cerr << "shoald: " << st.message() << "\n";
         return 2;
       }
+      char* abs = realpath(argv[i + 1], nullptr);
+      cfg.config_path = abs ? abs : argv[i + 1];
+      free(abs);
     }
   }
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
@@ -110,6 +121,16 @@ int main(int argc, char** argv) {
       cfg.drain_grace_ms = number("--drain-grace-ms");
     } else if (a == "--admin-group") {
       cfg.admin_group = value("--admin-group");
+    } else if (a == "--max-jobs-per-worker") {
+      cfg.max_jobs_per_worker = number("--max-jobs-per-worker");
+    } else if (a == "--crash-loop-limit") {
+      cfg.crash_loop_limit = static_cast<int>(std::max<uint64_t>(1, number("--crash-loop-limit")));
+    } else if (a == "--worker-memory-mb") {
+      cfg.sandbox.address_space_bytes = number("--worker-memory-mb") << 20;
+    } else if (a == "--worker-cpu-seconds") {
+      cfg.sandbox.cpu_seconds = number("--worker-cpu-seconds");
+    } else if (a == "--no-zygote") {
+      cfg.zygote = false;
     } else if (a == "--worker-binary") {
       cfg.worker_binary = value("--worker-binary");
     } else if (a == "--log-level") {

@@ -2,6 +2,7 @@
 
 #include "protocol/channel.h"
 #include "shm/memfd.h"
+#include "supervisor/config.h"
 
 #include <grp.h>
 #include <signal.h>
@@ -114,13 +115,17 @@ Status Supervisor::Start() {
   signals_.add(SIGCHLD);
   signals_.add(SIGTERM);
   signals_.add(SIGINT);
+  signals_.add(SIGHUP);
   signals_.async_wait([this](const boost::system::error_code& ec, int sig) {
     if (!ec) OnSignal(sig);
   });
   signal(SIGPIPE, SIG_IGN);
 
   for (const auto& [name, path] : config_.models) {
-    models_[name] = ModelEntry{name, path, false};
+    ModelEntry& m = models_[name];
+    m.name = name;
+    m.path = path;
+    m.loading = false;
   }
   notifier_.Notify("STATUS=starting " + std::to_string(config_.workers) + " workers, loading " +
                    std::to_string(models_.size()) + " models");
@@ -234,6 +239,8 @@ void Supervisor::OnClientFrame(const std::shared_ptr<ClientSession>& s, std::str
     HandleModels(s, id);
   } else if (*op == "status") {
     HandleStatus(s, id);
+  } else if (*op == "health") {
+    HandleHealth(s, id);
   } else if (*op == "ping") {
     ReplyOk(s, id);
   } else {
@@ -246,9 +253,9 @@ void Supervisor::OnClientClosed(const std::shared_ptr<ClientSession>& s) {
   // Queued jobs of this client are dropped; running ones finish and are discarded.
   for (auto it = queue_.begin(); it != queue_.end();) {
     if ((*it)->client.lock() == s) {
-      (*it)->answered = true;
-      if ((*it)->deadline) (*it)->deadline->cancel();
-      it = queue_.erase(it);
+      auto job = Dequeue(it++);
+      job->answered = true;
+      if (job->deadline) job->deadline->cancel();
     } else {
       ++it;
     }
@@ -329,10 +336,16 @@ void Supervisor::HandleLoad(const std::shared_ptr<ClientSession>& s, uint64_t id
   if (access(path->c_str(), R_OK) != 0) {
     return ReplyError(s, id, Status::FromErrno("model '" + *name + "': cannot read archive " + *path, errno));
   }
-  if (models_.count(*name) != 0) {
-    return ReplyError(s, id, Status::BadRequest("model '" + *name + "' is already loaded; unload it first"));
+  if (auto old = models_.find(*name); old != models_.end()) {
+    if (!old->second.failed) {
+      return ReplyError(s, id, Status::BadRequest("model '" + *name + "' is already loaded; unload it first"));
+    }
+    models_.erase(old);  // a failed model may be loaded again (fixed, presumably)
   }
-  models_[*name] = ModelEntry{*name, *path, true};
+  ModelEntry& entry = models_[*name];
+  entry.name = *name;
+  entry.path = *path;
+  entry.loading = true;
   struct LoadOp {
     int remaining = 0;
     Status first_error;
@@ -399,6 +412,7 @@ void Supervisor::LoadInWorker(WorkerHandle* w, const std::string& name, const st
   m.Key("path"); m.Str(path);
   int slot = w->slot;
   uint64_t gen = w->generation;
+  w->pending_model[rid] = name;
   SendRequest(w, rid, m.body(), [this, slot, gen, name, done](const Status& st, const MapView* reply) {
     std::string tb;
     Status result = st;
@@ -428,7 +442,7 @@ void Supervisor::HandleUnload(const std::shared_ptr<ClientSession>& s, uint64_t 
   }
   auto name = m.Str("name");
   if (!name.ok()) return ReplyError(s, id, name.status());
-  if (models_.erase(*name) == 0) {
+  if (models_.count(*name) == 0) {
     return ReplyError(s, id, Status(Code::kModelNotFound, "model '" + *name + "' is not loaded (loaded: " +
                                                               Join(models_) + ")"));
   }
@@ -436,14 +450,14 @@ void Supervisor::HandleUnload(const std::shared_ptr<ClientSession>& s, uint64_t 
   // messages in order).
   for (auto it = queue_.begin(); it != queue_.end();) {
     if ((*it)->model == *name) {
-      auto job = *it;
-      it = queue_.erase(it);
+      auto job = Dequeue(it++);
       FailJob(job, Status(Code::kModelNotFound, "model '" + *name + "' was unloaded before job " +
                                                     std::to_string(job->id) + " could run"));
     } else {
       ++it;
     }
   }
+  models_.erase(*name);
   for (auto& [slot, w] : workers_) {
     if (w->gone) continue;
     w->ready_models.erase(*name);
@@ -460,6 +474,7 @@ void Supervisor::HandleUnload(const std::shared_ptr<ClientSession>& s, uint64_t 
 }
 
 bool Supervisor::ModelReady(const std::string& name) const {
+  if (auto m = models_.find(name); m == models_.end() || m->second.failed) return false;
   for (const auto& [slot, w] : workers_) {
     if (!w->gone && w->ready_models.count(name) != 0) return true;
   }
@@ -475,10 +490,12 @@ void Supervisor::HandleModels(const std::shared_ptr<ClientSession>& s, uint64_t 
   w.Key("models");
   w.pk().pack_array(static_cast<uint32_t>(models_.size()));
   for (const auto& [name, m] : models_) {
-    w.Map(3);
+    w.Map(m.failed ? 5 : 4);
     w.Key("name"); w.Str(name);
     w.Key("path"); w.Str(m.path);
     w.Key("ready"); w.Val(ModelReady(name));
+    w.Key("failed"); w.Val(m.failed);
+    if (m.failed) { w.Key("last_error"); w.Str(m.last_error); }
   }
   s->channel->Send(w.body());
 }
@@ -546,6 +563,11 @@ Status Supervisor::HandleInfer(const std::shared_ptr<ClientSession>& s, uint64_t
   }
   auto timeout = m.OptUint("timeout_ms");
   if (!timeout.ok()) return timeout.status();
+  auto retries = m.OptUint("retries");
+  if (!retries.ok()) return retries.status();
+  if (retries->value_or(0) > 1) {
+    return Status::BadRequest("retries must be 0 or 1: a job that crashed a worker is re-run at most once");
+  }
   if (!job->inputs.empty()) {
     job->out_arena = job->inputs[0].arena;
   } else if (!s->arenas.empty()) {
@@ -553,9 +575,25 @@ Status Supervisor::HandleInfer(const std::shared_ptr<ClientSession>& s, uint64_t
   } else {
     return Status::BadRequest("register an arena before inferring: outputs are written into it");
   }
-  if (queue_.size() >= config_.max_queue) {
-    return Status(Code::kOverloaded, "queue is full (" + std::to_string(queue_.size()) + " jobs); retry later");
+  ModelEntry& entry = models_[*model];
+  if (entry.failed) {
+    return Status(Code::kUnavailable, "model '" + *model + "' is marked failed: " + entry.last_error +
+                                          "; fix it and load it again (shoal unload/load)");
   }
+  if (entry.queued >= config_.max_queue) {
+    // A hint: the time the slots need to work through the queue ahead, at least 1 ms.
+    size_t slots = 0;
+    for (const auto& [slot, w] : workers_) slots += (!w->gone && w->ready_models.count(*model)) ? 1 : 0;
+    double per_job = entry.avg_ms > 0 ? entry.avg_ms : 1.0;
+    auto retry_ms = static_cast<uint64_t>(std::max(1.0, per_job * entry.queued / std::max<size_t>(slots, 1)));
+    s->channel->Send(ErrorReply(id, Status(Code::kOverloaded, "model '" + *model + "' has " +
+                                                                  std::to_string(entry.queued) +
+                                                                  " jobs queued (max_queue); retry in about " +
+                                                                  std::to_string(retry_ms) + " ms"),
+                                {}, retry_ms));
+    return Status::Ok();
+  }
+  job->retries = static_cast<int>(retries->value_or(0));
   job->id = next_request_++;
   job->request_id = id;
   job->client = s;
@@ -570,13 +608,29 @@ Status Supervisor::HandleInfer(const std::shared_ptr<ClientSession>& s, uint64_t
       if (!ec && j) OnDeadline(j);
     });
   }
-  queue_.push_back(job);
+  Enqueue(job, false);
   Dispatch();
   return Status::Ok();
 }
 
 // ---------------------------------------------------------------------------------------
 // jobs
+
+void Supervisor::Enqueue(const std::shared_ptr<Job>& job, bool front) {
+  if (front) {
+    queue_.push_front(job);
+  } else {
+    queue_.push_back(job);
+  }
+  if (auto m = models_.find(job->model); m != models_.end()) ++m->second.queued;
+}
+
+std::shared_ptr<Job> Supervisor::Dequeue(std::deque<std::shared_ptr<Job>>::iterator it) {
+  auto job = *it;
+  queue_.erase(it);
+  if (auto m = models_.find(job->model); m != models_.end() && m->second.queued > 0) --m->second.queued;
+  return job;
+}
 
 void Supervisor::Dispatch() {
   if (stopping_) {
@@ -588,11 +642,10 @@ void Supervisor::Dispatch() {
   if (queue_.empty()) return;
   for (auto& [slot, w] : workers_) {
     if (w->gone || w->job) continue;
+    if (w->retiring) continue;
     for (auto it = queue_.begin(); it != queue_.end(); ++it) {
       if (w->ready_models.count((*it)->model) != 0) {
-        auto job = *it;
-        queue_.erase(it);
-        RunOn(w.get(), job);
+        RunOn(w.get(), Dequeue(it));
         break;
       }
     }
@@ -618,6 +671,8 @@ void Supervisor::RunOn(WorkerHandle* w, const std::shared_ptr<Job>& job) {
   SendArenaIfNeeded(w, job->out_arena);
   w->job = job;
   job->worker_slot = w->slot;
+  job->started = Clock::now();
+  w->pending_model[job->id] = job->model;
   Writer m;
   m.Map(6);
   m.Key("v"); m.Val(kProtocolVersion);
@@ -685,11 +740,29 @@ void Supervisor::OnJobReply(WorkerHandle* w, const std::shared_ptr<Job>& job, co
   if (w != nullptr && w->job == job) {
     w->job.reset();
     if (w->kill_timer) w->kill_timer->cancel();
+    ++w->jobs_run;
+    if (config_.max_jobs_per_worker > 0 && w->jobs_run >= config_.max_jobs_per_worker && !w->retiring) {
+      w->retiring = true;  // recycled once this reply is through (RetireIfDone)
+      spdlog::info("{} ran {} jobs: recycling it", w->Describe(), w->jobs_run);
+    }
   }
   if (!st.ok()) {
-    FailJob(job, st);  // the worker died under it
+    // The worker died under it. Re-run it only if the client asked for that, and never a
+    // job that has now crashed two workers.
+    if (!job->answered && ++job->crashes < 2 && job->retries > 0 && !stopping_) {
+      --job->retries;
+      spdlog::warn("job {} of model '{}' crashed its worker; re-running it once as the client asked", job->id,
+                   job->model);
+      Enqueue(job, true);
+    } else {
+      FailJob(job, job->crashes >= 2 ? Status(st.code(), st.message() + " (it crashed a worker before too)") : st);
+    }
     Dispatch();
     return;
+  }
+  if (auto m = models_.find(job->model); m != models_.end()) {
+    double ms = std::chrono::duration<double, std::milli>(Clock::now() - job->started).count();
+    m->second.avg_ms = m->second.avg_ms == 0 ? ms : 0.9 * m->second.avg_ms + 0.1 * ms;
   }
   auto ok = reply->Bool("ok");
   std::vector<uint64_t> blocks;
@@ -747,7 +820,7 @@ void Supervisor::OnDeadline(const std::shared_ptr<Job>& job) {
   auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - job->accepted).count();
   for (auto it = queue_.begin(); it != queue_.end(); ++it) {
     if (*it == job) {
-      queue_.erase(it);
+      Dequeue(it);
       return FailJob(job, Status(Code::kTimeout, "job " + std::to_string(job->id) + " of model '" + job->model +
                                                      "' waited " + std::to_string(waited) +
                                                      " ms in the queue and passed its deadline"));
@@ -927,7 +1000,7 @@ void Supervisor::SpawnWorker(int slot) {
         OnWorkerGone(w, r == w->pid ? DescribeWaitStatus(status) : "closed its socket");
       });
   for (const auto& [name, m] : models_) {
-    if (m.loading) continue;  // the pending client load() covers workers alive at its start
+    if (m.loading || m.failed) continue;  // a pending client load() covers workers alive at its start
     std::string model = name;
     LoadInWorker(raw, name, m.path, [this, model, slot](const Status& st, const std::string& tb) {
       if (!st.ok()) {
@@ -983,7 +1056,9 @@ void Supervisor::OnWorkerFrame(WorkerHandle* w, std::string body) {
   }
   auto fn = std::move(it->second);
   w->pending.erase(it);
+  w->pending_model.erase(*id);
   fn(Status::Ok(), &m);
+  RetireIfDone(w);
 }
 
 void Supervisor::OnWorkerGone(WorkerHandle* w, const std::string& how) {
@@ -991,6 +1066,8 @@ void Supervisor::OnWorkerGone(WorkerHandle* w, const std::string& how) {
   w->gone = true;
   w->channel->Close();
   if (w->kill_timer) w->kill_timer->cancel();
+  std::string culprit = w->pending_model.empty() ? "" : w->pending_model.begin()->second;
+  w->pending_model.clear();
   ++worker_restarts_;
   std::string job_part;
   if (w->job) job_part = " while running job " + std::to_string(w->job->id) + " of model '" + w->job->model + "'";
@@ -1011,7 +1088,12 @@ void Supervisor::OnWorkerGone(WorkerHandle* w, const std::string& how) {
                                  ") died from " + how + " before answering";
     fn(Status(Code::kWorkerCrashed, what), nullptr);
   }
-  if (stopping_) return;
+  if (!culprit.empty()) RecordCrash(culprit, how);
+  if (stopping_) {
+    Dispatch();  // may finish the drain
+    return;
+  }
+  if (w->slot >= config_.workers) return;  // the pool shrank: no replacement
   // Capped exponential backoff for workers that die young; an old worker restarts at once.
   int slot = w->slot;
   bool young = Clock::now() - w->started < std::chrono::seconds(10);
@@ -1041,6 +1123,8 @@ void Supervisor::ReapChildren() {
 void Supervisor::OnSignal(int sig) {
   if (sig == SIGCHLD) {
     ReapChildren();
+  } else if (sig == SIGHUP) {
+    Reload();
   } else if (sig == SIGTERM || sig == SIGINT) {
     spdlog::info("received {}: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     Shutdown();
@@ -1066,6 +1150,7 @@ void Supervisor::Shutdown() {
                                                 " of model '" + job->model + "' was not started"));
   }
   queue_.clear();
+  for (auto& [name, m] : models_) m.queued = 0;
   drain_timer_ = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(config_.drain_grace_ms));
   drain_timer_->async_wait([this](const boost::system::error_code& ec) {
     if (!ec) FinishShutdown();
@@ -1104,6 +1189,146 @@ void Supervisor::FinishShutdown() {
     signals_.cancel();
     io_.stop();
   });
+}
+
+
+void Supervisor::HandleHealth(const std::shared_ptr<ClientSession>& s, uint64_t id) {
+  bool all_ready = !stopping_;
+  for (const auto& [name, m] : models_) all_ready = all_ready && ModelReady(name);
+  Writer w;
+  w.Map(7);
+  w.Key("v"); w.Val(kProtocolVersion);
+  w.Key("id"); w.Val(id);
+  w.Key("ok"); w.Val(true);
+  w.Key("live"); w.Val(true);  // answering at all is liveness
+  w.Key("ready"); w.Val(all_ready);
+  w.Key("stopping"); w.Val(stopping_);
+  w.Key("models");
+  w.pk().pack_map(static_cast<uint32_t>(models_.size()));
+  for (const auto& [name, m] : models_) {
+    w.Key(name);
+    w.Val(ModelReady(name));
+  }
+  s->channel->Send(w.body());
+}
+
+void Supervisor::RecordCrash(const std::string& model, const std::string& how) {
+  auto it = models_.find(model);
+  if (it == models_.end() || it->second.failed) return;
+  ModelEntry& m = it->second;
+  auto now = Clock::now();
+  m.crashes.push_back(now);
+  while (!m.crashes.empty() && now - m.crashes.front() > std::chrono::seconds(config_.crash_window_s)) {
+    m.crashes.pop_front();
+  }
+  m.last_error = "its worker died from " + how;
+  if (static_cast<int>(m.crashes.size()) < config_.crash_loop_limit) return;
+  m.failed = true;
+  m.last_error = "it crashed " + std::to_string(m.crashes.size()) + " workers within " +
+                 std::to_string(config_.crash_window_s) + " s (last: " + how + ")";
+  spdlog::error("model '{}' is marked failed: {}", model, m.last_error);
+  notifier_.Notify("STATUS=model '" + model + "' failed: " + m.last_error);
+  for (auto q = queue_.begin(); q != queue_.end();) {
+    if ((*q)->model == model) {
+      auto job = Dequeue(q++);
+      FailJob(job, Status(Code::kUnavailable, "model '" + model + "' is marked failed: " + m.last_error));
+    } else {
+      ++q;
+    }
+  }
+  for (auto& [slot, w] : workers_) {
+    if (w->gone || w->ready_models.erase(model) == 0) continue;
+    Writer u;
+    u.Map(4);
+    u.Key("v"); u.Val(kProtocolVersion);
+    u.Key("op"); u.Str("unload");
+    u.Key("id"); u.Val(next_request_);
+    u.Key("name"); u.Str(model);
+    SendRequest(w.get(), next_request_++, u.body(), [](const Status&, const MapView*) {});
+  }
+}
+
+void Supervisor::RetireIfDone(WorkerHandle* w) {
+  if (!w->retiring || w->gone || w->job || !w->pending.empty()) return;
+  int slot = w->slot;
+  spdlog::info("{} retired", w->Describe());
+  w->gone = true;
+  w->channel->Close();  // the worker exits on EOF; the reaper collects it
+  workers_.erase(slot);
+  if (slot < config_.workers && !stopping_) SpawnWorker(slot);
+  Dispatch();
+}
+
+void Supervisor::ResizePool() {
+  std::vector<int> retire;
+  for (auto& [slot, w] : workers_) {
+    if (slot >= config_.workers && !w->gone) retire.push_back(slot);
+  }
+  for (int slot : retire) {
+    auto it = workers_.find(slot);
+    if (it == workers_.end()) continue;
+    it->second->retiring = true;
+    RetireIfDone(it->second.get());
+  }
+  for (auto it = workers_.begin(); it != workers_.end();) {  // crashed slots beyond the new size
+    if (it->first >= config_.workers && it->second->gone) {
+      it = workers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (int slot = 0; slot < config_.workers; ++slot) {
+    if (workers_.count(slot) == 0) SpawnWorker(slot);
+  }
+}
+
+void Supervisor::Reload() {
+  if (config_.config_path.empty()) {
+    spdlog::warn("SIGHUP: shoald was started without --config; nothing to reload");
+    return;
+  }
+  notifier_.Notify("RELOADING=1\nSTATUS=reloading " + config_.config_path);
+  SupervisorConfig fresh;
+  if (auto st = LoadConfigFile(config_.config_path, &fresh); !st.ok()) {
+    spdlog::error("SIGHUP: keeping the current configuration: {}", st.message());
+    notifier_.Notify("READY=1\nSTATUS=reload failed: " + st.message());
+    return;
+  }
+  gid_t admin_gid = static_cast<gid_t>(-1);
+  if (!fresh.admin_group.empty()) {
+    struct group* g = getgrnam(fresh.admin_group.c_str());
+    if (g == nullptr) {
+      spdlog::error("SIGHUP: keeping the current configuration: admin_group '{}' does not exist", fresh.admin_group);
+      notifier_.Notify("READY=1\nSTATUS=reload failed: unknown admin_group");
+      return;
+    }
+    admin_gid = g->gr_gid;
+  }
+  bool sandbox_changed = fresh.sandbox.ToArgs() != config_.sandbox.ToArgs();
+  config_.workers = fresh.workers;
+  config_.default_timeout_ms = fresh.default_timeout_ms;
+  config_.kill_grace_ms = fresh.kill_grace_ms;
+  config_.drain_grace_ms = fresh.drain_grace_ms;
+  config_.max_queue = fresh.max_queue;
+  config_.crash_loop_limit = fresh.crash_loop_limit;
+  config_.crash_window_s = fresh.crash_window_s;
+  config_.max_jobs_per_worker = fresh.max_jobs_per_worker;
+  config_.admin_group = fresh.admin_group;
+  admin_gid_ = admin_gid;
+  config_.sandbox = fresh.sandbox;
+  if (sandbox_changed && zygote_ && !zygote_->gone) {
+    // New limits apply to workers started from now on: a fresh zygote carries them.
+    zygote_->gone = true;
+    zygote_->channel->Close();
+    kill(zygote_->pid, SIGKILL);
+    zygote_.reset();
+    StartZygote();
+  }
+  ResizePool();
+  spdlog::info("SIGHUP: configuration reloaded from {} ({} workers)", config_.config_path, config_.workers);
+  notifier_.Notify("READY=1\nSTATUS=serving " + std::to_string(models_.size()) + " models with " +
+                   std::to_string(config_.workers) + " workers");
+  Dispatch();
 }
 
 }  // namespace shoal

@@ -34,7 +34,11 @@ struct SupervisorConfig {
   std::vector<std::pair<std::string, std::string>> models;     // loaded at start-up
   uint64_t default_timeout_ms = 60000;                         // a job's deadline if it gives none
   uint64_t kill_grace_ms = 2000;  // a worker whose job timed out gets this long before SIGKILL
-  size_t max_queue = 1024;        // queued jobs beyond this are answered OVERLOADED
+  size_t max_queue = 1024;        // per model: queued jobs beyond this are answered OVERLOADED
+  int crash_loop_limit = 3;       // this many crashes within crash_window_s mark a model failed
+  uint64_t crash_window_s = 60;
+  uint64_t max_jobs_per_worker = 0;  // recycle a worker after this many jobs (0 = never)
+  std::string config_path;         // re-read on SIGHUP
   std::vector<std::string> worker_env;  // extra "K=V" for workers
   uint64_t drain_grace_ms = 10000;  // SIGTERM: running jobs get this long to finish
   std::string admin_group;          // members may load/unload (besides root and shoald's user)
@@ -63,7 +67,10 @@ struct Job {
   uint64_t out_arena = 0;
   bool answered = false;
   int worker_slot = -1;
+  int retries = 0;   // how many times the client allows it to be re-run after a crash
+  int crashes = 0;   // workers it was running on that died
   std::chrono::steady_clock::time_point accepted;
+  std::chrono::steady_clock::time_point started;
   std::unique_ptr<boost::asio::steady_timer> deadline;
 };
 
@@ -78,6 +85,11 @@ struct ModelEntry {
   std::string name;
   std::string path;
   bool loading = true;  // a client's load() is still waiting for the workers
+  bool failed = false;  // crash loop: no longer loaded nor served until loaded again
+  std::string last_error;
+  std::deque<std::chrono::steady_clock::time_point> crashes;  // within the crash window
+  size_t queued = 0;    // jobs of this model in the queue
+  double avg_ms = 0;    // moving average of its jobs' run time (for retry-after hints)
 };
 
 class Supervisor {
@@ -139,6 +151,13 @@ class Supervisor {
   bool ModelReady(const std::string& name) const;
 
   void OnSignal(int sig);
+  void Reload();           // SIGHUP: re-read the configuration file
+  void ResizePool();       // start or retire workers to match config_.workers
+  void RetireIfDone(WorkerHandle* w);
+  void RecordCrash(const std::string& model, const std::string& how);
+  void HandleHealth(const std::shared_ptr<ClientSession>& s, uint64_t id);
+  void Enqueue(const std::shared_ptr<Job>& job, bool front);
+  std::shared_ptr<Job> Dequeue(std::deque<std::shared_ptr<Job>>::iterator it);
   void Shutdown();         // SIGTERM/SIGINT: drain, then stop
   void FinishShutdown();   // kill workers, close clients, stop the loop
   void CheckReady();       // READY=1 once every configured model serves

@@ -37,6 +37,8 @@ struct WorkerHandle {
   std::set<std::string> ready_models;  // loaded and servable in this worker
   std::set<uint64_t> arenas;           // arena ids whose fd this worker was sent
   std::map<uint64_t, ReplyFn> pending;  // request id -> callback
+  std::map<uint64_t, std::string> pending_model;  // request id -> model it runs or loads
+  bool retiring = false;               // finishes its job, then is closed (recycling, shrink)
   std::shared_ptr<Job> job;            // the in-flight inference, if any
   std::unique_ptr<boost::asio::steady_timer> kill_timer;
 

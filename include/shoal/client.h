@@ -38,6 +38,13 @@ struct ModelInfo {
   bool ready = false;
 };
 
+struct HealthInfo {
+  bool live = false;      // shoald answered
+  bool ready = false;     // every loaded model has a live worker holding it
+  bool stopping = false;  // draining after SIGTERM
+  std::map<std::string, bool> models;  // per model: ready?
+};
+
 class Client {
  public:
   static constexpr size_t kDefaultArenaSize = 256u << 20;
@@ -54,12 +61,14 @@ class Client {
   Result<std::vector<ModelInfo>> Models();
   // The status map as JSON-like text (workers, queue, counters), for display.
   Result<std::string> StatusText();
+  Result<HealthInfo> Health();
 
   // An uninitialised tensor in shared memory; fill it in place and pass it to Infer.
   Result<torch::Tensor> Empty(at::IntArrayRef shape, at::ScalarType dtype = at::kFloat);
 
+  // `retries` = 1 re-runs the job once on a fresh worker if its worker crashes.
   Result<c10::IValue> Infer(const std::string& model, const std::vector<torch::Tensor>& inputs,
-                            std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+                            std::optional<std::chrono::milliseconds> timeout = std::nullopt, int retries = 0);
 
   const std::string& socket_path() const { return socket_path_; }
 

@@ -4,6 +4,7 @@
     shoal [--socket PATH] unload NAME
     shoal [--socket PATH] models
     shoal [--socket PATH] status
+    shoal [--socket PATH] health
     shoal [--socket PATH] infer NAME IN.npy... [-o OUT.npy] [--timeout SECONDS]
 """
 import argparse
@@ -57,11 +58,14 @@ def main(argv=None):
     s.add_argument("name")
     sub.add_parser("models", help="list loaded models")
     sub.add_parser("status", help="workers, queue and counters (JSON)")
+    sub.add_parser("health", help="liveness and readiness; exit code 0 only when ready")
     s = sub.add_parser("infer", help="run a model on .npy inputs")
     s.add_argument("name")
     s.add_argument("inputs", nargs="*", metavar="IN.npy")
     s.add_argument("-o", "--output", help="write the result: .npy for one tensor, .npz for a structure")
     s.add_argument("--timeout", type=float, help="deadline in seconds")
+    s.add_argument("--retries", type=int, default=0, choices=(0, 1),
+                   help="re-run the job once if its worker crashes")
     args = p.parse_args(argv)
 
     try:
@@ -77,6 +81,13 @@ def main(argv=None):
                     print(f"{m['name']}\t{'ready' if m['ready'] else 'NOT READY'}\t{m['path']}")
             elif args.cmd == "status":
                 print(json.dumps(c.status(), indent=2))
+            elif args.cmd == "health":
+                h = c.health()
+                print(f"live: yes\nready: {'yes' if h['ready'] else 'no'}"
+                      + ("\nstopping: yes" if h["stopping"] else ""))
+                for name, ready in sorted(h["models"].items()):
+                    print(f"  {name}: {'ready' if ready else 'NOT READY'}")
+                return 0 if h["ready"] else 1
             elif args.cmd == "infer":
                 inputs = []
                 for path in args.inputs:
@@ -85,7 +96,7 @@ def main(argv=None):
                     except (OSError, ValueError) as e:
                         print(f"shoal: cannot read input {path}: {e}", file=sys.stderr)
                         return 2
-                out = c.infer(args.name, *inputs, timeout=args.timeout)
+                out = c.infer(args.name, *inputs, timeout=args.timeout, retries=args.retries)
                 print(_show(out))
                 if args.output:
                     if isinstance(out, torch.Tensor):

@@ -146,6 +146,12 @@ class Client:
     def ping(self):
         self._call({"op": "ping"})
 
+    def health(self):
+        """{"live": True, "ready": bool, "stopping": bool, "models": {name: ready}}.
+        ``ready`` is true while every loaded model has at least one live worker holding it."""
+        reply = self._call({"op": "health"})
+        return {k: reply[k] for k in ("live", "ready", "stopping", "models")}
+
     # -- tensors --------------------------------------------------------------------
     def empty(self, shape, dtype=torch.float32):
         """An uninitialised tensor that lives in shared memory: fill it in place and pass it
@@ -203,14 +209,18 @@ class Client:
         return desc
 
     # -- inference ------------------------------------------------------------------
-    def infer(self, name, *inputs, timeout=None):
+    def infer(self, name, *inputs, timeout=None, retries=0):
         """Runs model ``name`` on ``inputs``; returns its output with the model's own
-        structure, tensors as views on shared memory. ``timeout`` in seconds."""
+        structure, tensors as views on shared memory. ``timeout`` in seconds. With
+        ``retries=1`` a job whose worker crashed is run once more (on a fresh worker);
+        by default a crash is reported at once (WorkerCrashed)."""
         keep = {}  # blocks of this request's inputs, by (arena, offset)
         descs = [self._describe(x, keep) for x in inputs]
         msg = {"op": "infer", "model": name, "inputs": descs}
         if timeout is not None:
             msg["timeout_ms"] = max(1, int(timeout * 1000))
+        if retries:
+            msg["retries"] = int(retries)
         reply = self._call(msg)
 
         def make_tensor(d):

@@ -7,11 +7,13 @@ class Error(Exception):
 
     code = "INTERNAL"
 
-    def __init__(self, message, traceback=None):
+    def __init__(self, message, traceback=None, retry_after=None):
         super().__init__(message)
         self.message = message
         #: the model's Python traceback, for ModelError
         self.traceback = traceback
+        #: seconds to wait before retrying, for Overloaded
+        self.retry_after = retry_after
 
     def __str__(self):
         if self.traceback:
@@ -45,6 +47,7 @@ class ArenaFull(Error):
 
 
 class Overloaded(Error):
+    """The model's queue is full; ``retry_after`` (seconds) hints when to try again."""
     code = "OVERLOADED"
 
 
@@ -63,4 +66,6 @@ _BY_CODE = {cls.code: cls for cls in (BadRequest, ModelNotFound, ModelError, Wor
 def from_reply(error):
     """Builds the exception for a reply's ``error`` map."""
     cls = _BY_CODE.get(error.get("code"), InternalError)
-    return cls(error.get("message", "(no message)"), error.get("traceback"))
+    retry = error.get("retry_after_ms")
+    return cls(error.get("message", "(no message)"), error.get("traceback"),
+               retry / 1000.0 if retry is not None else None)

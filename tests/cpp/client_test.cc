@@ -105,6 +105,10 @@ TEST_CASE("C++ client: errors carry their codes", "[client]") {
   REQUIRE(e.status().code() == shoal::Code::kModelError);
   REQUIRE(e.status().message().find("ValueError") != std::string::npos);  // the traceback
   REQUIRE((*c)->Load("crashy", Archive("crashy")).ok());
+  auto health = (*c)->Health();
+  REQUIRE(health.ok());
+  REQUIRE(health->live);
+  REQUIRE(health->models.at("crashy"));
   auto crash = (*c)->Infer("crashy", {-torch::ones({2})});
   REQUIRE(crash.status().code() == shoal::Code::kWorkerCrashed);
   REQUIRE(crash.status().message().find("SIGSEGV") != std::string::npos);
