@@ -365,13 +365,7 @@ void Supervisor::HandleLoad(const std::shared_ptr<ClientSession>& s, uint64_t id
     if (!op->first_error.ok()) {
       for (auto& [slot, w] : workers_) {
         if (!w->gone && w->ready_models.erase(model) > 0) {
-          Writer u;
-          u.Map(4);
-          u.Key("v"); u.Val(kProtocolVersion);
-          u.Key("op"); u.Str("unload");
-          u.Key("id"); u.Val(next_request_);
-          u.Key("name"); u.Str(model);
-          SendRequest(w.get(), next_request_++, u.body(), [](const Status&, const MapView*) {});
+          SendUnload(w.get(), model);
         }
       }
       if (it != models_.end()) models_.erase(it);
@@ -382,6 +376,14 @@ void Supervisor::HandleLoad(const std::shared_ptr<ClientSession>& s, uint64_t id
     if (it != models_.end()) it->second.loading = false;
     spdlog::info("model '{}' loaded", model);
     if (s) ReplyOk(s, id);
+    // Workers started while it loaded (replacements, a bigger pool) load it now.
+    for (auto& [slot, w] : workers_) {
+      bool pending = false;
+      for (const auto& [rid, m] : w->pending_model) pending = pending || m == model;
+      if (!w->gone && !pending && w->ready_models.count(model) == 0 && it != models_.end()) {
+        LoadInWorker(w.get(), model, it->second.path, [this](const Status&, const std::string&) { Dispatch(); });
+      }
+    }
     Dispatch();
   };
   if (live.empty()) {
@@ -422,7 +424,12 @@ void Supervisor::LoadInWorker(WorkerHandle* w, const std::string& name, const st
     }
     auto it = workers_.find(slot);
     if (result.ok() && it != workers_.end() && it->second->generation == gen && !it->second->gone) {
-      it->second->ready_models.insert(name);
+      auto m = models_.find(name);
+      if (m != models_.end() && !m->second.failed) {
+        it->second->ready_models.insert(name);
+      } else {  // unloaded or marked failed while this worker was loading it
+        SendUnload(it->second.get(), name);
+      }
     }
     if (!result.ok() && st.code() == Code::kWorkerCrashed) {
       result = Status(Code::kWorkerCrashed, "model '" + name + "': " + st.message());
@@ -461,13 +468,7 @@ void Supervisor::HandleUnload(const std::shared_ptr<ClientSession>& s, uint64_t 
   for (auto& [slot, w] : workers_) {
     if (w->gone) continue;
     w->ready_models.erase(*name);
-    Writer u;
-    u.Map(4);
-    u.Key("v"); u.Val(kProtocolVersion);
-    u.Key("op"); u.Str("unload");
-    u.Key("id"); u.Val(next_request_);
-    u.Key("name"); u.Str(*name);
-    SendRequest(w.get(), next_request_++, u.body(), [](const Status&, const MapView*) {});
+    SendUnload(w.get(), *name);
   }
   spdlog::info("model '{}' unloaded", *name);
   ReplyOk(s, id);
@@ -502,11 +503,14 @@ void Supervisor::HandleModels(const std::shared_ptr<ClientSession>& s, uint64_t 
 
 void Supervisor::HandleStatus(const std::shared_ptr<ClientSession>& s, uint64_t id) {
   Writer w;
-  w.Map(10);
+  w.Map(13);
   w.Key("v"); w.Val(kProtocolVersion);
   w.Key("id"); w.Val(id);
   w.Key("ok"); w.Val(true);
   w.Key("pid"); w.Val(static_cast<int64_t>(getpid()));
+  w.Key("clients"); w.Val(static_cast<uint64_t>(sessions_.size()));
+  w.Key("arenas"); w.Val(static_cast<uint64_t>(arenas_.size()));
+  w.Key("zygote"); w.Val(static_cast<int64_t>(zygote_ && !zygote_->gone ? zygote_->pid : -1));
   w.Key("uptime_s");
   w.Val(std::chrono::duration<double>(Clock::now() - started_).count());
   w.Key("queued"); w.Val(static_cast<uint64_t>(queue_.size()));
@@ -1030,6 +1034,17 @@ void Supervisor::ScheduleRespawn(int slot, std::chrono::milliseconds delay) {
   });
 }
 
+void Supervisor::SendUnload(WorkerHandle* w, const std::string& model) {
+  uint64_t rid = next_request_++;
+  Writer u;
+  u.Map(4);
+  u.Key("v"); u.Val(kProtocolVersion);
+  u.Key("op"); u.Str("unload");
+  u.Key("id"); u.Val(rid);
+  u.Key("name"); u.Str(model);
+  SendRequest(w, rid, u.body(), [](const Status&, const MapView*) {});
+}
+
 void Supervisor::SendRequest(WorkerHandle* w, uint64_t id, std::string_view body, WorkerHandle::ReplyFn fn,
                              std::vector<std::shared_ptr<OwnedFd>> fds) {
   w->pending[id] = std::move(fn);
@@ -1169,6 +1184,12 @@ void Supervisor::FinishShutdown() {
       FailJob(w->job, Status(Code::kUnavailable, "shoald stopped before job " + std::to_string(w->job->id) +
                                                      " of model '" + w->job->model + "' finished"));
     }
+    // Loads still in flight are answered too: nobody is left waiting.
+    auto pending = std::move(w->pending);
+    w->pending.clear();
+    for (auto& [rid, fn] : pending) {
+      fn(Status(Code::kUnavailable, "shoald stopped before " + w->Describe() + " answered"), nullptr);
+    }
     w->gone = true;
     if (w->pid > 0) {
       kill(w->pid, SIGKILL);
@@ -1238,13 +1259,7 @@ void Supervisor::RecordCrash(const std::string& model, const std::string& how) {
   }
   for (auto& [slot, w] : workers_) {
     if (w->gone || w->ready_models.erase(model) == 0) continue;
-    Writer u;
-    u.Map(4);
-    u.Key("v"); u.Val(kProtocolVersion);
-    u.Key("op"); u.Str("unload");
-    u.Key("id"); u.Val(next_request_);
-    u.Key("name"); u.Str(model);
-    SendRequest(w.get(), next_request_++, u.body(), [](const Status&, const MapView*) {});
+    SendUnload(w.get(), model);
   }
 }
 

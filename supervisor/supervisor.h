@@ -137,6 +137,7 @@ class Supervisor {
   void LoadInWorker(WorkerHandle* w, const std::string& name, const std::string& path,
                     std::function<void(const Status&, const std::string&)> done);
   void SendArenaIfNeeded(WorkerHandle* w, uint64_t arena);
+  void SendUnload(WorkerHandle* w, const std::string& model);
   void DropArena(uint64_t arena);
 
   // jobs

@@ -87,3 +87,54 @@ class BigWeights(nn.Module):
 class Grow(nn.Module):
     def forward(self, x):
         return torch.zeros(4 << 20)  # 16 MiB: more than a 1 MiB arena
+
+
+class Aborts(nn.Module):
+    def forward(self, x):
+        os.abort()
+
+
+class Loops(nn.Module):
+    """Never returns (a pure-Python infinite loop holding the GIL)."""
+
+    def forward(self, x):
+        while True:
+            pass
+
+
+class Hog(nn.Module):
+    """Asks for 16 GiB."""
+
+    def forward(self, x):
+        return torch.ones(4 << 30)
+
+
+class SlowLoad(nn.Module):
+    """Takes `seconds` to load (its unpickling sleeps)."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+        self.lin = nn.Linear(2, 2)
+
+    def __setstate__(self, state):
+        import time
+        time.sleep(state["seconds"])
+        super().__setstate__(state)
+
+    def forward(self, x):
+        return x + 1
+
+
+class CrashOnce(nn.Module):
+    """Segfaults the first time it runs (anywhere), then works: a flaky extension."""
+
+    def __init__(self, marker):
+        super().__init__()
+        self.marker = marker
+
+    def forward(self, x):
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            ctypes.string_at(0)
+        return x + 1

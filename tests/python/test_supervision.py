@@ -1,0 +1,139 @@
+"""Overload, crash loops, opt-in retries, recycling, health and the zygote."""
+import threading
+import time
+
+import pytest
+import torch
+
+import shoal
+import shoal_test_models as models
+
+
+def test_full_queue_answers_overloaded_with_a_hint(make_daemon, archives):
+    d = make_daemon(workers=1, args=["--max-queue", "2"])
+    with d.client() as c:
+        c.load("sleeps", archives["sleeps"])
+    results = []
+    lock = threading.Lock()
+
+    def ask():
+        with d.client() as c:
+            try:
+                c.infer("sleeps", torch.tensor([0.3]))
+                r = "ok"
+            except shoal.Overloaded as e:
+                r = e
+            with lock:
+                results.append(r)
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    overloaded = [r for r in results if isinstance(r, shoal.Overloaded)]
+    assert len(results) == 8
+    assert 1 <= results.count("ok") <= 4 and len(overloaded) >= 4
+    assert all(e.retry_after and e.retry_after > 0 for e in overloaded)
+    assert "'sleeps' has 2 jobs queued" in overloaded[0].message
+
+
+def test_crash_loop_marks_the_model_failed(make_daemon, archives):
+    d = make_daemon(workers=2, args=["--crash-loop-limit", "2"])
+    with d.client() as c:
+        c.load("crashy", archives["crashy"])
+        c.load("add", archives["add"])
+        for _ in range(2):
+            with pytest.raises(shoal.WorkerCrashed):
+                c.infer("crashy", -torch.ones(1))
+        with pytest.raises(shoal.Unavailable, match="marked failed: it crashed 2 workers"):
+            c.infer("crashy", torch.ones(1))
+        m = {x["name"]: x for x in c.models()}
+        assert m["crashy"]["failed"] and "SIGSEGV" in m["crashy"]["last_error"]
+        # replacements do not load it again; the other model serves
+        d.wait_ready("add")
+        h = c.health()
+        assert h["models"] == {"add": True, "crashy": False} and not h["ready"]
+        assert all("crashy" not in w["models"] for w in c.status()["workers"])
+        assert float(c.infer("add", torch.zeros(1))[0]) == 1.0
+        # loading it again clears the mark
+        c.load("crashy", archives["crashy"])
+        assert float(c.infer("crashy", torch.ones(1))[0]) == 2.0
+        assert c.health()["ready"]
+
+
+def test_retries_rerun_a_job_once_when_asked(make_daemon, tmp_path):
+    marker = tmp_path / "crashed-once"
+    d = make_daemon(workers=1)
+    path = shoal.export(models.CrashOnce(str(marker)), tmp_path / "once.pt")
+    with d.client() as c:
+        c.load("once", path)
+        y = c.infer("once", torch.zeros(2), retries=1)  # first run crashes, the re-run works
+        assert torch.equal(y, torch.ones(2))
+        assert c.status()["worker_restarts"] == 1
+        marker.unlink()
+        d.wait_ready("once")
+        with pytest.raises(shoal.WorkerCrashed):
+            c.infer("once", torch.zeros(2))  # by default a crash is reported, not retried
+        with pytest.raises(shoal.BadRequest, match="retries must be 0 or 1"):
+            c.infer("once", torch.zeros(2), retries=5)
+
+
+def test_a_job_that_crashes_twice_is_not_retried_again(make_daemon, archives):
+    d = make_daemon(workers=2)
+    with d.client() as c:
+        c.load("crashy", archives["crashy"])
+        with pytest.raises(shoal.WorkerCrashed, match="crashed a worker before too"):
+            c.infer("crashy", -torch.ones(1), retries=1)
+        assert c.status()["worker_restarts"] == 2
+
+
+def test_workers_are_recycled_after_max_jobs(make_daemon, archives):
+    d = make_daemon(workers=1, args=["--max-jobs-per-worker", "3"])
+    with d.client() as c:
+        c.load("add", archives["add"])
+        pids = set()
+        for i in range(10):
+            pids.add(c.status()["workers"][0]["pid"])
+            assert float(c.infer("add", torch.full((1,), float(i)))[0]) == 2 * i + 1
+        assert len(pids) >= 3
+        assert c.status()["jobs_failed"] == 0
+
+
+def test_health_tracks_readiness(make_daemon, archives):
+    import os
+    import signal
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        h = c.health()
+        assert h == {"live": True, "ready": True, "stopping": False, "models": {}}
+        c.load("add", archives["add"])
+        assert c.health()["ready"]
+        os.kill(d.worker_pids()[0], signal.SIGKILL)
+        # readiness goes false as soon as the only worker is gone, and comes back
+        saw_not_ready = False
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            h = c.health()
+            saw_not_ready = saw_not_ready or not h["ready"]
+            if saw_not_ready and h["ready"]:
+                break
+            time.sleep(0.002)
+        assert saw_not_ready and h["ready"]
+
+
+def test_replacements_come_from_the_zygote(make_daemon, archives):
+    d = make_daemon(workers=2)
+    with d.client() as c:
+        c.load("crashy", archives["crashy"])
+        zygote = c.status()["zygote"]
+        assert zygote > 0
+        with pytest.raises(shoal.WorkerCrashed):
+            c.infer("crashy", -torch.ones(1))
+        d.wait_ready("crashy")
+        # the replacement is a child of shoald (reparented), forked by the zygote
+        for w in c.status()["workers"]:
+            with open(f"/proc/{w['pid']}/stat") as f:
+                assert int(f.read().rsplit(")", 1)[1].split()[1]) == d.proc.pid
+            with open(f"/proc/{w['pid']}/cmdline") as f:
+                assert "--zygote" in f.read()
+    assert "forked by the zygote" in open(d.log_path).read()
