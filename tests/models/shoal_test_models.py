@@ -138,3 +138,40 @@ class CrashOnce(nn.Module):
             open(self.marker, "w").close()
             ctypes.string_at(0)
         return x + 1
+
+
+class SandboxProbe(nn.Module):
+    """Reports what the worker it runs in may do."""
+
+    def forward(self, x):
+        import errno
+        import resource
+        import socket
+        out = {}
+        try:
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+            out["inet"] = "allowed"
+        except OSError as e:
+            out["inet"] = errno.errorcode.get(e.errno, str(e.errno))
+        try:
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close()
+            out["unix"] = "allowed"
+        except OSError as e:
+            out["unix"] = errno.errorcode.get(e.errno, str(e.errno))
+        libc = ctypes.CDLL(None, use_errno=True)
+        # PTRACE_PEEKDATA on a process we do not trace: ESRCH when ptrace is allowed,
+        # EPERM when the seccomp filter denies the call itself. (Never attach: that would
+        # stop the process traced.)
+        libc.ptrace.restype = ctypes.c_long
+        libc.ptrace(2, 1, 0, 0)
+        err = errno.errorcode.get(ctypes.get_errno(), "?")
+        out["ptrace"] = "allowed" if err == "ESRCH" else err
+        rc = libc.unshare(0x00020000)  # CLONE_NEWNS
+        out["unshare"] = "allowed" if rc == 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+        status = open("/proc/self/status").read()
+        for key in ("NoNewPrivs", "Seccomp"):
+            out[key] = int(status.split(key + ":")[1].split()[0])
+        out["nofile"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        out["as"] = resource.getrlimit(resource.RLIMIT_AS)[1]
+        out["cpu"] = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        return out

@@ -1,0 +1,62 @@
+"""The worker sandbox, observed from inside a model: no_new_privs, rlimits from the
+configuration, and the seccomp filter (EPERM for ptrace, namespaces, network sockets)."""
+import os
+import resource
+
+import pytest
+import torch
+
+import shoal
+import shoal_test_models as models
+
+SECCOMP = os.path.exists("/usr/include/seccomp.h")
+
+
+def probe(make_daemon, tmp_path, args=()):
+    d = make_daemon(workers=1, args=args)
+    with d.client() as c:
+        c.load("probe", shoal.export(models.SandboxProbe(), tmp_path / "probe.pt"))
+        return c.infer("probe", torch.zeros(1))
+
+
+def test_defaults(make_daemon, tmp_path):
+    r = probe(make_daemon, tmp_path)
+    assert r["NoNewPrivs"] == 1
+    assert r["nofile"] == 4096
+    assert r["unix"] == "allowed"
+    if SECCOMP:
+        assert r["Seccomp"] == 2  # filter mode
+        assert r["inet"] == "EPERM"
+        assert r["ptrace"] == "EPERM"
+        assert r["unshare"] == "EPERM"
+
+
+def test_limits_from_the_configuration(make_daemon, tmp_path):
+    conf = tmp_path / "shoald.conf"
+    conf.write_text("admin_group =\nworker_memory_mb = 3000\nworker_cpu_seconds = 600\n"
+                    "worker_open_files = 512\nworker_network = yes\n")
+    r = probe(make_daemon, tmp_path, args=["--config", str(conf)])
+    assert r["as"] == 3000 << 20
+    assert r["cpu"] == 600
+    assert r["nofile"] == 512
+    assert r["inet"] == "allowed"
+
+
+@pytest.mark.skipif(not SECCOMP, reason="built without libseccomp")
+def test_seccomp_can_be_turned_off(make_daemon, tmp_path):
+    conf = tmp_path / "shoald.conf"
+    conf.write_text("admin_group =\nseccomp = no\n")
+    r = probe(make_daemon, tmp_path, args=["--config", str(conf)])
+    assert r["Seccomp"] == 0 and r["NoNewPrivs"] == 1
+    assert r["ptrace"] == "allowed"
+
+
+def test_cpu_limit_kills_only_that_worker(make_daemon, tmp_path, archives):
+    d = make_daemon(workers=2, args=["--worker-cpu-seconds", "1"])
+    with d.client() as c:
+        c.load("loops", shoal.export(models.Loops(), tmp_path / "loops.pt"))
+        c.load("add", archives["add"])
+        with pytest.raises(shoal.WorkerCrashed, match="SIGXCPU|SIGKILL"):
+            c.infer("loops", torch.zeros(1), timeout=30)
+        assert float(c.infer("add", torch.zeros(1))[0]) == 1.0
+    assert resource.getrlimit(resource.RLIMIT_CPU)[0] == resource.RLIM_INFINITY  # ours untouched
