@@ -1003,10 +1003,24 @@ void Supervisor::SpawnWorker(int slot) {
         } while (r < 0 && errno == EINTR);
         OnWorkerGone(w, r == w->pid ? DescribeWaitStatus(status) : "closed its socket");
       });
+  auto startup = std::make_shared<int>(0);  // start-up loads still running
+  for (const auto& [name, m] : models_) {
+    if (!m.loading && !m.failed) ++*startup;
+  }
+  auto started_all = [this, slot, gen]() {
+    auto it = workers_.find(slot);
+    if (it == workers_.end() || it->second->generation != gen || it->second->gone) return;
+    it->second->ready = true;
+    spdlog::info("{} serves {} models, {:.1f} ms after it was asked for", it->second->Describe(),
+                 it->second->ready_models.size(),
+                 std::chrono::duration<double, std::milli>(Clock::now() - it->second->started).count());
+  };
+  if (*startup == 0) started_all();
   for (const auto& [name, m] : models_) {
     if (m.loading || m.failed) continue;  // a pending client load() covers workers alive at its start
     std::string model = name;
-    LoadInWorker(raw, name, m.path, [this, model, slot](const Status& st, const std::string& tb) {
+    LoadInWorker(raw, name, m.path, [this, model, slot, startup, started_all](const Status& st, const std::string& tb) {
+      if (--*startup == 0) started_all();
       if (!st.ok()) {
         spdlog::error("worker {} could not load model '{}': {}{}", slot, model, st.ToString(),
                       tb.empty() ? "" : "\n" + tb);
@@ -1109,10 +1123,11 @@ void Supervisor::OnWorkerGone(WorkerHandle* w, const std::string& how) {
     return;
   }
   if (w->slot >= config_.workers) return;  // the pool shrank: no replacement
-  // Capped exponential backoff for workers that die young; an old worker restarts at once.
+  // A worker that dies while starting (loading its models) is replaced with capped
+  // exponential backoff; one that dies running a job is replaced at once (a model whose
+  // jobs keep crashing workers is cut off by RecordCrash instead).
   int slot = w->slot;
-  bool young = Clock::now() - w->started < std::chrono::seconds(10);
-  int streak = young ? ++crash_streak_[slot] : (crash_streak_[slot] = 0);
+  int streak = !w->ready ? ++crash_streak_[slot] : (crash_streak_[slot] = 0);
   auto delay = std::chrono::milliseconds(streak <= 1 ? 0 : std::min(100 << std::min(streak - 2, 6), 5000));
   ScheduleRespawn(slot, delay);
 }

@@ -31,6 +31,7 @@ struct WorkerHandle {
   uint64_t generation = 0;
   pid_t pid = -1;       // -1 until the zygote says which process it forked
   bool gone = false;
+  bool ready = false;   // its start-up loads are done
   uint64_t jobs_run = 0;
   std::shared_ptr<AsyncChannel> channel;
   std::chrono::steady_clock::time_point started;

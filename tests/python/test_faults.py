@@ -267,3 +267,15 @@ def test_sighup_during_load_changes_workers_without_dropping_jobs(make_daemon, a
             time.sleep(0.05)
         assert len(c.status()["workers"]) == 1
     assert_clean(d, archives)
+
+
+def test_arena_and_mapping_counts_stay_flat_over_many_clients(make_daemon, archives):
+    d = make_daemon(workers=2)
+    with d.client() as c:
+        c.load("add", archives["add"])
+    for i in range(40):
+        with d.client(arena_size=4 << 20) as c:
+            y = c.infer("add", torch.full((1000,), float(i)))
+            assert float(y[0]) == 2 * i + 1
+            del y
+    assert_clean(d, archives)
