@@ -43,6 +43,15 @@ def main():
     ap.add_argument("--fault-rate", type=float, default=0.03)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
+    print("| fault rate | answered | failed as expected | unexpected | lost | hung | healthy p50 (us) |"
+          " healthy p99 (us) | restarts | restart p50 (ms) | restart max (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    # The baseline (no faults) runs in the same invocation, on the same machine.
+    for rate in (0.0, args.fault_rate):
+        soak(args, rate)
+
+
+def soak(args, fault_rate):
     tmp = tempfile.mkdtemp(prefix="shoal-soak-")
     add = shoal.export(shoal_test_models.AddConst(1.0), os.path.join(tmp, "add.pt"))
     crashy = shoal.export(shoal_test_models.Crashy(), os.path.join(tmp, "crashy.pt"))
@@ -72,7 +81,7 @@ def main():
         local = {"answered": 0, "expected": 0, "unexpected": 0, "lost": 0}
         with shoal.Client(sock, arena_size=16 << 20) as c:
             for i in range(per_client):
-                faulty = rng.random() < args.fault_rate
+                faulty = rng.random() < fault_rate
                 x = torch.full((16,), -1.0 if faulty else float(i))
                 t0 = time.perf_counter()
                 try:
@@ -119,12 +128,7 @@ def main():
             restarts.append((stamp(line) - died.pop(m.group(1))).total_seconds() * 1000)
     sent = per_client * args.clients
     lat = sorted(latencies)
-    print(f"requests={sent} clients={args.clients} workers={args.workers} fault_rate={args.fault_rate} "
-          f"wall={wall:.1f}s cpus={os.cpu_count()}")
-    print("| answered | failed as expected | unexpected | lost | hung | healthy p50 (us) | healthy p99 (us) |"
-          " restarts | restart p50 (ms) | restart max (ms) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {stats['answered']} | {stats['expected']} | {stats['unexpected']} | "
+    print(f"| {fault_rate} ({sent} requests, {wall:.1f} s) | {stats['answered']} | {stats['expected']} | {stats['unexpected']} | "
           f"{sent - stats['answered']} | {hung} | {lat[len(lat) // 2]:.0f} | {lat[len(lat) * 99 // 100]:.0f} | "
           f"{len(restarts)} | {statistics.median(restarts) if restarts else 0:.1f} | "
           f"{max(restarts) if restarts else 0:.1f} |")
