@@ -488,22 +488,27 @@ void Supervisor::HandleModels(const std::shared_ptr<ClientSession>& s, uint64_t 
   w.Key("v"); w.Val(kProtocolVersion);
   w.Key("id"); w.Val(id);
   w.Key("ok"); w.Val(true);
-  w.Key("models");
-  w.pk().pack_array(static_cast<uint32_t>(models_.size()));
-  for (const auto& [name, m] : models_) {
-    w.Map(m.failed ? 5 : 4);
-    w.Key("name"); w.Str(name);
-    w.Key("path"); w.Str(m.path);
-    w.Key("ready"); w.Val(ModelReady(name));
-    w.Key("failed"); w.Val(m.failed);
-    if (m.failed) { w.Key("last_error"); w.Str(m.last_error); }
-  }
+  PackModels(&w);
   s->channel->Send(w.body());
+}
+
+void Supervisor::PackModels(Writer* w) const {
+  w->Key("models");
+  w->pk().pack_array(static_cast<uint32_t>(models_.size()));
+  for (const auto& [name, m] : models_) {
+    w->Map(m.failed ? 6 : 5);
+    w->Key("name"); w->Str(name);
+    w->Key("path"); w->Str(m.path);
+    w->Key("ready"); w->Val(ModelReady(name));
+    w->Key("queued"); w->Val(static_cast<uint64_t>(m.queued));
+    w->Key("failed"); w->Val(m.failed);
+    if (m.failed) { w->Key("last_error"); w->Str(m.last_error); }
+  }
 }
 
 void Supervisor::HandleStatus(const std::shared_ptr<ClientSession>& s, uint64_t id) {
   Writer w;
-  w.Map(13);
+  w.Map(14);
   w.Key("v"); w.Val(kProtocolVersion);
   w.Key("id"); w.Val(id);
   w.Key("ok"); w.Val(true);
@@ -517,6 +522,7 @@ void Supervisor::HandleStatus(const std::shared_ptr<ClientSession>& s, uint64_t 
   w.Key("jobs_done"); w.Val(jobs_done_);
   w.Key("jobs_failed"); w.Val(jobs_failed_);
   w.Key("worker_restarts"); w.Val(worker_restarts_);
+  PackModels(&w);
   w.Key("workers");
   w.pk().pack_array(static_cast<uint32_t>(workers_.size()));
   for (const auto& [slot, wk] : workers_) {

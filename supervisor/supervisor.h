@@ -115,6 +115,7 @@ class Supervisor {
   void HandleLoad(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
   void HandleUnload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
   void HandleModels(const std::shared_ptr<ClientSession>& s, uint64_t id);
+  void PackModels(Writer* w) const;  // "models": [{name, path, ready, queued, failed, last_error?}]
   void HandleStatus(const std::shared_ptr<ClientSession>& s, uint64_t id);
   Status HandleInfer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
   bool IsAdmin(const ClientSession& s) const;

@@ -49,6 +49,8 @@ def test_crash_loop_marks_the_model_failed(make_daemon, archives):
             c.infer("crashy", torch.ones(1))
         m = {x["name"]: x for x in c.models()}
         assert m["crashy"]["failed"] and "SIGSEGV" in m["crashy"]["last_error"]
+        st = {x["name"]: x for x in c.status()["models"]}  # `shoal status` shows it too
+        assert st["crashy"]["failed"] and st["crashy"]["last_error"] == m["crashy"]["last_error"]
         # replacements do not load it again; the other model serves
         d.wait_ready("add")
         h = c.health()
