@@ -28,7 +28,8 @@ sys.exit(main())
 install(PROGRAMS ${CMAKE_BINARY_DIR}/install/shoal DESTINATION ${CMAKE_INSTALL_BINDIR})
 
 # Python package
-install(FILES ${SHOAL_PY_SOURCES} DESTINATION ${SHOAL_PYTHON_INSTALL_DIR}/shoal)
+install(FILES ${SHOAL_PY_SOURCES} ${CMAKE_BINARY_DIR}/python/shoal/_build_info.py
+  DESTINATION ${SHOAL_PYTHON_INSTALL_DIR}/shoal)
 install(TARGETS shoal_native LIBRARY DESTINATION ${SHOAL_PYTHON_INSTALL_DIR}/shoal)
 
 # C++ client: static libraries, public headers, package config

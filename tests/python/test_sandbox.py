@@ -1,15 +1,15 @@
 """The worker sandbox, observed from inside a model: no_new_privs, rlimits from the
 configuration, and the seccomp filter (EPERM for ptrace, namespaces, network sockets)."""
-import os
 import resource
 
 import pytest
 import torch
 
 import shoal
+import shoal._build_info
 import shoal_test_models as models
 
-SECCOMP = os.path.exists("/usr/include/seccomp.h")
+SECCOMP = shoal._build_info.SECCOMP  # built with libseccomp?
 
 
 def probe(make_daemon, tmp_path, args=()):
