@@ -69,6 +69,16 @@ class Daemon:
         return self.proc.returncode
 
 
+def vm_size_mb():
+    """This process's address space in MiB: a worker (torch imported) needs about as much;
+    CUDA builds of torch map far more than CPU builds, so limits are set relative to it."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) // 1024
+    raise RuntimeError("no VmSize")
+
+
 @pytest.fixture
 def daemon(tmp_path):
     d = Daemon(tmp_path)

@@ -13,7 +13,7 @@ import torch
 
 import shoal
 import shoal_test_models as models
-from conftest import BUILD
+from conftest import BUILD, vm_size_mb
 
 
 def memfds(pid):
@@ -130,7 +130,9 @@ def test_infinite_loop_times_out_and_worker_is_replaced(loaded, archives, tmp_pa
 
 
 def test_memory_hog_past_its_limit_is_answered(loaded, archives, tmp_path):
-    d = loaded("hog", shoal.export(models.Hog(), tmp_path / "hog.pt"), args=["--worker-memory-mb", "2048"])
+    # room for the worker as it is plus 1 GiB; the hog asks for 2 GiB more
+    limit = vm_size_mb() + 1024
+    d = loaded("hog", shoal.export(models.Hog(), tmp_path / "hog.pt"), args=["--worker-memory-mb", str(limit)])
     with Traffic(d):
         with d.client() as c:
             with pytest.raises((shoal.ModelError, shoal.WorkerCrashed)) as e:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -179,7 +180,7 @@ PERM_DIR = "/tmp/shoal-perm-test"  # world-readable: the build tree may sit unde
 def _as_user(name, code):
     return subprocess.run(["setpriv", f"--reuid={name}", f"--regid={name}", "--init-groups",
                            "/usr/bin/env", f"PYTHONPATH={PERM_DIR}/python",
-                           os.path.realpath(os.sys.executable), "-c", code], capture_output=True, text=True, timeout=120, cwd="/tmp")
+                           sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/tmp")
 
 
 @needs(os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("useradd") is None,
@@ -275,7 +276,7 @@ def test_deb_installs_expected_files_and_they_work(tmp_path, archives):
         np.save(tmp_path / "x.npy", np.ones(3, dtype=np.float32))
         deadline = time.time() + 60
         while True:
-            r = subprocess.run([os.path.realpath(os.sys.executable), str(root / "usr/bin/shoal"), "--socket", sock,
+            r = subprocess.run([sys.executable, str(root / "usr/bin/shoal"), "--socket", sock,
                                 "infer", "add", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")],
                                env=env, capture_output=True, text=True)
             if r.returncode == 0 or time.time() > deadline:
@@ -298,7 +299,7 @@ def test_deb_installs_expected_files_and_they_work(tmp_path, archives):
         '  auto c = shoal::Client::Connect(argv[1]);\n  std::cout << c.status().ToString() << std::endl;\n'
         '  return c.ok() ? 0 : 3;\n}\n')
     prefix = ";".join([str(root / "usr"), subprocess.run(
-        [os.path.realpath(os.sys.executable), "-c", "import torch.utils; print(torch.utils.cmake_prefix_path)"],
+        [sys.executable, "-c", "import torch.utils; print(torch.utils.cmake_prefix_path)"],
         capture_output=True, text=True).stdout.strip()])
     r = subprocess.run(["cmake", "-S", str(proj), "-B", str(proj / "b"), f"-DCMAKE_PREFIX_PATH={prefix}"],
                        capture_output=True, text=True)
