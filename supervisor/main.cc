@@ -7,6 +7,7 @@
 #include <iostream>
 #include <string>
 
+#include "package_format/archive_reader.h"
 #include "supervisor/config.h"
 #include "supervisor/supervisor.h"
 #include "supervisor/systemd.h"
@@ -148,6 +149,10 @@ int main(int argc, char** argv) {
     if (path.empty() || path[0] != '/') {
       std::cerr << "shoald: model '" << name << "': archive path '" << path
                 << "' must be absolute (or set model_repository)\n";
+      return 2;
+    }
+    if (auto info = shoal::InspectArchiveFile(path); !info.ok()) {
+      std::cerr << "shoald: model '" << name << "': " << info.status().message() << "\n";
       return 2;
     }
   }

@@ -1,5 +1,6 @@
 #include "supervisor/supervisor.h"
 
+#include "package_format/archive_reader.h"
 #include "protocol/channel.h"
 #include "shm/memfd.h"
 #include "supervisor/config.h"
@@ -335,6 +336,10 @@ void Supervisor::HandleLoad(const std::shared_ptr<ClientSession>& s, uint64_t id
   }
   if (access(path->c_str(), R_OK) != 0) {
     return ReplyError(s, id, Status::FromErrno("model '" + *name + "': cannot read archive " + *path, errno));
+  }
+  // Refuse broken archives here, before any worker runs code from them.
+  if (auto info = InspectArchiveFile(*path); !info.ok()) {
+    return ReplyError(s, id, Status(info.status().code(), "model '" + *name + "': " + info.status().message()));
   }
   if (auto old = models_.find(*name); old != models_.end()) {
     if (!old->second.failed) {

@@ -25,6 +25,7 @@ class Runner:
     def __init__(self, slot):
         self.slot = slot
         self.models = {}   # name -> served object
+        self.specs = {}    # name -> input specs from the manifest (or absent)
         self.arenas = {}   # arena id -> _native.Arena
         torch.set_grad_enabled(False)
 
@@ -49,13 +50,19 @@ class Runner:
             return self._load(msg)
         elif op == "unload":
             self.models.pop(msg["name"], None)
+            self.specs.pop(msg["name"], None)
             return msgpack.packb({"v": VERSION, "id": msg["id"], "ok": True})
         return None
 
     def _load(self, msg):
         rid, name, path = msg["id"], msg["name"], msg["path"]
         try:
-            self.models[name] = archive.load(path)
+            self.models[name], manifest = archive.load_with_manifest(path)
+            self.specs.pop(name, None)
+            if manifest and manifest.get("inputs"):
+                self.specs[name] = manifest["inputs"]
+        except archive.SelfCheckError as e:
+            return _error(rid, "MODEL_ERROR", f"model '{name}': {e}")
         except archive.ArchiveError as e:
             return _error(rid, "BAD_REQUEST", f"model '{name}': {e}")
         except Exception as e:
@@ -70,6 +77,11 @@ class Runner:
         model = self.models.get(name)
         if model is None:
             return _error(rid, "MODEL_NOT_FOUND", f"model '{name}' is not loaded in worker {self.slot}")
+        specs = self.specs.get(name)
+        if specs is not None:
+            problem = _check_inputs(msg["inputs"], specs)
+            if problem:
+                return _error(rid, "BAD_REQUEST", f"model '{name}', job {rid}: {problem}")
         inputs, spans = [], []
         for d in msg["inputs"]:
             arena = self.arenas[d["arena"]]
@@ -135,3 +147,20 @@ class Runner:
 
 class _ArenaFull(Exception):
     pass
+
+
+def _fmt(spec):
+    return spec["dtype"] + "[" + ", ".join("*" if n is None else str(n) for n in spec["shape"]) + "]"
+
+
+def _check_inputs(descs, specs):
+    """What is wrong with the inputs for the manifest's specs, or None."""
+    if len(descs) != len(specs):
+        return (f"takes {len(specs)} inputs ({', '.join(_fmt(s) for s in specs)}), got {len(descs)}")
+    for i, (d, spec) in enumerate(zip(descs, specs)):
+        shape = d["shape"]
+        ok = d["dtype"] == spec["dtype"] and len(shape) == len(spec["shape"]) and all(
+            want is None or want == got for want, got in zip(spec["shape"], shape))
+        if not ok:
+            return (f"input {i} must be {_fmt(spec)}, got {d['dtype']}[{', '.join(map(str, shape))}]")
+    return None

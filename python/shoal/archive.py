@@ -1,13 +1,18 @@
 """Model archives: torch.package zips whose served object is the pickle ``model/model.pkl``
-(the torch::deploy / MultiPy convention).
+(the torch::deploy / MultiPy convention), optionally with a manifest
+(``shoal/manifest.json``) and an example input and reference output (``shoal/example.pkl``)
+that the model is checked against when it loads. TorchScript zips (``torch.jit.save``)
+are archives too.
 
 ``export`` writes one; ``load`` reads one the way a worker does: the file is mapped
 read-only once and every storage becomes a tensor *over the mapping*, so weights are never
 copied, and all processes that load the same archive share the same page-cache pages.
 """
+import json
 import mmap
 import os
 import struct
+import sys
 import warnings
 import zipfile
 
@@ -16,6 +21,9 @@ from torch.package import PackageExporter, PackageImporter
 
 ENTRY_PACKAGE = "model"
 ENTRY_RESOURCE = "model.pkl"
+MANIFEST = "shoal/manifest.json"
+EXAMPLE = "shoal/example.pkl"
+MANIFEST_FORMAT = 1
 ALIGNMENT = 64
 DEFAULT_EXTERN = ["torch", "torch.**", "numpy", "numpy.**", "torchvision", "torchvision.**",
                   "shoal", "shoal.**"]
@@ -25,20 +33,88 @@ class ArchiveError(Exception):
     """An archive shoal cannot serve; the message names the archive and what is wrong."""
 
 
-def export(model, path, extern=(), intern=(), mock=()):
+class SelfCheckError(ArchiveError):
+    """The model's output on its example input differs from the reference output."""
+
+
+def _spec(t, dynamic_batch=True):
+    shape = list(t.shape)
+    if dynamic_batch and shape:
+        shape[0] = None  # dynamic
+    return {"dtype": str(t.dtype).replace("torch.", ""), "shape": shape}
+
+
+def _output_specs(out):
+    if isinstance(out, torch.Tensor):
+        return [_spec(out)]
+    if isinstance(out, (tuple, list)):
+        return [_spec(x) for x in out if isinstance(x, torch.Tensor)]
+    if isinstance(out, dict):
+        return [dict(_spec(v), name=str(k)) for k, v in out.items() if isinstance(v, torch.Tensor)]
+    return []
+
+
+class _Progress:
+    """Counts the bytes of tensor storages as PackageExporter writes them; draws a bar."""
+
+    def __init__(self, inner, total, stream):
+        self._inner, self._total, self._stream, self._done = inner, max(total, 1), stream, 0
+
+    def write_record(self, name, data, size):
+        self._inner.write_record(name, data, size)
+        if name.endswith(".storage") and self._total >= 64 << 20:  # a bar only where it helps
+            self._done += size
+            frac = min(1.0, self._done / self._total)
+            bar = "#" * int(frac * 30)
+            self._stream.write(f"\r  writing weights [{bar:<30}] {self._done / 2**20:8.1f} / "
+                               f"{self._total / 2**20:.1f} MiB")
+            self._stream.flush()
+
+    def __getattr__(self, attr):
+        return getattr(self._inner, attr)
+
+
+def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, example_inputs=None,
+           progress=None):
     """Packages ``model`` (any picklable object; usually an ``nn.Module``) into ``path``.
 
     torch, numpy, torchvision and shoal are extern (taken from the serving environment); every
     other module the model needs, the user's own code included, is interned (copied into
     the archive as source). ``extern``/``intern``/``mock`` add torch.package patterns.
+    A manifest records ``name``, ``version``, the entry object and, given
+    ``example_inputs`` (a tuple of tensors), input/output specs (first dimension dynamic)
+    and a reference output that the model must reproduce when it is loaded.
+    ``progress``: a stream to draw a progress bar of the weights on (e.g. sys.stderr).
     """
     path = os.fspath(path)
+    manifest = {"format": MANIFEST_FORMAT, "name": name or os.path.splitext(os.path.basename(path))[0],
+                "version": str(version) if version is not None else "1",
+                "entry": f"{ENTRY_PACKAGE}/{ENTRY_RESOURCE}", "inputs": [], "outputs": [], "example": None}
+    example = None
+    if example_inputs is not None:
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        example_inputs = tuple(torch.as_tensor(x) for x in example_inputs)
+        with torch.no_grad():
+            reference = model(*example_inputs)
+        manifest["inputs"] = [dict(_spec(x), name=f"input{i}") for i, x in enumerate(example_inputs)]
+        manifest["outputs"] = _output_specs(reference)
+        manifest["example"] = EXAMPLE
+        example = {"inputs": example_inputs, "output": reference}
     with PackageExporter(path) as exp:
+        if progress is not None and isinstance(model, torch.nn.Module):
+            total = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+            exp.zip_file = _Progress(exp.zip_file, total, progress)
         exp.extern(DEFAULT_EXTERN + list(extern))
         if mock:
             exp.mock(list(mock))
         exp.intern(list(intern) + ["**"])
         exp.save_pickle(ENTRY_PACKAGE, ENTRY_RESOURCE, model)
+        if example is not None:
+            exp.save_pickle("shoal", "example.pkl", example)
+        exp.save_text("shoal", "manifest.json", json.dumps(manifest, indent=2))
+    if progress is not None:
+        progress.write("\n")
     return path
 
 
@@ -114,19 +190,108 @@ class _MappedReader:
         return getattr(self._inner, attr)
 
 
-def load(path):
-    """Loads the served object of an archive with its weights mapped, not copied."""
+def is_torchscript(path):
+    """True for a TorchScript zip (torch.jit.save): data.pkl + constants.pkl, no model.pkl."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = {n.split("/", 1)[1] for n in zf.namelist() if "/" in n}
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return "data.pkl" in names and "constants.pkl" in names and f"{ENTRY_PACKAGE}/{ENTRY_RESOURCE}" not in names
+
+
+def read_manifest(path, reader):
+    """The archive's manifest (a dict), None without one; ArchiveError if it is broken or
+    contradicts the archive."""
+    if not reader.has_record(MANIFEST):
+        return None
+    try:
+        manifest = json.loads(bytes(reader.get_record(MANIFEST)).decode())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArchiveError(f"archive {path}: {MANIFEST} does not parse: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ArchiveError(f"archive {path}: {MANIFEST} is not a format-{MANIFEST_FORMAT} shoal manifest")
+    entry = manifest.get("entry", f"{ENTRY_PACKAGE}/{ENTRY_RESOURCE}")
+    if not isinstance(entry, str) or "/" not in entry or not reader.has_record(entry):
+        raise ArchiveError(f"archive {path}: the manifest names entry {entry!r}, which the archive does not contain")
+    example = manifest.get("example")
+    if example is not None and (not isinstance(example, str) or not reader.has_record(example)):
+        raise ArchiveError(f"archive {path}: the manifest names example {example!r}, which the archive does not contain")
+    for key in ("inputs", "outputs"):
+        specs = manifest.get(key, [])
+        if not isinstance(specs, list) or not all(
+                isinstance(x, dict) and isinstance(x.get("shape"), list) and x.get("dtype") in _DTYPES for x in specs):
+            raise ArchiveError(f"archive {path}: the manifest's {key} must be a list of "
+                               "{{dtype, shape}} specs with known dtypes")
+    return manifest
+
+
+_DTYPES = {"float32", "float64", "float16", "bfloat16", "uint8", "int8", "int16", "int32", "int64", "bool",
+           "complex64", "complex128"}
+
+
+def _close(a, b, path):
+    """Raises SelfCheckError unless `a` (served) matches `b` (reference)."""
+    if isinstance(b, torch.Tensor):
+        if not isinstance(a, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype:
+            raise SelfCheckError(f"archive {path}: self-check failed: the output's type/shape/dtype differs from "
+                                 f"the reference ({getattr(a, 'shape', type(a))} vs {tuple(b.shape)})")
+        if a.is_floating_point():
+            diff = float((a - b).abs().max()) if a.numel() else 0.0
+            if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+                raise SelfCheckError(f"archive {path}: self-check failed: max abs diff {diff:.3g} from the reference "
+                                     "output recorded at export")
+        elif not torch.equal(a, b):
+            raise SelfCheckError(f"archive {path}: self-check failed: output differs from the reference")
+    elif isinstance(b, (tuple, list)):
+        if not isinstance(a, (tuple, list)) or len(a) != len(b):
+            raise SelfCheckError(f"archive {path}: self-check failed: output structure differs from the reference")
+        for x, y in zip(a, b):
+            _close(x, y, path)
+    elif isinstance(b, dict):
+        if not isinstance(a, dict) or set(a) != set(b):
+            raise SelfCheckError(f"archive {path}: self-check failed: output keys differ from the reference")
+        for k in b:
+            _close(a[k], b[k], path)
+    elif a != b:
+        raise SelfCheckError(f"archive {path}: self-check failed: {a!r} != reference {b!r}")
+
+
+def load_with_manifest(path):
+    """(served object, manifest or None). Weights are mapped, not copied (TorchScript
+    archives are read by torch.jit.load). A manifest with an example is checked: the
+    model must reproduce the reference output."""
     path = os.fspath(path)
+    if is_torchscript(path):
+        try:
+            module = torch.jit.load(path, map_location="cpu")
+        except Exception as e:  # torch raises RuntimeError
+            raise ArchiveError(f"archive {path}: TorchScript cannot load it: {e}") from None
+        return module.eval(), None
     records = storage_records(path)
     try:
         importer = PackageImporter(path)
     except Exception as e:  # torch raises RuntimeError for damaged zips
         raise ArchiveError(f"archive {path}: torch.package cannot open it: {e}") from None
-    if not importer.zip_reader.has_record(f"{ENTRY_PACKAGE}/{ENTRY_RESOURCE}"):
-        raise ArchiveError(f"archive {path}: no entry pickle {ENTRY_PACKAGE}/{ENTRY_RESOURCE}; "
+    manifest = read_manifest(path, importer.zip_reader)
+    entry = (manifest or {}).get("entry", f"{ENTRY_PACKAGE}/{ENTRY_RESOURCE}")
+    if not importer.zip_reader.has_record(entry):
+        raise ArchiveError(f"archive {path}: no entry pickle {entry}; "
                            "export the model with shoal.export (or save_pickle('model', 'model.pkl', m))")
     importer.zip_reader = _MappedReader(importer.zip_reader, path, records)
-    obj = importer.load_pickle(ENTRY_PACKAGE, ENTRY_RESOURCE, map_location="cpu")
+    package, resource = entry.rsplit("/", 1)
+    obj = importer.load_pickle(package, resource, map_location="cpu")
     if isinstance(obj, torch.nn.Module):
         obj.eval()
-    return obj
+    if manifest and manifest.get("example"):
+        pkg, res = manifest["example"].rsplit("/", 1)
+        example = importer.load_pickle(pkg, res, map_location="cpu")
+        with torch.no_grad():
+            out = obj(*example["inputs"])
+        _close(out, example["output"], path)
+    return obj, manifest
+
+
+def load(path):
+    """Loads the served object of an archive with its weights mapped, not copied."""
+    return load_with_manifest(path)[0]

@@ -6,9 +6,14 @@
     shoal [--socket PATH] status
     shoal [--socket PATH] health
     shoal [--socket PATH] infer NAME IN.npy... [-o OUT.npy] [--timeout SECONDS]
+    shoal package MODULE.py:FACTORY -o OUT.pt [--name N] [--version V] [--example-input X.npy]...
+                  [--extern PATTERN]... [--intern PATTERN]...
+    shoal package --repack IN.pt -o OUT.pt
+    shoal inspect ARCHIVE [--json]
 """
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -66,7 +71,22 @@ def main(argv=None):
     s.add_argument("--timeout", type=float, help="deadline in seconds")
     s.add_argument("--retries", type=int, default=0, choices=(0, 1),
                    help="re-run the job once if its worker crashes")
+    s = sub.add_parser("package", help="build an archive from MODULE.py:FACTORY (or --repack one)")
+    s.add_argument("source", help="MODULE.py:FACTORY, or with --repack an archive")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--name")
+    s.add_argument("--version")
+    s.add_argument("--example-input", action="append", default=[], metavar="FILE.npy",
+                   help="example input (repeat per input): records specs and a reference output")
+    s.add_argument("--extern", action="append", default=[], metavar="PATTERN")
+    s.add_argument("--intern", action="append", default=[], metavar="PATTERN")
+    s.add_argument("--repack", action="store_true", help="rewrite an archive into a servable layout")
+    s = sub.add_parser("inspect", help="describe an archive without running it")
+    s.add_argument("archive")
+    s.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.cmd in ("package", "inspect"):
+        return _offline(args)
 
     try:
         with Client(args.socket) as c:
@@ -109,6 +129,37 @@ def main(argv=None):
     except errors.Error as e:
         print(f"shoal: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _offline(args):
+    """Commands that need no daemon."""
+    from . import archive, tools
+    if args.cmd == "inspect":
+        info = tools.inspect_archive(args.archive)
+        print(json.dumps(info, indent=2) if args.json else tools.format_inspection(info))
+        return 0 if info["servable"] else 1
+    if args.repack:
+        try:
+            n = tools.repack(args.source, args.output)
+        except (OSError, ValueError, Exception) as e:  # noqa: BLE001 - reported, not raised
+            print(f"shoal: cannot repack {args.source}: {e}", file=sys.stderr)
+            return 1
+        info = tools.inspect_archive(args.output)
+        print(f"wrote {args.output} ({n} records, servable: {'yes' if info['servable'] else 'NO'})")
+        return 0 if info["servable"] else 1
+    try:
+        model = tools.load_factory(args.source)
+        examples = [torch.from_numpy(np.load(x, allow_pickle=False)) for x in args.example_input]
+    except Exception as e:  # noqa: BLE001 - the user's code: report it with its traceback
+        import traceback
+        traceback.print_exc()
+        print(f"shoal: cannot build the model from {args.source}: {e}", file=sys.stderr)
+        return 2
+    archive.export(model, args.output, extern=args.extern, intern=args.intern, name=args.name,
+                   version=args.version, example_inputs=tuple(examples) if examples else None,
+                   progress=sys.stderr)
+    print(f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MiB)")
     return 0
 
 

@@ -1,0 +1,235 @@
+#include "package_format/archive_reader.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <set>
+
+namespace shoal {
+
+namespace {
+
+constexpr uint32_t kEocdSig = 0x06054b50;
+constexpr uint32_t kEocd64Sig = 0x06064b50;
+constexpr uint32_t kEocd64LocatorSig = 0x07064b50;
+constexpr uint32_t kCentralSig = 0x02014b50;
+constexpr uint32_t kLocalSig = 0x04034b50;
+constexpr size_t kMaxRecords = 1 << 20;
+
+// Little-endian reads that never pass `end`.
+class Cursor {
+ public:
+  Cursor(std::string_view data, uint64_t pos) : data_(data), pos_(pos) {}
+  bool Has(uint64_t n) const { return pos_ <= data_.size() && n <= data_.size() - pos_; }
+  uint64_t Read(int bytes) {
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(data_[pos_ + i])) << (8 * i);
+    pos_ += bytes;
+    return v;
+  }
+  std::string_view Take(uint64_t n) {
+    auto s = data_.substr(pos_, n);
+    pos_ += n;
+    return s;
+  }
+  uint64_t pos() const { return pos_; }
+
+ private:
+  std::string_view data_;
+  uint64_t pos_;
+};
+
+Status Bad(const std::string& what) { return Status::BadRequest(what); }
+
+bool SafeName(std::string_view name) {
+  if (name.empty() || name.front() == '/' || name.find('\\') != std::string_view::npos ||
+      name.find('\0') != std::string_view::npos) {
+    return false;
+  }
+  size_t start = 0;
+  while (start <= name.size()) {
+    size_t end = name.find('/', start);
+    if (end == std::string_view::npos) end = name.size();
+    if (name.substr(start, end - start) == "..") return false;
+    start = end + 1;
+  }
+  return true;
+}
+
+bool IsStorage(const std::string& rel, ArchiveKind kind) {
+  if (kind == ArchiveKind::kPackage) {
+    return rel.rfind(".data/", 0) == 0 && rel.size() > 14 && rel.compare(rel.size() - 8, 8, ".storage") == 0;
+  }
+  return rel.rfind("data/", 0) == 0 && rel.size() > 5;
+}
+
+}  // namespace
+
+Result<ArchiveInfo> ParseArchive(std::string_view file) {
+  if (file.size() < 22) return Bad("not a zip file (" + std::to_string(file.size()) + " bytes, too short)");
+  // End of central directory: the last 22+ bytes, after an optional comment.
+  uint64_t eocd = UINT64_MAX;
+  uint64_t lowest = file.size() > 22 + 65535 ? file.size() - 22 - 65535 : 0;
+  for (uint64_t p = file.size() - 22 + 1; p-- > lowest;) {
+    Cursor c(file, p);
+    if (c.Read(4) == kEocdSig) {
+      eocd = p;
+      break;
+    }
+  }
+  if (eocd == UINT64_MAX) {
+    return Bad("not a zip file (no end-of-central-directory record; truncated or another format)");
+  }
+  Cursor e(file, eocd + 4);
+  e.Read(2);  // this disk
+  e.Read(2);  // disk with the central directory
+  e.Read(2);  // entries on this disk
+  uint64_t entries = e.Read(2);
+  uint64_t cd_size = e.Read(4);
+  uint64_t cd_offset = e.Read(4);
+  if (entries == 0xffff || cd_size == 0xffffffff || cd_offset == 0xffffffff) {
+    // Zip64: the locator sits right before the EOCD.
+    if (eocd < 20) return Bad("zip64 archive without its locator (truncated?)");
+    Cursor loc(file, eocd - 20);
+    if (loc.Read(4) != kEocd64LocatorSig) return Bad("zip64 archive without its locator (truncated?)");
+    loc.Read(4);
+    uint64_t eocd64 = loc.Read(8);
+    Cursor z(file, eocd64);
+    if (!z.Has(56) || z.Read(4) != kEocd64Sig) return Bad("zip64 end record missing or outside the file");
+    z.Read(8);   // record size
+    z.Read(4);   // versions
+    z.Read(4);   // this disk
+    z.Read(4);   // cd disk
+    z.Read(8);   // entries on this disk
+    entries = z.Read(8);
+    cd_size = z.Read(8);
+    cd_offset = z.Read(8);
+  }
+  if (cd_offset > file.size() || cd_size > file.size() - cd_offset) {
+    return Bad("the central directory lies outside the file (truncated?)");
+  }
+  if (entries > kMaxRecords) return Bad("too many records (" + std::to_string(entries) + ")");
+
+  ArchiveInfo info;
+  std::set<std::string> seen;
+  Cursor c(file, cd_offset);
+  std::vector<ArchiveRecord> raw;
+  raw.reserve(entries);
+  for (uint64_t i = 0; i < entries; ++i) {
+    if (!c.Has(46) || c.Read(4) != kCentralSig) return Bad("corrupt central directory at record " + std::to_string(i));
+    c.Read(2);  // made by
+    c.Read(2);  // needed
+    uint16_t flags = static_cast<uint16_t>(c.Read(2));
+    uint16_t method = static_cast<uint16_t>(c.Read(2));
+    c.Read(4);  // time, date
+    c.Read(4);  // crc
+    uint64_t csize = c.Read(4);
+    uint64_t usize = c.Read(4);
+    uint64_t nlen = c.Read(2);
+    uint64_t elen = c.Read(2);
+    uint64_t clen = c.Read(2);
+    c.Read(2);  // disk
+    c.Read(2);  // internal attributes
+    c.Read(4);  // external attributes
+    uint64_t lho = c.Read(4);
+    if (!c.Has(nlen + elen + clen)) return Bad("corrupt central directory at record " + std::to_string(i));
+    std::string name(c.Take(nlen));
+    std::string_view extra = c.Take(elen);
+    c.Take(clen);
+    // Zip64 extra field: the 0xffffffff fields, in order.
+    for (Cursor x(extra, 0); x.Has(4);) {
+      uint16_t id = static_cast<uint16_t>(x.Read(2));
+      uint16_t len = static_cast<uint16_t>(x.Read(2));
+      if (!x.Has(len)) break;
+      if (id != 0x0001) {
+        x.Take(len);
+        continue;
+      }
+      Cursor z(x.Take(len), 0);
+      if (usize == 0xffffffff && z.Has(8)) usize = z.Read(8);
+      if (csize == 0xffffffff && z.Has(8)) csize = z.Read(8);
+      if (lho == 0xffffffff && z.Has(8)) lho = z.Read(8);
+    }
+    if (flags & 0x1) return Bad("record '" + name + "' is encrypted");
+    if (!SafeName(name)) return Bad("record name '" + name + "' is unsafe (empty, absolute or with '..')");
+    if (!seen.insert(name).second) return Bad("duplicate record '" + name + "'");
+    Cursor l(file, lho);
+    if (!l.Has(30) || l.Read(4) != kLocalSig) return Bad("record '" + name + "': local header missing (truncated?)");
+    l.Read(22);
+    uint64_t lnlen = l.Read(2);
+    uint64_t lelen = l.Read(2);
+    uint64_t data = lho + 30 + lnlen + lelen;
+    if (data > file.size() || csize > file.size() - data) {
+      return Bad("record '" + name + "' runs past the end of the file (truncated?)");
+    }
+    ArchiveRecord r;
+    r.name = std::move(name);
+    r.offset = data;
+    r.size = csize;
+    r.uncompressed = usize;
+    r.method = method;
+    raw.push_back(std::move(r));
+  }
+  if (raw.empty()) return Bad("the zip holds no records");
+
+  // Every record sits under one top-level folder (the writer's archive name).
+  auto slash = raw[0].name.find('/');
+  info.prefix = slash == std::string::npos ? "" : raw[0].name.substr(0, slash + 1);
+  for (auto& r : raw) {
+    if (info.prefix.empty() || r.name.rfind(info.prefix, 0) != 0) {
+      return Bad("records are not all under one top-level folder ('" + r.name +
+                 "'); this is not a torch.package or TorchScript archive");
+    }
+    r.name = r.name.substr(info.prefix.size());
+  }
+  std::set<std::string> names;
+  for (const auto& r : raw) names.insert(r.name);
+  if (names.count("model/model.pkl")) {
+    info.kind = ArchiveKind::kPackage;
+  } else if (names.count("data.pkl") && names.count("constants.pkl")) {
+    info.kind = ArchiveKind::kTorchScript;
+  } else {
+    return Bad("no entry pickle model/model.pkl (and not a TorchScript archive); export the model with "
+               "shoal.export or `shoal package`");
+  }
+  info.has_manifest = names.count("shoal/manifest.json") != 0;
+  for (auto& r : raw) {
+    r.storage = IsStorage(r.name, info.kind);
+    if (!r.storage) continue;
+    if (r.method != 0) {
+      return Bad("storage record " + r.name + " is compressed; shoal maps weights in place and needs them stored "
+                 "(fix it with `shoal package --repack IN -o OUT`)");
+    }
+    if (r.offset % kStorageAlignment != 0) {
+      return Bad("storage record " + r.name + " starts at byte " + std::to_string(r.offset) + ", not " +
+                 std::to_string(kStorageAlignment) + "-byte aligned (fix it with `shoal package --repack IN -o OUT`)");
+    }
+    ++info.storages;
+    info.storage_bytes += r.size;
+  }
+  info.records = std::move(raw);
+  return info;
+}
+
+Result<ArchiveInfo> InspectArchiveFile(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno("cannot read archive " + path, errno);
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return Status::BadRequest("archive " + path + ": not a regular file");
+  }
+  size_t size = static_cast<size_t>(st.st_size);
+  void* p = size ? mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0) : nullptr;
+  close(fd);
+  if (size && p == MAP_FAILED) return Status::FromErrno("cannot map archive " + path, errno);
+  auto info = ParseArchive(std::string_view(static_cast<const char*>(p), size));
+  if (p) munmap(p, size);
+  if (!info.ok()) return Status(info.status().code(), "archive " + path + ": " + info.status().message());
+  return info;
+}
+
+}  // namespace shoal
