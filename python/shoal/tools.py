@@ -48,17 +48,30 @@ def _local_data_offset(f, info):
 
 
 def _storage_dtypes(pickle_bytes):
-    """Storage key -> dtype, read from the pickle's persistent ids without unpickling."""
-    dtypes, pending = {}, None
+    """Storage key -> dtype, read from the pickle's persistent ids without unpickling:
+    each id is (\"storage\", <GLOBAL torch XStorage, or a memo get of it>, key, location, n)."""
+    dtypes, pending, memo, last_storage_global, puts = {}, None, {}, None, 0
     try:
         for op, arg, _ in pickletools.genops(pickle_bytes):
-            if op.name in ("GLOBAL", "STACK_GLOBAL") and isinstance(arg, str) and arg.endswith("Storage"):
-                pending = STORAGE_DTYPES.get(arg.split()[-1], arg.split()[-1])
-            elif pending and op.name in ("BINUNICODE", "SHORT_BINUNICODE", "UNICODE", "BININT1", "BININT2",
-                                         "BININT", "LONG1"):
+            name = op.name
+            if name in ("GLOBAL", "STACK_GLOBAL") and isinstance(arg, str) and arg.endswith("Storage"):
+                pending = last_storage_global = STORAGE_DTYPES.get(arg.split()[-1], arg.split()[-1])
+                continue
+            if name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
+                index = puts if name == "MEMOIZE" else arg
+                puts += 1
+                if last_storage_global is not None:
+                    memo[index] = last_storage_global
+                last_storage_global = None
+                continue
+            last_storage_global = None
+            if name in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
+                pending = memo[arg]
+            elif pending and name in ("BINUNICODE", "SHORT_BINUNICODE", "UNICODE", "BININT1", "BININT2",
+                                      "BININT", "LONG1"):
                 dtypes[str(arg)] = pending  # the storage key follows its type
                 pending = None
-    except Exception:  # noqa: BLE001 - a damaged pickle: describe what we could read
+    except Exception:  # noqa: BLE001 - a damaged pickle: describe what could be read
         pass
     return dtypes
 
@@ -95,7 +108,9 @@ def inspect_archive(path):
         storage_prefix = ".data/" if out["kind"] != "torchscript" else "data/"
         dtypes = {}
         if out["kind"] == "torch.package":
-            dtypes = _storage_dtypes(zf.read(rel["model/model.pkl"]))
+            for name, info in rel.items():  # storage keys are shared by all pickles of a package
+                if name.endswith(".pkl") and not name.startswith(".data/"):
+                    dtypes.update(_storage_dtypes(zf.read(info)))
             if archive.MANIFEST in rel:
                 try:
                     out["manifest"] = json.loads(zf.read(rel[archive.MANIFEST]).decode())

@@ -175,3 +175,23 @@ class SandboxProbe(nn.Module):
         out["as"] = resource.getrlimit(resource.RLIMIT_AS)[1]
         out["cpu"] = resource.getrlimit(resource.RLIMIT_CPU)[1]
         return out
+
+
+class Noisy(nn.Module):
+    """Different output every call: fails a load-time self-check."""
+
+    def forward(self, x):
+        return x + torch.randn_like(x)
+
+
+class ScriptableMLP(nn.Module):
+    """Plain enough for torch.jit.script (the TorchScript baseline)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.a = nn.Linear(8, 16)
+        self.b = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))

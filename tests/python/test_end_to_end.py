@@ -127,7 +127,7 @@ def test_bad_archives_are_refused_with_clear_errors(daemon, tmp_path):
     not_zip = tmp_path / "junk.pt"
     not_zip.write_bytes(b"this is not a zip file at all")
     with daemon.client() as c:
-        with pytest.raises(shoal.BadRequest, match="not a readable zip"):
+        with pytest.raises(shoal.BadRequest, match="junk.pt: not a zip file"):
             c.load("junk", not_zip)
         with pytest.raises(shoal.Error, match="cannot read archive"):
             c.load("missing", tmp_path / "missing.pt")

@@ -1,0 +1,211 @@
+"""Archives: manifest and self-check, `shoal package` / `inspect` / `--repack`,
+TorchScript, and every kind of bad archive refused with an error that names the archive
+and what is wrong, while the daemon keeps serving."""
+import json
+import os
+import subprocess
+import sys
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import shoal
+import shoal.tools
+import shoal_test_models as models
+from conftest import BUILD
+
+SHOAL = os.path.join(BUILD, "bin", "shoal")
+
+
+def rewrite(src, dst, drop=(), replace=None, extra=(), compress=zipfile.ZIP_STORED):
+    """Copies an archive record by record, dropping, replacing or adding records."""
+    replace = replace or {}
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate names on purpose
+        prefix = zin.namelist()[0].split("/", 1)[0] + "/"
+        for info in zin.infolist():
+            rel = info.filename[len(prefix):]
+            if rel in drop:
+                continue
+            zout.writestr(info.filename, replace.get(rel, zin.read(info)), compress_type=compress)
+        for name, data in extra:
+            zout.writestr(name if name.startswith("/") or ".." in name else prefix + name, data)
+    return dst
+
+
+@pytest.fixture
+def good(tmp_path):
+    return shoal.export(models.BigWeights(1), tmp_path / "good.pt")
+
+
+def assert_refused(daemon, path, code, needle):
+    with daemon.client() as c:
+        with pytest.raises(code) as e:
+            c.load("m", path)
+        assert str(path) in e.value.message, e.value.message  # names the archive
+        assert needle in str(e.value), str(e.value)
+        assert c.models() == []
+        c.load("ok", shoal.export(models.AddConst(1.0), os.path.join(os.path.dirname(path), "ok.pt")))
+        assert float(c.infer("ok", torch.zeros(1))[0]) == 1.0  # still serving
+        c.unload("ok")
+
+
+def test_truncated(daemon, good, tmp_path):
+    data = open(good, "rb").read()
+    path = tmp_path / "truncated.pt"
+    path.write_bytes(data[: len(data) // 2])
+    assert_refused(daemon, path, shoal.BadRequest, "not a zip file")
+
+
+def test_entry_pickle_missing(daemon, good, tmp_path):
+    path = rewrite(good, tmp_path / "noentry.pt", drop={"model/model.pkl"})
+    assert_refused(daemon, path, shoal.BadRequest, "no entry pickle model/model.pkl")
+
+
+def test_pickle_references_a_missing_storage(daemon, good, tmp_path):
+    path = tmp_path / "nostorage.pt"
+    rewrite(good, tmp_path / "tmp.pt", drop={".data/1.storage"})
+    shoal.tools.repack(tmp_path / "tmp.pt", path)  # aligned, so only the missing record is wrong
+    assert_refused(daemon, path, shoal.BadRequest, "references storage .data/1.storage")
+
+
+@pytest.mark.parametrize("name", ["../evil.py", "x/../../evil.py"])
+def test_unsafe_record_names(daemon, good, tmp_path, name):
+    path = rewrite(good, tmp_path / "unsafe.pt", extra=[(name, b"print('pwned')")])
+    assert_refused(daemon, path, shoal.BadRequest, "is unsafe")
+
+
+def test_absolute_record_name(daemon, good, tmp_path):
+    path = tmp_path / "absolute.pt"
+    rewrite(good, path)
+    with open(path, "r+b") as f:  # zipfile strips a leading '/', so write one in by hand
+        last_entry = f.read().rindex(b"PK\x01\x02")
+        f.seek(last_entry + 46)
+        f.write(b"/")  # the last record's name in the central directory now starts with '/'
+    assert_refused(daemon, path, shoal.BadRequest, "is unsafe")
+
+
+def test_duplicate_records(daemon, good, tmp_path):
+    path = rewrite(good, tmp_path / "dup.pt", extra=[("model/model.pkl", b"junk")])
+    assert_refused(daemon, path, shoal.BadRequest, "duplicate record")
+
+
+def test_manifest_that_does_not_parse(daemon, tmp_path):
+    src = shoal.export(models.AddConst(1.0), tmp_path / "m.pt")
+    path = rewrite(src, tmp_path / "badmanifest.pt", replace={"shoal/manifest.json": b"{not json"})
+    path = shoal.tools.repack(path, tmp_path / "badmanifest2.pt") and tmp_path / "badmanifest2.pt"
+    assert_refused(daemon, path, shoal.BadRequest, "manifest.json does not parse")
+
+
+def test_manifest_that_contradicts_the_archive(daemon, tmp_path):
+    src = shoal.export(models.AddConst(1.0), tmp_path / "m.pt")
+    manifest = {"format": 1, "name": "m", "version": "1", "entry": "model/other.pkl", "inputs": [], "outputs": []}
+    path = rewrite(src, tmp_path / "contra.pt", replace={"shoal/manifest.json": json.dumps(manifest).encode()})
+    path = shoal.tools.repack(path, tmp_path / "contra2.pt") and tmp_path / "contra2.pt"
+    assert_refused(daemon, path, shoal.BadRequest, "names entry 'model/other.pkl'")
+
+
+def test_interned_module_that_fails_to_import(daemon, tmp_path):
+    mod = tmp_path / "refuses_in_package.py"
+    mod.write_text(
+        "import torch\n"
+        "if __name__.startswith('<torch_package'):\n"
+        "    raise RuntimeError('this module refuses to be imported from an archive')\n"
+        "class M(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return x\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import refuses_in_package
+        path = shoal.export(refuses_in_package.M(), tmp_path / "refuses.pt")
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert_refused(daemon, path, shoal.ModelError, "this module refuses to be imported")
+    with daemon.client() as c:
+        with pytest.raises(shoal.ModelError) as e:
+            c.load("m", path)
+        assert "Traceback" in e.value.traceback and "RuntimeError" in e.value.traceback
+
+
+def test_model_that_fails_its_self_check(daemon, tmp_path):
+    path = shoal.export(models.Noisy(), tmp_path / "noisy.pt", example_inputs=(torch.ones(2, 3),))
+    assert_refused(daemon, path, shoal.ModelError, "self-check failed")
+
+
+def test_manifest_specs_and_self_check_pass(daemon, tmp_path):
+    path = shoal.export(models.AddConst(1.0), tmp_path / "add.pt", name="adder", version="7",
+                        example_inputs=(torch.ones(2, 4),))
+    with daemon.client() as c:
+        c.load("adder", path)  # the self-check runs and passes
+        assert torch.equal(c.infer("adder", torch.zeros(5, 4)), torch.ones(5, 4))  # batch is dynamic
+        with pytest.raises(shoal.BadRequest, match=r"input 0 must be float32\[\*, 4\], got float32\[5, 3\]"):
+            c.infer("adder", torch.zeros(5, 3))
+        with pytest.raises(shoal.BadRequest, match="takes 1 inputs"):
+            c.infer("adder", torch.zeros(1, 4), torch.zeros(1, 4))
+
+
+def test_torchscript_archives_are_served(daemon, tmp_path):
+    net = models.ScriptableMLP().eval()
+    path = tmp_path / "mlp_ts.pt"
+    torch.jit.save(torch.jit.script(net), str(path))
+    x = torch.randn(3, 8)
+    with daemon.client() as c:
+        c.load("ts", path)
+        with torch.no_grad():
+            assert float((c.infer("ts", x) - net(x)).abs().max()) <= 1e-5
+
+
+def run(*args):
+    return subprocess.run([SHOAL, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_package_inspect_and_serve(daemon, tmp_path):
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "tiny_classifier.py")
+    np.save(tmp_path / "x.npy", np.ones((2, 8), dtype=np.float32))
+    out = tmp_path / "tiny.pt"
+    r = run("package", f"{example}:make_model", "-o", out, "--name", "tiny", "--version", "2",
+            "--example-input", tmp_path / "x.npy")
+    assert r.returncode == 0, r.stderr
+    r = run("inspect", out, "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["servable"] and info["kind"] == "torch.package"
+    assert info["manifest"]["name"] == "tiny" and info["manifest"]["version"] == "2"
+    assert info["manifest"]["inputs"][0] == {"dtype": "float32", "shape": [None, 8], "name": "input0"}
+    assert info["manifest"]["example"] == "shoal/example.pkl"
+    assert "tiny_classifier" in info["interned_modules"] and "torch" in info["extern_modules"]
+    # 4 weights + the example input + the reference output
+    assert info["storages"]["count"] == 6 and info["storages"]["dtypes"] == {"float32": 6}
+    text = run("inspect", out).stdout
+    assert "servable  yes" in text and "float32[*, 8]" in text
+    with daemon.client() as c:
+        c.load("tiny", out)
+        y = c.infer("tiny", np.ones((2, 8), dtype=np.float32))
+        assert y["probs"].shape == (2, 3) and len(y["top"]) == 2
+
+
+def test_cli_repack_makes_a_compressed_archive_servable(daemon, good, tmp_path):
+    bad = rewrite(good, tmp_path / "compressed.pt", compress=zipfile.ZIP_DEFLATED)
+    r = run("inspect", bad)
+    assert r.returncode == 1 and "servable  NO" in r.stdout and "is compressed" in r.stdout
+    fixed = tmp_path / "fixed.pt"
+    r = run("package", "--repack", bad, "-o", fixed)
+    assert r.returncode == 0 and "servable: yes" in r.stdout, r.stdout + r.stderr
+    with daemon.client() as c:
+        c.load("fixed", fixed)
+        net = models.BigWeights(1)
+        x = torch.randn(1, net.n)
+        with torch.no_grad():
+            assert float((c.infer("fixed", x) - net(x)).abs().max()) <= 1e-4
+
+
+def test_cli_package_reports_a_broken_factory(tmp_path):
+    src = tmp_path / "broken.py"
+    src.write_text("def make():\n    raise ValueError('no model today')\n")
+    r = run("package", f"{src}:make", "-o", tmp_path / "x.pt")
+    assert r.returncode == 2 and "no model today" in r.stderr
+    r = run("package", f"{src}:nope", "-o", tmp_path / "x.pt")
+    assert r.returncode == 2 and "has no function 'nope'" in r.stderr
