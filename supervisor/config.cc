@@ -59,6 +59,9 @@ Status ParseConfig(const std::string& text, const std::string& origin, Superviso
     } else if (key == "drain_grace_ms") {
       if (auto st = number(uint64_t{1} << 40); !st.ok()) return st;
       cfg->drain_grace_ms = n;
+    } else if (key == "unload_grace_ms") {
+      if (auto st = number(uint64_t{1} << 40); !st.ok()) return st;
+      cfg->unload_grace_ms = n;
     } else if (key == "max_queue") {
       if (auto st = number(uint64_t{1} << 24); !st.ok()) return st;
       cfg->max_queue = n;

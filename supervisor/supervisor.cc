@@ -254,7 +254,7 @@ void Supervisor::OnClientClosed(const std::shared_ptr<ClientSession>& s) {
   // Queued jobs of this client are dropped; running ones finish and are discarded.
   for (auto it = queue_.begin(); it != queue_.end();) {
     if ((*it)->client.lock() == s) {
-      auto job = Dequeue(it++);
+      auto job = Dequeue(it);
       job->answered = true;
       if (job->deadline) job->deadline->cancel();
     } else {
@@ -327,9 +327,13 @@ void Supervisor::HandleLoad(const std::shared_ptr<ClientSession>& s, uint64_t id
   auto path = m.Str("path");
   if (!name.ok()) return ReplyError(s, id, name.status());
   if (!path.ok()) return ReplyError(s, id, path.status());
-  if (name->empty() || name->size() > 128 || name->find_first_of(" /:\n\t") != std::string::npos) {
+  auto colon = name->find(':');
+  if (name->empty() || name->size() > 128 || name->find_first_of(" /\n\t") != std::string::npos ||
+      (colon != std::string::npos && (colon == 0 || colon + 1 == name->size() ||
+                                      name->find(':', colon + 1) != std::string::npos))) {
     return ReplyError(s, id, Status::BadRequest("model name '" + *name +
-                                                "' is invalid: use 1-128 characters, no spaces, '/' or ':'"));
+                                                "' is invalid: use NAME or NAME:VERSION, 1-128 characters, "
+                                                "no spaces or '/'"));
   }
   if (path->empty() || (*path)[0] != '/') {
     return ReplyError(s, id, Status::BadRequest("archive path '" + *path + "' must be absolute"));
@@ -342,6 +346,9 @@ void Supervisor::HandleLoad(const std::shared_ptr<ClientSession>& s, uint64_t id
     return ReplyError(s, id, Status(info.status().code(), "model '" + *name + "': " + info.status().message()));
   }
   if (auto old = models_.find(*name); old != models_.end()) {
+    if (old->second.draining) {
+      return ReplyError(s, id, Status::BadRequest("model '" + *name + "' is being unloaded; load it once that is done"));
+    }
     if (!old->second.failed) {
       return ReplyError(s, id, Status::BadRequest("model '" + *name + "' is already loaded; unload it first"));
     }
@@ -454,29 +461,103 @@ void Supervisor::HandleUnload(const std::shared_ptr<ClientSession>& s, uint64_t 
   }
   auto name = m.Str("name");
   if (!name.ok()) return ReplyError(s, id, name.status());
-  if (models_.count(*name) == 0) {
+  // "name:version" unloads that version; a plain name unloads "name" or all "name:*".
+  auto op = std::make_shared<UnloadOp>();
+  for (auto& [key, entry] : models_) {
+    bool match = key == *name || (name->find(':') == std::string::npos && models_.count(*name) == 0 &&
+                                  key.rfind(*name + ":", 0) == 0);
+    if (match && !entry.draining) op->keys.insert(key);
+  }
+  if (op->keys.empty()) {
     return ReplyError(s, id, Status(Code::kModelNotFound, "model '" + *name + "' is not loaded (loaded: " +
                                                               Join(models_) + ")"));
   }
-  // Queued jobs for it can no longer run; running ones finish first (the worker handles
-  // messages in order).
-  for (auto it = queue_.begin(); it != queue_.end();) {
-    if ((*it)->model == *name) {
-      auto job = Dequeue(it++);
-      FailJob(job, Status(Code::kModelNotFound, "model '" + *name + "' was unloaded before job " +
-                                                    std::to_string(job->id) + " could run"));
+  // Jobs it has accepted finish (or, after the grace period, are answered); new ones go
+  // elsewhere or are refused.
+  for (const auto& key : op->keys) models_[key].draining = true;
+  op->client = s;
+  op->request_id = id;
+  op->grace = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(config_.unload_grace_ms));
+  std::weak_ptr<UnloadOp> weak = op;
+  op->grace->async_wait([this, weak](const boost::system::error_code& ec) {
+    auto op = weak.lock();
+    if (ec || !op) return;
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if (op->keys.count((*it)->model)) {
+        auto job = Dequeue(it);
+        FailJob(job, Status(Code::kUnavailable, "model '" + job->model + "' was unloaded; job " +
+                                                    std::to_string(job->id) + " did not start within the " +
+                                                    std::to_string(config_.unload_grace_ms) + " ms grace period"));
+      } else {
+        ++it;
+      }
+    }
+    // Running jobs finish first anyway: a worker handles the unload after its job.
+    for (auto key : std::set<std::string>(op->keys)) FinishUnload(key);
+  });
+  unloads_.push_back(op);
+  CheckUnloads();
+}
+
+void Supervisor::FinishUnload(const std::string& key) {
+  models_.erase(key);
+  for (auto& [slot, w] : workers_) {
+    if (w->gone) continue;
+    if (w->ready_models.erase(key) > 0) SendUnload(w.get(), key);
+  }
+  spdlog::info("model '{}' unloaded", key);
+  for (auto it = unloads_.begin(); it != unloads_.end();) {
+    auto& op = *it;
+    op->keys.erase(key);
+    if (op->keys.empty()) {
+      op->grace->cancel();
+      if (auto c = op->client.lock(); c && !c->closed) ReplyOk(c, op->request_id);
+      it = unloads_.erase(it);
     } else {
       ++it;
     }
   }
-  models_.erase(*name);
-  for (auto& [slot, w] : workers_) {
-    if (w->gone) continue;
-    w->ready_models.erase(*name);
-    SendUnload(w.get(), *name);
+}
+
+void Supervisor::CheckUnloads() {
+  std::vector<std::string> idle;
+  for (const auto& [key, entry] : models_) {
+    if (!entry.draining || entry.queued > 0) continue;
+    bool running = false;
+    for (const auto& [slot, w] : workers_) running = running || (!w->gone && w->job && w->job->model == key);
+    if (!running) idle.push_back(key);
   }
-  spdlog::info("model '{}' unloaded", *name);
-  ReplyOk(s, id);
+  for (const auto& key : idle) FinishUnload(key);
+}
+
+Result<std::string> Supervisor::ResolveModel(const std::string& name) const {
+  if (auto it = models_.find(name); it != models_.end()) {
+    if (it->second.draining) {
+      return Status(Code::kModelNotFound, "model '" + name + "' is being unloaded and takes no new jobs");
+    }
+    return name;
+  }
+  if (name.find(':') != std::string::npos) {
+    return Status(Code::kModelNotFound, "model '" + name + "' is not loaded (loaded: " + Join(models_) + ")");
+  }
+  // The newest version that serves; while a new version loads, the previous one serves.
+  auto newer = [](const std::string& a, const std::string& b) {  // is version a newer than b?
+    bool na = !a.empty() && a.find_first_not_of("0123456789") == std::string::npos && a.size() < 19;
+    bool nb = !b.empty() && b.find_first_not_of("0123456789") == std::string::npos && b.size() < 19;
+    if (na && nb) return std::stoull(a) > std::stoull(b);
+    return a > b;
+  };
+  std::string best, best_loading;
+  for (const auto& [key, entry] : models_) {
+    if (key.rfind(name + ":", 0) != 0 || entry.draining || entry.failed) continue;
+    std::string version = key.substr(name.size() + 1);
+    std::string& slot = entry.loading ? best_loading : best;
+    if (slot.empty() || newer(version, slot.substr(name.size() + 1))) slot = key;
+  }
+  if (!best.empty()) return best;
+  if (!best_loading.empty()) return best_loading;  // queue until it is ready
+  return Status(Code::kModelNotFound, "model '" + name + "' is not loaded (loaded: " + Join(models_) +
+                                          "); load it with `shoal load " + name + " ARCHIVE`");
 }
 
 bool Supervisor::ModelReady(const std::string& name) const {
@@ -552,12 +633,10 @@ void Supervisor::HandleStatus(const std::shared_ptr<ClientSession>& s, uint64_t 
 
 Status Supervisor::HandleInfer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m) {
   if (stopping_) return Status(Code::kUnavailable, "shoald is shutting down; retry on another instance");
-  auto model = m.Str("model");
+  auto requested = m.Str("model");
+  if (!requested.ok()) return requested.status();
+  auto model = ResolveModel(*requested);
   if (!model.ok()) return model.status();
-  if (models_.count(*model) == 0) {
-    return Status(Code::kModelNotFound, "model '" + *model + "' is not loaded (loaded: " + Join(models_) +
-                                             "); load it with `shoal load " + *model + " ARCHIVE`");
-  }
   auto inputs = m.Array("inputs");
   if (!inputs.ok()) return inputs.status();
   const auto& arr = (*inputs)->via.array;
@@ -640,9 +719,9 @@ void Supervisor::Enqueue(const std::shared_ptr<Job>& job, bool front) {
   if (auto m = models_.find(job->model); m != models_.end()) ++m->second.queued;
 }
 
-std::shared_ptr<Job> Supervisor::Dequeue(std::deque<std::shared_ptr<Job>>::iterator it) {
+std::shared_ptr<Job> Supervisor::Dequeue(std::deque<std::shared_ptr<Job>>::iterator& it) {
   auto job = *it;
-  queue_.erase(it);
+  it = queue_.erase(it);  // erasing from a deque invalidates every iterator but the one returned
   if (auto m = models_.find(job->model); m != models_.end() && m->second.queued > 0) --m->second.queued;
   return job;
 }
@@ -654,6 +733,7 @@ void Supervisor::Dispatch() {
     }
     return FinishShutdown();
   }
+  if (!unloads_.empty()) CheckUnloads();
   if (queue_.empty()) return;
   for (auto& [slot, w] : workers_) {
     if (w->gone || w->job) continue;
@@ -1277,7 +1357,7 @@ void Supervisor::RecordCrash(const std::string& model, const std::string& how) {
   notifier_.Notify("STATUS=model '" + model + "' failed: " + m.last_error);
   for (auto q = queue_.begin(); q != queue_.end();) {
     if ((*q)->model == model) {
-      auto job = Dequeue(q++);
+      auto job = Dequeue(q);
       FailJob(job, Status(Code::kUnavailable, "model '" + model + "' is marked failed: " + m.last_error));
     } else {
       ++q;

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -38,6 +39,7 @@ struct SupervisorConfig {
   int crash_loop_limit = 3;       // this many crashes within crash_window_s mark a model failed
   uint64_t crash_window_s = 60;
   uint64_t max_jobs_per_worker = 0;  // recycle a worker after this many jobs (0 = never)
+  uint64_t unload_grace_ms = 5000;   // unload waits this long for the jobs a model has
   std::string config_path;         // re-read on SIGHUP
   std::vector<std::string> worker_env;  // extra "K=V" for workers
   uint64_t drain_grace_ms = 10000;  // SIGTERM: running jobs get this long to finish
@@ -86,6 +88,7 @@ struct ModelEntry {
   std::string path;
   bool loading = true;  // a client's load() is still waiting for the workers
   bool failed = false;  // crash loop: no longer loaded nor served until loaded again
+  bool draining = false;  // being unloaded: takes no new jobs, finishes those it has
   std::string last_error;
   std::deque<std::chrono::steady_clock::time_point> crashes;  // within the crash window
   size_t queued = 0;    // jobs of this model in the queue
@@ -151,6 +154,10 @@ class Supervisor {
   Status CheckOutputs(const msgpack::object& tree, const Job& job, int depth,
                       std::vector<uint64_t>* blocks) const;
   bool ModelReady(const std::string& name) const;
+  // "name:version" as given, or the newest servable "name:*" for a plain name.
+  Result<std::string> ResolveModel(const std::string& name) const;
+  void CheckUnloads();  // finishes unloads whose models have no jobs left
+  void FinishUnload(const std::string& key);
 
   void OnSignal(int sig);
   void Reload();           // SIGHUP: re-read the configuration file
@@ -159,7 +166,8 @@ class Supervisor {
   void RecordCrash(const std::string& model, const std::string& how);
   void HandleHealth(const std::shared_ptr<ClientSession>& s, uint64_t id);
   void Enqueue(const std::shared_ptr<Job>& job, bool front);
-  std::shared_ptr<Job> Dequeue(std::deque<std::shared_ptr<Job>>::iterator it);
+  // Removes *it from the queue and advances `it` past it.
+  std::shared_ptr<Job> Dequeue(std::deque<std::shared_ptr<Job>>::iterator& it);
   void Shutdown();         // SIGTERM/SIGINT: drain, then stop
   void FinishShutdown();   // kill workers, close clients, stop the loop
   void CheckReady();       // READY=1 once every configured model serves
@@ -190,6 +198,13 @@ class Supervisor {
   int zygote_streak_ = 0;
   std::map<int, int> crash_streak_;  // slot -> consecutive short-lived crashes
   std::deque<std::shared_ptr<Job>> queue_;
+  struct UnloadOp {
+    std::weak_ptr<ClientSession> client;
+    uint64_t request_id = 0;
+    std::set<std::string> keys;  // still draining
+    std::unique_ptr<boost::asio::steady_timer> grace;
+  };
+  std::vector<std::shared_ptr<UnloadOp>> unloads_;
   uint64_t jobs_done_ = 0;
   uint64_t jobs_failed_ = 0;
   uint64_t worker_restarts_ = 0;

@@ -2,6 +2,7 @@
 TorchScript, and every kind of bad archive refused with an error that names the archive
 and what is wrong, while the daemon keeps serving."""
 import json
+import time
 import os
 import subprocess
 import sys
@@ -209,3 +210,84 @@ def test_cli_package_reports_a_broken_factory(tmp_path):
     assert r.returncode == 2 and "no model today" in r.stderr
     r = run("package", f"{src}:nope", "-o", tmp_path / "x.pt")
     assert r.returncode == 2 and "has no function 'nope'" in r.stderr
+
+
+def test_versions_newest_serves_and_old_ones_stay_addressable(daemon, archives, tmp_path):
+    v1 = shoal.export(models.AddConst(1.0), tmp_path / "v1.pt")
+    v2 = shoal.export(models.AddConst(10.0), tmp_path / "v2.pt")
+    with daemon.client() as c:
+        c.load("m:1", v1)
+        assert float(c.infer("m", torch.zeros(1))[0]) == 1.0
+        c.load("m:2", v2)
+        assert float(c.infer("m", torch.zeros(1))[0]) == 10.0  # plain name: the newest
+        assert float(c.infer("m:1", torch.zeros(1))[0]) == 1.0
+        assert sorted(x["name"] for x in c.models()) == ["m:1", "m:2"]
+        with pytest.raises(shoal.ModelNotFound):
+            c.infer("m:3", torch.zeros(1))
+        with pytest.raises(shoal.BadRequest, match="NAME:VERSION"):
+            c.load("m:2:x", v1)
+        c.unload("m:2")
+        assert float(c.infer("m", torch.zeros(1))[0]) == 1.0  # back to the remaining version
+        c.unload("m")  # a plain name unloads every version
+        assert c.models() == []
+
+
+def test_loading_a_new_version_switches_atomically(daemon, tmp_path):
+    v1 = shoal.export(models.AddConst(10.0), tmp_path / "v1.pt")
+    v2 = shoal.export(models.SlowLoad(1.0), tmp_path / "v2.pt")  # x + 1, takes a second to load
+    seen, errors, stop = [], [], __import__("threading").Event()
+
+    def ask():
+        with daemon.client() as c:
+            while not stop.is_set():
+                try:
+                    seen.append(float(c.infer("m", torch.zeros(1))[0]))
+                except shoal.Error as e:
+                    errors.append(e)
+    with daemon.client() as c:
+        c.load("m:1", v1)
+        import threading
+        t = threading.Thread(target=ask)
+        t.start()
+        c.load("m:2", v2)  # while v1 serves
+        time.sleep(0.3)
+        stop.set()
+        t.join(30)
+    assert errors == []
+    assert set(seen) == {10.0, 1.0}
+    switched = seen.index(1.0)
+    assert all(v == 10.0 for v in seen[:switched]) and all(v == 1.0 for v in seen[switched:])
+
+
+def test_unload_waits_for_accepted_jobs_then_answers_the_rest(make_daemon, archives, tmp_path):
+    conf = tmp_path / "shoald.conf"
+    conf.write_text("admin_group =\nunload_grace_ms = 300\n")
+    d = make_daemon(workers=1, args=["--config", str(conf)])
+    results = {}
+
+    def ask(key, seconds):
+        with d.client() as c:
+            try:
+                results[key] = float(c.infer("s:1", torch.tensor([seconds]))[0])
+            except shoal.Error as e:
+                results[key] = e
+    import threading
+    with d.client() as c:
+        c.load("s:1", archives["sleeps"])
+        running = threading.Thread(target=ask, args=("running", 1.0))
+        running.start()
+        time.sleep(0.3)
+        queued = threading.Thread(target=ask, args=("queued", 0.0))
+        queued.start()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        c.unload("s:1")
+        waited = time.monotonic() - t0
+        running.join(10)
+        queued.join(10)
+        assert results["running"] == 1.0  # the job it was running finished normally
+        assert isinstance(results["queued"], shoal.Unavailable)
+        assert "grace period" in results["queued"].message
+        assert waited >= 0.25
+        with pytest.raises(shoal.ModelNotFound):
+            c.infer("s:1", torch.tensor([0.0]))
