@@ -433,6 +433,9 @@ void Supervisor::LoadInWorker(WorkerHandle* w, const std::string& name, const st
     if (st.ok() && reply != nullptr) {
       auto ok = reply->Bool("ok");
       if (!ok.ok() || !*ok) result = StatusFromReply(*reply, &tb);
+      auto engine = reply->OptStr("engine");
+      auto m = models_.find(name);
+      if (engine.ok() && engine->has_value() && m != models_.end()) m->second.engine = **engine;
     }
     auto it = workers_.find(slot);
     if (result.ok() && it != workers_.end() && it->second->generation == gen && !it->second->gone) {
@@ -582,8 +585,9 @@ void Supervisor::PackModels(Writer* w) const {
   w->Key("models");
   w->pk().pack_array(static_cast<uint32_t>(models_.size()));
   for (const auto& [name, m] : models_) {
-    w->Map(m.failed ? 6 : 5);
+    w->Map(m.failed ? 7 : 6);
     w->Key("name"); w->Str(name);
+    w->Key("engine"); w->Str(m.engine);
     w->Key("path"); w->Str(m.path);
     w->Key("ready"); w->Val(ModelReady(name));
     w->Key("queued"); w->Val(static_cast<uint64_t>(m.queued));

@@ -89,6 +89,7 @@ struct ModelEntry {
   bool loading = true;  // a client's load() is still waiting for the workers
   bool failed = false;  // crash loop: no longer loaded nor served until loaded again
   bool draining = false;  // being unloaded: takes no new jobs, finishes those it has
+  std::string engine;     // "python" (torch.package) or "libtorch" (TorchScript), as workers report
   std::string last_error;
   std::deque<std::chrono::steady_clock::time_point> crashes;  // within the crash window
   size_t queued = 0;    // jobs of this model in the queue

@@ -19,7 +19,9 @@
 #include "protocol/channel.h"
 #include "protocol/frame.h"
 #include "worker/interpreter.h"
+#include "protocol/messages.h"
 #include "worker/sandbox.h"
+#include "worker/torchscript.h"
 #include "worker/zygote.h"
 
 namespace {
@@ -37,6 +39,7 @@ std::string PythonDir() {
 [[noreturn]] void Serve(int fd, shoal::Interpreter* interp) {
   shoal::FrameReader reader;
   std::vector<int> fds;
+  shoal::TorchScriptModels torchscript;  // TorchScript runs here, in C++, without Python
   for (;;) {
     interp->ReleaseGil();
     auto body = shoal::RecvFrame(fd, &reader, &fds);
@@ -44,6 +47,13 @@ std::string PythonDir() {
     if (!body.ok()) {
       if (body.status().code() != shoal::Code::kUnavailable) spdlog::error("{}", body.status().ToString());
       break;  // supervisor gone or stream broken: nothing left to serve
+    }
+    if (auto oh = shoal::Decode(*body); oh.ok()) {
+      std::string ts_reply;
+      if (torchscript.Handle(shoal::MapView(oh->get()), fds, &ts_reply)) {
+        if (!ts_reply.empty() && !shoal::SendAll(fd, shoal::EncodeFrame(ts_reply)).ok()) break;
+        continue;
+      }
     }
     auto reply = interp->Handle(*body, &fds);
     if (!reply.ok()) {

@@ -27,6 +27,7 @@ class Runner:
         self.models = {}   # name -> served object
         self.specs = {}    # name -> input specs from the manifest (or absent)
         self.arenas = {}   # arena id -> _native.Arena
+        self.arena_errors = {}  # arena id -> why it could not be mapped
         torch.set_grad_enabled(False)
 
     # -- dispatch -------------------------------------------------------------------
@@ -34,13 +35,28 @@ class Runner:
         """``fds``: received descriptors not yet claimed, oldest first; a message that
         carries one (``arena``) pops it from the front."""
         msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        try:
+            return self._dispatch(msg, fds)
+        except Exception as e:  # a bug here must cost one request, not the worker
+            if "id" not in msg:
+                raise
+            return _error(msg["id"], "INTERNAL", f"worker {self.slot}: {type(e).__name__}: {e}",
+                          traceback.format_exc())
+
+    def _dispatch(self, msg, fds):
         op = msg["op"]
         if op == "infer":
             return self._infer(msg)
         if op == "arena":
-            self.arenas[msg["arena"]] = _native.Arena.open(fds.pop(0))
+            fd = fds.pop(0)
+            try:
+                self.arenas[msg["arena"]] = _native.Arena.open(fd)
+                self.arena_errors.pop(msg["arena"], None)
+            except OSError as e:  # e.g. past worker_memory_mb: the jobs using it are answered
+                self.arena_errors[msg["arena"]] = str(e)
         elif op == "drop_arena":
             self.arenas.pop(msg["arena"], None)
+            self.arena_errors.pop(msg["arena"], None)
         elif op == "free":
             arena = self.arenas.get(msg["arena"])
             if arena is not None:
@@ -69,7 +85,7 @@ class Runner:
             return _error(rid, "MODEL_ERROR",
                           f"model '{name}': loading archive {path} raised {type(e).__name__}: {e}",
                           traceback.format_exc())
-        return msgpack.packb({"v": VERSION, "id": rid, "ok": True})
+        return msgpack.packb({"v": VERSION, "id": rid, "ok": True, "engine": "python"})
 
     # -- inference ------------------------------------------------------------------
     def _infer(self, msg):
@@ -82,6 +98,11 @@ class Runner:
             problem = _check_inputs(msg["inputs"], specs)
             if problem:
                 return _error(rid, "BAD_REQUEST", f"model '{name}', job {rid}: {problem}")
+        for aid in {d["arena"] for d in msg["inputs"]} | {msg["out_arena"]}:
+            if aid not in self.arenas:
+                why = self.arena_errors.get(aid, "never received")
+                return _error(rid, "UNAVAILABLE", f"worker {self.slot} cannot map the client's arena {aid} "
+                              f"({why}) for job {rid} of model '{name}'; is worker_memory_mb too small?")
         inputs, spans = [], []
         for d in msg["inputs"]:
             arena = self.arenas[d["arena"]]

@@ -69,14 +69,17 @@ class Daemon:
         return self.proc.returncode
 
 
-def vm_size_mb():
-    """This process's address space in MiB: a worker (torch imported) needs about as much;
-    CUDA builds of torch map far more than CPU builds, so limits are set relative to it."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) // 1024
-    raise RuntimeError("no VmSize")
+def worker_vm_size_mb(make_daemon):
+    """The address space of a worker of this build, in MiB (limits are set relative to it)."""
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        deadline = time.time() + 30
+        while (pid := c.status()["workers"][0]["pid"]) <= 0 and time.time() < deadline:
+            time.sleep(0.05)  # the zygote is still forking it
+        with open(f"/proc/{pid}/status") as f:
+            size = next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmSize:"))
+    d.stop()
+    return size
 
 
 @pytest.fixture

@@ -157,6 +157,18 @@ def test_torchscript_archives_are_served(daemon, tmp_path):
         c.load("ts", path)
         with torch.no_grad():
             assert float((c.infer("ts", x) - net(x)).abs().max()) <= 1e-5
+        # run by libtorch in the worker's C++ loop, not by the Python runner
+        assert c.models()[0]["engine"] == "libtorch"
+        xa = c.empty((2, 8))
+        xa.normal_()
+        with torch.no_grad():
+            assert float((c.infer("ts", xa) - net(xa)).abs().max()) <= 1e-5
+        with pytest.raises(shoal.ModelError, match="'ts' raised"):
+            c.infer("ts", torch.zeros(2, 5))  # wrong width: TorchScript's own error
+        c.load("py", shoal.export(models.AddConst(1.0), tmp_path / "py.pt"))
+        assert {m["name"]: m["engine"] for m in c.models()} == {"ts": "libtorch", "py": "python"}
+        c.unload("ts")
+        assert [m["name"] for m in c.models()] == ["py"]
 
 
 def run(*args):

@@ -8,7 +8,7 @@ import torch
 import shoal
 import shoal._build_info
 import shoal_test_models as models
-from conftest import vm_size_mb
+from conftest import worker_vm_size_mb
 
 SECCOMP = shoal._build_info.SECCOMP  # built with libseccomp?
 
@@ -34,7 +34,7 @@ def test_defaults(make_daemon, tmp_path):
 
 def test_limits_from_the_configuration(make_daemon, tmp_path):
     conf = tmp_path / "shoald.conf"
-    limit = vm_size_mb() + 4096
+    limit = worker_vm_size_mb(make_daemon) + 8192
     conf.write_text(f"admin_group =\nworker_memory_mb = {limit}\nworker_cpu_seconds = 600\n"
                     "worker_open_files = 512\nworker_network = yes\n")
     r = probe(make_daemon, tmp_path, args=["--config", str(conf)])

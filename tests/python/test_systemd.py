@@ -112,7 +112,8 @@ def test_notify_ready_watchdog_stopping(tmp_path):
         assert listener.has("READY=1")
         # READY only once the configured model serves: at this moment it is ready everywhere
         with shoal.Client(sock) as c:
-            assert c.models() == [{"name": "big", "path": str(slow), "ready": True, "queued": 0, "failed": False}]
+            assert c.models() == [{"name": "big", "engine": "python", "path": str(slow), "ready": True, "queued": 0,
+                                    "failed": False}]
             assert all("big" in w["models"] for w in c.status()["workers"])
         first = [t for t, msg in listener.messages if "STATUS=starting" in msg]
         ready = [t for t, msg in listener.messages if "READY=1" in msg]
@@ -133,8 +134,9 @@ def test_notify_ready_watchdog_stopping(tmp_path):
 
 
 def test_configured_model_that_cannot_load_fails_the_start(tmp_path):
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"not a zip")
+    import shoal_test_models as m
+    # a valid archive whose model fails its load-time self-check in the workers
+    shoal.export(m.Noisy(), tmp_path / "bad.pt", example_inputs=(torch.ones(2),))
     listener = NotifyListener(str(tmp_path / "notify"))
     env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify"))
     conf = tmp_path / "shoald.conf"
@@ -146,6 +148,11 @@ def test_configured_model_that_cannot_load_fails_the_start(tmp_path):
     assert "configured model 'bad' cannot be loaded" in p.stdout + p.stderr
     assert not listener.has("READY=1")
     assert listener.has("STATUS=model 'bad' failed to load")
+    # a file that is not an archive at all is refused before anything starts
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    r = subprocess.run([SHOALD, "--socket", str(tmp_path / "s2.sock"), "--model", f"junk={tmp_path / 'junk.pt'}"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "junk.pt: not a zip file" in r.stderr
 
 
 def test_config_errors_are_reported(tmp_path):
