@@ -98,12 +98,7 @@ struct Client::Impl {
     return oh;
   }
 
-  void Header(Writer& w, uint32_t fields, const char* op, uint64_t id) {
-    w.Map(fields + 3);
-    w.Key("v"); w.Val(kProtocolVersion);
-    w.Key("op"); w.Str(op);
-    w.Key("id"); w.Val(id);
-  }
+  void Header(Writer& w, uint32_t fields, const char* op, uint64_t id) { BeginRequest(&w, op, id, fields); }
 
   // REQUIRES(mu)
   Result<uint64_t> AddArena(size_t size) {

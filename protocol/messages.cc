@@ -87,6 +87,26 @@ Result<const msgpack::object*> MapView::Array(std::string_view key) const {
   return v;
 }
 
+void BeginRequest(Writer* w, std::string_view op, uint64_t id, uint32_t fields) {
+  w->Map(3 + fields);
+  w->Key("v"); w->Val(kProtocolVersion);
+  w->Key("op"); w->Str(op);
+  w->Key("id"); w->Val(id);
+}
+
+void BeginReply(Writer* w, uint64_t id, uint32_t fields) {
+  w->Map(3 + fields);
+  w->Key("v"); w->Val(kProtocolVersion);
+  w->Key("id"); w->Val(id);
+  w->Key("ok"); w->Val(true);
+}
+
+void BeginNotice(Writer* w, std::string_view op, uint32_t fields) {
+  w->Map(2 + fields);
+  w->Key("v"); w->Val(kProtocolVersion);
+  w->Key("op"); w->Str(op);
+}
+
 std::string ErrorReply(uint64_t id, const Status& status, std::string_view traceback, uint64_t retry_after_ms) {
   Writer w;
   w.Map(4);

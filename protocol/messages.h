@@ -56,6 +56,13 @@ class Writer {
   msgpack::packer<msgpack::sbuffer> pk_;
 };
 
+// Start a message map and write its common fields; `fields` more key/value pairs follow.
+// A request: {"v":1,"op":op,"id":id, ...}; a successful reply: {"v":1,"id":id,"ok":true, ...};
+// a notice that needs no reply: {"v":1,"op":op, ...}.
+void BeginRequest(Writer* w, std::string_view op, uint64_t id, uint32_t fields);
+void BeginReply(Writer* w, uint64_t id, uint32_t fields);
+void BeginNotice(Writer* w, std::string_view op, uint32_t fields);
+
 // {"v":1,"id":id,"ok":false,"error":{"code":...,"message":...[,"traceback":...]
 //  [,"retry_after_ms":n]}}
 std::string ErrorReply(uint64_t id, const Status& status, std::string_view traceback = {},

@@ -202,10 +202,7 @@ void Supervisor::Accept() {
 
 void Supervisor::ReplyOk(const std::shared_ptr<ClientSession>& s, uint64_t id) {
   Writer w;
-  w.Map(3);
-  w.Key("v"); w.Val(kProtocolVersion);
-  w.Key("id"); w.Val(id);
-  w.Key("ok"); w.Val(true);
+  BeginReply(&w, id, 0);
   s->channel->Send(w.body());
 }
 
@@ -281,10 +278,7 @@ Status Supervisor::HandleRegisterArena(const std::shared_ptr<ClientSession>& s, 
   s->arenas.insert(a.id);
   arenas_[a.id] = a;
   Writer w;
-  w.Map(4);
-  w.Key("v"); w.Val(kProtocolVersion);
-  w.Key("id"); w.Val(id);
-  w.Key("ok"); w.Val(true);
+  BeginReply(&w, id, 1);
   w.Key("arena"); w.Val(a.id);
   s->channel->Send(w.body());
   return Status::Ok();
@@ -294,9 +288,7 @@ void Supervisor::DropArena(uint64_t arena) {
   for (auto& [slot, w] : workers_) {
     if (w->gone || w->arenas.erase(arena) == 0) continue;
     Writer m;
-    m.Map(3);
-    m.Key("v"); m.Val(kProtocolVersion);
-    m.Key("op"); m.Str("drop_arena");
+    BeginNotice(&m, "drop_arena", 1);
     m.Key("arena"); m.Val(arena);
     w->channel->Send(m.body());
   }
@@ -418,10 +410,7 @@ void Supervisor::LoadInWorker(WorkerHandle* w, const std::string& name, const st
                               std::function<void(const Status&, const std::string&)> done) {
   uint64_t rid = next_request_++;
   Writer m;
-  m.Map(5);
-  m.Key("v"); m.Val(kProtocolVersion);
-  m.Key("op"); m.Str("load");
-  m.Key("id"); m.Val(rid);
+  BeginRequest(&m, "load", rid, 2);
   m.Key("name"); m.Str(name);
   m.Key("path"); m.Str(path);
   int slot = w->slot;
@@ -573,10 +562,7 @@ bool Supervisor::ModelReady(const std::string& name) const {
 
 void Supervisor::HandleModels(const std::shared_ptr<ClientSession>& s, uint64_t id) {
   Writer w;
-  w.Map(4);
-  w.Key("v"); w.Val(kProtocolVersion);
-  w.Key("id"); w.Val(id);
-  w.Key("ok"); w.Val(true);
+  BeginReply(&w, id, 1);
   PackModels(&w);
   s->channel->Send(w.body());
 }
@@ -598,10 +584,7 @@ void Supervisor::PackModels(Writer* w) const {
 
 void Supervisor::HandleStatus(const std::shared_ptr<ClientSession>& s, uint64_t id) {
   Writer w;
-  w.Map(14);
-  w.Key("v"); w.Val(kProtocolVersion);
-  w.Key("id"); w.Val(id);
-  w.Key("ok"); w.Val(true);
+  BeginReply(&w, id, 11);
   w.Key("pid"); w.Val(static_cast<int64_t>(getpid()));
   w.Key("clients"); w.Val(static_cast<uint64_t>(sessions_.size()));
   w.Key("arenas"); w.Val(static_cast<uint64_t>(arenas_.size()));
@@ -757,9 +740,7 @@ void Supervisor::SendArenaIfNeeded(WorkerHandle* w, uint64_t arena) {
   auto a = arenas_.find(arena);
   if (a == arenas_.end()) return;
   Writer m;
-  m.Map(3);
-  m.Key("v"); m.Val(kProtocolVersion);
-  m.Key("op"); m.Str("arena");
+  BeginNotice(&m, "arena", 1);
   m.Key("arena"); m.Val(arena);
   w->channel->Send(m.body(), {a->second.fd});
   w->arenas.insert(arena);
@@ -773,10 +754,7 @@ void Supervisor::RunOn(WorkerHandle* w, const std::shared_ptr<Job>& job) {
   job->started = Clock::now();
   w->pending_model[job->id] = job->model;
   Writer m;
-  m.Map(6);
-  m.Key("v"); m.Val(kProtocolVersion);
-  m.Key("op"); m.Str("infer");
-  m.Key("id"); m.Val(job->id);
+  BeginRequest(&m, "infer", job->id, 3);
   m.Key("model"); m.Str(job->model);
   m.Key("out_arena"); m.Val(job->out_arena);
   m.Key("inputs");
@@ -871,9 +849,7 @@ void Supervisor::OnJobReply(WorkerHandle* w, const std::shared_ptr<Job>& job, co
   if (job->answered && !blocks.empty() && w != nullptr && !w->gone && arenas_.count(job->out_arena)) {
     // Nobody will read these outputs (the job timed out): give the blocks back.
     Writer f;
-    f.Map(4);
-    f.Key("v"); f.Val(kProtocolVersion);
-    f.Key("op"); f.Str("free");
+    BeginNotice(&f, "free", 2);
     f.Key("arena"); f.Val(job->out_arena);
     f.Key("blocks"); f.Val(blocks);
     w->channel->Send(f.body());
@@ -889,10 +865,7 @@ void Supervisor::OnJobReply(WorkerHandle* w, const std::shared_ptr<Job>& job, co
                                   "': " + check.message()));
   } else if (!job->answered) {
     Writer r;
-    r.Map(5);
-    r.Key("v"); r.Val(kProtocolVersion);
-    r.Key("id"); r.Val(job->request_id);
-    r.Key("ok"); r.Val(true);
+    BeginReply(&r, job->request_id, 2);
     r.Key("job"); r.Val(job->id);
     r.Key("outputs"); r.pk().pack(*outputs);
     AnswerJob(job, r.body());
@@ -1040,10 +1013,7 @@ void Supervisor::SpawnWorker(int slot) {
     sock = sv[0];
     uint64_t rid = next_request_++;
     Writer m;
-    m.Map(4);
-    m.Key("v"); m.Val(kProtocolVersion);
-    m.Key("op"); m.Str("fork");
-    m.Key("id"); m.Val(rid);
+    BeginRequest(&m, "fork", rid, 1);
     m.Key("slot"); m.Val(slot);
     zygote_->pending[rid] = [this, slot, gen](pid_t pid) {
       auto it = workers_.find(slot);
@@ -1146,10 +1116,7 @@ void Supervisor::ScheduleRespawn(int slot, std::chrono::milliseconds delay) {
 void Supervisor::SendUnload(WorkerHandle* w, const std::string& model) {
   uint64_t rid = next_request_++;
   Writer u;
-  u.Map(4);
-  u.Key("v"); u.Val(kProtocolVersion);
-  u.Key("op"); u.Str("unload");
-  u.Key("id"); u.Val(rid);
+  BeginRequest(&u, "unload", rid, 1);
   u.Key("name"); u.Str(model);
   SendRequest(w, rid, u.body(), [](const Status&, const MapView*) {});
 }
@@ -1327,10 +1294,7 @@ void Supervisor::HandleHealth(const std::shared_ptr<ClientSession>& s, uint64_t 
   bool all_ready = !stopping_;
   for (const auto& [name, m] : models_) all_ready = all_ready && ModelReady(name);
   Writer w;
-  w.Map(7);
-  w.Key("v"); w.Val(kProtocolVersion);
-  w.Key("id"); w.Val(id);
-  w.Key("ok"); w.Val(true);
+  BeginReply(&w, id, 4);
   w.Key("live"); w.Val(true);  // answering at all is liveness
   w.Key("ready"); w.Val(all_ready);
   w.Key("stopping"); w.Val(stopping_);

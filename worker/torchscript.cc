@@ -13,10 +13,7 @@ namespace {
 
 std::string OkReply(uint64_t id, const std::string& engine = "") {
   Writer w;
-  w.Map(engine.empty() ? 3 : 4);
-  w.Key("v"); w.Val(kProtocolVersion);
-  w.Key("id"); w.Val(id);
-  w.Key("ok"); w.Val(true);
+  BeginReply(&w, id, engine.empty() ? 0 : 1);
   if (!engine.empty()) { w.Key("engine"); w.Str(engine); }
   return std::string(w.body());
 }
@@ -150,10 +147,7 @@ std::string TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
   // others are copied once into the client's arena.
   std::vector<uint64_t> allocated;
   Writer w;
-  w.Map(4);
-  w.Key("v"); w.Val(kProtocolVersion);
-  w.Key("id"); w.Val(id);
-  w.Key("ok"); w.Val(true);
+  BeginReply(&w, id, 1);
   w.Key("outputs");
   Status failure;
   std::function<void(const torch::jit::IValue&, int)> encode = [&](const torch::jit::IValue& v, int depth) {

@@ -21,10 +21,7 @@ namespace {
 
 void Reply(int fd, uint64_t id, pid_t pid) {
   Writer w;
-  w.Map(4);
-  w.Key("v"); w.Val(kProtocolVersion);
-  w.Key("id"); w.Val(id);
-  w.Key("ok"); w.Val(true);
+  BeginReply(&w, id, 1);
   w.Key("pid"); w.Val(static_cast<int64_t>(pid));
   (void)SendAll(fd, EncodeFrame(w.body()));
 }
