@@ -98,7 +98,6 @@ struct Client::Impl {
     return oh;
   }
 
-  void Header(Writer& w, uint32_t fields, const char* op, uint64_t id) { BeginRequest(&w, op, id, fields); }
 
   // REQUIRES(mu)
   Result<uint64_t> AddArena(size_t size) {
@@ -106,7 +105,7 @@ struct Client::Impl {
     if (!arena.ok()) return arena.status();
     uint64_t id = next_id++;
     Writer w;
-    Header(w, 0, "register_arena", id);
+    BeginRequest(&w, "register_arena", id, 0);
     auto reply = Call(w, id, {(*arena)->fd()});
     if (!reply.ok()) return reply.status();
     auto aid = MapView(reply->get()).Uint("arena");
@@ -160,7 +159,7 @@ Status Client::Load(const std::string& name, const std::string& archive_path) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   uint64_t id = impl_->next_id++;
   Writer w;
-  impl_->Header(w, 2, "load", id);
+  BeginRequest(&w, "load", id, 2);
   w.Key("name"); w.Str(name);
   w.Key("path"); w.Str(abs.string());
   return impl_->Call(w, id).status();
@@ -170,7 +169,7 @@ Status Client::Unload(const std::string& name) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   uint64_t id = impl_->next_id++;
   Writer w;
-  impl_->Header(w, 1, "unload", id);
+  BeginRequest(&w, "unload", id, 1);
   w.Key("name"); w.Str(name);
   return impl_->Call(w, id).status();
 }
@@ -179,7 +178,7 @@ Result<std::vector<ModelInfo>> Client::Models() {
   std::lock_guard<std::mutex> lock(impl_->mu);
   uint64_t id = impl_->next_id++;
   Writer w;
-  impl_->Header(w, 0, "models", id);
+  BeginRequest(&w, "models", id, 0);
   auto reply = impl_->Call(w, id);
   if (!reply.ok()) return reply.status();
   auto arr = MapView(reply->get()).Array("models");
@@ -200,7 +199,7 @@ Result<std::string> Client::StatusText() {
   std::lock_guard<std::mutex> lock(impl_->mu);
   uint64_t id = impl_->next_id++;
   Writer w;
-  impl_->Header(w, 0, "status", id);
+  BeginRequest(&w, "status", id, 0);
   auto reply = impl_->Call(w, id);
   if (!reply.ok()) return reply.status();
   std::ostringstream os;
@@ -212,7 +211,7 @@ Result<HealthInfo> Client::Health() {
   std::lock_guard<std::mutex> lock(impl_->mu);
   uint64_t id = impl_->next_id++;
   Writer w;
-  impl_->Header(w, 0, "health", id);
+  BeginRequest(&w, "health", id, 0);
   auto reply = impl_->Call(w, id);
   if (!reply.ok()) return reply.status();
   MapView m(reply->get());
@@ -283,7 +282,7 @@ Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<to
   }
   uint64_t id = impl_->next_id++;
   Writer w;
-  impl_->Header(w, 2 + (timeout ? 1 : 0) + (retries > 0 ? 1 : 0), "infer", id);
+  BeginRequest(&w, "infer", id, 2 + (timeout ? 1 : 0) + (retries > 0 ? 1 : 0));
   w.Key("model"); w.Str(model);
   w.Key("inputs");
   w.pk().pack_array(static_cast<uint32_t>(descs.size()));

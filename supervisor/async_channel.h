@@ -52,8 +52,6 @@ class AsyncChannel : public std::enable_shared_from_this<AsyncChannel> {
   // Stops I/O and closes the socket; the close handler is not called.
   void Close();
   bool closed() const { return closed_; }
-  int native_handle() { return sd_.native_handle(); }
-  size_t queued_bytes() const { return queued_bytes_; }
 
  private:
   struct Out {

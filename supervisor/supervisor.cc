@@ -124,7 +124,6 @@ Status Supervisor::Start() {
 
   for (const auto& [name, path] : config_.models) {
     ModelEntry& m = models_[name];
-    m.name = name;
     m.path = path;
     m.loading = false;
   }
@@ -347,7 +346,6 @@ void Supervisor::HandleLoad(const std::shared_ptr<ClientSession>& s, uint64_t id
     models_.erase(old);  // a failed model may be loaded again (fixed, presumably)
   }
   ModelEntry& entry = models_[*name];
-  entry.name = *name;
   entry.path = *path;
   entry.loading = true;
   struct LoadOp {
@@ -937,7 +935,7 @@ void Supervisor::TerminateWorker(WorkerHandle* w, const std::string& why) {
 void Supervisor::StartZygote() {
   std::vector<std::string> args = {"--zygote", "--supervisor", std::to_string(getpid())};
   for (auto& a : config_.sandbox.ToArgs()) args.push_back(a);
-  auto proc = SpawnWorkerProcess(config_.worker_binary, args, config_.worker_env);
+  auto proc = SpawnWorkerProcess(config_.worker_binary, args);
   if (!proc.ok()) {
     spdlog::error("cannot start the zygote: {}; workers are started one by one", proc.status().ToString());
     return;
@@ -1035,7 +1033,7 @@ void Supervisor::SpawnWorker(int slot) {
   } else {
     std::vector<std::string> args = {"--slot", std::to_string(slot)};
     for (auto& a : config_.sandbox.ToArgs()) args.push_back(a);
-    auto proc = SpawnWorkerProcess(config_.worker_binary, args, config_.worker_env);
+    auto proc = SpawnWorkerProcess(config_.worker_binary, args);
     if (!proc.ok()) {
       spdlog::error("cannot start worker {}: {}", slot, proc.status().ToString());
       return ScheduleRespawn(slot, std::chrono::milliseconds(1000));
@@ -1121,10 +1119,9 @@ void Supervisor::SendUnload(WorkerHandle* w, const std::string& model) {
   SendRequest(w, rid, u.body(), [](const Status&, const MapView*) {});
 }
 
-void Supervisor::SendRequest(WorkerHandle* w, uint64_t id, std::string_view body, WorkerHandle::ReplyFn fn,
-                             std::vector<std::shared_ptr<OwnedFd>> fds) {
+void Supervisor::SendRequest(WorkerHandle* w, uint64_t id, std::string_view body, WorkerHandle::ReplyFn fn) {
   w->pending[id] = std::move(fn);
-  w->channel->Send(body, std::move(fds));
+  w->channel->Send(body);
 }
 
 void Supervisor::OnWorkerFrame(WorkerHandle* w, std::string body) {

@@ -41,7 +41,6 @@ struct SupervisorConfig {
   uint64_t max_jobs_per_worker = 0;  // recycle a worker after this many jobs (0 = never)
   uint64_t unload_grace_ms = 5000;   // unload waits this long for the jobs a model has
   std::string config_path;         // re-read on SIGHUP
-  std::vector<std::string> worker_env;  // extra "K=V" for workers
   uint64_t drain_grace_ms = 10000;  // SIGTERM: running jobs get this long to finish
   std::string admin_group;          // members may load/unload (besides root and shoald's user)
   std::string model_repository;     // relative archive paths resolve against it
@@ -84,7 +83,6 @@ struct ArenaEntry {
 };
 
 struct ModelEntry {
-  std::string name;
   std::string path;
   bool loading = true;  // a client's load() is still waiting for the workers
   bool failed = false;  // crash loop: no longer loaded nor served until loaded again
@@ -137,8 +135,7 @@ class Supervisor {
   void OnWorkerFrame(WorkerHandle* w, std::string body);
   void OnWorkerGone(WorkerHandle* w, const std::string& how);
   void ReapChildren();
-  void SendRequest(WorkerHandle* w, uint64_t id, std::string_view body, WorkerHandle::ReplyFn fn,
-                   std::vector<std::shared_ptr<OwnedFd>> fds = {});
+  void SendRequest(WorkerHandle* w, uint64_t id, std::string_view body, WorkerHandle::ReplyFn fn);
   void LoadInWorker(WorkerHandle* w, const std::string& name, const std::string& path,
                     std::function<void(const Status&, const std::string&)> done);
   void SendArenaIfNeeded(WorkerHandle* w, uint64_t arena);

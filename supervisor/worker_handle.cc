@@ -27,8 +27,7 @@ std::string DescribeWaitStatus(int status) {
   return "status " + std::to_string(status);
 }
 
-Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, const std::vector<std::string>& args,
-                                          const std::vector<std::string>& env_extra) {
+Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, const std::vector<std::string>& args) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
     return Status::FromErrno("socketpair for a worker", errno);
@@ -39,12 +38,6 @@ Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, const std::
   std::vector<char*> argv;
   for (auto& a : arg_store) argv.push_back(a.data());
   argv.push_back(nullptr);
-  std::vector<std::string> env_store;
-  for (char** e = environ; *e != nullptr; ++e) env_store.emplace_back(*e);
-  for (const auto& e : env_extra) env_store.push_back(e);
-  std::vector<char*> envp;
-  for (auto& e : env_store) envp.push_back(e.data());
-  envp.push_back(nullptr);
   pid_t parent = getpid();
 
   pid_t pid = fork();
@@ -67,7 +60,7 @@ Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, const std::
     } else if (dup2(sv[1], 3) < 0) {  // dup2 clears close-on-exec on fd 3
       _exit(127);
     }
-    execve(binary.c_str(), argv.data(), envp.data());
+    execv(binary.c_str(), argv.data());
     _exit(127);
   }
   close(sv[1]);

@@ -51,10 +51,9 @@ struct SpawnedProcess {
   int sock;  // the supervisor's end of the socketpair
 };
 
-// fork + exec `binary --fd 3 ARGS...`, with the child's end of a fresh socketpair as fd 3,
-// a parent-death signal, and `env_extra` ("K=V") added to the environment.
-Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, const std::vector<std::string>& args,
-                                          const std::vector<std::string>& env_extra);
+// fork + exec `binary --fd 3 ARGS...`, with the child's end of a fresh socketpair as fd 3
+// and a parent-death signal.
+Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, const std::vector<std::string>& args);
 
 // "signal SIGSEGV (Segmentation fault)" / "exit code 3" for a waitpid status.
 std::string DescribeWaitStatus(int status);

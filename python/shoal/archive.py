@@ -12,7 +12,6 @@ import json
 import mmap
 import os
 import struct
-import sys
 import warnings
 import zipfile
 

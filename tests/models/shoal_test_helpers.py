@@ -1,5 +1,4 @@
 """A helper module of the test models' own: interned into their archives by shoal.export."""
-import torch
 
 
 def gated_scale(x, threshold):

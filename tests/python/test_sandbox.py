@@ -62,3 +62,30 @@ def test_cpu_limit_kills_only_that_worker(make_daemon, tmp_path, archives):
             c.infer("loops", torch.zeros(1), timeout=30)
         assert float(c.infer("add", torch.zeros(1))[0]) == 1.0
     assert resource.getrlimit(resource.RLIMIT_CPU)[0] == resource.RLIM_INFINITY  # ours untouched
+
+
+def test_sighup_with_new_limits_applies_them_to_new_workers(make_daemon, tmp_path):
+    import os
+    import signal
+    import time
+    conf = tmp_path / "shoald.conf"
+    conf.write_text("admin_group =\nworkers = 1\nworker_open_files = 512\n")
+    d = make_daemon(workers=1, args=["--config", str(conf)])
+    with d.client() as c:
+        c.load("probe", shoal.export(models.SandboxProbe(), tmp_path / "probe.pt"))
+        assert c.infer("probe", torch.zeros(1))["nofile"] == 512
+        conf.write_text("admin_group =\nworkers = 1\nworker_open_files = 256\n")
+        d.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert c.infer("probe", torch.zeros(1))["nofile"] == 512  # running workers keep theirs
+        os.kill(d.worker_pids()[0], signal.SIGKILL)  # its replacement comes from a fresh zygote
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                r = c.infer("probe", torch.zeros(1))
+                if r["nofile"] == 256:
+                    break
+            except shoal.Error:
+                pass
+            time.sleep(0.1)
+        assert r["nofile"] == 256
