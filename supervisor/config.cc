@@ -50,6 +50,12 @@ Status ParseConfig(const std::string& text, const std::string& origin, Superviso
       if (auto st = number(1024); !st.ok()) return st;
       if (n == 0) return Status::BadRequest(where + "workers must be at least 1");
       cfg->workers = static_cast<int>(n);
+    } else if (key == "interpreters") {
+      if (auto st = number(64); !st.ok()) return st;
+      if (n == 0) return Status::BadRequest(where + "interpreters must be at least 1");
+      cfg->interpreters = static_cast<int>(n);
+    } else if (key == "interpreter_cache") {
+      cfg->interpreter_cache = value;
     } else if (key == "timeout_ms") {
       if (auto st = number(uint64_t{1} << 40); !st.ok()) return st;
       cfg->default_timeout_ms = n;

@@ -15,7 +15,8 @@
 namespace {
 
 const char kUsage[] =
-    "usage: shoald [--config FILE] [--socket PATH] [--workers N] [--model NAME=ARCHIVE]...\n"
+    "usage: shoald [--config FILE] [--socket PATH] [--workers N] [--interpreters K]\n"
+    "              [--model NAME=ARCHIVE]...\n"
     "              [--timeout-ms MS] [--kill-grace-ms MS] [--max-queue N]\n"
     "              [--worker-binary PATH] [--log-level trace|debug|info|warn|error]\n"
     "\n"
@@ -24,6 +25,8 @@ const char kUsage[] =
     "  --socket PATH       client socket (default: $SHOAL_SOCKET, else /run/shoal/shoal.sock\n"
     "                      for root, else $XDG_RUNTIME_DIR/shoal/shoal.sock)\n"
     "  --workers N         worker processes (default 2)\n"
+    "  --interpreters K    Python interpreters per worker, each with its own GIL (default 1)\n"
+    "  --interpreter-cache DIR  private library copies for K > 1 (default: runtime folder)\n"
     "  --model NAME=PATH   load this archive at start-up (repeatable)\n"
     "  --timeout-ms MS     deadline of jobs that give none (default 60000; 0 = none)\n"
     "  --kill-grace-ms MS  a worker still running a timed-out job is killed after this (2000)\n"
@@ -96,6 +99,10 @@ int main(int argc, char** argv) {
       cfg.socket_path = value("--socket");
     } else if (a == "--workers") {
       cfg.workers = static_cast<int>(number("--workers"));
+    } else if (a == "--interpreters") {
+      cfg.interpreters = static_cast<int>(number("--interpreters"));
+    } else if (a == "--interpreter-cache") {
+      cfg.interpreter_cache = value("--interpreter-cache");
     } else if (a == "--model") {
       std::string spec = value("--model");
       auto eq = spec.find('=');

@@ -33,14 +33,21 @@ std::string Join(const std::map<std::string, ModelEntry>& models) {
   return out.empty() ? "(none)" : out;
 }
 
-// VmRSS of a process in kB, 0 if unknown.
-uint64_t RssKb(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+struct ProcessMemory {
+  uint64_t rss_kb = 0;
+  uint64_t pss_kb = 0;  // shared pages counted once across the processes sharing them
+};
+
+// A process's Rss and Pss in kB (/proc/PID/smaps_rollup), zeros if unknown.
+ProcessMemory ReadProcessMemory(pid_t pid) {
+  ProcessMemory m;
+  std::ifstream f("/proc/" + std::to_string(pid) + "/smaps_rollup");
   std::string line;
   while (std::getline(f, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10);
+    if (line.rfind("Rss:", 0) == 0) m.rss_kb = std::strtoull(line.c_str() + 4, nullptr, 10);
+    if (line.rfind("Pss:", 0) == 0) m.pss_kb = std::strtoull(line.c_str() + 4, nullptr, 10);
   }
-  return 0;
+  return m;
 }
 
 }  // namespace
@@ -83,6 +90,18 @@ Status Supervisor::Start() {
                                 "change admin_group in the configuration)");
     }
     admin_gid_ = g->gr_gid;
+  }
+  if (config_.interpreters < 1 || config_.interpreters > 64) {
+    return Status::BadRequest("--interpreters must be between 1 and 64");
+  }
+  if (config_.interpreters > 1) {
+    if (config_.interpreter_cache.empty()) {
+      std::string runtime = getenv("RUNTIME_DIRECTORY") ? getenv("RUNTIME_DIRECTORY") : "";
+      runtime = runtime.substr(0, runtime.find(':'));
+      if (runtime.empty()) runtime = std::filesystem::path(config_.socket_path).parent_path().string();
+      config_.interpreter_cache = runtime + "/interpreters";
+    }
+    if (auto st = CheckInterpreters(); !st.ok()) return st;
   }
   if (config_.listen_fd >= 0) {
     // Socket activation: systemd owns the socket file, its mode and its group.
@@ -514,7 +533,9 @@ void Supervisor::CheckUnloads() {
   for (const auto& [key, entry] : models_) {
     if (!entry.draining || entry.queued > 0) continue;
     bool running = false;
-    for (const auto& [slot, w] : workers_) running = running || (!w->gone && w->job && w->job->model == key);
+    for (const auto& [slot, w] : workers_) {
+      for (const auto& j : w->jobs) running = running || (!w->gone && j && j->model == key);
+    }
     if (!running) idle.push_back(key);
   }
   for (const auto& key : idle) FinishUnload(key);
@@ -597,21 +618,33 @@ void Supervisor::HandleStatus(const std::shared_ptr<ClientSession>& s, uint64_t 
   w.Key("workers");
   w.pk().pack_array(static_cast<uint32_t>(workers_.size()));
   for (const auto& [slot, wk] : workers_) {
-    w.Map(6);
+    w.Map(7);
     w.Key("slot"); w.Val(slot);
     w.Key("pid"); w.Val(static_cast<int64_t>(wk->pid));
-    w.Key("state"); w.Str(wk->gone ? "restarting" : (wk->job ? "busy" : "idle"));
-    w.Key("job");
-    if (wk->job) {
-      w.Map(2);
-      w.Key("id"); w.Val(wk->job->id);
-      w.Key("model"); w.Str(wk->job->model);
-    } else {
-      w.pk().pack_nil();
+    int running = wk->Running();
+    w.Key("state");
+    w.Str(wk->gone ? "restarting" : running == 0 ? "idle" : running < static_cast<int>(wk->jobs.size()) ? "partly busy" : "busy");
+    w.Key("interpreters");  // what each interpreter runs
+    w.pk().pack_array(static_cast<uint32_t>(wk->jobs.size()));
+    for (size_t i = 0; i < wk->jobs.size(); ++i) {
+      const auto& job = wk->jobs[i];
+      w.Map(3);
+      w.Key("index"); w.Val(static_cast<uint64_t>(i));
+      w.Key("state"); w.Str(wk->gone ? "restarting" : job ? "busy" : "idle");
+      w.Key("job");
+      if (job) {
+        w.Map(2);
+        w.Key("id"); w.Val(job->id);
+        w.Key("model"); w.Str(job->model);
+      } else {
+        w.pk().pack_nil();
+      }
     }
     w.Key("models");
     w.Val(std::vector<std::string>(wk->ready_models.begin(), wk->ready_models.end()));
-    w.Key("rss_kb"); w.Val(wk->gone ? uint64_t{0} : RssKb(wk->pid));
+    auto mem = wk->gone ? ProcessMemory{} : ReadProcessMemory(wk->pid);
+    w.Key("rss_kb"); w.Val(mem.rss_kb);
+    w.Key("pss_kb"); w.Val(mem.pss_kb);
   }
   s->channel->Send(w.body());
 }
@@ -714,22 +747,38 @@ std::shared_ptr<Job> Supervisor::Dequeue(std::deque<std::shared_ptr<Job>>::itera
 void Supervisor::Dispatch() {
   if (stopping_) {
     for (const auto& [slot, w] : workers_) {
-      if (!w->gone && w->job) return;  // still draining
+      if (!w->gone && w->Running() > 0) return;  // still draining
     }
     return FinishShutdown();
   }
   if (!unloads_.empty()) CheckUnloads();
-  if (queue_.empty()) return;
-  for (auto& [slot, w] : workers_) {
-    if (w->gone || w->job) continue;
-    if (w->retiring) continue;
-    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
-      if (w->ready_models.count((*it)->model) != 0) {
-        RunOn(w.get(), Dequeue(it));
-        break;
+  // Jobs in queue order; each to a free interpreter of a worker that serves its model,
+  // preferring one that ran that model last (its code and weights are warm in that
+  // interpreter's caches), then the least busy worker.
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    WorkerHandle* best = nullptr;
+    int best_interp = -1;
+    bool best_warm = false;
+    bool any_free = false;
+    for (auto& [slot, w] : workers_) {
+      if (w->gone || w->retiring) continue;
+      int i = w->FreeInterpreter((*it)->model);
+      if (i < 0) continue;
+      any_free = true;
+      if (w->ready_models.count((*it)->model) == 0) continue;
+      bool warm = w->last_model[static_cast<size_t>(i)] == (*it)->model;
+      if (best == nullptr || (warm && !best_warm) || (warm == best_warm && w->Running() < best->Running())) {
+        best = w.get();
+        best_interp = i;
+        best_warm = warm;
       }
     }
-    if (queue_.empty()) return;
+    if (!any_free) return;  // every interpreter is busy
+    if (best == nullptr) {
+      ++it;  // its model serves nowhere free yet
+      continue;
+    }
+    RunOn(best, best_interp, Dequeue(it));
   }
 }
 
@@ -744,15 +793,18 @@ void Supervisor::SendArenaIfNeeded(WorkerHandle* w, uint64_t arena) {
   w->arenas.insert(arena);
 }
 
-void Supervisor::RunOn(WorkerHandle* w, const std::shared_ptr<Job>& job) {
+void Supervisor::RunOn(WorkerHandle* w, int interp, const std::shared_ptr<Job>& job) {
   for (const auto& d : job->inputs) SendArenaIfNeeded(w, d.arena);
   SendArenaIfNeeded(w, job->out_arena);
-  w->job = job;
+  w->jobs[static_cast<size_t>(interp)] = job;
+  w->last_model[static_cast<size_t>(interp)] = job->model;
   job->worker_slot = w->slot;
+  job->interp = interp;
   job->started = Clock::now();
   w->pending_model[job->id] = job->model;
   Writer m;
-  BeginRequest(&m, "infer", job->id, 3);
+  BeginRequest(&m, "infer", job->id, 4);
+  m.Key("interp"); m.Val(static_cast<uint64_t>(interp));
   m.Key("model"); m.Str(job->model);
   m.Key("out_arena"); m.Val(job->out_arena);
   m.Key("inputs");
@@ -812,8 +864,8 @@ Status Supervisor::CheckOutputs(const msgpack::object& tree, const Job& job, int
 
 void Supervisor::OnJobReply(WorkerHandle* w, const std::shared_ptr<Job>& job, const Status& st,
                             const MapView* reply) {
-  if (w != nullptr && w->job == job) {
-    w->job.reset();
+  if (w != nullptr && job->interp >= 0 && w->jobs[static_cast<size_t>(job->interp)] == job) {
+    w->jobs[static_cast<size_t>(job->interp)].reset();
     if (w->kill_timer) w->kill_timer->cancel();
     ++w->jobs_run;
     if (config_.max_jobs_per_worker > 0 && w->jobs_run >= config_.max_jobs_per_worker && !w->retiring) {
@@ -901,15 +953,18 @@ void Supervisor::OnDeadline(const std::shared_ptr<Job>& job) {
                                           " ms while running; its worker is given " +
                                           std::to_string(config_.kill_grace_ms) + " ms before it is killed"));
   auto it = workers_.find(job->worker_slot);
-  if (it == workers_.end() || it->second->gone || it->second->job != job) return;
+  auto running = [job](const WorkerHandle& w) {
+    return job->interp >= 0 && w.jobs[static_cast<size_t>(job->interp)] == job;
+  };
+  if (it == workers_.end() || it->second->gone || !running(*it->second)) return;
   WorkerHandle* w = it->second.get();
   w->kill_timer = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(config_.kill_grace_ms));
   uint64_t gen = w->generation;
   int slot = w->slot;
-  w->kill_timer->async_wait([this, gen, slot, job](const boost::system::error_code& ec) {
+  w->kill_timer->async_wait([this, gen, slot, job, running](const boost::system::error_code& ec) {
     if (ec) return;
     auto it = workers_.find(slot);
-    if (it == workers_.end() || it->second->generation != gen || it->second->gone || it->second->job != job) return;
+    if (it == workers_.end() || it->second->generation != gen || it->second->gone || !running(*it->second)) return;
     TerminateWorker(it->second.get(), "still runs timed-out job " + std::to_string(job->id));
   });
 }
@@ -932,9 +987,43 @@ void Supervisor::TerminateWorker(WorkerHandle* w, const std::string& why) {
 // ---------------------------------------------------------------------------------------
 // workers
 
+std::vector<std::string> Supervisor::WorkerArgs() const {
+  std::vector<std::string> args;
+  if (config_.interpreters > 1) {
+    args = {"--interpreters", std::to_string(config_.interpreters), "--interpreter-cache", config_.interpreter_cache};
+  }
+  for (auto& a : config_.sandbox.ToArgs()) args.push_back(a);
+  return args;
+}
+
+Status Supervisor::CheckInterpreters() {
+  int k = config_.interpreters;
+  auto run = RunProcess({config_.worker_binary, "--check-interpreters", std::to_string(k), "--interpreter-cache",
+                         config_.interpreter_cache},
+                        300);
+  if (!run.ok()) return run.status();
+  std::string versions = run->out.substr(0, run->out.find('\n'));
+  if (run->succeeded()) {
+    spdlog::info("{} interpreters per worker ({}); private library copies in {}", k, versions,
+                 config_.interpreter_cache);
+    return Status::Ok();
+  }
+  // The last lines of what it printed say why (libtorch's own warnings come first).
+  std::string err = run->err;
+  size_t cut = err.size();
+  for (int lines = 0; cut > 0 && lines < 12; ++lines) cut = err.rfind('\n', cut - 1);
+  if (cut != std::string::npos && cut > 0) err = "..." + err.substr(cut);
+  return Status(Code::kUnavailable,
+                "--interpreters " + std::to_string(k) + " is not supported here (" +
+                    (versions.empty() ? std::string("torch version unknown") : versions) +
+                    "): two interpreters in one worker failed the start-up check (" + run->Describe() + ")" +
+                    (err.empty() ? std::string() : ":\n" + err) +
+                    "\nRun with --interpreters 1 (the default, works with any torch), or more --workers.");
+}
+
 void Supervisor::StartZygote() {
   std::vector<std::string> args = {"--zygote", "--supervisor", std::to_string(getpid())};
-  for (auto& a : config_.sandbox.ToArgs()) args.push_back(a);
+  for (auto& a : WorkerArgs()) args.push_back(a);
   auto proc = SpawnWorkerProcess(config_.worker_binary, args);
   if (!proc.ok()) {
     spdlog::error("cannot start the zygote: {}; workers are started one by one", proc.status().ToString());
@@ -998,6 +1087,8 @@ void Supervisor::SpawnWorker(int slot) {
   static uint64_t generation = 0;
   auto w = std::make_unique<WorkerHandle>();
   w->slot = slot;
+  w->jobs.resize(static_cast<size_t>(config_.interpreters));
+  w->last_model.resize(static_cast<size_t>(config_.interpreters));
   w->started = Clock::now();
   w->generation = ++generation;
   uint64_t gen = w->generation;
@@ -1032,7 +1123,7 @@ void Supervisor::SpawnWorker(int slot) {
     zygote_->channel->Send(m.body(), {std::make_shared<OwnedFd>(sv[1])});
   } else {
     std::vector<std::string> args = {"--slot", std::to_string(slot)};
-    for (auto& a : config_.sandbox.ToArgs()) args.push_back(a);
+    for (auto& a : WorkerArgs()) args.push_back(a);
     auto proc = SpawnWorkerProcess(config_.worker_binary, args);
     if (!proc.ok()) {
       spdlog::error("cannot start worker {}: {}", slot, proc.status().ToString());
@@ -1154,29 +1245,41 @@ void Supervisor::OnWorkerGone(WorkerHandle* w, const std::string& how) {
   w->gone = true;
   w->channel->Close();
   if (w->kill_timer) w->kill_timer->cancel();
-  std::string culprit = w->pending_model.empty() ? "" : w->pending_model.begin()->second;
+  // Which interpreter crashed is not known from outside: every model with a job or a
+  // load in flight on the worker counts the crash (with K = 1, the one that crashed it).
+  std::set<std::string> culprits;
+  for (const auto& [rid, model] : w->pending_model) culprits.insert(model);
   w->pending_model.clear();
   ++worker_restarts_;
   std::string job_part;
-  if (w->job) job_part = " while running job " + std::to_string(w->job->id) + " of model '" + w->job->model + "'";
+  for (const auto& j : w->jobs) {
+    if (j) job_part += (job_part.empty() ? " while running job " : ", job ") + std::to_string(j->id) + " of model '" + j->model + "'";
+  }
   spdlog::error("{} died: {}{}", w->Describe(), how, job_part);
   // Answer everything it owed, in request order; the callbacks may touch workers_.
   auto pending = std::move(w->pending);
   w->pending.clear();
-  auto job = std::move(w->job);
-  w->job.reset();
+  auto jobs = std::move(w->jobs);
+  w->jobs.assign(jobs.size(), nullptr);
   w->ready_models.clear();
   w->arenas.clear();
+  std::string who = "worker " + std::to_string(w->slot) + " (pid " + std::to_string(w->pid) + ")";
   for (auto& [rid, fn] : pending) {
-    std::string what = (job && job->id == rid)
-                           ? "worker " + std::to_string(w->slot) + " (pid " + std::to_string(w->pid) + ") died from " +
-                                 how + " while running job " + std::to_string(rid) + " of model '" + job->model +
-                                 "'; the worker is being replaced and the job was not retried"
-                           : "worker " + std::to_string(w->slot) + " (pid " + std::to_string(w->pid) +
-                                 ") died from " + how + " before answering";
+    std::shared_ptr<Job> job;
+    for (const auto& j : jobs) {
+      if (j && j->id == rid) job = j;
+    }
+    std::string what =
+        !job ? who + " died from " + how + " before answering"
+             : who + " died from " + how + " while running job " + std::to_string(rid) + " of model '" + job->model +
+                   "'" +
+                   (jobs.size() > 1 ? " on interpreter " + std::to_string(job->interp) + " of " +
+                                          std::to_string(jobs.size()) + " (any of them may have crashed it)"
+                                    : std::string()) +
+                   "; the worker is being replaced and the job was not retried";
     fn(Status(Code::kWorkerCrashed, what), nullptr);
   }
-  if (!culprit.empty()) RecordCrash(culprit, how);
+  for (const auto& c : culprits) RecordCrash(c, how);
   if (stopping_) {
     Dispatch();  // may finish the drain
     return;
@@ -1254,9 +1357,10 @@ void Supervisor::FinishShutdown() {
   if (watchdog_timer_) watchdog_timer_->cancel();
   for (auto& [slot, w] : workers_) {
     if (w->gone) continue;
-    if (w->job) {
-      FailJob(w->job, Status(Code::kUnavailable, "shoald stopped before job " + std::to_string(w->job->id) +
-                                                     " of model '" + w->job->model + "' finished"));
+    for (const auto& job : w->jobs) {
+      if (!job) continue;
+      FailJob(job, Status(Code::kUnavailable, "shoald stopped before job " + std::to_string(job->id) +
+                                                  " of model '" + job->model + "' finished"));
     }
     // Loads still in flight are answered too: nobody is left waiting.
     auto pending = std::move(w->pending);
@@ -1276,6 +1380,13 @@ void Supervisor::FinishShutdown() {
     kill(zygote_->pid, SIGKILL);
     waitpid(zygote_->pid, nullptr, 0);
     zygote_->channel->Close();
+  }
+  if (config_.interpreters > 1) {
+    // The copies are reused by replacement workers and after a crash of shoald, never
+    // left behind by a clean stop.
+    std::error_code ec;
+    std::filesystem::remove_all(config_.interpreter_cache, ec);
+    if (ec) spdlog::warn("cannot remove {}: {}", config_.interpreter_cache, ec.message());
   }
   // Let queued replies reach clients, then stop.
   auto t = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(50));
@@ -1335,7 +1446,7 @@ void Supervisor::RecordCrash(const std::string& model, const std::string& how) {
 }
 
 void Supervisor::RetireIfDone(WorkerHandle* w) {
-  if (!w->retiring || w->gone || w->job || !w->pending.empty()) return;
+  if (!w->retiring || w->gone || w->Running() > 0 || !w->pending.empty()) return;
   int slot = w->slot;
   spdlog::info("{} retired", w->Describe());
   w->gone = true;
@@ -1391,6 +1502,11 @@ void Supervisor::Reload() {
     admin_gid = g->gr_gid;
   }
   bool sandbox_changed = fresh.sandbox.ToArgs() != config_.sandbox.ToArgs();
+  if (fresh.interpreters != config_.interpreters || (!fresh.interpreter_cache.empty() &&
+                                                     fresh.interpreter_cache != config_.interpreter_cache)) {
+    spdlog::warn("SIGHUP: interpreters/interpreter_cache change only when shoald restarts (keeping {})",
+                 config_.interpreters);
+  }
   config_.workers = fresh.workers;
   config_.default_timeout_ms = fresh.default_timeout_ms;
   config_.kill_grace_ms = fresh.kill_grace_ms;

@@ -31,6 +31,8 @@ struct SupervisorConfig {
   std::string socket_path;
   int listen_fd = -1;             // an already-listening socket (systemd socket activation)
   int workers = 2;
+  int interpreters = 1;           // per worker (K > 1: private library copies, worker/private_copy.h)
+  std::string interpreter_cache;  // where the copies live; default: the runtime folder
   std::string worker_binary;                                   // default: next to shoald
   std::vector<std::pair<std::string, std::string>> models;     // loaded at start-up
   uint64_t default_timeout_ms = 60000;                         // a job's deadline if it gives none
@@ -68,6 +70,7 @@ struct Job {
   uint64_t out_arena = 0;
   bool answered = false;
   int worker_slot = -1;
+  int interp = -1;   // which interpreter of that worker runs it
   int retries = 0;   // how many times the client allows it to be re-run after a crash
   int crashes = 0;   // workers it was running on that died
   std::chrono::steady_clock::time_point accepted;
@@ -144,7 +147,10 @@ class Supervisor {
 
   // jobs
   void Dispatch();
-  void RunOn(WorkerHandle* w, const std::shared_ptr<Job>& job);
+  void RunOn(WorkerHandle* w, int interp, const std::shared_ptr<Job>& job);
+  // K > 1: runs shoal-worker --check-interpreters; an error says why K > 1 cannot work here.
+  Status CheckInterpreters();
+  std::vector<std::string> WorkerArgs() const;  // interpreters + sandbox options
   void OnJobReply(WorkerHandle* w, const std::shared_ptr<Job>& job, const Status& st, const MapView* reply);
   void AnswerJob(const std::shared_ptr<Job>& job, std::string_view body);
   void FailJob(const std::shared_ptr<Job>& job, const Status& st, std::string_view traceback = {});

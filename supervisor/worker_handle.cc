@@ -16,15 +16,20 @@ std::string WorkerHandle::Describe() const {
   return "worker " + std::to_string(slot) + " (pid " + std::to_string(pid) + ")";
 }
 
-std::string DescribeWaitStatus(int status) {
-  if (WIFSIGNALED(status)) {
-    int sig = WTERMSIG(status);
-    const char* abbrev = sigabbrev_np(sig);
-    return std::string("signal ") + (abbrev ? std::string("SIG") + abbrev : std::to_string(sig)) + " (" +
-           strsignal(sig) + ")";
+int WorkerHandle::Running() const {
+  int n = 0;
+  for (const auto& j : jobs) n += j != nullptr;
+  return n;
+}
+
+int WorkerHandle::FreeInterpreter(const std::string& model) const {
+  int any = -1;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    if (jobs[i] != nullptr) continue;
+    if (last_model[i] == model) return static_cast<int>(i);
+    if (any < 0) any = static_cast<int>(i);
   }
-  if (WIFEXITED(status)) return "exit code " + std::to_string(WEXITSTATUS(status));
-  return "status " + std::to_string(status);
+  return any;
 }
 
 Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, const std::vector<std::string>& args) {

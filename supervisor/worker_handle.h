@@ -1,6 +1,7 @@
 // WorkerHandle: the supervisor's view of one shoal-worker process, and how to start one.
 //
-// A worker runs one job at a time (one slot, K=1). Requests to it carry ids; each pending
+// A worker hosts K interpreters (shoald --interpreters), each running one job at a time:
+// K slots, jobs[i] is interpreter i's job. Requests to it carry ids; each pending
 // id has a callback that runs with the reply, or with WORKER_CRASHED if the worker dies
 // first, so no request is ever left without an answer. Thread-safety: loop thread only.
 #pragma once
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "protocol/messages.h"
+#include "shm/subprocess.h"
 #include "supervisor/async_channel.h"
 
 namespace shoal {
@@ -40,10 +42,14 @@ struct WorkerHandle {
   std::map<uint64_t, ReplyFn> pending;  // request id -> callback
   std::map<uint64_t, std::string> pending_model;  // request id -> model it runs or loads
   bool retiring = false;               // finishes its job, then is closed (recycling, shrink)
-  std::shared_ptr<Job> job;            // the in-flight inference, if any
+  std::vector<std::shared_ptr<Job>> jobs;  // per interpreter: its in-flight inference, or null
+  std::vector<std::string> last_model;     // per interpreter: the model it ran last
   std::unique_ptr<boost::asio::steady_timer> kill_timer;
 
   std::string Describe() const;
+  int Running() const;        // interpreters running a job
+  int FreeInterpreter(const std::string& model) const;  // a free one (preferring one that ran
+                                                        // `model` last), or -1
 };
 
 struct SpawnedProcess {
@@ -54,8 +60,5 @@ struct SpawnedProcess {
 // fork + exec `binary --fd 3 ARGS...`, with the child's end of a fresh socketpair as fd 3
 // and a parent-death signal.
 Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, const std::vector<std::string>& args);
-
-// "signal SIGSEGV (Segmentation fault)" / "exit code 3" for a waitpid status.
-std::string DescribeWaitStatus(int status);
 
 }  // namespace shoal

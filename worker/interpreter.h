@@ -1,9 +1,10 @@
-// Interpreter: the embedded CPython of a worker (K=1: the process's own interpreter).
+// Interpreter: one embedded CPython runtime of a worker, as the worker's C++ sees it.
 //
-// All model semantics live in Python (python/shoal/_worker.py: archive loading, tensors
-// over arena memory, running the model); this class starts the interpreter, imports that
-// module and hands it each message. Thread-safety: call from the thread that created it.
-// The GIL is released while the caller waits for the next message.
+// Each is a loaded libshoal_pyhost (worker/pyhost.h): the original one, loaded
+// RTLD_GLOBAL, when the worker has one interpreter; private copies, loaded RTLD_LOCAL,
+// when it has several (worker/private_copy.h). All model semantics live in Python
+// (python/shoal/_worker.py). Thread-safety: Handle/CreateRunner need the GIL of this
+// interpreter on the calling thread (AcquireGil, or AttachThread for a new thread).
 #pragma once
 
 #include <memory>
@@ -11,42 +12,58 @@
 #include <vector>
 
 #include "shoal/status.h"
+#include "worker/private_copy.h"
+#include "worker/pyhost.h"
 
 namespace shoal {
 
 class Interpreter {
  public:
-  // Initialises Python (with `python_dir`, if not empty, first on sys.path) and imports
-  // the runner's module (and with it torch).
-  static Result<std::unique_ptr<Interpreter>> Start(const std::string& python_dir);
-  // Builds the job runner of a worker slot.
+  // Loads a pyhost and initialises Python in it (shoal package from `python_dir` if not
+  // empty); `copies` null: the process's only interpreter, else interpreter `index` on
+  // private copies made in that cache folder. Returns with the GIL held by this thread.
+  static Result<std::unique_ptr<Interpreter>> Start(const std::string& python_dir, const std::string& copies_dir,
+                                                    int index);
+  ~Interpreter() = default;
+  Interpreter(const Interpreter&) = delete;
+  Interpreter& operator=(const Interpreter&) = delete;
+
+  int index() const { return index_; }
+  // "Python 3.11.2, torch 1.13.1".
+  std::string versions() const { return api_->versions(); }
+
+  // Builds the job runner of (worker slot, interpreter index).
   Status CreateRunner(int slot);
+  // Runs shoal._worker.self_test() (a small torch job).
+  Status SelfTest();
   // Zygote: moves every object alive now to the permanent generation (gc.freeze), so that
   // the collector in forked workers never writes to these pages and they stay shared.
   Status Freeze();
   // Around fork(2), with the GIL held (PyOS_BeforeFork / AfterFork_*).
-  void BeforeFork();
-  void AfterForkParent();
-  void AfterForkChild();
-  ~Interpreter();
-  Interpreter(const Interpreter&) = delete;
-  Interpreter& operator=(const Interpreter&) = delete;
+  void BeforeFork() { api_->before_fork(); }
+  void AfterForkParent() { api_->after_fork_parent(); }
+  void AfterForkChild() { api_->after_fork_child(); }
 
   // Passes one message body and the FIFO of received fds to the runner, which takes (from
   // the front) those its message carries; the others stay in *fds for later messages.
   // Returns the reply body, or an empty string when the message needs no reply.
   Result<std::string> Handle(const std::string& body, std::vector<int>* fds);
 
-  // Releases / re-acquires the GIL around blocking waits.
-  void ReleaseGil();
-  void AcquireGil();
+  // Releases / re-acquires the GIL around blocking waits (for the calling thread).
+  void ReleaseGil() { api_->release_gil(); }
+  void AcquireGil() { api_->acquire_gil(); }
+  // A thread that is not the one that called Start: its own thread state, GIL held.
+  void AttachThread() { api_->attach_thread(); }
 
  private:
   Interpreter() = default;
-  void* module_ = nullptr;      // PyObject*: shoal._worker
-  void* runner_ = nullptr;      // PyObject*
-  void* handle_ = nullptr;      // PyObject*: runner.handle
-  void* saved_thread_ = nullptr;  // PyThreadState* while the GIL is released
+  int index_ = 0;
+  const ShoalPyhostApi* api_ = nullptr;
+  std::unique_ptr<InterpreterCopies> copies_;  // null with one interpreter
 };
+
+// Where libshoal_pyhost.so is: $SHOAL_PYHOST, else beside this executable's lib folder
+// (build/lib/shoal, /usr/lib/shoal), else the install location compiled in.
+std::string PyhostPath();
 
 }  // namespace shoal

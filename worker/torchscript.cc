@@ -3,6 +3,9 @@
 #include <torch/script.h>
 #include <unistd.h>
 
+#include <mutex>
+#include <shared_mutex>
+
 #include "client/tree.h"
 #include "package_format/archive_reader.h"
 #include "protocol/descriptor.h"
@@ -25,6 +28,10 @@ struct Span {
 }  // namespace
 
 struct TorchScriptModels::Impl {
+  // Exclusive for loads, unloads and arena changes; shared while jobs run (several
+  // interpreter threads may run TorchScript jobs at once: Module::forward is reentrant).
+  std::shared_mutex mu;
+  std::mutex map_mu;  // lazy mapping in Get() under a shared `mu`
   std::map<std::string, torch::jit::Module> models;
   // Arenas are mapped here only when a TorchScript job first needs them (the Python
   // runner maps them too; mapping every arena twice would double the address space).
@@ -46,6 +53,7 @@ struct TorchScriptModels::Impl {
     arenas.erase(it);
   }
   Arena* Get(uint64_t id) {
+    std::lock_guard<std::mutex> lock(map_mu);
     auto it = arenas.find(id);
     if (it == arenas.end()) return nullptr;
     if (!it->second.mapped) {
@@ -64,6 +72,15 @@ TorchScriptModels::~TorchScriptModels() = default;
 bool TorchScriptModels::Handle(const MapView& msg, const std::vector<int>& fds, std::string* reply) {
   auto op = msg.Str("op");
   if (!op.ok()) return false;
+  if (*op == "infer") {
+    std::shared_lock<std::shared_mutex> lock(impl_->mu);
+    auto model = msg.Str("model");
+    auto id = msg.Uint("id");
+    if (!model.ok() || !id.ok() || impl_->models.count(*model) == 0) return false;
+    *reply = Infer(*id, msg);
+    return true;
+  }
+  std::unique_lock<std::shared_mutex> lock(impl_->mu);
   if (*op == "arena") {
     auto id = msg.Uint("arena");
     if (id.ok() && !fds.empty()) {
@@ -94,11 +111,15 @@ bool TorchScriptModels::Handle(const MapView& msg, const std::vector<int>& fds, 
     *reply = OkReply(*id);
     return true;
   }
-  if (*op == "infer") {
-    *reply = Infer(*id, msg);
-    return true;
-  }
   return false;
+}
+
+bool TorchScriptModels::Holds(const MapView& msg) {
+  auto op = msg.Str("op");
+  if (!op.ok() || *op != "infer") return false;
+  auto model = msg.Str("model");
+  std::shared_lock<std::shared_mutex> lock(impl_->mu);
+  return model.ok() && impl_->models.count(*model) != 0;
 }
 
 std::string TorchScriptModels::Load(uint64_t id, const std::string& name, const std::string& path) {
@@ -138,7 +159,7 @@ std::string TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
   torch::jit::IValue out;
   try {
     c10::InferenceMode guard;
-    out = impl_->models[name].forward(args);
+    out = impl_->models.at(name).forward(args);
   } catch (const std::exception& e) {
     return ErrorReply(id, Status(Code::kModelError, "model '" + name + "' raised in job " + std::to_string(id) +
                                                         ": " + e.what()));

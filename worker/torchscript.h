@@ -4,7 +4,8 @@
 //
 // The worker's message loop (worker/main.cc) hands this class the messages that concern
 // it: load of a TorchScript archive, infer/unload of a model it holds, arena (it maps
-// every arena too). Thread-safety: called from the worker's one message thread.
+// every arena too). Thread-safety: Handle may be called from several threads; jobs run
+// concurrently, loads/unloads/arena changes wait for them.
 #pragma once
 
 #include <map>
@@ -27,6 +28,8 @@ class TorchScriptModels {
   // `fds` is the worker's FIFO of received fds: an "arena" message's fd is duplicated, not
   // taken (the Python runner maps it too).
   bool Handle(const MapView& msg, const std::vector<int>& fds, std::string* reply);
+  // Whether `msg` is a job of a model held here (Handle will run it).
+  bool Holds(const MapView& msg);
 
  private:
   std::string Load(uint64_t id, const std::string& name, const std::string& path);

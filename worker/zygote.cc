@@ -36,13 +36,29 @@ void BecomeSupervisorsChild(pid_t supervisor) {
 
 }  // namespace
 
-ForkedWorker RunZygote(int fd, Interpreter* interp, pid_t supervisor) {
+ForkedWorker RunZygote(int fd, const std::vector<std::unique_ptr<Interpreter>>& interps, pid_t supervisor) {
+  for (const auto& it : interps) {
+    it->AcquireGil();
+    if (auto st = it->Freeze(); !st.ok()) spdlog::warn("{}", st.ToString());
+    it->ReleaseGil();
+  }
+  // Every fork hook of every runtime runs with that runtime's GIL held.
+  auto before = [&] {
+    for (const auto& it : interps) {
+      it->AcquireGil();
+      it->BeforeFork();
+    }
+  };
+  auto after = [&](bool child) {
+    for (const auto& it : interps) {
+      child ? it->AfterForkChild() : it->AfterForkParent();
+      it->ReleaseGil();
+    }
+  };
   FrameReader reader;
   std::vector<int> fds;
   for (;;) {
-    interp->ReleaseGil();
     auto body = RecvFrame(fd, &reader, &fds);
-    interp->AcquireGil();
     if (!body.ok()) _exit(0);  // shoald went away
     auto oh = Decode(*body);
     if (!oh.ok()) _exit(5);
@@ -59,7 +75,7 @@ ForkedWorker RunZygote(int fd, Interpreter* interp, pid_t supervisor) {
 
     int pid_pipe[2];
     if (pipe2(pid_pipe, O_CLOEXEC) != 0) _exit(6);
-    interp->BeforeFork();
+    before();
     pid_t middle = fork();
     if (middle == 0) {
       pid_t worker = fork();
@@ -67,7 +83,7 @@ ForkedWorker RunZygote(int fd, Interpreter* interp, pid_t supervisor) {
         (void)!write(pid_pipe[1], &worker, sizeof(worker));
         _exit(0);
       }
-      interp->AfterForkChild();
+      after(true);
       close(pid_pipe[0]);
       close(pid_pipe[1]);
       close(fd);
@@ -75,7 +91,7 @@ ForkedWorker RunZygote(int fd, Interpreter* interp, pid_t supervisor) {
       BecomeSupervisorsChild(supervisor);
       return ForkedWorker{worker_fd, static_cast<int>(*slot)};
     }
-    interp->AfterForkParent();
+    after(false);
     close(pid_pipe[1]);
     close(worker_fd);  // the worker has it; shoald's end sees EOF when the worker dies
     pid_t worker = -1;

@@ -1,6 +1,7 @@
 // The zygote: a single-threaded shoal-worker that has initialised Python and imported
 // torch once, and forks ready workers on request, so that a replacement worker starts in
-// milliseconds and shares the zygote's pages copy-on-write.
+// milliseconds and shares the zygote's pages copy-on-write. With K interpreters per
+// worker the zygote holds all K, and forks with every one of their GILs held.
 //
 // Protocol on its socket (framing of docs/protocol.md): shoald sends
 // {"op":"fork","id":n,"slot":s} with the new worker's socket attached; the zygote
@@ -10,6 +11,9 @@
 #pragma once
 
 #include <sys/types.h>
+
+#include <memory>
+#include <vector>
 
 #include "shoal/status.h"
 #include "worker/interpreter.h"
@@ -21,8 +25,9 @@ struct ForkedWorker {
   int slot;
 };
 
-// Serves fork requests on `fd` until shoald goes away (then exits the process). Returns
-// only in a forked worker, which continues as that worker.
-ForkedWorker RunZygote(int fd, Interpreter* interp, pid_t supervisor);
+// Freezes the interpreters' objects (gc.freeze), then serves fork requests on `fd` until
+// shoald goes away (then exits the process). Returns only in a forked worker, which
+// continues as that worker. The interpreters' GILs are released on entry and on return.
+ForkedWorker RunZygote(int fd, const std::vector<std::unique_ptr<Interpreter>>& interps, pid_t supervisor);
 
 }  // namespace shoal

@@ -73,6 +73,7 @@ class [[nodiscard]] Result {
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
   T&& operator*() && { return std::move(*this).value(); }
+  T value_or(T fallback) const { return ok() ? value() : fallback; }
 
  private:
   std::variant<T, Status> v_;

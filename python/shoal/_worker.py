@@ -21,9 +21,23 @@ def _error(rid, code, message, tb=None):
     return msgpack.packb({"v": VERSION, "id": rid, "ok": False, "error": err})
 
 
+def self_test():
+    """A small torch job: shoal-worker --check-interpreters runs it in two interpreters of
+    one process at once."""
+    x = torch.ones(8, 8)
+    layer = torch.nn.Linear(8, 8)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+        layer.bias.zero_()
+        y = layer(x @ x)
+    if float(y.sum()) != 8 * 8 * 64.0:
+        raise AssertionError(f"torch computed {float(y.sum())} instead of {8 * 8 * 64.0}")
+
+
 class Runner:
-    def __init__(self, slot):
+    def __init__(self, slot, interp=0):
         self.slot = slot
+        self.interp = interp
         self.models = {}   # name -> served object
         self.specs = {}    # name -> input specs from the manifest (or absent)
         self.arenas = {}   # arena id -> _native.Arena
