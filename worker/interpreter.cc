@@ -48,7 +48,11 @@ Result<std::unique_ptr<Interpreter>> Interpreter::Start(const std::string& pytho
   if (!copies_dir.empty()) {
     it->copies_ = std::make_unique<InterpreterCopies>(copies_dir, index);
     auto copy = it->copies_->PrepareHost(SHOAL_LIBPYTHON_PATH, lib);
-    if (!copy.ok()) return copy.status();
+    if (!copy.ok()) {
+      return Status(copy.status().code(), "interpreter " + std::to_string(index) +
+                                              ": cannot make its private library copies in " + it->copies_->dir() +
+                                              ": " + copy.status().message());
+    }
     lib = *copy;
     flags = RTLD_NOW | RTLD_LOCAL;
   }

@@ -69,6 +69,12 @@ class Daemon:
         return self.proc.returncode
 
 
+def running_models(worker):
+    """Models of the jobs a worker (an entry of status()["workers"]) runs now, one per busy
+    interpreter."""
+    return [i["job"]["model"] for i in worker["interpreters"] if i["job"]]
+
+
 def worker_vm_size_mb(make_daemon):
     """The address space of a worker of this build, in MiB (limits are set relative to it)."""
     d = make_daemon(workers=1)

@@ -13,7 +13,7 @@ import torch
 
 import shoal
 import shoal_test_models as models
-from conftest import BUILD, worker_vm_size_mb
+from conftest import BUILD, running_models, worker_vm_size_mb
 
 
 def memfds(pid):
@@ -177,7 +177,7 @@ def test_worker_killed_from_outside_mid_job(loaded, archives):
             with d.client() as probe:
                 while victim is None and time.time() < deadline:
                     for w in probe.status()["workers"]:
-                        if w["job"] and w["job"]["model"] == "sleeps":
+                        if "sleeps" in running_models(w):
                             victim = w["pid"]
                     time.sleep(0.02)
             os.kill(victim, signal.SIGKILL)
@@ -196,7 +196,7 @@ def test_client_that_disconnects_mid_job(loaded, archives):
         deadline = time.time() + 20
         with d.client() as probe:
             while time.time() < deadline and not any(
-                    w["job"] and w["job"]["model"] == "sleeps" for w in probe.status()["workers"]):
+                    "sleeps" in running_models(w) for w in probe.status()["workers"]):
                 time.sleep(0.02)
         p.kill()  # gone while its job runs
         p.wait()
