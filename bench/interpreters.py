@@ -1,0 +1,212 @@
+"""Throughput, latency and memory of several interpreters per worker, side by side with
+the alternatives, for a Python-overhead-bound model and for ResNet-18.
+
+One command (after scripts/build.sh):
+    /usr/bin/python3 bench/interpreters.py [--ks 1,2,4] [--seconds 4] [--runs 3]
+
+For each K, in one run and alternating:
+  (a) gil      one in-process interpreter shared by K threads (the GIL case)
+  (b) interp   shoald --workers 1 --interpreters K
+  (c) workers  shoald --workers K --interpreters 1
+Each configuration is driven to saturation by 2K client processes (Python clients, one
+connection each) for --seconds after a warm-up; throughput is jobs/s, p50/p99 are the
+clients' round trips. Every process uses one intra-op thread (torch.set_num_threads(1),
+OMP_NUM_THREADS=1), so K is the parallelism. Memory is the total Pss of the service
+(shoald + zygote + workers, /proc/PID/smaps_rollup) after the run. Medians over --runs.
+"""
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUILD = os.path.abspath(os.environ.get("SHOAL_BUILD_DIR", os.path.join(HERE, "..", "build")))
+sys.path.insert(0, os.path.join(BUILD, "python"))
+sys.path.insert(0, HERE)
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
+
+import shoal  # noqa: E402
+import bench_models  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def pss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def percentile(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def client_loop(socket, model, shape, seconds, out):
+    x = torch.randn(*shape)
+    lat = []
+    with shoal.Client(socket) as c:
+        xa = c.empty(shape)
+        xa.copy_(x)
+        for _ in range(3):
+            c.infer(model, xa)  # warm-up
+        out.put("ready")
+        start = out.get_start()
+        while time.perf_counter() < start + seconds:
+            t0 = time.perf_counter()
+            c.infer(model, xa)
+            lat.append(time.perf_counter() - t0)
+    out.put(lat)
+
+
+class Pipe:
+    """A child's channel: results up, the common start time down."""
+
+    def __init__(self):
+        self.up = mp.get_context("fork").Queue()
+        self.down = mp.get_context("fork").Queue()
+
+    def put(self, v):
+        self.up.put(v)
+
+    def get_start(self):
+        return self.down.get()
+
+
+def drive(socket, model, shape, clients, seconds):
+    pipes = [Pipe() for _ in range(clients)]
+    procs = [mp.get_context("fork").Process(target=client_loop, args=(socket, model, shape, seconds, p))
+             for p in pipes]
+    for p in procs:
+        p.start()
+    for p in pipes:
+        assert p.up.get(timeout=300) == "ready"
+    start = time.perf_counter() + 0.2
+    for p in pipes:
+        p.down.put(start)
+    lats = []
+    for p in pipes:
+        lats += p.up.get(timeout=seconds + 300)
+    for p in procs:
+        p.join()
+    return len(lats) / seconds, lats
+
+
+def run_gil(net, shape, threads, seconds):
+    x = torch.randn(*shape)
+    lats, lock = [], threading.Lock()
+    with torch.no_grad():
+        net(x)
+    start = time.perf_counter() + 0.2
+
+    def loop():
+        mine = []
+        with torch.no_grad():
+            while time.perf_counter() < start:
+                pass
+            while time.perf_counter() < start + seconds:
+                t0 = time.perf_counter()
+                net(x)
+                mine.append(time.perf_counter() - t0)
+        with lock:
+            lats.extend(mine)
+    ts = [threading.Thread(target=loop) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return len(lats) / seconds, lats, pss_kb(os.getpid())
+
+
+def run_shoald(archive, shape, workers, k, seconds, tmp):
+    sock = os.path.join(tmp, f"s-{workers}-{k}.sock")
+    log = open(os.path.join(tmp, f"shoald-{workers}-{k}.log"), "w")
+    proc = subprocess.Popen([os.path.join(BUILD, "bin", "shoald"), "--socket", sock, "--workers", str(workers),
+                             "--interpreters", str(k), "--interpreter-cache", os.path.join(tmp, "cache")],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(sock):
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(open(log.name).read())
+            time.sleep(0.05)
+        with shoal.Client(sock) as c:
+            c.load("m", archive)
+        rate, lats = drive(sock, "m", shape, 2 * workers * k, seconds)
+        with shoal.Client(sock) as c:
+            st = c.status()
+        pids = [proc.pid, st["zygote"]] + [w["pid"] for w in st["workers"]]
+        return rate, lats, sum(pss_kb(p) for p in pids if p and p > 0)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ks", default="1,2,4")
+    ap.add_argument("--seconds", type=float, default=4)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--models", default="python_bound,resnet18")
+    ap.add_argument("--json", help="also write the raw results here")
+    args = ap.parse_args()
+    ks = [int(k) for k in args.ks.split(",")]
+    tmp = tempfile.mkdtemp(prefix="shoal-interp-bench-")
+    torch.manual_seed(0)
+    nets = {}
+    if "python_bound" in args.models:
+        nets["python_bound"] = (bench_models.PythonBound().eval(), (1, 32))
+    if "resnet18" in args.models:
+        import torchvision
+        nets["resnet18"] = (torchvision.models.resnet18().eval(), (1, 3, 224, 224))
+    rows = []
+    for name, (net, shape) in nets.items():
+        archive = shoal.export(net, os.path.join(tmp, f"{name}.pt"))
+        results = {}
+        for run in range(args.runs):
+            for k in ks:
+                for mode in ("gil", "interp", "workers"):
+                    if mode == "gil":
+                        r = run_gil(net, shape, k, args.seconds)
+                    elif mode == "interp":
+                        r = run_shoald(archive, shape, 1, k, args.seconds, tmp)
+                    else:
+                        r = run_shoald(archive, shape, k, 1, args.seconds, tmp)
+                    results.setdefault((mode, k), []).append(r)
+                    print(f"{name} run {run} {mode} K={k}: {r[0]:.1f}/s, p50 {percentile(r[1], .5) * 1e3:.2f} ms, "
+                          f"Pss {r[2] / 1024:.0f} MB", file=sys.stderr, flush=True)
+        base = {m: statistics.median(x[0] for x in results[(m, 1)]) for m in ("gil", "interp", "workers")}
+        for (mode, k), rs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            rate = statistics.median(x[0] for x in rs)
+            rows.append({
+                "model": name, "mode": mode, "k": k, "jobs_per_s": rate,
+                "vs_own_k1": rate / base[mode], "vs_gil_k1": rate / base["gil"],
+                "p50_ms": statistics.median(percentile(x[1], .5) for x in rs) * 1e3,
+                "p99_ms": statistics.median(percentile(x[1], .99) for x in rs) * 1e3,
+                "pss_mb": statistics.median(x[2] for x in rs) / 1024,
+            })
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    print(f"cores: {os.cpu_count()}, torch {torch.__version__}, {args.runs} runs x {args.seconds} s, "
+          f"{'2K client processes' } for shoald")
+    print("| model | K | mode | jobs/s | x own K=1 | x gil K=1 | p50 ms | p99 ms | Pss MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['k']} | {r['mode']} | {r['jobs_per_s']:.1f} | {r['vs_own_k1']:.2f} | "
+              f"{r['vs_gil_k1']:.2f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['pss_mb']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
