@@ -51,34 +51,33 @@ TEST_CASE("a private copy has its own soname, no GNU_UNIQUE symbols, and its own
   fs::remove_all(dir);
 }
 
-TEST_CASE("an existing copy is reused; edits re-point dependencies", "[copies]") {
+TEST_CASE("an existing copy is reused; edits add and re-point dependencies", "[copies]") {
   if (!FindPatchelf().ok()) {
     WARN("patchelf is not installed: skipped");
     return;
   }
   auto dir = TempDir();
-  std::string dst = (dir / "copy.so").string();
-  CopyEdits edits;
-  auto needed = NeededLibraries(SHOAL_UNIQUE_FIXTURE);
-  REQUIRE(needed.ok());
-  std::string libstdcxx;
-  for (const auto& n : *needed) {
-    if (n.rfind("libstdc++.so", 0) == 0) libstdcxx = n;
-  }
-  REQUIRE(!libstdcxx.empty());
-  edits.replace_needed.push_back({libstdcxx, "/lib/x86_64-linux-gnu/" + libstdcxx});
-  edits.add_needed.push_back("libdl.so.2");
-  REQUIRE(MakePrivateCopy(SHOAL_UNIQUE_FIXTURE, dst, edits).ok());
-  auto after = *NeededLibraries(dst);
-  REQUIRE(std::find(after.begin(), after.end(), "/lib/x86_64-linux-gnu/" + libstdcxx) != after.end());
-  REQUIRE(std::find(after.begin(), after.end(), "libdl.so.2") != after.end());
-  auto mtime = fs::last_write_time(dst);
-  REQUIRE(MakePrivateCopy(SHOAL_UNIQUE_FIXTURE, dst, CopyEdits{}).ok());
-  REQUIRE(fs::last_write_time(dst) == mtime);
-  REQUIRE(fs::directory_iterator(dir) != fs::directory_iterator());  // no temporary left
+  std::string first = (dir / "first.so").string();
+  CopyEdits add;
+  add.add_needed.push_back("libshoal-test-a.so");
+  REQUIRE(MakePrivateCopy(SHOAL_UNIQUE_FIXTURE, first, add).ok());
+  auto needed = *NeededLibraries(first);
+  REQUIRE(std::find(needed.begin(), needed.end(), "libshoal-test-a.so") != needed.end());
+
+  std::string second = (dir / "second.so").string();
+  CopyEdits repoint;
+  repoint.replace_needed.push_back({"libshoal-test-a.so", "/opt/elsewhere/libshoal-test-b.so"});
+  REQUIRE(MakePrivateCopy(first, second, repoint).ok());
+  needed = *NeededLibraries(second);
+  REQUIRE(std::find(needed.begin(), needed.end(), "/opt/elsewhere/libshoal-test-b.so") != needed.end());
+  REQUIRE(std::find(needed.begin(), needed.end(), "libshoal-test-a.so") == needed.end());
+
+  auto mtime = fs::last_write_time(second);
+  REQUIRE(MakePrivateCopy(first, second, CopyEdits{}).ok());  // exists: reused as it is
+  REQUIRE(fs::last_write_time(second) == mtime);
   int files = 0;
   for (auto& e : fs::directory_iterator(dir)) files += e.is_regular_file();
-  REQUIRE(files == 1);
+  REQUIRE(files == 2);  // no temporary left behind
   fs::remove_all(dir);
 }
 
