@@ -206,7 +206,7 @@ def main():
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     print(f"cores: {os.cpu_count()}, torch {torch.__version__}, {args.runs} runs x {args.seconds} s, "
-          f"{'2K client processes' } for shoald")
+          "2K client processes for shoald")
     print("| model | K | mode | jobs/s | x own K=1 | x gil K=1 | p50 ms | p99 ms | Pss MB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

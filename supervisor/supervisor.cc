@@ -957,11 +957,13 @@ void Supervisor::OnDeadline(const std::shared_ptr<Job>& job) {
     return job->interp >= 0 && w.jobs[static_cast<size_t>(job->interp)] == job;
   };
   if (it == workers_.end() || it->second->gone || !running(*it->second)) return;
-  WorkerHandle* w = it->second.get();
-  w->kill_timer = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(config_.kill_grace_ms));
-  uint64_t gen = w->generation;
-  int slot = w->slot;
-  w->kill_timer->async_wait([this, gen, slot, job, running](const boost::system::error_code& ec) {
+  // The grace period is the job's own (its deadline timer, re-armed): with K interpreters
+  // several jobs of one worker may be past their deadlines, and each must still get its
+  // worker killed if it never returns.
+  uint64_t gen = it->second->generation;
+  int slot = it->second->slot;
+  job->deadline->expires_after(std::chrono::milliseconds(config_.kill_grace_ms));
+  job->deadline->async_wait([this, gen, slot, job, running](const boost::system::error_code& ec) {
     if (ec) return;
     auto it = workers_.find(slot);
     if (it == workers_.end() || it->second->generation != gen || it->second->gone || !running(*it->second)) return;

@@ -198,6 +198,34 @@ def test_crash_answers_the_jobs_of_all_three_interpreters_and_spares_the_other_w
         d.stop()
 
 
+def test_each_timed_out_job_gets_its_worker_killed_even_when_another_one_finishes(tmp_path, archives, needs_k):
+    # A never returns; B passes its deadline later but then finishes. A's kill must not be
+    # forgotten because B's grace period came after it.
+    d = start(tmp_path / "d", 1, 2, "--kill-grace-ms", "800")
+    try:
+        with d.client() as c:
+            c.load("loops", shoal.export(models.Loops(), tmp_path / "loops.pt"))
+            c.load("sleeps", archives["sleeps"])
+            pid = c.status()["workers"][0]["pid"]
+        threads, results = in_threads([
+            lambda: d.client().infer("loops", torch.ones(1), timeout=0.5),
+            lambda: (time.sleep(0.1), d.client().infer("sleeps", torch.tensor([1.0]), timeout=0.6))[1],
+        ])
+        for t in threads:
+            t.join()
+        assert all(isinstance(r, shoal.Timeout) for r in results)
+        deadline = time.time() + 20
+        with d.client() as c:
+            while time.time() < deadline and c.status()["worker_restarts"] == 0:
+                time.sleep(0.05)
+            assert c.status()["worker_restarts"] == 1
+            d.wait_ready("sleeps")
+            assert c.status()["workers"][0]["pid"] != pid
+            assert torch.equal(c.infer("sleeps", torch.tensor([0.0])), torch.tensor([0.0]))
+    finally:
+        d.stop()
+
+
 def test_weights_are_shared_by_the_interpreters_of_a_worker(tmp_path, archives, needs_k):
     net = models.BigWeights(100)
     path = shoal.export(net, tmp_path / "big.pt")
