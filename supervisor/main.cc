@@ -8,6 +8,7 @@
 #include <string>
 
 #include "package_format/archive_reader.h"
+#include "protocol/paths.h"
 #include "supervisor/config.h"
 #include "supervisor/supervisor.h"
 #include "supervisor/systemd.h"

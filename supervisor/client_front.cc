@@ -1,0 +1,304 @@
+#include "supervisor/client_front.h"
+
+#include <grp.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+
+#include "package_format/archive_reader.h"
+#include "protocol/channel.h"
+#include "supervisor/status_report.h"
+
+namespace shoal {
+
+namespace asio = boost::asio;
+using local = asio::local::stream_protocol;
+
+ClientFront::ClientFront(asio::io_context& io, const SupervisorConfig& config, ModelRegistry* registry,
+                         Scheduler* scheduler, ArenaTable* arenas, WorkerPool* pool)
+    : io_(io), config_(config), registry_(registry), scheduler_(scheduler), arenas_(arenas), pool_(pool),
+      started_(std::chrono::steady_clock::now()) {}
+
+Result<std::string> ClientFront::Listen() {
+  std::string where = config_.socket_path;
+  if (config_.listen_fd >= 0) {
+    // Socket activation: systemd owns the socket file, its mode and its group.
+    acceptor_ = std::make_unique<local::acceptor>(io_);
+    boost::system::error_code aec;
+    acceptor_->assign(local(), config_.listen_fd, aec);
+    if (aec) return Status(Code::kIoError, "cannot adopt the socket passed by systemd: " + aec.message());
+    where = "(socket from systemd)";
+  } else {
+    // A stale socket file from a dead shoald is removed; a live one is left alone.
+    std::filesystem::path sp(config_.socket_path);
+    std::error_code ec;
+    std::filesystem::create_directories(sp.parent_path(), ec);
+    if (std::filesystem::exists(sp)) {
+      local::socket probe(io_);
+      boost::system::error_code pec;
+      probe.connect(local::endpoint(config_.socket_path), pec);
+      if (!pec) return Status(Code::kUnavailable, "another shoald is serving " + config_.socket_path);
+      std::filesystem::remove(sp, ec);
+    }
+    try {
+      acceptor_ = std::make_unique<local::acceptor>(io_, local::endpoint(config_.socket_path));
+    } catch (const std::exception& e) {
+      return Status(Code::kIoError, "cannot listen on " + config_.socket_path + ": " + e.what());
+    }
+    // Who may connect is decided by the socket's directory; what they may do, per
+    // operation (SO_PEERCRED).
+    chmod(config_.socket_path.c_str(), 0666);
+  }
+  accepting_ = true;
+  Accept();
+  return where;
+}
+
+Status ClientFront::SetAdminGroup(const std::string& group) {
+  gid_t gid = static_cast<gid_t>(-1);
+  if (!group.empty()) {
+    struct group* g = getgrnam(group.c_str());
+    if (g == nullptr) {
+      return Status::BadRequest("admin_group '" + group + "' does not exist (create it or change admin_group in the "
+                                "configuration)");
+    }
+    gid = g->gr_gid;
+  }
+  admin_group_ = group;
+  admin_gid_ = gid;
+  return Status::Ok();
+}
+
+void ClientFront::StopAccepting() {
+  accepting_ = false;
+  boost::system::error_code ec;
+  if (acceptor_) acceptor_->close(ec);
+  if (config_.listen_fd < 0) {
+    std::error_code fec;
+    std::filesystem::remove(config_.socket_path, fec);
+  }
+}
+
+void ClientFront::CloseAll() {
+  for (auto& [id, s] : sessions_) s->channel->Close();
+}
+
+void ClientFront::Accept() {
+  acceptor_->async_accept([this](const boost::system::error_code& ec, local::socket sock) {
+    if (ec == asio::error::operation_aborted || !accepting_) return;
+    if (!ec) {
+      auto s = std::make_shared<ClientSession>();
+      s->id = next_session_++;
+      int fd = sock.release();
+      if (auto st = ReadPeerCredentials(fd, s.get()); !st.ok()) spdlog::warn("{}", st.ToString());
+      s->channel = std::make_shared<AsyncChannel>(io_, fd);
+      sessions_[s->id] = s;
+      std::weak_ptr<ClientSession> weak = s;
+      s->channel->Start(
+          [this, weak](std::string body, std::vector<int>* fds) {
+            if (auto s = weak.lock()) OnFrame(s, std::move(body), fds);
+          },
+          [this, weak](const Status& why) {
+            auto s = weak.lock();
+            if (!s) return;
+            if (why.code() == Code::kBadRequest) {
+              // A framing error cannot be resynchronised: say why, then hang up.
+              spdlog::warn("{}: {}", s->Describe(), why.message());
+              s->channel->Send(ErrorReply(0, why));
+            }
+            OnClosed(s);
+          });
+    } else {
+      spdlog::warn("accept: {}", ec.message());
+    }
+    Accept();
+  });
+}
+
+void ClientFront::ReplyOk(const std::shared_ptr<ClientSession>& s, uint64_t id) {
+  Writer w;
+  BeginReply(&w, id, 0);
+  s->channel->Send(w.body());
+}
+
+void ClientFront::OnFrame(const std::shared_ptr<ClientSession>& s, std::string body, std::vector<int>* fds) {
+  auto oh = Decode(body);
+  if (!oh.ok()) return s->channel->Send(ErrorReply(0, oh.status()));
+  MapView m(oh->get());
+  uint64_t id = 0;
+  if (auto rid = m.OptUint("id"); rid.ok() && rid->has_value()) id = **rid;
+  auto st = [&]() -> Status {
+    if (auto v = m.Uint("v"); !v.ok() || *v != kProtocolVersion) {
+      return Status::BadRequest("unsupported protocol version (this shoald speaks v" +
+                                std::to_string(kProtocolVersion) + "); upgrade the client");
+    }
+    auto op = m.Str("op");
+    if (!op.ok()) return op.status();
+    if (*op == "infer") return Infer(s, id, m);
+    if (*op == "register_arena") return RegisterArena(s, id, fds);
+    if (*op == "load") return Load(s, id, m);
+    if (*op == "unload") return Unload(s, id, m);
+    if (*op == "ping") {
+      ReplyOk(s, id);
+      return Status::Ok();
+    }
+    Writer w;
+    if (*op == "models") {
+      BeginReply(&w, id, 1);
+      PackModels(&w, *registry_);
+    } else if (*op == "status") {
+      ServiceFigures f;
+      f.clients = sessions_.size();
+      f.arenas = arenas_->size();
+      f.uptime_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+      PackStatus(&w, id, f, *registry_, *scheduler_, *pool_);
+    } else if (*op == "health") {
+      PackHealth(&w, id, scheduler_->stopped(), *registry_);
+    } else {
+      return Status::BadRequest("unknown operation '" + *op + "'");
+    }
+    s->channel->Send(w.body());
+    return Status::Ok();
+  }();
+  if (!st.ok()) s->channel->Send(ErrorReply(id, st));
+}
+
+void ClientFront::OnClosed(const std::shared_ptr<ClientSession>& s) {
+  s->closed = true;
+  // Queued jobs of this client are dropped; running ones finish and are discarded.
+  scheduler_->DropClient(s.get());
+  for (uint64_t a : s->arenas) {
+    pool_->DropArena(a);
+    arenas_->Drop(a);
+  }
+  sessions_.erase(s->id);
+}
+
+Status ClientFront::RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, std::vector<int>* fds) {
+  if (fds->empty()) return Status::BadRequest("register_arena needs a memfd attached (SCM_RIGHTS)");
+  auto fd = std::make_shared<OwnedFd>(fds->front());  // closed on every error path below
+  fds->erase(fds->begin());
+  if (s->arenas.size() >= 64) return Status::BadRequest("too many arenas on one connection (64 at most)");
+  auto arena = arenas_->Register(s->id, fd);
+  if (!arena.ok()) return arena.status();
+  s->arenas.insert(*arena);
+  Writer w;
+  BeginReply(&w, id, 1);
+  w.Key("arena"); w.Val(*arena);
+  s->channel->Send(w.body());
+  return Status::Ok();
+}
+
+Status ClientFront::CheckAdmin(const ClientSession& s, const std::string& what) const {
+  if (s.uid == 0 || s.uid == geteuid()) return Status::Ok();
+  if (admin_gid_ != static_cast<gid_t>(-1)) {
+    if (s.gid == admin_gid_) return Status::Ok();
+    for (gid_t g : s.groups) {
+      if (g == admin_gid_) return Status::Ok();
+    }
+  }
+  spdlog::warn("refused {} from {}: not an administrator", what, s.Describe());
+  return Status::BadRequest(what + " refused for uid " + std::to_string(s.uid) + ": " +
+                            (what == "load" ? "loading a model runs its code; " : "") +
+                            "only root, shoald's own user" +
+                            (admin_group_.empty() ? std::string() : " or members of group '" + admin_group_ + "'") +
+                            " may " + what + " models");
+}
+
+Status ClientFront::Load(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m) {
+  if (auto st = CheckAdmin(*s, "load"); !st.ok()) return st;
+  auto name = m.Str("name");
+  if (!name.ok()) return name.status();
+  auto path = m.Str("path");
+  if (!path.ok()) return path.status();
+  auto colon = name->find(':');
+  if (name->empty() || name->size() > 128 || name->find_first_of(" /\n\t") != std::string::npos ||
+      (colon != std::string::npos &&
+       (colon == 0 || colon + 1 == name->size() || name->find(':', colon + 1) != std::string::npos))) {
+    return Status::BadRequest("model name '" + *name +
+                              "' is invalid: use NAME or NAME:VERSION, 1-128 characters, no spaces or '/'");
+  }
+  if (path->empty() || (*path)[0] != '/') return Status::BadRequest("archive path '" + *path + "' must be absolute");
+  if (access(path->c_str(), R_OK) != 0) {
+    return Status::FromErrno("model '" + *name + "': cannot read archive " + *path, errno);
+  }
+  // Refuse broken archives here, before any worker runs code from them.
+  if (auto info = InspectArchiveFile(*path); !info.ok()) {
+    return Status(info.status().code(), "model '" + *name + "': " + info.status().message());
+  }
+  std::weak_ptr<ClientSession> weak = s;
+  return registry_->Load(*name, *path, [this, weak, id](const Status& st, const std::string& tb) {
+    auto s = weak.lock();
+    if (!s) return;
+    if (st.ok()) {
+      ReplyOk(s, id);
+    } else {
+      s->channel->Send(ErrorReply(id, st, tb));
+    }
+  });
+}
+
+Status ClientFront::Unload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m) {
+  if (auto st = CheckAdmin(*s, "unload"); !st.ok()) return st;
+  auto name = m.Str("name");
+  if (!name.ok()) return name.status();
+  std::weak_ptr<ClientSession> weak = s;
+  return registry_->Unload(*name, [this, weak, id] {
+    if (auto s = weak.lock(); s && !s->closed) ReplyOk(s, id);
+  });
+}
+
+Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m) {
+  if (scheduler_->stopped()) return Status(Code::kUnavailable, "shoald is shutting down; retry on another instance");
+  auto requested = m.Str("model");
+  if (!requested.ok()) return requested.status();
+  auto model = registry_->Resolve(*requested);
+  if (!model.ok()) return model.status();
+  auto inputs = m.Array("inputs");
+  if (!inputs.ok()) return inputs.status();
+  const auto& arr = (*inputs)->via.array;
+  if (arr.size > 256) return Status::BadRequest("too many inputs (" + std::to_string(arr.size) + ", at most 256)");
+  auto job = std::make_shared<Job>();
+  for (uint32_t i = 0; i < arr.size; ++i) {
+    std::string which = "input " + std::to_string(i) + ": ";
+    auto d = Descriptor::Parse(arr.ptr[i]);
+    if (!d.ok()) return Status::BadRequest(which + d.status().message());
+    const ArenaEntry* a = arenas_->FindOwned(d->arena, s->id);
+    if (a == nullptr) {
+      return Status::BadRequest(which + "arena " + std::to_string(d->arena) + " is not registered on this connection");
+    }
+    if (auto st = d->CheckBounds(a->size); !st.ok()) return Status::BadRequest(which + st.message());
+    job->inputs.push_back(std::move(*d));
+  }
+  auto timeout = m.OptUint("timeout_ms");
+  if (!timeout.ok()) return timeout.status();
+  auto retries = m.OptUint("retries");
+  if (!retries.ok()) return retries.status();
+  if (retries->value_or(0) > 1) {
+    return Status::BadRequest("retries must be 0 or 1: a job that crashed a worker is re-run at most once");
+  }
+  if (!job->inputs.empty()) {
+    job->out_arena = job->inputs[0].arena;
+  } else if (!s->arenas.empty()) {
+    job->out_arena = *s->arenas.begin();
+  } else {
+    return Status::BadRequest("register an arena before inferring: outputs are written into it");
+  }
+  job->retries = static_cast<int>(retries->value_or(0));
+  job->id = next_job_++;
+  job->request_id = id;
+  job->client = s;
+  job->model = *model;
+  uint64_t retry_ms = 0;
+  auto st = scheduler_->Submit(job, timeout->value_or(config_.default_timeout_ms), &retry_ms);
+  if (st.code() == Code::kOverloaded) {
+    s->channel->Send(ErrorReply(id, st, {}, retry_ms));
+    return Status::Ok();
+  }
+  return st;
+}
+
+}  // namespace shoal

@@ -1,0 +1,77 @@
+// ClientFront: the client socket. Accepts connections, decodes each client's operations
+// (docs/protocol.md), checks who may do what (SO_PEERCRED: load/unload only for admins),
+// validates an infer's descriptors against the client's own arenas, and hands the work to
+// the role that owns it: jobs to the scheduler, models to the registry, arenas to the
+// arena table. Owns the acceptor and the client sessions.
+// Thread-safety: loop thread only.
+#pragma once
+
+#include <sys/types.h>
+
+#include <boost/asio.hpp>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "protocol/messages.h"
+#include "supervisor/arena_table.h"
+#include "supervisor/client_session.h"
+#include "supervisor/config.h"
+#include "supervisor/model_registry.h"
+#include "supervisor/scheduler.h"
+#include "supervisor/worker_pool.h"
+
+namespace shoal {
+
+class ClientFront {
+ public:
+  // Everything passed must outlive the front.
+  ClientFront(boost::asio::io_context& io, const SupervisorConfig& config, ModelRegistry* registry,
+              Scheduler* scheduler, ArenaTable* arenas, WorkerPool* pool);
+  ClientFront(const ClientFront&) = delete;
+  ClientFront& operator=(const ClientFront&) = delete;
+
+  // Binds config.socket_path (removing a stale socket file, refusing a live one) or adopts
+  // config.listen_fd, and starts accepting. Returns the address it serves, for logs.
+  Result<std::string> Listen();
+  // Resolves the admin group (start-up and SIGHUP); an unknown group is an error and
+  // changes nothing.
+  Status SetAdminGroup(const std::string& group);
+  // Shutdown: stops accepting and removes the socket file it created; infer is refused.
+  void StopAccepting();
+  // Closes every client connection (after the last replies were queued).
+  void CloseAll();
+  size_t clients() const { return sessions_.size(); }
+
+ private:
+  void Accept();
+  void OnFrame(const std::shared_ptr<ClientSession>& s, std::string body, std::vector<int>* fds);
+  void OnClosed(const std::shared_ptr<ClientSession>& s);
+  Status RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, std::vector<int>* fds);
+  Status Load(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
+  Status Unload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
+  Status Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
+  // OK for admins; else a BAD_REQUEST that says who may `what`.
+  Status CheckAdmin(const ClientSession& s, const std::string& what) const;
+  void ReplyOk(const std::shared_ptr<ClientSession>& s, uint64_t id);
+
+  boost::asio::io_context& io_;
+  const SupervisorConfig& config_;
+  ModelRegistry* registry_;
+  Scheduler* scheduler_;
+  ArenaTable* arenas_;
+  WorkerPool* pool_;
+  std::unique_ptr<boost::asio::local::stream_protocol::acceptor> acceptor_;
+  bool accepting_ = false;
+  std::string admin_group_;
+  gid_t admin_gid_ = static_cast<gid_t>(-1);
+  std::chrono::steady_clock::time_point started_;
+  uint64_t next_session_ = 1;
+  uint64_t next_job_ = 1;
+  std::map<uint64_t, std::shared_ptr<ClientSession>> sessions_;
+};
+
+}  // namespace shoal

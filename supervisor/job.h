@@ -1,0 +1,42 @@
+// Job: one accepted inference request as the supervisor tracks it, from the client front
+// (which builds it) through the scheduler (queue, deadline, answer) to the worker pool (the
+// slot that runs it). Plain data shared by those roles; loop thread only.
+#pragma once
+
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "protocol/descriptor.h"
+#include "protocol/messages.h"
+#include "supervisor/client_session.h"
+
+namespace shoal {
+
+struct Job {
+  uint64_t id = 0;          // shoald's job id (also the id of the request to the worker)
+  uint64_t request_id = 0;  // the client's request id, echoed in the answer
+  std::weak_ptr<ClientSession> client;
+  std::string model;        // resolved key ("name" or "name:version")
+  std::vector<Descriptor> inputs;
+  uint64_t out_arena = 0;
+  bool answered = false;
+  int worker = -1;          // where it runs: worker slot, its interpreter, its generation
+  int interp = -1;
+  uint64_t generation = 0;
+  int retries = 0;          // how many times the client allows it to be re-run after a crash
+  int crashes = 0;          // workers it was running on that died
+  std::chrono::steady_clock::time_point accepted;
+  std::chrono::steady_clock::time_point started;
+  std::unique_ptr<boost::asio::steady_timer> deadline;
+};
+
+// A worker's answer to a request, or (reply == nullptr) why none will come: WORKER_CRASHED
+// when the worker died first, UNAVAILABLE when shoald stopped first.
+using ReplyFn = std::function<void(const Status& st, const MapView* reply)>;
+
+}  // namespace shoal

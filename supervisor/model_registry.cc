@@ -1,0 +1,276 @@
+#include "supervisor/model_registry.h"
+
+#include <spdlog/spdlog.h>
+
+namespace shoal {
+
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Is version a newer than b? Numbers compare as numbers, anything else as text.
+bool Newer(const std::string& a, const std::string& b) {
+  auto numeric = [](const std::string& v) {
+    return !v.empty() && v.find_first_not_of("0123456789") == std::string::npos && v.size() < 19;
+  };
+  if (numeric(a) && numeric(b)) return std::stoull(a) > std::stoull(b);
+  return a > b;
+}
+
+}  // namespace
+
+ModelRegistry::ModelRegistry(asio::io_context& io, const SupervisorConfig& config, ModelHosts* hosts, JobQueue* jobs)
+    : io_(io), config_(config), hosts_(hosts), jobs_(jobs) {}
+
+void ModelRegistry::AddConfigured(const std::string& name, const std::string& path) {
+  Entry& m = models_[name];
+  m.path = path;
+  m.loading = false;
+}
+
+std::string ModelRegistry::Loaded() const {
+  std::string out;
+  for (const auto& [name, m] : models_) out += (out.empty() ? "" : ", ") + name;
+  return out.empty() ? "(none)" : out;
+}
+
+void ModelRegistry::LoadIn(ModelHosts::Worker worker, const std::string& name, const std::string& path,
+                           ModelHosts::LoadDone done) {
+  auto keep = [this, name] {  // not unloaded or marked failed while the worker loaded it
+    auto m = models_.find(name);
+    return m != models_.end() && !m->second.failed;
+  };
+  hosts_->Load(worker, name, path, keep,
+               [this, name, done](const Status& st, const std::string& tb, const std::string& engine) {
+                 if (auto m = models_.find(name); m != models_.end() && !engine.empty()) m->second.engine = engine;
+                 done(st, tb, engine);
+               });
+}
+
+Status ModelRegistry::Load(const std::string& name, const std::string& path, Done done) {
+  if (auto old = models_.find(name); old != models_.end()) {
+    if (old->second.draining) {
+      return Status::BadRequest("model '" + name + "' is being unloaded; load it once that is done");
+    }
+    if (!old->second.failed) return Status::BadRequest("model '" + name + "' is already loaded; unload it first");
+    models_.erase(old);  // a failed model may be loaded again (fixed, presumably)
+  }
+  Entry& entry = models_[name];
+  entry.path = path;
+  entry.loading = true;
+  auto live = hosts_->Live();
+  if (live.empty()) {
+    // No live worker right now: replacements load it when they start.
+    entry.loading = false;
+    done(Status::Ok(), "");
+    return Status::Ok();
+  }
+  struct Gather {
+    size_t remaining = 0;
+    Status first_error;
+    std::string traceback;
+  };
+  auto op = std::make_shared<Gather>();
+  op->remaining = live.size();
+  auto finish = [this, op, name, done]() {
+    auto it = models_.find(name);
+    if (!op->first_error.ok()) {
+      hosts_->Unload(name);
+      if (it != models_.end()) models_.erase(it);
+      spdlog::warn("load of model '{}' failed: {}", name, op->first_error.ToString());
+      done(op->first_error, op->traceback);
+      return;
+    }
+    if (it == models_.end()) return done(Status::Ok(), "");
+    it->second.loading = false;
+    spdlog::info("model '{}' loaded", name);
+    done(Status::Ok(), "");
+    // Workers started while it loaded (replacements, a bigger pool) load it now.
+    for (const auto& w : hosts_->Live()) {
+      if (!hosts_->HasOrLoads(w, name)) {
+        LoadIn(w, name, it->second.path, [this](const Status&, const std::string&, const std::string&) {
+          jobs_->Dispatch();
+        });
+      }
+    }
+    jobs_->Dispatch();
+  };
+  for (const auto& w : live) {
+    LoadIn(w, name, path, [op, finish](const Status& st, const std::string& tb, const std::string&) {
+      if (!st.ok() && op->first_error.ok()) {
+        op->first_error = st;
+        op->traceback = tb;
+      }
+      if (--op->remaining == 0) finish();
+    });
+  }
+  return Status::Ok();
+}
+
+void ModelRegistry::LoadInto(ModelHosts::Worker worker,
+                             std::function<void(const std::string&, const Status&, const std::string&)> each,
+                             std::function<void()> all_done) {
+  auto remaining = std::make_shared<int>(0);
+  std::vector<std::pair<std::string, std::string>> todo;
+  for (const auto& [name, m] : models_) {
+    // A pending client load() covers the workers alive at its start.
+    if (!m.loading && !m.failed) todo.emplace_back(name, m.path);
+  }
+  *remaining = static_cast<int>(todo.size());
+  if (todo.empty()) return all_done();
+  for (const auto& [name, path] : todo) {
+    std::string model = name;
+    LoadIn(worker, name, path, [model, remaining, each, all_done](const Status& st, const std::string& tb, const std::string&) {
+      if (--*remaining == 0) all_done();
+      each(model, st, tb);
+    });
+  }
+}
+
+Status ModelRegistry::Unload(const std::string& name, std::function<void()> done) {
+  auto op = std::make_shared<UnloadOp>();
+  for (auto& [key, entry] : models_) {
+    bool match = key == name || (name.find(':') == std::string::npos && models_.count(name) == 0 &&
+                                 key.rfind(name + ":", 0) == 0);
+    if (match && !entry.draining) op->keys.insert(key);
+  }
+  if (op->keys.empty()) {
+    return Status(Code::kModelNotFound, "model '" + name + "' is not loaded (loaded: " + Loaded() + ")");
+  }
+  // Jobs it has accepted finish (or, after the grace period, are answered); new ones go
+  // elsewhere or are refused.
+  for (const auto& key : op->keys) models_[key].draining = true;
+  op->done = std::move(done);
+  op->grace = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(config_.unload_grace_ms));
+  std::weak_ptr<UnloadOp> weak = op;
+  op->grace->async_wait([this, weak](const boost::system::error_code& ec) {
+    auto op = weak.lock();
+    if (ec || !op) return;
+    for (const auto& key : op->keys) {
+      jobs_->FailQueued(key, [this](const Job& job) {
+        return Status(Code::kUnavailable, "model '" + job.model + "' was unloaded; job " + std::to_string(job.id) +
+                                              " did not start within the " + std::to_string(config_.unload_grace_ms) +
+                                              " ms grace period");
+      });
+    }
+    // Running jobs finish first anyway: a worker handles the unload after its job.
+    for (auto key : std::set<std::string>(op->keys)) FinishUnload(key);
+  });
+  unloads_.push_back(op);
+  CheckUnloads();
+  return Status::Ok();
+}
+
+void ModelRegistry::FinishUnload(const std::string& key) {
+  models_.erase(key);
+  hosts_->Unload(key);
+  spdlog::info("model '{}' unloaded", key);
+  for (auto it = unloads_.begin(); it != unloads_.end();) {
+    auto op = *it;
+    op->keys.erase(key);
+    if (op->keys.empty()) {
+      op->grace->cancel();
+      it = unloads_.erase(it);
+      op->done();
+    } else {
+      ++it;
+    }
+  }
+}
+
+void ModelRegistry::CheckUnloads() {
+  if (unloads_.empty()) return;
+  std::vector<std::string> idle;
+  for (const auto& [key, entry] : models_) {
+    if (entry.draining && jobs_->Pending(key) == 0) idle.push_back(key);
+  }
+  for (const auto& key : idle) FinishUnload(key);
+}
+
+Result<std::string> ModelRegistry::Resolve(const std::string& name) const {
+  if (auto it = models_.find(name); it != models_.end()) {
+    if (it->second.draining) {
+      return Status(Code::kModelNotFound, "model '" + name + "' is being unloaded and takes no new jobs");
+    }
+    if (it->second.failed) {
+      return Status(Code::kUnavailable, "model '" + name + "' is marked failed: " + it->second.last_error +
+                                            "; fix it and load it again (shoal unload/load)");
+    }
+    return name;
+  }
+  if (name.find(':') != std::string::npos) {
+    return Status(Code::kModelNotFound, "model '" + name + "' is not loaded (loaded: " + Loaded() + ")");
+  }
+  // The newest version that serves; while a new version loads, the previous one serves.
+  std::string best, best_loading;
+  for (const auto& [key, entry] : models_) {
+    if (key.rfind(name + ":", 0) != 0 || entry.draining || entry.failed) continue;
+    std::string version = key.substr(name.size() + 1);
+    std::string& slot = entry.loading ? best_loading : best;
+    if (slot.empty() || Newer(version, slot.substr(name.size() + 1))) slot = key;
+  }
+  if (!best.empty()) return best;
+  if (!best_loading.empty()) return best_loading;  // queue until it is ready
+  return Status(Code::kModelNotFound, "model '" + name + "' is not loaded (loaded: " + Loaded() +
+                                          "); load it with `shoal load " + name + " ARCHIVE`");
+}
+
+bool ModelRegistry::Ready(const std::string& key) const {
+  auto m = models_.find(key);
+  return m != models_.end() && !m->second.failed && hosts_->Serving(key) > 0;
+}
+
+bool ModelRegistry::AllReady() const {
+  for (const auto& [name, m] : models_) {
+    if (!Ready(name)) return false;
+  }
+  return true;
+}
+
+void ModelRegistry::RecordCrash(const std::string& key, const std::string& how) {
+  auto it = models_.find(key);
+  if (it == models_.end() || it->second.failed) return;
+  Entry& m = it->second;
+  auto now = Clock::now();
+  m.crashes.push_back(now);
+  while (!m.crashes.empty() && now - m.crashes.front() > std::chrono::seconds(config_.crash_window_s)) {
+    m.crashes.pop_front();
+  }
+  m.last_error = "its worker died from " + how;
+  if (static_cast<int>(m.crashes.size()) < config_.crash_loop_limit) return;
+  m.failed = true;
+  m.last_error = "it crashed " + std::to_string(m.crashes.size()) + " workers within " +
+                 std::to_string(config_.crash_window_s) + " s (last: " + how + ")";
+  spdlog::error("model '{}' is marked failed: {}", key, m.last_error);
+  if (on_failed_) on_failed_(key, m.last_error);
+  std::string why = m.last_error;
+  jobs_->FailQueued(key, [key, why](const Job&) {
+    return Status(Code::kUnavailable, "model '" + key + "' is marked failed: " + why);
+  });
+  hosts_->Unload(key);
+}
+
+std::vector<ModelRegistry::Info> ModelRegistry::List() const {
+  std::vector<Info> out;
+  for (const auto& [name, m] : models_) {
+    Info i;
+    i.name = name;
+    i.engine = m.engine;
+    i.path = m.path;
+    i.ready = Ready(name);
+    i.queued = jobs_->Queued(name);
+    i.failed = m.failed;
+    i.last_error = m.last_error;
+    out.push_back(std::move(i));
+  }
+  return out;
+}
+
+std::vector<std::string> ModelRegistry::Names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, m] : models_) out.push_back(name);
+  return out;
+}
+
+}  // namespace shoal

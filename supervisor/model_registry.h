@@ -1,0 +1,125 @@
+// ModelRegistry: which models shoald serves, under which names and versions, and in what
+// state: loading, serving, failed (crash loop), draining (being unloaded).
+//
+// Owns the model table, the load and unload state machines (a load goes to every live
+// worker and answers once with the first error; an unload waits for the model's jobs, up
+// to unload_grace_ms) and each model's crash record. Version resolution: "name:version" as
+// given; a plain "name" runs the newest servable "name:*". It reaches workers only
+// through ModelHosts (the worker pool in shoald, a fake in tests) and jobs only through
+// JobQueue (the scheduler).
+// Thread-safety: loop thread only; callbacks run on the loop thread.
+#pragma once
+
+#include <boost/asio.hpp>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "shoal/status.h"
+#include "supervisor/config.h"
+#include "supervisor/scheduler.h"
+
+namespace shoal {
+
+// What the registry needs of the worker pool.
+class ModelHosts {
+ public:
+  virtual ~ModelHosts() = default;
+  struct Worker {
+    int slot = -1;
+    uint64_t generation = 0;
+  };
+  virtual std::vector<Worker> Live() const = 0;
+  using LoadDone = std::function<void(const Status& st, const std::string& traceback, const std::string& engine)>;
+  // Loads `name` from `path` in `worker`. On success the model is marked ready there if
+  // keep() still holds when the reply comes, else unloaded again; then done() runs (once,
+  // also when the worker dies or is gone).
+  virtual void Load(Worker worker, const std::string& name, const std::string& path, std::function<bool()> keep,
+                    LoadDone done) = 0;
+  // Whether `worker` has `name` ready or a load of it in flight.
+  virtual bool HasOrLoads(Worker worker, const std::string& name) const = 0;
+  // Unloads `name` from every live worker that has it ready.
+  virtual void Unload(const std::string& name) = 0;
+  virtual size_t Serving(const std::string& name) const = 0;  // live workers with it ready
+};
+
+class ModelRegistry {
+ public:
+  // `config`, `hosts` and `jobs` must outlive the registry.
+  ModelRegistry(boost::asio::io_context& io, const SupervisorConfig& config, ModelHosts* hosts, JobQueue* jobs);
+  ModelRegistry(const ModelRegistry&) = delete;
+  ModelRegistry& operator=(const ModelRegistry&) = delete;
+
+  // Called with a model's name and why, when a crash loop marks it failed.
+  void set_on_failed(std::function<void(const std::string&, const std::string&)> fn) { on_failed_ = std::move(fn); }
+
+  // A model of the configuration: loaded into each worker as it starts.
+  void AddConfigured(const std::string& name, const std::string& path);
+
+  using Done = std::function<void(const Status& st, const std::string& traceback)>;
+  // Loads an archive (already validated) under `name` in every live worker; `done` runs
+  // once every worker answered. An immediate error (the name is taken) is returned instead.
+  Status Load(const std::string& name, const std::string& path, Done done);
+  // "name:version" unloads that version; a plain name unloads "name" or every "name:*".
+  // `done` runs once their jobs are finished or the grace period is over.
+  Status Unload(const std::string& name, std::function<void()> done);
+  // A new worker: loads every servable model into it; each(model, status, traceback) per
+  // model, then all_done().
+  void LoadInto(ModelHosts::Worker worker,
+                std::function<void(const std::string&, const Status&, const std::string&)> each,
+                std::function<void()> all_done);
+
+  // The key a job for `name` runs under (see above), or MODEL_NOT_FOUND / UNAVAILABLE.
+  Result<std::string> Resolve(const std::string& name) const;
+  bool Ready(const std::string& key) const;  // not failed, and some live worker has it
+  bool AllReady() const;
+  // A worker died while running or loading `key`.
+  void RecordCrash(const std::string& key, const std::string& how);
+  // Finishes unloads whose models have no jobs left.
+  void CheckUnloads();
+
+  struct Info {
+    std::string name, engine, path, last_error;
+    bool ready = false;
+    bool failed = false;
+    size_t queued = 0;
+  };
+  std::vector<Info> List() const;
+  std::vector<std::string> Names() const;
+  size_t size() const { return models_.size(); }
+
+ private:
+  struct Entry {
+    std::string path;
+    bool loading = true;    // a client's load() is still waiting for the workers
+    bool failed = false;    // crash loop: no longer loaded nor served until loaded again
+    bool draining = false;  // being unloaded: takes no new jobs, finishes those it has
+    std::string engine;     // "python" (torch.package) or "libtorch" (TorchScript), as workers report
+    std::string last_error;
+    std::deque<std::chrono::steady_clock::time_point> crashes;  // within the crash window
+  };
+  struct UnloadOp {
+    std::function<void()> done;
+    std::set<std::string> keys;  // still draining
+    std::unique_ptr<boost::asio::steady_timer> grace;
+  };
+  void LoadIn(ModelHosts::Worker worker, const std::string& name, const std::string& path, ModelHosts::LoadDone done);
+  void FinishUnload(const std::string& key);
+  std::string Loaded() const;  // "a, b:1" or "(none)", for errors
+
+  boost::asio::io_context& io_;
+  const SupervisorConfig& config_;
+  ModelHosts* hosts_;
+  JobQueue* jobs_;
+  std::function<void(const std::string&, const std::string&)> on_failed_;
+  std::map<std::string, Entry> models_;
+  std::vector<std::shared_ptr<UnloadOp>> unloads_;
+};
+
+}  // namespace shoal

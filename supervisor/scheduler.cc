@@ -1,0 +1,216 @@
+#include "supervisor/scheduler.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "supervisor/arena_table.h"
+#include "supervisor/output_check.h"
+
+namespace shoal {
+
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+Scheduler::Scheduler(asio::io_context& io, const SupervisorConfig& config, SlotPool* pool, const ArenaTable* arenas)
+    : io_(io), config_(config), pool_(pool), arenas_(arenas) {}
+
+Status Scheduler::Submit(const std::shared_ptr<Job>& job, uint64_t timeout_ms, uint64_t* retry_after_ms) {
+  if (stopped_) return Status(Code::kUnavailable, "shoald is shutting down; retry on another instance");
+  ModelStats& stats = stats_[job->model];
+  if (stats.queued >= config_.max_queue) {
+    // A hint: the time the slots need to work through the queue ahead, at least 1 ms.
+    double per_job = stats.avg_ms > 0 ? stats.avg_ms : 1.0;
+    *retry_after_ms = static_cast<uint64_t>(
+        std::max(1.0, per_job * static_cast<double>(stats.queued) / static_cast<double>(std::max<size_t>(pool_->Serving(job->model), 1))));
+    return Status(Code::kOverloaded, "model '" + job->model + "' has " + std::to_string(stats.queued) +
+                                         " jobs queued (max_queue); retry in about " +
+                                         std::to_string(*retry_after_ms) + " ms");
+  }
+  job->accepted = Clock::now();
+  if (timeout_ms > 0) {
+    job->deadline = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(timeout_ms));
+    std::weak_ptr<Job> weak = job;
+    job->deadline->async_wait([this, weak](const boost::system::error_code& ec) {
+      auto j = weak.lock();
+      if (!ec && j) OnDeadline(j);
+    });
+  }
+  Enqueue(job, false);
+  Dispatch();
+  return Status::Ok();
+}
+
+void Scheduler::Enqueue(const std::shared_ptr<Job>& job, bool front) {
+  if (front) {
+    queue_.push_front(job);
+  } else {
+    queue_.push_back(job);
+  }
+  ++stats_[job->model].queued;
+}
+
+std::shared_ptr<Job> Scheduler::Dequeue(std::deque<std::shared_ptr<Job>>::iterator& it) {
+  auto job = *it;
+  it = queue_.erase(it);  // erasing from a deque invalidates every iterator but the one returned
+  if (auto s = stats_.find(job->model); s != stats_.end() && s->second.queued > 0) --s->second.queued;
+  return job;
+}
+
+void Scheduler::DropClient(const ClientSession* session) {
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if ((*it)->client.lock().get() == session) {
+      auto job = Dequeue(it);
+      job->answered = true;
+      if (job->deadline) job->deadline->cancel();
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Scheduler::Stop() {
+  stopped_ = true;
+  auto queue = std::move(queue_);
+  queue_.clear();
+  for (auto& [model, s] : stats_) s.queued = 0;
+  for (const auto& job : queue) {
+    Fail(job, Status(Code::kUnavailable, "shoald is shutting down; job " + std::to_string(job->id) + " of model '" +
+                                             job->model + "' was not started"));
+  }
+}
+
+void Scheduler::FailQueued(const std::string& model, const std::function<Status(const Job&)>& why) {
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if ((*it)->model == model) {
+      auto job = Dequeue(it);
+      Fail(job, why(*job));
+    } else {
+      ++it;
+    }
+  }
+}
+
+size_t Scheduler::Queued(const std::string& model) const {
+  auto s = stats_.find(model);
+  return s == stats_.end() ? 0 : s->second.queued;
+}
+
+size_t Scheduler::Pending(const std::string& model) const {
+  return Queued(model) + static_cast<size_t>(pool_->RunningJobs(model));
+}
+
+void Scheduler::Dispatch() {
+  if (before_dispatch_) before_dispatch_();
+  if (stopped_) return;
+  // Jobs in queue order, each to a free slot of a worker that serves its model.
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    bool any_free = false;
+    auto slot = pool_->Pick((*it)->model, &any_free);
+    if (!any_free) return;  // every slot is busy
+    if (!slot) {
+      ++it;  // its model serves nowhere free yet
+      continue;
+    }
+    auto job = Dequeue(it);
+    job->started = Clock::now();
+    pool_->Run(*slot, job, [this, job](const Status& st, const MapView* reply) { OnReply(job, st, reply); });
+  }
+}
+
+void Scheduler::OnReply(const std::shared_ptr<Job>& job, const Status& st, const MapView* reply) {
+  if (!st.ok()) {
+    // The worker died under it. Re-run it only if the client asked for that, and never a
+    // job that has now crashed two workers.
+    if (!job->answered && ++job->crashes < 2 && job->retries > 0 && !stopped_) {
+      --job->retries;
+      spdlog::warn("job {} of model '{}' crashed its worker; re-running it once as the client asked", job->id,
+                   job->model);
+      Enqueue(job, true);
+    } else {
+      Fail(job, job->crashes >= 2 ? Status(st.code(), st.message() + " (it crashed a worker before too)") : st);
+    }
+    Dispatch();
+    return;
+  }
+  ModelStats& stats = stats_[job->model];
+  double ms = std::chrono::duration<double, std::milli>(Clock::now() - job->started).count();
+  stats.avg_ms = stats.avg_ms == 0 ? ms : 0.9 * stats.avg_ms + 0.1 * ms;
+
+  auto ok = reply->Bool("ok");
+  std::vector<uint64_t> blocks;
+  const msgpack::object* outputs = ok.ok() && *ok ? reply->Find("outputs") : nullptr;
+  Status check = Status::Ok();
+  if (outputs != nullptr) {
+    auto client = job->client.lock();
+    check = CheckOutputTree(
+        *outputs,
+        [&](uint64_t arena, uint64_t* size) {
+          const ArenaEntry* a = arenas_->Find(arena);
+          if (a == nullptr) return false;
+          if (arena != job->out_arena && (client == nullptr || a->owner != client->id)) return false;
+          *size = a->size;
+          return true;
+        },
+        &blocks);
+  }
+  if (job->answered && !blocks.empty() && arenas_->Find(job->out_arena) != nullptr) {
+    pool_->FreeBlocks(*job, job->out_arena, blocks);  // nobody will read these outputs (timed out)
+  }
+  if (!ok.ok() || !*ok) {
+    std::string tb;
+    Status err = StatusFromReply(*reply, &tb);
+    Fail(job, err, tb);
+  } else if (outputs == nullptr) {
+    Fail(job, Status::Internal("worker reply without outputs for job " + std::to_string(job->id)));
+  } else if (!check.ok()) {
+    Fail(job, Status::Internal("job " + std::to_string(job->id) + " of model '" + job->model + "': " + check.message()));
+  } else if (!job->answered) {
+    Writer r;
+    BeginReply(&r, job->request_id, 2);
+    r.Key("job"); r.Val(job->id);
+    r.Key("outputs"); r.pk().pack(*outputs);
+    Answer(job, r.body());
+    ++jobs_done_;
+  }
+  Dispatch();
+}
+
+void Scheduler::Answer(const std::shared_ptr<Job>& job, std::string_view body) {
+  if (job->answered) return;
+  job->answered = true;
+  if (job->deadline) job->deadline->cancel();
+  if (auto s = job->client.lock(); s && !s->closed) s->channel->Send(body);
+}
+
+void Scheduler::Fail(const std::shared_ptr<Job>& job, const Status& st, std::string_view traceback) {
+  if (job->answered) return;
+  ++jobs_failed_;
+  Answer(job, ErrorReply(job->request_id, st, traceback));
+}
+
+void Scheduler::OnDeadline(const std::shared_ptr<Job>& job) {
+  if (job->answered) return;
+  auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - job->accepted).count();
+  std::string what = "job " + std::to_string(job->id) + " of model '" + job->model + "'";
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    if (*it == job) {
+      Dequeue(it);
+      return Fail(job, Status(Code::kTimeout, what + " waited " + std::to_string(waited) +
+                                                  " ms in the queue and passed its deadline"));
+    }
+  }
+  Fail(job, Status(Code::kTimeout, what + " passed its deadline after " + std::to_string(waited) +
+                                       " ms while running; its worker is given " +
+                                       std::to_string(config_.kill_grace_ms) + " ms before it is killed"));
+  if (!pool_->IsRunning(*job)) return;
+  // The grace period is the job's own (its deadline timer, re-armed): with K interpreters
+  // several jobs of one worker may be past their deadlines, and each must still get its
+  // worker killed if it never returns.
+  job->deadline->expires_after(std::chrono::milliseconds(config_.kill_grace_ms));
+  job->deadline->async_wait([this, job](const boost::system::error_code& ec) {
+    if (!ec && pool_->IsRunning(*job)) pool_->Terminate(*job, "still runs timed-out job " + std::to_string(job->id));
+  });
+}
+
+}  // namespace shoal

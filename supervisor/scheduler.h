@@ -1,0 +1,117 @@
+// Scheduler: accepted jobs from the queue to free slots, and every job's answer.
+//
+// Owns the job queue (in arrival order; a re-run after a crash goes first), per-model
+// queue counts and run-time averages (for OVERLOADED retry hints), each job's deadline, and
+// the rule that every accepted job is answered exactly once: with its outputs, the model's
+// error, TIMEOUT, WORKER_CRASHED or UNAVAILABLE. It knows slots only through SlotPool (the
+// worker pool in shoald, a fake in tests) and clients only through their sessions.
+// Thread-safety: loop thread only; every callback runs on the loop thread.
+#pragma once
+
+#include <boost/asio.hpp>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "supervisor/config.h"
+#include "supervisor/job.h"
+
+namespace shoal {
+
+class ArenaTable;
+
+// What the scheduler needs of the worker pool.
+class SlotPool {
+ public:
+  virtual ~SlotPool() = default;
+  struct Slot {
+    int worker = -1;
+    int interp = -1;
+  };
+  // A free interpreter of a live worker that serves `model` (preferably one that ran it
+  // last, then the least busy worker), or nullopt; *any_free says whether any slot at all
+  // is free.
+  virtual std::optional<Slot> Pick(const std::string& model, bool* any_free) const = 0;
+  // Starts `job` on `slot` (fills job->worker/interp/generation/started); `done` runs once.
+  virtual void Run(Slot slot, const std::shared_ptr<Job>& job, ReplyFn done) = 0;
+  // Whether `job` still occupies the slot it was started on.
+  virtual bool IsRunning(const Job& job) const = 0;
+  // Kills the worker that runs `job` (SIGTERM, then SIGKILL).
+  virtual void Terminate(const Job& job, const std::string& why) = 0;
+  // Tells the worker that ran `job` to free output blocks nobody will read.
+  virtual void FreeBlocks(const Job& job, uint64_t arena, const std::vector<uint64_t>& blocks) = 0;
+  virtual int RunningJobs(const std::string& model = {}) const = 0;  // of one model, or all
+  virtual size_t Serving(const std::string& model) const = 0;          // live workers that serve it
+};
+
+// What the model registry needs of the scheduler.
+class JobQueue {
+ public:
+  virtual ~JobQueue() = default;
+  // Answers every queued job of `model` with why(job) and removes it from the queue.
+  virtual void FailQueued(const std::string& model, const std::function<Status(const Job&)>& why) = 0;
+  // Jobs of `model` queued or running; queued only.
+  virtual size_t Pending(const std::string& model) const = 0;
+  virtual size_t Queued(const std::string& model) const = 0;
+  virtual void Dispatch() = 0;
+};
+
+class Scheduler : public JobQueue {
+ public:
+  // `config`, `pool` and `arenas` must outlive the scheduler.
+  Scheduler(boost::asio::io_context& io, const SupervisorConfig& config, SlotPool* pool, const ArenaTable* arenas);
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Runs at the start of every Dispatch (shoald: unload drains and the shutdown drain).
+  void set_before_dispatch(std::function<void()> fn) { before_dispatch_ = std::move(fn); }
+
+  // Queues a job the front has validated; arms its deadline (`timeout_ms`, 0 = none).
+  // OVERLOADED (with *retry_after_ms set) when the model's queue is full.
+  Status Submit(const std::shared_ptr<Job>& job, uint64_t timeout_ms, uint64_t* retry_after_ms);
+  // A client hung up: its queued jobs are dropped; its running ones finish unanswered.
+  void DropClient(const ClientSession* session);
+  // Shutdown: queued jobs are answered UNAVAILABLE, new ones refused, Dispatch only drains.
+  void Stop();
+  bool stopped() const { return stopped_; }
+
+  void FailQueued(const std::string& model, const std::function<Status(const Job&)>& why) override;
+  size_t Pending(const std::string& model) const override;
+  size_t Queued(const std::string& model) const override;
+  void Dispatch() override;
+
+  size_t queued() const { return queue_.size(); }
+  uint64_t jobs_done() const { return jobs_done_; }
+  uint64_t jobs_failed() const { return jobs_failed_; }
+
+ private:
+  struct ModelStats {
+    size_t queued = 0;
+    double avg_ms = 0;  // moving average of its jobs' run time
+  };
+  void Enqueue(const std::shared_ptr<Job>& job, bool front);
+  // Removes *it from the queue and advances `it` past it.
+  std::shared_ptr<Job> Dequeue(std::deque<std::shared_ptr<Job>>::iterator& it);
+  void OnReply(const std::shared_ptr<Job>& job, const Status& st, const MapView* reply);
+  void OnDeadline(const std::shared_ptr<Job>& job);
+  void Answer(const std::shared_ptr<Job>& job, std::string_view body);
+  void Fail(const std::shared_ptr<Job>& job, const Status& st, std::string_view traceback = {});
+
+  boost::asio::io_context& io_;
+  const SupervisorConfig& config_;
+  SlotPool* pool_;
+  const ArenaTable* arenas_;
+  std::function<void()> before_dispatch_;
+  bool stopped_ = false;
+  std::deque<std::shared_ptr<Job>> queue_;
+  std::map<std::string, ModelStats> stats_;
+  uint64_t jobs_done_ = 0;
+  uint64_t jobs_failed_ = 0;
+};
+
+}  // namespace shoal

@@ -1,0 +1,82 @@
+#include "supervisor/status_report.h"
+
+#include <unistd.h>
+
+namespace shoal {
+
+void PackModels(Writer* w, const ModelRegistry& registry) {
+  auto models = registry.List();
+  w->Key("models");
+  w->pk().pack_array(static_cast<uint32_t>(models.size()));
+  for (const auto& m : models) {
+    w->Map(m.failed ? 7 : 6);
+    w->Key("name"); w->Str(m.name);
+    w->Key("engine"); w->Str(m.engine);
+    w->Key("path"); w->Str(m.path);
+    w->Key("ready"); w->Val(m.ready);
+    w->Key("queued"); w->Val(static_cast<uint64_t>(m.queued));
+    w->Key("failed"); w->Val(m.failed);
+    if (m.failed) { w->Key("last_error"); w->Str(m.last_error); }
+  }
+}
+
+void PackStatus(Writer* w, uint64_t id, const ServiceFigures& service, const ModelRegistry& registry,
+                const Scheduler& scheduler, const WorkerPool& pool) {
+  BeginReply(w, id, 11);
+  w->Key("pid"); w->Val(static_cast<int64_t>(getpid()));
+  w->Key("clients"); w->Val(service.clients);
+  w->Key("arenas"); w->Val(service.arenas);
+  w->Key("zygote"); w->Val(static_cast<int64_t>(pool.zygote_pid()));
+  w->Key("uptime_s"); w->Val(service.uptime_s);
+  w->Key("queued"); w->Val(static_cast<uint64_t>(scheduler.queued()));
+  w->Key("jobs_done"); w->Val(scheduler.jobs_done());
+  w->Key("jobs_failed"); w->Val(scheduler.jobs_failed());
+  w->Key("worker_restarts"); w->Val(pool.restarts());
+  PackModels(w, registry);
+  auto workers = pool.Describe();
+  w->Key("workers");
+  w->pk().pack_array(static_cast<uint32_t>(workers.size()));
+  for (const auto& wk : workers) {
+    w->Map(7);
+    w->Key("slot"); w->Val(wk.slot);
+    w->Key("pid"); w->Val(static_cast<int64_t>(wk.pid));
+    w->Key("state"); w->Str(wk.state);
+    w->Key("interpreters");  // what each interpreter runs
+    w->pk().pack_array(static_cast<uint32_t>(wk.interps.size()));
+    for (size_t i = 0; i < wk.interps.size(); ++i) {
+      const auto& in = wk.interps[i];
+      w->Map(3);
+      w->Key("index"); w->Val(static_cast<uint64_t>(i));
+      w->Key("state"); w->Str(wk.state == "restarting" ? "restarting" : in.busy ? "busy" : "idle");
+      w->Key("job");
+      if (in.busy) {
+        w->Map(2);
+        w->Key("id"); w->Val(in.job);
+        w->Key("model"); w->Str(in.model);
+      } else {
+        w->pk().pack_nil();
+      }
+    }
+    w->Key("models"); w->Val(wk.models);
+    w->Key("rss_kb"); w->Val(wk.memory.rss_kb);
+    w->Key("pss_kb"); w->Val(wk.memory.pss_kb);
+  }
+}
+
+void PackHealth(Writer* w, uint64_t id, bool stopping, const ModelRegistry& registry) {
+  auto models = registry.List();
+  bool all_ready = !stopping;
+  for (const auto& m : models) all_ready = all_ready && m.ready;
+  BeginReply(w, id, 4);
+  w->Key("live"); w->Val(true);  // answering at all is liveness
+  w->Key("ready"); w->Val(all_ready);
+  w->Key("stopping"); w->Val(stopping);
+  w->Key("models");
+  w->pk().pack_map(static_cast<uint32_t>(models.size()));
+  for (const auto& m : models) {
+    w->Key(m.name);
+    w->Val(m.ready);
+  }
+}
+
+}  // namespace shoal

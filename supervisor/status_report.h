@@ -1,0 +1,32 @@
+// The replies to `models`, `status` and `health` (docs/protocol.md): what the registry,
+// the scheduler and the worker pool report, packed into one message. Reads figures the
+// roles already hold (worker memory comes from the pool's sampler thread); no I/O.
+// Thread-safety: loop thread only.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+
+#include "protocol/messages.h"
+#include "supervisor/model_registry.h"
+#include "supervisor/scheduler.h"
+#include "supervisor/worker_pool.h"
+
+namespace shoal {
+
+// "models": [{name, engine, path, ready, queued, failed, last_error?}]
+void PackModels(Writer* w, const ModelRegistry& registry);
+
+struct ServiceFigures {
+  uint64_t clients = 0;
+  uint64_t arenas = 0;
+  double uptime_s = 0;
+  bool stopping = false;
+};
+// The body of a `status` reply to request `id`.
+void PackStatus(Writer* w, uint64_t id, const ServiceFigures& service, const ModelRegistry& registry,
+                const Scheduler& scheduler, const WorkerPool& pool);
+// The body of a `health` reply: live, ready (every model ready and not stopping), per model.
+void PackHealth(Writer* w, uint64_t id, bool stopping, const ModelRegistry& registry);
+
+}  // namespace shoal

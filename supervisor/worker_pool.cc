@@ -1,0 +1,363 @@
+#include "supervisor/worker_pool.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "protocol/channel.h"
+#include "shm/subprocess.h"
+
+namespace shoal {
+
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+WorkerPool::WorkerPool(asio::io_context& io, const SupervisorConfig& config, const ArenaTable* arenas,
+                       PoolListener* listener)
+    : io_(io), config_(config), arenas_(arenas), listener_(listener), zygote_(io) {}
+
+WorkerPool::~WorkerPool() {
+  // The loop has stopped: waiting here blocks nobody.
+  for (auto& [slot, w] : workers_) {
+    if (w->pid > 0 && !w->gone) kill(w->pid, SIGKILL);
+  }
+  for (auto& [slot, w] : workers_) {
+    if (w->pid > 0) waitpid(w->pid, nullptr, 0);
+  }
+  pid_t z = zygote_.pid();
+  zygote_.Kill();
+  if (z > 0) waitpid(z, nullptr, 0);
+}
+
+WorkerHandle* WorkerPool::Find(int slot, uint64_t generation) const {
+  auto it = workers_.find(slot);
+  if (it == workers_.end() || it->second->generation != generation || it->second->gone) return nullptr;
+  return it->second.get();
+}
+
+std::vector<std::string> WorkerPool::WorkerArgs() const {
+  std::vector<std::string> args;
+  if (config_.interpreters > 1) {
+    args = {"--interpreters", std::to_string(config_.interpreters), "--interpreter-cache", config_.interpreter_cache};
+  }
+  for (auto& a : config_.sandbox.ToArgs()) args.push_back(a);
+  return args;
+}
+
+void WorkerPool::Start() {
+  if (config_.zygote) {
+    std::vector<std::string> args = {"--zygote", "--supervisor", std::to_string(getpid())};
+    for (auto& a : WorkerArgs()) args.push_back(a);
+    zygote_.Start(config_.worker_binary, args);
+  }
+  for (int slot = 0; slot < config_.workers; ++slot) Spawn(slot);
+}
+
+void WorkerPool::Spawn(int slot) {
+  auto w = std::make_unique<WorkerHandle>();
+  w->slot = slot;
+  w->jobs.resize(static_cast<size_t>(config_.interpreters));
+  w->last_model.resize(static_cast<size_t>(config_.interpreters));
+  w->started = Clock::now();
+  w->generation = next_generation_++;
+  uint64_t gen = w->generation;
+  int sock = -1;
+  if (zygote_.alive()) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+      spdlog::error("socketpair for worker {}: {}", slot, std::strerror(errno));
+      return ScheduleRespawn(slot, std::chrono::milliseconds(1000));
+    }
+    sock = sv[0];
+    zygote_.Fork(slot, sv[1], [this, slot, gen](pid_t pid) {
+      WorkerHandle* w = Find(slot, gen);
+      if (w == nullptr) {
+        if (pid > 0) kill(pid, SIGKILL);  // its slot moved on; the reaper collects it
+        return;
+      }
+      if (pid <= 0) return OnGone(w, "no process (the zygote could not fork it)");
+      w->pid = pid;
+      if (auto e = early_exits_.find(pid); e != early_exits_.end()) {
+        int status = e->second;
+        early_exits_.erase(e);
+        return OnGone(w, DescribeWaitStatus(status));
+      }
+      memory_.Track(pid);
+      spdlog::info("worker {} forked by the zygote (pid {}) in {:.1f} ms", slot, pid,
+                   std::chrono::duration<double, std::milli>(Clock::now() - w->started).count());
+    });
+  } else {
+    std::vector<std::string> args = {"--slot", std::to_string(slot)};
+    for (auto& a : WorkerArgs()) args.push_back(a);
+    auto proc = SpawnWorkerProcess(config_.worker_binary, args);
+    if (!proc.ok()) {
+      spdlog::error("cannot start worker {}: {}", slot, proc.status().ToString());
+      return ScheduleRespawn(slot, std::chrono::milliseconds(1000));
+    }
+    w->pid = proc->pid;
+    memory_.Track(w->pid);
+    sock = proc->sock;
+    spdlog::info("started worker {} (pid {})", slot, w->pid);
+  }
+  w->channel = std::make_shared<AsyncChannel>(io_, sock);
+  WorkerHandle* raw = w.get();
+  workers_[slot] = std::move(w);
+  raw->channel->Start(
+      [this, slot, gen](std::string body, std::vector<int>* fds) {
+        CloseAll(fds);  // workers never send fds
+        if (WorkerHandle* w = Find(slot, gen)) OnFrame(w, body);
+      },
+      [this, slot, gen](const Status& why) {
+        WorkerHandle* w = Find(slot, gen);
+        if (w == nullptr) return;
+        if (why.code() != Code::kUnavailable) spdlog::warn("{}: {}", w->Describe(), why.ToString());
+        if (w->pid <= 0) return OnGone(w, "exit before it was started (the zygote died)");
+        // EOF: the process is exiting or exited. Make sure, and let the reaper say how it
+        // died; if it is not ours to reap, give up waiting after a while.
+        kill(w->pid, SIGKILL);
+        w->kill_timer = std::make_unique<asio::steady_timer>(io_, std::chrono::seconds(2));
+        w->kill_timer->async_wait([this, slot, gen](const boost::system::error_code& ec) {
+          if (WorkerHandle* w = Find(slot, gen); !ec && w != nullptr) OnGone(w, "closed its socket");
+        });
+      });
+  listener_->OnWorkerSpawned({slot, gen});
+}
+
+void WorkerPool::MarkStarted(Worker worker) {
+  WorkerHandle* w = Find(worker.slot, worker.generation);
+  if (w == nullptr) return;
+  w->ready = true;
+  spdlog::info("{} serves {} models, {:.1f} ms after it was asked for", w->Describe(), w->ready_models.size(),
+               std::chrono::duration<double, std::milli>(Clock::now() - w->started).count());
+}
+
+void WorkerPool::ScheduleRespawn(int slot, std::chrono::milliseconds delay) {
+  if (stopping_) return;
+  if (delay.count() == 0) return Spawn(slot);
+  auto t = std::make_shared<asio::steady_timer>(io_, delay);
+  t->async_wait([this, slot, t](const boost::system::error_code& ec) {
+    if (!ec && !stopping_) Spawn(slot);
+  });
+}
+
+void WorkerPool::Reap() {
+  for (;;) {
+    int status = 0;
+    pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) return;
+    memory_.Untrack(pid);
+    if (pid == zygote_.pid()) {
+      zygote_.OnExited(DescribeWaitStatus(status));
+      continue;
+    }
+    WorkerHandle* found = nullptr;
+    bool unforked = false;  // a worker still waiting for the zygote to name its pid
+    for (auto& [slot, w] : workers_) {
+      if (w->pid == pid && !w->gone) found = w.get();
+      unforked = unforked || (w->pid <= 0 && !w->gone);
+    }
+    if (found != nullptr) {
+      OnGone(found, DescribeWaitStatus(status));
+    } else if (unforked && early_exits_.size() < 64) {
+      early_exits_[pid] = status;
+    }
+  }
+}
+
+void WorkerPool::Send(WorkerHandle* w, uint64_t id, std::string_view body, ReplyFn fn) {
+  w->pending[id] = std::move(fn);
+  w->channel->Send(body);
+}
+
+void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body) {
+  auto oh = Decode(body);
+  if (!oh.ok()) {
+    spdlog::error("{} sent an undecodable message: {}", w->Describe(), oh.status().ToString());
+    if (w->pid > 0) kill(w->pid, SIGKILL);
+    return;
+  }
+  MapView m(oh->get());
+  auto id = m.Uint("id");
+  if (!id.ok()) {
+    spdlog::error("{} sent a message without id", w->Describe());
+    return;
+  }
+  auto it = w->pending.find(*id);
+  if (it == w->pending.end()) {
+    spdlog::warn("{} answered unknown request {}", w->Describe(), *id);
+    return;
+  }
+  auto fn = std::move(it->second);
+  w->pending.erase(it);
+  w->pending_model.erase(*id);
+  fn(Status::Ok(), &m);
+  RetireIfDone(w);
+}
+
+void WorkerPool::OnGone(WorkerHandle* w, const std::string& how) {
+  if (w->gone) return;
+  w->gone = true;
+  w->channel->Close();
+  if (w->kill_timer) w->kill_timer->cancel();
+  if (w->pid > 0) memory_.Untrack(w->pid);
+  // Which interpreter crashed is not known from outside: every model with a job or a
+  // load in flight on the worker counts the crash (with K = 1, the one that crashed it).
+  std::set<std::string> culprits;
+  for (const auto& [rid, model] : w->pending_model) culprits.insert(model);
+  w->pending_model.clear();
+  ++restarts_;
+  std::string job_part;
+  for (const auto& j : w->jobs) {
+    if (j) job_part += (job_part.empty() ? " while running job " : ", job ") + std::to_string(j->id) + " of model '" + j->model + "'";
+  }
+  spdlog::error("{} died: {}{}", w->Describe(), how, job_part);
+  // Answer everything it owed, in request order; the callbacks may touch the pool.
+  auto pending = std::move(w->pending);
+  w->pending.clear();
+  auto jobs = std::move(w->jobs);
+  w->jobs.assign(jobs.size(), nullptr);
+  w->ready_models.clear();
+  w->arenas.clear();
+  std::string who = "worker " + std::to_string(w->slot) + " (pid " + std::to_string(w->pid) + ")";
+  for (auto& [rid, fn] : pending) {
+    std::shared_ptr<Job> job;
+    for (const auto& j : jobs) {
+      if (j && j->id == rid) job = j;
+    }
+    std::string what =
+        !job ? who + " died from " + how + " before answering"
+             : who + " died from " + how + " while running job " + std::to_string(rid) + " of model '" + job->model +
+                   "'" +
+                   (jobs.size() > 1 ? " on interpreter " + std::to_string(job->interp) + " of " +
+                                          std::to_string(jobs.size()) + " (any of them may have crashed it)"
+                                    : std::string()) +
+                   "; the worker is being replaced and the job was not retried";
+    fn(Status(Code::kWorkerCrashed, what), nullptr);
+  }
+  int slot = w->slot;
+  bool was_ready = w->ready;
+  listener_->OnWorkerDied(culprits, how);
+  if (stopping_ || slot >= config_.workers) return;  // shutting down, or the pool shrank
+  // A worker that dies while starting (loading its models) is replaced with capped
+  // exponential backoff; one that dies running a job is replaced at once (a model whose
+  // jobs keep crashing workers is cut off by the registry instead).
+  int streak = !was_ready ? ++crash_streak_[slot] : (crash_streak_[slot] = 0);
+  auto delay = std::chrono::milliseconds(streak <= 1 ? 0 : std::min(100 << std::min(streak - 2, 6), 5000));
+  ScheduleRespawn(slot, delay);
+}
+
+void WorkerPool::TerminateWorker(WorkerHandle* w, const std::string& why) {
+  if (w->gone || w->pid <= 0) return;
+  spdlog::warn("{} {}: SIGTERM, then SIGKILL after 500 ms", w->Describe(), why);
+  kill(w->pid, SIGTERM);
+  w->kill_timer = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(500));
+  pid_t pid = w->pid;
+  int slot = w->slot;
+  uint64_t gen = w->generation;
+  w->kill_timer->async_wait([this, pid, slot, gen](const boost::system::error_code& ec) {
+    if (!ec && Find(slot, gen) != nullptr) kill(pid, SIGKILL);
+  });
+}
+
+void WorkerPool::RetireIfDone(WorkerHandle* w) {
+  if (!w->retiring || w->gone || w->Running() > 0 || !w->pending.empty()) return;
+  int slot = w->slot;
+  spdlog::info("{} retired", w->Describe());
+  w->gone = true;
+  w->channel->Close();  // the worker exits on EOF; the reaper collects it
+  workers_.erase(slot);
+  if (slot < config_.workers && !stopping_) Spawn(slot);
+  listener_->OnSlotsChanged();
+}
+
+void WorkerPool::Resize(bool sandbox_changed) {
+  if (sandbox_changed && zygote_.alive()) {
+    zygote_.Kill();
+    std::vector<std::string> args = {"--zygote", "--supervisor", std::to_string(getpid())};
+    for (auto& a : WorkerArgs()) args.push_back(a);
+    zygote_.Start(config_.worker_binary, args);
+  }
+  std::vector<int> retire;
+  for (auto& [slot, w] : workers_) {
+    if (slot >= config_.workers && !w->gone) retire.push_back(slot);
+  }
+  for (int slot : retire) {
+    auto it = workers_.find(slot);
+    if (it == workers_.end()) continue;
+    it->second->retiring = true;
+    RetireIfDone(it->second.get());
+  }
+  for (auto it = workers_.begin(); it != workers_.end();) {  // crashed slots beyond the new size
+    it = it->first >= config_.workers && it->second->gone ? workers_.erase(it) : std::next(it);
+  }
+  for (int slot = 0; slot < config_.workers; ++slot) {
+    if (workers_.count(slot) == 0) Spawn(slot);
+  }
+}
+
+void WorkerPool::Stop() {
+  stopping_ = true;
+  zygote_.set_stopping();
+}
+
+void WorkerPool::KillAll() {
+  Stop();
+  for (auto& [slot, w] : workers_) {
+    if (w->gone) continue;
+    // Requests still in flight are answered too: nobody is left waiting.
+    auto pending = std::move(w->pending);
+    w->pending.clear();
+    auto jobs = std::move(w->jobs);
+    w->jobs.assign(jobs.size(), nullptr);
+    for (auto& [rid, fn] : pending) {
+      std::string what = "shoald stopped before " + w->Describe() + " answered";
+      for (const auto& j : jobs) {
+        if (j && j->id == rid) what = "shoald stopped before job " + std::to_string(rid) + " of model '" + j->model + "' finished";
+      }
+      fn(Status(Code::kUnavailable, what), nullptr);
+    }
+    w->gone = true;
+    if (w->pid > 0) kill(w->pid, SIGKILL);
+    w->channel->Close();
+  }
+  zygote_.Kill();
+}
+
+void WorkerPool::DropArena(uint64_t arena) {
+  for (auto& [slot, w] : workers_) {
+    if (w->gone || w->arenas.erase(arena) == 0) continue;
+    Writer m;
+    BeginNotice(&m, "drop_arena", 1);
+    m.Key("arena"); m.Val(arena);
+    w->channel->Send(m.body());
+  }
+}
+
+void WorkerPool::SendArenaIfNeeded(WorkerHandle* w, uint64_t arena) {
+  if (w->arenas.count(arena) != 0) return;
+  const ArenaEntry* a = arenas_->Find(arena);
+  if (a == nullptr) return;
+  Writer m;
+  BeginNotice(&m, "arena", 1);
+  m.Key("arena"); m.Val(arena);
+  w->channel->Send(m.body(), {a->fd});
+  w->arenas.insert(arena);
+}
+
+bool WorkerPool::AllServe(const std::vector<std::string>& models) const {
+  for (const auto& [slot, w] : workers_) {
+    if (w->gone) return false;
+    for (const auto& name : models) {
+      if (w->ready_models.count(name) == 0) return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace shoal

@@ -1,0 +1,133 @@
+// WorkerPool: the shoal-worker processes and their slots.
+//
+// Owns every WorkerHandle (process, socket, requests in flight, the job of each
+// interpreter, models ready in it, arenas it was sent), the zygote link, restart backoff,
+// resizing and recycling, and the per-worker memory figures. Spawns through the zygote
+// (exec when there is none); learns of deaths from the reaper (SIGCHLD, waitpid WNOHANG)
+// and from EOF, never by blocking. Every request to a worker is answered exactly once:
+// with the reply, WORKER_CRASHED if the worker dies first, or UNAVAILABLE at shutdown.
+// Serves the scheduler as its SlotPool and the registry as its ModelHosts; tells the
+// service what happened through PoolListener.
+// Thread-safety: loop thread only; callbacks run on the loop thread.
+#pragma once
+
+#include <boost/asio.hpp>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "supervisor/arena_table.h"
+#include "supervisor/config.h"
+#include "supervisor/model_registry.h"
+#include "supervisor/process_memory.h"
+#include "supervisor/scheduler.h"
+#include "supervisor/worker_handle.h"
+#include "supervisor/zygote_link.h"
+
+namespace shoal {
+
+class PoolListener {
+ public:
+  virtual ~PoolListener() = default;
+  // A new worker has a socket: its start-up loads should begin (then MarkStarted).
+  virtual void OnWorkerSpawned(ModelHosts::Worker worker) = 0;
+  // A worker died; `culprits` are the models it was running or loading.
+  virtual void OnWorkerDied(const std::set<std::string>& culprits, const std::string& how) = 0;
+  // Slots were freed or workers retired: time to dispatch.
+  virtual void OnSlotsChanged() = 0;
+};
+
+class WorkerPool : public SlotPool, public ModelHosts {
+ public:
+  // `config`, `arenas` and `listener` must outlive the pool.
+  WorkerPool(boost::asio::io_context& io, const SupervisorConfig& config, const ArenaTable* arenas,
+             PoolListener* listener);
+  ~WorkerPool() override;  // kills what is left and waits for it (after the loop stopped)
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+
+  // Starts the zygote (if configured) and config.workers workers.
+  void Start();
+  // SIGCHLD: collects every exited child (WNOHANG).
+  void Reap();
+  // The worker's start-up loads are done (a crash after this is not a start-up crash).
+  void MarkStarted(Worker worker);
+  // Starts or retires workers to match config.workers; restarts the zygote when the
+  // sandbox settings changed (new limits apply to workers started from then on).
+  void Resize(bool sandbox_changed);
+  // An arena was dropped: workers that have it unmap it.
+  void DropArena(uint64_t arena);
+  // Shutdown: no more respawns; Kill answers every pending request UNAVAILABLE and kills
+  // every process (the reaper or the destructor collects them).
+  void Stop();
+  void KillAll();
+  // Every worker is live and has each of `models` ready.
+  bool AllServe(const std::vector<std::string>& models) const;
+
+  struct InterpInfo {
+    bool busy = false;
+    uint64_t job = 0;
+    std::string model;
+  };
+  struct WorkerInfo {
+    int slot = 0;
+    pid_t pid = -1;
+    std::string state;  // idle, busy, partly busy, restarting
+    std::vector<InterpInfo> interps;
+    std::vector<std::string> models;
+    ProcessMemory memory;
+  };
+  std::vector<WorkerInfo> Describe() const;
+  pid_t zygote_pid() const { return zygote_.pid(); }
+  uint64_t restarts() const { return restarts_; }
+
+  // SlotPool
+  std::optional<Slot> Pick(const std::string& model, bool* any_free) const override;
+  void Run(Slot slot, const std::shared_ptr<Job>& job, ReplyFn done) override;
+  bool IsRunning(const Job& job) const override;
+  void Terminate(const Job& job, const std::string& why) override;
+  void FreeBlocks(const Job& job, uint64_t arena, const std::vector<uint64_t>& blocks) override;
+  int RunningJobs(const std::string& model = {}) const override;
+  size_t Serving(const std::string& model) const override;
+
+  // ModelHosts
+  std::vector<Worker> Live() const override;
+  void Load(Worker worker, const std::string& name, const std::string& path, std::function<bool()> keep,
+            LoadDone done) override;
+  bool HasOrLoads(Worker worker, const std::string& name) const override;
+  void Unload(const std::string& name) override;
+
+ private:
+  WorkerHandle* Find(int slot, uint64_t generation) const;  // the live worker, or nullptr
+  std::vector<std::string> WorkerArgs() const;
+  void Spawn(int slot);
+  void ScheduleRespawn(int slot, std::chrono::milliseconds delay);
+  void OnFrame(WorkerHandle* w, const std::string& body);
+  void OnGone(WorkerHandle* w, const std::string& how);
+  void TerminateWorker(WorkerHandle* w, const std::string& why);
+  void RetireIfDone(WorkerHandle* w);
+  void Send(WorkerHandle* w, uint64_t id, std::string_view body, ReplyFn fn);
+  void SendUnload(WorkerHandle* w, const std::string& model);
+  void SendArenaIfNeeded(WorkerHandle* w, uint64_t arena);
+
+  boost::asio::io_context& io_;
+  const SupervisorConfig& config_;
+  const ArenaTable* arenas_;
+  PoolListener* listener_;
+  ZygoteLink zygote_;
+  ProcessMemorySampler memory_;
+  bool stopping_ = false;
+  uint64_t next_generation_ = 1;
+  uint64_t next_request_ = uint64_t{1} << 62;  // control requests; job requests carry the job id (below)
+  std::map<int, std::unique_ptr<WorkerHandle>> workers_;
+  // Exits reaped before the zygote told us the pid (a worker that died at once): pid ->
+  // wait status, claimed when the pid arrives. Bounded.
+  std::map<pid_t, int> early_exits_;
+  std::map<int, int> crash_streak_;  // slot -> consecutive crashes before a worker finished starting
+  uint64_t restarts_ = 0;
+};
+
+}  // namespace shoal

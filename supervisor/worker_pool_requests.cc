@@ -1,0 +1,198 @@
+// WorkerPool, the requests side: jobs on slots (SlotPool) and models in workers
+// (ModelHosts). The process side (spawn, reap, retire) is worker_pool.cc.
+#include <spdlog/spdlog.h>
+
+#include "supervisor/worker_pool.h"
+
+namespace shoal {
+
+using Clock = std::chrono::steady_clock;
+
+std::optional<SlotPool::Slot> WorkerPool::Pick(const std::string& model, bool* any_free) const {
+  // Preferring a slot that ran this model last (its code and weights are warm in that
+  // interpreter's caches), then the least busy worker.
+  const WorkerHandle* best = nullptr;
+  int best_interp = -1;
+  bool best_warm = false;
+  *any_free = false;
+  for (const auto& [slot, w] : workers_) {
+    if (w->gone || w->retiring) continue;
+    int i = w->FreeInterpreter(model);
+    if (i < 0) continue;
+    *any_free = true;
+    if (w->ready_models.count(model) == 0) continue;
+    bool warm = w->last_model[static_cast<size_t>(i)] == model;
+    if (best == nullptr || (warm && !best_warm) || (warm == best_warm && w->Running() < best->Running())) {
+      best = w.get();
+      best_interp = i;
+      best_warm = warm;
+    }
+  }
+  if (best == nullptr) return std::nullopt;
+  return Slot{best->slot, best_interp};
+}
+
+void WorkerPool::Run(Slot slot, const std::shared_ptr<Job>& job, ReplyFn done) {
+  WorkerHandle* w = workers_.at(slot.worker).get();
+  for (const auto& d : job->inputs) SendArenaIfNeeded(w, d.arena);
+  SendArenaIfNeeded(w, job->out_arena);
+  auto i = static_cast<size_t>(slot.interp);
+  w->jobs[i] = job;
+  w->last_model[i] = job->model;
+  job->worker = w->slot;
+  job->interp = slot.interp;
+  job->generation = w->generation;
+  w->pending_model[job->id] = job->model;
+  Writer m;
+  BeginRequest(&m, "infer", job->id, 4);
+  m.Key("interp"); m.Val(static_cast<uint64_t>(slot.interp));
+  m.Key("model"); m.Str(job->model);
+  m.Key("out_arena"); m.Val(job->out_arena);
+  m.Key("inputs");
+  m.pk().pack_array(static_cast<uint32_t>(job->inputs.size()));
+  for (const auto& d : job->inputs) d.Pack(&m);
+  uint64_t gen = w->generation;
+  Send(w, job->id, m.body(), [this, gen, job, done](const Status& st, const MapView* reply) {
+    WorkerHandle* w = Find(job->worker, gen);
+    if (w != nullptr && w->jobs[static_cast<size_t>(job->interp)] == job) {
+      w->jobs[static_cast<size_t>(job->interp)].reset();
+      if (w->kill_timer) w->kill_timer->cancel();
+      ++w->jobs_run;
+      if (config_.max_jobs_per_worker > 0 && w->jobs_run >= config_.max_jobs_per_worker && !w->retiring) {
+        w->retiring = true;  // recycled once this reply is through (RetireIfDone)
+        spdlog::info("{} ran {} jobs: recycling it", w->Describe(), w->jobs_run);
+      }
+    }
+    done(st, reply);
+  });
+}
+
+bool WorkerPool::IsRunning(const Job& job) const {
+  const WorkerHandle* w = Find(job.worker, job.generation);
+  return w != nullptr && job.interp >= 0 && w->jobs[static_cast<size_t>(job.interp)].get() == &job;
+}
+
+void WorkerPool::Terminate(const Job& job, const std::string& why) {
+  if (WorkerHandle* w = Find(job.worker, job.generation)) TerminateWorker(w, why);
+}
+
+void WorkerPool::FreeBlocks(const Job& job, uint64_t arena, const std::vector<uint64_t>& blocks) {
+  WorkerHandle* w = Find(job.worker, job.generation);
+  if (w == nullptr) return;
+  Writer f;
+  BeginNotice(&f, "free", 2);
+  f.Key("arena"); f.Val(arena);
+  f.Key("blocks"); f.Val(blocks);
+  w->channel->Send(f.body());
+}
+
+int WorkerPool::RunningJobs(const std::string& model) const {
+  int n = 0;
+  for (const auto& [slot, w] : workers_) {
+    if (w->gone) continue;
+    for (const auto& j : w->jobs) n += j != nullptr && (model.empty() || j->model == model);
+  }
+  return n;
+}
+
+size_t WorkerPool::Serving(const std::string& model) const {
+  size_t n = 0;
+  for (const auto& [slot, w] : workers_) n += !w->gone && w->ready_models.count(model) != 0;
+  return n;
+}
+
+std::vector<ModelHosts::Worker> WorkerPool::Live() const {
+  std::vector<Worker> out;
+  for (const auto& [slot, w] : workers_) {
+    if (!w->gone) out.push_back({slot, w->generation});
+  }
+  return out;
+}
+
+void WorkerPool::Load(Worker worker, const std::string& name, const std::string& path, std::function<bool()> keep,
+                      LoadDone done) {
+  WorkerHandle* w = Find(worker.slot, worker.generation);
+  if (w == nullptr) {
+    return done(Status(Code::kWorkerCrashed, "model '" + name + "': worker " + std::to_string(worker.slot) + " is gone"),
+                "", "");
+  }
+  uint64_t rid = next_request_++;
+  Writer m;
+  BeginRequest(&m, "load", rid, 2);
+  m.Key("name"); m.Str(name);
+  m.Key("path"); m.Str(path);
+  w->pending_model[rid] = name;
+  Send(w, rid, m.body(), [this, worker, name, keep, done](const Status& st, const MapView* reply) {
+    std::string tb, engine;
+    Status result = st;
+    if (st.ok() && reply != nullptr) {
+      auto ok = reply->Bool("ok");
+      if (!ok.ok() || !*ok) result = StatusFromReply(*reply, &tb);
+      if (auto e = reply->OptStr("engine"); e.ok() && e->has_value()) engine = **e;
+    }
+    if (WorkerHandle* w = Find(worker.slot, worker.generation); result.ok() && w != nullptr) {
+      if (keep()) {
+        w->ready_models.insert(name);
+      } else {
+        SendUnload(w, name);
+      }
+    }
+    if (!result.ok() && st.code() == Code::kWorkerCrashed) {
+      result = Status(Code::kWorkerCrashed, "model '" + name + "': " + st.message());
+    }
+    done(result, tb, engine);
+  });
+}
+
+bool WorkerPool::HasOrLoads(Worker worker, const std::string& name) const {
+  const WorkerHandle* w = Find(worker.slot, worker.generation);
+  if (w == nullptr) return true;  // nothing to do there
+  if (w->ready_models.count(name) != 0) return true;
+  for (const auto& [rid, m] : w->pending_model) {
+    if (m == name) return true;
+  }
+  return false;
+}
+
+void WorkerPool::Unload(const std::string& name) {
+  for (auto& [slot, w] : workers_) {
+    if (!w->gone && w->ready_models.erase(name) > 0) SendUnload(w.get(), name);
+  }
+}
+
+void WorkerPool::SendUnload(WorkerHandle* w, const std::string& model) {
+  uint64_t rid = next_request_++;
+  Writer u;
+  BeginRequest(&u, "unload", rid, 1);
+  u.Key("name"); u.Str(model);
+  Send(w, rid, u.body(), [](const Status&, const MapView*) {});
+}
+
+std::vector<WorkerPool::WorkerInfo> WorkerPool::Describe() const {
+  std::vector<WorkerInfo> out;
+  for (const auto& [slot, w] : workers_) {
+    WorkerInfo info;
+    info.slot = slot;
+    info.pid = w->pid;
+    int running = w->Running();
+    info.state = w->gone ? "restarting"
+                 : running == 0 ? "idle"
+                 : running < static_cast<int>(w->jobs.size()) ? "partly busy"
+                                                               : "busy";
+    for (const auto& job : w->jobs) {
+      InterpInfo i;
+      i.busy = job != nullptr;
+      if (job) {
+        i.job = job->id;
+        i.model = job->model;
+      }
+      info.interps.push_back(i);
+    }
+    info.models.assign(w->ready_models.begin(), w->ready_models.end());
+    if (!w->gone && w->pid > 0) info.memory = memory_.Get(w->pid);
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+}  // namespace shoal

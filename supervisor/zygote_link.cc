@@ -1,0 +1,98 @@
+#include "supervisor/zygote_link.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "protocol/channel.h"
+#include "protocol/messages.h"
+#include "supervisor/worker_handle.h"
+
+namespace shoal {
+
+ZygoteLink::ZygoteLink(boost::asio::io_context& io) : io_(io) {}
+
+ZygoteLink::~ZygoteLink() {
+  if (restart_timer_) restart_timer_->cancel();
+}
+
+void ZygoteLink::Start(std::string binary, std::vector<std::string> args) {
+  binary_ = std::move(binary);
+  args_ = std::move(args);
+  auto proc = SpawnWorkerProcess(binary_, args_);
+  if (!proc.ok()) {
+    spdlog::error("cannot start the zygote: {}; workers are started one by one", proc.status().ToString());
+    return;
+  }
+  pid_ = proc->pid;
+  gone_ = false;
+  started_ = std::chrono::steady_clock::now();
+  auto channel = std::make_shared<AsyncChannel>(io_, proc->sock);
+  channel_ = channel;
+  channel->Start(
+      [this, channel](std::string body, std::vector<int>* fds) {
+        CloseAll(fds);
+        if (channel_ == channel) OnFrame(body);
+      },
+      [this, channel](const Status&) {
+        // EOF: it is exiting. Make sure, and let the reaper say how it died (OnExited).
+        if (channel_ == channel && !gone_) kill(pid_, SIGKILL);
+      });
+  spdlog::info("started the zygote (pid {})", pid_);
+}
+
+void ZygoteLink::OnFrame(const std::string& body) {
+  auto oh = Decode(body);
+  if (!oh.ok()) return;
+  MapView m(oh->get());
+  auto id = m.Uint("id");
+  const msgpack::object* pid = m.Find("pid");
+  if (!id.ok() || pid == nullptr) return;
+  auto it = pending_.find(*id);
+  if (it == pending_.end()) return;
+  auto fn = std::move(it->second);
+  pending_.erase(it);
+  fn(pid->type == msgpack::type::POSITIVE_INTEGER ? static_cast<pid_t>(pid->via.u64) : -1);
+}
+
+void ZygoteLink::Fork(int slot, int sock, std::function<void(pid_t)> done) {
+  uint64_t rid = next_request_++;
+  Writer m;
+  BeginRequest(&m, "fork", rid, 1);
+  m.Key("slot"); m.Val(slot);
+  pending_[rid] = std::move(done);
+  channel_->Send(m.body(), {std::make_shared<OwnedFd>(sock)});
+}
+
+void ZygoteLink::Kill() { Close(true); }
+
+void ZygoteLink::Close(bool kill_it) {
+  if (gone_) return;
+  gone_ = true;
+  if (channel_) channel_->Close();
+  channel_.reset();
+  if (kill_it) kill(pid_, SIGKILL);
+  auto pending = std::move(pending_);
+  pending_.clear();
+  for (auto& [id, fn] : pending) fn(-1);
+}
+
+void ZygoteLink::OnExited(const std::string& how) {
+  if (gone_) return;
+  spdlog::error("the zygote (pid {}) died: {}; workers are started one by one until it is back", pid_, how);
+  // Workers it was forking may or may not exist; without their pids they cannot be
+  // supervised: their callers hang up on them (a worker exits on EOF) and start them anew.
+  Close(false);  // already reaped: its pid may belong to another process now
+  if (stopping_) return;
+  bool young = std::chrono::steady_clock::now() - started_ < std::chrono::seconds(10);
+  streak_ = young ? streak_ + 1 : 0;
+  restart_timer_ = std::make_shared<boost::asio::steady_timer>(
+      io_, std::chrono::milliseconds(std::min(1000 << std::min(streak_, 5), 30000)));
+  restart_timer_->async_wait([this](const boost::system::error_code& ec) {
+    if (!ec && !stopping_ && gone_) Start(binary_, args_);
+  });
+}
+
+}  // namespace shoal

@@ -1,0 +1,65 @@
+// ZygoteLink: shoald's side of the zygote (worker/zygote.h), the process that forks ready
+// workers. Owns the zygote's pid and socket and the fork requests in flight; restarts a
+// dead zygote with capped backoff. While there is no live zygote, callers start workers
+// with exec instead (alive() says which).
+// Thread-safety: loop thread only; callbacks run on the loop thread.
+#pragma once
+
+#include <sys/types.h>
+
+#include <boost/asio.hpp>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "supervisor/async_channel.h"
+
+namespace shoal {
+
+class ZygoteLink {
+ public:
+  explicit ZygoteLink(boost::asio::io_context& io);
+  ~ZygoteLink();
+  ZygoteLink(const ZygoteLink&) = delete;
+  ZygoteLink& operator=(const ZygoteLink&) = delete;
+
+  // Starts `binary` with `args` (which include --zygote); a restart after a death reuses them.
+  void Start(std::string binary, std::vector<std::string> args);
+  bool alive() const { return pid_ > 0 && !gone_; }
+  pid_t pid() const { return alive() ? pid_ : -1; }
+
+  // Asks for a worker for `slot` on `sock` (the worker's end of its socketpair; closed
+  // here). `done` gets the worker's pid, or -1 when the zygote could not fork it or died.
+  void Fork(int slot, int sock, std::function<void(pid_t)> done);
+
+  // The reaper found the zygote's exit status. Fork requests in flight get -1.
+  void OnExited(const std::string& how);
+  // Kills it (the reaper collects it); no restart. For shutdown and for a sandbox change
+  // (followed by Start with new arguments).
+  void Kill();
+  // Stops restarting it after it dies (shutdown).
+  void set_stopping() { stopping_ = true; }
+
+ private:
+  void OnFrame(const std::string& body);
+  void Close(bool kill_it);
+
+  boost::asio::io_context& io_;
+  std::string binary_;
+  std::vector<std::string> args_;
+  pid_t pid_ = -1;
+  bool gone_ = true;
+  bool stopping_ = false;
+  std::shared_ptr<AsyncChannel> channel_;
+  std::map<uint64_t, std::function<void(pid_t)>> pending_;  // fork request id -> callback
+  uint64_t next_request_ = 1;
+  std::chrono::steady_clock::time_point started_;
+  int streak_ = 0;  // consecutive deaths within 10 s of starting
+  std::shared_ptr<boost::asio::steady_timer> restart_timer_;
+};
+
+}  // namespace shoal

@@ -1,0 +1,164 @@
+// The model registry alone, over fake model hosts and a fake job queue: loads gathered
+// over workers, version resolution, crash records, unload drains.
+#include <chrono>
+
+#include "supervisor/model_registry.h"
+#include "tests/cpp/catch.h"
+#include "tests/cpp/supervisor_fakes.h"
+
+using namespace shoal;
+using namespace shoal::testing;
+
+namespace {
+
+struct Fixture : RoleFixture {
+  FakeHosts hosts;
+  FakeJobs jobs;
+  ModelRegistry registry{io, config, &hosts, &jobs};
+  std::vector<Status> results;
+
+  Fixture() { hosts.live = {{0, 1}, {1, 2}}; }
+  ModelRegistry::Done Record() {
+    return [this](const Status& st, const std::string&) { results.push_back(st); };
+  }
+  void LoadEverywhere(const std::string& name) {
+    REQUIRE(registry.Load(name, "/m.pt", Record()).ok());
+    while (!hosts.loads.empty()) hosts.Answer();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a load goes to every live worker and is answered once, when all are done", "[registry]") {
+  Fixture f;
+  REQUIRE(f.registry.Load("m", "/m.pt", f.Record()).ok());
+  REQUIRE(f.hosts.loads.size() == 2);
+  CHECK_FALSE(f.registry.Ready("m"));
+  f.hosts.Answer();
+  CHECK(f.results.empty());
+  CHECK(f.registry.Ready("m"));  // one worker serves it already
+  f.hosts.Answer();
+  REQUIRE(f.results.size() == 1);
+  CHECK(f.results[0].ok());
+  CHECK(f.registry.List()[0].engine == "python");
+}
+
+TEST_CASE("a load that fails in one worker fails, is unloaded everywhere and forgotten", "[registry]") {
+  Fixture f;
+  REQUIRE(f.registry.Load("m", "/m.pt", f.Record()).ok());
+  f.hosts.Answer();
+  f.hosts.Answer(Status(Code::kModelError, "model 'm': import failed"));
+  REQUIRE(f.results.size() == 1);
+  CHECK(f.results[0].code() == Code::kModelError);
+  CHECK(f.hosts.unloaded == std::vector<std::string>{"m"});
+  CHECK(f.registry.size() == 0);
+  CHECK(f.registry.Resolve("m").status().code() == Code::kModelNotFound);
+}
+
+TEST_CASE("a loaded name cannot be loaded again until it is unloaded", "[registry]") {
+  Fixture f;
+  f.LoadEverywhere("m");
+  auto st = f.registry.Load("m", "/other.pt", f.Record());
+  CHECK(st.code() == Code::kBadRequest);
+  CHECK(st.message().find("already loaded") != std::string::npos);
+}
+
+TEST_CASE("a plain name resolves to the newest serving version", "[registry]") {
+  Fixture f;
+  f.LoadEverywhere("r:2");
+  f.LoadEverywhere("r:10");
+  CHECK(*f.registry.Resolve("r") == "r:10");  // numbers compare as numbers
+  CHECK(*f.registry.Resolve("r:2") == "r:2");
+  // While a newer version loads, the serving one keeps the plain name.
+  REQUIRE(f.registry.Load("r:11", "/r11.pt", f.Record()).ok());
+  CHECK(*f.registry.Resolve("r") == "r:10");
+  CHECK(f.registry.Resolve("r:3").status().code() == Code::kModelNotFound);
+  CHECK(f.registry.Resolve("q").status().message().find("load it with `shoal load q ARCHIVE`") != std::string::npos);
+}
+
+TEST_CASE("crashes within the window mark a model failed; its queued jobs are answered", "[registry]") {
+  Fixture f;
+  f.config.crash_loop_limit = 2;
+  f.LoadEverywhere("m");
+  f.jobs.pending["m"] = 3;
+  f.registry.RecordCrash("m", "signal SIGSEGV");
+  CHECK(f.registry.Ready("m"));
+  f.registry.RecordCrash("m", "signal SIGSEGV");
+  CHECK_FALSE(f.registry.Ready("m"));
+  auto resolved = f.registry.Resolve("m");
+  CHECK(resolved.status().code() == Code::kUnavailable);
+  CHECK(resolved.status().message().find("crashed 2 workers") != std::string::npos);
+  REQUIRE(f.jobs.failed.size() == 1);
+  CHECK(f.jobs.failed[0].find("is marked failed") != std::string::npos);
+  CHECK(f.hosts.unloaded == std::vector<std::string>{"m"});
+  // A failed model may be loaded again.
+  CHECK(f.registry.Load("m", "/fixed.pt", f.Record()).ok());
+}
+
+TEST_CASE("an unload waits for the model's jobs, then finishes", "[registry]") {
+  Fixture f;
+  f.LoadEverywhere("m");
+  f.jobs.pending["m"] = 1;
+  bool done = false;
+  REQUIRE(f.registry.Unload("m", [&] { done = true; }).ok());
+  CHECK_FALSE(done);
+  CHECK(f.registry.Resolve("m").status().message().find("being unloaded") != std::string::npos);
+  f.jobs.pending["m"] = 0;
+  f.registry.CheckUnloads();
+  CHECK(done);
+  CHECK(f.registry.size() == 0);
+  CHECK(f.hosts.unloaded == std::vector<std::string>{"m"});
+}
+
+TEST_CASE("an unload's grace period answers the jobs that did not start", "[registry]") {
+  Fixture f;
+  f.config.unload_grace_ms = 20;
+  f.LoadEverywhere("m");
+  f.jobs.pending["m"] = 2;
+  bool done = false;
+  REQUIRE(f.registry.Unload("m", [&] { done = true; }).ok());
+  f.io.run_for(std::chrono::milliseconds(60));
+  CHECK(done);
+  REQUIRE(f.jobs.failed.size() == 1);
+  CHECK(f.jobs.failed[0].find("did not start within the 20 ms grace period") != std::string::npos);
+}
+
+TEST_CASE("a plain name unloads every version; an unknown one is MODEL_NOT_FOUND", "[registry]") {
+  Fixture f;
+  f.LoadEverywhere("r:1");
+  f.LoadEverywhere("r:2");
+  int done = 0;
+  REQUIRE(f.registry.Unload("r", [&] { ++done; }).ok());
+  CHECK(done == 1);
+  CHECK(f.registry.size() == 0);
+  CHECK(f.registry.Unload("r", [] {}).code() == Code::kModelNotFound);
+}
+
+TEST_CASE("a worker that finishes loading a model unloaded meanwhile does not serve it", "[registry]") {
+  Fixture f;
+  f.hosts.live = {{0, 1}};
+  REQUIRE(f.registry.Load("m", "/m.pt", f.Record()).ok());
+  bool unloaded = false;
+  REQUIRE(f.registry.Unload("m", [&] { unloaded = true; }).ok());  // no jobs: at once
+  CHECK(unloaded);
+  f.hosts.Answer();
+  CHECK(f.hosts.Serving("m") == 0);
+  CHECK(f.registry.size() == 0);
+}
+
+TEST_CASE("a new worker loads every servable model, then reports it started", "[registry]") {
+  Fixture f;
+  f.registry.AddConfigured("a", "/a.pt");
+  f.registry.AddConfigured("b", "/b.pt");
+  std::vector<std::string> each;
+  bool started = false;
+  f.registry.LoadInto({5, 9}, [&](const std::string& m, const Status&, const std::string&) { each.push_back(m); },
+                      [&] { started = true; });
+  REQUIRE(f.hosts.loads.size() == 2);
+  f.hosts.Answer();
+  f.hosts.Answer(Status(Code::kModelError, "b is broken"));
+  CHECK(started);
+  CHECK(each == std::vector<std::string>{"a", "b"});
+  CHECK(f.hosts.Serving("a") == 1);
+  CHECK(f.hosts.Serving("b") == 0);
+}

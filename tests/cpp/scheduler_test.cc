@@ -1,0 +1,197 @@
+// The scheduler alone, over a fake slot pool: queue order, overload, deadlines, crash
+// re-runs and answers (read back from a real socket).
+#include <chrono>
+
+#include "shm/memfd.h"
+#include "supervisor/arena_table.h"
+#include "supervisor/scheduler.h"
+#include "tests/cpp/catch.h"
+#include "tests/cpp/supervisor_fakes.h"
+
+using namespace shoal;
+using namespace shoal::testing;
+
+namespace {
+
+struct Fixture : RoleFixture {
+  FakeSlots slots;
+  ArenaTable arenas;
+  Scheduler scheduler{io, config, &slots, &arenas};
+  FakeClient client{io};
+  uint64_t next_id = 1;
+
+  std::shared_ptr<Job> MakeJob(const std::string& model, int retries = 0) {
+    auto job = std::make_shared<Job>();
+    job->id = next_id;
+    job->request_id = 100 + next_id++;
+    job->model = model;
+    job->client = client.session;
+    job->retries = retries;
+    return job;
+  }
+  Status Submit(const std::shared_ptr<Job>& job, uint64_t timeout_ms = 0, uint64_t* retry = nullptr) {
+    uint64_t r = 0;
+    return scheduler.Submit(job, timeout_ms, retry ? retry : &r);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("scheduler runs jobs in arrival order as slots free up", "[scheduler]") {
+  Fixture f;
+  f.slots.free_slots = 2;
+  f.slots.serving = {"m"};
+  auto a = f.MakeJob("m"), b = f.MakeJob("m"), c = f.MakeJob("m");
+  REQUIRE(f.Submit(a).ok());
+  REQUIRE(f.Submit(b).ok());
+  REQUIRE(f.Submit(c).ok());
+  REQUIRE(f.slots.running.size() == 2);
+  CHECK(f.slots.running[0].job == a);
+  CHECK(f.slots.running[1].job == b);
+  CHECK(f.scheduler.queued() == 1);
+  f.slots.Finish(ValueReply(a->id));
+  REQUIRE(f.slots.running.size() == 2);
+  CHECK(f.slots.running[1].job == c);
+  f.io.poll();
+  auto answer = f.client.Next();
+  CHECK(answer.id == a->request_id);
+  CHECK(answer.ok);
+  CHECK(f.scheduler.jobs_done() == 1);
+}
+
+TEST_CASE("scheduler skips jobs whose model serves nowhere yet without blocking the others", "[scheduler]") {
+  Fixture f;
+  f.slots.serving = {"ready"};
+  auto waiting = f.MakeJob("loading"), runnable = f.MakeJob("ready");
+  REQUIRE(f.Submit(waiting).ok());
+  REQUIRE(f.Submit(runnable).ok());
+  REQUIRE(f.slots.running.size() == 1);
+  CHECK(f.slots.running[0].job == runnable);
+  CHECK(f.scheduler.Queued("loading") == 1);
+  CHECK(f.scheduler.Pending("ready") == 1);
+}
+
+TEST_CASE("scheduler answers OVERLOADED with a retry hint once a model's queue is full", "[scheduler]") {
+  Fixture f;
+  f.config.max_queue = 1;
+  f.slots.free_slots = 0;
+  REQUIRE(f.Submit(f.MakeJob("m")).ok());
+  uint64_t retry = 0;
+  auto st = f.Submit(f.MakeJob("m"), 0, &retry);
+  CHECK(st.code() == Code::kOverloaded);
+  CHECK(st.message().find("model 'm' has 1 jobs queued") != std::string::npos);
+  CHECK(retry >= 1);
+  CHECK(f.Submit(f.MakeJob("other")).ok());  // the bound is per model
+}
+
+TEST_CASE("a job whose deadline passes in the queue is answered TIMEOUT and never runs", "[scheduler]") {
+  Fixture f;
+  f.slots.free_slots = 0;
+  auto job = f.MakeJob("m");
+  REQUIRE(f.Submit(job, 20).ok());
+  f.io.run_for(std::chrono::milliseconds(100));
+  auto answer = f.client.Next();
+  CHECK(answer.id == job->request_id);
+  CHECK(answer.code == "TIMEOUT");
+  CHECK(answer.message.find("in the queue") != std::string::npos);
+  CHECK(f.scheduler.queued() == 0);
+  f.slots.free_slots = 1;
+  f.slots.serving = {"m"};
+  f.scheduler.Dispatch();
+  CHECK(f.slots.running.empty());
+}
+
+TEST_CASE("a running job past its deadline is answered, and its worker killed after the grace", "[scheduler]") {
+  Fixture f;
+  f.config.kill_grace_ms = 30;
+  f.slots.serving = {"m"};
+  auto job = f.MakeJob("m");
+  REQUIRE(f.Submit(job, 20).ok());
+  f.io.run_for(std::chrono::milliseconds(35));
+  CHECK(f.client.Next().code == "TIMEOUT");
+  CHECK(f.slots.terminated.empty());  // still within the grace
+  f.io.run_for(std::chrono::milliseconds(60));
+  REQUIRE(f.slots.terminated.size() == 1);
+  CHECK(f.slots.terminated[0].find("still runs timed-out job 1") != std::string::npos);
+}
+
+TEST_CASE("a timed-out job's late outputs are given back to the worker", "[scheduler]") {
+  Fixture f;
+  f.slots.serving = {"m"};
+  auto fd = CreateArenaFd("arena", 4096);
+  REQUIRE(fd.ok());
+  auto arena = f.arenas.Register(f.client.session->id, std::make_shared<OwnedFd>(*fd));
+  REQUIRE(arena.ok());
+  auto job = f.MakeJob("m");
+  job->out_arena = *arena;
+  REQUIRE(f.Submit(job, 10).ok());
+  f.io.run_for(std::chrono::milliseconds(30));
+  CHECK(f.client.Next().code == "TIMEOUT");
+  Writer w;
+  BeginReply(&w, job->id, 1);
+  w.Key("outputs");
+  w.Map(1);
+  w.Key("tensor");
+  Descriptor d;
+  d.arena = *arena;
+  d.block = 128;
+  d.offset = 128;
+  d.dtype = "float32";
+  d.shape = {4};
+  d.strides = {1};
+  d.Pack(&w);
+  f.slots.Finish(std::string(w.body()));
+  CHECK(f.slots.freed == std::vector<uint64_t>{128});
+}
+
+TEST_CASE("a job that crashed its worker is re-run once when asked, then answered", "[scheduler]") {
+  Fixture f;
+  f.slots.serving = {"m"};
+  auto job = f.MakeJob("m", /*retries=*/1);
+  REQUIRE(f.Submit(job).ok());
+  f.slots.Finish("", Status(Code::kWorkerCrashed, "worker 0 died"));
+  REQUIRE(f.slots.running.size() == 1);  // re-run
+  CHECK(f.slots.running[0].job == job);
+  f.slots.Finish("", Status(Code::kWorkerCrashed, "worker 0 died again"));
+  CHECK(f.slots.running.empty());
+  f.io.poll();
+  auto answer = f.client.Next();
+  CHECK(answer.code == "WORKER_CRASHED");
+  CHECK(answer.message.find("crashed a worker before too") != std::string::npos);
+  CHECK(f.scheduler.jobs_failed() == 1);
+}
+
+TEST_CASE("FailQueued answers the queued jobs of one model only", "[scheduler]") {
+  Fixture f;
+  f.slots.free_slots = 0;
+  auto a = f.MakeJob("a"), b = f.MakeJob("b");
+  REQUIRE(f.Submit(a).ok());
+  REQUIRE(f.Submit(b).ok());
+  f.scheduler.FailQueued("a", [](const Job& j) { return Status(Code::kUnavailable, "gone " + std::to_string(j.id)); });
+  f.io.poll();
+  auto answer = f.client.Next();
+  CHECK(answer.id == a->request_id);
+  CHECK(answer.message == "gone 1");
+  CHECK(f.scheduler.Queued("a") == 0);
+  CHECK(f.scheduler.Queued("b") == 1);
+}
+
+TEST_CASE("after Stop, queued jobs are answered UNAVAILABLE and new ones refused", "[scheduler]") {
+  Fixture f;
+  f.slots.free_slots = 0;
+  REQUIRE(f.Submit(f.MakeJob("m")).ok());
+  f.scheduler.Stop();
+  f.io.poll();
+  CHECK(f.client.Next().code == "UNAVAILABLE");
+  CHECK(f.Submit(f.MakeJob("m")).code() == Code::kUnavailable);
+}
+
+TEST_CASE("a client that hangs up loses its queued jobs silently", "[scheduler]") {
+  Fixture f;
+  f.slots.free_slots = 0;
+  auto job = f.MakeJob("m");
+  REQUIRE(f.Submit(job).ok());
+  f.scheduler.DropClient(f.client.session.get());
+  CHECK(job->answered);
+  CHECK(f.scheduler.queued() == 0);
+}
