@@ -34,6 +34,12 @@ Result<std::vector<int64_t>> IntList(const MapView& m, const char* key) {
   }
   return out;
 }
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
 }  // namespace
 
 size_t DTypeSize(std::string_view dtype) {
@@ -96,6 +102,19 @@ Result<uint64_t> Descriptor::Extent() const {
   }
   unsigned __int128 bytes = (last + 1) * esize;
   if (bytes > (static_cast<unsigned __int128>(1) << 62)) return Status::BadRequest("tensor extent overflows");
+  return static_cast<uint64_t>(bytes);
+}
+
+Result<uint64_t> Descriptor::LogicalBytes() const {
+  unsigned __int128 bytes = DTypeSize(dtype);
+  if (bytes == 0) return Status::BadRequest("unknown dtype '" + dtype + "'");
+  for (int64_t n : shape) {
+    if (n < 0) return Status::BadRequest("negative size");
+    bytes *= static_cast<unsigned __int128>(n);
+    if (bytes > (static_cast<unsigned __int128>(1) << 62)) {
+      return Status::BadRequest("tensor of shape " + ShapeString(shape) + " is too large (its size overflows)");
+    }
+  }
   return static_cast<uint64_t>(bytes);
 }
 

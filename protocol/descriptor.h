@@ -36,6 +36,9 @@ struct Descriptor {
   Result<uint64_t> Extent() const;
   // Fails with BadRequest unless the whole extent lies within an arena of `arena_size` bytes.
   Status CheckBounds(uint64_t arena_size) const;
+  // Bytes the tensor has as a dense tensor (elements x element size); more than Extent()
+  // when strides overlap (a stride of 0 broadcasts one element). BadRequest on overflow.
+  Result<uint64_t> LogicalBytes() const;
 };
 
 }  // namespace shoal

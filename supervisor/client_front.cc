@@ -271,6 +271,15 @@ Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, 
       return Status::BadRequest(which + "arena " + std::to_string(d->arena) + " is not registered on this connection");
     }
     if (auto st = d->CheckBounds(a->size); !st.ok()) return Status::BadRequest(which + st.message());
+    // A tensor whose strides overlap (stride 0) is small in the arena but large to the
+    // model: the first operation on it would allocate its full logical size.
+    auto logical = d->LogicalBytes();
+    if (!logical.ok()) return Status::BadRequest(which + logical.status().message());
+    if (auto extent = d->Extent(); extent.ok() && *logical > *extent) {
+      return Status::BadRequest(which + "its strides overlap: " + std::to_string(*extent) + " bytes in the arena stand for " +
+                                std::to_string(*logical) + " bytes of tensor (broadcast inputs are refused); "
+                                "send a dense tensor (x.contiguous())");
+    }
     job->inputs.push_back(std::move(*d));
   }
   auto timeout = m.OptUint("timeout_ms");
@@ -291,7 +300,9 @@ Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, 
   job->id = next_job_++;
   job->request_id = id;
   job->client = s;
+  job->client_uid = s->uid;
   job->model = *model;
+  if (auto st = registry_->Admits(*model, s->uid); !st.ok()) return st;
   uint64_t retry_ms = 0;
   auto st = scheduler_->Submit(job, timeout->value_or(config_.default_timeout_ms), &retry_ms);
   if (st.code() == Code::kOverloaded) {

@@ -21,6 +21,7 @@ struct Job {
   uint64_t id = 0;          // shoald's job id (also the id of the request to the worker)
   uint64_t request_id = 0;  // the client's request id, echoed in the answer
   std::weak_ptr<ClientSession> client;
+  uid_t client_uid = static_cast<uid_t>(-1);  // who asked: a crash it causes is charged to them
   std::string model;        // resolved key ("name" or "name:version")
   std::vector<Descriptor> inputs;
   uint64_t out_arena = 0;

@@ -228,27 +228,66 @@ bool ModelRegistry::AllReady() const {
   return true;
 }
 
-void ModelRegistry::RecordCrash(const std::string& key, const std::string& how) {
-  auto it = models_.find(key);
+void ModelRegistry::RecordCrash(const CrashCharge& charge, const std::string& how) {
+  auto it = models_.find(charge.model);
   if (it == models_.end() || it->second.failed) return;
   Entry& m = it->second;
   auto now = Clock::now();
-  m.crashes.push_back(now);
-  while (!m.crashes.empty() && now - m.crashes.front() > std::chrono::seconds(config_.crash_window_s)) {
-    m.crashes.pop_front();
-  }
+  auto window = std::chrono::seconds(config_.crash_window_s);
+  while (!m.crashes.empty() && now - m.crashes.front().when > window) m.crashes.pop_front();
+  m.crashes.push_back({now, charge.client});
   m.last_error = "its worker died from " + how;
-  if (static_cast<int>(m.crashes.size()) < config_.crash_loop_limit) return;
-  m.failed = true;
-  m.last_error = "it crashed " + std::to_string(m.crashes.size()) + " workers within " +
-                 std::to_string(config_.crash_window_s) + " s (last: " + how + ")";
-  spdlog::error("model '{}' is marked failed: {}", key, m.last_error);
-  if (on_failed_) on_failed_(key, m.last_error);
-  std::string why = m.last_error;
+  size_t limit = static_cast<size_t>(config_.crash_loop_limit);
+  size_t loads = 0, own = 0;
+  std::set<uid_t> clients;
+  for (const auto& c : m.crashes) {
+    if (!c.client) {
+      ++loads;
+    } else {
+      clients.insert(*c.client);
+      own += charge.client && *c.client == *charge.client;
+    }
+  }
+  std::string window_text = std::to_string(config_.crash_window_s) + " s (last: " + how + ")";
+  if (loads >= limit) {
+    return MarkFailed(charge.model, &m, "it crashed " + std::to_string(loads) + " workers while loading within " + window_text);
+  }
+  if (m.crashes.size() - loads >= limit && clients.size() >= 2) {
+    return MarkFailed(charge.model, &m, "it crashed " + std::to_string(m.crashes.size() - loads) + " workers for " +
+                                            std::to_string(clients.size()) + " different clients within " + window_text);
+  }
+  if (charge.client && own >= limit) {
+    uid_t uid = *charge.client;
+    std::string why = "its jobs from uid " + std::to_string(uid) + " crashed " + std::to_string(own) +
+                      " workers within " + window_text;
+    m.refused[uid] = {now + window, why};
+    spdlog::warn("model '{}' refuses jobs from uid {} for {} s: {}; other clients keep it", charge.model, uid,
+                 config_.crash_window_s, why);
+  }
+}
+
+void ModelRegistry::MarkFailed(const std::string& key, Entry* m, const std::string& why) {
+  m->failed = true;
+  m->last_error = why;
+  spdlog::error("model '{}' is marked failed: {}", key, why);
+  if (on_failed_) on_failed_(key, why);
   jobs_->FailQueued(key, [key, why](const Job&) {
     return Status(Code::kUnavailable, "model '" + key + "' is marked failed: " + why);
   });
   hosts_->Unload(key);
+}
+
+Status ModelRegistry::Admits(const std::string& key, uid_t client) const {
+  auto it = models_.find(key);
+  if (it == models_.end()) return Status::Ok();
+  auto r = it->second.refused.find(client);
+  if (r == it->second.refused.end()) return Status::Ok();
+  auto left = std::chrono::duration_cast<std::chrono::seconds>(r->second.until - Clock::now()).count();
+  if (left < 0) return Status::Ok();
+  return Status(Code::kUnavailable, "model '" + key + "' refuses jobs from uid " + std::to_string(client) +
+                                        " for another " + std::to_string(left + 1) + " s: " + r->second.why +
+                                        "; other clients are still served. Fix the input that crashes it, "
+                                        "or wait (crash_window_s)");
 }
 
 std::vector<ModelRegistry::Info> ModelRegistry::List() const {
@@ -262,6 +301,10 @@ std::vector<ModelRegistry::Info> ModelRegistry::List() const {
     i.queued = jobs_->Queued(name);
     i.failed = m.failed;
     i.last_error = m.last_error;
+    auto now = Clock::now();
+    for (const auto& [uid, r] : m.refused) {
+      if (r.until > now) i.refused.emplace_back(uid, std::chrono::duration<double>(r.until - now).count());
+    }
     out.push_back(std::move(i));
   }
   return out;

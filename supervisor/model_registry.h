@@ -10,6 +10,8 @@
 // Thread-safety: loop thread only; callbacks run on the loop thread.
 #pragma once
 
+#include <sys/types.h>
+
 #include <boost/asio.hpp>
 #include <chrono>
 #include <cstdint>
@@ -17,6 +19,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -26,6 +29,13 @@
 #include "supervisor/scheduler.h"
 
 namespace shoal {
+
+// A worker's death charged to one model: to the client (uid) whose job was running, or
+// to nobody when the worker was loading the model.
+struct CrashCharge {
+  std::string model;
+  std::optional<uid_t> client;
+};
 
 // What the registry needs of the worker pool.
 class ModelHosts {
@@ -79,8 +89,14 @@ class ModelRegistry {
   Result<std::string> Resolve(const std::string& name) const;
   bool Ready(const std::string& key) const;  // not failed, and some live worker has it
   bool AllReady() const;
-  // A worker died while running or loading `key`.
-  void RecordCrash(const std::string& key, const std::string& how);
+  // A worker died while running (a job of `charge.client`) or loading `charge.model`.
+  // Blame goes where it belongs: a client whose jobs crash crash_loop_limit workers within
+  // crash_window_s is refused that model for the window, and others keep it; the model is
+  // marked failed only for that many crashes while loading, or job crashes from at least
+  // two distinct clients within the window.
+  void RecordCrash(const CrashCharge& charge, const std::string& how);
+  // OK unless `client` is refused `key` (see RecordCrash); then why, and until when.
+  Status Admits(const std::string& key, uid_t client) const;
   // Finishes unloads whose models have no jobs left.
   void CheckUnloads();
 
@@ -89,6 +105,7 @@ class ModelRegistry {
     bool ready = false;
     bool failed = false;
     size_t queued = 0;
+    std::vector<std::pair<uid_t, double>> refused;  // clients refused, seconds left
   };
   std::vector<Info> List() const;
   std::vector<std::string> Names() const;
@@ -102,8 +119,18 @@ class ModelRegistry {
     bool draining = false;  // being unloaded: takes no new jobs, finishes those it has
     std::string engine;     // "python" (torch.package) or "libtorch" (TorchScript), as workers report
     std::string last_error;
-    std::deque<std::chrono::steady_clock::time_point> crashes;  // within the crash window
+    struct Crash {
+      std::chrono::steady_clock::time_point when;
+      std::optional<uid_t> client;  // nullopt: while loading
+    };
+    std::deque<Crash> crashes;  // within the crash window
+    struct Refusal {
+      std::chrono::steady_clock::time_point until;
+      std::string why;
+    };
+    std::map<uid_t, Refusal> refused;
   };
+  void MarkFailed(const std::string& key, Entry* m, const std::string& why);
   struct UnloadOp {
     std::function<void()> done;
     std::set<std::string> keys;  // still draining

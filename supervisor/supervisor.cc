@@ -124,8 +124,8 @@ void Supervisor::OnWorkerSpawned(ModelHosts::Worker worker) {
       [this, worker] { pool_.MarkStarted(worker); });
 }
 
-void Supervisor::OnWorkerDied(const std::set<std::string>& culprits, const std::string& how) {
-  for (const auto& model : culprits) registry_.RecordCrash(model, how);
+void Supervisor::OnWorkerDied(const std::vector<CrashCharge>& charges, const std::string& how) {
+  for (const auto& charge : charges) registry_.RecordCrash(charge, how);
   scheduler_.Dispatch();  // may finish the drain
 }
 

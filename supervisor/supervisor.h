@@ -44,7 +44,7 @@ class Supervisor : private PoolListener {
  private:
   // PoolListener
   void OnWorkerSpawned(ModelHosts::Worker worker) override;
-  void OnWorkerDied(const std::set<std::string>& culprits, const std::string& how) override;
+  void OnWorkerDied(const std::vector<CrashCharge>& charges, const std::string& how) override;
   void OnSlotsChanged() override;
 
   // K > 1: runs shoal-worker --check-interpreters; an error says why K > 1 cannot work here.

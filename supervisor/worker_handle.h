@@ -42,6 +42,7 @@ struct WorkerHandle {
   std::map<uint64_t, ReplyFn> pending;  // request id -> callback
   std::map<uint64_t, std::string> pending_model;  // request id -> model it runs or loads
   bool retiring = false;               // finishes its job, then is closed (recycling, shrink)
+  bool killed_for_deadline = false;    // shoald killed it: a job outlived its deadline's grace
   std::vector<std::shared_ptr<Job>> jobs;  // per interpreter: its in-flight inference, or null
   std::vector<std::string> last_model;     // per interpreter: the model it ran last
   std::unique_ptr<boost::asio::steady_timer> kill_timer;

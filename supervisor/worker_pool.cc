@@ -206,10 +206,19 @@ void WorkerPool::OnGone(WorkerHandle* w, const std::string& how) {
   w->channel->Close();
   if (w->kill_timer) w->kill_timer->cancel();
   if (w->pid > 0) memory_.Untrack(w->pid);
-  // Which interpreter crashed is not known from outside: every model with a job or a
-  // load in flight on the worker counts the crash (with K = 1, the one that crashed it).
-  std::set<std::string> culprits;
-  for (const auto& [rid, model] : w->pending_model) culprits.insert(model);
+  // Which interpreter crashed is not known from outside: every job or load in flight on
+  // the worker is charged (with K = 1, the one that crashed it), a job to its requester.
+  // A worker shoald killed for a job's deadline is charged to nobody.
+  std::set<std::pair<std::string, std::optional<uid_t>>> charged;
+  for (const auto& [rid, model] : w->pending_model) {
+    std::optional<uid_t> client;
+    for (const auto& j : w->jobs) {
+      if (j && j->id == rid) client = j->client_uid;
+    }
+    if (!w->killed_for_deadline) charged.insert({model, client});
+  }
+  std::vector<CrashCharge> charges;
+  for (const auto& [model, client] : charged) charges.push_back({model, client});
   w->pending_model.clear();
   ++restarts_;
   std::string job_part;
@@ -242,7 +251,7 @@ void WorkerPool::OnGone(WorkerHandle* w, const std::string& how) {
   }
   int slot = w->slot;
   bool was_ready = w->ready;
-  listener_->OnWorkerDied(culprits, how);
+  listener_->OnWorkerDied(charges, how);
   if (stopping_ || slot >= config_.workers) return;  // shutting down, or the pool shrank
   // A worker that dies while starting (loading its models) is replaced with capped
   // exponential backoff; one that dies running a job is replaced at once (a model whose

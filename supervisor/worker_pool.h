@@ -34,8 +34,9 @@ class PoolListener {
   virtual ~PoolListener() = default;
   // A new worker has a socket: its start-up loads should begin (then MarkStarted).
   virtual void OnWorkerSpawned(ModelHosts::Worker worker) = 0;
-  // A worker died; `culprits` are the models it was running or loading.
-  virtual void OnWorkerDied(const std::set<std::string>& culprits, const std::string& how) = 0;
+  // A worker died; `charges` name the models it was running or loading and whose job it
+  // was (none when shoald killed it for a deadline: the client chose that deadline).
+  virtual void OnWorkerDied(const std::vector<CrashCharge>& charges, const std::string& how) = 0;
   // Slots were freed or workers retired: time to dispatch.
   virtual void OnSlotsChanged() = 0;
 };

@@ -73,7 +73,10 @@ bool WorkerPool::IsRunning(const Job& job) const {
 }
 
 void WorkerPool::Terminate(const Job& job, const std::string& why) {
-  if (WorkerHandle* w = Find(job.worker, job.generation)) TerminateWorker(w, why);
+  if (WorkerHandle* w = Find(job.worker, job.generation)) {
+    w->killed_for_deadline = true;
+    TerminateWorker(w, why);
+  }
 }
 
 void WorkerPool::FreeBlocks(const Job& job, uint64_t arena, const std::vector<uint64_t>& blocks) {

@@ -30,7 +30,7 @@ struct Front : RoleFixture, PoolListener {
   FrameReader reader;
 
   void OnWorkerSpawned(ModelHosts::Worker) override {}
-  void OnWorkerDied(const std::set<std::string>&, const std::string&) override {}
+  void OnWorkerDied(const std::vector<CrashCharge>&, const std::string&) override {}
   void OnSlotsChanged() override {}
 
   Front() {

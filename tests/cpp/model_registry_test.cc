@@ -1,6 +1,7 @@
 // The model registry alone, over fake model hosts and a fake job queue: loads gathered
 // over workers, version resolution, crash records, unload drains.
 #include <chrono>
+#include <thread>
 
 #include "supervisor/model_registry.h"
 #include "tests/cpp/catch.h"
@@ -76,23 +77,59 @@ TEST_CASE("a plain name resolves to the newest serving version", "[registry]") {
   CHECK(f.registry.Resolve("q").status().message().find("load it with `shoal load q ARCHIVE`") != std::string::npos);
 }
 
-TEST_CASE("crashes within the window mark a model failed; its queued jobs are answered", "[registry]") {
+TEST_CASE("job crashes from two clients within the window mark a model failed", "[registry]") {
   Fixture f;
   f.config.crash_loop_limit = 2;
   f.LoadEverywhere("m");
   f.jobs.pending["m"] = 3;
-  f.registry.RecordCrash("m", "signal SIGSEGV");
+  f.registry.RecordCrash({"m", 1000}, "signal SIGSEGV");
   CHECK(f.registry.Ready("m"));
-  f.registry.RecordCrash("m", "signal SIGSEGV");
+  f.registry.RecordCrash({"m", 1001}, "signal SIGSEGV");
   CHECK_FALSE(f.registry.Ready("m"));
   auto resolved = f.registry.Resolve("m");
   CHECK(resolved.status().code() == Code::kUnavailable);
-  CHECK(resolved.status().message().find("crashed 2 workers") != std::string::npos);
+  CHECK(resolved.status().message().find("crashed 2 workers for 2 different clients") != std::string::npos);
   REQUIRE(f.jobs.failed.size() == 1);
   CHECK(f.jobs.failed[0].find("is marked failed") != std::string::npos);
   CHECK(f.hosts.unloaded == std::vector<std::string>{"m"});
   // A failed model may be loaded again.
   CHECK(f.registry.Load("m", "/fixed.pt", f.Record()).ok());
+}
+
+TEST_CASE("a client whose jobs keep crashing workers is refused; the model serves the others", "[registry]") {
+  Fixture f;
+  f.config.crash_loop_limit = 3;
+  f.LoadEverywhere("m");
+  for (int i = 0; i < 5; ++i) f.registry.RecordCrash({"m", 1000}, "signal SIGSEGV");
+  CHECK(f.registry.Ready("m"));
+  CHECK(f.registry.Resolve("m").ok());
+  auto refused = f.registry.Admits("m", 1000);
+  CHECK(refused.code() == Code::kUnavailable);
+  CHECK(refused.message().find("refuses jobs from uid 1000") != std::string::npos);
+  CHECK(f.registry.Admits("m", 1001).ok());
+  auto list = f.registry.List();
+  REQUIRE(list[0].refused.size() == 1);
+  CHECK(list[0].refused[0].first == 1000);
+}
+
+TEST_CASE("a refusal ends with the crash window", "[registry]") {
+  Fixture f;
+  f.config.crash_loop_limit = 1;
+  f.config.crash_window_s = 0;
+  f.LoadEverywhere("m");
+  f.registry.RecordCrash({"m", 1000}, "signal SIGSEGV");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  CHECK(f.registry.Admits("m", 1000).ok());
+}
+
+TEST_CASE("crashes while loading mark a model failed whoever asked", "[registry]") {
+  Fixture f;
+  f.config.crash_loop_limit = 2;
+  f.LoadEverywhere("m");
+  f.registry.RecordCrash({"m", std::nullopt}, "signal SIGABRT");
+  CHECK(f.registry.Ready("m"));
+  f.registry.RecordCrash({"m", std::nullopt}, "signal SIGABRT");
+  CHECK(f.registry.Resolve("m").status().message().find("while loading") != std::string::npos);
 }
 
 TEST_CASE("an unload waits for the model's jobs, then finishes", "[registry]") {

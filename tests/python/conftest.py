@@ -4,7 +4,9 @@ SHOAL_BUILD_DIR (set by ctest) names the build tree: bin/shoald and python/shoal
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +123,51 @@ def archives(tmp_path_factory):
                       "sleeps": m.Sleeps()}.items():
         paths[name] = shoal.export(obj, out / f"{name}.pt")
     return paths
+
+
+NOBODY = 65534
+_PUBLIC_PYTHON = []
+
+
+def _public_python():
+    """The build's shoal package, copied where any user can import it (a checkout under
+    /root is not)."""
+    if not _PUBLIC_PYTHON:
+        import shutil
+        folder = tempfile.mkdtemp(prefix="shoal-python-", dir="/tmp")
+        os.chmod(folder, 0o755)
+        shutil.copytree(os.path.join(BUILD, "python", "shoal"), os.path.join(folder, "shoal"))
+        import atexit
+        atexit.register(shutil.rmtree, folder, True)
+        _PUBLIC_PYTHON.append(folder)
+    return _PUBLIC_PYTHON[0]
+
+
+@pytest.fixture
+def public_daemon():
+    """A daemon whose socket another user can reach (pytest's tmp folders are 0700)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the test runs a client as another user")
+    import shutil
+    made = []
+
+    def make(workers=2, args=()):
+        folder = tempfile.mkdtemp(prefix="shoal-public-", dir="/tmp")
+        os.chmod(folder, 0o755)
+        d = Daemon(Path(folder), workers, args)
+        made.append((d, folder))
+        return d
+    yield make
+    for d, folder in made:
+        d.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_as(uid, socket, code, timeout=120):
+    """Runs `code` as `uid` in a fresh interpreter, with torch and shoal imported and `c` a
+    client connected to `socket`."""
+    prelude = (f"import sys; sys.path.insert(0, {_public_python()!r})\n"
+               "import torch, shoal\n"
+               f"c = shoal.Client({socket!r})\n")
+    return subprocess.run([sys.executable, "-c", prelude + code], user=uid, group=uid, capture_output=True,
+                          text=True, timeout=timeout, cwd="/")

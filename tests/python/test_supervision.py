@@ -7,6 +7,7 @@ import torch
 
 import shoal
 import shoal_test_models as models
+from conftest import NOBODY, run_as
 
 
 def test_full_queue_answers_overloaded_with_a_hint(make_daemon, archives):
@@ -37,15 +38,23 @@ def test_full_queue_answers_overloaded_with_a_hint(make_daemon, archives):
     assert "'sleeps' has 2 jobs queued" in overloaded[0].message
 
 
-def test_crash_loop_marks_the_model_failed(make_daemon, archives):
-    d = make_daemon(workers=2, args=["--crash-loop-limit", "2"])
+def test_crash_loop_marks_the_model_failed(public_daemon, archives):
+    # Crashes from two different clients (users) within the window: the model is broken
+    # for everyone, not just for one client's inputs.
+    d = public_daemon(workers=2, args=["--crash-loop-limit", "2"])
     with d.client() as c:
         c.load("crashy", archives["crashy"])
         c.load("add", archives["add"])
-        for _ in range(2):
-            with pytest.raises(shoal.WorkerCrashed):
-                c.infer("crashy", -torch.ones(1))
-        with pytest.raises(shoal.Unavailable, match="marked failed: it crashed 2 workers"):
+        with pytest.raises(shoal.WorkerCrashed):
+            c.infer("crashy", -torch.ones(1))
+        other = run_as(NOBODY, d.socket, """
+try:
+    c.infer("crashy", -torch.ones(1))
+except shoal.WorkerCrashed:
+    print("crashed")
+""")
+        assert other.stdout.strip() == "crashed", other.stderr
+        with pytest.raises(shoal.Unavailable, match="marked failed: it crashed 2 workers for 2 different clients"):
             c.infer("crashy", torch.ones(1))
         m = {x["name"]: x for x in c.models()}
         assert m["crashy"]["failed"] and "SIGSEGV" in m["crashy"]["last_error"]
