@@ -1,17 +1,89 @@
-// shoald's configuration file (/etc/shoal/shoald.conf): "key = value" lines, '#' comments.
-// systemd/shoald.conf documents every key with its default. Command-line options given
-// after --config override the file. Pure parsing, no I/O besides reading the file.
+// shoald's configuration: SupervisorConfig, and how it is put together from the defaults,
+// the configuration file (/etc/shoal/shoald.conf: "key = value" lines, '#' comments) and
+// the command line, at start and again on SIGHUP. Every setting is an entry of one table
+// (supervisor/options.h) that both the file and the command line go through.
+//
+// Layers, each overriding the one before: the defaults; options given before --config;
+// the file; options given after --config (all of them when there is no --config). The
+// command line is kept in SupervisorConfig::command_line so that a reload re-reads the
+// file and puts the same overrides back on top.
+// The command line itself is parsed in supervisor/options.h (ParseCommandLine).
+// Thread-safety: plain values and pure functions (they read files, nothing else); call
+// them from any thread.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "shoal/status.h"
-#include "supervisor/supervisor.h"
+#include "worker/sandbox.h"
 
 namespace shoal {
 
-// Applies the text of a configuration file to *cfg; `origin` names it in errors.
+// One "key = value" as written in the file or as a command-line option.
+struct Setting {
+  std::string key;    // the file's key ("max_queue"), also for a flag ("--max-queue")
+  std::string value;
+  std::string file;   // where it was written; empty: on the command line
+  int line = 0;
+};
+
+// What shoald's command line said, kept for every reload.
+struct CommandLine {
+  std::string config_path;         // --config, made absolute; empty: no file
+  std::vector<Setting> defaults;   // given before --config: the file may override them
+  std::vector<Setting> overrides;  // given after --config: they override the file
+  bool help = false;               // --help: print HelpText() and exit
+};
+
+struct SupervisorConfig {
+  std::string socket_path;
+  int listen_fd = -1;             // an already-listening socket (systemd socket activation)
+  int workers = 2;
+  int interpreters = 1;           // per worker (K > 1: private library copies, worker/private_copy.h)
+  std::string interpreter_cache;  // where the copies live; default: the runtime folder
+  std::string worker_binary;                                   // default: next to shoald
+  std::vector<std::pair<std::string, std::string>> models;     // loaded at start-up
+  uint64_t default_timeout_ms = 60000;                         // a job's deadline if it gives none
+  uint64_t kill_grace_ms = 2000;  // a worker whose job timed out gets this long before SIGKILL
+  size_t max_queue = 1024;        // per model: queued jobs beyond this are answered OVERLOADED
+  int crash_loop_limit = 3;       // this many crashes within crash_window_s mark a model failed
+  uint64_t crash_window_s = 60;
+  uint64_t max_jobs_per_worker = 0;  // recycle a worker after this many jobs (0 = never)
+  uint64_t unload_grace_ms = 5000;   // unload waits this long for the jobs a model has
+  std::string config_path;         // re-read on SIGHUP
+  uint64_t drain_grace_ms = 10000;  // SIGTERM: running jobs get this long to finish
+  std::string admin_group;          // members may load/unload (besides root and shoald's user)
+  std::string model_repository;     // relative archive paths resolve against it
+  std::string log_level = "info";
+  bool zygote = true;               // fork workers from a zygote (else exec each one)
+  SandboxConfig sandbox;            // applied in every worker
+  CommandLine command_line;         // what LoadConfig was given; ReloadConfig applies it again
+};
+
+// Applies the text of a configuration file to *cfg, line by line; `origin` names it in
+// errors ("origin:LINE: ..."). Archive paths of `model` lines are left as written.
 Status ParseConfig(const std::string& text, const std::string& origin, SupervisorConfig* cfg);
 Status LoadConfigFile(const std::string& path, SupervisorConfig* cfg);
+
+// The configuration shoald runs with: the layers above, then relative archive paths of
+// `model` lines resolved against model_repository (an error when none is set). Does not
+// open the archives.
+Result<SupervisorConfig> LoadConfig(const CommandLine& cli);
+
+// SIGHUP. Reads running.command_line's file again with the same command-line layers on
+// top, and returns the configuration to run with from now on: every reloadable setting
+// (workers, timeouts and grace periods, max_queue, crash limits, admin_group, sandbox,
+// log_level) as the layers say; every setting that needs a restart (socket, interpreters,
+// interpreter_cache, zygote, worker_binary, model_repository, model) kept as it runs,
+// a different new value named in needs_restart. listen_fd is kept too.
+// An error (unreadable file, bad value) means: keep running as before.
+struct Reloaded {
+  SupervisorConfig config;
+  std::vector<std::string> needs_restart;  // "interpreters (1 -> 4)", one a setting
+};
+Result<Reloaded> ReloadConfig(const SupervisorConfig& running);
 
 }  // namespace shoal
