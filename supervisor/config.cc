@@ -1,3 +1,5 @@
+// Reading shoald.conf, stacking the layers (defaults < before --config < file < after
+// --config) and what a reload keeps (supervisor/config.h). Pure but for reading the file.
 #include "supervisor/config.h"
 
 #include <cerrno>

@@ -1,3 +1,5 @@
+// The option table, the checks of one value, and the command line through
+// Boost.Program_options (supervisor/options.h). Immutable after first use; any thread.
 #include "supervisor/options.h"
 
 #include <boost/program_options.hpp>
@@ -218,10 +220,9 @@ const Option* FindOption(const std::string& key) {
 }
 
 Status ApplySetting(const Setting& s, SupervisorConfig* cfg) {
-  std::string where = s.file + ":" + std::to_string(s.line) + ": ";
+  std::string where = s.file.empty() ? "" : s.file + ":" + std::to_string(s.line) + ": ";
   const Option* o = FindOption(s.key);
   if (o == nullptr) {
-    // Flags are checked by the command-line parser: only a file gets here.
     return Status::BadRequest(where + "unknown key '" + s.key +
                               "' (shoald --help lists the options; /etc/shoal/shoald.conf documents them)");
   }
