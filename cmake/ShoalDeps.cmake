@@ -8,6 +8,13 @@ find_package(Boost 1.71 REQUIRED)
 add_library(shoal::boost INTERFACE IMPORTED)
 target_include_directories(shoal::boost INTERFACE ${Boost_INCLUDE_DIRS})
 target_link_libraries(shoal::boost INTERFACE rt)
+# Boost.Program_options is a compiled library (libboost-program-options-dev), unlike the
+# header-only parts above: only shoald's option parsing (supervisor/options.cc) links it.
+find_package(Boost 1.71 QUIET COMPONENTS program_options)
+if(NOT TARGET Boost::program_options)
+  message(FATAL_ERROR "shoald needs Boost.Program_options: install libboost-program-options-dev "
+                      "(scripts/setup.sh does)")
+endif()
 
 add_library(shoal::msgpack INTERFACE IMPORTED)
 find_package(msgpack-cxx QUIET CONFIG)

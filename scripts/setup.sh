@@ -2,7 +2,7 @@
 # Installs what shoal needs from Debian's packages (idempotent; as root or with sudo).
 # SHOAL_NO_INSTALL=1 skips installing (machines without a package registry).
 set -euo pipefail
-PACKAGES=(build-essential cmake pkg-config libboost-dev libmsgpack-cxx-dev python3-msgpack
+PACKAGES=(build-essential cmake pkg-config libboost-dev libboost-program-options-dev libmsgpack-cxx-dev python3-msgpack
           libtorch-dev python3-torch python3-torchvision python3.11-dev python3-numpy
           python3-pytest catch2 libspdlog-dev patchelf systemd dpkg-dev libseccomp-dev)
 [ "${SHOAL_NO_INSTALL:-0}" = "1" ] && exit 0

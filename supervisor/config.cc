@@ -1,8 +1,13 @@
+// Reading shoald.conf, stacking the layers (defaults < before --config < file < after
+// --config) and what a reload keeps (supervisor/config.h). Pure but for reading the file.
 #include "supervisor/config.h"
 
 #include <cerrno>
 #include <fstream>
 #include <sstream>
+
+#include "protocol/paths.h"
+#include "supervisor/options.h"
 
 namespace shoal {
 
@@ -14,10 +19,19 @@ std::string Trim(const std::string& s) {
   return s.substr(a, b - a + 1);
 }
 
-bool ParseUint(const std::string& v, uint64_t* out) {
-  if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos || v.size() > 18) return false;
-  *out = std::stoull(v);
-  return true;
+// What a configuration is before any option: SupervisorConfig's defaults, and the socket
+// that depends on who runs shoald.
+SupervisorConfig Defaults() {
+  SupervisorConfig cfg;
+  cfg.socket_path = DefaultSocketPath();
+  return cfg;
+}
+
+Status ApplyAll(const std::vector<Setting>& settings, SupervisorConfig* cfg) {
+  for (const Setting& s : settings) {
+    if (auto st = ApplySetting(s, cfg); !st.ok()) return st;
+  }
+  return Status::Ok();
 }
 }  // namespace
 
@@ -31,92 +45,13 @@ Status ParseConfig(const std::string& text, const std::string& origin, Superviso
     if (hash != std::string::npos) line.resize(hash);
     line = Trim(line);
     if (line.empty()) continue;
-    auto where = origin + ":" + std::to_string(lineno) + ": ";
     auto eq = line.find('=');
-    if (eq == std::string::npos) return Status::BadRequest(where + "expected 'key = value', got '" + line + "'");
-    std::string key = Trim(line.substr(0, eq));
-    std::string value = Trim(line.substr(eq + 1));
-    uint64_t n = 0;
-    auto number = [&](uint64_t max) -> Status {
-      if (!ParseUint(value, &n) || n > max) {
-        return Status::BadRequest(where + key + " takes an integer in [0, " + std::to_string(max) + "], not '" +
-                                  value + "'");
-      }
-      return Status::Ok();
-    };
-    if (key == "socket") {
-      cfg->socket_path = value;
-    } else if (key == "workers") {
-      if (auto st = number(1024); !st.ok()) return st;
-      if (n == 0) return Status::BadRequest(where + "workers must be at least 1");
-      cfg->workers = static_cast<int>(n);
-    } else if (key == "interpreters") {
-      if (auto st = number(64); !st.ok()) return st;
-      if (n == 0) return Status::BadRequest(where + "interpreters must be at least 1");
-      cfg->interpreters = static_cast<int>(n);
-    } else if (key == "interpreter_cache") {
-      cfg->interpreter_cache = value;
-    } else if (key == "timeout_ms") {
-      if (auto st = number(uint64_t{1} << 40); !st.ok()) return st;
-      cfg->default_timeout_ms = n;
-    } else if (key == "kill_grace_ms") {
-      if (auto st = number(uint64_t{1} << 40); !st.ok()) return st;
-      cfg->kill_grace_ms = n;
-    } else if (key == "drain_grace_ms") {
-      if (auto st = number(uint64_t{1} << 40); !st.ok()) return st;
-      cfg->drain_grace_ms = n;
-    } else if (key == "unload_grace_ms") {
-      if (auto st = number(uint64_t{1} << 40); !st.ok()) return st;
-      cfg->unload_grace_ms = n;
-    } else if (key == "max_queue") {
-      if (auto st = number(uint64_t{1} << 24); !st.ok()) return st;
-      cfg->max_queue = n;
-    } else if (key == "crash_loop_limit") {
-      if (auto st = number(1000); !st.ok()) return st;
-      if (n == 0) return Status::BadRequest(where + "crash_loop_limit must be at least 1");
-      cfg->crash_loop_limit = static_cast<int>(n);
-    } else if (key == "crash_window_s") {
-      if (auto st = number(uint64_t{1} << 30); !st.ok()) return st;
-      cfg->crash_window_s = n;
-    } else if (key == "max_jobs_per_worker") {
-      if (auto st = number(uint64_t{1} << 40); !st.ok()) return st;
-      cfg->max_jobs_per_worker = n;
-    } else if (key == "worker_memory_mb") {
-      if (auto st = number(uint64_t{1} << 30); !st.ok()) return st;
-      cfg->sandbox.address_space_bytes = n << 20;
-    } else if (key == "worker_cpu_seconds") {
-      if (auto st = number(uint64_t{1} << 30); !st.ok()) return st;
-      cfg->sandbox.cpu_seconds = n;
-    } else if (key == "worker_open_files") {
-      if (auto st = number(uint64_t{1} << 20); !st.ok()) return st;
-      cfg->sandbox.open_files = n;
-    } else if (key == "worker_network" || key == "seccomp" || key == "zygote") {
-      if (value != "yes" && value != "no") return Status::BadRequest(where + key + " takes yes or no");
-      bool yes = value == "yes";
-      if (key == "worker_network") cfg->sandbox.allow_network = yes;
-      if (key == "seccomp") cfg->sandbox.seccomp = yes;
-      if (key == "zygote") cfg->zygote = yes;
-    } else if (key == "admin_group") {
-      cfg->admin_group = value;
-    } else if (key == "model_repository") {
-      cfg->model_repository = value;
-    } else if (key == "worker_binary") {
-      cfg->worker_binary = value;
-    } else if (key == "model") {
-      auto meq = value.find('=');
-      if (meq == std::string::npos || meq == 0 || meq + 1 == value.size()) {
-        return Status::BadRequest(where + "model takes NAME=ARCHIVE, not '" + value + "'");
-      }
-      cfg->models.emplace_back(Trim(value.substr(0, meq)), Trim(value.substr(meq + 1)));
-    } else if (key == "log_level") {
-      static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
-      bool ok = false;
-      for (const char* l : kLevels) ok = ok || value == l;
-      if (!ok) return Status::BadRequest(where + "log_level must be trace|debug|info|warn|error|critical|off");
-      cfg->log_level = value;
-    } else {
-      return Status::BadRequest(where + "unknown key '" + key + "' (see /etc/shoal/shoald.conf for the keys)");
+    if (eq == std::string::npos) {
+      return Status::BadRequest(origin + ":" + std::to_string(lineno) + ": expected 'key = value', got '" + line +
+                                "'");
     }
+    Setting s{Trim(line.substr(0, eq)), Trim(line.substr(eq + 1)), origin, lineno};
+    if (auto st = ApplySetting(s, cfg); !st.ok()) return st;
   }
   return Status::Ok();
 }
@@ -127,6 +62,47 @@ Status LoadConfigFile(const std::string& path, SupervisorConfig* cfg) {
   std::stringstream ss;
   ss << f.rdbuf();
   return ParseConfig(ss.str(), path, cfg);
+}
+
+Result<SupervisorConfig> LoadConfig(const CommandLine& cli) {
+  SupervisorConfig cfg = Defaults();
+  if (auto st = ApplyAll(cli.defaults, &cfg); !st.ok()) return st;
+  if (!cli.config_path.empty()) {
+    if (auto st = LoadConfigFile(cli.config_path, &cfg); !st.ok()) return st;
+  }
+  if (auto st = ApplyAll(cli.overrides, &cfg); !st.ok()) return st;
+  // Only the file's archive paths can still be relative (ParseCommandLine made the
+  // command line's absolute), and model_repository is final only now.
+  for (auto& [name, path] : cfg.models) {
+    if (path[0] == '/') continue;
+    if (cfg.model_repository.empty()) {
+      return Status::BadRequest("model '" + name + "': archive path '" + path +
+                                "' must be absolute (or set model_repository)");
+    }
+    path = cfg.model_repository + "/" + path;
+  }
+  cfg.config_path = cli.config_path;
+  cfg.command_line = cli;
+  return cfg;
+}
+
+Result<Reloaded> ReloadConfig(const SupervisorConfig& running) {
+  auto fresh = LoadConfig(running.command_line);
+  if (!fresh.ok()) return fresh.status();
+  Reloaded r{std::move(*fresh), {}};
+  r.config.listen_fd = running.listen_fd;
+  const SupervisorConfig defaults = Defaults();
+  for (const Option& o : Options()) {
+    if (o.reloadable) continue;
+    std::string was = o.get(running);
+    std::string now = o.get(r.config);
+    // shoald works out some defaults as it starts (worker_binary, interpreter_cache, the
+    // socket under systemd): a setting still at its default has not changed.
+    bool still_default = o.default_text != nullptr && now == o.get(defaults);
+    if (now != was && !still_default) r.needs_restart.push_back(std::string(o.key) + " (" + was + " -> " + now + ")");
+    o.keep(running, &r.config);
+  }
+  return r;
 }
 
 }  // namespace shoal

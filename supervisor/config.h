@@ -1,6 +1,15 @@
-// shoald's configuration file (/etc/shoal/shoald.conf): "key = value" lines, '#' comments.
-// systemd/shoald.conf documents every key with its default. Command-line options given
-// after --config override the file. Pure parsing, no I/O besides reading the file.
+// shoald's configuration: SupervisorConfig, and how it is put together from the defaults,
+// the configuration file (/etc/shoal/shoald.conf: "key = value" lines, '#' comments) and
+// the command line, at start and again on SIGHUP. Every setting is an entry of one table
+// (supervisor/options.h) that both the file and the command line go through.
+//
+// Layers, each overriding the one before: the defaults; options given before --config;
+// the file; options given after --config (all of them when there is no --config). The
+// command line is kept in SupervisorConfig::command_line so that a reload re-reads the
+// file and puts the same overrides back on top.
+// The command line itself is parsed in supervisor/options.h (ParseCommandLine).
+// Thread-safety: plain values and pure functions (they read files, nothing else); call
+// them from any thread.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +22,22 @@
 
 namespace shoal {
 
-// Everything shoald can be told, with its defaults; every role reads the settings it needs.
+// One "key = value" as written in the file or as a command-line option.
+struct Setting {
+  std::string key;    // the file's key ("max_queue"), also for a flag ("--max-queue")
+  std::string value;
+  std::string file;   // where it was written; empty: on the command line
+  int line = 0;
+};
+
+// What shoald's command line said, kept for every reload.
+struct CommandLine {
+  std::string config_path;         // --config, made absolute; empty: no file
+  std::vector<Setting> defaults;   // given before --config: the file may override them
+  std::vector<Setting> overrides;  // given after --config: they override the file
+  bool help = false;               // --help: print HelpText() and exit
+};
+
 struct SupervisorConfig {
   std::string socket_path;
   int listen_fd = -1;             // an already-listening socket (systemd socket activation)
@@ -36,10 +60,30 @@ struct SupervisorConfig {
   std::string log_level = "info";
   bool zygote = true;               // fork workers from a zygote (else exec each one)
   SandboxConfig sandbox;            // applied in every worker
+  CommandLine command_line;         // what LoadConfig was given; ReloadConfig applies it again
 };
 
-// Applies the text of a configuration file to *cfg; `origin` names it in errors.
+// Applies the text of a configuration file to *cfg, line by line; `origin` names it in
+// errors ("origin:LINE: ..."). Archive paths of `model` lines are left as written.
 Status ParseConfig(const std::string& text, const std::string& origin, SupervisorConfig* cfg);
 Status LoadConfigFile(const std::string& path, SupervisorConfig* cfg);
+
+// The configuration shoald runs with: the layers above, then relative archive paths of
+// `model` lines resolved against model_repository (an error when none is set). Does not
+// open the archives.
+Result<SupervisorConfig> LoadConfig(const CommandLine& cli);
+
+// SIGHUP. Reads running.command_line's file again with the same command-line layers on
+// top, and returns the configuration to run with from now on: every reloadable setting
+// (workers, timeouts and grace periods, max_queue, crash limits, admin_group, sandbox,
+// log_level) as the layers say; every setting that needs a restart (socket, interpreters,
+// interpreter_cache, zygote, worker_binary, model_repository, model) kept as it runs,
+// a different new value named in needs_restart. listen_fd is kept too.
+// An error (unreadable file, bad value) means: keep running as before.
+struct Reloaded {
+  SupervisorConfig config;
+  std::vector<std::string> needs_restart;  // "interpreters (1 -> 4)", one a setting
+};
+Result<Reloaded> ReloadConfig(const SupervisorConfig& running);
 
 }  // namespace shoal

@@ -218,33 +218,25 @@ void Supervisor::Reload() {
     return;
   }
   notifier_.Notify("RELOADING=1\nSTATUS=reloading " + config_.config_path);
-  SupervisorConfig fresh;
-  if (auto st = LoadConfigFile(config_.config_path, &fresh); !st.ok()) {
-    spdlog::error("SIGHUP: keeping the current configuration: {}", st.message());
-    notifier_.Notify("READY=1\nSTATUS=reload failed: " + st.message());
+  // The file again with the command line's overrides on top; restart-only settings as they run.
+  auto reloaded = ReloadConfig(config_);
+  if (!reloaded.ok()) {
+    spdlog::error("SIGHUP: keeping the current configuration: {}", reloaded.status().message());
+    notifier_.Notify("READY=1\nSTATUS=reload failed: " + reloaded.status().message());
     return;
   }
+  SupervisorConfig& fresh = reloaded->config;
   if (auto st = front_.SetAdminGroup(fresh.admin_group); !st.ok()) {
     spdlog::error("SIGHUP: keeping the current configuration: {}", st.message());
     notifier_.Notify("READY=1\nSTATUS=reload failed: unknown admin_group");
     return;
   }
-  bool sandbox_changed = fresh.sandbox.ToArgs() != config_.sandbox.ToArgs();
-  if (fresh.interpreters != config_.interpreters ||
-      (!fresh.interpreter_cache.empty() && fresh.interpreter_cache != config_.interpreter_cache)) {
-    spdlog::warn("SIGHUP: interpreters/interpreter_cache change only when shoald restarts (keeping {})",
-                 config_.interpreters);
+  for (const auto& setting : reloaded->needs_restart) {
+    spdlog::warn("SIGHUP: {} takes effect only when shoald restarts", setting);
   }
-  config_.workers = fresh.workers;
-  config_.default_timeout_ms = fresh.default_timeout_ms;
-  config_.kill_grace_ms = fresh.kill_grace_ms;
-  config_.drain_grace_ms = fresh.drain_grace_ms;
-  config_.max_queue = fresh.max_queue;
-  config_.crash_loop_limit = fresh.crash_loop_limit;
-  config_.crash_window_s = fresh.crash_window_s;
-  config_.max_jobs_per_worker = fresh.max_jobs_per_worker;
-  config_.admin_group = fresh.admin_group;
-  config_.sandbox = fresh.sandbox;
+  bool sandbox_changed = fresh.sandbox.ToArgs() != config_.sandbox.ToArgs();
+  config_ = std::move(fresh);  // the roles read it by reference
+  spdlog::set_level(spdlog::level::from_str(config_.log_level));
   pool_.Resize(sandbox_changed);
   spdlog::info("SIGHUP: configuration reloaded from {} ({} workers)", config_.config_path, config_.workers);
   notifier_.Notify("READY=1\nSTATUS=serving " + std::to_string(registry_.size()) + " models with " +

@@ -1,4 +1,8 @@
-"""Overload, crash loops, opt-in retries, recycling, health and the zygote."""
+"""Overload, crash loops, opt-in retries, recycling, health and the zygote; options from the
+command line and the file, and what SIGHUP does with them."""
+import os
+import signal
+import subprocess
 import threading
 import time
 
@@ -7,7 +11,9 @@ import torch
 
 import shoal
 import shoal_test_models as models
-from conftest import NOBODY, run_as
+from conftest import BUILD, NOBODY, run_as, running_models
+
+SHOALD = os.path.join(BUILD, "bin", "shoald")
 
 
 def test_full_queue_answers_overloaded_with_a_hint(make_daemon, archives):
@@ -148,3 +154,86 @@ def test_replacements_come_from_the_zygote(make_daemon, archives):
             with open(f"/proc/{w['pid']}/cmdline") as f:
                 assert "--zygote" in f.read()
     assert "forked by the zygote" in open(d.log_path).read()
+
+
+# ---- options: one table for the file and the command line; reload keeps the overrides ----
+
+def test_a_bad_value_is_refused_alike_from_the_file_and_the_command_line(tmp_path):
+    conf = tmp_path / "shoald.conf"
+    conf.write_text("workers = 1\nmax_queue = lots\n")
+    by_file = subprocess.run([SHOALD, "--config", str(conf)], capture_output=True, text=True, timeout=30)
+    by_flag = subprocess.run([SHOALD, "--max-queue", "lots"], capture_output=True, text=True, timeout=30)
+    why = "max_queue takes an integer in [0, 16777216], not 'lots'"
+    assert (by_file.returncode, by_file.stderr) == (2, f"shoald: {conf}:2: {why}\n")
+    assert (by_flag.returncode, by_flag.stderr) == (2, f"shoald: --{why.replace('_', '-', 1)}\n")
+    r = subprocess.run([SHOALD, "--max-queu", "1"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "unrecognised option '--max-queu'" in r.stderr
+    r = subprocess.run([SHOALD, "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0
+    assert "--max-queue N" in r.stdout and "--unload-grace-ms MS" in r.stdout and "default 1024" in r.stdout
+
+
+def _wait_log(d, text, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if text in open(d.log_path).read():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{text!r} not in the log:\n{open(d.log_path).read()}")
+
+
+def _running_and_queued(d, model, seconds):
+    """With one worker: a job of `model` that runs `seconds`, and one queued behind it.
+    Returns their threads and results ("running", "queued")."""
+    results = {}
+
+    def ask(key, s):
+        with d.client() as c:
+            try:
+                results[key] = float(c.infer(model, torch.tensor([s]))[0])
+            except shoal.Error as e:
+                results[key] = e
+    threads = [threading.Thread(target=ask, args=("running", seconds)),
+               threading.Thread(target=ask, args=("queued", 0.0))]
+    with d.client() as c:
+        for t, busy in zip(threads, (lambda st: any(running_models(w) for w in st["workers"]),
+                                     lambda st: st["queued"] == 1)):
+            t.start()
+            deadline = time.time() + 10
+            while not busy(c.status()) and time.time() < deadline:
+                time.sleep(0.02)
+    return threads, results
+
+
+def test_command_line_overrides_survive_sighup_and_reloaded_settings_apply(make_daemon, archives, tmp_path):
+    conf = tmp_path / "shoald.conf"
+    conf.write_text("admin_group =\nmax_queue = 100\nunload_grace_ms = 5000\nlog_level = info\n")
+    d = make_daemon(workers=1, args=["--config", str(conf), "--max-queue", "1"])
+    with d.client() as c:
+        c.load("s", archives["sleeps"])
+        threads, _ = _running_and_queued(d, "s", 0.5)
+        with pytest.raises(shoal.Overloaded, match="'s' has 1 jobs queued"):
+            c.infer("s", torch.tensor([0.0]))
+        for t in threads:
+            t.join(10)
+
+    conf.write_text("admin_group =\nmax_queue = 100\nunload_grace_ms = 200\nlog_level = warn\nzygote = no\n")
+    d.proc.send_signal(signal.SIGHUP)
+    _wait_log(d, "SIGHUP: zygote (yes -> no) takes effect only when shoald restarts")
+    with d.client() as c:
+        threads, results = _running_and_queued(d, "s", 1.5)
+        with pytest.raises(shoal.Overloaded, match="'s' has 1 jobs queued"):  # --max-queue 1 still wins
+            c.infer("s", torch.tensor([0.0]))
+        c.unload("s")
+        for t in threads:
+            t.join(10)
+    assert results["running"] == 1.5
+    assert isinstance(results["queued"], shoal.Unavailable)
+    assert "200 ms grace period" in results["queued"].message  # the reloaded unload_grace_ms
+    log = open(d.log_path).read()
+    assert "model 's' loaded" in log
+    assert "model 's' unloaded" not in log and "configuration reloaded" not in log  # log_level = warn
+
+    conf.write_text("admin_group =\nlog_level = info\n")
+    d.proc.send_signal(signal.SIGHUP)
+    _wait_log(d, "configuration reloaded")

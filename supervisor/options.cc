@@ -1,0 +1,311 @@
+// The option table, the checks of one value, and the command line through
+// Boost.Program_options (supervisor/options.h). Immutable after first use; any thread.
+#include "supervisor/options.h"
+
+#include <boost/program_options.hpp>
+#include <filesystem>
+#include <sstream>
+#include <type_traits>
+
+namespace shoal {
+
+namespace po = boost::program_options;
+
+namespace {
+
+// A setting as text. The types are those of SupervisorConfig's fields.
+template <typename T>
+std::string Show(const T& field) {
+  if constexpr (std::is_same_v<T, bool>) {
+    return field ? "yes" : "no";
+  } else if constexpr (std::is_integral_v<T>) {
+    return std::to_string(field);
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return field;
+  } else {  // models
+    std::string out;
+    for (const auto& [name, path] : field) out += (out.empty() ? "" : ", ") + name + "=" + path;
+    return out;
+  }
+}
+
+template <typename T>
+void Store(T* field, const OptionValue& v) {
+  if constexpr (std::is_same_v<T, bool>) {
+    *field = v.yes;
+  } else if constexpr (std::is_integral_v<T>) {
+    *field = static_cast<T>(v.number);  // within the option's bounds, which fit T
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    *field = v.text;
+  } else {
+    field->emplace_back(v.name, v.text);
+  }
+}
+
+// The field at the end of a chain of members: Get<&SupervisorConfig::sandbox, &SandboxConfig::seccomp>.
+template <auto... Path>
+std::string Get(const SupervisorConfig& c) {
+  return Show((c .* ... .* Path));
+}
+template <auto... Path>
+void Set(SupervisorConfig* c, const OptionValue& v) {
+  Store(&(*c .* ... .* Path), v);
+}
+template <auto... Path>
+void Keep(const SupervisorConfig& from, SupervisorConfig* to) {
+  (*to .* ... .* Path) = (from .* ... .* Path);
+}
+
+template <auto... Path>
+Option Make(const char* key, OptionKind kind, const char* arg, bool reloadable, const char* help, uint64_t min = 0,
+            uint64_t max = 0, const char* default_text = nullptr) {
+  return Option{key, kind, arg, reloadable, help, min, max, default_text, &Get<Path...>, &Set<Path...>,
+                &Keep<Path...>};
+}
+
+// worker_memory_mb is kept in bytes.
+std::string GetMemoryMb(const SupervisorConfig& c) { return std::to_string(c.sandbox.address_space_bytes >> 20); }
+void SetMemoryMb(SupervisorConfig* c, const OptionValue& v) { c->sandbox.address_space_bytes = v.number << 20; }
+
+constexpr bool kReload = true;
+constexpr bool kRestart = false;
+constexpr uint64_t kMaxMs = uint64_t{1} << 40;
+
+std::vector<Option> MakeTable() {
+  using C = SupervisorConfig;
+  using S = SandboxConfig;
+  using K = OptionKind;
+  std::vector<Option> t = {
+      Make<&C::socket_path>("socket", K::kText, "PATH", kRestart,
+                            "client socket (ignored under systemd socket activation)", 0, 0,
+                            "$SHOAL_SOCKET, else /run/shoal/shoal.sock for root, else "
+                            "$XDG_RUNTIME_DIR/shoal/shoal.sock"),
+      Make<&C::workers>("workers", K::kNumber, "N", kReload, "worker processes", 1, 1024),
+      Make<&C::interpreters>("interpreters", K::kNumber, "K", kRestart,
+                             "Python interpreters per worker, each with its own GIL", 1, 64),
+      Make<&C::interpreter_cache>("interpreter_cache", K::kText, "DIR", kRestart,
+                                  "private library copies for interpreters > 1", 0, 0, "in the runtime folder"),
+      Make<&C::models>("model", K::kModel, "NAME=ARCHIVE", kRestart,
+                       "load this archive at start-up (repeatable); a relative path is under "
+                       "model_repository in the file, under the current folder on the command line"),
+      Make<&C::model_repository>("model_repository", K::kText, "DIR", kRestart,
+                                 "where relative archive paths of the file's model lines are"),
+      Make<&C::default_timeout_ms>("timeout_ms", K::kNumber, "MS", kReload,
+                                   "deadline of jobs that give none (0 = none)", 0, kMaxMs),
+      Make<&C::kill_grace_ms>("kill_grace_ms", K::kNumber, "MS", kReload,
+                              "a worker still running a timed-out job is killed after this", 0, kMaxMs),
+      Make<&C::max_queue>("max_queue", K::kNumber, "N", kReload,
+                          "queued jobs per model beyond this are answered OVERLOADED", 0, uint64_t{1} << 24),
+      Make<&C::drain_grace_ms>("drain_grace_ms", K::kNumber, "MS", kReload,
+                               "on SIGTERM, running jobs get this long to finish", 0, kMaxMs),
+      Make<&C::unload_grace_ms>("unload_grace_ms", K::kNumber, "MS", kReload,
+                                "unload waits this long for the jobs a model has accepted", 0, kMaxMs),
+      Make<&C::admin_group>("admin_group", K::kText, "GROUP", kReload,
+                            "members may load and unload models (besides root and shoald's user)"),
+      Make<&C::max_jobs_per_worker>("max_jobs_per_worker", K::kNumber, "N", kReload,
+                                    "recycle a worker after this many jobs (0 = never)", 0, kMaxMs),
+      Make<&C::crash_loop_limit>("crash_loop_limit", K::kNumber, "N", kReload,
+                                 "crashes within crash_window_s that mark a model failed", 1, 1000),
+      Make<&C::crash_window_s>("crash_window_s", K::kNumber, "S", kReload, "see crash_loop_limit", 0,
+                               uint64_t{1} << 30),
+      Option{"worker_memory_mb", K::kNumber, "MB", kReload,
+             "address-space limit of each worker (0 = none)", 0, uint64_t{1} << 30, nullptr, &GetMemoryMb,
+             &SetMemoryMb, &Keep<&C::sandbox, &S::address_space_bytes>},
+      Make<&C::sandbox, &S::cpu_seconds>("worker_cpu_seconds", K::kNumber, "S", kReload,
+                                         "CPU-time limit of each worker (0 = none)", 0, uint64_t{1} << 30),
+      Make<&C::sandbox, &S::open_files>("worker_open_files", K::kNumber, "N", kReload, "open files per worker", 0,
+                                        uint64_t{1} << 20),
+      Make<&C::sandbox, &S::allow_network>("worker_network", K::kYesNo, "yes|no", kReload,
+                                           "may model code open IPv4/IPv6 sockets"),
+      Make<&C::sandbox, &S::seccomp>("seccomp", K::kYesNo, "yes|no", kReload,
+                                     "deny system calls model code has no business making"),
+      Make<&C::zygote>("zygote", K::kYesNo, "yes|no", kRestart,
+                       "fork workers from a zygote that imported torch once (no: exec every one)"),
+      Make<&C::log_level>("log_level", K::kLogLevel, "LEVEL", kReload,
+                          "trace|debug|info|warn|error|critical|off"),
+      Make<&C::worker_binary>("worker_binary", K::kText, "PATH", kRestart, "the worker executable", 0, 0,
+                              "shoal-worker next to shoald"),
+  };
+  return t;
+}
+
+std::string Trim(const std::string& s) {
+  size_t a = s.find_first_not_of(" \t\r");
+  if (a == std::string::npos) return "";
+  size_t b = s.find_last_not_of(" \t\r");
+  return s.substr(a, b - a + 1);
+}
+
+bool ParseUint(const std::string& v, uint64_t* out) {
+  if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos || v.size() > 18) return false;
+  *out = std::stoull(v);
+  return true;
+}
+
+const char* const kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+
+// Checks a value against its option; `name` is how the setting was written.
+Result<OptionValue> Check(const Option& o, const std::string& value, const std::string& name) {
+  auto bad = [&](const std::string& why) { return Status::BadRequest(name + " " + why); };
+  OptionValue v;
+  switch (o.kind) {
+    case OptionKind::kNumber:
+      if (!ParseUint(value, &v.number) || v.number > o.max) {
+        return bad("takes an integer in [0, " + std::to_string(o.max) + "], not '" + value + "'");
+      }
+      if (v.number < o.min) return bad("must be at least " + std::to_string(o.min));
+      break;
+    case OptionKind::kYesNo:
+      if (value != "yes" && value != "no") return bad("takes yes or no, not '" + value + "'");
+      v.yes = value == "yes";
+      break;
+    case OptionKind::kLogLevel: {
+      bool known = false;
+      for (const char* l : kLevels) known = known || value == l;
+      if (!known) return bad("must be trace|debug|info|warn|error|critical|off, not '" + value + "'");
+      v.text = value;
+      break;
+    }
+    case OptionKind::kModel: {
+      auto eq = value.find('=');
+      v.name = Trim(value.substr(0, eq));
+      v.text = eq == std::string::npos ? "" : Trim(value.substr(eq + 1));
+      if (v.name.empty() || v.text.empty()) return bad("takes NAME=ARCHIVE, not '" + value + "'");
+      break;
+    }
+    case OptionKind::kText:
+      v.text = value;
+      break;
+  }
+  return v;
+}
+
+po::options_description Describe() {
+  po::options_description d("Options", 100, 48);
+  d.add_options()("config", po::value<std::string>()->value_name("FILE"),
+                  "read this configuration file (/etc/shoal/shoald.conf documents it); the options after "
+                  "--config override it, at start and on every SIGHUP")("help,h", "print this help and exit");
+  for (const Option& o : Options()) {
+    std::string help = o.help;
+    std::string def = o.default_text ? o.default_text : o.get(SupervisorConfig{});
+    if (!def.empty()) help += "; default " + def;
+    if (!o.reloadable) help += "; changes need a restart";
+    std::string flag = o.Flag().substr(2);
+    d.add_options()(flag.c_str(), po::value<std::string>()->value_name(o.arg), help.c_str());
+    if (o.kind == OptionKind::kYesNo) {
+      d.add_options()(("no-" + flag).c_str(), ("same as --" + flag + " no").c_str());
+    }
+  }
+  return d;
+}
+
+}  // namespace
+
+std::string Option::Flag() const {
+  std::string f = std::string("--") + key;
+  for (char& ch : f) ch = ch == '_' ? '-' : ch;
+  return f;
+}
+
+const std::vector<Option>& Options() {
+  static const std::vector<Option> table = MakeTable();
+  return table;
+}
+
+const Option* FindOption(const std::string& key) {
+  for (const Option& o : Options()) {
+    if (key == o.key) return &o;
+  }
+  return nullptr;
+}
+
+Status ApplySetting(const Setting& s, SupervisorConfig* cfg) {
+  std::string where = s.file.empty() ? "" : s.file + ":" + std::to_string(s.line) + ": ";
+  const Option* o = FindOption(s.key);
+  if (o == nullptr) {
+    return Status::BadRequest(where + "unknown key '" + s.key +
+                              "' (shoald --help lists the options; /etc/shoal/shoald.conf documents them)");
+  }
+  auto v = Check(*o, s.value, s.file.empty() ? o->Flag() : where + s.key);
+  if (!v.ok()) return v.status();
+  o->set(cfg, *v);
+  return Status::Ok();
+}
+
+Result<CommandLine> ParseCommandLine(int argc, const char* const* argv) {
+  const po::options_description desc = Describe();
+  std::vector<po::option> parsed;
+  try {
+    parsed = po::command_line_parser(argc, argv)
+                 .options(desc)
+                 .style(po::command_line_style::unix_style ^ po::command_line_style::allow_guessing)
+                 .run()
+                 .options;
+  } catch (const po::error& e) {
+    return Status::BadRequest(std::string(e.what()) + " (shoald --help lists the options)");
+  }
+  CommandLine cli;
+  bool seen_config = false;
+  for (const po::option& opt : parsed) {
+    const std::string& flag = opt.string_key;
+    std::string value = opt.value.empty() ? "" : opt.value.front();
+    if (flag.empty()) return Status::BadRequest("unexpected argument '" + value + "' (options start with --)");
+    // Boost takes "--workers --max-queue 3" as workers = "--max-queue".
+    if (value.rfind("--", 0) == 0 && desc.find_nothrow(value.substr(2), false) != nullptr) {
+      return Status::BadRequest("the required argument for option '--" + flag + "' is missing");
+    }
+    if (flag == "help") {
+      cli.help = true;
+      continue;
+    }
+    if (flag == "config") {
+      if (seen_config) return Status::BadRequest("--config given twice ('" + cli.config_path + "', '" + value + "')");
+      if (value.empty()) return Status::BadRequest("--config needs a file name");
+      seen_config = true;
+      cli.config_path = std::filesystem::absolute(value).lexically_normal().string();
+      continue;
+    }
+    Setting s;
+    std::string key = flag;
+    for (char& ch : key) ch = ch == '-' ? '_' : ch;
+    s.key = key;
+    s.value = value;
+    if (key.rfind("no_", 0) == 0 && FindOption(key) == nullptr) {  // --no-zygote
+      s.key = key.substr(3);
+      s.value = "no";
+    }
+    SupervisorConfig checked;
+    if (auto st = ApplySetting(s, &checked); !st.ok()) return st;
+    if (s.key == "model" && checked.models[0].second[0] != '/') {
+      // Under the current folder, as any path on a command line (the file's are under
+      // model_repository).
+      const auto& [name, path] = checked.models[0];
+      s.value = name + "=" + std::filesystem::absolute(path).lexically_normal().string();
+    }
+    (seen_config ? cli.overrides : cli.defaults).push_back(std::move(s));
+  }
+  if (!seen_config) std::swap(cli.defaults, cli.overrides);  // no file between them: all override
+  return cli;
+}
+
+std::string HelpText() {
+  std::ostringstream out;
+  out << "usage: shoald [--config FILE] [--OPTION VALUE]...\n"
+         "\n"
+         "The shoal supervisor: serves models to clients on a Unix socket from sandboxed worker\n"
+         "processes. Every option is also a key of the configuration file, with '_' for '-'\n"
+         "(--max-queue 8 is \"max_queue = 8\"), and both take the same values. Options given\n"
+         "after --config override the file, at start and on every SIGHUP; options given before\n"
+         "it are defaults that the file may change.\n"
+         "\n"
+      << Describe()
+      << "\n"
+         "SIGTERM drains and exits. SIGHUP re-reads --config, puts the command line's options\n"
+         "back on top and applies every setting but those that need a restart.\n"
+         "\n"
+         "Under systemd, shoald takes its listening socket from socket activation (LISTEN_FDS) and\n"
+         "reports READY=1 once the configured models serve (NOTIFY_SOCKET, WATCHDOG_USEC).\n";
+  return out.str();
+}
+
+}  // namespace shoal
