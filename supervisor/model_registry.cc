@@ -79,6 +79,12 @@ Status ModelRegistry::Load(const std::string& name, const std::string& path, Don
       hosts_->Unload(name);
       if (it != models_.end()) models_.erase(it);
       spdlog::warn("load of model '{}' failed: {}", name, op->first_error.ToString());
+      // Jobs that queued for it while it loaded get the load's error now, not at their deadline.
+      Status err = op->first_error;
+      jobs_->FailQueued(name, [name, err](const Job& job) {
+        return Status(err.code(), "job " + std::to_string(job.id) + " cannot run: loading model '" + name +
+                                      "' failed: " + err.message());
+      });
       done(op->first_error, op->traceback);
       return;
     }

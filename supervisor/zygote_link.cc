@@ -52,7 +52,8 @@ void ZygoteLink::OnFrame(const std::string& body) {
   if (!id.ok() || pid == nullptr) return;
   auto it = pending_.find(*id);
   if (it == pending_.end()) return;
-  auto fn = std::move(it->second);
+  auto fn = std::move(it->second.done);
+  it->second.deadline->cancel();
   pending_.erase(it);
   fn(pid->type == msgpack::type::POSITIVE_INTEGER ? static_cast<pid_t>(pid->via.u64) : -1);
 }
@@ -62,8 +63,17 @@ void ZygoteLink::Fork(int slot, int sock, std::function<void(pid_t)> done) {
   Writer m;
   BeginRequest(&m, "fork", rid, 1);
   m.Key("slot"); m.Val(slot);
-  pending_[rid] = std::move(done);
+  auto deadline = std::make_shared<boost::asio::steady_timer>(io_, kForkDeadline);
+  pending_[rid] = {std::move(done), deadline};
   channel_->Send(m.body(), {std::make_shared<OwnedFd>(sock)});
+  deadline->async_wait([this, rid](const boost::system::error_code& ec) {
+    if (ec || pending_.count(rid) == 0) return;
+    spdlog::error("the zygote (pid {}) did not answer fork request {} within {} s: it is wedged; killing it, "
+                  "workers are started one by one until it is back",
+                  pid_, rid, kForkDeadline.count());
+    Close(true);
+    RestartLater();
+  });
 }
 
 void ZygoteLink::Kill() { Close(true); }
@@ -76,7 +86,10 @@ void ZygoteLink::Close(bool kill_it) {
   if (kill_it) kill(pid_, SIGKILL);
   auto pending = std::move(pending_);
   pending_.clear();
-  for (auto& [id, fn] : pending) fn(-1);
+  for (auto& [id, p] : pending) {
+    p.deadline->cancel();
+    p.done(-1);
+  }
 }
 
 void ZygoteLink::OnExited(const std::string& how) {
@@ -85,6 +98,10 @@ void ZygoteLink::OnExited(const std::string& how) {
   // Workers it was forking may or may not exist; without their pids they cannot be
   // supervised: their callers hang up on them (a worker exits on EOF) and start them anew.
   Close(false);  // already reaped: its pid may belong to another process now
+  RestartLater();
+}
+
+void ZygoteLink::RestartLater() {
   if (stopping_) return;
   bool young = std::chrono::steady_clock::now() - started_ < std::chrono::seconds(10);
   streak_ = young ? streak_ + 1 : 0;

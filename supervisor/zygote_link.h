@@ -34,6 +34,8 @@ class ZygoteLink {
 
   // Asks for a worker for `slot` on `sock` (the worker's end of its socketpair; closed
   // here). `done` gets the worker's pid, or -1 when the zygote could not fork it or died.
+  // A zygote that does not answer within kForkDeadline is wedged: it is killed (callers
+  // fall back to exec) and restarted.
   void Fork(int slot, int sock, std::function<void(pid_t)> done);
 
   // The reaper found the zygote's exit status. Fork requests in flight get -1.
@@ -45,7 +47,9 @@ class ZygoteLink {
   void set_stopping() { stopping_ = true; }
 
  private:
+  static constexpr std::chrono::seconds kForkDeadline{10};
   void OnFrame(const std::string& body);
+  void RestartLater();
   void Close(bool kill_it);
 
   boost::asio::io_context& io_;
@@ -55,7 +59,11 @@ class ZygoteLink {
   bool gone_ = true;
   bool stopping_ = false;
   std::shared_ptr<AsyncChannel> channel_;
-  std::map<uint64_t, std::function<void(pid_t)>> pending_;  // fork request id -> callback
+  struct PendingFork {
+    std::function<void(pid_t)> done;
+    std::shared_ptr<boost::asio::steady_timer> deadline;
+  };
+  std::map<uint64_t, PendingFork> pending_;  // fork request id ->
   uint64_t next_request_ = 1;
   std::chrono::steady_clock::time_point started_;
   int streak_ = 0;  // consecutive deaths within 10 s of starting

@@ -14,6 +14,7 @@ import os
 import socket as _socket
 import struct
 import threading
+import time
 import weakref
 
 import msgpack
@@ -25,6 +26,9 @@ from . import _native, _tensors, errors
 VERSION = 1
 DEFAULT_ARENA_SIZE = 256 << 20
 _HEADER = struct.Struct("<I")
+# How long past a job's own deadline the client waits for shoald's answer before raising
+# Timeout itself (shoald answers at the deadline; this covers a stopped or wedged shoald).
+ANSWER_MARGIN_S = 2.0
 
 
 def default_socket_path():
@@ -53,6 +57,7 @@ class Client:
                 f"cannot connect to shoald at {self.socket_path}: {e.strerror}; is shoald running? "
                 f"(start it with `shoald --socket {self.socket_path}`)") from None
         self._lock = threading.Lock()
+        self._rbuf = bytearray()  # received bytes not yet part of a whole frame
         self._next_id = 1
         self._arenas = {}    # arena id -> _native.Arena
         self._blocks = {}    # (arena id, block offset) -> weakref to the Block of empty()
@@ -68,7 +73,8 @@ class Client:
     def __exit__(self, *exc):
         self.close()
 
-    def _call(self, msg, fds=()):
+    def _call(self, msg, fds=(), wait=None):
+        """Sends ``msg`` and returns its reply; ``wait`` (seconds) bounds the wait for it."""
         with self._lock:
             rid = self._next_id
             self._next_id += 1
@@ -84,29 +90,55 @@ class Client:
                         self._sock.sendall(data[sent:])
                 else:
                     self._sock.sendall(data)
-                reply = msgpack.unpackb(self._recv_frame(), raw=False, strict_map_key=False)
+                reply = self._recv_reply(rid, wait)
+            except _socket.timeout:
+                raise errors.Timeout(
+                    f"shoald at {self.socket_path} did not answer {msg.get('op')} request {rid} within "
+                    f"{wait:.1f} s (its deadline plus {ANSWER_MARGIN_S} s); it may be stopped or overloaded. "
+                    f"The connection stays usable; a late answer is discarded") from None
             except (OSError, ConnectionError) as e:
                 raise errors.Unavailable(f"lost the connection to shoald at {self.socket_path}: {e}") from None
-        if reply.get("id") != rid:
-            raise errors.InternalError(f"reply for request {reply.get('id')} while waiting for {rid}")
         if not reply.get("ok"):
             raise errors.from_reply(reply.get("error", {}))
         return reply
 
-    def _recv_exact(self, n):
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            k = self._sock.recv_into(view[got:])
-            if k == 0:
-                raise ConnectionError("shoald closed the connection")
-            got += k
-        return buf
+    def _recv_reply(self, rid, wait):
+        """The reply to request ``rid``; answers to earlier requests the caller stopped
+        waiting for are skipped. socket.timeout after ``wait`` seconds (None: no limit);
+        a frame half-read then is kept for the next call."""
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            reply = msgpack.unpackb(self._recv_frame(deadline), raw=False, strict_map_key=False)
+            got = reply.get("id")
+            if got == rid:
+                return reply
+            if got == 0 and not reply.get("ok"):  # shoald could not read a request at all
+                raise errors.from_reply(reply.get("error", {}))
+            if not isinstance(got, int) or got > rid:
+                raise errors.InternalError(f"reply for request {got} while waiting for {rid}")
 
-    def _recv_frame(self):
-        (n,) = _HEADER.unpack(self._recv_exact(4))
-        return self._recv_exact(n)
+    def _recv_frame(self, deadline):
+        while True:
+            if len(self._rbuf) >= 4:
+                (n,) = _HEADER.unpack_from(self._rbuf)
+                if len(self._rbuf) >= 4 + n:
+                    body = bytes(self._rbuf[4:4 + n])
+                    del self._rbuf[:4 + n]
+                    return body
+            if deadline is None:
+                self._sock.settimeout(None)
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _socket.timeout()
+                self._sock.settimeout(left)
+            try:
+                chunk = self._sock.recv(1 << 16)
+            finally:
+                self._sock.settimeout(None)
+            if not chunk:
+                raise ConnectionError("shoald closed the connection")
+            self._rbuf += chunk
 
     def _add_arena(self, size):
         arena = _native.Arena.create(size, "shoal-client")
@@ -221,9 +253,13 @@ class Client:
             msg["timeout_ms"] = max(1, int(timeout * 1000))
         if retries:
             msg["retries"] = int(retries)
-        reply = self._call(msg)
+        wait = None if timeout is None else timeout * (1 + int(retries)) + ANSWER_MARGIN_S
+        reply = self._call(msg, wait=wait)
 
         def make_tensor(d):
+            if any(n == 0 for n in d["shape"]):
+                # An empty tensor owns no block (the worker sends block 0): nothing to free.
+                return torch.empty(d["shape"], dtype=_tensors.DTYPES[d["dtype"]])
             key = (d["arena"], d["block"])
             block = keep.get(key)
             if block is None:

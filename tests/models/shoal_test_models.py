@@ -126,6 +126,15 @@ class SlowLoad(nn.Module):
         return x + 1
 
 
+class SlowLoadFails(SlowLoad):
+    """Takes `seconds` to fail loading."""
+
+    def __setstate__(self, state):
+        import time
+        time.sleep(state["seconds"])
+        raise RuntimeError("this model never loads")
+
+
 class CrashOnce(nn.Module):
     """Segfaults the first time it runs (anywhere), then works: a flaky extension."""
 

@@ -86,3 +86,37 @@ def test_overflowing_shapes_are_bad_requests(daemon, archives, shape, strides):
             c._call({"op": "infer", "model": "add", "inputs": [desc]})
         del x
     assert_serves(daemon, "add", torch.zeros(1), torch.ones(1))
+
+
+def test_jobs_queued_for_a_load_that_fails_get_its_error_at_once(make_daemon, tmp_path):
+    import threading
+    import shoal_test_models as models
+    d = make_daemon(workers=1, args=["--timeout-ms", "0"])  # no deadline would ever answer them
+    bad = shoal.export(models.SlowLoadFails(1.0), tmp_path / "bad.pt")
+    outcomes = {}
+
+    def load():
+        with d.client() as c:
+            try:
+                c.load("bad", bad)
+            except shoal.Error as e:
+                outcomes["load"] = e
+
+    def infer():
+        with d.client() as c:
+            try:
+                c.infer("bad", torch.ones(1))
+            except shoal.Error as e:
+                outcomes["infer"] = e
+    loader = threading.Thread(target=load)
+    loader.start()
+    with d.client() as c:
+        while not any(m["name"] == "bad" for m in c.models()):
+            time.sleep(0.01)
+    asker = threading.Thread(target=infer, daemon=True)
+    asker.start()
+    loader.join(60)
+    asker.join(30)
+    assert not asker.is_alive(), "the queued job was never answered"
+    assert isinstance(outcomes["load"], shoal.ModelError)
+    assert "loading model 'bad' failed" in outcomes["infer"].message

@@ -193,3 +193,23 @@ def test_timeout(daemon, archives):
             c.infer("sleeps", torch.tensor([2.0]), timeout=0.2)
         # the worker is killed after the grace period and replaced; service goes on
         assert float(c.infer("sleeps", torch.tensor([0.0]))[0]) == 0.0
+
+
+def test_zero_size_outputs_round_trip_and_free_nothing(daemon, archives):
+    # A model that returns an empty tensor (a detector with no detections): the result is
+    # an empty tensor, and dropping it must not free anything in the arena.
+    with daemon.client() as c:
+        c.load("identity", archives["identity"])
+        for _ in range(3):
+            y = c.infer("identity", torch.ones(0, 4), timeout=30)
+            assert y.shape == (0, 4) and y.dtype == torch.float32
+            del y
+        x = c.empty((8,))
+        x.fill_(3.0)
+        keep = c.empty((8,))
+        keep.fill_(5.0)
+        out = c.infer("identity", x, torch.ones(0), timeout=30)
+        assert torch.equal(out[0], torch.full((8,), 3.0)) and out[1].numel() == 0
+        del out
+        assert torch.equal(keep, torch.full((8,), 5.0))
+        assert torch.equal(c.infer("identity", keep, timeout=30), torch.full((8,), 5.0))
