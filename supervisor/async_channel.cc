@@ -8,7 +8,11 @@
 namespace shoal {
 
 namespace asio = boost::asio;
-constexpr size_t kMaxQueuedBytes = 64u << 20;  // a peer that stops reading is cut off
+// A peer that does not read its replies: past kPauseReadingBytes of unsent replies its
+// requests are no longer read (the kernel's buffers then block its writes); replies to
+// what was already read can still push the queue to kMaxQueuedBytes, then it is cut off.
+constexpr size_t kPauseReadingBytes = 1u << 20;
+constexpr size_t kMaxQueuedBytes = 16u << 20;
 constexpr size_t kMaxPendingFds = 64;
 
 OwnedFd::~OwnedFd() {
@@ -37,7 +41,7 @@ void AsyncChannel::ReadSome() {
     if (self->closed_ || ec == asio::error::operation_aborted) return;
     if (ec) return self->Fail(Status(Code::kIoError, "wait_read: " + ec.message()));
     uint8_t buf[64 * 1024];
-    for (int round = 0; round < 16 && !self->closed_; ++round) {
+    for (int round = 0; round < 16 && !self->closed_ && !self->read_paused_; ++round) {
       auto n = RecvSome(self->sd_.native_handle(), buf, sizeof(buf), &self->pending_fds_);
       if (!n.ok()) {
         if (n.status().code() == Code::kUnavailable) break;  // would block
@@ -48,16 +52,48 @@ void AsyncChannel::ReadSome() {
         return self->Fail(Status::BadRequest("too many file descriptors sent without a message"));
       }
       self->reader_.Append(buf, *n);
-      for (;;) {
-        auto frame = self->reader_.Next();
-        if (!frame.ok()) return self->Fail(frame.status());
-        if (!frame->has_value()) break;
-        self->on_frame_(std::move(**frame), &self->pending_fds_);
-        if (self->closed_) return;
-      }
+      if (!self->HandleFrames()) return;
       if (*n < sizeof(buf)) break;
     }
-    self->ReadSome();
+    self->ArmFrameTimer();
+    if (!self->read_paused_) self->ReadSome();
+  });
+}
+
+bool AsyncChannel::HandleFrames() {
+  auto self = shared_from_this();  // a handler may drop the last other reference
+  while (!closed_) {
+    if (queued_bytes_ > kPauseReadingBytes) {
+      // The peer does not take its replies: stop handling (and reading) its requests until
+      // it does; Flush resumes. What it sent meanwhile waits in the reader or the kernel.
+      read_paused_ = true;
+      return true;
+    }
+    auto frame = reader_.Next();
+    if (!frame.ok()) {
+      Fail(frame.status());
+      return false;
+    }
+    if (!frame->has_value()) return true;
+    on_frame_(std::move(**frame), &pending_fds_);
+  }
+  return false;
+}
+
+void AsyncChannel::ArmFrameTimer() {
+  if (frame_timeout_.count() == 0 || closed_) return;
+  if (reader_.buffered() == 0) {
+    if (frame_timer_) frame_timer_->cancel();
+    return;
+  }
+  // Re-armed after every read that leaves a partial frame: the peer must make progress.
+  if (!frame_timer_) frame_timer_ = std::make_unique<asio::steady_timer>(sd_.get_executor());
+  frame_timer_->expires_after(frame_timeout_);
+  auto self = shared_from_this();
+  frame_timer_->async_wait([self](const boost::system::error_code& ec) {
+    if (ec || self->closed_) return;
+    self->Fail(Status::BadRequest("sent " + std::to_string(self->reader_.buffered()) + " bytes of a frame, then nothing for " +
+                                  std::to_string(self->frame_timeout_.count()) + " ms; the connection is closed"));
   });
 }
 
@@ -98,6 +134,10 @@ void AsyncChannel::Flush() {
     queued_bytes_ -= *n;
     if (o.off == o.data.size()) out_.pop_front();
   }
+  if (read_paused_ && queued_bytes_ <= kPauseReadingBytes / 2 && !closed_) {
+    read_paused_ = false;
+    if (HandleFrames() && !read_paused_) ReadSome();  // what was read before the pause first
+  }
 }
 
 void AsyncChannel::Fail(const Status& why) {
@@ -116,6 +156,7 @@ void AsyncChannel::Close() {
   boost::system::error_code ignored;
   sd_.cancel(ignored);
   sd_.close(ignored);
+  if (frame_timer_) frame_timer_->cancel();
   out_.clear();
   CloseAll(&pending_fds_);
 }

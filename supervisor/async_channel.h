@@ -6,6 +6,7 @@
 #pragma once
 
 #include <boost/asio.hpp>
+#include <chrono>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -46,6 +47,9 @@ class AsyncChannel : public std::enable_shared_from_this<AsyncChannel> {
   // before the socket is closed (a last Send is attempted at once, not queued).
   using CloseHandler = std::function<void(const Status& why)>;
   void Start(FrameHandler on_frame, CloseHandler on_close);
+  // A peer that sends part of a frame and then nothing for `timeout` is cut off (its
+  // half frame holds memory). Off (zero) by default.
+  void set_frame_timeout(std::chrono::milliseconds timeout) { frame_timeout_ = timeout; }
 
   // Queues one message body (framed here) with `fds` attached; the fds stay open until sent.
   void Send(std::string_view body, std::vector<std::shared_ptr<OwnedFd>> fds = {});
@@ -60,7 +64,11 @@ class AsyncChannel : public std::enable_shared_from_this<AsyncChannel> {
     std::vector<std::shared_ptr<OwnedFd>> fds;
   };
   void ReadSome();
+  // Handles the whole frames read so far, unless replies pile up (then pauses). False
+  // when the channel failed or closed.
+  bool HandleFrames();
   void Flush();
+  void ArmFrameTimer();
   void Fail(const Status& why);
 
   boost::asio::posix::stream_descriptor sd_;
@@ -69,6 +77,9 @@ class AsyncChannel : public std::enable_shared_from_this<AsyncChannel> {
   std::deque<Out> out_;
   size_t queued_bytes_ = 0;
   bool writing_ = false;
+  bool read_paused_ = false;  // replies pile up: reading waits until the peer takes them
+  std::chrono::milliseconds frame_timeout_{0};
+  std::unique_ptr<boost::asio::steady_timer> frame_timer_;
   bool closed_ = false;
   bool failing_ = false;
   FrameHandler on_frame_;

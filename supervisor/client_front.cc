@@ -2,6 +2,7 @@
 
 #include <grp.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 
 #include "package_format/archive_reader.h"
 #include "protocol/channel.h"
+#include "protocol/frame.h"
 #include "supervisor/status_report.h"
 
 namespace shoal {
@@ -75,6 +77,7 @@ Status ClientFront::SetAdminGroup(const std::string& group) {
 void ClientFront::StopAccepting() {
   accepting_ = false;
   boost::system::error_code ec;
+  if (accept_timer_) accept_timer_->cancel();
   if (acceptor_) acceptor_->close(ec);
   if (config_.listen_fd < 0) {
     std::error_code fec;
@@ -89,12 +92,19 @@ void ClientFront::CloseAll() {
 void ClientFront::Accept() {
   acceptor_->async_accept([this](const boost::system::error_code& ec, local::socket sock) {
     if (ec == asio::error::operation_aborted || !accepting_) return;
-    if (!ec) {
+    if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space || ec == asio::error::no_memory ||
+        ec.value() == ENFILE) {
+      return AcceptLater(ec);
+    }
+    if (!ec && sessions_.size() >= config_.max_clients) {
+      Refuse(sock.release());
+    } else if (!ec) {
       auto s = std::make_shared<ClientSession>();
       s->id = next_session_++;
       int fd = sock.release();
       if (auto st = ReadPeerCredentials(fd, s.get()); !st.ok()) spdlog::warn("{}", st.ToString());
       s->channel = std::make_shared<AsyncChannel>(io_, fd);
+      s->channel->set_frame_timeout(std::chrono::milliseconds(config_.frame_timeout_ms));
       sessions_[s->id] = s;
       std::weak_ptr<ClientSession> weak = s;
       s->channel->Start(
@@ -116,6 +126,28 @@ void ClientFront::Accept() {
     }
     Accept();
   });
+}
+
+void ClientFront::AcceptLater(const boost::system::error_code& why) {
+  auto now = std::chrono::steady_clock::now();
+  if (now - last_accept_warning_ > std::chrono::seconds(10)) {
+    last_accept_warning_ = now;
+    spdlog::warn("accept: {} ({} clients connected); retrying every 100 ms, this warning at most every 10 s",
+                 why.message(), sessions_.size());
+  }
+  accept_timer_ = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(100));
+  accept_timer_->async_wait([this](const boost::system::error_code& ec) {
+    if (!ec && accepting_) Accept();
+  });
+}
+
+void ClientFront::Refuse(int fd) {
+  OwnedFd closer(fd);
+  std::string reply = EncodeFrame(ErrorReply(
+      0, Status(Code::kOverloaded, "shoald serves " + std::to_string(sessions_.size()) +
+                                       " clients already (max_clients); close idle connections or retry later")));
+  // Best effort and non-blocking: a fresh socket takes a short reply at once.
+  (void)send(fd, reply.data(), reply.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
 void ClientFront::ReplyOk(const std::shared_ptr<ClientSession>& s, uint64_t id) {

@@ -48,6 +48,11 @@ class ClientFront {
 
  private:
   void Accept();
+  // Accepting failed for lack of descriptors or memory: try again a little later rather
+  // than spin (the pending connection stays in the backlog meanwhile).
+  void AcceptLater(const boost::system::error_code& why);
+  // Answers a connection over max_clients and closes it.
+  void Refuse(int fd);
   void OnFrame(const std::shared_ptr<ClientSession>& s, std::string body, std::vector<int>* fds);
   void OnClosed(const std::shared_ptr<ClientSession>& s);
   Status RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, std::vector<int>* fds);
@@ -66,6 +71,8 @@ class ClientFront {
   WorkerPool* pool_;
   std::unique_ptr<boost::asio::local::stream_protocol::acceptor> acceptor_;
   bool accepting_ = false;
+  std::unique_ptr<boost::asio::steady_timer> accept_timer_;
+  std::chrono::steady_clock::time_point last_accept_warning_;
   std::string admin_group_;
   gid_t admin_gid_ = static_cast<gid_t>(-1);
   std::chrono::steady_clock::time_point started_;

@@ -49,6 +49,8 @@ struct SupervisorConfig {
   uint64_t default_timeout_ms = 60000;                         // a job's deadline if it gives none
   uint64_t kill_grace_ms = 2000;  // a worker whose job timed out gets this long before SIGKILL
   size_t max_queue = 1024;        // per model: queued jobs beyond this are answered OVERLOADED
+  size_t max_clients = 256;       // connections beyond this are refused (OVERLOADED)
+  uint64_t frame_timeout_ms = 10000;  // a client that sends part of a frame, then nothing, is cut off
   int crash_loop_limit = 3;       // this many crashes within crash_window_s mark a model failed
   uint64_t crash_window_s = 60;
   uint64_t max_jobs_per_worker = 0;  // recycle a worker after this many jobs (0 = never)

@@ -96,6 +96,11 @@ std::vector<Option> MakeTable() {
                               "a worker still running a timed-out job is killed after this", 0, kMaxMs),
       Make<&C::max_queue>("max_queue", K::kNumber, "N", kReload,
                           "queued jobs per model beyond this are answered OVERLOADED", 0, uint64_t{1} << 24),
+      Make<&C::max_clients>("max_clients", K::kNumber, "N", kReload,
+                            "client connections beyond this are refused (OVERLOADED)", 1, uint64_t{1} << 20),
+      Make<&C::frame_timeout_ms>("frame_timeout_ms", K::kNumber, "MS", kReload,
+                                 "a client that sends part of a message and then nothing for this long is "
+                                 "disconnected", 1, kMaxMs),
       Make<&C::drain_grace_ms>("drain_grace_ms", K::kNumber, "MS", kReload,
                                "on SIGTERM, running jobs get this long to finish", 0, kMaxMs),
       Make<&C::unload_grace_ms>("unload_grace_ms", K::kNumber, "MS", kReload,
@@ -105,7 +110,8 @@ std::vector<Option> MakeTable() {
       Make<&C::max_jobs_per_worker>("max_jobs_per_worker", K::kNumber, "N", kReload,
                                     "recycle a worker after this many jobs (0 = never)", 0, kMaxMs),
       Make<&C::crash_loop_limit>("crash_loop_limit", K::kNumber, "N", kReload,
-                                 "crashes within crash_window_s that mark a model failed", 1, 1000),
+                                 "crashes within crash_window_s that refuse a client the model (its own "
+                                 "jobs), or mark the model failed (while loading, or from two clients)", 1, 1000),
       Make<&C::crash_window_s>("crash_window_s", K::kNumber, "S", kReload, "see crash_loop_limit", 0,
                                uint64_t{1} << 30),
       Option{"worker_memory_mb", K::kNumber, "MB", kReload,

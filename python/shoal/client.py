@@ -97,10 +97,32 @@ class Client:
                     f"{wait:.1f} s (its deadline plus {ANSWER_MARGIN_S} s); it may be stopped or overloaded. "
                     f"The connection stays usable; a late answer is discarded") from None
             except (OSError, ConnectionError) as e:
+                self._raise_parting_error()
                 raise errors.Unavailable(f"lost the connection to shoald at {self.socket_path}: {e}") from None
         if not reply.get("ok"):
             raise errors.from_reply(reply.get("error", {}))
         return reply
+
+    def _raise_parting_error(self):
+        """shoald may say why before it hangs up (too many clients, a framing error): raise
+        that instead of a bare broken pipe."""
+        try:
+            self._sock.setblocking(False)
+            while True:
+                chunk = self._sock.recv(1 << 16)
+                if not chunk:
+                    break
+                self._rbuf += chunk
+        except OSError:
+            pass
+        finally:
+            self._sock.setblocking(True)
+        if len(self._rbuf) >= 4:
+            (n,) = _HEADER.unpack_from(self._rbuf)
+            if len(self._rbuf) >= 4 + n:
+                reply = msgpack.unpackb(bytes(self._rbuf[4:4 + n]), raw=False, strict_map_key=False)
+                if not reply.get("ok") and reply.get("id") == 0:
+                    raise errors.from_reply(reply.get("error", {}))
 
     def _recv_reply(self, rid, wait):
         """The reply to request ``rid``; answers to earlier requests the caller stopped

@@ -20,13 +20,13 @@ import shoal  # noqa: E402
 
 
 class Daemon:
-    def __init__(self, tmp, workers=2, args=()):
+    def __init__(self, tmp, workers=2, args=(), preexec_fn=None):
         self.socket = str(tmp / "shoal.sock")
         self.log_path = tmp / "shoald.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [os.path.join(BUILD, "bin", "shoald"), "--socket", self.socket, "--workers", str(workers),
-             *args], stdout=self.log, stderr=subprocess.STDOUT)
+             *args], stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -101,10 +101,10 @@ def daemon(tmp_path):
 def make_daemon(tmp_path):
     made = []
 
-    def make(workers=2, args=()):
+    def make(workers=2, args=(), preexec_fn=None):
         sub = tmp_path / f"d{len(made)}"
         sub.mkdir()
-        d = Daemon(sub, workers, args)
+        d = Daemon(sub, workers, args, preexec_fn)
         made.append(d)
         return d
     yield make
