@@ -11,15 +11,13 @@
 #include <string>
 #include <vector>
 
+#include "protocol/dtypes.h"
 #include "protocol/messages.h"
 #include "shoal/status.h"
 
 namespace shoal {
 
 constexpr size_t kMaxDims = 16;
-
-// Element size in bytes of a dtype name, or 0 when the name is unknown.
-size_t DTypeSize(std::string_view dtype);
 
 struct Descriptor {
   uint64_t arena = 0;
@@ -37,5 +35,8 @@ struct Descriptor {
   // Fails with BadRequest unless the whole extent lies within an arena of `arena_size` bytes.
   Status CheckBounds(uint64_t arena_size) const;
 };
+
+// Strides, in elements, of a contiguous tensor of `shape` (a 0 size counts as 1).
+std::vector<int64_t> ContiguousStrides(const std::vector<int64_t>& shape);
 
 }  // namespace shoal

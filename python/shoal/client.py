@@ -27,17 +27,9 @@ DEFAULT_ARENA_SIZE = 256 << 20
 _HEADER = struct.Struct("<I")
 
 
-def default_socket_path():
-    """$SHOAL_SOCKET, else /run/shoal/shoal.sock for root, else $XDG_RUNTIME_DIR/shoal/shoal.sock."""
-    env = os.environ.get("SHOAL_SOCKET")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return "/run/shoal/shoal.sock"
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        return os.path.join(xdg, "shoal", "shoal.sock")
-    return f"/tmp/shoal-{os.geteuid()}/shoal.sock"
+# $SHOAL_SOCKET, else /run/shoal/shoal.sock for root, else $XDG_RUNTIME_DIR/shoal/shoal.sock,
+# else /tmp/shoal-UID/shoal.sock: shoald's own definition (protocol/paths.cc).
+default_socket_path = _native.default_socket_path
 
 
 class Client:
@@ -224,6 +216,8 @@ class Client:
         reply = self._call(msg)
 
         def make_tensor(d):
+            if 0 in d["shape"]:  # no bytes, no block (its "block" 0 is not one to free)
+                return torch.empty(d["shape"], dtype=_tensors.DTYPES[d["dtype"]])
             key = (d["arena"], d["block"])
             block = keep.get(key)
             if block is None:
