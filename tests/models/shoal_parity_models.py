@@ -2,7 +2,7 @@
 the Python runner, compiled with torch.jit.script they run in libtorch. Their outputs
 cover every kind of output-tree node and every output error, so that
 tests/python/test_shared_defs.py can check that both engines answer alike."""
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 from torch import nn
