@@ -8,13 +8,13 @@
 #include <cstring>
 #include <filesystem>
 
-#include "client/tree.h"
 #include "protocol/channel.h"
 #include "protocol/descriptor.h"
 #include "protocol/frame.h"
 #include "protocol/messages.h"
 #include "protocol/paths.h"
 #include "shm/arena.h"
+#include "tensors/tree.h"
 
 namespace shoal {
 
@@ -48,16 +48,6 @@ torch::Tensor TensorOver(const std::shared_ptr<BlockRef>& block, uint64_t data_o
   c10::DataPtr dp(data, ctx, &DeleteBlock, c10::Device(c10::kCPU));
   c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(dp), nullptr, false);
   return torch::empty({0}, torch::TensorOptions().dtype(type)).set_(storage, 0, shape, strides);
-}
-
-std::vector<int64_t> ContiguousStrides(at::IntArrayRef shape) {
-  std::vector<int64_t> s(shape.size());
-  int64_t acc = 1;
-  for (size_t i = shape.size(); i-- > 0;) {
-    s[i] = acc;
-    acc *= std::max<int64_t>(shape[i], 1);
-  }
-  return s;
 }
 
 }  // namespace
@@ -241,7 +231,7 @@ Result<torch::Tensor> Client::Empty(at::IntArrayRef shape, at::ScalarType dtype)
   std::lock_guard<std::mutex> lock(impl_->mu);
   auto block = impl_->Alloc(std::max<size_t>(nbytes, 1));
   if (!block.ok()) return block.status();
-  return TensorOver(*block, (*block)->offset, dtype, shape, ContiguousStrides(shape), nbytes);
+  return TensorOver(*block, (*block)->offset, dtype, shape, ContiguousStrides(shape.vec()), nbytes);
 }
 
 Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<torch::Tensor>& inputs,
@@ -272,7 +262,7 @@ Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<to
       block = *b;
       d.arena = block->arena_id;
       d.block = d.offset = block->offset;
-      d.strides = ContiguousStrides(x.sizes());
+      d.strides = ContiguousStrides(x.sizes().vec());
       if (nbytes > 0) {
         TensorOver(block, block->offset, x.scalar_type(), x.sizes(), d.strides, nbytes).copy_(x);
       }

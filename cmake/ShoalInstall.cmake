@@ -34,7 +34,7 @@ install(FILES ${SHOAL_PY_SOURCES} ${CMAKE_BINARY_DIR}/python/shoal/_build_info.p
 install(TARGETS shoal_native LIBRARY DESTINATION ${SHOAL_PYTHON_INSTALL_DIR}/shoal)
 
 # C++ client: static libraries, public headers, package config
-install(TARGETS shoal_client shoal_core ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+install(TARGETS shoal_client shoal_tensors shoal_core ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(FILES include/shoal/client.h include/shoal/status.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/shoal)
 configure_package_config_file(cmake/shoalConfig.cmake.in ${CMAKE_BINARY_DIR}/install/shoalConfig.cmake
   INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/shoal

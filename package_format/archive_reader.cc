@@ -44,6 +44,11 @@ class Cursor {
 
 Status Bad(const std::string& what) { return Status::BadRequest(what); }
 
+// Records why the archive cannot be served; the first reason is the one reported.
+void Refuse(ArchiveInfo* info, std::string why) {
+  if (info->problem.empty()) info->problem = std::move(why);
+}
+
 bool SafeName(std::string_view name) {
   if (name.empty() || name.front() == '/' || name.find('\\') != std::string_view::npos ||
       name.find('\0') != std::string_view::npos) {
@@ -60,7 +65,7 @@ bool SafeName(std::string_view name) {
 }
 
 bool IsStorage(const std::string& rel, ArchiveKind kind) {
-  if (kind == ArchiveKind::kPackage) {
+  if (kind != ArchiveKind::kTorchScript) {
     return rel.rfind(".data/", 0) == 0 && rel.size() > 14 && rel.compare(rel.size() - 8, 8, ".storage") == 0;
   }
   return rel.rfind("data/", 0) == 0 && rel.size() > 5;
@@ -68,7 +73,7 @@ bool IsStorage(const std::string& rel, ArchiveKind kind) {
 
 }  // namespace
 
-Result<ArchiveInfo> ParseArchive(std::string_view file) {
+Result<ArchiveInfo> ReadArchive(std::string_view file) {
   if (file.size() < 22) return Bad("not a zip file (" + std::to_string(file.size()) + " bytes, too short)");
   // End of central directory: the last 22+ bytes, after an optional comment.
   uint64_t eocd = UINT64_MAX;
@@ -124,8 +129,9 @@ Result<ArchiveInfo> ParseArchive(std::string_view file) {
     c.Read(2);  // needed
     uint16_t flags = static_cast<uint16_t>(c.Read(2));
     uint16_t method = static_cast<uint16_t>(c.Read(2));
-    c.Read(4);  // time, date
-    c.Read(4);  // crc
+    uint16_t dos_time = static_cast<uint16_t>(c.Read(2));
+    uint16_t dos_date = static_cast<uint16_t>(c.Read(2));
+    uint32_t crc = static_cast<uint32_t>(c.Read(4));
     uint64_t csize = c.Read(4);
     uint64_t usize = c.Read(4);
     uint64_t nlen = c.Read(2);
@@ -153,9 +159,9 @@ Result<ArchiveInfo> ParseArchive(std::string_view file) {
       if (csize == 0xffffffff && z.Has(8)) csize = z.Read(8);
       if (lho == 0xffffffff && z.Has(8)) lho = z.Read(8);
     }
-    if (flags & 0x1) return Bad("record '" + name + "' is encrypted");
-    if (!SafeName(name)) return Bad("record name '" + name + "' is unsafe (empty, absolute or with '..')");
-    if (!seen.insert(name).second) return Bad("duplicate record '" + name + "'");
+    if (flags & 0x1) Refuse(&info, "record '" + name + "' is encrypted");
+    if (!SafeName(name)) Refuse(&info, "record name '" + name + "' is unsafe (empty, absolute or with '..')");
+    if (!seen.insert(name).second) Refuse(&info, "duplicate record '" + name + "'");
     Cursor l(file, lho);
     if (!l.Has(30) || l.Read(4) != kLocalSig) return Bad("record '" + name + "': local header missing (truncated?)");
     l.Read(22);
@@ -166,11 +172,16 @@ Result<ArchiveInfo> ParseArchive(std::string_view file) {
       return Bad("record '" + name + "' runs past the end of the file (truncated?)");
     }
     ArchiveRecord r;
-    r.name = std::move(name);
+    r.name = name;
+    r.stored_name = std::move(name);
     r.offset = data;
     r.size = csize;
     r.uncompressed = usize;
     r.method = method;
+    r.crc32 = crc;
+    r.dos_time = dos_time;
+    r.dos_date = dos_date;
+    r.encrypted = (flags & 0x1) != 0;
     raw.push_back(std::move(r));
   }
   if (raw.empty()) return Bad("the zip holds no records");
@@ -180,8 +191,9 @@ Result<ArchiveInfo> ParseArchive(std::string_view file) {
   info.prefix = slash == std::string::npos ? "" : raw[0].name.substr(0, slash + 1);
   for (auto& r : raw) {
     if (info.prefix.empty() || r.name.rfind(info.prefix, 0) != 0) {
-      return Bad("records are not all under one top-level folder ('" + r.name +
-                 "'); this is not a torch.package or TorchScript archive");
+      Refuse(&info, "records are not all under one top-level folder ('" + r.name +
+                        "'); this is not a torch.package or TorchScript archive");
+      continue;
     }
     r.name = r.name.substr(info.prefix.size());
   }
@@ -192,20 +204,21 @@ Result<ArchiveInfo> ParseArchive(std::string_view file) {
   } else if (names.count("data.pkl") && names.count("constants.pkl")) {
     info.kind = ArchiveKind::kTorchScript;
   } else {
-    return Bad("no entry pickle model/model.pkl (and not a TorchScript archive); export the model with "
-               "shoal.export or `shoal package`");
+    info.kind = ArchiveKind::kUnknown;
+    Refuse(&info, "no entry pickle model/model.pkl (and not a TorchScript archive); export the model with "
+                  "shoal.export or `shoal package`");
   }
   info.has_manifest = names.count("shoal/manifest.json") != 0;
   for (auto& r : raw) {
     r.storage = IsStorage(r.name, info.kind);
     if (!r.storage) continue;
     if (r.method != 0) {
-      return Bad("storage record " + r.name + " is compressed; shoal maps weights in place and needs them stored "
-                 "(fix it with `shoal package --repack IN -o OUT`)");
-    }
-    if (r.offset % kStorageAlignment != 0) {
-      return Bad("storage record " + r.name + " starts at byte " + std::to_string(r.offset) + ", not " +
-                 std::to_string(kStorageAlignment) + "-byte aligned (fix it with `shoal package --repack IN -o OUT`)");
+      Refuse(&info, "storage record " + r.name + " is compressed; shoal maps weights in place and needs them stored "
+                    "(fix it with `shoal package --repack IN -o OUT`)");
+    } else if (r.offset % kStorageAlignment != 0) {
+      Refuse(&info, "storage record " + r.name + " starts at byte " + std::to_string(r.offset) + ", not " +
+                        std::to_string(kStorageAlignment) +
+                        "-byte aligned (fix it with `shoal package --repack IN -o OUT`)");
     }
     ++info.storages;
     info.storage_bytes += r.size;
@@ -214,7 +227,15 @@ Result<ArchiveInfo> ParseArchive(std::string_view file) {
   return info;
 }
 
-Result<ArchiveInfo> InspectArchiveFile(const std::string& path) {
+Result<ArchiveInfo> ParseArchive(std::string_view file) {
+  auto info = ReadArchive(file);
+  if (info.ok() && !info->problem.empty()) return Bad(info->problem);
+  return info;
+}
+
+namespace {
+// Maps `path` read-only and runs `read` over its bytes; errors start with "archive PATH: ".
+Result<ArchiveInfo> ReadFile(const std::string& path, Result<ArchiveInfo> (*read)(std::string_view)) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Status::FromErrno("cannot read archive " + path, errno);
   struct stat st;
@@ -226,10 +247,15 @@ Result<ArchiveInfo> InspectArchiveFile(const std::string& path) {
   void* p = size ? mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0) : nullptr;
   close(fd);
   if (size && p == MAP_FAILED) return Status::FromErrno("cannot map archive " + path, errno);
-  auto info = ParseArchive(std::string_view(static_cast<const char*>(p), size));
+  auto info = read(std::string_view(static_cast<const char*>(p), size));
   if (p) munmap(p, size);
   if (!info.ok()) return Status(info.status().code(), "archive " + path + ": " + info.status().message());
   return info;
 }
+}  // namespace
+
+Result<ArchiveInfo> InspectArchiveFile(const std::string& path) { return ReadFile(path, ParseArchive); }
+
+Result<ArchiveInfo> ReadArchiveFile(const std::string& path) { return ReadFile(path, ReadArchive); }
 
 }  // namespace shoal

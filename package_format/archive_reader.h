@@ -1,11 +1,17 @@
 // Archive reader: validates a model archive (a zip: torch.package or TorchScript) without
 // running anything in it, and says where each record's bytes are.
 //
-// ParseArchive is pure (bytes in, ArchiveInfo or a BadRequest out), so it is fuzzed alone
-// (tests/fuzz). It rejects: not a zip, truncated files, records outside the file, names
-// that are empty, absolute or contain "..", duplicate names, a missing entry pickle,
-// and tensor storages that are compressed or not 64-byte aligned (workers map them in
-// place). Zip64 is supported. Thread-safety: pure functions.
+// The one zip reader of shoal: shoald checks every load with it, the worker asks it what
+// kind an archive is, and Python (`shoal inspect`, `--repack`, mapped loading) reads
+// archives through it (shoal._native.read_archive). It is pure (bytes in, ArchiveInfo or
+// a BadRequest out), so it is fuzzed alone (tests/fuzz). ParseArchive rejects: not a zip,
+// truncated files, records outside the file, encrypted records, names that are empty,
+// absolute or contain "..", duplicate names, records outside one top-level folder, a
+// missing entry pickle, and tensor storages that are compressed or not 64-byte aligned
+// (workers map them in place). ReadArchive reads the same, but reports the first of those
+// policy violations in `problem` instead of failing, so that tools can still describe
+// (and repack) an archive shoal would refuse. Zip64 is supported.
+// Thread-safety: pure functions.
 #pragma once
 
 #include <cstdint>
@@ -17,14 +23,18 @@
 
 namespace shoal {
 
-enum class ArchiveKind { kPackage, kTorchScript };
+enum class ArchiveKind { kPackage, kTorchScript, kUnknown };
 
 struct ArchiveRecord {
-  std::string name;      // without the archive's top-level folder
+  std::string name;      // without the archive's top-level folder (as stored if outside it)
+  std::string stored_name;  // as in the zip's central directory
   uint64_t offset = 0;   // of the record's data in the file
   uint64_t size = 0;     // stored (compressed) size
   uint64_t uncompressed = 0;
   uint16_t method = 0;   // 0 = stored, 8 = deflate
+  uint32_t crc32 = 0;    // of the uncompressed bytes
+  uint16_t dos_time = 0, dos_date = 0;  // modification time, MS-DOS format
+  bool encrypted = false;
   bool storage = false;  // a tensor storage (.data/N.storage or data/N)
 };
 
@@ -35,12 +45,19 @@ struct ArchiveInfo {
   bool has_manifest = false;  // shoal/manifest.json
   size_t storages = 0;
   uint64_t storage_bytes = 0;
+  // ReadArchive only: why shoal would refuse to serve this archive (empty: servable).
+  std::string problem;
 };
 
 constexpr uint64_t kStorageAlignment = 64;
 
+// Fails only when `file` is not a readable zip (bad structure, records outside it).
+Result<ArchiveInfo> ReadArchive(std::string_view file);
+// ReadArchive, and a BadRequest carrying `problem` when there is one.
 Result<ArchiveInfo> ParseArchive(std::string_view file);
 // Maps `path` read-only and parses it; errors start with "archive PATH: ".
 Result<ArchiveInfo> InspectArchiveFile(const std::string& path);
+// Maps `path` read-only and reads it (ReadArchive); errors start with "archive PATH: ".
+Result<ArchiveInfo> ReadArchiveFile(const std::string& path);
 
 }  // namespace shoal

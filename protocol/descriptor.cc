@@ -1,19 +1,11 @@
 #include "protocol/descriptor.h"
 
+#include <algorithm>
 #include <string_view>
 
 namespace shoal {
 
 namespace {
-struct DTypeEntry {
-  const char* name;
-  size_t size;
-};
-constexpr DTypeEntry kDTypes[] = {
-    {"float32", 4}, {"float64", 8}, {"float16", 2}, {"bfloat16", 2}, {"uint8", 1},
-    {"int8", 1},    {"int16", 2},   {"int32", 4},   {"int64", 8},    {"bool", 1},
-    {"complex64", 8}, {"complex128", 16},
-};
 constexpr int64_t kMaxDim = int64_t{1} << 48;
 
 Result<std::vector<int64_t>> IntList(const MapView& m, const char* key) {
@@ -41,13 +33,6 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return out + "]";
 }
 }  // namespace
-
-size_t DTypeSize(std::string_view dtype) {
-  for (const auto& e : kDTypes) {
-    if (dtype == e.name) return e.size;
-  }
-  return 0;
-}
 
 Result<Descriptor> Descriptor::Parse(const msgpack::object& o) {
   auto mv = MapView::Of(o, "a tensor descriptor");
@@ -116,6 +101,16 @@ Result<uint64_t> Descriptor::LogicalBytes() const {
     }
   }
   return static_cast<uint64_t>(bytes);
+}
+
+std::vector<int64_t> ContiguousStrides(const std::vector<int64_t>& shape) {
+  std::vector<int64_t> strides(shape.size());
+  int64_t acc = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    strides[i] = acc;
+    acc *= std::max<int64_t>(shape[i], 1);
+  }
+  return strides;
 }
 
 Status Descriptor::CheckBounds(uint64_t arena_size) const {

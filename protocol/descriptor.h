@@ -11,15 +11,13 @@
 #include <string>
 #include <vector>
 
+#include "protocol/dtypes.h"
 #include "protocol/messages.h"
 #include "shoal/status.h"
 
 namespace shoal {
 
 constexpr size_t kMaxDims = 16;
-
-// Element size in bytes of a dtype name, or 0 when the name is unknown.
-size_t DTypeSize(std::string_view dtype);
 
 struct Descriptor {
   uint64_t arena = 0;
@@ -40,5 +38,8 @@ struct Descriptor {
   // when strides overlap (a stride of 0 broadcasts one element). BadRequest on overflow.
   Result<uint64_t> LogicalBytes() const;
 };
+
+// Strides, in elements, of a contiguous tensor of `shape` (a 0 size counts as 1).
+std::vector<int64_t> ContiguousStrides(const std::vector<int64_t>& shape);
 
 }  // namespace shoal

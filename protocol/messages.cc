@@ -1,11 +1,17 @@
 #include "protocol/messages.h"
 
+#include "protocol/output_tree.h"
+
 namespace shoal {
 
 namespace {
+// Nesting that the deepest output tree a worker may send needs (protocol/output_tree.h):
+// the reply map, then per level of dicts a node map, its entry array and the entry's pair,
+// then the tensor's node map, descriptor map and shape array.
+constexpr size_t kMaxNesting = 1 + 3 * kMaxOutputDepth + 3;
 // Bounds applied before any object is built: element counts, string/bin bytes, nesting.
 const msgpack::unpack_limit kLimits(/*array=*/4096, /*map=*/256, /*str=*/256 * 1024,
-                                    /*bin=*/256 * 1024, /*ext=*/0, /*depth=*/32);
+                                    /*bin=*/256 * 1024, /*ext=*/0, /*depth=*/kMaxNesting);
 
 std::string KeyStr(std::string_view key) { return std::string(key); }
 }  // namespace

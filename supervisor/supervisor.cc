@@ -8,7 +8,7 @@
 #include <cerrno>
 #include <filesystem>
 
-#include "shm/subprocess.h"
+#include "base/subprocess.h"
 
 namespace shoal {
 

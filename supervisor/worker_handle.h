@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "protocol/messages.h"
-#include "shm/subprocess.h"
+#include "base/subprocess.h"
 #include "supervisor/async_channel.h"
 
 namespace shoal {

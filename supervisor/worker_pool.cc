@@ -11,7 +11,7 @@
 #include <cstring>
 
 #include "protocol/channel.h"
-#include "shm/subprocess.h"
+#include "base/subprocess.h"
 
 namespace shoal {
 

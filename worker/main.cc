@@ -1,16 +1,16 @@
-// shoal-worker: a worker process, the zygote that forks them, or a start-up check.
+// shoal-worker's command line: a worker process, the zygote that forks them, or a
+// start-up check.
 //
 //   shoal-worker --fd N --slot S [--interpreters K --interpreter-cache DIR] [sandbox]
 //   shoal-worker --fd N --zygote --supervisor PID [...]      the zygote (worker/zygote.h)
 //   shoal-worker --check-interpreters K --interpreter-cache DIR
 //
-// A worker reads framed messages from shoald and lets its interpreters handle them. With
-// one interpreter the reading thread runs every message itself. With K, it is a router:
-// interpreter i has a thread and a queue; a job goes to the interpreter shoald chose
-// ("interp"), loads and unloads go to all of them (one reply once all are done), arenas
-// are mapped by all, TorchScript jobs run on the chosen thread without Python. A worker
-// may crash: shoald notices (EOF + SIGCHLD), answers the jobs of all its interpreters and
-// replaces it.
+// This file parses the options, starts the interpreters, lets the zygote fork (it returns
+// in workers only), applies the sandbox and hands the socket to the message loop
+// (worker/router.h), which never returns. A worker may crash: shoald notices (EOF +
+// SIGCHLD), answers the jobs of all its interpreters and replaces it.
+// Threading: main runs on the process's only thread until the router starts the
+// interpreters' threads (worker/lanes.h); --check-interpreters runs two threads of its own.
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
@@ -18,21 +18,16 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <deque>
 #include <filesystem>
-#include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
-#include "protocol/channel.h"
-#include "protocol/frame.h"
-#include "protocol/messages.h"
 #include "worker/interpreter.h"
+#include "worker/router.h"
 #include "worker/sandbox.h"
-#include "worker/torchscript.h"
 #include "worker/zygote.h"
 
 namespace {
@@ -61,226 +56,6 @@ shoal::Result<Interpreters> StartInterpreters(int k, const std::string& cache) {
     out.push_back(std::move(*it));
   }
   return out;
-}
-
-// Serialises replies of several threads onto the one socket.
-class ReplySink {
- public:
-  explicit ReplySink(int fd) : fd_(fd) {}
-  void Send(const std::string& body) {
-    if (body.empty()) return;
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!shoal::SendAll(fd_, shoal::EncodeFrame(body)).ok()) _exit(0);  // shoald is gone
-  }
-
- private:
-  int fd_;
-  std::mutex mu_;
-};
-
-// Replies of one message handled by every interpreter: the first error, else the first
-// reply, sent when the last interpreter is done.
-struct Gather {
-  explicit Gather(int n) : remaining(n) {}
-  std::mutex mu;
-  int remaining;
-  std::string reply;
-  bool failed = false;
-  void Add(const std::string& r, ReplySink* sink) {
-    std::lock_guard<std::mutex> lock(mu);
-    bool error = false;
-    if (auto oh = shoal::Decode(r); oh.ok()) {
-      auto ok = shoal::MapView(oh->get()).Bool("ok");
-      error = ok.ok() && !*ok;
-    }
-    if (reply.empty() || (error && !failed)) {
-      reply = r;
-      failed = failed || error;
-    }
-    if (--remaining == 0) sink->Send(reply);
-  }
-};
-
-struct Task {
-  std::string body;
-  std::vector<int> fds;           // this interpreter's own copies of the fds it carries
-  bool torchscript = false;       // a TorchScript job: no Python
-  std::shared_ptr<Gather> gather;  // set when every interpreter handles it
-};
-
-// One interpreter's thread and queue.
-class Lane {
- public:
-  Lane(Interpreter* interp, int slot, ReplySink* sink, shoal::TorchScriptModels* ts)
-      : interp_(interp), slot_(slot), sink_(sink), ts_(ts) {}
-  void Start() { thread_ = std::thread([this] { Loop(); }); }
-  void Push(Task t) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      queue_.push_back(std::move(t));
-      ++load_;
-    }
-    cv_.notify_one();
-  }
-  int load() const { return load_.load(); }
-
- private:
-  void Loop() {
-    interp_->AttachThread();
-    if (auto st = interp_->CreateRunner(slot_); !st.ok()) {
-      spdlog::critical("{}", st.ToString());
-      _exit(3);
-    }
-    for (;;) {
-      Task t;
-      interp_->ReleaseGil();
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return !queue_.empty(); });
-        t = std::move(queue_.front());
-        queue_.pop_front();
-      }
-      std::string reply;
-      if (t.torchscript) {
-        if (auto oh = shoal::Decode(t.body); oh.ok()) ts_->Handle(shoal::MapView(oh->get()), {}, &reply);
-      } else {
-        interp_->AcquireGil();
-        auto r = interp_->Handle(t.body, &t.fds);
-        if (!r.ok()) {
-          spdlog::critical("{}", r.status().ToString());
-          _exit(4);
-        }
-        reply = std::move(*r);
-        shoal::CloseAll(&t.fds);  // none, unless the runner left one unclaimed
-      }
-      --load_;
-      if (t.gather) {
-        t.gather->Add(reply, sink_);
-      } else {
-        sink_->Send(reply);
-      }
-    }
-  }
-
-  Interpreter* interp_;
-  int slot_;
-  ReplySink* sink_;
-  shoal::TorchScriptModels* ts_;
-  std::thread thread_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Task> queue_;
-  std::atomic<int> load_{0};
-};
-
-// One interpreter: the reading thread runs every message itself.
-[[noreturn]] void ServeOne(int fd, Interpreter* interp) {
-  shoal::FrameReader reader;
-  std::vector<int> fds;
-  shoal::TorchScriptModels torchscript;  // TorchScript runs here, in C++, without Python
-  for (;;) {
-    interp->ReleaseGil();
-    auto body = shoal::RecvFrame(fd, &reader, &fds);
-    interp->AcquireGil();
-    if (!body.ok()) {
-      if (body.status().code() != shoal::Code::kUnavailable) spdlog::error("{}", body.status().ToString());
-      break;  // supervisor gone or stream broken: nothing left to serve
-    }
-    if (auto oh = shoal::Decode(*body); oh.ok()) {
-      std::string ts_reply;
-      if (torchscript.Handle(shoal::MapView(oh->get()), fds, &ts_reply)) {
-        if (!ts_reply.empty() && !shoal::SendAll(fd, shoal::EncodeFrame(ts_reply)).ok()) break;
-        continue;
-      }
-    }
-    auto reply = interp->Handle(*body, &fds);
-    if (!reply.ok()) {
-      spdlog::critical("{}", reply.status().ToString());
-      _exit(4);
-    }
-    if (!reply->empty()) {
-      if (auto st = shoal::SendAll(fd, shoal::EncodeFrame(*reply)); !st.ok()) break;
-    }
-  }
-  fflush(stderr);
-  // No Py_Finalize: tearing torch down at exit can hang and buys nothing.
-  _exit(0);
-}
-
-// Several interpreters: this thread routes, one thread per interpreter runs.
-[[noreturn]] void ServeMany(int fd, int slot, const Interpreters& interps) {
-  ReplySink sink(fd);
-  shoal::TorchScriptModels torchscript;
-  std::vector<std::unique_ptr<Lane>> lanes;
-  for (const auto& it : interps) lanes.push_back(std::make_unique<Lane>(it.get(), slot, &sink, &torchscript));
-  for (auto& l : lanes) l->Start();
-  const int k = static_cast<int>(lanes.size());
-  shoal::FrameReader reader;
-  std::vector<int> fds;
-  for (;;) {
-    auto body = shoal::RecvFrame(fd, &reader, &fds);
-    if (!body.ok()) {
-      if (body.status().code() != shoal::Code::kUnavailable) spdlog::error("{}", body.status().ToString());
-      break;
-    }
-    auto oh = shoal::Decode(*body);
-    if (!oh.ok()) {
-      spdlog::critical("undecodable message from shoald: {}", oh.status().ToString());
-      _exit(4);
-    }
-    shoal::MapView m(oh->get());
-    std::string op = m.Str("op").value_or("");
-    if (op == "infer") {
-      auto interp = m.OptUint("interp");
-      uint64_t i = interp.ok() && interp->has_value() ? **interp : 0;
-      if (i >= static_cast<uint64_t>(k)) {
-        sink.Send(shoal::ErrorReply(m.Uint("id").value_or(0),
-                                    shoal::Status::Internal("worker " + std::to_string(slot) + " has no interpreter " +
-                                                            std::to_string(i))));
-        continue;
-      }
-      Task t;
-      t.torchscript = torchscript.Holds(m);
-      t.body = std::move(*body);
-      lanes[i]->Push(std::move(t));
-      continue;
-    }
-    // Loads, unloads, arenas: TorchScript's share first (in this thread), then every
-    // interpreter's.
-    std::string ts_reply;
-    if (torchscript.Handle(m, fds, &ts_reply)) {
-      sink.Send(ts_reply);
-      continue;
-    }
-    if (op == "free") {  // any one interpreter can free (the allocator is in the arena)
-      size_t best = 0;
-      for (size_t i = 1; i < lanes.size(); ++i) {
-        if (lanes[i]->load() < lanes[best]->load()) best = i;
-      }
-      Task t;
-      t.body = std::move(*body);
-      lanes[best]->Push(std::move(t));
-      continue;
-    }
-    int carried = 0;
-    if (op == "arena") carried = 1;
-    if (static_cast<int>(fds.size()) < carried) {
-      spdlog::critical("'{}' from shoald came without its fd", op);
-      _exit(4);
-    }
-    auto gather = m.OptUint("id").value_or(std::nullopt) ? std::make_shared<Gather>(k) : nullptr;
-    for (int i = 0; i < k; ++i) {
-      Task t;
-      t.body = *body;
-      t.gather = gather;
-      for (int c = 0; c < carried; ++c) t.fds.push_back(dup(fds[c]));
-      lanes[i]->Push(std::move(t));
-    }
-    for (int c = 0; c < carried; ++c) close(fds[c]);
-    fds.erase(fds.begin(), fds.begin() + carried);
-  }
-  fflush(stderr);
-  _exit(0);
 }
 
 // --check-interpreters: can this torch run K interpreters in one process? Starts two,
@@ -373,12 +148,12 @@ int main(int argc, char** argv) {
     spdlog::critical("worker sandbox: {}", st.ToString());
     _exit(3);
   }
-  if (interpreters > 1) ServeMany(fd, slot, *interps);
+  if (interpreters > 1) shoal::ServeMany(fd, slot, *interps);
   Interpreter* only = (*interps)[0].get();
   only->AcquireGil();
   if (auto st = only->CreateRunner(slot); !st.ok()) {
     spdlog::critical("{}", st.ToString());
     _exit(3);
   }
-  ServeOne(fd, only);
+  shoal::ServeOne(fd, only);
 }

@@ -1,6 +1,6 @@
 #include "worker/private_copy.h"
 
-#include "shm/subprocess.h"
+#include "base/subprocess.h"
 
 #include <elf.h>
 #include <fcntl.h>

@@ -6,9 +6,11 @@
 #include <mutex>
 #include <shared_mutex>
 
-#include "client/tree.h"
 #include "package_format/archive_reader.h"
 #include "protocol/descriptor.h"
+#include "protocol/output_tree.h"
+#include "tensors/ivalue_output.h"
+#include "tensors/tree.h"
 
 namespace shoal {
 
@@ -20,10 +22,6 @@ std::string OkReply(uint64_t id, const std::string& engine = "") {
   if (!engine.empty()) { w.Key("engine"); w.Str(engine); }
   return std::string(w.body());
 }
-
-struct Span {
-  uint64_t arena, block, start, end;
-};
 
 }  // namespace
 
@@ -145,7 +143,7 @@ std::string TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
                                                          std::to_string(*out_id) + "; is worker_memory_mb too small?"));
   }
   std::vector<torch::jit::IValue> args;
-  std::vector<Span> spans;
+  std::vector<InputSpan> spans;
   for (uint32_t i = 0; i < (*inputs)->via.array.size; ++i) {
     auto d = Descriptor::Parse((*inputs)->via.array.ptr[i]);
     Arena* a = d.ok() ? impl_->Get(d->arena) : nullptr;
@@ -154,7 +152,7 @@ std::string TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
     auto type = *ScalarTypeOf(d->dtype);
     args.emplace_back(torch::from_blob(a->base() + d->offset, d->shape, d->strides,
                                        torch::TensorOptions().dtype(type)));
-    spans.push_back({d->arena, d->block, d->offset, d->offset + extent});
+    spans.push_back({d->arena, d->block, d->offset, d->offset + extent, a->base()});
   }
   torch::jit::IValue out;
   try {
@@ -164,111 +162,15 @@ std::string TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
     return ErrorReply(id, Status(Code::kModelError, "model '" + name + "' raised in job " + std::to_string(id) +
                                                         ": " + e.what()));
   }
-  // Encode the output tree; tensors that lie inside an input go back as they are, the
-  // others are copied once into the client's arena.
-  std::vector<uint64_t> allocated;
-  Writer w;
-  BeginReply(&w, id, 1);
-  w.Key("outputs");
-  Status failure;
-  std::function<void(const torch::jit::IValue&, int)> encode = [&](const torch::jit::IValue& v, int depth) {
-    if (depth > 16 && failure.ok()) failure = Status(Code::kModelError, "output nested too deeply");
-    w.Map(1);
-    if (v.isTensor()) {
-      w.Key("tensor");
-      torch::Tensor t = v.toTensor();
-      if (!t.device().is_cpu()) t = t.cpu();
-      Descriptor d;
-      d.dtype = DTypeName(t.scalar_type());
-      if (d.dtype.empty() && failure.ok()) failure = Status(Code::kModelError, "output dtype cannot travel");
-      if (d.dtype.empty()) d.dtype = "uint8";
-      d.shape = t.sizes().vec();
-      d.strides = t.strides().vec();
-      d.arena = *out_id;
-      uint64_t nbytes = static_cast<uint64_t>(t.numel()) * t.element_size();
-      bool placed = nbytes == 0;
-      for (const auto& s : spans) {
-        if (placed) break;
-        Arena* a = impl_->Get(s.arena);
-        auto p = static_cast<uint8_t*>(t.data_ptr());
-        if (p < a->base() || p >= a->base() + a->size()) continue;
-        uint64_t off = static_cast<uint64_t>(p - a->base());
-        d.offset = off;
-        auto extent = d.Extent();
-        if (extent.ok() && off >= s.start && off + *extent <= s.end) {
-          d.arena = s.arena;
-          d.block = s.block;
-          placed = true;
-        }
-      }
-      if (!placed) {
-        auto block = out_arena->Allocate(nbytes);
-        if (!block.ok()) {
-          if (failure.ok()) failure = Status(Code::kArenaFull, "model '" + name + "', job " + std::to_string(id) +
-                                                                   ": output does not fit the client's arena: " +
-                                                                   block.status().message());
-          d.block = d.offset = 0;
-          d.shape.assign(d.shape.size(), 0);
-        } else {
-          allocated.push_back(*block);
-          d.block = d.offset = *block;
-          std::vector<int64_t> contiguous(d.shape.size());
-          int64_t acc = 1;
-          for (size_t i = d.shape.size(); i-- > 0;) {
-            contiguous[i] = acc;
-            acc *= std::max<int64_t>(d.shape[i], 1);
-          }
-          d.strides = contiguous;
-          torch::from_blob(out_arena->base() + *block, d.shape, d.strides, t.options()).copy_(t);
-        }
-      } else if (nbytes == 0) {
-        d.block = d.offset = 0;
-      }
-      d.Pack(&w);
-    } else if (v.isTuple() || v.isList()) {
-      w.Key(v.isTuple() ? "tuple" : "list");
-      std::vector<torch::jit::IValue> items = v.isTuple() ? v.toTupleRef().elements().vec() : v.toListRef().vec();
-      w.pk().pack_array(static_cast<uint32_t>(items.size()));
-      for (const auto& x : items) encode(x, depth + 1);
-    } else if (v.isGenericDict()) {
-      w.Key("dict");
-      auto dict = v.toGenericDict();
-      w.pk().pack_array(static_cast<uint32_t>(dict.size()));
-      for (const auto& kv : dict) {
-        w.pk().pack_array(2);
-        if (kv.key().isString()) {
-          w.Str(kv.key().toStringRef());
-        } else {
-          w.Val(kv.key().isInt() ? kv.key().toInt() : int64_t{0});
-        }
-        encode(kv.value(), depth + 1);
-      }
-    } else if (v.isDouble()) {
-      w.Key("float");
-      w.Val(v.toDouble());
-    } else {
-      w.Key("value");
-      if (v.isNone()) {
-        w.pk().pack_nil();
-      } else if (v.isBool()) {
-        w.Val(v.toBool());
-      } else if (v.isInt()) {
-        w.Val(v.toInt());
-      } else if (v.isString()) {
-        w.Str(v.toStringRef());
-      } else {
-        w.pk().pack_nil();
-        if (failure.ok()) failure = Status(Code::kModelError, "the model returned a " + v.tagKind() +
-                                                                  ", which shoal cannot send back");
-      }
-    }
-  };
-  encode(out, 0);
-  if (!failure.ok()) {
-    for (uint64_t b : allocated) out_arena->Free(b);
-    return ErrorReply(id, failure);
-  }
-  return std::string(w.body());
+  // The one output encoder (protocol/output_tree.h), as for Python models.
+  OutputPlacement place;
+  place.out_arena_id = *out_id;
+  place.out_arena = out_arena;
+  place.inputs = std::move(spans);
+  IValueOutput root(std::move(out));
+  auto reply = EncodeOutputReply(id, name, root, place);
+  if (!reply.ok()) return ErrorReply(id, reply.status());
+  return std::move(*reply);
 }
 
 }  // namespace shoal

@@ -1,219 +1,108 @@
-// shoal._native: arenas for Python (clients and the worker's runner).
+// shoal._native: the C++ that Python shares instead of re-implementing it. This file
+// builds the module from the groups of native.h and owns the shared definitions:
 //
-//   Arena.create(size, name) / Arena.open(fd)  -> Arena (buffer protocol over the whole region)
-//   arena.alloc(nbytes) -> offset   arena.free(offset)   arena.fd / .size / .address
-//   Block(arena, offset, nbytes, owned)  -> buffer over [offset, offset+nbytes); frees the
-//                                           block when the last reference goes if `owned`
-// torch.frombuffer keeps a reference to the object it reads, so a tensor built over a
-// Block keeps the block alive, and dropping the tensor frees it.
-// Thread-safety: the GIL protects the Python objects; Allocate/Free are process-safe.
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+//   DTYPES                 ((name, itemsize, scalar_type, storage_class), ...): the dtype
+//                          table of protocol/dtypes.h, the only one
+//   default_socket_path()  where shoald listens by default (protocol/paths.h)
+//
+// Thread-safety: called with the GIL held; the data is constant.
+#include <iterator>
+#include <string>
 
-#include <cstddef>
-#include <memory>
+#include "protocol/dtypes.h"
+#include "protocol/paths.h"
+#include "python/native/native.h"
 
-#include "shm/arena.h"
+namespace shoal_native {
+
+shoal::Status FetchPythonError() {
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyErr_NormalizeException(&type, &value, &tb);
+  std::string what = "unknown error";
+  if (type != nullptr) {
+    PyObject* name = PyObject_GetAttrString(type, "__name__");
+    PyObject* text = value != nullptr ? PyObject_Str(value) : nullptr;
+    const char* n = name != nullptr ? PyUnicode_AsUTF8(name) : nullptr;
+    const char* t = text != nullptr ? PyUnicode_AsUTF8(text) : nullptr;
+    what = std::string(n != nullptr ? n : "Exception") + ": " + (t != nullptr ? t : "?");
+    Py_XDECREF(name);
+    Py_XDECREF(text);
+  }
+  PyErr_Clear();  // whatever describing it raised
+  Py_XDECREF(type);
+  Py_XDECREF(value);
+  Py_XDECREF(tb);
+  return shoal::Status(shoal::Code::kModelError, what);
+}
+
+PyObject* AddException(PyObject* m, const char* name, PyObject* base) {
+  std::string qualified = std::string("shoal._native.") + name;
+  PyObject* type = PyErr_NewException(qualified.c_str(), base, nullptr);
+  if (type == nullptr) return nullptr;
+  Py_INCREF(type);  // one for the caller's global, one for the module
+  if (PyModule_AddObject(m, name, type) < 0) {
+    Py_DECREF(type);
+    Py_DECREF(type);
+    return nullptr;
+  }
+  return type;
+}
 
 namespace {
 
-PyObject* g_arena_full = nullptr;  // shoal._native.ArenaFullError
-
-struct ArenaObject {
-  PyObject_HEAD
-  shoal::Arena* arena;
-};
-
-struct BlockObject {
-  PyObject_HEAD
-  PyObject* arena;  // ArenaObject*
-  uint64_t offset;
-  uint64_t nbytes;
-  int owned;
-  PyObject* weakrefs;  // the client tracks blocks of empty() by weak reference
-};
-
-PyObject* RaiseStatus(const shoal::Status& st) {
-  PyErr_SetString(st.code() == shoal::Code::kArenaFull ? g_arena_full : PyExc_OSError, st.message().c_str());
-  return nullptr;
+PyObject* DefaultSocketPath(PyObject*, PyObject*) {
+  return PyUnicode_DecodeFSDefault(shoal::DefaultSocketPath().c_str());
 }
 
-extern PyTypeObject ArenaType;
-extern PyTypeObject BlockType;
-
-PyObject* WrapArena(std::unique_ptr<shoal::Arena> a) {
-  ArenaObject* self = PyObject_New(ArenaObject, &ArenaType);
-  if (self == nullptr) return nullptr;
-  self->arena = a.release();
-  return reinterpret_cast<PyObject*>(self);
-}
-
-PyObject* Arena_create(PyObject*, PyObject* args) {
-  unsigned long long size;
-  const char* name = "shoal-arena";
-  if (!PyArg_ParseTuple(args, "K|s", &size, &name)) return nullptr;
-  auto a = shoal::Arena::Create(name, size);
-  if (!a.ok()) return RaiseStatus(a.status());
-  return WrapArena(std::move(a.value()));
-}
-
-PyObject* Arena_open(PyObject*, PyObject* args) {
-  int fd;
-  if (!PyArg_ParseTuple(args, "i", &fd)) return nullptr;
-  auto a = shoal::Arena::Open(fd);
-  if (!a.ok()) return RaiseStatus(a.status());
-  return WrapArena(std::move(a.value()));
-}
-
-void Arena_dealloc(ArenaObject* self) {
-  delete self->arena;
-  PyObject_Del(self);
-}
-
-PyObject* Arena_alloc(ArenaObject* self, PyObject* args) {
-  unsigned long long n;
-  if (!PyArg_ParseTuple(args, "K", &n)) return nullptr;
-  shoal::Result<uint64_t> off = shoal::Status::Ok();
-  Py_BEGIN_ALLOW_THREADS off = self->arena->Allocate(n);
-  Py_END_ALLOW_THREADS if (!off.ok()) return RaiseStatus(off.status());
-  return PyLong_FromUnsignedLongLong(*off);
-}
-
-PyObject* Arena_free(ArenaObject* self, PyObject* args) {
-  unsigned long long off;
-  if (!PyArg_ParseTuple(args, "K", &off)) return nullptr;
-  if (off >= self->arena->size()) {
-    PyErr_SetString(PyExc_ValueError, "offset outside the arena");
-    return nullptr;
-  }
-  self->arena->Free(off);
-  Py_RETURN_NONE;
-}
-
-PyObject* Arena_free_bytes(ArenaObject* self, PyObject*) { return PyLong_FromSize_t(self->arena->FreeBytes()); }
-PyObject* Arena_get_fd(ArenaObject* self, void*) { return PyLong_FromLong(self->arena->fd()); }
-PyObject* Arena_get_size(ArenaObject* self, void*) { return PyLong_FromSize_t(self->arena->size()); }
-PyObject* Arena_get_address(ArenaObject* self, void*) {
-  return PyLong_FromUnsignedLongLong(reinterpret_cast<uintptr_t>(self->arena->base()));
-}
-
-int Arena_getbuffer(ArenaObject* self, Py_buffer* view, int flags) {
-  return PyBuffer_FillInfo(view, reinterpret_cast<PyObject*>(self), self->arena->base(),
-                           static_cast<Py_ssize_t>(self->arena->size()), 0, flags);
-}
-
-PyMethodDef Arena_methods[] = {
-    {"create", Arena_create, METH_VARARGS | METH_STATIC, "create(size, name='shoal-arena') -> Arena"},
-    {"open", Arena_open, METH_VARARGS | METH_STATIC, "open(fd) -> Arena (takes ownership of fd)"},
-    {"alloc", reinterpret_cast<PyCFunction>(Arena_alloc), METH_VARARGS, "alloc(nbytes) -> offset (64-aligned)"},
-    {"free", reinterpret_cast<PyCFunction>(Arena_free), METH_VARARGS, "free(offset)"},
-    {"free_bytes", reinterpret_cast<PyCFunction>(Arena_free_bytes), METH_NOARGS, "bytes not handed out"},
+PyMethodDef kMethods[] = {
+    {"default_socket_path", DefaultSocketPath, METH_NOARGS,
+     "default_socket_path() -> str: $SHOAL_SOCKET, else /run/shoal/shoal.sock for root, else "
+     "$XDG_RUNTIME_DIR/shoal/shoal.sock, else /tmp/shoal-UID/shoal.sock"},
     {nullptr, nullptr, 0, nullptr}};
 
-PyGetSetDef Arena_getset[] = {
-    {"fd", reinterpret_cast<getter>(Arena_get_fd), nullptr, "memfd", nullptr},
-    {"size", reinterpret_cast<getter>(Arena_get_size), nullptr, "bytes", nullptr},
-    {"address", reinterpret_cast<getter>(Arena_get_address), nullptr, "base address here", nullptr},
-    {nullptr, nullptr, nullptr, nullptr, nullptr}};
-
-PyBufferProcs Arena_as_buffer = {reinterpret_cast<getbufferproc>(Arena_getbuffer), nullptr};
-
-PyTypeObject ArenaType = {PyVarObject_HEAD_INIT(nullptr, 0)};
-
-// ---- Block -----------------------------------------------------------------
-
-PyObject* Block_new(PyTypeObject* type, PyObject* args, PyObject*) {
-  PyObject* arena;
-  unsigned long long offset, nbytes;
-  int owned = 1;
-  if (!PyArg_ParseTuple(args, "O!KK|p", &ArenaType, &arena, &offset, &nbytes, &owned)) return nullptr;
-  auto* a = reinterpret_cast<ArenaObject*>(arena)->arena;
-  if (!a->Contains(offset, nbytes)) {
-    PyErr_SetString(PyExc_ValueError, "block lies outside its arena");
-    return nullptr;
+PyObject* DTypeTable() {
+  PyObject* table = PyTuple_New(std::size(shoal::kDTypes));
+  if (table == nullptr) return nullptr;
+  Py_ssize_t i = 0;
+  for (const auto& d : shoal::kDTypes) {
+    PyObject* row = Py_BuildValue("(s#ns#s#)", d.name.data(), static_cast<Py_ssize_t>(d.name.size()),
+                                  static_cast<Py_ssize_t>(d.size), d.scalar_type.data(),
+                                  static_cast<Py_ssize_t>(d.scalar_type.size()), d.storage.data(),
+                                  static_cast<Py_ssize_t>(d.storage.size()));
+    if (row == nullptr) {
+      Py_DECREF(table);
+      return nullptr;
+    }
+    PyTuple_SET_ITEM(table, i++, row);
   }
-  auto* self = reinterpret_cast<BlockObject*>(type->tp_alloc(type, 0));
-  if (self == nullptr) return nullptr;
-  Py_INCREF(arena);
-  self->arena = arena;
-  self->offset = offset;
-  self->nbytes = nbytes;
-  self->owned = owned;
-  self->weakrefs = nullptr;
-  return reinterpret_cast<PyObject*>(self);
+  return table;
 }
-
-void Block_dealloc(BlockObject* self) {
-  if (self->weakrefs != nullptr) PyObject_ClearWeakRefs(reinterpret_cast<PyObject*>(self));
-  if (self->owned) reinterpret_cast<ArenaObject*>(self->arena)->arena->Free(self->offset);
-  Py_DECREF(self->arena);
-  Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
-}
-
-int Block_getbuffer(BlockObject* self, Py_buffer* view, int flags) {
-  auto* a = reinterpret_cast<ArenaObject*>(self->arena)->arena;
-  return PyBuffer_FillInfo(view, reinterpret_cast<PyObject*>(self), a->base() + self->offset,
-                           static_cast<Py_ssize_t>(self->nbytes), 0, flags);
-}
-
-PyObject* Block_get_offset(BlockObject* self, void*) { return PyLong_FromUnsignedLongLong(self->offset); }
-PyObject* Block_get_nbytes(BlockObject* self, void*) { return PyLong_FromUnsignedLongLong(self->nbytes); }
-PyObject* Block_get_arena(BlockObject* self, void*) {
-  Py_INCREF(self->arena);
-  return self->arena;
-}
-PyObject* Block_release(BlockObject* self, PyObject*) {
-  // Hands ownership away (the block now belongs to whoever we told about it).
-  self->owned = 0;
-  Py_RETURN_NONE;
-}
-
-PyGetSetDef Block_getset[] = {
-    {"offset", reinterpret_cast<getter>(Block_get_offset), nullptr, "block offset", nullptr},
-    {"nbytes", reinterpret_cast<getter>(Block_get_nbytes), nullptr, "bytes", nullptr},
-    {"arena", reinterpret_cast<getter>(Block_get_arena), nullptr, "the Arena", nullptr},
-    {nullptr, nullptr, nullptr, nullptr, nullptr}};
-PyMethodDef Block_methods[] = {
-    {"release", reinterpret_cast<PyCFunction>(Block_release), METH_NOARGS, "stop owning the block"},
-    {nullptr, nullptr, 0, nullptr}};
-PyBufferProcs Block_as_buffer = {reinterpret_cast<getbufferproc>(Block_getbuffer), nullptr};
-PyTypeObject BlockType = {PyVarObject_HEAD_INIT(nullptr, 0)};
-
-PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "shoal._native", "shoal arenas", -1, nullptr,
-                          nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace
 
+bool AddSharedDefs(PyObject* m) {
+  PyObject* table = DTypeTable();
+  if (table == nullptr || PyModule_AddObject(m, "DTYPES", table) < 0) return false;
+  return PyModule_AddFunctions(m, kMethods) == 0;
+}
+
+}  // namespace shoal_native
+
+namespace {
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "shoal._native",
+                          "shoal's C++ shared with Python: arenas, dtypes, socket path, archive reader, "
+                          "output encoder",
+                          -1, nullptr, nullptr, nullptr, nullptr, nullptr};
+}  // namespace
+
 PyMODINIT_FUNC PyInit__native() {
-  ArenaType.tp_name = "shoal._native.Arena";
-  ArenaType.tp_basicsize = sizeof(ArenaObject);
-  ArenaType.tp_flags = Py_TPFLAGS_DEFAULT;
-  ArenaType.tp_dealloc = reinterpret_cast<destructor>(Arena_dealloc);
-  ArenaType.tp_methods = Arena_methods;
-  ArenaType.tp_getset = Arena_getset;
-  ArenaType.tp_as_buffer = &Arena_as_buffer;
-  ArenaType.tp_doc = "a shared-memory arena with its allocator";
-  if (PyType_Ready(&ArenaType) < 0) return nullptr;
-
-  BlockType.tp_name = "shoal._native.Block";
-  BlockType.tp_basicsize = sizeof(BlockObject);
-  BlockType.tp_flags = Py_TPFLAGS_DEFAULT;
-  BlockType.tp_new = Block_new;
-  BlockType.tp_weaklistoffset = offsetof(BlockObject, weakrefs);
-  BlockType.tp_dealloc = reinterpret_cast<destructor>(Block_dealloc);
-  BlockType.tp_getset = Block_getset;
-  BlockType.tp_methods = Block_methods;
-  BlockType.tp_as_buffer = &Block_as_buffer;
-  BlockType.tp_doc = "Block(arena, offset, nbytes, owned=True): bytes of an arena";
-  if (PyType_Ready(&BlockType) < 0) return nullptr;
-
   PyObject* m = PyModule_Create(&module_def);
   if (m == nullptr) return nullptr;
-  g_arena_full = PyErr_NewException("shoal._native.ArenaFullError", PyExc_MemoryError, nullptr);
-  Py_INCREF(&ArenaType);
-  Py_INCREF(&BlockType);
-  PyModule_AddObject(m, "Arena", reinterpret_cast<PyObject*>(&ArenaType));
-  PyModule_AddObject(m, "Block", reinterpret_cast<PyObject*>(&BlockType));
-  PyModule_AddObject(m, "ArenaFullError", g_arena_full);
+  if (!shoal_native::AddArenaTypes(m) || !shoal_native::AddSharedDefs(m) || !shoal_native::AddArchiveReader(m) ||
+      !shoal_native::AddOutputEncoder(m)) {
+    Py_DECREF(m);
+    return nullptr;
+  }
   return m;
 }

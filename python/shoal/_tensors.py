@@ -4,18 +4,20 @@ A descriptor is ``{"arena", "block", "offset", "dtype", "shape", "strides"}`` (s
 docs/protocol.md); ``offset`` and ``block`` are byte offsets into the arena, strides are in
 elements. An output tree node is one of ``{"tensor": desc}``, ``{"tuple": [...]}``,
 ``{"list": [...]}``, ``{"dict": [[key, node], ...]}``, ``{"float": x}`` or ``{"value": x}``
-(None, bool, int, str).
+(None, bool, int, str). Trees are encoded in C++ only (``_native.encode_reply``, the
+encoder TorchScript models use too); this module decodes them.
+
+The dtype table is C++'s (protocol/dtypes.h, read through ``_native.DTYPES``): shoal's
+dtype names are torch's, so ``torch.<name>`` is the torch dtype.
 """
 import torch
 
-DTYPES = {
-    "float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-    "bfloat16": torch.bfloat16, "uint8": torch.uint8, "int8": torch.int8,
-    "int16": torch.int16, "int32": torch.int32, "int64": torch.int64, "bool": torch.bool,
-    "complex64": torch.complex64, "complex128": torch.complex128,
-}
+from . import _native
+
+DTYPES = {name: getattr(torch, name) for name, _, _, _ in _native.DTYPES}
 NAMES = {v: k for k, v in DTYPES.items()}
-ITEMSIZE = {name: torch.empty((), dtype=dt).element_size() for name, dt in DTYPES.items()}
+ITEMSIZE = {name: itemsize for name, itemsize, _, _ in _native.DTYPES}
+STORAGE_DTYPES = {storage: name for name, _, _, storage in _native.DTYPES}  # "FloatStorage" -> "float32"
 
 
 def dtype_name(dtype):
@@ -90,29 +92,7 @@ def decode_tree(node, make_tensor):
     raise ValueError(f"unknown output node {kind!r}")
 
 
-def encode_tree(obj, encode_tensor, depth=0):
-    """Turns a model's output into a tree; ``encode_tensor(t)`` returns a descriptor."""
-    if depth > 16:
-        raise TypeError("output nested more than 16 levels deep")
-    if isinstance(obj, torch.Tensor):
-        return {"tensor": encode_tensor(obj)}
-    if isinstance(obj, float):
-        # Its own node kind: MessagePack re-encoders may turn 4.0 into the integer 4.
-        return {"float": obj}
-    if obj is None or isinstance(obj, (bool, int, str)):
-        if isinstance(obj, int) and not isinstance(obj, bool) and not -2**63 <= obj < 2**64:
-            raise TypeError(f"integer output {obj} does not fit in 64 bits")
-        return {"value": obj}
-    if isinstance(obj, tuple):
-        return {"tuple": [encode_tree(x, encode_tensor, depth + 1) for x in obj]}
-    if isinstance(obj, list):
-        return {"list": [encode_tree(x, encode_tensor, depth + 1) for x in obj]}
-    if isinstance(obj, dict):
-        items = []
-        for k, v in obj.items():
-            if not isinstance(k, (str, int)) or isinstance(k, bool):
-                raise TypeError(f"output dict key {k!r} is a {type(k).__name__}; use str or int keys")
-            items.append([k, encode_tree(v, encode_tensor, depth + 1)])
-        return {"dict": items}
-    raise TypeError(f"the model returned a {type(obj).__name__}, which shoal cannot send back; "
-                    "return tensors, tuples, lists, dicts (str/int keys) or Python scalars")
+def write(arena, offset, t):
+    """Copies ``t`` (on the CPU) into ``arena`` at byte ``offset``, laid out contiguously."""
+    flat = torch.frombuffer(arena, dtype=t.dtype, count=t.numel(), offset=offset)
+    flat.view(t.shape).copy_(t)

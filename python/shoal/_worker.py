@@ -130,58 +130,13 @@ class Runner:
             return _error(rid, "MODEL_ERROR",
                           f"model '{name}' raised {type(e).__name__} in job {rid}: {e}",
                           traceback.format_exc())
+        # The one output encoder (protocol/output_tree.h), shared with TorchScript models.
         out_id = msg["out_arena"]
-        out_arena = self.arenas[out_id]
-        allocated = []
-
-        def encode_tensor(t):
-            if t.device.type != "cpu":
-                t = t.cpu()
-            dtype = _tensors.dtype_name(t.dtype)
-            itemsize = t.element_size()
-            shape, strides = list(t.shape), list(t.stride())
-            nbytes = _tensors.extent(shape, strides, itemsize)
-            if nbytes == 0:
-                return {"arena": out_id, "block": 0, "offset": 0, "dtype": dtype,
-                        "shape": shape, "strides": _tensors.contiguous_strides(shape)}
-            # Already in the arena (an input, or a view of one)? Return it where it is.
-            ptr = t.data_ptr()
-            for arena_id, block, start, end, base in spans:
-                off = ptr - base
-                if start <= off and off + nbytes <= end:
-                    return {"arena": arena_id, "block": block, "offset": off, "dtype": dtype,
-                            "shape": shape, "strides": strides}
-            # Otherwise one copy into the client's arena.
-            numel = t.numel()
-            try:
-                block = out_arena.alloc(numel * itemsize)
-            except _native.ArenaFullError as e:
-                raise _ArenaFull(str(e)) from None
-            allocated.append(block)
-            desc = {"arena": out_id, "block": block, "offset": block, "dtype": dtype,
-                    "shape": shape, "strides": _tensors.contiguous_strides(shape)}
-            _tensors.view(out_arena, 0, desc).copy_(t)
-            return desc
-
         try:
-            tree = _tensors.encode_tree(out, encode_tensor)
-        except _ArenaFull as e:
-            self._free(out_arena, allocated)
-            return _error(rid, "ARENA_FULL", f"model '{name}', job {rid}: output does not fit "
-                          f"the client's arena: {e}")
-        except Exception as e:
-            self._free(out_arena, allocated)
-            return _error(rid, "MODEL_ERROR", f"model '{name}', job {rid}: {e}", traceback.format_exc())
-        return msgpack.packb({"v": VERSION, "id": rid, "ok": True, "outputs": tree})
-
-    @staticmethod
-    def _free(arena, blocks):
-        for b in blocks:
-            arena.free(b)
-
-
-class _ArenaFull(Exception):
-    pass
+            return _native.encode_reply(rid, name, out, out_id, self.arenas[out_id], spans, _tensors.write)
+        except _native.OutputError as e:
+            code, message = e.args
+            return _error(rid, code, message)
 
 
 def _fmt(spec):

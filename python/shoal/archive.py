@@ -11,12 +11,13 @@ copied, and all processes that load the same archive share the same page-cache p
 import json
 import mmap
 import os
-import struct
 import warnings
-import zipfile
+import zlib
 
 import torch
 from torch.package import PackageExporter, PackageImporter
+
+from . import _native, _tensors
 
 ENTRY_PACKAGE = "model"
 ENTRY_RESOURCE = "model.pkl"
@@ -117,46 +118,43 @@ def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, 
     return path
 
 
-def _record_prefix(names):
-    # PyTorchFileWriter puts every record under one top-level folder (the archive's name).
-    first = names[0]
-    return first.split("/", 1)[0] + "/" if "/" in first else ""
+def read_zip(path):
+    """The archive as the C++ reader sees it (package_format/archive_reader.h, the one
+    shoald checks loads with): ``{"kind", "prefix", "problem", "records"}``; ``problem`` is
+    why shoald would refuse it (None: servable). ArchiveError when it is not a readable zip."""
+    try:
+        return _native.read_archive(os.fspath(path))
+    except (_native.ZipError, OSError) as e:
+        raise ArchiveError(f"archive {path}: not a readable zip file ({e}); "
+                           "build archives with shoal.export") from None
+
+
+def record_bytes(f, record):
+    """The uncompressed bytes of a record of ``read_zip``, read from the open file ``f``."""
+    f.seek(record["offset"])
+    data = f.read(record["size"])
+    if len(data) != record["size"]:
+        raise ArchiveError(f"record {record['name']} is truncated")
+    if record["method"] == 8:
+        try:
+            data = zlib.decompress(data, -15)
+        except zlib.error as e:
+            raise ArchiveError(f"record {record['name']} does not inflate: {e}") from None
+    elif record["method"] != 0:
+        raise ArchiveError(f"record {record['name']} uses zip compression method {record['method']}; "
+                           "shoal reads stored and deflated records")
+    if zlib.crc32(data) != record["crc32"]:
+        raise ArchiveError(f"record {record['name']} is damaged (CRC mismatch)")
+    return data
 
 
 def storage_records(path):
-    """Maps each ``.data/<n>.storage`` record to (data offset in the file, size); checks
-    that storages are stored uncompressed and 64-byte aligned."""
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ArchiveError(f"archive {path}: not a readable zip file ({e}); "
-                           "build archives with shoal.export") from None
-    with zf, open(path, "rb") as f:
-        infos = zf.infolist()
-        if not infos:
-            raise ArchiveError(f"archive {path}: the zip is empty")
-        prefix = _record_prefix([i.filename for i in infos])
-        records = {}
-        for info in infos:
-            name = info.filename[len(prefix):] if info.filename.startswith(prefix) else info.filename
-            if not (name.startswith(".data/") and name.endswith(".storage")):
-                continue
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise ArchiveError(
-                    f"archive {path}: storage record {name} is compressed; shoal maps weights "
-                    "in place and needs them stored uncompressed (re-export with shoal.export)")
-            f.seek(info.header_offset)
-            header = f.read(30)
-            if len(header) != 30 or header[:4] != b"PK\x03\x04":
-                raise ArchiveError(f"archive {path}: bad local header for {name} (truncated?)")
-            name_len, extra_len = struct.unpack("<HH", header[26:30])
-            offset = info.header_offset + 30 + name_len + extra_len
-            if offset % ALIGNMENT:
-                raise ArchiveError(
-                    f"archive {path}: storage record {name} starts at byte {offset}, not "
-                    f"{ALIGNMENT}-byte aligned; re-export with shoal.export")
-            records[name] = (offset, info.file_size)
-        return records
+    """Maps each ``.data/<n>.storage`` record to (data offset in the file, size), after the
+    C++ reader checked that the archive is servable (storages stored and 64-byte aligned)."""
+    info = read_zip(path)
+    if info["problem"]:
+        raise ArchiveError(f"archive {path}: {info['problem']}")
+    return {r["name"]: (r["offset"], r["size"]) for r in info["records"] if r["storage"]}
 
 
 class _MappedReader:
@@ -192,11 +190,9 @@ class _MappedReader:
 def is_torchscript(path):
     """True for a TorchScript zip (torch.jit.save): data.pkl + constants.pkl, no model.pkl."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            names = {n.split("/", 1)[1] for n in zf.namelist() if "/" in n}
-    except (zipfile.BadZipFile, OSError):
+        return read_zip(path)["kind"] == "torchscript"
+    except ArchiveError:
         return False
-    return "data.pkl" in names and "constants.pkl" in names and f"{ENTRY_PACKAGE}/{ENTRY_RESOURCE}" not in names
 
 
 def read_manifest(path, reader):
@@ -219,14 +215,11 @@ def read_manifest(path, reader):
     for key in ("inputs", "outputs"):
         specs = manifest.get(key, [])
         if not isinstance(specs, list) or not all(
-                isinstance(x, dict) and isinstance(x.get("shape"), list) and x.get("dtype") in _DTYPES for x in specs):
+                isinstance(x, dict) and isinstance(x.get("shape"), list) and x.get("dtype") in _tensors.DTYPES
+                for x in specs):
             raise ArchiveError(f"archive {path}: the manifest's {key} must be a list of "
                                "{{dtype, shape}} specs with known dtypes")
     return manifest
-
-
-_DTYPES = {"float32", "float64", "float16", "bfloat16", "uint8", "int8", "int16", "int32", "int64", "bool",
-           "complex64", "complex128"}
 
 
 def _close(a, b, path):

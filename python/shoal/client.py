@@ -31,17 +31,9 @@ _HEADER = struct.Struct("<I")
 ANSWER_MARGIN_S = 2.0
 
 
-def default_socket_path():
-    """$SHOAL_SOCKET, else /run/shoal/shoal.sock for root, else $XDG_RUNTIME_DIR/shoal/shoal.sock."""
-    env = os.environ.get("SHOAL_SOCKET")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return "/run/shoal/shoal.sock"
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        return os.path.join(xdg, "shoal", "shoal.sock")
-    return f"/tmp/shoal-{os.geteuid()}/shoal.sock"
+# $SHOAL_SOCKET, else /run/shoal/shoal.sock for root, else $XDG_RUNTIME_DIR/shoal/shoal.sock,
+# else /tmp/shoal-UID/shoal.sock: shoald's own definition (protocol/paths.cc).
+default_socket_path = _native.default_socket_path
 
 
 class Client:
@@ -279,8 +271,7 @@ class Client:
         reply = self._call(msg, wait=wait)
 
         def make_tensor(d):
-            if any(n == 0 for n in d["shape"]):
-                # An empty tensor owns no block (the worker sends block 0): nothing to free.
+            if 0 in d["shape"]:  # no bytes, no block (its "block" 0 is not one to free)
                 return torch.empty(d["shape"], dtype=_tensors.DTYPES[d["dtype"]])
             key = (d["arena"], d["block"])
             block = keep.get(key)

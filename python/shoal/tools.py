@@ -1,5 +1,7 @@
 """Archive tools behind `shoal package` and `shoal inspect`: build an archive from a
-Python file, describe one without running it, and rewrite one into a servable layout."""
+Python file, describe one without running it, and rewrite one into a servable layout.
+Archives are read only through the C++ reader (``archive.read_zip``), so `shoal inspect`
+calls servable exactly what shoald serves."""
 import importlib.util
 import json
 import os
@@ -8,13 +10,9 @@ import struct
 import sys
 import zipfile
 
-from . import archive
+from . import _tensors, archive
 
-STORAGE_DTYPES = {"FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16",
-                  "BFloat16Storage": "bfloat16", "ByteStorage": "uint8", "CharStorage": "int8",
-                  "ShortStorage": "int16", "IntStorage": "int32", "LongStorage": "int64",
-                  "BoolStorage": "bool", "ComplexFloatStorage": "complex64",
-                  "ComplexDoubleStorage": "complex128"}
+STORAGE_DTYPES = _tensors.STORAGE_DTYPES
 
 
 def load_factory(spec):
@@ -36,15 +34,6 @@ def load_factory(spec):
     if not hasattr(module, factory):
         raise ValueError(f"{path} has no function {factory!r}")
     return getattr(module, factory)()
-
-
-def _local_data_offset(f, info):
-    f.seek(info.header_offset)
-    header = f.read(30)
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        return None
-    n, e = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + n + e
 
 
 def _storage_dtypes(pickle_bytes):
@@ -83,63 +72,58 @@ def inspect_archive(path):
            "problems": [], "servable": False}
     problems = out["problems"]
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        problems.append(f"not a readable zip file: {e}")
+        info = archive.read_zip(path)
+    except archive.ArchiveError as e:
+        problems.append(str(e))
         return out
-    with zf, open(path, "rb") as f:
-        infos = zf.infolist()
-        names = [i.filename for i in infos]
-        prefix = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else ""
-        rel = {}
-        for info in infos:
-            name = info.filename[len(prefix):] if prefix and info.filename.startswith(prefix) else info.filename
-            if info.filename.startswith("/") or ".." in info.filename.split("/"):
-                problems.append(f"unsafe record name {info.filename!r}")
-            if name in rel:
-                problems.append(f"duplicate record {name!r}")
-            rel[name] = info
-        if "model/model.pkl" in rel:
-            out["kind"] = "torch.package"
-        elif "data.pkl" in rel and "constants.pkl" in rel:
-            out["kind"] = "torchscript"
-        else:
-            problems.append("no entry pickle model/model.pkl (and not TorchScript)")
-        storage_prefix = ".data/" if out["kind"] != "torchscript" else "data/"
+    out["kind"] = info["kind"]
+    if info["problem"]:
+        problems.append(info["problem"])  # why shoald would refuse it, in its words
+    rel = {}
+    for rec in info["records"]:
+        rel.setdefault(rec["name"], rec)
+
+    def read(name):
+        try:
+            return archive.record_bytes(f, rel[name])
+        except archive.ArchiveError as e:
+            problems.append(str(e))
+            return None
+
+    with open(path, "rb") as f:
         dtypes = {}
         if out["kind"] == "torch.package":
-            for name, info in rel.items():  # storage keys are shared by all pickles of a package
+            for name in rel:  # storage keys are shared by all pickles of a package
                 if name.endswith(".pkl") and not name.startswith(".data/"):
-                    dtypes.update(_storage_dtypes(zf.read(info)))
+                    data = read(name)
+                    if data is not None:
+                        dtypes.update(_storage_dtypes(data))
             if archive.MANIFEST in rel:
+                data = read(archive.MANIFEST)
                 try:
-                    out["manifest"] = json.loads(zf.read(rel[archive.MANIFEST]).decode())
+                    out["manifest"] = json.loads(data.decode()) if data is not None else None
                 except ValueError as e:
                     problems.append(f"{archive.MANIFEST} does not parse: {e}")
             if ".data/extern_modules" in rel:
-                out["extern_modules"] = sorted(
-                    x for x in zf.read(rel[".data/extern_modules"]).decode().split("\n") if x)
+                data = read(".data/extern_modules") or b""
+                out["extern_modules"] = sorted(x for x in data.decode(errors="replace").split("\n") if x)
             out["interned_modules"] = sorted(
                 n[:-3].replace("/", ".").removesuffix(".__init__") for n in rel
                 if n.endswith(".py") and not n.startswith(".data/"))
-        st = out["storages"]
-        for name, info in rel.items():
-            is_storage = name.startswith(storage_prefix) and (name.endswith(".storage") or out["kind"] == "torchscript")
-            if not is_storage:
-                continue
-            offset = _local_data_offset(f, info)
-            key = name[len(storage_prefix):].removesuffix(".storage")
-            rec = {"name": name, "bytes": info.file_size, "offset": offset,
-                   "aligned": offset is not None and offset % archive.ALIGNMENT == 0,
-                   "compressed": info.compress_type != zipfile.ZIP_STORED, "dtype": dtypes.get(key, "?")}
-            st["records"].append(rec)
-            st["count"] += 1
-            st["bytes"] += info.file_size
-            st["dtypes"][rec["dtype"]] = st["dtypes"].get(rec["dtype"], 0) + 1
-            if rec["compressed"]:
-                problems.append(f"storage {name} is compressed")
-            elif not rec["aligned"]:
-                problems.append(f"storage {name} is not {archive.ALIGNMENT}-byte aligned")
+    st = out["storages"]
+    storage_prefix = "data/" if out["kind"] == "torchscript" else ".data/"
+    for rec in info["records"]:
+        if not rec["storage"]:
+            continue
+        name = rec["name"]
+        key = name[len(storage_prefix):].removesuffix(".storage")
+        entry = {"name": name, "bytes": rec["uncompressed"], "offset": rec["offset"],
+                 "aligned": rec["offset"] % archive.ALIGNMENT == 0, "compressed": rec["method"] != 0,
+                 "dtype": dtypes.get(key, "?")}
+        st["records"].append(entry)
+        st["count"] += 1
+        st["bytes"] += entry["bytes"]
+        st["dtypes"][entry["dtype"]] = st["dtypes"].get(entry["dtype"], 0) + 1
     out["servable"] = not problems
     return out
 
@@ -173,20 +157,23 @@ def format_inspection(info):
 def repack(src, dst):
     """Rewrites `src` into `dst` with every record stored (uncompressed) and 64-byte
     aligned, the layout workers map in place. Returns the number of records."""
-    with zipfile.ZipFile(src) as zin:
-        infos = zin.infolist()
-        seen = set()
-        with open(dst, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as zout:
-            for info in infos:
-                if info.filename in seen:
-                    raise ValueError(f"{src}: duplicate record {info.filename!r}")
-                seen.add(info.filename)
-                data = zin.read(info)
-                out = zipfile.ZipInfo(info.filename, date_time=info.date_time)
-                out.compress_type = zipfile.ZIP_STORED
-                # Pad the local header's extra field so that the data starts on a 64-byte boundary.
-                header_end = raw.tell() + 30 + len(info.filename.encode())
-                pad = (-(header_end + 4)) % archive.ALIGNMENT
-                out.extra = struct.pack("<HH", 0xCAFE, pad) + b"\0" * pad
-                zout.writestr(out, data)
-    return len(infos)
+    info = archive.read_zip(src)
+    seen = set()
+    for rec in info["records"]:
+        if rec["stored_name"] in seen:
+            raise ValueError(f"{src}: duplicate record {rec['stored_name']!r}")
+        seen.add(rec["stored_name"])
+    with open(src, "rb") as fin, open(dst, "wb") as raw, \
+            zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as zout:
+        for rec in info["records"]:
+            data = archive.record_bytes(fin, rec)
+            t, d = rec["dos_time"], rec["dos_date"]
+            date_time = ((d >> 9) + 1980, (d >> 5) & 0xF, d & 0x1F, t >> 11, (t >> 5) & 0x3F, (t & 0x1F) * 2)
+            out = zipfile.ZipInfo(rec["stored_name"], date_time=date_time)
+            out.compress_type = zipfile.ZIP_STORED
+            # Pad the local header's extra field so that the data starts on a 64-byte boundary.
+            header_end = raw.tell() + 30 + len(rec["stored_name"].encode())
+            pad = (-(header_end + 4)) % archive.ALIGNMENT
+            out.extra = struct.pack("<HH", 0xCAFE, pad) + b"\0" * pad
+            zout.writestr(out, data)
+    return len(info["records"])

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 
-#include "shm/subprocess.h"
+#include "base/subprocess.h"
 #include "tests/cpp/catch.h"
 
 using namespace shoal;

@@ -1,4 +1,4 @@
-#include "shm/subprocess.h"
+#include "base/subprocess.h"
 
 #include <fcntl.h>
 #include <poll.h>

@@ -1,4 +1,6 @@
-#include "client/tree.h"
+#include "tensors/tree.h"
+
+#include "protocol/dtypes.h"
 
 namespace shoal {
 
@@ -8,10 +10,9 @@ struct Entry {
   at::ScalarType type;
 };
 const Entry kTypes[] = {
-    {"float32", at::kFloat}, {"float64", at::kDouble}, {"float16", at::kHalf},   {"bfloat16", at::kBFloat16},
-    {"uint8", at::kByte},    {"int8", at::kChar},      {"int16", at::kShort},    {"int32", at::kInt},
-    {"int64", at::kLong},    {"bool", at::kBool},      {"complex64", at::kComplexFloat},
-    {"complex128", at::kComplexDouble},
+#define SHOAL_SCALAR_TYPE(name, size, scalar) {#name, at::ScalarType::scalar},
+    SHOAL_DTYPES(SHOAL_SCALAR_TYPE)
+#undef SHOAL_SCALAR_TYPE
 };
 
 Result<c10::IValue> Scalar(const msgpack::object& v) {
@@ -43,7 +44,7 @@ std::string DTypeName(at::ScalarType t) {
 }
 
 Result<c10::IValue> DecodeTree(const msgpack::object& node, const TensorMaker& make, int depth) {
-  if (depth > 16 || node.type != msgpack::type::MAP || node.via.map.size != 1 ||
+  if (depth > kMaxOutputDepth || node.type != msgpack::type::MAP || node.via.map.size != 1 ||
       node.via.map.ptr[0].key.type != msgpack::type::STR) {
     return Status::Internal("malformed output tree");
   }

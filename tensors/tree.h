@@ -1,4 +1,7 @@
-// Output trees (docs/protocol.md) to c10::IValue. Pure: no I/O. Thread-compatible.
+// libtorch values <-> the wire: shoal dtype names <-> at::ScalarType (from the one dtype
+// table, protocol/dtypes.h) and output trees (docs/protocol.md) -> c10::IValue. Part of
+// the shoal_tensors library, which the C++ client and shoal-worker both link.
+// Pure: no I/O. Thread-compatible.
 #pragma once
 
 #include <torch/torch.h>
@@ -7,6 +10,7 @@
 #include <msgpack.hpp>
 
 #include "protocol/descriptor.h"
+#include "protocol/output_tree.h"
 #include "shoal/status.h"
 
 namespace shoal {
@@ -16,6 +20,8 @@ std::optional<at::ScalarType> ScalarTypeOf(std::string_view dtype);
 std::string DTypeName(at::ScalarType t);
 
 using TensorMaker = std::function<Result<torch::Tensor>(const Descriptor&)>;
+// Rebuilds an output tree; `make` builds each tensor from its descriptor. Trees nested
+// deeper than kMaxOutputDepth (protocol/output_tree.h) are refused.
 Result<c10::IValue> DecodeTree(const msgpack::object& node, const TensorMaker& make, int depth = 0);
 
 }  // namespace shoal

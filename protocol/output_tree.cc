@@ -1,0 +1,214 @@
+#include "protocol/output_tree.h"
+
+
+#include "protocol/descriptor.h"
+#include "protocol/dtypes.h"
+#include "protocol/messages.h"
+
+namespace shoal {
+
+namespace {
+
+using Kind = OutputValue::Kind;
+
+// The Python name of a kind, as the model's author would write it.
+std::string TypeName(const OutputValue& v) {
+  switch (v.kind()) {
+    case Kind::kTensor: return "Tensor";
+    case Kind::kTuple: return "tuple";
+    case Kind::kList: return "list";
+    case Kind::kDict: return "dict";
+    case Kind::kFloat: return "float";
+    case Kind::kInt: return "int";
+    case Kind::kBool: return "bool";
+    case Kind::kStr: return "str";
+    case Kind::kNone: return "NoneType";
+    case Kind::kOther: break;
+  }
+  return v.OtherTypeName();
+}
+
+std::string DTypeNames() {
+  std::string out;
+  for (const auto& d : kDTypes) {
+    if (!out.empty()) out += ", ";
+    out += d.name;
+  }
+  return out;
+}
+
+// One job's encoding: the tree goes into `w_`; blocks it allocates are remembered so that a
+// failure part-way frees them all.
+class Encoder {
+ public:
+  explicit Encoder(const OutputPlacement& place) : place_(place) {}
+  Encoder(const Encoder&) = delete;
+  Encoder& operator=(const Encoder&) = delete;
+
+  Writer* writer() { return &w_; }
+  Status Node(OutputValue& v, int depth);
+  void FreeAllocated() {
+    for (uint64_t b : allocated_) place_.out_arena->Free(b);
+    allocated_.clear();
+  }
+
+ private:
+  Status Int(const OutputValue& v);
+  Status Tensor(OutputValue& v);
+
+  const OutputPlacement& place_;
+  Writer w_;
+  std::vector<uint64_t> allocated_;
+};
+
+Status ModelError(std::string message) { return Status(Code::kModelError, std::move(message)); }
+
+Status Encoder::Node(OutputValue& v, int depth) {
+  if (depth > kMaxOutputDepth) {
+    return ModelError("output nested more than " + std::to_string(kMaxOutputDepth) + " levels deep");
+  }
+  switch (v.kind()) {
+    case Kind::kTensor:
+      w_.Map(1);
+      w_.Key("tensor");
+      return Tensor(v);
+    case Kind::kFloat:
+      // Its own node kind: MessagePack re-encoders may turn 4.0 into the integer 4.
+      w_.Map(1);
+      w_.Key("float");
+      w_.Val(v.Float());
+      return Status::Ok();
+    case Kind::kInt:
+      w_.Map(1);
+      w_.Key("value");
+      return Int(v);
+    case Kind::kBool:
+      w_.Map(1);
+      w_.Key("value");
+      w_.Val(v.Bool());
+      return Status::Ok();
+    case Kind::kStr:
+      w_.Map(1);
+      w_.Key("value");
+      w_.Str(v.Str());
+      return Status::Ok();
+    case Kind::kNone:
+      w_.Map(1);
+      w_.Key("value");
+      w_.pk().pack_nil();
+      return Status::Ok();
+    case Kind::kTuple:
+    case Kind::kList: {
+      w_.Map(1);
+      w_.Key(v.kind() == Kind::kTuple ? "tuple" : "list");
+      size_t n = v.Size();
+      w_.pk().pack_array(static_cast<uint32_t>(n));
+      for (size_t i = 0; i < n; ++i) {
+        if (auto st = Node(*v.Item(i), depth + 1); !st.ok()) return st;
+      }
+      return Status::Ok();
+    }
+    case Kind::kDict: {
+      w_.Map(1);
+      w_.Key("dict");
+      size_t n = v.Size();
+      w_.pk().pack_array(static_cast<uint32_t>(n));
+      for (size_t i = 0; i < n; ++i) {
+        w_.pk().pack_array(2);
+        auto key = v.Key(i);
+        if (key->kind() == Kind::kStr) {
+          w_.Str(key->Str());
+        } else if (key->kind() == Kind::kInt) {
+          if (auto st = Int(*key); !st.ok()) return st;
+        } else {
+          return ModelError("output dict key of type " + TypeName(*key) + "; use str or int keys");
+        }
+        if (auto st = Node(*v.Value(i), depth + 1); !st.ok()) return st;
+      }
+      return Status::Ok();
+    }
+    case Kind::kOther: break;
+  }
+  return ModelError("the model returned a " + TypeName(v) +
+                    ", which shoal cannot send back; return tensors, tuples, lists, dicts (str/int keys) "
+                    "or Python scalars");
+}
+
+Status Encoder::Int(const OutputValue& v) {
+  OutputInt i = v.Int();
+  switch (i.range) {
+    case OutputInt::kSigned: w_.Val(i.s); return Status::Ok();
+    case OutputInt::kUnsigned: w_.Val(i.u); return Status::Ok();
+    case OutputInt::kTooLarge: break;
+  }
+  return ModelError("integer output " + i.text + " does not fit in 64 bits");
+}
+
+Status Encoder::Tensor(OutputValue& v) {
+  auto t = v.Tensor();
+  if (!t.ok()) return ModelError("an output tensor cannot be read: " + t.status().message());
+  if (t->dtype.empty()) {
+    return ModelError("output dtype " + t->engine_dtype + " cannot travel through shoal; use one of " +
+                      DTypeNames());
+  }
+  Descriptor d;
+  d.arena = place_.out_arena_id;
+  d.dtype = t->dtype;
+  d.shape = t->shape;
+  d.strides = t->strides;
+  auto extent = d.Extent();
+  if (!extent.ok()) return ModelError("an output tensor cannot travel: " + extent.status().message());
+  if (*extent == 0) {
+    d.strides = ContiguousStrides(d.shape);
+    d.Pack(&w_);
+    return Status::Ok();
+  }
+  // Already inside an input (the input itself, or a view of it)? It goes back where it is.
+  auto data = reinterpret_cast<uintptr_t>(t->data);
+  for (const auto& in : place_.inputs) {
+    auto base = reinterpret_cast<uintptr_t>(in.base);
+    if (data < base) continue;
+    uint64_t off = data - base;
+    if (in.start <= off && off <= in.end && *extent <= in.end - off) {
+      d.arena = in.arena;
+      d.block = in.block;
+      d.offset = off;
+      d.Pack(&w_);
+      return Status::Ok();
+    }
+  }
+  // Otherwise one copy into a block of the client's arena.
+  unsigned __int128 nbytes = DTypeSize(d.dtype);
+  for (int64_t n : d.shape) {
+    nbytes *= static_cast<uint64_t>(n);
+    if (nbytes > place_.out_arena->size()) nbytes = place_.out_arena->size() + 1;  // fails below, no overflow
+  }
+  auto block = place_.out_arena->Allocate(static_cast<size_t>(nbytes));
+  if (!block.ok()) {
+    return Status(Code::kArenaFull, "output does not fit the client's arena: " + block.status().message());
+  }
+  allocated_.push_back(*block);
+  d.block = d.offset = *block;
+  d.strides = ContiguousStrides(d.shape);
+  if (auto st = v.CopyTensor(place_.out_arena->base() + *block, d.strides); !st.ok()) {
+    return ModelError("an output tensor cannot be copied into the client's arena: " + st.message());
+  }
+  d.Pack(&w_);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<std::string> EncodeOutputReply(uint64_t job, std::string_view model, OutputValue& root,
+                                      const OutputPlacement& place) {
+  Encoder enc(place);
+  BeginReply(enc.writer(), job, 1);
+  enc.writer()->Key("outputs");
+  if (auto st = enc.Node(root, 0); !st.ok()) {
+    enc.FreeAllocated();
+    return Status(st.code(), "model '" + std::string(model) + "', job " + std::to_string(job) + ": " + st.message());
+  }
+  return std::string(enc.writer()->body());
+}
+
+}  // namespace shoal

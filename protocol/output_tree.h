@@ -1,0 +1,99 @@
+// Encoding a model's output into an output tree (docs/protocol.md, "Output tree"): the one
+// implementation, shared by both engines. The Python runner reaches it through
+// shoal._native.encode_reply (python/native/native.cc adapts Python objects); the
+// TorchScript runner through tensors/ivalue_output.h (adapts c10::IValue). An engine only
+// says what each value is (OutputValue) and copies tensor bytes; which values may travel,
+// the depth limit, the dict-key rule, where each tensor goes (in place inside an input, else
+// one copy into the client's arena) and every error message are decided here, so both
+// engines answer the same output with the same tree or the same error.
+// Thread-compatible: one EncodeOutputReply per job; the arena's allocator is process-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shm/arena.h"
+#include "shoal/status.h"
+
+namespace shoal {
+
+// A node nested deeper than this (the root is at depth 0) is a model error; clients
+// refuse such trees too (tensors/tree.h).
+constexpr int kMaxOutputDepth = 16;
+
+// An output tensor as the encoder needs it: on the CPU, its first element at `data`.
+struct OutputTensor {
+  std::string dtype;         // shoal's name (protocol/dtypes.h); empty when shoal has none
+  std::string engine_dtype;  // the engine's name of the dtype, for the error when `dtype` is empty
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;  // in elements, >= 0
+  const uint8_t* data = nullptr;
+};
+
+// An integer output: Python's are unbounded, so it may not fit the wire's 64 bits.
+struct OutputInt {
+  enum Range { kSigned, kUnsigned, kTooLarge } range = kSigned;
+  int64_t s = 0;     // kSigned
+  uint64_t u = 0;    // kUnsigned: a value in [2^63, 2^64)
+  std::string text;  // kTooLarge: its decimal digits, for the error
+};
+
+// One value of a model's output, seen through its engine. Accessors are called only for
+// the kind the value has. Children may refer to their parent's storage and never outlive
+// the encoding of the root.
+class OutputValue {
+ public:
+  enum class Kind { kTensor, kTuple, kList, kDict, kFloat, kInt, kBool, kStr, kNone, kOther };
+  virtual ~OutputValue() = default;
+
+  virtual Kind kind() const = 0;
+  // kOther: the engine's name of the value's type ("set", "Device").
+  virtual std::string OtherTypeName() const { return "?"; }
+  virtual double Float() const { return 0; }
+  virtual OutputInt Int() const { return {}; }
+  virtual bool Bool() const { return false; }
+  virtual std::string Str() const { return {}; }
+  // kTuple, kList: items; kDict: entries.
+  virtual size_t Size() const { return 0; }
+  virtual std::unique_ptr<OutputValue> Item(size_t /*i*/) const { return nullptr; }
+  virtual std::unique_ptr<OutputValue> Key(size_t /*i*/) const { return nullptr; }
+  virtual std::unique_ptr<OutputValue> Value(size_t /*i*/) const { return nullptr; }
+  // kTensor: moves it to the CPU if needed (the value keeps that copy alive) and
+  // describes it; an error carries the engine's message.
+  virtual Result<OutputTensor> Tensor() { return Status::Internal("not a tensor"); }
+  // kTensor, after Tensor(): copies its elements to `dst`, laid out with `strides`
+  // (contiguous, in elements).
+  virtual Status CopyTensor(uint8_t* /*dst*/, const std::vector<int64_t>& /*strides*/) {
+    return Status::Internal("not a tensor");
+  }
+};
+
+// The bytes of one input of the job: [start, end) of arena `arena` (mapped at `base`
+// here), allocated as block `block`. An output tensor inside it goes back in place.
+struct InputSpan {
+  uint64_t arena = 0;
+  uint64_t block = 0;
+  uint64_t start = 0;
+  uint64_t end = 0;
+  const uint8_t* base = nullptr;
+};
+
+// Where output tensors go: in place when inside an input, else one block of `out_arena`
+// (the client's arena `out_arena_id`), which then belongs to the client.
+struct OutputPlacement {
+  uint64_t out_arena_id = 0;
+  Arena* out_arena = nullptr;  // must stay mapped during the encoding
+  std::vector<InputSpan> inputs;
+};
+
+// The reply to job `job` of model `model` whose output is `root`:
+// {"v":1,"id":job,"ok":true,"outputs":tree}. On failure every block it allocated is freed
+// again and the error (MODEL_ERROR, or ARENA_FULL when an output does not fit) names the
+// model and the job.
+Result<std::string> EncodeOutputReply(uint64_t job, std::string_view model, OutputValue& root,
+                                      const OutputPlacement& place);
+
+}  // namespace shoal

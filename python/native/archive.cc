@@ -1,0 +1,107 @@
+// shoal._native's archive reading: Python reads zips only through the C++ reader
+// (package_format/archive_reader.h), the one shoald checks every load with.
+//
+//   read_archive(path) -> {"kind": "torch.package" | "torchscript" | None, "prefix": str,
+//                          "problem": why shoald would refuse it, or None,
+//                          "records": [{"name", "stored_name", "offset", "size",
+//                                       "uncompressed", "method", "crc32", "dos_time",
+//                                       "dos_date", "storage", "encrypted"}]}
+//   ZipError (a ValueError): the file is not a readable zip; the message says why.
+//   OSError: the file cannot be opened or mapped.
+// Thread-safety: called with the GIL held; the file is read with the GIL released.
+#include <string>
+
+#include "package_format/archive_reader.h"
+#include "python/native/native.h"
+
+namespace shoal_native {
+
+namespace {
+
+PyObject* g_zip_error = nullptr;  // shoal._native.ZipError
+
+const char* KindName(shoal::ArchiveKind kind) {
+  switch (kind) {
+    case shoal::ArchiveKind::kPackage: return "torch.package";
+    case shoal::ArchiveKind::kTorchScript: return "torchscript";
+    case shoal::ArchiveKind::kUnknown: break;
+  }
+  return nullptr;
+}
+
+PyObject* Str(const std::string& s) { return PyUnicode_DecodeUTF8(s.data(), s.size(), "surrogateescape"); }
+
+PyObject* Record(const shoal::ArchiveRecord& r) {
+  PyObject* name = Str(r.name);
+  PyObject* stored = Str(r.stored_name);
+  PyObject* out = nullptr;
+  if (name != nullptr && stored != nullptr) {
+    out = Py_BuildValue("{sOsOsKsKsKsHsksHsHsOsO}", "name", name, "stored_name", stored, "offset",
+                        static_cast<unsigned long long>(r.offset), "size", static_cast<unsigned long long>(r.size),
+                        "uncompressed", static_cast<unsigned long long>(r.uncompressed), "method", r.method,
+                        "crc32", static_cast<unsigned long>(r.crc32), "dos_time", r.dos_time, "dos_date",
+                        r.dos_date, "storage", r.storage ? Py_True : Py_False, "encrypted",
+                        r.encrypted ? Py_True : Py_False);
+  }
+  Py_XDECREF(name);
+  Py_XDECREF(stored);
+  return out;
+}
+
+PyObject* ReadArchive(PyObject*, PyObject* args) {
+  PyObject* path_obj;
+  if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path_obj)) return nullptr;
+  std::string path(PyBytes_AS_STRING(path_obj), PyBytes_GET_SIZE(path_obj));
+  Py_DECREF(path_obj);
+  shoal::Result<shoal::ArchiveInfo> info = shoal::Status::Ok();
+  Py_BEGIN_ALLOW_THREADS info = shoal::ReadArchiveFile(path);
+  Py_END_ALLOW_THREADS
+  if (!info.ok()) {
+    // Python adds the path itself, like every other archive error it raises.
+    std::string message = info.status().message();
+    const std::string prefix = "archive " + path + ": ";
+    if (message.rfind(prefix, 0) == 0) message = message.substr(prefix.size());
+    PyObject* text = Str(message);  // names in the message may be any bytes
+    if (text != nullptr) {
+      PyErr_SetObject(info.status().code() == shoal::Code::kIoError ? PyExc_OSError : g_zip_error, text);
+      Py_DECREF(text);
+    }
+    return nullptr;
+  }
+  PyObject* records = PyList_New(0);
+  if (records == nullptr) return nullptr;
+  for (const auto& r : info->records) {
+    PyObject* rec = Record(r);
+    if (rec == nullptr || PyList_Append(records, rec) < 0) {
+      Py_XDECREF(rec);
+      Py_DECREF(records);
+      return nullptr;
+    }
+    Py_DECREF(rec);
+  }
+  const char* kind = KindName(info->kind);
+  PyObject* problem = info->problem.empty() ? Py_NewRef(Py_None) : Str(info->problem);
+  PyObject* prefix = Str(info->prefix);
+  PyObject* out = nullptr;
+  if (problem != nullptr && prefix != nullptr) {
+    out = Py_BuildValue("{szsOsOsO}", "kind", kind, "prefix", prefix, "problem", problem, "records", records);
+  }
+  Py_XDECREF(problem);
+  Py_XDECREF(prefix);
+  Py_DECREF(records);
+  return out;
+}
+
+PyMethodDef kMethods[] = {
+    {"read_archive", ReadArchive, METH_VARARGS,
+     "read_archive(path) -> dict: the archive's records and why shoald would refuse it (C++ reader)"},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
+bool AddArchiveReader(PyObject* m) {
+  g_zip_error = AddException(m, "ZipError", PyExc_ValueError);
+  return g_zip_error != nullptr && PyModule_AddFunctions(m, kMethods) == 0;
+}
+
+}  // namespace shoal_native

@@ -1,0 +1,77 @@
+#include "tensors/ivalue_output.h"
+
+#include "tensors/tree.h"
+
+namespace shoal {
+
+namespace {
+OutputValue::Kind Classify(const c10::IValue& v) {
+  using Kind = OutputValue::Kind;
+  if (v.isTensor()) return Kind::kTensor;
+  if (v.isTuple()) return Kind::kTuple;
+  if (v.isList()) return Kind::kList;
+  if (v.isGenericDict()) return Kind::kDict;
+  if (v.isDouble()) return Kind::kFloat;
+  if (v.isBool()) return Kind::kBool;
+  if (v.isInt()) return Kind::kInt;
+  if (v.isString()) return Kind::kStr;
+  if (v.isNone()) return Kind::kNone;
+  return Kind::kOther;
+}
+}  // namespace
+
+IValueOutput::IValueOutput(c10::IValue value) : value_(std::move(value)), kind_(Classify(value_)) {
+  if (kind_ == Kind::kTuple) {
+    items_ = value_.toTupleRef().elements().vec();
+  } else if (kind_ == Kind::kList) {
+    items_ = value_.toListRef().vec();
+  } else if (kind_ == Kind::kDict) {
+    for (const auto& kv : value_.toGenericDict()) {
+      items_.push_back(kv.key());
+      items_.push_back(kv.value());
+    }
+  }
+}
+
+OutputInt IValueOutput::Int() const {
+  OutputInt out;
+  out.s = value_.toInt();  // TorchScript ints are 64-bit
+  return out;
+}
+
+size_t IValueOutput::Size() const { return kind_ == Kind::kDict ? items_.size() / 2 : items_.size(); }
+
+std::unique_ptr<OutputValue> IValueOutput::Item(size_t i) const { return std::make_unique<IValueOutput>(items_[i]); }
+std::unique_ptr<OutputValue> IValueOutput::Key(size_t i) const {
+  return std::make_unique<IValueOutput>(items_[2 * i]);
+}
+std::unique_ptr<OutputValue> IValueOutput::Value(size_t i) const {
+  return std::make_unique<IValueOutput>(items_[2 * i + 1]);
+}
+
+Result<OutputTensor> IValueOutput::Tensor() {
+  try {
+    cpu_ = value_.toTensor();
+    if (!cpu_.device().is_cpu()) cpu_ = cpu_.cpu();
+  } catch (const std::exception& e) {
+    return Status(Code::kModelError, e.what());
+  }
+  OutputTensor t;
+  t.dtype = DTypeName(cpu_.scalar_type());
+  t.engine_dtype = std::string("torch.") + c10::toString(cpu_.scalar_type());
+  t.shape = cpu_.sizes().vec();
+  t.strides = cpu_.strides().vec();
+  t.data = static_cast<const uint8_t*>(cpu_.data_ptr());
+  return t;
+}
+
+Status IValueOutput::CopyTensor(uint8_t* dst, const std::vector<int64_t>& strides) {
+  try {
+    torch::from_blob(dst, cpu_.sizes(), strides, cpu_.options()).copy_(cpu_);
+  } catch (const std::exception& e) {
+    return Status(Code::kModelError, e.what());
+  }
+  return Status::Ok();
+}
+
+}  // namespace shoal

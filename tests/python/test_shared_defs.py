@@ -1,0 +1,214 @@
+"""One definition, used by C++ and Python alike: the dtype table, the default socket path,
+the zip reader and the output encoder (issue 10). Each test shows that the Python side is
+the C++ one, or behaves exactly like it."""
+import os
+import re
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+
+import shoal
+import shoal.archive
+import shoal.tools
+import shoal_parity_models as parity
+from conftest import BUILD
+from shoal import _native, _tensors
+
+CORPUS = os.path.join(os.path.dirname(__file__), "..", "fuzz", "corpus")
+
+
+# ---- the dtype table --------------------------------------------------------------------
+def test_the_python_dtype_table_is_the_cpp_one_and_agrees_with_torch():
+    names = [row[0] for row in _native.DTYPES]
+    assert names == list(_tensors.DTYPES) and len(names) == 12
+    for name, itemsize, scalar_type, storage in _native.DTYPES:
+        dtype = _tensors.DTYPES[name]
+        assert dtype is getattr(torch, name)
+        assert _tensors.ITEMSIZE[name] == itemsize == torch.empty((), dtype=dtype).element_size()
+        assert _tensors.dtype_name(dtype) == name
+        assert storage == scalar_type + "Storage"
+        assert getattr(torch, storage)().dtype == dtype  # the class pickles name
+        assert shoal.tools.STORAGE_DTYPES[storage] == name
+
+
+def test_manifest_specs_accept_exactly_the_table(tmp_path):
+    class Reader:
+        def __init__(self, dtype):
+            import json
+            self.manifest = json.dumps({"format": 1, "entry": "model/model.pkl", "outputs": [],
+                                        "inputs": [{"dtype": dtype, "shape": [1]}]}).encode()
+
+        def has_record(self, name):
+            return True
+
+        def get_record(self, name):
+            return self.manifest
+    for name in _tensors.DTYPES:
+        assert shoal.archive.read_manifest("m.pt", Reader(name))["inputs"][0]["dtype"] == name
+    with pytest.raises(shoal.ArchiveError, match="known dtypes"):
+        shoal.archive.read_manifest("m.pt", Reader("qint8"))
+
+
+# ---- the default socket path ------------------------------------------------------------
+@pytest.mark.parametrize("env", [{"SHOAL_SOCKET": "/somewhere/s.sock"},
+                                 {"SHOAL_SOCKET": "", "XDG_RUNTIME_DIR": "/run/user/1234"},
+                                 {"SHOAL_SOCKET": "", "XDG_RUNTIME_DIR": ""}])
+def test_the_default_socket_path_is_shoalds(env):
+    assert shoal.default_socket_path is _native.default_socket_path
+    code = "import shoal; print(shoal.default_socket_path())"
+    full = dict(os.environ, PYTHONPATH=os.path.join(BUILD, "python"), **env)
+    got = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    if env.get("SHOAL_SOCKET"):
+        assert got == env["SHOAL_SOCKET"]
+    elif os.geteuid() == 0:
+        assert got == "/run/shoal/shoal.sock"
+    elif env.get("XDG_RUNTIME_DIR"):
+        assert got == "/run/user/1234/shoal/shoal.sock"
+    else:
+        assert got == f"/tmp/shoal-{os.geteuid()}/shoal.sock"
+
+
+# ---- the zip reader ---------------------------------------------------------------------
+def _cpp_verdicts():
+    out = subprocess.run([os.path.join(BUILD, "bin", "archive_corpus_replay"), "--verdicts", CORPUS],
+                         capture_output=True, text=True, check=True).stdout
+    return dict(line.split("\t", 1) for line in out.splitlines())
+
+
+def _printable(s):
+    return "".join(c if 0x20 <= ord(c) < 0x7f else "?" for c in s.encode("utf-8", "surrogateescape").decode("latin-1"))
+
+
+def test_inspect_refuses_exactly_the_corpus_zips_the_cpp_reader_refuses():
+    verdicts = _cpp_verdicts()
+    assert len(verdicts) >= 100 and sum(v == "ok" for v in verdicts.values()) >= 3
+    for name, verdict in verdicts.items():
+        info = shoal.tools.inspect_archive(os.path.join(CORPUS, name))
+        if verdict == "ok":
+            assert info["servable"], (name, info["problems"])
+        else:
+            assert not info["servable"], name
+            assert any(verdict in _printable(p) for p in info["problems"]), (name, verdict, info["problems"])
+
+
+def test_archive_tools_read_zips_only_through_the_cpp_reader(monkeypatch, tmp_path):
+    path = shoal.export(torch.nn.Linear(3, 2), tmp_path / "lin.pt", example_inputs=(torch.ones(1, 3),))
+    real = zipfile.ZipFile
+
+    def writing_only(file, mode="r", *args, **kwargs):
+        assert mode != "r", "archives are read through shoal._native.read_archive"
+        return real(file, mode, *args, **kwargs)
+    monkeypatch.setattr(zipfile, "ZipFile", writing_only)
+    info = shoal.tools.inspect_archive(path)
+    assert info["servable"] and info["storages"]["dtypes"] == {"float32": 4}
+    assert set(shoal.archive.storage_records(path)) == {r["name"] for r in info["storages"]["records"]}
+    assert not shoal.archive.is_torchscript(path)
+    assert shoal.tools.repack(path, tmp_path / "again.pt") == len(_native.read_archive(str(path))["records"])
+    assert shoal.tools.inspect_archive(tmp_path / "again.pt")["servable"]
+    with pytest.raises(shoal.ArchiveError, match="not a readable zip file"):
+        shoal.archive.storage_records(__file__)
+
+
+# ---- the output encoder: both engines answer alike ---------------------------------------
+def _archives(cls, tmp_path):
+    """(packaged Python model, TorchScript archive) of the same source."""
+    py = shoal.export(cls(), tmp_path / f"{cls.__name__}_py.pt")
+    ts = tmp_path / f"{cls.__name__}_ts.pt"
+    torch.jit.save(torch.jit.script(cls()), str(ts))
+    return py, ts
+
+
+def _shape_of(node, inputs):
+    """An output tree with each descriptor reduced to what does not depend on where blocks
+    happened to be allocated: dtype, shape, strides and whether it lies in an input."""
+    (kind, val), = node.items()
+    if kind == "tensor":
+        where = "new"
+        for d in inputs:
+            if val["block"] == d["block"] and val["arena"] == d["arena"]:
+                where = ("input", val["offset"] - d["offset"])
+        if 0 in val["shape"]:
+            where = "empty"
+        return {"tensor": (val["dtype"], val["shape"], val["strides"], where)}
+    if kind in ("tuple", "list"):
+        return {kind: [_shape_of(n, inputs) for n in val]}
+    if kind == "dict":
+        return {kind: [[k, _shape_of(n, inputs)] for k, n in val]}
+    return node
+
+
+def _same(a, b):
+    assert type(a) is type(b), (a, b)
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    elif isinstance(a, (tuple, list)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _same(x, y)
+    elif isinstance(a, dict):
+        assert list(a) == list(b) and all(type(k) is type(j) for k, j in zip(a, b))
+        for k in a:
+            _same(a[k], b[k])
+    else:
+        assert a == b
+
+
+def _run_on_both(daemon, cls, tmp_path):
+    """[(raw tree or error, decoded output or None)] for the Python and TorchScript engines;
+    the model has the same name on both, so that messages can be compared."""
+    results = []
+    for path in _archives(cls, tmp_path):
+        with daemon.client() as c:
+            c.load("m", path)
+            seen = []
+            call = c._call
+
+            def spy(msg, **kw):
+                reply = call(msg, **kw)
+                seen.append((msg, reply))
+                return reply
+            c._call = spy
+            free = [a.free_bytes() for a in c._arenas.values()]
+            x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+            try:
+                out = c.infer("m", x)
+                msg, reply = seen[-1]
+                results.append((_shape_of(reply["outputs"], msg["inputs"]), out))
+            except shoal.Error as e:
+                # the job id differs; everything else must be the same
+                results.append(((type(e), re.sub(r"job \d+", "job N", e.message)), None))
+            if results[-1][1] is None:  # (the input's block went with the exception)
+                assert [a.free_bytes() for a in c._arenas.values()] == free  # copies made before the error are freed
+            c.unload("m")
+    return results
+
+
+@pytest.mark.parametrize("cls", [parity.Nested, parity.Scalar, parity.Deep16])
+def test_both_engines_send_the_same_tree(daemon, tmp_path, cls):
+    (py_tree, py_out), (ts_tree, ts_out) = _run_on_both(daemon, cls, tmp_path)
+    assert py_tree == ts_tree
+    _same(py_out, ts_out)
+    if cls is parity.Nested:
+        # the input itself and its view go back in place, the rest is new or empty
+        assert py_tree["tuple"][0]["tensor"][3] == ("input", 0)
+        assert py_tree["tuple"][1]["tensor"][3] == ("input", 12)
+        assert py_tree["tuple"][2]["list"][0]["tensor"][3] == "new"
+        assert [n["tensor"][3] for n in py_tree["tuple"][6]["tuple"]] == ["empty", "empty"]
+        assert py_tree["tuple"][4]["dict"][0][0] == 3 and py_tree["tuple"][5]["tuple"][2] == {"float": 2.5}
+
+
+@pytest.mark.parametrize("cls, needle", [
+    (parity.FloatKey, "output dict key of type float; use str or int keys"),
+    (parity.BoolKey, "output dict key of type bool; use str or int keys"),
+    (parity.Deep17, "output nested more than 16 levels deep"),
+])
+def test_both_engines_refuse_the_same_outputs_with_the_same_error(daemon, tmp_path, cls, needle):
+    (py_err, _), (ts_err, _) = _run_on_both(daemon, cls, tmp_path)
+    assert py_err == ts_err
+    kind, message = py_err
+    assert kind is shoal.ModelError
+    assert message == f"model 'm', job N: {needle}"

@@ -1,0 +1,78 @@
+#include "worker/lanes.h"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include "protocol/channel.h"
+#include "protocol/frame.h"
+#include "protocol/messages.h"
+
+namespace shoal {
+
+void ReplySink::Send(const std::string& body) {
+  if (body.empty()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!SendAll(fd_, EncodeFrame(body)).ok()) _exit(0);  // shoald is gone
+}
+
+void Gather::Add(const std::string& r, ReplySink* sink) {
+  std::lock_guard<std::mutex> lock(mu_);
+  bool error = false;
+  if (auto oh = Decode(r); oh.ok()) {
+    auto ok = MapView(oh->get()).Bool("ok");
+    error = ok.ok() && !*ok;
+  }
+  if (reply_.empty() || (error && !failed_)) {
+    reply_ = r;
+    failed_ = failed_ || error;
+  }
+  if (--remaining_ == 0) sink->Send(reply_);
+}
+
+void Lane::Push(Task t) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(std::move(t));
+    ++load_;
+  }
+  cv_.notify_one();
+}
+
+void Lane::Loop() {
+  interp_->AttachThread();
+  if (auto st = interp_->CreateRunner(slot_); !st.ok()) {
+    spdlog::critical("{}", st.ToString());
+    _exit(3);
+  }
+  for (;;) {
+    Task t;
+    interp_->ReleaseGil();
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return !queue_.empty(); });
+      t = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    std::string reply;
+    if (t.torchscript) {
+      if (auto oh = Decode(t.body); oh.ok()) ts_->Handle(MapView(oh->get()), {}, &reply);
+    } else {
+      interp_->AcquireGil();
+      auto r = interp_->Handle(t.body, &t.fds);
+      if (!r.ok()) {
+        spdlog::critical("{}", r.status().ToString());
+        _exit(4);
+      }
+      reply = std::move(*r);
+      CloseAll(&t.fds);  // none, unless the runner left one unclaimed
+    }
+    --load_;
+    if (t.gather) {
+      t.gather->Add(reply, sink_);
+    } else {
+      sink_->Send(reply);
+    }
+  }
+}
+
+}  // namespace shoal

@@ -1,0 +1,25 @@
+// A worker's message loop: reads framed messages from shoald and routes each to where it
+// runs. TorchScript loads, and jobs and unloads of TorchScript models, run in C++
+// (worker/torchscript.h); everything else goes to the Python runner of an interpreter.
+//
+//   ServeOne   one interpreter: the reading thread runs every message itself, in order.
+//   ServeMany  K interpreters: the reading thread only routes, to one Lane per interpreter
+//              (worker/lanes.h): a job to the interpreter shoald chose ("interp"), loads and
+//              unloads to all (one reply once all are done), arenas to all, a free to the
+//              least loaded one.
+// Threading: called on the worker's main thread, which becomes the reading thread; neither
+// returns (the process exits when shoald goes away). The caller holds the GIL of the only
+// interpreter for ServeOne and none for ServeMany.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "worker/interpreter.h"
+
+namespace shoal {
+
+[[noreturn]] void ServeOne(int fd, Interpreter* interp);
+[[noreturn]] void ServeMany(int fd, int slot, const std::vector<std::unique_ptr<Interpreter>>& interps);
+
+}  // namespace shoal
