@@ -9,7 +9,7 @@ void PackModels(Writer* w, const ModelRegistry& registry) {
   w->Key("models");
   w->pk().pack_array(static_cast<uint32_t>(models.size()));
   for (const auto& m : models) {
-    w->Map(m.failed ? 8 : 7);
+    w->Map(6 + (m.failed ? 1 : 0) + (m.refused.empty() ? 0 : 1));
     w->Key("name"); w->Str(m.name);
     w->Key("engine"); w->Str(m.engine);
     w->Key("path"); w->Str(m.path);
@@ -17,6 +17,7 @@ void PackModels(Writer* w, const ModelRegistry& registry) {
     w->Key("queued"); w->Val(static_cast<uint64_t>(m.queued));
     w->Key("failed"); w->Val(m.failed);
     if (m.failed) { w->Key("last_error"); w->Str(m.last_error); }
+    if (m.refused.empty()) continue;
     w->Key("refused_clients");  // clients whose jobs crashed it too often: [{uid, seconds}]
     w->pk().pack_array(static_cast<uint32_t>(m.refused.size()));
     for (const auto& [uid, seconds] : m.refused) {
