@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <tuple>
 
 #include "supervisor/arena_table.h"
 #include "supervisor/output_check.h"
@@ -18,7 +19,7 @@ Scheduler::Scheduler(asio::io_context& io, const SupervisorConfig& config, SlotP
 Status Scheduler::Submit(const std::shared_ptr<Job>& job, uint64_t timeout_ms, uint64_t* retry_after_ms) {
   if (stopped_) return Status(Code::kUnavailable, "shoald is shutting down; retry on another instance");
   ModelStats& stats = stats_[job->model];
-  if (stats.queued >= config_.max_queue) {
+  if (stats.queued >= config_.max_queue && !MakeRoom(*job)) {
     // A hint: the time the slots need to work through the queue ahead, at least 1 ms.
     double per_job = stats.avg_ms > 0 ? stats.avg_ms : 1.0;
     *retry_after_ms = static_cast<uint64_t>(
@@ -47,13 +48,59 @@ void Scheduler::Enqueue(const std::shared_ptr<Job>& job, bool front) {
   } else {
     queue_.push_back(job);
   }
-  ++stats_[job->model].queued;
+  ModelStats& stats = stats_[job->model];
+  ++stats.queued;
+  ++stats.queued_by[job->client_uid];
+}
+
+bool Scheduler::MakeRoom(const Job& job) {
+  ModelStats& stats = stats_[job.model];
+  uid_t biggest = job.client_uid;
+  size_t most = 0;
+  for (const auto& [uid, n] : stats.queued_by) {
+    if (n > most) std::tie(biggest, most) = std::tie(uid, n);
+  }
+  auto mine = stats.queued_by.count(job.client_uid) ? stats.queued_by[job.client_uid] : 0;
+  if (biggest == job.client_uid || most <= mine + 1) return false;
+  for (auto it = queue_.end(); it != queue_.begin();) {
+    --it;
+    if ((*it)->model != job.model || (*it)->client_uid != biggest) continue;
+    auto dropped = Dequeue(it);
+    Fail(dropped, Status(Code::kOverloaded, "model '" + job.model + "' has " + std::to_string(config_.max_queue) +
+                                                " jobs queued (max_queue), " + std::to_string(most) + " of them from uid " +
+                                                std::to_string(biggest) + ": job " + std::to_string(dropped->id) +
+                                                " was dropped to make room for another client's; retry later"));
+    return true;
+  }
+  return false;
+}
+
+std::deque<std::shared_ptr<Job>>::iterator Scheduler::FairestOf(std::deque<std::shared_ptr<Job>>::iterator from) {
+  const std::string& model = (*from)->model;
+  const ModelStats& stats = stats_[model];
+  auto running = [&](uid_t uid) {
+    auto r = stats.running_by.find(uid);
+    return r == stats.running_by.end() ? size_t{0} : r->second;
+  };
+  auto best = from;
+  size_t best_running = running((*from)->client_uid);
+  for (auto it = std::next(from); it != queue_.end() && best_running > 0; ++it) {
+    if ((*it)->model != model) continue;
+    size_t r = running((*it)->client_uid);
+    if (r < best_running) std::tie(best, best_running) = std::tie(it, r);
+  }
+  return best;
 }
 
 std::shared_ptr<Job> Scheduler::Dequeue(std::deque<std::shared_ptr<Job>>::iterator& it) {
   auto job = *it;
   it = queue_.erase(it);  // erasing from a deque invalidates every iterator but the one returned
-  if (auto s = stats_.find(job->model); s != stats_.end() && s->second.queued > 0) --s->second.queued;
+  if (auto s = stats_.find(job->model); s != stats_.end() && s->second.queued > 0) {
+    --s->second.queued;
+    if (auto q = s->second.queued_by.find(job->client_uid); q != s->second.queued_by.end() && --q->second == 0) {
+      s->second.queued_by.erase(q);
+    }
+  }
   return job;
 }
 
@@ -112,9 +159,20 @@ void Scheduler::Dispatch() {
       ++it;  // its model serves nowhere free yet
       continue;
     }
-    auto job = Dequeue(it);
+    auto fairest = FairestOf(it);
+    bool first = fairest == it;
+    auto job = Dequeue(fairest);
+    // Erasing from the middle of a deque invalidates `it`: scan again from the front (the
+    // jobs skipped before still find no slot, so this only costs time).
+    if (!first) it = queue_.begin();
+    else it = fairest;
     job->started = Clock::now();
-    pool_->Run(*slot, job, [this, job](const Status& st, const MapView* reply) { OnReply(job, st, reply); });
+    ++stats_[job->model].running_by[job->client_uid];
+    pool_->Run(*slot, job, [this, job](const Status& st, const MapView* reply) {
+      auto& running = stats_[job->model].running_by;
+      if (auto r = running.find(job->client_uid); r != running.end() && --r->second == 0) running.erase(r);
+      OnReply(job, st, reply);
+    });
   }
 }
 

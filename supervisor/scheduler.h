@@ -2,6 +2,10 @@
 //
 // Owns the job queue (in arrival order; a re-run after a crash goes first), per-model
 // queue counts and run-time averages (for OVERLOADED retry hints), each job's deadline, and
+// fairness between the clients (uids) of one model: a free slot takes the queued job whose
+// client has the fewest jobs of that model running (earliest first among equals), and a
+// full queue makes room for a newcomer by dropping the newest job of the client that holds
+// the most of it. Also
 // the rule that every accepted job is answered exactly once: with its outputs, the model's
 // error, TIMEOUT, WORKER_CRASHED or UNAVAILABLE. It knows slots only through SlotPool (the
 // worker pool in shoald, a fake in tests) and clients only through their sessions.
@@ -93,7 +97,14 @@ class Scheduler : public JobQueue {
   struct ModelStats {
     size_t queued = 0;
     double avg_ms = 0;  // moving average of its jobs' run time
+    std::map<uid_t, size_t> queued_by;   // per client
+    std::map<uid_t, size_t> running_by;  // per client
   };
+  // The queued job of `model` to run next (see above), from `from` on.
+  std::deque<std::shared_ptr<Job>>::iterator FairestOf(std::deque<std::shared_ptr<Job>>::iterator from);
+  // The queue of job->model is full: drops the newest job of the client holding the most of
+  // it if that is more than job's client would hold. False when nothing could be dropped.
+  bool MakeRoom(const Job& job);
   void Enqueue(const std::shared_ptr<Job>& job, bool front);
   // Removes *it from the queue and advances `it` past it.
   std::shared_ptr<Job> Dequeue(std::deque<std::shared_ptr<Job>>::iterator& it);

@@ -20,8 +20,9 @@ struct Fixture : RoleFixture {
   FakeClient client{io};
   uint64_t next_id = 1;
 
-  std::shared_ptr<Job> MakeJob(const std::string& model, int retries = 0) {
+  std::shared_ptr<Job> MakeJob(const std::string& model, int retries = 0, uid_t uid = 1000) {
     auto job = std::make_shared<Job>();
+    job->client_uid = uid;
     job->id = next_id;
     job->request_id = 100 + next_id++;
     job->model = model;
@@ -194,4 +195,39 @@ TEST_CASE("a client that hangs up loses its queued jobs silently", "[scheduler]"
   f.scheduler.DropClient(f.client.session.get());
   CHECK(job->answered);
   CHECK(f.scheduler.queued() == 0);
+}
+
+TEST_CASE("a free slot goes to the client with the fewest jobs of the model running", "[scheduler]") {
+  Fixture f;
+  f.slots.free_slots = 2;
+  f.slots.serving = {"m"};
+  auto a1 = f.MakeJob("m", 0, 1), a2 = f.MakeJob("m", 0, 1), a3 = f.MakeJob("m", 0, 1);
+  auto b1 = f.MakeJob("m", 0, 2);
+  for (const auto& j : {a1, a2, a3, b1}) REQUIRE(f.Submit(j).ok());
+  REQUIRE(f.slots.running.size() == 2);  // a1, a2
+  f.slots.Finish(ValueReply(a1->id));
+  REQUIRE(f.slots.running.size() == 2);
+  CHECK(f.slots.running[1].job == b1);  // before a3, which came first
+  f.slots.Finish(ValueReply(a2->id));
+  CHECK(f.slots.running[1].job == a3);
+}
+
+TEST_CASE("a full queue makes room for a newcomer by dropping the biggest holder's newest job", "[scheduler]") {
+  Fixture f;
+  f.config.max_queue = 3;
+  f.slots.free_slots = 0;
+  auto a1 = f.MakeJob("m", 0, 1), a2 = f.MakeJob("m", 0, 1), a3 = f.MakeJob("m", 0, 1);
+  for (const auto& j : {a1, a2, a3}) REQUIRE(f.Submit(j).ok());
+  CHECK(f.Submit(f.MakeJob("m", 0, 1)).code() == Code::kOverloaded);  // the holder itself: refused
+  auto b1 = f.MakeJob("m", 0, 2);
+  REQUIRE(f.Submit(b1).ok());
+  f.io.poll();
+  auto dropped = f.client.Next();
+  CHECK(dropped.id == a3->request_id);
+  CHECK(dropped.code == "OVERLOADED");
+  CHECK(dropped.message.find("to make room for another client's") != std::string::npos);
+  CHECK(f.scheduler.Queued("m") == 3);
+  // a holds 2, b holds 1: b's next would make them even, so nothing is dropped for it.
+  CHECK(f.Submit(f.MakeJob("m", 0, 2)).code() == Code::kOverloaded);
+  CHECK(f.scheduler.Queued("m") == 3);
 }

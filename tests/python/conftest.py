@@ -163,11 +163,14 @@ def public_daemon():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_as(uid, socket, code, timeout=120):
+def run_as(uid, socket, code, timeout=120, background=False):
     """Runs `code` as `uid` in a fresh interpreter, with torch and shoal imported and `c` a
-    client connected to `socket`."""
+    client connected to `socket`; its CompletedProcess, or with background=True its Popen."""
     prelude = (f"import sys; sys.path.insert(0, {_public_python()!r})\n"
                "import torch, shoal\n"
                f"c = shoal.Client({socket!r})\n")
-    return subprocess.run([sys.executable, "-c", prelude + code], user=uid, group=uid, capture_output=True,
-                          text=True, timeout=timeout, cwd="/")
+    argv = [sys.executable, "-c", prelude + code]
+    if background:
+        return subprocess.Popen(argv, user=uid, group=uid, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd="/")
+    return subprocess.run(argv, user=uid, group=uid, capture_output=True, text=True, timeout=timeout, cwd="/")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import shoal
+from conftest import NOBODY, run_as
 
 
 def rss_kb(pid):
@@ -129,3 +130,31 @@ def test_running_out_of_descriptors_backs_off_instead_of_spinning(make_daemon, a
     time.sleep(0.5)
     with d.client() as late:
         assert late.status()["pid"] == d.proc.pid
+
+
+def test_one_clients_flood_cannot_starve_another_client(public_daemon, archives):
+    # A user floods a model from 8 connections, keeping its queue full; another user's
+    # jobs are still admitted and run (fair share of the queue and of the slots).
+    d = public_daemon(workers=1, args=["--max-queue", "4"])
+    with d.client() as victim:
+        victim.load("sleeps", archives["sleeps"])
+        flood = run_as(NOBODY, d.socket, """
+import threading, time
+stop = time.monotonic() + 8
+def hammer():
+    with shoal.Client(c.socket_path) as mine:
+        while time.monotonic() < stop:
+            try:
+                mine.infer("sleeps", torch.tensor([0.05]), timeout=30)
+            except shoal.Overloaded:
+                pass
+threads = [threading.Thread(target=hammer) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print("done")
+""", background=True)
+        time.sleep(2.0)  # the flood fills the queue
+        for _ in range(10):
+            assert torch.equal(victim.infer("sleeps", torch.tensor([0.0]), timeout=30), torch.tensor([0.0]))
+        out, err = flood.communicate(timeout=60)
+        assert "done" in out, err
