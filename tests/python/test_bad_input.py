@@ -8,31 +8,12 @@ import pytest
 import torch
 
 import shoal
+import wire
+from wire import frame, read_reply
 
 
 def raw(daemon):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(daemon.socket)
-    s.settimeout(10)
-    return s
-
-
-def read_reply(s):
-    hdr = b""
-    while len(hdr) < 4:
-        chunk = s.recv(4 - len(hdr))
-        if not chunk:
-            return None
-        hdr += chunk
-    (n,) = struct.unpack("<I", hdr)
-    body = b""
-    while len(body) < n:
-        body += s.recv(n - len(body))
-    return msgpack.unpackb(body, raw=False)
-
-
-def frame(body):
-    return struct.pack("<I", len(body)) + body
+    return wire.raw(daemon.socket)
 
 
 def assert_serving(daemon, archives):

@@ -1,48 +1,20 @@
 """Bounded everything: connections, half-sent messages, unread replies, and running out
 of descriptors. A victim client must keep being served while an attacker holds them."""
-import os
 import resource
-import socket
 import struct
 import time
 
-import msgpack
 import pytest
 import torch
 
 import shoal
+from wire import frame, raw, read_reply
 from conftest import NOBODY, run_as
 
 
 def rss_kb(pid):
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
-def raw(path):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(path)
-    return s
-
-
-def frame(msg):
-    body = msgpack.packb(msg)
-    return struct.pack("<I", len(body)) + body
-
-
-def read_reply(s, timeout=10):
-    s.settimeout(timeout)
-    head = b""
-    while len(head) < 4:
-        chunk = s.recv(4 - len(head))
-        if not chunk:
-            return None
-        head += chunk
-    (n,) = struct.unpack("<I", head)
-    body = b""
-    while len(body) < n:
-        body += s.recv(n - len(body))
-    return msgpack.unpackb(body, raw=False)
 
 
 def test_connections_beyond_max_clients_are_refused(make_daemon):
@@ -70,6 +42,7 @@ def test_a_half_sent_message_is_dropped_after_frame_timeout(make_daemon, archive
         assert torch.equal(victim.infer("add", torch.zeros(1), timeout=30), torch.ones(1))
         time.sleep(1.0)
         for s in attackers:
+            s.settimeout(10)
             reply = read_reply(s)
             assert reply is not None and reply["error"]["code"] == "BAD_REQUEST"
             assert "then nothing for 300 ms" in reply["error"]["message"]
