@@ -103,6 +103,9 @@ std::vector<Option> MakeTable() {
                                  "disconnected", 1, kMaxMs),
       Make<&C::drain_grace_ms>("drain_grace_ms", K::kNumber, "MS", kReload,
                                "on SIGTERM, running jobs get this long to finish", 0, kMaxMs),
+      Make<&C::load_timeout_ms>("load_timeout_ms", K::kNumber, "MS", kReload,
+                                "a load (or a worker's start-up load) that takes longer is answered TIMEOUT and "
+                                "its worker restarted", 1, kMaxMs),
       Make<&C::unload_grace_ms>("unload_grace_ms", K::kNumber, "MS", kReload,
                                 "unload waits this long for the jobs a model has accepted", 0, kMaxMs),
       Make<&C::admin_group>("admin_group", K::kText, "GROUP", kReload,

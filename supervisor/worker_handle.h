@@ -46,6 +46,7 @@ struct WorkerHandle {
   std::vector<std::shared_ptr<Job>> jobs;  // per interpreter: its in-flight inference, or null
   std::vector<std::string> last_model;     // per interpreter: the model it ran last
   std::unique_ptr<boost::asio::steady_timer> kill_timer;
+  std::map<uint64_t, std::unique_ptr<boost::asio::steady_timer>> load_deadlines;  // load request id ->
 
   std::string Describe() const;
   int Running() const;        // interpreters running a job

@@ -264,6 +264,7 @@ void WorkerPool::OnGone(WorkerHandle* w, const std::string& how) {
 void WorkerPool::TerminateWorker(WorkerHandle* w, const std::string& why) {
   if (w->gone || w->pid <= 0) return;
   spdlog::warn("{} {}: SIGTERM, then SIGKILL after 500 ms", w->Describe(), why);
+  w->retiring = true;  // it takes no new jobs meanwhile
   kill(w->pid, SIGTERM);
   w->kill_timer = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(500));
   pid_t pid = w->pid;
@@ -280,6 +281,7 @@ void WorkerPool::RetireIfDone(WorkerHandle* w) {
   spdlog::info("{} retired", w->Describe());
   w->gone = true;
   w->channel->Close();  // the worker exits on EOF; the reaper collects it
+  if (w->killed_for_deadline && w->pid > 0) kill(w->pid, SIGKILL);  // its kill timer goes with it
   workers_.erase(slot);
   if (slot < config_.workers && !stopping_) Spawn(slot);
   listener_->OnSlotsChanged();

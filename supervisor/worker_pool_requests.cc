@@ -125,7 +125,25 @@ void WorkerPool::Load(Worker worker, const std::string& name, const std::string&
   m.Key("name"); m.Str(name);
   m.Key("path"); m.Str(path);
   w->pending_model[rid] = name;
-  Send(w, rid, m.body(), [this, worker, name, keep, done](const Status& st, const MapView* reply) {
+  auto& deadline = w->load_deadlines[rid];
+  deadline = std::make_unique<boost::asio::steady_timer>(io_, std::chrono::milliseconds(config_.load_timeout_ms));
+  deadline->async_wait([this, worker, rid, name](const boost::system::error_code& ec) {
+    WorkerHandle* w = Find(worker.slot, worker.generation);
+    if (ec || w == nullptr) return;
+    auto it = w->pending.find(rid);
+    if (it == w->pending.end()) return;
+    auto fn = std::move(it->second);
+    w->pending.erase(it);
+    w->pending_model.erase(rid);
+    w->killed_for_deadline = true;  // the hang is reported to whoever loads, not charged to a client
+    std::string why = "loading model '" + name + "' in " + w->Describe() + " took longer than load_timeout_ms (" +
+                      std::to_string(config_.load_timeout_ms) + " ms)";
+    TerminateWorker(w, why);
+    fn(Status(Code::kTimeout, why + "; the worker is restarted. Check what the model does when it is unpickled"),
+       nullptr);
+  });
+  Send(w, rid, m.body(), [this, worker, rid, name, keep, done](const Status& st, const MapView* reply) {
+    if (WorkerHandle* w = Find(worker.slot, worker.generation)) w->load_deadlines.erase(rid);
     std::string tb, engine;
     Status result = st;
     if (st.ok() && reply != nullptr) {

@@ -45,3 +45,19 @@ def test_a_wedged_zygote_is_killed_and_workers_still_come_back(make_daemon, arch
             time.sleep(0.2)
         assert c.status()["zygote"] not in (zygote, -1)
     assert "did not answer fork request" in open(d.log_path).read()
+
+
+def test_a_load_that_hangs_is_answered_timeout_and_its_workers_restarted(make_daemon, archives, tmp_path):
+    import shoal_test_models as models
+    d = make_daemon(workers=2, args=["--load-timeout-ms", "1500"])
+    hangs = shoal.export(models.SlowLoad(3600.0), tmp_path / "hangs.pt")
+    with d.client() as c:
+        c.load("add", archives["add"])
+        before = c.status()["worker_restarts"]
+        with pytest.raises(shoal.Timeout, match="took longer than load_timeout_ms"):
+            c.load("hangs", hangs)
+        assert "hangs" not in [m["name"] for m in c.models()]
+        d.wait_ready("add")
+        assert torch.equal(c.infer("add", torch.zeros(2), timeout=30), torch.ones(2))
+        assert c.status()["worker_restarts"] >= before + 2
+        assert not {m["name"]: m for m in c.models()}["add"]["failed"]
