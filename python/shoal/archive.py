@@ -249,6 +249,22 @@ def _close(a, b, path):
         raise SelfCheckError(f"archive {path}: self-check failed: {a!r} != reference {b!r}")
 
 
+class _Importer(PackageImporter):
+    """PackageImporter that leaves shoal's own records (manifest, example) out of the
+    module tree: a model whose code imports shoal has shoal extern, and torch.package
+    refuses files inside an extern package. They are read as records, not modules."""
+
+    def _add_file(self, filename):
+        if filename in (MANIFEST, EXAMPLE):
+            return
+        super()._add_file(filename)
+
+    def _zipfile_path(self, package, resource=None):
+        if isinstance(package, str) and resource is not None and f"{package}/{resource}" in (MANIFEST, EXAMPLE):
+            return f"{package}/{resource}"
+        return super()._zipfile_path(package, resource)
+
+
 def load_with_manifest(path):
     """(served object, manifest or None). Weights are mapped, not copied (TorchScript
     archives are read by torch.jit.load). A manifest with an example is checked: the
@@ -262,7 +278,7 @@ def load_with_manifest(path):
         return module.eval(), None
     records = storage_records(path)
     try:
-        importer = PackageImporter(path)
+        importer = _Importer(path)
     except Exception as e:  # torch raises RuntimeError for damaged zips
         raise ArchiveError(f"archive {path}: torch.package cannot open it: {e}") from None
     manifest = read_manifest(path, importer.zip_reader)

@@ -303,3 +303,11 @@ def test_unload_waits_for_accepted_jobs_then_answers_the_rest(make_daemon, archi
         assert waited >= 0.25
         with pytest.raises(shoal.ModelNotFound):
             c.infer("s:1", torch.tensor([0.0]))
+
+
+def test_a_model_whose_code_imports_shoal_exports_loads_and_serves(daemon, tmp_path):
+    import uses_shoal
+    path = shoal.export(uses_shoal.UsesShoal(), tmp_path / "uses.pt", example_inputs=[torch.ones(2)])
+    with daemon.client() as c:
+        c.load("uses", str(path))  # the self-check runs the example in the worker
+        assert torch.equal(c.infer("uses", torch.zeros(3), timeout=30), torch.ones(3))
