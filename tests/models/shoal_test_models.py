@@ -204,3 +204,18 @@ class ScriptableMLP(nn.Module):
 
     def forward(self, x):
         return self.b(torch.relu(self.a(x)))
+
+
+class Detector(nn.Module):
+    """torchvision's smallest detector (random weights) on one image; a score threshold
+    above 1 gives no detections at all: empty boxes, labels and scores."""
+
+    def __init__(self, score_thresh):
+        super().__init__()
+        import torchvision
+        torch.manual_seed(0)
+        self.det = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+            weights=None, weights_backbone=None, box_score_thresh=score_thresh).eval()
+
+    def forward(self, image):
+        return self.det([image])[0]

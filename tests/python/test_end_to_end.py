@@ -213,3 +213,22 @@ def test_zero_size_outputs_round_trip_and_free_nothing(daemon, archives):
         del out
         assert torch.equal(keep, torch.full((8,), 5.0))
         assert torch.equal(c.infer("identity", keep, timeout=30), torch.full((8,), 5.0))
+
+
+@pytest.mark.parametrize("threshold,found", [(1.01, 0), (0.0, 100)])
+def test_a_detector_with_and_without_detections(daemon, tmp_path, threshold, found):
+    import shoal_test_models as models
+    model = models.Detector(threshold)
+    image = torch.rand(3, 320, 320, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(image)
+    path = shoal.export(model, tmp_path / "det.pt")
+    with daemon.client() as c:
+        c.load("det", str(path))
+        for _ in range(3):  # dropping empty results must leave the arena intact
+            out = c.infer("det", image, timeout=120)
+            assert set(out) == {"boxes", "labels", "scores"}
+            assert out["boxes"].shape == (found, 4) and out["scores"].shape == (found,)
+            assert torch.allclose(out["boxes"], expected["boxes"], atol=1e-3)
+            assert torch.equal(out["labels"], expected["labels"])
+            del out
