@@ -97,7 +97,11 @@ void ClientFront::Accept() {
       return AcceptLater(ec);
     }
     if (!ec && sessions_.size() >= config_.max_clients) {
-      Refuse(sock.release());
+      Refuse(sock.release(), Status(Code::kOverloaded, "shoald serves " + std::to_string(sessions_.size()) +
+                                                           " clients already (max_clients); close idle connections "
+                                                           "or retry later"));
+    } else if (!ec && FromModelCode(sock.native_handle())) {
+      Refuse(sock.release(), Status::BadRequest("connections from model code (a worker's process group) are refused"));
     } else if (!ec) {
       auto s = std::make_shared<ClientSession>();
       s->id = next_session_++;
@@ -141,11 +145,19 @@ void ClientFront::AcceptLater(const boost::system::error_code& why) {
   });
 }
 
-void ClientFront::Refuse(int fd) {
+bool ClientFront::FromModelCode(int fd) const {
+  ClientSession peer;
+  if (!ReadPeerCredentials(fd, &peer).ok() || peer.pid <= 0) return false;
+  pid_t pgid = getpgid(peer.pid);
+  if (pgid <= 0 || !pool_->IsWorkerGroup(pgid)) return false;
+  spdlog::warn("refused a connection from pid {} (uid {}): it runs in worker process group {} (model code)", peer.pid,
+               peer.uid, pgid);
+  return true;
+}
+
+void ClientFront::Refuse(int fd, const Status& why) {
   OwnedFd closer(fd);
-  std::string reply = EncodeFrame(ErrorReply(
-      0, Status(Code::kOverloaded, "shoald serves " + std::to_string(sessions_.size()) +
-                                       " clients already (max_clients); close idle connections or retry later")));
+  std::string reply = EncodeFrame(ErrorReply(0, why));
   // Best effort and non-blocking: a fresh socket takes a short reply at once.
   (void)send(fd, reply.data(), reply.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
 }

@@ -51,8 +51,11 @@ class ClientFront {
   // Accepting failed for lack of descriptors or memory: try again a little later rather
   // than spin (the pending connection stays in the backlog meanwhile).
   void AcceptLater(const boost::system::error_code& why);
-  // Answers a connection over max_clients and closes it.
-  void Refuse(int fd);
+  // Answers a connection it will not serve with `why` and closes it.
+  void Refuse(int fd, const Status& why);
+  // Whether the peer runs in a worker's process group: model code may not be a client
+  // (it would have shoald's uid, so it would be an admin).
+  bool FromModelCode(int fd) const;
   void OnFrame(const std::shared_ptr<ClientSession>& s, std::string body, std::vector<int>* fds);
   void OnClosed(const std::shared_ptr<ClientSession>& s);
   Status RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, std::vector<int>* fds);

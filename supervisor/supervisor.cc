@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include "base/subprocess.h"
@@ -42,6 +43,9 @@ Status Supervisor::Start() {
                              errno);
   }
   if (auto st = front_.SetAdminGroup(config_.admin_group); !st.ok()) return st;
+  // Not dumpable: no process of shoald's user (model code in a worker, for one) may read or
+  // write its memory through /proc/PID/mem or ptrace it. /proc/self reads come before this.
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) spdlog::warn("PR_SET_DUMPABLE: {}", std::strerror(errno));
   if (config_.interpreters < 1 || config_.interpreters > 64) {
     return Status::BadRequest("--interpreters must be between 1 and 64");
   }

@@ -205,7 +205,12 @@ void WorkerPool::OnGone(WorkerHandle* w, const std::string& how) {
   w->gone = true;
   w->channel->Close();
   if (w->kill_timer) w->kill_timer->cancel();
-  if (w->pid > 0) memory_.Untrack(w->pid);
+  if (w->pid > 0) {
+    memory_.Untrack(w->pid);
+    // Whatever model code started dies with the worker: the sandbox put the worker in a
+    // process group of its own (pgid = its pid) that nothing in it may leave.
+    kill(-w->pid, SIGKILL);
+  }
   // Which interpreter crashed is not known from outside: every job or load in flight on
   // the worker is charged (with K = 1, the one that crashed it), a job to its requester.
   // A worker shoald killed for a job's deadline is charged to nobody.
@@ -282,6 +287,7 @@ void WorkerPool::RetireIfDone(WorkerHandle* w) {
   w->gone = true;
   w->channel->Close();  // the worker exits on EOF; the reaper collects it
   if (w->killed_for_deadline && w->pid > 0) kill(w->pid, SIGKILL);  // its kill timer goes with it
+  if (w->pid > 0) kill(-w->pid, SIGKILL);  // what model code started does not outlive it
   workers_.erase(slot);
   if (slot < config_.workers && !stopping_) Spawn(slot);
   listener_->OnSlotsChanged();
@@ -334,7 +340,10 @@ void WorkerPool::KillAll() {
       fn(Status(Code::kUnavailable, what), nullptr);
     }
     w->gone = true;
-    if (w->pid > 0) kill(w->pid, SIGKILL);
+    if (w->pid > 0) {
+      kill(w->pid, SIGKILL);
+      kill(-w->pid, SIGKILL);  // and what model code started
+    }
     w->channel->Close();
   }
   zygote_.Kill();
@@ -359,6 +368,13 @@ void WorkerPool::SendArenaIfNeeded(WorkerHandle* w, uint64_t arena) {
   m.Key("arena"); m.Val(arena);
   w->channel->Send(m.body(), {a->fd});
   w->arenas.insert(arena);
+}
+
+bool WorkerPool::IsWorkerGroup(pid_t pgid) const {
+  for (const auto& [slot, w] : workers_) {
+    if (w->pid > 0 && w->pid == pgid) return true;
+  }
+  return false;
 }
 
 bool WorkerPool::AllServe(const std::vector<std::string>& models) const {

@@ -65,6 +65,8 @@ class WorkerPool : public SlotPool, public ModelHosts {
   // every process (the reaper or the destructor collects them).
   void Stop();
   void KillAll();
+  // Whether `pgid` is the process group of a worker (model code and what it started).
+  bool IsWorkerGroup(pid_t pgid) const;
   // Every worker is live and has each of `models` ready.
   bool AllServe(const std::vector<std::string>& models) const;
 

@@ -139,6 +139,8 @@ int main(int argc, char** argv) {
     _exit(3);
   }
   if (zygote) {
+    // Model code (in the workers it forks) may not read the zygote's memory either.
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     auto forked = shoal::RunZygote(fd, *interps, supervisor);  // returns in workers only
     fd = forked.fd;
     slot = forked.slot;

@@ -1,8 +1,12 @@
 #include "worker/sandbox.h"
 
+#include <linux/capability.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -30,6 +34,20 @@ Status SetLimit(int resource, uint64_t value, const char* name) {
   return Status::Ok();
 }
 
+// A root worker keeps no capability: none effective, permitted or inheritable, and none
+// in its bounding set (so nothing can bring one back).
+Status DropCapabilities() {
+  for (int cap = 0; cap <= CAP_LAST_CAP; ++cap) {
+    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) {
+      return Status::FromErrno("PR_CAPBSET_DROP", errno);
+    }
+  }
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3] = {};
+  if (syscall(SYS_capset, &header, data) != 0) return Status::FromErrno("capset", errno);
+  return Status::Ok();
+}
+
 #ifdef SHOAL_HAVE_SECCOMP
 Status InstallSeccomp(bool allow_network) {
   scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
@@ -48,16 +66,32 @@ Status InstallSeccomp(bool allow_network) {
       SCMP_SYS(unshare), SCMP_SYS(setns), SCMP_SYS(bpf), SCMP_SYS(perf_event_open), SCMP_SYS(keyctl),
       SCMP_SYS(add_key), SCMP_SYS(request_key), SCMP_SYS(open_by_handle_at), SCMP_SYS(name_to_handle_at),
       SCMP_SYS(userfaultfd), SCMP_SYS(quotactl), SCMP_SYS(lookup_dcookie), SCMP_SYS(fanotify_init),
+      // io_uring does what the rules below forbid (IORING_OP_SOCKET) without a system call.
+      SCMP_SYS(io_uring_setup), SCMP_SYS(io_uring_enter), SCMP_SYS(io_uring_register),
+      // Other processes' descriptors and memory.
+      SCMP_SYS(pidfd_getfd), SCMP_SYS(kcmp), SCMP_SYS(process_madvise),
+      // Leaving the worker's process group: whatever model code starts dies with the worker.
+      SCMP_SYS(setsid), SCMP_SYS(setpgid),
   };
   int rc = 0;
   for (int nr : kDenied) rc = rc ? rc : seccomp_rule_add(ctx, deny, nr, 0);
+  // Integer arguments are compared on their low 32 bits, as the kernel reads them: a
+  // 64-bit comparison lets (1 << 32) | AF_INET through.
+  auto low32 = [](int value) { return SCMP_A0(SCMP_CMP_MASKED_EQ, 0xffffffffu, static_cast<uint32_t>(value)); };
   // Sockets: Unix sockets always (the worker's own channel); packet/netlink-raw never;
   // IPv4/IPv6 only when the configuration allows model code on the network.
-  rc = rc ? rc : seccomp_rule_add(ctx, deny, SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_EQ, AF_PACKET));
+  rc = rc ? rc : seccomp_rule_add(ctx, deny, SCMP_SYS(socket), 1, low32(AF_PACKET));
   if (!allow_network) {
-    rc = rc ? rc : seccomp_rule_add(ctx, deny, SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_EQ, AF_INET));
-    rc = rc ? rc : seccomp_rule_add(ctx, deny, SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_EQ, AF_INET6));
+    rc = rc ? rc : seccomp_rule_add(ctx, deny, SCMP_SYS(socket), 1, low32(AF_INET));
+    rc = rc ? rc : seccomp_rule_add(ctx, deny, SCMP_SYS(socket), 1, low32(AF_INET6));
   }
+  // New namespaces through clone (unshare and setns are denied above); clone3 passes its
+  // flags in memory a filter cannot read, so it reports ENOSYS and libc falls back to clone.
+  for (uint64_t flag : {CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUTS, CLONE_NEWIPC,
+                        CLONE_NEWCGROUP}) {
+    rc = rc ? rc : seccomp_rule_add(ctx, deny, SCMP_SYS(clone), 1, SCMP_A0(SCMP_CMP_MASKED_EQ, flag, flag));
+  }
+  rc = rc ? rc : seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
   if (rc == 0) rc = seccomp_load(ctx);
   seccomp_release(ctx);
   if (rc != 0) return Status(Code::kInternal, std::string("seccomp filter: ") + std::strerror(-rc));
@@ -67,6 +101,15 @@ Status InstallSeccomp(bool allow_network) {
 }  // namespace
 
 Status ApplySandbox(const SandboxConfig& cfg) {
+  // Its own process group, which shoald kills when the worker dies: every process model
+  // code starts stays in it (setsid and setpgid are denied below).
+  if (setpgid(0, 0) != 0) return Status::FromErrno("setpgid", errno);
+  if (geteuid() == 0) {
+    if (auto st = DropCapabilities(); !st.ok()) return st;
+  }
+  // Not dumpable: processes of the same user (other workers, their children) cannot read
+  // or write its memory through /proc/PID/mem, nor ptrace it.
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return Status::FromErrno("PR_SET_DUMPABLE", errno);
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return Status::FromErrno("PR_SET_NO_NEW_PRIVS", errno);
   if (auto st = SetLimit(RLIMIT_AS, cfg.address_space_bytes, "RLIMIT_AS"); !st.ok()) return st;
   if (auto st = SetLimit(RLIMIT_CPU, cfg.cpu_seconds, "RLIMIT_CPU"); !st.ok()) return st;

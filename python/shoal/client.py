@@ -76,12 +76,14 @@ class Client:
             data = _HEADER.pack(len(body)) + body
             try:
                 if fds:
+                    # MSG_NOSIGNAL: a closed connection is an error here, not a SIGPIPE that
+                    # kills a host process that does not ignore it (an embedded interpreter).
                     sent = self._sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                                                         array.array("i", fds))])
+                                                         array.array("i", fds))], _socket.MSG_NOSIGNAL)
                     if sent < len(data):
-                        self._sock.sendall(data[sent:])
+                        self._sock.sendall(data[sent:], _socket.MSG_NOSIGNAL)
                 else:
-                    self._sock.sendall(data)
+                    self._sock.sendall(data, _socket.MSG_NOSIGNAL)
                 reply = self._recv_reply(rid, wait)
             except _socket.timeout:
                 raise errors.Timeout(

@@ -1,0 +1,92 @@
+"""A malicious archive tries each escape from the worker sandbox; every one is refused,
+while the other models keep serving."""
+import json
+import os
+import signal
+import socket
+import time
+
+import pytest
+import torch
+
+import shoal
+import shoal._build_info
+import shoal_test_models as models
+
+SECCOMP = shoal._build_info.SECCOMP
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def escapes(make_daemon, archives, tmp_path):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        c.load("add", archives["add"])
+        c.load("escapes", shoal.export(models.Escapes(), tmp_path / "escapes.pt"))
+        params = json.dumps({"port": listener.getsockname()[1], "socket": d.socket, "victim": "add"}).encode()
+        out = c.infer("escapes", torch.tensor(list(params), dtype=torch.uint8), timeout=60)
+    try:
+        conn, _ = listener.accept()
+        conn.close()
+        out["listener"] = "reached"
+    except socket.timeout:
+        out["listener"] = "untouched"
+    listener.close()
+    yield d, out
+    if alive(out["child"]):
+        os.kill(out["child"], signal.SIGKILL)
+
+
+@pytest.mark.skipif(not SECCOMP, reason="built without libseccomp")
+def test_seccomp_reads_arguments_as_the_kernel_does(escapes):
+    d, out = escapes
+    assert out["socket64"] == "EPERM" and out["listener"] == "untouched"
+
+
+@pytest.mark.skipif(not SECCOMP, reason="built without libseccomp")
+def test_io_uring_and_new_user_namespaces_are_denied(escapes):
+    d, out = escapes
+    assert out["io_uring"] == "EPERM"
+    assert out["clone_newuser"] == "EPERM"
+
+
+def test_model_code_cannot_read_shoalds_memory(escapes):
+    d, out = escapes
+    assert out["parent_mem"] in ("EACCES", "EPERM", "EIO"), out["parent_mem"]
+
+
+def test_a_root_worker_keeps_no_capability(escapes):
+    d, out = escapes
+    if os.geteuid() == 0:
+        assert int(out["CapEff"], 16) == 0
+
+
+def test_model_code_is_not_an_admin(escapes):
+    d, out = escapes
+    assert out["admin"] != "unloaded" and "model code" in out["admin"], out["admin"]
+    with d.client() as c:
+        assert "add" in [m["name"] for m in c.models()]
+        assert torch.equal(c.infer("add", torch.zeros(1), timeout=30), torch.ones(1))
+
+
+@pytest.mark.skipif(not SECCOMP, reason="built without libseccomp")
+def test_what_model_code_starts_dies_with_its_worker(escapes):
+    d, out = escapes
+    assert out["setsid"] == "EPERM"
+    assert alive(out["child"])
+    os.kill(d.worker_pids()[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while alive(out["child"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(out["child"]), "a process started by model code outlived its worker"
