@@ -1,6 +1,9 @@
 #include "protocol/paths.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <cstdlib>
 
@@ -13,6 +16,27 @@ std::string DefaultSocketPath() {
     return std::string(x) + "/shoal/shoal.sock";
   }
   return "/tmp/shoal-" + std::to_string(geteuid()) + "/shoal.sock";
+}
+
+Status CheckSocketFolder(const std::string& socket_path) {
+  auto slash = socket_path.rfind('/');
+  std::string folder = slash == std::string::npos ? "." : slash == 0 ? "/" : socket_path.substr(0, slash);
+  struct stat st;
+  if (lstat(folder.c_str(), &st) != 0) return Status::FromErrno("socket folder " + folder, errno);
+  uid_t me = geteuid();
+  std::string fix = "; remove it (or set SHOAL_SOCKET / XDG_RUNTIME_DIR to a folder of your own)";
+  if (!S_ISDIR(st.st_mode)) {
+    return Status(Code::kUnavailable, "socket folder " + folder + " is not a folder (a link?)" + fix);
+  }
+  if (st.st_uid != me && st.st_uid != 0) {
+    return Status(Code::kUnavailable, "socket folder " + folder + " belongs to uid " + std::to_string(st.st_uid) +
+                                          ", not to you (uid " + std::to_string(me) +
+                                          "): another user may be squatting it" + fix);
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    return Status(Code::kUnavailable, "socket folder " + folder + " may be written by other users" + fix);
+  }
+  return Status::Ok();
 }
 
 }  // namespace shoal

@@ -12,6 +12,7 @@
 #include "package_format/archive_reader.h"
 #include "protocol/channel.h"
 #include "protocol/frame.h"
+#include "protocol/paths.h"
 #include "supervisor/status_report.h"
 
 namespace shoal {
@@ -37,6 +38,12 @@ Result<std::string> ClientFront::Listen() {
     // A stale socket file from a dead shoald is removed; a live one is left alone.
     std::filesystem::path sp(config_.socket_path);
     std::error_code ec;
+    if (config_.socket_path == DefaultSocketPath() && getenv("SHOAL_SOCKET") == nullptr) {
+      // The default folder is private (0700) and must be ours: another user could have
+      // made /tmp/shoal-UID first to receive our clients' arenas.
+      mkdir(sp.parent_path().c_str(), 0700);
+      if (auto st = CheckSocketFolder(config_.socket_path); !st.ok()) return st;
+    }
     std::filesystem::create_directories(sp.parent_path(), ec);
     if (std::filesystem::exists(sp)) {
       local::socket probe(io_);
@@ -192,12 +199,13 @@ void ClientFront::OnFrame(const std::shared_ptr<ClientSession>& s, std::string b
     Writer w;
     if (*op == "models") {
       BeginReply(&w, id, 1);
-      PackModels(&w, *registry_);
+      PackModels(&w, *registry_, IsAdmin(*s));
     } else if (*op == "status") {
       ServiceFigures f;
       f.clients = sessions_.size();
       f.arenas = arenas_->size();
       f.uptime_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+      f.admin = IsAdmin(*s);
       PackStatus(&w, id, f, *registry_, *scheduler_, *pool_);
     } else if (*op == "health") {
       PackHealth(&w, id, scheduler_->stopped(), *registry_);
@@ -236,14 +244,18 @@ Status ClientFront::RegisterArena(const std::shared_ptr<ClientSession>& s, uint6
   return Status::Ok();
 }
 
-Status ClientFront::CheckAdmin(const ClientSession& s, const std::string& what) const {
-  if (s.uid == 0 || s.uid == geteuid()) return Status::Ok();
-  if (admin_gid_ != static_cast<gid_t>(-1)) {
-    if (s.gid == admin_gid_) return Status::Ok();
-    for (gid_t g : s.groups) {
-      if (g == admin_gid_) return Status::Ok();
-    }
+bool ClientFront::IsAdmin(const ClientSession& s) const {
+  if (s.uid == 0 || s.uid == geteuid()) return true;
+  if (admin_gid_ == static_cast<gid_t>(-1)) return false;
+  if (s.gid == admin_gid_) return true;
+  for (gid_t g : s.groups) {
+    if (g == admin_gid_) return true;
   }
+  return false;
+}
+
+Status ClientFront::CheckAdmin(const ClientSession& s, const std::string& what) const {
+  if (IsAdmin(s)) return Status::Ok();
   spdlog::warn("refused {} from {}: not an administrator", what, s.Describe());
   return Status::BadRequest(what + " refused for uid " + std::to_string(s.uid) + ": " +
                             (what == "load" ? "loading a model runs its code; " : "") +

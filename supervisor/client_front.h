@@ -62,6 +62,7 @@ class ClientFront {
   Status Load(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
   Status Unload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
   Status Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
+  bool IsAdmin(const ClientSession& s) const;
   // OK for admins; else a BAD_REQUEST that says who may `what`.
   Status CheckAdmin(const ClientSession& s, const std::string& what) const;
   void ReplyOk(const std::shared_ptr<ClientSession>& s, uint64_t id);

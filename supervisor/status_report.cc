@@ -4,7 +4,7 @@
 
 namespace shoal {
 
-void PackModels(Writer* w, const ModelRegistry& registry) {
+void PackModels(Writer* w, const ModelRegistry& registry, bool show_paths) {
   auto models = registry.List();
   w->Key("models");
   w->pk().pack_array(static_cast<uint32_t>(models.size()));
@@ -12,7 +12,7 @@ void PackModels(Writer* w, const ModelRegistry& registry) {
     w->Map(6 + (m.failed ? 1 : 0) + (m.refused.empty() ? 0 : 1));
     w->Key("name"); w->Str(m.name);
     w->Key("engine"); w->Str(m.engine);
-    w->Key("path"); w->Str(m.path);
+    w->Key("path"); w->Str(show_paths ? m.path : std::string());
     w->Key("ready"); w->Val(m.ready);
     w->Key("queued"); w->Val(static_cast<uint64_t>(m.queued));
     w->Key("failed"); w->Val(m.failed);
@@ -40,7 +40,7 @@ void PackStatus(Writer* w, uint64_t id, const ServiceFigures& service, const Mod
   w->Key("jobs_done"); w->Val(scheduler.jobs_done());
   w->Key("jobs_failed"); w->Val(scheduler.jobs_failed());
   w->Key("worker_restarts"); w->Val(pool.restarts());
-  PackModels(w, registry);
+  PackModels(w, registry, service.admin);
   auto workers = pool.Describe();
   w->Key("workers");
   w->pk().pack_array(static_cast<uint32_t>(workers.size()));

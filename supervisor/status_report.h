@@ -14,14 +14,16 @@
 
 namespace shoal {
 
-// "models": [{name, engine, path, ready, queued, failed, last_error?}]
-void PackModels(Writer* w, const ModelRegistry& registry);
+// "models": [{name, engine, path, ready, queued, failed, last_error?, refused_clients?}];
+// `path` is empty unless `show_paths` (for admins only: paths say what exists where).
+void PackModels(Writer* w, const ModelRegistry& registry, bool show_paths);
 
 struct ServiceFigures {
   uint64_t clients = 0;
   uint64_t arenas = 0;
   double uptime_s = 0;
   bool stopping = false;
+  bool admin = false;  // the asker may see archive paths
 };
 // The body of a `status` reply to request `id`.
 void PackStatus(Writer* w, uint64_t id, const ServiceFigures& service, const ModelRegistry& registry,

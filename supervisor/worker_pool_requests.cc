@@ -138,9 +138,14 @@ void WorkerPool::Load(Worker worker, const std::string& name, const std::string&
     w->killed_for_deadline = true;  // the hang is reported to whoever loads, not charged to a client
     std::string why = "loading model '" + name + "' in " + w->Describe() + " took longer than load_timeout_ms (" +
                       std::to_string(config_.load_timeout_ms) + " ms)";
-    TerminateWorker(w, why);
     fn(Status(Code::kTimeout, why + "; the worker is restarted. Check what the model does when it is unpickled"),
        nullptr);
+    if ((w = Find(worker.slot, worker.generation)) == nullptr) return;
+    if (w->pid > 0) {
+      TerminateWorker(w, why);
+    } else {  // the zygote has not named it yet: hang up; it exits on EOF
+      OnGone(w, why);
+    }
   });
   Send(w, rid, m.body(), [this, worker, rid, name, keep, done](const Status& st, const MapView* reply) {
     if (WorkerHandle* w = Find(worker.slot, worker.generation)) w->load_deadlines.erase(rid);

@@ -55,7 +55,17 @@ PyObject* DefaultSocketPath(PyObject*, PyObject*) {
   return PyUnicode_DecodeFSDefault(shoal::DefaultSocketPath().c_str());
 }
 
+PyObject* CheckSocketFolder(PyObject*, PyObject* args) {
+  const char* path = nullptr;
+  if (!PyArg_ParseTuple(args, "s", &path)) return nullptr;
+  auto st = shoal::CheckSocketFolder(path);
+  if (st.ok()) Py_RETURN_NONE;
+  return PyUnicode_FromString(st.message().c_str());
+}
+
 PyMethodDef kMethods[] = {
+    {"check_socket_folder", CheckSocketFolder, METH_VARARGS,
+     "check_socket_folder(path) -> None, or why the socket's folder cannot be trusted (protocol/paths.h)"},
     {"default_socket_path", DefaultSocketPath, METH_NOARGS,
      "default_socket_path() -> str: $SHOAL_SOCKET, else /run/shoal/shoal.sock for root, else "
      "$XDG_RUNTIME_DIR/shoal/shoal.sock, else /tmp/shoal-UID/shoal.sock"},

@@ -39,6 +39,11 @@ default_socket_path = _native.default_socket_path
 class Client:
     def __init__(self, socket=None, arena_size=DEFAULT_ARENA_SIZE):
         self.socket_path = socket or default_socket_path()
+        if socket is None and not os.environ.get("SHOAL_SOCKET"):
+            # The default folder could have been made by another user (/tmp/shoal-UID).
+            why = _native.check_socket_folder(self.socket_path)
+            if why is not None:
+                raise errors.Unavailable(f"not connecting to {self.socket_path}: {why}")
         self._arena_size = arena_size
         self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:

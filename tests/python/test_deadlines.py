@@ -49,7 +49,7 @@ def test_a_wedged_zygote_is_killed_and_workers_still_come_back(make_daemon, arch
 
 def test_a_load_that_hangs_is_answered_timeout_and_its_workers_restarted(make_daemon, archives, tmp_path):
     import shoal_test_models as models
-    d = make_daemon(workers=2, args=["--load-timeout-ms", "1500"])
+    d = make_daemon(workers=2, args=["--load-timeout-ms", "8000"])
     hangs = shoal.export(models.SlowLoad(3600.0), tmp_path / "hangs.pt")
     with d.client() as c:
         c.load("add", archives["add"])

@@ -90,3 +90,46 @@ def test_what_model_code_starts_dies_with_its_worker(escapes):
     while alive(out["child"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(out["child"]), "a process started by model code outlived its worker"
+
+
+def test_a_squatted_default_socket_folder_is_refused():
+    # Another user (uid 12345) made /tmp/shoal-65534 first and listens there; nobody's
+    # client, using the default path, must refuse to connect (it would send arenas).
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the test plays two other users")
+    import shutil
+    import subprocess
+    import sys
+    from conftest import NOBODY, _public_python
+    folder = f"/tmp/shoal-{NOBODY}"
+    shutil.rmtree(folder, ignore_errors=True)
+    os.mkdir(folder, 0o755)
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squatter.bind(f"{folder}/shoal.sock")
+    os.chmod(f"{folder}/shoal.sock", 0o777)
+    squatter.listen(4)
+    squatter.settimeout(0.3)
+    os.chown(folder, 12345, 12345)
+    try:
+        env = {"PATH": "/usr/bin:/bin"}
+        code = (f"import sys; sys.path.insert(0, {_public_python()!r})\nimport shoal\n"
+                "try:\n    shoal.Client()\n    print('connected')\nexcept shoal.Unavailable as e:\n    print(e.message)\n")
+        r = subprocess.run([sys.executable, "-c", code], user=NOBODY, group=NOBODY, env=env, capture_output=True,
+                           text=True, timeout=60, cwd="/")
+        assert "belongs to uid 12345" in r.stdout and "squatting" in r.stdout, r.stdout + r.stderr
+        with pytest.raises(socket.timeout):
+            squatter.accept()
+    finally:
+        squatter.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_only_admins_see_archive_paths(public_daemon, archives):
+    from conftest import NOBODY, run_as
+    d = public_daemon(workers=1)
+    with d.client() as admin:
+        admin.load("add", archives["add"])
+        assert admin.models()[0]["path"] == archives["add"]
+    r = run_as(NOBODY, d.socket, "print(repr([m['path'] for m in c.models()] + "
+                                 "[m['path'] for m in c.status()['models']]))")
+    assert r.stdout.strip() == "['', '']", r.stdout + r.stderr
