@@ -10,10 +10,22 @@ target_include_directories(shoal::boost INTERFACE ${Boost_INCLUDE_DIRS})
 target_link_libraries(shoal::boost INTERFACE rt)
 # Boost.Program_options is a compiled library (libboost-program-options-dev), unlike the
 # header-only parts above: only shoald's option parsing (supervisor/options.cc) links it.
+# SHOAL_EXTRA_LIB (optional) names a folder with a carried libboost_program_options.so for
+# hosts with Boost's headers but not that library (the GPU machine): its headers travel in
+# SHOAL_EXTRA_INCLUDE/boost/program_options (scripts/gpu.sh makes both).
+set(SHOAL_EXTRA_LIB "" CACHE PATH "folder with extra third-party libraries")
 find_package(Boost 1.71 QUIET COMPONENTS program_options)
+if(NOT TARGET Boost::program_options AND SHOAL_EXTRA_LIB)
+  find_library(SHOAL_PROGRAM_OPTIONS_LIB boost_program_options HINTS ${SHOAL_EXTRA_LIB} NO_DEFAULT_PATH)
+  if(SHOAL_PROGRAM_OPTIONS_LIB)
+    add_library(Boost::program_options UNKNOWN IMPORTED)
+    set_target_properties(Boost::program_options PROPERTIES IMPORTED_LOCATION ${SHOAL_PROGRAM_OPTIONS_LIB}
+      INTERFACE_INCLUDE_DIRECTORIES ${SHOAL_EXTRA_INCLUDE})
+  endif()
+endif()
 if(NOT TARGET Boost::program_options)
   message(FATAL_ERROR "shoald needs Boost.Program_options: install libboost-program-options-dev "
-                      "(scripts/setup.sh does)")
+                      "(scripts/setup.sh does), or carry it (SHOAL_EXTRA_LIB, scripts/gpu.sh)")
 endif()
 
 add_library(shoal::msgpack INTERFACE IMPORTED)

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The GPU machine's one command (it has no package registry): `scripts/gpu.sh pack` here,
+# on a Debian machine, gathers into .gpudeps/ (git-ignored) what that machine lacks:
+# spdlog/fmt/msgpack-cxx headers, Boost.Program_options (headers + library), patchelf and
+# the pure-Python msgpack. `scripts/gpu.sh test` there (carry .gpudeps) builds and runs
+# every test, GPU tests included; they skip cleanly on machines without a GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEPS=$PWD/.gpudeps
+case "${1:-}" in
+  pack)
+    rm -rf "$DEPS" && mkdir -p "$DEPS"/{include/boost,lib,bin,python}
+    cp -r /usr/include/spdlog /usr/include/fmt /usr/include/msgpack /usr/include/msgpack.hpp "$DEPS/include/"
+    cp -r /usr/include/boost/program_options /usr/include/boost/program_options.hpp "$DEPS/include/boost/"
+    cp /usr/lib/x86_64-linux-gnu/libboost_program_options.so.1.* "$DEPS/lib/"
+    cp "$DEPS"/lib/libboost_program_options.so.1.* "$DEPS/lib/libboost_program_options.so"  # no links: carried trees may drop them
+    cp "$(command -v patchelf)" "$DEPS/bin/"
+    mkdir -p "$DEPS/python/msgpack"
+    cp /usr/lib/python3/dist-packages/msgpack/*.py "$DEPS/python/msgpack/"  # pure Python: any version
+    du -sh "$DEPS"
+    ;;
+  test)
+    export PATH=$DEPS/bin:$PATH PYTHONPATH=$DEPS/python${PYTHONPATH:+:$PYTHONPATH}
+    export SHOAL_NO_INSTALL=1 SHOAL_BUILD_DIR=${SHOAL_BUILD_DIR:-build-gpu}
+    export SHOAL_CMAKE_ARGS="-DSHOAL_EXTRA_INCLUDE=$DEPS/include -DSHOAL_EXTRA_LIB=$DEPS/lib ${SHOAL_CMAKE_ARGS:-}"
+    ./scripts/build.sh
+    cd "$SHOAL_BUILD_DIR"
+    ctest --output-on-failure -j"$(nproc)" --timeout 900 ${CTEST_ARGS:-}
+    ;;
+  *)
+    echo "usage: scripts/gpu.sh pack | test" >&2
+    exit 2
+    ;;
+esac
