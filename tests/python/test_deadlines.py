@@ -30,8 +30,7 @@ def test_a_wedged_zygote_is_killed_and_workers_still_come_back(make_daemon, arch
     d = make_daemon(workers=1)
     with d.client() as c:
         c.load("add", archives["add"])
-        zygote = c.status()["zygote"]
-        assert zygote > 0
+        assert (zygote := c.status()["zygote"]) > 0
         os.kill(zygote, signal.SIGSTOP)
         old = d.worker_pids()[0]
         os.kill(old, signal.SIGKILL)
