@@ -169,6 +169,10 @@ void ClientFront::OnFrame(const std::shared_ptr<ClientSession>& s, std::string b
     }
     auto op = m.Str("op");
     if (!op.ok()) return op.status();
+    if (*op == "release") {  // a notice: never answered, a bad one is ignored
+      Release(*s, m);
+      return Status::Ok();
+    }
     if (*op == "infer") return Infer(s, id, m);
     if (*op == "register_arena") return RegisterArena(s, id, fds);
     if (*op == "load") return Load(s, id, m);
@@ -206,7 +210,26 @@ void ClientFront::OnClosed(const std::shared_ptr<ClientSession>& s) {
     pool_->DropArena(a);
     arenas_->Drop(a);
   }
+  // Workers drop the output arenas they made for it (the client's mappings stay valid).
+  arenas_->DropClientOutputs(s->id);
+  pool_->DropClient(s->id);
   sessions_.erase(s->id);
+}
+
+void ClientFront::Release(const ClientSession& s, const MapView& m) {
+  auto arena = m.Uint("arena");
+  auto blocks = m.Array("blocks");
+  if (!arena.ok() || !blocks.ok()) return;
+  const ArenaEntry* a = arenas_->Find(*arena);
+  // Only the connection the arena was made for may release its blocks; the worker that
+  // owns it frees only blocks it handed out, so a forged offset changes nothing.
+  if (a == nullptr || !a->by_worker() || a->owner != s.id) return;
+  std::vector<uint64_t> offsets;
+  const auto& arr = (*blocks)->via.array;
+  for (uint32_t i = 0; i < arr.size; ++i) {
+    if (arr.ptr[i].type == msgpack::type::POSITIVE_INTEGER) offsets.push_back(arr.ptr[i].via.u64);
+  }
+  if (!offsets.empty()) pool_->Release(a->worker, a->generation, a->local, offsets);
 }
 
 Status ClientFront::RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, std::vector<int>* fds) {
@@ -321,17 +344,11 @@ Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, 
   if (retries->value_or(0) > 1) {
     return Status::BadRequest("retries must be 0 or 1: a job that crashed a worker is re-run at most once");
   }
-  if (!job->inputs.empty()) {
-    job->out_arena = job->inputs[0].arena;
-  } else if (!s->arenas.empty()) {
-    job->out_arena = *s->arenas.begin();
-  } else {
-    return Status::BadRequest("register an arena before inferring: outputs are written into it");
-  }
   job->retries = static_cast<int>(retries->value_or(0));
   job->id = next_job_++;
   job->request_id = id;
   job->client = s;
+  job->client_id = s->id;
   job->client_uid = s->uid;
   job->model = *model;
   if (auto st = registry_->Admits(*model, s->uid); !st.ok()) return st;

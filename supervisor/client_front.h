@@ -59,6 +59,8 @@ class ClientFront {
   Status Load(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
   Status Unload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
   Status Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
+  // release {arena, blocks}: passed on to the worker that owns that output arena.
+  void Release(const ClientSession& s, const MapView& m);
   // OK for admins; else a BAD_REQUEST that says who may `what`.
   Status CheckAdmin(const ClientSession& s, const std::string& what) const;
   void ReplyOk(const std::shared_ptr<ClientSession>& s, uint64_t id);
