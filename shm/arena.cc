@@ -14,7 +14,7 @@ Arena::Arena(int fd, size_t size, uint8_t* base, std::unique_ptr<BlockAllocator>
 
 Arena::~Arena() {
   munmap(base_, size_);
-  close(fd_);
+  if (fd_ >= 0) close(fd_);
 }
 
 namespace {
@@ -44,11 +44,9 @@ Result<std::unique_ptr<Arena>> Arena::Open(int fd) {
     return size.status();
   }
   auto base = MapShared(fd, *size);
-  if (!base.ok()) {
-    close(fd);
-    return base.status();
-  }
-  return std::unique_ptr<Arena>(new Arena(fd, *size, *base, nullptr));
+  close(fd);  // the mapping keeps the memory; a peer never passes the arena on
+  if (!base.ok()) return base.status();
+  return std::unique_ptr<Arena>(new Arena(-1, *size, *base, nullptr));
 }
 
 Result<uint64_t> Arena::Allocate(size_t nbytes) {

@@ -29,15 +29,16 @@ class Arena {
 
   // Creates a sealed memfd of `size` bytes, maps it and becomes its owner.
   static Result<std::unique_ptr<Arena>> Create(const std::string& name, size_t size);
-  // Maps a peer's arena; takes ownership of `fd` (closed by the destructor or on error).
-  // The mapping has no allocator: this process only reads and writes named bytes.
+  // Maps a peer's arena; takes `fd` and closes it once mapped (or on error): the mapping
+  // keeps the memory. It has no allocator and no fd: this process only reads and writes
+  // the bytes descriptors name, and never passes the arena on.
   static Result<std::unique_ptr<Arena>> Open(int fd);
 
   ~Arena();
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
 
-  int fd() const { return fd_; }
+  int fd() const { return fd_; }  // -1 for a peer's mapping
   size_t size() const { return size_; }
   uint8_t* base() const { return base_; }
   bool owned() const { return allocator_ != nullptr; }

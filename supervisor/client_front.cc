@@ -2,6 +2,7 @@
 
 #include <grp.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -97,7 +98,13 @@ void ClientFront::Accept() {
       return AcceptLater(ec);
     }
     if (!ec && sessions_.size() >= config_.max_clients) {
-      Refuse(sock.release());
+      Refuse(sock.release(), "shoald serves " + std::to_string(sessions_.size()) +
+                                 " clients already (max_clients); close idle connections or retry later");
+    } else if (!ec && NearDescriptorLimit(sock.native_handle())) {
+      // Descriptors are kept in reserve for what workers send (the output arenas of
+      // answers): a connection that would use them up is refused instead.
+      Refuse(sock.release(), "shoald is near its limit of open files (" + std::to_string(sessions_.size()) +
+                                 " clients); close idle connections or retry later");
     } else if (!ec) {
       auto s = std::make_shared<ClientSession>();
       s->id = next_session_++;
@@ -141,11 +148,16 @@ void ClientFront::AcceptLater(const boost::system::error_code& why) {
   });
 }
 
-void ClientFront::Refuse(int fd) {
+bool ClientFront::NearDescriptorLimit(int fd) {
+  struct rlimit lim;
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return false;
+  // The kernel hands out the lowest free number: `fd` is about how many are open.
+  return static_cast<rlim_t>(fd) + kReservedDescriptors >= lim.rlim_cur;
+}
+
+void ClientFront::Refuse(int fd, const std::string& why) {
   OwnedFd closer(fd);
-  std::string reply = EncodeFrame(ErrorReply(
-      0, Status(Code::kOverloaded, "shoald serves " + std::to_string(sessions_.size()) +
-                                       " clients already (max_clients); close idle connections or retry later")));
+  std::string reply = EncodeFrame(ErrorReply(0, Status(Code::kOverloaded, why)));
   // Best effort and non-blocking: a fresh socket takes a short reply at once.
   (void)send(fd, reply.data(), reply.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
 }

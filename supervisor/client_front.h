@@ -6,6 +6,7 @@
 // Thread-safety: loop thread only.
 #pragma once
 
+#include <sys/resource.h>
 #include <sys/types.h>
 
 #include <boost/asio.hpp>
@@ -51,8 +52,12 @@ class ClientFront {
   // Accepting failed for lack of descriptors or memory: try again a little later rather
   // than spin (the pending connection stays in the backlog meanwhile).
   void AcceptLater(const boost::system::error_code& why);
-  // Answers a connection over max_clients and closes it.
-  void Refuse(int fd);
+  // Answers a connection shoald will not serve (OVERLOADED, `why`) and closes it.
+  void Refuse(int fd, const std::string& why);
+  // Descriptors kept free for what workers send (output arenas travel with answers).
+  static constexpr rlim_t kReservedDescriptors = 16;
+  // Whether accepting `fd` left fewer than kReservedDescriptors free.
+  static bool NearDescriptorLimit(int fd);
   void OnFrame(const std::shared_ptr<ClientSession>& s, std::string body, std::vector<int>* fds);
   void OnClosed(const std::shared_ptr<ClientSession>& s);
   Status RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, std::vector<int>* fds);

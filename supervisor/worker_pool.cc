@@ -187,16 +187,16 @@ void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body, std::vector<i
     return;
   }
   MapView m(oh->get());
+  // What an owner's output arenas hold: with each job's reply, and as a notice after a
+  // release or a client's drop.
+  if (auto u = m.Find("usage"); u != nullptr && u->type == msgpack::type::MAP) {
+    MapView usage(*u);
+    w->output_usage[usage.Uint("owner").value_or(0)] = {usage.Uint("bytes").value_or(0),
+                                                        usage.Uint("arenas").value_or(0)};
+  }
   auto id = m.Uint("id");
   if (!id.ok()) {
-    if (m.Str("op").value_or("") == "usage") {  // an owner's output arenas after a release
-      if (auto u = m.Find("usage"); u != nullptr && u->type == msgpack::type::MAP) {
-        MapView usage(*u);
-        w->output_usage[usage.Uint("owner").value_or(0)] = {usage.Uint("bytes").value_or(0),
-                                                            usage.Uint("arenas").value_or(0)};
-      }
-      return;
-    }
+    if (m.Str("op").value_or("") == "usage") return;
     spdlog::error("{} sent a message without id", w->Describe());
     return;
   }
@@ -409,13 +409,20 @@ void WorkerPool::RegisterOutputArenas(WorkerHandle* w, uint64_t rid, const MapVi
     if (j && j->id == rid) job = j;
   }
   uint32_t n = list->type == msgpack::type::ARRAY ? list->via.array.size : 0;
+  bool client_gone = job == nullptr || job->client.expired() || job->client.lock()->closed;
+  auto drop_client = [&] {  // the worker forgets those arenas and makes new ones next time
+    Writer m;
+    BeginNotice(&m, "drop_client", 1);
+    m.Key("client"); m.Val(job->client_id);
+    w->channel->Send(m.body());
+  };
   if (n > kMaxFdsPerFrame || n > fds->size() || job == nullptr) {
-    spdlog::error("{} announced {} output arenas with {} fds for request {}; ignored", w->Describe(), n, fds->size(),
-                  rid);
+    spdlog::error("{} announced {} output arenas with {} fds for request {}; the job's outputs are refused",
+                  w->Describe(), n, fds->size(), rid);
     CloseAll(fds);
+    if (job != nullptr) drop_client();
     return;
   }
-  bool client_gone = job->client.expired() || job->client.lock()->closed;
   for (uint32_t i = 0; i < n; ++i) {
     auto fd = std::make_shared<OwnedFd>(fds->front());
     fds->erase(fds->begin());
@@ -426,12 +433,7 @@ void WorkerPool::RegisterOutputArenas(WorkerHandle* w, uint64_t rid, const MapVi
       spdlog::error("{}: output arena for job {}: {}", w->Describe(), rid, st.status().ToString());
     }
   }
-  if (client_gone) {  // made after the client left: the worker may drop it again
-    Writer m;
-    BeginNotice(&m, "drop_client", 1);
-    m.Key("client"); m.Val(job->client_id);
-    w->channel->Send(m.body());
-  }
+  if (client_gone) drop_client();  // made after the client left: the worker drops it again
 }
 
 void WorkerPool::SendArenaIfNeeded(WorkerHandle* w, uint64_t arena) {

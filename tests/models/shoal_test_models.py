@@ -204,3 +204,11 @@ class ScriptableMLP(nn.Module):
 
     def forward(self, x):
         return self.b(torch.relu(self.a(x)))
+
+
+class SleepsThenAdds(nn.Module):
+    """Sleeps x[0] seconds, then returns a new tensor (x + 1)."""
+    def forward(self, x):
+        import time
+        time.sleep(float(x.flatten()[0]))
+        return x + 1
