@@ -1,12 +1,12 @@
 #include "worker/interpreter.h"
 
-#include "protocol/channel.h"
-
 #include <dlfcn.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+
+#include "protocol/channel.h"
 
 namespace shoal {
 
