@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <set>
+#include <utility>
 
 #include "protocol/channel.h"
 #include "protocol/descriptor.h"
@@ -18,17 +20,50 @@
 
 namespace shoal {
 
+// Memory ownership (docs/architecture.md): inputs live in arenas this client creates and
+// owns (it alone allocates and frees their blocks, bookkeeping in its own memory); results
+// live in output arenas a worker made for this connection, whose fds shoald passes with
+// the first answer that uses them. A result's block goes back to that worker (a release
+// notice, batched and sent before the next request) when the last tensor over it goes.
 namespace {
 
-// One block of an arena, freed when the last tensor over it goes.
+// Blocks of dropped results, waiting to be released to the workers that own them. Shared
+// with the tensors, which may outlive the Client. Thread-safe.
+class ReleaseQueue {
+ public:
+  void Add(uint64_t arena, uint64_t block) {
+    std::lock_guard<std::mutex> lock(mu_);
+    blocks_[arena].push_back(block);
+  }
+  std::map<uint64_t, std::vector<uint64_t>> Take() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return std::exchange(blocks_, {});
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<uint64_t, std::vector<uint64_t>> blocks_;  // GUARDED_BY(mu_)
+};
+
+// One block of an arena, given back when the last tensor over it goes: freed here when
+// this client owns the arena, queued for release to its owner when a worker does, and
+// left alone when it is a view (`release` null, not owned).
 struct BlockRef {
-  BlockRef(std::shared_ptr<Arena> a, uint64_t id, uint64_t off) : arena(std::move(a)), arena_id(id), offset(off) {}
-  ~BlockRef() { arena->Free(offset); }
+  BlockRef(std::shared_ptr<Arena> a, uint64_t id, uint64_t off, std::shared_ptr<ReleaseQueue> to = nullptr)
+      : arena(std::move(a)), arena_id(id), offset(off), release(std::move(to)) {}
+  ~BlockRef() {
+    if (release) {
+      release->Add(arena_id, offset);
+    } else {
+      arena->Free(offset);  // refused (false) when this is not a block of ours
+    }
+  }
   BlockRef(const BlockRef&) = delete;
   BlockRef& operator=(const BlockRef&) = delete;
   std::shared_ptr<Arena> arena;
   uint64_t arena_id;
   uint64_t offset;
+  std::shared_ptr<ReleaseQueue> release;
 };
 
 // The deleter of storages over blocks: also how Infer recognises an arena-backed tensor.
@@ -52,32 +87,117 @@ torch::Tensor TensorOver(const std::shared_ptr<BlockRef>& block, uint64_t data_o
 
 }  // namespace
 
+// How long past a job's own deadline Infer waits for shoald's answer before it returns
+// TIMEOUT itself (shoald answers at the deadline; this covers a stopped or wedged shoald).
+constexpr std::chrono::milliseconds kAnswerMargin{2000};
+
 struct Client::Impl {
   int sock = -1;
   size_t arena_size = 0;
+  std::string socket_path;
   std::mutex mu;  // serialises requests on the socket; guards everything below
   uint64_t next_id = 1;
   FrameReader reader;
-  std::map<uint64_t, std::shared_ptr<Arena>> arenas;  // GUARDED_BY(mu)
+  std::vector<int> fds;                                   // received, not yet claimed by an answer
+  std::map<uint64_t, std::shared_ptr<Arena>> arenas;      // ours: inputs
+  std::map<uint64_t, std::shared_ptr<Arena>> out_arenas;  // workers': results, mapped here
+  std::shared_ptr<ReleaseQueue> released = std::make_shared<ReleaseQueue>();
 
   ~Impl() {
-    if (sock >= 0) close(sock);
+    if (sock >= 0) {
+      (void)SendReleases();
+      close(sock);
+    }
+    CloseAll(&fds);
   }
 
-  // Sends one request and waits for its reply. REQUIRES(mu).
-  Result<msgpack::object_handle> Call(Writer& w, uint64_t id, const std::vector<int>& fds = {}) {
-    if (auto st = SendAll(sock, EncodeFrame(w.body()), fds); !st.ok()) {
+  // One release notice per arena with dropped results. REQUIRES(mu).
+  Status SendReleases() {
+    std::string data;
+    for (const auto& [arena, blocks] : released->Take()) {
+      for (size_t i = 0; i < blocks.size(); i += 4096) {
+        Writer w;
+        BeginNotice(&w, "release", 2);
+        w.Key("arena"); w.Val(arena);
+        w.Key("blocks");
+        w.Val(std::vector<uint64_t>(blocks.begin() + i, blocks.begin() + std::min(blocks.size(), i + 4096)));
+        data += EncodeFrame(w.body());
+      }
+    }
+    return data.empty() ? Status::Ok() : SendAll(sock, data);
+  }
+
+  // Maps the output arenas an answer introduces ("new_arenas"; their fds came with it, in
+  // order). REQUIRES(mu).
+  Status TakeArenas(const MapView& m) {
+    const msgpack::object* list = m.Find("new_arenas");
+    if (list == nullptr || list->type != msgpack::type::ARRAY) return Status::Ok();
+    for (uint32_t i = 0; i < list->via.array.size; ++i) {
+      auto a = MapView::Of(list->via.array.ptr[i], "arenas entry");
+      auto id = a.ok() ? a->Uint("arena") : Result<uint64_t>(a.status());
+      if (!id.ok()) return id.status();
+      if (fds.empty()) return Status::Internal("shoald announced output arena " + std::to_string(*id) + " without its fd");
+      int fd = fds.front();
+      fds.erase(fds.begin());
+      auto mapped = Arena::Open(fd);
+      if (!mapped.ok()) return mapped.status();
+      out_arenas[*id] = std::shared_ptr<Arena>(std::move(*mapped));
+    }
+    return Status::Ok();
+  }
+
+  // A late answer to a request this client gave up on: its results go back to their
+  // workers. REQUIRES(mu).
+  void Discard(const MapView& m) {
+    if (!TakeArenas(m).ok()) return;
+    auto ok = m.Bool("ok");
+    const msgpack::object* outputs = m.Find("outputs");
+    if (!ok.ok() || !*ok || outputs == nullptr) return;
+    std::set<std::pair<uint64_t, uint64_t>> seen;
+    (void)DecodeTree(*outputs, [&](const Descriptor& d) -> Result<torch::Tensor> {
+      auto extent = d.Extent();
+      if (extent.ok() && *extent > 0 && out_arenas.count(d.arena) != 0 && seen.insert({d.arena, d.block}).second) {
+        released->Add(d.arena, d.block);
+      }
+      return torch::Tensor();
+    });
+  }
+
+  // Sends one request and waits for its reply, until `deadline` if set (then TIMEOUT; a
+  // late answer is skipped by a later call). REQUIRES(mu).
+  Result<msgpack::object_handle> Call(Writer& w, uint64_t id, const std::vector<int>& send_fds = {},
+                                      std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt) {
+    if (auto st = SendReleases(); !st.ok()) {
       return Status(Code::kUnavailable, "lost the connection to shoald: " + st.message());
     }
-    std::vector<int> got;
-    auto body = RecvFrame(sock, &reader, &got);
-    CloseAll(&got);
-    if (!body.ok()) return Status(Code::kUnavailable, "lost the connection to shoald: " + body.status().message());
-    auto oh = Decode(*body);
-    if (!oh.ok()) return oh.status();
-    MapView m(oh->get());
-    auto rid = m.Uint("id");
-    if (!rid.ok() || *rid != id) return Status::Internal("reply to another request");
+    if (auto st = SendAll(sock, EncodeFrame(w.body()), send_fds); !st.ok()) {
+      return Status(Code::kUnavailable, "lost the connection to shoald: " + st.message());
+    }
+    for (;;) {
+      auto body = RecvFrame(sock, &reader, &fds, deadline);
+      if (!body.ok() && body.status().code() == Code::kTimeout) {
+        return Status(Code::kTimeout, "shoald at " + socket_path + " did not answer request " + std::to_string(id) +
+                                          " by its deadline plus " + std::to_string(kAnswerMargin.count()) +
+                                          " ms; it may be stopped or overloaded. The client stays usable; a late "
+                                          "answer is discarded");
+      }
+      if (!body.ok()) return Status(Code::kUnavailable, "lost the connection to shoald: " + body.status().message());
+      auto oh = Decode(*body);
+      if (!oh.ok()) return oh.status();
+      MapView m(oh->get());
+      auto rid = m.Uint("id");
+      if (rid.ok() && *rid < id && *rid != 0) {  // an answer we stopped waiting for
+        Discard(m);
+        continue;
+      }
+      if (!rid.ok() || *rid != id) return Status::Internal("reply to another request");
+      if (auto st = TakeArenas(m); !st.ok()) return st;
+      return Reply(std::move(*oh));
+    }
+  }
+
+  static Result<msgpack::object_handle> Reply(msgpack::object_handle oh) {
+    MapView m(oh.get());
     auto ok = m.Bool("ok");
     if (!ok.ok() || !*ok) {
       std::string tb;
@@ -125,6 +245,7 @@ Result<std::unique_ptr<Client>> Client::Connect(const std::string& socket_path, 
   std::string path = socket_path.empty() ? DefaultSocketPath() : socket_path;
   auto impl = std::make_unique<Impl>();
   impl->arena_size = arena_size;
+  impl->socket_path = path;
   impl->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (impl->sock < 0) return Status::FromErrno("socket", errno);
   sockaddr_un addr{};
@@ -285,7 +406,9 @@ Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<to
     w.Key("retries");
     w.Val(static_cast<uint64_t>(retries));
   }
-  auto reply = impl_->Call(w, id);
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  if (timeout) deadline = std::chrono::steady_clock::now() + *timeout * (1 + std::max(retries, 0)) + kAnswerMargin;
+  auto reply = impl_->Call(w, id, {}, deadline);
   if (!reply.ok()) return reply.status();
   const msgpack::object* outputs = MapView(reply->get()).Find("outputs");
   if (outputs == nullptr) return Status::Internal("reply without outputs");
@@ -294,11 +417,17 @@ Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<to
     auto extent = d.Extent();
     if (!type || !extent.ok()) return Status::Internal("bad output descriptor");
     if (*extent == 0) return torch::empty(d.shape, torch::TensorOptions().dtype(*type));
-    auto arena = impl_->arenas.find(d.arena);
-    if (arena == impl_->arenas.end()) return Status::Internal("output in an unknown arena");
-    if (auto st = d.CheckBounds(arena->second->size()); !st.ok()) return Status::Internal(st.message());
-    auto& block = keep[{d.arena, d.block}];
-    if (!block) block = std::make_shared<BlockRef>(arena->second, d.arena, d.block);  // ours now
+    auto& block = keep[{d.arena, d.block}];  // an input returned in place: its block stays ours
+    if (!block) {
+      if (auto out = impl_->out_arenas.find(d.arena); out != impl_->out_arenas.end()) {
+        if (auto st = d.CheckBounds(out->second->size()); !st.ok()) return Status::Internal(st.message());
+        // A block the worker allocated for this result: released to it when the last tensor goes.
+        block = std::make_shared<BlockRef>(out->second, d.arena, d.block, impl_->released);
+      } else {
+        return Status::Internal("output in an unknown arena " + std::to_string(d.arena));
+      }
+    }
+    if (auto st = d.CheckBounds(block->arena->size()); !st.ok()) return Status::Internal(st.message());
     return TensorOver(block, d.offset, *type, d.shape, d.strides, *extent);
   };
   return DecodeTree(*outputs, make);

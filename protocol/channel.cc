@@ -1,8 +1,10 @@
 #include "protocol/channel.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -93,12 +95,21 @@ Result<size_t> RecvSome(int sock, uint8_t* buf, size_t cap, std::vector<int>* fd
   return static_cast<size_t>(n);
 }
 
-Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* fds) {
+Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* fds,
+                              std::optional<std::chrono::steady_clock::time_point> deadline) {
   uint8_t buf[64 * 1024];
   for (;;) {
     auto frame = reader->Next();
     if (!frame.ok()) return frame.status();
     if (frame->has_value()) return std::move(**frame);
+    if (deadline) {
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - std::chrono::steady_clock::now());
+      struct pollfd p = {sock, POLLIN, 0};
+      int r = left.count() > 0 ? poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), INT32_MAX))) : 0;
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return Status::FromErrno("poll", errno);
+      if (r == 0) return Status(Code::kTimeout, "no answer before the deadline");
+    }
     auto n = RecvSome(sock, buf, sizeof(buf), fds);
     if (!n.ok()) return n.status();
     if (*n == 0) return Status(Code::kUnavailable, "connection closed by peer");

@@ -4,7 +4,9 @@
 #pragma once
 
 #include <cstddef>
+#include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -28,9 +30,11 @@ Result<size_t> SendSome(int sock, std::string_view data, const std::vector<int>&
 Result<size_t> RecvSome(int sock, uint8_t* buf, size_t cap, std::vector<int>* fds);
 
 // Blocking: reads until one full frame is available. Returns the body; fds received so far
-// are appended to *fds. EOF gives Code::kUnavailable.
+// are appended to *fds. EOF gives Code::kUnavailable; with a `deadline`, Code::kTimeout
+// when it passes first (a frame half-read stays in *reader for the next call).
 class FrameReader;
-Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* fds);
+Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* fds,
+                              std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt);
 
 void CloseAll(std::vector<int>* fds);
 

@@ -48,7 +48,7 @@ class Encoder {
   Writer* writer() { return &w_; }
   Status Node(OutputValue& v, int depth);
   void FreeAllocated() {
-    for (uint64_t b : allocated_) place_.out_arena->Free(b);
+    for (const auto& b : allocated_) place_.outputs->Free(b.arena, b.offset);
     allocated_.clear();
   }
 
@@ -58,7 +58,7 @@ class Encoder {
 
   const OutputPlacement& place_;
   Writer w_;
-  std::vector<uint64_t> allocated_;
+  std::vector<OutputBlock> allocated_;
 };
 
 Status ModelError(std::string message) { return Status(Code::kModelError, std::move(message)); }
@@ -152,7 +152,6 @@ Status Encoder::Tensor(OutputValue& v) {
                       DTypeNames());
   }
   Descriptor d;
-  d.arena = place_.out_arena_id;
   d.dtype = t->dtype;
   d.shape = t->shape;
   d.strides = t->strides;
@@ -177,21 +176,17 @@ Status Encoder::Tensor(OutputValue& v) {
       return Status::Ok();
     }
   }
-  // Otherwise one copy into a block of the client's arena.
-  unsigned __int128 nbytes = DTypeSize(d.dtype);
-  for (int64_t n : d.shape) {
-    nbytes *= static_cast<uint64_t>(n);
-    if (nbytes > place_.out_arena->size()) nbytes = place_.out_arena->size() + 1;  // fails below, no overflow
-  }
-  auto block = place_.out_arena->Allocate(static_cast<size_t>(nbytes));
-  if (!block.ok()) {
-    return Status(Code::kArenaFull, "output does not fit the client's arena: " + block.status().message());
-  }
+  // Otherwise one copy into a block of this worker's output arenas for the client.
+  auto nbytes = d.LogicalBytes();
+  if (!nbytes.ok()) return ModelError("an output tensor cannot travel: " + nbytes.status().message());
+  auto block = place_.outputs->Allocate(place_.client, *nbytes, place_.limits);
+  if (!block.ok()) return Status(Code::kArenaFull, "output does not fit: " + block.status().message());
   allocated_.push_back(*block);
-  d.block = d.offset = *block;
+  d.arena = block->arena;
+  d.block = d.offset = block->offset;
   d.strides = ContiguousStrides(d.shape);
-  if (auto st = v.CopyTensor(place_.out_arena->base() + *block, d.strides); !st.ok()) {
-    return ModelError("an output tensor cannot be copied into the client's arena: " + st.message());
+  if (auto st = v.CopyTensor(block->data, d.strides); !st.ok()) {
+    return ModelError("an output tensor cannot be copied into the output arena: " + st.message());
   }
   d.Pack(&w_);
   return Status::Ok();
@@ -199,16 +194,61 @@ Status Encoder::Tensor(OutputValue& v) {
 
 }  // namespace
 
-Result<std::string> EncodeOutputReply(uint64_t job, std::string_view model, OutputValue& root,
-                                      const OutputPlacement& place) {
+namespace {
+void PackUsage(Writer* w, const OutputUsage& u) {
+  w->Map(3);
+  w->Key("owner"); w->Val(u.owner);
+  w->Key("bytes"); w->Val(u.bytes);
+  w->Key("arenas"); w->Val(u.arenas);
+}
+}  // namespace
+
+Result<EncodedReply> EncodeOutputReply(uint64_t job, std::string_view model, OutputValue& root,
+                                       const OutputPlacement& place) {
+  // The tree first (its size is not known before), then the reply around it.
   Encoder enc(place);
-  BeginReply(enc.writer(), job, 1);
-  enc.writer()->Key("outputs");
   if (auto st = enc.Node(root, 0); !st.ok()) {
     enc.FreeAllocated();
     return Status(st.code(), "model '" + std::string(model) + "', job " + std::to_string(job) + ": " + st.message());
   }
-  return std::string(enc.writer()->body());
+  auto fresh = place.outputs->TakeNew(place.client);
+  EncodedReply out;
+  Writer w;
+  BeginReply(&w, job, fresh.empty() ? 2 : 3);
+  w.Key("outputs");
+  auto tree = enc.writer()->body();
+  w.pk().pack_bin_body(tree.data(), static_cast<uint32_t>(tree.size()));  // already MessagePack
+  w.Key("usage");
+  PackUsage(&w, place.outputs->Usage());
+  if (!fresh.empty()) {
+    w.Key("new_arenas");
+    w.pk().pack_array(static_cast<uint32_t>(fresh.size()));
+    for (const auto& a : fresh) {
+      w.Map(2);
+      w.Key("arena"); w.Val(a.arena);
+      w.Key("size"); w.Val(a.size);
+      out.fds.push_back(a.fd);
+    }
+  }
+  out.body = std::string(w.body());
+  return out;
+}
+
+OutputLimits OutputLimitsOf(const MapView& infer) {
+  OutputLimits l;
+  if (auto b = infer.OptUint("out_bytes"); b.ok() && b->has_value() && **b >= 4096) l.arena_bytes = **b;
+  if (auto n = infer.OptUint("out_arenas"); n.ok() && n->has_value() && **n >= 1 && **n <= 4096) {
+    l.arenas_per_client = static_cast<uint32_t>(**n);
+  }
+  return l;
+}
+
+std::string UsageNotice(const OutputUsage& usage) {
+  Writer w;
+  BeginNotice(&w, "usage", 1);
+  w.Key("usage");
+  PackUsage(&w, usage);
+  return std::string(w.body());
 }
 
 }  // namespace shoal

@@ -4,9 +4,10 @@
 // TorchScript runner through tensors/ivalue_output.h (adapts c10::IValue). An engine only
 // says what each value is (OutputValue) and copies tensor bytes; which values may travel,
 // the depth limit, the dict-key rule, where each tensor goes (in place inside an input, else
-// one copy into the client's arena) and every error message are decided here, so both
-// engines answer the same output with the same tree or the same error.
-// Thread-compatible: one EncodeOutputReply per job; the arena's allocator is process-safe.
+// one copy into a block of the worker's own output arenas for the job's client,
+// shm/output_arenas.h) and every error message are decided here, so both engines answer
+// the same output with the same tree or the same error.
+// Thread-compatible: one EncodeOutputReply per job; OutputArenas is thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -15,7 +16,8 @@
 #include <string_view>
 #include <vector>
 
-#include "shm/arena.h"
+#include "protocol/messages.h"
+#include "shm/output_arenas.h"
 #include "shoal/status.h"
 
 namespace shoal {
@@ -81,19 +83,38 @@ struct InputSpan {
   const uint8_t* base = nullptr;
 };
 
-// Where output tensors go: in place when inside an input, else one block of `out_arena`
-// (the client's arena `out_arena_id`), which then belongs to the client.
+// Where output tensors go: in place when inside an input (no block: the client keeps the
+// input's block alive), else one block of `outputs` for connection `client`; such a block
+// stays the worker's until the client releases it (docs/protocol.md, "release").
 struct OutputPlacement {
-  uint64_t out_arena_id = 0;
-  Arena* out_arena = nullptr;  // must stay mapped during the encoding
+  OutputArenas* outputs = nullptr;  // must outlive the encoding
+  uint64_t client = 0;              // shoald's id of the job's connection
+  OutputLimits limits;
   std::vector<InputSpan> inputs;
 };
 
+// The output limits shoald sends with each infer ("out_bytes", "out_arenas"); defaults
+// where absent.
+OutputLimits OutputLimitsOf(const MapView& infer);
+
+// A reply and the fds of the arenas it announces (owned by the OutputArenas; attach them
+// to the reply's frame, in order).
+struct EncodedReply {
+  std::string body;
+  std::vector<int> fds;
+};
+
 // The reply to job `job` of model `model` whose output is `root`:
-// {"v":1,"id":job,"ok":true,"outputs":tree}. On failure every block it allocated is freed
-// again and the error (MODEL_ERROR, or ARENA_FULL when an output does not fit) names the
-// model and the job.
-Result<std::string> EncodeOutputReply(uint64_t job, std::string_view model, OutputValue& root,
-                                      const OutputPlacement& place);
+// {"v":1,"id":job,"ok":true,"outputs":tree,"usage":{owner,bytes,arenas}
+//  [,"new_arenas":[{"arena","size"}]]}; new_arenas lists the client's output arenas made
+// since this owner's last reply, their fds in `fds`. On failure every block it allocated
+// is freed again and the error (MODEL_ERROR, or ARENA_FULL when an output does not fit)
+// names the model and the job.
+Result<EncodedReply> EncodeOutputReply(uint64_t job, std::string_view model, OutputValue& root,
+                                       const OutputPlacement& place);
+
+// {"v":1,"op":"usage","usage":{owner,bytes,arenas}}: what an owner holds, sent after it frees
+// blocks or drops a client's arenas (shoald shows it in status).
+std::string UsageNotice(const OutputUsage& usage);
 
 }  // namespace shoal

@@ -1,61 +1,75 @@
-// Arena: a memfd region shared by a client and the workers, with its block allocator
-// living inside it.
+// Arena: a sealed memfd mapped into this process, and, for the arena's owner
+// only, the allocator of its blocks.
 //
-// Layout: the Boost.Interprocess segment manager (an rbtree best-fit allocator with a
-// process-shared mutex) sits at offset 0 of the region; blocks follow. All its internal
-// pointers are offsets, so every process may map the region at its own address and
-// allocate or free. Offsets, not pointers, cross process boundaries.
-// The creator (a client) constructs the allocator; workers open it. Supervisor never maps.
-// Thread-safety: Allocate/Free may be called from any thread of any process that maps
-// the arena (the segment's mutex serialises them). A process that dies while holding
-// that mutex (only possible inside Allocate/Free) leaves it locked: see docs/security.md.
+// Every arena has exactly one owner: the process that created it (Create). Only
+// the owner allocates and frees blocks, and its bookkeeping
+// (shm/block_allocator.h) lives in the owner's private memory; the shared
+// region holds tensor bytes and nothing else. A peer maps an arena it was sent
+// (Open) and reads or writes the bytes a descriptor names; Allocate on a peer's
+// mapping is refused. Offsets, not pointers, cross processes. Owners: a client
+// for the arenas its inputs live in, a worker for the output arenas it makes
+// for one client connection (shm/output_arenas.h). shoald never maps arenas.
+// Thread-safety: Allocate/Free/FreeBytes may be called from any thread of the
+// owner (a mutex guards the bookkeeping); base()/size()/fd() are immutable.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 
+#include "shm/block_allocator.h"
 #include "shoal/status.h"
 
 namespace shoal {
 
 class Arena {
- public:
-  static constexpr size_t kAlignment = 64;
+public:
+  static constexpr size_t kAlignment = BlockAllocator::kAlignment;
 
-  // Creates a sealed memfd of `size` bytes, maps it and builds the allocator in it.
-  static Result<std::unique_ptr<Arena>> Create(const std::string& name, size_t size);
-  // Maps an existing arena; takes ownership of `fd` (closed by the destructor or on error).
+  // Creates a sealed memfd of `size` bytes, maps it and becomes its owner.
+  static Result<std::unique_ptr<Arena>> Create(const std::string &name,
+                                               size_t size);
+  // Maps a peer's arena; takes `fd` and closes it once mapped (or on error):
+  // the mapping keeps the memory. It has no allocator and no fd: this process
+  // only reads and writes the bytes descriptors name, and never passes the
+  // arena on.
   static Result<std::unique_ptr<Arena>> Open(int fd);
 
   ~Arena();
-  Arena(const Arena&) = delete;
-  Arena& operator=(const Arena&) = delete;
+  Arena(const Arena &) = delete;
+  Arena &operator=(const Arena &) = delete;
 
-  int fd() const { return fd_; }
+  int fd() const { return fd_; } // -1 for a peer's mapping
   size_t size() const { return size_; }
-  uint8_t* base() const { return base_; }
+  uint8_t *base() const { return base_; }
+  bool owned() const { return allocator_ != nullptr; }
 
-  // A 64-byte aligned block of at least `nbytes` (>= 1); returns its offset.
+  // Owner only: a 64-byte aligned block of at least `nbytes`; returns its
+  // offset.
   Result<uint64_t> Allocate(size_t nbytes);
-  // Frees the block that starts at `offset` (as returned by Allocate, here or elsewhere).
-  void Free(uint64_t offset);
-  // Bytes not yet handed out.
+  // Owner only: frees a block this arena handed out; false (and nothing
+  // happens) for any other offset, and on a peer's mapping.
+  bool Free(uint64_t offset);
+  // Bytes not handed out (0 on a peer's mapping), and bytes in blocks.
   size_t FreeBytes() const;
+  size_t UsedBytes() const;
   // True when [offset, offset + len) lies inside the mapping.
   bool Contains(uint64_t offset, uint64_t len) const {
     return offset <= size_ && len <= size_ - offset;
   }
 
- private:
-  struct Segment;
-  Arena(int fd, size_t size, uint8_t* base, std::unique_ptr<Segment> segment);
+private:
+  Arena(int fd, size_t size, uint8_t *base,
+        std::unique_ptr<BlockAllocator> allocator);
 
-  int fd_;
-  size_t size_;
-  uint8_t* base_;
-  std::unique_ptr<Segment> segment_;
+  const int fd_;
+  const size_t size_;
+  uint8_t *const base_;
+  mutable std::mutex mu_;
+  const std::unique_ptr<BlockAllocator>
+      allocator_; // GUARDED_BY(mu_); null on a peer's mapping
 };
 
-}  // namespace shoal
+} // namespace shoal

@@ -1,12 +1,23 @@
-// ArenaTable: the shared-memory arenas clients registered (memfds passed with
-// SCM_RIGHTS), by id, with the client session that owns each. Holds each arena's fd so that
-// it can be sent to workers; knows nothing of workers or jobs.
+// ArenaTable: every arena shoald knows, by the id clients use, with who owns
+// its blocks and which connection may use it (docs/architecture.md, "Memory
+// ownership"):
+//   - client arenas: a memfd a client registered (SCM_RIGHTS); the client owns
+//   its blocks.
+//     shoald keeps the fd to send it to the workers that read inputs from it.
+//   - worker output arenas: a memfd a worker made for one client connection and
+//   announced
+//     with a reply; that worker (slot + generation, and its own id for the
+//     arena) owns the blocks. shoald keeps the fd only until it has passed it
+//     on to the client.
+// Knows nothing of jobs; workers only by (slot, generation).
 // Thread-safety: loop thread only.
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <tuple>
+#include <vector>
 
 #include "shoal/status.h"
 #include "supervisor/async_channel.h"
@@ -15,30 +26,56 @@ namespace shoal {
 
 struct ArenaEntry {
   uint64_t id = 0;
-  uint64_t owner = 0;  // client session id
+  uint64_t owner =
+      0; // the client session that may use it (and, for client arenas, owns it)
   size_t size = 0;
-  std::shared_ptr<OwnedFd> fd;
+  std::shared_ptr<OwnedFd>
+      fd; // worker arenas: null once passed on to the client
+  // Worker output arenas only:
+  int worker = -1;         // slot of the owning worker; -1 for a client arena
+  uint64_t generation = 0; // ... and its generation
+  uint64_t local = 0;      // the worker's id of the arena (kWorkerArenaBit set)
+  bool delivered = false;  // the client has its fd
+
+  bool by_worker() const { return worker >= 0; }
 };
 
 class ArenaTable {
- public:
+public:
   ArenaTable() = default;
-  ArenaTable(const ArenaTable&) = delete;
-  ArenaTable& operator=(const ArenaTable&) = delete;
+  ArenaTable(const ArenaTable &) = delete;
+  ArenaTable &operator=(const ArenaTable &) = delete;
 
-  // Checks that `fd` is a sealed-size memfd arena (shm/memfd.h) and records it for `owner`;
-  // returns its id. `fd` is closed on error.
+  // Checks that `fd` is a sealed-size memfd arena (shm/memfd.h) and records it
+  // as a client arena of `owner`; returns its id. `fd` is closed on error.
   Result<uint64_t> Register(uint64_t owner, std::shared_ptr<OwnedFd> fd);
+  // Records the output arena `local` that worker (slot, generation) made for
+  // client `owner`; returns its id. Checks the fd like Register; announcing the
+  // same arena twice returns the first id (the new fd is closed).
+  Result<uint64_t> RegisterWorkerArena(uint64_t owner, int slot,
+                                       uint64_t generation, uint64_t local,
+                                       std::shared_ptr<OwnedFd> fd);
   void Drop(uint64_t id);
+  // A worker died or retired: its arenas are forgotten (clients keep their
+  // mappings).
+  void DropWorker(int slot, uint64_t generation);
+  // A client hung up: the worker arenas made for it are forgotten.
+  void DropClientOutputs(uint64_t owner);
   // The arena, or nullptr.
-  const ArenaEntry* Find(uint64_t id) const;
-  // The arena if `owner` registered it, else nullptr.
-  const ArenaEntry* FindOwned(uint64_t id, uint64_t owner) const;
+  const ArenaEntry *Find(uint64_t id) const;
+  ArenaEntry *FindMutable(uint64_t id);
+  // A client arena `owner` registered, else nullptr (worker arenas are not
+  // inputs).
+  const ArenaEntry *FindOwned(uint64_t id, uint64_t owner) const;
+  // The worker arena (slot, generation, local), or nullptr.
+  ArenaEntry *FindWorkerArena(int slot, uint64_t generation, uint64_t local);
   size_t size() const { return arenas_.size(); }
 
- private:
+private:
   uint64_t next_id_ = 1;
   std::map<uint64_t, ArenaEntry> arenas_;
+  std::map<std::tuple<int, uint64_t, uint64_t>, uint64_t>
+      by_worker_; // (slot, gen, local) -> id
 };
 
-}  // namespace shoal
+} // namespace shoal

@@ -2,6 +2,7 @@
 
 #include <grp.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -109,6 +110,12 @@ void ClientFront::Accept() {
                                                            "or retry later"));
     } else if (!ec && FromModelCode(sock.native_handle())) {
       Refuse(sock.release(), Status::BadRequest("connections from model code (a worker's process group) are refused"));
+    } else if (!ec && NearDescriptorLimit(sock.native_handle())) {
+      // Descriptors are kept in reserve for what workers send (the output arenas of
+      // answers): a connection that would use them up is refused instead.
+      Refuse(sock.release(), Status(Code::kOverloaded, "shoald is near its limit of open files (" +
+                                                           std::to_string(sessions_.size()) +
+                                                           " clients); close idle connections or retry later"));
     } else if (!ec) {
       auto s = std::make_shared<ClientSession>();
       s->id = next_session_++;
@@ -162,6 +169,13 @@ bool ClientFront::FromModelCode(int fd) const {
   return true;
 }
 
+bool ClientFront::NearDescriptorLimit(int fd) {
+  struct rlimit lim;
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return false;
+  // The kernel hands out the lowest free number: `fd` is about how many are open.
+  return static_cast<rlim_t>(fd) + kReservedDescriptors >= lim.rlim_cur;
+}
+
 void ClientFront::Refuse(int fd, const Status& why) {
   OwnedFd closer(fd);
   std::string reply = EncodeFrame(ErrorReply(0, why));
@@ -188,6 +202,10 @@ void ClientFront::OnFrame(const std::shared_ptr<ClientSession>& s, std::string b
     }
     auto op = m.Str("op");
     if (!op.ok()) return op.status();
+    if (*op == "release") {  // a notice: never answered, a bad one is ignored
+      Release(*s, m);
+      return Status::Ok();
+    }
     if (*op == "infer") return Infer(s, id, m);
     if (*op == "register_arena") return RegisterArena(s, id, fds);
     if (*op == "load") return Load(s, id, m);
@@ -226,7 +244,26 @@ void ClientFront::OnClosed(const std::shared_ptr<ClientSession>& s) {
     pool_->DropArena(a);
     arenas_->Drop(a);
   }
+  // Workers drop the output arenas they made for it (the client's mappings stay valid).
+  arenas_->DropClientOutputs(s->id);
+  pool_->DropClient(s->id);
   sessions_.erase(s->id);
+}
+
+void ClientFront::Release(const ClientSession& s, const MapView& m) {
+  auto arena = m.Uint("arena");
+  auto blocks = m.Array("blocks");
+  if (!arena.ok() || !blocks.ok()) return;
+  const ArenaEntry* a = arenas_->Find(*arena);
+  // Only the connection the arena was made for may release its blocks; the worker that
+  // owns it frees only blocks it handed out, so a forged offset changes nothing.
+  if (a == nullptr || !a->by_worker() || a->owner != s.id) return;
+  std::vector<uint64_t> offsets;
+  const auto& arr = (*blocks)->via.array;
+  for (uint32_t i = 0; i < arr.size; ++i) {
+    if (arr.ptr[i].type == msgpack::type::POSITIVE_INTEGER) offsets.push_back(arr.ptr[i].via.u64);
+  }
+  if (!offsets.empty()) pool_->Release(a->worker, a->generation, a->local, offsets);
 }
 
 Status ClientFront::RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, std::vector<int>* fds) {
@@ -345,17 +382,11 @@ Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, 
   if (retries->value_or(0) > 1) {
     return Status::BadRequest("retries must be 0 or 1: a job that crashed a worker is re-run at most once");
   }
-  if (!job->inputs.empty()) {
-    job->out_arena = job->inputs[0].arena;
-  } else if (!s->arenas.empty()) {
-    job->out_arena = *s->arenas.begin();
-  } else {
-    return Status::BadRequest("register an arena before inferring: outputs are written into it");
-  }
   job->retries = static_cast<int>(retries->value_or(0));
   job->id = next_job_++;
   job->request_id = id;
   job->client = s;
+  job->client_id = s->id;
   job->client_uid = s->uid;
   job->model = *model;
   if (auto st = registry_->Admits(*model, s->uid); !st.ok()) return st;

@@ -6,6 +6,7 @@
 // Thread-safety: loop thread only.
 #pragma once
 
+#include <sys/resource.h>
 #include <sys/types.h>
 
 #include <boost/asio.hpp>
@@ -56,6 +57,10 @@ class ClientFront {
   // Whether the peer runs in a worker's process group: model code may not be a client
   // (it would have shoald's uid, so it would be an admin).
   bool FromModelCode(int fd) const;
+  // Descriptors kept free for what workers send (output arenas travel with answers).
+  static constexpr rlim_t kReservedDescriptors = 16;
+  // Whether accepting `fd` left fewer than kReservedDescriptors free.
+  static bool NearDescriptorLimit(int fd);
   void OnFrame(const std::shared_ptr<ClientSession>& s, std::string body, std::vector<int>* fds);
   void OnClosed(const std::shared_ptr<ClientSession>& s);
   Status RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, std::vector<int>* fds);
@@ -63,6 +68,8 @@ class ClientFront {
   Status Unload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
   Status Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
   bool IsAdmin(const ClientSession& s) const;
+  // release {arena, blocks}: passed on to the worker that owns that output arena.
+  void Release(const ClientSession& s, const MapView& m);
   // OK for admins; else a BAD_REQUEST that says who may `what`.
   Status CheckAdmin(const ClientSession& s, const std::string& what) const;
   void ReplyOk(const std::shared_ptr<ClientSession>& s, uint64_t id);

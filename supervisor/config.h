@@ -62,6 +62,11 @@ struct SupervisorConfig {
   std::string model_repository;     // relative archive paths resolve against it
   std::string log_level = "info";
   bool zygote = true;               // fork workers from a zygote (else exec each one)
+  // Memory ownership (docs/architecture.md): what one worker holds for its clients.
+  uint64_t worker_arenas = 256;             // client arenas whose fds a worker holds at most
+  uint64_t worker_arena_mb = 8192;          // ... and their bytes (idle ones are dropped first)
+  uint64_t output_arena_mb = 64;            // a worker's output arena for a client (more if needed)
+  uint64_t output_arenas = 8;    // output arenas per worker interpreter and client
   SandboxConfig sandbox;            // applied in every worker
   CommandLine command_line;         // what LoadConfig was given; ReloadConfig applies it again
 };

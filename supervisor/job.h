@@ -24,7 +24,7 @@ struct Job {
   uid_t client_uid = static_cast<uid_t>(-1);  // who asked: a crash it causes is charged to them
   std::string model;        // resolved key ("name" or "name:version")
   std::vector<Descriptor> inputs;
-  uint64_t out_arena = 0;
+  uint64_t client_id = 0;   // the connection's session id: the worker keeps its outputs apart
   bool answered = false;
   int worker = -1;          // where it runs: worker slot, its interpreter, its generation
   int interp = -1;

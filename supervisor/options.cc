@@ -128,6 +128,18 @@ std::vector<Option> MakeTable() {
                                            "may model code open IPv4/IPv6 sockets"),
       Make<&C::sandbox, &S::seccomp>("seccomp", K::kYesNo, "yes|no", kReload,
                                      "deny system calls model code has no business making"),
+      Make<&C::worker_arenas>("worker_arenas", K::kNumber, "N", kReload,
+                              "client arenas whose descriptors a worker holds at most; the least recently used "
+                              "one no running job reads is dropped first", 1, 1 << 16),
+      Make<&C::worker_arena_mb>("worker_arena_mb", K::kNumber, "MB", kReload,
+                                "bytes of client arenas a worker holds at most (as worker_arenas)", 1,
+                                uint64_t{1} << 30),
+      Make<&C::output_arena_mb>("output_arena_mb", K::kNumber, "MB", kReload,
+                                "size of the output arena a worker makes for a client (larger when one output "
+                                "needs it)", 1, uint64_t{1} << 20),
+      Make<&C::output_arenas>("output_arenas", K::kNumber, "N", kReload,
+                                         "output arenas a worker interpreter makes for one client connection; "
+                                         "beyond them outputs are ARENA_FULL until results are dropped", 1, 8),
       Make<&C::zygote>("zygote", K::kYesNo, "yes|no", kRestart,
                        "fork workers from a zygote that imported torch once (no: exec every one)"),
       Make<&C::log_level>("log_level", K::kLogLevel, "LEVEL", kReload,

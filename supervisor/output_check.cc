@@ -9,46 +9,86 @@ namespace shoal {
 
 namespace {
 
-Status Check(const msgpack::object& tree, const ArenaSizeFn& arena_size, int depth, std::vector<uint64_t>* blocks) {
-  if (depth > kMaxOutputDepth) return Status::Internal("output structure nested too deeply");
+class Checker {
+public:
+  Checker(const ArenaResolveFn &resolve, std::vector<WorkerBlock> *blocks)
+      : resolve_(resolve), blocks_(blocks) {}
+  // Writes into `w` as it goes; the caller drops it on error.
+  Status Check(const msgpack::object &tree, int depth, Writer *w);
+
+private:
+  const ArenaResolveFn &resolve_;
+  std::vector<WorkerBlock> *blocks_;
+};
+
+Status Checker::Check(const msgpack::object &tree, int depth, Writer *w) {
+  if (depth > kMaxOutputDepth)
+    return Status::Internal("output structure nested too deeply");
   if (tree.type != msgpack::type::MAP || tree.via.map.size != 1) {
     return Status::Internal("worker sent a malformed output tree");
   }
-  const auto& kv = tree.via.map.ptr[0];
-  if (kv.key.type != msgpack::type::STR) return Status::Internal("worker sent a malformed output tree");
+  const auto &kv = tree.via.map.ptr[0];
+  if (kv.key.type != msgpack::type::STR)
+    return Status::Internal("worker sent a malformed output tree");
   std::string_view kind(kv.key.via.str.ptr, kv.key.via.str.size);
+  w->Map(1);
+  w->Key(kind);
   if (kind == "tensor") {
     auto d = Descriptor::Parse(kv.val);
-    if (!d.ok()) return Status::Internal("worker sent a bad output descriptor: " + d.status().message());
-    uint64_t size = 0;
-    if (!arena_size(d->arena, &size)) return Status::Internal("worker returned a tensor in a foreign arena");
-    if (auto st = d->CheckBounds(size); !st.ok()) return Status::Internal(st.message());
+    if (!d.ok())
+      return Status::Internal("worker sent a bad output descriptor: " +
+                              d.status().message());
     auto extent = d->Extent();
-    if (extent.ok() && *extent > 0) blocks->push_back(d->block);
+    bool empty = extent.ok() && *extent == 0;
+    if (!empty) {
+      OutputArenaRef ref;
+      if (!resolve_(d->arena, &ref))
+        return Status::Internal("worker returned a tensor in a foreign arena");
+      if (auto st = d->CheckBounds(ref.size); !st.ok())
+        return Status::Internal(st.message());
+      if (ref.by_worker)
+        blocks_->push_back({d->arena, d->block});
+      d->arena = ref.id;
+    } else {
+      d->arena = d->block = d->offset = 0; // no bytes, no block
+    }
+    d->Pack(w);
     return Status::Ok();
   }
   if (kind == "tuple" || kind == "list" || kind == "dict") {
-    if (kv.val.type != msgpack::type::ARRAY) return Status::Internal("malformed output " + std::string(kind));
+    if (kv.val.type != msgpack::type::ARRAY)
+      return Status::Internal("malformed output " + std::string(kind));
+    w->pk().pack_array(kv.val.via.array.size);
     for (uint32_t i = 0; i < kv.val.via.array.size; ++i) {
-      const msgpack::object* child = &kv.val.via.array.ptr[i];
-      if (kind == "dict") {  // [key, node] pairs
+      const msgpack::object *child = &kv.val.via.array.ptr[i];
+      if (kind == "dict") { // [key, node] pairs
         if (child->type != msgpack::type::ARRAY || child->via.array.size != 2) {
           return Status::Internal("malformed output dict entry");
         }
+        w->pk().pack_array(2);
+        w->pk().pack(child->via.array.ptr[0]);
         child = &child->via.array.ptr[1];
       }
-      if (auto st = Check(*child, arena_size, depth + 1, blocks); !st.ok()) return st;
+      if (auto st = Check(*child, depth + 1, w); !st.ok())
+        return st;
     }
     return Status::Ok();
   }
-  if (kind == "value" || kind == "float") return Status::Ok();
+  if (kind == "value" || kind == "float") {
+    w->pk().pack(kv.val);
+    return Status::Ok();
+  }
   return Status::Internal("unknown output node '" + std::string(kind) + "'");
 }
 
-}  // namespace
+} // namespace
 
-Status CheckOutputTree(const msgpack::object& tree, const ArenaSizeFn& arena_size, std::vector<uint64_t>* blocks) {
-  return Check(tree, arena_size, 0, blocks);
+Status CheckOutputTree(const msgpack::object &tree,
+                       const ArenaResolveFn &resolve, Writer *out,
+                       std::vector<WorkerBlock> *blocks) {
+  Writer scratch;
+  Checker c(resolve, blocks);
+  return c.Check(tree, 0, out != nullptr ? out : &scratch);
 }
 
-}  // namespace shoal
+} // namespace shoal

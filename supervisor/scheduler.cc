@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <tuple>
 
+#include "protocol/channel.h"
+#include "shm/output_arenas.h"
 #include "supervisor/arena_table.h"
 #include "supervisor/output_check.h"
 
@@ -13,7 +15,7 @@ namespace shoal {
 namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
 
-Scheduler::Scheduler(asio::io_context& io, const SupervisorConfig& config, SlotPool* pool, const ArenaTable* arenas)
+Scheduler::Scheduler(asio::io_context& io, const SupervisorConfig& config, SlotPool* pool, ArenaTable* arenas)
     : io_(io), config_(config), pool_(pool), arenas_(arenas) {}
 
 Status Scheduler::Submit(const std::shared_ptr<Job>& job, uint64_t timeout_ms, uint64_t* retry_after_ms) {
@@ -196,25 +198,29 @@ void Scheduler::OnReply(const std::shared_ptr<Job>& job, const Status& st, const
   stats.avg_ms = stats.avg_ms == 0 ? ms : 0.9 * stats.avg_ms + 0.1 * ms;
 
   auto ok = reply->Bool("ok");
-  std::vector<uint64_t> blocks;
+  std::vector<WorkerBlock> blocks;
   const msgpack::object* outputs = ok.ok() && *ok ? reply->Find("outputs") : nullptr;
   Status check = Status::Ok();
+  Writer tree;  // the outputs as the client names its arenas
   if (outputs != nullptr) {
-    auto client = job->client.lock();
     check = CheckOutputTree(
         *outputs,
-        [&](uint64_t arena, uint64_t* size) {
-          const ArenaEntry* a = arenas_->Find(arena);
+        [&](uint64_t arena, OutputArenaRef* ref) {
+          if (IsWorkerArena(arena)) {  // an output arena this worker made for this client
+            const ArenaEntry* a = arenas_->FindWorkerArena(job->worker, job->generation, arena);
+            if (a == nullptr || a->owner != job->client_id) return false;
+            *ref = {a->id, a->size, true};
+            return true;
+          }
+          const ArenaEntry* a = arenas_->FindOwned(arena, job->client_id);  // an input returned in place
           if (a == nullptr) return false;
-          if (arena != job->out_arena && (client == nullptr || a->owner != client->id)) return false;
-          *size = a->size;
+          *ref = {a->id, a->size, false};
           return true;
         },
-        &blocks);
+        &tree, &blocks);
   }
-  if (job->answered && !blocks.empty() && arenas_->Find(job->out_arena) != nullptr) {
-    pool_->FreeBlocks(*job, job->out_arena, blocks);  // nobody will read these outputs (timed out)
-  }
+  bool delivered = !job->answered && ok.ok() && *ok && outputs != nullptr && check.ok();
+  if (!delivered && !blocks.empty()) ReleaseBlocks(*job, blocks);  // nobody will read these outputs
   if (!ok.ok() || !*ok) {
     std::string tb;
     Status err = StatusFromReply(*reply, &tb);
@@ -224,21 +230,49 @@ void Scheduler::OnReply(const std::shared_ptr<Job>& job, const Status& st, const
   } else if (!check.ok()) {
     Fail(job, Status::Internal("job " + std::to_string(job->id) + " of model '" + job->model + "': " + check.message()));
   } else if (!job->answered) {
+    // Output arenas the client has not seen yet travel with the answer, once each.
+    std::vector<const ArenaEntry*> fresh;
+    std::vector<std::shared_ptr<OwnedFd>> fds;
+    for (const auto& b : blocks) {
+      ArenaEntry* a = arenas_->FindWorkerArena(job->worker, job->generation, b.arena);
+      if (a == nullptr || a->delivered || fds.size() >= kMaxFdsPerFrame) continue;
+      a->delivered = true;
+      fds.push_back(std::move(a->fd));  // shoald needs it no more
+      fresh.push_back(a);
+    }
     Writer r;
-    BeginReply(&r, job->request_id, 2);
+    BeginReply(&r, job->request_id, fresh.empty() ? 2 : 3);
     r.Key("job"); r.Val(job->id);
-    r.Key("outputs"); r.pk().pack(*outputs);
-    Answer(job, r.body());
+    r.Key("outputs");
+    auto body = tree.body();
+    r.pk().pack_bin_body(body.data(), static_cast<uint32_t>(body.size()));  // already MessagePack
+    if (!fresh.empty()) {
+      r.Key("new_arenas");
+      r.pk().pack_array(static_cast<uint32_t>(fresh.size()));
+      for (const ArenaEntry* a : fresh) {
+        r.Map(2);
+        r.Key("arena"); r.Val(a->id);
+        r.Key("size"); r.Val(static_cast<uint64_t>(a->size));
+      }
+    }
+    Answer(job, r.body(), std::move(fds));
     ++jobs_done_;
   }
   Dispatch();
 }
 
-void Scheduler::Answer(const std::shared_ptr<Job>& job, std::string_view body) {
+void Scheduler::ReleaseBlocks(const Job& job, const std::vector<WorkerBlock>& blocks) {
+  std::map<uint64_t, std::vector<uint64_t>> by_arena;
+  for (const auto& b : blocks) by_arena[b.arena].push_back(b.block);
+  for (const auto& [arena, offsets] : by_arena) pool_->FreeBlocks(job, arena, offsets);
+}
+
+void Scheduler::Answer(const std::shared_ptr<Job>& job, std::string_view body,
+                       std::vector<std::shared_ptr<OwnedFd>> fds) {
   if (job->answered) return;
   job->answered = true;
   if (job->deadline) job->deadline->cancel();
-  if (auto s = job->client.lock(); s && !s->closed) s->channel->Send(body);
+  if (auto s = job->client.lock(); s && !s->closed) s->channel->Send(body, std::move(fds));
 }
 
 void Scheduler::Fail(const std::shared_ptr<Job>& job, const Status& st, std::string_view traceback) {

@@ -24,6 +24,7 @@
 
 #include "supervisor/config.h"
 #include "supervisor/job.h"
+#include "supervisor/output_check.h"
 
 namespace shoal {
 
@@ -47,7 +48,8 @@ class SlotPool {
   virtual bool IsRunning(const Job& job) const = 0;
   // Kills the worker that runs `job` (SIGTERM, then SIGKILL).
   virtual void Terminate(const Job& job, const std::string& why) = 0;
-  // Tells the worker that ran `job` to free output blocks nobody will read.
+  // Tells the worker that ran `job` to free output blocks nobody will read, in its output
+  // arena `arena` (the worker's own id for it).
   virtual void FreeBlocks(const Job& job, uint64_t arena, const std::vector<uint64_t>& blocks) = 0;
   virtual int RunningJobs(const std::string& model = {}) const = 0;  // of one model, or all
   virtual size_t Serving(const std::string& model) const = 0;          // live workers that serve it
@@ -68,7 +70,7 @@ class JobQueue {
 class Scheduler : public JobQueue {
  public:
   // `config`, `pool` and `arenas` must outlive the scheduler.
-  Scheduler(boost::asio::io_context& io, const SupervisorConfig& config, SlotPool* pool, const ArenaTable* arenas);
+  Scheduler(boost::asio::io_context& io, const SupervisorConfig& config, SlotPool* pool, ArenaTable* arenas);
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
@@ -110,13 +112,16 @@ class Scheduler : public JobQueue {
   std::shared_ptr<Job> Dequeue(std::deque<std::shared_ptr<Job>>::iterator& it);
   void OnReply(const std::shared_ptr<Job>& job, const Status& st, const MapView* reply);
   void OnDeadline(const std::shared_ptr<Job>& job);
-  void Answer(const std::shared_ptr<Job>& job, std::string_view body);
+  // Sends the job's one answer, with `fds` attached (output arenas new to the client).
+  void Answer(const std::shared_ptr<Job>& job, std::string_view body, std::vector<std::shared_ptr<OwnedFd>> fds = {});
+  // Gives output blocks nobody will read back to the worker that owns them.
+  void ReleaseBlocks(const Job& job, const std::vector<WorkerBlock>& blocks);
   void Fail(const std::shared_ptr<Job>& job, const Status& st, std::string_view traceback = {});
 
   boost::asio::io_context& io_;
   const SupervisorConfig& config_;
   SlotPool* pool_;
-  const ArenaTable* arenas_;
+  ArenaTable* arenas_;
   std::function<void()> before_dispatch_;
   bool stopped_ = false;
   std::deque<std::shared_ptr<Job>> queue_;

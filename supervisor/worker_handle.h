@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <list>
 #include <map>
 #include <memory>
 #include <set>
@@ -38,7 +39,17 @@ struct WorkerHandle {
   std::shared_ptr<AsyncChannel> channel;
   std::chrono::steady_clock::time_point started;
   std::set<std::string> ready_models;  // loaded and servable in this worker
-  std::set<uint64_t> arenas;           // arena ids whose fd this worker was sent
+  // Client arenas whose fd this worker holds, most recently used first (bounded by
+  // worker_arenas and worker_arena_mb: the least recently used idle one is dropped first).
+  std::list<uint64_t> arena_lru;
+  std::map<uint64_t, std::pair<std::list<uint64_t>::iterator, uint64_t>> arenas;  // id -> (lru, bytes)
+  uint64_t arena_bytes = 0;
+  // What each owner in the worker (shm/output_arenas.h) last said it holds.
+  struct OutputUsage {
+    uint64_t bytes = 0;
+    uint64_t arenas = 0;
+  };
+  std::map<uint64_t, OutputUsage> output_usage;  // owner tag -> usage
   std::map<uint64_t, ReplyFn> pending;  // request id -> callback
   std::map<uint64_t, std::string> pending_model;  // request id -> model it runs or loads
   bool retiring = false;               // finishes its job, then is closed (recycling, shrink)

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "protocol/channel.h"
+#include "shm/output_arenas.h"
 #include "base/subprocess.h"
 
 namespace shoal {
@@ -18,7 +19,7 @@ namespace shoal {
 namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
 
-WorkerPool::WorkerPool(asio::io_context& io, const SupervisorConfig& config, const ArenaTable* arenas,
+WorkerPool::WorkerPool(asio::io_context& io, const SupervisorConfig& config, ArenaTable* arenas,
                        PoolListener* listener)
     : io_(io), config_(config), arenas_(arenas), listener_(listener), zygote_(io) {}
 
@@ -110,8 +111,11 @@ void WorkerPool::Spawn(int slot) {
   workers_[slot] = std::move(w);
   raw->channel->Start(
       [this, slot, gen](std::string body, std::vector<int>* fds) {
-        CloseAll(fds);  // workers never send fds
-        if (WorkerHandle* w = Find(slot, gen)) OnFrame(w, body);
+        if (WorkerHandle* w = Find(slot, gen)) {
+          OnFrame(w, body, fds);  // takes the fds of the output arenas a reply announces
+        } else {
+          CloseAll(fds);
+        }
       },
       [this, slot, gen](const Status& why) {
         WorkerHandle* w = Find(slot, gen);
@@ -175,7 +179,7 @@ void WorkerPool::Send(WorkerHandle* w, uint64_t id, std::string_view body, Reply
   w->channel->Send(body);
 }
 
-void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body) {
+void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body, std::vector<int>* fds) {
   auto oh = Decode(body);
   if (!oh.ok()) {
     spdlog::error("{} sent an undecodable message: {}", w->Describe(), oh.status().ToString());
@@ -183,8 +187,16 @@ void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body) {
     return;
   }
   MapView m(oh->get());
+  // What an owner's output arenas hold: with each job's reply, and as a notice after a
+  // release or a client's drop.
+  if (auto u = m.Find("usage"); u != nullptr && u->type == msgpack::type::MAP) {
+    MapView usage(*u);
+    w->output_usage[usage.Uint("owner").value_or(0)] = {usage.Uint("bytes").value_or(0),
+                                                        usage.Uint("arenas").value_or(0)};
+  }
   auto id = m.Uint("id");
   if (!id.ok()) {
+    if (m.Str("op").value_or("") == "usage") return;
     spdlog::error("{} sent a message without id", w->Describe());
     return;
   }
@@ -193,6 +205,7 @@ void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body) {
     spdlog::warn("{} answered unknown request {}", w->Describe(), *id);
     return;
   }
+  RegisterOutputArenas(w, *id, m, fds);
   auto fn = std::move(it->second);
   w->pending.erase(it);
   w->pending_model.erase(*id);
@@ -238,6 +251,10 @@ void WorkerPool::OnGone(WorkerHandle* w, const std::string& how) {
   w->jobs.assign(jobs.size(), nullptr);
   w->ready_models.clear();
   w->arenas.clear();
+  w->arena_lru.clear();
+  w->arena_bytes = 0;
+  w->output_usage.clear();
+  arenas_->DropWorker(w->slot, w->generation);  // clients keep the mappings they hold
   std::string who = "worker " + std::to_string(w->slot) + " (pid " + std::to_string(w->pid) + ")";
   for (auto& [rid, fn] : pending) {
     std::shared_ptr<Job> job;
@@ -285,6 +302,7 @@ void WorkerPool::RetireIfDone(WorkerHandle* w) {
   int slot = w->slot;
   spdlog::info("{} retired", w->Describe());
   w->gone = true;
+  arenas_->DropWorker(w->slot, w->generation);
   w->channel->Close();  // the worker exits on EOF; the reaper collects it
   if (w->killed_for_deadline && w->pid > 0) kill(w->pid, SIGKILL);  // its kill timer goes with it
   if (w->pid > 0) kill(-w->pid, SIGKILL);  // what model code started does not outlive it
@@ -349,25 +367,115 @@ void WorkerPool::KillAll() {
   zygote_.Kill();
 }
 
+namespace {
+
+// Forgets client arena `arena` in `w` and tells the worker to close it.
+void DropFromWorker(WorkerHandle* w, uint64_t arena) {
+  auto it = w->arenas.find(arena);
+  if (it == w->arenas.end()) return;
+  w->arena_bytes -= it->second.second;
+  w->arena_lru.erase(it->second.first);
+  w->arenas.erase(it);
+  Writer m;
+  BeginNotice(&m, "drop_arena", 1);
+  m.Key("arena"); m.Val(arena);
+  w->channel->Send(m.body());
+}
+
+}  // namespace
+
 void WorkerPool::DropArena(uint64_t arena) {
   for (auto& [slot, w] : workers_) {
-    if (w->gone || w->arenas.erase(arena) == 0) continue;
+    if (!w->gone) DropFromWorker(w.get(), arena);
+  }
+}
+
+void WorkerPool::DropClient(uint64_t client) {
+  for (auto& [slot, w] : workers_) {
+    if (w->gone) continue;
     Writer m;
-    BeginNotice(&m, "drop_arena", 1);
-    m.Key("arena"); m.Val(arena);
+    BeginNotice(&m, "drop_client", 1);
+    m.Key("client"); m.Val(client);
     w->channel->Send(m.body());
   }
 }
 
+void WorkerPool::Release(int slot, uint64_t generation, uint64_t local, const std::vector<uint64_t>& blocks) {
+  if (WorkerHandle* w = Find(slot, generation)) SendRelease(w, local, blocks);
+}
+
+void WorkerPool::SendRelease(WorkerHandle* w, uint64_t local, const std::vector<uint64_t>& blocks) {
+  Writer f;
+  BeginNotice(&f, "release", 2);
+  f.Key("arena"); f.Val(local);
+  f.Key("blocks"); f.Val(blocks);
+  w->channel->Send(f.body());
+}
+
+void WorkerPool::RegisterOutputArenas(WorkerHandle* w, uint64_t rid, const MapView& reply, std::vector<int>* fds) {
+  const msgpack::object* list = reply.Find("new_arenas");
+  if (list == nullptr) return;
+  std::shared_ptr<Job> job;
+  for (const auto& j : w->jobs) {
+    if (j && j->id == rid) job = j;
+  }
+  uint32_t n = list->type == msgpack::type::ARRAY ? list->via.array.size : 0;
+  bool client_gone = job == nullptr || job->client.expired() || job->client.lock()->closed;
+  auto drop_client = [&] {  // the worker forgets those arenas and makes new ones next time
+    Writer m;
+    BeginNotice(&m, "drop_client", 1);
+    m.Key("client"); m.Val(job->client_id);
+    w->channel->Send(m.body());
+  };
+  if (n > kMaxFdsPerFrame || n > fds->size() || job == nullptr) {
+    spdlog::error("{} announced {} output arenas with {} fds for request {}; the job's outputs are refused",
+                  w->Describe(), n, fds->size(), rid);
+    CloseAll(fds);
+    if (job != nullptr) drop_client();
+    return;
+  }
+  for (uint32_t i = 0; i < n; ++i) {
+    auto fd = std::make_shared<OwnedFd>(fds->front());
+    fds->erase(fds->begin());
+    auto entry = MapView::Of(list->via.array.ptr[i], "new arena");
+    auto local = entry.ok() ? entry->Uint("arena") : Result<uint64_t>(entry.status());
+    if (!local.ok() || !IsWorkerArena(*local) || client_gone) continue;  // fd closed here
+    if (auto st = arenas_->RegisterWorkerArena(job->client_id, w->slot, w->generation, *local, fd); !st.ok()) {
+      spdlog::error("{}: output arena for job {}: {}", w->Describe(), rid, st.status().ToString());
+    }
+  }
+  if (client_gone) drop_client();  // made after the client left: the worker drops it again
+}
+
 void WorkerPool::SendArenaIfNeeded(WorkerHandle* w, uint64_t arena) {
-  if (w->arenas.count(arena) != 0) return;
+  if (auto it = w->arenas.find(arena); it != w->arenas.end()) {  // most recently used now
+    w->arena_lru.splice(w->arena_lru.begin(), w->arena_lru, it->second.first);
+    return;
+  }
   const ArenaEntry* a = arenas_->Find(arena);
   if (a == nullptr) return;
+  // Arenas a running job of this worker reads stay; the idle ones go, oldest first.
+  std::set<uint64_t> busy;
+  for (const auto& j : w->jobs) {
+    for (const auto& d : j ? j->inputs : std::vector<Descriptor>{}) busy.insert(d.arena);
+  }
+  uint64_t max_bytes = config_.worker_arena_mb << 20;
+  auto it = w->arena_lru.end();
+  while (it != w->arena_lru.begin() &&
+         (w->arenas.size() >= config_.worker_arenas || w->arena_bytes + a->size > max_bytes)) {
+    --it;
+    if (busy.count(*it) != 0) continue;
+    auto after = std::next(it);
+    DropFromWorker(w, *it);  // erases `it`
+    it = after;
+  }
   Writer m;
   BeginNotice(&m, "arena", 1);
   m.Key("arena"); m.Val(arena);
   w->channel->Send(m.body(), {a->fd});
-  w->arenas.insert(arena);
+  w->arena_lru.push_front(arena);
+  w->arenas[arena] = {w->arena_lru.begin(), a->size};
+  w->arena_bytes += a->size;
 }
 
 bool WorkerPool::IsWorkerGroup(pid_t pgid) const {

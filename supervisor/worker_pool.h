@@ -43,8 +43,9 @@ class PoolListener {
 
 class WorkerPool : public SlotPool, public ModelHosts {
  public:
-  // `config`, `arenas` and `listener` must outlive the pool.
-  WorkerPool(boost::asio::io_context& io, const SupervisorConfig& config, const ArenaTable* arenas,
+  // `config`, `arenas` and `listener` must outlive the pool. The pool registers the output
+  // arenas workers announce in `arenas` and forgets them when the worker goes.
+  WorkerPool(boost::asio::io_context& io, const SupervisorConfig& config, ArenaTable* arenas,
              PoolListener* listener);
   ~WorkerPool() override;  // kills what is left and waits for it (after the loop stopped)
   WorkerPool(const WorkerPool&) = delete;
@@ -59,8 +60,13 @@ class WorkerPool : public SlotPool, public ModelHosts {
   // Starts or retires workers to match config.workers; restarts the zygote when the
   // sandbox settings changed (new limits apply to workers started from then on).
   void Resize(bool sandbox_changed);
-  // An arena was dropped: workers that have it unmap it.
+  // A client arena was dropped: workers that have it unmap it.
   void DropArena(uint64_t arena);
+  // A client hung up: every worker drops the output arenas it made for it.
+  void DropClient(uint64_t client);
+  // A client releases blocks of the output arena `local` of worker (slot, generation); a
+  // worker that is gone is not asked (its arenas died with it).
+  void Release(int slot, uint64_t generation, uint64_t local, const std::vector<uint64_t>& blocks);
   // Shutdown: no more respawns; Kill answers every pending request UNAVAILABLE and kills
   // every process (the reaper or the destructor collects them).
   void Stop();
@@ -82,6 +88,9 @@ class WorkerPool : public SlotPool, public ModelHosts {
     std::vector<InterpInfo> interps;
     std::vector<std::string> models;
     ProcessMemory memory;
+    uint64_t client_arenas = 0;   // client arenas whose fd it holds
+    uint64_t output_bytes = 0;    // in output blocks not yet released
+    uint64_t output_arenas = 0;   // output arenas it has mapped
   };
   std::vector<WorkerInfo> Describe() const;
   pid_t zygote_pid() const { return zygote_.pid(); }
@@ -108,17 +117,22 @@ class WorkerPool : public SlotPool, public ModelHosts {
   std::vector<std::string> WorkerArgs() const;
   void Spawn(int slot);
   void ScheduleRespawn(int slot, std::chrono::milliseconds delay);
-  void OnFrame(WorkerHandle* w, const std::string& body);
+  void OnFrame(WorkerHandle* w, const std::string& body, std::vector<int>* fds);
+  // Registers the output arenas a job's reply announces (their fds come with it).
+  void RegisterOutputArenas(WorkerHandle* w, uint64_t rid, const MapView& reply, std::vector<int>* fds);
   void OnGone(WorkerHandle* w, const std::string& how);
   void TerminateWorker(WorkerHandle* w, const std::string& why);
   void RetireIfDone(WorkerHandle* w);
   void Send(WorkerHandle* w, uint64_t id, std::string_view body, ReplyFn fn);
   void SendUnload(WorkerHandle* w, const std::string& model);
+  // Sends a client arena's fd unless the worker has it; first drops the least recently used
+  // ones that no running job of the worker reads, past worker_arenas / worker_arena_mb.
   void SendArenaIfNeeded(WorkerHandle* w, uint64_t arena);
+  void SendRelease(WorkerHandle* w, uint64_t local, const std::vector<uint64_t>& blocks);
 
   boost::asio::io_context& io_;
   const SupervisorConfig& config_;
-  const ArenaTable* arenas_;
+  ArenaTable* arenas_;
   PoolListener* listener_;
   ZygoteLink zygote_;
   ProcessMemorySampler memory_;

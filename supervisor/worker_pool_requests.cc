@@ -34,20 +34,21 @@ std::optional<SlotPool::Slot> WorkerPool::Pick(const std::string& model, bool* a
 
 void WorkerPool::Run(Slot slot, const std::shared_ptr<Job>& job, ReplyFn done) {
   WorkerHandle* w = workers_.at(slot.worker).get();
-  for (const auto& d : job->inputs) SendArenaIfNeeded(w, d.arena);
-  SendArenaIfNeeded(w, job->out_arena);
   auto i = static_cast<size_t>(slot.interp);
-  w->jobs[i] = job;
+  w->jobs[i] = job;  // first: the arenas it reads are not dropped to make room below
+  for (const auto& d : job->inputs) SendArenaIfNeeded(w, d.arena);
   w->last_model[i] = job->model;
   job->worker = w->slot;
   job->interp = slot.interp;
   job->generation = w->generation;
   w->pending_model[job->id] = job->model;
   Writer m;
-  BeginRequest(&m, "infer", job->id, 4);
+  BeginRequest(&m, "infer", job->id, 6);
   m.Key("interp"); m.Val(static_cast<uint64_t>(slot.interp));
   m.Key("model"); m.Str(job->model);
-  m.Key("out_arena"); m.Val(job->out_arena);
+  m.Key("client"); m.Val(job->client_id);
+  m.Key("out_bytes"); m.Val(config_.output_arena_mb << 20);
+  m.Key("out_arenas"); m.Val(config_.output_arenas);
   m.Key("inputs");
   m.pk().pack_array(static_cast<uint32_t>(job->inputs.size()));
   for (const auto& d : job->inputs) d.Pack(&m);
@@ -80,13 +81,7 @@ void WorkerPool::Terminate(const Job& job, const std::string& why) {
 }
 
 void WorkerPool::FreeBlocks(const Job& job, uint64_t arena, const std::vector<uint64_t>& blocks) {
-  WorkerHandle* w = Find(job.worker, job.generation);
-  if (w == nullptr) return;
-  Writer f;
-  BeginNotice(&f, "free", 2);
-  f.Key("arena"); f.Val(arena);
-  f.Key("blocks"); f.Val(blocks);
-  w->channel->Send(f.body());
+  if (WorkerHandle* w = Find(job.worker, job.generation)) SendRelease(w, arena, blocks);
 }
 
 int WorkerPool::RunningJobs(const std::string& model) const {
@@ -216,6 +211,11 @@ std::vector<WorkerPool::WorkerInfo> WorkerPool::Describe() const {
     }
     info.models.assign(w->ready_models.begin(), w->ready_models.end());
     if (!w->gone && w->pid > 0) info.memory = memory_.Get(w->pid);
+    info.client_arenas = w->arenas.size();
+    for (const auto& [owner, u] : w->output_usage) {
+      info.output_bytes += u.bytes;
+      info.output_arenas += u.arenas;
+    }
     out.push_back(std::move(info));
   }
   return out;

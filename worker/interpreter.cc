@@ -6,6 +6,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include "protocol/channel.h"
+
 namespace shoal {
 
 namespace {
@@ -89,15 +91,19 @@ Status Interpreter::Freeze() {
   return Status::Ok();
 }
 
-Result<std::string> Interpreter::Handle(const std::string& body, std::vector<int>* fds) {
+Result<EncodedReply> Interpreter::Handle(const std::string& body, std::vector<int>* fds) {
   size_t n = fds->size();
   char* reply = nullptr;
   size_t len = 0;
   char* error = nullptr;
-  int rc = api_->handle(body.data(), body.size(), fds->data(), &n, &reply, &len, &error);
+  int out_fds[kMaxFdsPerFrame];
+  size_t n_out = kMaxFdsPerFrame;
+  int rc = api_->handle(body.data(), body.size(), fds->data(), &n, &reply, &len, out_fds, &n_out, &error);
   fds->resize(n);
   if (rc != 0) return TakeError("", error);
-  std::string out(reply ? reply : "", len);
+  EncodedReply out;
+  out.body.assign(reply ? reply : "", len);
+  out.fds.assign(out_fds, out_fds + n_out);
   free(reply);
   return out;
 }

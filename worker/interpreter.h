@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "protocol/output_tree.h"
 #include "shoal/status.h"
 #include "worker/private_copy.h"
 #include "worker/pyhost.h"
@@ -46,8 +47,9 @@ class Interpreter {
 
   // Passes one message body and the FIFO of received fds to the runner, which takes (from
   // the front) those its message carries; the others stay in *fds for later messages.
-  // Returns the reply body, or an empty string when the message needs no reply.
-  Result<std::string> Handle(const std::string& body, std::vector<int>* fds);
+  // Returns the reply (empty body: the message needs no reply) with the fds to attach to
+  // it (owned by the runner).
+  Result<EncodedReply> Handle(const std::string& body, std::vector<int>* fds);
 
   // Releases / re-acquires the GIL around blocking waits (for the calling thread).
   void ReleaseGil() { api_->release_gil(); }

@@ -9,10 +9,10 @@
 
 namespace shoal {
 
-void ReplySink::Send(const std::string& body) {
+void ReplySink::Send(const std::string& body, const std::vector<int>& fds) {
   if (body.empty()) return;
   std::lock_guard<std::mutex> lock(mu_);
-  if (!SendAll(fd_, EncodeFrame(body)).ok()) _exit(0);  // shoald is gone
+  if (!SendAll(fd_, EncodeFrame(body), fds).ok()) _exit(0);  // shoald is gone
 }
 
 void Gather::Add(const std::string& r, ReplySink* sink) {
@@ -53,7 +53,7 @@ void Lane::Loop() {
       t = std::move(queue_.front());
       queue_.pop_front();
     }
-    std::string reply;
+    EncodedReply reply;
     if (t.torchscript) {
       if (auto oh = Decode(t.body); oh.ok()) ts_->Handle(MapView(oh->get()), {}, &reply);
     } else {
@@ -68,7 +68,7 @@ void Lane::Loop() {
     }
     --load_;
     if (t.gather) {
-      t.gather->Add(reply, sink_);
+      t.gather->Add(reply.body, sink_);
     } else {
       sink_->Send(reply);
     }

@@ -33,8 +33,9 @@ class ReplySink {
   ReplySink(const ReplySink&) = delete;
   ReplySink& operator=(const ReplySink&) = delete;
 
-  // Sends `body` as one frame; an empty body sends nothing.
-  void Send(const std::string& body);
+  // Sends `body` as one frame with `fds` attached; an empty body sends nothing.
+  void Send(const std::string& body, const std::vector<int>& fds = {});
+  void Send(const EncodedReply& reply) { Send(reply.body, reply.fds); }
 
  private:
   const int fd_;
@@ -78,7 +79,7 @@ class Lane {
 
   void Start() { thread_ = std::thread([this] { Loop(); }); }
   void Push(Task t);
-  // Tasks queued or running: the router gives a `free` to the least loaded lane.
+  // Tasks queued or running.
   int load() const { return load_.load(); }
 
  private:

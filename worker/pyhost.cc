@@ -195,7 +195,10 @@ void AttachThread() {
   (void)PyGILState_Ensure();
 }
 
-int Handle(const char* body, size_t len, int* fds, size_t* nfds, char** reply, size_t* reply_len, char** error) {
+int Handle(const char* body, size_t len, int* fds, size_t* nfds, char** reply, size_t* reply_len, int* out_fds,
+           size_t* n_out, char** error) {
+  size_t out_cap = *n_out;
+  *n_out = 0;
   PyObject* fd_list = PyList_New(static_cast<Py_ssize_t>(*nfds));
   for (size_t i = 0; i < *nfds; ++i) PyList_SET_ITEM(fd_list, i, PyLong_FromLong(fds[i]));
   PyObject* arg = PyBytes_FromStringAndSize(body, static_cast<Py_ssize_t>(len));
@@ -208,6 +211,18 @@ int Handle(const char* body, size_t len, int* fds, size_t* nfds, char** reply, s
   if (res == nullptr) return Fail(error, "runner.handle raised:\n" + FetchPythonError());
   *reply = nullptr;
   *reply_len = 0;
+  // (reply, [fds]): a job's reply that announces new output arenas.
+  if (PyTuple_Check(res) && PyTuple_GET_SIZE(res) == 2 && PyList_Check(PyTuple_GET_ITEM(res, 1))) {
+    PyObject* list = PyTuple_GET_ITEM(res, 1);
+    if (static_cast<size_t>(PyList_GET_SIZE(list)) > out_cap) {
+      Py_DECREF(res);
+      return Fail(error, "runner.handle attached more fds than a frame carries");
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); ++i) out_fds[(*n_out)++] = static_cast<int>(PyLong_AsLong(PyList_GET_ITEM(list, i)));
+    PyObject* body_obj = Py_NewRef(PyTuple_GET_ITEM(res, 0));
+    Py_DECREF(res);
+    res = body_obj;
+  }
   if (PyBytes_Check(res)) {
     *reply_len = static_cast<size_t>(PyBytes_GET_SIZE(res));
     *reply = static_cast<char*>(malloc(*reply_len + 1));

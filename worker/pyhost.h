@@ -43,13 +43,15 @@ struct ShoalPyhostApi {
   int (*self_test)(char** error);
   // With the GIL: passes one message body and the FIFO of received fds (fds[0..*nfds)) to
   // the runner, which takes from the front those its message carries; the rest are
-  // written back to fds[0..*nfds). *reply (malloc'ed, may be empty: no reply) on 0;
-  // *error on -1 (a bug in the runner: the worker exits).
+  // written back to fds[0..*nfds). *reply (malloc'ed, may be empty: no reply) on 0, with
+  // the fds to attach to it (output arenas it announces; still owned by the runner) in
+  // out_fds[0..*n_out), *n_out at most its value on entry; *error on -1 (a bug in the
+  // runner: the worker exits).
   int (*handle)(const char* body, size_t len, int* fds, size_t* nfds, char** reply, size_t* reply_len,
-                char** error);
+                int* out_fds, size_t* n_out, char** error);
 };
 
-constexpr int kShoalPyhostAbi = 1;
+constexpr int kShoalPyhostAbi = 2;
 
 typedef const ShoalPyhostApi* (*ShoalPyhostApiFn)();
 const ShoalPyhostApi* shoal_pyhost_api();

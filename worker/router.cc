@@ -4,20 +4,42 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include "protocol/channel.h"
 #include "protocol/frame.h"
 #include "protocol/messages.h"
+#include "shm/output_arenas.h"
 #include "worker/lanes.h"
 #include "worker/torchscript.h"
 
 namespace shoal {
 
+namespace {
+
+// Where a release goes: the TorchScript runner's or the Python runner's output arenas of a
+// lane; nullopt for an arena no owner here could have made.
+struct ReleaseRoute {
+  uint32_t lane = 0;
+  bool torchscript = false;
+};
+std::optional<ReleaseRoute> RouteRelease(const MapView& m) {
+  auto arena = m.Uint("arena");
+  if (!arena.ok() || !IsWorkerArena(*arena)) return std::nullopt;
+  uint32_t owner = OwnerOfWorkerArena(*arena);
+  return ReleaseRoute{owner / 2, owner % 2 == 1};
+}
+
+}  // namespace
+
 void ServeOne(int fd, Interpreter* interp) {
   FrameReader reader;
   std::vector<int> fds;
   TorchScriptModels torchscript;  // TorchScript runs here, in C++, without Python
+  auto send = [fd](const std::string& body, const std::vector<int>& attached = {}) {
+    return body.empty() || SendAll(fd, EncodeFrame(body), attached).ok();
+  };
   for (;;) {
     interp->ReleaseGil();
     auto body = RecvFrame(fd, &reader, &fds);
@@ -27,10 +49,25 @@ void ServeOne(int fd, Interpreter* interp) {
       break;  // supervisor gone or stream broken: nothing left to serve
     }
     if (auto oh = Decode(*body); oh.ok()) {
-      std::string ts_reply;
-      if (torchscript.Handle(MapView(oh->get()), fds, &ts_reply)) {
-        if (!ts_reply.empty() && !SendAll(fd, EncodeFrame(ts_reply)).ok()) break;
-        continue;
+      MapView m(oh->get());
+      std::string op = m.Str("op").value_or("");
+      if (op == "release") {
+        auto route = RouteRelease(m);
+        if (!route || route->lane != 0) continue;  // not an arena of ours: ignored
+        if (route->torchscript) {
+          if (!send(torchscript.Release(m))) break;
+          continue;
+        }
+      } else if (op == "drop_client") {
+        bool sent = true;
+        for (const auto& n : torchscript.DropClient(m.Uint("client").value_or(0))) sent = sent && send(n);
+        if (!sent) break;
+      } else {
+        EncodedReply ts_reply;
+        if (torchscript.Handle(m, fds, &ts_reply)) {
+          if (!send(ts_reply.body, ts_reply.fds)) break;
+          continue;
+        }
       }
     }
     auto reply = interp->Handle(*body, &fds);
@@ -38,9 +75,7 @@ void ServeOne(int fd, Interpreter* interp) {
       spdlog::critical("{}", reply.status().ToString());
       _exit(4);
     }
-    if (!reply->empty()) {
-      if (auto st = SendAll(fd, EncodeFrame(*reply)); !st.ok()) break;
-    }
+    if (!send(reply->body, reply->fds)) break;
   }
   fflush(stderr);
   // No Py_Finalize: tearing torch down at exit can hang and buys nothing.
@@ -84,21 +119,32 @@ void ServeMany(int fd, int slot, const std::vector<std::unique_ptr<Interpreter>>
       lanes[i]->Push(std::move(t));
       continue;
     }
-    // Loads, unloads, arenas: TorchScript's share first (in this thread), then every
-    // interpreter's.
-    std::string ts_reply;
-    if (torchscript.Handle(m, fds, &ts_reply)) {
-      sink.Send(ts_reply);
-      continue;
-    }
-    if (op == "free") {  // any one interpreter can free (the allocator is in the arena)
-      size_t best = 0;
-      for (size_t i = 1; i < lanes.size(); ++i) {
-        if (lanes[i]->load() < lanes[best]->load()) best = i;
+    if (op == "release") {  // only the owner of the arena frees its blocks
+      auto route = RouteRelease(m);
+      if (!route || route->lane >= static_cast<uint32_t>(k)) continue;  // not an arena of ours: ignored
+      if (route->torchscript) {
+        sink.Send(torchscript.Release(m));
+        continue;
       }
       Task t;
       t.body = std::move(*body);
-      lanes[best]->Push(std::move(t));
+      lanes[route->lane]->Push(std::move(t));
+      continue;
+    }
+    if (op == "drop_client") {  // every owner drops that client's output arenas
+      for (const auto& n : torchscript.DropClient(m.Uint("client").value_or(0))) sink.Send(n);
+      for (auto& lane : lanes) {
+        Task t;
+        t.body = *body;
+        lane->Push(std::move(t));
+      }
+      continue;
+    }
+    // Loads, unloads, arenas: TorchScript's share first (in this thread), then every
+    // interpreter's.
+    EncodedReply ts_reply;
+    if (torchscript.Handle(m, fds, &ts_reply)) {
+      sink.Send(ts_reply);
       continue;
     }
     int carried = 0;

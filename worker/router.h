@@ -5,8 +5,9 @@
 //   ServeOne   one interpreter: the reading thread runs every message itself, in order.
 //   ServeMany  K interpreters: the reading thread only routes, to one Lane per interpreter
 //              (worker/lanes.h): a job to the interpreter shoald chose ("interp"), loads and
-//              unloads to all (one reply once all are done), arenas to all, a free to the
-//              least loaded one.
+//              unloads to all (one reply once all are done), arenas and client drops to
+//              all, a release to the owner of its output arena (the arena id names the
+//              lane and the engine, shm/output_arenas.h).
 // Threading: called on the worker's main thread, which becomes the reading thread; neither
 // returns (the process exits when shoald goes away). The caller holds the GIL of the only
 // interpreter for ServeOne and none for ServeMany.

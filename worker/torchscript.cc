@@ -38,6 +38,7 @@ struct TorchScriptModels::Impl {
     std::unique_ptr<Arena> mapped;
   };
   std::map<uint64_t, ArenaSlot> arenas;
+  std::map<uint32_t, std::unique_ptr<OutputArenas>> outputs;  // by lane; GUARDED_BY(map_mu)
 
   ~Impl() {
     for (auto& [id, slot] : arenas) {
@@ -62,12 +63,18 @@ struct TorchScriptModels::Impl {
     }
     return it->second.mapped.get();
   }
+  OutputArenas* Outputs(uint32_t lane) {
+    std::lock_guard<std::mutex> lock(map_mu);
+    auto& o = outputs[lane];
+    if (!o) o = std::make_unique<OutputArenas>(OutputOwnerTag(lane, true));
+    return o.get();
+  }
 };
 
 TorchScriptModels::TorchScriptModels() : impl_(std::make_unique<Impl>()) {}
 TorchScriptModels::~TorchScriptModels() = default;
 
-bool TorchScriptModels::Handle(const MapView& msg, const std::vector<int>& fds, std::string* reply) {
+bool TorchScriptModels::Handle(const MapView& msg, const std::vector<int>& fds, EncodedReply* reply) {
   auto op = msg.Str("op");
   if (!op.ok()) return false;
   if (*op == "infer") {
@@ -99,14 +106,14 @@ bool TorchScriptModels::Handle(const MapView& msg, const std::vector<int>& fds, 
     if (!name.ok() || !path.ok()) return false;
     auto info = InspectArchiveFile(*path);
     if (!info.ok() || info->kind != ArchiveKind::kTorchScript) return false;
-    *reply = Load(*id, *name, *path);
+    reply->body = Load(*id, *name, *path);
     return true;
   }
   auto model = msg.Str(*op == "unload" ? "name" : "model");
   if (!model.ok() || impl_->models.count(*model) == 0) return false;
   if (*op == "unload") {
     impl_->models.erase(*model);
-    *reply = OkReply(*id);
+    reply->body = OkReply(*id);
     return true;
   }
   return false;
@@ -118,6 +125,34 @@ bool TorchScriptModels::Holds(const MapView& msg) {
   auto model = msg.Str("model");
   std::shared_lock<std::shared_mutex> lock(impl_->mu);
   return model.ok() && impl_->models.count(*model) != 0;
+}
+
+std::string TorchScriptModels::Release(const MapView& msg) {
+  auto arena = msg.Uint("arena");
+  auto blocks = msg.Array("blocks");
+  if (!arena.ok() || !IsWorkerArena(*arena) || OwnerOfWorkerArena(*arena) % 2 != 1) return "";
+  OutputArenas* out = impl_->Outputs(OwnerOfWorkerArena(*arena) / 2);
+  if (blocks.ok()) {
+    for (uint32_t i = 0; i < (*blocks)->via.array.size; ++i) {
+      const auto& b = (*blocks)->via.array.ptr[i];
+      if (b.type == msgpack::type::POSITIVE_INTEGER) out->Free(*arena, b.via.u64);  // ignores what it did not hand out
+    }
+  }
+  return UsageNotice(out->Usage());
+}
+
+std::vector<std::string> TorchScriptModels::DropClient(uint64_t client) {
+  std::vector<OutputArenas*> owners;
+  {
+    std::lock_guard<std::mutex> lock(impl_->map_mu);
+    for (auto& [lane, o] : impl_->outputs) owners.push_back(o.get());
+  }
+  std::vector<std::string> notices;
+  for (OutputArenas* o : owners) {
+    o->DropClient(client);
+    notices.push_back(UsageNotice(o->Usage()));
+  }
+  return notices;
 }
 
 std::string TorchScriptModels::Load(uint64_t id, const std::string& name, const std::string& path) {
@@ -132,22 +167,23 @@ std::string TorchScriptModels::Load(uint64_t id, const std::string& name, const 
   return OkReply(id, "libtorch");
 }
 
-std::string TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
+EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
+  auto fail = [id](const Status& st) { return EncodedReply{ErrorReply(id, st), {}}; };
   auto name = *msg.Str("model");
-  auto out_id = msg.Uint("out_arena");
+  auto client = msg.Uint("client");
   auto inputs = msg.Array("inputs");
-  if (!out_id.ok() || !inputs.ok()) return ErrorReply(id, Status::Internal("malformed infer message"));
-  Arena* out_arena = impl_->Get(*out_id);
-  if (out_arena == nullptr) {
-    return ErrorReply(id, Status(Code::kUnavailable, "worker cannot map the client's arena " +
-                                                         std::to_string(*out_id) + "; is worker_memory_mb too small?"));
-  }
+  if (!client.ok() || !inputs.ok()) return fail(Status::Internal("malformed infer message"));
   std::vector<torch::jit::IValue> args;
   std::vector<InputSpan> spans;
   for (uint32_t i = 0; i < (*inputs)->via.array.size; ++i) {
     auto d = Descriptor::Parse((*inputs)->via.array.ptr[i]);
     Arena* a = d.ok() ? impl_->Get(d->arena) : nullptr;
-    if (a == nullptr) return ErrorReply(id, Status::Internal("input " + std::to_string(i) + " is not in a mapped arena"));
+    if (a == nullptr) {
+      return fail(Status(Code::kUnavailable, "model '" + name + "', job " + std::to_string(id) + ": input " +
+                                                 std::to_string(i) + ": the worker cannot map the client's arena" +
+                                                 (d.ok() ? " " + std::to_string(d->arena) : std::string()) +
+                                                 "; is worker_memory_mb too small?"));
+    }
     auto extent = *d->Extent();
     auto type = *ScalarTypeOf(d->dtype);
     args.emplace_back(torch::from_blob(a->base() + d->offset, d->shape, d->strides,
@@ -159,17 +195,17 @@ std::string TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
     c10::InferenceMode guard;
     out = impl_->models.at(name).forward(args);
   } catch (const std::exception& e) {
-    return ErrorReply(id, Status(Code::kModelError, "model '" + name + "' raised in job " + std::to_string(id) +
-                                                        ": " + e.what()));
+    return fail(Status(Code::kModelError, "model '" + name + "' raised in job " + std::to_string(id) + ": " + e.what()));
   }
   // The one output encoder (protocol/output_tree.h), as for Python models.
   OutputPlacement place;
-  place.out_arena_id = *out_id;
-  place.out_arena = out_arena;
+  place.outputs = impl_->Outputs(static_cast<uint32_t>(msg.OptUint("interp").value_or(std::nullopt).value_or(0)));
+  place.client = *client;
+  place.limits = OutputLimitsOf(msg);
   place.inputs = std::move(spans);
   IValueOutput root(std::move(out));
   auto reply = EncodeOutputReply(id, name, root, place);
-  if (!reply.ok()) return ErrorReply(id, reply.status());
+  if (!reply.ok()) return fail(reply.status());
   return std::move(*reply);
 }
 

@@ -2,10 +2,13 @@
 // is loaded with torch::jit::load and each job's tensors are built over arena memory
 // (torch::from_blob, no copy), like the Python runner does for torch.package models.
 //
-// The worker's message loop (worker/main.cc) hands this class the messages that concern
-// it: load of a TorchScript archive, infer/unload of a model it holds, arena (it maps
-// every arena too). Thread-safety: Handle may be called from several threads; jobs run
-// concurrently, loads/unloads/arena changes wait for them.
+// The worker's message loop (worker/router.cc) hands this class the messages that concern
+// it: load of a TorchScript archive, infer/unload of a model it holds, arena/drop_arena
+// (client arenas it maps when a job first reads them), and the releases and client drops
+// of its output arenas. Outputs go into this runner's own output arenas, one owner per
+// interpreter lane (shm/output_arenas.h), through the one output encoder.
+// Thread-safety: every method may be called from several threads; jobs run concurrently,
+// loads/unloads/arena changes wait for them; jobs of one lane come from one thread.
 #pragma once
 
 #include <map>
@@ -13,6 +16,7 @@
 #include <string>
 
 #include "protocol/messages.h"
+#include "protocol/output_tree.h"
 #include "shm/arena.h"
 
 namespace shoal {
@@ -27,13 +31,18 @@ class TorchScriptModels {
   // Handles `msg` if it is ours; returns true and sets *reply (empty: no reply) if so.
   // `fds` is the worker's FIFO of received fds: an "arena" message's fd is duplicated, not
   // taken (the Python runner maps it too).
-  bool Handle(const MapView& msg, const std::vector<int>& fds, std::string* reply);
+  bool Handle(const MapView& msg, const std::vector<int>& fds, EncodedReply* reply);
   // Whether `msg` is a job of a model held here (Handle will run it).
   bool Holds(const MapView& msg);
+  // release {arena, blocks} of one of this runner's output arenas: frees the blocks it
+  // handed out (anything else is ignored) and returns the owner's usage notice.
+  std::string Release(const MapView& msg);
+  // The client connection is gone: its output arenas are dropped; usage notices.
+  std::vector<std::string> DropClient(uint64_t client);
 
  private:
   std::string Load(uint64_t id, const std::string& name, const std::string& path);
-  std::string Infer(uint64_t id, const MapView& msg);
+  EncodedReply Infer(uint64_t id, const MapView& msg);
 
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -1,15 +1,24 @@
 // shoal._native's arenas for Python (clients and the worker's runner).
 //
-//   Arena.create(size, name) / Arena.open(fd)  -> Arena (buffer protocol over the whole region)
-//   arena.alloc(nbytes) -> offset   arena.free(offset)   arena.fd / .size / .address
-//   Block(arena, offset, nbytes, owned)  -> buffer over [offset, offset+nbytes); frees the
-//                                           block when the last reference goes if `owned`
+//   Arena.create(size, name)  -> Arena this process owns (allocates and frees its blocks,
+//                                with bookkeeping in private memory: shm/arena.h)
+//   Arena.open(fd)            -> a peer's Arena: bytes only, alloc() is refused
+//   arena.alloc(nbytes) -> offset   arena.free(offset) -> bool (False: not a block of ours)
+//   arena.fd / .size / .address / .owned   arena.free_bytes() / used_bytes()
+//   Block(arena, offset, nbytes, owned=True, sink=None, key=None)
+//        -> buffer over [offset, offset+nbytes). When the last reference goes: with a
+//           `sink` (a list), appends `key` to it (an output block the client releases to
+//           its owner, a worker); else frees the block in `arena` if `owned`.
+//   OutputArenas(owner_tag)   -> a worker runner's output arenas (shm/output_arenas.h):
+//        .release(arena, blocks) -> usage notice   .drop_client(client) -> usage notice
 // torch.frombuffer keeps a reference to the object it reads, so a tensor built over a
-// Block keeps the block alive, and dropping the tensor frees it.
-// Thread-safety: the GIL protects the Python objects; Allocate/Free are process-safe.
+// Block keeps the block alive, and dropping the tensor frees (or releases) it.
+// Thread-safety: the GIL protects the Python objects; Arena and OutputArenas are
+// thread-safe themselves.
 #include <cstddef>
 #include <memory>
 
+#include "protocol/output_tree.h"
 #include "python/native/native.h"
 
 namespace {
@@ -27,7 +36,14 @@ struct BlockObject {
   uint64_t offset;
   uint64_t nbytes;
   int owned;
+  PyObject* sink;  // a list the key goes to when the block dies, or nullptr
+  PyObject* key;
   PyObject* weakrefs;  // the client tracks blocks of empty() by weak reference
+};
+
+struct OutputArenasObject {
+  PyObject_HEAD
+  shoal::OutputArenas* outputs;
 };
 
 PyObject* RaiseStatus(const shoal::Status& st) {
@@ -79,15 +95,12 @@ PyObject* Arena_alloc(ArenaObject* self, PyObject* args) {
 PyObject* Arena_free(ArenaObject* self, PyObject* args) {
   unsigned long long off;
   if (!PyArg_ParseTuple(args, "K", &off)) return nullptr;
-  if (off >= self->arena->size()) {
-    PyErr_SetString(PyExc_ValueError, "offset outside the arena");
-    return nullptr;
-  }
-  self->arena->Free(off);
-  Py_RETURN_NONE;
+  return PyBool_FromLong(self->arena->Free(off));
 }
 
 PyObject* Arena_free_bytes(ArenaObject* self, PyObject*) { return PyLong_FromSize_t(self->arena->FreeBytes()); }
+PyObject* Arena_used_bytes(ArenaObject* self, PyObject*) { return PyLong_FromSize_t(self->arena->UsedBytes()); }
+PyObject* Arena_get_owned(ArenaObject* self, void*) { return PyBool_FromLong(self->arena->owned()); }
 PyObject* Arena_get_fd(ArenaObject* self, void*) { return PyLong_FromLong(self->arena->fd()); }
 PyObject* Arena_get_size(ArenaObject* self, void*) { return PyLong_FromSize_t(self->arena->size()); }
 PyObject* Arena_get_address(ArenaObject* self, void*) {
@@ -103,14 +116,17 @@ PyMethodDef Arena_methods[] = {
     {"create", Arena_create, METH_VARARGS | METH_STATIC, "create(size, name='shoal-arena') -> Arena"},
     {"open", Arena_open, METH_VARARGS | METH_STATIC, "open(fd) -> Arena (takes ownership of fd)"},
     {"alloc", reinterpret_cast<PyCFunction>(Arena_alloc), METH_VARARGS, "alloc(nbytes) -> offset (64-aligned)"},
-    {"free", reinterpret_cast<PyCFunction>(Arena_free), METH_VARARGS, "free(offset)"},
+    {"free", reinterpret_cast<PyCFunction>(Arena_free), METH_VARARGS,
+     "free(offset) -> bool: False when offset is not a block this arena handed out"},
     {"free_bytes", reinterpret_cast<PyCFunction>(Arena_free_bytes), METH_NOARGS, "bytes not handed out"},
+    {"used_bytes", reinterpret_cast<PyCFunction>(Arena_used_bytes), METH_NOARGS, "bytes in blocks"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyGetSetDef Arena_getset[] = {
     {"fd", reinterpret_cast<getter>(Arena_get_fd), nullptr, "memfd", nullptr},
     {"size", reinterpret_cast<getter>(Arena_get_size), nullptr, "bytes", nullptr},
     {"address", reinterpret_cast<getter>(Arena_get_address), nullptr, "base address here", nullptr},
+    {"owned", reinterpret_cast<getter>(Arena_get_owned), nullptr, "True when this process owns its blocks", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
 PyBufferProcs Arena_as_buffer = {reinterpret_cast<getbufferproc>(Arena_getbuffer), nullptr};
@@ -119,11 +135,21 @@ PyTypeObject ArenaType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
 // ---- Block -----------------------------------------------------------------
 
-PyObject* Block_new(PyTypeObject* type, PyObject* args, PyObject*) {
+PyObject* Block_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
+  static const char* kwlist[] = {"arena", "offset", "nbytes", "owned", "sink", "key", nullptr};
   PyObject* arena;
   unsigned long long offset, nbytes;
   int owned = 1;
-  if (!PyArg_ParseTuple(args, "O!KK|p", &ArenaType, &arena, &offset, &nbytes, &owned)) return nullptr;
+  PyObject* sink = Py_None;
+  PyObject* key = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!KK|pOO", const_cast<char**>(kwlist), &ArenaType, &arena, &offset,
+                                   &nbytes, &owned, &sink, &key)) {
+    return nullptr;
+  }
+  if (sink != Py_None && !PyList_Check(sink)) {
+    PyErr_SetString(PyExc_TypeError, "Block: sink must be a list or None");
+    return nullptr;
+  }
   auto* a = reinterpret_cast<ArenaObject*>(arena)->arena;
   if (!a->Contains(offset, nbytes)) {
     PyErr_SetString(PyExc_ValueError, "block lies outside its arena");
@@ -136,13 +162,22 @@ PyObject* Block_new(PyTypeObject* type, PyObject* args, PyObject*) {
   self->offset = offset;
   self->nbytes = nbytes;
   self->owned = owned;
+  self->sink = sink == Py_None ? nullptr : Py_NewRef(sink);
+  self->key = Py_NewRef(key);
   self->weakrefs = nullptr;
   return reinterpret_cast<PyObject*>(self);
 }
 
 void Block_dealloc(BlockObject* self) {
   if (self->weakrefs != nullptr) PyObject_ClearWeakRefs(reinterpret_cast<PyObject*>(self));
-  if (self->owned) reinterpret_cast<ArenaObject*>(self->arena)->arena->Free(self->offset);
+  if (self->sink != nullptr) {
+    // Released later, in a batch, by whoever owns the sink (list.append never runs Python).
+    if (self->owned && PyList_Append(self->sink, self->key) < 0) PyErr_Clear();
+    Py_DECREF(self->sink);
+  } else if (self->owned) {
+    reinterpret_cast<ArenaObject*>(self->arena)->arena->Free(self->offset);
+  }
+  Py_DECREF(self->key);
   Py_DECREF(self->arena);
   Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
 }
@@ -176,6 +211,57 @@ PyMethodDef Block_methods[] = {
 PyBufferProcs Block_as_buffer = {reinterpret_cast<getbufferproc>(Block_getbuffer), nullptr};
 PyTypeObject BlockType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
+// ---- OutputArenas ----------------------------------------------------------
+
+PyObject* Bytes(const std::string& s) { return PyBytes_FromStringAndSize(s.data(), static_cast<Py_ssize_t>(s.size())); }
+
+PyObject* OutputArenas_new(PyTypeObject* type, PyObject* args, PyObject*) {
+  unsigned int owner;
+  if (!PyArg_ParseTuple(args, "I", &owner)) return nullptr;
+  auto* self = reinterpret_cast<OutputArenasObject*>(type->tp_alloc(type, 0));
+  if (self == nullptr) return nullptr;
+  self->outputs = new shoal::OutputArenas(owner);
+  return reinterpret_cast<PyObject*>(self);
+}
+
+void OutputArenas_dealloc(OutputArenasObject* self) {
+  delete self->outputs;
+  Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
+}
+
+PyObject* OutputArenas_release(OutputArenasObject* self, PyObject* args) {
+  unsigned long long arena;
+  PyObject* blocks;
+  if (!PyArg_ParseTuple(args, "KO", &arena, &blocks)) return nullptr;
+  PyObject* fast = PySequence_Fast(blocks, "release: blocks must be a sequence of offsets");
+  if (fast == nullptr) return nullptr;
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); ++i) {
+    unsigned long long off = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, i));
+    if (PyErr_Occurred()) {
+      PyErr_Clear();  // not an offset: nothing of ours
+      continue;
+    }
+    self->outputs->Free(arena, off);  // refuses anything it did not hand out
+  }
+  Py_DECREF(fast);
+  return Bytes(shoal::UsageNotice(self->outputs->Usage()));
+}
+
+PyObject* OutputArenas_drop_client(OutputArenasObject* self, PyObject* args) {
+  unsigned long long client;
+  if (!PyArg_ParseTuple(args, "K", &client)) return nullptr;
+  self->outputs->DropClient(client);
+  return Bytes(shoal::UsageNotice(self->outputs->Usage()));
+}
+
+PyMethodDef OutputArenas_methods[] = {
+    {"release", reinterpret_cast<PyCFunction>(OutputArenas_release), METH_VARARGS,
+     "release(arena, blocks) -> usage notice: frees the blocks handed out here, ignores the rest"},
+    {"drop_client", reinterpret_cast<PyCFunction>(OutputArenas_drop_client), METH_VARARGS,
+     "drop_client(client) -> usage notice: unmaps and closes that connection's output arenas"},
+    {nullptr, nullptr, 0, nullptr}};
+PyTypeObject OutputArenasType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+
 }  // namespace
 
 namespace shoal_native {
@@ -183,6 +269,11 @@ namespace shoal_native {
 shoal::Arena* ArenaOf(PyObject* obj) {
   if (!PyObject_TypeCheck(obj, &ArenaType)) return nullptr;
   return reinterpret_cast<ArenaObject*>(obj)->arena;
+}
+
+shoal::OutputArenas* OutputArenasOf(PyObject* obj) {
+  if (!PyObject_TypeCheck(obj, &OutputArenasType)) return nullptr;
+  return reinterpret_cast<OutputArenasObject*>(obj)->outputs;
 }
 
 bool AddArenaTypes(PyObject* m) {
@@ -205,13 +296,24 @@ bool AddArenaTypes(PyObject* m) {
   BlockType.tp_getset = Block_getset;
   BlockType.tp_methods = Block_methods;
   BlockType.tp_as_buffer = &Block_as_buffer;
-  BlockType.tp_doc = "Block(arena, offset, nbytes, owned=True): bytes of an arena";
+  BlockType.tp_doc = "Block(arena, offset, nbytes, owned=True, sink=None, key=None): bytes of an arena";
   if (PyType_Ready(&BlockType) < 0) return false;
+
+  OutputArenasType.tp_name = "shoal._native.OutputArenas";
+  OutputArenasType.tp_basicsize = sizeof(OutputArenasObject);
+  OutputArenasType.tp_flags = Py_TPFLAGS_DEFAULT;
+  OutputArenasType.tp_new = OutputArenas_new;
+  OutputArenasType.tp_dealloc = reinterpret_cast<destructor>(OutputArenas_dealloc);
+  OutputArenasType.tp_methods = OutputArenas_methods;
+  OutputArenasType.tp_doc = "OutputArenas(owner_tag): a worker runner's output arenas, per client connection";
+  if (PyType_Ready(&OutputArenasType) < 0) return false;
 
   Py_INCREF(&ArenaType);
   Py_INCREF(&BlockType);
+  Py_INCREF(&OutputArenasType);
   PyModule_AddObject(m, "Arena", reinterpret_cast<PyObject*>(&ArenaType));
   PyModule_AddObject(m, "Block", reinterpret_cast<PyObject*>(&BlockType));
+  PyModule_AddObject(m, "OutputArenas", reinterpret_cast<PyObject*>(&OutputArenasType));
   g_arena_full = AddException(m, "ArenaFullError", PyExc_MemoryError);
   return g_arena_full != nullptr;
 }

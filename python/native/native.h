@@ -7,12 +7,15 @@
 #include <Python.h>
 
 #include "shm/arena.h"
+#include "shm/output_arenas.h"
 #include "shoal/status.h"
 
 namespace shoal_native {
 
 // The shoal::Arena of a shoal._native.Arena object, or nullptr if `obj` is not one.
 shoal::Arena* ArenaOf(PyObject* obj);
+// The shoal::OutputArenas of a shoal._native.OutputArenas object, or nullptr.
+shoal::OutputArenas* OutputArenasOf(PyObject* obj);
 
 // Creates exception type shoal._native.NAME (subclass of `base`) and adds it to `module`;
 // returns it (a reference the module and the caller share), or nullptr on error.
@@ -23,7 +26,7 @@ shoal::Status FetchPythonError();
 
 // Each adds its functions, constants and exception types to `module`; false on error
 // (with a Python exception set).
-bool AddArenaTypes(PyObject* module);    // arena.cc: Arena, Block, ArenaFullError
+bool AddArenaTypes(PyObject* module);    // arena.cc: Arena, Block, OutputArenas, ArenaFullError
 bool AddSharedDefs(PyObject* module);    // shared_defs.cc: DTYPES, default_socket_path
 bool AddArchiveReader(PyObject* module); // archive.cc: read_archive, ZipError
 bool AddOutputEncoder(PyObject* module); // output.cc: encode_reply, OutputError

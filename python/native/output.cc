@@ -2,12 +2,15 @@
 // C++ encoder (protocol/output_tree.h), through PyOutput, which says what each Python
 // object is. TorchScript results take the same encoder through tensors/ivalue_output.h.
 //
-//   encode_reply(job, model, output, out_arena_id, out_arena, inputs, write) -> bytes
+//   encode_reply(job, model, output, outputs, client, arena_bytes, arenas_per_client, inputs,
+//                write) -> bytes, or (bytes, [fd]) when the reply announces new output arenas
+//     outputs: the runner's _native.OutputArenas; client: shoald's id of the connection
 //     inputs: [(arena_id, block, start, end, address)], the job's input byte ranges
-//     write(arena, offset, tensor): copies `tensor` (on the CPU) contiguously to `offset`
+//     write(buffer, offset, tensor): copies `tensor` (on the CPU) contiguously to `offset`
 //   OutputError(code, message): the output cannot be sent back (MODEL_ERROR, ARENA_FULL);
 //     the message names the model and the job.
 // Thread-safety: called with the GIL held; runs Python (tensor.cpu(), write) on this thread.
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,9 +28,7 @@ PyObject* g_output_error = nullptr;  // shoal._native.OutputError
 // What every PyOutput of one encoding shares.
 struct Context {
   PyObject* tensor_type;  // torch.Tensor (borrowed from the call)
-  PyObject* write;        // write(arena, offset, tensor) (borrowed)
-  PyObject* out_arena;    // the _native.Arena outputs are copied into (borrowed)
-  shoal::Arena* arena;    // its shoal::Arena
+  PyObject* write;        // write(buffer, offset, tensor) (borrowed)
 };
 
 // A Python object of a model's output. Holds a reference to it (and to what it derives:
@@ -122,6 +123,8 @@ class PyOutput : public shoal::OutputValue {
       t.data = reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(PyLong_AsUnsignedLongLong(ptr)));
       ok = !PyErr_Occurred();
     }
+    nbytes_ = shoal::DTypeSize(t.dtype);
+    for (int64_t n : t.shape) nbytes_ *= static_cast<uint64_t>(std::max<int64_t>(n, 0));
     Py_XDECREF(shape);
     Py_XDECREF(strides);
     Py_XDECREF(ptr);
@@ -130,8 +133,11 @@ class PyOutput : public shoal::OutputValue {
   }
 
   shoal::Status CopyTensor(uint8_t* dst, const std::vector<int64_t>& /*contiguous strides*/) override {
-    auto offset = static_cast<unsigned long long>(dst - ctx_->arena->base());
-    PyObject* r = PyObject_CallFunction(ctx_->write, "OKO", ctx_->out_arena, offset, cpu_);
+    // The block, as a writable buffer of exactly its bytes (the encoder allocated it).
+    PyObject* buffer = PyMemoryView_FromMemory(reinterpret_cast<char*>(dst), static_cast<Py_ssize_t>(nbytes_), PyBUF_WRITE);
+    if (buffer == nullptr) return FetchPythonError();
+    PyObject* r = PyObject_CallFunction(ctx_->write, "OKO", buffer, 0ULL, cpu_);
+    Py_DECREF(buffer);
     if (r == nullptr) return FetchPythonError();
     Py_DECREF(r);
     return shoal::Status::Ok();
@@ -183,6 +189,7 @@ class PyOutput : public shoal::OutputValue {
   Kind kind_ = Kind::kOther;
   PyObject* items_ = nullptr;  // tuple/list: the items; dict: a list of (key, value)
   PyObject* cpu_ = nullptr;    // tensor: its CPU version
+  uint64_t nbytes_ = 0;        // tensor: its bytes when dense (what CopyTensor writes)
 };
 
 bool Spans(PyObject* inputs, std::vector<shoal::InputSpan>* out) {
@@ -201,27 +208,31 @@ bool Spans(PyObject* inputs, std::vector<shoal::InputSpan>* out) {
 }
 
 PyObject* EncodeReply(PyObject*, PyObject* args) {
-  unsigned long long job, out_arena_id;
+  unsigned long long job, client, arena_bytes;
+  unsigned int arenas_per_client;
   const char* model;
-  PyObject *output, *out_arena, *inputs, *write;
-  if (!PyArg_ParseTuple(args, "KsOKOOO", &job, &model, &output, &out_arena_id, &out_arena, &inputs, &write)) {
+  PyObject *output, *outputs, *inputs, *write;
+  if (!PyArg_ParseTuple(args, "KsOOKKIOO", &job, &model, &output, &outputs, &client, &arena_bytes,
+                        &arenas_per_client, &inputs, &write)) {
     return nullptr;
   }
-  Context ctx{nullptr, write, out_arena, ArenaOf(out_arena)};
-  if (ctx.arena == nullptr) {
-    PyErr_SetString(PyExc_TypeError, "encode_reply: out_arena must be a shoal._native.Arena");
-    return nullptr;
-  }
+  Context ctx{nullptr, write};
   shoal::OutputPlacement place;
-  place.out_arena_id = out_arena_id;
-  place.out_arena = ctx.arena;
+  place.outputs = OutputArenasOf(outputs);
+  if (place.outputs == nullptr) {
+    PyErr_SetString(PyExc_TypeError, "encode_reply: outputs must be a shoal._native.OutputArenas");
+    return nullptr;
+  }
+  place.client = client;
+  place.limits.arena_bytes = std::max<unsigned long long>(arena_bytes, 4096);
+  place.limits.arenas_per_client = std::max(arenas_per_client, 1u);
   if (!Spans(inputs, &place.inputs)) return nullptr;
   PyObject* torch = PyImport_ImportModule("torch");
   if (torch == nullptr) return nullptr;
   ctx.tensor_type = PyObject_GetAttrString(torch, "Tensor");
   Py_DECREF(torch);
   if (ctx.tensor_type == nullptr) return nullptr;
-  shoal::Result<std::string> reply = shoal::Status::Ok();
+  shoal::Result<shoal::EncodedReply> reply = shoal::Status::Ok();
   {
     PyOutput root(output, &ctx);
     reply = shoal::EncodeOutputReply(job, model, root, place);
@@ -235,13 +246,22 @@ PyObject* EncodeReply(PyObject*, PyObject* args) {
     }
     return nullptr;
   }
-  return PyBytes_FromStringAndSize(reply->data(), static_cast<Py_ssize_t>(reply->size()));
+  PyObject* body = PyBytes_FromStringAndSize(reply->body.data(), static_cast<Py_ssize_t>(reply->body.size()));
+  if (body == nullptr || reply->fds.empty()) return body;
+  PyObject* fds = PyList_New(0);
+  for (int fd : reply->fds) {
+    PyObject* n = PyLong_FromLong(fd);
+    PyList_Append(fds, n);
+    Py_DECREF(n);
+  }
+  return Py_BuildValue("(NN)", body, fds);
 }
 
 PyMethodDef kMethods[] = {
     {"encode_reply", EncodeReply, METH_VARARGS,
-     "encode_reply(job, model, output, out_arena_id, out_arena, inputs, write) -> bytes: the reply to an "
-     "infer job (raises OutputError(code, message) when the output cannot be sent back)"},
+     "encode_reply(job, model, output, outputs, client, arena_bytes, arenas_per_client, inputs, write) -> bytes "
+     "or (bytes, [fd]): the reply to an infer job (raises OutputError(code, message) when the output cannot be "
+     "sent back)"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -1,9 +1,17 @@
 """The job runner inside a shoal-worker process (one per interpreter).
 
 shoal-worker (C++) reads each framed message from shoald and calls ``Runner.handle(body,
-fds)``; the returned bytes (if any) are the reply. Messages come from the supervisor,
+fds)``; the returned bytes (if any) are the reply, or (bytes, [fd]) when the reply
+announces new output arenas (their fds go with it). Messages come from the supervisor,
 which has already checked every descriptor against its arena's bounds.
+
+Memory ownership (docs/architecture.md): the client's input arenas are the client's; this
+runner only reads and writes the bytes a descriptor names, and maps an arena when a job
+first needs it (unmapping idle ones when the address space runs out). Outputs go into this
+runner's own output arenas (``_native.OutputArenas``, one set per client connection), and
+only this runner frees their blocks, on ``release`` from the client or shoald.
 """
+import os
 import traceback
 
 import msgpack
@@ -40,8 +48,9 @@ class Runner:
         self.interp = interp
         self.models = {}   # name -> served object
         self.specs = {}    # name -> input specs from the manifest (or absent)
-        self.arenas = {}   # arena id -> _native.Arena
-        self.arena_errors = {}  # arena id -> why it could not be mapped
+        self.arena_fds = {}  # client arena id -> fd (held until shoald drops it)
+        self.arenas = {}     # client arena id -> _native.Arena, mapped on first use
+        self.outputs = _native.OutputArenas(2 * interp)  # owner tag: lane `interp`, Python engine
         torch.set_grad_enabled(False)
 
     # -- dispatch -------------------------------------------------------------------
@@ -62,20 +71,14 @@ class Runner:
         if op == "infer":
             return self._infer(msg)
         if op == "arena":
-            fd = fds.pop(0)
-            try:
-                self.arenas[msg["arena"]] = _native.Arena.open(fd)
-                self.arena_errors.pop(msg["arena"], None)
-            except OSError as e:  # e.g. past worker_memory_mb: the jobs using it are answered
-                self.arena_errors[msg["arena"]] = str(e)
+            self._drop_arena(msg["arena"])
+            self.arena_fds[msg["arena"]] = fds.pop(0)
         elif op == "drop_arena":
-            self.arenas.pop(msg["arena"], None)
-            self.arena_errors.pop(msg["arena"], None)
-        elif op == "free":
-            arena = self.arenas.get(msg["arena"])
-            if arena is not None:
-                for b in msg["blocks"]:
-                    arena.free(b)
+            self._drop_arena(msg["arena"])
+        elif op == "release":
+            return self.outputs.release(msg["arena"], msg["blocks"])
+        elif op == "drop_client":
+            return self.outputs.drop_client(msg["client"])
         elif op == "load":
             return self._load(msg)
         elif op == "unload":
@@ -101,6 +104,30 @@ class Runner:
                           traceback.format_exc())
         return msgpack.packb({"v": VERSION, "id": rid, "ok": True, "engine": "python"})
 
+    def _drop_arena(self, aid):
+        self.arenas.pop(aid, None)
+        fd = self.arena_fds.pop(aid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _map(self, aid, keep):
+        """The mapping of client arena ``aid``; when the address space is exhausted, idle
+        mappings (those not in ``keep``) are dropped first. Raises OSError."""
+        arena = self.arenas.get(aid)
+        if arena is not None:
+            return arena
+        fd = self.arena_fds.get(aid)
+        if fd is None:
+            raise OSError(f"shoald never sent arena {aid}")
+        try:
+            arena = _native.Arena.open(os.dup(fd))
+        except OSError:
+            for other in [a for a in self.arenas if a not in keep]:
+                del self.arenas[other]
+            arena = _native.Arena.open(os.dup(fd))
+        self.arenas[aid] = arena
+        return arena
+
     # -- inference ------------------------------------------------------------------
     def _infer(self, msg):
         rid, name = msg["id"], msg["model"]
@@ -112,11 +139,13 @@ class Runner:
             problem = _check_inputs(msg["inputs"], specs)
             if problem:
                 return _error(rid, "BAD_REQUEST", f"model '{name}', job {rid}: {problem}")
-        for aid in {d["arena"] for d in msg["inputs"]} | {msg["out_arena"]}:
-            if aid not in self.arenas:
-                why = self.arena_errors.get(aid, "never received")
+        needed = {d["arena"] for d in msg["inputs"]}
+        for aid in needed:
+            try:
+                self._map(aid, needed)
+            except OSError as e:
                 return _error(rid, "UNAVAILABLE", f"worker {self.slot} cannot map the client's arena {aid} "
-                              f"({why}) for job {rid} of model '{name}'; is worker_memory_mb too small?")
+                              f"({e}) for job {rid} of model '{name}'; is worker_memory_mb too small?")
         inputs, spans = [], []
         for d in msg["inputs"]:
             arena = self.arenas[d["arena"]]
@@ -131,9 +160,9 @@ class Runner:
                           f"model '{name}' raised {type(e).__name__} in job {rid}: {e}",
                           traceback.format_exc())
         # The one output encoder (protocol/output_tree.h), shared with TorchScript models.
-        out_id = msg["out_arena"]
         try:
-            return _native.encode_reply(rid, name, out, out_id, self.arenas[out_id], spans, _tensors.write)
+            return _native.encode_reply(rid, name, out, self.outputs, msg["client"], msg.get("out_bytes", 64 << 20),
+                                        msg.get("out_arenas", 8), spans, _tensors.write)
         except _native.OutputError as e:
             code, message = e.args
             return _error(rid, code, message)

@@ -8,6 +8,13 @@
 
 Ordinary tensors and numpy arrays work too (one copy into the arena). A Client may be
 shared by threads; its requests are serialised. Results stay valid after close().
+
+Memory ownership (docs/architecture.md): inputs live in arenas this client creates and
+owns (it alone allocates and frees their blocks, with bookkeeping in its own memory).
+Results live in output arenas a worker made for this connection; shoald passes their fds
+with the first answer that uses them, and a result's block goes back to that worker (a
+``release`` notice, batched and sent before the next request or at close) once the last
+tensor over it is dropped.
 """
 import array
 import os
@@ -29,6 +36,7 @@ _HEADER = struct.Struct("<I")
 # How long past a job's own deadline the client waits for shoald's answer before raising
 # Timeout itself (shoald answers at the deadline; this covers a stopped or wedged shoald).
 ANSWER_MARGIN_S = 2.0
+_FD_BYTES = 16 * array.array("i").itemsize  # fds one recvmsg takes (shoald sends at most 8 a frame)
 
 
 # $SHOAL_SOCKET, else /run/shoal/shoal.sock for root, else $XDG_RUNTIME_DIR/shoal/shoal.sock,
@@ -56,13 +64,24 @@ class Client:
         self._lock = threading.Lock()
         self._rbuf = bytearray()  # received bytes not yet part of a whole frame
         self._next_id = 1
-        self._arenas = {}    # arena id -> _native.Arena
+        self._arenas = {}    # arena id -> _native.Arena we own (inputs)
         self._blocks = {}    # (arena id, block offset) -> weakref to the Block of empty()
+        self._out_arenas = {}  # arena id -> _native.Arena a worker owns (results), mapped here
+        self._fds = []       # received fds not yet claimed by a reply, oldest first
+        self._released = []  # (arena id, block) of results dropped, not yet released
         self._add_arena(arena_size)
 
     # -- plumbing -------------------------------------------------------------------
     def close(self):
-        self._sock.close()
+        with self._lock:
+            try:
+                self._send_releases()
+            except OSError:
+                pass
+            self._sock.close()
+            for fd in self._fds:
+                os.close(fd)
+            self._fds.clear()
 
     def __enter__(self):
         return self
@@ -80,6 +99,7 @@ class Client:
             body = msgpack.packb(msg)
             data = _HEADER.pack(len(body)) + body
             try:
+                self._send_releases()
                 if fds:
                     # MSG_NOSIGNAL: a closed connection is an error here, not a SIGPIPE that
                     # kills a host process that does not ignore it (an embedded interpreter).
@@ -101,6 +121,55 @@ class Client:
         if not reply.get("ok"):
             raise errors.from_reply(reply.get("error", {}))
         return reply
+
+    def _send_releases(self):
+        """Gives the blocks of dropped results back to the workers that own them: one
+        ``release`` notice per arena (no reply). Called with the lock held."""
+        if not self._released:
+            return
+        taken = []
+        while self._released:  # list.pop is atomic: a block dropped meanwhile is not lost
+            taken.append(self._released.pop())
+        by_arena = {}
+        for aid, block in taken:
+            by_arena.setdefault(aid, []).append(block)
+        data = b""
+        for aid, blocks in by_arena.items():
+            for i in range(0, len(blocks), 4096):
+                body = msgpack.packb({"v": VERSION, "op": "release", "arena": aid, "blocks": blocks[i:i + 4096]})
+                data += _HEADER.pack(len(body)) + body
+        self._sock.sendall(data)
+
+    def _take_arenas(self, reply):
+        """Maps the output arenas an answer introduces (their fds came with it, in order)."""
+        for a in reply.get("new_arenas", ()):
+            if not self._fds:
+                raise errors.InternalError(f"shoald announced output arena {a['arena']} without its descriptor")
+            self._out_arenas[a["arena"]] = _native.Arena.open(self._fds.pop(0))
+
+    def _discard_reply(self, reply):
+        """An answer nobody waits for any more: its results go back to their workers."""
+        try:
+            self._take_arenas(reply)
+        except (errors.Error, OSError):
+            return
+        seen = set()
+
+        def walk(node):
+            (kind, val), = node.items()
+            if kind == "tensor":
+                key = (val["arena"], val["block"])
+                if val["arena"] in self._out_arenas and 0 not in val["shape"] and key not in seen:
+                    seen.add(key)
+                    self._released.append(key)
+            elif kind in ("tuple", "list"):
+                for n in val:
+                    walk(n)
+            elif kind == "dict":
+                for _, n in val:
+                    walk(n)
+        if reply.get("ok") and "outputs" in reply:
+            walk(reply["outputs"])
 
     def _raise_parting_error(self):
         """shoald may say why before it hangs up (too many clients, a framing error): raise
@@ -132,11 +201,13 @@ class Client:
             reply = msgpack.unpackb(self._recv_frame(deadline), raw=False, strict_map_key=False)
             got = reply.get("id")
             if got == rid:
+                self._take_arenas(reply)
                 return reply
             if got == 0 and not reply.get("ok"):  # shoald could not read a request at all
                 raise errors.from_reply(reply.get("error", {}))
             if not isinstance(got, int) or got > rid:
                 raise errors.InternalError(f"reply for request {got} while waiting for {rid}")
+            self._discard_reply(reply)  # a late answer to a request we gave up on
 
     def _recv_frame(self, deadline):
         while True:
@@ -154,9 +225,15 @@ class Client:
                     raise _socket.timeout()
                 self._sock.settimeout(left)
             try:
-                chunk = self._sock.recv(1 << 16)
+                chunk, ancdata, _, _ = self._sock.recvmsg(1 << 16, _socket.CMSG_SPACE(_FD_BYTES),
+                                                           getattr(_socket, "MSG_CMSG_CLOEXEC", 0))
             finally:
                 self._sock.settimeout(None)
+            for level, kind, payload in ancdata:  # output arenas' fds, claimed by their answers
+                if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+                    self._fds.extend(fds)
             if not chunk:
                 raise ConnectionError("shoald closed the connection")
             self._rbuf += chunk
@@ -281,13 +358,17 @@ class Client:
             if 0 in d["shape"]:  # no bytes, no block (its "block" 0 is not one to free)
                 return torch.empty(d["shape"], dtype=_tensors.DTYPES[d["dtype"]])
             key = (d["arena"], d["block"])
-            block = keep.get(key)
+            block = keep.get(key)  # an input returned in place: its block stays ours
             if block is None:
-                arena = self._arenas.get(d["arena"])
-                if arena is None:
-                    raise errors.InternalError(f"output in unknown arena {d['arena']}")
-                # A block the worker allocated for us: ours to free when dropped.
-                block = _native.Block(arena, d["block"], arena.size - d["block"], True)
+                arena = self._out_arenas.get(d["arena"])
+                if arena is not None:
+                    # A block the worker allocated for this result: released to it when dropped.
+                    block = _native.Block(arena, d["block"], arena.size - d["block"], sink=self._released, key=key)
+                else:
+                    arena = self._arenas.get(d["arena"])
+                    if arena is None:
+                        raise errors.InternalError(f"output in unknown arena {d['arena']}")
+                    block = _native.Block(arena, d["block"], arena.size - d["block"], False)  # a view, nothing to free
                 keep[key] = block
             return _tensors.view(block, block.offset, d)
 

@@ -4,12 +4,67 @@
 
 #include <cstring>
 #include <set>
+#include <vector>
 
 #include "shm/arena.h"
+#include "shm/block_allocator.h"
 #include "shm/memfd.h"
+#include "shm/output_arenas.h"
 #include "tests/cpp/catch.h"
 
 using namespace shoal;
+
+// ---- the allocator: bookkeeping in the owner's private memory ---------------------------
+
+TEST_CASE("the allocator never hands out offset 0 and keeps blocks 64-byte aligned", "[shm]") {
+  BlockAllocator a(4096);
+  auto first = a.Allocate(1);
+  REQUIRE(first.ok());
+  CHECK(*first == BlockAllocator::kFirstBlock);
+  CHECK(a.capacity() == 4096 - 64);
+  auto second = a.Allocate(65);
+  CHECK(*second == 128);
+  CHECK(a.used_bytes() == 64 + 128);
+}
+
+TEST_CASE("the allocator frees only blocks it handed out, once", "[shm]") {
+  BlockAllocator a(1 << 16);
+  auto b = *a.Allocate(1000);
+  uint64_t used = a.used_bytes();
+  CHECK_FALSE(a.Free(0));          // "block 0": never a block
+  CHECK_FALSE(a.Free(b + 64));     // inside a block
+  CHECK_FALSE(a.Free(1 << 20));    // past the end
+  CHECK(a.used_bytes() == used);   // nothing changed
+  CHECK(a.Free(b));
+  CHECK_FALSE(a.Free(b));          // twice
+  CHECK(a.used_bytes() == 0);
+  CHECK(a.free_bytes() == a.capacity());
+}
+
+TEST_CASE("freed neighbours merge back into one range", "[shm]") {
+  BlockAllocator a(64 + 3 * 1024);
+  auto x = *a.Allocate(1024), y = *a.Allocate(1024), z = *a.Allocate(1024);
+  CHECK_FALSE(a.Allocate(1).ok());
+  CHECK(a.Free(x));
+  CHECK(a.Free(z));
+  CHECK_FALSE(a.Allocate(2048).ok());  // two holes of 1 KiB
+  CHECK(a.Free(y));
+  auto all = a.Allocate(3 * 1024);     // merged: one range again
+  REQUIRE(all.ok());
+  CHECK(*all == x);
+}
+
+TEST_CASE("scribbling over every byte of an arena cannot disturb its owner's allocator", "[shm]") {
+  auto a = Arena::Create("test", 1 << 16);
+  std::vector<uint64_t> blocks;
+  for (int i = 0; i < 10; ++i) blocks.push_back(*(*a)->Allocate(1000));
+  std::memset((*a)->base(), 0xff, (*a)->size());  // a hostile peer writes everything, header included
+  for (auto b : blocks) CHECK((*a)->Free(b));
+  CHECK((*a)->UsedBytes() == 0);
+  CHECK((*a)->Allocate(1000).ok());
+}
+
+// ---- arenas -----------------------------------------------------------------------------
 
 TEST_CASE("arena blocks are 64-byte aligned, distinct and reusable", "[shm]") {
   auto a = Arena::Create("test", 1 << 20);
@@ -24,7 +79,7 @@ TEST_CASE("arena blocks are 64-byte aligned, distinct and reusable", "[shm]") {
   }
   REQUIRE(offsets.size() == 100);
   size_t before = (*a)->FreeBytes();
-  for (auto off : offsets) (*a)->Free(off);
+  for (auto off : offsets) REQUIRE((*a)->Free(off));
   REQUIRE((*a)->FreeBytes() > before + 100 * 1000);
 }
 
@@ -35,19 +90,47 @@ TEST_CASE("a full arena says how big the request was", "[shm]") {
   REQUIRE(off.status().message().find("1048576 bytes") != std::string::npos);
 }
 
-TEST_CASE("a second mapping of the same arena shares blocks and bytes", "[shm]") {
+TEST_CASE("a peer's mapping shares the bytes but never allocates or frees", "[shm]") {
   auto a = Arena::Create("test", 1 << 20);
   auto b = Arena::Open(dup((*a)->fd()));  // as a worker opens the client's arena
   REQUIRE(b.ok());
   REQUIRE((*b)->size() == (*a)->size());
+  CHECK((*a)->owned());
+  CHECK_FALSE((*b)->owned());
   auto off = (*a)->Allocate(256);
   std::memcpy((*a)->base() + *off, "shoal", 6);
   REQUIRE(std::string(reinterpret_cast<char*>((*b)->base() + *off)) == "shoal");
-  // allocations from either side never overlap
-  auto off2 = (*b)->Allocate(256);
-  REQUIRE(*off2 != *off);
-  (*b)->Free(*off);  // a block may be freed by the other side
-  (*a)->Free(*off2);
+  CHECK_FALSE((*b)->Allocate(256).ok());  // only the owner allocates
+  CHECK_FALSE((*b)->Free(*off));          // ... and frees
+  CHECK((*a)->Free(*off));
+}
+
+TEST_CASE("a worker's output arenas: one set per client, freed only by offsets handed out", "[shm]") {
+  OutputArenas out(OutputOwnerTag(1, true));
+  OutputLimits limits{1 << 16, 2};
+  auto x = out.Allocate(/*client=*/1, 1000, limits);
+  auto y = out.Allocate(/*client=*/2, 1000, limits);
+  REQUIRE((x.ok() && y.ok()));
+  CHECK(x->arena != y->arena);  // no client reads another's outputs
+  CHECK(IsWorkerArena(x->arena));
+  CHECK(OwnerOfWorkerArena(x->arena) == OutputOwnerTag(1, true));
+  CHECK(out.TakeNew(1).size() == 1);
+  CHECK(out.TakeNew(1).empty());  // announced once
+  uint64_t used = out.Usage().bytes;
+  CHECK_FALSE(out.Free(x->arena, 0));
+  CHECK_FALSE(out.Free(x->arena, x->offset + 64));
+  CHECK_FALSE(out.Free(y->arena ^ 1, y->offset));
+  CHECK(out.Usage().bytes == used);
+  CHECK(out.Free(x->arena, x->offset));
+  CHECK_FALSE(out.Free(x->arena, x->offset));
+  // Full: a second arena, then ARENA_FULL naming the setting.
+  REQUIRE(out.Allocate(1, 60000, limits).ok());
+  REQUIRE(out.Allocate(1, 60000, limits).ok());
+  auto full = out.Allocate(1, 60000, limits);
+  CHECK(full.status().code() == Code::kArenaFull);
+  CHECK(full.status().message().find("output_arenas") != std::string::npos);
+  out.DropClient(1);
+  CHECK(out.Usage().arenas == 1);  // client 2's
 }
 
 TEST_CASE("arena fds must be sealed memfds", "[shm]") {

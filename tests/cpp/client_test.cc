@@ -48,6 +48,7 @@ class Daemon {
     waitpid(pid_, &st, 0);
   }
   const std::string& socket() const { return socket_; }
+  pid_t pid() const { return pid_; }
 
  private:
   std::string socket_;
@@ -122,4 +123,38 @@ TEST_CASE("C++ client: no daemon gives a clear Unavailable", "[client]") {
   auto c = shoal::Client::Connect("/tmp/shoal-no-such-daemon.sock");
   REQUIRE(c.status().code() == shoal::Code::kUnavailable);
   REQUIRE(c.status().message().find("is shoald running?") != std::string::npos);
+}
+
+TEST_CASE("C++ client: Infer returns TIMEOUT by itself when shoald does not answer, and goes on after", "[client]") {
+  Daemon d;
+  auto c = shoal::Client::Connect(d.socket());
+  REQUIRE(c.ok());
+  REQUIRE((*c)->Infer("add", {torch::zeros({1})}).ok());
+  kill(d.pid(), SIGSTOP);  // shoald answers nothing, not even at the job's deadline
+  auto start = std::chrono::steady_clock::now();
+  auto late = (*c)->Infer("add", {torch::zeros({1})}, std::chrono::milliseconds(200));
+  auto waited = std::chrono::steady_clock::now() - start;
+  kill(d.pid(), SIGCONT);
+  REQUIRE(late.status().code() == shoal::Code::kTimeout);
+  CHECK(late.status().message().find("did not answer") != std::string::npos);
+  CHECK(waited >= std::chrono::milliseconds(2200));  // the deadline plus the margin
+  CHECK(waited < std::chrono::seconds(10));
+  // The same client works on; the answer to the request it gave up on is skipped.
+  auto y = (*c)->Infer("add", {torch::ones({3})}, std::chrono::seconds(30));
+  REQUIRE(y.ok());
+  CHECK(torch::equal(y->toTensor(), torch::full({3}, 3.0)));
+}
+
+TEST_CASE("C++ client: results live in the worker's output arenas and are released when dropped", "[client]") {
+  Daemon d;
+  auto c = shoal::Client::Connect(d.socket(), 1 << 20);
+  REQUIRE(c.ok());
+  // 200 results of 1 MiB through a 1 MiB input arena: only works if outputs live elsewhere
+  // and their blocks go back to the worker.
+  auto x = torch::ones({256 * 1024});
+  for (int i = 0; i < 200; ++i) {
+    auto y = (*c)->Infer("add", {x});
+    REQUIRE(y.ok());
+    REQUIRE(y->toTensor()[0].item<float>() == 3.0f);
+  }
 }

@@ -22,16 +22,25 @@ void Tensor(Writer* w, uint64_t arena, uint64_t block, std::vector<int64_t> shap
   d.Pack(w);
 }
 
-Status Check(const std::function<void(Writer*)>& build, std::vector<uint64_t>* blocks) {
+// Arena 1 (4 KiB) is the job's client's own; worker arena 0x8...07 is the worker's output
+// arena for that client (the client knows it as 7); arena 2 belongs to somebody else.
+constexpr uint64_t kWorkerArena = (uint64_t{1} << 63) | 7;
+
+Status Check(const std::function<void(Writer*)>& build, std::vector<uint64_t>* blocks, std::string* rewritten = nullptr) {
   Writer w;
   build(&w);
   // Unpacked without Decode's limits: the check must hold on its own.
   auto oh = msgpack::unpack(w.body().data(), w.body().size());
-  // Arena 1 (4 KiB) belongs to the job's client; arena 2 to somebody else.
-  return CheckOutputTree(oh.get(), [](uint64_t arena, uint64_t* size) {
-    *size = 4096;
-    return arena == 1;
-  }, blocks);
+  std::vector<WorkerBlock> worker_blocks;
+  Writer out;
+  auto st = CheckOutputTree(oh.get(), [](uint64_t arena, OutputArenaRef* ref) {
+    if (arena == 1) *ref = {1, 4096, false};
+    if (arena == kWorkerArena) *ref = {7, 4096, true};
+    return arena == 1 || arena == kWorkerArena;
+  }, &out, &worker_blocks);
+  for (const auto& b : worker_blocks) blocks->push_back(b.block);
+  if (rewritten != nullptr) *rewritten = std::string(out.body());
+  return st;
 }
 
 }  // namespace
@@ -42,17 +51,34 @@ TEST_CASE("output check lists the blocks of non-empty tensors in nested containe
     w->Map(1);
     w->Key("tuple");
     w->pk().pack_array(3);
-    Tensor(w, 1, 64, {4});
+    Tensor(w, kWorkerArena, 64, {4});
     Tensor(w, 1, 0, {0});  // empty: owns no block
     w->Map(1);
     w->Key("dict");
     w->pk().pack_array(1);
     w->pk().pack_array(2);
     w->Str("k");
-    Tensor(w, 1, 128, {2});
+    Tensor(w, kWorkerArena, 128, {2});
   }, &blocks);
   REQUIRE(st.ok());
   CHECK(blocks == std::vector<uint64_t>{64, 128});
+}
+
+TEST_CASE("output check never lists a block of the client's own arena (an input returned in place)", "[output]") {
+  std::vector<uint64_t> blocks;
+  REQUIRE(Check([](Writer* w) { Tensor(w, 1, 0, {4}); }, &blocks).ok());  // block 0 of an input arena
+  CHECK(blocks.empty());
+}
+
+TEST_CASE("output check names worker arenas by the client's ids", "[output]") {
+  std::vector<uint64_t> blocks;
+  std::string out;
+  REQUIRE(Check([](Writer* w) { Tensor(w, kWorkerArena, 64, {4}); }, &blocks, &out).ok());
+  auto oh = msgpack::unpack(out.data(), out.size());
+  auto d = Descriptor::Parse(oh.get().via.map.ptr[0].val);
+  REQUIRE(d.ok());
+  CHECK(d->arena == 7);
+  CHECK(d->block == 64);
 }
 
 TEST_CASE("output check refuses a tensor in an arena the client does not own", "[output]") {

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "shm/memfd.h"
+#include "shm/output_arenas.h"
 #include "supervisor/arena_table.h"
 #include "supervisor/scheduler.h"
 #include "tests/cpp/catch.h"
@@ -27,6 +28,7 @@ struct Fixture : RoleFixture {
     job->request_id = 100 + next_id++;
     job->model = model;
     job->client = client.session;
+    job->client_id = client.session->id;
     job->retries = retries;
     return job;
   }
@@ -116,33 +118,89 @@ TEST_CASE("a running job past its deadline is answered, and its worker killed af
   CHECK(f.slots.terminated[0].find("still runs timed-out job 1") != std::string::npos);
 }
 
-TEST_CASE("a timed-out job's late outputs are given back to the worker", "[scheduler]") {
-  Fixture f;
-  f.slots.serving = {"m"};
-  auto fd = CreateArenaFd("arena", 4096);
-  REQUIRE(fd.ok());
-  auto arena = f.arenas.Register(f.client.session->id, std::make_shared<OwnedFd>(*fd));
-  REQUIRE(arena.ok());
-  auto job = f.MakeJob("m");
-  job->out_arena = *arena;
-  REQUIRE(f.Submit(job, 10).ok());
-  f.io.run_for(std::chrono::milliseconds(30));
-  CHECK(f.client.Next().code == "TIMEOUT");
+namespace {
+// A reply whose outputs are a tuple of float32[4] tensors at (arena, block).
+std::string TupleReply(uint64_t job, const std::vector<std::pair<uint64_t, uint64_t>>& tensors) {
   Writer w;
-  BeginReply(&w, job->id, 1);
+  BeginReply(&w, job, 1);
   w.Key("outputs");
   w.Map(1);
-  w.Key("tensor");
-  Descriptor d;
-  d.arena = *arena;
-  d.block = 128;
-  d.offset = 128;
-  d.dtype = "float32";
-  d.shape = {4};
-  d.strides = {1};
-  d.Pack(&w);
-  f.slots.Finish(std::string(w.body()));
+  w.Key("tuple");
+  w.pk().pack_array(static_cast<uint32_t>(tensors.size()));
+  for (const auto& [arena, block] : tensors) {
+    w.Map(1);
+    w.Key("tensor");
+    Descriptor d;
+    d.arena = arena;
+    d.block = d.offset = block;
+    d.dtype = "float32";
+    d.shape = {4};
+    d.strides = {1};
+    d.Pack(&w);
+  }
+  return std::string(w.body());
+}
+}  // namespace
+
+TEST_CASE("a timed-out job's late outputs go back to the worker, never an input's block", "[scheduler]") {
+  Fixture f;
+  f.slots.serving = {"m"};
+  auto in_fd = CreateArenaFd("input", 4096);
+  auto input = f.arenas.Register(f.client.session->id, std::make_shared<OwnedFd>(*in_fd));
+  REQUIRE(input.ok());
+  auto job = f.MakeJob("m");
+  REQUIRE(f.Submit(job, 10).ok());
+  // The worker made an output arena for this client (its own id has kWorkerArenaBit).
+  const uint64_t local = kWorkerArenaBit | 1;
+  auto out_fd = CreateArenaFd("output", 4096);
+  REQUIRE(f.arenas.RegisterWorkerArena(f.client.session->id, job->worker, job->generation, local,
+                                       std::make_shared<OwnedFd>(*out_fd)).ok());
+  f.io.run_for(std::chrono::milliseconds(30));
+  CHECK(f.client.Next().code == "TIMEOUT");
+  // The model returned its input (a client block) and one new tensor (a worker block).
+  f.slots.Finish(TupleReply(job->id, {{*input, 64}, {local, 128}}));
   CHECK(f.slots.freed == std::vector<uint64_t>{128});
+  CHECK(f.slots.freed_arenas == std::vector<uint64_t>{local});
+}
+
+TEST_CASE("an answer names output arenas by the client's ids and brings new ones once", "[scheduler]") {
+  Fixture f;
+  f.slots.serving = {"m"};
+  const uint64_t local = kWorkerArenaBit | 5;
+  for (int round = 0; round < 2; ++round) {
+    auto job = f.MakeJob("m");
+    REQUIRE(f.Submit(job).ok());
+    if (round == 0) {
+      auto fd = CreateArenaFd("output", 4096);
+      REQUIRE(f.arenas.RegisterWorkerArena(f.client.session->id, job->worker, job->generation, local,
+                                           std::make_shared<OwnedFd>(*fd)).ok());
+    }
+    f.slots.Finish(TupleReply(job->id, {{local, 64}}));
+    f.io.poll();
+    auto answer = f.client.Next();
+    CHECK(answer.code.empty());
+    CHECK(answer.fds == (round == 0 ? 1u : 0u));  // the fd travels with the first answer only
+    const ArenaEntry* a = f.arenas.FindWorkerArena(job->worker, job->generation, local);
+    REQUIRE(a != nullptr);
+    auto oh = Decode(answer.body);
+    const auto& tuple = MapView(oh->get()).Find("outputs")->via.map.ptr[0].val;
+    auto d = Descriptor::Parse(tuple.via.array.ptr[0].via.map.ptr[0].val);
+    CHECK(d->arena == a->id);  // the client's id, not the worker's
+  }
+}
+
+TEST_CASE("outputs in an arena of another client are refused and released", "[scheduler]") {
+  Fixture f;
+  f.slots.serving = {"m"};
+  auto job = f.MakeJob("m");
+  REQUIRE(f.Submit(job).ok());
+  const uint64_t local = kWorkerArenaBit | 9;
+  auto fd = CreateArenaFd("output", 4096);
+  REQUIRE(f.arenas.RegisterWorkerArena(f.client.session->id + 100, job->worker, job->generation, local,
+                                       std::make_shared<OwnedFd>(*fd)).ok());
+  f.slots.Finish(TupleReply(job->id, {{local, 64}}));
+  f.io.poll();
+  CHECK(f.client.Next().code == "INTERNAL");
 }
 
 TEST_CASE("a job that crashed its worker is re-run once when asked, then answered", "[scheduler]") {

@@ -45,12 +45,17 @@ struct FakeClient {
     uint64_t id = 0;
     bool ok = false;
     std::string code, message;
+    std::string body;  // the whole answer
+    size_t fds = 0;    // descriptors that came with it
   };
   Answer Next() {
     std::vector<int> fds;
     auto body = RecvFrame(peer, &reader, &fds);
     Answer a;
+    a.fds = fds.size();
+    CloseAll(&fds);
     if (!body.ok()) return a;
+    a.body = *body;
     auto oh = Decode(*body);
     MapView m(oh->get());
     a.id = *m.Uint("id");
@@ -78,6 +83,7 @@ class FakeSlots : public SlotPool {
   std::vector<Running> running;
   std::vector<std::string> terminated;
   std::vector<uint64_t> freed;
+  std::vector<uint64_t> freed_arenas;
 
   std::optional<Slot> Pick(const std::string& model, bool* any_free) const override {
     *any_free = free_slots > static_cast<int>(running.size());
@@ -98,7 +104,8 @@ class FakeSlots : public SlotPool {
   void Terminate(const Job& job, const std::string& why) override {
     terminated.push_back(std::to_string(job.id) + ": " + why);
   }
-  void FreeBlocks(const Job&, uint64_t, const std::vector<uint64_t>& blocks) override {
+  void FreeBlocks(const Job&, uint64_t arena, const std::vector<uint64_t>& blocks) override {
+    freed_arenas.push_back(arena);
     freed.insert(freed.end(), blocks.begin(), blocks.end());
   }
   int RunningJobs(const std::string& model) const override {

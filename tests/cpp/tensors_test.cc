@@ -1,8 +1,12 @@
 // The shared definitions on the libtorch side: the one dtype table agrees with torch, and
 // the one output encoder (protocol/output_tree.h) over c10::IValue produces trees that the
-// client's decoder (tensors/tree.h) rebuilds, with in-memory arenas.
+// client's decoder (tensors/tree.h) rebuilds, with in-memory arenas: the input arena a
+// client owns, and the output arenas (shm/output_arenas.h) the encoder allocates from.
 #include <torch/torch.h>
 
+#include <unistd.h>
+
+#include <map>
 #include <string>
 #include <vector>
 
@@ -34,27 +38,44 @@ TEST_CASE("every dtype of the table is a torch scalar type of the same size and 
 
 namespace {
 
-// One job's arena (input x at block `in_block`) and its encoding.
+// One job's input arena (the client's, id 7: input x at block `in_block`), the worker's
+// output arenas, and its encoding.
 struct Job {
   std::unique_ptr<Arena> arena;
   uint64_t in_block = 0;
   torch::Tensor x;
+  OutputArenas outputs{0};
+  std::map<uint64_t, std::unique_ptr<Arena>> out_arenas;  // as the client maps them
   OutputPlacement place;
 
-  explicit Job(size_t arena_size = 1 << 20) {
-    arena = std::move(*Arena::Create("tensors-test", arena_size));
+  explicit Job(uint64_t out_arena_bytes = 1 << 20, uint32_t out_arenas_per_client = 8) {
+    arena = std::move(*Arena::Create("tensors-test", 1 << 20));
     in_block = *arena->Allocate(6 * sizeof(float));
     x = torch::from_blob(arena->base() + in_block, {2, 3}, torch::kFloat);
     x.copy_(torch::arange(6, torch::kFloat).reshape({2, 3}));
-    place.out_arena_id = 7;
-    place.out_arena = arena.get();
+    place.outputs = &outputs;
+    place.client = 1;
+    place.limits = {out_arena_bytes, out_arenas_per_client};
     place.inputs.push_back({7, in_block, in_block, in_block + 6 * sizeof(float), arena->base()});
   }
 
   Result<std::string> Encode(c10::IValue v) {
     IValueOutput root(std::move(v));
-    return EncodeOutputReply(42, "m", root, place);
+    auto reply = EncodeOutputReply(42, "m", root, place);
+    if (!reply.ok()) return reply.status();
+    auto oh = shoal::Decode(reply->body);
+    REQUIRE(oh.ok());
+    if (const auto* fresh = MapView(oh->get()).Find("new_arenas")) {  // map them as the client would
+      REQUIRE(fresh->via.array.size == reply->fds.size());
+      for (uint32_t i = 0; i < fresh->via.array.size; ++i) {
+        uint64_t id = *MapView(fresh->via.array.ptr[i]).Uint("arena");
+        out_arenas[id] = std::move(*Arena::Open(dup(reply->fds[i])));
+      }
+    }
+    return std::move(reply->body);
   }
+
+  uint8_t* Base(uint64_t arena_id) { return arena_id == 7 ? arena->base() : out_arenas.at(arena_id)->base(); }
 
   // The reply's tree, decoded as the C++ client does; `descs` collects the descriptors.
   c10::IValue Decode(const std::string& reply, std::vector<Descriptor>* descs) {
@@ -66,7 +87,7 @@ struct Job {
     auto tree = DecodeTree(*m.Find("outputs"), [&](const Descriptor& d) -> Result<torch::Tensor> {
       descs->push_back(d);
       if (d.Extent().value() == 0) return torch::empty(d.shape, torch::dtype(*ScalarTypeOf(d.dtype)));
-      return torch::from_blob(arena->base() + d.offset, d.shape, d.strides, torch::dtype(*ScalarTypeOf(d.dtype)))
+      return torch::from_blob(Base(d.arena) + d.offset, d.shape, d.strides, torch::dtype(*ScalarTypeOf(d.dtype)))
           .clone();
     });
     REQUIRE(tree.ok());
@@ -120,7 +141,8 @@ TEST_CASE("an output tree round-trips: inputs in place, new tensors copied, empt
   REQUIRE(descs.size() == 4);  // x, its view, x * 2, the empty one
   CHECK((descs[0].block == job.in_block && descs[0].offset == job.in_block));
   CHECK((descs[1].block == job.in_block && descs[1].offset == job.in_block + 3 * sizeof(float)));
-  CHECK((descs[2].block != job.in_block && descs[2].offset == descs[2].block && descs[2].arena == 7));
+  CHECK((descs[0].arena == 7 && descs[1].arena == 7));  // inputs go back where they are
+  CHECK((IsWorkerArena(descs[2].arena) && descs[2].offset == descs[2].block && descs[2].block != 0));
   CHECK((descs[3].block == 0 && descs[3].offset == 0 && descs[3].strides == std::vector<int64_t>{3, 1}));
 }
 
@@ -134,13 +156,13 @@ TEST_CASE("an output 16 levels deep travels, 17 levels is a model error and free
   auto tree = job.Decode(*dicts, &descs);
   for (int i = 0; i < kMaxOutputDepth; ++i) tree = tree.toGenericDict().at("k");
   CHECK(torch::equal(tree.toTensor(), job.x + 1));
-  size_t free_before = job.arena->FreeBytes();
+  uint64_t used_before = job.outputs.Usage().bytes;
   auto deep = c10::ivalue::Tuple::create({job.x + 1, Nest(job.x * 3, kMaxOutputDepth)});
   auto reply = job.Encode(deep);
   REQUIRE_FALSE(reply.ok());
   CHECK(reply.status().code() == Code::kModelError);
   CHECK(reply.status().message() == "model 'm', job 42: output nested more than 16 levels deep");
-  CHECK(job.arena->FreeBytes() == free_before);  // the copy of x + 1 was given back
+  CHECK(job.outputs.Usage().bytes == used_before);  // the copy of x + 1 was given back
 }
 
 TEST_CASE("an output dict key that is not str or int is a model error naming model and job", "[tensors]") {
@@ -164,9 +186,21 @@ TEST_CASE("outputs that cannot travel are model errors, and a full arena is AREN
   REQUIRE_FALSE(device.ok());
   CHECK(device.status().message().find("the model returned a Device, which shoal cannot send back") !=
         std::string::npos);
-  Job small(64 << 10);
+  Job small(64 << 10, /*out_arenas_per_client=*/1);
+  REQUIRE(small.Encode(torch::zeros({1024})).ok());  // held by the client: the one arena is in use
   auto big = small.Encode(torch::zeros({1 << 20}));
   REQUIRE_FALSE(big.ok());
   CHECK(big.status().code() == Code::kArenaFull);
-  CHECK(big.status().message().rfind("model 'm', job 42: output does not fit the client's arena", 0) == 0);
+  CHECK(big.status().message().rfind("model 'm', job 42: output does not fit: no room for an output of 4194304 bytes",
+                                     0) == 0);
+  CHECK(big.status().message().find("output_arenas") != std::string::npos);
+}
+
+TEST_CASE("an output larger than the default arena gets an arena of its own size", "[tensors]") {
+  Job job(64 << 10);
+  auto reply = job.Encode(torch::ones({1 << 16}));  // 256 KiB
+  REQUIRE(reply.ok());
+  std::vector<Descriptor> descs;
+  CHECK(torch::equal(job.Decode(*reply, &descs).toTensor(), torch::ones({1 << 16})));
+  CHECK(job.out_arenas.size() == 1);
 }

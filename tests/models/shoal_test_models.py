@@ -290,3 +290,11 @@ class Escapes(nn.Module):
                                  stderr=subprocess.DEVNULL)
         out["child"] = child.pid
         return out
+
+
+class SleepsThenAdds(nn.Module):
+    """Sleeps x[0] seconds, then returns a new tensor (x + 1)."""
+    def forward(self, x):
+        import time
+        time.sleep(float(x.flatten()[0]))
+        return x + 1

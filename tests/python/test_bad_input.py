@@ -118,11 +118,18 @@ def test_another_clients_arena_is_off_limits(daemon, archives):
             b._call({"op": "infer", "model": "add", "inputs": [desc(arena=aid)]})
 
 
-def test_output_larger_than_arena_is_arena_full(daemon, tmp_path):
+def test_outputs_past_the_workers_output_arenas_are_arena_full(make_daemon, tmp_path):
+    # Outputs live in arenas the worker makes for the connection (not in the client's own
+    # arena): one 16 MiB result fits (an arena of its size), a second one held at the same
+    # time is past output_arenas = 1.
     import shoal_test_models as m
     big = shoal.export(m.Grow(), tmp_path / "grow.pt")
-    with daemon.client(arena_size=1 << 20) as c:
+    d = make_daemon(workers=1, args=["--output-arena-mb", "1", "--output-arenas", "1"])
+    with d.client(arena_size=1 << 20) as c:
         c.load("grow", big)
-        with pytest.raises(shoal.ArenaFull, match="grow"):
+        held = c.infer("grow", torch.ones(1))
+        with pytest.raises(shoal.ArenaFull, match="grow.*output_arenas"):
             c.infer("grow", torch.ones(1))
         assert c.status()["workers"][0]["state"] != "restarting"
+        del held
+        assert c.infer("grow", torch.ones(1)).shape == (4 << 20,)  # released: room again

@@ -150,12 +150,15 @@ def test_python_exception(loaded, archives):
     assert_clean(d, archives)
 
 
-def test_output_larger_than_the_arena(loaded, archives, tmp_path):
-    d = loaded("grow", shoal.export(models.Grow(), tmp_path / "grow.pt"))
+def test_outputs_past_the_workers_output_arenas(loaded, archives, tmp_path):
+    d = loaded("grow", shoal.export(models.Grow(), tmp_path / "grow.pt"),
+               args=["--output-arena-mb", "1", "--output-arenas", "1"])
     with Traffic(d):
         with d.client(arena_size=1 << 20) as c:
+            held = c.infer("grow", torch.ones(1))
             with pytest.raises(shoal.ArenaFull):
                 c.infer("grow", torch.ones(1))
+            del held
     assert_clean(d, archives)
 
 
