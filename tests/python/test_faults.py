@@ -151,8 +151,9 @@ def test_python_exception(loaded, archives):
 
 
 def test_outputs_past_the_workers_output_arenas(loaded, archives, tmp_path):
+    # One worker: output arenas are per worker (and client), so both jobs must meet there.
     d = loaded("grow", shoal.export(models.Grow(), tmp_path / "grow.pt"),
-               args=["--output-arena-mb", "1", "--output-arenas", "1"])
+               args=["--output-arena-mb", "1", "--output-arenas", "1"], workers=1)
     with Traffic(d):
         with d.client(arena_size=1 << 20) as c:
             held = c.infer("grow", torch.ones(1))
