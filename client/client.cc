@@ -256,6 +256,8 @@ Result<std::unique_ptr<Client>> Client::Connect(const std::string& socket_path, 
     return Status(Code::kUnavailable, "cannot connect to shoald at " + path + ": " + std::strerror(errno) +
                                           "; is shoald running? (start it with `shoald --socket " + path + "`)");
   }
+  // Nothing is sent (no arena) before we know who listens.
+  if (auto st = CheckServerPeer(impl->sock, path); !st.ok()) return st;
   {
     std::lock_guard<std::mutex> lock(impl->mu);
     auto id = impl->AddArena(arena_size);

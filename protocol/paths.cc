@@ -1,5 +1,7 @@
 #include "protocol/paths.h"
 
+#include <pwd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,6 +18,25 @@ std::string DefaultSocketPath() {
     return std::string(x) + "/shoal/shoal.sock";
   }
   return "/tmp/shoal-" + std::to_string(geteuid()) + "/shoal.sock";
+}
+
+Status CheckServerPeer(int sock, const std::string& socket_path) {
+  struct ucred cred;
+  socklen_t len = sizeof(cred);
+  if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return Status::FromErrno("SO_PEERCRED", errno);
+  uid_t me = geteuid();
+  if (cred.uid == 0 || cred.uid == me) return Status::Ok();
+  if (const char* s = getenv("SHOAL_SERVER_UID"); s != nullptr && *s != '\0') {
+    char* end = nullptr;
+    unsigned long uid = std::strtoul(s, &end, 10);
+    if (end != s && *end == '\0' && uid == cred.uid) return Status::Ok();
+  }
+  if (const struct passwd* pw = getpwnam("shoal"); pw != nullptr && pw->pw_uid == cred.uid) return Status::Ok();
+  return Status(Code::kUnavailable, "not talking to " + socket_path + ": the process listening there (pid " +
+                                        std::to_string(cred.pid) + ") runs as uid " + std::to_string(cred.uid) +
+                                        ", which is neither root, you (uid " + std::to_string(me) +
+                                        ") nor user 'shoal'; if it is the shoald you mean, set SHOAL_SERVER_UID=" +
+                                        std::to_string(cred.uid));
 }
 
 Status CheckSocketFolder(const std::string& socket_path) {

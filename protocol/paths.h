@@ -18,4 +18,10 @@ std::string DefaultSocketPath();
 // connect to it. The error says who owns the folder and what to do.
 Status CheckSocketFolder(const std::string& socket_path);
 
+// Clients check who listens before they send anything (arenas carry their data): the
+// peer of connected socket `sock` must run as root, as this user, as $SHOAL_SERVER_UID, or
+// as the `shoal` user the package creates. Otherwise an error that names the peer's pid
+// and uid and says how to trust it.
+Status CheckServerPeer(int sock, const std::string& socket_path);
+
 }  // namespace shoal

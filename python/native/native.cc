@@ -63,7 +63,18 @@ PyObject* CheckSocketFolder(PyObject*, PyObject* args) {
   return PyUnicode_FromString(st.message().c_str());
 }
 
+PyObject* CheckServerPeer(PyObject*, PyObject* args) {
+  int fd = -1;
+  const char* path = nullptr;
+  if (!PyArg_ParseTuple(args, "is", &fd, &path)) return nullptr;
+  auto st = shoal::CheckServerPeer(fd, path);
+  if (st.ok()) Py_RETURN_NONE;
+  return PyUnicode_FromString(st.message().c_str());
+}
+
 PyMethodDef kMethods[] = {
+    {"check_server_peer", CheckServerPeer, METH_VARARGS,
+     "check_server_peer(fd, path) -> None, or why the process listening at path is not to be trusted"},
     {"check_socket_folder", CheckSocketFolder, METH_VARARGS,
      "check_socket_folder(path) -> None, or why the socket's folder cannot be trusted (protocol/paths.h)"},
     {"default_socket_path", DefaultSocketPath, METH_NOARGS,

@@ -61,6 +61,11 @@ class Client:
             raise errors.Unavailable(
                 f"cannot connect to shoald at {self.socket_path}: {e.strerror}; is shoald running? "
                 f"(start it with `shoald --socket {self.socket_path}`)") from None
+        # Nothing is sent (no arena) before we know who listens there (protocol/paths.h).
+        why = _native.check_server_peer(self._sock.fileno(), self.socket_path)
+        if why is not None:
+            self._sock.close()
+            raise errors.Unavailable(why)
         self._lock = threading.Lock()
         self._rbuf = bytearray()  # received bytes not yet part of a whole frame
         self._next_id = 1

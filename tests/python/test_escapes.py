@@ -133,3 +133,44 @@ def test_only_admins_see_archive_paths(public_daemon, archives):
     r = run_as(NOBODY, d.socket, "print(repr([m['path'] for m in c.models()] + "
                                  "[m['path'] for m in c.status()['models']]))")
     assert r.stdout.strip() == "['', '']", r.stdout + r.stderr
+
+
+def test_clients_refuse_a_server_run_by_another_user():
+    # Someone else (nobody) listens where the client was told to connect: the client must
+    # refuse before it sends anything, unless told to trust that uid.
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the fake server runs as another user")
+    import subprocess
+    import sys
+    from conftest import BUILD, NOBODY
+    import shutil
+    import tempfile
+    folder = tempfile.mkdtemp(prefix="shoal-fake-", dir="/tmp")  # pytest's folders are 0700
+    os.chmod(folder, 0o777)
+    path = os.path.join(folder, "fake.sock")
+    server = subprocess.Popen([sys.executable, "-c", f"""
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind({path!r}); s.listen(4)
+print("ready", flush=True)
+conn, _ = s.accept()
+conn.settimeout(2)
+try:
+    data = conn.recv(1 << 16)
+except OSError:
+    data = b""
+print("received", len(data), flush=True)
+time.sleep(5)
+"""], user=NOBODY, group=NOBODY, stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        with pytest.raises(shoal.Unavailable, match=f"runs as uid {NOBODY}.*SHOAL_SERVER_UID={NOBODY}"):
+            shoal.Client(path)
+        assert server.stdout.readline().strip() == "received 0"  # not a byte was sent
+        cpp = subprocess.run([os.path.join(BUILD, "bin", "shoal-infer-cpp"), "--socket", path, "m", "1"],
+                             capture_output=True, text=True,
+                             timeout=60)
+        assert f"runs as uid {NOBODY}" in cpp.stdout + cpp.stderr
+    finally:
+        server.kill()
+        server.wait()
+        shutil.rmtree(folder, ignore_errors=True)
