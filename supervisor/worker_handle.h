@@ -57,7 +57,8 @@ struct WorkerHandle {
   std::vector<std::shared_ptr<Job>> jobs;  // per interpreter: its in-flight inference, or null
   std::vector<std::string> last_model;     // per interpreter: the model it ran last
   std::unique_ptr<boost::asio::steady_timer> kill_timer;
-  std::map<uint64_t, std::unique_ptr<boost::asio::steady_timer>> load_deadlines;  // load request id ->
+  // load request id -> (model, its deadline: null until the worker's pid is known)
+  std::map<uint64_t, std::pair<std::string, std::unique_ptr<boost::asio::steady_timer>>> load_deadlines;
 
   std::string Describe() const;
   int Running() const;        // interpreters running a job

@@ -90,6 +90,7 @@ void WorkerPool::Spawn(int slot) {
         return OnGone(w, DescribeWaitStatus(status));
       }
       memory_.Track(pid);
+      for (auto& [rid, load] : w->load_deadlines) ArmLoadDeadline(w, rid);
       spdlog::info("worker {} forked by the zygote (pid {}) in {:.1f} ms", slot, pid,
                    std::chrono::duration<double, std::milli>(Clock::now() - w->started).count());
     });

@@ -128,6 +128,7 @@ class WorkerPool : public SlotPool, public ModelHosts {
   // Sends a client arena's fd unless the worker has it; first drops the least recently used
   // ones that no running job of the worker reads, past worker_arenas / worker_arena_mb.
   void SendArenaIfNeeded(WorkerHandle* w, uint64_t arena);
+  void ArmLoadDeadline(WorkerHandle* w, uint64_t rid);  // load_timeout_ms from now
   void SendRelease(WorkerHandle* w, uint64_t local, const std::vector<uint64_t>& blocks);
 
   boost::asio::io_context& io_;

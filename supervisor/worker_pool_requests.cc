@@ -120,28 +120,10 @@ void WorkerPool::Load(Worker worker, const std::string& name, const std::string&
   m.Key("name"); m.Str(name);
   m.Key("path"); m.Str(path);
   w->pending_model[rid] = name;
-  auto& deadline = w->load_deadlines[rid];
-  deadline = std::make_unique<boost::asio::steady_timer>(io_, std::chrono::milliseconds(config_.load_timeout_ms));
-  deadline->async_wait([this, worker, rid, name](const boost::system::error_code& ec) {
-    WorkerHandle* w = Find(worker.slot, worker.generation);
-    if (ec || w == nullptr) return;
-    auto it = w->pending.find(rid);
-    if (it == w->pending.end()) return;
-    auto fn = std::move(it->second);
-    w->pending.erase(it);
-    w->pending_model.erase(rid);
-    w->killed_for_deadline = true;  // the hang is reported to whoever loads, not charged to a client
-    std::string why = "loading model '" + name + "' in " + w->Describe() + " took longer than load_timeout_ms (" +
-                      std::to_string(config_.load_timeout_ms) + " ms)";
-    fn(Status(Code::kTimeout, why + "; the worker is restarted. Check what the model does when it is unpickled"),
-       nullptr);
-    if ((w = Find(worker.slot, worker.generation)) == nullptr) return;
-    if (w->pid > 0) {
-      TerminateWorker(w, why);
-    } else {  // the zygote has not named it yet: hang up; it exits on EOF
-      OnGone(w, why);
-    }
-  });
+  // The deadline counts from when the worker exists (a zygote that is still starting may
+  // take long to fork it); until the zygote names its pid, the load waits unarmed.
+  w->load_deadlines[rid] = {name, nullptr};
+  if (w->pid > 0) ArmLoadDeadline(w, rid);
   Send(w, rid, m.body(), [this, worker, rid, name, keep, done](const Status& st, const MapView* reply) {
     if (WorkerHandle* w = Find(worker.slot, worker.generation)) w->load_deadlines.erase(rid);
     std::string tb, engine;
@@ -162,6 +144,30 @@ void WorkerPool::Load(Worker worker, const std::string& name, const std::string&
       result = Status(Code::kWorkerCrashed, "model '" + name + "': " + st.message());
     }
     done(result, tb, engine);
+  });
+}
+
+void WorkerPool::ArmLoadDeadline(WorkerHandle* w, uint64_t rid) {
+  auto it = w->load_deadlines.find(rid);
+  if (it == w->load_deadlines.end() || it->second.second) return;
+  std::string name = it->second.first;
+  Worker worker{w->slot, w->generation};
+  auto& deadline = it->second.second;
+  deadline = std::make_unique<boost::asio::steady_timer>(io_, std::chrono::milliseconds(config_.load_timeout_ms));
+  deadline->async_wait([this, worker, rid, name](const boost::system::error_code& ec) {
+    WorkerHandle* w = Find(worker.slot, worker.generation);
+    if (ec || w == nullptr) return;
+    auto it = w->pending.find(rid);
+    if (it == w->pending.end()) return;
+    auto fn = std::move(it->second);
+    w->pending.erase(it);
+    w->pending_model.erase(rid);
+    w->killed_for_deadline = true;  // the hang is reported to whoever loads, not charged to a client
+    std::string why = "loading model '" + name + "' in " + w->Describe() + " took longer than load_timeout_ms (" +
+                      std::to_string(config_.load_timeout_ms) + " ms)";
+    fn(Status(Code::kTimeout, why + "; the worker is restarted. Check what the model does when it is unpickled"),
+       nullptr);
+    if ((w = Find(worker.slot, worker.generation)) != nullptr) TerminateWorker(w, why);
   });
 }
 

@@ -28,6 +28,14 @@ void ZygoteLink::Start(std::string binary, std::vector<std::string> args) {
   }
   pid_ = proc->pid;
   gone_ = false;
+  ready_ = false;
+  start_timer_ = std::make_shared<boost::asio::steady_timer>(io_, kStartDeadline);
+  pid_t started = pid_;
+  start_timer_->async_wait([this, started](const boost::system::error_code& ec) {
+    if (!ec && !gone_ && !ready_ && pid_ == started) {
+      Wedged("did not get ready within " + std::to_string(kStartDeadline.count()) + " s");
+    }
+  });
   started_ = std::chrono::steady_clock::now();
   auto channel = std::make_shared<AsyncChannel>(io_, proc->sock);
   channel_ = channel;
@@ -47,6 +55,12 @@ void ZygoteLink::OnFrame(const std::string& body) {
   auto oh = Decode(body);
   if (!oh.ok()) return;
   MapView m(oh->get());
+  if (auto op = m.OptStr("op"); op.ok() && op->has_value() && **op == "ready") {
+    ready_ = true;
+    if (start_timer_) start_timer_->cancel();
+    for (const auto& [rid, p] : pending_) ArmForkDeadline(rid);
+    return;
+  }
   auto id = m.Uint("id");
   const msgpack::object* pid = m.Find("pid");
   if (!id.ok() || pid == nullptr) return;
@@ -63,17 +77,26 @@ void ZygoteLink::Fork(int slot, int sock, std::function<void(pid_t)> done) {
   Writer m;
   BeginRequest(&m, "fork", rid, 1);
   m.Key("slot"); m.Val(slot);
-  auto deadline = std::make_shared<boost::asio::steady_timer>(io_, kForkDeadline);
-  pending_[rid] = {std::move(done), deadline};
+  pending_[rid] = {std::move(done), std::make_shared<boost::asio::steady_timer>(io_)};
   channel_->Send(m.body(), {std::make_shared<OwnedFd>(sock)});
+  if (ready_) ArmForkDeadline(rid);
+}
+
+void ZygoteLink::ArmForkDeadline(uint64_t rid) {
+  auto& deadline = pending_.at(rid).deadline;
+  deadline->expires_after(kForkDeadline);
   deadline->async_wait([this, rid](const boost::system::error_code& ec) {
     if (ec || pending_.count(rid) == 0) return;
-    spdlog::error("the zygote (pid {}) did not answer fork request {} within {} s: it is wedged; killing it, "
-                  "workers are started one by one until it is back",
-                  pid_, rid, kForkDeadline.count());
-    Close(true);
-    RestartLater();
+    Wedged("did not answer fork request " + std::to_string(rid) + " within " +
+           std::to_string(kForkDeadline.count()) + " s");
   });
+}
+
+void ZygoteLink::Wedged(const std::string& what) {
+  spdlog::error("the zygote (pid {}) {}: it is wedged; killing it, workers are started one by one until it is back",
+                pid_, what);
+  Close(true);
+  RestartLater();
 }
 
 void ZygoteLink::Kill() { Close(true); }
@@ -84,6 +107,7 @@ void ZygoteLink::Close(bool kill_it) {
   if (channel_) channel_->Close();
   channel_.reset();
   if (kill_it) kill(pid_, SIGKILL);
+  if (start_timer_) start_timer_->cancel();
   auto pending = std::move(pending_);
   pending_.clear();
   for (auto& [id, p] : pending) {

@@ -34,8 +34,8 @@ class ZygoteLink {
 
   // Asks for a worker for `slot` on `sock` (the worker's end of its socketpair; closed
   // here). `done` gets the worker's pid, or -1 when the zygote could not fork it or died.
-  // A zygote that does not answer within kForkDeadline is wedged: it is killed (callers
-  // fall back to exec) and restarted.
+  // A zygote that does not answer within kForkDeadline of being ready (or is not ready
+  // within kStartDeadline) is wedged: it is killed (callers fall back to exec) and restarted.
   void Fork(int slot, int sock, std::function<void(pid_t)> done);
 
   // The reaper found the zygote's exit status. Fork requests in flight get -1.
@@ -47,8 +47,11 @@ class ZygoteLink {
   void set_stopping() { stopping_ = true; }
 
  private:
-  static constexpr std::chrono::seconds kForkDeadline{10};
+  static constexpr std::chrono::seconds kForkDeadline{10};    // from when it is ready
+  static constexpr std::chrono::seconds kStartDeadline{120};  // to become ready
   void OnFrame(const std::string& body);
+  void ArmForkDeadline(uint64_t rid);
+  void Wedged(const std::string& what);
   void RestartLater();
   void Close(bool kill_it);
 
@@ -58,6 +61,8 @@ class ZygoteLink {
   pid_t pid_ = -1;
   bool gone_ = true;
   bool stopping_ = false;
+  bool ready_ = false;  // it said it serves fork requests
+  std::shared_ptr<boost::asio::steady_timer> start_timer_;
   std::shared_ptr<AsyncChannel> channel_;
   struct PendingFork {
     std::function<void(pid_t)> done;

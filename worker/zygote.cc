@@ -55,6 +55,13 @@ ForkedWorker RunZygote(int fd, const std::vector<std::unique_ptr<Interpreter>>& 
       it->ReleaseGil();
     }
   };
+  {
+    // Ready: from now on a fork request is answered in milliseconds (shoald's deadline
+    // for fork requests starts here; importing torch before this may take long).
+    Writer w;
+    BeginNotice(&w, "ready", 0);
+    (void)SendAll(fd, EncodeFrame(w.body()));
+  }
   FrameReader reader;
   std::vector<int> fds;
   for (;;) {
