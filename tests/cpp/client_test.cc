@@ -158,3 +158,28 @@ TEST_CASE("C++ client: results live in the worker's output arenas and are releas
     REQUIRE(y->toTensor()[0].item<float>() == 3.0f);
   }
 }
+
+TEST_CASE("C++ client: zero-size outputs round-trip and free nothing", "[client]") {
+  // A detector with no detections returns empty tensors: they own no block.
+  Daemon d;
+  auto c = shoal::Client::Connect(d.socket(), 1 << 20);
+  REQUIRE(c.ok());
+  REQUIRE((*c)->Load("identity", Archive("identity")).ok());
+  auto keep = (*c)->Empty({8});
+  REQUIRE(keep.ok());
+  keep->fill_(5.0);
+  for (int i = 0; i < 3; ++i) {
+    auto y = (*c)->Infer("identity", {torch::ones({0, 4})});
+    REQUIRE(y.ok());
+    REQUIRE(y->toTensor().sizes() == torch::IntArrayRef({0, 4}));
+  }
+  auto both = (*c)->Infer("identity", {*keep, torch::ones({0})});
+  REQUIRE(both.ok());
+  REQUIRE(both->isTuple());
+  REQUIRE(both->toTupleRef().elements()[1].toTensor().numel() == 0);
+  REQUIRE(torch::equal(*keep, torch::full({8}, 5.0)));
+  auto again = (*c)->Empty({8});
+  REQUIRE(again.ok());
+  again->fill_(1.0);
+  REQUIRE(torch::equal(*keep, torch::full({8}, 5.0)));  // no block was freed under it
+}
