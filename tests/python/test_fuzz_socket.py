@@ -211,3 +211,7 @@ def test_fuzzed_frames_never_hurt_shoald_or_a_canary(make_daemon, archives):
     with d.client() as c:
         assert c.status()["clients"] == 1
         assert torch.equal(c.infer("add", torch.zeros(2)), torch.ones(2))
+        restarts = c.status()["worker_restarts"]
+    print(f"\nfuzz: {attacks} attack connections in {SECONDS:.0f} s, canary {answered[0]} right answers, "
+          f"shoald fds {base_fds} -> {fd_count(pid)}, RSS {base_rss:.0f} -> {rss_mb(pid):.0f} MiB, "
+          f"worker restarts {restarts}")
