@@ -91,7 +91,8 @@ void AsyncChannel::ArmFrameTimer() {
   frame_timer_->expires_after(frame_timeout_);
   auto self = shared_from_this();
   frame_timer_->async_wait([self](const boost::system::error_code& ec) {
-    if (ec || self->closed_) return;
+    // Paused (replies pile up) or nothing partial left: the peer is not the one stalling.
+    if (ec || self->closed_ || self->read_paused_ || self->reader_.buffered() == 0) return;
     self->Fail(Status::BadRequest("sent " + std::to_string(self->reader_.buffered()) + " bytes of a frame, then nothing for " +
                                   std::to_string(self->frame_timeout_.count()) + " ms; the connection is closed"));
   });
@@ -136,7 +137,10 @@ void AsyncChannel::Flush() {
   }
   if (read_paused_ && queued_bytes_ <= kPauseReadingBytes / 2 && !closed_) {
     read_paused_ = false;
-    if (HandleFrames() && !read_paused_) ReadSome();  // what was read before the pause first
+    if (HandleFrames() && !read_paused_) {  // what was read before the pause first
+      ArmFrameTimer();
+      ReadSome();
+    }
   }
 }
 

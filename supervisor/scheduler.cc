@@ -130,14 +130,17 @@ void Scheduler::Stop() {
 }
 
 void Scheduler::FailQueued(const std::string& model, const std::function<Status(const Job&)>& why) {
+  // Taken out first, answered after: an answer whose send fails closes that client, which
+  // drops its other queued jobs from the queue (DropClient) while we would walk it.
+  std::vector<std::shared_ptr<Job>> failed;
   for (auto it = queue_.begin(); it != queue_.end();) {
     if ((*it)->model == model) {
-      auto job = Dequeue(it);
-      Fail(job, why(*job));
+      failed.push_back(Dequeue(it));
     } else {
       ++it;
     }
   }
+  for (const auto& job : failed) Fail(job, why(*job));
 }
 
 size_t Scheduler::Queued(const std::string& model) const {

@@ -122,7 +122,13 @@ void WorkerPool::Spawn(int slot) {
         WorkerHandle* w = Find(slot, gen);
         if (w == nullptr) return;
         if (why.code() != Code::kUnavailable) spdlog::warn("{}: {}", w->Describe(), why.ToString());
-        if (w->pid <= 0) return OnGone(w, "exit before it was started (the zygote died)");
+        if (w->pid <= 0) {
+          // Posted: this may run inside a Send of a caller that still uses `w`, and OnGone
+          // may replace the handle at once.
+          return asio::post(io_, [this, slot, gen] {
+            if (WorkerHandle* w = Find(slot, gen)) OnGone(w, "exit before it was started (the zygote died)");
+          });
+        }
         // EOF: the process is exiting or exited. Make sure, and let the reaper say how it
         // died; if it is not ours to reap, give up waiting after a while.
         kill(w->pid, SIGKILL);
@@ -147,7 +153,9 @@ void WorkerPool::ScheduleRespawn(int slot, std::chrono::milliseconds delay) {
   if (delay.count() == 0) return Spawn(slot);
   auto t = std::make_shared<asio::steady_timer>(io_, delay);
   t->async_wait([this, slot, t](const boost::system::error_code& ec) {
-    if (!ec && !stopping_) Spawn(slot);
+    // Only if the slot is still empty (a resize may have filled it meanwhile) and wanted.
+    auto it = workers_.find(slot);
+    if (!ec && !stopping_ && slot < config_.workers && (it == workers_.end() || it->second->gone)) Spawn(slot);
   });
 }
 

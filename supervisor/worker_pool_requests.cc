@@ -57,7 +57,8 @@ void WorkerPool::Run(Slot slot, const std::shared_ptr<Job>& job, ReplyFn done) {
     WorkerHandle* w = Find(job->worker, gen);
     if (w != nullptr && w->jobs[static_cast<size_t>(job->interp)] == job) {
       w->jobs[static_cast<size_t>(job->interp)].reset();
-      if (w->kill_timer) w->kill_timer->cancel();
+      // kill_timer stays armed: with K interpreters this reply may come from another job
+      // than the one whose worker is being killed.
       ++w->jobs_run;
       if (config_.max_jobs_per_worker > 0 && w->jobs_run >= config_.max_jobs_per_worker && !w->retiring) {
         w->retiring = true;  // recycled once this reply is through (RetireIfDone)
