@@ -44,8 +44,16 @@ class Daemon:
         return shoal.Client(self.socket, **kw)
 
     def worker_pids(self):
+        """Every worker's pid, once each is known: a worker forked by the zygote shows pid -1
+        until the zygote reports it, and os.kill(-1, ...) would signal every process."""
+        deadline = time.time() + 30
         with self.client() as c:
-            return [w["pid"] for w in c.status()["workers"]]
+            while True:
+                pids = [w["pid"] for w in c.status()["workers"]]
+                if all(p > 0 for p in pids) or time.time() > deadline:
+                    assert all(p > 0 for p in pids), f"worker pids not known: {pids}"
+                    return pids
+                time.sleep(0.01)
 
     def wait_ready(self, model, workers=None, timeout=30):
         """Until `model` is loaded in `workers` workers (all by default)."""

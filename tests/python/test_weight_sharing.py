@@ -31,7 +31,7 @@ def test_200mb_of_weights_in_two_workers_is_shared(make_daemon, tmp_path, archiv
     d = make_daemon(workers=2)
     with d.client() as c:  # a first load waits until both workers have torch imported
         c.load("add", archives["add"])
-    pids = d.worker_pids()
+    pids = d.worker_pids()  # waits until the zygote reported each pid
     before = {p: rollup(p) for p in pids}
     with d.client() as c:
         c.load("big", path)
