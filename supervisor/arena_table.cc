@@ -25,19 +25,14 @@ Result<uint64_t> ArenaTable::RegisterWorkerArena(uint64_t owner, int slot,
   if (auto it = by_worker_.find({slot, generation, local});
       it != by_worker_.end())
     return it->second;
-  auto size = CheckArenaFd(fd->get());
-  if (!size.ok())
-    return size.status();
-  ArenaEntry a;
-  a.id = next_id_++;
-  a.owner = owner;
-  a.size = *size;
-  a.fd = std::move(fd);
+  auto id = Register(owner, std::move(fd));
+  if (!id.ok())
+    return id.status();
+  ArenaEntry& a = arenas_[*id];
   a.worker = slot;
   a.generation = generation;
   a.local = local;
   by_worker_[{slot, generation, local}] = a.id;
-  arenas_[a.id] = a;
   return a.id;
 }
 
