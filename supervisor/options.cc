@@ -83,6 +83,8 @@ std::vector<Option> MakeTable() {
       Make<&C::workers>("workers", K::kNumber, "N", kReload, "worker processes", 1, 1024),
       Make<&C::interpreters>("interpreters", K::kNumber, "K", kRestart,
                              "Python interpreters per worker, each with its own GIL", 1, 64),
+      Make<&C::gpus>("gpus", K::kText, "all|none|0,1", kRestart,
+                     "GPUs workers are placed on, round-robin (each worker sees its own alone)", 0, 0, "all"),
       Make<&C::interpreter_cache>("interpreter_cache", K::kText, "DIR", kRestart,
                                   "private library copies for interpreters > 1", 0, 0, "in the runtime folder"),
       Make<&C::models>("model", K::kModel, "NAME=ARCHIVE", kRestart,

@@ -21,6 +21,7 @@
 
 #include "supervisor/arena_table.h"
 #include "supervisor/config.h"
+#include "supervisor/gpu_placement.h"
 #include "supervisor/model_registry.h"
 #include "supervisor/process_memory.h"
 #include "supervisor/scheduler.h"
@@ -91,6 +92,7 @@ class WorkerPool : public SlotPool, public ModelHosts {
     uint64_t client_arenas = 0;   // client arenas whose fd it holds
     uint64_t output_bytes = 0;    // in output blocks not yet released
     uint64_t output_arenas = 0;   // output arenas it has mapped
+    std::string gpu;              // PCI bus id of its GPU; empty: none
   };
   std::vector<WorkerInfo> Describe() const;
   pid_t zygote_pid() const { return zygote_.pid(); }
@@ -107,8 +109,11 @@ class WorkerPool : public SlotPool, public ModelHosts {
 
   // ModelHosts
   std::vector<Worker> Live() const override;
-  void Load(Worker worker, const std::string& name, const std::string& path, std::function<bool()> keep,
-            LoadDone done) override;
+  void Load(Worker worker, const std::string& name, const std::string& path, const std::string& device,
+            std::function<bool()> keep, LoadDone done) override;
+  bool Places(Worker worker, const std::string& device) const override;
+  // A load's device checked against the GPUs workers are placed on (supervisor/gpu_placement.h).
+  Result<std::string> CheckDevice(const std::string& model, const std::string& device) const;
   bool HasOrLoads(Worker worker, const std::string& name) const override;
   void Unload(const std::string& name) override;
 
@@ -137,6 +142,8 @@ class WorkerPool : public SlotPool, public ModelHosts {
   PoolListener* listener_;
   ZygoteLink zygote_;
   ProcessMemorySampler memory_;
+  GpuPlacement gpus_;                                  // which GPU each slot's worker uses
+  std::map<std::string, std::string> model_devices_;   // model -> the device it was loaded for
   bool stopping_ = false;
   uint64_t next_generation_ = 1;
   uint64_t next_request_ = uint64_t{1} << 62;  // control requests; job requests carry the job id (below)

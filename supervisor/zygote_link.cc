@@ -72,11 +72,15 @@ void ZygoteLink::OnFrame(const std::string& body) {
   fn(pid->type == msgpack::type::POSITIVE_INTEGER ? static_cast<pid_t>(pid->via.u64) : -1);
 }
 
-void ZygoteLink::Fork(int slot, int sock, std::function<void(pid_t)> done) {
+void ZygoteLink::Fork(int slot, int sock, const std::optional<std::string>& cuda_visible,
+                      std::function<void(pid_t)> done) {
   uint64_t rid = next_request_++;
   Writer m;
-  BeginRequest(&m, "fork", rid, 1);
+  BeginRequest(&m, "fork", rid, cuda_visible ? 2 : 1);
   m.Key("slot"); m.Val(slot);
+  if (cuda_visible) {
+    m.Key("cuda_visible"); m.Str(*cuda_visible);
+  }
   pending_[rid] = {std::move(done), std::make_shared<boost::asio::steady_timer>(io_)};
   channel_->Send(m.body(), {std::make_shared<OwnedFd>(sock)});
   if (ready_) ArmForkDeadline(rid);

@@ -1,5 +1,6 @@
 #include "worker/torchscript.h"
 
+#include <caffe2/serialize/inline_container.h>
 #include <torch/script.h>
 #include <unistd.h>
 
@@ -9,6 +10,7 @@
 #include "package_format/archive_reader.h"
 #include "protocol/descriptor.h"
 #include "protocol/output_tree.h"
+#include "shm/gpu_memory.h"
 #include "tensors/ivalue_output.h"
 #include "tensors/tree.h"
 
@@ -16,11 +18,50 @@ namespace shoal {
 
 namespace {
 
-std::string OkReply(uint64_t id, const std::string& engine = "") {
+std::string OkReply(uint64_t id, const std::string& engine = "", const std::string& device = "") {
   Writer w;
-  BeginReply(&w, id, engine.empty() ? 0 : 1);
-  if (!engine.empty()) { w.Key("engine"); w.Str(engine); }
+  BeginReply(&w, id, engine.empty() ? 0 : 2);
+  if (!engine.empty()) {
+    w.Key("engine"); w.Str(engine);
+    w.Key("device"); w.Str(device);
+  }
   return std::string(w.body());
+}
+
+// A CUDA error leaves the process's context unusable (errors are sticky): the job is
+// answered and shoald replaces the worker ("poisoned").
+bool IsCudaError(const std::string& what) { return what.find("CUDA error") != std::string::npos; }
+
+std::string PoisonedReply(uint64_t id, const Status& st) {
+  Writer w;
+  w.Map(5);
+  w.Key("v"); w.Val(kProtocolVersion);
+  w.Key("id"); w.Val(id);
+  w.Key("ok"); w.Val(false);
+  w.Key("error");
+  w.Map(2);
+  w.Key("code"); w.Str(CodeName(st.code()));
+  w.Key("message"); w.Str(st.message() + "; its worker's CUDA context is unusable now, the worker is replaced");
+  w.Key("poisoned"); w.Val(true);
+  return std::string(w.body());
+}
+
+// Where a TorchScript archive's tensors go for `device` ("auto": where they were saved).
+Result<torch::Device> TargetDevice(const std::string& path, const std::string& device) {
+  bool cuda = device.rfind("cuda", 0) == 0;
+  if (device == "auto") {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    auto [data, size] = reader.getRecord("data.pkl");
+    cuda = PickleNamesCuda(std::string_view(static_cast<const char*>(data.get()), size));
+  }
+  if (!cuda) return torch::Device(torch::kCPU);
+  if (!torch::cuda::is_available()) {
+    return Status(Code::kUnavailable, "TorchScript archive " + path +
+                                          " holds CUDA tensors but this worker has no usable GPU (shoald --gpus, "
+                                          "CUDA_VISIBLE_DEVICES, the driver); to serve it on the CPU on purpose, "
+                                          "load it with device='cpu' (shoal load --device cpu)");
+  }
+  return torch::Device(torch::kCUDA, 0);  // a worker sees one GPU (shoald sets CUDA_VISIBLE_DEVICES)
 }
 
 }  // namespace
@@ -35,6 +76,8 @@ struct TorchScriptModels::Impl {
   // runner maps them too; mapping every arena twice would double the address space).
   struct ArenaSlot {
     int fd = -1;
+    uint64_t size = 0;  // announced size (GPU arenas are mapped at it)
+    std::string gpu;    // PCI bus id of a GPU arena's device; empty for a memfd
     std::unique_ptr<Arena> mapped;
   };
   std::map<uint64_t, ArenaSlot> arenas;
@@ -56,7 +99,11 @@ struct TorchScriptModels::Impl {
     auto it = arenas.find(id);
     if (it == arenas.end()) return nullptr;
     if (!it->second.mapped) {
-      auto a = Arena::Open(it->second.fd);  // takes the fd, even on failure
+      auto& slot = it->second;
+      Result<int> ordinal = slot.gpu.empty() ? Result<int>(-1) : GpuOrdinalOfBus(slot.gpu);
+      if (!ordinal.ok()) return nullptr;
+      // Both take the fd, even on failure.
+      auto a = *ordinal < 0 ? Arena::Open(slot.fd) : Arena::OpenGpu(slot.fd, slot.size, *ordinal);
       it->second.fd = -1;
       if (!a.ok()) return nullptr;
       it->second.mapped = std::move(*a);
@@ -90,7 +137,10 @@ bool TorchScriptModels::Handle(const MapView& msg, const std::vector<int>& fds, 
     auto id = msg.Uint("arena");
     if (id.ok() && !fds.empty()) {
       impl_->Drop(*id);
-      impl_->arenas[*id].fd = dup(fds.front());
+      auto& slot = impl_->arenas[*id];
+      slot.fd = dup(fds.front());
+      slot.size = msg.OptUint("size").value_or(std::nullopt).value_or(0);
+      slot.gpu = msg.OptStr("gpu").value_or(std::nullopt).value_or("");
     }
     return false;  // the Python runner maps it too
   }
@@ -106,7 +156,7 @@ bool TorchScriptModels::Handle(const MapView& msg, const std::vector<int>& fds, 
     if (!name.ok() || !path.ok()) return false;
     auto info = InspectArchiveFile(*path);
     if (!info.ok() || info->kind != ArchiveKind::kTorchScript) return false;
-    reply->body = Load(*id, *name, *path);
+    reply->body = Load(*id, *name, *path, msg.OptStr("device").value_or(std::nullopt).value_or("auto"));
     return true;
   }
   auto model = msg.Str(*op == "unload" ? "name" : "model");
@@ -155,16 +205,23 @@ std::vector<std::string> TorchScriptModels::DropClient(uint64_t client) {
   return notices;
 }
 
-std::string TorchScriptModels::Load(uint64_t id, const std::string& name, const std::string& path) {
+std::string TorchScriptModels::Load(uint64_t id, const std::string& name, const std::string& path,
+                                    const std::string& device) {
+  std::string where;
   try {
-    torch::jit::Module m = torch::jit::load(path, torch::kCPU);
+    auto target = TargetDevice(path, device);
+    if (!target.ok()) return ErrorReply(id, Status(target.status().code(), "model '" + name + "': " +
+                                                                          target.status().message()));
+    torch::jit::Module m = torch::jit::load(path, *target);
     m.eval();
+    if (target->is_cuda()) torch::cuda::synchronize();
+    where = target->is_cuda() ? "cuda" : "cpu";
     impl_->models[name] = std::move(m);
   } catch (const std::exception& e) {
-    return ErrorReply(id, Status(Code::kModelError, "model '" + name + "': TorchScript archive " + path +
-                                                        " does not load: " + e.what()));
+    Status st(Code::kModelError, "model '" + name + "': TorchScript archive " + path + " does not load: " + e.what());
+    return IsCudaError(e.what()) ? PoisonedReply(id, st) : ErrorReply(id, st);
   }
-  return OkReply(id, "libtorch");
+  return OkReply(id, "libtorch", where);
 }
 
 EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
@@ -186,16 +243,20 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
     }
     auto extent = *d->Extent();
     auto type = *ScalarTypeOf(d->dtype);
-    args.emplace_back(torch::from_blob(a->base() + d->offset, d->shape, d->strides,
-                                       torch::TensorOptions().dtype(type)));
+    auto options = torch::TensorOptions().dtype(type);
+    if (a->device() >= 0) options = options.device(torch::kCUDA, a->device());
+    args.emplace_back(torch::from_blob(a->base() + d->offset, d->shape, d->strides, options));
     spans.push_back({d->arena, d->block, d->offset, d->offset + extent, a->base()});
   }
   torch::jit::IValue out;
+  bool cuda = torch::cuda::is_available();  // cheap once initialised
   try {
     c10::InferenceMode guard;
     out = impl_->models.at(name).forward(args);
   } catch (const std::exception& e) {
-    return fail(Status(Code::kModelError, "model '" + name + "' raised in job " + std::to_string(id) + ": " + e.what()));
+    Status st(Code::kModelError, "model '" + name + "' raised in job " + std::to_string(id) + ": " + e.what());
+    if (IsCudaError(e.what())) return EncodedReply{PoisonedReply(id, st), {}};
+    return fail(st);
   }
   // The one output encoder (protocol/output_tree.h), as for Python models.
   OutputPlacement place;
@@ -203,8 +264,17 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
   place.client = *client;
   place.limits = OutputLimitsOf(msg);
   place.inputs = std::move(spans);
+  place.keep_gpu = KeepGpuOutputs(msg);
   IValueOutput root(std::move(out));
   auto reply = EncodeOutputReply(id, name, root, place);
+  try {
+    // The worker's GPU work is complete before the reply leaves (docs/architecture.md, "GPU").
+    if (cuda) torch::cuda::synchronize();
+  } catch (const std::exception& e) {
+    return EncodedReply{PoisonedReply(id, Status(Code::kModelError, "model '" + name + "', job " +
+                                                                        std::to_string(id) + ": " + e.what())),
+                        {}};
+  }
   if (!reply.ok()) return fail(reply.status());
   return std::move(*reply);
 }

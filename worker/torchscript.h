@@ -41,7 +41,7 @@ class TorchScriptModels {
   std::vector<std::string> DropClient(uint64_t client);
 
  private:
-  std::string Load(uint64_t id, const std::string& name, const std::string& path);
+  std::string Load(uint64_t id, const std::string& name, const std::string& path, const std::string& device);
   EncodedReply Infer(uint64_t id, const MapView& msg);
 
   struct Impl;

@@ -22,11 +22,30 @@ from . import _native, _tensors, archive
 VERSION = 1
 
 
-def _error(rid, code, message, tb=None):
+def _error(rid, code, message, tb=None, poisoned=False):
     err = {"code": code, "message": message}
     if tb:
         err["traceback"] = tb
-    return msgpack.packb({"v": VERSION, "id": rid, "ok": False, "error": err})
+    reply = {"v": VERSION, "id": rid, "ok": False, "error": err}
+    if poisoned:
+        reply["poisoned"] = True  # shoald replaces this worker once the job is answered
+    return msgpack.packb(reply)
+
+
+def _cuda_poisoned(e):
+    """Whether ``e`` is a CUDA error that leaves this process's context unusable (an illegal
+    address, a device-side assert: CUDA errors are sticky)."""
+    accel = getattr(torch, "AcceleratorError", None)
+    if accel is not None and isinstance(e, accel):
+        return True
+    return isinstance(e, RuntimeError) and "CUDA error" in str(e)
+
+
+def _synchronize():
+    """The worker's GPU work is complete before its reply leaves (docs/architecture.md,
+    "GPU"): the client may read the outputs as soon as it has the answer."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def self_test():
@@ -48,7 +67,7 @@ class Runner:
         self.interp = interp
         self.models = {}   # name -> served object
         self.specs = {}    # name -> input specs from the manifest (or absent)
-        self.arena_fds = {}  # client arena id -> fd (held until shoald drops it)
+        self.arena_fds = {}  # client arena id -> (fd, size, gpu bus id or None), held until shoald drops it
         self.arenas = {}     # client arena id -> _native.Arena, mapped on first use
         self.outputs = _native.OutputArenas(2 * interp)  # owner tag: lane `interp`, Python engine
         torch.set_grad_enabled(False)
@@ -72,7 +91,7 @@ class Runner:
             return self._infer(msg)
         if op == "arena":
             self._drop_arena(msg["arena"])
-            self.arena_fds[msg["arena"]] = fds.pop(0)
+            self.arena_fds[msg["arena"]] = (fds.pop(0), msg.get("size", 0), msg.get("gpu"))
         elif op == "drop_arena":
             self._drop_arena(msg["arena"])
         elif op == "release":
@@ -89,11 +108,15 @@ class Runner:
 
     def _load(self, msg):
         rid, name, path = msg["id"], msg["name"], msg["path"]
+        device = msg.get("device", "auto")
         try:
-            self.models[name], manifest = archive.load_with_manifest(path)
+            self.models[name], manifest = archive.load_with_manifest(path, device)
+            _synchronize()
             self.specs.pop(name, None)
             if manifest and manifest.get("inputs"):
                 self.specs[name] = manifest["inputs"]
+        except archive.NoGpuError as e:
+            return _error(rid, "UNAVAILABLE", f"model '{name}': {e}")
         except archive.SelfCheckError as e:
             return _error(rid, "MODEL_ERROR", f"model '{name}': {e}")
         except archive.ArchiveError as e:
@@ -101,14 +124,15 @@ class Runner:
         except Exception as e:
             return _error(rid, "MODEL_ERROR",
                           f"model '{name}': loading archive {path} raised {type(e).__name__}: {e}",
-                          traceback.format_exc())
-        return msgpack.packb({"v": VERSION, "id": rid, "ok": True, "engine": "python"})
+                          traceback.format_exc(), poisoned=_cuda_poisoned(e))
+        return msgpack.packb({"v": VERSION, "id": rid, "ok": True, "engine": "python",
+                              "device": archive.device_of(self.models[name])})
 
     def _drop_arena(self, aid):
         self.arenas.pop(aid, None)
-        fd = self.arena_fds.pop(aid, None)
-        if fd is not None:
-            os.close(fd)
+        entry = self.arena_fds.pop(aid, None)
+        if entry is not None:
+            os.close(entry[0])
 
     def _map(self, aid, keep):
         """The mapping of client arena ``aid``; when the address space is exhausted, idle
@@ -116,15 +140,23 @@ class Runner:
         arena = self.arenas.get(aid)
         if arena is not None:
             return arena
-        fd = self.arena_fds.get(aid)
-        if fd is None:
+        entry = self.arena_fds.get(aid)
+        if entry is None:
             raise OSError(f"shoald never sent arena {aid}")
+        fd, size, gpu = entry
+
+        def open_it():
+            if gpu is None:
+                return _native.Arena.open(os.dup(fd))
+            # A client's GPU arena: mapped at its announced size (the driver refuses more
+            # than the allocation has), once, then cached like a memfd's mapping.
+            return _native.Arena.open_gpu(os.dup(fd), size, _native.gpu_ordinal(gpu))
         try:
-            arena = _native.Arena.open(os.dup(fd))
+            arena = open_it()
         except OSError:
             for other in [a for a in self.arenas if a not in keep]:
                 del self.arenas[other]
-            arena = _native.Arena.open(os.dup(fd))
+            arena = open_it()
         self.arenas[aid] = arena
         return arena
 
@@ -149,23 +181,32 @@ class Runner:
         inputs, spans = [], []
         for d in msg["inputs"]:
             arena = self.arenas[d["arena"]]
-            inputs.append(_tensors.view(arena, 0, d))
+            if arena.device >= 0:
+                inputs.append(_tensors.gpu_view(arena, arena.address, 0, d))
+            else:
+                inputs.append(_tensors.view(arena, 0, d))
             spans.append((d["arena"], d["block"], d["offset"],
                           d["offset"] + _tensors.extent(d["shape"], d["strides"], _tensors.ITEMSIZE[d["dtype"]]),
                           arena.address))
         try:
             out = model(*inputs)
-        except Exception as e:
-            return _error(rid, "MODEL_ERROR",
-                          f"model '{name}' raised {type(e).__name__} in job {rid}: {e}",
-                          traceback.format_exc())
-        # The one output encoder (protocol/output_tree.h), shared with TorchScript models.
-        try:
-            return _native.encode_reply(rid, name, out, self.outputs, msg["client"], msg.get("out_bytes", 64 << 20),
-                                        msg.get("out_arenas", 8), spans, _tensors.write)
+            # The one output encoder (protocol/output_tree.h), shared with TorchScript models.
+            reply = _native.encode_reply(rid, name, out, self.outputs, msg["client"], msg.get("out_bytes", 64 << 20),
+                                         msg.get("out_arenas", 8), spans, _tensors.write,
+                                         msg.get("outputs") != "cpu")
+            _synchronize()
+            return reply
         except _native.OutputError as e:
             code, message = e.args
+            if "CUDA error" in message:  # a copy out of a poisoned context
+                return _error(rid, "MODEL_ERROR", message, poisoned=True)
             return _error(rid, code, message)
+        except Exception as e:
+            poisoned = _cuda_poisoned(e)
+            return _error(rid, "MODEL_ERROR",
+                          f"model '{name}' raised {type(e).__name__} in job {rid}: {e}" +
+                          ("; its worker's CUDA context is unusable now, the worker is replaced" if poisoned else ""),
+                          traceback.format_exc(), poisoned=poisoned)
 
 
 def _fmt(spec):
