@@ -23,9 +23,10 @@ bool Newer(const std::string& a, const std::string& b) {
 ModelRegistry::ModelRegistry(asio::io_context& io, const SupervisorConfig& config, ModelHosts* hosts, JobQueue* jobs)
     : io_(io), config_(config), hosts_(hosts), jobs_(jobs) {}
 
-void ModelRegistry::AddConfigured(const std::string& name, const std::string& path) {
+void ModelRegistry::AddConfigured(const std::string& name, const std::string& path, const std::string& device) {
   Entry& m = models_[name];
   m.path = path;
+  m.device = device;
   m.loading = false;
 }
 

@@ -73,7 +73,7 @@ class ModelRegistry {
   void set_on_failed(std::function<void(const std::string&, const std::string&)> fn) { on_failed_ = std::move(fn); }
 
   // A model of the configuration: loaded into each worker as it starts.
-  void AddConfigured(const std::string& name, const std::string& path);
+  void AddConfigured(const std::string& name, const std::string& path, const std::string& device = "auto");
 
   using Done = std::function<void(const Status& st, const std::string& traceback)>;
   // Loads an archive (already validated) under `name` in every live worker; `done` runs

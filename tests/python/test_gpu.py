@@ -194,3 +194,29 @@ def test_a_sticky_cuda_error_costs_one_worker_and_is_answered(make_daemon, tmp_p
             while time.time() < deadline and dead & compute_apps():
                 time.sleep(0.2)
             assert not dead & compute_apps()  # its GPU memory came back
+
+
+def test_devices_from_the_cli_and_the_configuration(make_daemon, tmp_path):
+    _, path = cuda_affine(tmp_path)
+    d = make_daemon(workers=1, args=("--model", f"onc@cpu={path}", "--model", f"ong@cuda:0={path}"))
+    d.wait_ready("onc")
+    d.wait_ready("ong")
+    from conftest import BUILD
+    out = subprocess.run([os.path.join(BUILD, "bin", "shoal"), "--socket", d.socket, "load", "cli", str(path),
+                          "--device", "cpu"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    with d.client() as c:
+        x = torch.randn(2, 64)
+        assert not c.infer("onc", x)[0].is_cuda
+        assert c.infer("ong", x.cuda())[0].is_cuda
+        assert not c.infer("cli", x)[0].is_cuda
+        devices = {m["name"]: m["device"] for m in c.status()["models"]}
+        assert devices == {"onc": "cpu", "ong": "cuda:0", "cli": "cpu"}
+
+
+def test_a_configured_device_that_does_not_exist_fails_the_start(tmp_path):
+    from conftest import Daemon
+    _, path = cuda_affine(tmp_path)
+    with pytest.raises(RuntimeError) as e:
+        Daemon(tmp_path, workers=1, args=("--model", f"m@cuda:9={path}"))
+    assert "cannot load on cuda:9" in str(e.value)
