@@ -33,8 +33,11 @@ Result<OutputBlock> OutputArenas::Allocate(uint64_t client, uint64_t nbytes,
   // Room for the block past the reserved first bytes, rounded to whole pages.
   uint64_t need =
       nbytes + BlockAllocator::kFirstBlock + BlockAllocator::kAlignment;
-  uint64_t size =
-      std::max<uint64_t>(limits.arena_bytes, (need + 4095) / 4096 * 4096);
+  // GPU memory is scarcer than host memory: a GPU arena is at most 16 MiB unless one
+  // output needs more (each is rounded to the GPU's granularity, 2 MiB on an H100).
+  uint64_t base = device < 0 ? limits.arena_bytes
+                             : std::min<uint64_t>(limits.arena_bytes, 16u << 20);
+  uint64_t size = std::max<uint64_t>(base, (need + 4095) / 4096 * 4096);
   auto arena = device < 0 ? Arena::Create("shoal-output", size)
                           : Arena::CreateGpu(device, size);
   if (!arena.ok()) {
