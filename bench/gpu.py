@@ -32,28 +32,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.environ.get("SHOAL_BUILD_DIR", os.path.join(HERE, "..", "build"))
 sys.path.insert(0, os.path.join(BUILD, "python"))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "models"))
+sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
 
+import bench_models  # noqa: E402
 import shoal  # noqa: E402
 import shoal_test_models  # noqa: E402
 
 
-class Bert(torch.nn.Module):
-    """BERT-base's encoder output as a plain tensor (shoal sends tensors, not ModelOutputs)."""
-
-    def __init__(self):
-        super().__init__()
-        import transformers
-        cfg = transformers.BertConfig()  # bert-base-uncased's shape, random weights
-        self.m = transformers.BertModel(cfg)
-
-    def forward(self, ids):
-        return self.m(input_ids=ids).last_hidden_state
-
-
 def make_models(names, device):
-    """[(label, module, example input)]; models whose package is missing are skipped."""
+    """[(label, module, example input, extern)]; models whose package is missing are skipped."""
     out = []
     for name in names:
         torch.manual_seed(0)
@@ -65,17 +54,17 @@ def make_models(names, device):
                 continue
             batch = 8 if name.endswith("b8") else 1
             out.append((f"ResNet-50 b{batch}", torchvision.models.resnet50().eval(),
-                        torch.randn(batch, 3, 224, 224)))
+                        torch.randn(batch, 3, 224, 224), ()))
         elif name == "bert":
             try:
-                m = Bert().eval()
+                m = bench_models.BertEncoder().eval()
             except ImportError:
                 print("skipping bert: transformers is not installed")
                 continue
-            out.append(("BERT-base b1 s128", m, torch.randint(0, 30000, (1, 128))))
+            out.append(("BERT-base b1 s128", m, torch.randint(0, 30000, (1, 128)), ("transformers.**",)))
         elif name == "tiny":
-            out.append(("tiny MLP", shoal_test_models.ScriptableMLP().eval(), torch.randn(4, 8)))
-    return [(label, m.to(device), x.to(device)) for label, m, x in out]
+            out.append(("tiny MLP", shoal_test_models.ScriptableMLP().eval(), torch.randn(4, 8), ()))
+    return [(label, m.to(device), x.to(device), extern) for label, m, x, extern in out]
 
 
 def percentile(samples, q):
@@ -152,6 +141,68 @@ class Daemon:
         self.log.close()
 
 
+def bench_model(label, module, x, extern, daemons, args, dev, tmp, workers, thread_counts, rows):
+    """Runs every contender on one model; appends its rows."""
+    key = label.split()[0].lower().replace("-", "") + str(abs(hash(label)) % 1000)
+    with torch.no_grad():
+        scripted = torch.jit.trace(module, x, check_trace=False)
+    py_path = shoal.export(module, os.path.join(tmp, f"{key}.pt"), extern=extern)
+    ts_path = os.path.join(tmp, f"{key}_ts.pt")
+    torch.jit.save(scripted, ts_path)
+    clients = {}
+    for w, d in daemons.items():
+        with shoal.Client(d.socket) as c:
+            c.load(f"{key}_py", py_path)
+            c.load(f"{key}_ts", ts_path)
+        clients[w] = [shoal.Client(d.socket) for _ in range(2 * w)]
+
+    def sync():
+        if dev == "cuda":
+            torch.cuda.synchronize()
+
+    def eager_fn(m):
+        def fn():
+            m(x)
+            sync()
+        return fn
+
+    contenders = {}
+    for t in thread_counts:
+        contenders[f"eager x{t}"] = [eager_fn(module) for _ in range(t)]
+    for t in thread_counts:
+        contenders[f"torchscript x{t}"] = [eager_fn(scripted) for _ in range(t)]
+    for w in workers:
+        for engine in ("py", "ts"):
+            fns = []
+            for c in clients[w]:
+                xa = c.empty(x.shape, x.dtype, device=dev)
+                xa.copy_(x)
+
+                def fn(c=c, xa=xa, name=f"{key}_{engine}"):
+                    c.infer(name, xa)
+                fns.append(fn)
+            contenders[f"shoal {w} ({'python' if engine == 'py' else 'torchscript'})"] = fns
+    results = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name, fns in contenders.items():
+            results[name].append(drive(fns, args.seconds))
+    mem = gpu_memory_by_pid()
+    for name, runs in results.items():
+        rate = statistics.median(r[0] for r in runs) * x.shape[0]
+        lat = [v for r in runs for v in r[1]]
+        if name.startswith("shoal"):
+            w = int(name.split()[1])
+            used = sum(mem.get(pid, 0) for pid in daemons[w].worker_pids())
+        else:
+            used = mem.get(os.getpid(), 0)
+        rows.append((label, name, rate, percentile(lat, 0.5), percentile(lat, 0.99), used))
+        print(f"| {label} | {name} | {rows[-1][2]:.1f} | {rows[-1][3]:.2f} | {rows[-1][4]:.2f} | {used} |",
+              flush=True)
+    for cs in clients.values():
+        for c in cs:
+            c.close()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=2.0)
@@ -176,63 +227,11 @@ def main():
     daemons = {w: Daemon(w, tmp, dev) for w in workers}
     rows = []
     try:
-        for label, module, x in models:
-            key = label.split()[0].lower().replace("-", "") + str(abs(hash(label)) % 1000)
-            with torch.no_grad():
-                scripted = torch.jit.trace(module, x, check_trace=False)
-            py_path = shoal.export(module, os.path.join(tmp, f"{key}.pt"))
-            ts_path = os.path.join(tmp, f"{key}_ts.pt")
-            torch.jit.save(scripted, ts_path)
-            clients = {}
-            for w, d in daemons.items():
-                with shoal.Client(d.socket) as c:
-                    c.load(f"{key}_py", py_path)
-                    c.load(f"{key}_ts", ts_path)
-                clients[w] = [shoal.Client(d.socket) for _ in range(2 * w)]
-
-            def sync():
-                if dev == "cuda":
-                    torch.cuda.synchronize()
-
-            def eager_fn(m):
-                def fn():
-                    m(x)
-                    sync()
-                return fn
-
-            contenders = {}
-            for t in thread_counts:
-                contenders[f"eager x{t}"] = [eager_fn(module) for _ in range(t)]
-            for t in thread_counts:
-                contenders[f"torchscript x{t}"] = [eager_fn(scripted) for _ in range(t)]
-            for w in workers:
-                for engine in ("py", "ts"):
-                    fns = []
-                    for c in clients[w]:
-                        xa = c.empty(x.shape, x.dtype, device=dev)
-                        xa.copy_(x)
-
-                        def fn(c=c, xa=xa, name=f"{key}_{engine}"):
-                            c.infer(name, xa)
-                        fns.append(fn)
-                    contenders[f"shoal {w} ({'python' if engine == 'py' else 'torchscript'})"] = fns
-            results = {name: [] for name in contenders}
-            for _ in range(args.rounds):
-                for name, fns in contenders.items():
-                    results[name].append(drive(fns, args.seconds))
-            mem = gpu_memory_by_pid()
-            for name, runs in results.items():
-                rate = statistics.median(r[0] for r in runs) * x.shape[0]
-                lat = [v for r in runs for v in r[1]]
-                if name.startswith("shoal"):
-                    w = int(name.split()[1])
-                    used = sum(mem.get(pid, 0) for pid in daemons[w].worker_pids())
-                else:
-                    used = mem.get(os.getpid(), 0)
-                rows.append((label, name, rate, percentile(lat, 0.5), percentile(lat, 0.99), used))
-            for cs in clients.values():
-                for c in cs:
-                    c.close()
+        for label, module, x, extern in models:
+            try:
+                bench_model(label, module, x, extern, daemons, args, dev, tmp, workers, thread_counts, rows)
+            except Exception as e:  # noqa: BLE001 - one model's failure must not lose the others' figures
+                print(f"{label}: failed: {type(e).__name__}: {str(e)[:2000]}", flush=True)
         # Identity round trip, 4 KiB input: CPU arena vs GPU arena.
         d = daemons[workers[0]]
         ident = shoal.export(shoal_test_models.Identity(), os.path.join(tmp, "identity.pt"))
