@@ -7,7 +7,9 @@ of the harness itself; its figures mean nothing.)
 
 For each model (ResNet-50 batch 1 and 8; BERT-base batch 1, sequence 128, randomly
 initialised from its config: no download; skipped where torchvision / transformers are
-missing), with TF32 off everywhere:
+missing), with torch's default precision everywhere (cuDNN may use TF32 for convolutions;
+workers run with the defaults, so this process keeps them too; --tf32 off turns it off
+here only, which makes the in-process rows slower than the workers'):
   - eager xT: the model in this process, called by T threads (T = 1, 2, 4), one CUDA context;
   - torchscript x1 / xT: its traced TorchScript module in this process;
   - shoal W (python) / shoal W (torchscript): shoald with W workers serving the packaged
@@ -211,13 +213,16 @@ def main():
     p.add_argument("--threads", default="1,2,4")
     p.add_argument("--models", default="resnet50,resnet50b8,bert")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--tf32", choices=("default", "off"), default="default")
     p.add_argument("--out")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench/gpu.py needs a GPU (or --device cpu to check the harness)")
         return 0
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    if args.tf32 == "off":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    print(f"TF32 here: matmul {torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32}")
     torch.set_grad_enabled(False)
     dev = args.device
     workers = [int(w) for w in args.workers.split(",")]
