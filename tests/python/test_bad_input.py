@@ -145,13 +145,16 @@ def test_gpu_arena_registrations_that_no_worker_could_map_are_refused(daemon, ar
         gpus = [w["gpu"] for w in victim.status()["workers"] if w["gpu"]]
         s = wire.raw(daemon.socket)
         null = os.open("/dev/null", os.O_RDONLY)
-        cases = [({"gpu": "0000:ff:00.0", "size": 1 << 21}, "no such GPU")]
+        cases = [({"gpu": "0000:ff:00.0", "size": 1 << 21}, null, "no such GPU")]
+        real = None
         if gpus:  # the fd and size checks come after the GPU's
-            cases += [({"gpu": gpus[0], "size": 1 << 21}, "exported CUDA allocation"),
-                      ({"gpu": gpus[0], "size": 1 << 41}, "1 TiB")]
-        for i, (fields, why) in enumerate(cases):
+            from shoal import _native
+            real = _native.Arena.create_gpu(1 << 21, _native.gpu_ordinal(gpus[0]))  # a real exported fd
+            cases += [({"gpu": gpus[0], "size": 1 << 21}, null, "exported CUDA allocation"),
+                      ({"gpu": gpus[0], "size": 1 << 41}, real.fd, "1 TiB")]
+        for i, (fields, fd, why) in enumerate(cases):
             msg = dict({"v": 1, "op": "register_arena", "id": i + 1}, **fields)
-            s.sendmsg([frame(msg)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [null]))])
+            s.sendmsg([frame(msg)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
             reply = read_reply(s)
             assert reply["ok"] is False and reply["error"]["code"] == "BAD_REQUEST", reply
             assert why in reply["error"]["message"], reply
