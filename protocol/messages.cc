@@ -113,9 +113,10 @@ void BeginNotice(Writer* w, std::string_view op, uint32_t fields) {
   w->Key("op"); w->Str(op);
 }
 
-std::string ErrorReply(uint64_t id, const Status& status, std::string_view traceback, uint64_t retry_after_ms) {
+std::string ErrorReply(uint64_t id, const Status& status, std::string_view traceback, uint64_t retry_after_ms,
+                       bool poisoned) {
   Writer w;
-  w.Map(4);
+  w.Map(poisoned ? 5 : 4);
   w.Key("v"); w.Val(kProtocolVersion);
   w.Key("id"); w.Val(id);
   w.Key("ok"); w.Val(false);
@@ -125,6 +126,7 @@ std::string ErrorReply(uint64_t id, const Status& status, std::string_view trace
   w.Key("message"); w.Str(status.message());
   if (!traceback.empty()) { w.Key("traceback"); w.Str(traceback); }
   if (retry_after_ms) { w.Key("retry_after_ms"); w.Val(retry_after_ms); }
+  if (poisoned) { w.Key("poisoned"); w.Val(true); }
   return std::string(w.body());
 }
 

@@ -64,9 +64,10 @@ void BeginReply(Writer* w, uint64_t id, uint32_t fields);
 void BeginNotice(Writer* w, std::string_view op, uint32_t fields);
 
 // {"v":1,"id":id,"ok":false,"error":{"code":...,"message":...[,"traceback":...]
-//  [,"retry_after_ms":n]}}
+//  [,"retry_after_ms":n]}[,"poisoned":true]}; `poisoned`: a worker's CUDA context is
+// unusable after this job (shoald replaces the worker once it has the answer).
 std::string ErrorReply(uint64_t id, const Status& status, std::string_view traceback = {},
-                       uint64_t retry_after_ms = 0);
+                       uint64_t retry_after_ms = 0, bool poisoned = false);
 // Reads the "error" map of a reply into a Status (and its traceback, if any).
 Status StatusFromReply(const MapView& reply, std::string* traceback = nullptr);
 

@@ -194,6 +194,7 @@ bool WorkerPool::HasOrLoads(Worker worker, const std::string& name) const {
 }
 
 void WorkerPool::Unload(const std::string& name) {
+  model_devices_.erase(name);
   for (auto& [slot, w] : workers_) {
     if (!w->gone && w->ready_models.erase(name) > 0) SendUnload(w.get(), name);
   }

@@ -43,17 +43,9 @@ bool CudaInUse() {
 // after it): the job is answered and shoald replaces the worker ("poisoned").
 
 std::string PoisonedReply(uint64_t id, const Status& st) {
-  Writer w;
-  w.Map(5);
-  w.Key("v"); w.Val(kProtocolVersion);
-  w.Key("id"); w.Val(id);
-  w.Key("ok"); w.Val(false);
-  w.Key("error");
-  w.Map(2);
-  w.Key("code"); w.Str(CodeName(st.code()));
-  w.Key("message"); w.Str(st.message() + "; its worker's CUDA context is unusable now, the worker is replaced");
-  w.Key("poisoned"); w.Val(true);
-  return std::string(w.body());
+  return ErrorReply(id, Status(st.code(), st.message() + "; its worker's CUDA context is unusable now, the worker "
+                                                         "is replaced"),
+                    {}, 0, /*poisoned=*/true);
 }
 
 // Where a TorchScript archive's tensors go for `device` ("auto": where they were saved).

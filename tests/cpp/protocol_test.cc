@@ -124,3 +124,14 @@ TEST_CASE("error replies round-trip code, message and traceback", "[protocol]") 
   REQUIRE(st.message() == "model 'm' raised");
   REQUIRE(tb == "Traceback...");
 }
+
+TEST_CASE("a poisoned error reply says so beside its error; others do not", "[protocol]") {
+  auto plain = Decode(ErrorReply(7, Status(Code::kModelError, "boom")));
+  REQUIRE(plain.ok());
+  CHECK_FALSE(MapView(plain->get()).Bool("poisoned").ok());
+  auto poisoned = Decode(ErrorReply(8, Status(Code::kModelError, "CUDA error"), {}, 0, true));
+  REQUIRE(poisoned.ok());
+  MapView m(poisoned->get());
+  CHECK(m.Bool("poisoned").value_or(false));
+  CHECK(StatusFromReply(m).message() == "CUDA error");
+}
