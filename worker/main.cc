@@ -30,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "worker/filesystem_view.h"
 #include "worker/interpreter.h"
 #include "worker/router.h"
 #include "worker/sandbox.h"
@@ -93,6 +94,35 @@ int CheckInterpreters(const std::string& cache) {
   _exit(failures == 0 ? 0 : 1);
 }
 
+// The sandbox, closed: the private temporary folder made and given to every interpreter,
+// then every restriction at once (worker/sandbox.h). Exits the worker when it cannot.
+void CloseSandbox(const shoal::SandboxConfig& sandbox, const Interpreters& interps, const std::string& cache) {
+  std::string tmp;
+  if (auto made = shoal::MakePrivateTmp(sandbox.tmp_root); made.ok()) {
+    tmp = *made;
+    setenv("TMPDIR", tmp.c_str(), 1);
+  } else {
+    spdlog::warn("worker sandbox: {}; model code has no temporary folder", made.status().message());
+  }
+  bool confined = sandbox.landlock && shoal::LandlockAbi() > 0;
+  std::vector<std::string> python_paths;
+  for (const auto& it : interps) {
+    it->AcquireGil();
+    auto paths = it->EnterSandbox(tmp, confined);
+    it->ReleaseGil();
+    if (!paths.ok()) {
+      spdlog::critical("worker sandbox: {}", paths.status().ToString());
+      _exit(3);
+    }
+    python_paths.insert(python_paths.end(), paths->begin(), paths->end());
+  }
+  auto files = shoal::WorkerFilesystem(sandbox, tmp, python_paths, interps.size() > 1 ? cache : "");
+  if (auto st = shoal::ApplySandbox(sandbox, files); !st.ok()) {
+    spdlog::critical("worker sandbox: {}", st.ToString());
+    _exit(3);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -149,18 +179,22 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", interps.status().ToString());
     _exit(3);
   }
+  // Once per zygote (or exec'd worker): what Landlock gives on this kernel.
+  if (sandbox.landlock) {
+    int abi = shoal::LandlockAbi();
+    std::string what = shoal::DescribeLandlock(abi, sandbox.allow_network);
+    abi > 0 ? spdlog::info("worker sandbox: {}", what) : spdlog::warn("worker sandbox: {}", what);
+  }
   if (zygote) {
-    // Model code (in the workers it forks) may not read the zygote's memory either.
+    // Model code (in the workers it forks) may not read the zygote's memory either. The
+    // zygote itself stays unconfined: each worker closes its own sandbox after the fork.
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     auto forked = shoal::RunZygote(fd, *interps, supervisor);  // returns in workers only
     fd = forked.fd;
     slot = forked.slot;
   }
   // Everything model code could abuse is dropped before the first model is loaded.
-  if (auto st = shoal::ApplySandbox(sandbox); !st.ok()) {
-    spdlog::critical("worker sandbox: {}", st.ToString());
-    _exit(3);
-  }
+  CloseSandbox(sandbox, *interps, cache);
   if (interpreters > 1) shoal::ServeMany(fd, slot, *interps);
   Interpreter* only = (*interps)[0].get();
   only->AcquireGil();

@@ -49,9 +49,13 @@ struct ShoalPyhostApi {
   // runner: the worker exits).
   int (*handle)(const char* body, size_t len, int* fds, size_t* nfds, char** reply, size_t* reply_len,
                 int* out_fds, size_t* n_out, char** error);
+  // With the GIL, in a worker before its sandbox closes: shoal._sandbox.enter(tmp_dir,
+  // confined) points the interpreter's temporary files at `tmp_dir` and returns the
+  // folders its imports read, '\n'-separated, in *paths (malloc'ed).
+  int (*enter_sandbox)(const char* tmp_dir, int confined, char** paths, char** error);
 };
 
-constexpr int kShoalPyhostAbi = 2;
+constexpr int kShoalPyhostAbi = 3;
 
 typedef const ShoalPyhostApi* (*ShoalPyhostApiFn)();
 const ShoalPyhostApi* shoal_pyhost_api();

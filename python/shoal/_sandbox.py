@@ -1,0 +1,66 @@
+"""A worker's interpreter just before the worker's sandbox closes (worker/sandbox.h).
+
+Called by shoal-worker (worker/pyhost.cc) in each interpreter of a worker, after the
+zygote forked it and before any model code runs: temporary files go to the worker's
+private folder, the only one it may write under Landlock, and the folders this
+interpreter's imports read are reported so that the worker keeps reading them
+(worker/filesystem_view.h). Built-in modules only.
+"""
+import os
+import site
+import sys
+import sysconfig
+import tempfile
+
+# Caches that default under $HOME, which a confined worker cannot write: the operator's
+# setting wins, else a folder in the worker's private one.
+_CACHES = (("XDG_CACHE_HOME", "cache"), ("TRITON_CACHE_DIR", "triton"), ("CUDA_CACHE_PATH", "nv"))
+
+
+def enter(tmp_dir, confined):
+    """Points TMPDIR and ``tempfile`` (which may have chosen a folder in the zygote already)
+    at ``tmp_dir``, and, when the worker is ``confined`` (Landlock), the caches above. Returns
+    the folders to read, one a line."""
+    if tmp_dir:
+        os.environ["TMPDIR"] = tmp_dir
+        tempfile.tempdir = tmp_dir
+        if confined:
+            for var, sub in _CACHES:
+                os.environ.setdefault(var, os.path.join(tmp_dir, sub))
+    return "\n".join(read_paths())
+
+
+def read_paths():
+    """The folders this interpreter imports from: its prefixes, sys.path, and the folders of
+    packages and modules imported so far (editable installs and path hooks put them
+    outside sys.path). Absolute, existing, outermost only, with symlinks resolved too; never
+    the root folder itself."""
+    found = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, *sys.path}
+    found.update(sysconfig.get_paths().values())
+    try:
+        found.update(site.getsitepackages())
+        found.add(site.getusersitepackages())
+    except AttributeError:  # a virtualenv's old site.py
+        pass
+    for module in list(sys.modules.values()):
+        try:
+            found.update(p for p in (getattr(module, "__path__", None) or ()) if isinstance(p, str))
+            f = getattr(module, "__file__", None)
+            if isinstance(f, str):
+                found.add(os.path.dirname(f))
+        except Exception:  # noqa: BLE001 (lazy modules may raise on any attribute)
+            continue
+    paths = set()
+    for p in found:
+        if isinstance(p, str) and os.path.isabs(p) and "\n" not in p and os.path.exists(p):
+            paths.add(os.path.normpath(p))
+            paths.add(os.path.realpath(p))
+    paths.discard("/")
+    return sorted(p for p in paths if not any(a in paths for a in _ancestors(p)))
+
+
+def _ancestors(path):
+    parent = os.path.dirname(path)
+    while parent != path:
+        yield parent
+        path, parent = parent, os.path.dirname(parent)
