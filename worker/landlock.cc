@@ -118,9 +118,13 @@ std::string DescribeLandlock(int abi, bool allow_network) {
 Status RestrictFilesystem(const FilesystemView& view, bool allow_network) {
   const int abi = LandlockAbi();
   if (abi == 0) return Status::Ok();
-  if (int threads = CountThreads(); threads != 1) {
-    return Status::Internal("Landlock binds only the calling thread, and this worker has " +
-                            std::to_string(threads) + " threads");
+  if (int threads = CountThreads(); threads > 1) {
+    // Only where a library started a pool while the interpreters were imported (a worker
+    // exec'd rather than forked: fork copies one thread). Model code runs on this thread
+    // and on threads started from it, which are confined; seccomp holds the same way.
+    spdlog::warn("Landlock binds the thread that applies it: {} threads a library started earlier stay "
+                 "outside it (model code does not run on them); zygote = yes forks workers with one thread",
+                 threads - 1);
   }
   const uint64_t fs = HandledFs(abi);
   RulesetAttr attr{fs, 0, 0};

@@ -7,8 +7,10 @@
 // bind/connect, 5 device ioctls, 6 scoping of abstract Unix sockets and signals to the
 // worker's own processes. Rights the kernel does not know are left out; a kernel without
 // Landlock leaves everything open (LandlockAbi() == 0; the caller logs it).
-// Thread-safety: RestrictFilesystem binds the calling thread only: call it while the
-// process has a single thread, before model code runs (worker/sandbox.h).
+// Thread-safety: RestrictFilesystem binds the calling thread and the threads it starts
+// later, not threads that exist already: call it before model code runs and before the
+// worker starts its own threads (worker/sandbox.h); it warns about threads libraries
+// started earlier.
 #pragma once
 
 #include <string>

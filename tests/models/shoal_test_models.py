@@ -294,8 +294,9 @@ class Escapes(nn.Module):
 
 class Confined(nn.Module):
     """Tries, from inside a worker, to leave the filesystem and the processes Landlock gives
-    it. Input: a uint8 tensor holding JSON {"write": [paths], "read": [paths], "kill": pid,
-    "abstract": name, "tcp": port}; output: what happened to each try (errno names)."""
+    it. Input: a uint8 tensor holding JSON {"write": [paths], "read": [paths], "kill": pid
+    (also tries shoald, its parent), "abstract": name, "tcp": port}; output: what happened
+    to each try (errno names)."""
 
     def forward(self, params):
         import errno
@@ -334,6 +335,7 @@ class Confined(nn.Module):
         out["subprocess"] = subprocess.run(["cat", name], capture_output=True, text=True).stdout
         if "kill" in p:
             out["kill"] = attempt(lambda: os.kill(p["kill"], signal.SIGTERM))
+            out["kill_shoald"] = attempt(lambda: os.kill(os.getppid(), 0))  # 0: only asks whether it may
         if "abstract" in p:
             def connect():
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

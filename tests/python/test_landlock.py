@@ -162,6 +162,7 @@ def test_model_code_cannot_signal_or_reach_abstract_sockets_outside_its_worker(c
     try:
         out = attempt(kill=bystander.pid, abstract=name)
         assert out["kill"] == "EPERM" and bystander.poll() is None
+        assert out["kill_shoald"] == "EPERM"  # same uid: without Landlock it could kill shoald
         assert out["abstract"] == "EPERM"
         with pytest.raises(socket.timeout):
             listener.accept()
