@@ -35,32 +35,42 @@ def read_paths():
     packages and modules imported so far (editable installs and path hooks put them
     outside sys.path). Absolute, existing, outermost only, with symlinks resolved too; never
     the root folder itself."""
-    found = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, *sys.path}
-    found.update(sysconfig.get_paths().values())
+    roots = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, *sys.path}
+    roots.update(sysconfig.get_paths().values())
     try:
-        found.update(site.getsitepackages())
-        found.add(site.getusersitepackages())
+        roots.update(site.getsitepackages())
+        roots.add(site.getusersitepackages())
     except AttributeError:  # a virtualenv's old site.py
         pass
+    paths = set()
+    _add(paths, roots)
+    # Modules imported from elsewhere; most sit under the folders above (checked on the
+    # names alone, once a folder: a worker starts faster without a stat per module).
+    checked = set()
     for module in list(sys.modules.values()):
         try:
-            found.update(p for p in (getattr(module, "__path__", None) or ()) if isinstance(p, str))
+            found = [p for p in (getattr(module, "__path__", None) or ()) if isinstance(p, str)]
             f = getattr(module, "__file__", None)
             if isinstance(f, str):
-                found.add(os.path.dirname(f))
+                found.append(os.path.dirname(f))
         except Exception:  # noqa: BLE001 (lazy modules may raise on any attribute)
             continue
-    paths = set()
+        for p in found:
+            if p not in checked:
+                checked.add(p)
+                if os.path.isabs(p) and not _beneath(os.path.normpath(p), paths):
+                    _add(paths, [p])
+    paths.discard("/")
+    return sorted(p for p in paths if not _beneath(p, paths - {p}))
+
+
+def _add(paths, found):
     for p in found:
         if isinstance(p, str) and os.path.isabs(p) and "\n" not in p and os.path.exists(p):
             paths.add(os.path.normpath(p))
             paths.add(os.path.realpath(p))
-    paths.discard("/")
-    return sorted(p for p in paths if not any(a in paths for a in _ancestors(p)))
 
 
-def _ancestors(path):
-    parent = os.path.dirname(path)
-    while parent != path:
-        yield parent
-        path, parent = parent, os.path.dirname(parent)
+def _beneath(path, folders):
+    """Whether `path` is one of `folders` (never "/") or beneath one."""
+    return any(path == f or path.startswith(f + "/") for f in folders if f != "/")
