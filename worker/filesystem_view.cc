@@ -89,8 +89,8 @@ Result<std::string> MakePrivateTmp(const std::string& root) {
   return dir;
 }
 
-FilesystemView WorkerFilesystem(const SandboxConfig& cfg, const std::string& tmp_dir,
-                                const std::vector<std::string>& python_paths, const std::string& interpreter_cache) {
+FilesystemView WorkerFilesystem(const SandboxConfig& cfg, const std::vector<std::string>& python_paths,
+                                const std::string& interpreter_cache) {
   FilesystemView v;
   v.read_exec.assign(std::begin(kSystemReadExec), std::end(kSystemReadExec));
   v.read_exec.insert(v.read_exec.end(), python_paths.begin(), python_paths.end());
@@ -114,7 +114,6 @@ FilesystemView WorkerFilesystem(const SandboxConfig& cfg, const std::string& tmp
     closedir(d);
   }
 
-  if (!tmp_dir.empty()) v.read_write.push_back(tmp_dir);
   if (!interpreter_cache.empty()) {
     // Importing an extension module makes this interpreter's copy of it, with patchelf.
     v.read_write.push_back(interpreter_cache);

@@ -1,6 +1,7 @@
-// What a worker's model code may reach on the filesystem: worked out in each worker after
-// the zygote forked it, just before the sandbox closes (worker/main.cc), and enforced with
-// Landlock (worker/landlock.h). docs/security.md, "Landlock", lists the rules.
+// What a worker's model code may reach on the filesystem: worked out once in the zygote
+// before it forks (or in an exec'd worker before its sandbox closes; worker/main.cc), the
+// worker's private temporary folder added after the fork, and enforced with Landlock
+// (worker/landlock.h). docs/security.md, "Landlock", lists the rules.
 //
 // - read and execute: the Python installation as the interpreters see it (their
 //   sys.prefix, sys.path, the folders of modules already imported: shoal._sandbox), the
@@ -28,10 +29,11 @@ namespace shoal {
 // shoald's (supervisor/worker_tmp.h), which removes ROOT/PID when the worker is gone.
 Result<std::string> MakePrivateTmp(const std::string& root);
 
-// The view of a worker with private temporary folder `tmp_dir` (may be empty: none),
-// whose interpreters read `python_paths`, with interpreter copies in `interpreter_cache`
-// (empty: one interpreter).
-FilesystemView WorkerFilesystem(const SandboxConfig& cfg, const std::string& tmp_dir,
-                                const std::vector<std::string>& python_paths, const std::string& interpreter_cache);
+// The view of every worker of this process, whose interpreters import from
+// `python_paths` (Interpreter::ImportFolders), with interpreter copies in
+// `interpreter_cache` (empty: one interpreter); without the private temporary folder,
+// which each worker adds to read_write.
+FilesystemView WorkerFilesystem(const SandboxConfig& cfg, const std::vector<std::string>& python_paths,
+                                const std::string& interpreter_cache);
 
 }  // namespace shoal

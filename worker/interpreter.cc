@@ -79,10 +79,10 @@ Status Interpreter::CreateRunner(int slot) {
   return Status::Ok();
 }
 
-Result<std::vector<std::string>> Interpreter::EnterSandbox(const std::string& tmp_dir, bool confined) {
+Result<std::vector<std::string>> Interpreter::ImportFolders() {
   char* paths = nullptr;
   char* error = nullptr;
-  if (api_->enter_sandbox(tmp_dir.c_str(), confined ? 1 : 0, &paths, &error) != 0) return TakeError("", error);
+  if (api_->import_folders(&paths, &error) != 0) return TakeError("", error);
   std::vector<std::string> out;
   std::string all = paths;
   free(paths);
@@ -93,6 +93,12 @@ Result<std::vector<std::string>> Interpreter::EnterSandbox(const std::string& tm
     at = end + 1;
   }
   return out;
+}
+
+Status Interpreter::EnterSandbox(const std::string& tmp_dir, bool confined) {
+  char* error = nullptr;
+  if (api_->enter_sandbox(tmp_dir.c_str(), confined ? 1 : 0, &error) != 0) return TakeError("", error);
+  return Status::Ok();
 }
 
 Status Interpreter::SelfTest() {

@@ -94,21 +94,15 @@ int CheckInterpreters(const std::string& cache) {
   _exit(failures == 0 ? 0 : 1);
 }
 
-// The sandbox, closed: the private temporary folder made and given to every interpreter,
-// then every restriction at once (worker/sandbox.h). Exits the worker when it cannot.
-void CloseSandbox(const shoal::SandboxConfig& sandbox, const Interpreters& interps, const std::string& cache) {
-  std::string tmp;
-  if (auto made = shoal::MakePrivateTmp(sandbox.tmp_root); made.ok()) {
-    tmp = *made;
-    setenv("TMPDIR", tmp.c_str(), 1);
-  } else {
-    spdlog::warn("worker sandbox: {}; model code has no temporary folder", made.status().message());
-  }
-  bool confined = sandbox.landlock && shoal::LandlockAbi() > 0;
+// What model code in this process's workers may read (worker/filesystem_view.h), the same
+// for every worker: worked out before the zygote forks, since asking each interpreter
+// touches every module and would unshare those pages in each worker. Exits on failure.
+shoal::FilesystemView ModelCodeFiles(const shoal::SandboxConfig& sandbox, const Interpreters& interps,
+                                     const std::string& cache) {
   std::vector<std::string> python_paths;
   for (const auto& it : interps) {
     it->AcquireGil();
-    auto paths = it->EnterSandbox(tmp, confined);
+    auto paths = it->ImportFolders();
     it->ReleaseGil();
     if (!paths.ok()) {
       spdlog::critical("worker sandbox: {}", paths.status().ToString());
@@ -116,7 +110,30 @@ void CloseSandbox(const shoal::SandboxConfig& sandbox, const Interpreters& inter
     }
     python_paths.insert(python_paths.end(), paths->begin(), paths->end());
   }
-  auto files = shoal::WorkerFilesystem(sandbox, tmp, python_paths, interps.size() > 1 ? cache : "");
+  return shoal::WorkerFilesystem(sandbox, python_paths, interps.size() > 1 ? cache : "");
+}
+
+// The sandbox, closed in a worker: its private temporary folder made and given to every
+// interpreter, then every restriction at once (worker/sandbox.h). Exits when it cannot.
+void CloseSandbox(const shoal::SandboxConfig& sandbox, const Interpreters& interps, shoal::FilesystemView files) {
+  std::string tmp;
+  if (auto made = shoal::MakePrivateTmp(sandbox.tmp_root); made.ok()) {
+    tmp = *made;
+    setenv("TMPDIR", tmp.c_str(), 1);
+    files.read_write.push_back(tmp);
+  } else {
+    spdlog::warn("worker sandbox: {}; model code has no temporary folder", made.status().message());
+  }
+  bool confined = sandbox.landlock && shoal::LandlockAbi() > 0;
+  for (const auto& it : interps) {
+    it->AcquireGil();
+    auto st = it->EnterSandbox(tmp, confined);
+    it->ReleaseGil();
+    if (!st.ok()) {
+      spdlog::critical("worker sandbox: {}", st.ToString());
+      _exit(3);
+    }
+  }
   if (auto st = shoal::ApplySandbox(sandbox, files); !st.ok()) {
     spdlog::critical("worker sandbox: {}", st.ToString());
     _exit(3);
@@ -185,6 +202,7 @@ int main(int argc, char** argv) {
     std::string what = shoal::DescribeLandlock(abi, sandbox.allow_network);
     abi > 0 ? spdlog::info("worker sandbox: {}", what) : spdlog::warn("worker sandbox: {}", what);
   }
+  auto files = ModelCodeFiles(sandbox, *interps, cache);
   if (zygote) {
     // Model code (in the workers it forks) may not read the zygote's memory either. The
     // zygote itself stays unconfined: each worker closes its own sandbox after the fork.
@@ -194,7 +212,7 @@ int main(int argc, char** argv) {
     slot = forked.slot;
   }
   // Everything model code could abuse is dropped before the first model is loaded.
-  CloseSandbox(sandbox, *interps, cache);
+  CloseSandbox(sandbox, *interps, std::move(files));
   if (interpreters > 1) shoal::ServeMany(fd, slot, *interps);
   Interpreter* only = (*interps)[0].get();
   only->AcquireGil();

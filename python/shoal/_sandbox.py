@@ -1,10 +1,10 @@
 """A worker's interpreter just before the worker's sandbox closes (worker/sandbox.h).
 
-Called by shoal-worker (worker/pyhost.cc) in each interpreter of a worker, after the
-zygote forked it and before any model code runs: temporary files go to the worker's
-private folder, the only one it may write under Landlock, and the folders this
-interpreter's imports read are reported so that the worker keeps reading them
-(worker/filesystem_view.h). Built-in modules only.
+Called by shoal-worker (worker/pyhost.cc) in each interpreter: in the zygote, before it
+forks, for the folders this interpreter imports from, which workers keep reading
+(worker/filesystem_view.h); in each worker, after the fork and before any model code
+runs, to send temporary files to the worker's private folder, the only one it may write
+under Landlock. Built-in modules only.
 """
 import os
 import site
@@ -18,23 +18,22 @@ _CACHES = (("XDG_CACHE_HOME", "cache"), ("TRITON_CACHE_DIR", "triton"), ("CUDA_C
 
 
 def enter(tmp_dir, confined):
-    """Points TMPDIR and ``tempfile`` (which may have chosen a folder in the zygote already)
-    at ``tmp_dir``, and, when the worker is ``confined`` (Landlock), the caches above. Returns
-    the folders to read, one a line."""
+    """In a worker: points TMPDIR and ``tempfile`` (which may have chosen a folder in the
+    zygote already) at ``tmp_dir``, and, when the worker is ``confined`` (Landlock), the
+    caches above."""
     if tmp_dir:
         os.environ["TMPDIR"] = tmp_dir
         tempfile.tempdir = tmp_dir
         if confined:
             for var, sub in _CACHES:
                 os.environ.setdefault(var, os.path.join(tmp_dir, sub))
-    return "\n".join(read_paths())
 
 
 def read_paths():
-    """The folders this interpreter imports from: its prefixes, sys.path, and the folders of
-    packages and modules imported so far (editable installs and path hooks put them
-    outside sys.path). Absolute, existing, outermost only, with symlinks resolved too; never
-    the root folder itself."""
+    """The folders this interpreter imports from, one a line: its prefixes, sys.path, and the
+    folders of packages and modules imported so far (editable installs and path hooks put
+    them outside sys.path). Absolute, existing, outermost only, with symlinks resolved too;
+    never the root folder itself. Asked once, in the zygote (it touches every module)."""
     roots = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, *sys.path}
     roots.update(sysconfig.get_paths().values())
     try:
@@ -61,7 +60,7 @@ def read_paths():
                 if os.path.isabs(p) and not _beneath(os.path.normpath(p), paths):
                     _add(paths, [p])
     paths.discard("/")
-    return sorted(p for p in paths if not _beneath(p, paths - {p}))
+    return "\n".join(sorted(p for p in paths if not _beneath(p, paths - {p})))
 
 
 def _add(paths, found):
