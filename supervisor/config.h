@@ -82,6 +82,11 @@ Status LoadConfigFile(const std::string& path, SupervisorConfig* cfg);
 // open the archives.
 Result<SupervisorConfig> LoadConfig(const CommandLine& cli);
 
+// The sandbox of a worker (its command-line arguments): config.sandbox, its read paths
+// with model_repository and the folders of the configured models' archives added, and its
+// private temporary folder under `tmp_root` (supervisor/worker_tmp.h).
+SandboxConfig WorkerSandbox(const SupervisorConfig& config, const std::string& tmp_root);
+
 // SIGHUP. Reads running.command_line's file again with the same command-line layers on
 // top, and returns the configuration to run with from now on: every reloadable setting
 // (workers, timeouts and grace periods, max_queue, crash limits, admin_group, sandbox,

@@ -131,6 +131,14 @@ std::vector<Option> MakeTable() {
                                            "may model code open IPv4/IPv6 sockets"),
       Make<&C::sandbox, &S::seccomp>("seccomp", K::kYesNo, "yes|no", kReload,
                                      "deny system calls model code has no business making"),
+      Make<&C::sandbox, &S::landlock>("landlock", K::kYesNo, "yes|no", kReload,
+                                      "let model code read only the Python installation, system libraries and "
+                                      "archives, and write only a private temporary folder (Linux Landlock, where "
+                                      "the kernel has it)"),
+      Make<&C::sandbox, &S::read_paths>("sandbox_read_paths", K::kText, "DIR[:DIR...]", kRestart,
+                                        "folders of archives that clients load by path, which workers may read "
+                                        "under Landlock (model_repository and the folders of model lines are "
+                                        "added)"),
       Make<&C::worker_arenas>("worker_arenas", K::kNumber, "N", kReload,
                               "client arenas whose descriptors a worker holds at most; the least recently used "
                               "one no running job reads is dropped first", 1, 1 << 16),

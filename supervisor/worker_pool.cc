@@ -47,11 +47,12 @@ std::vector<std::string> WorkerPool::WorkerArgs() const {
   if (config_.interpreters > 1) {
     args = {"--interpreters", std::to_string(config_.interpreters), "--interpreter-cache", config_.interpreter_cache};
   }
-  for (auto& a : config_.sandbox.ToArgs()) args.push_back(a);
+  for (auto& a : WorkerSandbox(config_, tmp_.root()).ToArgs()) args.push_back(a);
   return args;
 }
 
 void WorkerPool::Start() {
+  if (auto st = tmp_.Create(); !st.ok()) spdlog::error("{}: model code will have no folder to write", st.message());
   if (auto st = gpus_.Discover(config_.worker_binary, config_.gpus); !st.ok()) {
     spdlog::error("{}; workers run without GPUs", st.ToString());
   }
@@ -187,6 +188,7 @@ void WorkerPool::Reap() {
     } else if (unforked && early_exits_.size() < 64) {
       early_exits_[pid] = status;
     }
+    tmp_.Remove(pid);  // a worker's, after OnGone killed what its model code started
   }
 }
 

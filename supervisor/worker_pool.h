@@ -4,7 +4,7 @@
 // interpreter, models ready in it, arenas it was sent), the zygote link, restart backoff,
 // resizing and recycling, and the per-worker memory figures. Spawns through the zygote
 // (exec when there is none); learns of deaths from the reaper (SIGCHLD, waitpid WNOHANG)
-// and from EOF, never by blocking. Every request to a worker is answered exactly once:
+// and from EOF, never by blocking. Owns the workers' temporary folders (WorkerTmp). Every request to a worker is answered exactly once:
 // with the reply, WORKER_CRASHED if the worker dies first, or UNAVAILABLE at shutdown.
 // Serves the scheduler as its SlotPool and the registry as its ModelHosts; tells the
 // service what happened through PoolListener.
@@ -26,6 +26,7 @@
 #include "supervisor/process_memory.h"
 #include "supervisor/scheduler.h"
 #include "supervisor/worker_handle.h"
+#include "supervisor/worker_tmp.h"
 #include "supervisor/zygote_link.h"
 
 namespace shoal {
@@ -141,6 +142,7 @@ class WorkerPool : public SlotPool, public ModelHosts {
   ArenaTable* arenas_;
   PoolListener* listener_;
   ZygoteLink zygote_;
+  WorkerTmp tmp_;  // the workers' private temporary folders
   ProcessMemorySampler memory_;
   GpuPlacement gpus_;                                  // which GPU each slot's worker uses
   std::map<std::string, std::string> model_devices_;   // model -> the device it was loaded for

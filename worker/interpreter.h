@@ -35,6 +35,12 @@ class Interpreter {
 
   // Builds the job runner of (worker slot, interpreter index).
   Status CreateRunner(int slot);
+  // The folders this interpreter imports from (python/shoal/_sandbox.py). Touches every
+  // module: the zygote asks, before it forks, so that workers keep those pages shared.
+  Result<std::vector<std::string>> ImportFolders();
+  // In a worker, before its sandbox closes: points this interpreter's temporary files at
+  // `tmp_dir` (and, when `confined`, the caches that default under $HOME).
+  Status EnterSandbox(const std::string& tmp_dir, bool confined);
   // Runs shoal._worker.self_test() (a small torch job).
   Status SelfTest();
   // Zygote: moves every object alive now to the permanent generation (gc.freeze), so that

@@ -30,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "worker/filesystem_view.h"
 #include "worker/interpreter.h"
 #include "worker/router.h"
 #include "worker/sandbox.h"
@@ -93,6 +94,52 @@ int CheckInterpreters(const std::string& cache) {
   _exit(failures == 0 ? 0 : 1);
 }
 
+// What model code in this process's workers may read (worker/filesystem_view.h), the same
+// for every worker: worked out before the zygote forks, since asking each interpreter
+// touches every module and would unshare those pages in each worker. Exits on failure.
+shoal::FilesystemView ModelCodeFiles(const shoal::SandboxConfig& sandbox, const Interpreters& interps,
+                                     const std::string& cache) {
+  std::vector<std::string> python_paths;
+  for (const auto& it : interps) {
+    it->AcquireGil();
+    auto paths = it->ImportFolders();
+    it->ReleaseGil();
+    if (!paths.ok()) {
+      spdlog::critical("worker sandbox: {}", paths.status().ToString());
+      _exit(3);
+    }
+    python_paths.insert(python_paths.end(), paths->begin(), paths->end());
+  }
+  return shoal::WorkerFilesystem(sandbox, python_paths, interps.size() > 1 ? cache : "");
+}
+
+// The sandbox, closed in a worker: its private temporary folder made and given to every
+// interpreter, then every restriction at once (worker/sandbox.h). Exits when it cannot.
+void CloseSandbox(const shoal::SandboxConfig& sandbox, const Interpreters& interps, shoal::FilesystemView files) {
+  std::string tmp;
+  if (auto made = shoal::MakePrivateTmp(sandbox.tmp_root); made.ok()) {
+    tmp = *made;
+    setenv("TMPDIR", tmp.c_str(), 1);
+    files.read_write.push_back(tmp);
+  } else {
+    spdlog::warn("worker sandbox: {}; model code has no temporary folder", made.status().message());
+  }
+  bool confined = sandbox.landlock && shoal::LandlockAbi() > 0;
+  for (const auto& it : interps) {
+    it->AcquireGil();
+    auto st = it->EnterSandbox(tmp, confined);
+    it->ReleaseGil();
+    if (!st.ok()) {
+      spdlog::critical("worker sandbox: {}", st.ToString());
+      _exit(3);
+    }
+  }
+  if (auto st = shoal::ApplySandbox(sandbox, files); !st.ok()) {
+    spdlog::critical("worker sandbox: {}", st.ToString());
+    _exit(3);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -149,18 +196,23 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", interps.status().ToString());
     _exit(3);
   }
+  // Once per zygote (or exec'd worker): what Landlock gives on this kernel.
+  if (sandbox.landlock) {
+    int abi = shoal::LandlockAbi();
+    std::string what = shoal::DescribeLandlock(abi, sandbox.allow_network);
+    abi > 0 ? spdlog::info("worker sandbox: {}", what) : spdlog::warn("worker sandbox: {}", what);
+  }
+  auto files = ModelCodeFiles(sandbox, *interps, cache);
   if (zygote) {
-    // Model code (in the workers it forks) may not read the zygote's memory either.
+    // Model code (in the workers it forks) may not read the zygote's memory either. The
+    // zygote itself stays unconfined: each worker closes its own sandbox after the fork.
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     auto forked = shoal::RunZygote(fd, *interps, supervisor);  // returns in workers only
     fd = forked.fd;
     slot = forked.slot;
   }
   // Everything model code could abuse is dropped before the first model is loaded.
-  if (auto st = shoal::ApplySandbox(sandbox); !st.ok()) {
-    spdlog::critical("worker sandbox: {}", st.ToString());
-    _exit(3);
-  }
+  CloseSandbox(sandbox, *interps, std::move(files));
   if (interpreters > 1) shoal::ServeMany(fd, slot, *interps);
   Interpreter* only = (*interps)[0].get();
   only->AcquireGil();

@@ -100,7 +100,7 @@ Status InstallSeccomp(bool allow_network) {
 #endif
 }  // namespace
 
-Status ApplySandbox(const SandboxConfig& cfg) {
+Status ApplySandbox(const SandboxConfig& cfg, const FilesystemView& files) {
   // Its own process group, which shoald kills when the worker dies: every process model
   // code starts stays in it (setsid and setpgid are denied below).
   if (setpgid(0, 0) != 0) return Status::FromErrno("setpgid", errno);
@@ -114,6 +114,9 @@ Status ApplySandbox(const SandboxConfig& cfg) {
   if (auto st = SetLimit(RLIMIT_AS, cfg.address_space_bytes, "RLIMIT_AS"); !st.ok()) return st;
   if (auto st = SetLimit(RLIMIT_CPU, cfg.cpu_seconds, "RLIMIT_CPU"); !st.ok()) return st;
   if (auto st = SetLimit(RLIMIT_NOFILE, cfg.open_files, "RLIMIT_NOFILE"); !st.ok()) return st;
+  if (cfg.landlock) {
+    if (auto st = RestrictFilesystem(files, cfg.allow_network); !st.ok()) return st;
+  }
 #ifdef SHOAL_HAVE_SECCOMP
   if (cfg.seccomp) {
     if (auto st = InstallSeccomp(cfg.allow_network); !st.ok()) return st;

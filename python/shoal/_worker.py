@@ -110,6 +110,15 @@ class Runner:
         rid, name, path = msg["id"], msg["name"], msg["path"]
         device = msg.get("device", "auto")
         try:
+            open(path, "rb").close()
+        except PermissionError as e:  # shoald could read it, so the worker's sandbox forbids it
+            return _error(rid, "BAD_REQUEST",
+                          f"model '{name}': the worker may not read archive {path} ({e.strerror}): workers read "
+                          "archives only in shoald's sandbox_read_paths, model_repository and the folders of "
+                          "configured models (Landlock); add its folder to sandbox_read_paths and restart shoald")
+        except OSError:
+            pass  # the reader below says what is wrong
+        try:
             self.models[name], manifest = archive.load_with_manifest(path, device)
             _synchronize()
             self.specs.pop(name, None)
