@@ -31,7 +31,17 @@ Supervisor::Supervisor(asio::io_context& io, SupervisorConfig config)
 
 Supervisor::~Supervisor() = default;
 
-Status Supervisor::Start() {
+Result<std::vector<std::pair<std::string, ArchiveRef>>> OpenConfiguredModels(const SupervisorConfig& config) {
+  std::vector<std::pair<std::string, ArchiveRef>> out;
+  for (const auto& [name, path] : config.models) {
+    auto archive = ArchiveFile::Open(path);
+    if (!archive.ok()) return Status(archive.status().code(), "model '" + name + "': " + archive.status().message());
+    out.emplace_back(name, std::move(*archive));
+  }
+  return out;
+}
+
+Status Supervisor::Start(std::vector<std::pair<std::string, ArchiveRef>> models) {
   if (config_.workers < 1 || config_.workers > 1024) return Status::BadRequest("--workers must be between 1 and 1024");
   if (config_.worker_binary.empty()) {
     std::error_code ec;
@@ -68,7 +78,7 @@ Status Supervisor::Start() {
   WaitSignal();
   signal(SIGPIPE, SIG_IGN);
 
-  for (const auto& [name, path] : config_.models) registry_.AddConfigured(name, path);
+  for (auto& [name, archive] : models) registry_.AddConfigured(name, std::move(archive));
   notifier_.Notify("STATUS=starting " + std::to_string(config_.workers) + " workers, loading " +
                    std::to_string(registry_.size()) + " models");
   // Workers forked by the zygote are reparented to us when their middle process exits:

@@ -190,9 +190,10 @@ void WorkerPool::Reap() {
   }
 }
 
-void WorkerPool::Send(WorkerHandle* w, uint64_t id, std::string_view body, ReplyFn fn) {
+void WorkerPool::Send(WorkerHandle* w, uint64_t id, std::string_view body, ReplyFn fn,
+                      std::vector<std::shared_ptr<OwnedFd>> fds) {
   w->pending[id] = std::move(fn);
-  w->channel->Send(body);
+  w->channel->Send(body, std::move(fds));
 }
 
 void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body, std::vector<int>* fds) {

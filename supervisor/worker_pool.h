@@ -109,7 +109,7 @@ class WorkerPool : public SlotPool, public ModelHosts {
 
   // ModelHosts
   std::vector<Worker> Live() const override;
-  void Load(Worker worker, const std::string& name, const std::string& path, const std::string& device,
+  void Load(Worker worker, const std::string& name, const ArchiveRef& archive, const std::string& device,
             std::function<bool()> keep, LoadDone done) override;
   bool Places(Worker worker, const std::string& device) const override;
   // A load's device checked against the GPUs workers are placed on (supervisor/gpu_placement.h).
@@ -128,7 +128,9 @@ class WorkerPool : public SlotPool, public ModelHosts {
   void OnGone(WorkerHandle* w, const std::string& how);
   void TerminateWorker(WorkerHandle* w, const std::string& why);
   void RetireIfDone(WorkerHandle* w);
-  void Send(WorkerHandle* w, uint64_t id, std::string_view body, ReplyFn fn);
+  // Sends a request with `fds` attached; `fn` gets its one answer.
+  void Send(WorkerHandle* w, uint64_t id, std::string_view body, ReplyFn fn,
+            std::vector<std::shared_ptr<OwnedFd>> fds = {});
   void SendUnload(WorkerHandle* w, const std::string& model);
   // Sends a client arena's fd unless the worker has it; first drops the least recently used
   // ones that no running job of the worker reads, past worker_arenas / worker_arena_mb.

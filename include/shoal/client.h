@@ -60,6 +60,8 @@ class Client {
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
+  // Opens `archive_path` with this process's rights and passes the open file to shoald
+  // (which never opens a client's path); BAD_REQUEST if it cannot be opened here.
   Status Load(const std::string& name, const std::string& archive_path);
   Status Unload(const std::string& name);
   Result<std::vector<ModelInfo>> Models();
