@@ -53,6 +53,13 @@ Status Supervisor::Start(std::vector<std::pair<std::string, ArchiveRef>> models)
                              errno);
   }
   if (auto st = front_.SetAdminGroup(config_.admin_group); !st.ok()) return st;
+  auto user = ChooseWorkerUser(config_.worker_user, geteuid());
+  if (!user.ok()) return user.status();
+  if (*user) {
+    spdlog::info("workers run as {}, with no supplementary groups and no capabilities", (*user)->Describe());
+  } else if (geteuid() == 0) {
+    spdlog::warn("worker_user = shoald: workers run as root (with no capabilities) and can read what root can");
+  }
   // Not dumpable: no process of shoald's user (model code in a worker, for one) may read or
   // write its memory through /proc/PID/mem or ptrace it. /proc/self reads come before this.
   if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) spdlog::warn("PR_SET_DUMPABLE: {}", std::strerror(errno));
@@ -84,7 +91,7 @@ Status Supervisor::Start(std::vector<std::pair<std::string, ArchiveRef>> models)
   // Workers forked by the zygote are reparented to us when their middle process exits:
   // as a subreaper we wait for them (and learn how they died) ourselves.
   prctl(PR_SET_CHILD_SUBREAPER, 1);
-  pool_.Start();
+  pool_.Start(*user);
   spdlog::info("shoald listening on {} with {} workers", *where, config_.workers);
   if (notifier_.watchdog_interval()) Watchdog();
   CheckReady();

@@ -14,6 +14,7 @@
 #include <boost/asio.hpp>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <memory>
 #include <set>
 #include <string>
@@ -26,6 +27,7 @@
 #include "supervisor/process_memory.h"
 #include "supervisor/scheduler.h"
 #include "supervisor/worker_handle.h"
+#include "supervisor/worker_user.h"
 #include "supervisor/zygote_link.h"
 
 namespace shoal {
@@ -52,8 +54,9 @@ class WorkerPool : public SlotPool, public ModelHosts {
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
 
-  // Starts the zygote (if configured) and config.workers workers.
-  void Start();
+  // Starts the zygote (if configured) and config.workers workers. `user`: the user
+  // workers switch to (supervisor/worker_user.h), nullopt to keep shoald's uid.
+  void Start(std::optional<WorkerUser> user = std::nullopt);
   // SIGCHLD: collects every exited child (WNOHANG).
   void Reap();
   // The worker's start-up loads are done (a crash after this is not a start-up crash).
@@ -123,6 +126,8 @@ class WorkerPool : public SlotPool, public ModelHosts {
   void Spawn(int slot);
   void ScheduleRespawn(int slot, std::chrono::milliseconds delay);
   void OnFrame(WorkerHandle* w, const std::string& body, std::vector<int>* fds);
+  // memory_file notice: the worker's own smaps_rollup, read by the sampler from now on.
+  void TakeMemoryFile(WorkerHandle* w, std::vector<int>* fds);
   // Registers the output arenas a job's reply announces (their fds come with it).
   void RegisterOutputArenas(WorkerHandle* w, uint64_t rid, const MapView& reply, std::vector<int>* fds);
   void OnGone(WorkerHandle* w, const std::string& how);
@@ -153,6 +158,8 @@ class WorkerPool : public SlotPool, public ModelHosts {
   // Exits reaped before the zygote told us the pid (a worker that died at once): pid ->
   // wait status, claimed when the pid arrives. Bounded.
   std::map<pid_t, int> early_exits_;
+  std::optional<WorkerUser> user_;  // who workers run as (nullopt: shoald's uid)
+  std::string new_copies_;          // user_'s folder for K > 1 library copies (worker --new-copies)
   std::map<int, int> crash_streak_;  // slot -> consecutive crashes before a worker finished starting
   uint64_t restarts_ = 0;
 };

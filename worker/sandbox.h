@@ -1,7 +1,8 @@
 // The worker's sandbox: what a process running third-party model code gives up.
 //
 // Applied in each worker (and in the zygote, whose children inherit it) before any model
-// code runs: PR_SET_NO_NEW_PRIVS, resource limits (address space, CPU seconds, open
+// code runs: a uid of its own when shoald is root (no supplementary groups, no
+// capabilities), PR_SET_NO_NEW_PRIVS, resource limits (address space, CPU seconds, open
 // files), and a seccomp filter that denies (EPERM) system calls model code has no
 // business making: ptrace, mount, kexec, module loading, namespaces, bpf, raw and network
 // sockets unless allowed. docs/security.md lists them and why.
@@ -23,6 +24,10 @@ struct SandboxConfig {
   uint64_t open_files = 4096;        // RLIMIT_NOFILE
   bool allow_network = false;        // AF_INET/AF_INET6 sockets for model code
   bool seccomp = true;               // install the filter (when built with libseccomp)
+  // The user a root worker switches to (shoald's --run-as UID:GID, supervisor/worker_user.h);
+  // -1: keep the uid. Not in ToArgs: shoald adds it to every worker's command line itself.
+  int64_t run_as_uid = -1;
+  int64_t run_as_gid = -1;
 
   // As command-line arguments for shoal-worker, and back.
   std::vector<std::string> ToArgs() const {
@@ -43,6 +48,11 @@ struct SandboxConfig {
       allow_network = v != 0;
     } else if (flag == "--seccomp") {
       seccomp = v != 0;
+    } else if (flag == "--run-as") {  // UID:GID
+      auto colon = value.find(':');
+      if (colon == std::string::npos) return false;
+      run_as_uid = static_cast<int64_t>(std::strtoull(value.c_str(), nullptr, 10));
+      run_as_gid = static_cast<int64_t>(std::strtoull(value.c_str() + colon + 1, nullptr, 10));
     } else {
       return false;
     }
