@@ -59,6 +59,7 @@ struct SupervisorConfig {
   std::string config_path;         // re-read on SIGHUP
   uint64_t drain_grace_ms = 10000;  // SIGTERM: running jobs get this long to finish
   std::string admin_group;          // members may load/unload (besides root and shoald's user)
+  std::string worker_user = "auto";  // who workers run as when shoald is root (supervisor/worker_user.h)
   std::string model_repository;     // relative archive paths resolve against it
   std::string log_level = "info";
   bool zygote = true;               // fork workers from a zygote (else exec each one)

@@ -113,6 +113,9 @@ std::vector<Option> MakeTable() {
                                 "unload waits this long for the jobs a model has accepted", 0, kMaxMs),
       Make<&C::admin_group>("admin_group", K::kText, "GROUP", kReload,
                             "members may load and unload models (besides root and shoald's user)"),
+      Make<&C::worker_user>("worker_user", K::kText, "USER", kRestart,
+                            "who workers run as when shoald runs as root: auto (user shoal-worker if it "
+                            "exists, else nobody), a user name, or shoald (shoald's uid, no capabilities)"),
       Make<&C::max_jobs_per_worker>("max_jobs_per_worker", K::kNumber, "N", kReload,
                                     "recycle a worker after this many jobs (0 = never)", 0, kMaxMs),
       Make<&C::crash_loop_limit>("crash_loop_limit", K::kNumber, "N", kReload,

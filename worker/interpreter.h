@@ -50,6 +50,13 @@ class Interpreter {
   void BeforeFork() { api_->before_fork(); }
   void AfterForkParent() { api_->after_fork_parent(); }
   void AfterForkChild() { api_->after_fork_child(); }
+  // A worker that runs as its own user (shoald is root) cannot write the cache the
+  // root-owned zygote made; copies it needs from now on go under `dir` (its user's), while
+  // the copies already loaded stay as they are. Never in the zygote: it must not load
+  // files a worker could write. No-op with one interpreter.
+  void MakeNewCopiesIn(const std::string& dir) {
+    if (copies_) copies_->MakeNewCopiesIn(dir);
+  }
 
   // Passes one message body and the FIFO of received fds to the runner, which takes (from
   // the front) those its message carries; the others stay in *fds for later messages.

@@ -14,6 +14,7 @@
 // SIGCHLD), answers the jobs of all its interpreters and replaces it.
 // Threading: main runs on the process's only thread until the router starts the
 // interpreters' threads (worker/lanes.h); --check-interpreters runs two threads of its own.
+#include <fcntl.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
@@ -30,6 +31,9 @@
 #include <thread>
 #include <vector>
 
+#include "protocol/channel.h"
+#include "protocol/frame.h"
+#include "protocol/messages.h"
 #include "worker/filesystem_view.h"
 #include "worker/interpreter.h"
 #include "worker/router.h"
@@ -119,6 +123,11 @@ void CloseSandbox(const shoal::SandboxConfig& sandbox, const Interpreters& inter
   std::string tmp;
   if (auto made = shoal::MakePrivateTmp(sandbox.tmp_root); made.ok()) {
     tmp = *made;
+    // Made while still root: it belongs to the user the worker becomes (ApplySandbox).
+    if (sandbox.run_as_uid >= 0 && chown(tmp.c_str(), static_cast<uid_t>(sandbox.run_as_uid),
+                                         static_cast<gid_t>(sandbox.run_as_gid)) != 0) {
+      spdlog::warn("worker sandbox: cannot give {} to uid {}: {}", tmp, sandbox.run_as_uid, std::strerror(errno));
+    }
     setenv("TMPDIR", tmp.c_str(), 1);
     files.read_write.push_back(tmp);
   } else {
@@ -140,6 +149,20 @@ void CloseSandbox(const shoal::SandboxConfig& sandbox, const Interpreters& inter
   }
 }
 
+// shoald reads each worker's Rss/Pss (`status`) from /proc/PID/smaps_rollup, but a
+// non-dumpable process's file can be opened only by itself or a process with
+// CAP_SYS_PTRACE: a shoald that is not root could not. So the worker opens its own, before
+// any model code runs, and hands shoald the open file (`memory_file` notice, one fd): reads
+// of an open smaps file need no further permission, and the worker stays non-dumpable.
+void HandOverMemoryFile(int sock) {
+  int f = open("/proc/self/smaps_rollup", O_RDONLY | O_CLOEXEC);
+  if (f < 0) return;  // no figures in `status`, nothing worse
+  shoal::Writer w;
+  shoal::BeginNotice(&w, "memory_file", 0);
+  (void)shoal::SendAll(sock, shoal::EncodeFrame(w.body()), {f});
+  close(f);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -148,6 +171,7 @@ int main(int argc, char** argv) {
   int interpreters = 1;
   int check = 0;
   std::string cache;
+  std::string new_copies;  // K > 1 under a root shoald: where this worker's user makes library copies
   bool zygote = false;
   pid_t supervisor = 0;
   shoal::SandboxConfig sandbox;
@@ -175,6 +199,8 @@ int main(int argc, char** argv) {
       check = std::atoi(v.c_str());
     } else if (a == "--cuda-visible") {
       setenv("CUDA_VISIBLE_DEVICES", v.c_str(), 1);
+    } else if (a == "--new-copies") {
+      new_copies = v;
     } else if (a == "--supervisor") {
       supervisor = static_cast<pid_t>(std::atoi(v.c_str()));
     } else if (!sandbox.ParseArg(a, v)) {
@@ -211,8 +237,12 @@ int main(int argc, char** argv) {
     fd = forked.fd;
     slot = forked.slot;
   }
+  HandOverMemoryFile(fd);
   // Everything model code could abuse is dropped before the first model is loaded.
   CloseSandbox(sandbox, *interps, std::move(files));
+  if (!new_copies.empty()) {  // only now: neither the zygote nor root loads what a worker may write
+    for (const auto& it : *interps) it->MakeNewCopiesIn(new_copies);
+  }
   if (interpreters > 1) shoal::ServeMany(fd, slot, *interps);
   Interpreter* only = (*interps)[0].get();
   only->AcquireGil();

@@ -1,7 +1,8 @@
 // The worker's sandbox: what a process running third-party model code gives up.
 //
 // Applied in each worker (after the zygote forked it; the zygote itself stays unconfined)
-// before any model code runs: PR_SET_NO_NEW_PRIVS, resource limits (address space, CPU
+// before any model code runs: a uid of its own when shoald is root (no supplementary
+// groups, no capabilities), PR_SET_NO_NEW_PRIVS, resource limits (address space, CPU
 // seconds, open files), Landlock filesystem rules (worker/landlock.h; what a worker may
 // reach is worked out in worker/filesystem_view.h), and a seccomp filter that denies
 // (EPERM) system calls model code has no business making: ptrace, mount, kexec, module
@@ -34,6 +35,10 @@ struct SandboxConfig {
   // Where each worker makes its private temporary folder (ROOT/PID, its TMPDIR); set by
   // shoald (supervisor/worker_tmp.h), not an option.
   std::string tmp_root;
+  // The user a root worker switches to (shoald's --run-as UID:GID, supervisor/worker_user.h);
+  // -1: keep the uid. Not in ToArgs: shoald adds it to every worker's command line itself.
+  int64_t run_as_uid = -1;
+  int64_t run_as_gid = -1;
 
   // As command-line arguments for shoal-worker, and back.
   std::vector<std::string> ToArgs() const {
@@ -61,6 +66,11 @@ struct SandboxConfig {
       allow_network = v != 0;
     } else if (flag == "--seccomp") {
       seccomp = v != 0;
+    } else if (flag == "--run-as") {  // UID:GID
+      auto colon = value.find(':');
+      if (colon == std::string::npos) return false;
+      run_as_uid = static_cast<int64_t>(std::strtoull(value.c_str(), nullptr, 10));
+      run_as_gid = static_cast<int64_t>(std::strtoull(value.c_str() + colon + 1, nullptr, 10));
     } else {
       return false;
     }

@@ -272,6 +272,24 @@ class Escapes(nn.Module):
             out["parent_mem"] = errno.errorcode.get(e.errno, str(e.errno))
         with open("/proc/self/status") as f:
             out["CapEff"] = next(line.split()[1] for line in f if line.startswith("CapEff:"))
+        # Who it runs as, and what that user may read and write.
+        out["uid"], out["euid"], out["gid"], out["groups"] = os.getuid(), os.geteuid(), os.getgid(), os.getgroups()
+        for key, path in (("shadow", "/etc/shadow"), ("secret", p.get("secret"))):
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+                out[key] = "read"
+            except OSError as e:
+                out[key] = errno.errorcode.get(e.errno, str(e.errno))
+        import tempfile
+        out["tmp"] = tempfile.gettempdir()
+        out["tmp_owner"] = os.stat(out["tmp"]).st_uid
+        try:
+            with tempfile.NamedTemporaryFile() as f:
+                f.write(b"scratch")
+            out["tmp_write"] = "ok"
+        except OSError as e:
+            out["tmp_write"] = errno.errorcode.get(e.errno, str(e.errno))
         # The control socket: as shoald's own user, model code would be an admin.
         try:
             import shoal
