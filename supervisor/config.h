@@ -83,9 +83,8 @@ Status LoadConfigFile(const std::string& path, SupervisorConfig* cfg);
 // open the archives.
 Result<SupervisorConfig> LoadConfig(const CommandLine& cli);
 
-// The sandbox of a worker (its command-line arguments): config.sandbox, its read paths
-// with model_repository and the folders of the configured models' archives added, and its
-// private temporary folder under `tmp_root` (supervisor/worker_tmp.h).
+// The sandbox of a worker (its command-line arguments): config.sandbox, with its private
+// temporary folder under `tmp_root` (supervisor/worker_tmp.h).
 SandboxConfig WorkerSandbox(const SupervisorConfig& config, const std::string& tmp_root);
 
 // SIGHUP. Reads running.command_line's file again with the same command-line layers on

@@ -138,10 +138,6 @@ std::vector<Option> MakeTable() {
                                       "let model code read only the Python installation, system libraries and "
                                       "archives, and write only a private temporary folder (Linux Landlock, where "
                                       "the kernel has it)"),
-      Make<&C::sandbox, &S::read_paths>("sandbox_read_paths", K::kText, "DIR[:DIR...]", kRestart,
-                                        "folders of archives that clients load by path, which workers may read "
-                                        "under Landlock (model_repository and the folders of model lines are "
-                                        "added)"),
       Make<&C::worker_arenas>("worker_arenas", K::kNumber, "N", kReload,
                               "client arenas whose descriptors a worker holds at most; the least recently used "
                               "one no running job reads is dropped first", 1, 1 << 16),

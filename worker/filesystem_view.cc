@@ -89,8 +89,7 @@ Result<std::string> MakePrivateTmp(const std::string& root) {
   return dir;
 }
 
-FilesystemView WorkerFilesystem(const SandboxConfig& cfg, const std::vector<std::string>& python_paths,
-                                const std::string& interpreter_cache) {
+FilesystemView WorkerFilesystem(const std::vector<std::string>& python_paths, const std::string& interpreter_cache) {
   FilesystemView v;
   v.read_exec.assign(std::begin(kSystemReadExec), std::end(kSystemReadExec));
   v.read_exec.insert(v.read_exec.end(), python_paths.begin(), python_paths.end());
@@ -104,7 +103,6 @@ FilesystemView WorkerFilesystem(const SandboxConfig& cfg, const std::vector<std:
   if (!ec && prefix.has_relative_path() && !SharedWritable(prefix.string())) v.read_exec.push_back(prefix.string());
 
   v.read_only.assign(std::begin(kSystemReadOnly), std::end(kSystemReadOnly));
-  for (auto& dir : Split(cfg.read_paths, ':')) v.read_only.push_back(dir);
 
   v.devices.assign(std::begin(kSystemDevices), std::end(kSystemDevices));
   if (DIR* d = opendir("/dev")) {

@@ -7,8 +7,8 @@
 //   sys.prefix, sys.path, the folders of modules already imported: shoal._sandbox), the
 //   folders of every library mapped now and of LD_LIBRARY_PATH, shoal's own prefix, and
 //   the system's /usr, /lib*, /bin, /sbin;
-// - read only: the archives' folders (SandboxConfig::read_paths), /proc, the hardware
-//   parts of /sys, and the few /etc files that libc, Python and CUDA read;
+// - read only: /proc, the hardware parts of /sys, and the few /etc files that libc,
+//   Python and CUDA read (no archive: a worker loads from the file shoald sends it);
 // - read, write and ioctl: /dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom and
 //   GPU device files where present (/dev/nvidia*, /dev/kfd, /dev/dri);
 // - read and write: the worker's private temporary folder, and with K > 1 interpreters
@@ -21,7 +21,6 @@
 
 #include "shoal/status.h"
 #include "worker/landlock.h"
-#include "worker/sandbox.h"
 
 namespace shoal {
 
@@ -33,7 +32,6 @@ Result<std::string> MakePrivateTmp(const std::string& root);
 // `python_paths` (Interpreter::ImportFolders), with interpreter copies in
 // `interpreter_cache` (empty: one interpreter); without the private temporary folder,
 // which each worker adds to read_write.
-FilesystemView WorkerFilesystem(const SandboxConfig& cfg, const std::vector<std::string>& python_paths,
-                                const std::string& interpreter_cache);
+FilesystemView WorkerFilesystem(const std::vector<std::string>& python_paths, const std::string& interpreter_cache);
 
 }  // namespace shoal

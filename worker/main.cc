@@ -101,8 +101,7 @@ int CheckInterpreters(const std::string& cache) {
 // What model code in this process's workers may read (worker/filesystem_view.h), the same
 // for every worker: worked out before the zygote forks, since asking each interpreter
 // touches every module and would unshare those pages in each worker. Exits on failure.
-shoal::FilesystemView ModelCodeFiles(const shoal::SandboxConfig& sandbox, const Interpreters& interps,
-                                     const std::string& cache) {
+shoal::FilesystemView ModelCodeFiles(const Interpreters& interps, const std::string& cache) {
   std::vector<std::string> python_paths;
   for (const auto& it : interps) {
     it->AcquireGil();
@@ -114,7 +113,7 @@ shoal::FilesystemView ModelCodeFiles(const shoal::SandboxConfig& sandbox, const 
     }
     python_paths.insert(python_paths.end(), paths->begin(), paths->end());
   }
-  return shoal::WorkerFilesystem(sandbox, python_paths, interps.size() > 1 ? cache : "");
+  return shoal::WorkerFilesystem(python_paths, interps.size() > 1 ? cache : "");
 }
 
 // The sandbox, closed in a worker: its private temporary folder made and given to every
@@ -228,7 +227,7 @@ int main(int argc, char** argv) {
     std::string what = shoal::DescribeLandlock(abi, sandbox.allow_network);
     abi > 0 ? spdlog::info("worker sandbox: {}", what) : spdlog::warn("worker sandbox: {}", what);
   }
-  auto files = ModelCodeFiles(sandbox, *interps, cache);
+  auto files = ModelCodeFiles(*interps, cache);
   if (zygote) {
     // Model code (in the workers it forks) may not read the zygote's memory either. The
     // zygote itself stays unconfined: each worker closes its own sandbox after the fork.

@@ -28,10 +28,6 @@ struct SandboxConfig {
   bool allow_network = false;        // AF_INET/AF_INET6 sockets for model code
   bool seccomp = true;               // install the filter (when built with libseccomp)
   bool landlock = true;              // filesystem rules (where the kernel has Landlock)
-  // Folders of archives workers may read, ':'-separated: sandbox_read_paths, plus (in
-  // what shoald passes a worker) model_repository and the folders of configured models.
-  // Only loads by path need them.
-  std::string read_paths;
   // Where each worker makes its private temporary folder (ROOT/PID, its TMPDIR); set by
   // shoald (supervisor/worker_tmp.h), not an option.
   std::string tmp_root;
@@ -44,15 +40,12 @@ struct SandboxConfig {
   std::vector<std::string> ToArgs() const {
     return {"--rlimit-as", std::to_string(address_space_bytes), "--rlimit-cpu", std::to_string(cpu_seconds),
             "--rlimit-nofile", std::to_string(open_files), "--allow-network", allow_network ? "1" : "0",
-            "--seccomp", seccomp ? "1" : "0", "--landlock", landlock ? "1" : "0", "--read-paths", read_paths,
-            "--tmp-root", tmp_root};
+            "--seccomp", seccomp ? "1" : "0", "--landlock", landlock ? "1" : "0", "--tmp-root", tmp_root};
   }
   // Takes one "--flag value" pair if it is a sandbox option; false otherwise.
   bool ParseArg(const std::string& flag, const std::string& value) {
     uint64_t v = std::strtoull(value.c_str(), nullptr, 10);
-    if (flag == "--read-paths") {
-      read_paths = value;
-    } else if (flag == "--tmp-root") {
+    if (flag == "--tmp-root") {
       tmp_root = value;
     } else if (flag == "--landlock") {
       landlock = v != 0;

@@ -19,22 +19,6 @@ sys.path.insert(0, MODELS)
 import shoal  # noqa: E402
 
 
-# Tests load archives by path from pytest's temporary folders, which workers may read
-# under Landlock only when shoald names them (sandbox_read_paths, docs/security.md).
-ARCHIVE_ROOTS = []
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _archive_roots(tmp_path_factory):
-    ARCHIVE_ROOTS.append(str(tmp_path_factory.getbasetemp()))
-
-
-def archive_args():
-    """shoald options that let workers read the tests' archives (before a --config, which
-    may override them)."""
-    return ["--sandbox-read-paths", ":".join(ARCHIVE_ROOTS)] if ARCHIVE_ROOTS else []
-
-
 class Daemon:
     def __init__(self, tmp, workers=2, args=(), preexec_fn=None):
         self.socket = str(tmp / "shoal.sock")
@@ -42,7 +26,7 @@ class Daemon:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [os.path.join(BUILD, "bin", "shoald"), "--socket", self.socket, "--workers", str(workers),
-             *archive_args(), *args], stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
+             *args], stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:

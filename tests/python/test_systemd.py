@@ -190,8 +190,8 @@ def test_unprivileged_user_can_infer_but_not_load(archives):
         os.chmod(f"{d}/{name}.pt", 0o644)
     sock = f"{d}/shoal.sock"
     log = open(f"{d}/log", "w")
-    p = subprocess.Popen([SHOALD, "--socket", sock, "--workers", "1", "--admin-group", "shoaltestadmins",
-                          "--sandbox-read-paths", d], stdout=log, stderr=subprocess.STDOUT)
+    p = subprocess.Popen([SHOALD, "--socket", sock, "--workers", "1", "--admin-group", "shoaltestadmins"],
+                         stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_socket(sock)
         with shoal.Client(sock) as c:
