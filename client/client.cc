@@ -1,5 +1,6 @@
 #include "shoal/client.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -322,16 +323,24 @@ Result<std::unique_ptr<Client>> Client::Connect(const std::string& socket_path, 
 Status Client::Load(const std::string& name, const std::string& archive_path, const std::string& device) {
   std::error_code ec;
   auto abs = std::filesystem::absolute(archive_path, ec);
+  // Opened here with our own rights; shoald and its workers use this very file.
+  int fd = open(abs.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) {
+    return Status::BadRequest("cannot read archive " + abs.string() + ": " + std::strerror(errno) +
+                              " (the client opens archives with your own rights and passes the open file to shoald)");
+  }
   std::lock_guard<std::mutex> lock(impl_->mu);
   uint64_t id = impl_->next_id++;
   Writer w;
   BeginRequest(&w, "load", id, device.empty() ? 2 : 3);
   w.Key("name"); w.Str(name);
-  w.Key("path"); w.Str(abs.string());
+  w.Key("path"); w.Str(abs.string());  // a label for `models`; shoald never opens it
   if (!device.empty()) {
     w.Key("device"); w.Str(device);
   }
-  return impl_->Call(w, id).status();
+  auto st = impl_->Call(w, id, {fd}).status();
+  close(fd);
+  return st;
 }
 
 Status Client::Unload(const std::string& name) {

@@ -10,10 +10,10 @@
 #include <cerrno>
 #include <filesystem>
 
-#include "package_format/archive_reader.h"
 #include "protocol/channel.h"
 #include "protocol/frame.h"
 #include "protocol/paths.h"
+#include "supervisor/archive_file.h"
 #include "supervisor/status_report.h"
 
 namespace shoal {
@@ -208,7 +208,7 @@ void ClientFront::OnFrame(const std::shared_ptr<ClientSession>& s, std::string b
     }
     if (*op == "infer") return Infer(s, id, m);
     if (*op == "register_arena") return RegisterArena(s, id, m, fds);
-    if (*op == "load") return Load(s, id, m);
+    if (*op == "load") return Load(s, id, m, fds);
     if (*op == "unload") return Unload(s, id, m);
     if (*op == "ping") {
       ReplyOk(s, id);
@@ -312,12 +312,21 @@ Status ClientFront::CheckAdmin(const ClientSession& s, const std::string& what) 
                             " may " + what + " models");
 }
 
-Status ClientFront::Load(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m) {
+Status ClientFront::Load(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m,
+                         std::vector<int>* fds) {
+  // The archive travels as the file the client opened with its own rights: shoald opens no
+  // path on anyone's behalf (no confused deputy), and every error below speaks only of
+  // that file. Taken first, so that a refused load leaves no descriptor behind.
+  std::optional<OwnedFd> passed;
+  if (!fds->empty()) {
+    passed.emplace(fds->front());
+    fds->erase(fds->begin());
+  }
   if (auto st = CheckAdmin(*s, "load"); !st.ok()) return st;
   auto name = m.Str("name");
   if (!name.ok()) return name.status();
-  auto path = m.Str("path");
-  if (!path.ok()) return path.status();
+  auto label = m.OptStr("path");
+  if (!label.ok()) return label.status();
   auto colon = name->find(':');
   if (name->empty() || name->size() > 128 || name->find_first_of(" /\n\t") != std::string::npos ||
       (colon != std::string::npos &&
@@ -329,17 +338,18 @@ Status ClientFront::Load(const std::shared_ptr<ClientSession>& s, uint64_t id, c
   if (!asked.ok()) return asked.status();
   auto device = pool_->CheckDevice(*name, asked->value_or("auto"));
   if (!device.ok()) return device.status();
-  if (path->empty() || (*path)[0] != '/') return Status::BadRequest("archive path '" + *path + "' must be absolute");
-  if (access(path->c_str(), R_OK) != 0) {
-    return Status::FromErrno("model '" + *name + "': cannot read archive " + *path, errno);
+  if (!passed) {
+    return Status::BadRequest("model '" + *name + "': load needs the archive passed as an open file (SCM_RIGHTS): "
+                              "the client opens it with its own rights and attaches it; shoald opens no path on a "
+                              "client's behalf. Use a shoal client of this version (shoal load NAME ARCHIVE)");
   }
-  // Refuse broken archives here, before any worker runs code from them.
-  if (auto info = InspectArchiveFile(*path); !info.ok()) {
-    return Status(info.status().code(), "model '" + *name + "': " + info.status().message());
-  }
+  std::string shown = label->value_or("");
+  if (shown.empty()) shown = "(passed by uid " + std::to_string(s->uid) + ")";
+  auto archive = ArchiveFile::Adopt(passed->release(), shown);
+  if (!archive.ok()) return Status(archive.status().code(), "model '" + *name + "': " + archive.status().message());
   std::weak_ptr<ClientSession> weak = s;
   return registry_->Load(
-      *name, *path,
+      *name, std::move(*archive),
       [this, weak, id](const Status& st, const std::string& tb) {
         auto s = weak.lock();
         if (!s) return;

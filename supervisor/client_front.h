@@ -64,7 +64,8 @@ class ClientFront {
   void OnFrame(const std::shared_ptr<ClientSession>& s, std::string body, std::vector<int>* fds);
   void OnClosed(const std::shared_ptr<ClientSession>& s);
   Status RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m, std::vector<int>* fds);
-  Status Load(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
+  // load {name, path?, device?} with the archive's open file attached (the path is a label only).
+  Status Load(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m, std::vector<int>* fds);
   Status Unload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
   Status Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
   bool IsAdmin(const ClientSession& s) const;

@@ -3,6 +3,7 @@
 #include "supervisor/config.h"
 
 #include <cerrno>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -84,6 +85,12 @@ Result<SupervisorConfig> LoadConfig(const CommandLine& cli) {
   cfg.config_path = cli.config_path;
   cfg.command_line = cli;
   return cfg;
+}
+
+SandboxConfig WorkerSandbox(const SupervisorConfig& config, const std::string& tmp_root) {
+  SandboxConfig s = config.sandbox;
+  s.tmp_root = tmp_root;
+  return s;
 }
 
 Result<Reloaded> ReloadConfig(const SupervisorConfig& running) {

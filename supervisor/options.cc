@@ -113,6 +113,9 @@ std::vector<Option> MakeTable() {
                                 "unload waits this long for the jobs a model has accepted", 0, kMaxMs),
       Make<&C::admin_group>("admin_group", K::kText, "GROUP", kReload,
                             "members may load and unload models (besides root and shoald's user)"),
+      Make<&C::worker_user>("worker_user", K::kText, "USER", kRestart,
+                            "who workers run as when shoald runs as root: auto (user shoal-worker if it "
+                            "exists, else nobody), a user name, or shoald (shoald's uid, no capabilities)"),
       Make<&C::max_jobs_per_worker>("max_jobs_per_worker", K::kNumber, "N", kReload,
                                     "recycle a worker after this many jobs (0 = never)", 0, kMaxMs),
       Make<&C::crash_loop_limit>("crash_loop_limit", K::kNumber, "N", kReload,
@@ -131,6 +134,10 @@ std::vector<Option> MakeTable() {
                                            "may model code open IPv4/IPv6 sockets"),
       Make<&C::sandbox, &S::seccomp>("seccomp", K::kYesNo, "yes|no", kReload,
                                      "deny system calls model code has no business making"),
+      Make<&C::sandbox, &S::landlock>("landlock", K::kYesNo, "yes|no", kReload,
+                                      "let model code read only the Python installation, system libraries and "
+                                      "archives, and write only a private temporary folder (Linux Landlock, where "
+                                      "the kernel has it)"),
       Make<&C::worker_arenas>("worker_arenas", K::kNumber, "N", kReload,
                               "client arenas whose descriptors a worker holds at most; the least recently used "
                               "one no running job reads is dropped first", 1, 1 << 16),

@@ -1,14 +1,17 @@
 #include "supervisor/worker_pool.h"
 
+#include <linux/magic.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 #include "protocol/channel.h"
 #include "shm/output_arenas.h"
@@ -34,6 +37,10 @@ WorkerPool::~WorkerPool() {
   pid_t z = zygote_.pid();
   zygote_.Kill();
   if (z > 0) waitpid(z, nullptr, 0);
+  if (!new_copies_.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(new_copies_, ec);
+  }
 }
 
 WorkerHandle* WorkerPool::Find(int slot, uint64_t generation) const {
@@ -47,11 +54,37 @@ std::vector<std::string> WorkerPool::WorkerArgs() const {
   if (config_.interpreters > 1) {
     args = {"--interpreters", std::to_string(config_.interpreters), "--interpreter-cache", config_.interpreter_cache};
   }
-  for (auto& a : config_.sandbox.ToArgs()) args.push_back(a);
+  for (auto& a : WorkerSandbox(config_, tmp_.root()).ToArgs()) args.push_back(a);
+  if (user_) {  // switched to right after the fork, before any model code (worker/sandbox.cc)
+    args.push_back("--run-as");
+    args.push_back(std::to_string(user_->uid) + ":" + std::to_string(user_->gid));
+  }
+  if (!new_copies_.empty()) {
+    args.push_back("--new-copies");
+    args.push_back(new_copies_);
+  }
   return args;
 }
 
-void WorkerPool::Start() {
+void WorkerPool::Start(std::optional<WorkerUser> user) {
+  user_ = std::move(user);
+  if (auto st = tmp_.Create(); !st.ok()) spdlog::error("{}: model code will have no folder to write", st.message());
+  // Workers running as their own user make their folders in it (worker/filesystem_view.h).
+  if (user_ && !tmp_.root().empty() && chown(tmp_.root().c_str(), user_->uid, user_->gid) != 0) {
+    spdlog::error("cannot give {} to the workers' user: {}", tmp_.root(), std::strerror(errno));
+  }
+  if (user_ && config_.interpreters > 1) {
+    // The interpreter cache is root's (the zygote loads from it): a worker running as its
+    // own user makes the copies it still needs in a folder of that user's instead.
+    std::error_code ec;
+    std::string dir = (std::filesystem::temp_directory_path(ec) / "shoal-worker-copies-XXXXXX").string();
+    if (mkdtemp(dir.data()) != nullptr && chown(dir.c_str(), user_->uid, user_->gid) == 0) {
+      new_copies_ = dir;
+    } else {
+      spdlog::error("cannot make a folder for the workers' library copies ({}): {}; an extension module a "
+                    "model imports that the zygote did not will fail to import", dir, std::strerror(errno));
+    }
+  }
   if (auto st = gpus_.Discover(config_.worker_binary, config_.gpus); !st.ok()) {
     spdlog::error("{}; workers run without GPUs", st.ToString());
   }
@@ -93,6 +126,7 @@ void WorkerPool::Spawn(int slot) {
         return OnGone(w, DescribeWaitStatus(status));
       }
       memory_.Track(pid);
+      if (w->memory_file) memory_.ReadFrom(pid, dup(w->memory_file->get()));
       for (auto& [rid, load] : w->load_deadlines) ArmLoadDeadline(w, rid);
       spdlog::info("worker {} forked by the zygote (pid {}) in {:.1f} ms", slot, pid,
                    std::chrono::duration<double, std::milli>(Clock::now() - w->started).count());
@@ -187,12 +221,26 @@ void WorkerPool::Reap() {
     } else if (unforked && early_exits_.size() < 64) {
       early_exits_[pid] = status;
     }
+    tmp_.Remove(pid);  // a worker's, after OnGone killed what its model code started
   }
 }
 
-void WorkerPool::Send(WorkerHandle* w, uint64_t id, std::string_view body, ReplyFn fn) {
+void WorkerPool::Send(WorkerHandle* w, uint64_t id, std::string_view body, ReplyFn fn,
+                      std::vector<std::shared_ptr<OwnedFd>> fds) {
   w->pending[id] = std::move(fn);
-  w->channel->Send(body);
+  w->channel->Send(body, std::move(fds));
+}
+
+void WorkerPool::TakeMemoryFile(WorkerHandle* w, std::vector<int>* fds) {
+  if (fds->empty()) return;
+  OwnedFd f(fds->front());
+  fds->erase(fds->begin());
+  // The first one only, sent before any model code ran; and only a /proc file (the
+  // sampler thread reads it: nothing that could block it).
+  struct statfs fs;
+  if (w->memory_file || fstatfs(f.get(), &fs) != 0 || fs.f_type != PROC_SUPER_MAGIC) return;
+  w->memory_file = std::make_shared<OwnedFd>(f.release());
+  if (w->pid > 0) memory_.ReadFrom(w->pid, dup(w->memory_file->get()));
 }
 
 void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body, std::vector<int>* fds) {
@@ -212,6 +260,7 @@ void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body, std::vector<i
   }
   auto id = m.Uint("id");
   if (!id.ok()) {
+    if (m.Str("op").value_or("") == "memory_file") return TakeMemoryFile(w, fds);
     if (m.Str("op").value_or("") == "usage") return;
     spdlog::error("{} sent a message without id", w->Describe());
     return;

@@ -4,7 +4,7 @@
 // interpreter, models ready in it, arenas it was sent), the zygote link, restart backoff,
 // resizing and recycling, and the per-worker memory figures. Spawns through the zygote
 // (exec when there is none); learns of deaths from the reaper (SIGCHLD, waitpid WNOHANG)
-// and from EOF, never by blocking. Every request to a worker is answered exactly once:
+// and from EOF, never by blocking. Owns the workers' temporary folders (WorkerTmp). Every request to a worker is answered exactly once:
 // with the reply, WORKER_CRASHED if the worker dies first, or UNAVAILABLE at shutdown.
 // Serves the scheduler as its SlotPool and the registry as its ModelHosts; tells the
 // service what happened through PoolListener.
@@ -14,6 +14,7 @@
 #include <boost/asio.hpp>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <memory>
 #include <set>
 #include <string>
@@ -26,6 +27,8 @@
 #include "supervisor/process_memory.h"
 #include "supervisor/scheduler.h"
 #include "supervisor/worker_handle.h"
+#include "supervisor/worker_tmp.h"
+#include "supervisor/worker_user.h"
 #include "supervisor/zygote_link.h"
 
 namespace shoal {
@@ -52,8 +55,9 @@ class WorkerPool : public SlotPool, public ModelHosts {
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
 
-  // Starts the zygote (if configured) and config.workers workers.
-  void Start();
+  // Starts the zygote (if configured) and config.workers workers. `user`: the user
+  // workers switch to (supervisor/worker_user.h), nullopt to keep shoald's uid.
+  void Start(std::optional<WorkerUser> user = std::nullopt);
   // SIGCHLD: collects every exited child (WNOHANG).
   void Reap();
   // The worker's start-up loads are done (a crash after this is not a start-up crash).
@@ -109,7 +113,7 @@ class WorkerPool : public SlotPool, public ModelHosts {
 
   // ModelHosts
   std::vector<Worker> Live() const override;
-  void Load(Worker worker, const std::string& name, const std::string& path, const std::string& device,
+  void Load(Worker worker, const std::string& name, const ArchiveRef& archive, const std::string& device,
             std::function<bool()> keep, LoadDone done) override;
   bool Places(Worker worker, const std::string& device) const override;
   // A load's device checked against the GPUs workers are placed on (supervisor/gpu_placement.h).
@@ -124,12 +128,16 @@ class WorkerPool : public SlotPool, public ModelHosts {
   void Spawn(int slot);
   void ScheduleRespawn(int slot, std::chrono::milliseconds delay);
   void OnFrame(WorkerHandle* w, const std::string& body, std::vector<int>* fds);
+  // memory_file notice: the worker's own smaps_rollup, read by the sampler from now on.
+  void TakeMemoryFile(WorkerHandle* w, std::vector<int>* fds);
   // Registers the output arenas a job's reply announces (their fds come with it).
   void RegisterOutputArenas(WorkerHandle* w, uint64_t rid, const MapView& reply, std::vector<int>* fds);
   void OnGone(WorkerHandle* w, const std::string& how);
   void TerminateWorker(WorkerHandle* w, const std::string& why);
   void RetireIfDone(WorkerHandle* w);
-  void Send(WorkerHandle* w, uint64_t id, std::string_view body, ReplyFn fn);
+  // Sends a request with `fds` attached; `fn` gets its one answer.
+  void Send(WorkerHandle* w, uint64_t id, std::string_view body, ReplyFn fn,
+            std::vector<std::shared_ptr<OwnedFd>> fds = {});
   void SendUnload(WorkerHandle* w, const std::string& model);
   // Sends a client arena's fd unless the worker has it; first drops the least recently used
   // ones that no running job of the worker reads, past worker_arenas / worker_arena_mb.
@@ -142,6 +150,7 @@ class WorkerPool : public SlotPool, public ModelHosts {
   ArenaTable* arenas_;
   PoolListener* listener_;
   ZygoteLink zygote_;
+  WorkerTmp tmp_;  // the workers' private temporary folders
   ProcessMemorySampler memory_;
   GpuPlacement gpus_;                                  // which GPU each slot's worker uses
   std::map<std::string, std::string> model_devices_;   // model -> the device it was loaded for
@@ -152,6 +161,8 @@ class WorkerPool : public SlotPool, public ModelHosts {
   // Exits reaped before the zygote told us the pid (a worker that died at once): pid ->
   // wait status, claimed when the pid arrives. Bounded.
   std::map<pid_t, int> early_exits_;
+  std::optional<WorkerUser> user_;  // who workers run as (nullopt: shoald's uid)
+  std::string new_copies_;          // user_'s folder for K > 1 library copies (worker --new-copies)
   std::map<int, int> crash_streak_;  // slot -> consecutive crashes before a worker finished starting
   uint64_t restarts_ = 0;
 };

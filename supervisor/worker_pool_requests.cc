@@ -111,7 +111,7 @@ std::vector<ModelHosts::Worker> WorkerPool::Live() const {
   return out;
 }
 
-void WorkerPool::Load(Worker worker, const std::string& name, const std::string& path, const std::string& device,
+void WorkerPool::Load(Worker worker, const std::string& name, const ArchiveRef& archive, const std::string& device,
                       std::function<bool()> keep, LoadDone done) {
   model_devices_[name] = device;
   WorkerHandle* w = Find(worker.slot, worker.generation);
@@ -119,11 +119,12 @@ void WorkerPool::Load(Worker worker, const std::string& name, const std::string&
     return done(Status(Code::kWorkerCrashed, "model '" + name + "': worker " + std::to_string(worker.slot) + " is gone"),
                 "", "");
   }
+  if (auto st = archive->Unchanged(name); !st.ok()) return done(st, "", "");
   uint64_t rid = next_request_++;
   Writer m;
   BeginRequest(&m, "load", rid, 3);
   m.Key("name"); m.Str(name);
-  m.Key("path"); m.Str(path);
+  m.Key("path"); m.Str(archive->label());  // for messages only: the worker loads from the file sent along
   m.Key("device"); m.Str(GpuPlacement::WorkerDevice(device));
   w->pending_model[rid] = name;
   // The deadline counts from when the worker exists (a zygote that is still starting may
@@ -150,7 +151,7 @@ void WorkerPool::Load(Worker worker, const std::string& name, const std::string&
       result = Status(Code::kWorkerCrashed, "model '" + name + "': " + st.message());
     }
     done(result, tb, engine);
-  });
+  }, {archive->fd()});
 }
 
 void WorkerPool::ArmLoadDeadline(WorkerHandle* w, uint64_t rid) {

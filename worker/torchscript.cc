@@ -2,8 +2,12 @@
 
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <caffe2/serialize/inline_container.h>
+#include <caffe2/serialize/read_adapter_interface.h>
+#include <sys/stat.h>
 #include <torch/script.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <mutex>
 #include <shared_mutex>
@@ -18,6 +22,28 @@
 namespace shoal {
 
 namespace {
+
+// libtorch reads the archive through this: positioned reads of the open file shoald sent
+// (pread: no shared offset with the other interpreters' copies of the descriptor).
+class FdReadAdapter : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  FdReadAdapter(int fd, size_t size) : fd_(fd), size_(size) {}
+  size_t size() const override { return size_; }
+  size_t read(uint64_t pos, void* buf, size_t n, const char* = "") const override {
+    size_t done = 0;
+    while (done < n) {
+      ssize_t r = pread(fd_, static_cast<char*>(buf) + done, n - done, static_cast<off_t>(pos + done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) break;
+      done += static_cast<size_t>(r);
+    }
+    return done;
+  }
+
+ private:
+  int fd_;
+  size_t size_;
+};
 
 std::string OkReply(uint64_t id, const std::string& engine = "", const std::string& device = "") {
   Writer w;
@@ -49,10 +75,11 @@ std::string PoisonedReply(uint64_t id, const Status& st) {
 }
 
 // Where a TorchScript archive's tensors go for `device` ("auto": where they were saved).
-Result<torch::Device> TargetDevice(const std::string& path, const std::string& device) {
+Result<torch::Device> TargetDevice(const std::shared_ptr<FdReadAdapter>& file, const std::string& path,
+                                   const std::string& device) {
   bool cuda = device.rfind("cuda", 0) == 0;
   if (device == "auto") {
-    caffe2::serialize::PyTorchStreamReader reader(path);
+    caffe2::serialize::PyTorchStreamReader reader(file);
     auto [data, size] = reader.getRecord("data.pkl");
     cuda = PickleNamesCuda(std::string_view(static_cast<const char*>(data.get()), size));
   }
@@ -123,7 +150,7 @@ struct TorchScriptModels::Impl {
 TorchScriptModels::TorchScriptModels() : impl_(std::make_unique<Impl>()) {}
 TorchScriptModels::~TorchScriptModels() = default;
 
-bool TorchScriptModels::Handle(const MapView& msg, const std::vector<int>& fds, EncodedReply* reply) {
+bool TorchScriptModels::Handle(const MapView& msg, std::vector<int>* fds, EncodedReply* reply) {
   auto op = msg.Str("op");
   if (!op.ok()) return false;
   if (*op == "infer") {
@@ -137,10 +164,10 @@ bool TorchScriptModels::Handle(const MapView& msg, const std::vector<int>& fds, 
   std::unique_lock<std::shared_mutex> lock(impl_->mu);
   if (*op == "arena") {
     auto id = msg.Uint("arena");
-    if (id.ok() && !fds.empty()) {
+    if (id.ok() && !fds->empty()) {
       impl_->Drop(*id);
       auto& slot = impl_->arenas[*id];
-      slot.fd = dup(fds.front());
+      slot.fd = dup(fds->front());
       slot.size = msg.OptUint("size").value_or(std::nullopt).value_or(0);
       slot.gpu = msg.OptStr("gpu").value_or(std::nullopt).value_or("");
     }
@@ -152,13 +179,16 @@ bool TorchScriptModels::Handle(const MapView& msg, const std::vector<int>& fds, 
   }
   auto id = msg.Uint("id");
   if (!id.ok()) return false;
-  if (*op == "load") {
+  if (*op == "load") {  // the archive is the file sent with the message; `path` only names it
     auto name = msg.Str("name");
-    auto path = msg.Str("path");
-    if (!name.ok() || !path.ok()) return false;
-    auto info = InspectArchiveFile(*path);
-    if (!info.ok() || info->kind != ArchiveKind::kTorchScript) return false;
-    reply->body = Load(*id, *name, *path, msg.OptStr("device").value_or(std::nullopt).value_or("auto"));
+    std::string label = msg.OptStr("path").value_or(std::nullopt).value_or("");
+    if (!name.ok() || fds->empty()) return false;
+    auto info = InspectArchiveFd(fds->front(), label);
+    if (!info.ok() || info->kind != ArchiveKind::kTorchScript) return false;  // the Python runner's
+    int fd = fds->front();
+    fds->erase(fds->begin());
+    reply->body = Load(*id, *name, fd, label, msg.OptStr("device").value_or(std::nullopt).value_or("auto"));
+    close(fd);
     return true;
   }
   auto model = msg.Str(*op == "unload" ? "name" : "model");
@@ -207,14 +237,19 @@ std::vector<std::string> TorchScriptModels::DropClient(uint64_t client) {
   return notices;
 }
 
-std::string TorchScriptModels::Load(uint64_t id, const std::string& name, const std::string& path,
+std::string TorchScriptModels::Load(uint64_t id, const std::string& name, int fd, const std::string& path,
                                     const std::string& device) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    return ErrorReply(id, Status::FromErrno("model '" + name + "': TorchScript archive " + path, errno));
+  }
+  auto file = std::make_shared<FdReadAdapter>(fd, static_cast<size_t>(st.st_size));
   std::string where;
   try {
-    auto target = TargetDevice(path, device);
+    auto target = TargetDevice(file, path, device);
     if (!target.ok()) return ErrorReply(id, Status(target.status().code(), "model '" + name + "': " +
                                                                           target.status().message()));
-    torch::jit::Module m = torch::jit::load(path, *target);
+    torch::jit::Module m = torch::jit::load(file, *target);
     m.eval();
     if (target->is_cuda()) torch::cuda::synchronize();
     where = target->is_cuda() ? "cuda" : "cpu";

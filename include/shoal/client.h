@@ -64,6 +64,8 @@ class Client {
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
+  // Opens `archive_path` with this process's rights and passes the open file to shoald
+  // (which never opens a client's path); BAD_REQUEST if it cannot be opened here.
   // `device`: "" (where it was exported), "cpu", "cuda" or "cuda:N".
   Status Load(const std::string& name, const std::string& archive_path, const std::string& device = "");
   Status Unload(const std::string& name);

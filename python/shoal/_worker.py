@@ -80,7 +80,7 @@ class Runner:
     # -- dispatch -------------------------------------------------------------------
     def handle(self, body, fds):
         """``fds``: received descriptors not yet claimed, oldest first; a message that
-        carries one (``arena``) pops it from the front."""
+        carries one (``arena``, ``load``) pops it from the front."""
         msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
         try:
             return self._dispatch(msg, fds)
@@ -104,18 +104,23 @@ class Runner:
         elif op == "drop_client":
             return self.outputs.drop_client(msg["client"])
         elif op == "load":
-            return self._load(msg)
+            return self._load(msg, fds)
         elif op == "unload":
             self.models.pop(msg["name"], None)
             self.specs.pop(msg["name"], None)
             return msgpack.packb({"v": VERSION, "id": msg["id"], "ok": True})
         return None
 
-    def _load(self, msg):
-        rid, name, path = msg["id"], msg["name"], msg["path"]
+    def _load(self, msg, fds):
+        """Loads from the open file shoald sent with the message (it was validated there);
+        ``path`` is only its label: a worker opens no archive path."""
+        rid, name, path = msg["id"], msg["name"], msg.get("path", "")
         device = msg.get("device", "auto")
+        if not fds:
+            return _error(rid, "INTERNAL", f"model '{name}': shoald's load came without the archive's file")
+        fd = fds.pop(0)
         try:
-            self.models[name], manifest = archive.load_with_manifest(path, device)
+            self.models[name], manifest = archive.load_with_manifest(fd, device, path)
             _synchronize()
             self.specs.pop(name, None)
             if manifest and manifest.get("inputs"):
@@ -130,6 +135,8 @@ class Runner:
             return _error(rid, "MODEL_ERROR",
                           f"model '{name}': loading archive {path} raised {type(e).__name__}: {e}",
                           traceback.format_exc(), poisoned=_cuda_poisoned())
+        finally:
+            os.close(fd)  # the mapping keeps what the model needs
         return msgpack.packb({"v": VERSION, "id": rid, "ok": True, "engine": "python",
                               "device": archive.device_of(self.models[name])})
 

@@ -318,11 +318,24 @@ class Client:
     def load(self, name, archive, device=None):
         """Loads an archive into every worker under ``name``; returns when all are ready.
         ``device``: where it runs: None (where it was exported: a model exported from CUDA
-        runs on a GPU), "cpu", "cuda" (every worker's GPU) or "cuda:N" (GPU N's workers)."""
-        msg = {"op": "load", "name": name, "path": os.path.abspath(os.fspath(archive))}
+        runs on a GPU), "cpu", "cuda" (every worker's GPU) or "cuda:N" (GPU N's workers).
+
+        The archive is opened here, with this process's rights, and the open file is passed
+        to shoald (SCM_RIGHTS); workers load from that very file. The path is sent only as
+        a label for ``models``/``status``. BadRequest if this process cannot open it."""
+        path = os.path.abspath(os.fspath(archive))
+        msg = {"op": "load", "name": name, "path": path}
         if device is not None:
             msg["device"] = str(device)
-        self._call(msg)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError as e:
+            raise errors.BadRequest(f"cannot read archive {path}: {e.strerror} (the client opens archives "
+                                    "with your own rights and passes the open file to shoald)") from None
+        try:
+            self._call(msg, fds=[fd])
+        finally:
+            os.close(fd)
 
     def unload(self, name):
         self._call({"op": "unload", "name": name})

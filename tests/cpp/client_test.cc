@@ -76,6 +76,10 @@ TEST_CASE("C++ client: infer with ordinary and arena-backed tensors", "[client]"
   REQUIRE(torch::equal((*c)->Infer("add", {*xa})->toTensor(), torch::full({4, 4}, 5.0)));
 
   REQUIRE((*c)->Load("identity", Archive("identity")).ok());
+  // The client opens the archive itself (and passes the file): its own open() errors.
+  auto missing = (*c)->Load("missing", Archive("no-such-archive"));
+  CHECK(missing.code() == shoal::Code::kBadRequest);
+  CHECK(missing.message().find("cannot read archive " + Archive("no-such-archive") + ": No such file") == 0);
   auto same = (*c)->Infer("identity", {*xa});
   REQUIRE(same->toTensor().data_ptr() == xa->data_ptr());  // zero copies
   auto models = (*c)->Models();

@@ -227,3 +227,20 @@ TEST_CASE("--help is the table, and shoald.conf documents every option", "[confi
   REQUIRE(help.find("--no-zygote") != std::string::npos);
   REQUIRE(Args({"-h"})->help);
 }
+
+TEST_CASE("a worker's sandbox carries landlock and its temporary folder's root through its arguments",
+          "[config]") {
+  auto cli = Args({"--no-landlock", "--worker-network", "yes"});
+  REQUIRE(cli.ok());
+  auto cfg = LoadConfig(*cli);
+  REQUIRE(cfg.ok());
+  REQUIRE_FALSE(cfg->sandbox.landlock);
+  SandboxConfig worker = WorkerSandbox(*cfg, "/tmp/shoald-x");
+  REQUIRE(worker.tmp_root == "/tmp/shoald-x");
+  SandboxConfig parsed;
+  auto args = worker.ToArgs();
+  for (size_t i = 0; i + 1 < args.size(); i += 2) REQUIRE(parsed.ParseArg(args[i], args[i + 1]));
+  REQUIRE(parsed.ToArgs() == args);
+  REQUIRE_FALSE(parsed.landlock);
+  REQUIRE(parsed.allow_network);
+}

@@ -3,6 +3,7 @@
 // without workers, a job queue that records what the registry asked of it.
 #pragma once
 
+#include <fcntl.h>
 #include <sys/socket.h>
 
 #include <boost/asio.hpp>
@@ -21,6 +22,11 @@
 #include "supervisor/scheduler.h"
 
 namespace shoal::testing {
+
+// An archive for roles that only hold and name it (no worker reads it here).
+inline ArchiveRef NamedArchive(const std::string& label) {
+  return std::make_shared<const ArchiveFile>(open("/dev/null", O_RDONLY | O_CLOEXEC), label);
+}
 
 // What every role is built with: a loop (run by the test) and a configuration.
 struct RoleFixture {
@@ -153,7 +159,7 @@ class FakeHosts : public ModelHosts {
 
   std::vector<Worker> Live() const override { return live; }
   std::map<int, int> gpu_of;  // slot -> GPU index (GpuPlacement's rule: "cuda:N" runs on GPU N only)
-  void Load(Worker worker, const std::string& name, const std::string&, const std::string& device,
+  void Load(Worker worker, const std::string& name, const ArchiveRef&, const std::string& device,
             std::function<bool()> keep, LoadDone done) override {
     loads.push_back({worker, name, std::move(keep), std::move(done)});
     devices.push_back(device);
