@@ -78,10 +78,22 @@ except shoal.WorkerCrashed:
         assert c.health()["ready"]
 
 
-def test_retries_rerun_a_job_once_when_asked(make_daemon, tmp_path):
-    marker = tmp_path / "crashed-once"
-    # The model leaves a marker for the next worker in the test's folder, which Landlock
-    # would refuse (model code writes only its worker's private folder).
+@pytest.fixture
+def shared_folder():
+    """A folder the next worker finds the marker in: a root shoald's workers run as a user
+    of their own, and pytest's folders are root's alone."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+    folder = tempfile.mkdtemp(prefix="shoal-shared-", dir="/tmp")
+    os.chmod(folder, 0o777)
+    yield Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_retries_rerun_a_job_once_when_asked(make_daemon, tmp_path, shared_folder):
+    marker = shared_folder / "crashed-once"
+    # Landlock would refuse it too (model code writes only its worker's private folder).
     d = make_daemon(workers=1, args=["--no-landlock"])
     path = shoal.export(models.CrashOnce(str(marker)), tmp_path / "once.pt")
     with d.client() as c:
