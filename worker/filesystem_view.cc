@@ -104,6 +104,11 @@ FilesystemView WorkerFilesystem(const std::vector<std::string>& python_paths, co
 
   v.read_only.assign(std::begin(kSystemReadOnly), std::end(kSystemReadOnly));
 
+  // The worker's own threads (/proc/self resolves in the worker, when the rule is made):
+  // the CUDA driver names its threads through their comm files and cuInit fails when it
+  // cannot (CUDA_ERROR_OPERATING_SYSTEM); pthread_setname_np does the same for others.
+  v.rewrite.push_back("/proc/self/task");
+
   v.devices.assign(std::begin(kSystemDevices), std::end(kSystemDevices));
   if (DIR* d = opendir("/dev")) {
     while (dirent* e = readdir(d)) {

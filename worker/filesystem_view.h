@@ -11,6 +11,8 @@
 //   Python and CUDA read (no archive: a worker loads from the file shoald sends it);
 // - read, write and ioctl: /dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom and
 //   GPU device files where present (/dev/nvidia*, /dev/kfd, /dev/dri);
+// - read and write, making nothing: the worker's own /proc/self/task (thread names, which
+//   the CUDA driver must be able to set);
 // - read and write: the worker's private temporary folder, and with K > 1 interpreters
 //   the private library copies (worker/private_copy.h) that imports add to.
 // Thread-safety: plain functions; call them from the worker's only thread.

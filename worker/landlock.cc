@@ -151,6 +151,7 @@ Status RestrictFilesystem(const FilesystemView& view, bool allow_network) {
   for (const auto& p : view.read_only) AddRule(ruleset, p, read & fs);
   for (const auto& p : view.devices) AddRule(ruleset, p, device & fs);
   for (const auto& p : view.read_write) AddRule(ruleset, p, read_write);
+  for (const auto& p : view.rewrite) AddRule(ruleset, p, (read | kWriteFile | kTruncate) & fs);
 
   Status st = Status::Ok();
   if (syscall(SYS_landlock_restrict_self, ruleset, 0) != 0) st = Status::FromErrno("landlock_restrict_self", errno);

@@ -28,6 +28,7 @@ struct FilesystemView {
   std::vector<std::string> read_only;   // read and list: /proc, /sys, /etc files
   std::vector<std::string> devices;     // read, write and ioctl: /dev/null, GPU device files
   std::vector<std::string> read_write;  // all but making devices: the worker's private temporary folder
+  std::vector<std::string> rewrite;     // read and write what exists, make nothing: /proc/self/task
 };
 
 // The highest Landlock ABI this kernel has; 0 where it has none (not built in, or not

@@ -313,7 +313,7 @@ class Escapes(nn.Module):
 class Confined(nn.Module):
     """Tries, from inside a worker, to leave the filesystem and the processes Landlock gives
     it. Input: a uint8 tensor holding JSON {"write": [paths], "read": [paths], "kill": pid
-    (also tries shoald, its parent), "abstract": name, "tcp": port}; output: what happened
+    (also tries shoald, its parent), "abstract": name, "tcp": port, "name_thread": true}; output: what happened
     to each try (errno names)."""
 
     def forward(self, params):
@@ -351,6 +351,21 @@ class Confined(nn.Module):
         out["mkstemp"] = name
         out["tmp_sibling"] = attempt(lambda: write(os.path.join(os.path.dirname(tmp), "sibling")))
         out["subprocess"] = subprocess.run(["cat", name], capture_output=True, text=True).stdout
+        if p.get("name_thread"):
+            # As the CUDA driver does: a thread names itself through its comm file.
+            import threading
+            named = {}
+
+            def name():
+                comm = f"/proc/self/task/{threading.get_native_id()}/comm"
+                named["own"] = attempt(lambda: write(comm))
+                with open(comm) as f:
+                    named["name"] = f.read().strip()
+            t = threading.Thread(target=name)
+            t.start()
+            t.join()
+            named["parent"] = attempt(lambda: write(f"/proc/{os.getppid()}/comm"))
+            out["name_thread"] = named
         if "kill" in p:
             out["kill"] = attempt(lambda: os.kill(p["kill"], signal.SIGTERM))
             out["kill_shoald"] = attempt(lambda: os.kill(os.getppid(), 0))  # 0: only asks whether it may

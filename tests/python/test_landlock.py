@@ -120,6 +120,15 @@ def test_model_code_writes_only_its_private_temporary_folder(confined, tmp_path)
     assert not os.path.exists(tmp), f"{tmp} outlived its worker"
 
 
+def test_threads_name_themselves_but_not_other_processes(confined):
+    """The CUDA driver names its threads through /proc/self/task/TID/comm and cuInit fails
+    when it cannot: the worker's own threads may be renamed, its parent's may not."""
+    d, attempt = confined()
+    out = attempt(name_thread=True)["name_thread"]
+    assert out["own"] == "allowed" and out["name"].startswith("model code"), out
+    assert out["parent"] in ("EACCES", "EPERM"), out
+
+
 def test_model_code_reads_the_installation_and_no_archive_by_path(confined, public_folder, archives, tmp_path):
     d, attempt = confined()
     secret = os.path.join(public_folder, "secret")
