@@ -22,6 +22,7 @@
 #include "protocol/messages.h"
 #include "base/subprocess.h"
 #include "supervisor/async_channel.h"
+#include "supervisor/worker_memory.h"
 
 namespace shoal {
 
@@ -54,6 +55,13 @@ struct WorkerHandle {
   std::map<uint64_t, std::string> pending_model;  // request id -> model it runs or loads
   bool retiring = false;               // finishes its job, then is closed (recycling, shrink)
   bool killed_for_deadline = false;    // shoald killed it: a job outlived its deadline's grace
+  // Its memory limit (supervisor/worker_memory.h): bytes (0: none), who enforces it
+  // ("cgroup v1", "cgroup v2", "sampler"), its cgroup's name if it has one, and why it was
+  // killed for its memory (empty: it was not).
+  uint64_t memory_limit = 0;
+  std::string memory_by;
+  WorkerCgroup cgroup;  // its procs fd is held only until the worker joined
+  std::string memory_exceeded;
   std::vector<std::shared_ptr<Job>> jobs;  // per interpreter: its in-flight inference, or null
   std::vector<std::string> last_model;     // per interpreter: the model it ran last
   std::unique_ptr<boost::asio::steady_timer> kill_timer;

@@ -72,13 +72,18 @@ void ZygoteLink::OnFrame(const std::string& body) {
   fn(pid->type == msgpack::type::POSITIVE_INTEGER ? static_cast<pid_t>(pid->via.u64) : -1);
 }
 
-void ZygoteLink::Fork(int slot, int sock, std::function<void(pid_t)> done) {
+void ZygoteLink::Fork(int slot, int sock, std::function<void(pid_t)> done, std::shared_ptr<OwnedFd> cgroup_procs) {
   uint64_t rid = next_request_++;
   Writer m;
-  BeginRequest(&m, "fork", rid, 1);
+  BeginRequest(&m, "fork", rid, cgroup_procs ? 2 : 1);
   m.Key("slot"); m.Val(slot);
+  std::vector<std::shared_ptr<OwnedFd>> fds = {std::make_shared<OwnedFd>(sock)};
+  if (cgroup_procs) {
+    m.Key("cgroup"); m.Val(true);  // its fd follows the socket's
+    fds.push_back(std::move(cgroup_procs));
+  }
   pending_[rid] = {std::move(done), std::make_shared<boost::asio::steady_timer>(io_)};
-  channel_->Send(m.body(), {std::make_shared<OwnedFd>(sock)});
+  channel_->Send(m.body(), fds);
   if (ready_) ArmForkDeadline(rid);
 }
 

@@ -298,3 +298,16 @@ class SleepsThenAdds(nn.Module):
         import time
         time.sleep(float(x.flatten()[0]))
         return x + 1
+
+
+class HoldsMemory(nn.Module):
+    """Allocates `mib` MiB (every page touched) and holds it `seconds` before answering x + 1."""
+    def __init__(self, mib, seconds=10.0):
+        super().__init__()
+        self.mib, self.seconds = mib, seconds
+
+    def forward(self, x):
+        import time
+        held = torch.ones(self.mib << 18)
+        time.sleep(self.seconds)
+        return x + held[:1]
