@@ -18,6 +18,7 @@ constexpr uint32_t kEocd64LocatorSig = 0x07064b50;
 constexpr uint32_t kCentralSig = 0x02014b50;
 constexpr uint32_t kLocalSig = 0x04034b50;
 constexpr size_t kMaxRecords = 1 << 20;
+constexpr uint64_t kMaxManifestBytes = 1 << 20;
 
 // Little-endian reads that never pass `end`.
 class Cursor {
@@ -208,7 +209,23 @@ Result<ArchiveInfo> ReadArchive(std::string_view file) {
     Refuse(&info, "no entry pickle model/model.pkl (and not a TorchScript archive); export the model with "
                   "shoal.export or `shoal package`");
   }
-  info.has_manifest = names.count("shoal/manifest.json") != 0;
+  // The manifest's keys that shoald acts on, read in place like the storages.
+  const std::string manifest = info.kind == ArchiveKind::kTorchScript ? "extra/shoal/manifest.json"
+                                                                       : "shoal/manifest.json";
+  info.has_manifest = names.count(manifest) != 0;
+  for (const auto& r : raw) {
+    if (r.name != manifest) continue;
+    if (r.method != 0) {
+      Refuse(&info, "its manifest " + r.name + " is compressed; shoald reads it in place "
+                    "(fix it with `shoal package --repack IN -o OUT`)");
+    } else if (r.size > kMaxManifestBytes) {
+      Refuse(&info, "its manifest " + r.name + " is larger than " + std::to_string(kMaxManifestBytes) + " bytes");
+    } else if (auto policy = ParseManifestPolicy(file.substr(r.offset, r.size)); !policy.ok()) {
+      Refuse(&info, policy.status().message());
+    } else {
+      info.policy = *policy;
+    }
+  }
   for (auto& r : raw) {
     r.storage = IsStorage(r.name, info.kind);
     if (!r.storage) continue;

@@ -10,7 +10,9 @@
 // missing entry pickle, and tensor storages that are compressed or not 64-byte aligned
 // (workers map them in place). ReadArchive reads the same, but reports the first of those
 // policy violations in `problem` instead of failing, so that tools can still describe
-// (and repack) an archive shoal would refuse. Zip64 is supported.
+// (and repack) an archive shoal would refuse. Zip64 is supported. The manifest's keys that
+// shoald acts on are read here too (package_format/manifest.h): a manifest that is
+// compressed or that they cannot be read from is a reason to refuse the archive.
 // Thread-safety: pure functions.
 #pragma once
 
@@ -19,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "package_format/manifest.h"
 #include "shoal/status.h"
 
 namespace shoal {
@@ -42,7 +45,9 @@ struct ArchiveInfo {
   ArchiveKind kind = ArchiveKind::kPackage;
   std::string prefix;    // the top-level folder every record sits in
   std::vector<ArchiveRecord> records;
-  bool has_manifest = false;  // shoal/manifest.json
+  // shoal/manifest.json (a TorchScript archive's: the extra file extra/shoal/manifest.json)
+  bool has_manifest = false;
+  ManifestPolicy policy;  // what it says shoald must allow (package_format/manifest.h)
   size_t storages = 0;
   uint64_t storage_bytes = 0;
   // ReadArchive only: why shoal would refuse to serve this archive (empty: servable).

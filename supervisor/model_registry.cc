@@ -23,10 +23,16 @@ bool Newer(const std::string& a, const std::string& b) {
 ModelRegistry::ModelRegistry(asio::io_context& io, const SupervisorConfig& config, ModelHosts* hosts, JobQueue* jobs)
     : io_(io), config_(config), hosts_(hosts), jobs_(jobs) {}
 
-void ModelRegistry::AddConfigured(const std::string& name, const std::string& path) {
+void ModelRegistry::AddConfigured(const std::string& name, const std::string& path, const ManifestPolicy& policy) {
   Entry& m = models_[name];
   m.path = path;
+  m.policy = policy;
   m.loading = false;
+}
+
+bool ModelRegistry::TakesBroadcastInputs(const std::string& key) const {
+  auto it = models_.find(key);
+  return it != models_.end() && it->second.policy.broadcast_inputs;
 }
 
 std::string ModelRegistry::Loaded() const {
@@ -48,7 +54,7 @@ void ModelRegistry::LoadIn(ModelHosts::Worker worker, const std::string& name, c
                });
 }
 
-Status ModelRegistry::Load(const std::string& name, const std::string& path, Done done) {
+Status ModelRegistry::Load(const std::string& name, const std::string& path, Done done, const ManifestPolicy& policy) {
   if (auto old = models_.find(name); old != models_.end()) {
     if (old->second.draining) {
       return Status::BadRequest("model '" + name + "' is being unloaded; load it once that is done");
@@ -58,6 +64,7 @@ Status ModelRegistry::Load(const std::string& name, const std::string& path, Don
   }
   Entry& entry = models_[name];
   entry.path = path;
+  entry.policy = policy;
   entry.loading = true;
   auto live = hosts_->Live();
   if (live.empty()) {

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "package_format/manifest.h"
 #include "shoal/status.h"
 #include "supervisor/config.h"
 #include "supervisor/scheduler.h"
@@ -69,13 +70,14 @@ class ModelRegistry {
   // Called with a model's name and why, when a crash loop marks it failed.
   void set_on_failed(std::function<void(const std::string&, const std::string&)> fn) { on_failed_ = std::move(fn); }
 
-  // A model of the configuration: loaded into each worker as it starts.
-  void AddConfigured(const std::string& name, const std::string& path);
+  // A model of the configuration: loaded into each worker as it starts. `policy`: what
+  // its manifest says shoald must allow (package_format/manifest.h).
+  void AddConfigured(const std::string& name, const std::string& path, const ManifestPolicy& policy = {});
 
   using Done = std::function<void(const Status& st, const std::string& traceback)>;
   // Loads an archive (already validated) under `name` in every live worker; `done` runs
   // once every worker answered. An immediate error (the name is taken) is returned instead.
-  Status Load(const std::string& name, const std::string& path, Done done);
+  Status Load(const std::string& name, const std::string& path, Done done, const ManifestPolicy& policy = {});
   // "name:version" unloads that version; a plain name unloads "name" or every "name:*".
   // `done` runs once their jobs are finished or the grace period is over.
   Status Unload(const std::string& name, std::function<void()> done);
@@ -97,6 +99,8 @@ class ModelRegistry {
   void RecordCrash(const CrashCharge& charge, const std::string& how);
   // OK unless `client` is refused `key` (see RecordCrash); then why, and until when.
   Status Admits(const std::string& key, uid_t client) const;
+  // Whether model `key`'s manifest lets inputs with overlapping strides through.
+  bool TakesBroadcastInputs(const std::string& key) const;
   // Finishes unloads whose models have no jobs left.
   void CheckUnloads();
 
@@ -118,6 +122,7 @@ class ModelRegistry {
     bool failed = false;    // crash loop: no longer loaded nor served until loaded again
     bool draining = false;  // being unloaded: takes no new jobs, finishes those it has
     std::string engine;     // "python" (torch.package) or "libtorch" (TorchScript), as workers report
+    ManifestPolicy policy;  // from the archive's manifest, read by shoald
     std::string last_error;
     struct Crash {
       std::chrono::steady_clock::time_point when;

@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "base/subprocess.h"
+#include "package_format/archive_reader.h"
 
 namespace shoal {
 
@@ -68,7 +69,11 @@ Status Supervisor::Start() {
   WaitSignal();
   signal(SIGPIPE, SIG_IGN);
 
-  for (const auto& [name, path] : config_.models) registry_.AddConfigured(name, path);
+  for (const auto& [name, path] : config_.models) {
+    auto info = InspectArchiveFile(path);  // main checked it: only its manifest's policy is new here
+    if (!info.ok()) return Status(info.status().code(), "model '" + name + "': " + info.status().message());
+    registry_.AddConfigured(name, path, info->policy);
+  }
   notifier_.Notify("STATUS=starting " + std::to_string(config_.workers) + " workers, loading " +
                    std::to_string(registry_.size()) + " models");
   // Workers forked by the zygote are reparented to us when their middle process exits:

@@ -311,3 +311,9 @@ class HoldsMemory(nn.Module):
         held = torch.ones(self.mib << 18)
         time.sleep(self.seconds)
         return x + held[:1]
+
+
+class Densifies(nn.Module):
+    """Makes its input dense (x.contiguous(): the full logical size) and sums it."""
+    def forward(self, x):
+        return x.contiguous().sum()
