@@ -165,7 +165,7 @@ Result<ArchiveInfo> ReadArchive(std::string_view file) {
     if (!seen.insert(name).second) Refuse(&info, "duplicate record '" + name + "'");
     Cursor l(file, lho);
     if (!l.Has(30) || l.Read(4) != kLocalSig) return Bad("record '" + name + "': local header missing (truncated?)");
-    l.Read(22);
+    l.Take(22);  // skipped: the central directory says the same (Read is for at most 8 bytes)
     uint64_t lnlen = l.Read(2);
     uint64_t lelen = l.Read(2);
     uint64_t data = lho + 30 + lnlen + lelen;
@@ -209,6 +209,20 @@ Result<ArchiveInfo> ReadArchive(std::string_view file) {
     Refuse(&info, "no entry pickle model/model.pkl (and not a TorchScript archive); export the model with "
                   "shoal.export or `shoal package`");
   }
+  for (auto& r : raw) {
+    r.storage = IsStorage(r.name, info.kind);
+    if (!r.storage) continue;
+    if (r.method != 0) {
+      Refuse(&info, "storage record " + r.name + " is compressed; shoal maps weights in place and needs them stored "
+                    "(fix it with `shoal package --repack IN -o OUT`)");
+    } else if (r.offset % kStorageAlignment != 0) {
+      Refuse(&info, "storage record " + r.name + " starts at byte " + std::to_string(r.offset) + ", not " +
+                        std::to_string(kStorageAlignment) +
+                        "-byte aligned (fix it with `shoal package --repack IN -o OUT`)");
+    }
+    ++info.storages;
+    info.storage_bytes += r.size;
+  }
   // The manifest's keys that shoald acts on, read in place like the storages.
   const std::string manifest = info.kind == ArchiveKind::kTorchScript ? "extra/shoal/manifest.json"
                                                                        : "shoal/manifest.json";
@@ -225,20 +239,6 @@ Result<ArchiveInfo> ReadArchive(std::string_view file) {
     } else {
       info.policy = *policy;
     }
-  }
-  for (auto& r : raw) {
-    r.storage = IsStorage(r.name, info.kind);
-    if (!r.storage) continue;
-    if (r.method != 0) {
-      Refuse(&info, "storage record " + r.name + " is compressed; shoal maps weights in place and needs them stored "
-                    "(fix it with `shoal package --repack IN -o OUT`)");
-    } else if (r.offset % kStorageAlignment != 0) {
-      Refuse(&info, "storage record " + r.name + " starts at byte " + std::to_string(r.offset) + ", not " +
-                        std::to_string(kStorageAlignment) +
-                        "-byte aligned (fix it with `shoal package --repack IN -o OUT`)");
-    }
-    ++info.storages;
-    info.storage_bytes += r.size;
   }
   info.records = std::move(raw);
   return info;

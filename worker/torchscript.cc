@@ -1,14 +1,17 @@
 #include "worker/torchscript.h"
 
+#include <fcntl.h>
 #include <torch/script.h>
 #include <unistd.h>
 
 #include <mutex>
+#include <set>
 #include <shared_mutex>
 
 #include "package_format/archive_reader.h"
 #include "protocol/descriptor.h"
 #include "protocol/output_tree.h"
+#include "shm/client_arena_maps.h"
 #include "tensors/ivalue_output.h"
 #include "tensors/tree.h"
 
@@ -29,40 +32,14 @@ struct TorchScriptModels::Impl {
   // Exclusive for loads, unloads and arena changes; shared while jobs run (several
   // interpreter threads may run TorchScript jobs at once: Module::forward is reentrant).
   std::shared_mutex mu;
-  std::mutex map_mu;  // lazy mapping in Get() under a shared `mu`
+  std::mutex map_mu;  // output arenas, made lazily under a shared `mu`
   std::map<std::string, torch::jit::Module> models;
-  // Arenas are mapped here only when a TorchScript job first needs them (the Python
-  // runner maps them too; mapping every arena twice would double the address space).
-  struct ArenaSlot {
-    int fd = -1;
-    std::unique_ptr<Arena> mapped;
-  };
-  std::map<uint64_t, ArenaSlot> arenas;
+  // Client arenas, mapped here only when a TorchScript job first needs them (the Python
+  // runner maps them too; mapping every arena twice would double the address space);
+  // idle ones are unmapped when a mapping fails, as in the Python runner.
+  ClientArenaMaps arenas;
   std::map<uint32_t, std::unique_ptr<OutputArenas>> outputs;  // by lane; GUARDED_BY(map_mu)
 
-  ~Impl() {
-    for (auto& [id, slot] : arenas) {
-      if (!slot.mapped && slot.fd >= 0) close(slot.fd);
-    }
-  }
-  void Drop(uint64_t id) {
-    auto it = arenas.find(id);
-    if (it == arenas.end()) return;
-    if (!it->second.mapped && it->second.fd >= 0) close(it->second.fd);
-    arenas.erase(it);
-  }
-  Arena* Get(uint64_t id) {
-    std::lock_guard<std::mutex> lock(map_mu);
-    auto it = arenas.find(id);
-    if (it == arenas.end()) return nullptr;
-    if (!it->second.mapped) {
-      auto a = Arena::Open(it->second.fd);  // takes the fd, even on failure
-      it->second.fd = -1;
-      if (!a.ok()) return nullptr;
-      it->second.mapped = std::move(*a);
-    }
-    return it->second.mapped.get();
-  }
   OutputArenas* Outputs(uint32_t lane) {
     std::lock_guard<std::mutex> lock(map_mu);
     auto& o = outputs[lane];
@@ -88,14 +65,11 @@ bool TorchScriptModels::Handle(const MapView& msg, const std::vector<int>& fds, 
   std::unique_lock<std::shared_mutex> lock(impl_->mu);
   if (*op == "arena") {
     auto id = msg.Uint("arena");
-    if (id.ok() && !fds.empty()) {
-      impl_->Drop(*id);
-      impl_->arenas[*id].fd = dup(fds.front());
-    }
+    if (id.ok() && !fds.empty()) impl_->arenas.Add(*id, fcntl(fds.front(), F_DUPFD_CLOEXEC, 0));
     return false;  // the Python runner maps it too
   }
   if (*op == "drop_arena") {
-    if (auto id = msg.Uint("arena"); id.ok()) impl_->Drop(*id);
+    if (auto id = msg.Uint("arena"); id.ok()) impl_->arenas.Drop(*id);
     return false;
   }
   auto id = msg.Uint("id");
@@ -173,22 +147,32 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
   auto client = msg.Uint("client");
   auto inputs = msg.Array("inputs");
   if (!client.ok() || !inputs.ok()) return fail(Status::Internal("malformed infer message"));
-  std::vector<torch::jit::IValue> args;
-  std::vector<InputSpan> spans;
+  std::vector<Descriptor> descs;
+  std::set<uint64_t> needed;
   for (uint32_t i = 0; i < (*inputs)->via.array.size; ++i) {
     auto d = Descriptor::Parse((*inputs)->via.array.ptr[i]);
-    Arena* a = d.ok() ? impl_->Get(d->arena) : nullptr;
-    if (a == nullptr) {
+    if (!d.ok()) return fail(Status::Internal("input " + std::to_string(i) + ": " + d.status().message()));
+    needed.insert(d->arena);
+    descs.push_back(std::move(*d));
+  }
+  std::vector<torch::jit::IValue> args;
+  std::vector<InputSpan> spans;
+  for (size_t i = 0; i < descs.size(); ++i) {
+    const Descriptor& d = descs[i];
+    auto a = impl_->arenas.Map(d.arena, needed);
+    if (!a.ok()) {
       return fail(Status(Code::kUnavailable, "model '" + name + "', job " + std::to_string(id) + ": input " +
-                                                 std::to_string(i) + ": the worker cannot map the client's arena" +
-                                                 (d.ok() ? " " + std::to_string(d->arena) : std::string()) +
-                                                 "; is worker_memory_mb too small?"));
+                                                 std::to_string(i) + ": worker cannot map the client's arena " +
+                                                 std::to_string(d.arena) + " (" + a.status().message() +
+                                                 "); is worker_address_space_mb too small?"));
     }
-    auto extent = *d->Extent();
-    auto type = *ScalarTypeOf(d->dtype);
-    args.emplace_back(torch::from_blob(a->base() + d->offset, d->shape, d->strides,
+    auto extent = *d.Extent();
+    auto type = *ScalarTypeOf(d.dtype);
+    uint8_t* base = (*a)->base();
+    // The tensor holds the mapping: it stays valid if its arena is dropped meanwhile.
+    args.emplace_back(torch::from_blob(base + d.offset, d.shape, d.strides, [keep = *a](void*) {},
                                        torch::TensorOptions().dtype(type)));
-    spans.push_back({d->arena, d->block, d->offset, d->offset + extent, a->base()});
+    spans.push_back({d.arena, d.block, d.offset, d.offset + extent, base});
   }
   torch::jit::IValue out;
   try {

@@ -9,6 +9,9 @@
 //        -> buffer over [offset, offset+nbytes). When the last reference goes: with a
 //           `sink` (a list), appends `key` to it (an output block the client releases to
 //           its owner, a worker); else frees the block in `arena` if `owned`.
+//   ClientArenas()            -> the client arenas a worker runner was sent (shm/client_arena_maps.h):
+//        .add(arena, fd)  .drop(arena)  .map(arena, keep) -> Arena (idle mappings dropped
+//        when mapping fails)  .mapped
 //   OutputArenas(owner_tag)   -> a worker runner's output arenas (shm/output_arenas.h):
 //        .release(arena, blocks) -> usage notice   .drop_client(client) -> usage notice
 // torch.frombuffer keeps a reference to the object it reads, so a tensor built over a
@@ -17,9 +20,11 @@
 // thread-safe themselves.
 #include <cstddef>
 #include <memory>
+#include <set>
 
 #include "protocol/output_tree.h"
 #include "python/native/native.h"
+#include "shm/client_arena_maps.h"
 
 namespace {
 
@@ -28,6 +33,7 @@ PyObject* g_arena_full = nullptr;  // shoal._native.ArenaFullError
 struct ArenaObject {
   PyObject_HEAD
   shoal::Arena* arena;
+  std::shared_ptr<shoal::Arena>* holder;  // this object's share of the arena (a mapping may have several)
 };
 
 struct BlockObject {
@@ -54,10 +60,11 @@ PyObject* RaiseStatus(const shoal::Status& st) {
 extern PyTypeObject ArenaType;
 extern PyTypeObject BlockType;
 
-PyObject* WrapArena(std::unique_ptr<shoal::Arena> a) {
+PyObject* WrapArena(std::shared_ptr<shoal::Arena> a) {
   ArenaObject* self = PyObject_New(ArenaObject, &ArenaType);
   if (self == nullptr) return nullptr;
-  self->arena = a.release();
+  self->arena = a.get();
+  self->holder = new std::shared_ptr<shoal::Arena>(std::move(a));
   return reinterpret_cast<PyObject*>(self);
 }
 
@@ -79,7 +86,7 @@ PyObject* Arena_open(PyObject*, PyObject* args) {
 }
 
 void Arena_dealloc(ArenaObject* self) {
-  delete self->arena;
+  delete self->holder;
   PyObject_Del(self);
 }
 
@@ -211,6 +218,74 @@ PyMethodDef Block_methods[] = {
 PyBufferProcs Block_as_buffer = {reinterpret_cast<getbufferproc>(Block_getbuffer), nullptr};
 PyTypeObject BlockType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
+// ---- ClientArenas -----------------------------------------------------------
+
+struct ClientArenasObject {
+  PyObject_HEAD
+  shoal::ClientArenaMaps* maps;
+};
+
+PyObject* ClientArenas_new(PyTypeObject* type, PyObject* args, PyObject*) {
+  if (!PyArg_ParseTuple(args, "")) return nullptr;
+  auto* self = reinterpret_cast<ClientArenasObject*>(type->tp_alloc(type, 0));
+  if (self == nullptr) return nullptr;
+  self->maps = new shoal::ClientArenaMaps();
+  return reinterpret_cast<PyObject*>(self);
+}
+
+void ClientArenas_dealloc(ClientArenasObject* self) {
+  delete self->maps;
+  Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
+}
+
+PyObject* ClientArenas_add(ClientArenasObject* self, PyObject* args) {
+  unsigned long long id;
+  int fd;
+  if (!PyArg_ParseTuple(args, "Ki", &id, &fd)) return nullptr;
+  self->maps->Add(id, fd);
+  Py_RETURN_NONE;
+}
+
+PyObject* ClientArenas_drop(ClientArenasObject* self, PyObject* args) {
+  unsigned long long id;
+  if (!PyArg_ParseTuple(args, "K", &id)) return nullptr;
+  self->maps->Drop(id);
+  Py_RETURN_NONE;
+}
+
+PyObject* ClientArenas_map(ClientArenasObject* self, PyObject* args) {
+  unsigned long long id;
+  PyObject* keep_seq;
+  if (!PyArg_ParseTuple(args, "KO", &id, &keep_seq)) return nullptr;
+  PyObject* fast = PySequence_Fast(keep_seq, "map: keep must be a collection of arena ids");
+  if (fast == nullptr) return nullptr;
+  std::set<uint64_t> keep;
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); ++i) {
+    keep.insert(PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, i)));
+  }
+  Py_DECREF(fast);
+  if (PyErr_Occurred()) return nullptr;
+  shoal::Result<std::shared_ptr<shoal::Arena>> a = std::shared_ptr<shoal::Arena>();
+  Py_BEGIN_ALLOW_THREADS a = self->maps->Map(id, keep);
+  Py_END_ALLOW_THREADS if (!a.ok()) return RaiseStatus(a.status());
+  return WrapArena(std::move(*a));
+}
+
+PyObject* ClientArenas_get_mapped(ClientArenasObject* self, void*) { return PyLong_FromSize_t(self->maps->mapped()); }
+
+PyMethodDef ClientArenas_methods[] = {
+    {"add", reinterpret_cast<PyCFunction>(ClientArenas_add), METH_VARARGS,
+     "add(arena, fd): takes the fd of a client arena shoald sent"},
+    {"drop", reinterpret_cast<PyCFunction>(ClientArenas_drop), METH_VARARGS, "drop(arena): closes and forgets it"},
+    {"map", reinterpret_cast<PyCFunction>(ClientArenas_map), METH_VARARGS,
+     "map(arena, keep) -> Arena: mapped now if it is not; when mapping fails, mappings of arenas not in keep are "
+     "dropped and it is tried once more (OSError if it still fails)"},
+    {nullptr, nullptr, 0, nullptr}};
+PyGetSetDef ClientArenas_getset[] = {
+    {"mapped", reinterpret_cast<getter>(ClientArenas_get_mapped), nullptr, "arenas mapped now", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+PyTypeObject ClientArenasType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+
 // ---- OutputArenas ----------------------------------------------------------
 
 PyObject* Bytes(const std::string& s) { return PyBytes_FromStringAndSize(s.data(), static_cast<Py_ssize_t>(s.size())); }
@@ -308,11 +383,24 @@ bool AddArenaTypes(PyObject* m) {
   OutputArenasType.tp_doc = "OutputArenas(owner_tag): a worker runner's output arenas, per client connection";
   if (PyType_Ready(&OutputArenasType) < 0) return false;
 
+  ClientArenasType.tp_name = "shoal._native.ClientArenas";
+  ClientArenasType.tp_basicsize = sizeof(ClientArenasObject);
+  ClientArenasType.tp_flags = Py_TPFLAGS_DEFAULT;
+  ClientArenasType.tp_new = ClientArenas_new;
+  ClientArenasType.tp_dealloc = reinterpret_cast<destructor>(ClientArenas_dealloc);
+  ClientArenasType.tp_methods = ClientArenas_methods;
+  ClientArenasType.tp_getset = ClientArenas_getset;
+  ClientArenasType.tp_doc = "ClientArenas(): client arenas a worker runner was sent, mapped on demand "
+                            "(shm/client_arena_maps.h)";
+  if (PyType_Ready(&ClientArenasType) < 0) return false;
+
   Py_INCREF(&ArenaType);
   Py_INCREF(&BlockType);
+  Py_INCREF(&ClientArenasType);
   Py_INCREF(&OutputArenasType);
   PyModule_AddObject(m, "Arena", reinterpret_cast<PyObject*>(&ArenaType));
   PyModule_AddObject(m, "Block", reinterpret_cast<PyObject*>(&BlockType));
+  PyModule_AddObject(m, "ClientArenas", reinterpret_cast<PyObject*>(&ClientArenasType));
   PyModule_AddObject(m, "OutputArenas", reinterpret_cast<PyObject*>(&OutputArenasType));
   g_arena_full = AddException(m, "ArenaFullError", PyExc_MemoryError);
   return g_arena_full != nullptr;

@@ -7,11 +7,11 @@ which has already checked every descriptor against its arena's bounds.
 
 Memory ownership (docs/architecture.md): the client's input arenas are the client's; this
 runner only reads and writes the bytes a descriptor names, and maps an arena when a job
-first needs it (unmapping idle ones when the address space runs out). Outputs go into this
+first needs it (unmapping idle ones when the address space runs out:
+``_native.ClientArenas``, the policy the TorchScript runner follows too). Outputs go into this
 runner's own output arenas (``_native.OutputArenas``, one set per client connection), and
 only this runner frees their blocks, on ``release`` from the client or shoald.
 """
-import os
 import traceback
 
 import msgpack
@@ -48,8 +48,7 @@ class Runner:
         self.interp = interp
         self.models = {}   # name -> served object
         self.specs = {}    # name -> input specs from the manifest (or absent)
-        self.arena_fds = {}  # client arena id -> fd (held until shoald drops it)
-        self.arenas = {}     # client arena id -> _native.Arena, mapped on first use
+        self.arenas = _native.ClientArenas()  # client arenas shoald sent, mapped when a job reads them
         self.outputs = _native.OutputArenas(2 * interp)  # owner tag: lane `interp`, Python engine
         torch.set_grad_enabled(False)
 
@@ -71,10 +70,9 @@ class Runner:
         if op == "infer":
             return self._infer(msg)
         if op == "arena":
-            self._drop_arena(msg["arena"])
-            self.arena_fds[msg["arena"]] = fds.pop(0)
+            self.arenas.add(msg["arena"], fds.pop(0))
         elif op == "drop_arena":
-            self._drop_arena(msg["arena"])
+            self.arenas.drop(msg["arena"])
         elif op == "release":
             return self.outputs.release(msg["arena"], msg["blocks"])
         elif op == "drop_client":
@@ -104,30 +102,6 @@ class Runner:
                           traceback.format_exc())
         return msgpack.packb({"v": VERSION, "id": rid, "ok": True, "engine": "python"})
 
-    def _drop_arena(self, aid):
-        self.arenas.pop(aid, None)
-        fd = self.arena_fds.pop(aid, None)
-        if fd is not None:
-            os.close(fd)
-
-    def _map(self, aid, keep):
-        """The mapping of client arena ``aid``; when the address space is exhausted, idle
-        mappings (those not in ``keep``) are dropped first. Raises OSError."""
-        arena = self.arenas.get(aid)
-        if arena is not None:
-            return arena
-        fd = self.arena_fds.get(aid)
-        if fd is None:
-            raise OSError(f"shoald never sent arena {aid}")
-        try:
-            arena = _native.Arena.open(os.dup(fd))
-        except OSError:
-            for other in [a for a in self.arenas if a not in keep]:
-                del self.arenas[other]
-            arena = _native.Arena.open(os.dup(fd))
-        self.arenas[aid] = arena
-        return arena
-
     # -- inference ------------------------------------------------------------------
     def _infer(self, msg):
         rid, name = msg["id"], msg["model"]
@@ -139,16 +113,19 @@ class Runner:
             problem = _check_inputs(msg["inputs"], specs)
             if problem:
                 return _error(rid, "BAD_REQUEST", f"model '{name}', job {rid}: {problem}")
-        needed = {d["arena"] for d in msg["inputs"]}
+        # Mapped when a job first reads them; idle mappings go when the address space is
+        # full (shm/client_arena_maps.h, the TorchScript runner's policy too).
+        needed = sorted({d["arena"] for d in msg["inputs"]})
+        mapped = {}
         for aid in needed:
             try:
-                self._map(aid, needed)
+                mapped[aid] = self.arenas.map(aid, needed)
             except OSError as e:
                 return _error(rid, "UNAVAILABLE", f"worker {self.slot} cannot map the client's arena {aid} "
-                              f"({e}) for job {rid} of model '{name}'; is worker_memory_mb too small?")
+                              f"({e}) for job {rid} of model '{name}'; is worker_address_space_mb too small?")
         inputs, spans = [], []
         for d in msg["inputs"]:
-            arena = self.arenas[d["arena"]]
+            arena = mapped[d["arena"]]
             inputs.append(_tensors.view(arena, 0, d))
             spans.append((d["arena"], d["block"], d["offset"],
                           d["offset"] + _tensors.extent(d["shape"], d["strides"], _tensors.ITEMSIZE[d["dtype"]]),

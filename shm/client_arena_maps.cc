@@ -1,0 +1,59 @@
+// Client arenas a worker's engine maps on demand (shm/client_arena_maps.h).
+#include "shm/client_arena_maps.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace shoal {
+
+ClientArenaMaps::~ClientArenaMaps() {
+  for (auto& [id, slot] : arenas_) close(slot.fd);
+}
+
+void ClientArenaMaps::Add(uint64_t id, int fd) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Slot& slot = arenas_[id];
+  if (slot.fd >= 0) close(slot.fd);
+  slot = Slot{fd, nullptr};
+}
+
+void ClientArenaMaps::Drop(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = arenas_.find(id);
+  if (it == arenas_.end()) return;
+  close(it->second.fd);
+  arenas_.erase(it);
+}
+
+Result<std::shared_ptr<Arena>> ClientArenaMaps::Map(uint64_t id, const std::set<uint64_t>& keep) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = arenas_.find(id);
+  if (it == arenas_.end()) return Status(Code::kUnavailable, "shoald never sent client arena " + std::to_string(id));
+  if (it->second.mapping) return it->second.mapping;
+  auto open = [&]() -> Result<std::unique_ptr<Arena>> {
+    int fd = fcntl(it->second.fd, F_DUPFD_CLOEXEC, 0);  // Open takes the fd; ours stays for a later mapping
+    if (fd < 0) return Status::FromErrno("dup of client arena " + std::to_string(id), errno);
+    return Arena::Open(fd);
+  };
+  auto mapped = open();
+  if (!mapped.ok()) {
+    for (auto& [other, slot] : arenas_) {
+      if (keep.count(other) == 0) slot.mapping.reset();  // unmapped once its last holder lets go
+    }
+    mapped = open();
+  }
+  if (!mapped.ok()) return mapped.status();
+  it->second.mapping = std::shared_ptr<Arena>(std::move(*mapped));
+  return it->second.mapping;
+}
+
+size_t ClientArenaMaps::mapped() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t n = 0;
+  for (const auto& [id, slot] : arenas_) n += slot.mapping != nullptr;
+  return n;
+}
+
+}  // namespace shoal

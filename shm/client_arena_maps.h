@@ -1,0 +1,54 @@
+// ClientArenaMaps: the client arenas one engine of a worker was sent, mapped only when a
+// job first reads them.
+//
+// shoald sends a client arena's fd once (it bounds how many a worker holds:
+// worker_arenas, worker_arena_mb); the fd is kept, and the arena mapped when a job needs
+// it. When a mapping fails (the address space is full: worker_address_space_mb, or the
+// kernel's map count), every mapping the job being prepared does not need is dropped and
+// the mapping is tried once more; a dropped arena is mapped again, from its fd, by the
+// next job that reads it. A mapping is shared: whoever holds it (the tensors of a job
+// running on another lane, or model code that kept an input) keeps its memory valid, and
+// the memory goes when the last holder does. This is the policy of both of a worker's
+// engines: the Python runner (python/shoal/_worker.py, through
+// shoal._native.ClientArenas) and the TorchScript runner (worker/torchscript.cc).
+// Thread-safety: every method may be called from any thread (one mutex).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+
+#include "shm/arena.h"
+#include "shoal/status.h"
+
+namespace shoal {
+
+class ClientArenaMaps {
+ public:
+  ClientArenaMaps() = default;
+  ~ClientArenaMaps();  // closes the fds it holds; mappings live on with their holders
+  ClientArenaMaps(const ClientArenaMaps&) = delete;
+  ClientArenaMaps& operator=(const ClientArenaMaps&) = delete;
+
+  // Takes `fd`, client arena `id`'s memfd (replacing an arena of that id).
+  void Add(uint64_t id, int fd);
+  // Forgets arena `id` (shoald dropped it): its fd is closed, its mapping dropped.
+  void Drop(uint64_t id);
+  // Arena `id`, mapped now if it is not. When mapping fails, the mappings of arenas not
+  // in `keep` are dropped and it is tried once more. UNAVAILABLE for an arena never sent;
+  // else the mapping's error.
+  Result<std::shared_ptr<Arena>> Map(uint64_t id, const std::set<uint64_t>& keep);
+  size_t mapped() const;  // arenas mapped now
+
+ private:
+  struct Slot {
+    int fd = -1;
+    std::shared_ptr<Arena> mapping;
+  };
+  mutable std::mutex mu_;
+  std::map<uint64_t, Slot> arenas_;  // GUARDED_BY(mu_)
+};
+
+}  // namespace shoal
