@@ -49,8 +49,23 @@ struct BlockObject {
 
 struct OutputArenasObject {
   PyObject_HEAD
-  shoal::OutputArenas* outputs;
+  shoal::OutputArenas* impl;
 };
+
+// The Python types below each own one C++ object (`impl`), made by tp_new and deleted
+// with the Python object.
+template <typename Object, typename Impl, typename... Args>
+PyObject* NewOwner(PyTypeObject* type, Args... args) {
+  auto* self = reinterpret_cast<Object*>(type->tp_alloc(type, 0));
+  if (self == nullptr) return nullptr;
+  self->impl = new Impl(args...);
+  return reinterpret_cast<PyObject*>(self);
+}
+template <typename Object>
+void DeallocOwner(Object* self) {
+  delete self->impl;
+  Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
+}
 
 PyObject* RaiseStatus(const shoal::Status& st) {
   PyErr_SetString(st.code() == shoal::Code::kArenaFull ? g_arena_full : PyExc_OSError, st.message().c_str());
@@ -222,34 +237,26 @@ PyTypeObject BlockType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
 struct ClientArenasObject {
   PyObject_HEAD
-  shoal::ClientArenaMaps* maps;
+  shoal::ClientArenaMaps* impl;
 };
 
 PyObject* ClientArenas_new(PyTypeObject* type, PyObject* args, PyObject*) {
   if (!PyArg_ParseTuple(args, "")) return nullptr;
-  auto* self = reinterpret_cast<ClientArenasObject*>(type->tp_alloc(type, 0));
-  if (self == nullptr) return nullptr;
-  self->maps = new shoal::ClientArenaMaps();
-  return reinterpret_cast<PyObject*>(self);
-}
-
-void ClientArenas_dealloc(ClientArenasObject* self) {
-  delete self->maps;
-  Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
+  return NewOwner<ClientArenasObject, shoal::ClientArenaMaps>(type);
 }
 
 PyObject* ClientArenas_add(ClientArenasObject* self, PyObject* args) {
   unsigned long long id;
   int fd;
   if (!PyArg_ParseTuple(args, "Ki", &id, &fd)) return nullptr;
-  self->maps->Add(id, fd);
+  self->impl->Add(id, fd);
   Py_RETURN_NONE;
 }
 
 PyObject* ClientArenas_drop(ClientArenasObject* self, PyObject* args) {
   unsigned long long id;
   if (!PyArg_ParseTuple(args, "K", &id)) return nullptr;
-  self->maps->Drop(id);
+  self->impl->Drop(id);
   Py_RETURN_NONE;
 }
 
@@ -266,12 +273,12 @@ PyObject* ClientArenas_map(ClientArenasObject* self, PyObject* args) {
   Py_DECREF(fast);
   if (PyErr_Occurred()) return nullptr;
   shoal::Result<std::shared_ptr<shoal::Arena>> a = std::shared_ptr<shoal::Arena>();
-  Py_BEGIN_ALLOW_THREADS a = self->maps->Map(id, keep);
+  Py_BEGIN_ALLOW_THREADS a = self->impl->Map(id, keep);
   Py_END_ALLOW_THREADS if (!a.ok()) return RaiseStatus(a.status());
   return WrapArena(std::move(*a));
 }
 
-PyObject* ClientArenas_get_mapped(ClientArenasObject* self, void*) { return PyLong_FromSize_t(self->maps->mapped()); }
+PyObject* ClientArenas_get_mapped(ClientArenasObject* self, void*) { return PyLong_FromSize_t(self->impl->mapped()); }
 
 PyMethodDef ClientArenas_methods[] = {
     {"add", reinterpret_cast<PyCFunction>(ClientArenas_add), METH_VARARGS,
@@ -293,15 +300,7 @@ PyObject* Bytes(const std::string& s) { return PyBytes_FromStringAndSize(s.data(
 PyObject* OutputArenas_new(PyTypeObject* type, PyObject* args, PyObject*) {
   unsigned int owner;
   if (!PyArg_ParseTuple(args, "I", &owner)) return nullptr;
-  auto* self = reinterpret_cast<OutputArenasObject*>(type->tp_alloc(type, 0));
-  if (self == nullptr) return nullptr;
-  self->outputs = new shoal::OutputArenas(owner);
-  return reinterpret_cast<PyObject*>(self);
-}
-
-void OutputArenas_dealloc(OutputArenasObject* self) {
-  delete self->outputs;
-  Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
+  return NewOwner<OutputArenasObject, shoal::OutputArenas>(type, static_cast<uint32_t>(owner));
 }
 
 PyObject* OutputArenas_release(OutputArenasObject* self, PyObject* args) {
@@ -316,17 +315,17 @@ PyObject* OutputArenas_release(OutputArenasObject* self, PyObject* args) {
       PyErr_Clear();  // not an offset: nothing of ours
       continue;
     }
-    self->outputs->Free(arena, off);  // refuses anything it did not hand out
+    self->impl->Free(arena, off);  // refuses anything it did not hand out
   }
   Py_DECREF(fast);
-  return Bytes(shoal::UsageNotice(self->outputs->Usage()));
+  return Bytes(shoal::UsageNotice(self->impl->Usage()));
 }
 
 PyObject* OutputArenas_drop_client(OutputArenasObject* self, PyObject* args) {
   unsigned long long client;
   if (!PyArg_ParseTuple(args, "K", &client)) return nullptr;
-  self->outputs->DropClient(client);
-  return Bytes(shoal::UsageNotice(self->outputs->Usage()));
+  self->impl->DropClient(client);
+  return Bytes(shoal::UsageNotice(self->impl->Usage()));
 }
 
 PyMethodDef OutputArenas_methods[] = {
@@ -348,7 +347,7 @@ shoal::Arena* ArenaOf(PyObject* obj) {
 
 shoal::OutputArenas* OutputArenasOf(PyObject* obj) {
   if (!PyObject_TypeCheck(obj, &OutputArenasType)) return nullptr;
-  return reinterpret_cast<OutputArenasObject*>(obj)->outputs;
+  return reinterpret_cast<OutputArenasObject*>(obj)->impl;
 }
 
 bool AddArenaTypes(PyObject* m) {
@@ -378,7 +377,7 @@ bool AddArenaTypes(PyObject* m) {
   OutputArenasType.tp_basicsize = sizeof(OutputArenasObject);
   OutputArenasType.tp_flags = Py_TPFLAGS_DEFAULT;
   OutputArenasType.tp_new = OutputArenas_new;
-  OutputArenasType.tp_dealloc = reinterpret_cast<destructor>(OutputArenas_dealloc);
+  OutputArenasType.tp_dealloc = reinterpret_cast<destructor>(DeallocOwner<OutputArenasObject>);
   OutputArenasType.tp_methods = OutputArenas_methods;
   OutputArenasType.tp_doc = "OutputArenas(owner_tag): a worker runner's output arenas, per client connection";
   if (PyType_Ready(&OutputArenasType) < 0) return false;
@@ -387,7 +386,7 @@ bool AddArenaTypes(PyObject* m) {
   ClientArenasType.tp_basicsize = sizeof(ClientArenasObject);
   ClientArenasType.tp_flags = Py_TPFLAGS_DEFAULT;
   ClientArenasType.tp_new = ClientArenas_new;
-  ClientArenasType.tp_dealloc = reinterpret_cast<destructor>(ClientArenas_dealloc);
+  ClientArenasType.tp_dealloc = reinterpret_cast<destructor>(DeallocOwner<ClientArenasObject>);
   ClientArenasType.tp_methods = ClientArenas_methods;
   ClientArenasType.tp_getset = ClientArenas_getset;
   ClientArenasType.tp_doc = "ClientArenas(): client arenas a worker runner was sent, mapped on demand "
