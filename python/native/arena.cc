@@ -5,10 +5,11 @@
 //   Arena.open(fd)            -> a peer's Arena: bytes only, alloc() is refused
 //   arena.alloc(nbytes) -> offset   arena.free(offset) -> bool (False: not a block of ours)
 //   arena.fd / .size / .address / .owned   arena.free_bytes() / used_bytes()
-//   Block(arena, offset, nbytes, owned=True, sink=None, key=None)
+//   Block(arena, offset, nbytes, owned=True, writer=None, arena_id=0)
 //        -> buffer over [offset, offset+nbytes). When the last reference goes: with a
-//           `sink` (a list), appends `key` to it (an output block the client releases to
-//           its owner, a worker); else frees the block in `arena` if `owned`.
+//           `writer` (a ClientWriter), releases block `offset` of output arena `arena_id`
+//           through it to its owner, a worker (no Python runs); else frees the block in
+//           `arena` if `owned`.
 //   ClientArenas()            -> the client arenas a worker runner was sent (shm/client_arena_maps.h):
 //        .add(arena, fd)  .drop(arena)  .map(arena, keep) -> Arena (idle mappings dropped
 //        when mapping fails)  .mapped
@@ -42,8 +43,8 @@ struct BlockObject {
   uint64_t offset;
   uint64_t nbytes;
   int owned;
-  PyObject* sink;  // a list the key goes to when the block dies, or nullptr
-  PyObject* key;
+  PyObject* writer;    // the ClientWriter that releases the block when it dies, or nullptr
+  uint64_t arena_id;   // the output arena's id, for the writer
   PyObject* weakrefs;  // the client tracks blocks of empty() by weak reference
 };
 
@@ -158,18 +159,18 @@ PyTypeObject ArenaType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 // ---- Block -----------------------------------------------------------------
 
 PyObject* Block_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
-  static const char* kwlist[] = {"arena", "offset", "nbytes", "owned", "sink", "key", nullptr};
+  static const char* kwlist[] = {"arena", "offset", "nbytes", "owned", "writer", "arena_id", nullptr};
   PyObject* arena;
   unsigned long long offset, nbytes;
   int owned = 1;
-  PyObject* sink = Py_None;
-  PyObject* key = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!KK|pOO", const_cast<char**>(kwlist), &ArenaType, &arena, &offset,
-                                   &nbytes, &owned, &sink, &key)) {
+  PyObject* writer = Py_None;
+  unsigned long long arena_id = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!KK|pOK", const_cast<char**>(kwlist), &ArenaType, &arena, &offset,
+                                   &nbytes, &owned, &writer, &arena_id)) {
     return nullptr;
   }
-  if (sink != Py_None && !PyList_Check(sink)) {
-    PyErr_SetString(PyExc_TypeError, "Block: sink must be a list or None");
+  if (writer != Py_None && shoal_native::ClientWriterOf(writer) == nullptr) {
+    PyErr_SetString(PyExc_TypeError, "Block: writer must be a ClientWriter or None");
     return nullptr;
   }
   auto* a = reinterpret_cast<ArenaObject*>(arena)->arena;
@@ -184,22 +185,21 @@ PyObject* Block_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   self->offset = offset;
   self->nbytes = nbytes;
   self->owned = owned;
-  self->sink = sink == Py_None ? nullptr : Py_NewRef(sink);
-  self->key = Py_NewRef(key);
+  self->writer = writer == Py_None ? nullptr : Py_NewRef(writer);
+  self->arena_id = arena_id;
   self->weakrefs = nullptr;
   return reinterpret_cast<PyObject*>(self);
 }
 
 void Block_dealloc(BlockObject* self) {
   if (self->weakrefs != nullptr) PyObject_ClearWeakRefs(reinterpret_cast<PyObject*>(self));
-  if (self->sink != nullptr) {
-    // Released later, in a batch, by whoever owns the sink (list.append never runs Python).
-    if (self->owned && PyList_Append(self->sink, self->key) < 0) PyErr_Clear();
-    Py_DECREF(self->sink);
+  if (self->writer != nullptr) {
+    // Queued for its owner; the writer's thread sends it (no Python runs here).
+    if (self->owned) shoal_native::ClientWriterOf(self->writer)->Release(self->arena_id, self->offset);
+    Py_DECREF(self->writer);
   } else if (self->owned) {
     reinterpret_cast<ArenaObject*>(self->arena)->arena->Free(self->offset);
   }
-  Py_DECREF(self->key);
   Py_DECREF(self->arena);
   Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
 }
@@ -351,56 +351,28 @@ shoal::OutputArenas* OutputArenasOf(PyObject* obj) {
 }
 
 bool AddArenaTypes(PyObject* m) {
-  ArenaType.tp_name = "shoal._native.Arena";
-  ArenaType.tp_basicsize = sizeof(ArenaObject);
-  ArenaType.tp_flags = Py_TPFLAGS_DEFAULT;
-  ArenaType.tp_dealloc = reinterpret_cast<destructor>(Arena_dealloc);
-  ArenaType.tp_methods = Arena_methods;
-  ArenaType.tp_getset = Arena_getset;
   ArenaType.tp_as_buffer = &Arena_as_buffer;
-  ArenaType.tp_doc = "a shared-memory arena with its allocator";
-  if (PyType_Ready(&ArenaType) < 0) return false;
-
-  BlockType.tp_name = "shoal._native.Block";
-  BlockType.tp_basicsize = sizeof(BlockObject);
-  BlockType.tp_flags = Py_TPFLAGS_DEFAULT;
-  BlockType.tp_new = Block_new;
   BlockType.tp_weaklistoffset = offsetof(BlockObject, weakrefs);
-  BlockType.tp_dealloc = reinterpret_cast<destructor>(Block_dealloc);
-  BlockType.tp_getset = Block_getset;
-  BlockType.tp_methods = Block_methods;
   BlockType.tp_as_buffer = &Block_as_buffer;
-  BlockType.tp_doc = "Block(arena, offset, nbytes, owned=True, sink=None, key=None): bytes of an arena";
-  if (PyType_Ready(&BlockType) < 0) return false;
-
-  OutputArenasType.tp_name = "shoal._native.OutputArenas";
-  OutputArenasType.tp_basicsize = sizeof(OutputArenasObject);
-  OutputArenasType.tp_flags = Py_TPFLAGS_DEFAULT;
-  OutputArenasType.tp_new = OutputArenas_new;
-  OutputArenasType.tp_dealloc = reinterpret_cast<destructor>(DeallocOwner<OutputArenasObject>);
-  OutputArenasType.tp_methods = OutputArenas_methods;
-  OutputArenasType.tp_doc = "OutputArenas(owner_tag): a worker runner's output arenas, per client connection";
-  if (PyType_Ready(&OutputArenasType) < 0) return false;
-
-  ClientArenasType.tp_name = "shoal._native.ClientArenas";
-  ClientArenasType.tp_basicsize = sizeof(ClientArenasObject);
-  ClientArenasType.tp_flags = Py_TPFLAGS_DEFAULT;
-  ClientArenasType.tp_new = ClientArenas_new;
-  ClientArenasType.tp_dealloc = reinterpret_cast<destructor>(DeallocOwner<ClientArenasObject>);
-  ClientArenasType.tp_methods = ClientArenas_methods;
-  ClientArenasType.tp_getset = ClientArenas_getset;
-  ClientArenasType.tp_doc = "ClientArenas(): client arenas a worker runner was sent, mapped on demand "
-                            "(shm/client_arena_maps.h)";
-  if (PyType_Ready(&ClientArenasType) < 0) return false;
-
-  Py_INCREF(&ArenaType);
-  Py_INCREF(&BlockType);
-  Py_INCREF(&ClientArenasType);
-  Py_INCREF(&OutputArenasType);
-  PyModule_AddObject(m, "Arena", reinterpret_cast<PyObject*>(&ArenaType));
-  PyModule_AddObject(m, "Block", reinterpret_cast<PyObject*>(&BlockType));
-  PyModule_AddObject(m, "ClientArenas", reinterpret_cast<PyObject*>(&ClientArenasType));
-  PyModule_AddObject(m, "OutputArenas", reinterpret_cast<PyObject*>(&OutputArenasType));
+  if (!AddType(m, &ArenaType, TypeSpec{"shoal._native.Arena", sizeof(ArenaObject), nullptr,
+                                       reinterpret_cast<destructor>(Arena_dealloc), Arena_methods, Arena_getset,
+                                       "a shared-memory arena with its allocator"}) ||
+      !AddType(m, &BlockType, TypeSpec{"shoal._native.Block", sizeof(BlockObject), Block_new,
+                                       reinterpret_cast<destructor>(Block_dealloc), Block_methods, Block_getset,
+                                       "Block(arena, offset, nbytes, owned=True, writer=None, arena_id=0): bytes "
+                                       "of an arena"}) ||
+      !AddType(m, &OutputArenasType,
+               TypeSpec{"shoal._native.OutputArenas", sizeof(OutputArenasObject), OutputArenas_new,
+                        reinterpret_cast<destructor>(DeallocOwner<OutputArenasObject>), OutputArenas_methods, nullptr,
+                        "OutputArenas(owner_tag): a worker runner's output arenas, per client connection"}) ||
+      !AddType(m, &ClientArenasType,
+               TypeSpec{"shoal._native.ClientArenas", sizeof(ClientArenasObject), ClientArenas_new,
+                        reinterpret_cast<destructor>(DeallocOwner<ClientArenasObject>), ClientArenas_methods,
+                        ClientArenas_getset,
+                        "ClientArenas(): client arenas a worker runner was sent, mapped on demand "
+                        "(shm/client_arena_maps.h)"})) {
+    return false;
+  }
   g_arena_full = AddException(m, "ArenaFullError", PyExc_MemoryError);
   return g_arena_full != nullptr;
 }

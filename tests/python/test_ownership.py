@@ -309,3 +309,16 @@ def test_idle_client_arenas_are_unmapped_when_a_mapping_fails(make_daemon, tmp_p
                 c.close()
         st = admin.status()
         assert st["worker_restarts"] == 0 and st["workers"][0]["pid"] == pid
+
+
+def test_a_client_that_drops_its_results_and_goes_quiet_keeps_nothing_in_the_worker(make_daemon, archives):
+    # Releases used to wait for the client's next request: a client that dropped a result
+    # and then sent nothing kept its block in the worker until it hung up.
+    d = loaded(make_daemon, archives)
+    with d.client() as quiet, d.client() as watcher:
+        y = quiet.infer("add", torch.ones(1 << 16))  # 256 KiB in the worker's output arena
+        assert watcher.status()["workers"][0]["output_bytes"] >= 1 << 18
+        assert float(y[0]) == 3.0
+        del y  # and `quiet` sends nothing more
+        settle(lambda: ((n := watcher.status()["workers"][0]["output_bytes"]) == 0, f"output bytes {n}"))
+        assert torch.equal(quiet.infer("add", torch.zeros(4)), torch.ones(4))  # still usable
