@@ -7,8 +7,10 @@
 // a BadRequest out), so it is fuzzed alone (tests/fuzz). ParseArchive rejects: not a zip,
 // truncated files, records outside the file, encrypted records, names that are empty,
 // absolute or contain "..", duplicate names, records outside one top-level folder, a
-// missing entry pickle, and tensor storages that are compressed or not 64-byte aligned
-// (workers map them in place). ReadArchive reads the same, but reports the first of those
+// missing entry pickle, tensor storages that are compressed or not 64-byte aligned
+// (workers map them in place), records neither stored nor deflated, compressed records
+// of a torch.package archive (its writer stores them all), and stored records other than
+// storages whose CRC-32 does not match. ReadArchive reads the same, but reports the first of those
 // policy violations in `problem` instead of failing, so that tools can still describe
 // (and repack) an archive shoal would refuse. Zip64 is supported. The manifest's keys that
 // shoald acts on are read here too (package_format/manifest.h): a manifest that is

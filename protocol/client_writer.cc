@@ -18,12 +18,13 @@ namespace {
 constexpr size_t kBlocksPerNotice = 4096;
 }  // namespace
 
-ClientWriter::ClientWriter(int sock) : sock_(fcntl(sock, F_DUPFD_CLOEXEC, 0)) {}
+ClientWriter::ClientWriter(int sock) : sock_(fcntl(sock, F_DUPFD_CLOEXEC, 0)), dup_error_(sock_ < 0 ? errno : 0) {}
 
 ClientWriter::~ClientWriter() { Stop(); }
 
 Status ClientWriter::Send(std::string_view data, const std::vector<int>& fds) {
   std::lock_guard<std::mutex> lock(send_mu_);
+  if (dup_error_ != 0) return Status::FromErrno("cannot write to shoald (dup of the socket)", dup_error_);
   if (sock_ < 0) return Status(Code::kUnavailable, "the connection to shoald is closed");
   return SendAll(sock_, data, fds);
 }

@@ -49,6 +49,7 @@ class ClientWriter {
   Status SendQueued();
 
   int sock_;               // ours (a dup); -1 once stopped. GUARDED_BY(send_mu_)
+  const int dup_error_;    // errno of a dup that failed (no descriptor left), else 0
   std::mutex send_mu_;     // one writer on the socket at a time
   std::mutex mu_;
   std::condition_variable wake_;

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "supervisor/process_memory.h"
+#include "supervisor/worker_memory.h"
 #include "tests/cpp/catch.h"
 
 using namespace shoal;
@@ -118,4 +120,25 @@ TEST_CASE("the sampler reports a worker whose cgroup limit file was changed", "[
   REQUIRE(seen.size() == 1);
   CHECK(seen[0].first == getpid());
   CHECK(seen[0].second.find("limit was changed") != std::string::npos);
+}
+
+TEST_CASE("a worker's memory limit: a share of the machine by default, as configured otherwise", "[memory]") {
+  WorkerMemory limits(false);  // no cgroups: sizes only
+  CHECK(limits.cgroup_kind().empty());
+  SupervisorConfig cfg;
+  cfg.workers = 1;
+  uint64_t one = limits.LimitFor(cfg);
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  uint64_t total_kb = 0;
+  meminfo >> key >> total_kb;
+  REQUIRE(key == "MemTotal:");
+  CHECK(one >= uint64_t{512} << 20);
+  CHECK(one <= total_kb * 1024 / 4 * 3);
+  cfg.workers = 4;
+  CHECK(limits.LimitFor(cfg) == std::max<uint64_t>(one / 4, uint64_t{512} << 20));
+  cfg.worker_memory_mb = 300;
+  CHECK(limits.LimitFor(cfg) == uint64_t{300} << 20);
+  cfg.worker_memory_mb = 0;
+  CHECK(limits.LimitFor(cfg) == 0);
 }
