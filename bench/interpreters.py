@@ -132,7 +132,8 @@ def run_shoald(archive, shape, workers, k, seconds, tmp):
     sock = os.path.join(tmp, f"s-{workers}-{k}.sock")
     log = open(os.path.join(tmp, f"shoald-{workers}-{k}.log"), "w")
     proc = subprocess.Popen([os.path.join(BUILD, "bin", "shoald"), "--socket", sock, "--workers", str(workers),
-                             "--interpreters", str(k), "--interpreter-cache", os.path.join(tmp, "cache")],
+                             "--interpreters", str(k), "--interpreter-cache", os.path.join(tmp, "cache"),
+                             "--sandbox-read-paths", os.path.dirname(archive)],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120

@@ -281,22 +281,26 @@ Result<ArchiveInfo> ParseArchive(std::string_view file) {
 }
 
 namespace {
-// Maps `path` read-only and runs `read` over its bytes; errors start with "archive PATH: ".
+// Maps the open file `fd` read-only and runs `read` over its bytes; errors start with
+// "archive LABEL: ". `fd` stays open.
+Result<ArchiveInfo> ReadFd(int fd, const std::string& label, Result<ArchiveInfo> (*read)(std::string_view)) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return Status::FromErrno("archive " + label, errno);
+  if (!S_ISREG(st.st_mode)) return Status::BadRequest("archive " + label + ": not a regular file");
+  size_t size = static_cast<size_t>(st.st_size);
+  void* p = size ? mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0) : nullptr;
+  if (size && p == MAP_FAILED) return Status::FromErrno("cannot map archive " + label, errno);
+  auto info = read(std::string_view(static_cast<const char*>(p), size));
+  if (p) munmap(p, size);
+  if (!info.ok()) return Status(info.status().code(), "archive " + label + ": " + info.status().message());
+  return info;
+}
+
 Result<ArchiveInfo> ReadFile(const std::string& path, Result<ArchiveInfo> (*read)(std::string_view)) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Status::FromErrno("cannot read archive " + path, errno);
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    close(fd);
-    return Status::BadRequest("archive " + path + ": not a regular file");
-  }
-  size_t size = static_cast<size_t>(st.st_size);
-  void* p = size ? mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0) : nullptr;
+  auto info = ReadFd(fd, path, read);
   close(fd);
-  if (size && p == MAP_FAILED) return Status::FromErrno("cannot map archive " + path, errno);
-  auto info = read(std::string_view(static_cast<const char*>(p), size));
-  if (p) munmap(p, size);
-  if (!info.ok()) return Status(info.status().code(), "archive " + path + ": " + info.status().message());
   return info;
 }
 }  // namespace
@@ -304,5 +308,34 @@ Result<ArchiveInfo> ReadFile(const std::string& path, Result<ArchiveInfo> (*read
 Result<ArchiveInfo> InspectArchiveFile(const std::string& path) { return ReadFile(path, ParseArchive); }
 
 Result<ArchiveInfo> ReadArchiveFile(const std::string& path) { return ReadFile(path, ReadArchive); }
+
+bool PickleNamesCuda(std::string_view pkl) {
+  auto is_location = [](std::string_view s) {
+    if (s.substr(0, 4) != "cuda") return false;
+    if (s.size() == 4) return true;
+    if (s.size() < 6 || s[4] != ':') return false;
+    for (char c : s.substr(5)) {
+      if (c < '0' || c > '9') return false;
+    }
+    return true;
+  };
+  for (size_t i = pkl.find("cuda"); i != std::string_view::npos; i = pkl.find("cuda", i + 1)) {
+    size_t len = 0;
+    if (i >= 2 && static_cast<uint8_t>(pkl[i - 2]) == 0x8c) {  // SHORT_BINUNICODE, 1-byte length
+      len = static_cast<uint8_t>(pkl[i - 1]);
+    } else if (i >= 5 && pkl[i - 5] == 'X') {  // BINUNICODE, 4-byte length
+      len = static_cast<uint8_t>(pkl[i - 4]) | static_cast<uint8_t>(pkl[i - 3]) << 8 |
+            static_cast<uint8_t>(pkl[i - 2]) << 16 | static_cast<size_t>(static_cast<uint8_t>(pkl[i - 1])) << 24;
+    } else {
+      continue;
+    }
+    if (len <= pkl.size() - i && is_location(pkl.substr(i, len))) return true;
+  }
+  return false;
+}
+
+Result<ArchiveInfo> InspectArchiveFd(int fd, const std::string& label) { return ReadFd(fd, label, ParseArchive); }
+
+Result<ArchiveInfo> ReadArchiveFd(int fd, const std::string& label) { return ReadFd(fd, label, ReadArchive); }
 
 }  // namespace shoal

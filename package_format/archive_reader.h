@@ -1,8 +1,8 @@
 // Archive reader: validates a model archive (a zip: torch.package or TorchScript) without
 // running anything in it, and says where each record's bytes are.
 //
-// The one zip reader of shoal: shoald checks every load with it, the worker asks it what
-// kind an archive is, and Python (`shoal inspect`, `--repack`, mapped loading) reads
+// The one zip reader of shoal: shoald checks every load with it (on the open file a client
+// passed), the worker asks it what kind an archive is, and Python (`shoal inspect`, `--repack`, mapped loading) reads
 // archives through it (shoal._native.read_archive). It is pure (bytes in, ArchiveInfo or
 // a BadRequest out), so it is fuzzed alone (tests/fuzz). ParseArchive rejects: not a zip,
 // truncated files, records outside the file, encrypted records, names that are empty,
@@ -66,5 +66,15 @@ Result<ArchiveInfo> ParseArchive(std::string_view file);
 Result<ArchiveInfo> InspectArchiveFile(const std::string& path);
 // Maps `path` read-only and reads it (ReadArchive); errors start with "archive PATH: ".
 Result<ArchiveInfo> ReadArchiveFile(const std::string& path);
+// The same for an open file (it stays open): what shoald checks a load with and workers
+// ask, since neither opens an archive path on a client's behalf. `label` names the file in
+// errors ("archive LABEL: ").
+Result<ArchiveInfo> InspectArchiveFd(int fd, const std::string& label);
+Result<ArchiveInfo> ReadArchiveFd(int fd, const std::string& label);
+
+// Whether a tensor pickle (a TorchScript archive's data.pkl) names a CUDA location for a
+// storage: a pickled string "cuda" or "cuda:N" (torch writes each storage's location as
+// one). The device a TorchScript model was exported for; one rule for C++ and Python.
+bool PickleNamesCuda(std::string_view pickle);
 
 }  // namespace shoal

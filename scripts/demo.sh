@@ -9,7 +9,8 @@ BUILD=$(cd "${SHOAL_BUILD_DIR:-build}" && pwd)
 PY=$(grep -m1 '^SHOAL_PYTHON:' "$BUILD/CMakeCache.txt" | cut -d= -f2)
 WORK=$(mktemp -d /tmp/shoal-demo.XXXXXX)
 SOCK="$WORK/shoal.sock"
-"$BUILD/bin/shoald" --socket "$SOCK" --workers 2 >"$WORK/shoald.log" 2>&1 &
+# Workers may read archives only in the folders shoald names (Landlock: docs/security.md).
+"$BUILD/bin/shoald" --socket "$SOCK" --workers 2 --sandbox-read-paths "$WORK" >"$WORK/shoald.log" 2>&1 &
 SHOALD=$!
 trap 'kill $SHOALD 2>/dev/null; wait $SHOALD 2>/dev/null; rm -rf "$WORK"' EXIT
 echo "== packaging examples/tiny_classifier.py into $WORK/classifier.pt"

@@ -6,17 +6,19 @@
 
 #include <cerrno>
 
+#include "shm/gpu_memory.h"
+
 namespace shoal {
 
 ClientArenaMaps::~ClientArenaMaps() {
   for (auto& [id, slot] : arenas_) close(slot.fd);
 }
 
-void ClientArenaMaps::Add(uint64_t id, int fd) {
+void ClientArenaMaps::Add(uint64_t id, int fd, uint64_t size, const std::string& gpu_bus) {
   std::lock_guard<std::mutex> lock(mu_);
   Slot& slot = arenas_[id];
   if (slot.fd >= 0) close(slot.fd);
-  slot = Slot{fd, nullptr};
+  slot = Slot{fd, size, gpu_bus, nullptr};
 }
 
 void ClientArenaMaps::Drop(uint64_t id) {
@@ -32,10 +34,13 @@ Result<std::shared_ptr<Arena>> ClientArenaMaps::Map(uint64_t id, const std::set<
   auto it = arenas_.find(id);
   if (it == arenas_.end()) return Status(Code::kUnavailable, "shoald never sent client arena " + std::to_string(id));
   if (it->second.mapping) return it->second.mapping;
+  const Slot& slot = it->second;
   auto open = [&]() -> Result<std::unique_ptr<Arena>> {
-    int fd = fcntl(it->second.fd, F_DUPFD_CLOEXEC, 0);  // Open takes the fd; ours stays for a later mapping
+    Result<int> ordinal = slot.gpu_bus.empty() ? Result<int>(-1) : GpuOrdinalOfBus(slot.gpu_bus);
+    if (!ordinal.ok()) return ordinal.status();
+    int fd = fcntl(slot.fd, F_DUPFD_CLOEXEC, 0);  // Open takes the fd; ours stays for a later mapping
     if (fd < 0) return Status::FromErrno("dup of client arena " + std::to_string(id), errno);
-    return Arena::Open(fd);
+    return *ordinal < 0 ? Arena::Open(fd) : Arena::OpenGpu(fd, slot.size, *ordinal);
   };
   auto mapped = open();
   if (!mapped.ok()) {

@@ -10,10 +10,10 @@
 #include <cerrno>
 #include <filesystem>
 
-#include "package_format/archive_reader.h"
 #include "protocol/channel.h"
 #include "protocol/frame.h"
 #include "protocol/paths.h"
+#include "supervisor/archive_file.h"
 #include "supervisor/status_report.h"
 
 namespace shoal {
@@ -207,8 +207,8 @@ void ClientFront::OnFrame(const std::shared_ptr<ClientSession>& s, std::string b
       return Status::Ok();
     }
     if (*op == "infer") return Infer(s, id, m);
-    if (*op == "register_arena") return RegisterArena(s, id, fds);
-    if (*op == "load") return Load(s, id, m);
+    if (*op == "register_arena") return RegisterArena(s, id, m, fds);
+    if (*op == "load") return Load(s, id, m, fds);
     if (*op == "unload") return Unload(s, id, m);
     if (*op == "ping") {
       ReplyOk(s, id);
@@ -266,12 +266,19 @@ void ClientFront::Release(const ClientSession& s, const MapView& m) {
   if (!offsets.empty()) pool_->Release(a->worker, a->generation, a->local, offsets);
 }
 
-Status ClientFront::RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, std::vector<int>* fds) {
+Status ClientFront::RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m,
+                                  std::vector<int>* fds) {
   if (fds->empty()) return Status::BadRequest("register_arena needs a memfd attached (SCM_RIGHTS)");
   auto fd = std::make_shared<OwnedFd>(fds->front());  // closed on every error path below
   fds->erase(fds->begin());
   if (s->arenas.size() >= 64) return Status::BadRequest("too many arenas on one connection (64 at most)");
-  auto arena = arenas_->Register(s->id, fd);
+  // A GPU arena says on which GPU (PCI bus id) and how large it is: its fd cannot say.
+  auto gpu = m.OptStr("gpu");
+  auto size = m.OptUint("size");
+  if (!gpu.ok()) return gpu.status();
+  if (!size.ok()) return size.status();
+  if (gpu->has_value() && !size->has_value()) return Status::BadRequest("a GPU arena needs its \"size\"");
+  auto arena = arenas_->Register(s->id, fd, gpu->value_or(""), size->value_or(0));
   if (!arena.ok()) return arena.status();
   s->arenas.insert(*arena);
   Writer w;
@@ -301,12 +308,21 @@ Status ClientFront::CheckAdmin(const ClientSession& s, const std::string& what) 
                             " may " + what + " models");
 }
 
-Status ClientFront::Load(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m) {
+Status ClientFront::Load(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m,
+                         std::vector<int>* fds) {
+  // The archive travels as the file the client opened with its own rights: shoald opens no
+  // path on anyone's behalf (no confused deputy), and every error below speaks only of
+  // that file. Taken first, so that a refused load leaves no descriptor behind.
+  std::optional<OwnedFd> passed;
+  if (!fds->empty()) {
+    passed.emplace(fds->front());
+    fds->erase(fds->begin());
+  }
   if (auto st = CheckAdmin(*s, "load"); !st.ok()) return st;
   auto name = m.Str("name");
   if (!name.ok()) return name.status();
-  auto path = m.Str("path");
-  if (!path.ok()) return path.status();
+  auto label = m.OptStr("path");
+  if (!label.ok()) return label.status();
   auto colon = name->find(':');
   if (name->empty() || name->size() > 128 || name->find_first_of(" /\n\t") != std::string::npos ||
       (colon != std::string::npos &&
@@ -314,16 +330,22 @@ Status ClientFront::Load(const std::shared_ptr<ClientSession>& s, uint64_t id, c
     return Status::BadRequest("model name '" + *name +
                               "' is invalid: use NAME or NAME:VERSION, 1-128 characters, no spaces or '/'");
   }
-  if (path->empty() || (*path)[0] != '/') return Status::BadRequest("archive path '" + *path + "' must be absolute");
-  if (access(path->c_str(), R_OK) != 0) {
-    return Status::FromErrno("model '" + *name + "': cannot read archive " + *path, errno);
+  auto asked = m.OptStr("device");
+  if (!asked.ok()) return asked.status();
+  auto device = pool_->CheckDevice(*name, asked->value_or("auto"));
+  if (!device.ok()) return device.status();
+  if (!passed) {
+    return Status::BadRequest("model '" + *name + "': load needs the archive passed as an open file (SCM_RIGHTS): "
+                              "the client opens it with its own rights and attaches it; shoald opens no path on a "
+                              "client's behalf. Use a shoal client of this version (shoal load NAME ARCHIVE)");
   }
-  // Refuse broken archives here, before any worker runs code from them.
-  auto info = InspectArchiveFile(*path);
-  if (!info.ok()) return Status(info.status().code(), "model '" + *name + "': " + info.status().message());
+  std::string shown = label->value_or("");
+  if (shown.empty()) shown = "(passed by uid " + std::to_string(s->uid) + ")";
+  auto archive = ArchiveFile::Adopt(passed->release(), shown);
+  if (!archive.ok()) return Status(archive.status().code(), "model '" + *name + "': " + archive.status().message());
   std::weak_ptr<ClientSession> weak = s;
   return registry_->Load(
-      *name, *path,
+      *name, std::move(*archive),
       [this, weak, id](const Status& st, const std::string& tb) {
         auto s = weak.lock();
         if (!s) return;
@@ -333,7 +355,7 @@ Status ClientFront::Load(const std::shared_ptr<ClientSession>& s, uint64_t id, c
           s->channel->Send(ErrorReply(id, st, tb));
         }
       },
-      info->policy);
+      *device);
 }
 
 Status ClientFront::Unload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m) {
@@ -388,6 +410,13 @@ Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, 
     return Status::BadRequest("retries must be 0 or 1: a job that crashed a worker is re-run at most once");
   }
   job->retries = static_cast<int>(retries->value_or(0));
+  auto outputs = m.OptStr("outputs");
+  if (!outputs.ok()) return outputs.status();
+  if (outputs->has_value() && **outputs != "cpu" && **outputs != "auto") {
+    return Status::BadRequest("outputs must be \"cpu\" (GPU outputs come back as host tensors) or \"auto\", not \"" +
+                              **outputs + "\"");
+  }
+  job->host_outputs = outputs->value_or("auto") == "cpu";
   job->id = next_job_++;
   job->request_id = id;
   job->client = s;

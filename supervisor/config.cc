@@ -3,6 +3,7 @@
 #include "supervisor/config.h"
 
 #include <cerrno>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -81,9 +82,26 @@ Result<SupervisorConfig> LoadConfig(const CommandLine& cli) {
     }
     path = cfg.model_repository + "/" + path;
   }
+  std::stringstream read_paths(cfg.sandbox.read_paths);
+  for (std::string dir; std::getline(read_paths, dir, ':');) {
+    if (dir.empty() || dir[0] != '/') {
+      return Status::BadRequest("sandbox_read_paths: '" + dir + "' is not an absolute folder (list them with ':')");
+    }
+  }
   cfg.config_path = cli.config_path;
   cfg.command_line = cli;
   return cfg;
+}
+
+SandboxConfig WorkerSandbox(const SupervisorConfig& config, const std::string& tmp_root) {
+  SandboxConfig s = config.sandbox;
+  auto add = [&s](const std::string& dir) {
+    if (!dir.empty()) s.read_paths += (s.read_paths.empty() ? "" : ":") + dir;
+  };
+  add(config.model_repository);
+  for (const auto& [name, path] : config.models) add(std::filesystem::path(path).parent_path().string());
+  s.tmp_root = tmp_root;
+  return s;
 }
 
 Result<Reloaded> ReloadConfig(const SupervisorConfig& running) {

@@ -63,9 +63,11 @@ struct SupervisorConfig {
   std::string config_path;         // re-read on SIGHUP
   uint64_t drain_grace_ms = 10000;  // SIGTERM: running jobs get this long to finish
   std::string admin_group;          // members may load/unload (besides root and shoald's user)
+  std::string worker_user = "auto";  // who workers run as when shoald is root (supervisor/worker_user.h)
   std::string model_repository;     // relative archive paths resolve against it
   std::string log_level = "info";
   bool zygote = true;               // fork workers from a zygote (else exec each one)
+  std::string gpus = "all";         // GPUs workers are placed on: all, none, or indices "0,1"
   // Memory ownership (docs/architecture.md): what one worker holds for its clients.
   uint64_t worker_arenas = 256;             // client arenas whose fds a worker holds at most
   uint64_t worker_arena_mb = 8192;          // ... and their bytes (idle ones are dropped first)
@@ -86,6 +88,11 @@ Status LoadConfigFile(const std::string& path, SupervisorConfig* cfg);
 // `model` lines resolved against model_repository (an error when none is set). Does not
 // open the archives.
 Result<SupervisorConfig> LoadConfig(const CommandLine& cli);
+
+// The sandbox of a worker (its command-line arguments): config.sandbox, its read paths
+// with model_repository and the folders of the configured models' archives added, and its
+// private temporary folder under `tmp_root` (supervisor/worker_tmp.h).
+SandboxConfig WorkerSandbox(const SupervisorConfig& config, const std::string& tmp_root);
 
 // SIGHUP. Reads running.command_line's file again with the same command-line layers on
 // top, and returns the configuration to run with from now on: every reloadable setting

@@ -1,12 +1,11 @@
 // shoald: the shoal supervisor daemon. See docs/architecture.md.
 // Reads its options (supervisor/options.h: the command line and the configuration file,
-// one table), checks the archives it is to load, and runs the Supervisor's loop.
+// one table), opens and checks the archives it is to load, and runs the Supervisor's loop.
 #include <spdlog/spdlog.h>
 
 #include <iostream>
 #include <string>
 
-#include "package_format/archive_reader.h"
 #include "protocol/paths.h"
 #include "supervisor/config.h"
 #include "supervisor/options.h"
@@ -31,15 +30,16 @@ int main(int argc, char** argv) {
   }
   spdlog::set_level(spdlog::level::from_str(cfg->log_level));
   if (auto fd = shoal::TakeListenFd()) cfg->listen_fd = *fd;
-  for (const auto& [name, path] : cfg->models) {
-    if (auto info = shoal::InspectArchiveFile(path); !info.ok()) {
-      std::cerr << "shoald: model '" << name << "': " << info.status().message() << "\n";
-      return 2;
-    }
+  // shoald's own loads: it opens these archives itself, now, and workers load from the
+  // files it holds.
+  auto models = shoal::OpenConfiguredModels(*cfg);
+  if (!models.ok()) {
+    std::cerr << "shoald: " << models.status().message() << "\n";
+    return 2;
   }
   boost::asio::io_context io;
   shoal::Supervisor sup(io, std::move(*cfg));
-  if (auto st = sup.Start(); !st.ok()) {
+  if (auto st = sup.Start(std::move(*models)); !st.ok()) {
     spdlog::critical("{}", st.ToString());
     return 1;
   }

@@ -23,16 +23,16 @@ bool Newer(const std::string& a, const std::string& b) {
 ModelRegistry::ModelRegistry(asio::io_context& io, const SupervisorConfig& config, ModelHosts* hosts, JobQueue* jobs)
     : io_(io), config_(config), hosts_(hosts), jobs_(jobs) {}
 
-void ModelRegistry::AddConfigured(const std::string& name, const std::string& path, const ManifestPolicy& policy) {
+void ModelRegistry::AddConfigured(const std::string& name, ArchiveRef archive, const std::string& device) {
   Entry& m = models_[name];
-  m.path = path;
-  m.policy = policy;
+  m.archive = std::move(archive);
+  m.device = device;
   m.loading = false;
 }
 
 bool ModelRegistry::TakesBroadcastInputs(const std::string& key) const {
   auto it = models_.find(key);
-  return it != models_.end() && it->second.policy.broadcast_inputs;
+  return it != models_.end() && it->second.archive && it->second.archive->policy().broadcast_inputs;
 }
 
 std::string ModelRegistry::Loaded() const {
@@ -41,20 +41,30 @@ std::string ModelRegistry::Loaded() const {
   return out.empty() ? "(none)" : out;
 }
 
-void ModelRegistry::LoadIn(ModelHosts::Worker worker, const std::string& name, const std::string& path,
+void ModelRegistry::LoadIn(ModelHosts::Worker worker, const std::string& name, const ArchiveRef& archive,
                            ModelHosts::LoadDone done) {
   auto keep = [this, name] {  // not unloaded or marked failed while the worker loaded it
     auto m = models_.find(name);
     return m != models_.end() && !m->second.failed;
   };
-  hosts_->Load(worker, name, path, keep,
+  auto m = models_.find(name);
+  std::string device = m != models_.end() ? m->second.device : "auto";
+  hosts_->Load(worker, name, archive, device, keep,
                [this, name, done](const Status& st, const std::string& tb, const std::string& engine) {
                  if (auto m = models_.find(name); m != models_.end() && !engine.empty()) m->second.engine = engine;
                  done(st, tb, engine);
                });
 }
 
-Status ModelRegistry::Load(const std::string& name, const std::string& path, Done done, const ManifestPolicy& policy) {
+std::vector<ModelHosts::Worker> ModelRegistry::HostsFor(const std::string& device) const {
+  std::vector<ModelHosts::Worker> out;
+  for (const auto& w : hosts_->Live()) {
+    if (hosts_->Places(w, device)) out.push_back(w);
+  }
+  return out;
+}
+
+Status ModelRegistry::Load(const std::string& name, ArchiveRef archive, Done done, const std::string& device) {
   if (auto old = models_.find(name); old != models_.end()) {
     if (old->second.draining) {
       return Status::BadRequest("model '" + name + "' is being unloaded; load it once that is done");
@@ -63,10 +73,10 @@ Status ModelRegistry::Load(const std::string& name, const std::string& path, Don
     models_.erase(old);  // a failed model may be loaded again (fixed, presumably)
   }
   Entry& entry = models_[name];
-  entry.path = path;
-  entry.policy = policy;
+  entry.archive = archive;
+  entry.device = device;
   entry.loading = true;
-  auto live = hosts_->Live();
+  auto live = HostsFor(device);
   if (live.empty()) {
     // No live worker right now: replacements load it when they start.
     entry.loading = false;
@@ -100,9 +110,9 @@ Status ModelRegistry::Load(const std::string& name, const std::string& path, Don
     spdlog::info("model '{}' loaded", name);
     done(Status::Ok(), "");
     // Workers started while it loaded (replacements, a bigger pool) load it now.
-    for (const auto& w : hosts_->Live()) {
+    for (const auto& w : HostsFor(it->second.device)) {
       if (!hosts_->HasOrLoads(w, name)) {
-        LoadIn(w, name, it->second.path, [this](const Status&, const std::string&, const std::string&) {
+        LoadIn(w, name, it->second.archive, [this](const Status&, const std::string&, const std::string&) {
           jobs_->Dispatch();
         });
       }
@@ -110,7 +120,7 @@ Status ModelRegistry::Load(const std::string& name, const std::string& path, Don
     jobs_->Dispatch();
   };
   for (const auto& w : live) {
-    LoadIn(w, name, path, [op, finish](const Status& st, const std::string& tb, const std::string&) {
+    LoadIn(w, name, archive, [op, finish](const Status& st, const std::string& tb, const std::string&) {
       if (!st.ok() && op->first_error.ok()) {
         op->first_error = st;
         op->traceback = tb;
@@ -125,16 +135,16 @@ void ModelRegistry::LoadInto(ModelHosts::Worker worker,
                              std::function<void(const std::string&, const Status&, const std::string&)> each,
                              std::function<void()> all_done) {
   auto remaining = std::make_shared<int>(0);
-  std::vector<std::pair<std::string, std::string>> todo;
+  std::vector<std::pair<std::string, ArchiveRef>> todo;
   for (const auto& [name, m] : models_) {
     // A pending client load() covers the workers alive at its start.
-    if (!m.loading && !m.failed) todo.emplace_back(name, m.path);
+    if (!m.loading && !m.failed && hosts_->Places(worker, m.device)) todo.emplace_back(name, m.archive);
   }
   *remaining = static_cast<int>(todo.size());
   if (todo.empty()) return all_done();
-  for (const auto& [name, path] : todo) {
+  for (const auto& [name, archive] : todo) {
     std::string model = name;
-    LoadIn(worker, name, path, [model, remaining, each, all_done](const Status& st, const std::string& tb, const std::string&) {
+    LoadIn(worker, name, archive, [model, remaining, each, all_done](const Status& st, const std::string& tb, const std::string&) {
       if (--*remaining == 0) all_done();
       each(model, st, tb);
     });
@@ -309,7 +319,8 @@ std::vector<ModelRegistry::Info> ModelRegistry::List() const {
     Info i;
     i.name = name;
     i.engine = m.engine;
-    i.path = m.path;
+    i.path = m.archive ? m.archive->label() : "";
+    i.device = m.device;
     i.ready = Ready(name);
     i.queued = jobs_->Queued(name);
     i.failed = m.failed;

@@ -24,8 +24,8 @@
 #include <string>
 #include <vector>
 
-#include "package_format/manifest.h"
 #include "shoal/status.h"
+#include "supervisor/archive_file.h"
 #include "supervisor/config.h"
 #include "supervisor/scheduler.h"
 
@@ -48,11 +48,14 @@ class ModelHosts {
   };
   virtual std::vector<Worker> Live() const = 0;
   using LoadDone = std::function<void(const Status& st, const std::string& traceback, const std::string& engine)>;
-  // Loads `name` from `path` in `worker`. On success the model is marked ready there if
+  // Loads `name` from `archive` (the held file, sent along) in `worker`. On success the model is marked ready there if
   // keep() still holds when the reply comes, else unloaded again; then done() runs (once,
   // also when the worker dies or is gone).
-  virtual void Load(Worker worker, const std::string& name, const std::string& path, std::function<bool()> keep,
-                    LoadDone done) = 0;
+  // `device` is the load's ("auto", "cpu", "cuda", "cuda:N"; see supervisor/gpu_placement.h).
+  virtual void Load(Worker worker, const std::string& name, const ArchiveRef& archive, const std::string& device,
+                    std::function<bool()> keep, LoadDone done) = 0;
+  // Whether a model loaded for `device` runs in `worker` ("cuda:N": workers on GPU N).
+  virtual bool Places(Worker /*worker*/, const std::string& /*device*/) const { return true; }
   // Whether `worker` has `name` ready or a load of it in flight.
   virtual bool HasOrLoads(Worker worker, const std::string& name) const = 0;
   // Unloads `name` from every live worker that has it ready.
@@ -70,14 +73,15 @@ class ModelRegistry {
   // Called with a model's name and why, when a crash loop marks it failed.
   void set_on_failed(std::function<void(const std::string&, const std::string&)> fn) { on_failed_ = std::move(fn); }
 
-  // A model of the configuration: loaded into each worker as it starts. `policy`: what
-  // its manifest says shoald must allow (package_format/manifest.h).
-  void AddConfigured(const std::string& name, const std::string& path, const ManifestPolicy& policy = {});
+  // A model of the configuration (its archive opened by shoald itself): loaded into each
+  // worker as it starts, on `device`.
+  void AddConfigured(const std::string& name, ArchiveRef archive, const std::string& device = "auto");
 
   using Done = std::function<void(const Status& st, const std::string& traceback)>;
-  // Loads an archive (already validated) under `name` in every live worker; `done` runs
-  // once every worker answered. An immediate error (the name is taken) is returned instead.
-  Status Load(const std::string& name, const std::string& path, Done done, const ManifestPolicy& policy = {});
+  // Loads an archive (already validated; held from now on for the model's lifetime) under
+  // `name` in every live worker; `done` runs once every worker answered. An immediate error (the name is taken) is returned instead.
+  // `device`: where it runs ("auto": where it was exported; gpu_placement.h checked it).
+  Status Load(const std::string& name, ArchiveRef archive, Done done, const std::string& device = "auto");
   // "name:version" unloads that version; a plain name unloads "name" or every "name:*".
   // `done` runs once their jobs are finished or the grace period is over.
   Status Unload(const std::string& name, std::function<void()> done);
@@ -105,7 +109,7 @@ class ModelRegistry {
   void CheckUnloads();
 
   struct Info {
-    std::string name, engine, path, last_error;
+    std::string name, engine, path, last_error, device;  // path: the archive's label (ArchiveFile)
     bool ready = false;
     bool failed = false;
     size_t queued = 0;
@@ -117,12 +121,12 @@ class ModelRegistry {
 
  private:
   struct Entry {
-    std::string path;
+    ArchiveRef archive;  // the open file workers load from
+    std::string device = "auto";  // as loaded (ModelHosts::Places says where it runs)
     bool loading = true;    // a client's load() is still waiting for the workers
     bool failed = false;    // crash loop: no longer loaded nor served until loaded again
     bool draining = false;  // being unloaded: takes no new jobs, finishes those it has
     std::string engine;     // "python" (torch.package) or "libtorch" (TorchScript), as workers report
-    ManifestPolicy policy;  // from the archive's manifest, read by shoald
     std::string last_error;
     struct Crash {
       std::chrono::steady_clock::time_point when;
@@ -141,7 +145,9 @@ class ModelRegistry {
     std::set<std::string> keys;  // still draining
     std::unique_ptr<boost::asio::steady_timer> grace;
   };
-  void LoadIn(ModelHosts::Worker worker, const std::string& name, const std::string& path, ModelHosts::LoadDone done);
+  void LoadIn(ModelHosts::Worker worker, const std::string& name, const ArchiveRef& archive, ModelHosts::LoadDone done);
+  // The live workers a model loaded for `device` runs in.
+  std::vector<ModelHosts::Worker> HostsFor(const std::string& device) const;
   void FinishUnload(const std::string& key);
   std::string Loaded() const;  // "a, b:1" or "(none)", for errors
 

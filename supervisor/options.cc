@@ -92,10 +92,13 @@ std::vector<Option> MakeTable() {
       Make<&C::workers>("workers", K::kNumber, "N", kReload, "worker processes", 1, 1024),
       Make<&C::interpreters>("interpreters", K::kNumber, "K", kRestart,
                              "Python interpreters per worker, each with its own GIL", 1, 64),
+      Make<&C::gpus>("gpus", K::kText, "LIST", kRestart,
+                     "GPUs workers are placed on, round-robin: all, none or indices such as 0,1 (each worker sees its own alone)", 0, 0, "all"),
       Make<&C::interpreter_cache>("interpreter_cache", K::kText, "DIR", kRestart,
                                   "private library copies for interpreters > 1", 0, 0, "in the runtime folder"),
       Make<&C::models>("model", K::kModel, "NAME=ARCHIVE", kRestart,
-                       "load this archive at start-up (repeatable); a relative path is under "
+                       "load this archive at start-up (repeatable); NAME@DEVICE=ARCHIVE runs it on DEVICE (cpu, "
+                       "cuda, cuda:N; default: where it was exported); a relative path is under "
                        "model_repository in the file, under the current folder on the command line"),
       Make<&C::model_repository>("model_repository", K::kText, "DIR", kRestart,
                                  "where relative archive paths of the file's model lines are"),
@@ -119,6 +122,9 @@ std::vector<Option> MakeTable() {
                                 "unload waits this long for the jobs a model has accepted", 0, kMaxMs),
       Make<&C::admin_group>("admin_group", K::kText, "GROUP", kReload,
                             "members may load and unload models (besides root and shoald's user)"),
+      Make<&C::worker_user>("worker_user", K::kText, "USER", kRestart,
+                            "who workers run as when shoald runs as root: auto (user shoal-worker if it "
+                            "exists, else nobody), a user name, or shoald (shoald's uid, no capabilities)"),
       Make<&C::max_jobs_per_worker>("max_jobs_per_worker", K::kNumber, "N", kReload,
                                     "recycle a worker after this many jobs (0 = never)", 0, kMaxMs),
       Make<&C::crash_loop_limit>("crash_loop_limit", K::kNumber, "N", kReload,
@@ -149,6 +155,14 @@ std::vector<Option> MakeTable() {
                                            "may model code open IPv4/IPv6 sockets"),
       Make<&C::sandbox, &S::seccomp>("seccomp", K::kYesNo, "yes|no", kReload,
                                      "deny system calls model code has no business making"),
+      Make<&C::sandbox, &S::landlock>("landlock", K::kYesNo, "yes|no", kReload,
+                                      "let model code read only the Python installation, system libraries and "
+                                      "archives, and write only a private temporary folder (Linux Landlock, where "
+                                      "the kernel has it)"),
+      Make<&C::sandbox, &S::read_paths>("sandbox_read_paths", K::kText, "DIR[:DIR...]", kRestart,
+                                        "folders of archives that clients load by path, which workers may read "
+                                        "under Landlock (model_repository and the folders of model lines are "
+                                        "added)"),
       Make<&C::worker_arenas>("worker_arenas", K::kNumber, "N", kReload,
                               "client arenas whose descriptors a worker holds at most; the least recently used "
                               "one no running job reads is dropped first", 1, 1 << 16),

@@ -4,27 +4,28 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
 namespace shoal {
 
-ProcessMemory ReadProcessMemory(pid_t pid) {
+namespace {
+
+ProcessMemory Parse(std::istream& in) {
   ProcessMemory m;
-  std::ifstream f("/proc/" + std::to_string(pid) + "/smaps_rollup");
   std::string line;
-  while (std::getline(f, line)) {
+  while (std::getline(in, line)) {
     if (line.rfind("Rss:", 0) == 0) m.rss_kb = std::strtoull(line.c_str() + 4, nullptr, 10);
     if (line.rfind("Pss:", 0) == 0) m.pss_kb = std::strtoull(line.c_str() + 4, nullptr, 10);
   }
   return m;
 }
-
-namespace {
 
 // The start of a small /proc file (empty when it cannot be read).
 std::string ReadProcFile(const std::string& path) {
@@ -63,6 +64,25 @@ std::map<pid_t, uint64_t> GroupAnonymousBytes(const std::set<pid_t>& groups) {
 
 }  // namespace
 
+ProcessMemory ReadProcessMemory(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/smaps_rollup");
+  return Parse(f);
+}
+
+ProcessMemory ReadProcessMemoryFile(int fd) {
+  std::string text;
+  char buf[4096];
+  for (off_t at = 0; text.size() < (64u << 10);) {  // smaps_rollup is about 1 kB
+    ssize_t n = pread(fd, buf, sizeof(buf), at);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buf, static_cast<size_t>(n));
+    at += n;
+  }
+  std::istringstream in(text);
+  return Parse(in);
+}
+
 ProcessMemorySampler::ProcessMemorySampler(std::chrono::milliseconds period, OverLimitFn on_over)
     : period_(period), on_over_(std::move(on_over)), thread_([this] { Loop(); }) {}
 
@@ -85,9 +105,22 @@ void ProcessMemorySampler::Track(pid_t pid, MemoryWatch watch) {
   wake_.notify_all();
 }
 
+void ProcessMemorySampler::ReadFrom(pid_t pid, int fd) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    files_[pid] = std::shared_ptr<const int>(new int(fd), [](const int* f) {
+      close(*f);
+      delete f;
+    });
+    fresh_ = true;
+  }
+  wake_.notify_all();
+}
+
 void ProcessMemorySampler::Untrack(pid_t pid) {
   std::lock_guard<std::mutex> lock(mu_);
   figures_.erase(pid);
+  files_.erase(pid);
   watches_.erase(pid);
 }
 
@@ -134,16 +167,21 @@ void ProcessMemorySampler::Loop() {
   std::unique_lock<std::mutex> lock(mu_);
   for (int round = 0; !stop_; ++round) {
     bool sample = fresh_ || round % 4 == 0;  // Rss/Pss every period, limits four times as often
-    std::vector<pid_t> pids;
-    if (sample) {
-      for (const auto& [pid, m] : figures_) pids.push_back(pid);
+    std::vector<std::pair<pid_t, std::shared_ptr<const int>>> pids;  // the file, if the process gave one
+    for (const auto& [pid, m] : figures_) {
+      if (!sample) break;
+      auto f = files_.find(pid);
+      pids.emplace_back(pid, f == files_.end() ? nullptr : f->second);
     }
     fresh_ = false;
     auto watches = watches_;
     lock.unlock();
     if (!watches.empty()) CheckLimits(watches);
     std::vector<std::pair<pid_t, ProcessMemory>> read;
-    for (pid_t pid : pids) read.emplace_back(pid, ReadProcessMemory(pid));
+    for (const auto& [pid, file] : pids) {
+      read.emplace_back(pid, file ? ReadProcessMemoryFile(*file) : ReadProcessMemory(pid));
+    }
+    pids.clear();  // an untracked process's file closes now, not after the wait
     lock.lock();
     for (const auto& [pid, m] : read) {
       if (auto it = figures_.find(pid); it != figures_.end()) it->second = m;  // not untracked meanwhile

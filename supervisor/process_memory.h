@@ -1,14 +1,16 @@
 // ProcessMemorySampler: Rss and Pss of the worker processes, read from
-// /proc/PID/smaps_rollup by a thread of its own every `period`, so that `status` answers
+// /proc/PID/smaps_rollup (or the copy of it a worker opened itself and handed over: a
+// non-dumpable worker's file cannot be opened by a shoald that is not root) by a thread of
+// its own every `period`, so that `status` answers
 // from figures gathered off the event loop (reading smaps_rollup walks the process's page
 // tables: milliseconds per large worker). It also watches workers' memory limits
 // (supervisor/worker_memory.h) four times a period:
 //  - a worker without a memory cgroup: the anonymous memory resident in its process group
 //    (RssAnon of the worker and of every process model code started; /proc/PID/status,
-//    readable even for non-dumpable workers) must stay within its limit. Anonymous memory
-//    is what allocations grow; client arenas it maps and the archives' page cache are not
-//    the worker's to answer for. Memory in files (tmpfs, memfds written without mapping)
-//    escapes this count: only a cgroup bounds it.
+//    readable even for non-dumpable workers of another uid) must stay within its limit.
+//    Anonymous memory is what allocations grow; client arenas it maps and the archives'
+//    page cache are not the worker's to answer for. Memory in files (tmpfs, memfds written
+//    without mapping) escapes this count: only a cgroup bounds it.
 //  - a worker with one: its cgroup's limit file must still say what shoald wrote (model
 //    code that can write there must not raise its own limit).
 // It kills nobody itself: `on_over` (called on the sampling thread, once per pid) tells
@@ -24,6 +26,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -37,6 +40,8 @@ struct ProcessMemory {
 
 // A process's Rss and Pss in kB, zeros if unknown. Blocking file reads: not on the loop.
 ProcessMemory ReadProcessMemory(pid_t pid);
+// The same from an open smaps_rollup file (read from its start; it stays open).
+ProcessMemory ReadProcessMemoryFile(int fd);
 
 // What the sampler checks of a worker's memory limit.
 struct MemoryWatch {
@@ -56,6 +61,9 @@ class ProcessMemorySampler {
   ProcessMemorySampler& operator=(const ProcessMemorySampler&) = delete;
 
   void Track(pid_t pid, MemoryWatch watch = {});  // sampled from the next round on (sooner: wakes the thread)
+  // From now on `pid`'s figures come from `fd`, its smaps_rollup opened by the process
+  // itself (taken; closed by Untrack).
+  void ReadFrom(pid_t pid, int fd);
   void Untrack(pid_t pid);
   ProcessMemory Get(pid_t pid) const;  // the last figures, zeros before the first sample
 
@@ -70,6 +78,7 @@ class ProcessMemorySampler {
   std::condition_variable wake_;
   std::map<pid_t, ProcessMemory> figures_;  // GUARDED_BY(mu_)
   std::map<pid_t, MemoryWatch> watches_;    // GUARDED_BY(mu_): workers whose limits it checks
+  std::map<pid_t, std::shared_ptr<const int>> files_;  // GUARDED_BY(mu_); the fd closes with the last holder
   bool stop_ = false;                       // GUARDED_BY(mu_)
   bool fresh_ = false;                      // GUARDED_BY(mu_): a pid was added since the last round
   std::thread thread_;

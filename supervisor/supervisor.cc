@@ -10,7 +10,6 @@
 #include <filesystem>
 
 #include "base/subprocess.h"
-#include "package_format/archive_reader.h"
 
 namespace shoal {
 
@@ -32,7 +31,17 @@ Supervisor::Supervisor(asio::io_context& io, SupervisorConfig config)
 
 Supervisor::~Supervisor() = default;
 
-Status Supervisor::Start() {
+Result<std::vector<std::pair<std::string, ArchiveRef>>> OpenConfiguredModels(const SupervisorConfig& config) {
+  std::vector<std::pair<std::string, ArchiveRef>> out;
+  for (const auto& [name, path] : config.models) {
+    auto archive = ArchiveFile::Open(path);
+    if (!archive.ok()) return Status(archive.status().code(), "model '" + name + "': " + archive.status().message());
+    out.emplace_back(name, std::move(*archive));
+  }
+  return out;
+}
+
+Status Supervisor::Start(std::vector<std::pair<std::string, ArchiveRef>> models) {
   if (config_.workers < 1 || config_.workers > 1024) return Status::BadRequest("--workers must be between 1 and 1024");
   if (config_.worker_binary.empty()) {
     std::error_code ec;
@@ -44,6 +53,13 @@ Status Supervisor::Start() {
                              errno);
   }
   if (auto st = front_.SetAdminGroup(config_.admin_group); !st.ok()) return st;
+  auto user = ChooseWorkerUser(config_.worker_user, geteuid());
+  if (!user.ok()) return user.status();
+  if (*user) {
+    spdlog::info("workers run as {}, with no supplementary groups and no capabilities", (*user)->Describe());
+  } else if (geteuid() == 0) {
+    spdlog::warn("worker_user = shoald: workers run as root (with no capabilities) and can read what root can");
+  }
   // Not dumpable: no process of shoald's user (model code in a worker, for one) may read or
   // write its memory through /proc/PID/mem or ptrace it. /proc/self reads come before this.
   if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) spdlog::warn("PR_SET_DUMPABLE: {}", std::strerror(errno));
@@ -69,17 +85,25 @@ Status Supervisor::Start() {
   WaitSignal();
   signal(SIGPIPE, SIG_IGN);
 
-  for (const auto& [name, path] : config_.models) {
-    auto info = InspectArchiveFile(path);  // main checked it: only its manifest's policy is new here
-    if (!info.ok()) return Status(info.status().code(), "model '" + name + "': " + info.status().message());
-    registry_.AddConfigured(name, path, info->policy);
+  // A configured model may name its device: "NAME@cuda:1=ARCHIVE" (checked once the pool
+  // knows its GPUs, below).
+  std::vector<std::pair<std::string, std::string>> devices;
+  for (auto& [spec, archive] : models) {
+    auto at = spec.find('@');
+    std::string name = spec.substr(0, at);
+    std::string device = at == std::string::npos ? "auto" : spec.substr(at + 1);
+    devices.emplace_back(name, device);
+    registry_.AddConfigured(name, std::move(archive), device);
   }
   notifier_.Notify("STATUS=starting " + std::to_string(config_.workers) + " workers, loading " +
                    std::to_string(registry_.size()) + " models");
   // Workers forked by the zygote are reparented to us when their middle process exits:
   // as a subreaper we wait for them (and learn how they died) ourselves.
   prctl(PR_SET_CHILD_SUBREAPER, 1);
-  pool_.Start();
+  pool_.Start(*user);
+  for (const auto& [name, device] : devices) {
+    if (auto st = pool_.CheckDevice(name, device); !st.ok()) return st.status();
+  }
   spdlog::info("shoald listening on {} with {} workers", *where, config_.workers);
   if (notifier_.watchdog_interval()) Watchdog();
   CheckReady();

@@ -27,6 +27,10 @@
 
 namespace shoal {
 
+// shoald's own loads (the configuration file, --model, model_repository): opens each
+// archive with shoald's rights and checks it; the first error names the model.
+Result<std::vector<std::pair<std::string, ArchiveRef>>> OpenConfiguredModels(const SupervisorConfig& config);
+
 class Supervisor : private PoolListener {
  public:
   Supervisor(boost::asio::io_context& io, SupervisorConfig config);
@@ -36,7 +40,9 @@ class Supervisor : private PoolListener {
 
   // Binds the socket (or adopts config.listen_fd), spawns the workers, loads the
   // configured models, installs signals. READY=1 goes to systemd once they all serve.
-  Status Start();
+  // `models`: config.models' archives, opened and checked by shoald itself (main does so
+  // before anything starts: OpenConfiguredModels); held for the models' lifetime.
+  Status Start(std::vector<std::pair<std::string, ArchiveRef>> models);
   // What main should return once the loop stops: 0 after a drain, 1 when a configured
   // model could not be loaded at start-up.
   int exit_code() const { return exit_code_; }

@@ -65,6 +65,9 @@ struct WorkerHandle {
   std::vector<std::shared_ptr<Job>> jobs;  // per interpreter: its in-flight inference, or null
   std::vector<std::string> last_model;     // per interpreter: the model it ran last
   std::unique_ptr<boost::asio::steady_timer> kill_timer;
+  // Its /proc/self/smaps_rollup, opened by the worker and handed over (`memory_file`): a
+  // non-root shoald cannot open a non-dumpable worker's. Given to the sampler with the pid.
+  std::shared_ptr<OwnedFd> memory_file;
   // load request id -> (model, its deadline: null until the worker's pid is known)
   std::map<uint64_t, std::pair<std::string, std::unique_ptr<boost::asio::steady_timer>>> load_deadlines;
 

@@ -1,14 +1,17 @@
 #include "supervisor/worker_pool.h"
 
+#include <linux/magic.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 #include "protocol/channel.h"
 #include "shm/output_arenas.h"
@@ -44,6 +47,10 @@ WorkerPool::~WorkerPool() {
   pid_t z = zygote_.pid();
   zygote_.Kill();
   if (z > 0) waitpid(z, nullptr, 0);
+  if (!new_copies_.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(new_copies_, ec);
+  }
 }
 
 WorkerHandle* WorkerPool::Find(int slot, uint64_t generation) const {
@@ -57,13 +64,42 @@ std::vector<std::string> WorkerPool::WorkerArgs() const {
   if (config_.interpreters > 1) {
     args = {"--interpreters", std::to_string(config_.interpreters), "--interpreter-cache", config_.interpreter_cache};
   }
-  for (auto& a : config_.sandbox.ToArgs()) args.push_back(a);
+  for (auto& a : WorkerSandbox(config_, tmp_.root()).ToArgs()) args.push_back(a);
+  if (user_) {  // switched to right after the fork, before any model code (worker/sandbox.cc)
+    args.push_back("--run-as");
+    args.push_back(std::to_string(user_->uid) + ":" + std::to_string(user_->gid));
+  }
+  if (!new_copies_.empty()) {
+    args.push_back("--new-copies");
+    args.push_back(new_copies_);
+  }
   return args;
 }
 
-void WorkerPool::Start() {
+void WorkerPool::Start(std::optional<WorkerUser> user) {
   // First: in cgroup v2 this may move shoald into a leaf cgroup, where the zygote follows it.
   limits_ = std::make_unique<WorkerMemory>(config_.worker_memory_cgroup);
+  user_ = std::move(user);
+  if (auto st = tmp_.Create(); !st.ok()) spdlog::error("{}: model code will have no folder to write", st.message());
+  // Workers running as their own user make their folders in it (worker/filesystem_view.h).
+  if (user_ && !tmp_.root().empty() && chown(tmp_.root().c_str(), user_->uid, user_->gid) != 0) {
+    spdlog::error("cannot give {} to the workers' user: {}", tmp_.root(), std::strerror(errno));
+  }
+  if (user_ && config_.interpreters > 1) {
+    // The interpreter cache is root's (the zygote loads from it): a worker running as its
+    // own user makes the copies it still needs in a folder of that user's instead.
+    std::error_code ec;
+    std::string dir = (std::filesystem::temp_directory_path(ec) / "shoal-worker-copies-XXXXXX").string();
+    if (mkdtemp(dir.data()) != nullptr && chown(dir.c_str(), user_->uid, user_->gid) == 0) {
+      new_copies_ = dir;
+    } else {
+      spdlog::error("cannot make a folder for the workers' library copies ({}): {}; an extension module a "
+                    "model imports that the zygote did not will fail to import", dir, std::strerror(errno));
+    }
+  }
+  if (auto st = gpus_.Discover(config_.worker_binary, config_.gpus); !st.ok()) {
+    spdlog::error("{}; workers run without GPUs", st.ToString());
+  }
   if (config_.zygote) {
     std::vector<std::string> args = {"--zygote", "--supervisor", std::to_string(getpid())};
     for (auto& a : WorkerArgs()) args.push_back(a);
@@ -89,7 +125,7 @@ void WorkerPool::Spawn(int slot) {
     }
     sock = sv[0];
     zygote_.Fork(
-        slot, sv[1],
+        slot, sv[1], gpus_.CudaVisible(slot),
         [this, slot, gen](pid_t pid) {
       WorkerHandle* w = Find(slot, gen);
       if (w == nullptr) {
@@ -104,6 +140,7 @@ void WorkerPool::Spawn(int slot) {
         return OnGone(w, DescribeWaitStatus(status));
       }
       WatchMemory(w);
+      if (w->memory_file) memory_.ReadFrom(pid, dup(w->memory_file->get()));
       for (auto& [rid, load] : w->load_deadlines) ArmLoadDeadline(w, rid);
       spdlog::info("worker {} forked by the zygote (pid {}) in {:.1f} ms", slot, pid,
                    std::chrono::duration<double, std::milli>(Clock::now() - w->started).count());
@@ -111,6 +148,10 @@ void WorkerPool::Spawn(int slot) {
         LimitMemory(w.get()));
   } else {
     std::vector<std::string> args = {"--slot", std::to_string(slot)};
+    if (auto v = gpus_.CudaVisible(slot)) {
+      args.push_back("--cuda-visible");
+      args.push_back(*v);
+    }
     for (auto& a : WorkerArgs()) args.push_back(a);
     auto cgroup_procs = LimitMemory(w.get());
     auto proc = SpawnWorkerProcess(config_.worker_binary, args);
@@ -203,12 +244,26 @@ void WorkerPool::Reap() {
     } else if (unforked && early_exits_.size() < 64) {
       early_exits_[pid] = status;
     }
+    tmp_.Remove(pid);  // a worker's, after OnGone killed what its model code started
   }
 }
 
-void WorkerPool::Send(WorkerHandle* w, uint64_t id, std::string_view body, ReplyFn fn) {
+void WorkerPool::Send(WorkerHandle* w, uint64_t id, std::string_view body, ReplyFn fn,
+                      std::vector<std::shared_ptr<OwnedFd>> fds) {
   w->pending[id] = std::move(fn);
-  w->channel->Send(body);
+  w->channel->Send(body, std::move(fds));
+}
+
+void WorkerPool::TakeMemoryFile(WorkerHandle* w, std::vector<int>* fds) {
+  if (fds->empty()) return;
+  OwnedFd f(fds->front());
+  fds->erase(fds->begin());
+  // The first one only, sent before any model code ran; and only a /proc file (the
+  // sampler thread reads it: nothing that could block it).
+  struct statfs fs;
+  if (w->memory_file || fstatfs(f.get(), &fs) != 0 || fs.f_type != PROC_SUPER_MAGIC) return;
+  w->memory_file = std::make_shared<OwnedFd>(f.release());
+  if (w->pid > 0) memory_.ReadFrom(w->pid, dup(w->memory_file->get()));
 }
 
 void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body, std::vector<int>* fds) {
@@ -228,6 +283,7 @@ void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body, std::vector<i
   }
   auto id = m.Uint("id");
   if (!id.ok()) {
+    if (m.Str("op").value_or("") == "memory_file") return TakeMemoryFile(w, fds);
     if (m.Str("op").value_or("") == "usage") return;
     spdlog::error("{} sent a message without id", w->Describe());
     return;
@@ -241,7 +297,17 @@ void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body, std::vector<i
   auto fn = std::move(it->second);
   w->pending.erase(it);
   w->pending_model.erase(*id);
+  bool poisoned = m.Bool("poisoned").value_or(false);
+  pid_t pid = w->pid;
+  if (poisoned) w->retiring = true;  // no new job may land on it while the answer goes out
   fn(Status::Ok(), &m);
+  if (poisoned) {
+    // A sticky CUDA error: the job has its answer; the worker's context is unusable, so the
+    // worker is replaced (the reaper and its EOF do the rest, as for a crash).
+    spdlog::warn("worker {} (pid {}): CUDA error in request {}; replacing the worker", w->slot, pid, *id);
+    if (pid > 0) kill(pid, SIGKILL);
+    return;
+  }
   RetireIfDone(w);
 }
 
@@ -535,7 +601,10 @@ void WorkerPool::RegisterOutputArenas(WorkerHandle* w, uint64_t rid, const MapVi
     auto entry = MapView::Of(list->via.array.ptr[i], "new arena");
     auto local = entry.ok() ? entry->Uint("arena") : Result<uint64_t>(entry.status());
     if (!local.ok() || !IsWorkerArena(*local) || client_gone) continue;  // fd closed here
-    if (auto st = arenas_->RegisterWorkerArena(job->client_id, w->slot, w->generation, *local, fd); !st.ok()) {
+    std::string gpu = entry->OptStr("gpu").value_or(std::nullopt).value_or("");
+    uint64_t size = entry->Uint("size").value_or(0);
+    if (auto st = arenas_->RegisterWorkerArena(job->client_id, w->slot, w->generation, *local, fd, gpu, size);
+        !st.ok()) {
       spdlog::error("{}: output arena for job {}: {}", w->Describe(), rid, st.status().ToString());
     }
   }
@@ -565,8 +634,12 @@ void WorkerPool::SendArenaIfNeeded(WorkerHandle* w, uint64_t arena) {
     it = after;
   }
   Writer m;
-  BeginNotice(&m, "arena", 1);
+  BeginNotice(&m, "arena", a->gpu.empty() ? 1 : 3);
   m.Key("arena"); m.Val(arena);
+  if (!a->gpu.empty()) {  // a GPU arena is mapped at its announced size on that GPU
+    m.Key("size"); m.Val(static_cast<uint64_t>(a->size));
+    m.Key("gpu"); m.Str(a->gpu);
+  }
   w->channel->Send(m.body(), {a->fd});
   w->arena_lru.push_front(arena);
   w->arenas[arena] = {w->arena_lru.begin(), a->size};
@@ -584,6 +657,8 @@ bool WorkerPool::AllServe(const std::vector<std::string>& models) const {
   for (const auto& [slot, w] : workers_) {
     if (w->gone) return false;
     for (const auto& name : models) {
+      auto d = model_devices_.find(name);
+      if (d != model_devices_.end() && !gpus_.Places(slot, d->second)) continue;
       if (w->ready_models.count(name) == 0) return false;
     }
   }

@@ -5,7 +5,7 @@
 // resizing and recycling, the per-worker memory figures, and each worker's memory limit
 // (its cgroup, or the sampler's watch: supervisor/worker_memory.h). Spawns through the zygote
 // (exec when there is none); learns of deaths from the reaper (SIGCHLD, waitpid WNOHANG)
-// and from EOF, never by blocking. Every request to a worker is answered exactly once:
+// and from EOF, never by blocking. Owns the workers' temporary folders (WorkerTmp). Every request to a worker is answered exactly once:
 // with the reply, WORKER_CRASHED if the worker dies first, or UNAVAILABLE at shutdown.
 // Serves the scheduler as its SlotPool and the registry as its ModelHosts; tells the
 // service what happened through PoolListener.
@@ -15,6 +15,7 @@
 #include <boost/asio.hpp>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <memory>
 #include <set>
 #include <string>
@@ -22,11 +23,14 @@
 
 #include "supervisor/arena_table.h"
 #include "supervisor/config.h"
+#include "supervisor/gpu_placement.h"
 #include "supervisor/model_registry.h"
 #include "supervisor/process_memory.h"
 #include "supervisor/worker_memory.h"
 #include "supervisor/scheduler.h"
 #include "supervisor/worker_handle.h"
+#include "supervisor/worker_tmp.h"
+#include "supervisor/worker_user.h"
 #include "supervisor/zygote_link.h"
 
 namespace shoal {
@@ -53,8 +57,9 @@ class WorkerPool : public SlotPool, public ModelHosts {
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
 
-  // Starts the zygote (if configured) and config.workers workers.
-  void Start();
+  // Starts the zygote (if configured) and config.workers workers. `user`: the user
+  // workers switch to (supervisor/worker_user.h), nullopt to keep shoald's uid.
+  void Start(std::optional<WorkerUser> user = std::nullopt);
   // SIGCHLD: collects every exited child (WNOHANG).
   void Reap();
   // The worker's start-up loads are done (a crash after this is not a start-up crash).
@@ -95,6 +100,7 @@ class WorkerPool : public SlotPool, public ModelHosts {
     uint64_t client_arenas = 0;   // client arenas whose fd it holds
     uint64_t output_bytes = 0;    // in output blocks not yet released
     uint64_t output_arenas = 0;   // output arenas it has mapped
+    std::string gpu;              // PCI bus id of its GPU; empty: none
   };
   std::vector<WorkerInfo> Describe() const;
   pid_t zygote_pid() const { return zygote_.pid(); }
@@ -111,8 +117,11 @@ class WorkerPool : public SlotPool, public ModelHosts {
 
   // ModelHosts
   std::vector<Worker> Live() const override;
-  void Load(Worker worker, const std::string& name, const std::string& path, std::function<bool()> keep,
-            LoadDone done) override;
+  void Load(Worker worker, const std::string& name, const ArchiveRef& archive, const std::string& device,
+            std::function<bool()> keep, LoadDone done) override;
+  bool Places(Worker worker, const std::string& device) const override;
+  // A load's device checked against the GPUs workers are placed on (supervisor/gpu_placement.h).
+  Result<std::string> CheckDevice(const std::string& model, const std::string& device) const;
   bool HasOrLoads(Worker worker, const std::string& name) const override;
   void Unload(const std::string& name) override;
 
@@ -122,12 +131,16 @@ class WorkerPool : public SlotPool, public ModelHosts {
   void Spawn(int slot);
   void ScheduleRespawn(int slot, std::chrono::milliseconds delay);
   void OnFrame(WorkerHandle* w, const std::string& body, std::vector<int>* fds);
+  // memory_file notice: the worker's own smaps_rollup, read by the sampler from now on.
+  void TakeMemoryFile(WorkerHandle* w, std::vector<int>* fds);
   // Registers the output arenas a job's reply announces (their fds come with it).
   void RegisterOutputArenas(WorkerHandle* w, uint64_t rid, const MapView& reply, std::vector<int>* fds);
   void OnGone(WorkerHandle* w, std::string how);
   void TerminateWorker(WorkerHandle* w, const std::string& why);
   void RetireIfDone(WorkerHandle* w);
-  void Send(WorkerHandle* w, uint64_t id, std::string_view body, ReplyFn fn);
+  // Sends a request with `fds` attached; `fn` gets its one answer.
+  void Send(WorkerHandle* w, uint64_t id, std::string_view body, ReplyFn fn,
+            std::vector<std::shared_ptr<OwnedFd>> fds = {});
   void SendUnload(WorkerHandle* w, const std::string& model);
   // Sends a client arena's fd unless the worker has it; first drops the least recently used
   // ones that no running job of the worker reads, past worker_arenas / worker_arena_mb.
@@ -148,9 +161,12 @@ class WorkerPool : public SlotPool, public ModelHosts {
   ArenaTable* arenas_;
   PoolListener* listener_;
   ZygoteLink zygote_;
+  WorkerTmp tmp_;  // the workers' private temporary folders
   std::unique_ptr<WorkerMemory> limits_;  // made by Start (it may move shoald into a leaf cgroup)
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for work the sampler posts
-  ProcessMemorySampler memory_;  // last: its thread posts to the loop until it is joined
+  ProcessMemorySampler memory_;  // after alive_: its thread posts to the loop until it is joined
+  GpuPlacement gpus_;                                  // which GPU each slot's worker uses
+  std::map<std::string, std::string> model_devices_;   // model -> the device it was loaded for
   bool stopping_ = false;
   uint64_t next_generation_ = 1;
   uint64_t next_request_ = uint64_t{1} << 62;  // control requests; job requests carry the job id (below)
@@ -158,6 +174,8 @@ class WorkerPool : public SlotPool, public ModelHosts {
   // Exits reaped before the zygote told us the pid (a worker that died at once): pid ->
   // wait status, claimed when the pid arrives. Bounded.
   std::map<pid_t, int> early_exits_;
+  std::optional<WorkerUser> user_;  // who workers run as (nullopt: shoald's uid)
+  std::string new_copies_;          // user_'s folder for K > 1 library copies (worker --new-copies)
   std::map<int, int> crash_streak_;  // slot -> consecutive crashes before a worker finished starting
   uint64_t restarts_ = 0;
 };

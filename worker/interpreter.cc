@@ -79,6 +79,28 @@ Status Interpreter::CreateRunner(int slot) {
   return Status::Ok();
 }
 
+Result<std::vector<std::string>> Interpreter::ImportFolders() {
+  char* paths = nullptr;
+  char* error = nullptr;
+  if (api_->import_folders(&paths, &error) != 0) return TakeError("", error);
+  std::vector<std::string> out;
+  std::string all = paths;
+  free(paths);
+  for (size_t at = 0; at < all.size();) {
+    size_t end = all.find('\n', at);
+    if (end == std::string::npos) end = all.size();
+    if (end > at) out.push_back(all.substr(at, end - at));
+    at = end + 1;
+  }
+  return out;
+}
+
+Status Interpreter::EnterSandbox(const std::string& tmp_dir, bool confined) {
+  char* error = nullptr;
+  if (api_->enter_sandbox(tmp_dir.c_str(), confined ? 1 : 0, &error) != 0) return TakeError("", error);
+  return Status::Ok();
+}
+
 Status Interpreter::SelfTest() {
   char* error = nullptr;
   if (api_->self_test(&error) != 0) return TakeError("", error);

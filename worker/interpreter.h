@@ -35,6 +35,12 @@ class Interpreter {
 
   // Builds the job runner of (worker slot, interpreter index).
   Status CreateRunner(int slot);
+  // The folders this interpreter imports from (python/shoal/_sandbox.py). Touches every
+  // module: the zygote asks, before it forks, so that workers keep those pages shared.
+  Result<std::vector<std::string>> ImportFolders();
+  // In a worker, before its sandbox closes: points this interpreter's temporary files at
+  // `tmp_dir` (and, when `confined`, the caches that default under $HOME).
+  Status EnterSandbox(const std::string& tmp_dir, bool confined);
   // Runs shoal._worker.self_test() (a small torch job).
   Status SelfTest();
   // Zygote: moves every object alive now to the permanent generation (gc.freeze), so that
@@ -44,6 +50,13 @@ class Interpreter {
   void BeforeFork() { api_->before_fork(); }
   void AfterForkParent() { api_->after_fork_parent(); }
   void AfterForkChild() { api_->after_fork_child(); }
+  // A worker that runs as its own user (shoald is root) cannot write the cache the
+  // root-owned zygote made; copies it needs from now on go under `dir` (its user's), while
+  // the copies already loaded stay as they are. Never in the zygote: it must not load
+  // files a worker could write. No-op with one interpreter.
+  void MakeNewCopiesIn(const std::string& dir) {
+    if (copies_) copies_->MakeNewCopiesIn(dir);
+  }
 
   // Passes one message body and the FIFO of received fds to the runner, which takes (from
   // the front) those its message carries; the others stay in *fds for later messages.

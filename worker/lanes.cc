@@ -55,7 +55,8 @@ void Lane::Loop() {
     }
     EncodedReply reply;
     if (t.torchscript) {
-      if (auto oh = Decode(t.body); oh.ok()) ts_->Handle(MapView(oh->get()), {}, &reply);
+      std::vector<int> none;  // a TorchScript job carries no fd
+      if (auto oh = Decode(t.body); oh.ok()) ts_->Handle(MapView(oh->get()), &none, &reply);
     } else {
       interp_->AcquireGil();
       auto r = interp_->Handle(t.body, &t.fds);

@@ -4,6 +4,9 @@
 //   shoal-worker --fd N --slot S [--interpreters K --interpreter-cache DIR] [sandbox]
 //   shoal-worker --fd N --zygote --supervisor PID [...]      the zygote (worker/zygote.h)
 //   shoal-worker --check-interpreters K --interpreter-cache DIR
+//   shoal-worker --list-gpus      the PCI bus ids of the GPUs it sees, one a line (shoald
+//                                 asks this way: it never initialises CUDA itself)
+// --cuda-visible V sets CUDA_VISIBLE_DEVICES=V before anything runs (the worker's GPU).
 //
 // This file parses the options, starts the interpreters, lets the zygote fork (it returns
 // in workers only), applies the sandbox and hands the socket to the message loop
@@ -11,6 +14,7 @@
 // SIGCHLD), answers the jobs of all its interpreters and replaces it.
 // Threading: main runs on the process's only thread until the router starts the
 // interpreters' threads (worker/lanes.h); --check-interpreters runs two threads of its own.
+#include <fcntl.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
@@ -18,6 +22,8 @@
 #include <unistd.h>
 
 #include <atomic>
+
+#include "shm/gpu_memory.h"
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -25,6 +31,10 @@
 #include <thread>
 #include <vector>
 
+#include "protocol/channel.h"
+#include "protocol/frame.h"
+#include "protocol/messages.h"
+#include "worker/filesystem_view.h"
 #include "worker/interpreter.h"
 #include "worker/router.h"
 #include "worker/sandbox.h"
@@ -88,6 +98,71 @@ int CheckInterpreters(const std::string& cache) {
   _exit(failures == 0 ? 0 : 1);
 }
 
+// What model code in this process's workers may read (worker/filesystem_view.h), the same
+// for every worker: worked out before the zygote forks, since asking each interpreter
+// touches every module and would unshare those pages in each worker. Exits on failure.
+shoal::FilesystemView ModelCodeFiles(const shoal::SandboxConfig& sandbox, const Interpreters& interps,
+                                     const std::string& cache) {
+  std::vector<std::string> python_paths;
+  for (const auto& it : interps) {
+    it->AcquireGil();
+    auto paths = it->ImportFolders();
+    it->ReleaseGil();
+    if (!paths.ok()) {
+      spdlog::critical("worker sandbox: {}", paths.status().ToString());
+      _exit(3);
+    }
+    python_paths.insert(python_paths.end(), paths->begin(), paths->end());
+  }
+  return shoal::WorkerFilesystem(sandbox, python_paths, interps.size() > 1 ? cache : "");
+}
+
+// The sandbox, closed in a worker: its private temporary folder made and given to every
+// interpreter, then every restriction at once (worker/sandbox.h). Exits when it cannot.
+void CloseSandbox(const shoal::SandboxConfig& sandbox, const Interpreters& interps, shoal::FilesystemView files) {
+  std::string tmp;
+  if (auto made = shoal::MakePrivateTmp(sandbox.tmp_root); made.ok()) {
+    tmp = *made;
+    // Made while still root: it belongs to the user the worker becomes (ApplySandbox).
+    if (sandbox.run_as_uid >= 0 && chown(tmp.c_str(), static_cast<uid_t>(sandbox.run_as_uid),
+                                         static_cast<gid_t>(sandbox.run_as_gid)) != 0) {
+      spdlog::warn("worker sandbox: cannot give {} to uid {}: {}", tmp, sandbox.run_as_uid, std::strerror(errno));
+    }
+    setenv("TMPDIR", tmp.c_str(), 1);
+    files.read_write.push_back(tmp);
+  } else {
+    spdlog::warn("worker sandbox: {}; model code has no temporary folder", made.status().message());
+  }
+  bool confined = sandbox.landlock && shoal::LandlockAbi() > 0;
+  for (const auto& it : interps) {
+    it->AcquireGil();
+    auto st = it->EnterSandbox(tmp, confined);
+    it->ReleaseGil();
+    if (!st.ok()) {
+      spdlog::critical("worker sandbox: {}", st.ToString());
+      _exit(3);
+    }
+  }
+  if (auto st = shoal::ApplySandbox(sandbox, files); !st.ok()) {
+    spdlog::critical("worker sandbox: {}", st.ToString());
+    _exit(3);
+  }
+}
+
+// shoald reads each worker's Rss/Pss (`status`) from /proc/PID/smaps_rollup, but a
+// non-dumpable process's file can be opened only by itself or a process with
+// CAP_SYS_PTRACE: a shoald that is not root could not. So the worker opens its own, before
+// any model code runs, and hands shoald the open file (`memory_file` notice, one fd): reads
+// of an open smaps file need no further permission, and the worker stays non-dumpable.
+void HandOverMemoryFile(int sock) {
+  int f = open("/proc/self/smaps_rollup", O_RDONLY | O_CLOEXEC);
+  if (f < 0) return;  // no figures in `status`, nothing worse
+  shoal::Writer w;
+  shoal::BeginNotice(&w, "memory_file", 0);
+  (void)shoal::SendAll(sock, shoal::EncodeFrame(w.body()), {f});
+  close(f);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -96,6 +171,7 @@ int main(int argc, char** argv) {
   int interpreters = 1;
   int check = 0;
   std::string cache;
+  std::string new_copies;  // K > 1 under a root shoald: where this worker's user makes library copies
   bool zygote = false;
   pid_t supervisor = 0;
   shoal::SandboxConfig sandbox;
@@ -104,6 +180,10 @@ int main(int argc, char** argv) {
     if (a == "--zygote") {
       zygote = true;
       continue;
+    }
+    if (a == "--list-gpus") {
+      for (const auto& bus : shoal::ListGpus()) printf("%s\n", bus.c_str());
+      return 0;
     }
     if (i + 1 >= argc) break;
     std::string v = argv[++i];
@@ -117,6 +197,10 @@ int main(int argc, char** argv) {
       cache = v;
     } else if (a == "--check-interpreters") {
       check = std::atoi(v.c_str());
+    } else if (a == "--cuda-visible") {
+      setenv("CUDA_VISIBLE_DEVICES", v.c_str(), 1);
+    } else if (a == "--new-copies") {
+      new_copies = v;
     } else if (a == "--supervisor") {
       supervisor = static_cast<pid_t>(std::atoi(v.c_str()));
     } else if (!sandbox.ParseArg(a, v)) {
@@ -138,17 +222,26 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", interps.status().ToString());
     _exit(3);
   }
+  // Once per zygote (or exec'd worker): what Landlock gives on this kernel.
+  if (sandbox.landlock) {
+    int abi = shoal::LandlockAbi();
+    std::string what = shoal::DescribeLandlock(abi, sandbox.allow_network);
+    abi > 0 ? spdlog::info("worker sandbox: {}", what) : spdlog::warn("worker sandbox: {}", what);
+  }
+  auto files = ModelCodeFiles(sandbox, *interps, cache);
   if (zygote) {
-    // Model code (in the workers it forks) may not read the zygote's memory either.
+    // Model code (in the workers it forks) may not read the zygote's memory either. The
+    // zygote itself stays unconfined: each worker closes its own sandbox after the fork.
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     auto forked = shoal::RunZygote(fd, *interps, supervisor);  // returns in workers only
     fd = forked.fd;
     slot = forked.slot;
   }
+  HandOverMemoryFile(fd);
   // Everything model code could abuse is dropped before the first model is loaded.
-  if (auto st = shoal::ApplySandbox(sandbox); !st.ok()) {
-    spdlog::critical("worker sandbox: {}", st.ToString());
-    _exit(3);
+  CloseSandbox(sandbox, *interps, std::move(files));
+  if (!new_copies.empty()) {  // only now: neither the zygote nor root loads what a worker may write
+    for (const auto& it : *interps) it->MakeNewCopiesIn(new_copies);
   }
   if (interpreters > 1) shoal::ServeMany(fd, slot, *interps);
   Interpreter* only = (*interps)[0].get();

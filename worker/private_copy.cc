@@ -199,6 +199,12 @@ Status MakePrivateCopy(const std::string& src, const std::string& dst, const Cop
 
 std::string InterpreterCopies::dir() const { return (fs::path(cache_dir_) / std::to_string(index_)).string(); }
 
+std::string InterpreterCopies::Destination(const std::string& name) const {
+  std::string in_cache = dir() + "/" + name;
+  if (new_dir_.empty() || known_.count(in_cache) != 0) return in_cache;
+  return (fs::path(new_dir_) / std::to_string(index_) / name).string();
+}
+
 Result<std::string> InterpreterCopies::PrepareHost(const std::string& libpython, const std::string& pyhost) {
   auto soname = Soname(libpython);
   if (!soname.ok()) return soname.status();
@@ -223,11 +229,13 @@ Result<std::string> InterpreterCopies::PrepareTorchPython(const std::string& nee
   auto w = Words(*rp);
   std::string src = FindNeeded(needed, origin, w.empty() ? "" : w[0]);
   if (src.empty()) return Status(Code::kIoError, "cannot find " + needed + " (needed by " + origin + ")");
-  std::string dst = dir() + "/libtorch_python-" + SourceStamp(src, libpython_copy_) + ".so";
+  std::string dst = Destination("libtorch_python-" + SourceStamp(src, libpython_copy_) + ".so");
+  if (known_.count(dst) != 0) return dst;
   CopyEdits e;
   e.soname = "libshoal-torch-python-" + std::to_string(index_) + ".so";
   e.add_needed.push_back(libpython_copy_);
   if (auto st = MakePrivateCopy(src, dst, e); !st.ok()) return st;
+  known_.insert(dst);
   return dst;
 }
 
@@ -245,8 +253,9 @@ Result<std::string> InterpreterCopies::PrepareExtension(const std::string& origi
     extra += "|" + *tp;
   }
   e.add_needed.push_back(libpython_copy_);
-  std::string dst = dir() + "/ext/" + fullname + "-" + SourceStamp(origin, extra) + ".so";
+  std::string dst = Destination("ext/" + fullname + "-" + SourceStamp(origin, extra) + ".so");
   if (auto st = MakePrivateCopy(origin, dst, e); !st.ok()) return st;
+  known_.insert(dst);
   return dst;
 }
 

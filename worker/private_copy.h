@@ -20,6 +20,7 @@
 // renames it into place. Thread-safety: the functions are reentrant.
 #pragma once
 
+#include <set>
 #include <string>
 #include <vector>
 
@@ -67,12 +68,20 @@ class InterpreterCopies {
   // interpreter's copy of it.
   Result<std::string> PrepareExtension(const std::string& origin, const std::string& fullname);
   std::string dir() const;
+  // Copies this object has not made or found yet go under `dir`/INDEX instead of the cache
+  // (see Interpreter::MakeNewCopiesIn); those it made stay where they are, so an extension
+  // that links libtorch_python still gets the copy that is loaded.
+  void MakeNewCopiesIn(std::string dir) { new_dir_ = std::move(dir); }
 
  private:
   Result<std::string> PrepareTorchPython(const std::string& needed, const std::string& origin);
+  // Where a copy named `name` goes: the known one in the cache, else under new_dir_ if set.
+  std::string Destination(const std::string& name) const;
   std::string cache_dir_;
   int index_;
   std::string libpython_copy_;  // set by PrepareHost
+  std::string new_dir_;
+  std::set<std::string> known_;  // copies made or found by this object (inherited across fork)
 };
 
 }  // namespace shoal

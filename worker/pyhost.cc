@@ -179,6 +179,28 @@ int SelfTest(char** error) {
   return 0;
 }
 
+int ImportFolders(char** paths, char** error) {
+  PyObject* mod = PyImport_ImportModule("shoal._sandbox");
+  PyObject* r = mod ? PyObject_CallMethod(mod, "read_paths", nullptr) : nullptr;
+  Py_XDECREF(mod);
+  if (r == nullptr || !PyUnicode_Check(r)) {
+    Py_XDECREF(r);
+    return Fail(error, "shoal._sandbox.read_paths failed:\n" + FetchPythonError());
+  }
+  *paths = Dup(PyUnicode_AsUTF8(r));
+  Py_DECREF(r);
+  return 0;
+}
+
+int EnterSandbox(const char* tmp_dir, int confined, char** error) {
+  PyObject* mod = PyImport_ImportModule("shoal._sandbox");
+  PyObject* r = mod ? PyObject_CallMethod(mod, "enter", "si", tmp_dir, confined) : nullptr;
+  Py_XDECREF(mod);
+  if (r == nullptr) return Fail(error, "shoal._sandbox.enter failed:\n" + FetchPythonError());
+  Py_DECREF(r);
+  return 0;
+}
+
 void ReleaseGil() {
   if (t_saved == nullptr) t_saved = PyEval_SaveThread();
 }
@@ -237,7 +259,7 @@ int Handle(const char* body, size_t len, int* fds, size_t* nfds, char** reply, s
 
 const ShoalPyhostApi kApi = {
     kShoalPyhostAbi, Start,       Versions,   CreateRunner, Freeze, PyOS_BeforeFork, PyOS_AfterFork_Parent,
-    PyOS_AfterFork_Child, ReleaseGil, AcquireGil, AttachThread, SelfTest, Handle,
+    PyOS_AfterFork_Child, ReleaseGil, AcquireGil, AttachThread, SelfTest, Handle, ImportFolders, EnterSandbox,
 };
 
 }  // namespace

@@ -49,9 +49,15 @@ struct ShoalPyhostApi {
   // runner: the worker exits).
   int (*handle)(const char* body, size_t len, int* fds, size_t* nfds, char** reply, size_t* reply_len,
                 int* out_fds, size_t* n_out, char** error);
+  // With the GIL: shoal._sandbox.read_paths(), the folders this interpreter imports
+  // from, '\n'-separated, in *paths (malloc'ed).
+  int (*import_folders)(char** paths, char** error);
+  // With the GIL, in a worker before its sandbox closes: shoal._sandbox.enter(tmp_dir,
+  // confined) points the interpreter's temporary files at `tmp_dir`.
+  int (*enter_sandbox)(const char* tmp_dir, int confined, char** error);
 };
 
-constexpr int kShoalPyhostAbi = 2;
+constexpr int kShoalPyhostAbi = 3;
 
 typedef const ShoalPyhostApi* (*ShoalPyhostApiFn)();
 const ShoalPyhostApi* shoal_pyhost_api();

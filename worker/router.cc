@@ -64,7 +64,7 @@ void ServeOne(int fd, Interpreter* interp) {
         if (!sent) break;
       } else {
         EncodedReply ts_reply;
-        if (torchscript.Handle(m, fds, &ts_reply)) {
+        if (torchscript.Handle(m, &fds, &ts_reply)) {
           if (!send(ts_reply.body, ts_reply.fds)) break;
           continue;
         }
@@ -143,12 +143,12 @@ void ServeMany(int fd, int slot, const std::vector<std::unique_ptr<Interpreter>>
     // Loads, unloads, arenas: TorchScript's share first (in this thread), then every
     // interpreter's.
     EncodedReply ts_reply;
-    if (torchscript.Handle(m, fds, &ts_reply)) {
+    if (torchscript.Handle(m, &fds, &ts_reply)) {
       sink.Send(ts_reply);
       continue;
     }
     int carried = 0;
-    if (op == "arena") carried = 1;
+    if (op == "arena" || op == "load") carried = 1;  // a client arena; the archive's file
     if (static_cast<int>(fds.size()) < carried) {
       spdlog::critical("'{}' from shoald came without its fd", op);
       _exit(4);

@@ -1,7 +1,9 @@
 #include "worker/sandbox.h"
 
 #include <linux/capability.h>
+#include <grp.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -35,12 +37,28 @@ Status SetLimit(int resource, uint64_t value, const char* name) {
 }
 
 // A root worker keeps no capability: none effective, permitted or inheritable, and none
-// in its bounding set (so nothing can bring one back).
-Status DropCapabilities() {
-  for (int cap = 0; cap <= CAP_LAST_CAP; ++cap) {
+// in its bounding set (so nothing can bring one back). When shoald names a user
+// (cfg.run_as_*), it becomes that user first, with no supplementary group: model code then
+// cannot read what only root (or shoald's groups) may, such as /etc/shadow.
+Status GiveUpRoot(const SandboxConfig& cfg) {
+  for (int cap = 0; cap <= CAP_LAST_CAP; ++cap) {  // needs CAP_SETPCAP: before the switch
     if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) {
       return Status::FromErrno("PR_CAPBSET_DROP", errno);
     }
+  }
+  if (cfg.run_as_uid >= 0 && cfg.run_as_gid >= 0) {
+    auto uid = static_cast<uid_t>(cfg.run_as_uid);
+    auto gid = static_cast<gid_t>(cfg.run_as_gid);
+    pid_t parent = getppid();
+    if (setgroups(0, nullptr) != 0) return Status::FromErrno("setgroups", errno);
+    if (setresgid(gid, gid, gid) != 0) return Status::FromErrno("setresgid(" + std::to_string(gid) + ")", errno);
+    // All three uids leave 0, so the kernel clears the permitted and effective sets.
+    if (setresuid(uid, uid, uid) != 0) return Status::FromErrno("setresuid(" + std::to_string(uid) + ")", errno);
+    if (setuid(0) == 0) return Status::Internal("the worker could become root again after switching user");
+    // A change of credentials clears the parent-death signal: armed again, and the worker
+    // leaves at once if shoald died meanwhile.
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) return Status::FromErrno("PR_SET_PDEATHSIG", errno);
+    if (getppid() != parent) _exit(0);
   }
   __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
   __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3] = {};
@@ -100,12 +118,12 @@ Status InstallSeccomp(bool allow_network) {
 #endif
 }  // namespace
 
-Status ApplySandbox(const SandboxConfig& cfg) {
+Status ApplySandbox(const SandboxConfig& cfg, const FilesystemView& files) {
   // Its own process group, which shoald kills when the worker dies: every process model
   // code starts stays in it (setsid and setpgid are denied below).
   if (setpgid(0, 0) != 0) return Status::FromErrno("setpgid", errno);
   if (geteuid() == 0) {
-    if (auto st = DropCapabilities(); !st.ok()) return st;
+    if (auto st = GiveUpRoot(cfg); !st.ok()) return st;
   }
   // Not dumpable: processes of the same user (other workers, their children) cannot read
   // or write its memory through /proc/PID/mem, nor ptrace it.
@@ -114,6 +132,9 @@ Status ApplySandbox(const SandboxConfig& cfg) {
   if (auto st = SetLimit(RLIMIT_AS, cfg.address_space_bytes, "RLIMIT_AS"); !st.ok()) return st;
   if (auto st = SetLimit(RLIMIT_CPU, cfg.cpu_seconds, "RLIMIT_CPU"); !st.ok()) return st;
   if (auto st = SetLimit(RLIMIT_NOFILE, cfg.open_files, "RLIMIT_NOFILE"); !st.ok()) return st;
+  if (cfg.landlock) {
+    if (auto st = RestrictFilesystem(files, cfg.allow_network); !st.ok()) return st;
+  }
 #ifdef SHOAL_HAVE_SECCOMP
   if (cfg.seccomp) {
     if (auto st = InstallSeccomp(cfg.allow_network); !st.ok()) return st;

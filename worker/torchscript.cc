@@ -1,8 +1,13 @@
 #include "worker/torchscript.h"
 
+#include <caffe2/serialize/inline_container.h>
+#include <caffe2/serialize/read_adapter_interface.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <torch/script.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <mutex>
 #include <set>
@@ -12,6 +17,7 @@
 #include "protocol/descriptor.h"
 #include "protocol/output_tree.h"
 #include "shm/client_arena_maps.h"
+#include "shm/gpu_memory.h"
 #include "tensors/ivalue_output.h"
 #include "tensors/tree.h"
 
@@ -19,11 +25,73 @@ namespace shoal {
 
 namespace {
 
-std::string OkReply(uint64_t id, const std::string& engine = "") {
+// libtorch reads the archive through this: positioned reads of the open file shoald sent
+// (pread: no shared offset with the other interpreters' copies of the descriptor).
+class FdReadAdapter : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  FdReadAdapter(int fd, size_t size) : fd_(fd), size_(size) {}
+  size_t size() const override { return size_; }
+  size_t read(uint64_t pos, void* buf, size_t n, const char* = "") const override {
+    size_t done = 0;
+    while (done < n) {
+      ssize_t r = pread(fd_, static_cast<char*>(buf) + done, n - done, static_cast<off_t>(pos + done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) break;
+      done += static_cast<size_t>(r);
+    }
+    return done;
+  }
+
+ private:
+  int fd_;
+  size_t size_;
+};
+
+std::string OkReply(uint64_t id, const std::string& engine = "", const std::string& device = "") {
   Writer w;
-  BeginReply(&w, id, engine.empty() ? 0 : 1);
-  if (!engine.empty()) { w.Key("engine"); w.Str(engine); }
+  BeginReply(&w, id, engine.empty() ? 0 : 2);
+  if (!engine.empty()) {
+    w.Key("engine"); w.Str(engine);
+    w.Key("device"); w.Str(device);
+  }
   return std::string(w.body());
+}
+
+// A CUDA error leaves the process's context unusable (errors are sticky): the job is
+// answered and shoald replaces the worker ("poisoned").
+bool IsCudaError(const std::string& what) { return what.find("CUDA error") != std::string::npos; }
+
+std::string PoisonedReply(uint64_t id, const Status& st) {
+  Writer w;
+  w.Map(5);
+  w.Key("v"); w.Val(kProtocolVersion);
+  w.Key("id"); w.Val(id);
+  w.Key("ok"); w.Val(false);
+  w.Key("error");
+  w.Map(2);
+  w.Key("code"); w.Str(CodeName(st.code()));
+  w.Key("message"); w.Str(st.message() + "; its worker's CUDA context is unusable now, the worker is replaced");
+  w.Key("poisoned"); w.Val(true);
+  return std::string(w.body());
+}
+
+// Where a TorchScript archive's tensors go for `device` ("auto": where they were saved).
+Result<torch::Device> TargetDevice(const std::shared_ptr<FdReadAdapter>& file, const std::string& path,
+                                   const std::string& device) {
+  bool cuda = device.rfind("cuda", 0) == 0;
+  if (device == "auto") {
+    caffe2::serialize::PyTorchStreamReader reader(file);
+    auto [data, size] = reader.getRecord("data.pkl");
+    cuda = PickleNamesCuda(std::string_view(static_cast<const char*>(data.get()), size));
+  }
+  if (!cuda) return torch::Device(torch::kCPU);
+  if (!torch::cuda::is_available()) {
+    return Status(Code::kUnavailable, "TorchScript archive " + path +
+                                          " holds CUDA tensors but this worker has no usable GPU (shoald --gpus, "
+                                          "CUDA_VISIBLE_DEVICES, the driver); to serve it on the CPU on purpose, "
+                                          "load it with device='cpu' (shoal load --device cpu)");
+  }
+  return torch::Device(torch::kCUDA, 0);  // a worker sees one GPU (shoald sets CUDA_VISIBLE_DEVICES)
 }
 
 }  // namespace
@@ -51,7 +119,7 @@ struct TorchScriptModels::Impl {
 TorchScriptModels::TorchScriptModels() : impl_(std::make_unique<Impl>()) {}
 TorchScriptModels::~TorchScriptModels() = default;
 
-bool TorchScriptModels::Handle(const MapView& msg, const std::vector<int>& fds, EncodedReply* reply) {
+bool TorchScriptModels::Handle(const MapView& msg, std::vector<int>* fds, EncodedReply* reply) {
   auto op = msg.Str("op");
   if (!op.ok()) return false;
   if (*op == "infer") {
@@ -65,7 +133,10 @@ bool TorchScriptModels::Handle(const MapView& msg, const std::vector<int>& fds, 
   std::unique_lock<std::shared_mutex> lock(impl_->mu);
   if (*op == "arena") {
     auto id = msg.Uint("arena");
-    if (id.ok() && !fds.empty()) impl_->arenas.Add(*id, fcntl(fds.front(), F_DUPFD_CLOEXEC, 0));
+    if (id.ok() && !fds->empty()) {
+      impl_->arenas.Add(*id, fcntl(fds->front(), F_DUPFD_CLOEXEC, 0), msg.OptUint("size").value_or(std::nullopt).value_or(0),
+                        msg.OptStr("gpu").value_or(std::nullopt).value_or(""));
+    }
     return false;  // the Python runner maps it too
   }
   if (*op == "drop_arena") {
@@ -74,13 +145,16 @@ bool TorchScriptModels::Handle(const MapView& msg, const std::vector<int>& fds, 
   }
   auto id = msg.Uint("id");
   if (!id.ok()) return false;
-  if (*op == "load") {
+  if (*op == "load") {  // the archive is the file sent with the message; `path` only names it
     auto name = msg.Str("name");
-    auto path = msg.Str("path");
-    if (!name.ok() || !path.ok()) return false;
-    auto info = InspectArchiveFile(*path);
-    if (!info.ok() || info->kind != ArchiveKind::kTorchScript) return false;
-    reply->body = Load(*id, *name, *path);
+    std::string label = msg.OptStr("path").value_or(std::nullopt).value_or("");
+    if (!name.ok() || fds->empty()) return false;
+    auto info = InspectArchiveFd(fds->front(), label);
+    if (!info.ok() || info->kind != ArchiveKind::kTorchScript) return false;  // the Python runner's
+    int fd = fds->front();
+    fds->erase(fds->begin());
+    reply->body = Load(*id, *name, fd, label, msg.OptStr("device").value_or(std::nullopt).value_or("auto"));
+    close(fd);
     return true;
   }
   auto model = msg.Str(*op == "unload" ? "name" : "model");
@@ -129,16 +203,28 @@ std::vector<std::string> TorchScriptModels::DropClient(uint64_t client) {
   return notices;
 }
 
-std::string TorchScriptModels::Load(uint64_t id, const std::string& name, const std::string& path) {
+std::string TorchScriptModels::Load(uint64_t id, const std::string& name, int fd, const std::string& path,
+                                    const std::string& device) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    return ErrorReply(id, Status::FromErrno("model '" + name + "': TorchScript archive " + path, errno));
+  }
+  auto file = std::make_shared<FdReadAdapter>(fd, static_cast<size_t>(st.st_size));
+  std::string where;
   try {
-    torch::jit::Module m = torch::jit::load(path, torch::kCPU);
+    auto target = TargetDevice(file, path, device);
+    if (!target.ok()) return ErrorReply(id, Status(target.status().code(), "model '" + name + "': " +
+                                                                          target.status().message()));
+    torch::jit::Module m = torch::jit::load(file, *target);
     m.eval();
+    if (target->is_cuda()) torch::cuda::synchronize();
+    where = target->is_cuda() ? "cuda" : "cpu";
     impl_->models[name] = std::move(m);
   } catch (const std::exception& e) {
-    return ErrorReply(id, Status(Code::kModelError, "model '" + name + "': TorchScript archive " + path +
-                                                        " does not load: " + e.what()));
+    Status st(Code::kModelError, "model '" + name + "': TorchScript archive " + path + " does not load: " + e.what());
+    return IsCudaError(e.what()) ? PoisonedReply(id, st) : ErrorReply(id, st);
   }
-  return OkReply(id, "libtorch");
+  return OkReply(id, "libtorch", where);
 }
 
 EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
@@ -168,18 +254,22 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
     }
     auto extent = *d.Extent();
     auto type = *ScalarTypeOf(d.dtype);
+    auto options = torch::TensorOptions().dtype(type);
+    if ((*a)->device() >= 0) options = options.device(torch::kCUDA, (*a)->device());
     uint8_t* base = (*a)->base();
     // The tensor holds the mapping: it stays valid if its arena is dropped meanwhile.
-    args.emplace_back(torch::from_blob(base + d.offset, d.shape, d.strides, [keep = *a](void*) {},
-                                       torch::TensorOptions().dtype(type)));
+    args.emplace_back(torch::from_blob(base + d.offset, d.shape, d.strides, [keep = *a](void*) {}, options));
     spans.push_back({d.arena, d.block, d.offset, d.offset + extent, base});
   }
   torch::jit::IValue out;
+  bool cuda = torch::cuda::is_available();  // cheap once initialised
   try {
     c10::InferenceMode guard;
     out = impl_->models.at(name).forward(args);
   } catch (const std::exception& e) {
-    return fail(Status(Code::kModelError, "model '" + name + "' raised in job " + std::to_string(id) + ": " + e.what()));
+    Status st(Code::kModelError, "model '" + name + "' raised in job " + std::to_string(id) + ": " + e.what());
+    if (IsCudaError(e.what())) return EncodedReply{PoisonedReply(id, st), {}};
+    return fail(st);
   }
   // The one output encoder (protocol/output_tree.h), as for Python models.
   OutputPlacement place;
@@ -187,8 +277,17 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
   place.client = *client;
   place.limits = OutputLimitsOf(msg);
   place.inputs = std::move(spans);
+  place.keep_gpu = KeepGpuOutputs(msg);
   IValueOutput root(std::move(out));
   auto reply = EncodeOutputReply(id, name, root, place);
+  try {
+    // The worker's GPU work is complete before the reply leaves (docs/architecture.md, "GPU").
+    if (cuda) torch::cuda::synchronize();
+  } catch (const std::exception& e) {
+    return EncodedReply{PoisonedReply(id, Status(Code::kModelError, "model '" + name + "', job " +
+                                                                        std::to_string(id) + ": " + e.what())),
+                        {}};
+  }
   if (!reply.ok()) return fail(reply.status());
   return std::move(*reply);
 }

@@ -3,9 +3,11 @@
 // (torch::from_blob, no copy), like the Python runner does for torch.package models.
 //
 // The worker's message loop (worker/router.cc) hands this class the messages that concern
-// it: load of a TorchScript archive, infer/unload of a model it holds, arena/drop_arena
-// (client arenas it maps when a job first reads them and unmaps when idle and a mapping
-// fails: shm/client_arena_maps.h), and the releases and client drops of its output arenas. Outputs go into this runner's own output arenas, one owner per
+// it: load of a TorchScript archive (read from the file shoald sent, never a path),
+// infer/unload of a model it holds, arena/drop_arena (client arenas it maps when a job
+// first reads them and unmaps when idle and a mapping fails: shm/client_arena_maps.h),
+// and the releases and client drops
+// of its output arenas. Outputs go into this runner's own output arenas, one owner per
 // interpreter lane (shm/output_arenas.h), through the one output encoder.
 // Thread-safety: every method may be called from several threads; jobs run concurrently,
 // loads/unloads/arena changes wait for them; jobs of one lane come from one thread.
@@ -30,8 +32,9 @@ class TorchScriptModels {
 
   // Handles `msg` if it is ours; returns true and sets *reply (empty: no reply) if so.
   // `fds` is the worker's FIFO of received fds: an "arena" message's fd is duplicated, not
-  // taken (the Python runner maps it too).
-  bool Handle(const MapView& msg, const std::vector<int>& fds, EncodedReply* reply);
+  // taken (the Python runner maps it too); the archive file of a "load" it handles (a
+  // TorchScript archive) is taken and closed, else left for the Python runner.
+  bool Handle(const MapView& msg, std::vector<int>* fds, EncodedReply* reply);
   // Whether `msg` is a job of a model held here (Handle will run it).
   bool Holds(const MapView& msg);
   // release {arena, blocks} of one of this runner's output arenas: frees the blocks it
@@ -41,7 +44,8 @@ class TorchScriptModels {
   std::vector<std::string> DropClient(uint64_t client);
 
  private:
-  std::string Load(uint64_t id, const std::string& name, const std::string& path);
+  // Loads from the open archive `fd` (not taken); `path` names it in errors.
+  std::string Load(uint64_t id, const std::string& name, int fd, const std::string& path, const std::string& device);
   EncodedReply Infer(uint64_t id, const MapView& msg);
 
   struct Impl;

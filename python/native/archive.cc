@@ -1,7 +1,7 @@
 // shoal._native's archive reading: Python reads zips only through the C++ reader
 // (package_format/archive_reader.h), the one shoald checks every load with.
 //
-//   read_archive(path) -> {"kind": "torch.package" | "torchscript" | None, "prefix": str,
+//   read_archive(path or open fd) -> {"kind": "torch.package" | "torchscript" | None, "prefix": str,
 //                          "problem": why shoald would refuse it, or None,
 //                          "records": [{"name", "stored_name", "offset", "size",
 //                                       "uncompressed", "method", "crc32", "dos_time",
@@ -50,15 +50,25 @@ PyObject* Record(const shoal::ArchiveRecord& r) {
 }
 
 PyObject* ReadArchive(PyObject*, PyObject* args) {
-  PyObject* path_obj;
-  if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path_obj)) return nullptr;
-  std::string path(PyBytes_AS_STRING(path_obj), PyBytes_GET_SIZE(path_obj));
-  Py_DECREF(path_obj);
+  PyObject* source;
+  if (!PyArg_ParseTuple(args, "O", &source)) return nullptr;
+  int fd = -1;
+  std::string path;
+  if (PyLong_Check(source)) {  // an open file: a worker reads the archive shoald passed it
+    fd = PyObject_AsFileDescriptor(source);
+    if (fd < 0) return nullptr;
+    path = "<fd " + std::to_string(fd) + ">";
+  } else {
+    PyObject* path_obj = nullptr;
+    if (!PyUnicode_FSConverter(source, &path_obj)) return nullptr;
+    path.assign(PyBytes_AS_STRING(path_obj), PyBytes_GET_SIZE(path_obj));
+    Py_DECREF(path_obj);
+  }
   shoal::Result<shoal::ArchiveInfo> info = shoal::Status::Ok();
-  Py_BEGIN_ALLOW_THREADS info = shoal::ReadArchiveFile(path);
+  Py_BEGIN_ALLOW_THREADS info = fd >= 0 ? shoal::ReadArchiveFd(fd, path) : shoal::ReadArchiveFile(path);
   Py_END_ALLOW_THREADS
   if (!info.ok()) {
-    // Python adds the path itself, like every other archive error it raises.
+    // Python adds the archive's name itself, like every other archive error it raises.
     std::string message = info.status().message();
     const std::string prefix = "archive " + path + ": ";
     if (message.rfind(prefix, 0) == 0) message = message.substr(prefix.size());
@@ -94,9 +104,19 @@ PyObject* ReadArchive(PyObject*, PyObject* args) {
   return out;
 }
 
+PyObject* PickleNamesCuda(PyObject*, PyObject* args) {
+  Py_buffer buf;
+  if (!PyArg_ParseTuple(args, "y*", &buf)) return nullptr;
+  bool yes = shoal::PickleNamesCuda(std::string_view(static_cast<const char*>(buf.buf), static_cast<size_t>(buf.len)));
+  PyBuffer_Release(&buf);
+  return PyBool_FromLong(yes);
+}
+
 PyMethodDef kMethods[] = {
+    {"pickle_names_cuda", PickleNamesCuda, METH_VARARGS,
+     "pickle_names_cuda(bytes) -> bool: a tensor pickle names a CUDA storage location (package_format)"},
     {"read_archive", ReadArchive, METH_VARARGS,
-     "read_archive(path) -> dict: the archive's records and why shoald would refuse it (C++ reader)"},
+     "read_archive(path or fd) -> dict: the archive's records and why shoald would refuse it (C++ reader)"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

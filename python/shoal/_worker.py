@@ -12,6 +12,7 @@ first needs it (unmapping idle ones when the address space runs out:
 runner's own output arenas (``_native.OutputArenas``, one set per client connection), and
 only this runner frees their blocks, on ``release`` from the client or shoald.
 """
+import os
 import traceback
 
 import msgpack
@@ -22,11 +23,30 @@ from . import _native, _tensors, archive
 VERSION = 1
 
 
-def _error(rid, code, message, tb=None):
+def _error(rid, code, message, tb=None, poisoned=False):
     err = {"code": code, "message": message}
     if tb:
         err["traceback"] = tb
-    return msgpack.packb({"v": VERSION, "id": rid, "ok": False, "error": err})
+    reply = {"v": VERSION, "id": rid, "ok": False, "error": err}
+    if poisoned:
+        reply["poisoned"] = True  # shoald replaces this worker once the job is answered
+    return msgpack.packb(reply)
+
+
+def _cuda_poisoned(e):
+    """Whether ``e`` is a CUDA error that leaves this process's context unusable (an illegal
+    address, a device-side assert: CUDA errors are sticky)."""
+    accel = getattr(torch, "AcceleratorError", None)
+    if accel is not None and isinstance(e, accel):
+        return True
+    return isinstance(e, RuntimeError) and "CUDA error" in str(e)
+
+
+def _synchronize():
+    """The worker's GPU work is complete before its reply leaves (docs/architecture.md,
+    "GPU"): the client may read the outputs as soon as it has the answer."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def self_test():
@@ -55,7 +75,7 @@ class Runner:
     # -- dispatch -------------------------------------------------------------------
     def handle(self, body, fds):
         """``fds``: received descriptors not yet claimed, oldest first; a message that
-        carries one (``arena``) pops it from the front."""
+        carries one (``arena``, ``load``) pops it from the front."""
         msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
         try:
             return self._dispatch(msg, fds)
@@ -70,7 +90,7 @@ class Runner:
         if op == "infer":
             return self._infer(msg)
         if op == "arena":
-            self.arenas.add(msg["arena"], fds.pop(0))
+            self.arenas.add(msg["arena"], fds.pop(0), msg.get("size", 0), msg.get("gpu") or "")
         elif op == "drop_arena":
             self.arenas.drop(msg["arena"])
         elif op == "release":
@@ -78,20 +98,29 @@ class Runner:
         elif op == "drop_client":
             return self.outputs.drop_client(msg["client"])
         elif op == "load":
-            return self._load(msg)
+            return self._load(msg, fds)
         elif op == "unload":
             self.models.pop(msg["name"], None)
             self.specs.pop(msg["name"], None)
             return msgpack.packb({"v": VERSION, "id": msg["id"], "ok": True})
         return None
 
-    def _load(self, msg):
-        rid, name, path = msg["id"], msg["name"], msg["path"]
+    def _load(self, msg, fds):
+        """Loads from the open file shoald sent with the message (it was validated there);
+        ``path`` is only its label: a worker opens no archive path."""
+        rid, name, path = msg["id"], msg["name"], msg.get("path", "")
+        device = msg.get("device", "auto")
+        if not fds:
+            return _error(rid, "INTERNAL", f"model '{name}': shoald's load came without the archive's file")
+        fd = fds.pop(0)
         try:
-            self.models[name], manifest = archive.load_with_manifest(path)
+            self.models[name], manifest = archive.load_with_manifest(fd, device, path)
+            _synchronize()
             self.specs.pop(name, None)
             if manifest and manifest.get("inputs"):
                 self.specs[name] = manifest["inputs"]
+        except archive.NoGpuError as e:
+            return _error(rid, "UNAVAILABLE", f"model '{name}': {e}")
         except archive.SelfCheckError as e:
             return _error(rid, "MODEL_ERROR", f"model '{name}': {e}")
         except archive.ArchiveError as e:
@@ -99,8 +128,11 @@ class Runner:
         except Exception as e:
             return _error(rid, "MODEL_ERROR",
                           f"model '{name}': loading archive {path} raised {type(e).__name__}: {e}",
-                          traceback.format_exc())
-        return msgpack.packb({"v": VERSION, "id": rid, "ok": True, "engine": "python"})
+                          traceback.format_exc(), poisoned=_cuda_poisoned(e))
+        finally:
+            os.close(fd)  # the mapping keeps what the model needs
+        return msgpack.packb({"v": VERSION, "id": rid, "ok": True, "engine": "python",
+                              "device": archive.device_of(self.models[name])})
 
     # -- inference ------------------------------------------------------------------
     def _infer(self, msg):
@@ -126,23 +158,32 @@ class Runner:
         inputs, spans = [], []
         for d in msg["inputs"]:
             arena = mapped[d["arena"]]
-            inputs.append(_tensors.view(arena, 0, d))
+            if arena.device >= 0:
+                inputs.append(_tensors.gpu_view(arena, arena.address, 0, d))
+            else:
+                inputs.append(_tensors.view(arena, 0, d))
             spans.append((d["arena"], d["block"], d["offset"],
                           d["offset"] + _tensors.extent(d["shape"], d["strides"], _tensors.ITEMSIZE[d["dtype"]]),
                           arena.address))
         try:
             out = model(*inputs)
-        except Exception as e:
-            return _error(rid, "MODEL_ERROR",
-                          f"model '{name}' raised {type(e).__name__} in job {rid}: {e}",
-                          traceback.format_exc())
-        # The one output encoder (protocol/output_tree.h), shared with TorchScript models.
-        try:
-            return _native.encode_reply(rid, name, out, self.outputs, msg["client"], msg.get("out_bytes", 64 << 20),
-                                        msg.get("out_arenas", 8), spans, _tensors.write)
+            # The one output encoder (protocol/output_tree.h), shared with TorchScript models.
+            reply = _native.encode_reply(rid, name, out, self.outputs, msg["client"], msg.get("out_bytes", 64 << 20),
+                                         msg.get("out_arenas", 8), spans, _tensors.write,
+                                         msg.get("outputs") != "cpu")
+            _synchronize()
+            return reply
         except _native.OutputError as e:
             code, message = e.args
+            if "CUDA error" in message:  # a copy out of a poisoned context
+                return _error(rid, "MODEL_ERROR", message, poisoned=True)
             return _error(rid, code, message)
+        except Exception as e:
+            poisoned = _cuda_poisoned(e)
+            return _error(rid, "MODEL_ERROR",
+                          f"model '{name}' raised {type(e).__name__} in job {rid}: {e}" +
+                          ("; its worker's CUDA context is unusable now, the worker is replaced" if poisoned else ""),
+                          traceback.format_exc(), poisoned=poisoned)
 
 
 def _fmt(spec):

@@ -129,15 +129,16 @@ def torchscript_manifest(broadcast_inputs=False):
     return {MANIFEST: json.dumps({"format": MANIFEST_FORMAT, "broadcast_inputs": bool(broadcast_inputs)})}
 
 
-def read_zip(path):
+def read_zip(path, label=None):
     """The archive as the C++ reader sees it (package_format/archive_reader.h, the one
     shoald checks loads with): ``{"kind", "prefix", "problem", "records", "broadcast_inputs"}``;
     ``problem`` is why shoald would refuse it (None: servable); ``broadcast_inputs`` what
-    its manifest says. ArchiveError when it is not a readable zip."""
+    its manifest says. ArchiveError when it is not a readable zip.
+    ``path`` may be an open file descriptor (``label`` then names it in errors)."""
     try:
-        return _native.read_archive(os.fspath(path))
+        return _native.read_archive(path if isinstance(path, int) else os.fspath(path))
     except (_native.ZipError, OSError) as e:
-        raise ArchiveError(f"archive {path}: not a readable zip file ({e}); "
+        raise ArchiveError(f"archive {label or path}: not a readable zip file ({e}); "
                            "build archives with shoal.export") from None
 
 
@@ -160,12 +161,16 @@ def record_bytes(f, record):
     return data
 
 
-def storage_records(path):
+def storage_records(path, label=None):
     """Maps each ``.data/<n>.storage`` record to (data offset in the file, size), after the
-    C++ reader checked that the archive is servable (storages stored and 64-byte aligned)."""
-    info = read_zip(path)
+    C++ reader checked that the archive is servable (storages stored and 64-byte aligned).
+    ``path`` may be an open file descriptor, named ``label`` in errors."""
+    return _storage_records(read_zip(path, label), label or path)
+
+
+def _storage_records(info, label):
     if info["problem"]:
-        raise ArchiveError(f"archive {path}: {info['problem']}")
+        raise ArchiveError(f"archive {label}: {info['problem']}")
     return {r["name"]: (r["offset"], r["size"]) for r in info["records"] if r["storage"]}
 
 
@@ -173,12 +178,11 @@ class _MappedReader:
     """A duck-typed zip reader for PackageImporter: records as usual, storages as tensors
     over a read-only mapping of the archive (a model that writes into its weights faults)."""
 
-    def __init__(self, inner, path, records):
+    def __init__(self, inner, mapping, label, records):
         self._inner = inner
-        self._path = path
+        self._path = label
         self._records = records
-        with open(path, "rb") as f:
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._map = mapping
 
     def get_storage_from_record(self, name, numel, dtype):
         if name not in self._records:
@@ -277,35 +281,119 @@ class _Importer(PackageImporter):
         return super()._zipfile_path(package, resource)
 
 
-def load_with_manifest(path):
-    """(served object, manifest or None). Weights are mapped, not copied (TorchScript
-    archives are read by torch.jit.load). A manifest with an example is checked: the
-    model must reproduce the reference output."""
-    path = os.fspath(path)
-    if is_torchscript(path):
-        try:
-            module = torch.jit.load(path, map_location="cpu")
-        except Exception as e:  # torch raises RuntimeError
-            raise ArchiveError(f"archive {path}: TorchScript cannot load it: {e}") from None
-        return module.eval(), None
-    records = storage_records(path)
+class NoGpuError(ArchiveError):
+    """The model needs a GPU this process does not have."""
+
+
+def _need_gpu(path, location):
+    if not torch.cuda.is_available():
+        raise NoGpuError(f"archive {path} was exported for CUDA (its weights were on {location}) but this worker "
+                         "has no usable GPU (shoald --gpus, CUDA_VISIBLE_DEVICES, the driver); to serve it on the "
+                         "CPU on purpose, load it with device='cpu' (shoal load --device cpu)")
+
+
+def _restore(path, device):
+    """map_location for an archive loaded for ``device``: "cpu" or "cuda" put every
+    storage there; "auto" puts each back on the kind of device it was exported from, a
+    CUDA one on this worker's GPU (a worker sees one GPU: shoald sets CUDA_VISIBLE_DEVICES)."""
+    if device == "cpu":
+        return "cpu"
+    if device.startswith("cuda"):
+        _need_gpu(path, device)
+        return torch.device("cuda", torch.cuda.current_device())
+
+    def restore(storage, location):
+        if str(location).startswith("cuda"):
+            _need_gpu(path, location)
+            return storage.cuda(torch.cuda.current_device())
+        return storage
+    return restore
+
+
+def saved_on_cuda(path, label=None):
+    """Whether a TorchScript archive's tensors were saved from a CUDA device: its data.pkl
+    names each storage's location ("cpu", "cuda:0"); the rule is C++'s
+    (package_format/archive_reader.h, PickleNamesCuda), shared with the TorchScript runner.
+    ``path`` may be an open file descriptor (``label`` names it in errors)."""
+    fd = path if isinstance(path, int) else os.open(os.fspath(path), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        importer = _Importer(path)
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapping:
+            return _saved_on_cuda(read_zip(fd, label or path), mapping)
+    finally:
+        if fd is not path:
+            os.close(fd)
+
+
+def _saved_on_cuda(info, mapping):
+    for r in info["records"]:
+        if r["name"] == "data.pkl":
+            return _native.pickle_names_cuda(record_bytes(mapping, r))
+    return False
+
+
+def device_of(obj):
+    """"cuda" when the served object (a module) holds tensors on a GPU, else "cpu"."""
+    if isinstance(obj, (torch.nn.Module, torch.jit.ScriptModule)):
+        for t in list(obj.parameters()) + list(obj.buffers()):
+            if t.is_cuda:
+                return "cuda"
+    return "cpu"
+
+
+def load_with_manifest(path, device="auto", label=None):
+    """(served object, manifest or None) for ``device`` ("auto": where it was exported,
+    "cpu", "cuda"). Weights are mapped, not copied, on the CPU (TorchScript archives are
+    read by torch.jit.load). A manifest with an example is checked: the model must
+    reproduce the reference output.
+
+    ``path`` may be an open file descriptor (it stays open; ``label`` names it in errors):
+    a worker loads the very file shoald passed it and opens no path. Everything is read
+    from one read-only mapping of the file, which keeps its own position, so descriptors
+    shared with other interpreters (dup) are never seeked."""
+    if isinstance(path, int):
+        return _load_fd(path, label or f"<fd {path}>", device)
+    path = os.fspath(path)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return _load_fd(fd, path, device)
+    finally:
+        os.close(fd)
+
+
+def _load_fd(fd, path, device):
+    info = read_zip(fd, path)
+    if info["kind"] == "torchscript":
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapping:
+            if device == "auto":
+                device = "cuda" if _saved_on_cuda(info, mapping) else "cpu"
+            where = _restore(path, device)
+            mapping.seek(0)
+            try:
+                module = torch.jit.load(mapping, map_location=where)
+            except Exception as e:  # torch raises RuntimeError
+                raise ArchiveError(f"archive {path}: TorchScript cannot load it: {e}") from None
+        return module.eval(), None
+    records = _storage_records(info, path)
+    mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    try:
+        importer = _Importer(mapping)  # reads records through the mapping (seek/read), no copy of the file
     except Exception as e:  # torch raises RuntimeError for damaged zips
         raise ArchiveError(f"archive {path}: torch.package cannot open it: {e}") from None
+    importer.filename = path
     manifest = read_manifest(path, importer.zip_reader)
     entry = (manifest or {}).get("entry", f"{ENTRY_PACKAGE}/{ENTRY_RESOURCE}")
     if not importer.zip_reader.has_record(entry):
         raise ArchiveError(f"archive {path}: no entry pickle {entry}; "
                            "export the model with shoal.export (or save_pickle('model', 'model.pkl', m))")
-    importer.zip_reader = _MappedReader(importer.zip_reader, path, records)
+    importer.zip_reader = _MappedReader(importer.zip_reader, mapping, path, records)
     package, resource = entry.rsplit("/", 1)
-    obj = importer.load_pickle(package, resource, map_location="cpu")
+    where = _restore(path, device)
+    obj = importer.load_pickle(package, resource, map_location=where)
     if isinstance(obj, torch.nn.Module):
         obj.eval()
     if manifest and manifest.get("example"):
         pkg, res = manifest["example"].rsplit("/", 1)
-        example = importer.load_pickle(pkg, res, map_location="cpu")
+        example = importer.load_pickle(pkg, res, map_location=where)
         with torch.no_grad():
             out = obj(*example["inputs"])
         _close(out, example["output"], path)

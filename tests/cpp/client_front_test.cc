@@ -1,6 +1,7 @@
 // The client front alone, on a real socket: operations decoded, bad requests answered
 // with a message and the connection kept, arenas registered, infers validated against
 // the client's own arenas. The roles behind it are real but no worker is started.
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -110,7 +111,7 @@ TEST_CASE("front refuses an infer for a model nobody loaded, naming what is load
 
 TEST_CASE("front refuses descriptors outside the client's own arenas", "[front]") {
   Front f;
-  f.registry.AddConfigured("m", "/m.pt");
+  f.registry.AddConfigured("m", NamedArchive("/m.pt"));
   auto fd = CreateArenaFd("front-test", 4096);
   REQUIRE(fd.ok());
   uint64_t arena = *f.Ask([](Writer* w) { BeginRequest(w, "register_arena", 1, 0); }, {*fd}).Uint("arena");
@@ -136,18 +137,49 @@ TEST_CASE("front refuses descriptors outside the client's own arenas", "[front]"
   CHECK(Front::ErrorMessage(past_end).rfind("input 0: ", 0) == 0);
 }
 
-TEST_CASE("front validates model names and archive paths before loading", "[front]") {
+TEST_CASE("front loads only from a file the client passed, validated, and never opens a path", "[front]") {
   Front f;  // the test runs as shoald's own user: an admin
-  auto bad_name = f.Ask([](Writer* w) {
-    BeginRequest(w, "load", 1, 2);
-    w->Key("name"); w->Str("a/b");
-    w->Key("path"); w->Str("/x.pt");
-  });
+  auto load = [&](uint64_t id, const std::string& name, const std::string& path, std::vector<int> fds = {}) {
+    return f.Ask(
+        [&](Writer* w) {
+          BeginRequest(w, "load", id, 2);
+          w->Key("name"); w->Str(name);
+          w->Key("path"); w->Str(path);
+        },
+        fds);
+  };
+  auto bad_name = load(1, "a/b", "/x.pt");
   CHECK(Front::ErrorMessage(bad_name).find("model name 'a/b' is invalid") != std::string::npos);
-  auto relative = f.Ask([](Writer* w) {
-    BeginRequest(w, "load", 2, 2);
-    w->Key("name"); w->Str("m");
-    w->Key("path"); w->Str("x.pt");
-  });
-  CHECK(Front::ErrorMessage(relative).find("must be absolute") != std::string::npos);
+  // A path alone names nothing shoald will open, however readable it is to shoald.
+  auto path_only = load(2, "m", "/etc/passwd");
+  CHECK(Front::ErrorCode(path_only) == "BAD_REQUEST");
+  CHECK(Front::ErrorMessage(path_only).find("needs the archive passed as an open file") != std::string::npos);
+  CHECK(Front::ErrorMessage(path_only).find("passwd") == std::string::npos);
+
+  auto dir = std::filesystem::temp_directory_path() / ("front-load-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  std::string junk = (dir / "junk.pt").string();
+  int w = open(junk.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  REQUIRE(w >= 0);
+  REQUIRE(write(w, "not a zip", 9) == 9);
+  auto writable = load(3, "m", "/shown/name.pt", {w});
+  CHECK(Front::ErrorMessage(writable).find("model 'm': archive /shown/name.pt: the file passed is open for writing") !=
+        std::string::npos);
+  int r = open(junk.c_str(), O_RDONLY | O_CLOEXEC);
+  auto not_zip = load(4, "m", "/shown/name.pt", {r});
+  CHECK(Front::ErrorMessage(not_zip).find("archive /shown/name.pt: not a zip file") != std::string::npos);
+  int d = open(dir.c_str(), O_RDONLY | O_CLOEXEC);
+  auto folder = load(5, "m", "/shown", {d});
+  CHECK(Front::ErrorMessage(folder).find("not a regular file") != std::string::npos);
+  close(w);
+  close(r);
+  close(d);
+  std::filesystem::remove_all(dir);
+  CHECK(f.registry.size() == 0);
+  // Every refused load's descriptor was taken and closed: the next fd-carrying message
+  // gets its own.
+  auto arena = CreateArenaFd("front-test", 4096);
+  REQUIRE(arena.ok());
+  CHECK(*f.Ask([](Writer* w) { BeginRequest(w, "register_arena", 6, 0); }, {*arena}).Bool("ok"));
+  close(*arena);
 }

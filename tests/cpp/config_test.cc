@@ -253,3 +253,24 @@ TEST_CASE("worker_memory_mb is auto by default, a number of MiB, or 0 for none",
   // "auto" is a value of this option only
   REQUIRE(ParseConfig("workers = auto\n", "f", &cfg).message() == "f:1: workers takes an integer in [0, 1024], not 'auto'");
 }
+
+TEST_CASE("workers may read the archives' folders: sandbox_read_paths, the repository, configured models",
+          "[config]") {
+  auto cli = Args({"--sandbox-read-paths", "/srv/a:/srv/b", "--model-repository", "/var/lib/shoal/models",
+                   "--model", "m=/opt/models/m.pt", "--no-landlock"});
+  REQUIRE(cli.ok());
+  auto cfg = LoadConfig(*cli);
+  REQUIRE(cfg.ok());
+  REQUIRE_FALSE(cfg->sandbox.landlock);
+  SandboxConfig worker = WorkerSandbox(*cfg, "/tmp/shoald-x");
+  REQUIRE(worker.read_paths == "/srv/a:/srv/b:/var/lib/shoal/models:/opt/models");
+  REQUIRE(worker.tmp_root == "/tmp/shoald-x");
+  SandboxConfig parsed;
+  auto args = worker.ToArgs();
+  for (size_t i = 0; i + 1 < args.size(); i += 2) REQUIRE(parsed.ParseArg(args[i], args[i + 1]));
+  REQUIRE(parsed.ToArgs() == args);
+
+  auto relative = LoadConfig(*Args({"--sandbox-read-paths", "/srv/a:models"}));
+  REQUIRE(relative.status().message() ==
+          "sandbox_read_paths: 'models' is not an absolute folder (list them with ':')");
+}

@@ -23,7 +23,7 @@ struct Fixture : RoleFixture {
     return [this](const Status& st, const std::string&) { results.push_back(st); };
   }
   void LoadEverywhere(const std::string& name) {
-    REQUIRE(registry.Load(name, "/m.pt", Record()).ok());
+    REQUIRE(registry.Load(name, NamedArchive("/m.pt"), Record()).ok());
     while (!hosts.loads.empty()) hosts.Answer();
   }
 };
@@ -32,7 +32,7 @@ struct Fixture : RoleFixture {
 
 TEST_CASE("a load goes to every live worker and is answered once, when all are done", "[registry]") {
   Fixture f;
-  REQUIRE(f.registry.Load("m", "/m.pt", f.Record()).ok());
+  REQUIRE(f.registry.Load("m", NamedArchive("/m.pt"), f.Record()).ok());
   REQUIRE(f.hosts.loads.size() == 2);
   CHECK_FALSE(f.registry.Ready("m"));
   f.hosts.Answer();
@@ -46,7 +46,7 @@ TEST_CASE("a load goes to every live worker and is answered once, when all are d
 
 TEST_CASE("a load that fails in one worker fails, is unloaded everywhere and forgotten", "[registry]") {
   Fixture f;
-  REQUIRE(f.registry.Load("m", "/m.pt", f.Record()).ok());
+  REQUIRE(f.registry.Load("m", NamedArchive("/m.pt"), f.Record()).ok());
   f.hosts.Answer();
   f.hosts.Answer(Status(Code::kModelError, "model 'm': import failed"));
   REQUIRE(f.results.size() == 1);
@@ -59,7 +59,7 @@ TEST_CASE("a load that fails in one worker fails, is unloaded everywhere and for
 TEST_CASE("a loaded name cannot be loaded again until it is unloaded", "[registry]") {
   Fixture f;
   f.LoadEverywhere("m");
-  auto st = f.registry.Load("m", "/other.pt", f.Record());
+  auto st = f.registry.Load("m", NamedArchive("/other.pt"), f.Record());
   CHECK(st.code() == Code::kBadRequest);
   CHECK(st.message().find("already loaded") != std::string::npos);
 }
@@ -71,7 +71,7 @@ TEST_CASE("a plain name resolves to the newest serving version", "[registry]") {
   CHECK(*f.registry.Resolve("r") == "r:10");  // numbers compare as numbers
   CHECK(*f.registry.Resolve("r:2") == "r:2");
   // While a newer version loads, the serving one keeps the plain name.
-  REQUIRE(f.registry.Load("r:11", "/r11.pt", f.Record()).ok());
+  REQUIRE(f.registry.Load("r:11", NamedArchive("/r11.pt"), f.Record()).ok());
   CHECK(*f.registry.Resolve("r") == "r:10");
   CHECK(f.registry.Resolve("r:3").status().code() == Code::kModelNotFound);
   CHECK(f.registry.Resolve("q").status().message().find("load it with `shoal load q ARCHIVE`") != std::string::npos);
@@ -93,7 +93,7 @@ TEST_CASE("job crashes from two clients within the window mark a model failed", 
   CHECK(f.jobs.failed[0].find("is marked failed") != std::string::npos);
   CHECK(f.hosts.unloaded == std::vector<std::string>{"m"});
   // A failed model may be loaded again.
-  CHECK(f.registry.Load("m", "/fixed.pt", f.Record()).ok());
+  CHECK(f.registry.Load("m", NamedArchive("/fixed.pt"), f.Record()).ok());
 }
 
 TEST_CASE("a client whose jobs keep crashing workers is refused; the model serves the others", "[registry]") {
@@ -174,7 +174,7 @@ TEST_CASE("a plain name unloads every version; an unknown one is MODEL_NOT_FOUND
 TEST_CASE("a worker that finishes loading a model unloaded meanwhile does not serve it", "[registry]") {
   Fixture f;
   f.hosts.live = {{0, 1}};
-  REQUIRE(f.registry.Load("m", "/m.pt", f.Record()).ok());
+  REQUIRE(f.registry.Load("m", NamedArchive("/m.pt"), f.Record()).ok());
   bool unloaded = false;
   REQUIRE(f.registry.Unload("m", [&] { unloaded = true; }).ok());  // no jobs: at once
   CHECK(unloaded);
@@ -185,8 +185,8 @@ TEST_CASE("a worker that finishes loading a model unloaded meanwhile does not se
 
 TEST_CASE("a new worker loads every servable model, then reports it started", "[registry]") {
   Fixture f;
-  f.registry.AddConfigured("a", "/a.pt");
-  f.registry.AddConfigured("b", "/b.pt");
+  f.registry.AddConfigured("a", NamedArchive("/a.pt"));
+  f.registry.AddConfigured("b", NamedArchive("/b.pt"));
   std::vector<std::string> each;
   bool started = false;
   f.registry.LoadInto({5, 9}, [&](const std::string& m, const Status&, const std::string&) { each.push_back(m); },
@@ -198,4 +198,31 @@ TEST_CASE("a new worker loads every servable model, then reports it started", "[
   CHECK(each == std::vector<std::string>{"a", "b"});
   CHECK(f.hosts.Serving("a") == 1);
   CHECK(f.hosts.Serving("b") == 0);
+}
+
+TEST_CASE("a model loaded for cuda:N goes only to the workers on GPU N, also to their replacements",
+          "[registry][gpu]") {
+  Fixture f;
+  f.hosts.live = {{0, 1}, {1, 2}, {2, 3}};
+  f.hosts.gpu_of = {{0, 0}, {1, 1}, {2, 0}};
+  REQUIRE(f.registry.Load("m", NamedArchive("/m.pt"), f.Record(), "cuda:1").ok());
+  REQUIRE(f.hosts.loads.size() == 1);
+  CHECK(f.hosts.loads[0].worker.slot == 1);
+  CHECK(f.hosts.devices[0] == "cuda:1");
+  f.hosts.Answer();
+  REQUIRE(f.results.size() == 1);
+  CHECK(f.results[0].ok());
+  CHECK(f.registry.Ready("m"));
+  // A replacement on GPU 0 does not load it; one on GPU 1 does.
+  bool done = false;
+  f.registry.LoadInto({0, 4}, [](const std::string&, const Status&, const std::string&) {}, [&] { done = true; });
+  CHECK(done);
+  CHECK(f.hosts.loads.empty());
+  f.registry.LoadInto({1, 5}, [](const std::string&, const Status&, const std::string&) {}, [] {});
+  REQUIRE(f.hosts.loads.size() == 1);
+  CHECK(f.hosts.loads[0].worker.slot == 1);
+  // "cuda" and "auto" run everywhere.
+  f.hosts.Answer();
+  REQUIRE(f.registry.Load("n", NamedArchive("/n.pt"), f.Record(), "cuda").ok());
+  CHECK(f.hosts.loads.size() == 3);
 }

@@ -1,5 +1,7 @@
 // ProcessMemorySampler reads /proc off the caller's thread; Get never blocks on /proc.
 #include <signal.h>
+
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,14 +19,32 @@
 
 using namespace shoal;
 
+namespace {
+
+// The pid of a process that has exited and been reaped.
+pid_t GonePid() {
+  pid_t child = fork();
+  if (child == 0) _exit(0);
+  waitpid(child, nullptr, 0);
+  return child;
+}
+
+// Polls `done` for up to 5 s.
+template <typename Pred>
+void WaitUntil(Pred done) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!done() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+}  // namespace
+
 TEST_CASE("the memory sampler reports a tracked process's Rss and Pss", "[memory]") {
   ProcessMemorySampler sampler(std::chrono::milliseconds(20));
   CHECK(sampler.Get(getpid()).rss_kb == 0);  // untracked
   sampler.Track(getpid());
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (sampler.Get(getpid()).pss_kb == 0 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  WaitUntil([&] { return sampler.Get(getpid()).pss_kb > 0; });
   auto m = sampler.Get(getpid());
   CHECK(m.pss_kb > 0);
   CHECK(m.rss_kb >= m.pss_kb);
@@ -34,9 +54,7 @@ TEST_CASE("the memory sampler reports a tracked process's Rss and Pss", "[memory
 
 TEST_CASE("the memory sampler reports zeros for a process that is gone", "[memory]") {
   ProcessMemorySampler sampler(std::chrono::milliseconds(10));
-  pid_t child = fork();
-  if (child == 0) _exit(0);
-  waitpid(child, nullptr, 0);
+  pid_t child = GonePid();
   sampler.Track(child);
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   CHECK(sampler.Get(child).pss_kb == 0);
@@ -141,4 +159,21 @@ TEST_CASE("a worker's memory limit: a share of the machine by default, as config
   CHECK(limits.LimitFor(cfg) == uint64_t{300} << 20);
   cfg.worker_memory_mb = 0;
   CHECK(limits.LimitFor(cfg) == 0);
+}
+
+TEST_CASE("the memory sampler reads the smaps file a process handed over, not its pid's", "[memory]") {
+  // A non-dumpable worker's /proc/PID/smaps_rollup cannot be opened by a shoald that is not
+  // root; the worker opens its own and passes it. Here the pid names no process at all.
+  ProcessMemorySampler sampler(std::chrono::milliseconds(10));
+  pid_t gone = GonePid();
+  sampler.Track(gone);
+  int own = open("/proc/self/smaps_rollup", O_RDONLY | O_CLOEXEC);
+  REQUIRE(own >= 0);
+  sampler.ReadFrom(gone, own);
+  WaitUntil([&] { return sampler.Get(gone).pss_kb > 0; });
+  CHECK(sampler.Get(gone).pss_kb > 0);
+  CHECK(sampler.Get(gone).rss_kb >= sampler.Get(gone).pss_kb);
+  sampler.Untrack(gone);  // closes the file (once a round reading it is over)
+  WaitUntil([&] { return fcntl(own, F_GETFD) == -1; });
+  CHECK(fcntl(own, F_GETFD) == -1);
 }

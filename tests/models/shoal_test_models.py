@@ -272,6 +272,24 @@ class Escapes(nn.Module):
             out["parent_mem"] = errno.errorcode.get(e.errno, str(e.errno))
         with open("/proc/self/status") as f:
             out["CapEff"] = next(line.split()[1] for line in f if line.startswith("CapEff:"))
+        # Who it runs as, and what that user may read and write.
+        out["uid"], out["euid"], out["gid"], out["groups"] = os.getuid(), os.geteuid(), os.getgid(), os.getgroups()
+        for key, path in (("shadow", "/etc/shadow"), ("secret", p.get("secret"))):
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+                out[key] = "read"
+            except OSError as e:
+                out[key] = errno.errorcode.get(e.errno, str(e.errno))
+        import tempfile
+        out["tmp"] = tempfile.gettempdir()
+        out["tmp_owner"] = os.stat(out["tmp"]).st_uid
+        try:
+            with tempfile.NamedTemporaryFile() as f:
+                f.write(b"scratch")
+            out["tmp_write"] = "ok"
+        except OSError as e:
+            out["tmp_write"] = errno.errorcode.get(e.errno, str(e.errno))
         # The control socket: as shoald's own user, model code would be an admin.
         try:
             import shoal
@@ -289,6 +307,63 @@ class Escapes(nn.Module):
         child = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
         out["child"] = child.pid
+        return out
+
+
+class Confined(nn.Module):
+    """Tries, from inside a worker, to leave the filesystem and the processes Landlock gives
+    it. Input: a uint8 tensor holding JSON {"write": [paths], "read": [paths], "kill": pid
+    (also tries shoald, its parent), "abstract": name, "tcp": port}; output: what happened
+    to each try (errno names)."""
+
+    def forward(self, params):
+        import errno
+        import json
+        import signal
+        import socket
+        import subprocess
+        import tempfile
+        p = json.loads(bytes(params.tolist()).decode())
+
+        def attempt(fn):
+            try:
+                fn()
+                return "allowed"
+            except OSError as e:
+                return errno.errorcode.get(e.errno, str(e.errno))
+
+        def write(path):
+            with open(path, "w") as f:
+                f.write("model code was here\n")
+
+        def read(path):
+            with open(path, "rb") as f:
+                f.read()
+
+        out = {"write": {w: attempt(lambda w=w: write(w)) for w in p.get("write", [])},
+               "read": {r: attempt(lambda r=r: read(r)) for r in p.get("read", [])}}
+        # Its own temporary folder works as usual, files and subprocesses alike.
+        tmp = tempfile.gettempdir()
+        out["tmp"] = tmp
+        fd, name = tempfile.mkstemp()
+        os.write(fd, b"ok")
+        os.close(fd)
+        out["mkstemp"] = name
+        out["tmp_sibling"] = attempt(lambda: write(os.path.join(os.path.dirname(tmp), "sibling")))
+        out["subprocess"] = subprocess.run(["cat", name], capture_output=True, text=True).stdout
+        if "kill" in p:
+            out["kill"] = attempt(lambda: os.kill(p["kill"], signal.SIGTERM))
+            out["kill_shoald"] = attempt(lambda: os.kill(os.getppid(), 0))  # 0: only asks whether it may
+        if "abstract" in p:
+            def connect():
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.connect("\0" + p["abstract"])
+            out["abstract"] = attempt(connect)
+        if "tcp" in p:
+            def tcp():
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.connect(("127.0.0.1", p["tcp"]))
+            out["tcp"] = attempt(tcp)
         return out
 
 
@@ -317,3 +392,28 @@ class Densifies(nn.Module):
     """Makes its input dense (x.contiguous(): the full logical size) and sums it."""
     def forward(self, x):
         return x.contiguous().sum()
+
+
+class GpuAffine(nn.Module):
+    """Linear + ReLU, computed wherever its weights are (a GPU when exported from one);
+    also says where its input was, to prove inputs arrive on the GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 32)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x)), torch.tensor([1 if x.is_cuda else 0], device=x.device)
+
+
+class CudaAssert(nn.Module):
+    """Indexes out of bounds on the GPU when asked (x[0] > 0): a device-side assert, which
+    leaves the process's CUDA context unusable (a sticky error)."""
+
+    def forward(self, x):
+        if float(x[0]) > 0:
+            idx = torch.tensor([x.numel() + 1000], device=x.device)
+            y = x[idx]
+            torch.cuda.synchronize()
+            return y
+        return x * 2

@@ -19,6 +19,22 @@ sys.path.insert(0, MODELS)
 import shoal  # noqa: E402
 
 
+# Tests load archives by path from pytest's temporary folders, which workers may read
+# under Landlock only when shoald names them (sandbox_read_paths, docs/security.md).
+ARCHIVE_ROOTS = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _archive_roots(tmp_path_factory):
+    ARCHIVE_ROOTS.append(str(tmp_path_factory.getbasetemp()))
+
+
+def archive_args():
+    """shoald options that let workers read the tests' archives (before a --config, which
+    may override them)."""
+    return ["--sandbox-read-paths", ":".join(ARCHIVE_ROOTS)] if ARCHIVE_ROOTS else []
+
+
 class Daemon:
     def __init__(self, tmp, workers=2, args=(), preexec_fn=None):
         self.socket = str(tmp / "shoal.sock")
@@ -26,7 +42,7 @@ class Daemon:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [os.path.join(BUILD, "bin", "shoald"), "--socket", self.socket, "--workers", str(workers),
-             *args], stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
+             *archive_args(), *args], stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -171,14 +187,34 @@ def public_daemon():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_as(uid, socket, code, timeout=120, background=False):
-    """Runs `code` as `uid` in a fresh interpreter, with torch and shoal imported and `c` a
-    client connected to `socket`; its CompletedProcess, or with background=True its Popen."""
+def ensure_user(name, groups=()):
+    """The uid of local user `name` (created, with no home, if missing), a member of
+    `groups` (created if missing)."""
+    import grp
+    import pwd
+    for g in groups:
+        try:
+            grp.getgrnam(g)
+        except KeyError:
+            subprocess.run(["groupadd", g], check=True)
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+    if groups:
+        subprocess.run(["usermod", "-a", "-G", ",".join(groups), name], check=True)
+    return pwd.getpwnam(name).pw_uid
+
+
+def run_as(uid, socket, code, timeout=120, background=False, gid=None, groups=()):
+    """Runs `code` as `uid` (group `gid`, default `uid`; supplementary groups exactly
+    `groups`, gids) in a fresh interpreter, with torch and shoal imported and `c` a client
+    connected to `socket`; its CompletedProcess, or with background=True its Popen."""
     prelude = (f"import sys; sys.path.insert(0, {_public_python()!r})\n"
                "import torch, shoal\n"
                f"c = shoal.Client({socket!r})\n")
     argv = [sys.executable, "-c", prelude + code]
+    who = dict(user=uid, group=uid if gid is None else gid, extra_groups=list(groups), cwd="/", text=True)
     if background:
-        return subprocess.Popen(argv, user=uid, group=uid, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, cwd="/")
-    return subprocess.run(argv, user=uid, group=uid, capture_output=True, text=True, timeout=timeout, cwd="/")
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **who)
+    return subprocess.run(argv, capture_output=True, timeout=timeout, **who)

@@ -2,9 +2,13 @@
 while the other models keep serving."""
 import json
 import os
+import pwd
+import shutil
 import signal
 import socket
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +16,7 @@ import torch
 import shoal
 import shoal._build_info
 import shoal_test_models as models
+from conftest import Daemon, ensure_user
 
 SECCOMP = shoal._build_info.SECCOMP
 
@@ -24,17 +29,62 @@ def alive(pid):
         return False
 
 
+SHOALD_USER = "shoaltestd"  # an unprivileged shoald runs as this user (created by the test)
+
+
+@pytest.fixture(params=["root", "unprivileged"])
+def shoald_as(request, monkeypatch):
+    """Makes daemons that run as root, or as an unprivileged user (as under systemd), in a
+    folder model code can reach (pytest's are 0700): the sandbox must hold for both."""
+    folder = Path(tempfile.mkdtemp(prefix="shoal-escapes-", dir="/tmp"))
+    os.chmod(folder, 0o755)
+    owner, preexec = None, None
+    if os.geteuid() != 0:
+        if request.param == "root":
+            pytest.skip("needs root: shoald runs as root")
+    elif request.param == "unprivileged":
+        uid = ensure_user(SHOALD_USER)
+        gid = pwd.getpwuid(uid).pw_gid
+        owner = (uid, gid)
+        monkeypatch.setenv("SHOAL_SERVER_UID", str(uid))  # our clients accept that shoald
+
+        def preexec():
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+    made = []
+
+    def make(workers=1, args=()):
+        sub = folder / f"d{len(made)}"
+        sub.mkdir()
+        if owner:
+            os.chown(sub, *owner)
+        d = Daemon(sub, workers, args, preexec)
+        made.append(d)
+        return d
+    make.kind = request.param
+    yield make
+    for d in made:
+        d.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture
-def escapes(make_daemon, archives, tmp_path):
+def escapes(shoald_as, archives, tmp_path):
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     listener.settimeout(0.2)
-    d = make_daemon(workers=1)
+    secret = Path(tempfile.mkdtemp(prefix="shoal-secret-", dir="/tmp"))
+    os.chmod(secret, 0o755)
+    (secret / "secret").write_text("only its owner may read this")
+    os.chmod(secret / "secret", 0o600)
+    d = shoald_as(workers=1)
     with d.client() as c:
         c.load("add", archives["add"])
         c.load("escapes", shoal.export(models.Escapes(), tmp_path / "escapes.pt"))
-        params = json.dumps({"port": listener.getsockname()[1], "socket": d.socket, "victim": "add"}).encode()
+        params = json.dumps({"port": listener.getsockname()[1], "socket": d.socket, "victim": "add",
+                             "secret": str(secret / "secret")}).encode()
         out = c.infer("escapes", torch.tensor(list(params), dtype=torch.uint8), timeout=60)
     try:
         conn, _ = listener.accept()
@@ -43,6 +93,8 @@ def escapes(make_daemon, archives, tmp_path):
     except socket.timeout:
         out["listener"] = "untouched"
     listener.close()
+    shutil.rmtree(secret, ignore_errors=True)
+    d.kind = shoald_as.kind
     yield d, out
     if alive(out["child"]):
         os.kill(out["child"], signal.SIGKILL)
@@ -70,6 +122,44 @@ def test_a_root_worker_keeps_no_capability(escapes):
     d, out = escapes
     if os.geteuid() == 0:
         assert int(out["CapEff"], 16) == 0
+
+
+def test_a_root_shoalds_model_code_runs_as_a_user_of_its_own(escapes):
+    d, out = escapes
+    if d.kind != "root":
+        pytest.skip("an unprivileged shoald cannot switch users: its workers keep its uid")
+    try:
+        expected = pwd.getpwnam("shoal-worker").pw_uid
+    except KeyError:
+        expected = pwd.getpwnam("nobody").pw_uid
+    assert out["uid"] == out["euid"] == expected != 0
+    assert out["groups"] in ([], [out["gid"]])  # root's supplementary groups are gone
+    assert out["shadow"] == "EACCES" and out["secret"] == "EACCES"
+    assert int(out["CapEff"], 16) == 0
+    with d.client() as c:  # the victim's model is still served
+        assert torch.equal(c.infer("add", torch.zeros(1), timeout=30), torch.ones(1))
+
+
+def test_model_code_has_a_temporary_folder_it_may_write(escapes):
+    d, out = escapes
+    assert out["tmp_write"] == "ok", out
+    if out["tmp"] not in ("/tmp", "/var/tmp", "/usr/tmp", os.environ.get("TMPDIR")):
+        # a private folder of its own (the sandbox's TMPDIR): owned by the uid it runs as
+        assert out["tmp_owner"] == out["uid"], out
+
+
+def test_status_shows_each_workers_memory(escapes):
+    # Workers are not dumpable, so a shoald that is not root cannot open their
+    # /proc/PID/smaps_rollup: each worker hands it the file it opened itself.
+    d, out = escapes
+    deadline = time.monotonic() + 10
+    with d.client() as c:
+        while True:
+            w = c.status()["workers"][0]
+            if (w["rss_kb"] > 0 and w["pss_kb"] > 0) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert w["rss_kb"] > 10000 and 0 < w["pss_kb"] <= w["rss_kb"], w
 
 
 def test_model_code_is_not_an_admin(escapes):

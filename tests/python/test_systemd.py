@@ -2,9 +2,7 @@
 systemd-analyze verify, socket activation through systemd-socket-activate, the notify
 protocol against a NOTIFY_SOCKET listener, permissions of a second, unprivileged user,
 and the .deb unpacked into a scratch root."""
-import grp
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -17,7 +15,7 @@ import torch
 
 import shoal
 import shoal._build_info
-from conftest import BUILD
+from conftest import BUILD, ensure_user
 
 SHOALD = os.path.join(BUILD, "bin", "shoald")
 needs = pytest.mark.skipif
@@ -113,8 +111,8 @@ def test_notify_ready_watchdog_stopping(tmp_path):
         assert listener.has("READY=1")
         # READY only once the configured model serves: at this moment it is ready everywhere
         with shoal.Client(sock) as c:
-            assert c.models() == [{"name": "big", "engine": "python", "path": str(slow), "ready": True, "queued": 0,
-                                    "failed": False}]
+            assert c.models() == [{"name": "big", "device": "auto", "engine": "python", "path": str(slow),
+                                    "ready": True, "queued": 0, "failed": False}]
             assert all("big" in w["models"] for w in c.status()["workers"])
         first = [t for t, msg in listener.messages if "STATUS=starting" in msg]
         ready = [t for t, msg in listener.messages if "READY=1" in msg]
@@ -167,21 +165,6 @@ def test_config_errors_are_reported(tmp_path):
     assert r.returncode == 1 and "admin_group 'no-such-group-xyz' does not exist" in r.stdout + r.stderr
 
 
-def _ensure_user(name, groups=()):
-    for g in groups:
-        try:
-            grp.getgrnam(g)
-        except KeyError:
-            subprocess.run(["groupadd", g], check=True)
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
-    if groups:
-        subprocess.run(["usermod", "-a", "-G", ",".join(groups), name], check=True)
-    return pwd.getpwnam(name).pw_uid
-
-
 PERM_DIR = "/tmp/shoal-perm-test"  # world-readable: the build tree may sit under /root
 
 
@@ -194,8 +177,8 @@ def _as_user(name, code):
 @needs(os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("useradd") is None,
        reason="needs root, setpriv and useradd to create a second user")
 def test_unprivileged_user_can_infer_but_not_load(archives):
-    uid = _ensure_user("shoaltest")
-    admin_uid = _ensure_user("shoaltestadm", groups=["shoaltestadmins"])
+    uid = ensure_user("shoaltest")
+    admin_uid = ensure_user("shoaltestadm", groups=["shoaltestadmins"])
     d = PERM_DIR
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
@@ -207,8 +190,8 @@ def test_unprivileged_user_can_infer_but_not_load(archives):
         os.chmod(f"{d}/{name}.pt", 0o644)
     sock = f"{d}/shoal.sock"
     log = open(f"{d}/log", "w")
-    p = subprocess.Popen([SHOALD, "--socket", sock, "--workers", "1", "--admin-group", "shoaltestadmins"],
-                         stdout=log, stderr=subprocess.STDOUT)
+    p = subprocess.Popen([SHOALD, "--socket", sock, "--workers", "1", "--admin-group", "shoaltestadmins",
+                          "--sandbox-read-paths", d], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_socket(sock)
         with shoal.Client(sock) as c:
