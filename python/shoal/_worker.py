@@ -32,13 +32,18 @@ def _error(rid, code, message, tb=None, poisoned=False):
     return msgpack.packb(reply)
 
 
-def _cuda_poisoned(e):
-    """Whether ``e`` is a CUDA error that leaves this process's context unusable (an illegal
-    address, a device-side assert: CUDA errors are sticky)."""
-    accel = getattr(torch, "AcceleratorError", None)
-    if accel is not None and isinstance(e, accel):
+def _cuda_poisoned():
+    """After a job or load failed: waits for the GPU work it queued, and says whether this
+    process's CUDA context is unusable now. Sticky errors (an illegal address, a
+    device-side assert) fail every later call, so a synchronise that fails says so; an
+    ordinary error (a bad launch configuration, the model's own exception) does not."""
+    if not torch.cuda.is_initialized():
+        return False
+    try:
+        torch.cuda.synchronize()
+        return False
+    except Exception:  # noqa: BLE001 - whatever torch raises for a dead context
         return True
-    return isinstance(e, RuntimeError) and "CUDA error" in str(e)
 
 
 def _synchronize():
@@ -129,7 +134,7 @@ class Runner:
         except Exception as e:
             return _error(rid, "MODEL_ERROR",
                           f"model '{name}': loading archive {path} raised {type(e).__name__}: {e}",
-                          traceback.format_exc(), poisoned=_cuda_poisoned(e))
+                          traceback.format_exc(), poisoned=_cuda_poisoned())
         finally:
             os.close(fd)  # the mapping keeps what the model needs
         return msgpack.packb({"v": VERSION, "id": rid, "ok": True, "engine": "python",
@@ -151,13 +156,21 @@ class Runner:
         if entry is None:
             raise OSError(f"shoald never sent arena {aid}")
         fd, size, gpu = entry
+        if gpu is not None:
+            # A client's GPU arena: mapped at its announced size (the driver refuses more than
+            # the allocation has), once, then cached like a memfd's mapping. Its failure is
+            # the arena's, not the address space's: nothing else is dropped for it.
+            try:
+                ordinal = _native.gpu_ordinal(gpu)
+            except OSError as e:
+                raise OSError(f"the client's GPU arena {aid} is on GPU {gpu}, which this worker cannot use ({e}); "
+                              "pass tensors on the GPU of the model's workers") from None
+            arena = _native.Arena.open_gpu(os.dup(fd), size, ordinal)
+            self.arenas[aid] = arena
+            return arena
 
         def open_it():
-            if gpu is None:
-                return _native.Arena.open(os.dup(fd))
-            # A client's GPU arena: mapped at its announced size (the driver refuses more
-            # than the allocation has), once, then cached like a memfd's mapping.
-            return _native.Arena.open_gpu(os.dup(fd), size, _native.gpu_ordinal(gpu))
+            return _native.Arena.open(os.dup(fd))
         try:
             arena = open_it()
         except OSError:
@@ -189,7 +202,7 @@ class Runner:
         for d in msg["inputs"]:
             arena = self.arenas[d["arena"]]
             if arena.device >= 0:
-                inputs.append(_tensors.gpu_view(arena, arena.address, 0, d))
+                inputs.append(_tensors.gpu_view(arena, arena.device, arena.address, 0, d))
             else:
                 inputs.append(_tensors.view(arena, 0, d))
             spans.append((d["arena"], d["block"], d["offset"],
@@ -205,11 +218,9 @@ class Runner:
             return reply
         except _native.OutputError as e:
             code, message = e.args
-            if "CUDA error" in message:  # a copy out of a poisoned context
-                return _error(rid, "MODEL_ERROR", message, poisoned=True)
-            return _error(rid, code, message)
+            return _error(rid, code, message, poisoned=_cuda_poisoned())
         except Exception as e:
-            poisoned = _cuda_poisoned(e)
+            poisoned = _cuda_poisoned()
             return _error(rid, "MODEL_ERROR",
                           f"model '{name}' raised {type(e).__name__} in job {rid}: {e}" +
                           ("; its worker's CUDA context is unusable now, the worker is replaced" if poisoned else ""),
