@@ -113,29 +113,47 @@ struct Client::Impl {
   Status TakeArenas(const MapView& m) {
     const msgpack::object* list = m.Find("new_arenas");
     if (list == nullptr || list->type != msgpack::type::ARRAY) return Status::Ok();
-    for (uint32_t i = 0; i < list->via.array.size; ++i) {
+    uint32_t n = list->via.array.size;
+    if (fds.size() < n) {
+      return Status::Internal("shoald announced " + std::to_string(n) + " output arenas with " +
+                              std::to_string(fds.size()) + " fds");
+    }
+    // Every fd of this reply is taken first: one that cannot be mapped must not shift the
+    // next reply's fds.
+    std::vector<int> mine(fds.begin(), fds.begin() + n);
+    fds.erase(fds.begin(), fds.begin() + n);
+    Status first = Status::Ok();
+    for (uint32_t i = 0; i < n; ++i) {
+      int fd = mine[i];
       auto a = MapView::Of(list->via.array.ptr[i], "arenas entry");
       auto id = a.ok() ? a->Uint("arena") : Result<uint64_t>(a.status());
-      if (!id.ok()) return id.status();
-      if (fds.empty()) return Status::Internal("shoald announced output arena " + std::to_string(*id) + " without its fd");
-      int fd = fds.front();
-      fds.erase(fds.begin());
+      if (!id.ok()) {
+        close(fd);
+        if (first.ok()) first = id.status();
+        continue;
+      }
       auto gpu = a->OptStr("gpu");
       Result<std::unique_ptr<Arena>> mapped = Status::Ok();
       if (gpu.ok() && gpu->has_value()) {  // a worker's GPU output arena
         auto ordinal = GpuOrdinalOfBus(**gpu);
         if (!ordinal.ok()) {
-          close(fd);
-          return ordinal.status();
+          close(fd);  // Arena::Open/OpenGpu close theirs, also on failure
+          mapped = Status(Code::kBadRequest, "output arena on GPU " + **gpu + " cannot be mapped here (" +
+                                                 ordinal.status().message() +
+                                                 "); ask for host tensors (Infer's host_outputs)");
+        } else {
+          mapped = Arena::OpenGpu(fd, a->Uint("size").value_or(0), *ordinal);
         }
-        mapped = Arena::OpenGpu(fd, a->Uint("size").value_or(0), *ordinal);
       } else {
         mapped = Arena::Open(fd);
       }
-      if (!mapped.ok()) return mapped.status();
+      if (!mapped.ok()) {
+        if (first.ok()) first = mapped.status();
+        continue;
+      }
       out_arenas[*id] = std::shared_ptr<Arena>(std::move(*mapped));
     }
-    return Status::Ok();
+    return first;
   }
 
   // A late answer to a request this client gave up on: its results go back to their

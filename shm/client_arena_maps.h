@@ -38,9 +38,10 @@ class ClientArenaMaps {
   void Add(uint64_t id, int fd, uint64_t size = 0, const std::string& gpu_bus = "");
   // Forgets arena `id` (shoald dropped it): its fd is closed, its mapping dropped.
   void Drop(uint64_t id);
-  // Arena `id`, mapped now if it is not. When mapping fails, the mappings of arenas not
-  // in `keep` are dropped and it is tried once more. UNAVAILABLE for an arena never sent;
-  // else the mapping's error.
+  // Arena `id`, mapped now if it is not. When mapping a memfd fails, the mappings of the
+  // memfd arenas not in `keep` are dropped and it is tried once more (GPU arenas fail
+  // alone: GPU memory is not the address space). UNAVAILABLE saying why and what to do:
+  // never sent, a GPU this worker cannot use, the address space full even so.
   Result<std::shared_ptr<Arena>> Map(uint64_t id, const std::set<uint64_t>& keep);
   size_t mapped() const;  // arenas mapped now
 

@@ -1,6 +1,7 @@
 #include "shm/gpu_memory.h"
 
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,7 +18,10 @@ namespace shoal {
 Status CheckGpuArenaFd(int fd, uint64_t size) {
   struct stat st;
   if (fstat(fd, &st) != 0) return Status::FromErrno("GPU arena fd", errno);
-  if (!S_ISCHR(st.st_mode)) {
+  // The NVIDIA driver's devices have major number 195 (an exported allocation is a
+  // descriptor of /dev/nvidiactl): /dev/null, a tty or another device is refused here.
+  constexpr unsigned kNvidiaMajor = 195;
+  if (!S_ISCHR(st.st_mode) || major(st.st_rdev) != kNvidiaMajor) {
     return Status::BadRequest("a GPU arena must be an exported CUDA allocation (cuMemExportToShareableHandle), "
                               "not this kind of file");
   }
@@ -280,6 +284,9 @@ Result<std::unique_ptr<GpuMemory>> GpuMemory::Import(int fd, size_t size, int or
 }
 
 GpuMemory::~GpuMemory() {
+  // The VMM calls need a current context on this thread (a router thread may drop arenas).
+  CUdevice dev = 0;
+  (void)UseDevice(ordinal_, &dev);
   D().Unmap(address_, size_);
   D().Free(address_, size_);
   D().Release(handle_);

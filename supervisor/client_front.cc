@@ -278,6 +278,10 @@ Status ClientFront::RegisterArena(const std::shared_ptr<ClientSession>& s, uint6
   if (!gpu.ok()) return gpu.status();
   if (!size.ok()) return size.status();
   if (gpu->has_value() && !size->has_value()) return Status::BadRequest("a GPU arena needs its \"size\"");
+  if (gpu->has_value() && !pool_->KnowsGpu(**gpu)) {
+    return Status::BadRequest("GPU arena on GPU '" + **gpu + "': shoald's workers use no such GPU (see `status`, "
+                              "each worker's \"gpu\"); allocate inputs on one of theirs");
+  }
   auto arena = arenas_->Register(s->id, fd, gpu->value_or(""), size->value_or(0));
   if (!arena.ok()) return arena.status();
   s->arenas.insert(*arena);

@@ -100,6 +100,13 @@ Result<std::string> GpuPlacement::CheckDevice(const std::string& model, const st
   return Status::BadRequest("model '" + model + "': device '" + device + "' is not one of auto, cpu, cuda, cuda:N");
 }
 
+bool GpuPlacement::Knows(const std::string& bus) const {
+  for (const auto& g : gpus_) {
+    if (g.bus == bus) return true;
+  }
+  return false;
+}
+
 bool GpuPlacement::Places(int slot, const std::string& device) const {
   if (device.rfind("cuda:", 0) != 0) return true;
   return GpuOf(slot) == std::atoi(device.c_str() + 5);

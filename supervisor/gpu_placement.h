@@ -34,6 +34,9 @@ class GpuPlacement {
   std::optional<std::string> CudaVisible(int slot) const;
   // Checks a load's device; "" when absent means "auto". Errors say what is available.
   Result<std::string> CheckDevice(const std::string& model, const std::string& device) const;
+  // Whether `bus` is one of the GPUs workers are placed on (a GPU arena elsewhere could
+  // not be mapped by any worker).
+  bool Knows(const std::string& bus) const;
   // Whether a model loaded for `device` runs in `slot`'s worker ("cuda:N": on GPU N only).
   bool Places(int slot, const std::string& device) const;
   // What the worker is told: "auto", "cpu" or "cuda" (it sees one GPU).

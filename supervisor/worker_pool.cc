@@ -299,7 +299,14 @@ void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body, std::vector<i
   w->pending_model.erase(*id);
   bool poisoned = m.Bool("poisoned").value_or(false);
   pid_t pid = w->pid;
-  if (poisoned) w->retiring = true;  // no new job may land on it while the answer goes out
+  if (poisoned) {
+    w->retiring = true;  // no new job may land on it while the answer goes out
+    CrashCharge charge{w->pending_model.count(*id) ? w->pending_model.at(*id) : std::string(), std::nullopt};
+    for (const auto& j : w->jobs) {
+      if (j && j->id == *id) charge.client = j->client_uid;
+    }
+    if (!charge.model.empty()) w->poisoned_by = charge;  // blame as for a crash (OnGone)
+  }
   fn(Status::Ok(), &m);
   if (poisoned) {
     // A sticky CUDA error: the job has its answer; the worker's context is unusable, so the
@@ -339,6 +346,7 @@ void WorkerPool::OnGone(WorkerHandle* w, std::string how) {
     }
     if (!w->killed_for_deadline) charged.insert({model, client});
   }
+  if (w->poisoned_by) charged.insert({w->poisoned_by->model, w->poisoned_by->client});
   std::vector<CrashCharge> charges;
   for (const auto& [model, client] : charged) charges.push_back({model, client});
   w->pending_model.clear();

@@ -122,6 +122,7 @@ class WorkerPool : public SlotPool, public ModelHosts {
   bool Places(Worker worker, const std::string& device) const override;
   // A load's device checked against the GPUs workers are placed on (supervisor/gpu_placement.h).
   Result<std::string> CheckDevice(const std::string& model, const std::string& device) const;
+  bool KnowsGpu(const std::string& bus) const { return gpus_.Knows(bus); }
   bool HasOrLoads(Worker worker, const std::string& name) const override;
   void Unload(const std::string& name) override;
 

@@ -238,6 +238,9 @@ int main(int argc, char** argv) {
     slot = forked.slot;
   }
   HandOverMemoryFile(fd);
+  // The folder where this worker's user makes the library copies K > 1 still needs is
+  // written by the worker itself, under Landlock too.
+  if (!new_copies.empty()) files.read_write.push_back(new_copies);
   // Everything model code could abuse is dropped before the first model is loaded.
   CloseSandbox(sandbox, *interps, std::move(files));
   if (!new_copies.empty()) {  // only now: neither the zygote nor root loads what a worker may write

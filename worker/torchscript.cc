@@ -1,5 +1,6 @@
 #include "worker/torchscript.h"
 
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <caffe2/serialize/inline_container.h>
 #include <caffe2/serialize/read_adapter_interface.h>
 #include <fcntl.h>
@@ -57,9 +58,18 @@ std::string OkReply(uint64_t id, const std::string& engine = "", const std::stri
   return std::string(w.body());
 }
 
-// A CUDA error leaves the process's context unusable (errors are sticky): the job is
-// answered and shoald replaces the worker ("poisoned").
-bool IsCudaError(const std::string& what) { return what.find("CUDA error") != std::string::npos; }
+// Whether this process has a CUDA context (its one GPU's): only then is there GPU work to
+// wait for. Never creates one, so CPU models on a GPU host cost no context.
+bool CudaInUse() {
+  try {
+    return at::detail::getCUDAHooks().hasPrimaryContext(0);
+  } catch (const std::exception&) {  // a build of torch without CUDA
+    return false;
+  }
+}
+
+// A CUDA error that leaves the process's context unusable (sticky: a synchronise fails
+// after it): the job is answered and shoald replaces the worker ("poisoned").
 
 std::string PoisonedReply(uint64_t id, const Status& st) {
   Writer w;
@@ -222,7 +232,14 @@ std::string TorchScriptModels::Load(uint64_t id, const std::string& name, int fd
     impl_->models[name] = std::move(m);
   } catch (const std::exception& e) {
     Status st(Code::kModelError, "model '" + name + "': TorchScript archive " + path + " does not load: " + e.what());
-    return IsCudaError(e.what()) ? PoisonedReply(id, st) : ErrorReply(id, st);
+    if (CudaInUse()) {
+      try {
+        torch::cuda::synchronize();
+      } catch (const std::exception&) {
+        return PoisonedReply(id, st);
+      }
+    }
+    return ErrorReply(id, st);
   }
   return OkReply(id, "libtorch", where);
 }
@@ -247,10 +264,8 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
     const Descriptor& d = descs[i];
     auto a = impl_->arenas.Map(d.arena, needed);
     if (!a.ok()) {
-      return fail(Status(Code::kUnavailable, "model '" + name + "', job " + std::to_string(id) + ": input " +
-                                                 std::to_string(i) + ": worker cannot map the client's arena " +
-                                                 std::to_string(d.arena) + " (" + a.status().message() +
-                                                 "); is worker_address_space_mb too small?"));
+      return fail(Status(a.status().code(), "model '" + name + "', job " + std::to_string(id) + ": input " +
+                                                std::to_string(i) + ": " + a.status().message()));
     }
     auto extent = *d.Extent();
     auto type = *ScalarTypeOf(d.dtype);
@@ -262,13 +277,19 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
     spans.push_back({d.arena, d.block, d.offset, d.offset + extent, base});
   }
   torch::jit::IValue out;
-  bool cuda = torch::cuda::is_available();  // cheap once initialised
   try {
     c10::InferenceMode guard;
     out = impl_->models.at(name).forward(args);
   } catch (const std::exception& e) {
     Status st(Code::kModelError, "model '" + name + "' raised in job " + std::to_string(id) + ": " + e.what());
-    if (IsCudaError(e.what())) return EncodedReply{PoisonedReply(id, st), {}};
+    // Its queued GPU work is waited for; a context that cannot be synchronised is dead.
+    if (CudaInUse()) {
+      try {
+        torch::cuda::synchronize();
+      } catch (const std::exception&) {
+        return EncodedReply{PoisonedReply(id, st), {}};
+      }
+    }
     return fail(st);
   }
   // The one output encoder (protocol/output_tree.h), as for Python models.
@@ -282,7 +303,7 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
   auto reply = EncodeOutputReply(id, name, root, place);
   try {
     // The worker's GPU work is complete before the reply leaves (docs/architecture.md, "GPU").
-    if (cuda) torch::cuda::synchronize();
+    if (CudaInUse()) torch::cuda::synchronize();
   } catch (const std::exception& e) {
     return EncodedReply{PoisonedReply(id, Status(Code::kModelError, "model '" + name + "', job " +
                                                                         std::to_string(id) + ": " + e.what())),

@@ -73,16 +73,18 @@ class _DeviceBytes:
                                          "version": 2}
 
 
-def gpu_view(owner, address, base_offset, desc):
-    """A CUDA tensor over GPU arena memory described by ``desc``: ``address`` is the device
-    address of arena offset ``base_offset``; ``owner`` is kept alive by the tensor. No
-    bytes are copied."""
+def gpu_view(owner, device, address, base_offset, desc):
+    """A CUDA tensor on GPU ``device`` (an ordinal here) over GPU arena memory described by
+    ``desc``: ``address`` is the device address of arena offset ``base_offset``; ``owner``
+    is kept alive by the tensor. No bytes are copied (the device is explicit, so a default
+    device never turns this into a copy)."""
     name = desc["dtype"]
     dtype = DTYPES[name]
     shape, strides = desc["shape"], desc["strides"]
     itemsize = ITEMSIZE[name]
     nbytes = extent(shape, strides, itemsize)
-    raw = torch.as_tensor(_DeviceBytes(owner, address + desc["offset"] - base_offset, max(nbytes, itemsize)))
+    raw = torch.as_tensor(_DeviceBytes(owner, address + desc["offset"] - base_offset, max(nbytes, itemsize)),
+                          device=torch.device("cuda", device))
     flat = raw.view(dtype)
     if nbytes == 0:
         return flat[:0].view(shape)
@@ -127,7 +129,7 @@ def write(arena, offset, t):
     CUDA tensor (a copy on the GPU, never through the host)."""
     if isinstance(arena, int):
         nbytes = t.numel() * t.element_size()
-        dst = torch.as_tensor(_DeviceBytes(None, arena + offset, nbytes)).view(t.dtype).view(t.shape)
+        dst = torch.as_tensor(_DeviceBytes(None, arena + offset, nbytes), device=t.device).view(t.dtype).view(t.shape)
         dst.copy_(t)
         return
     flat = torch.frombuffer(arena, dtype=t.dtype, count=t.numel(), offset=offset)

@@ -33,13 +33,18 @@ def _error(rid, code, message, tb=None, poisoned=False):
     return msgpack.packb(reply)
 
 
-def _cuda_poisoned(e):
-    """Whether ``e`` is a CUDA error that leaves this process's context unusable (an illegal
-    address, a device-side assert: CUDA errors are sticky)."""
-    accel = getattr(torch, "AcceleratorError", None)
-    if accel is not None and isinstance(e, accel):
+def _cuda_poisoned():
+    """After a job or load failed: waits for the GPU work it queued, and says whether this
+    process's CUDA context is unusable now. Sticky errors (an illegal address, a
+    device-side assert) fail every later call, so a synchronise that fails says so; an
+    ordinary error (a bad launch configuration, the model's own exception) does not."""
+    if not torch.cuda.is_initialized():
+        return False
+    try:
+        torch.cuda.synchronize()
+        return False
+    except Exception:  # noqa: BLE001 - whatever torch raises for a dead context
         return True
-    return isinstance(e, RuntimeError) and "CUDA error" in str(e)
 
 
 def _synchronize():
@@ -128,7 +133,7 @@ class Runner:
         except Exception as e:
             return _error(rid, "MODEL_ERROR",
                           f"model '{name}': loading archive {path} raised {type(e).__name__}: {e}",
-                          traceback.format_exc(), poisoned=_cuda_poisoned(e))
+                          traceback.format_exc(), poisoned=_cuda_poisoned())
         finally:
             os.close(fd)  # the mapping keeps what the model needs
         return msgpack.packb({"v": VERSION, "id": rid, "ok": True, "engine": "python",
@@ -153,13 +158,12 @@ class Runner:
             try:
                 mapped[aid] = self.arenas.map(aid, needed)
             except OSError as e:
-                return _error(rid, "UNAVAILABLE", f"worker {self.slot} cannot map the client's arena {aid} "
-                              f"({e}) for job {rid} of model '{name}'; is worker_address_space_mb too small?")
+                return _error(rid, "UNAVAILABLE", f"model '{name}', job {rid}: worker {self.slot}: {e}")
         inputs, spans = [], []
         for d in msg["inputs"]:
             arena = mapped[d["arena"]]
             if arena.device >= 0:
-                inputs.append(_tensors.gpu_view(arena, arena.address, 0, d))
+                inputs.append(_tensors.gpu_view(arena, arena.device, arena.address, 0, d))
             else:
                 inputs.append(_tensors.view(arena, 0, d))
             spans.append((d["arena"], d["block"], d["offset"],
@@ -175,11 +179,9 @@ class Runner:
             return reply
         except _native.OutputError as e:
             code, message = e.args
-            if "CUDA error" in message:  # a copy out of a poisoned context
-                return _error(rid, "MODEL_ERROR", message, poisoned=True)
-            return _error(rid, code, message)
+            return _error(rid, code, message, poisoned=_cuda_poisoned())
         except Exception as e:
-            poisoned = _cuda_poisoned(e)
+            poisoned = _cuda_poisoned()
             return _error(rid, "MODEL_ERROR",
                           f"model '{name}' raised {type(e).__name__} in job {rid}: {e}" +
                           ("; its worker's CUDA context is unusable now, the worker is replaced" if poisoned else ""),

@@ -126,14 +126,31 @@ class Client:
 
     def _take_arenas(self, reply):
         """Maps the output arenas an answer introduces (their fds came with it, in order)."""
-        for a in reply.get("new_arenas", ()):
-            if not self._fds:
-                raise errors.InternalError(f"shoald announced output arena {a['arena']} without its descriptor")
-            fd = self._fds.pop(0)
-            if "gpu" in a:  # a worker's GPU output arena, on the GPU with that PCI bus id
-                self._out_arenas[a["arena"]] = _native.Arena.open_gpu(fd, a["size"], _native.gpu_ordinal(a["gpu"]))
-            else:
-                self._out_arenas[a["arena"]] = _native.Arena.open(fd)
+        announced = reply.get("new_arenas", ())
+        if len(self._fds) < len(announced):
+            raise errors.InternalError(f"shoald announced {len(announced)} output arenas with {len(self._fds)} fds")
+        # Every fd of this reply is taken first: one that cannot be mapped must not shift
+        # the next reply's fds.
+        fds = [self._fds.pop(0) for _ in announced]
+        failed = None
+        for a, fd in zip(announced, fds):
+            try:
+                if "gpu" in a:  # a worker's GPU output arena, on the GPU with that PCI bus id
+                    try:
+                        ordinal = _native.gpu_ordinal(a["gpu"])
+                    except OSError:
+                        os.close(fd)  # Arena.open/open_gpu close theirs, also on failure
+                        raise
+                    arena = _native.Arena.open_gpu(fd, a["size"], ordinal)
+                else:
+                    arena = _native.Arena.open(fd)
+                self._out_arenas[a["arena"]] = arena
+            except OSError as e:
+                failed = failed or (f"output arena {a['arena']}" + (f" on GPU {a['gpu']}" if "gpu" in a else "") +
+                                    f" cannot be mapped here: {e}; a client that cannot use the model's GPU can ask "
+                                    "for host tensors (infer(..., outputs='cpu'))")
+        if failed:
+            raise errors.BadRequest(failed)
 
     def _discard_reply(self, reply):
         """An answer nobody waits for any more: its results go back to their workers."""
@@ -255,7 +272,7 @@ class Client:
     def _view(block, desc):
         """A tensor over ``block`` (host or GPU memory) described by ``desc``."""
         if block.arena.device >= 0:
-            return _tensors.gpu_view(block, block.address, block.offset, desc)
+            return _tensors.gpu_view(block, block.arena.device, block.address, block.offset, desc)
         return _tensors.view(block, block.offset, desc)
 
     @staticmethod

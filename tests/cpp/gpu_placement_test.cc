@@ -67,3 +67,11 @@ TEST_CASE("a load's device is checked against the GPUs workers have", "[gpu]") {
   CHECK(GpuPlacement::WorkerDevice("cuda:1") == "cuda");
   CHECK(GpuPlacement::WorkerDevice("") == "auto");
 }
+
+TEST_CASE("only the GPUs workers are placed on are known", "[gpu]") {
+  GpuPlacement p;
+  REQUIRE(p.Apply({"a", "b"}, "1").ok());
+  CHECK(p.Knows("b"));
+  CHECK_FALSE(p.Knows("a"));
+  CHECK_FALSE(p.Knows(""));
+}
