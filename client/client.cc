@@ -14,6 +14,7 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include "protocol/channel.h"
+#include "protocol/client_writer.h"
 #include "protocol/descriptor.h"
 #include "protocol/frame.h"
 #include "protocol/messages.h"
@@ -27,37 +28,20 @@ namespace shoal {
 // Memory ownership (docs/architecture.md): inputs live in arenas this client creates and
 // owns (it alone allocates and frees their blocks, bookkeeping in its own memory); results
 // live in output arenas a worker made for this connection, whose fds shoald passes with
-// the first answer that uses them. A result's block goes back to that worker (a release
-// notice, batched and sent before the next request) when the last tensor over it goes.
+// the first answer that uses them. A result's block goes back to that worker when the
+// last tensor over it goes: the connection's writer (protocol/client_writer.h) sends the
+// release at once, from a thread of its own.
 namespace {
 
-// Blocks of dropped results, waiting to be released to the workers that own them. Shared
-// with the tensors, which may outlive the Client. Thread-safe.
-class ReleaseQueue {
- public:
-  void Add(uint64_t arena, uint64_t block) {
-    std::lock_guard<std::mutex> lock(mu_);
-    blocks_[arena].push_back(block);
-  }
-  std::map<uint64_t, std::vector<uint64_t>> Take() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return std::exchange(blocks_, {});
-  }
-
- private:
-  std::mutex mu_;
-  std::map<uint64_t, std::vector<uint64_t>> blocks_;  // GUARDED_BY(mu_)
-};
-
 // One block of an arena, given back when the last tensor over it goes: freed here when
-// this client owns the arena, queued for release to its owner when a worker does, and
-// left alone when it is a view (`release` null, not owned).
+// this client owns the arena, released to its owner when a worker does, and left alone
+// when it is a view (`release` null, not owned).
 struct BlockRef {
-  BlockRef(std::shared_ptr<Arena> a, uint64_t id, uint64_t off, std::shared_ptr<ReleaseQueue> to = nullptr)
+  BlockRef(std::shared_ptr<Arena> a, uint64_t id, uint64_t off, std::shared_ptr<ClientWriter> to = nullptr)
       : arena(std::move(a)), arena_id(id), offset(off), release(std::move(to)) {}
   ~BlockRef() {
     if (release) {
-      release->Add(arena_id, offset);
+      release->Release(arena_id, offset);  // queued; the writer's thread sends it
     } else {
       arena->Free(offset);  // refused (false) when this is not a block of ours
     }
@@ -67,7 +51,7 @@ struct BlockRef {
   std::shared_ptr<Arena> arena;
   uint64_t arena_id;
   uint64_t offset;
-  std::shared_ptr<ReleaseQueue> release;
+  std::shared_ptr<ClientWriter> release;  // shared with the tensors, which may outlive the Client
 };
 
 // The deleter of storages over blocks: also how Infer recognises an arena-backed tensor.
@@ -116,30 +100,12 @@ struct Client::Impl {
   std::vector<int> fds;                                   // received, not yet claimed by an answer
   std::map<uint64_t, std::shared_ptr<Arena>> arenas;      // ours: inputs
   std::map<uint64_t, std::shared_ptr<Arena>> out_arenas;  // workers': results, mapped here
-  std::shared_ptr<ReleaseQueue> released = std::make_shared<ReleaseQueue>();
+  std::shared_ptr<ClientWriter> writer;                   // every frame this client sends
 
   ~Impl() {
-    if (sock >= 0) {
-      (void)SendReleases();
-      close(sock);
-    }
+    if (writer) writer->Stop();  // sends the releases still queued
+    if (sock >= 0) close(sock);
     CloseAll(&fds);
-  }
-
-  // One release notice per arena with dropped results. REQUIRES(mu).
-  Status SendReleases() {
-    std::string data;
-    for (const auto& [arena, blocks] : released->Take()) {
-      for (size_t i = 0; i < blocks.size(); i += 4096) {
-        Writer w;
-        BeginNotice(&w, "release", 2);
-        w.Key("arena"); w.Val(arena);
-        w.Key("blocks");
-        w.Val(std::vector<uint64_t>(blocks.begin() + i, blocks.begin() + std::min(blocks.size(), i + 4096)));
-        data += EncodeFrame(w.body());
-      }
-    }
-    return data.empty() ? Status::Ok() : SendAll(sock, data);
   }
 
   // Maps the output arenas an answer introduces ("new_arenas"; their fds came with it, in
@@ -201,7 +167,7 @@ struct Client::Impl {
     (void)DecodeTree(*outputs, [&](const Descriptor& d) -> Result<torch::Tensor> {
       auto extent = d.Extent();
       if (extent.ok() && *extent > 0 && out_arenas.count(d.arena) != 0 && seen.insert({d.arena, d.block}).second) {
-        released->Add(d.arena, d.block);
+        writer->Release(d.arena, d.block);
       }
       return torch::Tensor();
     });
@@ -211,10 +177,7 @@ struct Client::Impl {
   // late answer is skipped by a later call). REQUIRES(mu).
   Result<msgpack::object_handle> Call(Writer& w, uint64_t id, const std::vector<int>& send_fds = {},
                                       std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt) {
-    if (auto st = SendReleases(); !st.ok()) {
-      return Status(Code::kUnavailable, "lost the connection to shoald: " + st.message());
-    }
-    if (auto st = SendAll(sock, EncodeFrame(w.body()), send_fds); !st.ok()) {
+    if (auto st = writer->Send(EncodeFrame(w.body()), send_fds); !st.ok()) {
       return Status(Code::kUnavailable, "lost the connection to shoald: " + st.message());
     }
     for (;;) {
@@ -312,6 +275,7 @@ Result<std::unique_ptr<Client>> Client::Connect(const std::string& socket_path, 
   }
   // Nothing is sent (no arena) before we know who listens.
   if (auto st = CheckServerPeer(impl->sock, path); !st.ok()) return st;
+  impl->writer = std::make_shared<ClientWriter>(impl->sock);
   {
     std::lock_guard<std::mutex> lock(impl->mu);
     auto id = impl->AddArena(arena_size);
@@ -500,7 +464,7 @@ Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<to
       if (auto out = impl_->out_arenas.find(d.arena); out != impl_->out_arenas.end()) {
         if (auto st = d.CheckBounds(out->second->size()); !st.ok()) return Status::Internal(st.message());
         // A block the worker allocated for this result: released to it when the last tensor goes.
-        block = std::make_shared<BlockRef>(out->second, d.arena, d.block, impl_->released);
+        block = std::make_shared<BlockRef>(out->second, d.arena, d.block, impl_->writer);
       } else {
         return Status::Internal("output in an unknown arena " + std::to_string(d.arena));
       }

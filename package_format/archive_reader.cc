@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <set>
 
@@ -18,6 +19,23 @@ constexpr uint32_t kEocd64LocatorSig = 0x07064b50;
 constexpr uint32_t kCentralSig = 0x02014b50;
 constexpr uint32_t kLocalSig = 0x04034b50;
 constexpr size_t kMaxRecords = 1 << 20;
+constexpr uint64_t kMaxManifestBytes = 1 << 20;
+
+// The zip's CRC-32 (IEEE, reflected) of `data`: shoald checks the records it reads itself.
+uint32_t Crc32(std::string_view data) {
+  static const auto table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  uint32_t crc = 0xffffffffu;
+  for (char ch : data) crc = table[(crc ^ static_cast<uint8_t>(ch)) & 0xff] ^ (crc >> 8);
+  return crc ^ 0xffffffffu;
+}
 
 // Little-endian reads that never pass `end`.
 class Cursor {
@@ -164,7 +182,7 @@ Result<ArchiveInfo> ReadArchive(std::string_view file) {
     if (!seen.insert(name).second) Refuse(&info, "duplicate record '" + name + "'");
     Cursor l(file, lho);
     if (!l.Has(30) || l.Read(4) != kLocalSig) return Bad("record '" + name + "': local header missing (truncated?)");
-    l.Read(22);
+    l.Take(22);  // skipped: the central directory says the same (Read is for at most 8 bytes)
     uint64_t lnlen = l.Read(2);
     uint64_t lelen = l.Read(2);
     uint64_t data = lho + 30 + lnlen + lelen;
@@ -208,7 +226,6 @@ Result<ArchiveInfo> ReadArchive(std::string_view file) {
     Refuse(&info, "no entry pickle model/model.pkl (and not a TorchScript archive); export the model with "
                   "shoal.export or `shoal package`");
   }
-  info.has_manifest = names.count("shoal/manifest.json") != 0;
   for (auto& r : raw) {
     r.storage = IsStorage(r.name, info.kind);
     if (!r.storage) continue;
@@ -222,6 +239,36 @@ Result<ArchiveInfo> ReadArchive(std::string_view file) {
     }
     ++info.storages;
     info.storage_bytes += r.size;
+  }
+  // Records read as bytes (pickles, code, the manifest) must be intact; storages, mapped
+  // in place and possibly huge, are not summed.
+  for (const auto& r : raw) {
+    if (r.method != 0 && r.method != 8) {
+      Refuse(&info, "record " + r.name + " uses zip compression method " + std::to_string(r.method) +
+                        "; shoal reads stored and deflated records");
+    } else if (r.method != 0 && info.kind == ArchiveKind::kPackage) {  // torch.package stores every record
+      Refuse(&info, "record " + r.name + " is compressed; shoal reads torch.package records in place "
+                    "(fix it with `shoal package --repack IN -o OUT`)");
+    } else if (!r.storage && r.method == 0 && Crc32(file.substr(r.offset, r.size)) != r.crc32) {
+      Refuse(&info, "record " + r.name + " is damaged (CRC mismatch)");
+    }
+  }
+  // The manifest's keys that shoald acts on, read in place like the storages.
+  const std::string manifest = info.kind == ArchiveKind::kTorchScript ? "extra/shoal/manifest.json"
+                                                                       : "shoal/manifest.json";
+  info.has_manifest = names.count(manifest) != 0;
+  for (const auto& r : raw) {
+    if (r.name != manifest) continue;
+    if (r.method != 0) {
+      Refuse(&info, "its manifest " + r.name + " is compressed; shoald reads it in place "
+                    "(fix it with `shoal package --repack IN -o OUT`)");
+    } else if (r.size > kMaxManifestBytes) {
+      Refuse(&info, "its manifest " + r.name + " is larger than " + std::to_string(kMaxManifestBytes) + " bytes");
+    } else if (auto policy = ParseManifestPolicy(file.substr(r.offset, r.size)); !policy.ok()) {
+      Refuse(&info, policy.status().message());
+    } else {
+      info.policy = *policy;
+    }
   }
   info.records = std::move(raw);
   return info;

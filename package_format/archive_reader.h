@@ -7,10 +7,14 @@
 // a BadRequest out), so it is fuzzed alone (tests/fuzz). ParseArchive rejects: not a zip,
 // truncated files, records outside the file, encrypted records, names that are empty,
 // absolute or contain "..", duplicate names, records outside one top-level folder, a
-// missing entry pickle, and tensor storages that are compressed or not 64-byte aligned
-// (workers map them in place). ReadArchive reads the same, but reports the first of those
+// missing entry pickle, tensor storages that are compressed or not 64-byte aligned
+// (workers map them in place), records neither stored nor deflated, compressed records
+// of a torch.package archive (its writer stores them all), and stored records other than
+// storages whose CRC-32 does not match. ReadArchive reads the same, but reports the first of those
 // policy violations in `problem` instead of failing, so that tools can still describe
-// (and repack) an archive shoal would refuse. Zip64 is supported.
+// (and repack) an archive shoal would refuse. Zip64 is supported. The manifest's keys that
+// shoald acts on are read here too (package_format/manifest.h): a manifest that is
+// compressed or that they cannot be read from is a reason to refuse the archive.
 // Thread-safety: pure functions.
 #pragma once
 
@@ -19,6 +23,7 @@
 #include <string_view>
 #include <vector>
 
+#include "package_format/manifest.h"
 #include "shoal/status.h"
 
 namespace shoal {
@@ -42,7 +47,9 @@ struct ArchiveInfo {
   ArchiveKind kind = ArchiveKind::kPackage;
   std::string prefix;    // the top-level folder every record sits in
   std::vector<ArchiveRecord> records;
-  bool has_manifest = false;  // shoal/manifest.json
+  // shoal/manifest.json (a TorchScript archive's: the extra file extra/shoal/manifest.json)
+  bool has_manifest = false;
+  ManifestPolicy policy;  // what it says shoald must allow (package_format/manifest.h)
   size_t storages = 0;
   uint64_t storage_bytes = 0;
   // ReadArchive only: why shoal would refuse to serve this archive (empty: servable).

@@ -45,6 +45,12 @@ Status SendAll(int sock, std::string_view data, const std::vector<int>& fds) {
   bool first = true;
   while (!data.empty()) {
     ssize_t n = SendMsg(sock, data, first ? fds : std::vector<int>{});
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // Non-blocking after all (Python's socket timeouts make it so for a while): wait.
+      struct pollfd p = {sock, POLLOUT, 0};
+      if (poll(&p, 1, -1) < 0 && errno != EINTR) return Status::FromErrno("poll", errno);
+      continue;
+    }
     if (n < 0) return Status::FromErrno("sendmsg", errno);
     first = false;
     data.remove_prefix(static_cast<size_t>(n));

@@ -18,7 +18,8 @@ namespace shoal {
 constexpr size_t kMaxFdsPerFrame = 8;
 
 // Sends `data` (usually EncodeFrame's output) with `fds` attached to its first byte.
-// Blocks until all is written; the socket must be blocking. Does not close `fds`.
+// Blocks until all is written (waiting for room on a non-blocking socket). Does not
+// close `fds`.
 Status SendAll(int sock, std::string_view data, const std::vector<int>& fds = {});
 
 // Sends as much of `data` as the socket takes now (non-blocking socket); `fds` go with the

@@ -30,7 +30,9 @@ Result<std::shared_ptr<const ArchiveFile>> ArchiveFile::Adopt(int fd, std::strin
     return Status::BadRequest(what + ": the file passed is not a regular file; pass the archive itself");
   }
   // Broken archives are refused here, before any worker runs code from them.
-  if (auto info = InspectArchiveFd(fd, file->label_); !info.ok()) return info.status();
+  auto info = InspectArchiveFd(fd, file->label_);
+  if (!info.ok()) return info.status();
+  file->policy_ = info->policy;
   return std::shared_ptr<const ArchiveFile>(std::move(file));
 }
 

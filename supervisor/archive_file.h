@@ -16,6 +16,7 @@
 #include <memory>
 #include <string>
 
+#include "package_format/manifest.h"
 #include "shoal/status.h"
 #include "supervisor/async_channel.h"
 
@@ -38,6 +39,9 @@ class ArchiveFile {
   // Shared with the messages that carry it to workers (AsyncChannel::Send).
   const std::shared_ptr<OwnedFd>& fd() const { return fd_; }
   const std::string& label() const { return label_; }
+  // What its manifest says shoald must allow (package_format/manifest.h), read when it was
+  // adopted; the defaults for a file made directly (tests).
+  const ManifestPolicy& policy() const { return policy_; }
   // OK while the file has the size and modification time it was validated with; else
   // why (rewritten in place since: workers would load what shoald never checked, or fault
   // on a truncated mapping).
@@ -47,6 +51,7 @@ class ArchiveFile {
   std::shared_ptr<OwnedFd> fd_;
   std::string label_;
   struct stat checked_ {};
+  ManifestPolicy policy_;
 };
 
 using ArchiveRef = std::shared_ptr<const ArchiveFile>;

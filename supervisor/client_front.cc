@@ -393,13 +393,16 @@ Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, 
     }
     if (auto st = d->CheckBounds(a->size); !st.ok()) return Status::BadRequest(which + st.message());
     // A tensor whose strides overlap (stride 0) is small in the arena but large to the
-    // model: the first operation on it would allocate its full logical size.
+    // model: the first operation on it may allocate its full logical size. Only a model
+    // whose manifest says it takes broadcast inputs gets them (its worker's memory limit
+    // still bounds what it does with them).
     auto logical = d->LogicalBytes();
     if (!logical.ok()) return Status::BadRequest(which + logical.status().message());
-    if (auto extent = d->Extent(); extent.ok() && *logical > *extent) {
+    if (auto extent = d->Extent(); extent.ok() && *logical > *extent && !registry_->TakesBroadcastInputs(*model)) {
       return Status::BadRequest(which + "its strides overlap: " + std::to_string(*extent) + " bytes in the arena stand for " +
-                                std::to_string(*logical) + " bytes of tensor (broadcast inputs are refused); "
-                                "send a dense tensor (x.contiguous())");
+                                std::to_string(*logical) + " bytes of tensor, and model '" + *model +
+                                "' does not take broadcast inputs; send a dense tensor (x.contiguous()), or export "
+                                "the model with broadcast_inputs=True");
     }
     job->inputs.push_back(std::move(*d));
   }

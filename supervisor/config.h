@@ -38,6 +38,10 @@ struct CommandLine {
   bool help = false;               // --help: print HelpText() and exit
 };
 
+// worker_memory_mb = auto: a share of the machine, worked out as each worker starts
+// (supervisor/worker_memory.h).
+constexpr uint64_t kAutoWorkerMemory = ~uint64_t{0};
+
 struct SupervisorConfig {
   std::string socket_path;
   int listen_fd = -1;             // an already-listening socket (systemd socket activation)
@@ -69,6 +73,8 @@ struct SupervisorConfig {
   uint64_t worker_arena_mb = 8192;          // ... and their bytes (idle ones are dropped first)
   uint64_t output_arena_mb = 64;            // a worker's output arena for a client (more if needed)
   uint64_t output_arenas = 8;    // output arenas per worker interpreter and client
+  uint64_t worker_memory_mb = kAutoWorkerMemory;  // per worker, MiB; 0 = no limit
+  bool worker_memory_cgroup = true;  // enforce it with a memory cgroup per worker where possible
   SandboxConfig sandbox;            // applied in every worker
   CommandLine command_line;         // what LoadConfig was given; ReloadConfig applies it again
 };

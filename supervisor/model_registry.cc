@@ -30,6 +30,11 @@ void ModelRegistry::AddConfigured(const std::string& name, ArchiveRef archive, c
   m.loading = false;
 }
 
+bool ModelRegistry::TakesBroadcastInputs(const std::string& key) const {
+  auto it = models_.find(key);
+  return it != models_.end() && it->second.archive && it->second.archive->policy().broadcast_inputs;
+}
+
 std::string ModelRegistry::Loaded() const {
   std::string out;
   for (const auto& [name, m] : models_) out += (out.empty() ? "" : ", ") + name;

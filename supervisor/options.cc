@@ -63,9 +63,18 @@ Option Make(const char* key, OptionKind kind, const char* arg, bool reloadable, 
                 &Keep<Path...>};
 }
 
-// worker_memory_mb is kept in bytes.
-std::string GetMemoryMb(const SupervisorConfig& c) { return std::to_string(c.sandbox.address_space_bytes >> 20); }
-void SetMemoryMb(SupervisorConfig* c, const OptionValue& v) { c->sandbox.address_space_bytes = v.number << 20; }
+// worker_address_space_mb is kept in bytes.
+std::string GetAddressSpaceMb(const SupervisorConfig& c) {
+  return std::to_string(c.sandbox.address_space_bytes >> 20);
+}
+void SetAddressSpaceMb(SupervisorConfig* c, const OptionValue& v) { c->sandbox.address_space_bytes = v.number << 20; }
+// worker_memory_mb: a number, or "auto".
+std::string GetWorkerMemory(const SupervisorConfig& c) {
+  return c.worker_memory_mb == kAutoWorkerMemory ? "auto" : std::to_string(c.worker_memory_mb);
+}
+void SetWorkerMemory(SupervisorConfig* c, const OptionValue& v) {
+  c->worker_memory_mb = v.automatic ? kAutoWorkerMemory : v.number;
+}
 
 constexpr bool kReload = true;
 constexpr bool kRestart = false;
@@ -123,9 +132,21 @@ std::vector<Option> MakeTable() {
                                  "jobs), or mark the model failed (while loading, or from two clients)", 1, 1000),
       Make<&C::crash_window_s>("crash_window_s", K::kNumber, "S", kReload, "see crash_loop_limit", 0,
                                uint64_t{1} << 30),
-      Option{"worker_memory_mb", K::kNumber, "MB", kReload,
-             "address-space limit of each worker (0 = none)", 0, uint64_t{1} << 30, nullptr, &GetMemoryMb,
-             &SetMemoryMb, &Keep<&C::sandbox, &S::address_space_bytes>},
+      Option{"worker_memory_mb", K::kNumber, "MB|auto", kReload,
+             "memory limit of each worker and what model code starts in it, in MiB (0 = none; auto = 3/4 "
+             "of the memory shoald may use, divided by workers, at least 512); enforced by a memory cgroup "
+             "per worker where shoald can make one, else by shoald's sampler; applies to workers started "
+             "from then on",
+             0, uint64_t{1} << 30, nullptr, &GetWorkerMemory, &SetWorkerMemory, &Keep<&C::worker_memory_mb>,
+             true},
+      Make<&C::worker_memory_cgroup>("worker_memory_cgroup", K::kYesNo, "yes|no", kRestart,
+                                     "put each worker in a memory cgroup of its own where shoald can make one "
+                                     "(no: only shoald's sampler enforces worker_memory_mb)"),
+      Option{"worker_address_space_mb", K::kNumber, "MB", kReload,
+             "address-space limit (RLIMIT_AS) of each worker (0 = none); not for CUDA workers, which map far "
+             "more address space than they use",
+             0, uint64_t{1} << 30, nullptr, &GetAddressSpaceMb, &SetAddressSpaceMb,
+             &Keep<&C::sandbox, &S::address_space_bytes>},
       Make<&C::sandbox, &S::cpu_seconds>("worker_cpu_seconds", K::kNumber, "S", kReload,
                                          "CPU-time limit of each worker (0 = none)", 0, uint64_t{1} << 30),
       Make<&C::sandbox, &S::open_files>("worker_open_files", K::kNumber, "N", kReload, "open files per worker", 0,
@@ -181,8 +202,13 @@ Result<OptionValue> Check(const Option& o, const std::string& value, const std::
   OptionValue v;
   switch (o.kind) {
     case OptionKind::kNumber:
+      if (o.takes_auto && value == "auto") {
+        v.automatic = true;
+        break;
+      }
       if (!ParseUint(value, &v.number) || v.number > o.max) {
-        return bad("takes an integer in [0, " + std::to_string(o.max) + "], not '" + value + "'");
+        return bad("takes an integer in [0, " + std::to_string(o.max) + "]" + (o.takes_auto ? " or auto" : "") +
+                   ", not '" + value + "'");
       }
       if (v.number < o.min) return bad("must be at least " + std::to_string(o.min));
       break;

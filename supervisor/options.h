@@ -29,6 +29,7 @@ enum class OptionKind {
 // A value that passed its option's checks.
 struct OptionValue {
   uint64_t number = 0;  // kNumber
+  bool automatic = false;  // kNumber of an option that takes "auto": worked out at start-up
   bool yes = false;     // kYesNo
   std::string text;     // kText, kLogLevel; kModel: the archive
   std::string name;     // kModel: the model's name
@@ -48,6 +49,7 @@ struct Option {
   void (*set)(SupervisorConfig*, const OptionValue&) = nullptr;
   // Copies the setting from one configuration into another.
   void (*keep)(const SupervisorConfig& from, SupervisorConfig* to) = nullptr;
+  bool takes_auto = false;  // kNumber: "auto" is a value too (OptionValue::automatic)
 
   std::string Flag() const;  // "--max-queue"
 };

@@ -46,7 +46,7 @@ void PackStatus(Writer* w, uint64_t id, const ServiceFigures& service, const Mod
   w->Key("workers");
   w->pk().pack_array(static_cast<uint32_t>(workers.size()));
   for (const auto& wk : workers) {
-    w->Map(11);
+    w->Map(13);
     w->Key("slot"); w->Val(wk.slot);
     w->Key("gpu"); w->Str(wk.gpu);  // PCI bus id of the worker's GPU; empty: none
     w->Key("pid"); w->Val(static_cast<int64_t>(wk.pid));
@@ -70,6 +70,8 @@ void PackStatus(Writer* w, uint64_t id, const ServiceFigures& service, const Mod
     w->Key("models"); w->Val(wk.models);
     w->Key("rss_kb"); w->Val(wk.memory.rss_kb);
     w->Key("pss_kb"); w->Val(wk.memory.pss_kb);
+    w->Key("memory_limit_mb"); w->Val(wk.memory_limit >> 20);  // 0: none
+    w->Key("memory_limit_by"); w->Str(wk.memory_by);  // "cgroup v2", "cgroup v1", "sampler", "" (none)
     w->Key("client_arenas"); w->Val(wk.client_arenas);
     w->Key("output_bytes"); w->Val(wk.output_bytes);
     w->Key("output_arenas"); w->Val(wk.output_arenas);

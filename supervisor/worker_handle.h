@@ -24,6 +24,7 @@
 #include "base/subprocess.h"
 #include "supervisor/async_channel.h"
 #include "supervisor/model_registry.h"
+#include "supervisor/worker_memory.h"
 
 namespace shoal {
 
@@ -58,6 +59,13 @@ struct WorkerHandle {
   // A CUDA error poisoned it (its reply said so): charged to that job's model and client.
   std::optional<CrashCharge> poisoned_by;
   bool killed_for_deadline = false;    // shoald killed it: a job outlived its deadline's grace
+  // Its memory limit (supervisor/worker_memory.h): bytes (0: none), who enforces it
+  // ("cgroup v1", "cgroup v2", "sampler"), its cgroup's name if it has one, and why it was
+  // killed for its memory (empty: it was not).
+  uint64_t memory_limit = 0;
+  std::string memory_by;
+  WorkerCgroup cgroup;  // its procs fd is held only until the worker joined
+  std::string memory_exceeded;
   std::vector<std::shared_ptr<Job>> jobs;  // per interpreter: its in-flight inference, or null
   std::vector<std::string> last_model;     // per interpreter: the model it ran last
   std::unique_ptr<boost::asio::steady_timer> kill_timer;

@@ -24,9 +24,19 @@ using Clock = std::chrono::steady_clock;
 
 WorkerPool::WorkerPool(asio::io_context& io, const SupervisorConfig& config, ArenaTable* arenas,
                        PoolListener* listener)
-    : io_(io), config_(config), arenas_(arenas), listener_(listener), zygote_(io) {}
+    : io_(io),
+      config_(config),
+      arenas_(arenas),
+      listener_(listener),
+      zygote_(io),
+      memory_(std::chrono::milliseconds(1000), [this, alive = alive_](pid_t pid, const std::string& why) {
+        asio::post(io_, [this, alive, pid, why] {
+          if (*alive) OnOverLimit(pid, why);
+        });
+      }) {}
 
 WorkerPool::~WorkerPool() {
+  *alive_ = false;
   // The loop has stopped: waiting here blocks nobody.
   for (auto& [slot, w] : workers_) {
     if (w->pid > 0 && !w->gone) kill(w->pid, SIGKILL);
@@ -67,6 +77,8 @@ std::vector<std::string> WorkerPool::WorkerArgs() const {
 }
 
 void WorkerPool::Start(std::optional<WorkerUser> user) {
+  // First: in cgroup v2 this may move shoald into a leaf cgroup, where the zygote follows it.
+  limits_ = std::make_unique<WorkerMemory>(config_.worker_memory_cgroup);
   user_ = std::move(user);
   if (auto st = tmp_.Create(); !st.ok()) spdlog::error("{}: model code will have no folder to write", st.message());
   // Workers running as their own user make their folders in it (worker/filesystem_view.h).
@@ -112,7 +124,9 @@ void WorkerPool::Spawn(int slot) {
       return ScheduleRespawn(slot, std::chrono::milliseconds(1000));
     }
     sock = sv[0];
-    zygote_.Fork(slot, sv[1], gpus_.CudaVisible(slot), [this, slot, gen](pid_t pid) {
+    zygote_.Fork(
+        slot, sv[1], gpus_.CudaVisible(slot),
+        [this, slot, gen](pid_t pid) {
       WorkerHandle* w = Find(slot, gen);
       if (w == nullptr) {
         if (pid > 0) kill(pid, SIGKILL);  // its slot moved on; the reaper collects it
@@ -125,12 +139,13 @@ void WorkerPool::Spawn(int slot) {
         early_exits_.erase(e);
         return OnGone(w, DescribeWaitStatus(status));
       }
-      memory_.Track(pid);
+      WatchMemory(w);
       if (w->memory_file) memory_.ReadFrom(pid, dup(w->memory_file->get()));
       for (auto& [rid, load] : w->load_deadlines) ArmLoadDeadline(w, rid);
       spdlog::info("worker {} forked by the zygote (pid {}) in {:.1f} ms", slot, pid,
                    std::chrono::duration<double, std::milli>(Clock::now() - w->started).count());
-    });
+        },
+        LimitMemory(w.get()));
   } else {
     std::vector<std::string> args = {"--slot", std::to_string(slot)};
     if (auto v = gpus_.CudaVisible(slot)) {
@@ -138,13 +153,18 @@ void WorkerPool::Spawn(int slot) {
       args.push_back(*v);
     }
     for (auto& a : WorkerArgs()) args.push_back(a);
+    auto cgroup_procs = LimitMemory(w.get());
     auto proc = SpawnWorkerProcess(config_.worker_binary, args);
     if (!proc.ok()) {
       spdlog::error("cannot start worker {}: {}", slot, proc.status().ToString());
+      ForgetMemory(w.get());
       return ScheduleRespawn(slot, std::chrono::milliseconds(1000));
     }
     w->pid = proc->pid;
-    memory_.Track(w->pid);
+    // Into its memory cgroup before shoald sends it anything (it runs model code only for
+    // shoald's loads).
+    if (cgroup_procs) (void)!write(cgroup_procs->get(), std::to_string(w->pid).c_str(), std::to_string(w->pid).size());
+    WatchMemory(w.get());
     sock = proc->sock;
     spdlog::info("started worker {} (pid {})", slot, w->pid);
   }
@@ -204,7 +224,10 @@ void WorkerPool::Reap() {
   for (;;) {
     int status = 0;
     pid_t pid = waitpid(-1, &status, WNOHANG);
-    if (pid <= 0) return;
+    if (pid <= 0) {
+      if (limits_) limits_->RemoveLeftovers();  // cgroups of workers whose processes were still exiting
+      return;
+    }
     memory_.Untrack(pid);
     if (pid == zygote_.pid()) {
       zygote_.OnExited(DescribeWaitStatus(status));
@@ -295,7 +318,7 @@ void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body, std::vector<i
   RetireIfDone(w);
 }
 
-void WorkerPool::OnGone(WorkerHandle* w, const std::string& how) {
+void WorkerPool::OnGone(WorkerHandle* w, std::string how) {
   if (w->gone) return;
   w->gone = true;
   w->channel->Close();
@@ -305,6 +328,12 @@ void WorkerPool::OnGone(WorkerHandle* w, const std::string& how) {
     // Whatever model code started dies with the worker: the sandbox put the worker in a
     // process group of its own (pgid = its pid) that nothing in it may leave.
     kill(-w->pid, SIGKILL);
+  }
+  ForgetMemory(w);
+  std::string memory_hint;
+  if (!w->memory_exceeded.empty()) {  // killed for its memory: that is how it died
+    how = "exceeding its memory limit (" + w->memory_exceeded + ")";
+    memory_hint = "; raise worker_memory_mb if the model needs more, or send it smaller inputs";
   }
   // Which interpreter crashed is not known from outside: every job or load in flight on
   // the worker is charged (with K = 1, the one that crashed it), a job to its requester.
@@ -351,7 +380,7 @@ void WorkerPool::OnGone(WorkerHandle* w, const std::string& how) {
                    (jobs.size() > 1 ? " on interpreter " + std::to_string(job->interp) + " of " +
                                           std::to_string(jobs.size()) + " (any of them may have crashed it)"
                                     : std::string()) +
-                   "; the worker is being replaced and the job was not retried";
+                   "; the worker is being replaced and the job was not retried" + memory_hint;
     fn(Status(Code::kWorkerCrashed, what), nullptr);
   }
   int slot = w->slot;
@@ -385,6 +414,7 @@ void WorkerPool::RetireIfDone(WorkerHandle* w) {
   int slot = w->slot;
   spdlog::info("{} retired", w->Describe());
   w->gone = true;
+  ForgetMemory(w);
   arenas_->DropWorker(w->slot, w->generation);
   w->channel->Close();  // the worker exits on EOF; the reaper collects it
   if (w->killed_for_deadline && w->pid > 0) kill(w->pid, SIGKILL);  // its kill timer goes with it
@@ -445,9 +475,65 @@ void WorkerPool::KillAll() {
       kill(w->pid, SIGKILL);
       kill(-w->pid, SIGKILL);  // and what model code started
     }
+    ForgetMemory(w.get());
     w->channel->Close();
   }
   zygote_.Kill();
+}
+
+std::shared_ptr<OwnedFd> WorkerPool::LimitMemory(WorkerHandle* w) {
+  w->memory_limit = limits_ ? limits_->LimitFor(config_) : 0;
+  if (w->memory_limit == 0) return nullptr;
+  w->memory_by = "sampler";
+  if (limits_->cgroup_kind().empty()) return nullptr;
+  auto g = limits_->Create("worker-" + std::to_string(w->slot) + "-" + std::to_string(w->generation), w->memory_limit);
+  if (!g.ok()) {
+    spdlog::warn("worker {}: no memory cgroup ({}); shoald's sampler enforces its limit", w->slot,
+                 g.status().message());
+    return nullptr;
+  }
+  w->cgroup = std::move(*g);
+  w->memory_by = limits_->cgroup_kind();
+  return w->cgroup.procs;
+}
+
+void WorkerPool::WatchMemory(WorkerHandle* w) {
+  MemoryWatch watch;
+  if (!w->cgroup.name.empty()) {
+    w->cgroup.procs.reset();
+    if (limits_->Holds(w->cgroup.name, w->pid)) {
+      watch.limit_file = w->cgroup.limit_file;
+      watch.limit_text = w->cgroup.limit_text;
+    } else {
+      spdlog::warn("{} did not join its memory cgroup {}; shoald's sampler enforces its limit", w->Describe(),
+                   w->cgroup.name);
+      limits_->Remove(w->cgroup.name);
+      w->cgroup = {};
+      w->memory_by = "sampler";
+    }
+  }
+  if (w->memory_by == "sampler") watch.limit_bytes = w->memory_limit;
+  memory_.Track(w->pid, watch);
+}
+
+void WorkerPool::OnOverLimit(pid_t pid, const std::string& why) {
+  for (auto& [slot, w] : workers_) {
+    if (w->pid != pid || w->gone) continue;
+    spdlog::error("{}: {}", w->Describe(), why);
+    w->memory_exceeded = why;
+    kill(pid, SIGKILL);
+    kill(-pid, SIGKILL);  // and what model code started; the reaper answers its jobs
+  }
+}
+
+void WorkerPool::ForgetMemory(WorkerHandle* w) {
+  if (w->cgroup.name.empty() || !limits_) return;
+  if (w->memory_exceeded.empty() && limits_->OomKills(w->cgroup.name) > 0) {
+    w->memory_exceeded = "its memory cgroup reached worker_memory_mb = " + std::to_string(w->memory_limit >> 20) +
+                         " MiB; enforced by " + w->memory_by + ", the kernel killed it";
+  }
+  limits_->Remove(w->cgroup.name);
+  w->cgroup = {};
 }
 
 namespace {

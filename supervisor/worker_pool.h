@@ -2,7 +2,8 @@
 //
 // Owns every WorkerHandle (process, socket, requests in flight, the job of each
 // interpreter, models ready in it, arenas it was sent), the zygote link, restart backoff,
-// resizing and recycling, and the per-worker memory figures. Spawns through the zygote
+// resizing and recycling, the per-worker memory figures, and each worker's memory limit
+// (its cgroup, or the sampler's watch: supervisor/worker_memory.h). Spawns through the zygote
 // (exec when there is none); learns of deaths from the reaper (SIGCHLD, waitpid WNOHANG)
 // and from EOF, never by blocking. Owns the workers' temporary folders (WorkerTmp). Every request to a worker is answered exactly once:
 // with the reply, WORKER_CRASHED if the worker dies first, or UNAVAILABLE at shutdown.
@@ -25,6 +26,7 @@
 #include "supervisor/gpu_placement.h"
 #include "supervisor/model_registry.h"
 #include "supervisor/process_memory.h"
+#include "supervisor/worker_memory.h"
 #include "supervisor/scheduler.h"
 #include "supervisor/worker_handle.h"
 #include "supervisor/worker_tmp.h"
@@ -93,6 +95,8 @@ class WorkerPool : public SlotPool, public ModelHosts {
     std::vector<InterpInfo> interps;
     std::vector<std::string> models;
     ProcessMemory memory;
+    uint64_t memory_limit = 0;    // bytes; 0: none
+    std::string memory_by;        // who enforces it: "cgroup v1", "cgroup v2", "sampler" (empty: no limit)
     uint64_t client_arenas = 0;   // client arenas whose fd it holds
     uint64_t output_bytes = 0;    // in output blocks not yet released
     uint64_t output_arenas = 0;   // output arenas it has mapped
@@ -132,7 +136,7 @@ class WorkerPool : public SlotPool, public ModelHosts {
   void TakeMemoryFile(WorkerHandle* w, std::vector<int>* fds);
   // Registers the output arenas a job's reply announces (their fds come with it).
   void RegisterOutputArenas(WorkerHandle* w, uint64_t rid, const MapView& reply, std::vector<int>* fds);
-  void OnGone(WorkerHandle* w, const std::string& how);
+  void OnGone(WorkerHandle* w, std::string how);
   void TerminateWorker(WorkerHandle* w, const std::string& why);
   void RetireIfDone(WorkerHandle* w);
   // Sends a request with `fds` attached; `fn` gets its one answer.
@@ -144,6 +148,14 @@ class WorkerPool : public SlotPool, public ModelHosts {
   void SendArenaIfNeeded(WorkerHandle* w, uint64_t arena);
   void ArmLoadDeadline(WorkerHandle* w, uint64_t rid);  // load_timeout_ms from now
   void SendRelease(WorkerHandle* w, uint64_t local, const std::vector<uint64_t>& blocks);
+  // Its memory limit, and a cgroup for it where there are; the fd a new worker joins it by.
+  std::shared_ptr<OwnedFd> LimitMemory(WorkerHandle* w);
+  // Its pid is known: the sampler watches its limit (enforcing it when it has no cgroup).
+  void WatchMemory(WorkerHandle* w);
+  // The sampler found it over its limit: it is killed, and its jobs are told why.
+  void OnOverLimit(pid_t pid, const std::string& why);
+  // Its process is gone: was it killed for its memory? Then its cgroup goes.
+  void ForgetMemory(WorkerHandle* w);
 
   boost::asio::io_context& io_;
   const SupervisorConfig& config_;
@@ -151,7 +163,9 @@ class WorkerPool : public SlotPool, public ModelHosts {
   PoolListener* listener_;
   ZygoteLink zygote_;
   WorkerTmp tmp_;  // the workers' private temporary folders
-  ProcessMemorySampler memory_;
+  std::unique_ptr<WorkerMemory> limits_;  // made by Start (it may move shoald into a leaf cgroup)
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for work the sampler posts
+  ProcessMemorySampler memory_;  // after alive_: its thread posts to the loop until it is joined
   GpuPlacement gpus_;                                  // which GPU each slot's worker uses
   std::map<std::string, std::string> model_devices_;   // model -> the device it was loaded for
   bool stopping_ = false;

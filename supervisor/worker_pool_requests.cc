@@ -232,6 +232,8 @@ std::vector<WorkerPool::WorkerInfo> WorkerPool::Describe() const {
     info.models.assign(w->ready_models.begin(), w->ready_models.end());
     info.gpu = gpus_.BusOf(slot);
     if (!w->gone && w->pid > 0) info.memory = memory_.Get(w->pid);
+    info.memory_limit = w->memory_limit;
+    info.memory_by = w->memory_by;
     info.client_arenas = w->arenas.size();
     for (const auto& [owner, u] : w->output_usage) {
       info.output_bytes += u.bytes;

@@ -73,16 +73,21 @@ void ZygoteLink::OnFrame(const std::string& body) {
 }
 
 void ZygoteLink::Fork(int slot, int sock, const std::optional<std::string>& cuda_visible,
-                      std::function<void(pid_t)> done) {
+                      std::function<void(pid_t)> done, std::shared_ptr<OwnedFd> cgroup_procs) {
   uint64_t rid = next_request_++;
   Writer m;
-  BeginRequest(&m, "fork", rid, cuda_visible ? 2 : 1);
+  BeginRequest(&m, "fork", rid, 1 + (cuda_visible ? 1 : 0) + (cgroup_procs ? 1 : 0));
   m.Key("slot"); m.Val(slot);
   if (cuda_visible) {
     m.Key("cuda_visible"); m.Str(*cuda_visible);
   }
+  std::vector<std::shared_ptr<OwnedFd>> fds = {std::make_shared<OwnedFd>(sock)};
+  if (cgroup_procs) {
+    m.Key("cgroup"); m.Val(true);  // its fd follows the socket's
+    fds.push_back(std::move(cgroup_procs));
+  }
   pending_[rid] = {std::move(done), std::make_shared<boost::asio::steady_timer>(io_)};
-  channel_->Send(m.body(), {std::make_shared<OwnedFd>(sock)});
+  channel_->Send(m.body(), fds);
   if (ready_) ArmForkDeadline(rid);
 }
 

@@ -35,10 +35,13 @@ class ZygoteLink {
 
   // Asks for a worker for `slot` on `sock` (the worker's end of its socketpair; closed
   // here). `done` gets the worker's pid, or -1 when the zygote could not fork it or died.
+  // With `cgroup_procs` (a memory cgroup's cgroup.procs, open for writing) the worker joins
+  // that cgroup first thing after the fork, before it runs anything else.
   // A zygote that does not answer within kForkDeadline of being ready (or is not ready
   // within kStartDeadline) is wedged: it is killed (callers fall back to exec) and restarted.
   // `cuda_visible`: the worker's CUDA_VISIBLE_DEVICES (its GPU), set in the child.
-  void Fork(int slot, int sock, const std::optional<std::string>& cuda_visible, std::function<void(pid_t)> done);
+  void Fork(int slot, int sock, const std::optional<std::string>& cuda_visible, std::function<void(pid_t)> done,
+            std::shared_ptr<OwnedFd> cgroup_procs = nullptr);
 
   // The reaper found the zygote's exit status. Fork requests in flight get -1.
   void OnExited(const std::string& how);

@@ -3,6 +3,7 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <caffe2/serialize/inline_container.h>
 #include <caffe2/serialize/read_adapter_interface.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <torch/script.h>
 #include <unistd.h>
@@ -10,11 +11,13 @@
 #include <cerrno>
 
 #include <mutex>
+#include <set>
 #include <shared_mutex>
 
 #include "package_format/archive_reader.h"
 #include "protocol/descriptor.h"
 #include "protocol/output_tree.h"
+#include "shm/client_arena_maps.h"
 #include "shm/gpu_memory.h"
 #include "tensors/ivalue_output.h"
 #include "tensors/tree.h"
@@ -99,46 +102,14 @@ struct TorchScriptModels::Impl {
   // Exclusive for loads, unloads and arena changes; shared while jobs run (several
   // interpreter threads may run TorchScript jobs at once: Module::forward is reentrant).
   std::shared_mutex mu;
-  std::mutex map_mu;  // lazy mapping in Get() under a shared `mu`
+  std::mutex map_mu;  // output arenas, made lazily under a shared `mu`
   std::map<std::string, torch::jit::Module> models;
-  // Arenas are mapped here only when a TorchScript job first needs them (the Python
-  // runner maps them too; mapping every arena twice would double the address space).
-  struct ArenaSlot {
-    int fd = -1;
-    uint64_t size = 0;  // announced size (GPU arenas are mapped at it)
-    std::string gpu;    // PCI bus id of a GPU arena's device; empty for a memfd
-    std::unique_ptr<Arena> mapped;
-  };
-  std::map<uint64_t, ArenaSlot> arenas;
+  // Client arenas, mapped here only when a TorchScript job first needs them (the Python
+  // runner maps them too; mapping every arena twice would double the address space);
+  // idle ones are unmapped when a mapping fails, as in the Python runner.
+  ClientArenaMaps arenas;
   std::map<uint32_t, std::unique_ptr<OutputArenas>> outputs;  // by lane; GUARDED_BY(map_mu)
 
-  ~Impl() {
-    for (auto& [id, slot] : arenas) {
-      if (!slot.mapped && slot.fd >= 0) close(slot.fd);
-    }
-  }
-  void Drop(uint64_t id) {
-    auto it = arenas.find(id);
-    if (it == arenas.end()) return;
-    if (!it->second.mapped && it->second.fd >= 0) close(it->second.fd);
-    arenas.erase(it);
-  }
-  Arena* Get(uint64_t id) {
-    std::lock_guard<std::mutex> lock(map_mu);
-    auto it = arenas.find(id);
-    if (it == arenas.end()) return nullptr;
-    if (!it->second.mapped) {
-      auto& slot = it->second;
-      Result<int> ordinal = slot.gpu.empty() ? Result<int>(-1) : GpuOrdinalOfBus(slot.gpu);
-      if (!ordinal.ok()) return nullptr;
-      // Both take the fd, even on failure.
-      auto a = *ordinal < 0 ? Arena::Open(slot.fd) : Arena::OpenGpu(slot.fd, slot.size, *ordinal);
-      it->second.fd = -1;
-      if (!a.ok()) return nullptr;
-      it->second.mapped = std::move(*a);
-    }
-    return it->second.mapped.get();
-  }
   OutputArenas* Outputs(uint32_t lane) {
     std::lock_guard<std::mutex> lock(map_mu);
     auto& o = outputs[lane];
@@ -165,16 +136,13 @@ bool TorchScriptModels::Handle(const MapView& msg, std::vector<int>* fds, Encode
   if (*op == "arena") {
     auto id = msg.Uint("arena");
     if (id.ok() && !fds->empty()) {
-      impl_->Drop(*id);
-      auto& slot = impl_->arenas[*id];
-      slot.fd = dup(fds->front());
-      slot.size = msg.OptUint("size").value_or(std::nullopt).value_or(0);
-      slot.gpu = msg.OptStr("gpu").value_or(std::nullopt).value_or("");
+      impl_->arenas.Add(*id, fcntl(fds->front(), F_DUPFD_CLOEXEC, 0), msg.OptUint("size").value_or(std::nullopt).value_or(0),
+                        msg.OptStr("gpu").value_or(std::nullopt).value_or(""));
     }
     return false;  // the Python runner maps it too
   }
   if (*op == "drop_arena") {
-    if (auto id = msg.Uint("arena"); id.ok()) impl_->Drop(*id);
+    if (auto id = msg.Uint("arena"); id.ok()) impl_->arenas.Drop(*id);
     return false;
   }
   auto id = msg.Uint("id");
@@ -274,23 +242,31 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
   auto client = msg.Uint("client");
   auto inputs = msg.Array("inputs");
   if (!client.ok() || !inputs.ok()) return fail(Status::Internal("malformed infer message"));
-  std::vector<torch::jit::IValue> args;
-  std::vector<InputSpan> spans;
+  std::vector<Descriptor> descs;
+  std::set<uint64_t> needed;
   for (uint32_t i = 0; i < (*inputs)->via.array.size; ++i) {
     auto d = Descriptor::Parse((*inputs)->via.array.ptr[i]);
-    Arena* a = d.ok() ? impl_->Get(d->arena) : nullptr;
-    if (a == nullptr) {
-      return fail(Status(Code::kUnavailable, "model '" + name + "', job " + std::to_string(id) + ": input " +
-                                                 std::to_string(i) + ": the worker cannot map the client's arena" +
-                                                 (d.ok() ? " " + std::to_string(d->arena) : std::string()) +
-                                                 "; is worker_memory_mb too small?"));
+    if (!d.ok()) return fail(Status::Internal("input " + std::to_string(i) + ": " + d.status().message()));
+    needed.insert(d->arena);
+    descs.push_back(std::move(*d));
+  }
+  std::vector<torch::jit::IValue> args;
+  std::vector<InputSpan> spans;
+  for (size_t i = 0; i < descs.size(); ++i) {
+    const Descriptor& d = descs[i];
+    auto a = impl_->arenas.Map(d.arena, needed);
+    if (!a.ok()) {
+      return fail(Status(a.status().code(), "model '" + name + "', job " + std::to_string(id) + ": input " +
+                                                std::to_string(i) + ": " + a.status().message()));
     }
-    auto extent = *d->Extent();
-    auto type = *ScalarTypeOf(d->dtype);
+    auto extent = *d.Extent();
+    auto type = *ScalarTypeOf(d.dtype);
     auto options = torch::TensorOptions().dtype(type);
-    if (a->device() >= 0) options = options.device(torch::kCUDA, a->device());
-    args.emplace_back(torch::from_blob(a->base() + d->offset, d->shape, d->strides, options));
-    spans.push_back({d->arena, d->block, d->offset, d->offset + extent, a->base()});
+    if ((*a)->device() >= 0) options = options.device(torch::kCUDA, (*a)->device());
+    uint8_t* base = (*a)->base();
+    // The tensor holds the mapping: it stays valid if its arena is dropped meanwhile.
+    args.emplace_back(torch::from_blob(base + d.offset, d.shape, d.strides, [keep = *a](void*) {}, options));
+    spans.push_back({d.arena, d.block, d.offset, d.offset + extent, base});
   }
   torch::jit::IValue out;
   try {

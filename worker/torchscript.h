@@ -5,7 +5,8 @@
 // The worker's message loop (worker/router.cc) hands this class the messages that concern
 // it: load of a TorchScript archive (read from the file shoald sent, never a path),
 // infer/unload of a model it holds, arena/drop_arena (client arenas it maps when a job
-// first reads them), and the releases and client drops
+// first reads them and unmaps when idle and a mapping fails: shm/client_arena_maps.h),
+// and the releases and client drops
 // of its output arenas. Outputs go into this runner's own output arenas, one owner per
 // interpreter lane (shm/output_arenas.h), through the one output encoder.
 // Thread-safety: every method may be called from several threads; jobs run concurrently,

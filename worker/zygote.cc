@@ -79,6 +79,14 @@ ForkedWorker RunZygote(int fd, const std::vector<std::unique_ptr<Interpreter>>& 
     }
     int worker_fd = fds.front();
     fds.erase(fds.begin());
+    // The worker's memory cgroup (supervisor/worker_memory.h): its cgroup.procs, which the
+    // worker writes itself into before anything else runs in it.
+    int cgroup_fd = -1;
+    if (m.Bool("cgroup").value_or(false) && !fds.empty()) {
+      cgroup_fd = fds.front();
+      fds.erase(fds.begin());
+    }
+
     // The worker's GPU (shoald places workers): set before anything in it can touch CUDA.
     auto cuda_visible = m.OptStr("cuda_visible");
 
@@ -87,6 +95,13 @@ ForkedWorker RunZygote(int fd, const std::vector<std::unique_ptr<Interpreter>>& 
     before();
     pid_t middle = fork();
     if (middle == 0) {
+      if (cgroup_fd >= 0) {
+        // The middle process joins, so that the worker is born in the group (before shoald
+        // learns its pid and checks that it is there; else shoald's sampler enforces).
+        (void)!write(cgroup_fd, "0", 1);
+        close(cgroup_fd);
+        cgroup_fd = -1;
+      }
       pid_t worker = fork();
       if (worker != 0) {  // the middle process: report the worker's pid and vanish
         (void)!write(pid_pipe[1], &worker, sizeof(worker));
@@ -104,6 +119,7 @@ ForkedWorker RunZygote(int fd, const std::vector<std::unique_ptr<Interpreter>>& 
     after(false);
     close(pid_pipe[1]);
     close(worker_fd);  // the worker has it; shoald's end sees EOF when the worker dies
+    if (cgroup_fd >= 0) close(cgroup_fd);
     pid_t worker = -1;
     if (middle > 0) {
       (void)!read(pid_pipe[0], &worker, sizeof(worker));

@@ -4,7 +4,9 @@
 // worker the zygote holds all K, and forks with every one of their GILs held.
 //
 // Protocol on its socket (framing of docs/protocol.md): shoald sends
-// {"op":"fork","id":n,"slot":s} with the new worker's socket attached; the zygote
+// {"op":"fork","id":n,"slot":s[,"cgroup":true]} with the new worker's socket attached
+// (and, with "cgroup", the cgroup.procs of the worker's memory cgroup after it: the
+// middle process writes itself there, so the worker is born in the group); the zygote
 // answers {"id":n,"ok":true,"pid":p}. Each worker is forked twice (zygote -> short-lived
 // child -> worker) so that it is reparented to shoald, a child subreaper: shoald waits for
 // its workers itself. Thread-safety: single-threaded by design (fork).

@@ -13,7 +13,8 @@
 // CUDA tensors (host_outputs = true: on the CPU). Outputs keep the model's structure (tensor,
 // tuple, list, dict, scalars) and their tensors are views on shared memory (output arenas
 // the worker made for this connection) whose blocks go back to their worker when the last
-// reference goes (released with the next request); they stay valid after the Client is gone.
+// reference goes (the release is sent at once, by a thread of the client's own); they stay
+// valid after the Client is gone.
 // Infer with a timeout returns Code::kTimeout by itself when shoald has not answered by
 // the deadline plus 2 s (a stopped or wedged shoald); the client stays usable and skips
 // the late answer.

@@ -5,7 +5,8 @@
 //                          "problem": why shoald would refuse it, or None,
 //                          "records": [{"name", "stored_name", "offset", "size",
 //                                       "uncompressed", "method", "crc32", "dos_time",
-//                                       "dos_date", "storage", "encrypted"}]}
+//                                       "dos_date", "storage", "encrypted"}],
+//                          "broadcast_inputs": what its manifest says (package_format/manifest.h)}
 //   ZipError (a ValueError): the file is not a readable zip; the message says why.
 //   OSError: the file cannot be opened or mapped.
 // Thread-safety: called with the GIL held; the file is read with the GIL released.
@@ -94,7 +95,8 @@ PyObject* ReadArchive(PyObject*, PyObject* args) {
   PyObject* prefix = Str(info->prefix);
   PyObject* out = nullptr;
   if (problem != nullptr && prefix != nullptr) {
-    out = Py_BuildValue("{szsOsOsO}", "kind", kind, "prefix", prefix, "problem", problem, "records", records);
+    out = Py_BuildValue("{szsOsOsOsO}", "kind", kind, "prefix", prefix, "problem", problem, "records", records,
+                        "broadcast_inputs", info->policy.broadcast_inputs ? Py_True : Py_False);
   }
   Py_XDECREF(problem);
   Py_XDECREF(prefix);

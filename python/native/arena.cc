@@ -11,10 +11,14 @@
 //   gpu_ordinal(bus) -> int    gpu_bus(ordinal) -> str    gpu_ready() -> None or why not
 //   arena.alloc(nbytes) -> offset   arena.free(offset) -> bool (False: not a block of ours)
 //   arena.fd / .size / .address / .owned   arena.free_bytes() / used_bytes()
-//   Block(arena, offset, nbytes, owned=True, sink=None, key=None)
+//   Block(arena, offset, nbytes, owned=True, writer=None, arena_id=0)
 //        -> buffer over [offset, offset+nbytes). When the last reference goes: with a
-//           `sink` (a list), appends `key` to it (an output block the client releases to
-//           its owner, a worker); else frees the block in `arena` if `owned`.
+//           `writer` (a ClientWriter), releases block `offset` of output arena `arena_id`
+//           through it to its owner, a worker (no Python runs); else frees the block in
+//           `arena` if `owned`.
+//   ClientArenas()            -> the client arenas a worker runner was sent (shm/client_arena_maps.h):
+//        .add(arena, fd, size=0, gpu='')  .drop(arena)  .map(arena, keep) -> Arena (idle mappings dropped
+//        when mapping fails)  .mapped
 //   OutputArenas(owner_tag)   -> a worker runner's output arenas (shm/output_arenas.h):
 //        .release(arena, blocks) -> usage notice   .drop_client(client) -> usage notice
 // torch.frombuffer keeps a reference to the object it reads, so a tensor built over a
@@ -23,9 +27,11 @@
 // thread-safe themselves.
 #include <cstddef>
 #include <memory>
+#include <set>
 
 #include "protocol/output_tree.h"
 #include "python/native/native.h"
+#include "shm/client_arena_maps.h"
 
 namespace {
 
@@ -34,6 +40,7 @@ PyObject* g_arena_full = nullptr;  // shoal._native.ArenaFullError
 struct ArenaObject {
   PyObject_HEAD
   shoal::Arena* arena;
+  std::shared_ptr<shoal::Arena>* holder;  // this object's share of the arena (a mapping may have several)
 };
 
 struct BlockObject {
@@ -42,15 +49,30 @@ struct BlockObject {
   uint64_t offset;
   uint64_t nbytes;
   int owned;
-  PyObject* sink;  // a list the key goes to when the block dies, or nullptr
-  PyObject* key;
+  PyObject* writer;    // the ClientWriter that releases the block when it dies, or nullptr
+  uint64_t arena_id;   // the output arena's id, for the writer
   PyObject* weakrefs;  // the client tracks blocks of empty() by weak reference
 };
 
 struct OutputArenasObject {
   PyObject_HEAD
-  shoal::OutputArenas* outputs;
+  shoal::OutputArenas* impl;
 };
+
+// The Python types below each own one C++ object (`impl`), made by tp_new and deleted
+// with the Python object.
+template <typename Object, typename Impl, typename... Args>
+PyObject* NewOwner(PyTypeObject* type, Args... args) {
+  auto* self = reinterpret_cast<Object*>(type->tp_alloc(type, 0));
+  if (self == nullptr) return nullptr;
+  self->impl = new Impl(args...);
+  return reinterpret_cast<PyObject*>(self);
+}
+template <typename Object>
+void DeallocOwner(Object* self) {
+  delete self->impl;
+  Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
+}
 
 PyObject* RaiseStatus(const shoal::Status& st) {
   PyErr_SetString(st.code() == shoal::Code::kArenaFull ? g_arena_full : PyExc_OSError, st.message().c_str());
@@ -60,10 +82,11 @@ PyObject* RaiseStatus(const shoal::Status& st) {
 extern PyTypeObject ArenaType;
 extern PyTypeObject BlockType;
 
-PyObject* WrapArena(std::unique_ptr<shoal::Arena> a) {
+PyObject* WrapArena(std::shared_ptr<shoal::Arena> a) {
   ArenaObject* self = PyObject_New(ArenaObject, &ArenaType);
   if (self == nullptr) return nullptr;
-  self->arena = a.release();
+  self->arena = a.get();
+  self->holder = new std::shared_ptr<shoal::Arena>(std::move(a));
   return reinterpret_cast<PyObject*>(self);
 }
 
@@ -105,7 +128,7 @@ PyObject* Arena_open(PyObject*, PyObject* args) {
 }
 
 void Arena_dealloc(ArenaObject* self) {
-  delete self->arena;
+  delete self->holder;
   PyObject_Del(self);
 }
 
@@ -174,18 +197,18 @@ PyTypeObject ArenaType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 // ---- Block -----------------------------------------------------------------
 
 PyObject* Block_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
-  static const char* kwlist[] = {"arena", "offset", "nbytes", "owned", "sink", "key", nullptr};
+  static const char* kwlist[] = {"arena", "offset", "nbytes", "owned", "writer", "arena_id", nullptr};
   PyObject* arena;
   unsigned long long offset, nbytes;
   int owned = 1;
-  PyObject* sink = Py_None;
-  PyObject* key = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!KK|pOO", const_cast<char**>(kwlist), &ArenaType, &arena, &offset,
-                                   &nbytes, &owned, &sink, &key)) {
+  PyObject* writer = Py_None;
+  unsigned long long arena_id = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!KK|pOK", const_cast<char**>(kwlist), &ArenaType, &arena, &offset,
+                                   &nbytes, &owned, &writer, &arena_id)) {
     return nullptr;
   }
-  if (sink != Py_None && !PyList_Check(sink)) {
-    PyErr_SetString(PyExc_TypeError, "Block: sink must be a list or None");
+  if (writer != Py_None && shoal_native::ClientWriterOf(writer) == nullptr) {
+    PyErr_SetString(PyExc_TypeError, "Block: writer must be a ClientWriter or None");
     return nullptr;
   }
   auto* a = reinterpret_cast<ArenaObject*>(arena)->arena;
@@ -200,22 +223,21 @@ PyObject* Block_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   self->offset = offset;
   self->nbytes = nbytes;
   self->owned = owned;
-  self->sink = sink == Py_None ? nullptr : Py_NewRef(sink);
-  self->key = Py_NewRef(key);
+  self->writer = writer == Py_None ? nullptr : Py_NewRef(writer);
+  self->arena_id = arena_id;
   self->weakrefs = nullptr;
   return reinterpret_cast<PyObject*>(self);
 }
 
 void Block_dealloc(BlockObject* self) {
   if (self->weakrefs != nullptr) PyObject_ClearWeakRefs(reinterpret_cast<PyObject*>(self));
-  if (self->sink != nullptr) {
-    // Released later, in a batch, by whoever owns the sink (list.append never runs Python).
-    if (self->owned && PyList_Append(self->sink, self->key) < 0) PyErr_Clear();
-    Py_DECREF(self->sink);
+  if (self->writer != nullptr) {
+    // Queued for its owner; the writer's thread sends it (no Python runs here).
+    if (self->owned) shoal_native::ClientWriterOf(self->writer)->Release(self->arena_id, self->offset);
+    Py_DECREF(self->writer);
   } else if (self->owned) {
     reinterpret_cast<ArenaObject*>(self->arena)->arena->Free(self->offset);
   }
-  Py_DECREF(self->key);
   Py_DECREF(self->arena);
   Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
 }
@@ -255,6 +277,69 @@ PyMethodDef Block_methods[] = {
 PyBufferProcs Block_as_buffer = {reinterpret_cast<getbufferproc>(Block_getbuffer), nullptr};
 PyTypeObject BlockType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
+// ---- ClientArenas -----------------------------------------------------------
+
+struct ClientArenasObject {
+  PyObject_HEAD
+  shoal::ClientArenaMaps* impl;
+};
+
+PyObject* ClientArenas_new(PyTypeObject* type, PyObject* args, PyObject*) {
+  if (!PyArg_ParseTuple(args, "")) return nullptr;
+  return NewOwner<ClientArenasObject, shoal::ClientArenaMaps>(type);
+}
+
+PyObject* ClientArenas_add(ClientArenasObject* self, PyObject* args) {
+  unsigned long long id;
+  int fd;
+  unsigned long long size = 0;
+  const char* gpu = "";
+  if (!PyArg_ParseTuple(args, "Ki|Ks", &id, &fd, &size, &gpu)) return nullptr;
+  self->impl->Add(id, fd, size, gpu);
+  Py_RETURN_NONE;
+}
+
+PyObject* ClientArenas_drop(ClientArenasObject* self, PyObject* args) {
+  unsigned long long id;
+  if (!PyArg_ParseTuple(args, "K", &id)) return nullptr;
+  self->impl->Drop(id);
+  Py_RETURN_NONE;
+}
+
+PyObject* ClientArenas_map(ClientArenasObject* self, PyObject* args) {
+  unsigned long long id;
+  PyObject* keep_seq;
+  if (!PyArg_ParseTuple(args, "KO", &id, &keep_seq)) return nullptr;
+  PyObject* fast = PySequence_Fast(keep_seq, "map: keep must be a collection of arena ids");
+  if (fast == nullptr) return nullptr;
+  std::set<uint64_t> keep;
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); ++i) {
+    keep.insert(PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, i)));
+  }
+  Py_DECREF(fast);
+  if (PyErr_Occurred()) return nullptr;
+  shoal::Result<std::shared_ptr<shoal::Arena>> a = std::shared_ptr<shoal::Arena>();
+  Py_BEGIN_ALLOW_THREADS a = self->impl->Map(id, keep);
+  Py_END_ALLOW_THREADS if (!a.ok()) return RaiseStatus(a.status());
+  return WrapArena(std::move(*a));
+}
+
+PyObject* ClientArenas_get_mapped(ClientArenasObject* self, void*) { return PyLong_FromSize_t(self->impl->mapped()); }
+
+PyMethodDef ClientArenas_methods[] = {
+    {"add", reinterpret_cast<PyCFunction>(ClientArenas_add), METH_VARARGS,
+     "add(arena, fd, size=0, gpu=''): takes the fd of a client arena shoald sent (a GPU arena: its size and "
+     "its GPU's PCI bus id)"},
+    {"drop", reinterpret_cast<PyCFunction>(ClientArenas_drop), METH_VARARGS, "drop(arena): closes and forgets it"},
+    {"map", reinterpret_cast<PyCFunction>(ClientArenas_map), METH_VARARGS,
+     "map(arena, keep) -> Arena: mapped now if it is not; when mapping fails, mappings of arenas not in keep are "
+     "dropped and it is tried once more (OSError if it still fails)"},
+    {nullptr, nullptr, 0, nullptr}};
+PyGetSetDef ClientArenas_getset[] = {
+    {"mapped", reinterpret_cast<getter>(ClientArenas_get_mapped), nullptr, "arenas mapped now", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+PyTypeObject ClientArenasType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+
 // ---- OutputArenas ----------------------------------------------------------
 
 PyObject* Bytes(const std::string& s) { return PyBytes_FromStringAndSize(s.data(), static_cast<Py_ssize_t>(s.size())); }
@@ -262,15 +347,7 @@ PyObject* Bytes(const std::string& s) { return PyBytes_FromStringAndSize(s.data(
 PyObject* OutputArenas_new(PyTypeObject* type, PyObject* args, PyObject*) {
   unsigned int owner;
   if (!PyArg_ParseTuple(args, "I", &owner)) return nullptr;
-  auto* self = reinterpret_cast<OutputArenasObject*>(type->tp_alloc(type, 0));
-  if (self == nullptr) return nullptr;
-  self->outputs = new shoal::OutputArenas(owner);
-  return reinterpret_cast<PyObject*>(self);
-}
-
-void OutputArenas_dealloc(OutputArenasObject* self) {
-  delete self->outputs;
-  Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
+  return NewOwner<OutputArenasObject, shoal::OutputArenas>(type, static_cast<uint32_t>(owner));
 }
 
 PyObject* OutputArenas_release(OutputArenasObject* self, PyObject* args) {
@@ -285,17 +362,17 @@ PyObject* OutputArenas_release(OutputArenasObject* self, PyObject* args) {
       PyErr_Clear();  // not an offset: nothing of ours
       continue;
     }
-    self->outputs->Free(arena, off);  // refuses anything it did not hand out
+    self->impl->Free(arena, off);  // refuses anything it did not hand out
   }
   Py_DECREF(fast);
-  return Bytes(shoal::UsageNotice(self->outputs->Usage()));
+  return Bytes(shoal::UsageNotice(self->impl->Usage()));
 }
 
 PyObject* OutputArenas_drop_client(OutputArenasObject* self, PyObject* args) {
   unsigned long long client;
   if (!PyArg_ParseTuple(args, "K", &client)) return nullptr;
-  self->outputs->DropClient(client);
-  return Bytes(shoal::UsageNotice(self->outputs->Usage()));
+  self->impl->DropClient(client);
+  return Bytes(shoal::UsageNotice(self->impl->Usage()));
 }
 
 PyMethodDef OutputArenas_methods[] = {
@@ -358,47 +435,32 @@ shoal::Arena* ArenaOf(PyObject* obj) {
 
 shoal::OutputArenas* OutputArenasOf(PyObject* obj) {
   if (!PyObject_TypeCheck(obj, &OutputArenasType)) return nullptr;
-  return reinterpret_cast<OutputArenasObject*>(obj)->outputs;
+  return reinterpret_cast<OutputArenasObject*>(obj)->impl;
 }
 
 bool AddArenaTypes(PyObject* m) {
-  ArenaType.tp_name = "shoal._native.Arena";
-  ArenaType.tp_basicsize = sizeof(ArenaObject);
-  ArenaType.tp_flags = Py_TPFLAGS_DEFAULT;
-  ArenaType.tp_dealloc = reinterpret_cast<destructor>(Arena_dealloc);
-  ArenaType.tp_methods = Arena_methods;
-  ArenaType.tp_getset = Arena_getset;
   ArenaType.tp_as_buffer = &Arena_as_buffer;
-  ArenaType.tp_doc = "a shared-memory arena with its allocator";
-  if (PyType_Ready(&ArenaType) < 0) return false;
-
-  BlockType.tp_name = "shoal._native.Block";
-  BlockType.tp_basicsize = sizeof(BlockObject);
-  BlockType.tp_flags = Py_TPFLAGS_DEFAULT;
-  BlockType.tp_new = Block_new;
   BlockType.tp_weaklistoffset = offsetof(BlockObject, weakrefs);
-  BlockType.tp_dealloc = reinterpret_cast<destructor>(Block_dealloc);
-  BlockType.tp_getset = Block_getset;
-  BlockType.tp_methods = Block_methods;
   BlockType.tp_as_buffer = &Block_as_buffer;
-  BlockType.tp_doc = "Block(arena, offset, nbytes, owned=True, sink=None, key=None): bytes of an arena";
-  if (PyType_Ready(&BlockType) < 0) return false;
-
-  OutputArenasType.tp_name = "shoal._native.OutputArenas";
-  OutputArenasType.tp_basicsize = sizeof(OutputArenasObject);
-  OutputArenasType.tp_flags = Py_TPFLAGS_DEFAULT;
-  OutputArenasType.tp_new = OutputArenas_new;
-  OutputArenasType.tp_dealloc = reinterpret_cast<destructor>(OutputArenas_dealloc);
-  OutputArenasType.tp_methods = OutputArenas_methods;
-  OutputArenasType.tp_doc = "OutputArenas(owner_tag): a worker runner's output arenas, per client connection";
-  if (PyType_Ready(&OutputArenasType) < 0) return false;
-
-  Py_INCREF(&ArenaType);
-  Py_INCREF(&BlockType);
-  Py_INCREF(&OutputArenasType);
-  PyModule_AddObject(m, "Arena", reinterpret_cast<PyObject*>(&ArenaType));
-  PyModule_AddObject(m, "Block", reinterpret_cast<PyObject*>(&BlockType));
-  PyModule_AddObject(m, "OutputArenas", reinterpret_cast<PyObject*>(&OutputArenasType));
+  if (!AddType(m, &ArenaType, TypeSpec{"shoal._native.Arena", sizeof(ArenaObject), nullptr,
+                                       reinterpret_cast<destructor>(Arena_dealloc), Arena_methods, Arena_getset,
+                                       "a shared-memory arena with its allocator"}) ||
+      !AddType(m, &BlockType, TypeSpec{"shoal._native.Block", sizeof(BlockObject), Block_new,
+                                       reinterpret_cast<destructor>(Block_dealloc), Block_methods, Block_getset,
+                                       "Block(arena, offset, nbytes, owned=True, writer=None, arena_id=0): bytes "
+                                       "of an arena"}) ||
+      !AddType(m, &OutputArenasType,
+               TypeSpec{"shoal._native.OutputArenas", sizeof(OutputArenasObject), OutputArenas_new,
+                        reinterpret_cast<destructor>(DeallocOwner<OutputArenasObject>), OutputArenas_methods, nullptr,
+                        "OutputArenas(owner_tag): a worker runner's output arenas, per client connection"}) ||
+      !AddType(m, &ClientArenasType,
+               TypeSpec{"shoal._native.ClientArenas", sizeof(ClientArenasObject), ClientArenas_new,
+                        reinterpret_cast<destructor>(DeallocOwner<ClientArenasObject>), ClientArenas_methods,
+                        ClientArenas_getset,
+                        "ClientArenas(): client arenas a worker runner was sent, mapped on demand "
+                        "(shm/client_arena_maps.h)"})) {
+    return false;
+  }
   if (PyModule_AddFunctions(m, kGpuFunctions) < 0) return false;
   g_arena_full = AddException(m, "ArenaFullError", PyExc_MemoryError);
   return g_arena_full != nullptr;

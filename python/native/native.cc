@@ -6,6 +6,7 @@
 //   default_socket_path()  where shoald listens by default (protocol/paths.h)
 //
 // Thread-safety: called with the GIL held; the data is constant.
+#include <cstring>
 #include <iterator>
 #include <string>
 
@@ -34,6 +35,20 @@ shoal::Status FetchPythonError() {
   Py_XDECREF(value);
   Py_XDECREF(tb);
   return shoal::Status(shoal::Code::kModelError, what);
+}
+
+bool AddType(PyObject* m, PyTypeObject* type, const TypeSpec& spec) {
+  type->tp_name = spec.name;
+  type->tp_basicsize = spec.size;
+  type->tp_flags = Py_TPFLAGS_DEFAULT;
+  type->tp_new = spec.make;
+  type->tp_dealloc = spec.dealloc;
+  type->tp_methods = spec.methods;
+  type->tp_getset = spec.getset;
+  type->tp_doc = spec.doc;
+  if (PyType_Ready(type) < 0) return false;
+  Py_INCREF(type);
+  return PyModule_AddObject(m, std::strrchr(spec.name, '.') + 1, reinterpret_cast<PyObject*>(type)) == 0;
 }
 
 PyObject* AddException(PyObject* m, const char* name, PyObject* base) {
@@ -113,7 +128,7 @@ bool AddSharedDefs(PyObject* m) {
 namespace {
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "shoal._native",
                           "shoal's C++ shared with Python: arenas, dtypes, socket path, archive reader, "
-                          "output encoder",
+                          "output encoder, the client's writer",
                           -1, nullptr, nullptr, nullptr, nullptr, nullptr};
 }  // namespace
 
@@ -121,7 +136,7 @@ PyMODINIT_FUNC PyInit__native() {
   PyObject* m = PyModule_Create(&module_def);
   if (m == nullptr) return nullptr;
   if (!shoal_native::AddArenaTypes(m) || !shoal_native::AddSharedDefs(m) || !shoal_native::AddArchiveReader(m) ||
-      !shoal_native::AddOutputEncoder(m)) {
+      !shoal_native::AddOutputEncoder(m) || !shoal_native::AddClientWriter(m)) {
     Py_DECREF(m);
     return nullptr;
   }

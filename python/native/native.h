@@ -6,6 +6,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "protocol/client_writer.h"
 #include "shm/arena.h"
 #include "shm/output_arenas.h"
 #include "shoal/status.h"
@@ -16,6 +17,22 @@ namespace shoal_native {
 shoal::Arena* ArenaOf(PyObject* obj);
 // The shoal::OutputArenas of a shoal._native.OutputArenas object, or nullptr.
 shoal::OutputArenas* OutputArenasOf(PyObject* obj);
+// The shoal::ClientWriter of a shoal._native.ClientWriter object, or nullptr.
+shoal::ClientWriter* ClientWriterOf(PyObject* obj);
+
+// What differs between the module's classes; AddType fills in the rest.
+struct TypeSpec {
+  const char* name;  // "shoal._native.NAME": the module gets it as NAME
+  Py_ssize_t size;
+  newfunc make;      // tp_new; nullptr: made from C++ only
+  destructor dealloc;
+  PyMethodDef* methods;
+  PyGetSetDef* getset;
+  const char* doc;
+};
+// Fills in `type` from `spec` (fields set before, such as tp_as_buffer, stay), readies it
+// and adds it to `module`; false on error.
+bool AddType(PyObject* module, PyTypeObject* type, const TypeSpec& spec);
 
 // Creates exception type shoal._native.NAME (subclass of `base`) and adds it to `module`;
 // returns it (a reference the module and the caller share), or nullptr on error.
@@ -30,5 +47,6 @@ bool AddArenaTypes(PyObject* module);    // arena.cc: Arena, Block, OutputArenas
 bool AddSharedDefs(PyObject* module);    // shared_defs.cc: DTYPES, default_socket_path
 bool AddArchiveReader(PyObject* module); // archive.cc: read_archive, ZipError
 bool AddOutputEncoder(PyObject* module); // output.cc: encode_reply, OutputError
+bool AddClientWriter(PyObject* module);  // writer.cc: ClientWriter
 
 }  // namespace shoal_native

@@ -5,12 +5,12 @@
     c = shoal.Client()                       # talks to shoald over its Unix socket
     c.load("m", "m.pt"); y = c.infer("m", x)
 """
-from .archive import ArchiveError, export
+from .archive import ArchiveError, export, torchscript_manifest
 from .archive import load as load_archive
 from .client import Client, default_socket_path
 from .errors import (ArenaFull, BadRequest, Error, InternalError, ModelError, ModelNotFound,
                      Overloaded, Timeout, Unavailable, WorkerCrashed)
 
-__all__ = ["export", "load_archive", "ArchiveError", "Client", "default_socket_path", "Error",
+__all__ = ["export", "torchscript_manifest", "load_archive", "ArchiveError", "Client", "default_socket_path", "Error",
            "BadRequest", "ModelNotFound", "ModelError", "WorkerCrashed", "Timeout", "ArenaFull",
            "Overloaded", "Unavailable", "InternalError"]

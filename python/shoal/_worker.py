@@ -7,7 +7,8 @@ which has already checked every descriptor against its arena's bounds.
 
 Memory ownership (docs/architecture.md): the client's input arenas are the client's; this
 runner only reads and writes the bytes a descriptor names, and maps an arena when a job
-first needs it (unmapping idle ones when the address space runs out). Outputs go into this
+first needs it (unmapping idle ones when the address space runs out:
+``_native.ClientArenas``, the policy the TorchScript runner follows too). Outputs go into this
 runner's own output arenas (``_native.OutputArenas``, one set per client connection), and
 only this runner frees their blocks, on ``release`` from the client or shoald.
 """
@@ -72,8 +73,7 @@ class Runner:
         self.interp = interp
         self.models = {}   # name -> served object
         self.specs = {}    # name -> input specs from the manifest (or absent)
-        self.arena_fds = {}  # client arena id -> (fd, size, gpu bus id or None), held until shoald drops it
-        self.arenas = {}     # client arena id -> _native.Arena, mapped on first use
+        self.arenas = _native.ClientArenas()  # client arenas shoald sent, mapped when a job reads them
         self.outputs = _native.OutputArenas(2 * interp)  # owner tag: lane `interp`, Python engine
         torch.set_grad_enabled(False)
 
@@ -95,10 +95,9 @@ class Runner:
         if op == "infer":
             return self._infer(msg)
         if op == "arena":
-            self._drop_arena(msg["arena"])
-            self.arena_fds[msg["arena"]] = (fds.pop(0), msg.get("size", 0), msg.get("gpu"))
+            self.arenas.add(msg["arena"], fds.pop(0), msg.get("size", 0), msg.get("gpu") or "")
         elif op == "drop_arena":
-            self._drop_arena(msg["arena"])
+            self.arenas.drop(msg["arena"])
         elif op == "release":
             return self.outputs.release(msg["arena"], msg["blocks"])
         elif op == "drop_client":
@@ -140,46 +139,6 @@ class Runner:
         return msgpack.packb({"v": VERSION, "id": rid, "ok": True, "engine": "python",
                               "device": archive.device_of(self.models[name])})
 
-    def _drop_arena(self, aid):
-        self.arenas.pop(aid, None)
-        entry = self.arena_fds.pop(aid, None)
-        if entry is not None:
-            os.close(entry[0])
-
-    def _map(self, aid, keep):
-        """The mapping of client arena ``aid``; when the address space is exhausted, idle
-        mappings (those not in ``keep``) are dropped first. Raises OSError."""
-        arena = self.arenas.get(aid)
-        if arena is not None:
-            return arena
-        entry = self.arena_fds.get(aid)
-        if entry is None:
-            raise OSError(f"shoald never sent arena {aid}")
-        fd, size, gpu = entry
-        if gpu is not None:
-            # A client's GPU arena: mapped at its announced size (the driver refuses more than
-            # the allocation has), once, then cached like a memfd's mapping. Its failure is
-            # the arena's, not the address space's: nothing else is dropped for it.
-            try:
-                ordinal = _native.gpu_ordinal(gpu)
-            except OSError as e:
-                raise OSError(f"the client's GPU arena {aid} is on GPU {gpu}, which this worker cannot use ({e}); "
-                              "pass tensors on the GPU of the model's workers") from None
-            arena = _native.Arena.open_gpu(os.dup(fd), size, ordinal)
-            self.arenas[aid] = arena
-            return arena
-
-        def open_it():
-            return _native.Arena.open(os.dup(fd))
-        try:
-            arena = open_it()
-        except OSError:
-            for other in [a for a in self.arenas if a not in keep]:
-                del self.arenas[other]
-            arena = open_it()
-        self.arenas[aid] = arena
-        return arena
-
     # -- inference ------------------------------------------------------------------
     def _infer(self, msg):
         rid, name = msg["id"], msg["model"]
@@ -191,16 +150,18 @@ class Runner:
             problem = _check_inputs(msg["inputs"], specs)
             if problem:
                 return _error(rid, "BAD_REQUEST", f"model '{name}', job {rid}: {problem}")
-        needed = {d["arena"] for d in msg["inputs"]}
+        # Mapped when a job first reads them; idle mappings go when the address space is
+        # full (shm/client_arena_maps.h, the TorchScript runner's policy too).
+        needed = sorted({d["arena"] for d in msg["inputs"]})
+        mapped = {}
         for aid in needed:
             try:
-                self._map(aid, needed)
+                mapped[aid] = self.arenas.map(aid, needed)
             except OSError as e:
-                return _error(rid, "UNAVAILABLE", f"worker {self.slot} cannot map the client's arena {aid} "
-                              f"({e}) for job {rid} of model '{name}'; is worker_memory_mb too small?")
+                return _error(rid, "UNAVAILABLE", f"model '{name}', job {rid}: worker {self.slot}: {e}")
         inputs, spans = [], []
         for d in msg["inputs"]:
-            arena = self.arenas[d["arena"]]
+            arena = mapped[d["arena"]]
             if arena.device >= 0:
                 inputs.append(_tensors.gpu_view(arena, arena.device, arena.address, 0, d))
             else:

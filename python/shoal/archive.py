@@ -75,7 +75,7 @@ class _Progress:
 
 
 def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, example_inputs=None,
-           progress=None):
+           progress=None, broadcast_inputs=False):
     """Packages ``model`` (any picklable object; usually an ``nn.Module``) into ``path``.
 
     torch, numpy, torchvision and shoal are extern (taken from the serving environment); every
@@ -84,12 +84,16 @@ def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, 
     A manifest records ``name``, ``version``, the entry object and, given
     ``example_inputs`` (a tuple of tensors), input/output specs (first dimension dynamic)
     and a reference output that the model must reproduce when it is loaded.
+    ``broadcast_inputs=True`` lets clients send this model inputs whose strides overlap
+    (``x.expand(...)``: a stride of 0 stands for many elements); shoald refuses them
+    otherwise. The worker's memory limit still bounds what the model does with them.
     ``progress``: a stream to draw a progress bar of the weights on (e.g. sys.stderr).
     """
     path = os.fspath(path)
     manifest = {"format": MANIFEST_FORMAT, "name": name or os.path.splitext(os.path.basename(path))[0],
                 "version": str(version) if version is not None else "1",
-                "entry": f"{ENTRY_PACKAGE}/{ENTRY_RESOURCE}", "inputs": [], "outputs": [], "example": None}
+                "entry": f"{ENTRY_PACKAGE}/{ENTRY_RESOURCE}", "inputs": [], "outputs": [], "example": None,
+                "broadcast_inputs": bool(broadcast_inputs)}
     example = None
     if example_inputs is not None:
         if isinstance(example_inputs, torch.Tensor):
@@ -118,10 +122,18 @@ def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, 
     return path
 
 
+def torchscript_manifest(broadcast_inputs=False):
+    """The manifest of a TorchScript archive, as ``torch.jit.save``'s ``_extra_files``:
+    ``torch.jit.save(m, path, _extra_files=shoal.torchscript_manifest(broadcast_inputs=True))``.
+    shoald reads it (extra/shoal/manifest.json) when the archive is loaded."""
+    return {MANIFEST: json.dumps({"format": MANIFEST_FORMAT, "broadcast_inputs": bool(broadcast_inputs)})}
+
+
 def read_zip(path, label=None):
     """The archive as the C++ reader sees it (package_format/archive_reader.h, the one
-    shoald checks loads with): ``{"kind", "prefix", "problem", "records"}``; ``problem`` is
-    why shoald would refuse it (None: servable). ArchiveError when it is not a readable zip.
+    shoald checks loads with): ``{"kind", "prefix", "problem", "records", "broadcast_inputs"}``;
+    ``problem`` is why shoald would refuse it (None: servable); ``broadcast_inputs`` what
+    its manifest says. ArchiveError when it is not a readable zip.
     ``path`` may be an open file descriptor (``label`` then names it in errors)."""
     try:
         return _native.read_archive(path if isinstance(path, int) else os.fspath(path))

@@ -81,6 +81,8 @@ def main(argv=None):
                    help="example input (repeat per input): records specs and a reference output")
     s.add_argument("--extern", action="append", default=[], metavar="PATTERN")
     s.add_argument("--intern", action="append", default=[], metavar="PATTERN")
+    s.add_argument("--broadcast-inputs", action="store_true",
+                   help="accept inputs whose strides overlap (x.expand(...)); refused otherwise")
     s.add_argument("--repack", action="store_true", help="rewrite an archive into a servable layout")
     s = sub.add_parser("inspect", help="describe an archive without running it")
     s.add_argument("archive")
@@ -159,7 +161,7 @@ def _offline(args):
         return 2
     archive.export(model, args.output, extern=args.extern, intern=args.intern, name=args.name,
                    version=args.version, example_inputs=tuple(examples) if examples else None,
-                   progress=sys.stderr)
+                   progress=sys.stderr, broadcast_inputs=args.broadcast_inputs)
     print(f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MiB)")
     return 0
 

@@ -20,8 +20,9 @@ Memory ownership (docs/architecture.md): inputs live in arenas this client creat
 owns (it alone allocates and frees their blocks, with bookkeeping in its own memory).
 Results live in output arenas a worker made for this connection; shoald passes their fds
 with the first answer that uses them, and a result's block goes back to that worker (a
-``release`` notice, batched and sent before the next request or at close) once the last
-tensor over it is dropped.
+``release`` notice) once the last tensor over it is dropped: the connection's writer
+(``_native.ClientWriter``, the C++ client's own: protocol/client_writer.h) sends it at
+once from a thread of its own, so a client that goes quiet keeps nothing in the worker.
 """
 import array
 import os
@@ -74,23 +75,20 @@ class Client:
         if why is not None:
             self._sock.close()
             raise errors.Unavailable(why)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one request at a time: its send, then its answer
+        self._writer = _native.ClientWriter(self._sock.fileno())  # every frame we send, releases too
         self._rbuf = bytearray()  # received bytes not yet part of a whole frame
         self._next_id = 1
         self._arenas = {}    # arena id -> _native.Arena we own (inputs; .device >= 0: GPU memory)
         self._blocks = {}    # (arena id, block offset) -> weakref to the Block of empty()
         self._out_arenas = {}  # arena id -> _native.Arena a worker owns (results), mapped here
         self._fds = []       # received fds not yet claimed by a reply, oldest first
-        self._released = []  # (arena id, block) of results dropped, not yet released
         self._add_arena(arena_size)
 
     # -- plumbing -------------------------------------------------------------------
     def close(self):
         with self._lock:
-            try:
-                self._send_releases()
-            except OSError:
-                pass
+            self._writer.stop()  # sends the releases still queued
             self._sock.close()
             for fd in self._fds:
                 os.close(fd)
@@ -112,16 +110,7 @@ class Client:
             body = msgpack.packb(msg)
             data = _HEADER.pack(len(body)) + body
             try:
-                self._send_releases()
-                if fds:
-                    # MSG_NOSIGNAL: a closed connection is an error here, not a SIGPIPE that
-                    # kills a host process that does not ignore it (an embedded interpreter).
-                    sent = self._sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                                                         array.array("i", fds))], _socket.MSG_NOSIGNAL)
-                    if sent < len(data):
-                        self._sock.sendall(data[sent:], _socket.MSG_NOSIGNAL)
-                else:
-                    self._sock.sendall(data, _socket.MSG_NOSIGNAL)
+                self._writer.send(data, list(fds))
                 reply = self._recv_reply(rid, wait)
             except _socket.timeout:
                 raise errors.Timeout(
@@ -134,24 +123,6 @@ class Client:
         if not reply.get("ok"):
             raise errors.from_reply(reply.get("error", {}))
         return reply
-
-    def _send_releases(self):
-        """Gives the blocks of dropped results back to the workers that own them: one
-        ``release`` notice per arena (no reply). Called with the lock held."""
-        if not self._released:
-            return
-        taken = []
-        while self._released:  # list.pop is atomic: a block dropped meanwhile is not lost
-            taken.append(self._released.pop())
-        by_arena = {}
-        for aid, block in taken:
-            by_arena.setdefault(aid, []).append(block)
-        data = b""
-        for aid, blocks in by_arena.items():
-            for i in range(0, len(blocks), 4096):
-                body = msgpack.packb({"v": VERSION, "op": "release", "arena": aid, "blocks": blocks[i:i + 4096]})
-                data += _HEADER.pack(len(body)) + body
-        self._sock.sendall(data)
 
     def _take_arenas(self, reply):
         """Maps the output arenas an answer introduces (their fds came with it, in order)."""
@@ -195,7 +166,7 @@ class Client:
                 key = (val["arena"], val["block"])
                 if val["arena"] in self._out_arenas and 0 not in val["shape"] and key not in seen:
                     seen.add(key)
-                    self._released.append(key)
+                    self._writer.release(*key)
             elif kind in ("tuple", "list"):
                 for n in val:
                     walk(n)
@@ -451,7 +422,8 @@ class Client:
                 arena = self._out_arenas.get(d["arena"])
                 if arena is not None:
                     # A block the worker allocated for this result: released to it when dropped.
-                    block = _native.Block(arena, d["block"], arena.size - d["block"], sink=self._released, key=key)
+                    block = _native.Block(arena, d["block"], arena.size - d["block"], writer=self._writer,
+                                          arena_id=d["arena"])
                 else:
                     arena = self._arenas.get(d["arena"])
                     if arena is None:

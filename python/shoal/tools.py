@@ -67,7 +67,8 @@ def _storage_dtypes(pickle_bytes):
 
 def inspect_archive(path):
     """A description of the archive: manifest, modules, storages, problems, servable."""
-    out = {"path": os.path.abspath(path), "kind": None, "manifest": None, "interned_modules": [],
+    out = {"path": os.path.abspath(path), "kind": None, "manifest": None, "broadcast_inputs": False,
+           "interned_modules": [],
            "extern_modules": [], "storages": {"count": 0, "bytes": 0, "dtypes": {}, "records": []},
            "problems": [], "servable": False}
     problems = out["problems"]
@@ -77,6 +78,7 @@ def inspect_archive(path):
         problems.append(str(e))
         return out
     out["kind"] = info["kind"]
+    out["broadcast_inputs"] = info["broadcast_inputs"]
     if info["problem"]:
         problems.append(info["problem"])  # why shoald would refuse it, in its words
     rel = {}
@@ -140,6 +142,7 @@ def format_inspection(info):
         lines.append(f"  self-check: {'yes' if m.get('example') else 'no'}")
     else:
         lines.append("manifest  none (defaults apply)")
+    lines.append(f"broadcast inputs  {'accepted' if info['broadcast_inputs'] else 'refused'}")
     lines.append(f"interned  {len(info['interned_modules'])} modules: {', '.join(info['interned_modules'][:12])}"
                  + (" ..." if len(info["interned_modules"]) > 12 else ""))
     lines.append(f"extern    {', '.join(info['extern_modules']) or '-'}")

@@ -1,13 +1,18 @@
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "shm/arena.h"
 #include "shm/block_allocator.h"
+#include "shm/client_arena_maps.h"
 #include "shm/memfd.h"
 #include "shm/output_arenas.h"
 #include "tests/cpp/catch.h"
@@ -148,4 +153,58 @@ TEST_CASE("arena fds must be sealed memfds", "[shm]") {
   REQUIRE(*CheckArenaFd(*fd) == 8192);
   REQUIRE(ftruncate(*fd, 100) != 0);  // the owner cannot shrink it under a worker
   close(*fd);
+}
+
+// ---- client arenas a worker maps on demand (shm/client_arena_maps.h) ------------------
+
+namespace {
+// This process's address space, in bytes.
+uint64_t VmSize() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmSize:", 0) == 0) return std::strtoull(line.c_str() + 7, nullptr, 10) << 10;
+  }
+  return 0;
+}
+}  // namespace
+
+TEST_CASE("client arenas are mapped when first used, and idle ones unmapped when mapping fails", "[shm]") {
+  constexpr size_t kArena = 48 << 20;
+  ClientArenaMaps maps;
+  for (uint64_t id = 1; id <= 3; ++id) {
+    auto fd = CreateArenaFd("client", kArena);
+    REQUIRE(fd.ok());
+    maps.Add(id, *fd);
+  }
+  CHECK(maps.mapped() == 0);
+  CHECK(maps.Map(9, {9}).status().code() == Code::kUnavailable);  // never sent
+  // In a child whose address space has room for two of them at once.
+  pid_t child = fork();
+  if (child == 0) {
+    rlimit rl{VmSize() + 100 * (1 << 20), VmSize() + 100 * (1 << 20)};
+    if (setrlimit(RLIMIT_AS, &rl) != 0) _exit(10);
+    auto one = maps.Map(1, {1});
+    if (!one.ok()) _exit(11);
+    (*one)->base()[0] = 7;
+    if (!maps.Map(2, {2}).ok() || maps.mapped() != 2) _exit(12);
+    // A third fits only once idle mappings go; arena 2, which this job also needs, stays.
+    auto held = *one;  // a holder (a running job's tensor) keeps arena 1's memory
+    one = Status::Internal("dropped");
+    if (maps.Map(3, {2, 3}).ok()) _exit(13);  // 1 (held) and 2 (kept) leave no room
+    if (maps.mapped() != 1) _exit(14);         // ... but 1 left the table
+    if (held->base()[0] != 7) _exit(15);       // and its holder still reads it
+    held.reset();                              // the last holder lets go: unmapped
+    if (!maps.Map(3, {3}).ok() || maps.mapped() != 2) _exit(16);  // room for 2 and 3
+    auto again = maps.Map(1, {1});             // 2 and 3 are idle: dropped to make room,
+    if (!again.ok() || maps.mapped() != 1) _exit(17);
+    if ((*again)->base()[0] != 7) _exit(18);   // and 1 is mapped again from its fd
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  maps.Drop(2);
+  CHECK(maps.Map(2, {2}).status().code() == Code::kUnavailable);
 }

@@ -58,6 +58,18 @@ class Daemon {
 
 std::string Archive(const char* name) { return Env("SHOAL_TEST_ARCHIVES") + "/" + name + ".pt"; }
 
+// Bytes in output blocks not yet released, over all workers, as `status` says.
+uint64_t OutputBytes(shoal::Client& c) {
+  auto text = c.StatusText();
+  REQUIRE(text.ok());
+  uint64_t sum = 0;
+  const std::string key = "\"output_bytes\":";
+  for (size_t at = text->find(key); at != std::string::npos; at = text->find(key, at + 1)) {
+    sum += std::strtoull(text->c_str() + at + key.size(), nullptr, 10);
+  }
+  return sum;
+}
+
 }  // namespace
 
 TEST_CASE("C++ client: infer with ordinary and arena-backed tensors", "[client]") {
@@ -187,6 +199,26 @@ TEST_CASE("C++ client: zero-size outputs round-trip and free nothing", "[client]
   REQUIRE(again.ok());
   again->fill_(1.0);
   REQUIRE(torch::equal(*keep, torch::full({8}, 5.0)));  // no block was freed under it
+}
+
+TEST_CASE("C++ client: a dropped result goes back to its worker without another request", "[client]") {
+  Daemon d;
+  auto quiet = shoal::Client::Connect(d.socket(), 1 << 20);
+  auto watcher = shoal::Client::Connect(d.socket(), 1 << 20);
+  REQUIRE((quiet.ok() && watcher.ok()));
+  {
+    auto y = (*quiet)->Infer("add", {torch::ones({1 << 16})});  // 256 KiB in a worker's output arena
+    REQUIRE(y.ok());
+    REQUIRE(OutputBytes(**watcher) >= (1u << 18));
+  }  // dropped, and `quiet` sends nothing more
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (OutputBytes(**watcher) != 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK(OutputBytes(**watcher) == 0);
+  auto again = (*quiet)->Infer("add", {torch::zeros({4})});  // still usable
+  REQUIRE(again.ok());
+  CHECK(torch::equal(again->toTensor(), torch::ones({4})));
 }
 
 TEST_CASE("C++ client: CUDA tensors in and out through GPU arenas", "[client][gpu]") {

@@ -49,6 +49,7 @@ TEST_CASE("the shipped shoald.conf parses", "[config]") {
 
 #include <unistd.h>
 
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <vector>
@@ -94,6 +95,7 @@ TEST_CASE("a bad value gets the same words from the file and from the command li
       {"log_level", "loud", "must be trace|debug|info|warn|error|critical|off, not 'loud'"},
       {"model", "nopath", "takes NAME=ARCHIVE, not 'nopath'"},
       {"model", "=a.pt", "takes NAME=ARCHIVE, not '=a.pt'"},
+      {"worker_memory_mb", "lots", "takes an integer in [0, 1073741824] or auto, not 'lots'"},
   };
   for (const Case& c : cases) {
     CAPTURE(c.key, c.value);
@@ -124,13 +126,16 @@ TEST_CASE("unknown keys name the file and line, unknown flags the flag", "[confi
 }
 
 TEST_CASE("every flag is its key with dashes, and both forms of a value work", "[config]") {
-  auto cli = Args({"--max-jobs-per-worker=7", "--worker-memory-mb", "64", "--no-zygote", "--seccomp", "no",
-                   "--admin-group", "", "--log-level", "debug", "--timeout-ms", "0"});
+  auto cli = Args({"--max-jobs-per-worker=7", "--worker-address-space-mb", "64", "--no-zygote", "--seccomp", "no",
+                   "--admin-group", "", "--log-level", "debug", "--timeout-ms", "0", "--worker-memory-mb", "300",
+                   "--no-worker-memory-cgroup"});
   REQUIRE(cli.ok());
   auto cfg = LoadConfig(*cli);
   REQUIRE(cfg.ok());
   REQUIRE(cfg->max_jobs_per_worker == 7);
   REQUIRE(cfg->sandbox.address_space_bytes == uint64_t{64} << 20);
+  REQUIRE(cfg->worker_memory_mb == 300);
+  REQUIRE_FALSE(cfg->worker_memory_cgroup);
   REQUIRE_FALSE(cfg->zygote);
   REQUIRE_FALSE(cfg->sandbox.seccomp);
   REQUIRE(cfg->admin_group.empty());
@@ -188,7 +193,7 @@ TEST_CASE("a reload re-reads the file and puts the command line's overrides back
   running.listen_fd = 3;
 
   f.Write("workers = 3\nmax_queue = 500\nunload_grace_ms = 200\nlog_level = warn\nadmin_group = ops\n"
-          "interpreters = 4\nworker_memory_mb = 256\n");
+          "interpreters = 4\nworker_address_space_mb = 256\nworker_memory_mb = 0\n");
   auto r = ReloadConfig(running);
   REQUIRE(r.ok());
   const SupervisorConfig& now = r->config;
@@ -198,6 +203,7 @@ TEST_CASE("a reload re-reads the file and puts the command line's overrides back
   REQUIRE(now.log_level == "warn");
   REQUIRE(now.admin_group == "ops");
   REQUIRE(now.sandbox.address_space_bytes == uint64_t{256} << 20);
+  REQUIRE(now.worker_memory_mb == 0);
   // restart-only settings keep their running values and are named
   REQUIRE(now.interpreters == 1);
   REQUIRE(r->needs_restart == std::vector<std::string>{"interpreters (1 -> 4)"});
@@ -223,9 +229,29 @@ TEST_CASE("--help is the table, and shoald.conf documents every option", "[confi
     REQUIRE(conf.find(std::string(o.key) + " = ") != std::string::npos);
   }
   REQUIRE(help.find("--max-queue N") != std::string::npos);
-  REQUIRE(help.find("default 1024") != std::string::npos);
+  std::string words;  // the help as words: Boost wraps lines to fit its columns
+  for (char ch : help) {
+    if (!std::isspace(static_cast<unsigned char>(ch))) words += ch;
+    else if (!words.empty() && words.back() != ' ') words += ' ';
+  }
+  REQUIRE(words.find("default 1024") != std::string::npos);
   REQUIRE(help.find("--no-zygote") != std::string::npos);
   REQUIRE(Args({"-h"})->help);
+}
+
+TEST_CASE("worker_memory_mb is auto by default, a number of MiB, or 0 for none", "[config]") {
+  REQUIRE(SupervisorConfig{}.worker_memory_mb == kAutoWorkerMemory);
+  REQUIRE(FindOption("worker_memory_mb")->get(SupervisorConfig{}) == "auto");
+  SupervisorConfig cfg;
+  REQUIRE(ParseConfig("worker_memory_mb = 2048\n", "f", &cfg).ok());
+  REQUIRE(cfg.worker_memory_mb == 2048);
+  REQUIRE(FindOption("worker_memory_mb")->get(cfg) == "2048");
+  REQUIRE(ParseConfig("worker_memory_mb = auto\n", "f", &cfg).ok());
+  REQUIRE(cfg.worker_memory_mb == kAutoWorkerMemory);
+  REQUIRE(ParseConfig("worker_memory_mb = 0\n", "f", &cfg).ok());
+  REQUIRE(cfg.worker_memory_mb == 0);
+  // "auto" is a value of this option only
+  REQUIRE(ParseConfig("workers = auto\n", "f", &cfg).message() == "f:1: workers takes an integer in [0, 1024], not 'auto'");
 }
 
 TEST_CASE("a worker's sandbox carries landlock and its temporary folder's root through its arguments",

@@ -390,6 +390,25 @@ class SleepsThenAdds(nn.Module):
         return x + 1
 
 
+class HoldsMemory(nn.Module):
+    """Allocates `mib` MiB (every page touched) and holds it `seconds` before answering x + 1."""
+    def __init__(self, mib, seconds=10.0):
+        super().__init__()
+        self.mib, self.seconds = mib, seconds
+
+    def forward(self, x):
+        import time
+        held = torch.ones(self.mib << 18)
+        time.sleep(self.seconds)
+        return x + held[:1]
+
+
+class Densifies(nn.Module):
+    """Makes its input dense (x.contiguous(): the full logical size) and sums it."""
+    def forward(self, x):
+        return x.contiguous().sum()
+
+
 class GpuAffine(nn.Module):
     """Linear + ReLU, computed wherever its weights are (a GPU when exported from one);
     also says where its input was, to prove inputs arrive on the GPU."""

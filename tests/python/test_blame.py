@@ -65,9 +65,65 @@ def test_a_stride_0_input_cannot_make_a_worker_allocate_its_logical_size(daemon,
     with daemon.client() as c:
         c.load("add", archives["add"])
         x = c.empty((1,))
-        with pytest.raises(shoal.BadRequest, match="strides overlap"):
+        with pytest.raises(shoal.BadRequest, match="strides overlap.*model 'add' does not take broadcast inputs"):
             c.infer("add", x.as_strided((2 ** 48,), (0,)))
     assert_serves(daemon, "add", torch.zeros(1), torch.ones(1))
+
+
+def _scripted(tmp_path, name, module, broadcast):
+    path = tmp_path / f"{name}.pt"
+    extra = shoal.torchscript_manifest(broadcast_inputs=True) if broadcast else {}
+    torch.jit.save(torch.jit.script(module), str(path), _extra_files=extra)
+    return path
+
+
+@pytest.mark.parametrize("engine", ["python", "torchscript"])
+def test_broadcast_inputs_reach_a_model_whose_manifest_takes_them(make_daemon, tmp_path, engine):
+    import shoal_test_models as models
+
+    def archive(name, module, broadcast):
+        if engine == "python":
+            return shoal.export(module, tmp_path / f"{name}.pt", broadcast_inputs=broadcast)
+        return _scripted(tmp_path, name, module, broadcast)
+
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        c.load("takes", archive("takes", models.AddConst(1.0), True))
+        c.load("refuses", archive("refuses", models.AddConst(1.0), False))
+        assert {m["name"]: m["engine"] for m in c.models()}["takes"] == ("libtorch" if engine == "torchscript"
+                                                                         else "python")
+        x = c.empty((3,))
+        x.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        wide = x.as_strided((4, 3), (0, 1))  # each row is x
+        assert torch.equal(c.infer("takes", wide), wide * 2 + 1)
+        with pytest.raises(shoal.BadRequest, match="model 'refuses' does not take broadcast inputs"):
+            c.infer("refuses", wide)
+        assert torch.equal(c.infer("refuses", wide.contiguous()), wide * 2 + 1)
+
+
+@pytest.mark.parametrize("engine", ["python", "torchscript"])
+def test_a_model_that_densifies_a_huge_broadcast_input_fails_its_job_not_its_worker(make_daemon, tmp_path, engine):
+    # 2^48 float32 elements over 4 bytes, let through by the manifest: the model's
+    # x.contiguous() would need 1 PiB; the allocation fails inside the job.
+    import shoal_test_models as models
+    d = make_daemon(workers=1)
+    if engine == "python":
+        path = shoal.export(models.Densifies(), tmp_path / "dense.pt", broadcast_inputs=True)
+    else:
+        path = _scripted(tmp_path, "dense", models.Densifies(), True)
+    with d.client() as c:
+        c.load("dense", path)
+        c.load("add", shoal.export(models.AddConst(1.0), tmp_path / "add.pt"))
+        pid = d.worker_pids()[0]
+        x = c.empty((1,))
+        x.fill_(2.0)
+        assert float(c.infer("dense", x.as_strided((1000,), (0,)))) == 2000.0  # small enough: served
+        with pytest.raises(shoal.ModelError, match="model 'dense'"):
+            c.infer("dense", x.as_strided((2 ** 48,), (0,)), timeout=60)
+        st = c.status()
+        assert st["worker_restarts"] == 0 and st["workers"][0]["pid"] == pid
+    assert_serves(d, "add", torch.zeros(1), torch.ones(1))
+    assert_serves(d, "dense", torch.ones(3), torch.tensor(3.0))
 
 
 @pytest.mark.parametrize("shape,strides", [

@@ -2,6 +2,7 @@
 job got exactly one answer, that no arena leaked (in shoald and in the workers), and
 that the service is ready afterwards."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -132,13 +133,99 @@ def test_infinite_loop_times_out_and_worker_is_replaced(loaded, archives, tmp_pa
 def test_memory_hog_past_its_limit_is_answered(loaded, make_daemon, archives, tmp_path):
     # room for a worker as it is, the clients' arenas and 1 GiB; the hog asks for 2 GiB more
     limit = worker_vm_size_mb(make_daemon) + 4 * 256 + 1024
-    d = loaded("hog", shoal.export(models.Hog(), tmp_path / "hog.pt"), args=["--worker-memory-mb", str(limit)])
+    d = loaded("hog", shoal.export(models.Hog(), tmp_path / "hog.pt"), args=["--worker-address-space-mb", str(limit)])
     with Traffic(d):
         with d.client() as c:
             with pytest.raises((shoal.ModelError, shoal.WorkerCrashed)) as e:
                 c.infer("hog", torch.ones(1))
             assert "memory" in str(e.value).lower() or "SIG" in str(e.value)
     assert_clean(d, archives)
+
+
+def worker_cgroups(daemon):
+    """The memory cgroups shoald made for its workers (cgroup v1 or v2), by name."""
+    mounts = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            fstype, opts = fields[fields.index("-") + 1], fields[-1].split(",")
+            if fstype == "cgroup2" or (fstype == "cgroup" and "memory" in opts):
+                mounts["v2" if fstype == "cgroup2" else "v1"] = (fields[3], fields[4])
+    with open(f"/proc/{daemon.proc.pid}/cgroup") as f:
+        for line in f:
+            _, ctrls, path = line.rstrip("\n").split(":", 2)
+            kind = "v2" if ctrls == "" else "v1" if "memory" in ctrls.split(",") else None
+            if kind not in mounts:
+                continue
+            root, mount = mounts[kind]
+            folder = mount + path[len(root.rstrip("/")):]
+            parent = folder + f"/shoald-{daemon.proc.pid}" if kind == "v1" else os.path.dirname(folder)
+            if os.path.isdir(parent) and any(n.startswith("worker-") for n in os.listdir(parent)):
+                return sorted(n for n in os.listdir(parent) if n.startswith("worker-"))
+    return []
+
+
+@pytest.mark.parametrize("enforced_by", ["cgroup", "sampler"])
+def test_a_worker_past_its_memory_limit_is_killed_and_its_job_told_why(loaded, archives, tmp_path, enforced_by):
+    # The model holds 1.5 GiB for 10 s; its worker may have 700 MiB. A victim keeps being
+    # served, the worker is replaced, the job is answered with the limit, model and job.
+    args = ["--worker-memory-mb", "700"] + (["--no-worker-memory-cgroup"] if enforced_by == "sampler" else [])
+    d = loaded("holds", shoal.export(models.HoldsMemory(1536), tmp_path / "holds.pt"), args=args)
+    with d.client() as c:
+        workers = c.status()["workers"]
+        assert [w["memory_limit_mb"] for w in workers] == [700, 700]
+        by = {w["memory_limit_by"] for w in workers}
+        if enforced_by == "cgroup" and not by <= {"cgroup v1", "cgroup v2"}:
+            pytest.skip(f"shoald can make no memory cgroup here (limits enforced by {by})")
+        assert by == ({"sampler"} if enforced_by == "sampler" else by)
+        if enforced_by == "cgroup":
+            assert len(worker_cgroups(d)) == 2
+        before = c.status()["worker_restarts"]
+    with Traffic(d):
+        with d.client() as c:
+            with pytest.raises(shoal.WorkerCrashed) as e:
+                c.infer("holds", torch.ones(1), timeout=60)
+    message = str(e.value)
+    assert "exceeding its memory limit" in message and "700 MiB" in message, message
+    assert "model 'holds'" in message and re.search(r"job \d+", message), message
+    assert ("shoald's sampler" if enforced_by == "sampler" else "cgroup v") in message, message
+    assert_clean(d, archives)
+    with d.client() as c:
+        st = c.status()
+        assert st["worker_restarts"] == before + 1
+        holds = {m["name"]: m for m in st["models"]}["holds"]
+        assert not holds["failed"] and holds["ready"]  # one client's job: the model stays
+    if enforced_by == "cgroup":  # the dead worker's group is gone, its replacement has one
+        deadline = time.time() + 10
+        while len(worker_cgroups(d)) != 2 and time.time() < deadline:
+            time.sleep(0.1)
+        assert len(worker_cgroups(d)) == 2
+
+
+def test_workers_have_a_memory_limit_by_default_relative_to_the_machine(make_daemon):
+    with open("/proc/meminfo") as f:
+        total_mib = next(int(line.split()[1]) // 1024 for line in f if line.startswith("MemTotal:"))
+    limits = {}
+    for n in (1, 4):
+        d = make_daemon(workers=n)
+        d.worker_pids()
+        with d.client() as c:
+            workers = c.status()["workers"]
+        d.stop()
+        assert {w["memory_limit_by"] for w in workers} <= {"cgroup v1", "cgroup v2", "sampler"}, workers
+        assert len({w["memory_limit_mb"] for w in workers}) == 1
+        limits[n] = workers[0]["memory_limit_mb"]
+    # 3/4 of what shoald may use, shared by the workers, at least 512 MiB
+    assert 512 <= limits[1] <= total_mib * 3 / 4 + 1
+    assert abs(limits[4] - max(512, limits[1] // 4)) <= 1, limits
+
+
+def test_worker_memory_mb_0_turns_the_limit_off(make_daemon):
+    d = make_daemon(workers=1, args=["--worker-memory-mb", "0"])
+    d.worker_pids()
+    with d.client() as c:
+        w = c.status()["workers"][0]
+    assert w["memory_limit_mb"] == 0 and w["memory_limit_by"] == ""
 
 
 def test_python_exception(loaded, archives):

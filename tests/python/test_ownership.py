@@ -260,7 +260,7 @@ def test_one_client_cannot_exhaust_a_workers_descriptors(make_daemon, archives):
 
 def test_sparse_arenas_of_one_client_do_not_fail_another_clients_jobs(make_daemon, archives):
     limit = worker_vm_size_mb(make_daemon) + 1024
-    d = loaded(make_daemon, archives, args=["--worker-memory-mb", str(limit)])
+    d = loaded(make_daemon, archives, args=["--worker-address-space-mb", str(limit)])
     base = baseline(d)
     with d.client(arena_size=64 << 20) as victim:
         assert float(victim.infer("add", torch.zeros(1))[0]) == 1.0
@@ -278,3 +278,47 @@ def test_sparse_arenas_of_one_client_do_not_fail_another_clients_jobs(make_daemo
                 x.fill_(1.0)
                 assert torch.equal(victim.infer("add", x, timeout=30), torch.full((1024,), 3.0))
     assert_back_to(d, base)
+
+
+@pytest.mark.parametrize("engine", ["python", "torchscript"])
+def test_idle_client_arenas_are_unmapped_when_a_mapping_fails(make_daemon, tmp_path, engine):
+    # Three clients with 512 MiB arenas each; the worker's address space has room for two
+    # of them beside its own. Every client is served in turn, again and again: a runner
+    # that kept idle mappings could not map the third (UNAVAILABLE). Both engines follow
+    # one policy (shm/client_arena_maps.h).
+    import shoal_test_models as models
+    limit = worker_vm_size_mb(make_daemon) + 1500
+    if engine == "python":
+        path = shoal.export(models.AddConst(1.0), tmp_path / "add.pt")
+    else:
+        path = tmp_path / "add_ts.pt"
+        torch.jit.save(torch.jit.script(models.AddConst(1.0)), str(path))
+    d = make_daemon(workers=1, args=["--worker-address-space-mb", str(limit), "--output-arena-mb", "1"])
+    with d.client() as admin:
+        admin.load("add", path)
+        assert torch.equal(admin.infer("add", torch.ones(4)), torch.full((4,), 3.0))
+        pid = d.worker_pids()[0]
+        clients = [d.client(arena_size=512 << 20) for _ in range(3)]
+        try:
+            for rnd in range(3):
+                for k, c in enumerate(clients):
+                    x = torch.full((1024,), float(rnd * 10 + k))
+                    assert torch.equal(c.infer("add", x, timeout=30), x * 2 + 1), (rnd, k)
+        finally:
+            for c in clients:
+                c.close()
+        st = admin.status()
+        assert st["worker_restarts"] == 0 and st["workers"][0]["pid"] == pid
+
+
+def test_a_client_that_drops_its_results_and_goes_quiet_keeps_nothing_in_the_worker(make_daemon, archives):
+    # Releases used to wait for the client's next request: a client that dropped a result
+    # and then sent nothing kept its block in the worker until it hung up.
+    d = loaded(make_daemon, archives)
+    with d.client() as quiet, d.client() as watcher:
+        y = quiet.infer("add", torch.ones(1 << 16))  # 256 KiB in the worker's output arena
+        assert watcher.status()["workers"][0]["output_bytes"] >= 1 << 18
+        assert float(y[0]) == 3.0
+        del y  # and `quiet` sends nothing more
+        settle(lambda: ((n := watcher.status()["workers"][0]["output_bytes"]) == 0, f"output bytes {n}"))
+        assert torch.equal(quiet.infer("add", torch.zeros(4)), torch.ones(4))  # still usable

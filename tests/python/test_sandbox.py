@@ -35,7 +35,7 @@ def test_defaults(make_daemon, tmp_path):
 def test_limits_from_the_configuration(make_daemon, tmp_path):
     conf = tmp_path / "shoald.conf"
     limit = worker_vm_size_mb(make_daemon) + 8192
-    conf.write_text(f"admin_group =\nworker_memory_mb = {limit}\nworker_cpu_seconds = 600\n"
+    conf.write_text(f"admin_group =\nworker_address_space_mb = {limit}\nworker_cpu_seconds = 600\n"
                     "worker_open_files = 512\nworker_network = yes\n")
     r = probe(make_daemon, tmp_path, args=["--config", str(conf)])
     assert r["as"] == limit << 20

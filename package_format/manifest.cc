@@ -1,0 +1,201 @@
+// A strict JSON reader for the manifest keys shoald reads (package_format/manifest.h).
+#include "package_format/manifest.h"
+
+#include <cstdint>
+#include <string>
+
+namespace shoal {
+
+namespace {
+
+constexpr int kMaxDepth = 32;
+
+class Reader {
+ public:
+  explicit Reader(std::string_view text) : s_(text) {}
+
+  Result<ManifestPolicy> Manifest() {
+    Space();
+    if (!Eat('{')) return Bad("is not a JSON object");
+    ManifestPolicy policy;
+    bool seen_broadcast = false;
+    Space();
+    if (!Eat('}')) {
+      for (;;) {
+        Space();
+        std::string key;
+        if (auto st = String(&key); !st.ok()) return st;
+        Space();
+        if (!Eat(':')) return Bad("expects ':' after a key");
+        Space();
+        if (key == "broadcast_inputs") {
+          if (seen_broadcast) return Invalid("broadcast_inputs is given twice");
+          seen_broadcast = true;
+          if (Word("true")) {
+            policy.broadcast_inputs = true;
+          } else if (Word("false")) {
+            policy.broadcast_inputs = false;
+          } else {
+            return Invalid("broadcast_inputs must be true or false");
+          }
+        } else if (auto st = Value(1); !st.ok()) {
+          return st;
+        }
+        Space();
+        if (Eat('}')) break;
+        if (!Eat(',')) return Bad("expects ',' or '}' after a value");
+      }
+    }
+    Space();
+    if (i_ != s_.size()) return Bad("has text after its object");
+    return policy;
+  }
+
+ private:
+  // The text is not JSON (or not an object).
+  static Status Bad(const std::string& why) { return Status::BadRequest("shoal/manifest.json does not parse: it " + why); }
+  // JSON, but a key shoald reads holds what it cannot use.
+  static Status Invalid(const std::string& why) { return Status::BadRequest("shoal/manifest.json: " + why); }
+
+  void Space() {
+    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) ++i_;
+  }
+  bool Eat(char c) {
+    if (i_ < s_.size() && s_[i_] == c) {
+      ++i_;
+      return true;
+    }
+    return false;
+  }
+  bool Word(std::string_view w) {
+    if (s_.substr(i_, w.size()) != w) return false;
+    i_ += w.size();
+    return true;
+  }
+  bool Digits() {
+    size_t start = i_;
+    while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') ++i_;
+    return i_ > start;
+  }
+
+  Status Value(int depth) {
+    if (depth > kMaxDepth) return Bad("nests deeper than " + std::to_string(kMaxDepth) + " levels");
+    if (i_ >= s_.size()) return Bad("ends in the middle of a value");
+    char c = s_[i_];
+    if (c == '{' || c == '[') {
+      char close = c == '{' ? '}' : ']';
+      ++i_;
+      Space();
+      if (Eat(close)) return Status::Ok();
+      for (;;) {
+        Space();
+        if (c == '{') {
+          std::string key;
+          if (auto st = String(&key); !st.ok()) return st;
+          Space();
+          if (!Eat(':')) return Bad("expects ':' after a key");
+          Space();
+        }
+        if (auto st = Value(depth + 1); !st.ok()) return st;
+        Space();
+        if (Eat(close)) return Status::Ok();
+        if (!Eat(',')) return Bad(std::string("expects ',' or '") + close + "'");
+      }
+    }
+    if (c == '"') {
+      std::string ignored;
+      return String(&ignored);
+    }
+    if (Word("true") || Word("false") || Word("null")) return Status::Ok();
+    if (c == '-' || (c >= '0' && c <= '9')) {  // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+      Eat('-');
+      if (!Eat('0') && !Digits()) return Bad("has a malformed number");
+      if (Eat('.') && !Digits()) return Bad("has a malformed number");
+      if (Eat('e') || Eat('E')) {
+        if (!Eat('+')) Eat('-');
+        if (!Digits()) return Bad("has a malformed number");
+      }
+      return Status::Ok();
+    }
+    return Bad("has an unexpected character at byte " + std::to_string(i_));
+  }
+
+  static void PutUtf8(uint32_t cp, std::string* out) {
+    if (cp < 0x80) {
+      *out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+      *out += static_cast<char>(0xc0 | (cp >> 6));
+      *out += static_cast<char>(0x80 | (cp & 0x3f));
+    } else if (cp < 0x10000) {
+      *out += static_cast<char>(0xe0 | (cp >> 12));
+      *out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+      *out += static_cast<char>(0x80 | (cp & 0x3f));
+    } else {
+      *out += static_cast<char>(0xf0 | (cp >> 18));
+      *out += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
+      *out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+      *out += static_cast<char>(0x80 | (cp & 0x3f));
+    }
+  }
+
+  bool Hex4(uint32_t* v) {
+    if (i_ + 4 > s_.size()) return false;
+    *v = 0;
+    for (int k = 0; k < 4; ++k) {
+      char h = s_[i_++];
+      int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+      if (d < 0) return false;
+      *v = *v * 16 + static_cast<uint32_t>(d);
+    }
+    return true;
+  }
+
+  // A string, its escapes decoded (so that a key spelled with \u escapes is that key).
+  Status String(std::string* out) {
+    if (!Eat('"')) return Bad("expects a string at byte " + std::to_string(i_));
+    for (;;) {
+      if (i_ >= s_.size()) return Bad("ends inside a string");
+      char c = s_[i_++];
+      if (c == '"') return Status::Ok();
+      if (static_cast<unsigned char>(c) < 0x20) return Bad("has a control character inside a string");
+      if (c != '\\') {
+        *out += c;
+        continue;
+      }
+      if (i_ >= s_.size()) return Bad("ends inside a string");
+      char e = s_[i_++];
+      switch (e) {
+        case '"': case '\\': case '/': *out += e; break;
+        case 'b': *out += '\b'; break;
+        case 'f': *out += '\f'; break;
+        case 'n': *out += '\n'; break;
+        case 'r': *out += '\r'; break;
+        case 't': *out += '\t'; break;
+        case 'u': {
+          uint32_t cp = 0;
+          if (!Hex4(&cp)) return Bad("has a malformed \\u escape");
+          if (cp >= 0xd800 && cp < 0xdc00) {  // a surrogate pair
+            uint32_t low = 0;
+            if (!Word("\\u") || !Hex4(&low) || low < 0xdc00 || low >= 0xe000) return Bad("has a lone surrogate");
+            cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
+          } else if (cp >= 0xdc00 && cp < 0xe000) {
+            return Bad("has a lone surrogate");
+          }
+          PutUtf8(cp, out);
+          break;
+        }
+        default:
+          return Bad("has an unknown escape in a string");
+      }
+    }
+  }
+
+  std::string_view s_;
+  size_t i_ = 0;
+};
+
+}  // namespace
+
+Result<ManifestPolicy> ParseManifestPolicy(std::string_view json) { return Reader(json).Manifest(); }
+
+}  // namespace shoal

@@ -1,0 +1,61 @@
+// ClientWriter: the writing side of a client's connection to shoald, shared by the C++
+// client (client/client.cc) and the Python client (python/shoal/client.py, through
+// shoal._native.ClientWriter).
+//
+// Requests are sent by the caller (Send, blocking). Releases of dropped results
+// (`release {arena, blocks}` notices, docs/protocol.md) are queued by whoever drops the
+// last tensor over a block, from any thread, without touching the socket (Release); a
+// thread of the writer's own, started with the first release, sends them as soon as they
+// are queued, one notice per arena and at most 4096 blocks a notice, everything queued
+// when it wakes: a client that drops its results and then goes quiet does not keep the
+// worker's output memory. Frames never interleave: the socket has one writer at a time.
+// The writer sends on its own descriptor of the socket (a dup), so that closing the
+// client's descriptor first never lets a late release go to whatever file reuses it.
+// Thread-safety: every method may be called from any thread.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "shoal/status.h"
+
+namespace shoal {
+
+class ClientWriter {
+ public:
+  // Sends on a duplicate of `sock` (a connected Unix stream socket); `sock` stays the caller's.
+  explicit ClientWriter(int sock);
+  ~ClientWriter();  // Stop()
+  ClientWriter(const ClientWriter&) = delete;
+  ClientWriter& operator=(const ClientWriter&) = delete;
+
+  // Sends `data` (whole frames) with `fds` on its first byte; blocks until all is written.
+  Status Send(std::string_view data, const std::vector<int>& fds = {});
+  // Queues block `block` of output arena `arena` for release to the worker that owns it.
+  // Never blocks on the socket. Ignored once stopped (the connection is gone: shoald has
+  // the worker drop the client's output arenas).
+  void Release(uint64_t arena, uint64_t block);
+  // Sends what is queued, stops the thread and closes the writer's descriptor.
+  void Stop();
+
+ private:
+  void Loop();
+  // Sends the releases queued now. REQUIRES(send_mu_).
+  Status SendQueued();
+
+  int sock_;               // ours (a dup); -1 once stopped. GUARDED_BY(send_mu_)
+  const int dup_error_;    // errno of a dup that failed (no descriptor left), else 0
+  std::mutex send_mu_;     // one writer on the socket at a time
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::map<uint64_t, std::vector<uint64_t>> queued_;  // GUARDED_BY(mu_): arena -> blocks
+  bool stopped_ = false;                              // GUARDED_BY(mu_)
+  std::thread thread_;                                // GUARDED_BY(mu_): started by the first release
+};
+
+}  // namespace shoal

@@ -1,0 +1,59 @@
+// The manifest keys shoald reads itself (package_format/manifest.h), from JSON as
+// shoal.export and torch.jit.save's extra files write it, and from JSON that is not.
+#include <string>
+
+#include "package_format/manifest.h"
+#include "tests/cpp/catch.h"
+
+using namespace shoal;
+
+TEST_CASE("a manifest lets broadcast inputs through only when it says true", "[manifest]") {
+  auto yes = ParseManifestPolicy(R"({"format": 1, "name": "m", "inputs": [{"dtype": "float32", "shape": [null, 3]}],
+                                    "example": null, "broadcast_inputs": true, "x": -1.5e-3})");
+  REQUIRE(yes.ok());
+  CHECK(yes->broadcast_inputs);
+  CHECK_FALSE(ParseManifestPolicy(R"({"broadcast_inputs": false})")->broadcast_inputs);
+  CHECK_FALSE(ParseManifestPolicy(R"({"format": 1, "version": "2"})")->broadcast_inputs);  // absent: refused
+  CHECK_FALSE(ParseManifestPolicy("{}")->broadcast_inputs);
+  // a nested key of that name is not the manifest's
+  CHECK_FALSE(ParseManifestPolicy(R"({"outputs": {"broadcast_inputs": true}})")->broadcast_inputs);
+  // escapes are decoded: this is the same key
+  CHECK(ParseManifestPolicy(R"({"broadcast\u005finputs": true})")->broadcast_inputs);
+  CHECK(ParseManifestPolicy(" \n{\"s\": \"\\\"\\\\\\/\\b\\f\\n\\r\\t\\ud83d\\ude00\", \"broadcast_inputs\":true}\n")
+            ->broadcast_inputs);
+}
+
+TEST_CASE("a manifest shoald cannot read is a bad request that says why", "[manifest]") {
+  struct Case {
+    const char* json;
+    const char* why;
+  };
+  const Case cases[] = {
+      {"", "is not a JSON object"},
+      {"[1]", "is not a JSON object"},
+      {R"({"broadcast_inputs": 1})", "broadcast_inputs must be true or false"},
+      {R"({"broadcast_inputs": "true"})", "broadcast_inputs must be true or false"},
+      {R"({"broadcast_inputs": true, "broadcast_inputs": false})", "broadcast_inputs is given twice"},
+      {R"({"a": 1} x)", "has text after its object"},
+      {R"({"a": 01})", "expects ',' or '}' after a value"},
+      {R"({"a": 1.})", "has a malformed number"},
+      {R"({"a": tru})", "has an unexpected character"},
+      {"{\"a\": \"x\ny\"}", "has a control character inside a string"},
+      {R"({"a": "\x"})", "has an unknown escape"},
+      {R"({"a": "\ud800"})", "has a lone surrogate"},
+      {R"({"a": "abc)", "ends inside a string"},
+      {R"({"a": [1, 2)", "expects ',' or ']'"},
+      {R"({"a" 1})", "expects ':' after a key"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.json);
+    auto r = ParseManifestPolicy(c.json);
+    REQUIRE(r.status().code() == Code::kBadRequest);
+    CHECK(r.status().message().rfind("shoal/manifest.json", 0) == 0);
+    CHECK(r.status().message().find(c.why) != std::string::npos);
+  }
+  std::string deep = "{\"a\": " + std::string(40, '[') + std::string(40, ']') + "}";
+  CHECK(ParseManifestPolicy(deep).status().message().find("nests deeper than 32 levels") != std::string::npos);
+  std::string fine = "{\"a\": " + std::string(31, '[') + std::string(31, ']') + "}";
+  CHECK(ParseManifestPolicy(fine).ok());
+}
