@@ -22,3 +22,17 @@ class PythonBound(nn.Module):
             else:
                 h = layer(h) * 0.5
         return h
+
+
+class BertEncoder(nn.Module):
+    """BERT-base (bert-base-uncased's shape, random weights: no download), its encoder
+    output as a plain tensor (shoal sends tensors, not ModelOutputs). Export it with
+    extern=["transformers.**"]: the serving environment provides transformers."""
+
+    def __init__(self):
+        super().__init__()
+        import transformers
+        self.m = transformers.BertModel(transformers.BertConfig())
+
+    def forward(self, ids):
+        return self.m(input_ids=ids).last_hidden_state

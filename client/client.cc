@@ -10,6 +10,8 @@
 #include <set>
 #include <utility>
 
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
 #include "protocol/channel.h"
 #include "protocol/client_writer.h"
 #include "protocol/descriptor.h"
@@ -17,6 +19,7 @@
 #include "protocol/messages.h"
 #include "protocol/paths.h"
 #include "shm/arena.h"
+#include "shm/gpu_memory.h"
 #include "tensors/tree.h"
 
 namespace shoal {
@@ -64,10 +67,21 @@ torch::Tensor TensorOver(const std::shared_ptr<BlockRef>& block, uint64_t data_o
                          at::IntArrayRef shape, at::IntArrayRef strides, size_t nbytes) {
   uint8_t* data = block->arena->base() + data_offset;
   auto* ctx = new std::shared_ptr<BlockRef>(block);
-  c10::DataPtr dp(data, ctx, &DeleteBlock, c10::Device(c10::kCPU));
+  int gpu = block->arena->device();  // a GPU arena: a CUDA tensor over its device memory
+  c10::Device device = gpu >= 0 ? c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(gpu)) : c10::Device(c10::kCPU);
+  c10::DataPtr dp(data, ctx, &DeleteBlock, device);
   c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(dp), nullptr, false);
-  return torch::empty({0}, torch::TensorOptions().dtype(type)).set_(storage, 0, shape, strides);
+  return torch::empty({0}, torch::TensorOptions().dtype(type).device(device)).set_(storage, 0, shape, strides);
 }
+
+// The CUDA ordinal of `device`, -1 for the CPU.
+Result<int> GpuOrdinal(const torch::Device& device) {
+  if (device.is_cpu()) return -1;
+  if (!device.is_cuda()) return Status::BadRequest("tensors on " + device.str() + " cannot travel through shoal");
+  return device.has_index() ? static_cast<int>(device.index()) : static_cast<int>(c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getDevice().index());
+}
+
+constexpr size_t kGpuArenaSize = 64u << 20;  // a client's GPU arena (more when a tensor needs it)
 
 }  // namespace
 
@@ -98,18 +112,47 @@ struct Client::Impl {
   Status TakeArenas(const MapView& m) {
     const msgpack::object* list = m.Find("new_arenas");
     if (list == nullptr || list->type != msgpack::type::ARRAY) return Status::Ok();
-    for (uint32_t i = 0; i < list->via.array.size; ++i) {
+    uint32_t n = list->via.array.size;
+    if (fds.size() < n) {
+      return Status::Internal("shoald announced " + std::to_string(n) + " output arenas with " +
+                              std::to_string(fds.size()) + " fds");
+    }
+    // Every fd of this reply is taken first: one that cannot be mapped must not shift the
+    // next reply's fds.
+    std::vector<int> mine(fds.begin(), fds.begin() + n);
+    fds.erase(fds.begin(), fds.begin() + n);
+    Status first = Status::Ok();
+    for (uint32_t i = 0; i < n; ++i) {
+      int fd = mine[i];
       auto a = MapView::Of(list->via.array.ptr[i], "arenas entry");
       auto id = a.ok() ? a->Uint("arena") : Result<uint64_t>(a.status());
-      if (!id.ok()) return id.status();
-      if (fds.empty()) return Status::Internal("shoald announced output arena " + std::to_string(*id) + " without its fd");
-      int fd = fds.front();
-      fds.erase(fds.begin());
-      auto mapped = Arena::Open(fd);
-      if (!mapped.ok()) return mapped.status();
+      if (!id.ok()) {
+        close(fd);
+        if (first.ok()) first = id.status();
+        continue;
+      }
+      auto gpu = a->OptStr("gpu");
+      Result<std::unique_ptr<Arena>> mapped = Status::Ok();
+      if (gpu.ok() && gpu->has_value()) {  // a worker's GPU output arena
+        auto ordinal = GpuOrdinalOfBus(**gpu);
+        if (!ordinal.ok()) {
+          close(fd);  // Arena::Open/OpenGpu close theirs, also on failure
+          mapped = Status(Code::kBadRequest, "output arena on GPU " + **gpu + " cannot be mapped here (" +
+                                                 ordinal.status().message() +
+                                                 "); ask for host tensors (Infer's host_outputs)");
+        } else {
+          mapped = Arena::OpenGpu(fd, a->Uint("size").value_or(0), *ordinal);
+        }
+      } else {
+        mapped = Arena::Open(fd);
+      }
+      if (!mapped.ok()) {
+        if (first.ok()) first = mapped.status();
+        continue;
+      }
       out_arenas[*id] = std::shared_ptr<Arena>(std::move(*mapped));
     }
-    return Status::Ok();
+    return first;
   }
 
   // A late answer to a request this client gave up on: its results go back to their
@@ -172,13 +215,21 @@ struct Client::Impl {
   }
 
 
-  // REQUIRES(mu)
-  Result<uint64_t> AddArena(size_t size) {
-    auto arena = Arena::Create("shoal-client", size);
+  // An arena on `device` (-1: host memory, else a GPU ordinal). REQUIRES(mu)
+  Result<uint64_t> AddArena(size_t size, int device = -1) {
+    auto arena = device < 0 ? Arena::Create("shoal-client", size) : Arena::CreateGpu(device, size);
     if (!arena.ok()) return arena.status();
     uint64_t id = next_id++;
     Writer w;
-    BeginRequest(&w, "register_arena", id, 0);
+    if (device < 0) {
+      BeginRequest(&w, "register_arena", id, 0);
+    } else {  // a GPU arena says on which GPU and how large it is: its fd cannot say
+      auto bus = GpuBusOfOrdinal(device);
+      if (!bus.ok()) return bus.status();
+      BeginRequest(&w, "register_arena", id, 2);
+      w.Key("gpu"); w.Str(*bus);
+      w.Key("size"); w.Val(static_cast<uint64_t>((*arena)->size()));
+    }
     auto reply = Call(w, id, {(*arena)->fd()});
     if (!reply.ok()) return reply.status();
     auto aid = MapView(reply->get()).Uint("arena");
@@ -187,13 +238,15 @@ struct Client::Impl {
     return *aid;
   }
 
-  // REQUIRES(mu)
-  Result<std::shared_ptr<BlockRef>> Alloc(size_t nbytes) {
+  // A block in one of our arenas on `device` (-1: host memory). REQUIRES(mu)
+  Result<std::shared_ptr<BlockRef>> Alloc(size_t nbytes, int device = -1) {
     for (auto& [id, arena] : arenas) {
+      if (arena->device() != device) continue;
       auto off = arena->Allocate(nbytes);
       if (off.ok()) return std::make_shared<BlockRef>(arena, id, *off);
     }
-    auto id = AddArena(std::max(arena_size, 2 * nbytes + (1u << 20)));
+    size_t base = device < 0 ? arena_size : kGpuArenaSize;
+    auto id = AddArena(std::max(base, 2 * nbytes + (1u << 20)), device);
     if (!id.ok()) return id.status();
     auto off = arenas[*id]->Allocate(nbytes);
     if (!off.ok()) return off.status();
@@ -230,15 +283,18 @@ Result<std::unique_ptr<Client>> Client::Connect(const std::string& socket_path, 
   return std::unique_ptr<Client>(new Client(std::move(impl), path));
 }
 
-Status Client::Load(const std::string& name, const std::string& archive_path) {
+Status Client::Load(const std::string& name, const std::string& archive_path, const std::string& device) {
   std::error_code ec;
   auto abs = std::filesystem::absolute(archive_path, ec);
   std::lock_guard<std::mutex> lock(impl_->mu);
   uint64_t id = impl_->next_id++;
   Writer w;
-  BeginRequest(&w, "load", id, 2);
+  BeginRequest(&w, "load", id, device.empty() ? 2 : 3);
   w.Key("name"); w.Str(name);
   w.Key("path"); w.Str(abs.string());
+  if (!device.empty()) {
+    w.Key("device"); w.Str(device);
+  }
   return impl_->Call(w, id).status();
 }
 
@@ -307,8 +363,10 @@ Result<HealthInfo> Client::Health() {
   return h;
 }
 
-Result<torch::Tensor> Client::Empty(at::IntArrayRef shape, at::ScalarType dtype) {
+Result<torch::Tensor> Client::Empty(at::IntArrayRef shape, at::ScalarType dtype, torch::Device device) {
   if (DTypeName(dtype).empty()) return Status::BadRequest("dtype cannot travel through shoal");
+  auto ordinal = GpuOrdinal(device);
+  if (!ordinal.ok()) return ordinal.status();
   int64_t numel = 1;
   for (auto s : shape) {
     if (s < 0) return Status::BadRequest("negative dimension");
@@ -316,27 +374,30 @@ Result<torch::Tensor> Client::Empty(at::IntArrayRef shape, at::ScalarType dtype)
   }
   size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
   std::lock_guard<std::mutex> lock(impl_->mu);
-  auto block = impl_->Alloc(std::max<size_t>(nbytes, 1));
+  auto block = impl_->Alloc(std::max<size_t>(nbytes, 1), *ordinal);
   if (!block.ok()) return block.status();
   return TensorOver(*block, (*block)->offset, dtype, shape, ContiguousStrides(shape.vec()), nbytes);
 }
 
 Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<torch::Tensor>& inputs,
-                                  std::optional<std::chrono::milliseconds> timeout, int retries) {
+                                  std::optional<std::chrono::milliseconds> timeout, int retries, bool host_outputs) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<BlockRef>> keep;  // (arena, block)
   std::vector<Descriptor> descs;
+  std::set<int> gpus;  // GPU ordinals of the inputs
   for (size_t i = 0; i < inputs.size(); ++i) {
     const torch::Tensor& x = inputs[i];
     if (!x.defined()) return Status::BadRequest("input " + std::to_string(i) + " is an undefined tensor");
-    if (!x.device().is_cpu()) return Status::BadRequest("input " + std::to_string(i) + " is not on the CPU");
+    auto ordinal = GpuOrdinal(x.device());
+    if (!ordinal.ok()) return Status::BadRequest("input " + std::to_string(i) + ": " + ordinal.status().message());
+    if (*ordinal >= 0) gpus.insert(*ordinal);
     std::string dtype = DTypeName(x.scalar_type());
     if (dtype.empty()) return Status::BadRequest("input " + std::to_string(i) + " has an unsupported dtype");
     Descriptor d;
     d.dtype = dtype;
     d.shape = x.sizes().vec();
     auto block = x.numel() > 0 ? BlockOf(x) : nullptr;
-    if (block && impl_->arenas.count(block->arena_id) != 0) {
+    if (block && impl_->arenas.count(block->arena_id) != 0 && block->arena->device() == *ordinal) {
       // Arena-backed: describe the bytes where they are.
       d.arena = block->arena_id;
       d.block = block->offset;
@@ -344,9 +405,9 @@ Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<to
       d.strides = x.strides().vec();
     } else {
       size_t nbytes = static_cast<size_t>(x.numel()) * x.element_size();
-      auto b = impl_->Alloc(std::max<size_t>(nbytes, 1));
+      auto b = impl_->Alloc(std::max<size_t>(nbytes, 1), *ordinal);
       if (!b.ok()) return b.status();
-      block = *b;
+      block = *b;  // a CUDA tensor: one copy on its GPU below
       d.arena = block->arena_id;
       d.block = d.offset = block->offset;
       d.strides = ContiguousStrides(x.sizes().vec());
@@ -357,9 +418,15 @@ Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<to
     keep[{d.arena, d.block}] = block;
     descs.push_back(std::move(d));
   }
+  // The writes to GPU inputs (the caller's kernels, our copies) are complete before the
+  // worker, another process, reads them.
+  for (int g : gpus) torch::cuda::synchronize(g);
   uint64_t id = impl_->next_id++;
   Writer w;
-  BeginRequest(&w, "infer", id, 2 + (timeout ? 1 : 0) + (retries > 0 ? 1 : 0));
+  BeginRequest(&w, "infer", id, 2 + (timeout ? 1 : 0) + (retries > 0 ? 1 : 0) + (host_outputs ? 1 : 0));
+  if (host_outputs) {
+    w.Key("outputs"); w.Str("cpu");
+  }
   w.Key("model"); w.Str(model);
   w.Key("inputs");
   w.pk().pack_array(static_cast<uint32_t>(descs.size()));

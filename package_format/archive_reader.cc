@@ -305,4 +305,29 @@ Result<ArchiveInfo> InspectArchiveFile(const std::string& path) { return ReadFil
 
 Result<ArchiveInfo> ReadArchiveFile(const std::string& path) { return ReadFile(path, ReadArchive); }
 
+bool PickleNamesCuda(std::string_view pkl) {
+  auto is_location = [](std::string_view s) {
+    if (s.substr(0, 4) != "cuda") return false;
+    if (s.size() == 4) return true;
+    if (s.size() < 6 || s[4] != ':') return false;
+    for (char c : s.substr(5)) {
+      if (c < '0' || c > '9') return false;
+    }
+    return true;
+  };
+  for (size_t i = pkl.find("cuda"); i != std::string_view::npos; i = pkl.find("cuda", i + 1)) {
+    size_t len = 0;
+    if (i >= 2 && static_cast<uint8_t>(pkl[i - 2]) == 0x8c) {  // SHORT_BINUNICODE, 1-byte length
+      len = static_cast<uint8_t>(pkl[i - 1]);
+    } else if (i >= 5 && pkl[i - 5] == 'X') {  // BINUNICODE, 4-byte length
+      len = static_cast<uint8_t>(pkl[i - 4]) | static_cast<uint8_t>(pkl[i - 3]) << 8 |
+            static_cast<uint8_t>(pkl[i - 2]) << 16 | static_cast<size_t>(static_cast<uint8_t>(pkl[i - 1])) << 24;
+    } else {
+      continue;
+    }
+    if (len <= pkl.size() - i && is_location(pkl.substr(i, len))) return true;
+  }
+  return false;
+}
+
 }  // namespace shoal

@@ -67,4 +67,9 @@ Result<ArchiveInfo> InspectArchiveFile(const std::string& path);
 // Maps `path` read-only and reads it (ReadArchive); errors start with "archive PATH: ".
 Result<ArchiveInfo> ReadArchiveFile(const std::string& path);
 
+// Whether a tensor pickle (a TorchScript archive's data.pkl) names a CUDA location for a
+// storage: a pickled string "cuda" or "cuda:N" (torch writes each storage's location as
+// one). The device a TorchScript model was exported for; one rule for C++ and Python.
+bool PickleNamesCuda(std::string_view pickle);
+
 }  // namespace shoal

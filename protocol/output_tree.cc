@@ -4,6 +4,7 @@
 #include "protocol/descriptor.h"
 #include "protocol/dtypes.h"
 #include "protocol/messages.h"
+#include "shm/gpu_memory.h"
 
 namespace shoal {
 
@@ -145,7 +146,7 @@ Status Encoder::Int(const OutputValue& v) {
 }
 
 Status Encoder::Tensor(OutputValue& v) {
-  auto t = v.Tensor();
+  auto t = v.Tensor(place_.keep_gpu);
   if (!t.ok()) return ModelError("an output tensor cannot be read: " + t.status().message());
   if (t->dtype.empty()) {
     return ModelError("output dtype " + t->engine_dtype + " cannot travel through shoal; use one of " +
@@ -179,7 +180,7 @@ Status Encoder::Tensor(OutputValue& v) {
   // Otherwise one copy into a block of this worker's output arenas for the client.
   auto nbytes = d.LogicalBytes();
   if (!nbytes.ok()) return ModelError("an output tensor cannot travel: " + nbytes.status().message());
-  auto block = place_.outputs->Allocate(place_.client, *nbytes, place_.limits);
+  auto block = place_.outputs->Allocate(place_.client, *nbytes, place_.limits, t->device);
   if (!block.ok()) return Status(Code::kArenaFull, "output does not fit: " + block.status().message());
   allocated_.push_back(*block);
   d.arena = block->arena;
@@ -224,9 +225,14 @@ Result<EncodedReply> EncodeOutputReply(uint64_t job, std::string_view model, Out
     w.Key("new_arenas");
     w.pk().pack_array(static_cast<uint32_t>(fresh.size()));
     for (const auto& a : fresh) {
-      w.Map(2);
+      std::string bus;
+      if (a.device >= 0) bus = GpuBusOfOrdinal(a.device).value_or("");
+      w.Map(bus.empty() ? 2 : 3);
       w.Key("arena"); w.Val(a.arena);
       w.Key("size"); w.Val(a.size);
+      if (!bus.empty()) {
+        w.Key("gpu"); w.Str(bus);
+      }
       out.fds.push_back(a.fd);
     }
   }
@@ -241,6 +247,11 @@ OutputLimits OutputLimitsOf(const MapView& infer) {
     l.arenas_per_client = static_cast<uint32_t>(**n);
   }
   return l;
+}
+
+bool KeepGpuOutputs(const MapView& infer) {
+  auto o = infer.OptStr("outputs");
+  return !(o.ok() && o->has_value() && **o == "cpu");
 }
 
 std::string UsageNotice(const OutputUsage& usage) {

@@ -26,13 +26,15 @@ namespace shoal {
 // refuse such trees too (tensors/tree.h).
 constexpr int kMaxOutputDepth = 16;
 
-// An output tensor as the encoder needs it: on the CPU, its first element at `data`.
+// An output tensor as the encoder needs it: its first element at `data`, on the CPU or (with
+// `device` >= 0) in GPU memory of that ordinal.
 struct OutputTensor {
   std::string dtype;         // shoal's name (protocol/dtypes.h); empty when shoal has none
   std::string engine_dtype;  // the engine's name of the dtype, for the error when `dtype` is empty
   std::vector<int64_t> shape;
   std::vector<int64_t> strides;  // in elements, >= 0
   const uint8_t* data = nullptr;
+  int device = -1;
 };
 
 // An integer output: Python's are unbounded, so it may not fit the wire's 64 bits.
@@ -63,11 +65,11 @@ class OutputValue {
   virtual std::unique_ptr<OutputValue> Item(size_t /*i*/) const { return nullptr; }
   virtual std::unique_ptr<OutputValue> Key(size_t /*i*/) const { return nullptr; }
   virtual std::unique_ptr<OutputValue> Value(size_t /*i*/) const { return nullptr; }
-  // kTensor: moves it to the CPU if needed (the value keeps that copy alive) and
-  // describes it; an error carries the engine's message.
-  virtual Result<OutputTensor> Tensor() { return Status::Internal("not a tensor"); }
-  // kTensor, after Tensor(): copies its elements to `dst`, laid out with `strides`
-  // (contiguous, in elements).
+  // kTensor: describes it, first moving it to the CPU (the value keeps that copy alive)
+  // unless it is on a GPU and `keep_gpu`; an error carries the engine's message.
+  virtual Result<OutputTensor> Tensor(bool /*keep_gpu*/) { return Status::Internal("not a tensor"); }
+  // kTensor, after Tensor(): copies its elements to `dst` (memory on the tensor's own
+  // device), laid out with `strides` (contiguous, in elements).
   virtual Status CopyTensor(uint8_t* /*dst*/, const std::vector<int64_t>& /*strides*/) {
     return Status::Internal("not a tensor");
   }
@@ -91,11 +93,16 @@ struct OutputPlacement {
   uint64_t client = 0;              // shoald's id of the job's connection
   OutputLimits limits;
   std::vector<InputSpan> inputs;
+  // Outputs on a GPU stay there (a block of a GPU output arena), unless the client asked
+  // for host tensors ("outputs": "cpu" in the infer).
+  bool keep_gpu = true;
 };
 
 // The output limits shoald sends with each infer ("out_bytes", "out_arenas"); defaults
 // where absent.
 OutputLimits OutputLimitsOf(const MapView& infer);
+// Whether a job's GPU outputs stay on the GPU (the infer's "outputs" is not "cpu").
+bool KeepGpuOutputs(const MapView& infer);
 
 // A reply and the fds of the arenas it announces (owned by the OutputArenas; attach them
 // to the reply's frame, in order).
@@ -106,7 +113,7 @@ struct EncodedReply {
 
 // The reply to job `job` of model `model` whose output is `root`:
 // {"v":1,"id":job,"ok":true,"outputs":tree,"usage":{owner,bytes,arenas}
-//  [,"new_arenas":[{"arena","size"}]]}; new_arenas lists the client's output arenas made
+//  [,"new_arenas":[{"arena","size"[,"gpu":pci bus id]}]]}; new_arenas lists the client's output arenas made
 // since this owner's last reply, their fds in `fds`. On failure every block it allocated
 // is freed again and the error (MODEL_ERROR, or ARENA_FULL when an output does not fit)
 // names the model and the job.

@@ -10,13 +10,39 @@
 namespace shoal {
 
 Arena::Arena(int fd, size_t size, uint8_t *base,
-             std::unique_ptr<BlockAllocator> allocator)
-    : fd_(fd), size_(size), base_(base), allocator_(std::move(allocator)) {}
+             std::unique_ptr<BlockAllocator> allocator,
+             std::unique_ptr<GpuMemory> gpu)
+    : fd_(fd), size_(size), base_(base), allocator_(std::move(allocator)),
+      gpu_(std::move(gpu)) {}
 
 Arena::~Arena() {
+  if (gpu_)
+    return; // GpuMemory unmaps and closes its own fd
   munmap(base_, size_);
   if (fd_ >= 0)
     close(fd_);
+}
+
+Result<std::unique_ptr<Arena>> Arena::CreateGpu(int ordinal, size_t size) {
+  auto mem = GpuMemory::Create(ordinal, size);
+  if (!mem.ok())
+    return mem.status();
+  int fd = (*mem)->fd();
+  size_t real = (*mem)->size();
+  auto *base = reinterpret_cast<uint8_t *>((*mem)->address());
+  return std::unique_ptr<Arena>(new Arena(fd, real, base,
+                                          std::make_unique<BlockAllocator>(real),
+                                          std::move(*mem)));
+}
+
+Result<std::unique_ptr<Arena>> Arena::OpenGpu(int fd, size_t size,
+                                              int ordinal) {
+  auto mem = GpuMemory::Import(fd, size, ordinal, false);
+  if (!mem.ok())
+    return mem.status();
+  auto *base = reinterpret_cast<uint8_t *>((*mem)->address());
+  return std::unique_ptr<Arena>(
+      new Arena(-1, size, base, nullptr, std::move(*mem)));
 }
 
 namespace {

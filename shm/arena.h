@@ -9,6 +9,9 @@
 // mapping is refused. Offsets, not pointers, cross processes. Owners: a client
 // for the arenas its inputs live in, a worker for the output arenas it makes
 // for one client connection (shm/output_arenas.h). shoald never maps arenas.
+// GPU arenas (CreateGpu/OpenGpu) are the same with GPU memory passed as an fd
+// (shm/gpu_memory.h): base() is then a device address, never dereferenced on
+// the host, and device() the GPU's ordinal in this process (-1: host memory).
 // Thread-safety: Allocate/Free/FreeBytes may be called from any thread of the
 // owner (a mutex guards the bookkeeping); base()/size()/fd() are immutable.
 #pragma once
@@ -20,6 +23,7 @@
 #include <string>
 
 #include "shm/block_allocator.h"
+#include "shm/gpu_memory.h"
 #include "shoal/status.h"
 
 namespace shoal {
@@ -36,6 +40,13 @@ public:
   // only reads and writes the bytes descriptors name, and never passes the
   // arena on.
   static Result<std::unique_ptr<Arena>> Open(int fd);
+  // The same on GPU `ordinal`: a new exportable allocation of at least `size`
+  // bytes (rounded to the GPU's granularity), and a peer's, mapped at its
+  // announced `size` (refused when the allocation is smaller). OpenGpu takes
+  // `fd`.
+  static Result<std::unique_ptr<Arena>> CreateGpu(int ordinal, size_t size);
+  static Result<std::unique_ptr<Arena>> OpenGpu(int fd, size_t size,
+                                                int ordinal);
 
   ~Arena();
   Arena(const Arena &) = delete;
@@ -45,6 +56,7 @@ public:
   size_t size() const { return size_; }
   uint8_t *base() const { return base_; }
   bool owned() const { return allocator_ != nullptr; }
+  int device() const { return gpu_ ? gpu_->ordinal() : -1; }
 
   // Owner only: a 64-byte aligned block of at least `nbytes`; returns its
   // offset.
@@ -62,7 +74,8 @@ public:
 
 private:
   Arena(int fd, size_t size, uint8_t *base,
-        std::unique_ptr<BlockAllocator> allocator);
+        std::unique_ptr<BlockAllocator> allocator,
+        std::unique_ptr<GpuMemory> gpu = nullptr);
 
   const int fd_;
   const size_t size_;
@@ -70,6 +83,7 @@ private:
   mutable std::mutex mu_;
   const std::unique_ptr<BlockAllocator>
       allocator_; // GUARDED_BY(mu_); null on a peer's mapping
+  const std::unique_ptr<GpuMemory> gpu_; // GPU arenas: the memory (owns the fd)
 };
 
 } // namespace shoal

@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <string>
 
 #include "shm/arena.h"
 #include "shoal/status.h"
@@ -32,19 +33,23 @@ class ClientArenaMaps {
   ClientArenaMaps(const ClientArenaMaps&) = delete;
   ClientArenaMaps& operator=(const ClientArenaMaps&) = delete;
 
-  // Takes `fd`, client arena `id`'s memfd (replacing an arena of that id).
-  void Add(uint64_t id, int fd);
+  // Takes `fd`, client arena `id`'s memfd, or with `gpu_bus` (a GPU's PCI bus id) its GPU
+  // memory of `size` bytes (shm/gpu_memory.h); replaces an arena of that id.
+  void Add(uint64_t id, int fd, uint64_t size = 0, const std::string& gpu_bus = "");
   // Forgets arena `id` (shoald dropped it): its fd is closed, its mapping dropped.
   void Drop(uint64_t id);
-  // Arena `id`, mapped now if it is not. When mapping fails, the mappings of arenas not
-  // in `keep` are dropped and it is tried once more. UNAVAILABLE for an arena never sent;
-  // else the mapping's error.
+  // Arena `id`, mapped now if it is not. When mapping a memfd fails, the mappings of the
+  // memfd arenas not in `keep` are dropped and it is tried once more (GPU arenas fail
+  // alone: GPU memory is not the address space). UNAVAILABLE saying why and what to do:
+  // never sent, a GPU this worker cannot use, the address space full even so.
   Result<std::shared_ptr<Arena>> Map(uint64_t id, const std::set<uint64_t>& keep);
   size_t mapped() const;  // arenas mapped now
 
  private:
   struct Slot {
     int fd = -1;
+    uint64_t size = 0;    // announced size (GPU arenas are mapped at it)
+    std::string gpu_bus;  // empty for a memfd
     std::shared_ptr<Arena> mapping;
   };
   mutable std::mutex mu_;

@@ -6,7 +6,8 @@
 namespace shoal {
 
 Result<OutputBlock> OutputArenas::Allocate(uint64_t client, uint64_t nbytes,
-                                           const OutputLimits &limits) {
+                                           const OutputLimits &limits,
+                                           int device) {
   std::lock_guard<std::mutex> lock(mu_);
   uint32_t count = 0;
   uint64_t in_use = 0;
@@ -15,6 +16,8 @@ Result<OutputBlock> OutputArenas::Allocate(uint64_t client, uint64_t nbytes,
       continue;
     ++count;
     in_use += e.arena->UsedBytes();
+    if (e.device != device)
+      continue;
     if (auto off = e.arena->Allocate(nbytes); off.ok())
       return OutputBlock{id, *off, e.arena->base() + *off};
   }
@@ -30,9 +33,13 @@ Result<OutputBlock> OutputArenas::Allocate(uint64_t client, uint64_t nbytes,
   // Room for the block past the reserved first bytes, rounded to whole pages.
   uint64_t need =
       nbytes + BlockAllocator::kFirstBlock + BlockAllocator::kAlignment;
-  uint64_t size =
-      std::max<uint64_t>(limits.arena_bytes, (need + 4095) / 4096 * 4096);
-  auto arena = Arena::Create("shoal-output", size);
+  // GPU memory is scarcer than host memory: a GPU arena is at most 16 MiB unless one
+  // output needs more (each is rounded to the GPU's granularity, 2 MiB on an H100).
+  uint64_t base = device < 0 ? limits.arena_bytes
+                             : std::min<uint64_t>(limits.arena_bytes, 16u << 20);
+  uint64_t size = std::max<uint64_t>(base, (need + 4095) / 4096 * 4096);
+  auto arena = device < 0 ? Arena::Create("shoal-output", size)
+                          : Arena::CreateGpu(device, size);
   if (!arena.ok()) {
     return Status(Code::kArenaFull, "cannot make an output arena of " +
                                         std::to_string(size) +
@@ -43,7 +50,7 @@ Result<OutputBlock> OutputArenas::Allocate(uint64_t client, uint64_t nbytes,
   if (!off.ok())
     return off.status();
   uint8_t *data = (*arena)->base() + *off;
-  arenas_[id] = Entry{client, std::move(*arena), false};
+  arenas_[id] = Entry{client, std::move(*arena), false, device};
   return OutputBlock{id, *off, data};
 }
 
@@ -67,7 +74,7 @@ std::vector<NewOutputArena> OutputArenas::TakeNew(uint64_t client) {
     if (e.client != client || e.announced)
       continue;
     e.announced = true;
-    out.push_back({id, e.arena->size(), e.arena->fd()});
+    out.push_back({id, e.arena->size(), e.device, e.arena->fd()});
   }
   return out;
 }

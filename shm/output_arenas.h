@@ -52,6 +52,7 @@ struct OutputBlock {
 struct NewOutputArena {
   uint64_t arena = 0;
   uint64_t size = 0;
+  int device = -1; // GPU ordinal in this process; -1: a memfd
   int fd = -1; // owned by OutputArenas; valid until DropClient of its client
 };
 
@@ -67,11 +68,12 @@ public:
   OutputArenas(const OutputArenas &) = delete;
   OutputArenas &operator=(const OutputArenas &) = delete;
 
-  // A block of `nbytes` in one of `client`'s arenas (making one if none has
-  // room and the limit allows). ARENA_FULL says what is in use and which
-  // setting to raise.
+  // A block of `nbytes` in one of `client`'s arenas on `device` (-1: host
+  // memory, else a GPU ordinal: a GPU arena), making one if none has room and
+  // the limit (per client, all devices together) allows. ARENA_FULL says what
+  // is in use and which setting to raise.
   Result<OutputBlock> Allocate(uint64_t client, uint64_t nbytes,
-                               const OutputLimits &limits);
+                               const OutputLimits &limits, int device = -1);
   // Frees a block handed out here; false (nothing happens) for anything else.
   bool Free(uint64_t arena, uint64_t offset);
   // The client is gone: its arenas are unmapped and closed (a client that holds
@@ -88,6 +90,7 @@ private:
     uint64_t client = 0;
     std::unique_ptr<Arena> arena;
     bool announced = false;
+    int device = -1;
   };
   const uint32_t owner_;
   mutable std::mutex mu_;

@@ -1,12 +1,20 @@
 #include "supervisor/arena_table.h"
 
+#include "shm/gpu_memory.h"
 #include "shm/memfd.h"
 
 namespace shoal {
 
 Result<uint64_t> ArenaTable::Register(uint64_t owner,
-                                      std::shared_ptr<OwnedFd> fd) {
-  auto size = CheckArenaFd(fd->get());
+                                      std::shared_ptr<OwnedFd> fd,
+                                      const std::string &gpu,
+                                      uint64_t gpu_size) {
+  Result<size_t> size = gpu_size;
+  if (gpu.empty()) {
+    size = CheckArenaFd(fd->get());
+  } else if (auto st = CheckGpuArenaFd(fd->get(), gpu_size); !st.ok()) {
+    return st;
+  }
   if (!size.ok())
     return size.status();
   ArenaEntry a;
@@ -14,6 +22,7 @@ Result<uint64_t> ArenaTable::Register(uint64_t owner,
   a.owner = owner;
   a.size = *size;
   a.fd = std::move(fd);
+  a.gpu = gpu;
   arenas_[a.id] = a;
   return a.id;
 }
@@ -21,11 +30,13 @@ Result<uint64_t> ArenaTable::Register(uint64_t owner,
 Result<uint64_t> ArenaTable::RegisterWorkerArena(uint64_t owner, int slot,
                                                  uint64_t generation,
                                                  uint64_t local,
-                                                 std::shared_ptr<OwnedFd> fd) {
+                                                 std::shared_ptr<OwnedFd> fd,
+                                                 const std::string &gpu,
+                                                 uint64_t gpu_size) {
   if (auto it = by_worker_.find({slot, generation, local});
       it != by_worker_.end())
     return it->second;
-  auto id = Register(owner, std::move(fd));
+  auto id = Register(owner, std::move(fd), gpu, gpu_size);
   if (!id.ok())
     return id.status();
   ArenaEntry& a = arenas_[*id];

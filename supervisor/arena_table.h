@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -36,6 +37,7 @@ struct ArenaEntry {
   uint64_t generation = 0; // ... and its generation
   uint64_t local = 0;      // the worker's id of the arena (kWorkerArenaBit set)
   bool delivered = false;  // the client has its fd
+  std::string gpu;         // GPU arenas: the GPU's PCI bus id; empty for a memfd
 
   bool by_worker() const { return worker >= 0; }
 };
@@ -46,15 +48,21 @@ public:
   ArenaTable(const ArenaTable &) = delete;
   ArenaTable &operator=(const ArenaTable &) = delete;
 
-  // Checks that `fd` is a sealed-size memfd arena (shm/memfd.h) and records it
-  // as a client arena of `owner`; returns its id. `fd` is closed on error.
-  Result<uint64_t> Register(uint64_t owner, std::shared_ptr<OwnedFd> fd);
+  // Checks that `fd` is a sealed-size memfd arena (shm/memfd.h), or with a
+  // `gpu` (PCI bus id) an exported GPU allocation of `gpu_size` bytes
+  // (shm/gpu_memory.h), and records it as a client arena of `owner`; returns
+  // its id. `fd` is closed on error.
+  Result<uint64_t> Register(uint64_t owner, std::shared_ptr<OwnedFd> fd,
+                            const std::string &gpu = "",
+                            uint64_t gpu_size = 0);
   // Records the output arena `local` that worker (slot, generation) made for
   // client `owner`; returns its id. Checks the fd like Register; announcing the
   // same arena twice returns the first id (the new fd is closed).
   Result<uint64_t> RegisterWorkerArena(uint64_t owner, int slot,
                                        uint64_t generation, uint64_t local,
-                                       std::shared_ptr<OwnedFd> fd);
+                                       std::shared_ptr<OwnedFd> fd,
+                                       const std::string &gpu = "",
+                                       uint64_t gpu_size = 0);
   void Drop(uint64_t id);
   // A worker died or retired: its arenas are forgotten (clients keep their
   // mappings).

@@ -207,7 +207,7 @@ void ClientFront::OnFrame(const std::shared_ptr<ClientSession>& s, std::string b
       return Status::Ok();
     }
     if (*op == "infer") return Infer(s, id, m);
-    if (*op == "register_arena") return RegisterArena(s, id, fds);
+    if (*op == "register_arena") return RegisterArena(s, id, m, fds);
     if (*op == "load") return Load(s, id, m);
     if (*op == "unload") return Unload(s, id, m);
     if (*op == "ping") {
@@ -266,12 +266,23 @@ void ClientFront::Release(const ClientSession& s, const MapView& m) {
   if (!offsets.empty()) pool_->Release(a->worker, a->generation, a->local, offsets);
 }
 
-Status ClientFront::RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, std::vector<int>* fds) {
+Status ClientFront::RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m,
+                                  std::vector<int>* fds) {
   if (fds->empty()) return Status::BadRequest("register_arena needs a memfd attached (SCM_RIGHTS)");
   auto fd = std::make_shared<OwnedFd>(fds->front());  // closed on every error path below
   fds->erase(fds->begin());
   if (s->arenas.size() >= 64) return Status::BadRequest("too many arenas on one connection (64 at most)");
-  auto arena = arenas_->Register(s->id, fd);
+  // A GPU arena says on which GPU (PCI bus id) and how large it is: its fd cannot say.
+  auto gpu = m.OptStr("gpu");
+  auto size = m.OptUint("size");
+  if (!gpu.ok()) return gpu.status();
+  if (!size.ok()) return size.status();
+  if (gpu->has_value() && !size->has_value()) return Status::BadRequest("a GPU arena needs its \"size\"");
+  if (gpu->has_value() && !pool_->KnowsGpu(**gpu)) {
+    return Status::BadRequest("GPU arena on GPU '" + **gpu + "': shoald's workers use no such GPU (see `status`, "
+                              "each worker's \"gpu\"); allocate inputs on one of theirs");
+  }
+  auto arena = arenas_->Register(s->id, fd, gpu->value_or(""), size->value_or(0));
   if (!arena.ok()) return arena.status();
   s->arenas.insert(*arena);
   Writer w;
@@ -314,6 +325,10 @@ Status ClientFront::Load(const std::shared_ptr<ClientSession>& s, uint64_t id, c
     return Status::BadRequest("model name '" + *name +
                               "' is invalid: use NAME or NAME:VERSION, 1-128 characters, no spaces or '/'");
   }
+  auto asked = m.OptStr("device");
+  if (!asked.ok()) return asked.status();
+  auto device = pool_->CheckDevice(*name, asked->value_or("auto"));
+  if (!device.ok()) return device.status();
   if (path->empty() || (*path)[0] != '/') return Status::BadRequest("archive path '" + *path + "' must be absolute");
   if (access(path->c_str(), R_OK) != 0) {
     return Status::FromErrno("model '" + *name + "': cannot read archive " + *path, errno);
@@ -333,7 +348,7 @@ Status ClientFront::Load(const std::shared_ptr<ClientSession>& s, uint64_t id, c
           s->channel->Send(ErrorReply(id, st, tb));
         }
       },
-      info->policy);
+      *device, info->policy);
 }
 
 Status ClientFront::Unload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m) {
@@ -388,6 +403,13 @@ Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, 
     return Status::BadRequest("retries must be 0 or 1: a job that crashed a worker is re-run at most once");
   }
   job->retries = static_cast<int>(retries->value_or(0));
+  auto outputs = m.OptStr("outputs");
+  if (!outputs.ok()) return outputs.status();
+  if (outputs->has_value() && **outputs != "cpu" && **outputs != "auto") {
+    return Status::BadRequest("outputs must be \"cpu\" (GPU outputs come back as host tensors) or \"auto\", not \"" +
+                              **outputs + "\"");
+  }
+  job->host_outputs = outputs->value_or("auto") == "cpu";
   job->id = next_job_++;
   job->request_id = id;
   job->client = s;

@@ -63,7 +63,7 @@ class ClientFront {
   static bool NearDescriptorLimit(int fd);
   void OnFrame(const std::shared_ptr<ClientSession>& s, std::string body, std::vector<int>* fds);
   void OnClosed(const std::shared_ptr<ClientSession>& s);
-  Status RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, std::vector<int>* fds);
+  Status RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m, std::vector<int>* fds);
   Status Load(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
   Status Unload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
   Status Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);

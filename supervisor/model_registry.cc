@@ -23,9 +23,11 @@ bool Newer(const std::string& a, const std::string& b) {
 ModelRegistry::ModelRegistry(asio::io_context& io, const SupervisorConfig& config, ModelHosts* hosts, JobQueue* jobs)
     : io_(io), config_(config), hosts_(hosts), jobs_(jobs) {}
 
-void ModelRegistry::AddConfigured(const std::string& name, const std::string& path, const ManifestPolicy& policy) {
+void ModelRegistry::AddConfigured(const std::string& name, const std::string& path, const std::string& device,
+                                  const ManifestPolicy& policy) {
   Entry& m = models_[name];
   m.path = path;
+  m.device = device;
   m.policy = policy;
   m.loading = false;
 }
@@ -47,14 +49,25 @@ void ModelRegistry::LoadIn(ModelHosts::Worker worker, const std::string& name, c
     auto m = models_.find(name);
     return m != models_.end() && !m->second.failed;
   };
-  hosts_->Load(worker, name, path, keep,
+  auto m = models_.find(name);
+  std::string device = m != models_.end() ? m->second.device : "auto";
+  hosts_->Load(worker, name, path, device, keep,
                [this, name, done](const Status& st, const std::string& tb, const std::string& engine) {
                  if (auto m = models_.find(name); m != models_.end() && !engine.empty()) m->second.engine = engine;
                  done(st, tb, engine);
                });
 }
 
-Status ModelRegistry::Load(const std::string& name, const std::string& path, Done done, const ManifestPolicy& policy) {
+std::vector<ModelHosts::Worker> ModelRegistry::HostsFor(const std::string& device) const {
+  std::vector<ModelHosts::Worker> out;
+  for (const auto& w : hosts_->Live()) {
+    if (hosts_->Places(w, device)) out.push_back(w);
+  }
+  return out;
+}
+
+Status ModelRegistry::Load(const std::string& name, const std::string& path, Done done, const std::string& device,
+                           const ManifestPolicy& policy) {
   if (auto old = models_.find(name); old != models_.end()) {
     if (old->second.draining) {
       return Status::BadRequest("model '" + name + "' is being unloaded; load it once that is done");
@@ -64,9 +77,10 @@ Status ModelRegistry::Load(const std::string& name, const std::string& path, Don
   }
   Entry& entry = models_[name];
   entry.path = path;
+  entry.device = device;
   entry.policy = policy;
   entry.loading = true;
-  auto live = hosts_->Live();
+  auto live = HostsFor(device);
   if (live.empty()) {
     // No live worker right now: replacements load it when they start.
     entry.loading = false;
@@ -100,7 +114,7 @@ Status ModelRegistry::Load(const std::string& name, const std::string& path, Don
     spdlog::info("model '{}' loaded", name);
     done(Status::Ok(), "");
     // Workers started while it loaded (replacements, a bigger pool) load it now.
-    for (const auto& w : hosts_->Live()) {
+    for (const auto& w : HostsFor(it->second.device)) {
       if (!hosts_->HasOrLoads(w, name)) {
         LoadIn(w, name, it->second.path, [this](const Status&, const std::string&, const std::string&) {
           jobs_->Dispatch();
@@ -128,7 +142,7 @@ void ModelRegistry::LoadInto(ModelHosts::Worker worker,
   std::vector<std::pair<std::string, std::string>> todo;
   for (const auto& [name, m] : models_) {
     // A pending client load() covers the workers alive at its start.
-    if (!m.loading && !m.failed) todo.emplace_back(name, m.path);
+    if (!m.loading && !m.failed && hosts_->Places(worker, m.device)) todo.emplace_back(name, m.path);
   }
   *remaining = static_cast<int>(todo.size());
   if (todo.empty()) return all_done();
@@ -310,6 +324,7 @@ std::vector<ModelRegistry::Info> ModelRegistry::List() const {
     i.name = name;
     i.engine = m.engine;
     i.path = m.path;
+    i.device = m.device;
     i.ready = Ready(name);
     i.queued = jobs_->Queued(name);
     i.failed = m.failed;

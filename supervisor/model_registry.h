@@ -51,8 +51,11 @@ class ModelHosts {
   // Loads `name` from `path` in `worker`. On success the model is marked ready there if
   // keep() still holds when the reply comes, else unloaded again; then done() runs (once,
   // also when the worker dies or is gone).
-  virtual void Load(Worker worker, const std::string& name, const std::string& path, std::function<bool()> keep,
-                    LoadDone done) = 0;
+  // `device` is the load's ("auto", "cpu", "cuda", "cuda:N"; see supervisor/gpu_placement.h).
+  virtual void Load(Worker worker, const std::string& name, const std::string& path, const std::string& device,
+                    std::function<bool()> keep, LoadDone done) = 0;
+  // Whether a model loaded for `device` runs in `worker` ("cuda:N": workers on GPU N).
+  virtual bool Places(Worker /*worker*/, const std::string& /*device*/) const { return true; }
   // Whether `worker` has `name` ready or a load of it in flight.
   virtual bool HasOrLoads(Worker worker, const std::string& name) const = 0;
   // Unloads `name` from every live worker that has it ready.
@@ -72,12 +75,16 @@ class ModelRegistry {
 
   // A model of the configuration: loaded into each worker as it starts. `policy`: what
   // its manifest says shoald must allow (package_format/manifest.h).
-  void AddConfigured(const std::string& name, const std::string& path, const ManifestPolicy& policy = {});
+  void AddConfigured(const std::string& name, const std::string& path, const std::string& device = "auto",
+                     const ManifestPolicy& policy = {});
 
   using Done = std::function<void(const Status& st, const std::string& traceback)>;
   // Loads an archive (already validated) under `name` in every live worker; `done` runs
   // once every worker answered. An immediate error (the name is taken) is returned instead.
-  Status Load(const std::string& name, const std::string& path, Done done, const ManifestPolicy& policy = {});
+  // `device`: where it runs ("auto": where it was exported; gpu_placement.h checked it).
+  // `policy`: what its manifest says shoald must allow (package_format/manifest.h).
+  Status Load(const std::string& name, const std::string& path, Done done, const std::string& device = "auto",
+              const ManifestPolicy& policy = {});
   // "name:version" unloads that version; a plain name unloads "name" or every "name:*".
   // `done` runs once their jobs are finished or the grace period is over.
   Status Unload(const std::string& name, std::function<void()> done);
@@ -105,7 +112,7 @@ class ModelRegistry {
   void CheckUnloads();
 
   struct Info {
-    std::string name, engine, path, last_error;
+    std::string name, engine, path, last_error, device;
     bool ready = false;
     bool failed = false;
     size_t queued = 0;
@@ -118,6 +125,7 @@ class ModelRegistry {
  private:
   struct Entry {
     std::string path;
+    std::string device = "auto";  // as loaded (ModelHosts::Places says where it runs)
     bool loading = true;    // a client's load() is still waiting for the workers
     bool failed = false;    // crash loop: no longer loaded nor served until loaded again
     bool draining = false;  // being unloaded: takes no new jobs, finishes those it has
@@ -142,6 +150,8 @@ class ModelRegistry {
     std::unique_ptr<boost::asio::steady_timer> grace;
   };
   void LoadIn(ModelHosts::Worker worker, const std::string& name, const std::string& path, ModelHosts::LoadDone done);
+  // The live workers a model loaded for `device` runs in.
+  std::vector<ModelHosts::Worker> HostsFor(const std::string& device) const;
   void FinishUnload(const std::string& key);
   std::string Loaded() const;  // "a, b:1" or "(none)", for errors
 

@@ -92,10 +92,13 @@ std::vector<Option> MakeTable() {
       Make<&C::workers>("workers", K::kNumber, "N", kReload, "worker processes", 1, 1024),
       Make<&C::interpreters>("interpreters", K::kNumber, "K", kRestart,
                              "Python interpreters per worker, each with its own GIL", 1, 64),
+      Make<&C::gpus>("gpus", K::kText, "LIST", kRestart,
+                     "GPUs workers are placed on, round-robin: all, none or indices such as 0,1 (each worker sees its own alone)", 0, 0, "all"),
       Make<&C::interpreter_cache>("interpreter_cache", K::kText, "DIR", kRestart,
                                   "private library copies for interpreters > 1", 0, 0, "in the runtime folder"),
       Make<&C::models>("model", K::kModel, "NAME=ARCHIVE", kRestart,
-                       "load this archive at start-up (repeatable); a relative path is under "
+                       "load this archive at start-up (repeatable); NAME@DEVICE=ARCHIVE runs it on DEVICE (cpu, "
+                       "cuda, cuda:N; default: where it was exported); a relative path is under "
                        "model_repository in the file, under the current folder on the command line"),
       Make<&C::model_repository>("model_repository", K::kText, "DIR", kRestart,
                                  "where relative archive paths of the file's model lines are"),

@@ -253,9 +253,12 @@ void Scheduler::OnReply(const std::shared_ptr<Job>& job, const Status& st, const
       r.Key("new_arenas");
       r.pk().pack_array(static_cast<uint32_t>(fresh.size()));
       for (const ArenaEntry* a : fresh) {
-        r.Map(2);
+        r.Map(a->gpu.empty() ? 2 : 3);
         r.Key("arena"); r.Val(a->id);
         r.Key("size"); r.Val(static_cast<uint64_t>(a->size));
+        if (!a->gpu.empty()) {
+          r.Key("gpu"); r.Str(a->gpu);
+        }
       }
     }
     Answer(job, r.body(), std::move(fds));

@@ -9,8 +9,9 @@ void PackModels(Writer* w, const ModelRegistry& registry, bool show_paths) {
   w->Key("models");
   w->pk().pack_array(static_cast<uint32_t>(models.size()));
   for (const auto& m : models) {
-    w->Map(6 + (m.failed ? 1 : 0) + (m.refused.empty() ? 0 : 1));
+    w->Map(7 + (m.failed ? 1 : 0) + (m.refused.empty() ? 0 : 1));
     w->Key("name"); w->Str(m.name);
+    w->Key("device"); w->Str(m.device);  // as loaded: auto (where it was exported), cpu, cuda, cuda:N
     w->Key("engine"); w->Str(m.engine);
     w->Key("path"); w->Str(show_paths ? m.path : std::string());
     w->Key("ready"); w->Val(m.ready);
@@ -45,8 +46,9 @@ void PackStatus(Writer* w, uint64_t id, const ServiceFigures& service, const Mod
   w->Key("workers");
   w->pk().pack_array(static_cast<uint32_t>(workers.size()));
   for (const auto& wk : workers) {
-    w->Map(12);
+    w->Map(13);
     w->Key("slot"); w->Val(wk.slot);
+    w->Key("gpu"); w->Str(wk.gpu);  // PCI bus id of the worker's GPU; empty: none
     w->Key("pid"); w->Val(static_cast<int64_t>(wk.pid));
     w->Key("state"); w->Str(wk.state);
     w->Key("interpreters");  // what each interpreter runs

@@ -69,10 +69,17 @@ Status Supervisor::Start() {
   WaitSignal();
   signal(SIGPIPE, SIG_IGN);
 
-  for (const auto& [name, path] : config_.models) {
+  // A configured model may name its device: "NAME@cuda:1=ARCHIVE" (checked once the pool
+  // knows its GPUs, below).
+  std::vector<std::pair<std::string, std::string>> devices;
+  for (const auto& [spec, path] : config_.models) {
+    auto at = spec.find('@');
+    std::string name = spec.substr(0, at);
+    std::string device = at == std::string::npos ? "auto" : spec.substr(at + 1);
+    devices.emplace_back(name, device);
     auto info = InspectArchiveFile(path);  // main checked it: only its manifest's policy is new here
     if (!info.ok()) return Status(info.status().code(), "model '" + name + "': " + info.status().message());
-    registry_.AddConfigured(name, path, info->policy);
+    registry_.AddConfigured(name, path, device, info->policy);
   }
   notifier_.Notify("STATUS=starting " + std::to_string(config_.workers) + " workers, loading " +
                    std::to_string(registry_.size()) + " models");
@@ -80,6 +87,9 @@ Status Supervisor::Start() {
   // as a subreaper we wait for them (and learn how they died) ourselves.
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   pool_.Start();
+  for (const auto& [name, device] : devices) {
+    if (auto st = pool_.CheckDevice(name, device); !st.ok()) return st.status();
+  }
   spdlog::info("shoald listening on {} with {} workers", *where, config_.workers);
   if (notifier_.watchdog_interval()) Watchdog();
   CheckReady();

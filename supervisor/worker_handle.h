@@ -15,6 +15,7 @@
 #include <list>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -22,6 +23,7 @@
 #include "protocol/messages.h"
 #include "base/subprocess.h"
 #include "supervisor/async_channel.h"
+#include "supervisor/model_registry.h"
 #include "supervisor/worker_memory.h"
 
 namespace shoal {
@@ -54,6 +56,8 @@ struct WorkerHandle {
   std::map<uint64_t, ReplyFn> pending;  // request id -> callback
   std::map<uint64_t, std::string> pending_model;  // request id -> model it runs or loads
   bool retiring = false;               // finishes its job, then is closed (recycling, shrink)
+  // A CUDA error poisoned it (its reply said so): charged to that job's model and client.
+  std::optional<CrashCharge> poisoned_by;
   bool killed_for_deadline = false;    // shoald killed it: a job outlived its deadline's grace
   // Its memory limit (supervisor/worker_memory.h): bytes (0: none), who enforces it
   // ("cgroup v1", "cgroup v2", "sampler"), its cgroup's name if it has one, and why it was

@@ -64,6 +64,9 @@ std::vector<std::string> WorkerPool::WorkerArgs() const {
 void WorkerPool::Start() {
   // First: in cgroup v2 this may move shoald into a leaf cgroup, where the zygote follows it.
   limits_ = std::make_unique<WorkerMemory>(config_.worker_memory_cgroup);
+  if (auto st = gpus_.Discover(config_.worker_binary, config_.gpus); !st.ok()) {
+    spdlog::error("{}; workers run without GPUs", st.ToString());
+  }
   if (config_.zygote) {
     std::vector<std::string> args = {"--zygote", "--supervisor", std::to_string(getpid())};
     for (auto& a : WorkerArgs()) args.push_back(a);
@@ -89,7 +92,7 @@ void WorkerPool::Spawn(int slot) {
     }
     sock = sv[0];
     zygote_.Fork(
-        slot, sv[1],
+        slot, sv[1], gpus_.CudaVisible(slot),
         [this, slot, gen](pid_t pid) {
       WorkerHandle* w = Find(slot, gen);
       if (w == nullptr) {
@@ -111,6 +114,10 @@ void WorkerPool::Spawn(int slot) {
         LimitMemory(w.get()));
   } else {
     std::vector<std::string> args = {"--slot", std::to_string(slot)};
+    if (auto v = gpus_.CudaVisible(slot)) {
+      args.push_back("--cuda-visible");
+      args.push_back(*v);
+    }
     for (auto& a : WorkerArgs()) args.push_back(a);
     auto cgroup_procs = LimitMemory(w.get());
     auto proc = SpawnWorkerProcess(config_.worker_binary, args);
@@ -241,7 +248,24 @@ void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body, std::vector<i
   auto fn = std::move(it->second);
   w->pending.erase(it);
   w->pending_model.erase(*id);
+  bool poisoned = m.Bool("poisoned").value_or(false);
+  pid_t pid = w->pid;
+  if (poisoned) {
+    w->retiring = true;  // no new job may land on it while the answer goes out
+    CrashCharge charge{w->pending_model.count(*id) ? w->pending_model.at(*id) : std::string(), std::nullopt};
+    for (const auto& j : w->jobs) {
+      if (j && j->id == *id) charge.client = j->client_uid;
+    }
+    if (!charge.model.empty()) w->poisoned_by = charge;  // blame as for a crash (OnGone)
+  }
   fn(Status::Ok(), &m);
+  if (poisoned) {
+    // A sticky CUDA error: the job has its answer; the worker's context is unusable, so the
+    // worker is replaced (the reaper and its EOF do the rest, as for a crash).
+    spdlog::warn("worker {} (pid {}): CUDA error in request {}; replacing the worker", w->slot, pid, *id);
+    if (pid > 0) kill(pid, SIGKILL);
+    return;
+  }
   RetireIfDone(w);
 }
 
@@ -273,6 +297,7 @@ void WorkerPool::OnGone(WorkerHandle* w, std::string how) {
     }
     if (!w->killed_for_deadline) charged.insert({model, client});
   }
+  if (w->poisoned_by) charged.insert({w->poisoned_by->model, w->poisoned_by->client});
   std::vector<CrashCharge> charges;
   for (const auto& [model, client] : charged) charges.push_back({model, client});
   w->pending_model.clear();
@@ -535,7 +560,10 @@ void WorkerPool::RegisterOutputArenas(WorkerHandle* w, uint64_t rid, const MapVi
     auto entry = MapView::Of(list->via.array.ptr[i], "new arena");
     auto local = entry.ok() ? entry->Uint("arena") : Result<uint64_t>(entry.status());
     if (!local.ok() || !IsWorkerArena(*local) || client_gone) continue;  // fd closed here
-    if (auto st = arenas_->RegisterWorkerArena(job->client_id, w->slot, w->generation, *local, fd); !st.ok()) {
+    std::string gpu = entry->OptStr("gpu").value_or(std::nullopt).value_or("");
+    uint64_t size = entry->Uint("size").value_or(0);
+    if (auto st = arenas_->RegisterWorkerArena(job->client_id, w->slot, w->generation, *local, fd, gpu, size);
+        !st.ok()) {
       spdlog::error("{}: output arena for job {}: {}", w->Describe(), rid, st.status().ToString());
     }
   }
@@ -565,8 +593,12 @@ void WorkerPool::SendArenaIfNeeded(WorkerHandle* w, uint64_t arena) {
     it = after;
   }
   Writer m;
-  BeginNotice(&m, "arena", 1);
+  BeginNotice(&m, "arena", a->gpu.empty() ? 1 : 3);
   m.Key("arena"); m.Val(arena);
+  if (!a->gpu.empty()) {  // a GPU arena is mapped at its announced size on that GPU
+    m.Key("size"); m.Val(static_cast<uint64_t>(a->size));
+    m.Key("gpu"); m.Str(a->gpu);
+  }
   w->channel->Send(m.body(), {a->fd});
   w->arena_lru.push_front(arena);
   w->arenas[arena] = {w->arena_lru.begin(), a->size};
@@ -584,6 +616,8 @@ bool WorkerPool::AllServe(const std::vector<std::string>& models) const {
   for (const auto& [slot, w] : workers_) {
     if (w->gone) return false;
     for (const auto& name : models) {
+      auto d = model_devices_.find(name);
+      if (d != model_devices_.end() && !gpus_.Places(slot, d->second)) continue;
       if (w->ready_models.count(name) == 0) return false;
     }
   }

@@ -22,6 +22,7 @@
 
 #include "supervisor/arena_table.h"
 #include "supervisor/config.h"
+#include "supervisor/gpu_placement.h"
 #include "supervisor/model_registry.h"
 #include "supervisor/process_memory.h"
 #include "supervisor/worker_memory.h"
@@ -95,6 +96,7 @@ class WorkerPool : public SlotPool, public ModelHosts {
     uint64_t client_arenas = 0;   // client arenas whose fd it holds
     uint64_t output_bytes = 0;    // in output blocks not yet released
     uint64_t output_arenas = 0;   // output arenas it has mapped
+    std::string gpu;              // PCI bus id of its GPU; empty: none
   };
   std::vector<WorkerInfo> Describe() const;
   pid_t zygote_pid() const { return zygote_.pid(); }
@@ -111,8 +113,12 @@ class WorkerPool : public SlotPool, public ModelHosts {
 
   // ModelHosts
   std::vector<Worker> Live() const override;
-  void Load(Worker worker, const std::string& name, const std::string& path, std::function<bool()> keep,
-            LoadDone done) override;
+  void Load(Worker worker, const std::string& name, const std::string& path, const std::string& device,
+            std::function<bool()> keep, LoadDone done) override;
+  bool Places(Worker worker, const std::string& device) const override;
+  // A load's device checked against the GPUs workers are placed on (supervisor/gpu_placement.h).
+  Result<std::string> CheckDevice(const std::string& model, const std::string& device) const;
+  bool KnowsGpu(const std::string& bus) const { return gpus_.Knows(bus); }
   bool HasOrLoads(Worker worker, const std::string& name) const override;
   void Unload(const std::string& name) override;
 
@@ -150,7 +156,9 @@ class WorkerPool : public SlotPool, public ModelHosts {
   ZygoteLink zygote_;
   std::unique_ptr<WorkerMemory> limits_;  // made by Start (it may move shoald into a leaf cgroup)
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for work the sampler posts
-  ProcessMemorySampler memory_;  // last: its thread posts to the loop until it is joined
+  ProcessMemorySampler memory_;  // after alive_: its thread posts to the loop until it is joined
+  GpuPlacement gpus_;                                  // which GPU each slot's worker uses
+  std::map<std::string, std::string> model_devices_;   // model -> the device it was loaded for
   bool stopping_ = false;
   uint64_t next_generation_ = 1;
   uint64_t next_request_ = uint64_t{1} << 62;  // control requests; job requests carry the job id (below)

@@ -43,12 +43,15 @@ void WorkerPool::Run(Slot slot, const std::shared_ptr<Job>& job, ReplyFn done) {
   job->generation = w->generation;
   w->pending_model[job->id] = job->model;
   Writer m;
-  BeginRequest(&m, "infer", job->id, 6);
+  BeginRequest(&m, "infer", job->id, job->host_outputs ? 7 : 6);
   m.Key("interp"); m.Val(static_cast<uint64_t>(slot.interp));
   m.Key("model"); m.Str(job->model);
   m.Key("client"); m.Val(job->client_id);
   m.Key("out_bytes"); m.Val(config_.output_arena_mb << 20);
   m.Key("out_arenas"); m.Val(config_.output_arenas);
+  if (job->host_outputs) {
+    m.Key("outputs"); m.Str("cpu");
+  }
   m.Key("inputs");
   m.pk().pack_array(static_cast<uint32_t>(job->inputs.size()));
   for (const auto& d : job->inputs) d.Pack(&m);
@@ -108,8 +111,9 @@ std::vector<ModelHosts::Worker> WorkerPool::Live() const {
   return out;
 }
 
-void WorkerPool::Load(Worker worker, const std::string& name, const std::string& path, std::function<bool()> keep,
-                      LoadDone done) {
+void WorkerPool::Load(Worker worker, const std::string& name, const std::string& path, const std::string& device,
+                      std::function<bool()> keep, LoadDone done) {
+  model_devices_[name] = device;
   WorkerHandle* w = Find(worker.slot, worker.generation);
   if (w == nullptr) {
     return done(Status(Code::kWorkerCrashed, "model '" + name + "': worker " + std::to_string(worker.slot) + " is gone"),
@@ -117,9 +121,10 @@ void WorkerPool::Load(Worker worker, const std::string& name, const std::string&
   }
   uint64_t rid = next_request_++;
   Writer m;
-  BeginRequest(&m, "load", rid, 2);
+  BeginRequest(&m, "load", rid, 3);
   m.Key("name"); m.Str(name);
   m.Key("path"); m.Str(path);
+  m.Key("device"); m.Str(GpuPlacement::WorkerDevice(device));
   w->pending_model[rid] = name;
   // The deadline counts from when the worker exists (a zygote that is still starting may
   // take long to fork it); until the zygote names its pid, the load waits unarmed.
@@ -172,6 +177,12 @@ void WorkerPool::ArmLoadDeadline(WorkerHandle* w, uint64_t rid) {
   });
 }
 
+bool WorkerPool::Places(Worker worker, const std::string& device) const { return gpus_.Places(worker.slot, device); }
+
+Result<std::string> WorkerPool::CheckDevice(const std::string& model, const std::string& device) const {
+  return gpus_.CheckDevice(model, device);
+}
+
 bool WorkerPool::HasOrLoads(Worker worker, const std::string& name) const {
   const WorkerHandle* w = Find(worker.slot, worker.generation);
   if (w == nullptr) return true;  // nothing to do there
@@ -217,6 +228,7 @@ std::vector<WorkerPool::WorkerInfo> WorkerPool::Describe() const {
       info.interps.push_back(i);
     }
     info.models.assign(w->ready_models.begin(), w->ready_models.end());
+    info.gpu = gpus_.BusOf(slot);
     if (!w->gone && w->pid > 0) info.memory = memory_.Get(w->pid);
     info.memory_limit = w->memory_limit;
     info.memory_by = w->memory_by;

@@ -72,11 +72,15 @@ void ZygoteLink::OnFrame(const std::string& body) {
   fn(pid->type == msgpack::type::POSITIVE_INTEGER ? static_cast<pid_t>(pid->via.u64) : -1);
 }
 
-void ZygoteLink::Fork(int slot, int sock, std::function<void(pid_t)> done, std::shared_ptr<OwnedFd> cgroup_procs) {
+void ZygoteLink::Fork(int slot, int sock, const std::optional<std::string>& cuda_visible,
+                      std::function<void(pid_t)> done, std::shared_ptr<OwnedFd> cgroup_procs) {
   uint64_t rid = next_request_++;
   Writer m;
-  BeginRequest(&m, "fork", rid, cgroup_procs ? 2 : 1);
+  BeginRequest(&m, "fork", rid, 1 + (cuda_visible ? 1 : 0) + (cgroup_procs ? 1 : 0));
   m.Key("slot"); m.Val(slot);
+  if (cuda_visible) {
+    m.Key("cuda_visible"); m.Str(*cuda_visible);
+  }
   std::vector<std::shared_ptr<OwnedFd>> fds = {std::make_shared<OwnedFd>(sock)};
   if (cgroup_procs) {
     m.Key("cgroup"); m.Val(true);  // its fd follows the socket's

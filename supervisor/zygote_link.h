@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,7 +39,9 @@ class ZygoteLink {
   // that cgroup first thing after the fork, before it runs anything else.
   // A zygote that does not answer within kForkDeadline of being ready (or is not ready
   // within kStartDeadline) is wedged: it is killed (callers fall back to exec) and restarted.
-  void Fork(int slot, int sock, std::function<void(pid_t)> done, std::shared_ptr<OwnedFd> cgroup_procs = nullptr);
+  // `cuda_visible`: the worker's CUDA_VISIBLE_DEVICES (its GPU), set in the child.
+  void Fork(int slot, int sock, const std::optional<std::string>& cuda_visible, std::function<void(pid_t)> done,
+            std::shared_ptr<OwnedFd> cgroup_procs = nullptr);
 
   // The reaper found the zygote's exit status. Fork requests in flight get -1.
   void OnExited(const std::string& how);

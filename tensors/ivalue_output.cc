@@ -49,10 +49,10 @@ std::unique_ptr<OutputValue> IValueOutput::Value(size_t i) const {
   return std::make_unique<IValueOutput>(items_[2 * i + 1]);
 }
 
-Result<OutputTensor> IValueOutput::Tensor() {
+Result<OutputTensor> IValueOutput::Tensor(bool keep_gpu) {
   try {
     cpu_ = value_.toTensor();
-    if (!cpu_.device().is_cpu()) cpu_ = cpu_.cpu();
+    if (!cpu_.device().is_cpu() && !(keep_gpu && cpu_.device().is_cuda())) cpu_ = cpu_.cpu();
   } catch (const std::exception& e) {
     return Status(Code::kModelError, e.what());
   }
@@ -62,6 +62,7 @@ Result<OutputTensor> IValueOutput::Tensor() {
   t.shape = cpu_.sizes().vec();
   t.strides = cpu_.strides().vec();
   t.data = static_cast<const uint8_t*>(cpu_.data_ptr());
+  if (cpu_.device().is_cuda()) t.device = cpu_.device().index();
   return t;
 }
 

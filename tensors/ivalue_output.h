@@ -30,14 +30,14 @@ class IValueOutput : public OutputValue {
   std::unique_ptr<OutputValue> Item(size_t i) const override;
   std::unique_ptr<OutputValue> Key(size_t i) const override;
   std::unique_ptr<OutputValue> Value(size_t i) const override;
-  Result<OutputTensor> Tensor() override;
+  Result<OutputTensor> Tensor(bool keep_gpu) override;
   Status CopyTensor(uint8_t* dst, const std::vector<int64_t>& strides) override;
 
  private:
   c10::IValue value_;
   Kind kind_;
   std::vector<c10::IValue> items_;  // tuple/list: items; dict: key, value, key, value...
-  torch::Tensor cpu_;               // tensor: on the CPU
+  torch::Tensor cpu_;               // tensor: on the CPU, or kept on its GPU
 };
 
 }  // namespace shoal

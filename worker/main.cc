@@ -4,6 +4,9 @@
 //   shoal-worker --fd N --slot S [--interpreters K --interpreter-cache DIR] [sandbox]
 //   shoal-worker --fd N --zygote --supervisor PID [...]      the zygote (worker/zygote.h)
 //   shoal-worker --check-interpreters K --interpreter-cache DIR
+//   shoal-worker --list-gpus      the PCI bus ids of the GPUs it sees, one a line (shoald
+//                                 asks this way: it never initialises CUDA itself)
+// --cuda-visible V sets CUDA_VISIBLE_DEVICES=V before anything runs (the worker's GPU).
 //
 // This file parses the options, starts the interpreters, lets the zygote fork (it returns
 // in workers only), applies the sandbox and hands the socket to the message loop
@@ -18,6 +21,8 @@
 #include <unistd.h>
 
 #include <atomic>
+
+#include "shm/gpu_memory.h"
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -105,6 +110,10 @@ int main(int argc, char** argv) {
       zygote = true;
       continue;
     }
+    if (a == "--list-gpus") {
+      for (const auto& bus : shoal::ListGpus()) printf("%s\n", bus.c_str());
+      return 0;
+    }
     if (i + 1 >= argc) break;
     std::string v = argv[++i];
     if (a == "--fd") {
@@ -117,6 +126,8 @@ int main(int argc, char** argv) {
       cache = v;
     } else if (a == "--check-interpreters") {
       check = std::atoi(v.c_str());
+    } else if (a == "--cuda-visible") {
+      setenv("CUDA_VISIBLE_DEVICES", v.c_str(), 1);
     } else if (a == "--supervisor") {
       supervisor = static_cast<pid_t>(std::atoi(v.c_str()));
     } else if (!sandbox.ParseArg(a, v)) {

@@ -1,5 +1,7 @@
 #include "worker/torchscript.h"
 
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <caffe2/serialize/inline_container.h>
 #include <fcntl.h>
 #include <torch/script.h>
 #include <unistd.h>
@@ -12,6 +14,7 @@
 #include "protocol/descriptor.h"
 #include "protocol/output_tree.h"
 #include "shm/client_arena_maps.h"
+#include "shm/gpu_memory.h"
 #include "tensors/ivalue_output.h"
 #include "tensors/tree.h"
 
@@ -19,11 +22,59 @@ namespace shoal {
 
 namespace {
 
-std::string OkReply(uint64_t id, const std::string& engine = "") {
+std::string OkReply(uint64_t id, const std::string& engine = "", const std::string& device = "") {
   Writer w;
-  BeginReply(&w, id, engine.empty() ? 0 : 1);
-  if (!engine.empty()) { w.Key("engine"); w.Str(engine); }
+  BeginReply(&w, id, engine.empty() ? 0 : 2);
+  if (!engine.empty()) {
+    w.Key("engine"); w.Str(engine);
+    w.Key("device"); w.Str(device);
+  }
   return std::string(w.body());
+}
+
+// Whether this process has a CUDA context (its one GPU's): only then is there GPU work to
+// wait for. Never creates one, so CPU models on a GPU host cost no context.
+bool CudaInUse() {
+  try {
+    return at::detail::getCUDAHooks().hasPrimaryContext(0);
+  } catch (const std::exception&) {  // a build of torch without CUDA
+    return false;
+  }
+}
+
+// A CUDA error that leaves the process's context unusable (sticky: a synchronise fails
+// after it): the job is answered and shoald replaces the worker ("poisoned").
+
+std::string PoisonedReply(uint64_t id, const Status& st) {
+  Writer w;
+  w.Map(5);
+  w.Key("v"); w.Val(kProtocolVersion);
+  w.Key("id"); w.Val(id);
+  w.Key("ok"); w.Val(false);
+  w.Key("error");
+  w.Map(2);
+  w.Key("code"); w.Str(CodeName(st.code()));
+  w.Key("message"); w.Str(st.message() + "; its worker's CUDA context is unusable now, the worker is replaced");
+  w.Key("poisoned"); w.Val(true);
+  return std::string(w.body());
+}
+
+// Where a TorchScript archive's tensors go for `device` ("auto": where they were saved).
+Result<torch::Device> TargetDevice(const std::string& path, const std::string& device) {
+  bool cuda = device.rfind("cuda", 0) == 0;
+  if (device == "auto") {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    auto [data, size] = reader.getRecord("data.pkl");
+    cuda = PickleNamesCuda(std::string_view(static_cast<const char*>(data.get()), size));
+  }
+  if (!cuda) return torch::Device(torch::kCPU);
+  if (!torch::cuda::is_available()) {
+    return Status(Code::kUnavailable, "TorchScript archive " + path +
+                                          " holds CUDA tensors but this worker has no usable GPU (shoald --gpus, "
+                                          "CUDA_VISIBLE_DEVICES, the driver); to serve it on the CPU on purpose, "
+                                          "load it with device='cpu' (shoal load --device cpu)");
+  }
+  return torch::Device(torch::kCUDA, 0);  // a worker sees one GPU (shoald sets CUDA_VISIBLE_DEVICES)
 }
 
 }  // namespace
@@ -65,7 +116,10 @@ bool TorchScriptModels::Handle(const MapView& msg, const std::vector<int>& fds, 
   std::unique_lock<std::shared_mutex> lock(impl_->mu);
   if (*op == "arena") {
     auto id = msg.Uint("arena");
-    if (id.ok() && !fds.empty()) impl_->arenas.Add(*id, fcntl(fds.front(), F_DUPFD_CLOEXEC, 0));
+    if (id.ok() && !fds.empty()) {
+      impl_->arenas.Add(*id, fcntl(fds.front(), F_DUPFD_CLOEXEC, 0), msg.OptUint("size").value_or(std::nullopt).value_or(0),
+                        msg.OptStr("gpu").value_or(std::nullopt).value_or(""));
+    }
     return false;  // the Python runner maps it too
   }
   if (*op == "drop_arena") {
@@ -80,7 +134,7 @@ bool TorchScriptModels::Handle(const MapView& msg, const std::vector<int>& fds, 
     if (!name.ok() || !path.ok()) return false;
     auto info = InspectArchiveFile(*path);
     if (!info.ok() || info->kind != ArchiveKind::kTorchScript) return false;
-    reply->body = Load(*id, *name, *path);
+    reply->body = Load(*id, *name, *path, msg.OptStr("device").value_or(std::nullopt).value_or("auto"));
     return true;
   }
   auto model = msg.Str(*op == "unload" ? "name" : "model");
@@ -129,16 +183,30 @@ std::vector<std::string> TorchScriptModels::DropClient(uint64_t client) {
   return notices;
 }
 
-std::string TorchScriptModels::Load(uint64_t id, const std::string& name, const std::string& path) {
+std::string TorchScriptModels::Load(uint64_t id, const std::string& name, const std::string& path,
+                                    const std::string& device) {
+  std::string where;
   try {
-    torch::jit::Module m = torch::jit::load(path, torch::kCPU);
+    auto target = TargetDevice(path, device);
+    if (!target.ok()) return ErrorReply(id, Status(target.status().code(), "model '" + name + "': " +
+                                                                          target.status().message()));
+    torch::jit::Module m = torch::jit::load(path, *target);
     m.eval();
+    if (target->is_cuda()) torch::cuda::synchronize();
+    where = target->is_cuda() ? "cuda" : "cpu";
     impl_->models[name] = std::move(m);
   } catch (const std::exception& e) {
-    return ErrorReply(id, Status(Code::kModelError, "model '" + name + "': TorchScript archive " + path +
-                                                        " does not load: " + e.what()));
+    Status st(Code::kModelError, "model '" + name + "': TorchScript archive " + path + " does not load: " + e.what());
+    if (CudaInUse()) {
+      try {
+        torch::cuda::synchronize();
+      } catch (const std::exception&) {
+        return PoisonedReply(id, st);
+      }
+    }
+    return ErrorReply(id, st);
   }
-  return OkReply(id, "libtorch");
+  return OkReply(id, "libtorch", where);
 }
 
 EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
@@ -161,17 +229,16 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
     const Descriptor& d = descs[i];
     auto a = impl_->arenas.Map(d.arena, needed);
     if (!a.ok()) {
-      return fail(Status(Code::kUnavailable, "model '" + name + "', job " + std::to_string(id) + ": input " +
-                                                 std::to_string(i) + ": worker cannot map the client's arena " +
-                                                 std::to_string(d.arena) + " (" + a.status().message() +
-                                                 "); is worker_address_space_mb too small?"));
+      return fail(Status(a.status().code(), "model '" + name + "', job " + std::to_string(id) + ": input " +
+                                                std::to_string(i) + ": " + a.status().message()));
     }
     auto extent = *d.Extent();
     auto type = *ScalarTypeOf(d.dtype);
+    auto options = torch::TensorOptions().dtype(type);
+    if ((*a)->device() >= 0) options = options.device(torch::kCUDA, (*a)->device());
     uint8_t* base = (*a)->base();
     // The tensor holds the mapping: it stays valid if its arena is dropped meanwhile.
-    args.emplace_back(torch::from_blob(base + d.offset, d.shape, d.strides, [keep = *a](void*) {},
-                                       torch::TensorOptions().dtype(type)));
+    args.emplace_back(torch::from_blob(base + d.offset, d.shape, d.strides, [keep = *a](void*) {}, options));
     spans.push_back({d.arena, d.block, d.offset, d.offset + extent, base});
   }
   torch::jit::IValue out;
@@ -179,7 +246,16 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
     c10::InferenceMode guard;
     out = impl_->models.at(name).forward(args);
   } catch (const std::exception& e) {
-    return fail(Status(Code::kModelError, "model '" + name + "' raised in job " + std::to_string(id) + ": " + e.what()));
+    Status st(Code::kModelError, "model '" + name + "' raised in job " + std::to_string(id) + ": " + e.what());
+    // Its queued GPU work is waited for; a context that cannot be synchronised is dead.
+    if (CudaInUse()) {
+      try {
+        torch::cuda::synchronize();
+      } catch (const std::exception&) {
+        return EncodedReply{PoisonedReply(id, st), {}};
+      }
+    }
+    return fail(st);
   }
   // The one output encoder (protocol/output_tree.h), as for Python models.
   OutputPlacement place;
@@ -187,8 +263,17 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
   place.client = *client;
   place.limits = OutputLimitsOf(msg);
   place.inputs = std::move(spans);
+  place.keep_gpu = KeepGpuOutputs(msg);
   IValueOutput root(std::move(out));
   auto reply = EncodeOutputReply(id, name, root, place);
+  try {
+    // The worker's GPU work is complete before the reply leaves (docs/architecture.md, "GPU").
+    if (CudaInUse()) torch::cuda::synchronize();
+  } catch (const std::exception& e) {
+    return EncodedReply{PoisonedReply(id, Status(Code::kModelError, "model '" + name + "', job " +
+                                                                        std::to_string(id) + ": " + e.what())),
+                        {}};
+  }
   if (!reply.ok()) return fail(reply.status());
   return std::move(*reply);
 }

@@ -5,8 +5,9 @@
 // The worker's message loop (worker/router.cc) hands this class the messages that concern
 // it: load of a TorchScript archive, infer/unload of a model it holds, arena/drop_arena
 // (client arenas it maps when a job first reads them and unmaps when idle and a mapping
-// fails: shm/client_arena_maps.h), and the releases and client drops of its output arenas. Outputs go into this runner's own output arenas, one owner per
-// interpreter lane (shm/output_arenas.h), through the one output encoder.
+// fails: shm/client_arena_maps.h), and the releases and client drops of its output
+// arenas. Outputs go into this runner's own output arenas, one owner per interpreter lane
+// (shm/output_arenas.h), through the one output encoder.
 // Thread-safety: every method may be called from several threads; jobs run concurrently,
 // loads/unloads/arena changes wait for them; jobs of one lane come from one thread.
 #pragma once
@@ -41,7 +42,7 @@ class TorchScriptModels {
   std::vector<std::string> DropClient(uint64_t client);
 
  private:
-  std::string Load(uint64_t id, const std::string& name, const std::string& path);
+  std::string Load(uint64_t id, const std::string& name, const std::string& path, const std::string& device);
   EncodedReply Infer(uint64_t id, const MapView& msg);
 
   struct Impl;

@@ -87,6 +87,9 @@ ForkedWorker RunZygote(int fd, const std::vector<std::unique_ptr<Interpreter>>& 
       fds.erase(fds.begin());
     }
 
+    // The worker's GPU (shoald places workers): set before anything in it can touch CUDA.
+    auto cuda_visible = m.OptStr("cuda_visible");
+
     int pid_pipe[2];
     if (pipe2(pid_pipe, O_CLOEXEC) != 0) _exit(6);
     before();
@@ -109,6 +112,7 @@ ForkedWorker RunZygote(int fd, const std::vector<std::unique_ptr<Interpreter>>& 
       close(pid_pipe[1]);
       close(fd);
       CloseAll(&fds);
+      if (cuda_visible.ok() && cuda_visible->has_value()) setenv("CUDA_VISIBLE_DEVICES", (*cuda_visible)->c_str(), 1);
       BecomeSupervisorsChild(supervisor);
       return ForkedWorker{worker_fd, static_cast<int>(*slot)};
     }

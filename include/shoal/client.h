@@ -5,8 +5,12 @@
 //   torch::Tensor x = (*c)->Empty({1, 3, 224, 224});   // lives in shared memory: no copy
 //   auto y = (*c)->Infer("resnet", {x});               // Result<c10::IValue>
 //
-// Inputs are torch::Tensors (CPU). An ordinary tensor costs one copy into the client's
-// arena; a tensor from Empty() costs none. Outputs keep the model's structure (tensor,
+// Inputs are torch::Tensors on the CPU or a GPU. An ordinary tensor costs one copy into the
+// client's arena (for a CUDA tensor, a GPU arena: one copy on the GPU); a tensor from
+// Empty() costs none (Empty(shape, dtype, torch::kCUDA) lives in GPU memory shared the same
+// way). Before a job is sent the client waits for the GPU work on its inputs; the worker's
+// work is complete before its answer arrives; outputs a model leaves on its GPU come back as
+// CUDA tensors (host_outputs = true: on the CPU). Outputs keep the model's structure (tensor,
 // tuple, list, dict, scalars) and their tensors are views on shared memory (output arenas
 // the worker made for this connection) whose blocks go back to their worker when the last
 // reference goes (the release is sent at once, by a thread of the client's own); they stay
@@ -61,19 +65,23 @@ class Client {
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
-  Status Load(const std::string& name, const std::string& archive_path);
+  // `device`: "" (where it was exported), "cpu", "cuda" or "cuda:N".
+  Status Load(const std::string& name, const std::string& archive_path, const std::string& device = "");
   Status Unload(const std::string& name);
   Result<std::vector<ModelInfo>> Models();
   // The status map as JSON-like text (workers, queue, counters), for display.
   Result<std::string> StatusText();
   Result<HealthInfo> Health();
 
-  // An uninitialised tensor in shared memory; fill it in place and pass it to Infer.
-  Result<torch::Tensor> Empty(at::IntArrayRef shape, at::ScalarType dtype = at::kFloat);
+  // An uninitialised tensor in shared memory (on a CUDA `device`: in a GPU arena); fill it
+  // in place and pass it to Infer.
+  Result<torch::Tensor> Empty(at::IntArrayRef shape, at::ScalarType dtype = at::kFloat,
+                              torch::Device device = torch::kCPU);
 
   // `retries` = 1 re-runs the job once on a fresh worker if its worker crashes.
   Result<c10::IValue> Infer(const std::string& model, const std::vector<torch::Tensor>& inputs,
-                            std::optional<std::chrono::milliseconds> timeout = std::nullopt, int retries = 0);
+                            std::optional<std::chrono::milliseconds> timeout = std::nullopt, int retries = 0,
+                            bool host_outputs = false);
 
   const std::string& socket_path() const { return socket_path_; }
 

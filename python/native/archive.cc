@@ -94,7 +94,17 @@ PyObject* ReadArchive(PyObject*, PyObject* args) {
   return out;
 }
 
+PyObject* PickleNamesCuda(PyObject*, PyObject* args) {
+  Py_buffer buf;
+  if (!PyArg_ParseTuple(args, "y*", &buf)) return nullptr;
+  bool yes = shoal::PickleNamesCuda(std::string_view(static_cast<const char*>(buf.buf), static_cast<size_t>(buf.len)));
+  PyBuffer_Release(&buf);
+  return PyBool_FromLong(yes);
+}
+
 PyMethodDef kMethods[] = {
+    {"pickle_names_cuda", PickleNamesCuda, METH_VARARGS,
+     "pickle_names_cuda(bytes) -> bool: a tensor pickle names a CUDA storage location (package_format)"},
     {"read_archive", ReadArchive, METH_VARARGS,
      "read_archive(path) -> dict: the archive's records and why shoald would refuse it (C++ reader)"},
     {nullptr, nullptr, 0, nullptr}};

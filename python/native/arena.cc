@@ -3,6 +3,12 @@
 //   Arena.create(size, name)  -> Arena this process owns (allocates and frees its blocks,
 //                                with bookkeeping in private memory: shm/arena.h)
 //   Arena.open(fd)            -> a peer's Arena: bytes only, alloc() is refused
+//   Arena.create_gpu(size, ordinal) / Arena.open_gpu(fd, size, ordinal)
+//                             -> the same in GPU memory passed as an fd (shm/gpu_memory.h):
+//                                no buffer protocol; .address is a device address, .device
+//                                the GPU's ordinal here (-1 for host arenas)
+//   gpus() -> [PCI bus id] in CUDA order (empty without driver or GPU)
+//   gpu_ordinal(bus) -> int    gpu_bus(ordinal) -> str    gpu_ready() -> None or why not
 //   arena.alloc(nbytes) -> offset   arena.free(offset) -> bool (False: not a block of ours)
 //   arena.fd / .size / .address / .owned   arena.free_bytes() / used_bytes()
 //   Block(arena, offset, nbytes, owned=True, writer=None, arena_id=0)
@@ -11,7 +17,7 @@
 //           through it to its owner, a worker (no Python runs); else frees the block in
 //           `arena` if `owned`.
 //   ClientArenas()            -> the client arenas a worker runner was sent (shm/client_arena_maps.h):
-//        .add(arena, fd)  .drop(arena)  .map(arena, keep) -> Arena (idle mappings dropped
+//        .add(arena, fd, size=0, gpu='')  .drop(arena)  .map(arena, keep) -> Arena (idle mappings dropped
 //        when mapping fails)  .mapped
 //   OutputArenas(owner_tag)   -> a worker runner's output arenas (shm/output_arenas.h):
 //        .release(arena, blocks) -> usage notice   .drop_client(client) -> usage notice
@@ -93,6 +99,26 @@ PyObject* Arena_create(PyObject*, PyObject* args) {
   return WrapArena(std::move(a.value()));
 }
 
+PyObject* Arena_create_gpu(PyObject*, PyObject* args) {
+  unsigned long long size;
+  int ordinal;
+  if (!PyArg_ParseTuple(args, "Ki", &size, &ordinal)) return nullptr;
+  shoal::Result<std::unique_ptr<shoal::Arena>> a = shoal::Status::Ok();
+  Py_BEGIN_ALLOW_THREADS a = shoal::Arena::CreateGpu(ordinal, size);
+  Py_END_ALLOW_THREADS if (!a.ok()) return RaiseStatus(a.status());
+  return WrapArena(std::move(a.value()));
+}
+
+PyObject* Arena_open_gpu(PyObject*, PyObject* args) {
+  int fd, ordinal;
+  unsigned long long size;
+  if (!PyArg_ParseTuple(args, "iKi", &fd, &size, &ordinal)) return nullptr;
+  shoal::Result<std::unique_ptr<shoal::Arena>> a = shoal::Status::Ok();
+  Py_BEGIN_ALLOW_THREADS a = shoal::Arena::OpenGpu(fd, size, ordinal);
+  Py_END_ALLOW_THREADS if (!a.ok()) return RaiseStatus(a.status());
+  return WrapArena(std::move(a.value()));
+}
+
 PyObject* Arena_open(PyObject*, PyObject* args) {
   int fd;
   if (!PyArg_ParseTuple(args, "i", &fd)) return nullptr;
@@ -126,11 +152,19 @@ PyObject* Arena_used_bytes(ArenaObject* self, PyObject*) { return PyLong_FromSiz
 PyObject* Arena_get_owned(ArenaObject* self, void*) { return PyBool_FromLong(self->arena->owned()); }
 PyObject* Arena_get_fd(ArenaObject* self, void*) { return PyLong_FromLong(self->arena->fd()); }
 PyObject* Arena_get_size(ArenaObject* self, void*) { return PyLong_FromSize_t(self->arena->size()); }
+PyObject* Arena_get_device(ArenaObject* self, void*) { return PyLong_FromLong(self->arena->device()); }
 PyObject* Arena_get_address(ArenaObject* self, void*) {
   return PyLong_FromUnsignedLongLong(reinterpret_cast<uintptr_t>(self->arena->base()));
 }
 
+int NoGpuBuffer(Py_buffer* view) {
+  view->obj = nullptr;
+  PyErr_SetString(PyExc_BufferError, "a GPU arena's memory is not host memory (use its address)");
+  return -1;
+}
+
 int Arena_getbuffer(ArenaObject* self, Py_buffer* view, int flags) {
+  if (self->arena->device() >= 0) return NoGpuBuffer(view);
   return PyBuffer_FillInfo(view, reinterpret_cast<PyObject*>(self), self->arena->base(),
                            static_cast<Py_ssize_t>(self->arena->size()), 0, flags);
 }
@@ -138,6 +172,9 @@ int Arena_getbuffer(ArenaObject* self, Py_buffer* view, int flags) {
 PyMethodDef Arena_methods[] = {
     {"create", Arena_create, METH_VARARGS | METH_STATIC, "create(size, name='shoal-arena') -> Arena"},
     {"open", Arena_open, METH_VARARGS | METH_STATIC, "open(fd) -> Arena (takes ownership of fd)"},
+    {"create_gpu", Arena_create_gpu, METH_VARARGS | METH_STATIC, "create_gpu(size, ordinal) -> Arena in GPU memory"},
+    {"open_gpu", Arena_open_gpu, METH_VARARGS | METH_STATIC,
+     "open_gpu(fd, size, ordinal) -> a peer's GPU Arena (takes ownership of fd)"},
     {"alloc", reinterpret_cast<PyCFunction>(Arena_alloc), METH_VARARGS, "alloc(nbytes) -> offset (64-aligned)"},
     {"free", reinterpret_cast<PyCFunction>(Arena_free), METH_VARARGS,
      "free(offset) -> bool: False when offset is not a block this arena handed out"},
@@ -149,6 +186,7 @@ PyGetSetDef Arena_getset[] = {
     {"fd", reinterpret_cast<getter>(Arena_get_fd), nullptr, "memfd", nullptr},
     {"size", reinterpret_cast<getter>(Arena_get_size), nullptr, "bytes", nullptr},
     {"address", reinterpret_cast<getter>(Arena_get_address), nullptr, "base address here", nullptr},
+    {"device", reinterpret_cast<getter>(Arena_get_device), nullptr, "GPU ordinal here, -1: host memory", nullptr},
     {"owned", reinterpret_cast<getter>(Arena_get_owned), nullptr, "True when this process owns its blocks", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
@@ -206,11 +244,16 @@ void Block_dealloc(BlockObject* self) {
 
 int Block_getbuffer(BlockObject* self, Py_buffer* view, int flags) {
   auto* a = reinterpret_cast<ArenaObject*>(self->arena)->arena;
+  if (a->device() >= 0) return NoGpuBuffer(view);
   return PyBuffer_FillInfo(view, reinterpret_cast<PyObject*>(self), a->base() + self->offset,
                            static_cast<Py_ssize_t>(self->nbytes), 0, flags);
 }
 
 PyObject* Block_get_offset(BlockObject* self, void*) { return PyLong_FromUnsignedLongLong(self->offset); }
+PyObject* Block_get_address(BlockObject* self, void*) {
+  auto* a = reinterpret_cast<ArenaObject*>(self->arena)->arena;
+  return PyLong_FromUnsignedLongLong(reinterpret_cast<uintptr_t>(a->base()) + self->offset);
+}
 PyObject* Block_get_nbytes(BlockObject* self, void*) { return PyLong_FromUnsignedLongLong(self->nbytes); }
 PyObject* Block_get_arena(BlockObject* self, void*) {
   Py_INCREF(self->arena);
@@ -224,6 +267,7 @@ PyObject* Block_release(BlockObject* self, PyObject*) {
 
 PyGetSetDef Block_getset[] = {
     {"offset", reinterpret_cast<getter>(Block_get_offset), nullptr, "block offset", nullptr},
+    {"address", reinterpret_cast<getter>(Block_get_address), nullptr, "address of its first byte here", nullptr},
     {"nbytes", reinterpret_cast<getter>(Block_get_nbytes), nullptr, "bytes", nullptr},
     {"arena", reinterpret_cast<getter>(Block_get_arena), nullptr, "the Arena", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr}};
@@ -248,8 +292,10 @@ PyObject* ClientArenas_new(PyTypeObject* type, PyObject* args, PyObject*) {
 PyObject* ClientArenas_add(ClientArenasObject* self, PyObject* args) {
   unsigned long long id;
   int fd;
-  if (!PyArg_ParseTuple(args, "Ki", &id, &fd)) return nullptr;
-  self->impl->Add(id, fd);
+  unsigned long long size = 0;
+  const char* gpu = "";
+  if (!PyArg_ParseTuple(args, "Ki|Ks", &id, &fd, &size, &gpu)) return nullptr;
+  self->impl->Add(id, fd, size, gpu);
   Py_RETURN_NONE;
 }
 
@@ -282,7 +328,8 @@ PyObject* ClientArenas_get_mapped(ClientArenasObject* self, void*) { return PyLo
 
 PyMethodDef ClientArenas_methods[] = {
     {"add", reinterpret_cast<PyCFunction>(ClientArenas_add), METH_VARARGS,
-     "add(arena, fd): takes the fd of a client arena shoald sent"},
+     "add(arena, fd, size=0, gpu=''): takes the fd of a client arena shoald sent (a GPU arena: its size and "
+     "its GPU's PCI bus id)"},
     {"drop", reinterpret_cast<PyCFunction>(ClientArenas_drop), METH_VARARGS, "drop(arena): closes and forgets it"},
     {"map", reinterpret_cast<PyCFunction>(ClientArenas_map), METH_VARARGS,
      "map(arena, keep) -> Arena: mapped now if it is not; when mapping fails, mappings of arenas not in keep are "
@@ -336,6 +383,47 @@ PyMethodDef OutputArenas_methods[] = {
     {nullptr, nullptr, 0, nullptr}};
 PyTypeObject OutputArenasType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
+PyObject* Gpus(PyObject*, PyObject*) {
+  std::vector<std::string> buses;
+  Py_BEGIN_ALLOW_THREADS buses = shoal::ListGpus();
+  Py_END_ALLOW_THREADS PyObject* out = PyList_New(0);
+  for (const auto& b : buses) {
+    PyObject* s = PyUnicode_FromString(b.c_str());
+    PyList_Append(out, s);
+    Py_DECREF(s);
+  }
+  return out;
+}
+
+PyObject* GpuOrdinal(PyObject*, PyObject* args) {
+  const char* bus;
+  if (!PyArg_ParseTuple(args, "s", &bus)) return nullptr;
+  auto o = shoal::GpuOrdinalOfBus(bus);
+  if (!o.ok()) return RaiseStatus(o.status());
+  return PyLong_FromLong(*o);
+}
+
+PyObject* GpuBus(PyObject*, PyObject* args) {
+  int ordinal;
+  if (!PyArg_ParseTuple(args, "i", &ordinal)) return nullptr;
+  auto b = shoal::GpuBusOfOrdinal(ordinal);
+  if (!b.ok()) return RaiseStatus(b.status());
+  return PyUnicode_FromString(b->c_str());
+}
+
+PyObject* GpuReady(PyObject*, PyObject*) {
+  auto st = shoal::GpuDriverReady();
+  if (st.ok()) Py_RETURN_NONE;
+  return PyUnicode_FromString(st.message().c_str());
+}
+
+PyMethodDef kGpuFunctions[] = {
+    {"gpus", Gpus, METH_NOARGS, "gpus() -> [PCI bus id] of the GPUs this process sees, in CUDA's order"},
+    {"gpu_ordinal", GpuOrdinal, METH_VARARGS, "gpu_ordinal(bus) -> this process's ordinal of that GPU"},
+    {"gpu_bus", GpuBus, METH_VARARGS, "gpu_bus(ordinal) -> its PCI bus id"},
+    {"gpu_ready", GpuReady, METH_NOARGS, "gpu_ready() -> None when GPU arenas work here, else why not"},
+    {nullptr, nullptr, 0, nullptr}};
+
 }  // namespace
 
 namespace shoal_native {
@@ -373,6 +461,7 @@ bool AddArenaTypes(PyObject* m) {
                         "(shm/client_arena_maps.h)"})) {
     return false;
   }
+  if (PyModule_AddFunctions(m, kGpuFunctions) < 0) return false;
   g_arena_full = AddException(m, "ArenaFullError", PyExc_MemoryError);
   return g_arena_full != nullptr;
 }

@@ -3,7 +3,8 @@
 // object is. TorchScript results take the same encoder through tensors/ivalue_output.h.
 //
 //   encode_reply(job, model, output, outputs, client, arena_bytes, arenas_per_client, inputs,
-//                write) -> bytes, or (bytes, [fd]) when the reply announces new output arenas
+//                write, keep_gpu=True) -> bytes, or (bytes, [fd]) when the reply announces
+//                new output arenas; keep_gpu: CUDA outputs go to GPU output arenas
 //     outputs: the runner's _native.OutputArenas; client: shoald's id of the connection
 //     inputs: [(arena_id, block, start, end, address)], the job's input byte ranges
 //     write(buffer, offset, tensor): copies `tensor` (on the CPU) contiguously to `offset`
@@ -99,10 +100,25 @@ class PyOutput : public shoal::OutputValue {
     return std::make_unique<PyOutput>(PyTuple_GET_ITEM(PySequence_Fast_GET_ITEM(items_, i), 1), ctx_);
   }
 
-  shoal::Result<shoal::OutputTensor> Tensor() override {
+  shoal::Result<shoal::OutputTensor> Tensor(bool keep_gpu) override {
     shoal::OutputTensor t;
+    if (cpu_ == nullptr && keep_gpu) {
+      // A CUDA tensor stays on its GPU: CopyTensor copies it device to device.
+      PyObject* is_cuda = PyObject_GetAttrString(obj_, "is_cuda");
+      if (is_cuda == nullptr) return FetchPythonError();
+      bool on_gpu = is_cuda == Py_True;
+      Py_DECREF(is_cuda);
+      if (on_gpu) {
+        PyObject* index = PyObject_CallMethod(obj_, "get_device", nullptr);
+        if (index == nullptr) return FetchPythonError();
+        device_ = static_cast<int>(PyLong_AsLong(index));
+        Py_DECREF(index);
+        cpu_ = Py_NewRef(obj_);
+      }
+    }
     if (cpu_ == nullptr) cpu_ = PyObject_CallMethod(obj_, "cpu", nullptr);  // itself when on the CPU
     if (cpu_ == nullptr) return FetchPythonError();
+    t.device = device_;
     PyObject* dtype = PyObject_GetAttrString(cpu_, "dtype");
     PyObject* dtype_str = dtype != nullptr ? PyObject_Str(dtype) : nullptr;
     const char* d = dtype_str != nullptr ? PyUnicode_AsUTF8(dtype_str) : nullptr;
@@ -133,8 +149,11 @@ class PyOutput : public shoal::OutputValue {
   }
 
   shoal::Status CopyTensor(uint8_t* dst, const std::vector<int64_t>& /*contiguous strides*/) override {
-    // The block, as a writable buffer of exactly its bytes (the encoder allocated it).
-    PyObject* buffer = PyMemoryView_FromMemory(reinterpret_cast<char*>(dst), static_cast<Py_ssize_t>(nbytes_), PyBUF_WRITE);
+    // The block, as a writable buffer of exactly its bytes (the encoder allocated it); a
+    // GPU block as its device address (write builds a CUDA tensor over it).
+    PyObject* buffer = device_ >= 0 ? PyLong_FromUnsignedLongLong(reinterpret_cast<uintptr_t>(dst))
+                                    : PyMemoryView_FromMemory(reinterpret_cast<char*>(dst),
+                                                              static_cast<Py_ssize_t>(nbytes_), PyBUF_WRITE);
     if (buffer == nullptr) return FetchPythonError();
     PyObject* r = PyObject_CallFunction(ctx_->write, "OKO", buffer, 0ULL, cpu_);
     Py_DECREF(buffer);
@@ -188,7 +207,8 @@ class PyOutput : public shoal::OutputValue {
   const Context* ctx_;
   Kind kind_ = Kind::kOther;
   PyObject* items_ = nullptr;  // tuple/list: the items; dict: a list of (key, value)
-  PyObject* cpu_ = nullptr;    // tensor: its CPU version
+  PyObject* cpu_ = nullptr;    // tensor: its CPU version (or itself, kept on its GPU)
+  int device_ = -1;            // tensor kept on GPU `device_`
   uint64_t nbytes_ = 0;        // tensor: its bytes when dense (what CopyTensor writes)
 };
 
@@ -212,8 +232,9 @@ PyObject* EncodeReply(PyObject*, PyObject* args) {
   unsigned int arenas_per_client;
   const char* model;
   PyObject *output, *outputs, *inputs, *write;
-  if (!PyArg_ParseTuple(args, "KsOOKKIOO", &job, &model, &output, &outputs, &client, &arena_bytes,
-                        &arenas_per_client, &inputs, &write)) {
+  int keep_gpu = 1;
+  if (!PyArg_ParseTuple(args, "KsOOKKIOO|p", &job, &model, &output, &outputs, &client, &arena_bytes,
+                        &arenas_per_client, &inputs, &write, &keep_gpu)) {
     return nullptr;
   }
   Context ctx{nullptr, write};
@@ -224,6 +245,7 @@ PyObject* EncodeReply(PyObject*, PyObject* args) {
     return nullptr;
   }
   place.client = client;
+  place.keep_gpu = keep_gpu != 0;
   place.limits.arena_bytes = std::max<unsigned long long>(arena_bytes, 4096);
   place.limits.arenas_per_client = std::max(arenas_per_client, 1u);
   if (!Spans(inputs, &place.inputs)) return nullptr;

@@ -62,6 +62,37 @@ def view(buffer, base_offset, desc):
     return flat.as_strided(shape, strides)
 
 
+class _DeviceBytes:
+    """``nbytes`` of GPU memory at device ``address``, as torch.as_tensor reads it
+    (``__cuda_array_interface__``); keeps ``owner`` (the Block or Arena the bytes belong
+    to) alive as long as a tensor over them lives: torch holds this object until then."""
+
+    def __init__(self, owner, address, nbytes):
+        self.owner = owner
+        self.__cuda_array_interface__ = {"shape": (nbytes,), "typestr": "|u1", "data": (address, False),
+                                         "version": 2}
+
+
+def gpu_view(owner, device, address, base_offset, desc):
+    """A CUDA tensor on GPU ``device`` (an ordinal here) over GPU arena memory described by
+    ``desc``: ``address`` is the device address of arena offset ``base_offset``; ``owner``
+    is kept alive by the tensor. No bytes are copied (the device is explicit, so a default
+    device never turns this into a copy)."""
+    name = desc["dtype"]
+    dtype = DTYPES[name]
+    shape, strides = desc["shape"], desc["strides"]
+    itemsize = ITEMSIZE[name]
+    nbytes = extent(shape, strides, itemsize)
+    raw = torch.as_tensor(_DeviceBytes(owner, address + desc["offset"] - base_offset, max(nbytes, itemsize)),
+                          device=torch.device("cuda", device))
+    flat = raw.view(dtype)
+    if nbytes == 0:
+        return flat[:0].view(shape)
+    if list(strides) == contiguous_strides(shape):
+        return flat.view(shape)
+    return flat.as_strided(shape, strides)
+
+
 def contiguous_strides(shape):
     strides, acc = [], 1
     for n in reversed(shape):
@@ -93,6 +124,13 @@ def decode_tree(node, make_tensor):
 
 
 def write(arena, offset, t):
-    """Copies ``t`` (on the CPU) into ``arena`` at byte ``offset``, laid out contiguously."""
+    """Copies ``t`` into ``arena`` at byte ``offset``, laid out contiguously. ``arena`` is a
+    writable buffer for a CPU tensor, or the device address (an int) of GPU memory for a
+    CUDA tensor (a copy on the GPU, never through the host)."""
+    if isinstance(arena, int):
+        nbytes = t.numel() * t.element_size()
+        dst = torch.as_tensor(_DeviceBytes(None, arena + offset, nbytes), device=t.device).view(t.dtype).view(t.shape)
+        dst.copy_(t)
+        return
     flat = torch.frombuffer(arena, dtype=t.dtype, count=t.numel(), offset=offset)
     flat.view(t.shape).copy_(t)

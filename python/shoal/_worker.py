@@ -22,11 +22,35 @@ from . import _native, _tensors, archive
 VERSION = 1
 
 
-def _error(rid, code, message, tb=None):
+def _error(rid, code, message, tb=None, poisoned=False):
     err = {"code": code, "message": message}
     if tb:
         err["traceback"] = tb
-    return msgpack.packb({"v": VERSION, "id": rid, "ok": False, "error": err})
+    reply = {"v": VERSION, "id": rid, "ok": False, "error": err}
+    if poisoned:
+        reply["poisoned"] = True  # shoald replaces this worker once the job is answered
+    return msgpack.packb(reply)
+
+
+def _cuda_poisoned():
+    """After a job or load failed: waits for the GPU work it queued, and says whether this
+    process's CUDA context is unusable now. Sticky errors (an illegal address, a
+    device-side assert) fail every later call, so a synchronise that fails says so; an
+    ordinary error (a bad launch configuration, the model's own exception) does not."""
+    if not torch.cuda.is_initialized():
+        return False
+    try:
+        torch.cuda.synchronize()
+        return False
+    except Exception:  # noqa: BLE001 - whatever torch raises for a dead context
+        return True
+
+
+def _synchronize():
+    """The worker's GPU work is complete before its reply leaves (docs/architecture.md,
+    "GPU"): the client may read the outputs as soon as it has the answer."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def self_test():
@@ -70,7 +94,7 @@ class Runner:
         if op == "infer":
             return self._infer(msg)
         if op == "arena":
-            self.arenas.add(msg["arena"], fds.pop(0))
+            self.arenas.add(msg["arena"], fds.pop(0), msg.get("size", 0), msg.get("gpu") or "")
         elif op == "drop_arena":
             self.arenas.drop(msg["arena"])
         elif op == "release":
@@ -87,11 +111,15 @@ class Runner:
 
     def _load(self, msg):
         rid, name, path = msg["id"], msg["name"], msg["path"]
+        device = msg.get("device", "auto")
         try:
-            self.models[name], manifest = archive.load_with_manifest(path)
+            self.models[name], manifest = archive.load_with_manifest(path, device)
+            _synchronize()
             self.specs.pop(name, None)
             if manifest and manifest.get("inputs"):
                 self.specs[name] = manifest["inputs"]
+        except archive.NoGpuError as e:
+            return _error(rid, "UNAVAILABLE", f"model '{name}': {e}")
         except archive.SelfCheckError as e:
             return _error(rid, "MODEL_ERROR", f"model '{name}': {e}")
         except archive.ArchiveError as e:
@@ -99,8 +127,9 @@ class Runner:
         except Exception as e:
             return _error(rid, "MODEL_ERROR",
                           f"model '{name}': loading archive {path} raised {type(e).__name__}: {e}",
-                          traceback.format_exc())
-        return msgpack.packb({"v": VERSION, "id": rid, "ok": True, "engine": "python"})
+                          traceback.format_exc(), poisoned=_cuda_poisoned())
+        return msgpack.packb({"v": VERSION, "id": rid, "ok": True, "engine": "python",
+                              "device": archive.device_of(self.models[name])})
 
     # -- inference ------------------------------------------------------------------
     def _infer(self, msg):
@@ -121,28 +150,34 @@ class Runner:
             try:
                 mapped[aid] = self.arenas.map(aid, needed)
             except OSError as e:
-                return _error(rid, "UNAVAILABLE", f"worker {self.slot} cannot map the client's arena {aid} "
-                              f"({e}) for job {rid} of model '{name}'; is worker_address_space_mb too small?")
+                return _error(rid, "UNAVAILABLE", f"model '{name}', job {rid}: worker {self.slot}: {e}")
         inputs, spans = [], []
         for d in msg["inputs"]:
             arena = mapped[d["arena"]]
-            inputs.append(_tensors.view(arena, 0, d))
+            if arena.device >= 0:
+                inputs.append(_tensors.gpu_view(arena, arena.device, arena.address, 0, d))
+            else:
+                inputs.append(_tensors.view(arena, 0, d))
             spans.append((d["arena"], d["block"], d["offset"],
                           d["offset"] + _tensors.extent(d["shape"], d["strides"], _tensors.ITEMSIZE[d["dtype"]]),
                           arena.address))
         try:
             out = model(*inputs)
-        except Exception as e:
-            return _error(rid, "MODEL_ERROR",
-                          f"model '{name}' raised {type(e).__name__} in job {rid}: {e}",
-                          traceback.format_exc())
-        # The one output encoder (protocol/output_tree.h), shared with TorchScript models.
-        try:
-            return _native.encode_reply(rid, name, out, self.outputs, msg["client"], msg.get("out_bytes", 64 << 20),
-                                        msg.get("out_arenas", 8), spans, _tensors.write)
+            # The one output encoder (protocol/output_tree.h), shared with TorchScript models.
+            reply = _native.encode_reply(rid, name, out, self.outputs, msg["client"], msg.get("out_bytes", 64 << 20),
+                                         msg.get("out_arenas", 8), spans, _tensors.write,
+                                         msg.get("outputs") != "cpu")
+            _synchronize()
+            return reply
         except _native.OutputError as e:
             code, message = e.args
-            return _error(rid, code, message)
+            return _error(rid, code, message, poisoned=_cuda_poisoned())
+        except Exception as e:
+            poisoned = _cuda_poisoned()
+            return _error(rid, "MODEL_ERROR",
+                          f"model '{name}' raised {type(e).__name__} in job {rid}: {e}" +
+                          ("; its worker's CUDA context is unusable now, the worker is replaced" if poisoned else ""),
+                          traceback.format_exc(), poisoned=poisoned)
 
 
 def _fmt(spec):

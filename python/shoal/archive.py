@@ -277,14 +277,68 @@ class _Importer(PackageImporter):
         return super()._zipfile_path(package, resource)
 
 
-def load_with_manifest(path):
-    """(served object, manifest or None). Weights are mapped, not copied (TorchScript
-    archives are read by torch.jit.load). A manifest with an example is checked: the
-    model must reproduce the reference output."""
+class NoGpuError(ArchiveError):
+    """The model needs a GPU this process does not have."""
+
+
+def _need_gpu(path, location):
+    if not torch.cuda.is_available():
+        raise NoGpuError(f"archive {path} was exported for CUDA (its weights were on {location}) but this worker "
+                         "has no usable GPU (shoald --gpus, CUDA_VISIBLE_DEVICES, the driver); to serve it on the "
+                         "CPU on purpose, load it with device='cpu' (shoal load --device cpu)")
+
+
+def _restore(path, device):
+    """map_location for an archive loaded for ``device``: "cpu" or "cuda" put every
+    storage there; "auto" puts each back on the kind of device it was exported from, a
+    CUDA one on this worker's GPU (a worker sees one GPU: shoald sets CUDA_VISIBLE_DEVICES)."""
+    if device == "cpu":
+        return "cpu"
+    if device.startswith("cuda"):
+        _need_gpu(path, device)
+        return torch.device("cuda", torch.cuda.current_device())
+
+    def restore(storage, location):
+        if str(location).startswith("cuda"):
+            _need_gpu(path, location)
+            return storage.cuda(torch.cuda.current_device())
+        return storage
+    return restore
+
+
+def saved_on_cuda(path):
+    """Whether a TorchScript archive's tensors were saved from a CUDA device: its data.pkl
+    names each storage's location ("cpu", "cuda:0"); the rule is C++'s
+    (package_format/archive_reader.h, PickleNamesCuda), shared with the TorchScript runner."""
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        for n in z.namelist():
+            if n.count("/") == 1 and n.endswith("/data.pkl"):
+                return _native.pickle_names_cuda(z.read(n))
+    return False
+
+
+def device_of(obj):
+    """"cuda" when the served object (a module) holds tensors on a GPU, else "cpu"."""
+    if isinstance(obj, (torch.nn.Module, torch.jit.ScriptModule)):
+        for t in list(obj.parameters()) + list(obj.buffers()):
+            if t.is_cuda:
+                return "cuda"
+    return "cpu"
+
+
+def load_with_manifest(path, device="auto"):
+    """(served object, manifest or None) for ``device`` ("auto": where it was exported,
+    "cpu", "cuda"). Weights are mapped, not copied, on the CPU (TorchScript archives are
+    read by torch.jit.load). A manifest with an example is checked: the model must
+    reproduce the reference output."""
     path = os.fspath(path)
     if is_torchscript(path):
+        if device == "auto":
+            device = "cuda" if saved_on_cuda(path) else "cpu"
+        where = _restore(path, device)
         try:
-            module = torch.jit.load(path, map_location="cpu")
+            module = torch.jit.load(path, map_location=where)
         except Exception as e:  # torch raises RuntimeError
             raise ArchiveError(f"archive {path}: TorchScript cannot load it: {e}") from None
         return module.eval(), None
@@ -300,12 +354,13 @@ def load_with_manifest(path):
                            "export the model with shoal.export (or save_pickle('model', 'model.pkl', m))")
     importer.zip_reader = _MappedReader(importer.zip_reader, path, records)
     package, resource = entry.rsplit("/", 1)
-    obj = importer.load_pickle(package, resource, map_location="cpu")
+    where = _restore(path, device)
+    obj = importer.load_pickle(package, resource, map_location=where)
     if isinstance(obj, torch.nn.Module):
         obj.eval()
     if manifest and manifest.get("example"):
         pkg, res = manifest["example"].rsplit("/", 1)
-        example = importer.load_pickle(pkg, res, map_location="cpu")
+        example = importer.load_pickle(pkg, res, map_location=where)
         with torch.no_grad():
             out = obj(*example["inputs"])
         _close(out, example["output"], path)

@@ -1,6 +1,6 @@
 """The `shoal` command: talk to shoald from a shell.
 
-    shoal [--socket PATH] load NAME ARCHIVE
+    shoal [--socket PATH] load NAME ARCHIVE [--device cpu|cuda|cuda:N]
     shoal [--socket PATH] unload NAME
     shoal [--socket PATH] models
     shoal [--socket PATH] status
@@ -59,6 +59,7 @@ def main(argv=None):
     s = sub.add_parser("load", help="load an archive under a name")
     s.add_argument("name")
     s.add_argument("archive")
+    s.add_argument("--device", help="where it runs: cpu, cuda or cuda:N (default: where it was exported)")
     s = sub.add_parser("unload", help="unload a model")
     s.add_argument("name")
     sub.add_parser("models", help="list loaded models")
@@ -93,8 +94,8 @@ def main(argv=None):
     try:
         with Client(args.socket) as c:
             if args.cmd == "load":
-                c.load(args.name, args.archive)
-                print(f"loaded {args.name} from {args.archive}")
+                c.load(args.name, args.archive, device=args.device)
+                print(f"loaded {args.name} from {args.archive}" + (f" on {args.device}" if args.device else ""))
             elif args.cmd == "unload":
                 c.unload(args.name)
                 print(f"unloaded {args.name}")

@@ -9,6 +9,13 @@
 Ordinary tensors and numpy arrays work too (one copy into the arena). A Client may be
 shared by threads; its requests are serialised. Results stay valid after close().
 
+GPU (docs/architecture.md, "GPU"): ``c.empty(shape, device="cuda")`` is a CUDA tensor in a
+GPU arena this client owns (GPU memory passed to shoald as an fd): no copy at all; another
+CUDA tensor costs one device-to-device copy into such an arena. Before a job is sent, the
+client waits for the GPU work on its inputs (``torch.cuda.synchronize``); the worker's work
+is complete before its answer arrives. Outputs a model leaves on its GPU come back as CUDA
+tensors over the worker's GPU output arena (``outputs="cpu"`` asks for host tensors).
+
 Memory ownership (docs/architecture.md): inputs live in arenas this client creates and
 owns (it alone allocates and frees their blocks, with bookkeeping in its own memory).
 Results live in output arenas a worker made for this connection; shoald passes their fds
@@ -33,6 +40,7 @@ from . import _native, _tensors, errors
 
 VERSION = 1
 DEFAULT_ARENA_SIZE = 256 << 20
+DEFAULT_GPU_ARENA_SIZE = 64 << 20  # a client's GPU arena (more when a tensor needs it)
 _HEADER = struct.Struct("<I")
 # How long past a job's own deadline the client waits for shoald's answer before raising
 # Timeout itself (shoald answers at the deadline; this covers a stopped or wedged shoald).
@@ -71,7 +79,7 @@ class Client:
         self._writer = _native.ClientWriter(self._sock.fileno())  # every frame we send, releases too
         self._rbuf = bytearray()  # received bytes not yet part of a whole frame
         self._next_id = 1
-        self._arenas = {}    # arena id -> _native.Arena we own (inputs)
+        self._arenas = {}    # arena id -> _native.Arena we own (inputs; .device >= 0: GPU memory)
         self._blocks = {}    # (arena id, block offset) -> weakref to the Block of empty()
         self._out_arenas = {}  # arena id -> _native.Arena a worker owns (results), mapped here
         self._fds = []       # received fds not yet claimed by a reply, oldest first
@@ -118,10 +126,31 @@ class Client:
 
     def _take_arenas(self, reply):
         """Maps the output arenas an answer introduces (their fds came with it, in order)."""
-        for a in reply.get("new_arenas", ()):
-            if not self._fds:
-                raise errors.InternalError(f"shoald announced output arena {a['arena']} without its descriptor")
-            self._out_arenas[a["arena"]] = _native.Arena.open(self._fds.pop(0))
+        announced = reply.get("new_arenas", ())
+        if len(self._fds) < len(announced):
+            raise errors.InternalError(f"shoald announced {len(announced)} output arenas with {len(self._fds)} fds")
+        # Every fd of this reply is taken first: one that cannot be mapped must not shift
+        # the next reply's fds.
+        fds = [self._fds.pop(0) for _ in announced]
+        failed = None
+        for a, fd in zip(announced, fds):
+            try:
+                if "gpu" in a:  # a worker's GPU output arena, on the GPU with that PCI bus id
+                    try:
+                        ordinal = _native.gpu_ordinal(a["gpu"])
+                    except OSError:
+                        os.close(fd)  # Arena.open/open_gpu close theirs, also on failure
+                        raise
+                    arena = _native.Arena.open_gpu(fd, a["size"], ordinal)
+                else:
+                    arena = _native.Arena.open(fd)
+                self._out_arenas[a["arena"]] = arena
+            except OSError as e:
+                failed = failed or (f"output arena {a['arena']}" + (f" on GPU {a['gpu']}" if "gpu" in a else "") +
+                                    f" cannot be mapped here: {e}; a client that cannot use the model's GPU can ask "
+                                    "for host tensors (infer(..., outputs='cpu'))")
+        if failed:
+            raise errors.BadRequest(failed)
 
     def _discard_reply(self, reply):
         """An answer nobody waits for any more: its results go back to their workers."""
@@ -214,26 +243,57 @@ class Client:
                 raise ConnectionError("shoald closed the connection")
             self._rbuf += chunk
 
-    def _add_arena(self, size):
-        arena = _native.Arena.create(size, "shoal-client")
-        reply = self._call({"op": "register_arena"}, fds=[arena.fd])
+    def _add_arena(self, size, device=-1):
+        if device < 0:
+            arena = _native.Arena.create(size, "shoal-client")
+            reply = self._call({"op": "register_arena"}, fds=[arena.fd])
+        else:
+            arena = _native.Arena.create_gpu(size, device)
+            reply = self._call({"op": "register_arena", "gpu": _native.gpu_bus(device), "size": arena.size},
+                               fds=[arena.fd])
         self._arenas[reply["arena"]] = arena
         return reply["arena"], arena
 
-    def _alloc(self, nbytes):
-        """A Block of ``nbytes`` in one of our arenas; adds an arena when all are full."""
+    def _alloc(self, nbytes, device=-1):
+        """A Block of ``nbytes`` in one of our arenas on ``device`` (-1: host memory, else a
+        GPU ordinal); adds an arena when all are full."""
         for aid, arena in self._arenas.items():
+            if arena.device != device:
+                continue
             try:
                 return aid, _native.Block(arena, arena.alloc(nbytes), nbytes)
             except _native.ArenaFullError:
                 continue
-        aid, arena = self._add_arena(max(self._arena_size, 2 * nbytes + (1 << 20)))
+        base = self._arena_size if device < 0 else DEFAULT_GPU_ARENA_SIZE
+        aid, arena = self._add_arena(max(base, 2 * nbytes + (1 << 20)), device)
         return aid, _native.Block(arena, arena.alloc(nbytes), nbytes)
 
+    @staticmethod
+    def _view(block, desc):
+        """A tensor over ``block`` (host or GPU memory) described by ``desc``."""
+        if block.arena.device >= 0:
+            return _tensors.gpu_view(block, block.arena.device, block.address, block.offset, desc)
+        return _tensors.view(block, block.offset, desc)
+
+    @staticmethod
+    def _gpu_ordinal(device):
+        """The CUDA ordinal of ``device`` ("cuda", "cuda:1", a torch.device), -1 for the CPU."""
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        if device.type == "cpu":
+            return -1
+        if device.type != "cuda":
+            raise errors.BadRequest(f"tensors on {device} cannot travel through shoal; use the CPU or CUDA")
+        return device.index if device.index is not None else torch.cuda.current_device()
+
     # -- administration -------------------------------------------------------------
-    def load(self, name, archive):
-        """Loads an archive into every worker under ``name``; returns when all are ready."""
-        self._call({"op": "load", "name": name, "path": os.path.abspath(os.fspath(archive))})
+    def load(self, name, archive, device=None):
+        """Loads an archive into every worker under ``name``; returns when all are ready.
+        ``device``: where it runs: None (where it was exported: a model exported from CUDA
+        runs on a GPU), "cpu", "cuda" (every worker's GPU) or "cuda:N" (GPU N's workers)."""
+        msg = {"op": "load", "name": name, "path": os.path.abspath(os.fspath(archive))}
+        if device is not None:
+            msg["device"] = str(device)
+        self._call(msg)
 
     def unload(self, name):
         self._call({"op": "unload", "name": name})
@@ -259,9 +319,10 @@ class Client:
         return {k: reply[k] for k in ("live", "ready", "stopping", "models")}
 
     # -- tensors --------------------------------------------------------------------
-    def empty(self, shape, dtype=torch.float32):
-        """An uninitialised tensor that lives in shared memory: fill it in place and pass it
-        to infer() with no copy. Freed when the tensor (and its views) are dropped."""
+    def empty(self, shape, dtype=torch.float32, device=None):
+        """An uninitialised tensor that lives in shared memory (``device="cuda"``: in GPU
+        memory shared the same way): fill it in place and pass it to infer() with no copy.
+        Freed when the tensor (and its views) are dropped."""
         if isinstance(shape, int):
             shape = (shape,)
         shape = tuple(int(s) for s in shape)
@@ -270,18 +331,21 @@ class Client:
         numel = 1
         for s in shape:
             numel *= s
-        aid, block = self._alloc(max(numel * itemsize, 1))
+        ordinal = self._gpu_ordinal(device)
+        aid, block = self._alloc(max(numel * itemsize, 1), ordinal)
         self._blocks[(aid, block.offset)] = weakref.ref(block)
         if numel == 0:
-            return torch.empty(shape, dtype=dtype)
-        return _tensors.view(block, block.offset, {"dtype": _tensors.dtype_name(dtype), "shape": list(shape),
-                                                    "strides": _tensors.contiguous_strides(shape),
-                                                    "offset": block.offset})
+            return torch.empty(shape, dtype=dtype, device=device)
+        return self._view(block, {"dtype": _tensors.dtype_name(dtype), "shape": list(shape),
+                                  "strides": _tensors.contiguous_strides(shape), "offset": block.offset})
 
     def _find_block(self, t):
         """(arena id, Block) when ``t`` lives in a block made by empty(), else None."""
         start = _tensors.storage_ptr(t)
+        device = t.get_device() if t.is_cuda else -1
         for aid, arena in self._arenas.items():
+            if arena.device != device:
+                continue
             off = start - arena.address
             if 0 <= off < arena.size:
                 ref = self._blocks.get((aid, off))
@@ -294,8 +358,7 @@ class Client:
             x = torch.from_numpy(np.ascontiguousarray(x) if x.dtype.byteorder == ">" else x)
         if not isinstance(x, torch.Tensor):
             raise errors.BadRequest(f"inputs must be torch tensors or numpy arrays, not {type(x).__name__}")
-        if x.device.type != "cpu":
-            raise errors.BadRequest(f"input on {x.device} is not supported yet; move it to the CPU")
+        ordinal = self._gpu_ordinal(x.device)
         dtype = _tensors.dtype_name(x.dtype)
         found = self._find_block(x) if x.numel() > 0 else None
         if found is not None:
@@ -306,23 +369,30 @@ class Client:
                     "dtype": dtype, "shape": list(x.shape), "strides": list(x.stride())}
         shape = list(x.shape)
         nbytes = x.numel() * x.element_size()
-        aid, block = self._alloc(max(nbytes, 1))
+        aid, block = self._alloc(max(nbytes, 1), ordinal)
         keep[(aid, block.offset)] = block
         desc = {"arena": aid, "block": block.offset, "offset": block.offset, "dtype": dtype,
                 "shape": shape, "strides": _tensors.contiguous_strides(shape)}
         if nbytes:
-            _tensors.view(block, block.offset, desc).copy_(x)
+            self._view(block, desc).copy_(x)  # a CUDA tensor: one copy on its GPU
         return desc
 
     # -- inference ------------------------------------------------------------------
-    def infer(self, name, *inputs, timeout=None, retries=0):
+    def infer(self, name, *inputs, timeout=None, retries=0, outputs=None):
         """Runs model ``name`` on ``inputs``; returns its output with the model's own
         structure, tensors as views on shared memory. ``timeout`` in seconds. With
         ``retries=1`` a job whose worker crashed is run once more (on a fresh worker);
-        by default a crash is reported at once (WorkerCrashed)."""
+        by default a crash is reported at once (WorkerCrashed). ``outputs="cpu"``: outputs
+        a model leaves on its GPU come back as host tensors."""
         keep = {}  # blocks of this request's inputs, by (arena, offset)
         descs = [self._describe(x, keep) for x in inputs]
+        for ordinal in {self._arenas[d["arena"]].device for d in descs} - {-1}:
+            # The writes to GPU inputs (the caller's kernels, our copies) are complete
+            # before the worker reads them: it runs on another process's streams.
+            torch.cuda.synchronize(ordinal)
         msg = {"op": "infer", "model": name, "inputs": descs}
+        if outputs is not None:
+            msg["outputs"] = outputs
         if timeout is not None:
             msg["timeout_ms"] = max(1, int(timeout * 1000))
         if retries:
@@ -347,6 +417,6 @@ class Client:
                         raise errors.InternalError(f"output in unknown arena {d['arena']}")
                     block = _native.Block(arena, d["block"], arena.size - d["block"], False)  # a view, nothing to free
                 keep[key] = block
-            return _tensors.view(block, block.offset, d)
+            return self._view(block, d)
 
         return _tensors.decode_tree(reply["outputs"], make_tensor)

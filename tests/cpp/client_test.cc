@@ -10,6 +10,7 @@
 #include <string>
 #include <thread>
 
+#include "shm/gpu_memory.h"
 #include "shoal/client.h"
 #include "tests/cpp/catch.h"
 
@@ -214,4 +215,33 @@ TEST_CASE("C++ client: a dropped result goes back to its worker without another 
   auto again = (*quiet)->Infer("add", {torch::zeros({4})});  // still usable
   REQUIRE(again.ok());
   CHECK(torch::equal(again->toTensor(), torch::ones({4})));
+}
+
+TEST_CASE("C++ client: CUDA tensors in and out through GPU arenas", "[client][gpu]") {
+  if (!torch::cuda::is_available() || !shoal::GpuDriverReady().ok()) {
+    WARN("skipped: needs a GPU (" + shoal::GpuDriverReady().message() + ")");
+    return;
+  }
+  Daemon d;
+  auto c = shoal::Client::Connect(d.socket());
+  REQUIRE(c.ok());
+  REQUIRE((*c)->Load("identity", Archive("identity")).ok());
+  auto xa = (*c)->Empty({4, 4}, torch::kFloat, torch::kCUDA);  // in a GPU arena
+  REQUIRE(xa.ok());
+  REQUIRE(xa->is_cuda());
+  xa->fill_(3);
+  auto same = (*c)->Infer("identity", {*xa});
+  REQUIRE(same.ok());
+  REQUIRE(same->toTensor().is_cuda());
+  CHECK(same->toTensor().data_ptr() == xa->data_ptr());  // returned in place: zero copies
+  // An ordinary CUDA tensor (one copy on the GPU) to a model that computes a new tensor.
+  auto x = torch::arange(6, torch::TensorOptions().dtype(torch::kFloat).device(torch::kCUDA)).reshape({2, 3});
+  auto y = (*c)->Infer("add", {x});
+  REQUIRE(y.ok());
+  REQUIRE(y->toTensor().is_cuda());
+  CHECK(torch::equal(y->toTensor(), x * 2 + 1));
+  auto host = (*c)->Infer("add", {x}, std::nullopt, 0, /*host_outputs=*/true);
+  REQUIRE(host.ok());
+  CHECK(host->toTensor().is_cpu());
+  CHECK(torch::equal(host->toTensor(), (x * 2 + 1).cpu()));
 }

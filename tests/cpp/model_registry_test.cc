@@ -199,3 +199,30 @@ TEST_CASE("a new worker loads every servable model, then reports it started", "[
   CHECK(f.hosts.Serving("a") == 1);
   CHECK(f.hosts.Serving("b") == 0);
 }
+
+TEST_CASE("a model loaded for cuda:N goes only to the workers on GPU N, also to their replacements",
+          "[registry][gpu]") {
+  Fixture f;
+  f.hosts.live = {{0, 1}, {1, 2}, {2, 3}};
+  f.hosts.gpu_of = {{0, 0}, {1, 1}, {2, 0}};
+  REQUIRE(f.registry.Load("m", "/m.pt", f.Record(), "cuda:1").ok());
+  REQUIRE(f.hosts.loads.size() == 1);
+  CHECK(f.hosts.loads[0].worker.slot == 1);
+  CHECK(f.hosts.devices[0] == "cuda:1");
+  f.hosts.Answer();
+  REQUIRE(f.results.size() == 1);
+  CHECK(f.results[0].ok());
+  CHECK(f.registry.Ready("m"));
+  // A replacement on GPU 0 does not load it; one on GPU 1 does.
+  bool done = false;
+  f.registry.LoadInto({0, 4}, [](const std::string&, const Status&, const std::string&) {}, [&] { done = true; });
+  CHECK(done);
+  CHECK(f.hosts.loads.empty());
+  f.registry.LoadInto({1, 5}, [](const std::string&, const Status&, const std::string&) {}, [] {});
+  REQUIRE(f.hosts.loads.size() == 1);
+  CHECK(f.hosts.loads[0].worker.slot == 1);
+  // "cuda" and "auto" run everywhere.
+  f.hosts.Answer();
+  REQUIRE(f.registry.Load("n", "/n.pt", f.Record(), "cuda").ok());
+  CHECK(f.hosts.loads.size() == 3);
+}

@@ -152,9 +152,17 @@ class FakeHosts : public ModelHosts {
   std::vector<std::string> unloaded;
 
   std::vector<Worker> Live() const override { return live; }
-  void Load(Worker worker, const std::string& name, const std::string&, std::function<bool()> keep,
-            LoadDone done) override {
+  std::map<int, int> gpu_of;  // slot -> GPU index (GpuPlacement's rule: "cuda:N" runs on GPU N only)
+  void Load(Worker worker, const std::string& name, const std::string&, const std::string& device,
+            std::function<bool()> keep, LoadDone done) override {
     loads.push_back({worker, name, std::move(keep), std::move(done)});
+    devices.push_back(device);
+  }
+  std::vector<std::string> devices;  // of each load, in order
+  bool Places(Worker worker, const std::string& device) const override {
+    if (device.rfind("cuda:", 0) != 0) return true;
+    auto it = gpu_of.find(worker.slot);
+    return it != gpu_of.end() && it->second == std::stoi(device.substr(5));
   }
   bool HasOrLoads(Worker worker, const std::string& name) const override {
     if (auto it = ready.find(worker.slot); it != ready.end() && it->second.count(name)) return true;

@@ -317,3 +317,28 @@ class Densifies(nn.Module):
     """Makes its input dense (x.contiguous(): the full logical size) and sums it."""
     def forward(self, x):
         return x.contiguous().sum()
+
+
+class GpuAffine(nn.Module):
+    """Linear + ReLU, computed wherever its weights are (a GPU when exported from one);
+    also says where its input was, to prove inputs arrive on the GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 32)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x)), torch.tensor([1 if x.is_cuda else 0], device=x.device)
+
+
+class CudaAssert(nn.Module):
+    """Indexes out of bounds on the GPU when asked (x[0] > 0): a device-side assert, which
+    leaves the process's CUDA context unusable (a sticky error)."""
+
+    def forward(self, x):
+        if float(x[0]) > 0:
+            idx = torch.tensor([x.numel() + 1000], device=x.device)
+            y = x[idx]
+            torch.cuda.synchronize()
+            return y
+        return x * 2

@@ -133,3 +133,32 @@ def test_outputs_past_the_workers_output_arenas_are_arena_full(make_daemon, tmp_
         assert c.status()["workers"][0]["state"] != "restarting"
         del held
         assert c.infer("grow", torch.ones(1)).shape == (4 << 20,)  # released: room again
+
+
+def test_gpu_arena_registrations_that_no_worker_could_map_are_refused(daemon, archives):
+    """A client names the GPU of a GPU arena and its size (its fd cannot say): shoald
+    refuses GPUs its workers do not use, fds that are not the NVIDIA driver's and sizes past
+    1 TiB, holds no fd for them, and keeps serving another client."""
+    import array
+    with daemon.client() as victim:
+        victim.load("identity", archives["identity"])
+        gpus = [w["gpu"] for w in victim.status()["workers"] if w["gpu"]]
+        s = wire.raw(daemon.socket)
+        null = os.open("/dev/null", os.O_RDONLY)
+        cases = [({"gpu": "0000:ff:00.0", "size": 1 << 21}, null, "no such GPU")]
+        real = None
+        if gpus:  # the fd and size checks come after the GPU's
+            from shoal import _native
+            real = _native.Arena.create_gpu(1 << 21, _native.gpu_ordinal(gpus[0]))  # a real exported fd
+            cases += [({"gpu": gpus[0], "size": 1 << 21}, null, "exported CUDA allocation"),
+                      ({"gpu": gpus[0], "size": 1 << 41}, real.fd, "1 TiB")]
+        for i, (fields, fd, why) in enumerate(cases):
+            msg = dict({"v": 1, "op": "register_arena", "id": i + 1}, **fields)
+            s.sendmsg([frame(msg)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+            reply = read_reply(s)
+            assert reply["ok"] is False and reply["error"]["code"] == "BAD_REQUEST", reply
+            assert why in reply["error"]["message"], reply
+        os.close(null)
+        s.close()
+        assert victim.status()["arenas"] == 1  # the victim's own only
+        assert torch.equal(victim.infer("identity", torch.ones(3)), torch.ones(3))

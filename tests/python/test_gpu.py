@@ -1,0 +1,222 @@
+"""GPU serving (docs/architecture.md, "GPU"): CUDA models run on the GPU they were exported
+for, CUDA tensors travel through GPU arenas with no host copy, a sticky CUDA error costs one
+worker, and shoald and the zygote never create a CUDA context. Skipped without a GPU."""
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+import torch
+
+import shoal
+import shoal_test_models as models
+from shoal import _native
+
+GPU_WHY = None
+if not torch.cuda.is_available():
+    GPU_WHY = "no GPU visible to torch"
+elif _native.gpu_ready() is not None:
+    GPU_WHY = _native.gpu_ready()
+pytestmark = pytest.mark.skipif(GPU_WHY is not None, reason=f"needs a GPU: {GPU_WHY}")
+
+
+@pytest.fixture(autouse=True)
+def exact_math():
+    # Outputs are compared with in-process eager: no TF32 on either side.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def cuda_affine(tmp_path):
+    torch.manual_seed(0)
+    net = models.GpuAffine().cuda().eval()
+    return net, shoal.export(net, tmp_path / "affine.pt")
+
+
+def compute_apps():
+    """PIDs holding a CUDA context, per nvidia-smi."""
+    out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"],
+                         capture_output=True, text=True, check=True).stdout
+    return {int(line) for line in out.split() if line.strip().isdigit()}
+
+
+def test_cuda_model_runs_on_the_gpu_with_cuda_tensors_in_and_out(make_daemon, tmp_path):
+    net, path = cuda_affine(tmp_path)
+    d = make_daemon(workers=2)
+    with d.client() as c:
+        c.load("affine", path)  # no device: where it was exported
+        x = torch.randn(8, 64, device="cuda")
+        with torch.no_grad():
+            expected = net(x)[0]
+        y, where = c.infer("affine", x)  # an ordinary CUDA tensor: one copy on the GPU
+        assert y.is_cuda and where.is_cuda
+        assert int(where.item()) == 1  # the model saw a CUDA input
+        assert torch.equal(y, expected)
+        xa = c.empty((8, 64), device="cuda")  # in a GPU arena: no copy at all
+        xa.copy_(x)
+        y2, _ = c.infer("affine", xa)
+        assert torch.equal(y2, expected)
+        # outputs="cpu": host tensors on purpose.
+        y3, _ = c.infer("affine", xa, outputs="cpu")
+        assert not y3.is_cuda and torch.equal(y3, expected.cpu())
+        st = c.status()
+        assert all(w["gpu"] for w in st["workers"]), st["workers"]
+        assert [m["device"] for m in st["models"]] == ["auto"]
+
+
+def test_no_host_copy_on_the_client_path(make_daemon, tmp_path):
+    net, path = cuda_affine(tmp_path)
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        c.load("affine", path)
+        xa = c.empty((8, 64), device="cuda")
+        xa.normal_()
+        c.infer("affine", xa)  # warm: arenas mapped
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                y, _ = c.infer("affine", xa)
+                del y
+            torch.cuda.synchronize()
+        names = [e.name for e in prof.events()]
+        host = [n for n in names if "HtoD" in n or "DtoH" in n or "aten::_to_copy" in n or n == "aten::cpu"]
+        assert host == [], host
+
+
+def test_input_returned_in_place_is_the_same_gpu_memory(make_daemon, archives):
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        c.load("identity", archives["identity"])
+        xa = c.empty((4, 4), device="cuda")
+        xa.fill_(3)
+        y = c.infer("identity", xa)
+        assert y.is_cuda and y.data_ptr() == xa.data_ptr()
+
+
+def test_torchscript_saved_from_cuda_runs_on_the_gpu(make_daemon, tmp_path):
+    torch.manual_seed(0)
+    net = torch.jit.script(models.ScriptableMLP().cuda().eval())
+    path = tmp_path / "mlp_ts.pt"
+    torch.jit.save(net, str(path))
+    x = torch.randn(4, 8, device="cuda")
+    with torch.no_grad():
+        expected = net(x)
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        c.load("mlp", path)
+        y = c.infer("mlp", x)
+        y = y if isinstance(y, torch.Tensor) else y[0]
+        assert y.is_cuda
+        assert torch.equal(y, expected)
+        c.load("mlp_cpu", path, device="cpu")  # on the CPU on purpose
+        z = c.infer("mlp_cpu", x.cpu())
+        z = z if isinstance(z, torch.Tensor) else z[0]
+        assert not z.is_cuda
+        assert torch.allclose(z, expected.cpu(), atol=1e-5)
+
+
+def test_cuda_model_without_a_gpu_fails_to_load_clearly(make_daemon, tmp_path):
+    _, path = cuda_affine(tmp_path)
+    d = make_daemon(workers=1, args=("--gpus", "none"))
+    with d.client() as c:
+        with pytest.raises(shoal.Error) as e:
+            c.load("affine", path)
+        assert "no usable GPU" in str(e.value) and "device='cpu'" in str(e.value)
+        with pytest.raises(shoal.Error) as e:
+            c.load("affine2", path, device="cuda")
+        assert "cannot load on cuda" in str(e.value)
+        c.load("affine_cpu", path, device="cpu")  # on purpose: served on the CPU
+        y, where = c.infer("affine_cpu", torch.randn(2, 64))
+        assert not y.is_cuda and int(where.item()) == 0
+
+
+def test_shoald_and_the_zygote_never_create_a_cuda_context(make_daemon, tmp_path):
+    if shutil.which("nvidia-smi") is None:
+        pytest.skip("nvidia-smi not found")
+    _, path = cuda_affine(tmp_path)
+    d = make_daemon(workers=2)
+    with d.client() as c:
+        c.load("affine", path)
+        c.infer("affine", torch.randn(2, 64, device="cuda"))
+        st = c.status()
+    workers = {w["pid"] for w in st["workers"]}
+    apps = compute_apps()
+    assert workers <= apps, (workers, apps)  # the workers have contexts
+    assert d.proc.pid not in apps
+    assert st["zygote"] not in apps
+
+
+def test_a_sticky_cuda_error_costs_one_worker_and_is_answered(make_daemon, tmp_path, archives):
+    path = shoal.export(models.CudaAssert(), tmp_path / "assert.pt")
+    d = make_daemon(workers=2)
+    stop = threading.Event()
+    victim_errors, victim_ok = [], [0]
+
+    def victim():
+        with d.client() as vc:
+            while not stop.is_set():
+                try:
+                    y = vc.infer("identity", torch.ones(4))
+                    assert torch.equal(y, torch.ones(4))
+                    victim_ok[0] += 1
+                except shoal.WorkerCrashed:
+                    pass  # it may have shared the poisoned worker (K=1: it did not)
+                except Exception as e:  # noqa: BLE001
+                    victim_errors.append(e)
+    with d.client() as c:
+        c.load("assert", path, device="cuda")
+        c.load("identity", archives["identity"])
+        before = set(d.worker_pids())
+        t = threading.Thread(target=victim)
+        t.start()
+        x = torch.ones(8, device="cuda")
+        assert torch.equal(c.infer("assert", -x), -2 * x)
+        with pytest.raises(shoal.ModelError) as e:
+            c.infer("assert", x)
+        assert "CUDA" in str(e.value) and "replaced" in str(e.value)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            pids = set(d.worker_pids())
+            if len(pids - before) == 1 and len(pids) == 2:
+                break
+            time.sleep(0.2)
+        assert len(set(d.worker_pids()) - before) == 1
+        d.wait_ready("assert")
+        assert torch.equal(c.infer("assert", -x), -2 * x)  # served again
+        stop.set()
+        t.join()
+        assert victim_errors == [] and victim_ok[0] > 0
+        dead = before - set(d.worker_pids())
+        if shutil.which("nvidia-smi"):
+            deadline = time.time() + 20
+            while time.time() < deadline and dead & compute_apps():
+                time.sleep(0.2)
+            assert not dead & compute_apps()  # its GPU memory came back
+
+
+def test_devices_from_the_cli_and_the_configuration(make_daemon, tmp_path):
+    _, path = cuda_affine(tmp_path)
+    d = make_daemon(workers=1, args=("--model", f"onc@cpu={path}", "--model", f"ong@cuda:0={path}"))
+    d.wait_ready("onc")
+    d.wait_ready("ong")
+    from conftest import BUILD
+    out = subprocess.run([os.path.join(BUILD, "bin", "shoal"), "--socket", d.socket, "load", "cli", str(path),
+                          "--device", "cpu"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    with d.client() as c:
+        x = torch.randn(2, 64)
+        assert not c.infer("onc", x)[0].is_cuda
+        assert c.infer("ong", x.cuda())[0].is_cuda
+        assert not c.infer("cli", x)[0].is_cuda
+        devices = {m["name"]: m["device"] for m in c.status()["models"]}
+        assert devices == {"onc": "cpu", "ong": "cuda:0", "cli": "cpu"}
+
+
+def test_a_configured_device_that_does_not_exist_fails_the_start(tmp_path):
+    from conftest import Daemon
+    _, path = cuda_affine(tmp_path)
+    with pytest.raises(RuntimeError) as e:
+        Daemon(tmp_path, workers=1, args=("--model", f"m@cuda:9={path}"))
+    assert "cannot load on cuda:9" in str(e.value)
