@@ -26,6 +26,8 @@ Status ClientWriter::Send(std::string_view data, const std::vector<int>& fds) {
   std::lock_guard<std::mutex> lock(send_mu_);
   if (dup_error_ != 0) return Status::FromErrno("cannot write to shoald (dup of the socket)", dup_error_);
   if (sock_ < 0) return Status(Code::kUnavailable, "the connection to shoald is closed");
+  // Releases queued before this request go first: its job may need the room they free.
+  if (auto st = SendQueued(); !st.ok()) return st;
   return SendAll(sock_, data, fds);
 }
 

@@ -34,7 +34,8 @@ class ClientWriter {
   ClientWriter(const ClientWriter&) = delete;
   ClientWriter& operator=(const ClientWriter&) = delete;
 
-  // Sends `data` (whole frames) with `fds` on its first byte; blocks until all is written.
+  // Sends `data` (whole frames) with `fds` on its first byte, after the releases queued
+  // before it (its job may need the room they free); blocks until all is written.
   Status Send(std::string_view data, const std::vector<int>& fds = {});
   // Queues block `block` of output arena `arena` for release to the worker that owns it.
   // Never blocks on the socket. Ignored once stopped (the connection is gone: shoald has
