@@ -95,9 +95,12 @@ Result<std::vector<std::string>> Interpreter::ImportFolders() {
   return out;
 }
 
-Status Interpreter::EnterSandbox(const std::string& tmp_dir, bool confined) {
+Status Interpreter::EnterSandbox(const std::string& tmp_dir, bool confined, const std::string& user,
+                                 const std::string& home) {
   char* error = nullptr;
-  if (api_->enter_sandbox(tmp_dir.c_str(), confined ? 1 : 0, &error) != 0) return TakeError("", error);
+  if (api_->enter_sandbox(tmp_dir.c_str(), confined ? 1 : 0, user.c_str(), home.c_str(), &error) != 0) {
+    return TakeError("", error);
+  }
   return Status::Ok();
 }
 

@@ -39,8 +39,9 @@ class Interpreter {
   // module: the zygote asks, before it forks, so that workers keep those pages shared.
   Result<std::vector<std::string>> ImportFolders();
   // In a worker, before its sandbox closes: points this interpreter's temporary files at
-  // `tmp_dir` (and, when `confined`, the caches that default under $HOME).
-  Status EnterSandbox(const std::string& tmp_dir, bool confined);
+  // `tmp_dir` (and, when `confined`, the caches that default under $HOME); `user` and
+  // `home` (empty: unchanged) become USER/LOGNAME and HOME.
+  Status EnterSandbox(const std::string& tmp_dir, bool confined, const std::string& user, const std::string& home);
   // Runs shoal._worker.self_test() (a small torch job).
   Status SelfTest();
   // Zygote: moves every object alive now to the permanent generation (gc.freeze), so that

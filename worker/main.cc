@@ -15,6 +15,7 @@
 // Threading: main runs on the process's only thread until the router starts the
 // interpreters' threads (worker/lanes.h); --check-interpreters runs two threads of its own.
 #include <fcntl.h>
+#include <pwd.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
@@ -116,6 +117,14 @@ shoal::FilesystemView ModelCodeFiles(const Interpreters& interps, const std::str
   return shoal::WorkerFilesystem(python_paths, interps.size() > 1 ? cache : "");
 }
 
+// The name of `uid` ("" when it has none).
+std::string UserName(uid_t uid) {
+  std::vector<char> buf(16384);
+  struct passwd pw;
+  struct passwd* found = nullptr;
+  return getpwuid_r(uid, &pw, buf.data(), buf.size(), &found) == 0 && found != nullptr ? found->pw_name : "";
+}
+
 // The sandbox, closed in a worker: its private temporary folder made and given to every
 // interpreter, then every restriction at once (worker/sandbox.h). Exits when it cannot.
 void CloseSandbox(const shoal::SandboxConfig& sandbox, const Interpreters& interps, shoal::FilesystemView files) {
@@ -133,9 +142,15 @@ void CloseSandbox(const shoal::SandboxConfig& sandbox, const Interpreters& inter
     spdlog::warn("worker sandbox: {}; model code has no temporary folder", made.status().message());
   }
   bool confined = sandbox.landlock && shoal::LandlockAbi() > 0;
+  // Who the worker runs as, in its environment, read from /etc/passwd now: under Landlock
+  // a replaced /etc/passwd (useradd writes a new file) is unreadable later. A worker with
+  // a user of its own gets its private folder as home (nobody's is /nonexistent).
+  bool switched = sandbox.run_as_uid >= 0;
+  std::string user = UserName(switched ? static_cast<uid_t>(sandbox.run_as_uid) : geteuid());
+  std::string home = switched ? tmp : "";
   for (const auto& it : interps) {
     it->AcquireGil();
-    auto st = it->EnterSandbox(tmp, confined);
+    auto st = it->EnterSandbox(tmp, confined, user, home);
     it->ReleaseGil();
     if (!st.ok()) {
       spdlog::critical("worker sandbox: {}", st.ToString());

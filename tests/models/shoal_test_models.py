@@ -313,7 +313,8 @@ class Escapes(nn.Module):
 class Confined(nn.Module):
     """Tries, from inside a worker, to leave the filesystem and the processes Landlock gives
     it. Input: a uint8 tensor holding JSON {"write": [paths], "read": [paths], "kill": pid
-    (also tries shoald, its parent), "abstract": name, "tcp": port, "name_thread": true}; output: what happened
+    (also tries shoald, its parent), "abstract": name, "tcp": port, "name_thread": true,
+    "whoami": true}; output: what happened
     to each try (errno names)."""
 
     def forward(self, params):
@@ -366,6 +367,13 @@ class Confined(nn.Module):
             t.join()
             named["parent"] = attempt(lambda: write(f"/proc/{os.getppid()}/comm"))
             out["name_thread"] = named
+        if p.get("whoami"):
+            import getpass
+            out["whoami"] = {"uid": os.getuid(), "home": os.path.expanduser("~")}
+            try:
+                out["whoami"]["user"] = getpass.getuser()
+            except Exception as e:  # noqa: BLE001 (the test reports it)
+                out["whoami"]["user"] = repr(e)
         if "kill" in p:
             out["kill"] = attempt(lambda: os.kill(p["kill"], signal.SIGTERM))
             out["kill_shoald"] = attempt(lambda: os.kill(os.getppid(), 0))  # 0: only asks whether it may

@@ -49,8 +49,8 @@ def public_folder():
 class Victim:
     """A client that infers on `add` until stopped; every answer must be right."""
 
-    def __init__(self, d):
-        self.d, self.served, self.errors = d, 0, []
+    def __init__(self, d, retries=0):
+        self.d, self.retries, self.served, self.errors = d, retries, 0, []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run)
         self.thread.start()
@@ -59,7 +59,7 @@ class Victim:
         with self.d.client() as c:
             while not self.stop.is_set():
                 try:
-                    out = c.infer("add", torch.zeros(3), timeout=30)
+                    out = c.infer("add", torch.zeros(3), timeout=30, retries=self.retries)
                     assert torch.equal(out, torch.ones(3)), out
                     self.served += 1
                 except Exception as e:  # noqa: BLE001 (reported by finish)
@@ -75,14 +75,15 @@ class Victim:
 @pytest.fixture
 def confined(make_daemon, archives, tmp_path):
     """(daemon, try): `try(**params)` runs Confined with those parameters while a victim
-    client is served by the other worker."""
-    def start(args=()):
+    client is served (with `victim_retries`, for a test that kills a worker its job may be
+    on)."""
+    def start(args=(), victim_retries=0):
         d = make_daemon(workers=2, args=args)
         with d.client() as c:
             c.load("add", archives["add"])
             c.load("confined", shoal.export(models.Confined(), tmp_path / "confined.pt"))
         d.wait_ready("add")
-        victims.append(Victim(d))
+        victims.append(Victim(d, victim_retries))
 
         def attempt(**params):
             with d.client() as c:
@@ -97,7 +98,7 @@ def confined(make_daemon, archives, tmp_path):
 
 
 def test_model_code_writes_only_its_private_temporary_folder(confined, tmp_path):
-    d, attempt = confined()
+    d, attempt = confined(victim_retries=1)  # its job may be on the worker killed below
     tag = uuid.uuid4().hex
     outside = [f"/tmp/shoal-landlock-{tag}", f"/var/tmp/shoal-landlock-{tag}",
                os.path.join(os.path.dirname(d.socket), f"planted-{tag}"),  # the socket folder
@@ -127,6 +128,28 @@ def test_threads_name_themselves_but_not_other_processes(confined):
     out = attempt(name_thread=True)["name_thread"]
     assert out["own"] == "allowed" and out["name"].startswith("model code"), out
     assert out["parent"] in ("EACCES", "EPERM"), out
+
+
+def test_model_code_knows_its_user_after_etc_passwd_is_replaced(confined):
+    """Landlock's rule holds the /etc/passwd a worker started with; useradd and usermod
+    write a new file. Model code asking who it is (getpass.getuser(): torch 2's compile
+    caches do, on load) must still be answered, and ~ must be a folder it may write."""
+    if os.geteuid() != 0 or shutil.which("usermod") is None:
+        pytest.skip("needs root and usermod: the test rewrites /etc/passwd as useradd does")
+    import pwd
+    from conftest import ensure_user
+    name = "shoaltestlate"
+    ensure_user(name)
+    d, attempt = confined()
+    for _ in range(50):  # another test's useradd may hold the lock for a moment
+        if subprocess.run(["usermod", "-c", f"shoal test {uuid.uuid4().hex}", name]).returncode == 0:
+            break
+        time.sleep(0.1)
+    got = attempt(whoami=True)
+    out = got["whoami"]
+    assert out["user"] == pwd.getpwuid(out["uid"]).pw_name, out
+    if out["uid"] != os.geteuid():  # a user of its own: its home is its private folder
+        assert out["home"] == got["tmp"], out
 
 
 def test_model_code_reads_the_installation_and_no_archive_by_path(confined, public_folder, archives, tmp_path):
