@@ -41,7 +41,7 @@ struct BlockRef {
       : arena(std::move(a)), arena_id(id), offset(off), release(std::move(to)) {}
   ~BlockRef() {
     if (release) {
-      release->Release(arena_id, offset);  // queued; the writer's thread sends it
+      release->Release(arena_id, offset, arena->device());  // queued; the writer's thread sends it
     } else {
       arena->Free(offset);  // refused (false) when this is not a block of ours
     }

@@ -7,7 +7,12 @@
 
 #include <array>
 #include <cerrno>
+#include <iterator>
+#include <map>
+#include <optional>
 #include <set>
+#include <string>
+#include <vector>
 
 namespace shoal {
 
@@ -309,27 +314,164 @@ Result<ArchiveInfo> InspectArchiveFile(const std::string& path) { return ReadFil
 
 Result<ArchiveInfo> ReadArchiveFile(const std::string& path) { return ReadFile(path, ReadArchive); }
 
+namespace {
+
+// What PickleNamesCuda keeps of a pickle's values: short strings, tuples of up to 8 of
+// them (a nested tuple is kept as opaque), the rest as opaque; so copies through the memo
+// stay small whatever the pickle builds.
+struct PickleItem {
+  enum Kind { kOpaque, kString, kTuple } kind = kOpaque;
+  std::string str;
+  std::vector<PickleItem> elems;
+};
+
+bool IsCudaLocation(std::string_view s) {
+  if (s.substr(0, 4) != "cuda") return false;
+  if (s.size() == 4) return true;
+  if (s.size() < 6 || s[4] != ':') return false;
+  for (char c : s.substr(5)) {
+    if (c < '0' || c > '9') return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 bool PickleNamesCuda(std::string_view pkl) {
-  auto is_location = [](std::string_view s) {
-    if (s.substr(0, 4) != "cuda") return false;
-    if (s.size() == 4) return true;
-    if (s.size() < 6 || s[4] != ':') return false;
-    for (char c : s.substr(5)) {
-      if (c < '0' || c > '9') return false;
+  // A small pickle machine: it follows the stack, marks and memo far enough to see each
+  // persistent id, ('storage', type, key, location, numel) in torch's tensor pickles, and
+  // reads its location, whether written out or fetched from the memo (torch's pickler
+  // writes a repeated string once). Other values, strings included, decide nothing.
+  std::vector<PickleItem> stack;
+  std::vector<size_t> marks;
+  std::map<uint64_t, PickleItem> memo;
+  size_t at = 0;
+  auto le = [&](size_t n) {  // an n-byte little-endian argument, or nullopt past the end
+    std::optional<uint64_t> v;
+    if (pkl.size() - at < n) return v;
+    uint64_t x = 0;
+    for (size_t i = 0; i < n; ++i) x |= static_cast<uint64_t>(static_cast<uint8_t>(pkl[at + i])) << (8 * i);
+    at += n;
+    return v = x;
+  };
+  auto pop = [&](size_t n) {
+    for (size_t i = 0; i < n && !stack.empty(); ++i) stack.pop_back();
+  };
+  auto to_mark = [&]() {  // the items above the last mark, which is removed
+    std::vector<PickleItem> items;
+    size_t m = marks.empty() ? 0 : marks.back();
+    if (!marks.empty()) marks.pop_back();
+    if (m < stack.size()) {
+      items.assign(std::make_move_iterator(stack.begin() + static_cast<std::ptrdiff_t>(m)),
+                   std::make_move_iterator(stack.end()));
+      stack.resize(m);
     }
+    return items;
+  };
+  auto tuple_of = [](std::vector<PickleItem> items) {
+    PickleItem t;
+    t.kind = PickleItem::kTuple;
+    if (items.size() <= 8) {
+      for (auto& item : items) {
+        if (item.kind == PickleItem::kTuple) item = PickleItem();
+      }
+      t.elems = std::move(items);
+    }
+    return t;
+  };
+  auto line = [&]() {  // skips a newline-terminated argument
+    size_t nl = pkl.find('\n', at);
+    if (nl == std::string_view::npos) return false;
+    at = nl + 1;
     return true;
   };
-  for (size_t i = pkl.find("cuda"); i != std::string_view::npos; i = pkl.find("cuda", i + 1)) {
-    size_t len = 0;
-    if (i >= 2 && static_cast<uint8_t>(pkl[i - 2]) == 0x8c) {  // SHORT_BINUNICODE, 1-byte length
-      len = static_cast<uint8_t>(pkl[i - 1]);
-    } else if (i >= 5 && pkl[i - 5] == 'X') {  // BINUNICODE, 4-byte length
-      len = static_cast<uint8_t>(pkl[i - 4]) | static_cast<uint8_t>(pkl[i - 3]) << 8 |
-            static_cast<uint8_t>(pkl[i - 2]) << 16 | static_cast<size_t>(static_cast<uint8_t>(pkl[i - 1])) << 24;
-    } else {
-      continue;
+  while (at < pkl.size()) {
+    auto op = static_cast<uint8_t>(pkl[at++]);
+    std::optional<uint64_t> n;
+    switch (op) {
+      case '(': marks.push_back(stack.size()); break;
+      case '.': return false;  // STOP
+      case '0': pop(1); break;
+      case '1': to_mark(); break;
+      case '2': if (!stack.empty()) stack.push_back(stack.back()); break;
+      case 'N': case ']': case '}': case ')': case 0x88: case 0x89: case 0x8f: case 0x97:
+        stack.emplace_back(); break;
+      case 'R': case 0x81: case 0x93: pop(2); stack.emplace_back(); break;  // REDUCE, NEWOBJ, STACK_GLOBAL
+      case 0x92: pop(3); stack.emplace_back(); break;                     // NEWOBJ_EX
+      case 'b': case 'a': case 0x98: pop(op == 0x98 ? 0 : 1); break;      // BUILD, APPEND, READONLY_BUFFER
+      case 's': pop(2); break;                                            // SETITEM
+      case 'e': case 'u': case 0x90: to_mark(); break;                    // APPENDS, SETITEMS, ADDITEMS
+      case 'l': case 'd': case 0x91: case 'o': to_mark(); stack.emplace_back(); break;
+      case 't': stack.push_back(tuple_of(to_mark())); break;
+      case 0x85: case 0x86: case 0x87: {  // TUPLE1..3
+        size_t k = op - 0x84u;
+        std::vector<PickleItem> items;
+        if (stack.size() >= k) {
+          items.assign(stack.end() - static_cast<std::ptrdiff_t>(k), stack.end());
+          stack.resize(stack.size() - k);
+        }
+        stack.push_back(tuple_of(std::move(items)));
+        break;
+      }
+      case 'Q': {  // BINPERSID: is this a storage, and where was it?
+        if (stack.empty()) break;
+        const PickleItem& id = stack.back();
+        if (id.kind == PickleItem::kTuple && id.elems.size() >= 4 && id.elems[0].kind == PickleItem::kString &&
+            id.elems[0].str == "storage" && id.elems[3].kind == PickleItem::kString && IsCudaLocation(id.elems[3].str)) {
+          return true;
+        }
+        stack.back() = PickleItem();
+        break;
+      }
+      case 0x94: if (!stack.empty()) memo[memo.size()] = stack.back(); break;  // MEMOIZE
+      case 'q': case 'r':                                                     // BINPUT, LONG_BINPUT
+        if (!(n = le(op == 'q' ? 1 : 4))) return false;
+        if (!stack.empty()) memo[*n] = stack.back();
+        break;
+      case 'h': case 'j': {  // BINGET, LONG_BINGET
+        if (!(n = le(op == 'h' ? 1 : 4))) return false;
+        auto m = memo.find(*n);
+        stack.push_back(m == memo.end() ? PickleItem() : m->second);
+        break;
+      }
+      case 0x8c: case 'X': case 0x8d: {  // SHORT_BINUNICODE, BINUNICODE, BINUNICODE8
+        if (!(n = le(op == 0x8c ? 1 : op == 'X' ? 4 : 8)) || *n > pkl.size() - at) return false;
+        PickleItem str;
+        if (*n <= 32) {  // "storage", "cuda:N": longer strings are kept as opaque
+          str.kind = PickleItem::kString;
+          str.str = std::string(pkl.substr(at, *n));
+        }
+        at += *n;
+        stack.push_back(std::move(str));
+        break;
+      }
+      case 'C': case 'B': case 0x8e: case 'U': case 'T': case 0x96: case 0x8a: case 0x8b: {  // bytes, old strings, longs
+        size_t width = (op == 'C' || op == 'U' || op == 0x8a) ? 1 : (op == 'B' || op == 'T' || op == 0x8b) ? 4 : 8;
+        if (!(n = le(width)) || *n > pkl.size() - at) return false;
+        at += *n;
+        stack.emplace_back();
+        break;
+      }
+      case 'J': case 'K': case 'M': case 'G': case 0x82: case 0x83: case 0x84: {  // ints, float, ext
+        size_t width = op == 'J' || op == 0x84 ? 4 : op == 'K' || op == 0x82 ? 1 : op == 'G' ? 8 : 2;
+        if (!le(width)) return false;
+        stack.emplace_back();
+        break;
+      }
+      case 0x80: if (!le(1)) return false; break;  // PROTO
+      case 0x95: if (!le(8)) return false; break;  // FRAME
+      case 'I': case 'L': case 'S': case 'V': case 'F': case 'P': case 'g':
+        if (!line()) return false;
+        stack.emplace_back();  // text forms (protocol 0): not what torch writes
+        break;
+      case 'p': if (!line()) return false; break;  // PUT
+      case 'c': case 'i':                          // GLOBAL, INST: module and name lines
+        if (!line() || !line()) return false;
+        if (op == 'i') to_mark();
+        stack.emplace_back();
+        break;
+      default: return false;  // not a pickle we know
     }
-    if (len <= pkl.size() - i && is_location(pkl.substr(i, len))) return true;
   }
   return false;
 }

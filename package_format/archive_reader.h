@@ -72,9 +72,11 @@ Result<ArchiveInfo> ReadArchiveFile(const std::string& path);
 Result<ArchiveInfo> InspectArchiveFd(int fd, const std::string& label);
 Result<ArchiveInfo> ReadArchiveFd(int fd, const std::string& label);
 
-// Whether a tensor pickle (a TorchScript archive's data.pkl) names a CUDA location for a
-// storage: a pickled string "cuda" or "cuda:N" (torch writes each storage's location as
-// one). The device a TorchScript model was exported for; one rule for C++ and Python.
+// Whether a tensor pickle (a TorchScript archive's data.pkl) puts a storage on a CUDA
+// device: a persistent id ('storage', type, key, location, numel) whose location is
+// "cuda" or "cuda:N", written out or fetched from the pickle's memo. Strings elsewhere
+// (a module attribute "cuda") do not count. The device a TorchScript model was exported
+// for; one rule for C++ and Python.
 bool PickleNamesCuda(std::string_view pickle);
 
 }  // namespace shoal

@@ -6,11 +6,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <set>
 #include <string>
 
 #include "protocol/channel.h"
 #include "protocol/frame.h"
 #include "protocol/messages.h"
+#include "shm/gpu_memory.h"
 
 namespace shoal {
 
@@ -31,22 +33,31 @@ Status ClientWriter::Send(std::string_view data, const std::vector<int>& fds) {
   return SendAll(sock_, data, fds);
 }
 
-void ClientWriter::Release(uint64_t arena, uint64_t block) {
+void ClientWriter::Release(uint64_t arena, uint64_t block, int gpu) {
   std::lock_guard<std::mutex> lock(mu_);
   if (stopped_) return;
-  queued_[arena].push_back(block);
+  Queued& q = queued_[arena];
+  q.gpu = gpu;
+  q.blocks.push_back(block);
   if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
   wake_.notify_one();
 }
 
 Status ClientWriter::SendQueued() {
-  std::map<uint64_t, std::vector<uint64_t>> taken;
+  std::map<uint64_t, Queued> taken;
   {
     std::lock_guard<std::mutex> lock(mu_);
     taken.swap(queued_);
   }
+  // Kernels this process queued before dropping a GPU block may still read it.
+  std::set<int> gpus;
+  for (const auto& [arena, q] : taken) {
+    if (q.gpu >= 0) gpus.insert(q.gpu);
+  }
+  for (int g : gpus) (void)SynchronizeGpu(g);  // a broken context runs nothing more anyway
   std::string data;
-  for (const auto& [arena, blocks] : taken) {
+  for (const auto& [arena, q] : taken) {
+    const auto& blocks = q.blocks;
     for (size_t i = 0; i < blocks.size(); i += kBlocksPerNotice) {
       Writer w;
       BeginNotice(&w, "release", 2);

@@ -39,8 +39,11 @@ class ClientWriter {
   Status Send(std::string_view data, const std::vector<int>& fds = {});
   // Queues block `block` of output arena `arena` for release to the worker that owns it.
   // Never blocks on the socket. Ignored once stopped (the connection is gone: shoald has
-  // the worker drop the client's output arenas).
-  void Release(uint64_t arena, uint64_t block);
+  // the worker drop the client's output arenas). `gpu`: the arena is on this process's GPU
+  // of that ordinal (-1: host memory); before the release goes, the writer waits for the
+  // GPU work this process queued so far (SynchronizeGpu), which may still read the block:
+  // the worker may reuse it as soon as the release arrives.
+  void Release(uint64_t arena, uint64_t block, int gpu = -1);
   // Sends what is queued, stops the thread and closes the writer's descriptor.
   void Stop();
 
@@ -54,7 +57,11 @@ class ClientWriter {
   std::mutex send_mu_;     // one writer on the socket at a time
   std::mutex mu_;
   std::condition_variable wake_;
-  std::map<uint64_t, std::vector<uint64_t>> queued_;  // GUARDED_BY(mu_): arena -> blocks
+  struct Queued {
+    int gpu = -1;  // the arena's GPU ordinal, -1: host memory
+    std::vector<uint64_t> blocks;
+  };
+  std::map<uint64_t, Queued> queued_;  // GUARDED_BY(mu_): by arena
   bool stopped_ = false;                              // GUARDED_BY(mu_)
   std::thread thread_;                                // GUARDED_BY(mu_): started by the first release
 };

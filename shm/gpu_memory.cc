@@ -10,6 +10,7 @@
 #include <cuda.h>
 #include <dlfcn.h>
 
+#include <map>
 #include <mutex>
 #endif
 
@@ -41,6 +42,7 @@ std::vector<std::string> ListGpus() { return {}; }
 Result<int> GpuOrdinalOfBus(const std::string&) { return GpuDriverReady(); }
 Result<std::string> GpuBusOfOrdinal(int) { return GpuDriverReady(); }
 Result<size_t> GpuGranularity(int) { return GpuDriverReady(); }
+Status SynchronizeGpu(int) { return GpuDriverReady(); }
 Result<std::unique_ptr<GpuMemory>> GpuMemory::Create(int, size_t) { return GpuDriverReady(); }
 Result<std::unique_ptr<GpuMemory>> GpuMemory::Import(int fd, size_t, int, bool) {
   close(fd);
@@ -54,8 +56,8 @@ GpuMemory::~GpuMemory() {
 
 namespace {
 
-// The driver entry points shoal uses, resolved from libcuda.so.1 (none of them is
-// versioned in cuda.h, so the plain names are the right ones).
+// The driver entry points shoal uses, resolved from libcuda.so.1 by the names cuda.h
+// maps them to (plain, or _v2 where cuda.h #defines one).
 struct Driver {
   CUresult (*Init)(unsigned) = nullptr;
   CUresult (*DeviceGet)(CUdevice*, int) = nullptr;
@@ -65,6 +67,9 @@ struct Driver {
   CUresult (*PrimaryCtxRetain)(CUcontext*, CUdevice) = nullptr;
   CUresult (*CtxSetCurrent)(CUcontext) = nullptr;
   CUresult (*CtxGetCurrent)(CUcontext*) = nullptr;
+  CUresult (*CtxSynchronize)() = nullptr;
+  CUresult (*CtxPush)(CUcontext) = nullptr;
+  CUresult (*CtxPop)(CUcontext*) = nullptr;
   CUresult (*GetErrorString)(CUresult, const char**) = nullptr;
   CUresult (*Granularity)(size_t*, const CUmemAllocationProp*, CUmemAllocationGranularity_flags) = nullptr;
   CUresult (*Create)(CUmemGenericAllocationHandle*, size_t, const CUmemAllocationProp*, unsigned long long) = nullptr;
@@ -101,6 +106,8 @@ const Driver& D() {
               Resolve(lib, "cuDeviceGetByPCIBusId", &d.DeviceGetByPCIBusId) &&
               Resolve(lib, "cuDevicePrimaryCtxRetain", &d.PrimaryCtxRetain) &&
               Resolve(lib, "cuCtxSetCurrent", &d.CtxSetCurrent) && Resolve(lib, "cuCtxGetCurrent", &d.CtxGetCurrent) &&
+              Resolve(lib, "cuCtxSynchronize", &d.CtxSynchronize) &&
+              Resolve(lib, "cuCtxPushCurrent_v2", &d.CtxPush) && Resolve(lib, "cuCtxPopCurrent_v2", &d.CtxPop) &&
               Resolve(lib, "cuGetErrorString", &d.GetErrorString) &&
               Resolve(lib, "cuMemGetAllocationGranularity", &d.Granularity) &&
               Resolve(lib, "cuMemCreate", &d.Create) && Resolve(lib, "cuMemRelease", &d.Release) &&
@@ -220,6 +227,37 @@ Result<std::string> GpuBusOfOrdinal(int ordinal) {
   std::string s(bus);
   for (auto& c : s) c = static_cast<char>(tolower(static_cast<unsigned char>(c)));
   return s;
+}
+
+Status SynchronizeGpu(int ordinal) {
+  if (auto st = D().ready; !st.ok()) return st;
+  CUdevice dev = 0;
+  if (auto st = Cu(D().DeviceGet(&dev, ordinal), "GPU " + std::to_string(ordinal)); !st.ok()) return st;
+  // The primary context, retained once per GPU for the process's life (a client that
+  // synchronises maps arenas there: it has that context already).
+  static std::mutex mu;
+  static std::map<int, CUcontext> retained;
+  CUcontext ctx = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = retained.find(ordinal);
+    if (it == retained.end()) {
+      if (auto st = Cu(D().PrimaryCtxRetain(&ctx, dev), "a CUDA context on GPU " + std::to_string(ordinal)); !st.ok()) {
+        return st;
+      }
+      it = retained.emplace(ordinal, ctx).first;
+    }
+    ctx = it->second;
+  }
+  // Pushed and popped: the calling thread's current context (torch's current device) is
+  // left as it was.
+  if (auto st = Cu(D().CtxPush(ctx), "making GPU " + std::to_string(ordinal) + "'s context current"); !st.ok()) {
+    return st;
+  }
+  Status st = Cu(D().CtxSynchronize(), "synchronising GPU " + std::to_string(ordinal));
+  CUcontext popped = nullptr;
+  D().CtxPop(&popped);
+  return st;
 }
 
 Result<size_t> GpuGranularity(int ordinal) {

@@ -40,6 +40,12 @@ Result<std::string> GpuBusOfOrdinal(int ordinal);
 // Allocation sizes are multiples of this (2 MiB on the H100).
 Result<size_t> GpuGranularity(int ordinal);
 
+// Waits until the work queued so far in GPU `ordinal`'s primary context (the one torch
+// uses: every stream of it) is done. A client's writer calls it before it gives an output
+// block on that GPU back to its worker, which may reuse the block at once. UNAVAILABLE
+// without a driver; the context's error when it is broken (its kernels are gone anyway).
+Status SynchronizeGpu(int ordinal);
+
 // shoald's check of a GPU arena's fd before it passes it on (no CUDA needed): an exported
 // CUDA allocation is a descriptor of the driver's control device (a character device), and
 // its announced size is sane. Whether the allocation really has that size is checked by

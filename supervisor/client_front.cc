@@ -404,6 +404,14 @@ Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, 
                                 "' does not take broadcast inputs; send a dense tensor (x.contiguous()), or export "
                                 "the model with broadcast_inputs=True");
     }
+    if (!a->gpu.empty()) {
+      // The worker that runs it sees one GPU, and maps GPU memory of that GPU only.
+      if (!job->gpu.empty() && job->gpu != a->gpu) {
+        return Status::BadRequest(which + "it is on GPU " + a->gpu + ", an earlier input on GPU " + job->gpu +
+                                  ": a job's GPU inputs must all be on one GPU; copy them to one");
+      }
+      job->gpu = a->gpu;
+    }
     job->inputs.push_back(std::move(*d));
   }
   auto timeout = m.OptUint("timeout_ms");
@@ -428,6 +436,11 @@ Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, 
   job->client_uid = s->uid;
   job->model = *model;
   if (auto st = registry_->Admits(*model, s->uid); !st.ok()) return st;
+  if (!job->gpu.empty() && pool_->Serving(*model) > 0 && pool_->ServingOnGpu(*model, job->gpu) == 0) {
+    return Status::BadRequest("model '" + *model + "' runs on no worker of GPU " + job->gpu +
+                              ", where the job's inputs are (see `status`: each worker's \"gpu\" and models); "
+                              "allocate the inputs on a GPU that serves it, or in host memory");
+  }
   uint64_t retry_ms = 0;
   auto st = scheduler_->Submit(job, timeout->value_or(config_.default_timeout_ms), &retry_ms);
   if (st.code() == Code::kOverloaded) {

@@ -24,6 +24,7 @@ struct Job {
   uid_t client_uid = static_cast<uid_t>(-1);  // who asked: a crash it causes is charged to them
   std::string model;        // resolved key ("name" or "name:version")
   std::vector<Descriptor> inputs;
+  std::string gpu;          // PCI bus id of the GPU its GPU inputs are on (one); empty: none
   uint64_t client_id = 0;   // the connection's session id: the worker keeps its outputs apart
   bool answered = false;
   int worker = -1;          // where it runs: worker slot, its interpreter, its generation

@@ -79,6 +79,7 @@ bool Scheduler::MakeRoom(const Job& job) {
 
 std::deque<std::shared_ptr<Job>>::iterator Scheduler::FairestOf(std::deque<std::shared_ptr<Job>>::iterator from) {
   const std::string& model = (*from)->model;
+  const std::string& gpu = (*from)->gpu;  // the slot Pick found runs on that GPU only
   const ModelStats& stats = stats_[model];
   auto running = [&](uid_t uid) {
     auto r = stats.running_by.find(uid);
@@ -87,7 +88,7 @@ std::deque<std::shared_ptr<Job>>::iterator Scheduler::FairestOf(std::deque<std::
   auto best = from;
   size_t best_running = running((*from)->client_uid);
   for (auto it = std::next(from); it != queue_.end() && best_running > 0; ++it) {
-    if ((*it)->model != model) continue;
+    if ((*it)->model != model || (*it)->gpu != gpu) continue;
     size_t r = running((*it)->client_uid);
     if (r < best_running) std::tie(best, best_running) = std::tie(it, r);
   }
@@ -158,7 +159,7 @@ void Scheduler::Dispatch() {
   // Jobs in queue order, each to a free slot of a worker that serves its model.
   for (auto it = queue_.begin(); it != queue_.end();) {
     bool any_free = false;
-    auto slot = pool_->Pick((*it)->model, &any_free);
+    auto slot = pool_->Pick(**it, &any_free);
     if (!any_free) return;  // every slot is busy
     if (!slot) {
       ++it;  // its model serves nowhere free yet

@@ -38,10 +38,11 @@ class SlotPool {
     int worker = -1;
     int interp = -1;
   };
-  // A free interpreter of a live worker that serves `model` (preferably one that ran it
-  // last, then the least busy worker), or nullopt; *any_free says whether any slot at all
-  // is free.
-  virtual std::optional<Slot> Pick(const std::string& model, bool* any_free) const = 0;
+  // A free interpreter of a live worker that serves `job`'s model and, when its inputs
+  // are on a GPU (job.gpu), runs on that GPU (it maps no other GPU's memory): preferably
+  // one that ran the model last, then the least busy worker; or nullopt. *any_free says
+  // whether any slot at all is free.
+  virtual std::optional<Slot> Pick(const Job& job, bool* any_free) const = 0;
   // Starts `job` on `slot` (fills job->worker/interp/generation/started); `done` runs once.
   virtual void Run(Slot slot, const std::shared_ptr<Job>& job, ReplyFn done) = 0;
   // Whether `job` still occupies the slot it was started on.
@@ -102,7 +103,8 @@ class Scheduler : public JobQueue {
     std::map<uid_t, size_t> queued_by;   // per client
     std::map<uid_t, size_t> running_by;  // per client
   };
-  // The queued job of `model` to run next (see above), from `from` on.
+  // The queued job to run next in place of *from (see above): of its model, and with
+  // its inputs on the same GPU (or none), from `from` on.
   std::deque<std::shared_ptr<Job>>::iterator FairestOf(std::deque<std::shared_ptr<Job>>::iterator from);
   // The queue of job->model is full: drops the newest job of the client holding the most of
   // it if that is more than job's client would hold. False when nothing could be dropped.

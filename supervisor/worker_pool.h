@@ -107,13 +107,15 @@ class WorkerPool : public SlotPool, public ModelHosts {
   uint64_t restarts() const { return restarts_; }
 
   // SlotPool
-  std::optional<Slot> Pick(const std::string& model, bool* any_free) const override;
+  std::optional<Slot> Pick(const Job& job, bool* any_free) const override;
   void Run(Slot slot, const std::shared_ptr<Job>& job, ReplyFn done) override;
   bool IsRunning(const Job& job) const override;
   void Terminate(const Job& job, const std::string& why) override;
   void FreeBlocks(const Job& job, uint64_t arena, const std::vector<uint64_t>& blocks) override;
   int RunningJobs(const std::string& model = {}) const override;
   size_t Serving(const std::string& model) const override;
+  // Live workers that serve `model` on GPU `bus` (where a job's GPU inputs are).
+  size_t ServingOnGpu(const std::string& model, const std::string& bus) const;
 
   // ModelHosts
   std::vector<Worker> Live() const override;

@@ -8,9 +8,10 @@ namespace shoal {
 
 using Clock = std::chrono::steady_clock;
 
-std::optional<SlotPool::Slot> WorkerPool::Pick(const std::string& model, bool* any_free) const {
+std::optional<SlotPool::Slot> WorkerPool::Pick(const Job& job, bool* any_free) const {
   // Preferring a slot that ran this model last (its code and weights are warm in that
   // interpreter's caches), then the least busy worker.
+  const std::string& model = job.model;
   const WorkerHandle* best = nullptr;
   int best_interp = -1;
   bool best_warm = false;
@@ -21,6 +22,7 @@ std::optional<SlotPool::Slot> WorkerPool::Pick(const std::string& model, bool* a
     if (i < 0) continue;
     *any_free = true;
     if (w->ready_models.count(model) == 0) continue;
+    if (!job.gpu.empty() && gpus_.BusOf(slot) != job.gpu) continue;  // could not map its inputs
     bool warm = w->last_model[static_cast<size_t>(i)] == model;
     if (best == nullptr || (warm && !best_warm) || (warm == best_warm && w->Running() < best->Running())) {
       best = w.get();
@@ -100,6 +102,14 @@ int WorkerPool::RunningJobs(const std::string& model) const {
 size_t WorkerPool::Serving(const std::string& model) const {
   size_t n = 0;
   for (const auto& [slot, w] : workers_) n += !w->gone && w->ready_models.count(model) != 0;
+  return n;
+}
+
+size_t WorkerPool::ServingOnGpu(const std::string& model, const std::string& bus) const {
+  size_t n = 0;
+  for (const auto& [slot, w] : workers_) {
+    n += !w->gone && w->ready_models.count(model) != 0 && gpus_.BusOf(slot) == bus;
+  }
   return n;
 }
 

@@ -233,7 +233,11 @@ void Block_dealloc(BlockObject* self) {
   if (self->weakrefs != nullptr) PyObject_ClearWeakRefs(reinterpret_cast<PyObject*>(self));
   if (self->writer != nullptr) {
     // Queued for its owner; the writer's thread sends it (no Python runs here).
-    if (self->owned) shoal_native::ClientWriterOf(self->writer)->Release(self->arena_id, self->offset);
+    if (self->owned) {
+      // A GPU block: the writer first waits for this process's kernels that may read it.
+      int gpu = reinterpret_cast<ArenaObject*>(self->arena)->arena->device();
+      shoal_native::ClientWriterOf(self->writer)->Release(self->arena_id, self->offset, gpu);
+    }
     Py_DECREF(self->writer);
   } else if (self->owned) {
     reinterpret_cast<ArenaObject*>(self->arena)->arena->Free(self->offset);

@@ -270,6 +270,33 @@ TEST_CASE("a free slot goes to the client with the fewest jobs of the model runn
   CHECK(f.slots.running[1].job == a3);
 }
 
+TEST_CASE("a job with GPU inputs runs on its GPU; fairness never swaps in a job of another GPU", "[scheduler]") {
+  Fixture f;
+  f.slots.free_slots = 4;
+  f.slots.serving = {"m"};
+  const std::string g1 = "0000:01:00.0", g2 = "0000:02:00.0";  // workers 0 and 1 in the fake
+  f.slots.gpu_slots = {{g1, 1}, {g2, 1}};
+  auto on = [&](const std::string& gpu, uid_t uid) {
+    auto job = f.MakeJob("m", 0, uid);
+    job->gpu = gpu;
+    return job;
+  };
+  auto a1 = on(g1, 1), h1 = on("", 1), b1 = on(g2, 3), a2 = on(g1, 1), c = on(g2, 2);
+  for (const auto& j : {a1, h1, b1, a2, c}) REQUIRE(f.Submit(j).ok());
+  REQUIRE(f.slots.running.size() == 3);  // a2 and c wait for their GPUs, though a slot is free
+  CHECK(a1->worker == 0);
+  CHECK(b1->worker == 1);
+  CHECK(f.scheduler.Queued("m") == 2);
+  // GPU 1 frees up. Client 2 (c) has nothing running and client 1 (a2) one job, but c's
+  // inputs are on GPU 2: a2 gets GPU 1's slot.
+  f.slots.Finish(ValueReply(a1->id));
+  REQUIRE(f.slots.running.size() == 3);
+  CHECK(f.slots.running.back().job == a2);
+  CHECK(a2->worker == 0);
+  CHECK(c->worker == -1);
+  CHECK(f.scheduler.Queued("m") == 1);
+}
+
 TEST_CASE("a full queue makes room for a newcomer by dropping the biggest holder's newest job", "[scheduler]") {
   Fixture f;
   f.config.max_queue = 3;

@@ -91,9 +91,20 @@ class FakeSlots : public SlotPool {
   std::vector<uint64_t> freed;
   std::vector<uint64_t> freed_arenas;
 
-  std::optional<Slot> Pick(const std::string& model, bool* any_free) const override {
+  // With GPU inputs, a job also needs a free slot on its GPU: how many each GPU has. Its
+  // slot's worker is then the GPU's place in this map (0 for host inputs).
+  std::map<std::string, int> gpu_slots;
+
+  std::optional<Slot> Pick(const Job& job, bool* any_free) const override {
     *any_free = free_slots > static_cast<int>(running.size());
-    if (!*any_free || serving.count(model) == 0) return std::nullopt;
+    if (!*any_free || serving.count(job.model) == 0) return std::nullopt;
+    if (!job.gpu.empty()) {
+      int busy = 0;
+      for (const auto& r : running) busy += r.job->gpu == job.gpu;
+      auto g = gpu_slots.find(job.gpu);
+      if (g == gpu_slots.end() || busy >= g->second) return std::nullopt;
+      return Slot{static_cast<int>(std::distance(gpu_slots.begin(), g)), static_cast<int>(running.size())};
+    }
     return Slot{0, static_cast<int>(running.size())};
   }
   void Run(Slot slot, const std::shared_ptr<Job>& job, ReplyFn done) override {

@@ -417,6 +417,12 @@ class Densifies(nn.Module):
         return x.contiguous().sum()
 
 
+class LiftsToGpu(nn.Module):
+    """x + 1 on the worker's GPU: host inputs, a CUDA output (no weights: exported anywhere)."""
+    def forward(self, x):
+        return x.to("cuda") + 1
+
+
 class GpuAffine(nn.Module):
     """Linear + ReLU, computed wherever its weights are (a GPU when exported from one);
     also says where its input was, to prove inputs arrive on the GPU."""

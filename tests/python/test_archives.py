@@ -311,3 +311,66 @@ def test_a_model_whose_code_imports_shoal_exports_loads_and_serves(daemon, tmp_p
     with daemon.client() as c:
         c.load("uses", str(path))  # the self-check runs the example in the worker
         assert torch.equal(c.infer("uses", torch.zeros(3), timeout=30), torch.ones(3))
+
+
+class _Storage:
+    def __init__(self, key, location):
+        self.key, self.location = key, location
+
+
+class _TensorPickler(__import__("pickle").Pickler):
+    """Writes _Storage objects as torch's tensor pickles do: a persistent id
+    ('storage', type, key, location, numel)."""
+    def persistent_id(self, obj):
+        if isinstance(obj, _Storage):
+            return ("storage", torch.FloatStorage, obj.key, obj.location, 4)
+        return None
+
+
+def _tensor_pickle(obj, protocol):
+    import io
+    buf = io.BytesIO()
+    _TensorPickler(buf, protocol=protocol).dump(obj)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_only_a_storage_location_makes_a_torchscript_archive_cuda(protocol):
+    """The device a TorchScript archive was saved from is read from its storages'
+    locations (PickleNamesCuda): a string "cuda" elsewhere says nothing; a location torch
+    wrote once and then fetched from the memo still counts."""
+    from shoal import _native
+    loc = "cuda:1"  # one object: the pickler writes it once, then refers to the memo
+    cases = {
+        "cpu storages, a 'cuda' attribute": ({"device": "cuda", "also": "cuda:0"}, [_Storage("0", "cpu")]),
+        "a 'cuda' string in another persistent-id-like tuple": (("module", "cuda", "x", "cuda:0"),
+                                                                [_Storage("0", "cpu")]),
+    }
+    for why, (attrs, storages) in cases.items():
+        assert not _native.pickle_names_cuda(_tensor_pickle((attrs, storages), protocol)), why
+    assert _native.pickle_names_cuda(_tensor_pickle([_Storage("0", "cpu"), _Storage("1", "cuda:0")], protocol))
+    assert _native.pickle_names_cuda(_tensor_pickle([_Storage("0", "cuda"), _Storage("1", "cpu")], protocol))
+    # The location string first appears as an attribute; the storage then fetches it.
+    assert _native.pickle_names_cuda(_tensor_pickle(({"where": loc}, [_Storage("0", loc)]), protocol))
+    assert _native.pickle_names_cuda(_tensor_pickle([_Storage("0", loc), _Storage("1", loc)], protocol))
+
+
+def test_a_torchscript_archive_saved_on_the_cpu_is_cpu_whatever_its_strings_say(tmp_path):
+    from shoal import archive
+
+    class Labelled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.device_name = "cuda"
+            self.other = "cuda:0"
+            self.w = torch.nn.Parameter(torch.ones(2))
+
+        def forward(self, x):
+            return x * self.w
+
+    path = tmp_path / "labelled.pt"
+    torch.jit.save(torch.jit.script(Labelled()), str(path))
+    with zipfile.ZipFile(path) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+    assert b"cuda" in data  # the strings are there...
+    assert archive.saved_on_cuda(path) is False  # ...and do not make it a CUDA archive

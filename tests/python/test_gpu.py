@@ -220,3 +220,51 @@ def test_a_configured_device_that_does_not_exist_fails_the_start(tmp_path):
     with pytest.raises(RuntimeError) as e:
         Daemon(tmp_path, workers=1, args=("--model", f"m@cuda:9={path}"))
     assert "cannot load on cuda:9" in str(e.value)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_jobs_go_to_a_worker_on_their_inputs_gpu(make_daemon, tmp_path, archives):
+    """With a model on every GPU, a job's inputs decide its worker: a worker on another GPU
+    could not map them. Inputs on two GPUs are refused."""
+    import copy
+    net, path = cuda_affine(tmp_path)
+    d = make_daemon(workers=4)  # two per GPU, round robin
+    with d.client() as c:
+        c.load("affine", path, device="cuda")  # on every worker, each on its own GPU
+        c.load("identity", archives["identity"])
+        d.wait_ready("affine")
+        assert len({w["gpu"] for w in c.status()["workers"]}) >= 2
+        for dev in (0, 1):
+            local = copy.deepcopy(net).to(f"cuda:{dev}")
+            x = torch.randn(8, 64, device=f"cuda:{dev}")
+            xa = c.empty((8, 64), device=f"cuda:{dev}")
+            xa.copy_(x)
+            with torch.no_grad():
+                expected = local(x)[0]
+            for _ in range(12):  # every job, whichever worker is free
+                y, _ = c.infer("affine", xa)
+                assert y.device == x.device and torch.equal(y, expected)
+        a = c.empty((2,), device="cuda:0")
+        b = c.empty((2,), device="cuda:1")
+        with pytest.raises(shoal.errors.BadRequest, match="must all be on one GPU"):
+            c.infer("identity", a, b)
+
+
+def test_a_dropped_gpu_output_is_not_reused_while_the_clients_kernels_read_it(make_daemon, tmp_path):
+    """Dropping a CUDA result gives its block back to the worker, which reuses it for the
+    next output. Kernels the client queued on it before the drop must still read the old
+    values: the release waits for them."""
+    path = shoal.export(models.LiftsToGpu(), tmp_path / "lift.pt")
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        c.load("lift", path, device="cpu")  # no weights; its outputs are CUDA all the same
+        n = 1 << 20
+        y = c.infer("lift", torch.full((n,), 1.0))
+        assert y.is_cuda and float(y[0]) == 2.0
+        torch.cuda._sleep(2_000_000_000)  # about a second of GPU time on this stream...
+        z = y.clone()                      # ...before this copy reads y's block
+        del y                              # its block goes back to the worker
+        y2 = c.infer("lift", torch.full((n,), 5.0))  # host input: the client waits for no GPU
+        torch.cuda.synchronize()
+        assert float(y2[0]) == 6.0
+        assert torch.all(z == 2.0), f"the block was reused under a queued kernel: {z[:4]}"
