@@ -95,10 +95,12 @@ Result<std::vector<std::string>> Interpreter::ImportFolders() {
   return out;
 }
 
-Status Interpreter::EnterSandbox(const std::string& tmp_dir, bool confined, const std::string& user,
-                                 const std::string& home) {
+Status Interpreter::EnterSandbox(const std::string& tmp_dir, bool confined,
+                                 const std::vector<std::pair<std::string, std::string>>& env) {
+  std::string lines;
+  for (const auto& [key, value] : env) lines += key + "=" + value + "\n";
   char* error = nullptr;
-  if (api_->enter_sandbox(tmp_dir.c_str(), confined ? 1 : 0, user.c_str(), home.c_str(), &error) != 0) {
+  if (api_->enter_sandbox(tmp_dir.c_str(), confined ? 1 : 0, lines.c_str(), &error) != 0) {
     return TakeError("", error);
   }
   return Status::Ok();

@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "protocol/output_tree.h"
@@ -39,9 +40,10 @@ class Interpreter {
   // module: the zygote asks, before it forks, so that workers keep those pages shared.
   Result<std::vector<std::string>> ImportFolders();
   // In a worker, before its sandbox closes: points this interpreter's temporary files at
-  // `tmp_dir` (and, when `confined`, the caches that default under $HOME); `user` and
-  // `home` (empty: unchanged) become USER/LOGNAME and HOME.
-  Status EnterSandbox(const std::string& tmp_dir, bool confined, const std::string& user, const std::string& home);
+  // `tmp_dir` (and, when `confined`, the caches that default under $HOME), and sets `env`
+  // in os.environ (a snapshot the zygote took: what the worker set since is not in it).
+  Status EnterSandbox(const std::string& tmp_dir, bool confined,
+                      const std::vector<std::pair<std::string, std::string>>& env);
   // Runs shoal._worker.self_test() (a small torch job).
   Status SelfTest();
   // Zygote: moves every object alive now to the permanent generation (gc.freeze), so that

@@ -146,11 +146,18 @@ void CloseSandbox(const shoal::SandboxConfig& sandbox, const Interpreters& inter
   // a replaced /etc/passwd (useradd writes a new file) is unreadable later. A worker with
   // a user of its own gets its private folder as home (nobody's is /nonexistent).
   bool switched = sandbox.run_as_uid >= 0;
-  std::string user = UserName(switched ? static_cast<uid_t>(sandbox.run_as_uid) : geteuid());
-  std::string home = switched ? tmp : "";
+  std::vector<std::pair<std::string, std::string>> env;
+  if (std::string user = UserName(switched ? static_cast<uid_t>(sandbox.run_as_uid) : geteuid()); !user.empty()) {
+    env.emplace_back("USER", user);
+    env.emplace_back("LOGNAME", user);
+  }
+  if (switched && !tmp.empty()) env.emplace_back("HOME", tmp);
+  // The worker's GPU, set after the zygote's Python took its copy of the environment:
+  // torch's Python side counts devices from it, the driver from the process's.
+  if (const char* visible = getenv("CUDA_VISIBLE_DEVICES")) env.emplace_back("CUDA_VISIBLE_DEVICES", visible);
   for (const auto& it : interps) {
     it->AcquireGil();
-    auto st = it->EnterSandbox(tmp, confined, user, home);
+    auto st = it->EnterSandbox(tmp, confined, env);
     it->ReleaseGil();
     if (!st.ok()) {
       spdlog::critical("worker sandbox: {}", st.ToString());

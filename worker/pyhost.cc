@@ -192,9 +192,9 @@ int ImportFolders(char** paths, char** error) {
   return 0;
 }
 
-int EnterSandbox(const char* tmp_dir, int confined, const char* user, const char* home, char** error) {
+int EnterSandbox(const char* tmp_dir, int confined, const char* env, char** error) {
   PyObject* mod = PyImport_ImportModule("shoal._sandbox");
-  PyObject* r = mod ? PyObject_CallMethod(mod, "enter", "siss", tmp_dir, confined, user, home) : nullptr;
+  PyObject* r = mod ? PyObject_CallMethod(mod, "enter", "sis", tmp_dir, confined, env) : nullptr;
   Py_XDECREF(mod);
   if (r == nullptr) return Fail(error, "shoal._sandbox.enter failed:\n" + FetchPythonError());
   Py_DECREF(r);

@@ -54,7 +54,7 @@ struct ShoalPyhostApi {
   int (*import_folders)(char** paths, char** error);
   // With the GIL, in a worker before its sandbox closes: shoal._sandbox.enter(tmp_dir,
   // confined) points the interpreter's temporary files at `tmp_dir`.
-  int (*enter_sandbox)(const char* tmp_dir, int confined, const char* user, const char* home, char** error);
+  int (*enter_sandbox)(const char* tmp_dir, int confined, const char* env, char** error);
 };
 
 constexpr int kShoalPyhostAbi = 3;

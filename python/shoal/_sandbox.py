@@ -17,17 +17,18 @@ import tempfile
 _CACHES = (("XDG_CACHE_HOME", "cache"), ("TRITON_CACHE_DIR", "triton"), ("CUDA_CACHE_PATH", "nv"))
 
 
-def enter(tmp_dir, confined, user="", home=""):
+def enter(tmp_dir, confined, env=""):
     """In a worker: points TMPDIR and ``tempfile`` (which may have chosen a folder in the
     zygote already) at ``tmp_dir``, and, when the worker is ``confined`` (Landlock), the
-    caches above. ``user`` and ``home`` (when given) become USER, LOGNAME and HOME: code
-    that asks who it runs as (getpass.getuser(), torch's compile caches, ``~``) then needs
-    no /etc/passwd, which Landlock stops a worker reading once it is replaced (useradd
-    writes a new file; the rule holds the old one)."""
-    if user:
-        os.environ["USER"] = os.environ["LOGNAME"] = user
-    if home:
-        os.environ["HOME"] = home
+    caches above. ``env`` ("KEY=VALUE" lines) goes into os.environ, a snapshot the zygote
+    took before the worker set them: its GPU (CUDA_VISIBLE_DEVICES, which torch's Python
+    side reads to count devices) and who it runs as (USER, LOGNAME, HOME: code that asks,
+    such as getpass.getuser() in torch's compile caches, then needs no /etc/passwd, which
+    Landlock stops a worker reading once it is replaced)."""
+    for line in env.splitlines():
+        key, sep, value = line.partition("=")
+        if key and sep:
+            os.environ[key] = value
     if tmp_dir:
         os.environ["TMPDIR"] = tmp_dir
         tempfile.tempdir = tmp_dir

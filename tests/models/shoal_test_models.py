@@ -183,6 +183,12 @@ class SandboxProbe(nn.Module):
         out["nofile"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         out["as"] = resource.getrlimit(resource.RLIMIT_AS)[1]
         out["cpu"] = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        # The environment as Python sees it, and as the process has it.
+        out["uid"] = os.getuid()
+        out["environ"] = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "USER", "LOGNAME", "HOME")}
+        libc.getenv.restype = ctypes.c_char_p
+        out["process_environ"] = {k: (lambda v: v.decode() if v is not None else None)(libc.getenv(k.encode()))
+                                  for k in ("CUDA_VISIBLE_DEVICES",)}
         return out
 
 

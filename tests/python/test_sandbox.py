@@ -32,6 +32,18 @@ def test_defaults(make_daemon, tmp_path):
         assert r["unshare"] == "EPERM"
 
 
+def test_python_sees_the_workers_gpu_and_user_in_its_environment(make_daemon, tmp_path):
+    """The zygote's Python took its copy of the environment before shoald gave each worker
+    its GPU (CUDA_VISIBLE_DEVICES, "" with --gpus none): torch's Python side counts devices
+    from os.environ, the driver from the process's environment, and they must agree (on a
+    two-GPU host a worker otherwise saw device 1 of 1). USER names the worker's user."""
+    import pwd
+    r = probe(make_daemon, tmp_path, args=["--gpus", "none"])
+    assert r["process_environ"]["CUDA_VISIBLE_DEVICES"] == ""
+    assert r["environ"]["CUDA_VISIBLE_DEVICES"] == ""
+    assert r["environ"]["USER"] == r["environ"]["LOGNAME"] == pwd.getpwuid(r["uid"]).pw_name, r["environ"]
+
+
 def test_limits_from_the_configuration(make_daemon, tmp_path):
     conf = tmp_path / "shoald.conf"
     limit = worker_vm_size_mb(make_daemon) + 8192
