@@ -458,7 +458,15 @@ Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<to
     auto type = ScalarTypeOf(d.dtype);
     auto extent = d.Extent();
     if (!type || !extent.ok()) return Status::Internal("bad output descriptor");
-    if (*extent == 0) return torch::empty(d.shape, torch::TensorOptions().dtype(*type));
+    if (*extent == 0) {  // no bytes, no block; on the GPU it was on (by bus id), if any
+      auto options = torch::TensorOptions().dtype(*type);
+      if (!d.gpu.empty()) {
+        auto ordinal = GpuOrdinalOfBus(d.gpu);
+        if (!ordinal.ok()) return Status::Internal("empty output on GPU " + d.gpu + ": " + ordinal.status().message());
+        options = options.device(torch::kCUDA, static_cast<c10::DeviceIndex>(*ordinal));
+      }
+      return torch::empty(d.shape, options);
+    }
     auto& block = keep[{d.arena, d.block}];  // an input returned in place: its block stays ours
     if (!block) {
       if (auto out = impl_->out_arenas.find(d.arena); out != impl_->out_arenas.end()) {

@@ -61,19 +61,23 @@ Result<Descriptor> Descriptor::Parse(const msgpack::object& o) {
   d.dtype = std::move(*dtype);
   d.shape = std::move(*shape);
   d.strides = std::move(*strides);
+  auto gpu = mv->OptStr("gpu");
+  if (!gpu.ok()) return gpu.status();
+  d.gpu = gpu->value_or("");
   auto extent = d.Extent();
   if (!extent.ok()) return extent.status();
   return d;
 }
 
 void Descriptor::Pack(Writer* w) const {
-  w->Map(6);
+  w->Map(gpu.empty() ? 6 : 7);
   w->Key("arena"); w->Val(arena);
   w->Key("block"); w->Val(block);
   w->Key("offset"); w->Val(offset);
   w->Key("dtype"); w->Str(dtype);
   w->Key("shape"); w->Val(shape);
   w->Key("strides"); w->Val(strides);
+  if (!gpu.empty()) { w->Key("gpu"); w->Str(gpu); }
 }
 
 Result<uint64_t> Descriptor::Extent() const {

@@ -1,7 +1,9 @@
 // Descriptor: where a tensor's bytes live in an arena, and how to read them.
 //
 // {"arena": id, "block": offset of the allocation, "offset": first element's byte offset,
-//  "dtype": "float32"|..., "shape": [...], "strides": [...] (in elements)}
+//  "dtype": "float32"|..., "shape": [...], "strides": [...] (in elements)
+//  [, "gpu": PCI bus id: an empty output tensor that was on that GPU (it has no arena to
+//  say so; the clients make it there)]}
 // Parse() checks every field; Extent() and CheckBounds() make sure the bytes lie inside
 // the arena before anybody touches them. Pure functions. Thread-compatible.
 #pragma once
@@ -26,6 +28,7 @@ struct Descriptor {
   std::string dtype;
   std::vector<int64_t> shape;
   std::vector<int64_t> strides;
+  std::string gpu;  // an empty tensor's GPU (bus id); empty: host, or where its arena is
 
   static Result<Descriptor> Parse(const msgpack::object& o);
   void Pack(Writer* w) const;

@@ -160,6 +160,8 @@ Status Encoder::Tensor(OutputValue& v) {
   if (!extent.ok()) return ModelError("an output tensor cannot travel: " + extent.status().message());
   if (*extent == 0) {
     d.strides = ContiguousStrides(d.shape);
+    // No bytes, no arena: the GPU it was on travels by name, unless host tensors were asked.
+    if (t->device >= 0 && place_.keep_gpu) d.gpu = GpuBusOfOrdinal(t->device).value_or("");
     d.Pack(&w_);
     return Status::Ok();
   }

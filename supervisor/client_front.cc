@@ -387,6 +387,7 @@ Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, 
     std::string which = "input " + std::to_string(i) + ": ";
     auto d = Descriptor::Parse(arr.ptr[i]);
     if (!d.ok()) return Status::BadRequest(which + d.status().message());
+    if (!d->gpu.empty()) return Status::BadRequest(which + "\"gpu\" names the GPU of an empty output only");
     const ArenaEntry* a = arenas_->FindOwned(d->arena, s->id);
     if (a == nullptr) {
       return Status::BadRequest(which + "arena " + std::to_string(d->arena) + " is not registered on this connection");

@@ -415,7 +415,8 @@ class Client:
 
         def make_tensor(d):
             if 0 in d["shape"]:  # no bytes, no block (its "block" 0 is not one to free)
-                return torch.empty(d["shape"], dtype=_tensors.DTYPES[d["dtype"]])
+                device = f"cuda:{_native.gpu_ordinal(d['gpu'])}" if d.get("gpu") else "cpu"
+                return torch.empty(d["shape"], dtype=_tensors.DTYPES[d["dtype"]], device=device)
             key = (d["arena"], d["block"])
             block = keep.get(key)  # an input returned in place: its block stays ours
             if block is None:

@@ -135,3 +135,24 @@ TEST_CASE("a poisoned error reply says so beside its error; others do not", "[pr
   CHECK(m.Bool("poisoned").value_or(false));
   CHECK(StatusFromReply(m).message() == "CUDA error");
 }
+
+TEST_CASE("an empty tensor's GPU travels in its descriptor; others carry none", "[protocol]") {
+  Descriptor d;
+  d.dtype = "float32";
+  d.shape = {0, 3};
+  d.strides = {3, 1};
+  d.gpu = "0000:01:00.0";
+  Writer w;
+  d.Pack(&w);
+  auto oh = Decode(std::string(w.body()));
+  REQUIRE(oh.ok());
+  auto back = Descriptor::Parse(oh->get());
+  REQUIRE(back.ok());
+  CHECK(back->gpu == "0000:01:00.0");
+  d.gpu.clear();
+  Writer plain;
+  d.Pack(&plain);
+  auto oh2 = Decode(std::string(plain.body()));
+  REQUIRE(oh2.ok());
+  CHECK_FALSE(MapView(oh2->get()).Find("gpu"));
+}

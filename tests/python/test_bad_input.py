@@ -97,7 +97,8 @@ def desc(**over):
     (dict(shape=[1] * 17, strides=[1] * 17), "dimensions"),
     (dict(shape=[-1], strides=[1]), "integers in [0, 2^48]"),
     (dict(block=128), "block starts after its data"),
-], ids=["offset", "shape", "stride", "arena", "dtype", "ndim-mismatch", "17-dims", "negative", "block"])
+    (dict(gpu="0000:01:00.0"), "GPU of an empty output only"),
+], ids=["offset", "shape", "stride", "arena", "dtype", "ndim-mismatch", "17-dims", "negative", "block", "gpu"])
 def test_descriptors_outside_their_arena(daemon, archives, bad, needle):
     with daemon.client(arena_size=1 << 20) as c:
         c.load("add", archives["add"])

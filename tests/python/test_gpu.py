@@ -268,3 +268,16 @@ def test_a_dropped_gpu_output_is_not_reused_while_the_clients_kernels_read_it(ma
         torch.cuda.synchronize()
         assert float(y2[0]) == 6.0
         assert torch.all(z == 2.0), f"the block was reused under a queued kernel: {z[:4]}"
+
+
+def test_an_empty_cuda_output_comes_back_on_the_gpu(make_daemon, tmp_path):
+    """An empty tensor has no bytes and no arena; one the model left on its GPU still comes
+    back as a CUDA tensor (and as a host tensor with outputs="cpu")."""
+    path = shoal.export(models.LiftsToGpu(), tmp_path / "lift.pt")
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        c.load("lift", path, device="cpu")
+        y = c.infer("lift", torch.empty(0, 3))
+        assert y.is_cuda and tuple(y.shape) == (0, 3)
+        y_host = c.infer("lift", torch.empty(0, 3), outputs="cpu")
+        assert not y_host.is_cuda and tuple(y_host.shape) == (0, 3)
