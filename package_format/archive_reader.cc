@@ -316,14 +316,17 @@ Result<ArchiveInfo> ReadArchiveFile(const std::string& path) { return ReadFile(p
 
 namespace {
 
-// What PickleNamesCuda keeps of a pickle's values: short strings, tuples of up to 8 of
-// them (a nested tuple is kept as opaque), the rest as opaque; so copies through the memo
-// stay small whatever the pickle builds.
+// What PickleNamesCuda keeps of a pickle's values: strings of up to 12 bytes ("storage",
+// "cuda:N"), and of a tuple of up to 8 items only whether it reads ('storage', _, _,
+// "cuda...", ...); the rest is opaque. An item is a few bytes with no heap (short strings
+// live inside std::string), and the machine holds at most kMaxPickleItems of them, so no
+// pickle makes it use more than a few tens of MiB, whatever it duplicates or memoizes.
 struct PickleItem {
-  enum Kind { kOpaque, kString, kTuple } kind = kOpaque;
-  std::string str;
-  std::vector<PickleItem> elems;
+  enum Kind : uint8_t { kOpaque, kString, kTuple } kind = kOpaque;
+  bool storage_on_cuda = false;  // kTuple: a storage's persistent id with a CUDA location
+  std::string str;               // kString
 };
+constexpr size_t kMaxPickleItems = size_t{1} << 20;
 
 bool IsCudaLocation(std::string_view s) {
   if (s.substr(0, 4) != "cuda") return false;
@@ -368,15 +371,12 @@ bool PickleNamesCuda(std::string_view pkl) {
     }
     return items;
   };
-  auto tuple_of = [](std::vector<PickleItem> items) {
+  auto tuple_of = [](const std::vector<PickleItem>& items) {
     PickleItem t;
     t.kind = PickleItem::kTuple;
-    if (items.size() <= 8) {
-      for (auto& item : items) {
-        if (item.kind == PickleItem::kTuple) item = PickleItem();
-      }
-      t.elems = std::move(items);
-    }
+    t.storage_on_cuda = items.size() >= 4 && items.size() <= 8 && items[0].kind == PickleItem::kString &&
+                        items[0].str == "storage" && items[3].kind == PickleItem::kString &&
+                        IsCudaLocation(items[3].str);
     return t;
   };
   auto line = [&]() {  // skips a newline-terminated argument
@@ -386,6 +386,7 @@ bool PickleNamesCuda(std::string_view pkl) {
     return true;
   };
   while (at < pkl.size()) {
+    if (stack.size() + memo.size() + marks.size() > kMaxPickleItems) return false;  // not a pickle torch writes
     auto op = static_cast<uint8_t>(pkl[at++]);
     std::optional<uint64_t> n;
     switch (op) {
@@ -415,11 +416,7 @@ bool PickleNamesCuda(std::string_view pkl) {
       }
       case 'Q': {  // BINPERSID: is this a storage, and where was it?
         if (stack.empty()) break;
-        const PickleItem& id = stack.back();
-        if (id.kind == PickleItem::kTuple && id.elems.size() >= 4 && id.elems[0].kind == PickleItem::kString &&
-            id.elems[0].str == "storage" && id.elems[3].kind == PickleItem::kString && IsCudaLocation(id.elems[3].str)) {
-          return true;
-        }
+        if (stack.back().kind == PickleItem::kTuple && stack.back().storage_on_cuda) return true;
         stack.back() = PickleItem();
         break;
       }
@@ -437,7 +434,7 @@ bool PickleNamesCuda(std::string_view pkl) {
       case 0x8c: case 'X': case 0x8d: {  // SHORT_BINUNICODE, BINUNICODE, BINUNICODE8
         if (!(n = le(op == 0x8c ? 1 : op == 'X' ? 4 : 8)) || *n > pkl.size() - at) return false;
         PickleItem str;
-        if (*n <= 32) {  // "storage", "cuda:N": longer strings are kept as opaque
+        if (*n <= 12) {  // "storage", "cuda:N": longer strings are kept as opaque
           str.kind = PickleItem::kString;
           str.str = std::string(pkl.substr(at, *n));
         }

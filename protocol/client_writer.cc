@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <set>
 #include <string>
 
@@ -28,8 +29,8 @@ Status ClientWriter::Send(std::string_view data, const std::vector<int>& fds) {
   std::lock_guard<std::mutex> lock(send_mu_);
   if (dup_error_ != 0) return Status::FromErrno("cannot write to shoald (dup of the socket)", dup_error_);
   if (sock_ < 0) return Status(Code::kUnavailable, "the connection to shoald is closed");
-  // Releases queued before this request go first: its job may need the room they free.
-  if (auto st = SendQueued(); !st.ok()) return st;
+  // Host releases queued before this request go first: its job may need the room they free.
+  if (auto st = SendReleases(Take(/*host_only=*/true)); !st.ok()) return st;
   return SendAll(sock_, data, fds);
 }
 
@@ -43,18 +44,50 @@ void ClientWriter::Release(uint64_t arena, uint64_t block, int gpu) {
   wake_.notify_one();
 }
 
-Status ClientWriter::SendQueued() {
-  std::map<uint64_t, Queued> taken;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
+ClientWriter::Releases ClientWriter::Take(bool host_only) {
+  Releases taken;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!host_only) {
     taken.swap(queued_);
+    return taken;
   }
-  // Kernels this process queued before dropping a GPU block may still read it.
+  for (auto it = queued_.begin(); it != queued_.end();) {
+    if (it->second.gpu < 0) {
+      taken.insert(queued_.extract(it++));
+    } else {
+      ++it;
+    }
+  }
+  return taken;
+}
+
+bool ClientWriter::WaitForGpus(Releases* taken) {
   std::set<int> gpus;
-  for (const auto& [arena, q] : taken) {
+  for (const auto& [arena, q] : *taken) {
     if (q.gpu >= 0) gpus.insert(q.gpu);
   }
-  for (int g : gpus) (void)SynchronizeGpu(g);  // a broken context runs nothing more anyway
+  std::set<int> unfinished;
+  for (int g : gpus) {
+    bool finished = false;
+    (void)SynchronizeGpu(g, &finished);  // a broken context (finished) runs nothing more
+    if (!finished) unfinished.insert(g);
+  }
+  if (unfinished.empty()) return false;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = taken->begin(); it != taken->end();) {
+    if (unfinished.count(it->second.gpu) == 0) {
+      ++it;
+      continue;
+    }
+    Queued& q = queued_[it->first];
+    q.gpu = it->second.gpu;
+    q.blocks.insert(q.blocks.end(), it->second.blocks.begin(), it->second.blocks.end());
+    it = taken->erase(it);
+  }
+  return true;
+}
+
+Status ClientWriter::SendReleases(const Releases& taken) {
   std::string data;
   for (const auto& [arena, q] : taken) {
     const auto& blocks = q.blocks;
@@ -77,11 +110,15 @@ void ClientWriter::Loop() {
     wake_.wait(lock, [this] { return stopped_ || !queued_.empty(); });
     if (stopped_) break;
     lock.unlock();
+    Releases taken = Take(/*host_only=*/false);
+    bool put_back = WaitForGpus(&taken);  // no lock held: Send and Release go on meanwhile
     {
       std::lock_guard<std::mutex> send(send_mu_);
-      (void)SendQueued();  // a broken connection: the caller's next Send says so
+      (void)SendReleases(taken);  // a broken connection: the caller's next Send says so
     }
     lock.lock();
+    // A GPU that could not be waited for: try again a little later, not in a spin.
+    if (put_back) wake_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stopped_; });
   }
 }
 
@@ -93,8 +130,12 @@ void ClientWriter::Stop() {
   }
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();  // no Release starts it once stopped_
+  // What is still queued goes now; GPU blocks only once their GPU is done (the connection's
+  // end frees the rest: shoald has the worker drop this client's output arenas).
+  Releases taken = Take(/*host_only=*/false);
+  WaitForGpus(&taken);
   std::lock_guard<std::mutex> send(send_mu_);
-  (void)SendQueued();
+  (void)SendReleases(taken);
   if (sock_ >= 0) close(sock_);
   sock_ = -1;
 }

@@ -42,7 +42,10 @@ std::vector<std::string> ListGpus() { return {}; }
 Result<int> GpuOrdinalOfBus(const std::string&) { return GpuDriverReady(); }
 Result<std::string> GpuBusOfOrdinal(int) { return GpuDriverReady(); }
 Result<size_t> GpuGranularity(int) { return GpuDriverReady(); }
-Status SynchronizeGpu(int) { return GpuDriverReady(); }
+Status SynchronizeGpu(int, bool* finished) {
+  if (finished != nullptr) *finished = false;
+  return GpuDriverReady();
+}
 Result<std::unique_ptr<GpuMemory>> GpuMemory::Create(int, size_t) { return GpuDriverReady(); }
 Result<std::unique_ptr<GpuMemory>> GpuMemory::Import(int fd, size_t, int, bool) {
   close(fd);
@@ -229,7 +232,32 @@ Result<std::string> GpuBusOfOrdinal(int ordinal) {
   return s;
 }
 
-Status SynchronizeGpu(int ordinal) {
+// Errors after which a context runs nothing more (the CUDA programming guide's "sticky"
+// errors: the process must start a new context to use the GPU again).
+namespace {
+bool IsSticky(CUresult r) {
+  switch (r) {
+    case CUDA_ERROR_ILLEGAL_ADDRESS:
+    case CUDA_ERROR_LAUNCH_FAILED:
+    case CUDA_ERROR_ASSERT:
+    case CUDA_ERROR_HARDWARE_STACK_ERROR:
+    case CUDA_ERROR_ILLEGAL_INSTRUCTION:
+    case CUDA_ERROR_MISALIGNED_ADDRESS:
+    case CUDA_ERROR_INVALID_ADDRESS_SPACE:
+    case CUDA_ERROR_INVALID_PC:
+    case CUDA_ERROR_LAUNCH_TIMEOUT:
+    case CUDA_ERROR_ECC_UNCORRECTABLE:
+      return true;
+    default:
+      return false;
+  }
+}
+}  // namespace
+
+Status SynchronizeGpu(int ordinal, bool* finished) {
+  bool done = false;
+  if (finished == nullptr) finished = &done;
+  *finished = false;
   if (auto st = D().ready; !st.ok()) return st;
   CUdevice dev = 0;
   if (auto st = Cu(D().DeviceGet(&dev, ordinal), "GPU " + std::to_string(ordinal)); !st.ok()) return st;
@@ -254,10 +282,11 @@ Status SynchronizeGpu(int ordinal) {
   if (auto st = Cu(D().CtxPush(ctx), "making GPU " + std::to_string(ordinal) + "'s context current"); !st.ok()) {
     return st;
   }
-  Status st = Cu(D().CtxSynchronize(), "synchronising GPU " + std::to_string(ordinal));
+  CUresult r = D().CtxSynchronize();
   CUcontext popped = nullptr;
   D().CtxPop(&popped);
-  return st;
+  *finished = r == CUDA_SUCCESS || IsSticky(r);
+  return Cu(r, "synchronising GPU " + std::to_string(ordinal));
 }
 
 Result<size_t> GpuGranularity(int ordinal) {

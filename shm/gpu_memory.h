@@ -43,8 +43,11 @@ Result<size_t> GpuGranularity(int ordinal);
 // Waits until the work queued so far in GPU `ordinal`'s primary context (the one torch
 // uses: every stream of it) is done. A client's writer calls it before it gives an output
 // block on that GPU back to its worker, which may reuse the block at once. UNAVAILABLE
-// without a driver; the context's error when it is broken (its kernels are gone anyway).
-Status SynchronizeGpu(int ordinal);
+// without a driver, or when the wait could not start; the context's error when it is broken.
+// `*finished` (optional) says whether none of the work queued so far can still run: true
+// when the wait succeeded, or failed with a sticky error (the context is dead: its kernels
+// never run again); false when the wait did not happen, so the work may still be running.
+Status SynchronizeGpu(int ordinal, bool* finished = nullptr);
 
 // shoald's check of a GPU arena's fd before it passes it on (no CUDA needed): an exported
 // CUDA allocation is a descriptor of the driver's control device (a character device), and

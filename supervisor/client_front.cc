@@ -437,7 +437,8 @@ Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, 
   job->client_uid = s->uid;
   job->model = *model;
   if (auto st = registry_->Admits(*model, s->uid); !st.ok()) return st;
-  if (!job->gpu.empty() && pool_->Serving(*model) > 0 && pool_->ServingOnGpu(*model, job->gpu) == 0) {
+  // Placement, not readiness, decides: while GPU X's only worker restarts, X's jobs wait.
+  if (!job->gpu.empty() && !pool_->PlacesOnGpu(registry_->Device(*model), job->gpu)) {
     return Status::BadRequest("model '" + *model + "' runs on no worker of GPU " + job->gpu +
                               ", where the job's inputs are (see `status`: each worker's \"gpu\" and models); "
                               "allocate the inputs on a GPU that serves it, or in host memory");

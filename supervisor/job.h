@@ -30,6 +30,7 @@ struct Job {
   int worker = -1;          // where it runs: worker slot, its interpreter, its generation
   int interp = -1;
   uint64_t generation = 0;
+  std::string worker_gpu;   // PCI bus id of the GPU of the worker that runs it; empty: none
   bool host_outputs = false;  // "outputs": "cpu": GPU outputs come back as host tensors
   int retries = 0;          // how many times the client allows it to be re-run after a crash
   int crashes = 0;          // workers it was running on that died

@@ -30,6 +30,11 @@ void ModelRegistry::AddConfigured(const std::string& name, ArchiveRef archive, c
   m.loading = false;
 }
 
+std::string ModelRegistry::Device(const std::string& key) const {
+  auto it = models_.find(key);
+  return it != models_.end() ? it->second.device : "auto";
+}
+
 bool ModelRegistry::TakesBroadcastInputs(const std::string& key) const {
   auto it = models_.find(key);
   return it != models_.end() && it->second.archive && it->second.archive->policy().broadcast_inputs;

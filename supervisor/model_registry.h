@@ -103,6 +103,8 @@ class ModelRegistry {
   void RecordCrash(const CrashCharge& charge, const std::string& how);
   // OK unless `client` is refused `key` (see RecordCrash); then why, and until when.
   Status Admits(const std::string& key, uid_t client) const;
+  // The device model `key` was loaded for ("auto" when unknown).
+  std::string Device(const std::string& key) const;
   // Whether model `key`'s manifest lets inputs with overlapping strides through.
   bool TakesBroadcastInputs(const std::string& key) const;
   // Finishes unloads whose models have no jobs left.

@@ -11,14 +11,16 @@ namespace {
 
 class Checker {
 public:
-  Checker(const ArenaResolveFn &resolve, std::vector<WorkerBlock> *blocks)
-      : resolve_(resolve), blocks_(blocks) {}
+  Checker(const ArenaResolveFn &resolve, std::vector<WorkerBlock> *blocks,
+          const std::string &worker_gpu)
+      : resolve_(resolve), blocks_(blocks), worker_gpu_(worker_gpu) {}
   // Writes into `w` as it goes; the caller drops it on error.
   Status Check(const msgpack::object &tree, int depth, Writer *w);
 
 private:
   const ArenaResolveFn &resolve_;
   std::vector<WorkerBlock> *blocks_;
+  const std::string &worker_gpu_;
 };
 
 Status Checker::Check(const msgpack::object &tree, int depth, Writer *w) {
@@ -49,8 +51,11 @@ Status Checker::Check(const msgpack::object &tree, int depth, Writer *w) {
       if (ref.by_worker)
         blocks_->push_back({d->arena, d->block});
       d->arena = ref.id;
+      d->gpu.clear(); // where its arena is
     } else {
       d->arena = d->block = d->offset = 0; // no bytes, no block
+      if (d->gpu != worker_gpu_)
+        d->gpu.clear(); // a worker sees its own GPU only
     }
     d->Pack(w);
     return Status::Ok();
@@ -85,9 +90,10 @@ Status Checker::Check(const msgpack::object &tree, int depth, Writer *w) {
 
 Status CheckOutputTree(const msgpack::object &tree,
                        const ArenaResolveFn &resolve, Writer *out,
-                       std::vector<WorkerBlock> *blocks) {
+                       std::vector<WorkerBlock> *blocks,
+                       const std::string &worker_gpu) {
   Writer scratch;
-  Checker c(resolve, blocks);
+  Checker c(resolve, blocks, worker_gpu);
   return c.Check(tree, 0, out != nullptr ? out : &scratch);
 }
 

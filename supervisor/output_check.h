@@ -40,9 +40,12 @@ struct WorkerBlock {
 };
 
 // On success, *out (if not null) holds the tree with the client's arena ids,
-// and *blocks the blocks of non-empty tensors in worker arenas.
+// and *blocks the blocks of non-empty tensors in worker arenas. `worker_gpu`: the
+// PCI bus id of the worker's GPU ("" none); an empty tensor's "gpu" passes only when
+// it names that GPU (a tensor with bytes is where its arena is: its "gpu" is dropped).
 Status CheckOutputTree(const msgpack::object &tree,
                        const ArenaResolveFn &resolve, Writer *out,
-                       std::vector<WorkerBlock> *blocks);
+                       std::vector<WorkerBlock> *blocks,
+                       const std::string &worker_gpu = "");
 
 } // namespace shoal

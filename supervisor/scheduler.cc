@@ -221,7 +221,7 @@ void Scheduler::OnReply(const std::shared_ptr<Job>& job, const Status& st, const
           *ref = {a->id, a->size, false};
           return true;
         },
-        &tree, &blocks);
+        &tree, &blocks, job->worker_gpu);
   }
   bool delivered = !job->answered && ok.ok() && *ok && outputs != nullptr && check.ok();
   if (!delivered && !blocks.empty()) ReleaseBlocks(*job, blocks);  // nobody will read these outputs

@@ -114,8 +114,9 @@ class WorkerPool : public SlotPool, public ModelHosts {
   void FreeBlocks(const Job& job, uint64_t arena, const std::vector<uint64_t>& blocks) override;
   int RunningJobs(const std::string& model = {}) const override;
   size_t Serving(const std::string& model) const override;
-  // Live workers that serve `model` on GPU `bus` (where a job's GPU inputs are).
-  size_t ServingOnGpu(const std::string& model, const std::string& bus) const;
+  // Whether some slot on GPU `bus` runs models loaded for `device`, now or once its worker
+  // (re)starts: where a job's GPU inputs are decides which workers may run it.
+  bool PlacesOnGpu(const std::string& device, const std::string& bus) const;
 
   // ModelHosts
   std::vector<Worker> Live() const override;

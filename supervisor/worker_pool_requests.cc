@@ -43,6 +43,7 @@ void WorkerPool::Run(Slot slot, const std::shared_ptr<Job>& job, ReplyFn done) {
   job->worker = w->slot;
   job->interp = slot.interp;
   job->generation = w->generation;
+  job->worker_gpu = gpus_.BusOf(w->slot);
   w->pending_model[job->id] = job->model;
   Writer m;
   BeginRequest(&m, "infer", job->id, job->host_outputs ? 7 : 6);
@@ -105,12 +106,11 @@ size_t WorkerPool::Serving(const std::string& model) const {
   return n;
 }
 
-size_t WorkerPool::ServingOnGpu(const std::string& model, const std::string& bus) const {
-  size_t n = 0;
-  for (const auto& [slot, w] : workers_) {
-    n += !w->gone && w->ready_models.count(model) != 0 && gpus_.BusOf(slot) == bus;
+bool WorkerPool::PlacesOnGpu(const std::string& device, const std::string& bus) const {
+  for (int slot = 0; slot < config_.workers; ++slot) {
+    if (gpus_.BusOf(slot) == bus && gpus_.Places(slot, device)) return true;
   }
-  return n;
+  return false;
 }
 
 std::vector<ModelHosts::Worker> WorkerPool::Live() const {

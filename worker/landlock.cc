@@ -79,7 +79,10 @@ int CountThreads() {
 }
 
 // One rule. A path that exists but cannot be added stays denied, and the log says so.
-void AddRule(int ruleset, const std::string& path, uint64_t rights) {
+// `pin`: the path's descriptor stays open for the process's life. A rule names an inode,
+// and procfs makes a new inode for /proc/PID/task when its dentry was reclaimed and is
+// looked up again; an open descriptor keeps the dentry, so the rule keeps matching.
+void AddRule(int ruleset, const std::string& path, uint64_t rights, bool pin = false) {
   int fd = open(path.c_str(), O_PATH | O_CLOEXEC);
   if (fd < 0) {
     if (errno != ENOENT && errno != ENOTDIR) {
@@ -93,7 +96,7 @@ void AddRule(int ruleset, const std::string& path, uint64_t rights) {
   if (rights != 0 && syscall(SYS_landlock_add_rule, ruleset, kRulePathBeneath, &attr, 0) != 0) {
     spdlog::warn("Landlock: {} stays denied to model code: {}", path, std::strerror(errno));
   }
-  close(fd);
+  if (!pin) close(fd);  // pinned: O_PATH and close-on-exec, it grants nothing by itself
 }
 
 }  // namespace
@@ -151,7 +154,7 @@ Status RestrictFilesystem(const FilesystemView& view, bool allow_network) {
   for (const auto& p : view.read_only) AddRule(ruleset, p, read & fs);
   for (const auto& p : view.devices) AddRule(ruleset, p, device & fs);
   for (const auto& p : view.read_write) AddRule(ruleset, p, read_write);
-  for (const auto& p : view.rewrite) AddRule(ruleset, p, (read | kWriteFile | kTruncate) & fs);
+  for (const auto& p : view.rewrite) AddRule(ruleset, p, (read | kWriteFile | kTruncate) & fs, /*pin=*/true);
 
   Status st = Status::Ok();
   if (syscall(SYS_landlock_restrict_self, ruleset, 0) != 0) st = Status::FromErrno("landlock_restrict_self", errno);

@@ -147,10 +147,12 @@ void CloseSandbox(const shoal::SandboxConfig& sandbox, const Interpreters& inter
   // a user of its own gets its private folder as home (nobody's is /nonexistent).
   bool switched = sandbox.run_as_uid >= 0;
   std::vector<std::pair<std::string, std::string>> env;
-  if (std::string user = UserName(switched ? static_cast<uid_t>(sandbox.run_as_uid) : geteuid()); !user.empty()) {
-    env.emplace_back("USER", user);
-    env.emplace_back("LOGNAME", user);
-  }
+  // A uid without a name is named by its number (getpass.getuser() then needs no passwd).
+  const uid_t uid = switched ? static_cast<uid_t>(sandbox.run_as_uid) : geteuid();
+  std::string user = UserName(uid);
+  if (user.empty()) user = std::to_string(uid);
+  env.emplace_back("USER", user);
+  env.emplace_back("LOGNAME", user);
   if (switched && !tmp.empty()) env.emplace_back("HOME", tmp);
   // The worker's GPU, set after the zygote's Python took its copy of the environment:
   // torch's Python side counts devices from it, the driver from the process's.

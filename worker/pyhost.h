@@ -57,7 +57,7 @@ struct ShoalPyhostApi {
   int (*enter_sandbox)(const char* tmp_dir, int confined, const char* env, char** error);
 };
 
-constexpr int kShoalPyhostAbi = 3;
+constexpr int kShoalPyhostAbi = 4;
 
 typedef const ShoalPyhostApi* (*ShoalPyhostApiFn)();
 const ShoalPyhostApi* shoal_pyhost_api();

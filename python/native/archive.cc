@@ -10,6 +10,7 @@
 //   ZipError (a ValueError): the file is not a readable zip; the message says why.
 //   OSError: the file cannot be opened or mapped.
 // Thread-safety: called with the GIL held; the file is read with the GIL released.
+#include <exception>
 #include <string>
 
 #include "package_format/archive_reader.h"
@@ -107,7 +108,14 @@ PyObject* ReadArchive(PyObject*, PyObject* args) {
 PyObject* PickleNamesCuda(PyObject*, PyObject* args) {
   Py_buffer buf;
   if (!PyArg_ParseTuple(args, "y*", &buf)) return nullptr;
-  bool yes = shoal::PickleNamesCuda(std::string_view(static_cast<const char*>(buf.buf), static_cast<size_t>(buf.len)));
+  bool yes = false;
+  try {
+    yes = shoal::PickleNamesCuda(std::string_view(static_cast<const char*>(buf.buf), static_cast<size_t>(buf.len)));
+  } catch (const std::exception& e) {  // bad_alloc: no exception may cross into Python
+    PyBuffer_Release(&buf);
+    PyErr_SetString(PyExc_MemoryError, e.what());
+    return nullptr;
+  }
   PyBuffer_Release(&buf);
   return PyBool_FromLong(yes);
 }

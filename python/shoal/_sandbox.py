@@ -25,7 +25,7 @@ def enter(tmp_dir, confined, env=""):
     side reads to count devices) and who it runs as (USER, LOGNAME, HOME: code that asks,
     such as getpass.getuser() in torch's compile caches, then needs no /etc/passwd, which
     Landlock stops a worker reading once it is replaced)."""
-    for line in env.splitlines():
+    for line in env.split("\n"):  # only "\n" ends a line: a value may hold other breaks
         key, sep, value = line.partition("=")
         if key and sep:
             os.environ[key] = value

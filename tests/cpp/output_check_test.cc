@@ -9,7 +9,7 @@ using namespace shoal;
 
 namespace {
 
-void Tensor(Writer* w, uint64_t arena, uint64_t block, std::vector<int64_t> shape) {
+void Tensor(Writer* w, uint64_t arena, uint64_t block, std::vector<int64_t> shape, const std::string& gpu = "") {
   w->Map(1);
   w->Key("tensor");
   Descriptor d;
@@ -19,6 +19,7 @@ void Tensor(Writer* w, uint64_t arena, uint64_t block, std::vector<int64_t> shap
   d.dtype = "float32";
   d.shape = shape;
   d.strides.assign(shape.size(), 1);
+  d.gpu = gpu;
   d.Pack(w);
 }
 
@@ -26,7 +27,8 @@ void Tensor(Writer* w, uint64_t arena, uint64_t block, std::vector<int64_t> shap
 // arena for that client (the client knows it as 7); arena 2 belongs to somebody else.
 constexpr uint64_t kWorkerArena = (uint64_t{1} << 63) | 7;
 
-Status Check(const std::function<void(Writer*)>& build, std::vector<uint64_t>* blocks, std::string* rewritten = nullptr) {
+Status Check(const std::function<void(Writer*)>& build, std::vector<uint64_t>* blocks, std::string* rewritten = nullptr,
+             const std::string& worker_gpu = "") {
   Writer w;
   build(&w);
   // Unpacked without Decode's limits: the check must hold on its own.
@@ -37,7 +39,7 @@ Status Check(const std::function<void(Writer*)>& build, std::vector<uint64_t>* b
     if (arena == 1) *ref = {1, 4096, false};
     if (arena == kWorkerArena) *ref = {7, 4096, true};
     return arena == 1 || arena == kWorkerArena;
-  }, &out, &worker_blocks);
+  }, &out, &worker_blocks, worker_gpu);
   for (const auto& b : worker_blocks) blocks->push_back(b.block);
   if (rewritten != nullptr) *rewritten = std::string(out.body());
   return st;
@@ -115,4 +117,20 @@ TEST_CASE("output check refuses malformed nodes", "[output]") {
   CHECK_FALSE(Check([](Writer* w) { w->Map(1); w->Key("dict"); w->pk().pack_array(1); w->Val(1); }, &blocks).ok());
   CHECK_FALSE(Check([](Writer* w) { w->Map(1); w->Key("list"); w->Val(1); }, &blocks).ok());
   CHECK(Check([](Writer* w) { w->Map(1); w->Key("float"); w->Val(1.5); }, &blocks).ok());
+}
+
+TEST_CASE("output check passes a tensor's GPU only for an empty tensor on the worker's own GPU", "[output]") {
+  const std::string mine = "0000:19:00.0", other = "0000:3b:00.0";
+  auto gpu_of = [&](uint64_t arena, std::vector<int64_t> shape, const std::string& gpu) {
+    std::vector<uint64_t> blocks;
+    std::string out;
+    REQUIRE(Check([&](Writer* w) { Tensor(w, arena, 64, shape, gpu); }, &blocks, &out, mine).ok());
+    auto oh = msgpack::unpack(out.data(), out.size());
+    auto d = Descriptor::Parse(oh.get().via.map.ptr[0].val);
+    REQUIRE(d.ok());
+    return d->gpu;
+  };
+  CHECK(gpu_of(kWorkerArena, {0, 3}, mine) == mine);   // an empty CUDA output of this worker
+  CHECK(gpu_of(kWorkerArena, {0, 3}, other) == "");    // a GPU the worker cannot see
+  CHECK(gpu_of(kWorkerArena, {4}, mine) == "");        // bytes: where its arena is
 }

@@ -374,3 +374,25 @@ def test_a_torchscript_archive_saved_on_the_cpu_is_cpu_whatever_its_strings_say(
         data = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
     assert b"cuda" in data  # the strings are there...
     assert archive.saved_on_cuda(path) is False  # ...and do not make it a CUDA archive
+
+
+def test_a_pickle_that_duplicates_a_storage_id_does_not_blow_up_the_reader():
+    """The reader keeps a few bytes per value and a bounded number of values: a small
+    pickle that duplicates a long tuple millions of times (DUP, or BINPUT/BINGET through the
+    memo) is answered without growing memory by the copies (once ~0.7 KiB each)."""
+    probe = r'''
+import pickle, resource, sys
+from shoal import _native
+t = ("storage", "x" * 32, "y" * 32, "cuda:0" + "z" * 26, "w" * 32, "v" * 32, "u" * 32, "s" * 32)
+head = b"\x80\x02" + pickle.dumps(t, protocol=2)[2:-1]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+dup = _native.pickle_names_cuda(head + b"2" * 1_500_000 + b".")
+memo = _native.pickle_names_cuda(head + b"q\x00" + b"h\x00" * 1_500_000 + b".")
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(dup, memo, grown)
+'''
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env=env).stdout.split()
+    assert out[:2] == ["False", "False"]
+    assert int(out[2]) < 200 * 1024, f"the reader grew by {int(out[2]) // 1024} MiB"

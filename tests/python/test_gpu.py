@@ -3,6 +3,7 @@ for, CUDA tensors travel through GPU arenas with no host copy, a sticky CUDA err
 worker, and shoald and the zygote never create a CUDA context. Skipped without a GPU."""
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -248,6 +249,33 @@ def test_jobs_go_to_a_worker_on_their_inputs_gpu(make_daemon, tmp_path, archives
         b = c.empty((2,), device="cuda:1")
         with pytest.raises(shoal.errors.BadRequest, match="must all be on one GPU"):
             c.infer("identity", a, b)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_a_job_waits_while_its_gpus_only_worker_restarts(make_daemon, tmp_path):
+    """Placement, not readiness, decides whether a GPU can serve a job: while the only
+    worker of a GPU restarts, a job with inputs there waits for its replacement. A model
+    loaded for another GPU is refused at once."""
+    net, path = cuda_affine(tmp_path)
+    d = make_daemon(workers=2)  # one per GPU
+    with d.client() as c:
+        c.load("affine", path, device="cuda")
+        c.load("only0", path, device="cuda:0")
+        d.wait_ready("affine")
+        bus1 = _native.gpu_bus(1)
+        victim = [w for w in c.status()["workers"] if w["gpu"] == bus1]
+        assert len(victim) == 1, c.status()["workers"]
+        x = torch.randn(8, 64, device="cuda:1")
+        xa = c.empty((8, 64), device="cuda:1")
+        xa.copy_(x)
+        with torch.no_grad():
+            expected = net.to("cuda:1")(x)[0]
+        os.kill(victim[0]["pid"], signal.SIGKILL)
+        y, _ = c.infer("affine", xa, timeout_ms=60_000)  # queued until the replacement serves
+        assert y.device == x.device and torch.equal(y, expected)
+        assert [w["pid"] for w in c.status()["workers"] if w["gpu"] == bus1] != [victim[0]["pid"]]
+        with pytest.raises(shoal.errors.BadRequest, match="runs on no worker of GPU"):
+            c.infer("only0", xa)
 
 
 def test_a_dropped_gpu_output_is_not_reused_while_the_clients_kernels_read_it(make_daemon, tmp_path):
