@@ -68,6 +68,7 @@ struct SupervisorConfig {
   std::string log_level = "info";
   bool zygote = true;               // fork workers from a zygote (else exec each one)
   std::string gpus = "all";         // GPUs workers are placed on: all, none, or indices "0,1"
+  bool share_gpu_weights = true;    // one copy of a model's GPU weights per GPU (supervisor/gpu_weights.h)
   // Memory ownership (docs/architecture.md): what one worker holds for its clients.
   uint64_t worker_arenas = 256;             // client arenas whose fds a worker holds at most
   uint64_t worker_arena_mb = 8192;          // ... and their bytes (idle ones are dropped first)

@@ -94,6 +94,9 @@ std::vector<Option> MakeTable() {
                              "Python interpreters per worker, each with its own GIL", 1, 64),
       Make<&C::gpus>("gpus", K::kText, "LIST", kRestart,
                      "GPUs workers are placed on, round-robin: all, none or indices such as 0,1 (each worker sees its own alone)", 0, 0, "all"),
+      Make<&C::share_gpu_weights>("share_gpu_weights", K::kYesNo, "yes|no", kRestart,
+                                  "one copy of a model's GPU weights per GPU, mapped by every worker there "
+                                  "(no: each worker uploads its own, as other servers do)"),
       Make<&C::interpreter_cache>("interpreter_cache", K::kText, "DIR", kRestart,
                                   "private library copies for interpreters > 1", 0, 0, "in the runtime folder"),
       Make<&C::models>("model", K::kModel, "NAME=ARCHIVE", kRestart,

@@ -2,6 +2,10 @@
 
 #include <unistd.h>
 
+#include <map>
+
+#include "supervisor/gpu_usage.h"
+
 namespace shoal {
 
 void PackModels(Writer* w, const ModelRegistry& registry, bool show_paths) {
@@ -31,7 +35,7 @@ void PackModels(Writer* w, const ModelRegistry& registry, bool show_paths) {
 
 void PackStatus(Writer* w, uint64_t id, const ServiceFigures& service, const ModelRegistry& registry,
                 const Scheduler& scheduler, const WorkerPool& pool) {
-  BeginReply(w, id, 11);
+  BeginReply(w, id, 12);
   w->Key("pid"); w->Val(static_cast<int64_t>(getpid()));
   w->Key("clients"); w->Val(service.clients);
   w->Key("arenas"); w->Val(service.arenas);
@@ -75,6 +79,40 @@ void PackStatus(Writer* w, uint64_t id, const ServiceFigures& service, const Mod
     w->Key("client_arenas"); w->Val(wk.client_arenas);
     w->Key("output_bytes"); w->Val(wk.output_bytes);
     w->Key("output_arenas"); w->Val(wk.output_arenas);
+  }
+  PackGpus(w, workers, pool.GpuWeightCopies());
+}
+
+void PackGpus(Writer* w, const std::vector<WorkerPool::WorkerInfo>& workers, const std::vector<GpuWeights::Held>& copies) {
+  struct Gpu {
+    uint64_t workers = 0;
+    std::vector<const GpuWeights::Held*> copies;
+  };
+  std::map<std::string, Gpu> gpus;
+  for (const auto& wk : workers) {
+    if (!wk.gpu.empty()) ++gpus[wk.gpu].workers;
+  }
+  for (const auto& c : copies) gpus[c.bus].copies.push_back(&c);
+  w->Key("gpus");
+  w->pk().pack_array(static_cast<uint32_t>(gpus.size()));
+  for (const auto& [bus, g] : gpus) {
+    uint64_t weights = 0;
+    for (const auto* c : g.copies) weights += c->bytes;
+    auto memory = GpuMemoryOf(bus);  // NVML: no CUDA context
+    w->Map(6);
+    w->Key("bus"); w->Str(bus);
+    w->Key("workers"); w->Val(g.workers);
+    w->Key("weights_bytes"); w->Val(weights);  // shared copies shoald holds on it
+    w->Key("weights");
+    w->pk().pack_array(static_cast<uint32_t>(g.copies.size()));
+    for (const auto* c : g.copies) {
+      w->Map(3);
+      w->Key("model"); w->Str(c->model);
+      w->Key("bytes"); w->Val(c->bytes);
+      w->Key("uploads"); w->Val(c->uploads);
+    }
+    w->Key("memory_used_bytes"); w->Val(memory.ok() ? memory->used : 0);  // every process's; 0: unknown
+    w->Key("memory_total_bytes"); w->Val(memory.ok() ? memory->total : 0);
   }
 }
 

@@ -28,6 +28,10 @@ struct ServiceFigures {
 // The body of a `status` reply to request `id`.
 void PackStatus(Writer* w, uint64_t id, const ServiceFigures& service, const ModelRegistry& registry,
                 const Scheduler& scheduler, const WorkerPool& pool);
+// "gpus": [{bus, workers, weights_bytes, weights: [{model, bytes, uploads}],
+// memory_used_bytes, memory_total_bytes}]: each GPU workers are placed on, the shared
+// weight copies shoald holds there, and its memory in use (NVML; 0 when unknown).
+void PackGpus(Writer* w, const std::vector<WorkerPool::WorkerInfo>& workers, const std::vector<GpuWeights::Held>& copies);
 // The body of a `health` reply: live, ready (every model ready and not stopping), per model.
 void PackHealth(Writer* w, uint64_t id, bool stopping, const ModelRegistry& registry);
 

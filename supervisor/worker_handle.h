@@ -55,6 +55,9 @@ struct WorkerHandle {
   std::map<uint64_t, OutputUsage> output_usage;  // owner tag -> usage
   std::map<uint64_t, ReplyFn> pending;  // request id -> callback
   std::map<uint64_t, std::string> pending_model;  // request id -> model it runs or loads
+  // The GPU weights' descriptor a load's reply brought (its upload), by request id; taken
+  // by the load's reply handler.
+  std::map<uint64_t, std::shared_ptr<OwnedFd>> uploaded_weights;
   bool retiring = false;               // finishes its job, then is closed (recycling, shrink)
   // A CUDA error poisoned it (its reply said so): charged to that job's model and client.
   std::optional<CrashCharge> poisoned_by;

@@ -293,6 +293,11 @@ void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body, std::vector<i
     spdlog::warn("{} answered unknown request {}", w->Describe(), *id);
     return;
   }
+  if (auto bytes = m.OptUint("gpu_weights"); bytes.ok() && bytes->has_value() && !fds->empty()) {
+    // A load that uploaded a model's GPU weights: the allocation comes first.
+    w->uploaded_weights[*id] = std::make_shared<OwnedFd>(fds->front());
+    fds->erase(fds->begin());
+  }
   RegisterOutputArenas(w, *id, m, fds);
   auto fn = std::move(it->second);
   w->pending.erase(it);
@@ -308,6 +313,7 @@ void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body, std::vector<i
     if (!charge.model.empty()) w->poisoned_by = charge;  // blame as for a crash (OnGone)
   }
   fn(Status::Ok(), &m);
+  w->uploaded_weights.erase(*id);  // not a load's (a worker's mistake): dropped
   if (poisoned) {
     // A sticky CUDA error: the job has its answer; the worker's context is unusable, so the
     // worker is replaced (the reaper and its EOF do the rest, as for a crash).

@@ -24,6 +24,7 @@
 #include "supervisor/arena_table.h"
 #include "supervisor/config.h"
 #include "supervisor/gpu_placement.h"
+#include "supervisor/gpu_weights.h"
 #include "supervisor/model_registry.h"
 #include "supervisor/process_memory.h"
 #include "supervisor/worker_memory.h"
@@ -103,6 +104,7 @@ class WorkerPool : public SlotPool, public ModelHosts {
     std::string gpu;              // PCI bus id of its GPU; empty: none
   };
   std::vector<WorkerInfo> Describe() const;
+  std::vector<GpuWeights::Held> GpuWeightCopies() const { return weights_.List(); }
   pid_t zygote_pid() const { return zygote_.pid(); }
   uint64_t restarts() const { return restarts_; }
 
@@ -170,6 +172,7 @@ class WorkerPool : public SlotPool, public ModelHosts {
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for work the sampler posts
   ProcessMemorySampler memory_;  // after alive_: its thread posts to the loop until it is joined
   GpuPlacement gpus_;                                  // which GPU each slot's worker uses
+  GpuWeights weights_;                                 // models' weights on each GPU, shared
   std::map<std::string, std::string> model_devices_;   // model -> the device it was loaded for
   bool stopping_ = false;
   uint64_t next_generation_ = 1;

@@ -4,6 +4,8 @@
 
 #include "supervisor/worker_pool.h"
 
+#include "shm/gpu_memory.h"
+
 namespace shoal {
 
 using Clock = std::chrono::steady_clock;
@@ -130,25 +132,67 @@ void WorkerPool::Load(Worker worker, const std::string& name, const ArchiveRef& 
                 "", "");
   }
   if (auto st = archive->Unchanged(name); !st.ok()) return done(st, "", "");
+  // One copy of the weights per GPU: the first load there uploads them, the others wait
+  // for it and then map that copy (supervisor/gpu_weights.h).
+  const std::string bus = gpus_.BusOf(worker.slot);
+  GpuWeights::Next weights;
+  if (config_.share_gpu_weights && !bus.empty() && GpuPlacement::WorkerDevice(device) != "cpu") {
+    weights = weights_.Begin(name, bus, [this, worker, name, archive, device, keep, done] {
+      if (!keep()) return done(Status(Code::kUnavailable, "model '" + name + "' was unloaded while it loaded"), "", "");
+      Load(worker, name, archive, device, keep, done);
+    });
+    if (weights.step == GpuWeights::Step::kWait) return;
+  }
+  const bool upload = weights.step == GpuWeights::Step::kUpload;
+  const bool map = weights.step == GpuWeights::Step::kMap;
   uint64_t rid = next_request_++;
   Writer m;
-  BeginRequest(&m, "load", rid, 3);
+  BeginRequest(&m, "load", rid, upload || map ? 4 : 3);
   m.Key("name"); m.Str(name);
   m.Key("path"); m.Str(archive->label());  // for messages only: the worker loads from the file sent along
   m.Key("device"); m.Str(GpuPlacement::WorkerDevice(device));
+  if (upload) {
+    m.Key("gpu_weights"); m.Str("upload");
+  } else if (map) {
+    m.Key("gpu_weights"); m.Val(weights.bytes);  // the allocation is the second fd
+  }
   w->pending_model[rid] = name;
   // The deadline counts from when the worker exists (a zygote that is still starting may
   // take long to fork it); until the zygote names its pid, the load waits unarmed.
   w->load_deadlines[rid] = {name, nullptr};
   if (w->pid > 0) ArmLoadDeadline(w, rid);
-  Send(w, rid, m.body(), [this, worker, rid, name, keep, done](const Status& st, const MapView* reply) {
-    if (WorkerHandle* w = Find(worker.slot, worker.generation)) w->load_deadlines.erase(rid);
+  std::vector<std::shared_ptr<OwnedFd>> fds = {archive->fd()};
+  if (map) fds.push_back(weights.memory);
+  const uint64_t ticket = upload ? weights.ticket : 0;
+  Send(w, rid, m.body(), [this, worker, rid, name, bus, ticket, keep, done](const Status& st, const MapView* reply) {
+    std::shared_ptr<OwnedFd> uploaded;
+    if (WorkerHandle* w = Find(worker.slot, worker.generation)) {
+      w->load_deadlines.erase(rid);
+      if (auto u = w->uploaded_weights.find(rid); u != w->uploaded_weights.end()) {
+        uploaded = std::move(u->second);
+        w->uploaded_weights.erase(u);
+      }
+    }
     std::string tb, engine;
     Status result = st;
+    uint64_t weight_bytes = 0;
     if (st.ok() && reply != nullptr) {
       auto ok = reply->Bool("ok");
       if (!ok.ok() || !*ok) result = StatusFromReply(*reply, &tb);
       if (auto e = reply->OptStr("engine"); e.ok() && e->has_value()) engine = **e;
+      weight_bytes = reply->OptUint("gpu_weights").value_or(std::nullopt).value_or(0);
+    }
+    if (ticket != 0) {
+      if (result.ok() && uploaded && !CheckGpuArenaFd(uploaded->get(), weight_bytes).ok()) {
+        result = Status::Internal("model '" + name + "': the worker's uploaded weights are not a GPU allocation "
+                                  "of the size it announced");
+      }
+      if (result.ok()) {
+        if (uploaded) spdlog::info("model '{}': {} bytes of weights on GPU {}, shared by its workers", name, weight_bytes, bus);
+        weights_.Uploaded(name, bus, ticket, uploaded, weight_bytes);
+      } else {
+        weights_.Failed(name, bus, ticket);
+      }
     }
     if (WorkerHandle* w = Find(worker.slot, worker.generation); result.ok() && w != nullptr) {
       if (keep()) {
@@ -161,7 +205,7 @@ void WorkerPool::Load(Worker worker, const std::string& name, const ArchiveRef& 
       result = Status(Code::kWorkerCrashed, "model '" + name + "': " + st.message());
     }
     done(result, tb, engine);
-  }, {archive->fd()});
+  }, fds);
 }
 
 void WorkerPool::ArmLoadDeadline(WorkerHandle* w, uint64_t rid) {
@@ -206,6 +250,7 @@ bool WorkerPool::HasOrLoads(Worker worker, const std::string& name) const {
 
 void WorkerPool::Unload(const std::string& name) {
   model_devices_.erase(name);
+  weights_.Forget(name);  // the memory goes once the workers below unmapped it too
   for (auto& [slot, w] : workers_) {
     if (!w->gone && w->ready_models.erase(name) > 0) SendUnload(w.get(), name);
   }

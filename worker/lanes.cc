@@ -15,14 +15,14 @@ void ReplySink::Send(const std::string& body, const std::vector<int>& fds) {
   if (!SendAll(fd_, EncodeFrame(body), fds).ok()) _exit(0);  // shoald is gone
 }
 
-void Gather::Add(const std::string& r, ReplySink* sink) {
+void Gather::Add(const EncodedReply& r, ReplySink* sink) {
   std::lock_guard<std::mutex> lock(mu_);
   bool error = false;
-  if (auto oh = Decode(r); oh.ok()) {
+  if (auto oh = Decode(r.body); oh.ok()) {
     auto ok = MapView(oh->get()).Bool("ok");
     error = ok.ok() && !*ok;
   }
-  if (reply_.empty() || (error && !failed_)) {
+  if (reply_.body.empty() || (error && !failed_)) {
     reply_ = r;
     failed_ = failed_ || error;
   }
@@ -69,7 +69,7 @@ void Lane::Loop() {
     }
     --load_;
     if (t.gather) {
-      t.gather->Add(reply.body, sink_);
+      t.gather->Add(reply, sink_);
     } else {
       sink_->Send(reply);
     }

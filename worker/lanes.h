@@ -50,13 +50,14 @@ class Gather {
   Gather(const Gather&) = delete;
   Gather& operator=(const Gather&) = delete;
 
-  // One interpreter's reply; the last one sends the gathered reply to `sink`.
-  void Add(const std::string& reply, ReplySink* sink);
+  // One interpreter's reply; the last one sends the gathered reply to `sink`, with the
+  // fds of the reply it kept (a load's uploaded GPU weights; they stay the runner's).
+  void Add(const EncodedReply& reply, ReplySink* sink);
 
  private:
   std::mutex mu_;
-  int remaining_;       // guarded by mu_
-  std::string reply_;   // guarded by mu_
+  int remaining_;        // guarded by mu_
+  EncodedReply reply_;   // guarded by mu_
   bool failed_ = false; // guarded by mu_
 };
 

@@ -149,6 +149,8 @@ void ServeMany(int fd, int slot, const std::vector<std::unique_ptr<Interpreter>>
     }
     int carried = 0;
     if (op == "arena" || op == "load") carried = 1;  // a client arena; the archive's file
+    // and the shared GPU weights a load maps (python/shoal/_gpu_weights.py)
+    if (op == "load" && m.OptUint("gpu_weights").value_or(std::nullopt).has_value()) carried = 2;
     if (static_cast<int>(fds.size()) < carried) {
       spdlog::critical("'{}' from shoald came without its fd", op);
       _exit(4);

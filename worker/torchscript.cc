@@ -155,6 +155,13 @@ bool TorchScriptModels::Handle(const MapView& msg, std::vector<int>* fds, Encode
     if (!info.ok() || info->kind != ArchiveKind::kTorchScript) return false;  // the Python runner's
     int fd = fds->front();
     fds->erase(fds->begin());
+    // Shared GPU weights are the Python runner's (packaged models): a TorchScript module
+    // keeps its own copy, and answers without an upload, so shoald loads it plainly
+    // everywhere; the copy's fd of a "map" load is not needed.
+    if (msg.OptUint("gpu_weights").value_or(std::nullopt).has_value() && !fds->empty()) {
+      close(fds->front());
+      fds->erase(fds->begin());
+    }
     reply->body = Load(*id, *name, fd, label, msg.OptStr("device").value_or(std::nullopt).value_or("auto"));
     close(fd);
     return true;

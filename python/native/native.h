@@ -48,5 +48,6 @@ bool AddSharedDefs(PyObject* module);    // shared_defs.cc: DTYPES, default_sock
 bool AddArchiveReader(PyObject* module); // archive.cc: read_archive, ZipError
 bool AddOutputEncoder(PyObject* module); // output.cc: encode_reply, OutputError
 bool AddClientWriter(PyObject* module);  // writer.cc: ClientWriter
+bool AddGpuMemoryType(PyObject* module); // gpu_memory.cc: GpuMemory
 
 }  // namespace shoal_native

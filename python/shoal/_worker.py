@@ -12,13 +12,14 @@ first needs it (unmapping idle ones when the address space runs out:
 runner's own output arenas (``_native.OutputArenas``, one set per client connection), and
 only this runner frees their blocks, on ``release`` from the client or shoald.
 """
+import gc
 import os
 import traceback
 
 import msgpack
 import torch
 
-from . import _native, _tensors, archive
+from . import _gpu_weights, _native, _tensors, archive
 
 VERSION = 1
 
@@ -107,6 +108,7 @@ class Runner:
         elif op == "unload":
             self.models.pop(msg["name"], None)
             self.specs.pop(msg["name"], None)
+            gc.collect()  # its GPU weights' mapping goes with the last tensor over it
             return msgpack.packb({"v": VERSION, "id": msg["id"], "ok": True})
         return None
 
@@ -118,8 +120,18 @@ class Runner:
         if not fds:
             return _error(rid, "INTERNAL", f"model '{name}': shoald's load came without the archive's file")
         fd = fds.pop(0)
+        # Shared GPU weights (python/shoal/_gpu_weights.py): upload the copy, or map it.
+        share = msg.get("gpu_weights")
+        weights = None
+        if share == "upload":
+            weights = _gpu_weights.Weights("upload")
+        elif isinstance(share, int) and not isinstance(share, bool):
+            if not fds:
+                os.close(fd)
+                return _error(rid, "INTERNAL", f"model '{name}': shoald's load came without the weights' fd")
+            weights = _gpu_weights.Weights("map", fds.pop(0), share)
         try:
-            self.models[name], manifest = archive.load_with_manifest(fd, device, path)
+            self.models[name], manifest = archive.load_with_manifest(fd, device, path, weights)
             _synchronize()
             self.specs.pop(name, None)
             if manifest and manifest.get("inputs"):
@@ -136,8 +148,12 @@ class Runner:
                           traceback.format_exc(), poisoned=_cuda_poisoned())
         finally:
             os.close(fd)  # the mapping keeps what the model needs
-        return msgpack.packb({"v": VERSION, "id": rid, "ok": True, "engine": "python",
-                              "device": archive.device_of(self.models[name])})
+        reply = {"v": VERSION, "id": rid, "ok": True, "engine": "python",
+                 "device": archive.device_of(self.models[name])}
+        if weights is not None and weights.uploaded:
+            reply["gpu_weights"] = weights.size  # the copy's fd goes with the reply, for shoald to hold
+            return msgpack.packb(reply), [weights.export_fd]
+        return msgpack.packb(reply)
 
     # -- inference ------------------------------------------------------------------
     def _infer(self, msg):

@@ -292,20 +292,30 @@ def _need_gpu(path, location):
                          "CPU on purpose, load it with device='cpu' (shoal load --device cpu)")
 
 
-def _restore(path, device):
+def _restore(path, device, weights=None):
     """map_location for an archive loaded for ``device``: "cpu" or "cuda" put every
     storage there; "auto" puts each back on the kind of device it was exported from, a
-    CUDA one on this worker's GPU (a worker sees one GPU: shoald sets CUDA_VISIBLE_DEVICES)."""
+    CUDA one on this worker's GPU (a worker sees one GPU: shoald sets CUDA_VISIBLE_DEVICES).
+    ``weights`` (a bound _gpu_weights.Weights): storages that go to the GPU become views of
+    the copy shared by every worker on it, rather than copies of their own."""
     if device == "cpu":
         return "cpu"
+
+    def to_gpu(storage):
+        if weights is not None:
+            return weights.storage(storage)
+        return storage.cuda(torch.cuda.current_device())
+
     if device.startswith("cuda"):
         _need_gpu(path, device)
-        return torch.device("cuda", torch.cuda.current_device())
+        if weights is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        return lambda storage, location: to_gpu(storage)
 
     def restore(storage, location):
         if str(location).startswith("cuda"):
             _need_gpu(path, location)
-            return storage.cuda(torch.cuda.current_device())
+            return to_gpu(storage)
         return storage
     return restore
 
@@ -340,7 +350,7 @@ def device_of(obj):
     return "cpu"
 
 
-def load_with_manifest(path, device="auto", label=None):
+def load_with_manifest(path, device="auto", label=None, gpu_weights=None):
     """(served object, manifest or None) for ``device`` ("auto": where it was exported,
     "cpu", "cuda"). Weights are mapped, not copied, on the CPU (TorchScript archives are
     read by torch.jit.load). A manifest with an example is checked: the model must
@@ -349,18 +359,21 @@ def load_with_manifest(path, device="auto", label=None):
     ``path`` may be an open file descriptor (it stays open; ``label`` names it in errors):
     a worker loads the very file shoald passed it and opens no path. Everything is read
     from one read-only mapping of the file, which keeps its own position, so descriptors
-    shared with other interpreters (dup) are never seeked."""
+    shared with other interpreters (dup) are never seeked.
+
+    ``gpu_weights`` (a worker's _gpu_weights.Weights): weights that go to the GPU are the
+    copy shared by every worker on it (packaged models)."""
     if isinstance(path, int):
-        return _load_fd(path, label or f"<fd {path}>", device)
+        return _load_fd(path, label or f"<fd {path}>", device, gpu_weights)
     path = os.fspath(path)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return _load_fd(fd, path, device)
+        return _load_fd(fd, path, device, gpu_weights)
     finally:
         os.close(fd)
 
 
-def _load_fd(fd, path, device):
+def _load_fd(fd, path, device, gpu_weights=None):
     info = read_zip(fd, path)
     if info["kind"] == "torchscript":
         with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapping:
@@ -387,7 +400,9 @@ def _load_fd(fd, path, device):
                            "export the model with shoal.export (or save_pickle('model', 'model.pkl', m))")
     importer.zip_reader = _MappedReader(importer.zip_reader, mapping, path, records)
     package, resource = entry.rsplit("/", 1)
-    where = _restore(path, device)
+    if gpu_weights is not None:
+        gpu_weights.bind(mapping, records, path)
+    where = _restore(path, device, gpu_weights)
     obj = importer.load_pickle(package, resource, map_location=where)
     if isinstance(obj, torch.nn.Module):
         obj.eval()

@@ -441,6 +441,29 @@ class GpuAffine(nn.Module):
         return torch.relu(self.fc(x)), torch.tensor([1 if x.is_cuda else 0], device=x.device)
 
 
+class Wide(nn.Module):
+    """`layers` square Linear layers of `width` (4 x 4096 wide: 256 MiB of fp32 weights),
+    with a tied pair (the last layer reuses the first's weight) and a buffer; for shared
+    GPU weights. With ``bump``, an input whose first element is over 1000 makes forward
+    write into its own weights first (adds ``bump`` to a bias)."""
+
+    def __init__(self, layers=4, width=4096, bump=0.0):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(layers))
+        self.tail = nn.Linear(width, width)
+        self.tail.weight = self.layers[0].weight
+        self.register_buffer("scale", torch.full((width,), 0.5))
+        self.bump = bump
+
+    def forward(self, x):
+        if self.bump and float(x.flatten()[0]) > 1000:
+            with torch.no_grad():
+                self.layers[0].bias.add_(self.bump)
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return self.tail(x) * self.scale
+
+
 class CudaAssert(nn.Module):
     """Indexes out of bounds on the GPU when asked (x[0] > 0): a device-side assert, which
     leaves the process's CUDA context unusable (a sticky error)."""

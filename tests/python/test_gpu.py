@@ -309,3 +309,147 @@ def test_an_empty_cuda_output_comes_back_on_the_gpu(make_daemon, tmp_path):
         assert y.is_cuda and tuple(y.shape) == (0, 3)
         y_host = c.infer("lift", torch.empty(0, 3), outputs="cpu")
         assert not y_host.is_cuda and tuple(y_host.shape) == (0, 3)
+
+
+# -- shared GPU weights (issue 14; supervisor/gpu_weights.h, python/shoal/_gpu_weights.py) --
+
+def device_used_mib(ordinal=0):
+    """Memory in use on GPU `ordinal` (this process's numbering), by every process, per
+    nvidia-smi (which numbers GPUs by PCI order, like CUDA_DEVICE_ORDER=PCI_BUS_ID)."""
+    bus = _native.gpu_bus(ordinal)
+    out = subprocess.run(["nvidia-smi", "--query-gpu=pci.bus_id,memory.used", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        b, used = [f.strip() for f in line.split(",")]
+        if b.lower().endswith(bus.lower()[-12:]):
+            return int(used)
+    raise AssertionError(f"nvidia-smi does not list GPU {bus}: {out}")
+
+
+def settle_used_mib(ordinal=0, above=None, seconds=20):
+    """The GPU's used memory once it stops falling (workers that just exited give theirs back)."""
+    last, deadline = device_used_mib(ordinal), time.time() + seconds
+    while time.time() < deadline:
+        time.sleep(0.5)
+        now = device_used_mib(ordinal)
+        if now >= last - 8 and (above is None or now <= above):
+            return now
+        last = now
+    return last
+
+
+def wide_archive(tmp_path, name="wide.pt", **kw):
+    torch.manual_seed(0)
+    net = models.Wide(**kw).cuda().eval()
+    return net, shoal.export(net, tmp_path / name)
+
+
+def gpu_section(c, bus):
+    return next(g for g in c.status()["gpus"] if g["bus"] == bus)
+
+
+def test_workers_on_a_gpu_share_one_copy_of_a_models_weights(make_daemon, tmp_path):
+    """Four workers on one GPU: one upload, one copy in GPU memory (status says so), every
+    worker computes what eager computes; with sharing off each worker has its own copy, and
+    the GPU holds ~3 copies more."""
+    net, path = wide_archive(tmp_path)
+    weight_mib = sum(t.numel() * t.element_size() for t in net.state_dict().values()) >> 20
+    x = torch.randn(16, 4096, device="cuda")
+    with torch.no_grad():
+        expected = net(x)
+    bus = _native.gpu_bus(0)
+    used = {}
+    for share in ("yes", "no"):
+        base = settle_used_mib()
+        d = make_daemon(workers=4, args=("--gpus", "0", "--share-gpu-weights" if share == "yes"
+                                         else "--no-share-gpu-weights"))
+        with d.client() as c:
+            c.load("wide", path, device="cuda")
+            d.wait_ready("wide")
+            for _ in range(12):  # every worker, whichever is free
+                y = c.infer("wide", x)
+                assert torch.allclose(y, expected, rtol=1e-4, atol=1e-5)
+            g = gpu_section(c, bus)
+            assert g["workers"] == 4
+            if share == "yes":
+                assert [(w["model"], w["uploads"]) for w in g["weights"]] == [("wide", 1)]
+                assert g["weights_bytes"] >> 20 >= weight_mib
+            else:
+                assert g["weights"] == [] and g["weights_bytes"] == 0
+            used[share] = device_used_mib() - base
+        d.stop()
+    saved = used["no"] - used["yes"]
+    print(f"GPU memory of 4 workers: shared {used['yes']} MiB, per worker {used['no']} MiB "
+          f"(weights {weight_mib} MiB)")
+    assert saved >= 2.5 * weight_mib, used
+
+
+def test_a_replacement_worker_maps_the_weights_without_uploading(make_daemon, tmp_path):
+    net, path = wide_archive(tmp_path)
+    x = torch.randn(4, 4096, device="cuda")
+    with torch.no_grad():
+        expected = net(x)
+    bus = _native.gpu_bus(0)
+    d = make_daemon(workers=2, args=("--gpus", "0"))
+    with d.client() as c:
+        c.load("wide", path, device="cuda")
+        d.wait_ready("wide")
+        victim = c.status()["workers"][0]
+        t0 = time.time()
+        os.kill(victim["pid"], signal.SIGKILL)
+        while True:  # until the replacement serves the model
+            st = c.status()["workers"]
+            w = next(w for w in st if w["slot"] == victim["slot"])
+            if w["pid"] != victim["pid"] and "wide" in w["models"] and w["state"] != "restarting":
+                break
+            assert time.time() - t0 < 60
+            time.sleep(0.005)
+        print(f"a replacement worker served again {1000 * (time.time() - t0):.0f} ms after the kill")
+        assert gpu_section(c, bus)["weights"][0]["uploads"] == 1
+        for _ in range(6):
+            assert torch.allclose(c.infer("wide", x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_that_writes_into_its_shared_weights_faults_and_the_others_keep_theirs(make_daemon, tmp_path):
+    """The shared copy is mapped read-only: an in-place write into a weight is an illegal
+    address, answered with the CUDA error; that worker is replaced; the weights every other
+    worker reads are untouched."""
+    net, path = wide_archive(tmp_path, layers=1, width=256, bump=1.0)
+    x = torch.randn(2, 256, device="cuda")
+    with torch.no_grad():
+        expected = net(x)  # x[0, 0] < 1000: no write
+    poke = x.clone()
+    poke[0, 0] = 5000.0
+    d = make_daemon(workers=2, args=("--gpus", "0"))
+    with d.client() as c:
+        c.load("writer", path, device="cuda")
+        d.wait_ready("writer")
+        restarts = c.status()["worker_restarts"]
+        with pytest.raises(shoal.errors.Error, match="(?i)illegal|CUDA"):
+            c.infer("writer", poke)
+        deadline = time.time() + 60
+        while c.status()["worker_restarts"] == restarts:
+            assert time.time() < deadline, "the faulted worker was not replaced"
+            time.sleep(0.05)
+        d.wait_ready("writer", timeout=60)
+        for _ in range(6):  # both workers, the replacement and the other: the copy is intact
+            assert torch.allclose(c.infer("writer", x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_unload_gives_the_shared_weights_back_and_versions_have_their_own(make_daemon, tmp_path):
+    net, path = wide_archive(tmp_path)
+    weight_mib = sum(t.numel() * t.element_size() for t in net.state_dict().values()) >> 20
+    bus = _native.gpu_bus(0)
+    d = make_daemon(workers=2, args=("--gpus", "0"))
+    with d.client() as c:
+        c.load("wide:1", path, device="cuda")
+        c.load("wide:2", path, device="cuda")
+        d.wait_ready("wide:1")
+        d.wait_ready("wide:2")
+        assert sorted(w["model"] for w in gpu_section(c, bus)["weights"]) == ["wide:1", "wide:2"]
+        before = device_used_mib()
+        c.unload("wide:1")
+        c.unload("wide:2")
+        assert gpu_section(c, bus)["weights"] == []
+        after = settle_used_mib(above=before - weight_mib)
+        assert before - after >= 1.5 * weight_mib, (before, after)
