@@ -271,7 +271,7 @@ def test_a_job_waits_while_its_gpus_only_worker_restarts(make_daemon, tmp_path):
         with torch.no_grad():
             expected = net.to("cuda:1")(x)[0]
         os.kill(victim[0]["pid"], signal.SIGKILL)
-        y, _ = c.infer("affine", xa, timeout_ms=60_000)  # queued until the replacement serves
+        y, _ = c.infer("affine", xa, timeout=60)  # queued until the replacement serves
         assert y.device == x.device and torch.equal(y, expected)
         assert [w["pid"] for w in c.status()["workers"] if w["gpu"] == bus1] != [victim[0]["pid"]]
         with pytest.raises(shoal.errors.BadRequest, match="runs on no worker of GPU"):
@@ -361,8 +361,7 @@ def test_workers_on_a_gpu_share_one_copy_of_a_models_weights(make_daemon, tmp_pa
     used = {}
     for share in ("yes", "no"):
         base = settle_used_mib()
-        d = make_daemon(workers=4, args=("--gpus", "0", "--share-gpu-weights" if share == "yes"
-                                         else "--no-share-gpu-weights"))
+        d = make_daemon(workers=4, args=("--gpus", "0", "--share-gpu-weights", share))
         with d.client() as c:
             c.load("wide", path, device="cuda")
             d.wait_ready("wide")
