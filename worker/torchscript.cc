@@ -21,6 +21,7 @@
 #include "shm/gpu_memory.h"
 #include "tensors/ivalue_output.h"
 #include "tensors/tree.h"
+#include "worker/shared_weights.h"
 
 namespace shoal {
 
@@ -48,13 +49,16 @@ class FdReadAdapter : public caffe2::serialize::ReadAdapterInterface {
   size_t size_;
 };
 
-std::string OkReply(uint64_t id, const std::string& engine = "", const std::string& device = "") {
+// `gpu_weights`: the size of the shared copy this load uploaded (its fd goes along).
+std::string OkReply(uint64_t id, const std::string& engine = "", const std::string& device = "",
+                    uint64_t gpu_weights = 0) {
   Writer w;
-  BeginReply(&w, id, engine.empty() ? 0 : 2);
+  BeginReply(&w, id, (engine.empty() ? 0 : 2) + (gpu_weights ? 1 : 0));
   if (!engine.empty()) {
     w.Key("engine"); w.Str(engine);
     w.Key("device"); w.Str(device);
   }
+  if (gpu_weights) { w.Key("gpu_weights"); w.Val(gpu_weights); }
   return std::string(w.body());
 }
 
@@ -104,6 +108,7 @@ struct TorchScriptModels::Impl {
   std::shared_mutex mu;
   std::mutex map_mu;  // output arenas, made lazily under a shared `mu`
   std::map<std::string, torch::jit::Module> models;
+  std::map<std::string, std::unique_ptr<SharedModuleWeights>> shared;  // by model: its GPU copy's fd
   // Client arenas, mapped here only when a TorchScript job first needs them (the Python
   // runner maps them too; mapping every arena twice would double the address space);
   // idle ones are unmapped when a mapping fails, as in the Python runner.
@@ -155,14 +160,17 @@ bool TorchScriptModels::Handle(const MapView& msg, std::vector<int>* fds, Encode
     if (!info.ok() || info->kind != ArchiveKind::kTorchScript) return false;  // the Python runner's
     int fd = fds->front();
     fds->erase(fds->begin());
-    // Shared GPU weights are the Python runner's (packaged models): a TorchScript module
-    // keeps its own copy, and answers without an upload, so shoald loads it plainly
-    // everywhere; the copy's fd of a "map" load is not needed.
-    if (msg.OptUint("gpu_weights").value_or(std::nullopt).has_value() && !fds->empty()) {
-      close(fds->front());
+    // Shared GPU weights (worker/shared_weights.h): "upload", or the copy's size with its fd.
+    Share share;
+    if (auto bytes = msg.OptUint("gpu_weights").value_or(std::nullopt); bytes.has_value() && !fds->empty()) {
+      share.map_fd = fds->front();
+      share.size = *bytes;
       fds->erase(fds->begin());
+    } else {
+      share.upload = msg.OptStr("gpu_weights").value_or(std::nullopt).value_or("") == "upload";
     }
-    reply->body = Load(*id, *name, fd, label, msg.OptStr("device").value_or(std::nullopt).value_or("auto"));
+    *reply = Load(*id, *name, fd, label, msg.OptStr("device").value_or(std::nullopt).value_or("auto"), share);
+    if (share.map_fd >= 0) close(share.map_fd);  // still ours unless the load mapped it
     close(fd);
     return true;
   }
@@ -170,6 +178,7 @@ bool TorchScriptModels::Handle(const MapView& msg, std::vector<int>* fds, Encode
   if (!model.ok() || impl_->models.count(*model) == 0) return false;
   if (*op == "unload") {
     impl_->models.erase(*model);
+    impl_->shared.erase(*model);  // the mapping goes with the module's last tensor
     reply->body = OkReply(*id);
     return true;
   }
@@ -212,35 +221,56 @@ std::vector<std::string> TorchScriptModels::DropClient(uint64_t client) {
   return notices;
 }
 
-std::string TorchScriptModels::Load(uint64_t id, const std::string& name, int fd, const std::string& path,
-                                    const std::string& device) {
+EncodedReply TorchScriptModels::Load(uint64_t id, const std::string& name, int fd, const std::string& path,
+                                     const std::string& device, Share& share) {
   struct stat st;
   if (fstat(fd, &st) != 0) {
-    return ErrorReply(id, Status::FromErrno("model '" + name + "': TorchScript archive " + path, errno));
+    return {ErrorReply(id, Status::FromErrno("model '" + name + "': TorchScript archive " + path, errno)), {}};
   }
   auto file = std::make_shared<FdReadAdapter>(fd, static_cast<size_t>(st.st_size));
   std::string where;
   try {
     auto target = TargetDevice(file, path, device);
-    if (!target.ok()) return ErrorReply(id, Status(target.status().code(), "model '" + name + "': " +
-                                                                          target.status().message()));
-    torch::jit::Module m = torch::jit::load(file, *target);
+    if (!target.ok()) {
+      return {ErrorReply(id, Status(target.status().code(), "model '" + name + "': " + target.status().message())), {}};
+    }
+    // Shared weights: loaded on the CPU, then every tensor goes onto the GPU's one copy.
+    const bool sharing = target->is_cuda() && (share.upload || share.map_fd >= 0);
+    torch::jit::Module m = torch::jit::load(file, sharing ? torch::Device(torch::kCPU) : *target);
+    std::unique_ptr<SharedModuleWeights> shared;
+    if (sharing) {
+      int map_fd = share.map_fd;
+      share.map_fd = -1;  // Share takes it
+      auto s = SharedModuleWeights::Share(&m, share.upload, map_fd, share.size);
+      if (!s.ok()) {
+        return {ErrorReply(id, Status(s.status().code(), "model '" + name + "': sharing its GPU weights: " +
+                                                             s.status().message())), {}};
+      }
+      shared = std::move(*s);
+    }
     m.eval();
     if (target->is_cuda()) torch::cuda::synchronize();
     where = target->is_cuda() ? "cuda" : "cpu";
     impl_->models[name] = std::move(m);
+    impl_->shared.erase(name);
+    if (shared) {
+      EncodedReply out{OkReply(id, "libtorch", where, share.upload ? shared->size() : 0), {}};
+      if (share.upload) out.fds.push_back(shared->export_fd());  // shoald holds it from now on
+      impl_->shared[name] = std::move(shared);
+      return out;
+    }
   } catch (const std::exception& e) {
     Status st(Code::kModelError, "model '" + name + "': TorchScript archive " + path + " does not load: " + e.what());
     if (CudaInUse()) {
       try {
         torch::cuda::synchronize();
       } catch (const std::exception&) {
-        return PoisonedReply(id, st);
+        return {PoisonedReply(id, st), {}};
       }
     }
-    return ErrorReply(id, st);
+    return {ErrorReply(id, st), {}};
   }
-  return OkReply(id, "libtorch", where);
+  return {OkReply(id, "libtorch", where), {}};
 }
 
 EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {

@@ -44,8 +44,17 @@ class TorchScriptModels {
   std::vector<std::string> DropClient(uint64_t client);
 
  private:
-  // Loads from the open archive `fd` (not taken); `path` names it in errors.
-  std::string Load(uint64_t id, const std::string& name, int fd, const std::string& path, const std::string& device);
+  // How a load shares GPU weights (worker/shared_weights.h): upload the copy, or map the
+  // one behind `map_fd` (`size` bytes; taken by Load when it maps it, else left at >= 0).
+  struct Share {
+    bool upload = false;
+    int map_fd = -1;
+    uint64_t size = 0;
+  };
+  // Loads from the open archive `fd` (not taken); `path` names it in errors. An upload's
+  // reply carries the copy's fd (it stays this runner's until the model is unloaded).
+  EncodedReply Load(uint64_t id, const std::string& name, int fd, const std::string& path, const std::string& device,
+                    Share& share);
   EncodedReply Infer(uint64_t id, const MapView& msg);
 
   struct Impl;

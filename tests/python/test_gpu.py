@@ -271,6 +271,11 @@ def test_a_job_waits_while_its_gpus_only_worker_restarts(make_daemon, tmp_path):
         with torch.no_grad():
             expected = net.to("cuda:1")(x)[0]
         os.kill(victim[0]["pid"], signal.SIGKILL)
+        deadline = time.time() + 30
+        while not any(w["gpu"] == bus1 and (w["pid"] != victim[0]["pid"] or w["state"] == "restarting")
+                      for w in c.status()["workers"]):  # until shoald saw it go
+            assert time.time() < deadline
+            time.sleep(0.002)
         y, _ = c.infer("affine", xa, timeout=60)  # queued until the replacement serves
         assert y.device == x.device and torch.equal(y, expected)
         assert [w["pid"] for w in c.status()["workers"] if w["gpu"] == bus1] != [victim[0]["pid"]]
@@ -338,6 +343,12 @@ def settle_used_mib(ordinal=0, above=None, seconds=20):
     return last
 
 
+def weight_mib(net):
+    """MiB of a module's weights, each storage once (tied weights share one)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in net.state_dict().values()}
+    return sum(storages.values()) >> 20
+
+
 def wide_archive(tmp_path, name="wide.pt", **kw):
     torch.manual_seed(0)
     net = models.Wide(**kw).cuda().eval()
@@ -353,7 +364,7 @@ def test_workers_on_a_gpu_share_one_copy_of_a_models_weights(make_daemon, tmp_pa
     worker computes what eager computes; with sharing off each worker has its own copy, and
     the GPU holds ~3 copies more."""
     net, path = wide_archive(tmp_path)
-    weight_mib = sum(t.numel() * t.element_size() for t in net.state_dict().values()) >> 20
+    weights = weight_mib(net)
     x = torch.randn(16, 4096, device="cuda")
     with torch.no_grad():
         expected = net(x)
@@ -372,15 +383,15 @@ def test_workers_on_a_gpu_share_one_copy_of_a_models_weights(make_daemon, tmp_pa
             assert g["workers"] == 4
             if share == "yes":
                 assert [(w["model"], w["uploads"]) for w in g["weights"]] == [("wide", 1)]
-                assert g["weights_bytes"] >> 20 >= weight_mib
+                assert g["weights_bytes"] >> 20 >= weights
             else:
                 assert g["weights"] == [] and g["weights_bytes"] == 0
             used[share] = device_used_mib() - base
         d.stop()
     saved = used["no"] - used["yes"]
     print(f"GPU memory of 4 workers: shared {used['yes']} MiB, per worker {used['no']} MiB "
-          f"(weights {weight_mib} MiB)")
-    assert saved >= 2.5 * weight_mib, used
+          f"(weights {weights} MiB)")
+    assert saved >= 2.5 * weights, used
 
 
 def test_a_replacement_worker_maps_the_weights_without_uploading(make_daemon, tmp_path):
@@ -437,7 +448,7 @@ def test_a_model_that_writes_into_its_shared_weights_faults_and_the_others_keep_
 
 def test_unload_gives_the_shared_weights_back_and_versions_have_their_own(make_daemon, tmp_path):
     net, path = wide_archive(tmp_path)
-    weight_mib = sum(t.numel() * t.element_size() for t in net.state_dict().values()) >> 20
+    weights = weight_mib(net)
     bus = _native.gpu_bus(0)
     d = make_daemon(workers=2, args=("--gpus", "0"))
     with d.client() as c:
@@ -450,5 +461,38 @@ def test_unload_gives_the_shared_weights_back_and_versions_have_their_own(make_d
         c.unload("wide:1")
         c.unload("wide:2")
         assert gpu_section(c, bus)["weights"] == []
-        after = settle_used_mib(above=before - weight_mib)
-        assert before - after >= 1.5 * weight_mib, (before, after)
+        after = settle_used_mib(above=before - weights)
+        assert before - after >= 1.5 * weights, (before, after)
+
+
+def test_torchscript_workers_share_one_copy_and_keep_their_constants_on_the_gpu(make_daemon, tmp_path):
+    """A TorchScript archive saved from CUDA: its tensors (tied weights and a buffer
+    included) live in the GPU's one copy; a traced module's tensor constants still come out
+    on the GPU (they are moved there, privately)."""
+    torch.manual_seed(0)
+    wide = models.Wide(layers=2, width=1024).cuda().eval()
+    scripted = tmp_path / "wide_ts.pt"
+    torch.jit.save(torch.jit.script(wide), str(scripted))
+    affine = models.GpuAffine().cuda().eval()
+    x64 = torch.randn(8, 64, device="cuda")
+    traced = tmp_path / "affine_traced.pt"
+    with torch.no_grad():
+        torch.jit.save(torch.jit.trace(affine, x64), str(traced))
+    x = torch.randn(4, 1024, device="cuda")
+    with torch.no_grad():
+        expected, affine_expected = wide(x), affine(x64)
+    bus = _native.gpu_bus(0)
+    d = make_daemon(workers=2, args=("--gpus", "0"))
+    with d.client() as c:
+        c.load("wide_ts", scripted)
+        c.load("affine_ts", traced)
+        d.wait_ready("wide_ts")
+        d.wait_ready("affine_ts")
+        assert {m["name"]: m["engine"] for m in c.models()}["wide_ts"] == "libtorch"
+        held = {w["model"]: w for w in gpu_section(c, bus)["weights"]}
+        assert held["wide_ts"]["uploads"] == 1 and held["wide_ts"]["bytes"] >> 20 >= weight_mib(wide)
+        for _ in range(6):
+            assert torch.allclose(c.infer("wide_ts", x), expected, rtol=1e-4, atol=1e-5)
+            y, flag = c.infer("affine_ts", x64)
+            assert y.is_cuda and flag.is_cuda and torch.equal(flag, affine_expected[1])
+            assert torch.allclose(y, affine_expected[0], rtol=1e-4, atol=1e-5)
