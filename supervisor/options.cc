@@ -100,8 +100,11 @@ std::vector<Option> MakeTable() {
                        "load this archive at start-up (repeatable); NAME@DEVICE=ARCHIVE runs it on DEVICE (cpu, "
                        "cuda, cuda:N; default: where it was exported); a relative path is under "
                        "model_repository in the file, under the current folder on the command line"),
-      Make<&C::model_repository>("model_repository", K::kText, "DIR", kRestart,
-                                 "where relative archive paths of the file's model lines are"),
+      Make<&C::model_repository>("model_repository", K::kText, "DIR", kReload,
+                                 "serve the archives in DIR: NAME.pt as model NAME, NAME/VERSION.pt as "
+                                 "NAME:VERSION; loaded at start, and on SIGHUP new ones are loaded, removed ones "
+                                 "unloaded, changed ones loaded again; relative paths of the file's model lines are "
+                                 "under DIR too"),
       Make<&C::default_timeout_ms>("timeout_ms", K::kNumber, "MS", kReload,
                                    "deadline of jobs that give none (0 = none)", 0, kMaxMs),
       Make<&C::kill_grace_ms>("kill_grace_ms", K::kNumber, "MS", kReload,
