@@ -176,8 +176,13 @@ def test_bad_archives_are_reported_per_file_and_the_others_serve(make_daemon, ar
         until("noisy is gone", lambda: names(c) == ["add"])
         assert add(c, "add") == 3.0
         assert c.health()["ready"]  # a bad file does not hold readiness
-        # the `models` reply carries the same list (`shoal models` prints it)
-        assert c._call({"op": "models"})["repository"] == c.status()["repository"]
+        # the `models` reply carries the same list, and `shoal models` prints it
+        assert c.repository() == c.status()["repository"]
+        cli = subprocess.run([os.path.join(BUILD, "bin", "shoal"), "--socket", d.socket, "models"],
+                             capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0, cli.stderr
+        assert f"add\tready\t{repo / 'add.pt'}" in cli.stdout
+        assert f"junk\tNOT SERVED\t{repo / 'junk.pt'}: archive {repo / 'junk.pt'}: not a zip file" in cli.stdout
 
         # fixed files serve after the next SIGHUP; a name another model has is that file's problem
         shutil.copy(archives["identity"], tmp_path / "junk.tmp")
