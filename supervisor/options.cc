@@ -243,7 +243,7 @@ Result<OptionValue> Check(const Option& o, const std::string& value, const std::
 po::options_description Describe() {
   po::options_description d("Options", 100, 48);
   d.add_options()("config", po::value<std::string>()->value_name("FILE"),
-                  "read this configuration file (/etc/shoal/shoald.conf documents it); the options after "
+                  "read this configuration file (shoald.conf(5) describes it); the options after "
                   "--config override it, at start and on every SIGHUP")("help,h", "print this help and exit");
   for (const Option& o : Options()) {
     std::string help = o.help;
@@ -284,7 +284,7 @@ Status ApplySetting(const Setting& s, SupervisorConfig* cfg) {
   const Option* o = FindOption(s.key);
   if (o == nullptr) {
     return Status::BadRequest(where + "unknown key '" + s.key +
-                              "' (shoald --help lists the options; /etc/shoal/shoald.conf documents them)");
+                              "' (shoald --help lists the options; man shoald.conf describes them)");
   }
   auto v = Check(*o, s.value, s.file.empty() ? o->Flag() : where + s.key);
   if (!v.ok()) return v.status();
@@ -361,7 +361,10 @@ std::string HelpText() {
       << Describe()
       << "\n"
          "SIGTERM drains and exits. SIGHUP re-reads --config, puts the command line's options\n"
-         "back on top and applies every setting but those that need a restart.\n"
+         "back on top and applies every setting but those that need a restart; then it reads\n"
+         "model_repository again (new archives load, removed ones unload, changed ones reload).\n"
+         "\n"
+         "man shoald and man shoald.conf describe every option.\n"
          "\n"
          "Under systemd, shoald takes its listening socket from socket activation (LISTEN_FDS) and\n"
          "reports READY=1 once the configured models serve (NOTIFY_SOCKET, WATCHDOG_USEC).\n";
