@@ -336,7 +336,7 @@ std::vector<ModelRegistry::Info> ModelRegistry::List() const {
 
 bool ModelRegistry::Holds(const std::string& key, const ArchiveRef& archive) const {
   auto it = models_.find(key);
-  return it != models_.end() && it->second.archive == archive && !it->second.failed && !it->second.draining;
+  return it != models_.end() && it->second.archive == archive && !it->second.draining;
 }
 
 std::vector<std::string> ModelRegistry::Names() const {

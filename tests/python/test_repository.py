@@ -277,3 +277,31 @@ print("infer", float(c.infer("add", torch.ones(1))[0]))
 """)
     assert r.returncode == 0, r.stderr
     assert "status False ['']" in r.stdout and "infer 3.0" in r.stdout
+
+
+def test_a_crash_loop_makes_a_repository_model_a_problem_until_the_next_sighup(public_daemon, archives, tmp_path):
+    repo = tmp_path / "models"
+    repo.mkdir()
+    shutil.copy(archives["crashy"], repo / "crashy.pt")
+    shutil.copy(archives["add"], repo / "add.pt")
+    d = public_daemon(workers=2, args=["--model-repository", str(repo), "--crash-loop-limit", "2"])
+    d.wait_ready("crashy")
+    with d.client() as c:
+        with pytest.raises(shoal.WorkerCrashed):
+            c.infer("crashy", -torch.ones(1))
+        other = run_as(NOBODY, d.socket, """
+try:
+    c.infer("crashy", -torch.ones(1))
+except shoal.WorkerCrashed:
+    print("crashed")
+""")
+        assert other.stdout.strip() == "crashed", other.stderr
+        # two clients' jobs crashed it: marked failed, then unloaded and reported as its file's problem
+        found = until("crashy reported", lambda: "crashy.pt" in problems(c) and problems(c))
+        assert "marked failed: it crashed 2 workers for 2 different clients" in found["crashy.pt"]["error"]
+        assert "loaded again at the next SIGHUP" in found["crashy.pt"]["error"]
+        until("crashy unloaded", lambda: names(c) == ["add"])
+        assert c.health()["ready"] and add(c, "add") == 3.0
+        hup(d)
+        assert until("crashy serves again", lambda: float(c.infer("crashy", torch.ones(1))[0]) == 2.0)
+        assert problems(c) == {}
