@@ -151,10 +151,10 @@ void Supervisor::OnWorkerSpawned(ModelHosts::Worker worker) {
         if (!st.ok()) {
           spdlog::error("worker {} could not load model '{}': {}{}", worker.slot, model, st.ToString(),
                         tb.empty() ? "" : "\n" + tb);
-          // An archive of the model repository that fails is that file's problem alone.
-          bool repository = !ready_sent_ && st.code() != Code::kWorkerCrashed && repository_.LoadFailed(model, st);
-          if (!ready_sent_ && st.code() != Code::kWorkerCrashed && !stopping_ && !repository) {
-            // A configured model that cannot load is a start-up failure, not something to retry.
+          bool starting = !ready_sent_ && st.code() != Code::kWorkerCrashed && !stopping_;
+          // An archive of the model repository that fails is that file's problem alone (reported,
+          // and unloaded); a model line's is a start-up failure, not something to retry.
+          if (starting && !repository_.LoadFailed(model, st)) {
             notifier_.Notify("STATUS=model '" + model + "' failed to load: " + st.message());
             spdlog::critical("configured model '{}' cannot be loaded; stopping", model);
             exit_code_ = 1;
