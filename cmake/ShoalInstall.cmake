@@ -1,6 +1,6 @@
 # `cmake --install` and the .deb (CPack): daemons, CLI, C++ client library + headers +
 # CMake package config, Python package, systemd units, sysusers entry, configuration,
-# model repository.
+# model repository, manual pages.
 # A system service: install under /usr (so /etc and /var for configuration and state)
 # unless the user chose a prefix.
 if(CMAKE_INSTALL_PREFIX_INITIALIZED_TO_DEFAULT)
@@ -56,6 +56,12 @@ install(FILES systemd/shoal.sysusers DESTINATION ${CMAKE_INSTALL_PREFIX}/lib/sys
 install(FILES systemd/shoald.conf DESTINATION ${SHOAL_CONF_DIR})
 install(DIRECTORY DESTINATION ${CMAKE_INSTALL_FULL_LOCALSTATEDIR}/lib/shoal/models)
 install(FILES README.md docs/architecture.md docs/protocol.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
+
+# manual pages (ShoalManPages.cmake), where pandoc built them
+while(SHOAL_MAN_PAGES)
+  list(POP_FRONT SHOAL_MAN_PAGES _page _section)
+  install(FILES ${_page} DESTINATION ${CMAKE_INSTALL_MANDIR}/man${_section})
+endwhile()
 
 # .deb
 set(CPACK_GENERATOR DEB)

@@ -4,7 +4,8 @@
 set -euo pipefail
 PACKAGES=(build-essential cmake pkg-config libboost-dev libboost-program-options-dev libmsgpack-cxx-dev python3-msgpack
           libtorch-dev python3-torch python3-torchvision python3.11-dev python3-numpy
-          python3-pytest catch2 libspdlog-dev patchelf systemd dpkg-dev libseccomp-dev)
+          python3-pytest catch2 libspdlog-dev patchelf systemd dpkg-dev libseccomp-dev
+          pandoc man-db)  # pandoc renders the manual pages (docs/man); man-db reads them
 [ "${SHOAL_NO_INSTALL:-0}" = "1" ] && exit 0
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -39,6 +39,9 @@ class ArchiveFile {
   // Shared with the messages that carry it to workers (AsyncChannel::Send).
   const std::shared_ptr<OwnedFd>& fd() const { return fd_; }
   const std::string& label() const { return label_; }
+  // The file as it was validated (fstat): who owns it, its mode, its identity (st_dev,
+  // st_ino) and the size and modification time Unchanged() compares with.
+  const struct stat& checked() const { return checked_; }
   // What its manifest says shoald must allow (package_format/manifest.h), read when it was
   // adopted; the defaults for a file made directly (tests).
   const ManifestPolicy& policy() const { return policy_; }

@@ -12,6 +12,7 @@
 
 #include "protocol/channel.h"
 #include "protocol/frame.h"
+#include "protocol/model_name.h"
 #include "protocol/paths.h"
 #include "supervisor/archive_file.h"
 #include "supervisor/status_report.h"
@@ -22,8 +23,15 @@ namespace asio = boost::asio;
 using local = asio::local::stream_protocol;
 
 ClientFront::ClientFront(asio::io_context& io, const SupervisorConfig& config, ModelRegistry* registry,
-                         Scheduler* scheduler, ArenaTable* arenas, WorkerPool* pool)
-    : io_(io), config_(config), registry_(registry), scheduler_(scheduler), arenas_(arenas), pool_(pool),
+                         const ModelRepository* repository, Scheduler* scheduler, ArenaTable* arenas,
+                         WorkerPool* pool)
+    : io_(io),
+      config_(config),
+      registry_(registry),
+      repository_(repository),
+      scheduler_(scheduler),
+      arenas_(arenas),
+      pool_(pool),
       started_(std::chrono::steady_clock::now()) {}
 
 Result<std::string> ClientFront::Listen() {
@@ -216,15 +224,18 @@ void ClientFront::OnFrame(const std::shared_ptr<ClientSession>& s, std::string b
     }
     Writer w;
     if (*op == "models") {
-      BeginReply(&w, id, 1);
-      PackModels(&w, *registry_, IsAdmin(*s));
+      bool admin = IsAdmin(*s);
+      bool repo = ShowsRepository(*repository_, admin);
+      BeginReply(&w, id, repo ? 2 : 1);
+      PackModels(&w, *registry_, admin);
+      if (repo) PackRepository(&w, *repository_);
     } else if (*op == "status") {
       ServiceFigures f;
       f.clients = sessions_.size();
       f.arenas = arenas_->size();
       f.uptime_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
       f.admin = IsAdmin(*s);
-      PackStatus(&w, id, f, *registry_, *scheduler_, *pool_);
+      PackStatus(&w, id, f, *registry_, *repository_, *scheduler_, *pool_);
     } else if (*op == "health") {
       PackHealth(&w, id, scheduler_->stopped(), *registry_);
     } else {
@@ -327,13 +338,7 @@ Status ClientFront::Load(const std::shared_ptr<ClientSession>& s, uint64_t id, c
   if (!name.ok()) return name.status();
   auto label = m.OptStr("path");
   if (!label.ok()) return label.status();
-  auto colon = name->find(':');
-  if (name->empty() || name->size() > 128 || name->find_first_of(" /\n\t") != std::string::npos ||
-      (colon != std::string::npos &&
-       (colon == 0 || colon + 1 == name->size() || name->find(':', colon + 1) != std::string::npos))) {
-    return Status::BadRequest("model name '" + *name +
-                              "' is invalid: use NAME or NAME:VERSION, 1-128 characters, no spaces or '/'");
-  }
+  if (auto st = CheckModelName(*name); !st.ok()) return st;
   auto asked = m.OptStr("device");
   if (!asked.ok()) return asked.status();
   auto device = pool_->CheckDevice(*name, asked->value_or("auto"));

@@ -22,6 +22,7 @@
 #include "supervisor/client_session.h"
 #include "supervisor/config.h"
 #include "supervisor/model_registry.h"
+#include "supervisor/model_repository.h"
 #include "supervisor/scheduler.h"
 #include "supervisor/worker_pool.h"
 
@@ -31,7 +32,7 @@ class ClientFront {
  public:
   // Everything passed must outlive the front.
   ClientFront(boost::asio::io_context& io, const SupervisorConfig& config, ModelRegistry* registry,
-              Scheduler* scheduler, ArenaTable* arenas, WorkerPool* pool);
+              const ModelRepository* repository, Scheduler* scheduler, ArenaTable* arenas, WorkerPool* pool);
   ClientFront(const ClientFront&) = delete;
   ClientFront& operator=(const ClientFront&) = delete;
 
@@ -78,6 +79,7 @@ class ClientFront {
   boost::asio::io_context& io_;
   const SupervisorConfig& config_;
   ModelRegistry* registry_;
+  const ModelRepository* repository_;  // read for `models` and `status`
   Scheduler* scheduler_;
   ArenaTable* arenas_;
   WorkerPool* pool_;

@@ -64,7 +64,7 @@ struct SupervisorConfig {
   uint64_t drain_grace_ms = 10000;  // SIGTERM: running jobs get this long to finish
   std::string admin_group;          // members may load/unload (besides root and shoald's user)
   std::string worker_user = "auto";  // who workers run as when shoald is root (supervisor/worker_user.h)
-  std::string model_repository;     // relative archive paths resolve against it
+  std::string model_repository;     // served (supervisor/model_repository.h); relative model lines are under it
   std::string log_level = "info";
   bool zygote = true;               // fork workers from a zygote (else exec each one)
   std::string gpus = "all";         // GPUs workers are placed on: all, none, or indices "0,1"
@@ -97,8 +97,8 @@ SandboxConfig WorkerSandbox(const SupervisorConfig& config, const std::string& t
 // SIGHUP. Reads running.command_line's file again with the same command-line layers on
 // top, and returns the configuration to run with from now on: every reloadable setting
 // (workers, timeouts and grace periods, max_queue, crash limits, admin_group, sandbox,
-// log_level) as the layers say; every setting that needs a restart (socket, interpreters,
-// interpreter_cache, zygote, worker_binary, model_repository, model) kept as it runs,
+// log_level, model_repository) as the layers say; every setting that needs a restart
+// (socket, interpreters, interpreter_cache, zygote, worker_binary, model) kept as it runs,
 // a different new value named in needs_restart. listen_fd is kept too.
 // An error (unreadable file, bad value) means: keep running as before.
 struct Reloaded {

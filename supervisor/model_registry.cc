@@ -339,6 +339,11 @@ std::vector<ModelRegistry::Info> ModelRegistry::List() const {
   return out;
 }
 
+bool ModelRegistry::Holds(const std::string& key, const ArchiveRef& archive) const {
+  auto it = models_.find(key);
+  return it != models_.end() && it->second.archive == archive && !it->second.draining;
+}
+
 std::vector<std::string> ModelRegistry::Names() const {
   std::vector<std::string> out;
   for (const auto& [name, m] : models_) out.push_back(name);

@@ -119,6 +119,11 @@ class ModelRegistry {
   };
   std::vector<Info> List() const;
   std::vector<std::string> Names() const;
+  // Whether `key` is in the table at all (loading, serving, failed or being unloaded).
+  bool Has(const std::string& key) const { return models_.count(key) != 0; }
+  // Whether `key` is loaded, loading or marked failed from this very file, and not being
+  // unloaded: the model repository unloads only what it loaded itself.
+  bool Holds(const std::string& key, const ArchiveRef& archive) const;
   size_t size() const { return models_.size(); }
 
  private:

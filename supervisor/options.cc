@@ -103,8 +103,11 @@ std::vector<Option> MakeTable() {
                        "load this archive at start-up (repeatable); NAME@DEVICE=ARCHIVE runs it on DEVICE (cpu, "
                        "cuda, cuda:N; default: where it was exported); a relative path is under "
                        "model_repository in the file, under the current folder on the command line"),
-      Make<&C::model_repository>("model_repository", K::kText, "DIR", kRestart,
-                                 "where relative archive paths of the file's model lines are"),
+      Make<&C::model_repository>("model_repository", K::kText, "DIR", kReload,
+                                 "serve the archives in DIR: NAME.pt as model NAME, NAME/VERSION.pt as "
+                                 "NAME:VERSION; loaded at start, and on SIGHUP new ones are loaded, removed ones "
+                                 "unloaded, changed ones loaded again; relative paths of the file's model lines are "
+                                 "under DIR too"),
       Make<&C::default_timeout_ms>("timeout_ms", K::kNumber, "MS", kReload,
                                    "deadline of jobs that give none (0 = none)", 0, kMaxMs),
       Make<&C::kill_grace_ms>("kill_grace_ms", K::kNumber, "MS", kReload,
@@ -243,7 +246,7 @@ Result<OptionValue> Check(const Option& o, const std::string& value, const std::
 po::options_description Describe() {
   po::options_description d("Options", 100, 48);
   d.add_options()("config", po::value<std::string>()->value_name("FILE"),
-                  "read this configuration file (/etc/shoal/shoald.conf documents it); the options after "
+                  "read this configuration file (shoald.conf(5) describes it); the options after "
                   "--config override it, at start and on every SIGHUP")("help,h", "print this help and exit");
   for (const Option& o : Options()) {
     std::string help = o.help;
@@ -284,7 +287,7 @@ Status ApplySetting(const Setting& s, SupervisorConfig* cfg) {
   const Option* o = FindOption(s.key);
   if (o == nullptr) {
     return Status::BadRequest(where + "unknown key '" + s.key +
-                              "' (shoald --help lists the options; /etc/shoal/shoald.conf documents them)");
+                              "' (shoald --help lists the options; man shoald.conf describes them)");
   }
   auto v = Check(*o, s.value, s.file.empty() ? o->Flag() : where + s.key);
   if (!v.ok()) return v.status();
@@ -361,7 +364,10 @@ std::string HelpText() {
       << Describe()
       << "\n"
          "SIGTERM drains and exits. SIGHUP re-reads --config, puts the command line's options\n"
-         "back on top and applies every setting but those that need a restart.\n"
+         "back on top and applies every setting but those that need a restart; then it reads\n"
+         "model_repository again (new archives load, removed ones unload, changed ones reload).\n"
+         "\n"
+         "man shoald and man shoald.conf describe every option.\n"
          "\n"
          "Under systemd, shoald takes its listening socket from socket activation (LISTEN_FDS) and\n"
          "reports READY=1 once the configured models serve (NOTIFY_SOCKET, WATCHDOG_USEC).\n";

@@ -33,9 +33,28 @@ void PackModels(Writer* w, const ModelRegistry& registry, bool show_paths) {
   }
 }
 
+bool ShowsRepository(const ModelRepository& repository, bool admin) { return admin && !repository.folder().empty(); }
+
+void PackRepository(Writer* w, const ModelRepository& repository) {
+  auto problems = repository.Problems();
+  w->Key("repository");
+  w->Map(2);
+  w->Key("folder"); w->Str(repository.folder());
+  w->Key("problems");
+  w->pk().pack_array(static_cast<uint32_t>(problems.size()));
+  for (const auto& p : problems) {
+    w->Map(3);
+    w->Key("file"); w->Str(p.file);
+    w->Key("model"); w->Str(p.model);
+    w->Key("error"); w->Str(p.error);
+  }
+}
+
 void PackStatus(Writer* w, uint64_t id, const ServiceFigures& service, const ModelRegistry& registry,
-                const Scheduler& scheduler, const WorkerPool& pool) {
-  BeginReply(w, id, 12);
+                const ModelRepository& repository, const Scheduler& scheduler, const WorkerPool& pool) {
+  bool repo = ShowsRepository(repository, service.admin);
+  BeginReply(w, id, 12 + (repo ? 1 : 0));
+  if (repo) PackRepository(w, repository);
   w->Key("pid"); w->Val(static_cast<int64_t>(getpid()));
   w->Key("clients"); w->Val(service.clients);
   w->Key("arenas"); w->Val(service.arenas);

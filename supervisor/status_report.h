@@ -9,6 +9,7 @@
 
 #include "protocol/messages.h"
 #include "supervisor/model_registry.h"
+#include "supervisor/model_repository.h"
 #include "supervisor/scheduler.h"
 #include "supervisor/worker_pool.h"
 
@@ -17,6 +18,12 @@ namespace shoal {
 // "models": [{name, engine, path, ready, queued, failed, last_error?, refused_clients?}];
 // `path` is empty unless `show_paths` (for admins only: paths say what exists where).
 void PackModels(Writer* w, const ModelRegistry& registry, bool show_paths);
+
+// "repository": {folder, problems: [{file, model, error}]}: the model repository and the
+// files of it that do not serve, and why. For admins only (it names files), and only
+// where model_repository is set (ShowsRepository).
+void PackRepository(Writer* w, const ModelRepository& repository);
+bool ShowsRepository(const ModelRepository& repository, bool admin);
 
 struct ServiceFigures {
   uint64_t clients = 0;
@@ -27,7 +34,7 @@ struct ServiceFigures {
 };
 // The body of a `status` reply to request `id`.
 void PackStatus(Writer* w, uint64_t id, const ServiceFigures& service, const ModelRegistry& registry,
-                const Scheduler& scheduler, const WorkerPool& pool);
+                const ModelRepository& repository, const Scheduler& scheduler, const WorkerPool& pool);
 // "gpus": [{bus, workers, weights_bytes, weights: [{model, bytes, uploads}],
 // memory_used_bytes, memory_total_bytes}]: each GPU workers are placed on, the shared
 // weight copies shoald holds there, and its memory in use (NVML; 0 when unknown).

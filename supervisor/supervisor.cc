@@ -21,11 +21,17 @@ Supervisor::Supervisor(asio::io_context& io, SupervisorConfig config)
       pool_(io, config_, &arenas_, this),
       scheduler_(io, config_, &pool_, &arenas_),
       registry_(io, config_, &pool_, &scheduler_),
-      front_(io, config_, &registry_, &scheduler_, &arenas_, &pool_),
+      repository_(io, config_, &registry_),
+      front_(io, config_, &registry_, &repository_, &scheduler_, &arenas_, &pool_),
       signals_(io) {
   scheduler_.set_before_dispatch([this] { BeforeDispatch(); });
   registry_.set_on_failed([this](const std::string& model, const std::string& why) {
     notifier_.Notify("STATUS=model '" + model + "' failed: " + why);
+    repository_.Failed(model, why);
+  });
+  repository_.set_on_changed([this] {
+    CheckReady();
+    scheduler_.Dispatch();
   });
 }
 
@@ -88,13 +94,16 @@ Status Supervisor::Start(std::vector<std::pair<std::string, ArchiveRef>> models)
   // A configured model may name its device: "NAME@cuda:1=ARCHIVE" (checked once the pool
   // knows its GPUs, below).
   std::vector<std::pair<std::string, std::string>> devices;
+  std::vector<ArchiveRef> configured;
   for (auto& [spec, archive] : models) {
     auto at = spec.find('@');
     std::string name = spec.substr(0, at);
     std::string device = at == std::string::npos ? "auto" : spec.substr(at + 1);
     devices.emplace_back(name, device);
+    configured.push_back(archive);
     registry_.AddConfigured(name, std::move(archive), device);
   }
+  if (auto st = repository_.Start(configured); !st.ok()) return st;
   notifier_.Notify("STATUS=starting " + std::to_string(config_.workers) + " workers, loading " +
                    std::to_string(registry_.size()) + " models");
   // Workers forked by the zygote are reparented to us when their middle process exits:
@@ -142,8 +151,10 @@ void Supervisor::OnWorkerSpawned(ModelHosts::Worker worker) {
         if (!st.ok()) {
           spdlog::error("worker {} could not load model '{}': {}{}", worker.slot, model, st.ToString(),
                         tb.empty() ? "" : "\n" + tb);
-          if (!ready_sent_ && st.code() != Code::kWorkerCrashed && !stopping_) {
-            // A configured model that cannot load is a start-up failure, not something to retry.
+          bool starting = !ready_sent_ && st.code() != Code::kWorkerCrashed && !stopping_;
+          // An archive of the model repository that fails is that file's problem alone (reported,
+          // and unloaded); a model line's is a start-up failure, not something to retry.
+          if (starting && !repository_.LoadFailed(model, st)) {
             notifier_.Notify("STATUS=model '" + model + "' failed to load: " + st.message());
             spdlog::critical("configured model '{}' cannot be loaded; stopping", model);
             exit_code_ = 1;
@@ -246,10 +257,17 @@ void Supervisor::FinishShutdown() {
 }
 
 void Supervisor::Reload() {
-  if (config_.config_path.empty()) {
-    spdlog::warn("SIGHUP: shoald was started without --config; nothing to reload");
-    return;
+  if (stopping_) return;
+  if (!config_.config_path.empty()) {
+    ReloadFile();
+  } else if (repository_.folder().empty()) {
+    spdlog::warn("SIGHUP: shoald was started without --config or model_repository; nothing to reload");
   }
+  repository_.Reconcile();
+  scheduler_.Dispatch();
+}
+
+void Supervisor::ReloadFile() {
   notifier_.Notify("RELOADING=1\nSTATUS=reloading " + config_.config_path);
   // The file again with the command line's overrides on top; restart-only settings as they run.
   auto reloaded = ReloadConfig(config_);

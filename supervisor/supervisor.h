@@ -4,8 +4,9 @@
 // notify protocol and watchdog, and start-up readiness.
 //
 // The roles, each in its own file: ClientFront (client socket and operations),
-// ModelRegistry (models, versions, load/unload, crash records), Scheduler (queue,
-// dispatch, deadlines, answers), WorkerPool (processes, zygote, slots), ArenaTable.
+// ModelRegistry (models, versions, load/unload, crash records), ModelRepository (the
+// model_repository folder, read at start and on SIGHUP), Scheduler (queue, dispatch,
+// deadlines, answers), WorkerPool (processes, zygote, slots), ArenaTable.
 // Everything runs on one Boost.Asio event loop thread; signals are only queued by Asio's
 // signal_set and handled on the loop. Every accepted job is answered exactly once.
 // Thread-safety: construct, Start() and run the loop on one thread; nothing is shared.
@@ -21,6 +22,7 @@
 #include "supervisor/client_front.h"
 #include "supervisor/config.h"
 #include "supervisor/model_registry.h"
+#include "supervisor/model_repository.h"
 #include "supervisor/scheduler.h"
 #include "supervisor/systemd.h"
 #include "supervisor/worker_pool.h"
@@ -39,7 +41,9 @@ class Supervisor : private PoolListener {
   Supervisor& operator=(const Supervisor&) = delete;
 
   // Binds the socket (or adopts config.listen_fd), spawns the workers, loads the
-  // configured models, installs signals. READY=1 goes to systemd once they all serve.
+  // configured models and those of the model repository, installs signals. READY=1 goes
+  // to systemd once they all serve (the repository's archives that fail are reported, not
+  // waited for).
   // `models`: config.models' archives, opened and checked by shoald itself (main does so
   // before anything starts: OpenConfiguredModels); held for the models' lifetime.
   Status Start(std::vector<std::pair<std::string, ArchiveRef>> models);
@@ -57,7 +61,8 @@ class Supervisor : private PoolListener {
   Status CheckInterpreters();
   void WaitSignal();
   void OnSignal(int sig);
-  void Reload();          // SIGHUP: re-read the configuration file
+  void Reload();          // SIGHUP: re-read the configuration file and the model repository
+  void ReloadFile();      // ... the configuration file
   void Shutdown();        // SIGTERM/SIGINT: drain, then stop
   void FinishShutdown();  // kill workers, close clients, stop the loop
   void BeforeDispatch();  // unload drains; the shutdown drain's end
@@ -70,6 +75,7 @@ class Supervisor : private PoolListener {
   WorkerPool pool_;
   Scheduler scheduler_;
   ModelRegistry registry_;
+  ModelRepository repository_;
   ClientFront front_;
   boost::asio::signal_set signals_;
   Notifier notifier_;

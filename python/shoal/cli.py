@@ -52,7 +52,9 @@ def _show(obj, indent=""):
     return repr(obj)
 
 
-def main(argv=None):
+def build_parser():
+    """The command line: every subcommand and option (shoal(1), docs/man/shoal.1.md, is
+    checked against it)."""
     p = argparse.ArgumentParser(prog="shoal", description="Client of the shoal inference service.")
     p.add_argument("--socket", help="shoald's socket (default: $SHOAL_SOCKET or the system socket)")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -87,7 +89,11 @@ def main(argv=None):
     s = sub.add_parser("inspect", help="describe an archive without running it")
     s.add_argument("archive")
     s.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.cmd in ("package", "inspect"):
         return _offline(args)
 
@@ -102,6 +108,8 @@ def main(argv=None):
             elif args.cmd == "models":
                 for m in c.models():
                     print(f"{m['name']}\t{'ready' if m['ready'] else 'NOT READY'}\t{m['path']}")
+                for p in (c.repository() or {}).get("problems", []):  # admins only
+                    print(f"{p['model'] or '-'}\tNOT SERVED\t{p['file']}: {p['error']}")
             elif args.cmd == "status":
                 print(json.dumps(c.status(), indent=2))
             elif args.cmd == "health":

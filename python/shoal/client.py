@@ -315,6 +315,12 @@ class Client:
         """[{"name", "path", "ready"}] of the loaded models."""
         return self._call({"op": "models"})["models"]
 
+    def repository(self):
+        """{"folder", "problems": [{"file", "model", "error"}]}: the model repository
+        (model_repository) and its files that do not serve, and why; None unless it is set
+        and this client is an admin."""
+        return self._call({"op": "models"}).get("repository")
+
     def status(self):
         """Workers (pid, state, job, models, rss_kb), queue length and counters."""
         reply = self._call({"op": "status"})

@@ -26,7 +26,8 @@ struct Front : RoleFixture, PoolListener {
   WorkerPool pool{io, config, &arenas, this};
   Scheduler scheduler{io, config, &pool, &arenas};
   ModelRegistry registry{io, config, &pool, &scheduler};
-  ClientFront front{io, config, &registry, &scheduler, &arenas, &pool};
+  ModelRepository repository{io, config, &registry};
+  ClientFront front{io, config, &registry, &repository, &scheduler, &arenas, &pool};
   int sock = -1;
   FrameReader reader;
 

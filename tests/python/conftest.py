@@ -202,3 +202,20 @@ def run_as(uid, socket, code, timeout=120, background=False, gid=None, groups=()
     if background:
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **who)
     return subprocess.run(argv, capture_output=True, timeout=timeout, **who)
+
+
+def crash_from_two_clients(socket, c, model):
+    """Crashes a worker with a job of `model` from this process (client `c`) and one from
+    user nobody: two clients' crashes, which mark the model failed when crash_loop_limit is 2
+    (the daemon must be reachable by nobody: public_daemon)."""
+    import torch
+    with pytest.raises(shoal.WorkerCrashed):
+        c.infer(model, -torch.ones(1))
+    other = run_as(NOBODY, socket, f"""
+try:
+    c.infer({model!r}, -torch.ones(1))
+except shoal.WorkerCrashed:
+    print("crashed")
+""")
+    assert other.stdout.strip() == "crashed", other.stderr
+

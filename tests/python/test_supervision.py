@@ -11,7 +11,7 @@ import torch
 
 import shoal
 import shoal_test_models as models
-from conftest import BUILD, NOBODY, run_as, running_models
+from conftest import BUILD, crash_from_two_clients, running_models
 
 SHOALD = os.path.join(BUILD, "bin", "shoald")
 
@@ -51,15 +51,7 @@ def test_crash_loop_marks_the_model_failed(public_daemon, archives):
     with d.client() as c:
         c.load("crashy", archives["crashy"])
         c.load("add", archives["add"])
-        with pytest.raises(shoal.WorkerCrashed):
-            c.infer("crashy", -torch.ones(1))
-        other = run_as(NOBODY, d.socket, """
-try:
-    c.infer("crashy", -torch.ones(1))
-except shoal.WorkerCrashed:
-    print("crashed")
-""")
-        assert other.stdout.strip() == "crashed", other.stderr
+        crash_from_two_clients(d.socket, c, "crashy")
         with pytest.raises(shoal.Unavailable, match="marked failed: it crashed 2 workers for 2 different clients"):
             c.infer("crashy", torch.ones(1))
         m = {x["name"]: x for x in c.models()}

@@ -1,0 +1,16 @@
+// What a model may be called (docs/protocol.md, "Model names"): NAME or NAME:VERSION,
+// 1-128 characters, no spaces or '/'. One rule for every way a model gets its name: a
+// client's `load` and the files of the model repository (supervisor/model_repository.h).
+// Thread-safety: pure; any thread.
+#pragma once
+
+#include <string>
+
+#include "shoal/status.h"
+
+namespace shoal {
+
+// OK, or a BAD_REQUEST that says what a name must look like.
+Status CheckModelName(const std::string& name);
+
+}  // namespace shoal
