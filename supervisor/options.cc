@@ -169,7 +169,8 @@ std::vector<Option> MakeTable() {
                               "client arenas whose descriptors a worker holds at most; the least recently used "
                               "one no running job reads is dropped first", 1, 1 << 16),
       Make<&C::worker_arena_mb>("worker_arena_mb", K::kNumber, "MB", kReload,
-                                "bytes of client arenas a worker holds at most (as worker_arenas)", 1,
+                                "bytes of client arenas a worker holds at most (as worker_arenas); host "
+                                "arenas and GPU arenas each", 1,
                                 uint64_t{1} << 30),
       Make<&C::output_arena_mb>("output_arena_mb", K::kNumber, "MB", kReload,
                                 "size of the output arena a worker makes for a client (larger when one output "

@@ -43,10 +43,17 @@ struct WorkerHandle {
   std::chrono::steady_clock::time_point started;
   std::set<std::string> ready_models;  // loaded and servable in this worker
   // Client arenas whose fd this worker holds, most recently used first (bounded by
-  // worker_arenas and worker_arena_mb: the least recently used idle one is dropped first).
+  // worker_arenas, and by worker_arena_mb for host arenas and again for GPU arenas: the
+  // least recently used idle one is dropped first).
+  struct HeldArena {
+    std::list<uint64_t>::iterator lru;
+    uint64_t bytes = 0;
+    bool gpu = false;
+  };
   std::list<uint64_t> arena_lru;
-  std::map<uint64_t, std::pair<std::list<uint64_t>::iterator, uint64_t>> arenas;  // id -> (lru, bytes)
-  uint64_t arena_bytes = 0;
+  std::map<uint64_t, HeldArena> arenas;  // by id
+  uint64_t arena_bytes = 0;      // of host arenas
+  uint64_t gpu_arena_bytes = 0;  // of GPU arenas (GPU memory the client allocated; mapped here)
   // What each owner in the worker (shm/output_arenas.h) last said it holds.
   struct OutputUsage {
     uint64_t bytes = 0;

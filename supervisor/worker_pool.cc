@@ -370,7 +370,7 @@ void WorkerPool::OnGone(WorkerHandle* w, std::string how) {
   w->ready_models.clear();
   w->arenas.clear();
   w->arena_lru.clear();
-  w->arena_bytes = 0;
+  w->arena_bytes = w->gpu_arena_bytes = 0;
   w->output_usage.clear();
   arenas_->DropWorker(w->slot, w->generation);  // clients keep the mappings they hold
   std::string who = "worker " + std::to_string(w->slot) + " (pid " + std::to_string(w->pid) + ")";
@@ -548,8 +548,8 @@ namespace {
 void DropFromWorker(WorkerHandle* w, uint64_t arena) {
   auto it = w->arenas.find(arena);
   if (it == w->arenas.end()) return;
-  w->arena_bytes -= it->second.second;
-  w->arena_lru.erase(it->second.first);
+  (it->second.gpu ? w->gpu_arena_bytes : w->arena_bytes) -= it->second.bytes;
+  w->arena_lru.erase(it->second.lru);
   w->arenas.erase(it);
   Writer m;
   BeginNotice(&m, "drop_arena", 1);
@@ -627,7 +627,7 @@ void WorkerPool::RegisterOutputArenas(WorkerHandle* w, uint64_t rid, const MapVi
 
 void WorkerPool::SendArenaIfNeeded(WorkerHandle* w, uint64_t arena) {
   if (auto it = w->arenas.find(arena); it != w->arenas.end()) {  // most recently used now
-    w->arena_lru.splice(w->arena_lru.begin(), w->arena_lru, it->second.first);
+    w->arena_lru.splice(w->arena_lru.begin(), w->arena_lru, it->second.lru);
     return;
   }
   const ArenaEntry* a = arenas_->Find(arena);
@@ -637,12 +637,15 @@ void WorkerPool::SendArenaIfNeeded(WorkerHandle* w, uint64_t arena) {
   for (const auto& j : w->jobs) {
     for (const auto& d : j ? j->inputs : std::vector<Descriptor>{}) busy.insert(d.arena);
   }
-  uint64_t max_bytes = config_.worker_arena_mb << 20;
+  // Host and GPU arenas each have worker_arena_mb: dropping one kind frees none of the other.
+  const bool gpu = !a->gpu.empty();
+  const uint64_t max_bytes = config_.worker_arena_mb << 20;
+  const uint64_t& held = gpu ? w->gpu_arena_bytes : w->arena_bytes;
   auto it = w->arena_lru.end();
-  while (it != w->arena_lru.begin() &&
-         (w->arenas.size() >= config_.worker_arenas || w->arena_bytes + a->size > max_bytes)) {
+  while (it != w->arena_lru.begin() && (w->arenas.size() >= config_.worker_arenas || held + a->size > max_bytes)) {
     --it;
     if (busy.count(*it) != 0) continue;
+    if (w->arenas.size() < config_.worker_arenas && w->arenas.at(*it).gpu != gpu) continue;
     auto after = std::next(it);
     DropFromWorker(w, *it);  // erases `it`
     it = after;
@@ -656,8 +659,8 @@ void WorkerPool::SendArenaIfNeeded(WorkerHandle* w, uint64_t arena) {
   }
   w->channel->Send(m.body(), {a->fd});
   w->arena_lru.push_front(arena);
-  w->arenas[arena] = {w->arena_lru.begin(), a->size};
-  w->arena_bytes += a->size;
+  w->arenas[arena] = {w->arena_lru.begin(), a->size, gpu};
+  (gpu ? w->gpu_arena_bytes : w->arena_bytes) += a->size;
 }
 
 bool WorkerPool::IsWorkerGroup(pid_t pgid) const {

@@ -496,3 +496,21 @@ def test_torchscript_workers_share_one_copy_and_keep_their_constants_on_the_gpu(
             y, flag = c.infer("affine_ts", x64)
             assert y.is_cuda and flag.is_cuda and torch.equal(flag, affine_expected[1])
             assert torch.allclose(y, affine_expected[0], rtol=1e-4, atol=1e-5)
+
+
+def test_host_and_gpu_arenas_each_have_worker_arena_mb(make_daemon, archives):
+    """A worker holds up to worker_arena_mb of host arenas and as much of GPU arenas: a
+    client's GPU arena does not push its host arena out (or the other way round)."""
+    d = make_daemon(workers=1, args=("--worker-arena-mb", "48"))
+    with d.client() as c0:
+        c0.load("identity", archives["identity"])
+    d.wait_ready("identity")
+    with shoal.Client(d.socket, arena_size=32 << 20) as c:
+        host = c.empty((1024,))
+        gpu = c.empty((1024,), device="cuda")
+        host.fill_(1.0)
+        gpu.fill_(2.0)
+        for _ in range(3):
+            assert float(c.infer("identity", host)[0]) == 1.0
+            assert float(c.infer("identity", gpu)[0]) == 2.0
+        assert c.status()["workers"][0]["client_arenas"] == 2
