@@ -11,6 +11,7 @@ copied, and all processes that load the same archive share the same page-cache p
 import json
 import mmap
 import os
+import sys
 import warnings
 import zlib
 
@@ -27,6 +28,14 @@ MANIFEST_FORMAT = 1
 ALIGNMENT = 64
 DEFAULT_EXTERN = ["torch", "torch.**", "numpy", "numpy.**", "torchvision", "torchvision.**",
                   "shoal", "shoal.**"]
+
+
+def _standard_library():
+    """Patterns for Python's standard library: the serving interpreter has its own, and
+    built-in modules (sys, math) have no source to copy into an archive."""
+    names = set(getattr(sys, "stdlib_module_names", ())) | set(sys.builtin_module_names)
+    names.discard("__main__")
+    return sorted(p for n in names for p in (n, f"{n}.**"))
 
 
 class ArchiveError(Exception):
@@ -78,9 +87,9 @@ def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, 
            progress=None, broadcast_inputs=False):
     """Packages ``model`` (any picklable object; usually an ``nn.Module``) into ``path``.
 
-    torch, numpy, torchvision and shoal are extern (taken from the serving environment); every
-    other module the model needs, the user's own code included, is interned (copied into
-    the archive as source). ``extern``/``intern``/``mock`` add torch.package patterns.
+    torch, numpy, torchvision, shoal and Python's standard library are extern (taken from the
+    serving environment); every other module the model needs, the user's own code included,
+    is interned (copied into the archive as source). ``extern``/``intern``/``mock`` add torch.package patterns.
     A manifest records ``name``, ``version``, the entry object and, given
     ``example_inputs`` (a tuple of tensors), input/output specs (first dimension dynamic)
     and a reference output that the model must reproduce when it is loaded.
@@ -109,7 +118,7 @@ def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, 
         if progress is not None and isinstance(model, torch.nn.Module):
             total = sum(t.numel() * t.element_size() for t in model.state_dict().values())
             exp.zip_file = _Progress(exp.zip_file, total, progress)
-        exp.extern(DEFAULT_EXTERN + list(extern))
+        exp.extern(DEFAULT_EXTERN + _standard_library() + list(extern))
         if mock:
             exp.mock(list(mock))
         exp.intern(list(intern) + ["**"])

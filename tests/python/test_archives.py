@@ -396,3 +396,26 @@ print(dup, memo, grown)
                          env=env).stdout.split()
     assert out[:2] == ["False", "False"]
     assert int(out[2]) < 200 * 1024, f"the reader grew by {int(out[2]) // 1024} MiB"
+
+
+def test_a_model_that_imports_standard_modules_exports_and_serves(daemon, tmp_path, monkeypatch):
+    """`import sys` (a built-in module: no source) made export fail; standard modules are
+    now the serving interpreter's (extern), so none of them is copied into the archive."""
+    src = tmp_path / "uses_stdlib"
+    src.mkdir()
+    (src / "stdlib_model.py").write_text(
+        "import collections\nimport math\nimport os\nimport sys\nimport torch\n\n"
+        "class UsesStdlib(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        Pair = collections.namedtuple('Pair', 'a b')\n"
+        "        p = Pair(2.0 if sys.byteorder in ('little', 'big') else 0.0, math.sqrt(len(os.sep)))\n"
+        "        return x * p.a + p.b\n")
+    monkeypatch.syspath_prepend(str(src))
+    import stdlib_model
+    path = shoal.export(stdlib_model.UsesStdlib(), tmp_path / "stdlib.pt")
+    with zipfile.ZipFile(path) as z:
+        sources = [n.split("/", 1)[1] for n in z.namelist() if n.endswith(".py")]
+    assert sources == ["stdlib_model.py"], sources
+    with daemon.client() as c:
+        c.load("stdlib", path)
+        assert torch.equal(c.infer("stdlib", torch.ones(3)), torch.full((3,), 3.0))
