@@ -75,10 +75,25 @@ bool CudaInUse() {
 // A CUDA error that leaves the process's context unusable (sticky: a synchronise fails
 // after it): the job is answered and shoald replaces the worker ("poisoned").
 
-std::string PoisonedReply(uint64_t id, const Status& st) {
+std::string PoisonedReply(uint64_t id, const Status& st, std::string_view traceback = {}) {
   return ErrorReply(id, Status(st.code(), st.message() + "; its worker's CUDA context is unusable now, the worker "
                                                          "is replaced"),
-                    {}, 0, /*poisoned=*/true);
+                    traceback, 0, /*poisoned=*/true);
+}
+
+// What a TorchScript model's exception says, as a user reads it: the model's own error
+// (the last line of TorchScript's report, "builtins.ValueError: ..."), with the report
+// itself (TorchScript's tracebacks) as the reply's traceback. libtorch's C++ frames
+// ("Exception raised from ...", kilobytes with torch 2.x) are left out of both.
+std::string ModelErrorText(const std::exception& e, std::string* traceback) {
+  const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+  std::string text = c10_error != nullptr ? c10_error->what_without_backtrace() : e.what();
+  if (auto cpp = text.find("\nException raised from "); cpp != std::string::npos) text.erase(cpp);
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  if (text.find("Traceback of TorchScript") == std::string::npos) return text;
+  *traceback = text;
+  auto last = text.rfind('\n');
+  return last == std::string::npos ? text : text.substr(last + 1);
 }
 
 // Where a TorchScript archive's tensors go for `device` ("auto": where they were saved).
@@ -310,16 +325,18 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
     c10::InferenceMode guard;
     out = impl_->models.at(name).forward(args);
   } catch (const std::exception& e) {
-    Status st(Code::kModelError, "model '" + name + "' raised in job " + std::to_string(id) + ": " + e.what());
+    std::string tb;
+    Status st(Code::kModelError, "model '" + name + "' raised in job " + std::to_string(id) + ": " +
+                                     ModelErrorText(e, &tb));
     // Its queued GPU work is waited for; a context that cannot be synchronised is dead.
     if (CudaInUse()) {
       try {
         torch::cuda::synchronize();
       } catch (const std::exception&) {
-        return EncodedReply{PoisonedReply(id, st), {}};
+        return EncodedReply{PoisonedReply(id, st, tb), {}};
       }
     }
-    return fail(st);
+    return EncodedReply{ErrorReply(id, st, tb), {}};
   }
   // The one output encoder (protocol/output_tree.h), as for Python models.
   OutputPlacement place;

@@ -464,6 +464,15 @@ class Wide(nn.Module):
         return self.tail(x) * self.scale
 
 
+class RaisesWhenPositive(nn.Module):
+    """Scriptable: raises its own error for an input whose sum is positive."""
+
+    def forward(self, x):
+        if bool(x.sum() > 0):
+            raise ValueError("the input must not be positive")
+        return x
+
+
 class CudaAssert(nn.Module):
     """Indexes out of bounds on the GPU when asked (x[0] > 0): a device-side assert, which
     leaves the process's CUDA context unusable (a sticky error)."""

@@ -171,6 +171,23 @@ def test_torchscript_archives_are_served(daemon, tmp_path):
         assert [m["name"] for m in c.models()] == ["py"]
 
 
+def test_a_torchscript_models_error_reads_as_its_own_message(daemon, tmp_path):
+    """The message is the model's error; TorchScript's report is the traceback; libtorch's
+    C++ frames are in neither."""
+    path = tmp_path / "raises_ts.pt"
+    torch.jit.save(torch.jit.script(models.RaisesWhenPositive()), str(path))
+    with daemon.client() as c:
+        c.load("raises", path)
+        assert torch.equal(c.infer("raises", -torch.ones(2)), -torch.ones(2))
+        with pytest.raises(shoal.ModelError) as e:
+            c.infer("raises", torch.ones(2))
+    assert e.value.message.startswith("model 'raises' raised in job ")
+    assert e.value.message.endswith("ValueError: the input must not be positive"), e.value.message
+    assert len(e.value.message) < 200, e.value.message
+    assert "Traceback of TorchScript" in e.value.traceback
+    assert "Exception raised from" not in str(e.value)
+
+
 def run(*args):
     return subprocess.run([SHOAL, *map(str, args)], capture_output=True, text=True, timeout=300)
 
