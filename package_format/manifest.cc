@@ -38,6 +38,13 @@ class Reader {
           } else {
             return Invalid("broadcast_inputs must be true or false");
           }
+        } else if (key == "quantized_engine") {
+          if (!policy.quantized_engine.empty()) return Invalid("quantized_engine is given twice");
+          if (i_ >= s_.size() || s_[i_] != '"') return Invalid("quantized_engine must be an engine's name");
+          if (auto st = String(&policy.quantized_engine); !st.ok()) return st;
+          if (policy.quantized_engine.empty() || policy.quantized_engine.size() > 32) {
+            return Invalid("quantized_engine must be an engine's name");
+          }
         } else if (auto st = Value(1); !st.ok()) {
           return st;
         }

@@ -11,6 +11,7 @@
 // Thread-safety: pure functions.
 #pragma once
 
+#include <string>
 #include <string_view>
 
 #include "shoal/status.h"
@@ -21,6 +22,10 @@ struct ManifestPolicy {
   // "broadcast_inputs": true lets inputs whose strides overlap (a stride of 0 stands for
   // many elements) reach this model; without it shoald refuses them (BAD_REQUEST).
   bool broadcast_inputs = false;
+  // "quantized_engine": the quantized engine the worker loads and runs the model with
+  // ("qnnpack", "onednn", ...); empty: the worker's default. Read by the TorchScript runner
+  // (the Python runner reads the manifest itself).
+  std::string quantized_engine;
 };
 
 // BadRequest when `json` is not one JSON object, or when a key shoald reads has a value

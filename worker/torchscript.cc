@@ -81,6 +81,28 @@ std::string PoisonedReply(uint64_t id, const Status& st, std::string_view traceb
                     traceback, 0, /*poisoned=*/true);
 }
 
+// The quantized engine a manifest names ("" : none); BAD_REQUEST naming the engines this
+// torch has when it has no such engine. Engines are process-wide: set before the load (packed
+// weights are made for the engine current then) and before each job of the model.
+Result<std::optional<at::QEngine>> QEngineNamed(const std::string& name, const std::string& path) {
+  if (name.empty()) return std::optional<at::QEngine>();
+  std::string have;
+  for (at::QEngine e : at::globalContext().supportedQEngines()) {
+    if (e == at::QEngine::NoQEngine) continue;
+    std::string n = c10::toString(e);
+    for (auto& c : n) c = static_cast<char>(tolower(static_cast<unsigned char>(c)));
+    if (n == name) return std::optional<at::QEngine>(e);
+    have += (have.empty() ? "" : ", ") + n;
+  }
+  return Status::BadRequest("TorchScript archive " + path + ": the model needs quantized engine '" + name +
+                            "', which this worker's torch does not have (it has " + (have.empty() ? "none" : have) +
+                            "); save it with one of those (shoal.torchscript_manifest(quantized_engine=...))");
+}
+
+void UseQEngine(const std::optional<at::QEngine>& e) {
+  if (e && at::globalContext().qEngine() != *e) at::globalContext().setQEngine(*e);
+}
+
 // What a TorchScript model's exception says, as a user reads it: the model's own error
 // (the last line of TorchScript's report, "builtins.ValueError: ..."), with the report
 // itself (TorchScript's tracebacks) as the reply's traceback. libtorch's C++ frames
@@ -123,6 +145,7 @@ struct TorchScriptModels::Impl {
   std::shared_mutex mu;
   std::mutex map_mu;  // output arenas, made lazily under a shared `mu`
   std::map<std::string, torch::jit::Module> models;
+  std::map<std::string, std::optional<at::QEngine>> engines;  // by model: the quantized engine its manifest names
   std::map<std::string, std::unique_ptr<SharedModuleWeights>> shared;  // by model: its GPU copy's fd
   // Client arenas, mapped here only when a TorchScript job first needs them (the Python
   // runner maps them too; mapping every arena twice would double the address space);
@@ -184,7 +207,8 @@ bool TorchScriptModels::Handle(const MapView& msg, std::vector<int>* fds, Encode
     } else {
       share.upload = msg.OptStr("gpu_weights").value_or(std::nullopt).value_or("") == "upload";
     }
-    *reply = Load(*id, *name, fd, label, msg.OptStr("device").value_or(std::nullopt).value_or("auto"), share);
+    *reply = Load(*id, *name, fd, label, msg.OptStr("device").value_or(std::nullopt).value_or("auto"),
+                  info->policy.quantized_engine, share);
     if (share.map_fd >= 0) close(share.map_fd);  // still ours unless the load mapped it
     close(fd);
     return true;
@@ -193,6 +217,7 @@ bool TorchScriptModels::Handle(const MapView& msg, std::vector<int>* fds, Encode
   if (!model.ok() || impl_->models.count(*model) == 0) return false;
   if (*op == "unload") {
     impl_->models.erase(*model);
+    impl_->engines.erase(*model);
     impl_->shared.erase(*model);  // the mapping goes with the module's last tensor
     reply->body = OkReply(*id);
     return true;
@@ -237,7 +262,7 @@ std::vector<std::string> TorchScriptModels::DropClient(uint64_t client) {
 }
 
 EncodedReply TorchScriptModels::Load(uint64_t id, const std::string& name, int fd, const std::string& path,
-                                     const std::string& device, Share& share) {
+                                     const std::string& device, const std::string& quantized_engine, Share& share) {
   struct stat st;
   if (fstat(fd, &st) != 0) {
     return {ErrorReply(id, Status::FromErrno("model '" + name + "': TorchScript archive " + path, errno)), {}};
@@ -245,6 +270,10 @@ EncodedReply TorchScriptModels::Load(uint64_t id, const std::string& name, int f
   auto file = std::make_shared<FdReadAdapter>(fd, static_cast<size_t>(st.st_size));
   std::string where;
   try {
+    auto engine = QEngineNamed(quantized_engine, path);
+    if (!engine.ok()) return {ErrorReply(id, Status(engine.status().code(), "model '" + name + "': " +
+                                                                            engine.status().message())), {}};
+    UseQEngine(*engine);
     auto target = TargetDevice(file, path, device);
     if (!target.ok()) {
       return {ErrorReply(id, Status(target.status().code(), "model '" + name + "': " + target.status().message())), {}};
@@ -267,6 +296,7 @@ EncodedReply TorchScriptModels::Load(uint64_t id, const std::string& name, int f
     if (target->is_cuda()) torch::cuda::synchronize();
     where = target->is_cuda() ? "cuda" : "cpu";
     impl_->models[name] = std::move(m);
+    impl_->engines[name] = *engine;
     impl_->shared.erase(name);
     if (shared) {
       EncodedReply out{OkReply(id, "libtorch", where, share.upload ? shared->size() : 0), {}};
@@ -323,6 +353,7 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
   torch::jit::IValue out;
   try {
     c10::InferenceMode guard;
+    if (auto e = impl_->engines.find(name); e != impl_->engines.end()) UseQEngine(e->second);
     out = impl_->models.at(name).forward(args);
   } catch (const std::exception& e) {
     std::string tb;

@@ -53,8 +53,9 @@ class TorchScriptModels {
   };
   // Loads from the open archive `fd` (not taken); `path` names it in errors. An upload's
   // reply carries the copy's fd (it stays this runner's until the model is unloaded).
+  // `quantized_engine`: what the archive's manifest names ("" none).
   EncodedReply Load(uint64_t id, const std::string& name, int fd, const std::string& path, const std::string& device,
-                    Share& share);
+                    const std::string& quantized_engine, Share& share);
   EncodedReply Infer(uint64_t id, const MapView& msg);
 
   struct Impl;

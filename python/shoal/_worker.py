@@ -74,6 +74,7 @@ class Runner:
         self.interp = interp
         self.models = {}   # name -> served object
         self.specs = {}    # name -> input specs from the manifest (or absent)
+        self.engines = {}  # name -> the quantized engine its manifest names (or None)
         self.arenas = _native.ClientArenas()  # client arenas shoald sent, mapped when a job reads them
         self.outputs = _native.OutputArenas(2 * interp)  # owner tag: lane `interp`, Python engine
         torch.set_grad_enabled(False)
@@ -108,6 +109,7 @@ class Runner:
         elif op == "unload":
             self.models.pop(msg["name"], None)
             self.specs.pop(msg["name"], None)
+            self.engines.pop(msg["name"], None)
             gc.collect()  # its GPU weights' mapping goes with the last tensor over it
             return msgpack.packb({"v": VERSION, "id": msg["id"], "ok": True})
         return None
@@ -134,6 +136,7 @@ class Runner:
             self.models[name], manifest = archive.load_with_manifest(fd, device, path, weights)
             _synchronize()
             self.specs.pop(name, None)
+            self.engines[name] = (manifest or {}).get("quantized_engine")
             if manifest and manifest.get("inputs"):
                 self.specs[name] = manifest["inputs"]
         except archive.NoGpuError as e:
@@ -186,6 +189,7 @@ class Runner:
                           d["offset"] + _tensors.extent(d["shape"], d["strides"], _tensors.ITEMSIZE[d["dtype"]]),
                           arena.address))
         try:
+            archive.use_quantized_engine(self.engines.get(name), name)  # process-wide: models may differ
             out = model(*inputs)
             # The one output encoder (protocol/output_tree.h), shared with TorchScript models.
             reply = _native.encode_reply(rid, name, out, self.outputs, msg["client"], msg.get("out_bytes", 64 << 20),

@@ -83,8 +83,32 @@ class _Progress:
         return getattr(self._inner, attr)
 
 
+def _holds_quantized_modules(model):
+    """Whether ``model`` holds quantized modules: their packed weights are made for the
+    quantized engine current when they are unpickled, and compute differently per engine."""
+    if not isinstance(model, torch.nn.Module):
+        return False
+    prefixes = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized",
+                "torch.nn.intrinsic.quantized")
+    return any(type(m).__module__.startswith(prefixes) for m in model.modules())
+
+
+def use_quantized_engine(engine, path):
+    """Makes ``engine`` (a manifest's ``quantized_engine``; None: leave it) this process's
+    quantized engine; ArchiveError when this torch has no such engine."""
+    if engine is None:
+        return
+    supported = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    if engine not in supported:
+        raise ArchiveError(f"archive {path}: the model needs quantized engine {engine!r}, which this worker's torch "
+                           f"does not have (it has {', '.join(supported) or 'none'}); export it with one of those "
+                           "(shoal.export(..., quantized_engine=...))")
+    if torch.backends.quantized.engine != engine:
+        torch.backends.quantized.engine = engine
+
+
 def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, example_inputs=None,
-           progress=None, broadcast_inputs=False):
+           progress=None, broadcast_inputs=False, quantized_engine=None):
     """Packages ``model`` (any picklable object; usually an ``nn.Module``) into ``path``.
 
     torch, numpy, torchvision, shoal and Python's standard library are extern (taken from the
@@ -97,12 +121,21 @@ def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, 
     (``x.expand(...)``: a stride of 0 stands for many elements); shoald refuses them
     otherwise. The worker's memory limit still bounds what the model does with them.
     ``progress``: a stream to draw a progress bar of the weights on (e.g. sys.stderr).
+    ``quantized_engine`` ("qnnpack", "onednn", "fbgemm", "x86"): the engine workers load and
+    run the model with; by default, for a model that holds quantized modules, the engine of
+    this process (packed weights compute differently per engine).
     """
+    if quantized_engine is None and _holds_quantized_modules(model):
+        quantized_engine = torch.backends.quantized.engine
+    if quantized_engine is not None and not isinstance(quantized_engine, str):
+        raise TypeError(f"quantized_engine must be an engine's name, not {quantized_engine!r}")
     path = os.fspath(path)
     manifest = {"format": MANIFEST_FORMAT, "name": name or os.path.splitext(os.path.basename(path))[0],
                 "version": str(version) if version is not None else "1",
                 "entry": f"{ENTRY_PACKAGE}/{ENTRY_RESOURCE}", "inputs": [], "outputs": [], "example": None,
                 "broadcast_inputs": bool(broadcast_inputs)}
+    if quantized_engine is not None:
+        manifest["quantized_engine"] = quantized_engine
     example = None
     if example_inputs is not None:
         if isinstance(example_inputs, torch.Tensor):
@@ -131,11 +164,15 @@ def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, 
     return path
 
 
-def torchscript_manifest(broadcast_inputs=False):
+def torchscript_manifest(broadcast_inputs=False, quantized_engine=None):
     """The manifest of a TorchScript archive, as ``torch.jit.save``'s ``_extra_files``:
     ``torch.jit.save(m, path, _extra_files=shoal.torchscript_manifest(broadcast_inputs=True))``.
-    shoald reads it (extra/shoal/manifest.json) when the archive is loaded."""
-    return {MANIFEST: json.dumps({"format": MANIFEST_FORMAT, "broadcast_inputs": bool(broadcast_inputs)})}
+    shoald reads it (extra/shoal/manifest.json) when the archive is loaded.
+    ``quantized_engine``: the engine the worker loads and runs it with (see ``export``)."""
+    manifest = {"format": MANIFEST_FORMAT, "broadcast_inputs": bool(broadcast_inputs)}
+    if quantized_engine is not None:
+        manifest["quantized_engine"] = quantized_engine
+    return {MANIFEST: json.dumps(manifest)}
 
 
 def read_zip(path, label=None):
@@ -237,6 +274,9 @@ def read_manifest(path, reader):
     example = manifest.get("example")
     if example is not None and (not isinstance(example, str) or not reader.has_record(example)):
         raise ArchiveError(f"archive {path}: the manifest names example {example!r}, which the archive does not contain")
+    engine = manifest.get("quantized_engine")
+    if engine is not None and not isinstance(engine, str):
+        raise ArchiveError(f"archive {path}: the manifest's quantized_engine must be an engine's name")
     for key in ("inputs", "outputs"):
         specs = manifest.get(key, [])
         if not isinstance(specs, list) or not all(
@@ -403,6 +443,7 @@ def _load_fd(fd, path, device, gpu_weights=None):
         raise ArchiveError(f"archive {path}: torch.package cannot open it: {e}") from None
     importer.filename = path
     manifest = read_manifest(path, importer.zip_reader)
+    use_quantized_engine((manifest or {}).get("quantized_engine"), path)  # before its packed weights are made
     entry = (manifest or {}).get("entry", f"{ENTRY_PACKAGE}/{ENTRY_RESOURCE}")
     if not importer.zip_reader.has_record(entry):
         raise ArchiveError(f"archive {path}: no entry pickle {entry}; "

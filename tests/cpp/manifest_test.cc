@@ -57,3 +57,15 @@ TEST_CASE("a manifest shoald cannot read is a bad request that says why", "[mani
   std::string fine = "{\"a\": " + std::string(31, '[') + std::string(31, ']') + "}";
   CHECK(ParseManifestPolicy(fine).ok());
 }
+
+TEST_CASE("the manifest names the quantized engine a TorchScript model runs with", "[manifest]") {
+  auto p = ParseManifestPolicy(R"({"format": 1, "quantized_engine": "qnnpack"})");
+  REQUIRE(p.ok());
+  CHECK(p->quantized_engine == "qnnpack");
+  CHECK(ParseManifestPolicy(R"({"format": 1})")->quantized_engine.empty());
+  for (const char* bad : {R"({"quantized_engine": 3})", R"({"quantized_engine": ""})",
+                          R"({"quantized_engine": "a", "quantized_engine": "b"})"}) {
+    CAPTURE(bad);
+    CHECK(ParseManifestPolicy(bad).status().code() == Code::kBadRequest);
+  }
+}

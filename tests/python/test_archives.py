@@ -436,3 +436,45 @@ def test_a_model_that_imports_standard_modules_exports_and_serves(daemon, tmp_pa
     with daemon.client() as c:
         c.load("stdlib", path)
         assert torch.equal(c.infer("stdlib", torch.ones(3)), torch.full((3,), 3.0))
+
+
+def _dynamic_quantized(engine):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).eval()
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        q = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
+        x = torch.randn(4, 64)
+        return q, x, q(x)
+    finally:
+        torch.backends.quantized.engine = before
+
+
+@pytest.mark.skipif(len([e for e in torch.backends.quantized.supported_engines if e != "none"]) < 2,
+                    reason="needs two quantized engines")
+def test_a_quantized_model_runs_with_the_engine_it_was_made_for(daemon, tmp_path):
+    """Packed weights compute differently per quantized engine: a model quantized with a
+    non-default engine is served with that engine (its manifest names it), packaged or
+    TorchScript, and equals eager there."""
+    default = torch.backends.quantized.engine
+    other = next(e for e in torch.backends.quantized.supported_engines if e not in ("none", default))
+    q, x, expected = _dynamic_quantized(other)
+    _, _, with_default = _dynamic_quantized(default)
+    assert not torch.equal(expected, with_default), "the engines agree here: nothing to test"
+    torch.backends.quantized.engine = other
+    try:
+        pkg = shoal.export(q, tmp_path / "q.pt")  # records this process's engine
+        ts = tmp_path / "q_ts.pt"
+        torch.jit.save(torch.jit.trace(q, x), str(ts), _extra_files=shoal.torchscript_manifest(quantized_engine=other))
+    finally:
+        torch.backends.quantized.engine = default
+    bad = tmp_path / "q_bad.pt"
+    torch.jit.save(torch.jit.trace(q, x), str(bad), _extra_files=shoal.torchscript_manifest(quantized_engine="nope"))
+    with daemon.client() as c:
+        c.load("q", pkg)
+        c.load("q_ts", ts)
+        assert torch.equal(c.infer("q", x), expected)
+        assert torch.equal(c.infer("q_ts", x), expected)
+        with pytest.raises(shoal.errors.BadRequest, match="quantized engine 'nope'"):
+            c.load("q_bad", bad)
