@@ -101,8 +101,18 @@ Status Encoder::Node(OutputValue& v, int depth) {
     case Kind::kTuple:
     case Kind::kList: {
       w_.Map(1);
-      w_.Key(v.kind() == Kind::kTuple ? "tuple" : "list");
       size_t n = v.Size();
+      if (auto fields = v.kind() == Kind::kTuple ? v.TupleFields() : std::vector<std::string>{}; !fields.empty()) {
+        // {"namedtuple": [name, [field, ...], [node, ...]]}
+        if (fields.size() != n) return ModelError("named tuple " + v.TupleName() + " has fields and items that differ");
+        w_.Key("namedtuple");
+        w_.pk().pack_array(3);
+        w_.Str(v.TupleName().substr(0, kMaxTupleNameBytes));
+        w_.pk().pack_array(static_cast<uint32_t>(n));
+        for (const auto& f : fields) w_.Str(f.substr(0, kMaxTupleNameBytes));
+      } else {
+        w_.Key(v.kind() == Kind::kTuple ? "tuple" : "list");
+      }
       w_.pk().pack_array(static_cast<uint32_t>(n));
       for (size_t i = 0; i < n; ++i) {
         if (auto st = Node(*v.Item(i), depth + 1); !st.ok()) return st;

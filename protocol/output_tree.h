@@ -25,6 +25,8 @@ namespace shoal {
 // A node nested deeper than this (the root is at depth 0) is a model error; clients
 // refuse such trees too (tensors/tree.h).
 constexpr int kMaxOutputDepth = 16;
+// A named tuple's type name and field names are cut to this many bytes.
+constexpr size_t kMaxTupleNameBytes = 128;
 
 // An output tensor as the encoder needs it: its first element at `data`, on the CPU or (with
 // `device` >= 0) in GPU memory of that ordinal.
@@ -60,6 +62,10 @@ class OutputValue {
   virtual OutputInt Int() const { return {}; }
   virtual bool Bool() const { return false; }
   virtual std::string Str() const { return {}; }
+  // kTuple of a named tuple type (Python's collections.namedtuple / typing.NamedTuple,
+  // TorchScript's NamedTuple): its type's name and field names; empty for a plain tuple.
+  virtual std::string TupleName() const { return {}; }
+  virtual std::vector<std::string> TupleFields() const { return {}; }
   // kTuple, kList: items; kDict: entries.
   virtual size_t Size() const { return 0; }
   virtual std::unique_ptr<OutputValue> Item(size_t /*i*/) const { return nullptr; }

@@ -79,6 +79,34 @@ Status Checker::Check(const msgpack::object &tree, int depth, Writer *w) {
     }
     return Status::Ok();
   }
+  if (kind == "namedtuple") { // [name, [field, ...], [node, ...]]
+    const auto &v = kv.val;
+    if (v.type != msgpack::type::ARRAY || v.via.array.size != 3 ||
+        v.via.array.ptr[0].type != msgpack::type::STR ||
+        v.via.array.ptr[0].via.str.size > kMaxTupleNameBytes ||
+        v.via.array.ptr[1].type != msgpack::type::ARRAY ||
+        v.via.array.ptr[2].type != msgpack::type::ARRAY ||
+        v.via.array.ptr[1].via.array.size != v.via.array.ptr[2].via.array.size) {
+      return Status::Internal("malformed output namedtuple");
+    }
+    const auto &fields = v.via.array.ptr[1].via.array;
+    for (uint32_t i = 0; i < fields.size; ++i) {
+      if (fields.ptr[i].type != msgpack::type::STR ||
+          fields.ptr[i].via.str.size > kMaxTupleNameBytes) {
+        return Status::Internal("malformed output namedtuple field");
+      }
+    }
+    w->pk().pack_array(3);
+    w->pk().pack(v.via.array.ptr[0]);
+    w->pk().pack(v.via.array.ptr[1]);
+    const auto &items = v.via.array.ptr[2].via.array;
+    w->pk().pack_array(items.size);
+    for (uint32_t i = 0; i < items.size; ++i) {
+      if (auto st = Check(items.ptr[i], depth + 1, w); !st.ok())
+        return st;
+    }
+    return Status::Ok();
+  }
   if (kind == "value" || kind == "float") {
     w->pk().pack(kv.val);
     return Status::Ok();

@@ -15,11 +15,11 @@
 #include <vector>
 
 #include "protocol/messages.h"
+#include "protocol/output_tree.h"  // kMaxOutputDepth, kMaxTupleNameBytes
 #include "shoal/status.h"
 
 namespace shoal {
 
-constexpr int kMaxOutputDepth = 16;
 
 // What an arena id of a worker's reply stands for, if the job's client may see
 // it.

@@ -33,6 +33,22 @@ IValueOutput::IValueOutput(c10::IValue value) : value_(std::move(value)), kind_(
   }
 }
 
+std::string IValueOutput::TupleName() const {
+  if (kind_ != Kind::kTuple) return {};
+  auto type = value_.toTupleRef().type();
+  if (type == nullptr || !type->schema()) return {};
+  return type->name() ? type->name()->name() : "NamedTuple";
+}
+
+std::vector<std::string> IValueOutput::TupleFields() const {
+  std::vector<std::string> out;
+  if (kind_ != Kind::kTuple) return out;
+  auto type = value_.toTupleRef().type();
+  if (type == nullptr || !type->schema()) return out;
+  for (const auto& arg : type->schema()->arguments()) out.push_back(arg.name());
+  return out;
+}
+
 OutputInt IValueOutput::Int() const {
   OutputInt out;
   out.s = value_.toInt();  // TorchScript ints are 64-bit

@@ -26,6 +26,8 @@ class IValueOutput : public OutputValue {
   OutputInt Int() const override;
   bool Bool() const override { return value_.toBool(); }
   std::string Str() const override { return value_.toStringRef(); }
+  std::string TupleName() const override;
+  std::vector<std::string> TupleFields() const override;
   size_t Size() const override;
   std::unique_ptr<OutputValue> Item(size_t i) const override;
   std::unique_ptr<OutputValue> Key(size_t i) const override;

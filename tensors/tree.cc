@@ -78,6 +78,27 @@ Result<c10::IValue> DecodeTree(const msgpack::object& node, const TensorMaker& m
     for (auto& it : items) list.push_back(std::move(it));
     return c10::IValue(list);
   }
+  if (kind == "namedtuple") {  // [name, [field, ...], [node, ...]]
+    if (arr.size != 3 || arr.ptr[0].type != msgpack::type::STR || arr.ptr[1].type != msgpack::type::ARRAY ||
+        arr.ptr[2].type != msgpack::type::ARRAY || arr.ptr[1].via.array.size != arr.ptr[2].via.array.size) {
+      return Status::Internal("malformed output namedtuple");
+    }
+    std::vector<std::string> fields;
+    std::vector<c10::TypePtr> types;
+    std::vector<c10::IValue> items;
+    for (uint32_t i = 0; i < arr.ptr[1].via.array.size; ++i) {
+      const auto& f = arr.ptr[1].via.array.ptr[i];
+      if (f.type != msgpack::type::STR) return Status::Internal("malformed output namedtuple field");
+      fields.emplace_back(f.via.str.ptr, f.via.str.size);
+      auto item = DecodeTree(arr.ptr[2].via.array.ptr[i], make, depth + 1);
+      if (!item.ok()) return item.status();
+      types.push_back(item->type());
+      items.push_back(std::move(*item));
+    }
+    std::string name(arr.ptr[0].via.str.ptr, arr.ptr[0].via.str.size);
+    auto type = c10::TupleType::createNamed(c10::QualifiedName(name.empty() ? "NamedTuple" : name), fields, types);
+    return c10::IValue(c10::ivalue::Tuple::createNamed(std::move(items), std::move(type)));
+  }
   if (kind == "dict") {
     bool str_keys = arr.size == 0 || (arr.ptr[0].type == msgpack::type::ARRAY && arr.ptr[0].via.array.size == 2 &&
                                       arr.ptr[0].via.array.ptr[0].type == msgpack::type::STR);

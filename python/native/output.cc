@@ -89,6 +89,29 @@ class PyOutput : public shoal::OutputValue {
     PyErr_Clear();
     return out;
   }
+  // A tuple whose type has `_fields` (collections.namedtuple, typing.NamedTuple).
+  std::string TupleName() const override {
+    return PyTuple_Check(obj_) && !PyTuple_CheckExact(obj_) ? Py_TYPE(obj_)->tp_name : std::string();
+  }
+  std::vector<std::string> TupleFields() const override {
+    std::vector<std::string> out;
+    if (!PyTuple_Check(obj_) || PyTuple_CheckExact(obj_)) return out;
+    PyObject* fields = PyObject_GetAttrString(reinterpret_cast<PyObject*>(Py_TYPE(obj_)), "_fields");
+    if (fields != nullptr && PyTuple_Check(fields)) {
+      for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(fields); ++i) {
+        const char* f = PyUnicode_Check(PyTuple_GET_ITEM(fields, i)) ? PyUnicode_AsUTF8(PyTuple_GET_ITEM(fields, i))
+                                                                     : nullptr;
+        if (f == nullptr) {
+          out.clear();  // not a named tuple after all: a plain tuple
+          break;
+        }
+        out.emplace_back(f);
+      }
+    }
+    Py_XDECREF(fields);
+    PyErr_Clear();
+    return out;
+  }
   size_t Size() const override { return items_ != nullptr ? static_cast<size_t>(PySequence_Fast_GET_SIZE(items_)) : 0; }
   std::unique_ptr<OutputValue> Item(size_t i) const override {
     return std::make_unique<PyOutput>(PySequence_Fast_GET_ITEM(items_, i), ctx_);

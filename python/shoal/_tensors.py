@@ -3,13 +3,17 @@
 A descriptor is ``{"arena", "block", "offset", "dtype", "shape", "strides"}`` (see
 docs/protocol.md); ``offset`` and ``block`` are byte offsets into the arena, strides are in
 elements. An output tree node is one of ``{"tensor": desc}``, ``{"tuple": [...]}``,
-``{"list": [...]}``, ``{"dict": [[key, node], ...]}``, ``{"float": x}`` or ``{"value": x}``
+``{"list": [...]}``, ``{"dict": [[key, node], ...]}``, ``{"namedtuple": [name, [field, ...],
+[node, ...]]}``, ``{"float": x}`` or ``{"value": x}``
 (None, bool, int, str). Trees are encoded in C++ only (``_native.encode_reply``, the
 encoder TorchScript models use too); this module decodes them.
 
 The dtype table is C++'s (protocol/dtypes.h, read through ``_native.DTYPES``): shoal's
 dtype names are torch's, so ``torch.<name>`` is the torch dtype.
 """
+import collections
+import functools
+
 import torch
 
 from . import _native
@@ -105,6 +109,15 @@ def element_size(dtype):
     return ITEMSIZE[dtype_name(dtype)]
 
 
+@functools.lru_cache(maxsize=256)
+def _named_tuple(name, fields):
+    """The client's named tuple type for a model's (a name that is no identifier, as
+    "module.Pair" or TorchScript's "__torch__.Pair", is cut to its last part; bad field
+    names are renamed _0, _1, ...)."""
+    short = name.rsplit(".", 1)[-1]
+    return collections.namedtuple(short if short.isidentifier() else "NamedTuple", fields, rename=True)
+
+
 def decode_tree(node, make_tensor):
     """Rebuilds a Python structure from an output tree; ``make_tensor(desc)`` builds tensors."""
     (kind, val), = node.items()
@@ -114,6 +127,9 @@ def decode_tree(node, make_tensor):
         return tuple(decode_tree(n, make_tensor) for n in val)
     if kind == "list":
         return [decode_tree(n, make_tensor) for n in val]
+    if kind == "namedtuple":  # [name, [field, ...], [node, ...]]
+        name, fields, items = val
+        return _named_tuple(name, tuple(fields))(*(decode_tree(n, make_tensor) for n in items))
     if kind == "dict":
         return {k: decode_tree(n, make_tensor) for k, n in val}
     if kind == "value":

@@ -204,3 +204,24 @@ TEST_CASE("an output larger than the default arena gets an arena of its own size
   CHECK(torch::equal(job.Decode(*reply, &descs).toTensor(), torch::ones({1 << 16})));
   CHECK(job.out_arenas.size() == 1);
 }
+
+TEST_CASE("a named tuple keeps its type's name and fields through the tree", "[tensors]") {
+  Job job;
+  std::vector<std::string> fields = {"boxes", "score"};
+  std::vector<c10::TypePtr> types = {c10::TensorType::get(), c10::FloatType::get()};
+  auto type = c10::TupleType::createNamed(c10::QualifiedName("__torch__.Detection"), fields, types);
+  auto out = c10::ivalue::Tuple::createNamed({job.x * 3, 0.5}, type);
+  auto reply = job.Encode(out);
+  REQUIRE(reply.ok());
+  CHECK(reply->find("namedtuple") != std::string::npos);
+  std::vector<Descriptor> descs;
+  auto tree = job.Decode(*reply, &descs);
+  REQUIRE(tree.isTuple());
+  auto decoded = tree.toTupleRef().type();
+  REQUIRE(decoded->schema());
+  CHECK(decoded->name()->name() == "Detection");
+  CHECK(decoded->schema()->arguments().at(0).name() == "boxes");
+  CHECK(decoded->schema()->arguments().at(1).name() == "score");
+  CHECK(torch::equal(tree.toTupleRef().elements()[0].toTensor(), job.x * 3));
+  CHECK(tree.toTupleRef().elements()[1].toDouble() == 0.5);
+}

@@ -1,6 +1,8 @@
 """Models used by shoal's tests and examples. Written in plain Python on purpose."""
+import collections
 import ctypes
 import os
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -471,6 +473,21 @@ class RaisesWhenPositive(nn.Module):
         if bool(x.sum() > 0):
             raise ValueError("the input must not be positive")
         return x
+
+
+Pair = collections.namedtuple("Pair", "scores labels")
+
+
+class Detection(NamedTuple):
+    boxes: torch.Tensor
+    score: float
+
+
+class ReturnsNamedTuples(nn.Module):
+    """A collections.namedtuple holding a typing.NamedTuple (scriptable)."""
+
+    def forward(self, x):
+        return Pair(x * 2, Detection(x + 1, 0.5))
 
 
 class CudaAssert(nn.Module):

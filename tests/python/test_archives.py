@@ -478,3 +478,27 @@ def test_a_quantized_model_runs_with_the_engine_it_was_made_for(daemon, tmp_path
         assert torch.equal(c.infer("q_ts", x), expected)
         with pytest.raises(shoal.errors.BadRequest, match="quantized engine 'nope'"):
             c.load("q_bad", bad)
+
+
+def test_named_tuples_come_back_as_named_tuples(daemon, tmp_path):
+    """collections.namedtuple and typing.NamedTuple outputs keep their names and fields,
+    from a packaged model and from TorchScript (where only typing.NamedTuple exists)."""
+    class Scripted(torch.nn.Module):
+        def forward(self, x):
+            return models.Detection(x + 1, 0.5)
+
+    pkg = shoal.export(models.ReturnsNamedTuples(), tmp_path / "nt.pt")
+    ts = tmp_path / "nt_ts.pt"
+    torch.jit.save(torch.jit.script(Scripted()), str(ts))
+    x = torch.arange(3.0)
+    with daemon.client() as c:
+        c.load("nt", pkg)
+        c.load("nt_ts", ts)
+        out = c.infer("nt", x)
+        assert type(out).__name__ == "Pair" and out._fields == ("scores", "labels")
+        assert torch.equal(out.scores, x * 2)
+        assert type(out.labels).__name__ == "Detection" and out.labels._fields == ("boxes", "score")
+        assert torch.equal(out.labels.boxes, x + 1) and out.labels.score == 0.5
+        d = c.infer("nt_ts", x)
+        assert type(d).__name__ == "Detection" and d._fields == ("boxes", "score")
+        assert torch.equal(d.boxes, x + 1) and d.score == 0.5
