@@ -285,6 +285,13 @@ Result<std::unique_ptr<Client>> Client::Connect(const std::string& socket_path, 
 }
 
 Status Client::Load(const std::string& name, const std::string& archive_path, const std::string& device) {
+  LoadOptions options;
+  options.device = device;
+  return Load(name, archive_path, options);
+}
+
+Status Client::Load(const std::string& name, const std::string& archive_path, const LoadOptions& options) {
+  const std::string& device = options.device;
   std::error_code ec;
   auto abs = std::filesystem::absolute(archive_path, ec);
   // Opened here with our own rights; shoald and its workers use this very file.
@@ -296,11 +303,24 @@ Status Client::Load(const std::string& name, const std::string& archive_path, co
   std::lock_guard<std::mutex> lock(impl_->mu);
   uint64_t id = impl_->next_id++;
   Writer w;
-  BeginRequest(&w, "load", id, device.empty() ? 2 : 3);
+  BeginRequest(&w, "load", id,
+               2 + !device.empty() + options.max_batch.has_value() + options.max_delay_us.has_value() +
+                   options.preferred_batch_sizes.has_value());
   w.Key("name"); w.Str(name);
   w.Key("path"); w.Str(abs.string());  // a label for `models`; shoald never opens it
   if (!device.empty()) {
     w.Key("device"); w.Str(device);
+  }
+  if (options.max_batch) {
+    w.Key("max_batch"); w.Val(static_cast<uint64_t>(*options.max_batch));
+  }
+  if (options.max_delay_us) {
+    w.Key("max_delay_us"); w.Val(*options.max_delay_us);
+  }
+  if (options.preferred_batch_sizes) {
+    w.Key("preferred_batch_sizes");
+    w.pk().pack_array(static_cast<uint32_t>(options.preferred_batch_sizes->size()));
+    for (uint32_t n : *options.preferred_batch_sizes) w.Val(static_cast<uint64_t>(n));
   }
   auto st = impl_->Call(w, id, {fd}).status();
   close(fd);

@@ -271,6 +271,11 @@ Result<ArchiveInfo> ReadArchive(std::string_view file) {
       Refuse(&info, "its manifest " + r.name + " is larger than " + std::to_string(kMaxManifestBytes) + " bytes");
     } else if (auto policy = ParseManifestPolicy(file.substr(r.offset, r.size)); !policy.ok()) {
       Refuse(&info, policy.status().message());
+    } else if (auto st = CheckBatchPolicy(policy->batching, "its manifest's batching"); !st.ok()) {
+      Refuse(&info, st.message());
+    } else if (policy->batching.on() && info.kind == ArchiveKind::kTorchScript) {
+      Refuse(&info, "its manifest asks for dynamic batching, which shoal does not do for TorchScript archives yet; "
+                    "export the model as a torch.package (shoal.export) to batch it");
     } else {
       info.policy = *policy;
     }

@@ -1,6 +1,7 @@
 // A strict JSON reader for the manifest keys shoald reads (package_format/manifest.h).
 #include "package_format/manifest.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -19,6 +20,7 @@ class Reader {
     if (!Eat('{')) return Bad("is not a JSON object");
     ManifestPolicy policy;
     bool seen_broadcast = false;
+    bool seen_batching = false;
     Space();
     if (!Eat('}')) {
       for (;;) {
@@ -45,6 +47,10 @@ class Reader {
           if (policy.quantized_engine.empty() || policy.quantized_engine.size() > 32) {
             return Invalid("quantized_engine must be an engine's name");
           }
+        } else if (key == "batching") {
+          if (seen_batching) return Invalid("batching is given twice");
+          seen_batching = true;
+          if (auto st = Batching(&policy.batching); !st.ok()) return st;
         } else if (auto st = Value(1); !st.ok()) {
           return st;
         }
@@ -56,6 +62,61 @@ class Reader {
     Space();
     if (i_ != s_.size()) return Bad("has text after its object");
     return policy;
+  }
+
+  // {"max_batch": N, "max_delay_us": N, "preferred_batch_sizes": [N, ...]}; other keys are
+  // skipped like the manifest's own.
+  Status Batching(BatchPolicy* p) {
+    if (!Eat('{')) return Invalid("batching must be an object like {\"max_batch\": 8, \"max_delay_us\": 2000}");
+    Space();
+    if (Eat('}')) return Status::Ok();
+    for (;;) {
+      Space();
+      std::string key;
+      if (auto st = String(&key); !st.ok()) return st;
+      Space();
+      if (!Eat(':')) return Bad("expects ':' after a key");
+      Space();
+      uint64_t n = 0;
+      if (key == "max_batch" || key == "max_delay_us") {
+        if (!Uint(&n)) return Invalid("batching." + key + " must be a whole number");
+        if (key == "max_batch") {
+          p->max_batch = static_cast<uint32_t>(std::min<uint64_t>(n, UINT32_MAX));
+        } else {
+          p->max_delay_us = n;
+        }
+      } else if (key == "preferred_batch_sizes") {
+        p->preferred_batch_sizes.clear();
+        if (!Eat('[')) return Invalid("batching.preferred_batch_sizes must be a list of whole numbers");
+        Space();
+        if (!Eat(']')) {
+          for (;;) {
+            Space();
+            if (!Uint(&n) || p->preferred_batch_sizes.size() >= 64) {
+              return Invalid("batching.preferred_batch_sizes must be a list of whole numbers");
+            }
+            p->preferred_batch_sizes.push_back(static_cast<uint32_t>(std::min<uint64_t>(n, UINT32_MAX)));
+            Space();
+            if (Eat(']')) break;
+            if (!Eat(',')) return Bad("expects ',' or ']'");
+          }
+        }
+      } else if (auto st = Value(2); !st.ok()) {
+        return st;
+      }
+      Space();
+      if (Eat('}')) return Status::Ok();
+      if (!Eat(',')) return Bad("expects ',' or '}' after a value");
+    }
+  }
+
+  // A non-negative integer below 2^53 (JSON numbers past it are not exact).
+  bool Uint(uint64_t* n) {
+    size_t start = i_;
+    if (!Digits() || i_ - start > 15 || (s_[start] == '0' && i_ - start > 1)) return false;
+    if (i_ < s_.size() && (s_[i_] == '.' || s_[i_] == 'e' || s_[i_] == 'E')) return false;
+    *n = std::stoull(std::string(s_.substr(start, i_ - start)));
+    return true;
   }
 
  private:
@@ -204,5 +265,31 @@ class Reader {
 }  // namespace
 
 Result<ManifestPolicy> ParseManifestPolicy(std::string_view json) { return Reader(json).Manifest(); }
+
+Status CheckBatchPolicy(const BatchPolicy& p, const std::string& who) {
+  auto bad = [&](const std::string& why) { return Status::BadRequest(who + ": " + why); };
+  if (p.max_batch > kMaxBatch) {
+    return bad("max_batch " + std::to_string(p.max_batch) + " is more than " + std::to_string(kMaxBatch) +
+               " jobs per batch");
+  }
+  if (p.max_delay_us > kMaxBatchDelayUs) {
+    return bad("max_delay_us " + std::to_string(p.max_delay_us) + " is more than " +
+               std::to_string(kMaxBatchDelayUs) + " (10 s)");
+  }
+  if (!p.on() && (p.max_delay_us > 0 || !p.preferred_batch_sizes.empty())) {
+    return bad("max_delay_us and preferred_batch_sizes batch jobs only with max_batch > 1 (max_batch is " +
+               std::to_string(p.max_batch) + ")");
+  }
+  if (p.preferred_batch_sizes.size() > 8) return bad("at most 8 preferred_batch_sizes");
+  uint32_t last = 1;
+  for (uint32_t n : p.preferred_batch_sizes) {
+    if (n <= last || n > p.max_batch) {
+      return bad("preferred_batch_sizes must ascend, each between 2 and max_batch (" + std::to_string(p.max_batch) +
+                 "); " + std::to_string(n) + " does not");
+    }
+    last = n;
+  }
+  return Status::Ok();
+}
 
 }  // namespace shoal

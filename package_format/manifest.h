@@ -1,5 +1,6 @@
 // The part of an archive's manifest that shoald acts on itself, read without running
-// anything in the archive: whether the model accepts broadcast inputs.
+// anything in the archive: whether the model accepts broadcast inputs, and how its jobs
+// may be batched.
 //
 // The manifest is JSON: shoal/manifest.json in a torch.package archive (shoal.export
 // writes it), the extra file extra/shoal/manifest.json in a TorchScript archive
@@ -11,12 +12,30 @@
 // Thread-safety: pure functions.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "shoal/status.h"
 
 namespace shoal {
+
+// Dynamic batching of one model (docs/architecture.md, "Dynamic batching"): shoald groups
+// up to max_batch queued jobs whose inputs agree on all but the first dimension into one
+// run. From the manifest's "batching" object, each key overridable by the load request.
+struct BatchPolicy {
+  uint32_t max_batch = 0;      // jobs per run; 0 or 1: off
+  uint64_t max_delay_us = 0;   // how long the oldest job may wait for the batch to fill
+  std::vector<uint32_t> preferred_batch_sizes;  // ascending; a batch of one of these goes at once
+  bool on() const { return max_batch > 1; }
+};
+constexpr uint32_t kMaxBatch = 64;                  // a batch's members
+constexpr uint64_t kMaxBatchDelayUs = 10'000'000;   // 10 s
+// BadRequest (starting with `who`, e.g. "model 'm'") unless `p` is one shoald can follow: max_batch at
+// most kMaxBatch, max_delay_us at most kMaxBatchDelayUs, preferred sizes ascending between 2
+// and max_batch (at most 8 of them), and neither of the latter without max_batch > 1.
+Status CheckBatchPolicy(const BatchPolicy& p, const std::string& who);
 
 struct ManifestPolicy {
   // "broadcast_inputs": true lets inputs whose strides overlap (a stride of 0 stands for
@@ -26,6 +45,9 @@ struct ManifestPolicy {
   // ("qnnpack", "onednn", ...); empty: the worker's default. Read by the TorchScript runner
   // (the Python runner reads the manifest itself).
   std::string quantized_engine;
+  // "batching": {"max_batch": N, "max_delay_us": N, "preferred_batch_sizes": [N, ...]}
+  // (shoal.export(..., batching={...})); unchecked here beyond types: CheckBatchPolicy.
+  BatchPolicy batching;
 };
 
 // BadRequest when `json` is not one JSON object, or when a key shoald reads has a value

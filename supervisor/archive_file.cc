@@ -33,6 +33,7 @@ Result<std::shared_ptr<const ArchiveFile>> ArchiveFile::Adopt(int fd, std::strin
   auto info = InspectArchiveFd(fd, file->label_);
   if (!info.ok()) return info.status();
   file->policy_ = info->policy;
+  file->torchscript_ = info->kind == ArchiveKind::kTorchScript;
   return std::shared_ptr<const ArchiveFile>(std::move(file));
 }
 

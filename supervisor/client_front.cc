@@ -343,6 +343,8 @@ Status ClientFront::Load(const std::shared_ptr<ClientSession>& s, uint64_t id, c
   if (!asked.ok()) return asked.status();
   auto device = pool_->CheckDevice(*name, asked->value_or("auto"));
   if (!device.ok()) return device.status();
+  auto batching = LoadBatching(*name, m);
+  if (!batching.ok()) return batching.status();
   if (!passed) {
     return Status::BadRequest("model '" + *name + "': load needs the archive passed as an open file (SCM_RIGHTS): "
                               "the client opens it with its own rights and attaches it; shoald opens no path on a "
@@ -364,7 +366,38 @@ Status ClientFront::Load(const std::shared_ptr<ClientSession>& s, uint64_t id, c
           s->channel->Send(ErrorReply(id, st, tb));
         }
       },
-      *device);
+      *device, *batching);
+}
+
+Result<BatchOverride> ClientFront::LoadBatching(const std::string& name, const MapView& m) {
+  BatchOverride out;
+  auto whole = [&](const char* key, const msgpack::object* o, uint64_t* n) {
+    if (o->type != msgpack::type::POSITIVE_INTEGER) {
+      return Status::BadRequest("model '" + name + "': " + key + " must be a whole number");
+    }
+    *n = o->via.u64;
+    return Status::Ok();
+  };
+  uint64_t n = 0;
+  if (const msgpack::object* o = m.Find("max_batch"); o != nullptr && o->type != msgpack::type::NIL) {
+    if (auto st = whole("max_batch", o, &n); !st.ok()) return st;
+    out.max_batch = static_cast<uint32_t>(std::min<uint64_t>(n, UINT32_MAX));
+  }
+  if (const msgpack::object* o = m.Find("max_delay_us"); o != nullptr && o->type != msgpack::type::NIL) {
+    if (auto st = whole("max_delay_us", o, &n); !st.ok()) return st;
+    out.max_delay_us = n;
+  }
+  if (const msgpack::object* o = m.Find("preferred_batch_sizes"); o != nullptr && o->type != msgpack::type::NIL) {
+    if (o->type != msgpack::type::ARRAY || o->via.array.size > 8) {
+      return Status::BadRequest("model '" + name + "': preferred_batch_sizes must be a list of at most 8 whole numbers");
+    }
+    out.preferred_batch_sizes.emplace();
+    for (uint32_t i = 0; i < o->via.array.size; ++i) {
+      if (auto st = whole("preferred_batch_sizes", &o->via.array.ptr[i], &n); !st.ok()) return st;
+      out.preferred_batch_sizes->push_back(static_cast<uint32_t>(std::min<uint64_t>(n, UINT32_MAX)));
+    }
+  }
+  return out;
 }
 
 Status ClientFront::Unload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m) {
@@ -441,6 +474,7 @@ Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, 
   job->client_id = s->id;
   job->client_uid = s->uid;
   job->model = *model;
+  job->batching = registry_->Batching(*model);
   if (auto st = registry_->Admits(*model, s->uid); !st.ok()) return st;
   // Placement, not readiness, decides: while GPU X's only worker restarts, X's jobs wait.
   if (!job->gpu.empty() && !pool_->PlacesOnGpu(registry_->Device(*model), job->gpu)) {

@@ -67,6 +67,9 @@ class ClientFront {
   Status RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m, std::vector<int>* fds);
   // load {name, path?, device?} with the archive's open file attached (the path is a label only).
   Status Load(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m, std::vector<int>* fds);
+  // A load's batching keys ("max_batch", "max_delay_us", "preferred_batch_sizes"), typed;
+  // the registry checks their values.
+  static Result<BatchOverride> LoadBatching(const std::string& name, const MapView& m);
   Status Unload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
   Status Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
   bool IsAdmin(const ClientSession& s) const;

@@ -1,6 +1,6 @@
 // Job: one accepted inference request as the supervisor tracks it, from the client front
-// (which builds it) through the scheduler (queue, deadline, answer) to the worker pool (the
-// slot that runs it). Plain data shared by those roles; loop thread only.
+// (which builds it) through the scheduler (queue, deadline, batching, answer) to the worker
+// pool (the slot that runs it, alone or in a batch). Plain data shared by those roles; loop thread only.
 #pragma once
 
 #include <boost/asio/steady_timer.hpp>
@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "package_format/manifest.h"
 #include "protocol/descriptor.h"
 #include "protocol/messages.h"
 #include "supervisor/client_session.h"
@@ -37,6 +38,16 @@ struct Job {
   std::chrono::steady_clock::time_point accepted;
   std::chrono::steady_clock::time_point started;
   std::unique_ptr<boost::asio::steady_timer> deadline;
+  // Dynamic batching (docs/architecture.md): its model's policy when that batches (null:
+  // off, the one-job path). Once it runs in a batch: `batch_peers` are every member of it
+  // (itself too; weak, so no member keeps another alive), and the member the worker pool
+  // started the run with holds the others in `batch` (strongly: they live while the slot
+  // is taken). `grace_over`: its deadline and kill_grace_ms have passed while it ran; the
+  // worker is killed once every member still running is so.
+  std::shared_ptr<const BatchPolicy> batching;
+  std::shared_ptr<const std::vector<std::weak_ptr<Job>>> batch_peers;
+  std::vector<std::shared_ptr<Job>> batch;
+  bool grace_over = false;
 };
 
 // A worker's answer to a request, or (reply == nullptr) why none will come: WORKER_CRASHED

@@ -28,6 +28,14 @@ void ModelRegistry::AddConfigured(const std::string& name, ArchiveRef archive, c
   m.archive = std::move(archive);
   m.device = device;
   m.loading = false;
+  if (m.archive && m.archive->policy().batching.on()) {  // checked by the archive reader
+    m.batching = std::make_shared<const BatchPolicy>(m.archive->policy().batching);
+  }
+}
+
+std::shared_ptr<const BatchPolicy> ModelRegistry::Batching(const std::string& key) const {
+  auto it = models_.find(key);
+  return it != models_.end() ? it->second.batching : nullptr;
 }
 
 std::string ModelRegistry::Device(const std::string& key) const {
@@ -69,7 +77,21 @@ std::vector<ModelHosts::Worker> ModelRegistry::HostsFor(const std::string& devic
   return out;
 }
 
-Status ModelRegistry::Load(const std::string& name, ArchiveRef archive, Done done, const std::string& device) {
+Status ModelRegistry::Load(const std::string& name, ArchiveRef archive, Done done, const std::string& device,
+                           const BatchOverride& batching) {
+  BatchPolicy policy = archive->policy().batching;
+  if (batching.max_batch) policy.max_batch = *batching.max_batch;
+  if (batching.max_delay_us) policy.max_delay_us = *batching.max_delay_us;
+  if (batching.preferred_batch_sizes) policy.preferred_batch_sizes = *batching.preferred_batch_sizes;
+  if (!policy.on() && !batching.max_delay_us && !batching.preferred_batch_sizes) {
+    policy = {};  // max_batch 1 (or 0) turns the manifest's batching off, with its other keys
+  }
+  if (auto st = CheckBatchPolicy(policy, "model '" + name + "'"); !st.ok()) return st;
+  if (policy.on() && archive->torchscript()) {
+    return Status::BadRequest("model '" + name + "': dynamic batching (max_batch " + std::to_string(policy.max_batch) +
+                              ") is not supported for TorchScript archives yet; load it without max_batch, or "
+                              "export the model as a torch.package (shoal.export) to batch it");
+  }
   if (auto old = models_.find(name); old != models_.end()) {
     if (old->second.draining) {
       return Status::BadRequest("model '" + name + "' is being unloaded; load it once that is done");
@@ -80,6 +102,7 @@ Status ModelRegistry::Load(const std::string& name, ArchiveRef archive, Done don
   Entry& entry = models_[name];
   entry.archive = archive;
   entry.device = device;
+  entry.batching = policy.on() ? std::make_shared<const BatchPolicy>(policy) : nullptr;
   entry.loading = true;
   auto live = HostsFor(device);
   if (live.empty()) {
@@ -330,6 +353,8 @@ std::vector<ModelRegistry::Info> ModelRegistry::List() const {
     i.queued = jobs_->Queued(name);
     i.failed = m.failed;
     i.last_error = m.last_error;
+    i.batching = m.batching;
+    i.batches = jobs_->Batches(name);
     auto now = Clock::now();
     for (const auto& [uid, r] : m.refused) {
       if (r.until > now) i.refused.emplace_back(uid, std::chrono::duration<double>(r.until - now).count());

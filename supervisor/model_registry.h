@@ -63,6 +63,13 @@ class ModelHosts {
   virtual size_t Serving(const std::string& name) const = 0;  // live workers with it ready
 };
 
+// A load request's batching keys (absent: the manifest's value stands).
+struct BatchOverride {
+  std::optional<uint32_t> max_batch;
+  std::optional<uint64_t> max_delay_us;
+  std::optional<std::vector<uint32_t>> preferred_batch_sizes;
+};
+
 class ModelRegistry {
  public:
   // `config`, `hosts` and `jobs` must outlive the registry.
@@ -81,7 +88,10 @@ class ModelRegistry {
   // Loads an archive (already validated; held from now on for the model's lifetime) under
   // `name` in every live worker; `done` runs once every worker answered. An immediate error (the name is taken) is returned instead.
   // `device`: where it runs ("auto": where it was exported; gpu_placement.h checked it).
-  Status Load(const std::string& name, ArchiveRef archive, Done done, const std::string& device = "auto");
+  // `batching`: the load's keys over the manifest's "batching" (CheckBatchPolicy; not for
+  // TorchScript archives), BAD_REQUEST at once when shoald cannot follow them.
+  Status Load(const std::string& name, ArchiveRef archive, Done done, const std::string& device = "auto",
+              const BatchOverride& batching = {});
   // "name:version" unloads that version; a plain name unloads "name" or every "name:*".
   // `done` runs once their jobs are finished or the grace period is over.
   Status Unload(const std::string& name, std::function<void()> done);
@@ -107,6 +117,8 @@ class ModelRegistry {
   std::string Device(const std::string& key) const;
   // Whether model `key`'s manifest lets inputs with overlapping strides through.
   bool TakesBroadcastInputs(const std::string& key) const;
+  // Model `key`'s dynamic batching, or null when it runs its jobs one at a time.
+  std::shared_ptr<const BatchPolicy> Batching(const std::string& key) const;
   // Finishes unloads whose models have no jobs left.
   void CheckUnloads();
 
@@ -116,6 +128,8 @@ class ModelRegistry {
     bool failed = false;
     size_t queued = 0;
     std::vector<std::pair<uid_t, double>> refused;  // clients refused, seconds left
+    std::shared_ptr<const BatchPolicy> batching;    // null: off
+    BatchCounts batches;
   };
   std::vector<Info> List() const;
   std::vector<std::string> Names() const;
@@ -130,6 +144,7 @@ class ModelRegistry {
   struct Entry {
     ArchiveRef archive;  // the open file workers load from
     std::string device = "auto";  // as loaded (ModelHosts::Places says where it runs)
+    std::shared_ptr<const BatchPolicy> batching;  // null: off
     bool loading = true;    // a client's load() is still waiting for the workers
     bool failed = false;    // crash loop: no longer loaded nor served until loaded again
     bool draining = false;  // being unloaded: takes no new jobs, finishes those it has

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <set>
 #include <tuple>
 
 #include "protocol/channel.h"
@@ -13,10 +14,40 @@
 namespace shoal {
 
 namespace asio = boost::asio;
-using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Within one job every input has the same first dimension (its rows); 0-d inputs: none.
+std::optional<int64_t> Rows(const Job& job) {
+  if (job.inputs.empty()) return std::nullopt;
+  int64_t rows = -1;
+  for (const auto& d : job.inputs) {
+    if (d.shape.empty() || (rows >= 0 && d.shape[0] != rows)) return std::nullopt;
+    rows = d.shape[0];
+  }
+  return rows;
+}
+
+}  // namespace
+
+bool BatchCompatible(const Job& a, const Job& b) {
+  if (a.model != b.model || a.gpu != b.gpu || a.host_outputs != b.host_outputs || a.inputs.size() != b.inputs.size()) {
+    return false;
+  }
+  if (!Rows(a) || !Rows(b)) return false;
+  for (size_t i = 0; i < a.inputs.size(); ++i) {
+    const Descriptor& x = a.inputs[i];
+    const Descriptor& y = b.inputs[i];
+    if (x.dtype != y.dtype || x.shape.size() != y.shape.size() ||
+        !std::equal(x.shape.begin() + 1, x.shape.end(), y.shape.begin() + 1)) {
+      return false;
+    }
+  }
+  return true;
+}
 
 Scheduler::Scheduler(asio::io_context& io, const SupervisorConfig& config, SlotPool* pool, ArenaTable* arenas)
-    : io_(io), config_(config), pool_(pool), arenas_(arenas) {}
+    : io_(io), config_(config), pool_(pool), arenas_(arenas), hold_timer_(io) {}
 
 Status Scheduler::Submit(const std::shared_ptr<Job>& job, uint64_t timeout_ms, uint64_t* retry_after_ms) {
   if (stopped_) return Status(Code::kUnavailable, "shoald is shutting down; retry on another instance");
@@ -156,30 +187,128 @@ size_t Scheduler::Pending(const std::string& model) const {
 void Scheduler::Dispatch() {
   if (before_dispatch_) before_dispatch_();
   if (stopped_) return;
+  std::set<const Job*> held;  // batches waiting to fill (this pass skips them)
+  std::optional<Clock::time_point> wake;
   // Jobs in queue order, each to a free slot of a worker that serves its model.
   for (auto it = queue_.begin(); it != queue_.end();) {
+    if (!held.empty() && held.count(it->get()) != 0) {
+      ++it;
+      continue;
+    }
     bool any_free = false;
     auto slot = pool_->Pick(**it, &any_free);
-    if (!any_free) return;  // every slot is busy
+    if (!any_free) break;  // every slot is busy
     if (!slot) {
       ++it;  // its model serves nowhere free yet
       continue;
     }
     auto fairest = FairestOf(it);
+    if ((*fairest)->batching) {
+      auto group = BatchFor(*fairest);
+      if (auto until = HoldUntil(group)) {
+        for (const auto& j : group) held.insert(j.get());
+        wake = wake ? std::min(*wake, *until) : *until;
+        ++it;
+        continue;
+      }
+      if (group.size() > 1) {
+        std::set<const Job*> members;
+        for (const auto& j : group) members.insert(j.get());
+        for (auto q = queue_.begin(); q != queue_.end();) {
+          if (members.count(q->get()) != 0) {
+            Dequeue(q);
+          } else {
+            ++q;
+          }
+        }
+        it = queue_.begin();  // erased from anywhere: scan again (held ones are skipped)
+        StartBatch(*slot, group);
+        continue;
+      }
+    }
     bool first = fairest == it;
     auto job = Dequeue(fairest);
     // Erasing from the middle of a deque invalidates `it`: scan again from the front (the
     // jobs skipped before still find no slot, so this only costs time).
     if (!first) it = queue_.begin();
     else it = fairest;
-    job->started = Clock::now();
-    ++stats_[job->model].running_by[job->client_uid];
-    pool_->Run(*slot, job, [this, job](const Status& st, const MapView* reply) {
-      auto& running = stats_[job->model].running_by;
-      if (auto r = running.find(job->client_uid); r != running.end() && --r->second == 0) running.erase(r);
-      OnReply(job, st, reply);
+    StartOne(*slot, job);
+  }
+  if (wake) {
+    hold_timer_.expires_at(*wake);
+    hold_timer_.async_wait([this](const boost::system::error_code& ec) {
+      if (!ec) Dispatch();
     });
   }
+}
+
+void Scheduler::StartOne(SlotPool::Slot slot, const std::shared_ptr<Job>& job) {
+  job->started = Clock::now();
+  ++stats_[job->model].running_by[job->client_uid];
+  pool_->Run(slot, job, [this, job](const Status& st, const MapView* reply) {
+    auto& running = stats_[job->model].running_by;
+    if (auto r = running.find(job->client_uid); r != running.end() && --r->second == 0) running.erase(r);
+    OnReply(job, st, reply);
+  });
+}
+
+void Scheduler::StartBatch(SlotPool::Slot slot, const std::vector<std::shared_ptr<Job>>& group) {
+  auto peers = std::make_shared<std::vector<std::weak_ptr<Job>>>(group.begin(), group.end());
+  ModelStats& stats = stats_[group.front()->model];
+  for (const auto& job : group) {
+    job->started = Clock::now();
+    job->batch_peers = peers;
+    job->grace_over = false;
+    ++stats.running_by[job->client_uid];
+  }
+  ++stats.batches.batches;
+  stats.batches.batched_jobs += group.size();
+  pool_->RunBatch(slot, group, [this](const std::shared_ptr<Job>& job, const Status& st, const MapView* reply) {
+    auto& running = stats_[job->model].running_by;
+    if (auto r = running.find(job->client_uid); r != running.end() && --r->second == 0) running.erase(r);
+    job->batch_peers.reset();  // a re-run after a crash starts afresh
+    OnReply(job, st, reply);
+  });
+}
+
+std::vector<std::shared_ptr<Job>> Scheduler::BatchFor(const std::shared_ptr<Job>& lead) const {
+  std::vector<std::shared_ptr<Job>> group = {lead};
+  const size_t max = lead->batching->max_batch;
+  for (auto q = queue_.begin(); q != queue_.end() && group.size() < max; ++q) {
+    if (*q != lead && BatchCompatible(*lead, **q)) group.push_back(*q);
+  }
+  return group;
+}
+
+std::optional<Scheduler::Clock::time_point> Scheduler::HoldUntil(const std::vector<std::shared_ptr<Job>>& group) const {
+  const BatchPolicy& p = *group.front()->batching;
+  const size_t n = group.size();
+  if (n >= p.max_batch || p.max_delay_us == 0 ||
+      std::find(p.preferred_batch_sizes.begin(), p.preferred_batch_sizes.end(), n) != p.preferred_batch_sizes.end()) {
+    return std::nullopt;
+  }
+  auto oldest = group.front()->accepted;
+  for (const auto& j : group) oldest = std::min(oldest, j->accepted);
+  auto until = oldest + std::chrono::microseconds(p.max_delay_us);
+  if (until <= Clock::now()) return std::nullopt;
+  for (const auto& j : group) {
+    if (j->deadline && j->deadline->expiry() <= until) return std::nullopt;  // it would pass waiting
+  }
+  return until;
+}
+
+BatchCounts Scheduler::Batches(const std::string& model) const {
+  auto s = stats_.find(model);
+  return s == stats_.end() ? BatchCounts{} : s->second.batches;
+}
+
+bool Scheduler::BatchOverdue(const Job& job) const {
+  if (!job.batch_peers) return true;
+  for (const auto& weak : *job.batch_peers) {
+    auto peer = weak.lock();
+    if (peer && !peer->grace_over && pool_->IsRunning(*peer)) return false;
+  }
+  return true;
 }
 
 void Scheduler::OnReply(const std::shared_ptr<Job>& job, const Status& st, const MapView* reply) {
@@ -307,8 +436,16 @@ void Scheduler::OnDeadline(const std::shared_ptr<Job>& job) {
   // several jobs of one worker may be past their deadlines, and each must still get its
   // worker killed if it never returns.
   job->deadline->expires_after(std::chrono::milliseconds(config_.kill_grace_ms));
+  // In a batch, the run is the members': it is killed only once every member still
+  // running has passed its own deadline and grace.
   job->deadline->async_wait([this, job](const boost::system::error_code& ec) {
-    if (!ec && pool_->IsRunning(*job)) pool_->Terminate(*job, "still runs timed-out job " + std::to_string(job->id));
+    if (ec || !pool_->IsRunning(*job)) return;
+    job->grace_over = true;
+    if (!BatchOverdue(*job)) return;
+    pool_->Terminate(*job, "still runs timed-out job " + std::to_string(job->id) +
+                               (job->batch_peers ? " (a batch of " + std::to_string(job->batch_peers->size()) +
+                                                       " jobs, all past their deadlines)"
+                                                 : std::string()));
   });
 }
 

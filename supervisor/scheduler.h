@@ -7,12 +7,18 @@
 // full queue makes room for a newcomer by dropping the newest job of the client that holds
 // the most of it. Also
 // the rule that every accepted job is answered exactly once: with its outputs, the model's
-// error, TIMEOUT, WORKER_CRASHED or UNAVAILABLE. It knows slots only through SlotPool (the
+// error, TIMEOUT, WORKER_CRASHED or UNAVAILABLE. Dynamic batching: a job of a model whose
+// policy batches (Job::batching) takes with it up to max_batch - 1 queued jobs of that model
+// whose inputs agree on all but the first dimension (BatchCompatible), oldest first, and
+// the group is held (a timer, never past a member's deadline) until it is full, reaches a
+// preferred size, or its oldest job waited max_delay_us; every member keeps its own
+// deadline and answer. It knows slots only through SlotPool (the
 // worker pool in shoald, a fake in tests) and clients only through their sessions.
 // Thread-safety: loop thread only; every callback runs on the loop thread.
 #pragma once
 
 #include <boost/asio.hpp>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -45,7 +51,12 @@ class SlotPool {
   virtual std::optional<Slot> Pick(const Job& job, bool* any_free) const = 0;
   // Starts `job` on `slot` (fills job->worker/interp/generation/started); `done` runs once.
   virtual void Run(Slot slot, const std::shared_ptr<Job>& job, ReplyFn done) = 0;
-  // Whether `job` still occupies the slot it was started on.
+  using MemberReplyFn = std::function<void(const std::shared_ptr<Job>& job, const Status& st, const MapView* reply)>;
+  // Starts `jobs` (2 or more, batch-compatible, of one model) on `slot` as one run of the
+  // model (one message to the worker); `done` runs once per member with its own reply. The
+  // slot is taken until every member is answered.
+  virtual void RunBatch(Slot slot, const std::vector<std::shared_ptr<Job>>& jobs, MemberReplyFn done) = 0;
+  // Whether `job` (alone or a member of a batch) still runs on the slot it was started on.
   virtual bool IsRunning(const Job& job) const = 0;
   // Kills the worker that runs `job` (SIGTERM, then SIGKILL).
   virtual void Terminate(const Job& job, const std::string& why) = 0;
@@ -54,6 +65,12 @@ class SlotPool {
   virtual void FreeBlocks(const Job& job, uint64_t arena, const std::vector<uint64_t>& blocks) = 0;
   virtual int RunningJobs(const std::string& model = {}) const = 0;  // of one model, or all
   virtual size_t Serving(const std::string& model) const = 0;          // live workers that serve it
+};
+
+// Runs of more than one job of a model (dynamic batching), and the jobs they ran.
+struct BatchCounts {
+  uint64_t batches = 0;
+  uint64_t batched_jobs = 0;
 };
 
 // What the model registry needs of the scheduler.
@@ -65,11 +82,18 @@ class JobQueue {
   // Jobs of `model` queued or running; queued only.
   virtual size_t Pending(const std::string& model) const = 0;
   virtual size_t Queued(const std::string& model) const = 0;
+  virtual BatchCounts Batches(const std::string& /*model*/) const { return {}; }
   virtual void Dispatch() = 0;
 };
 
+// Whether jobs `a` and `b` can run in one batch: same model, GPU and outputs choice, the
+// same number of inputs, each with the same dtype and the same shape but for the first
+// dimension, and within each job every input with the same first dimension (its rows).
+bool BatchCompatible(const Job& a, const Job& b);
+
 class Scheduler : public JobQueue {
  public:
+  using Clock = std::chrono::steady_clock;
   // `config`, `pool` and `arenas` must outlive the scheduler.
   Scheduler(boost::asio::io_context& io, const SupervisorConfig& config, SlotPool* pool, ArenaTable* arenas);
   Scheduler(const Scheduler&) = delete;
@@ -93,6 +117,7 @@ class Scheduler : public JobQueue {
   void Dispatch() override;
 
   size_t queued() const { return queue_.size(); }
+  BatchCounts Batches(const std::string& model) const override;
   uint64_t jobs_done() const { return jobs_done_; }
   uint64_t jobs_failed() const { return jobs_failed_; }
 
@@ -102,6 +127,7 @@ class Scheduler : public JobQueue {
     double avg_ms = 0;  // moving average of its jobs' run time
     std::map<uid_t, size_t> queued_by;   // per client
     std::map<uid_t, size_t> running_by;  // per client
+    BatchCounts batches;
   };
   // The queued job to run next in place of *from (see above): of its model, and with
   // its inputs on the same GPU (or none), from `from` on.
@@ -110,6 +136,17 @@ class Scheduler : public JobQueue {
   // it if that is more than job's client would hold. False when nothing could be dropped.
   bool MakeRoom(const Job& job);
   void Enqueue(const std::shared_ptr<Job>& job, bool front);
+  // The jobs `lead` (queued, of a batching model) would run with now: itself first, then
+  // the oldest queued jobs compatible with it, at most max_batch in all.
+  std::vector<std::shared_ptr<Job>> BatchFor(const std::shared_ptr<Job>& lead) const;
+  // When `group` must go at the latest (its oldest job's max_delay_us), or nullopt when it
+  // must go now: full, a preferred size, that time passed, or a member's deadline would
+  // pass before it.
+  std::optional<Clock::time_point> HoldUntil(const std::vector<std::shared_ptr<Job>>& group) const;
+  void StartOne(SlotPool::Slot slot, const std::shared_ptr<Job>& job);
+  void StartBatch(SlotPool::Slot slot, const std::vector<std::shared_ptr<Job>>& group);
+  // Whether every member of `job`'s batch still running has passed its deadline and grace.
+  bool BatchOverdue(const Job& job) const;
   // Removes *it from the queue and advances `it` past it.
   std::shared_ptr<Job> Dequeue(std::deque<std::shared_ptr<Job>>::iterator& it);
   void OnReply(const std::shared_ptr<Job>& job, const Status& st, const MapView* reply);
@@ -127,6 +164,7 @@ class Scheduler : public JobQueue {
   std::function<void()> before_dispatch_;
   bool stopped_ = false;
   std::deque<std::shared_ptr<Job>> queue_;
+  boost::asio::steady_timer hold_timer_;  // dispatches when the earliest held batch must go
   std::map<std::string, ModelStats> stats_;
   uint64_t jobs_done_ = 0;
   uint64_t jobs_failed_ = 0;

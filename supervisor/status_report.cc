@@ -13,7 +13,7 @@ void PackModels(Writer* w, const ModelRegistry& registry, bool show_paths) {
   w->Key("models");
   w->pk().pack_array(static_cast<uint32_t>(models.size()));
   for (const auto& m : models) {
-    w->Map(7 + (m.failed ? 1 : 0) + (m.refused.empty() ? 0 : 1));
+    w->Map(9 + (m.failed ? 1 : 0) + (m.refused.empty() ? 0 : 1) + (m.batching ? 1 : 0));
     w->Key("name"); w->Str(m.name);
     w->Key("device"); w->Str(m.device);  // as loaded: auto (where it was exported), cpu, cuda, cuda:N
     w->Key("engine"); w->Str(m.engine);
@@ -21,6 +21,18 @@ void PackModels(Writer* w, const ModelRegistry& registry, bool show_paths) {
     w->Key("ready"); w->Val(m.ready);
     w->Key("queued"); w->Val(static_cast<uint64_t>(m.queued));
     w->Key("failed"); w->Val(m.failed);
+    // Dynamic batching: runs of more than one job, and the jobs they ran.
+    w->Key("batches"); w->Val(m.batches.batches);
+    w->Key("batched_jobs"); w->Val(m.batches.batched_jobs);
+    if (m.batching) {
+      w->Key("batching");
+      w->Map(3);
+      w->Key("max_batch"); w->Val(static_cast<uint64_t>(m.batching->max_batch));
+      w->Key("max_delay_us"); w->Val(m.batching->max_delay_us);
+      w->Key("preferred_batch_sizes");
+      w->pk().pack_array(static_cast<uint32_t>(m.batching->preferred_batch_sizes.size()));
+      for (uint32_t n : m.batching->preferred_batch_sizes) w->Val(static_cast<uint64_t>(n));
+    }
     if (m.failed) { w->Key("last_error"); w->Str(m.last_error); }
     if (m.refused.empty()) continue;
     w->Key("refused_clients");  // clients whose jobs crashed it too often: [{uid, seconds}]

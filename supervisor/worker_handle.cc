@@ -1,5 +1,7 @@
 #include "supervisor/worker_handle.h"
 
+#include "supervisor/job.h"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -20,6 +22,19 @@ int WorkerHandle::Running() const {
   int n = 0;
   for (const auto& j : jobs) n += j != nullptr;
   return n;
+}
+
+std::shared_ptr<Job> WorkerHandle::JobOf(uint64_t id) const { return FindJob(jobs, id); }
+
+std::shared_ptr<Job> FindJob(const std::vector<std::shared_ptr<Job>>& jobs, uint64_t id) {
+  for (const auto& j : jobs) {
+    if (!j) continue;
+    if (j->id == id) return j;
+    for (const auto& m : j->batch) {
+      if (m->id == id) return m;
+    }
+  }
+  return nullptr;
 }
 
 int WorkerHandle::FreeInterpreter(const std::string& model) const {

@@ -76,7 +76,9 @@ struct WorkerHandle {
   std::string memory_by;
   WorkerCgroup cgroup;  // its procs fd is held only until the worker joined
   std::string memory_exceeded;
-  std::vector<std::shared_ptr<Job>> jobs;  // per interpreter: its in-flight inference, or null
+  // Per interpreter: its in-flight inference, or null; a batch is its first member, which
+  // holds the others (Job::batch).
+  std::vector<std::shared_ptr<Job>> jobs;
   std::vector<std::string> last_model;     // per interpreter: the model it ran last
   std::unique_ptr<boost::asio::steady_timer> kill_timer;
   // Its /proc/self/smaps_rollup, opened by the worker and handed over (`memory_file`): a
@@ -87,9 +89,15 @@ struct WorkerHandle {
 
   std::string Describe() const;
   int Running() const;        // interpreters running a job
+  // The job (alone or a member of a batch) that request `id` runs, or null.
+  std::shared_ptr<Job> JobOf(uint64_t id) const;
   int FreeInterpreter(const std::string& model) const;  // a free one (preferring one that ran
                                                         // `model` last), or -1
 };
+
+// The job in `jobs` (per interpreter, as WorkerHandle::jobs) or in a batch one of them
+// leads whose id is `id`, or null.
+std::shared_ptr<Job> FindJob(const std::vector<std::shared_ptr<Job>>& jobs, uint64_t id);
 
 struct SpawnedProcess {
   pid_t pid;

@@ -307,9 +307,7 @@ void WorkerPool::OnFrame(WorkerHandle* w, const std::string& body, std::vector<i
   if (poisoned) {
     w->retiring = true;  // no new job may land on it while the answer goes out
     CrashCharge charge{w->pending_model.count(*id) ? w->pending_model.at(*id) : std::string(), std::nullopt};
-    for (const auto& j : w->jobs) {
-      if (j && j->id == *id) charge.client = j->client_uid;
-    }
+    if (auto j = w->JobOf(*id)) charge.client = j->client_uid;
     if (!charge.model.empty()) w->poisoned_by = charge;  // blame as for a crash (OnGone)
   }
   fn(Status::Ok(), &m);
@@ -347,9 +345,7 @@ void WorkerPool::OnGone(WorkerHandle* w, std::string how) {
   std::set<std::pair<std::string, std::optional<uid_t>>> charged;
   for (const auto& [rid, model] : w->pending_model) {
     std::optional<uid_t> client;
-    for (const auto& j : w->jobs) {
-      if (j && j->id == rid) client = j->client_uid;
-    }
+    if (auto j = w->JobOf(rid)) client = j->client_uid;  // in a batch: each member's client
     if (!w->killed_for_deadline) charged.insert({model, client});
   }
   if (w->poisoned_by) charged.insert({w->poisoned_by->model, w->poisoned_by->client});
@@ -360,6 +356,7 @@ void WorkerPool::OnGone(WorkerHandle* w, std::string how) {
   std::string job_part;
   for (const auto& j : w->jobs) {
     if (j) job_part += (job_part.empty() ? " while running job " : ", job ") + std::to_string(j->id) + " of model '" + j->model + "'";
+    if (j && !j->batch.empty()) job_part += " (a batch of " + std::to_string(j->batch.size() + 1) + " jobs)";
   }
   spdlog::error("{} died: {}{}", w->Describe(), how, job_part);
   // Answer everything it owed, in request order; the callbacks may touch the pool.
@@ -375,14 +372,11 @@ void WorkerPool::OnGone(WorkerHandle* w, std::string how) {
   arenas_->DropWorker(w->slot, w->generation);  // clients keep the mappings they hold
   std::string who = "worker " + std::to_string(w->slot) + " (pid " + std::to_string(w->pid) + ")";
   for (auto& [rid, fn] : pending) {
-    std::shared_ptr<Job> job;
-    for (const auto& j : jobs) {
-      if (j && j->id == rid) job = j;
-    }
+    std::shared_ptr<Job> job = FindJob(jobs, rid);
     std::string what =
         !job ? who + " died from " + how + " before answering"
              : who + " died from " + how + " while running job " + std::to_string(rid) + " of model '" + job->model +
-                   "'" +
+                   "'" + (job->batch_peers ? " in a batch of " + std::to_string(job->batch_peers->size()) + " jobs" : "") +
                    (jobs.size() > 1 ? " on interpreter " + std::to_string(job->interp) + " of " +
                                           std::to_string(jobs.size()) + " (any of them may have crashed it)"
                                     : std::string()) +
@@ -471,9 +465,7 @@ void WorkerPool::KillAll() {
     w->jobs.assign(jobs.size(), nullptr);
     for (auto& [rid, fn] : pending) {
       std::string what = "shoald stopped before " + w->Describe() + " answered";
-      for (const auto& j : jobs) {
-        if (j && j->id == rid) what = "shoald stopped before job " + std::to_string(rid) + " of model '" + j->model + "' finished";
-      }
+      if (auto j = FindJob(jobs, rid)) what = "shoald stopped before job " + std::to_string(rid) + " of model '" + j->model + "' finished";
       fn(Status(Code::kUnavailable, what), nullptr);
     }
     w->gone = true;
@@ -590,10 +582,7 @@ void WorkerPool::SendRelease(WorkerHandle* w, uint64_t local, const std::vector<
 void WorkerPool::RegisterOutputArenas(WorkerHandle* w, uint64_t rid, const MapView& reply, std::vector<int>* fds) {
   const msgpack::object* list = reply.Find("new_arenas");
   if (list == nullptr) return;
-  std::shared_ptr<Job> job;
-  for (const auto& j : w->jobs) {
-    if (j && j->id == rid) job = j;
-  }
+  std::shared_ptr<Job> job = w->JobOf(rid);
   uint32_t n = list->type == msgpack::type::ARRAY ? list->via.array.size : 0;
   bool client_gone = job == nullptr || job->client.expired() || job->client.lock()->closed;
   auto drop_client = [&] {  // the worker forgets those arenas and makes new ones next time
@@ -635,7 +624,11 @@ void WorkerPool::SendArenaIfNeeded(WorkerHandle* w, uint64_t arena) {
   // Arenas a running job of this worker reads stay; the idle ones go, oldest first.
   std::set<uint64_t> busy;
   for (const auto& j : w->jobs) {
-    for (const auto& d : j ? j->inputs : std::vector<Descriptor>{}) busy.insert(d.arena);
+    if (!j) continue;
+    for (const auto& d : j->inputs) busy.insert(d.arena);
+    for (const auto& m : j->batch) {
+      for (const auto& d : m->inputs) busy.insert(d.arena);
+    }
   }
   // Host and GPU arenas each have worker_arena_mb: dropping one kind frees none of the other.
   const bool gpu = !a->gpu.empty();

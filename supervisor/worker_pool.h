@@ -111,6 +111,7 @@ class WorkerPool : public SlotPool, public ModelHosts {
   // SlotPool
   std::optional<Slot> Pick(const Job& job, bool* any_free) const override;
   void Run(Slot slot, const std::shared_ptr<Job>& job, ReplyFn done) override;
+  void RunBatch(Slot slot, const std::vector<std::shared_ptr<Job>>& jobs, MemberReplyFn done) override;
   bool IsRunning(const Job& job) const override;
   void Terminate(const Job& job, const std::string& why) override;
   void FreeBlocks(const Job& job, uint64_t arena, const std::vector<uint64_t>& blocks) override;
@@ -133,6 +134,12 @@ class WorkerPool : public SlotPool, public ModelHosts {
 
  private:
   WorkerHandle* Find(int slot, uint64_t generation) const;  // the live worker, or nullptr
+  // A job about to run on interpreter `interp` of `w`: its arenas sent, where it runs noted.
+  void Place(WorkerHandle* w, int interp, Job* job);
+  // The infer request's common part, for `job` alone or (batch) a batch it leads.
+  void BeginInfer(Writer* m, int interp, const Job& job, bool batch) const;
+  // A reply of the run `lead` started came: its slot is free once all its jobs are answered.
+  void FreeSlotIfDone(const std::shared_ptr<Job>& lead, uint64_t generation);
   std::vector<std::string> WorkerArgs() const;
   void Spawn(int slot);
   void ScheduleRespawn(int slot, std::chrono::milliseconds delay);

@@ -36,50 +36,104 @@ std::optional<SlotPool::Slot> WorkerPool::Pick(const Job& job, bool* any_free) c
   return Slot{best->slot, best_interp};
 }
 
-void WorkerPool::Run(Slot slot, const std::shared_ptr<Job>& job, ReplyFn done) {
-  WorkerHandle* w = workers_.at(slot.worker).get();
-  auto i = static_cast<size_t>(slot.interp);
-  w->jobs[i] = job;  // first: the arenas it reads are not dropped to make room below
+void WorkerPool::Place(WorkerHandle* w, int interp, Job* job) {
   for (const auto& d : job->inputs) SendArenaIfNeeded(w, d.arena);
-  w->last_model[i] = job->model;
   job->worker = w->slot;
-  job->interp = slot.interp;
+  job->interp = interp;
   job->generation = w->generation;
   job->worker_gpu = gpus_.BusOf(w->slot);
   w->pending_model[job->id] = job->model;
-  Writer m;
-  BeginRequest(&m, "infer", job->id, job->host_outputs ? 7 : 6);
-  m.Key("interp"); m.Val(static_cast<uint64_t>(slot.interp));
-  m.Key("model"); m.Str(job->model);
-  m.Key("client"); m.Val(job->client_id);
-  m.Key("out_bytes"); m.Val(config_.output_arena_mb << 20);
-  m.Key("out_arenas"); m.Val(config_.output_arenas);
-  if (job->host_outputs) {
-    m.Key("outputs"); m.Str("cpu");
+}
+
+void WorkerPool::BeginInfer(Writer* m, int interp, const Job& job, bool batch) const {
+  BeginRequest(m, "infer", job.id, (job.host_outputs ? 7 : 6) - (batch ? 1 : 0));
+  m->Key("interp"); m->Val(static_cast<uint64_t>(interp));
+  m->Key("model"); m->Str(job.model);
+  if (!batch) {  // a batch names each member's connection
+    m->Key("client"); m->Val(job.client_id);
   }
+  m->Key("out_bytes"); m->Val(config_.output_arena_mb << 20);
+  m->Key("out_arenas"); m->Val(config_.output_arenas);
+  if (job.host_outputs) {
+    m->Key("outputs"); m->Str("cpu");
+  }
+}
+
+void WorkerPool::Run(Slot slot, const std::shared_ptr<Job>& job, ReplyFn done) {
+  WorkerHandle* w = workers_.at(slot.worker).get();
+  w->jobs[static_cast<size_t>(slot.interp)] = job;  // first: the arenas it reads are not dropped below
+  w->last_model[static_cast<size_t>(slot.interp)] = job->model;
+  Place(w, slot.interp, job.get());
+  Writer m;
+  BeginInfer(&m, slot.interp, *job, false);
   m.Key("inputs");
   m.pk().pack_array(static_cast<uint32_t>(job->inputs.size()));
   for (const auto& d : job->inputs) d.Pack(&m);
   uint64_t gen = w->generation;
   Send(w, job->id, m.body(), [this, gen, job, done](const Status& st, const MapView* reply) {
-    WorkerHandle* w = Find(job->worker, gen);
-    if (w != nullptr && w->jobs[static_cast<size_t>(job->interp)] == job) {
-      w->jobs[static_cast<size_t>(job->interp)].reset();
-      // kill_timer stays armed: with K interpreters this reply may come from another job
-      // than the one whose worker is being killed.
-      ++w->jobs_run;
-      if (config_.max_jobs_per_worker > 0 && w->jobs_run >= config_.max_jobs_per_worker && !w->retiring) {
-        w->retiring = true;  // recycled once this reply is through (RetireIfDone)
-        spdlog::info("{} ran {} jobs: recycling it", w->Describe(), w->jobs_run);
-      }
-    }
+    FreeSlotIfDone(job, gen);
     done(st, reply);
   });
 }
 
+void WorkerPool::RunBatch(Slot slot, const std::vector<std::shared_ptr<Job>>& jobs, MemberReplyFn done) {
+  WorkerHandle* w = workers_.at(slot.worker).get();
+  const auto& lead = jobs.front();
+  lead->batch.assign(jobs.begin() + 1, jobs.end());
+  w->jobs[static_cast<size_t>(slot.interp)] = lead;  // first: the arenas they read are not dropped below
+  w->last_model[static_cast<size_t>(slot.interp)] = lead->model;
+  for (const auto& job : jobs) Place(w, slot.interp, job.get());
+  // One message: {"op":"infer","id":first member, ..., "batch":[{"job","client","inputs"}]}
+  // (docs/protocol.md); the worker answers each member on its own, under the member's id.
+  Writer m;
+  BeginInfer(&m, slot.interp, *lead, true);
+  m.Key("batch");
+  m.pk().pack_array(static_cast<uint32_t>(jobs.size()));
+  for (const auto& job : jobs) {
+    m.Map(3);
+    m.Key("job"); m.Val(job->id);
+    m.Key("client"); m.Val(job->client_id);
+    m.Key("inputs");
+    m.pk().pack_array(static_cast<uint32_t>(job->inputs.size()));
+    for (const auto& d : job->inputs) d.Pack(&m);
+  }
+  uint64_t gen = w->generation;
+  for (const auto& job : jobs) {
+    w->pending[job->id] = [this, gen, lead, job, done](const Status& st, const MapView* reply) {
+      FreeSlotIfDone(lead, gen);
+      done(job, st, reply);
+    };
+  }
+  w->channel->Send(m.body());
+}
+
+void WorkerPool::FreeSlotIfDone(const std::shared_ptr<Job>& lead, uint64_t generation) {
+  WorkerHandle* w = Find(lead->worker, generation);
+  if (w == nullptr || w->jobs[static_cast<size_t>(lead->interp)] != lead) return;
+  if (w->pending.count(lead->id) != 0) return;  // a batch's members are answered in turn
+  for (const auto& m : lead->batch) {
+    if (w->pending.count(m->id) != 0) return;
+  }
+  w->jobs[static_cast<size_t>(lead->interp)].reset();
+  // kill_timer stays armed: with K interpreters this reply may come from another job
+  // than the one whose worker is being killed.
+  ++w->jobs_run;
+  if (config_.max_jobs_per_worker > 0 && w->jobs_run >= config_.max_jobs_per_worker && !w->retiring) {
+    w->retiring = true;  // recycled once this reply is through (RetireIfDone)
+    spdlog::info("{} ran {} jobs: recycling it", w->Describe(), w->jobs_run);
+  }
+}
+
 bool WorkerPool::IsRunning(const Job& job) const {
   const WorkerHandle* w = Find(job.worker, job.generation);
-  return w != nullptr && job.interp >= 0 && w->jobs[static_cast<size_t>(job.interp)].get() == &job;
+  if (w == nullptr || job.interp < 0) return false;
+  const auto& lead = w->jobs[static_cast<size_t>(job.interp)];
+  if (lead.get() == &job) return lead->batch.empty() || w->pending.count(job.id) != 0;
+  if (!lead) return false;
+  for (const auto& m : lead->batch) {
+    if (m.get() == &job) return w->pending.count(job.id) != 0;  // not answered yet
+  }
+  return false;
 }
 
 void WorkerPool::Terminate(const Job& job, const std::string& why) {
@@ -97,7 +151,9 @@ int WorkerPool::RunningJobs(const std::string& model) const {
   int n = 0;
   for (const auto& [slot, w] : workers_) {
     if (w->gone) continue;
-    for (const auto& j : w->jobs) n += j != nullptr && (model.empty() || j->model == model);
+    for (const auto& j : w->jobs) {
+      if (j != nullptr && (model.empty() || j->model == model)) n += 1 + static_cast<int>(j->batch.size());
+    }
   }
   return n;
 }

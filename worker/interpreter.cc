@@ -1,5 +1,7 @@
 #include "worker/interpreter.h"
 
+#include "package_format/manifest.h"
+
 #include <dlfcn.h>
 
 #include <cstdlib>
@@ -123,8 +125,9 @@ Result<EncodedReply> Interpreter::Handle(const std::string& body, std::vector<in
   char* reply = nullptr;
   size_t len = 0;
   char* error = nullptr;
-  int out_fds[kMaxFdsPerFrame];
-  size_t n_out = kMaxFdsPerFrame;
+  // A batch's bundle carries the fds of every member's reply (protocol/reply_bundle.h).
+  int out_fds[kMaxFdsPerFrame * kMaxBatch];
+  size_t n_out = kMaxFdsPerFrame * kMaxBatch;
   int rc = api_->handle(body.data(), body.size(), fds->data(), &n, &reply, &len, out_fds, &n_out, &error);
   fds->resize(n);
   if (rc != 0) return TakeError("", error);

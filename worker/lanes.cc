@@ -6,6 +6,7 @@
 #include "protocol/channel.h"
 #include "protocol/frame.h"
 #include "protocol/messages.h"
+#include "protocol/reply_bundle.h"
 
 namespace shoal {
 
@@ -13,6 +14,15 @@ void ReplySink::Send(const std::string& body, const std::vector<int>& fds) {
   if (body.empty()) return;
   std::lock_guard<std::mutex> lock(mu_);
   if (!SendAll(fd_, EncodeFrame(body), fds).ok()) _exit(0);  // shoald is gone
+}
+
+void ReplySink::SendBatch(const EncodedReply& bundle) {
+  auto parts = SplitReplyBundle(bundle);
+  if (!parts.ok()) {
+    spdlog::error("{}", parts.status().ToString());
+    return Send(bundle);
+  }
+  for (const auto& r : *parts) Send(r);
 }
 
 void Gather::Add(const EncodedReply& r, ReplySink* sink) {
@@ -70,6 +80,8 @@ void Lane::Loop() {
     --load_;
     if (t.gather) {
       t.gather->Add(reply, sink_);
+    } else if (t.batch) {
+      sink_->SendBatch(reply);
     } else {
       sink_->Send(reply);
     }

@@ -36,6 +36,9 @@ class ReplySink {
   // Sends `body` as one frame with `fds` attached; an empty body sends nothing.
   void Send(const std::string& body, const std::vector<int>& fds = {});
   void Send(const EncodedReply& reply) { Send(reply.body, reply.fds); }
+  // A batched infer's reply: each member's reply as its own frame (a bundle that does not
+  // split, such as a runner's error, goes as it is).
+  void SendBatch(const EncodedReply& bundle);
 
  private:
   const int fd_;
@@ -65,6 +68,7 @@ struct Task {
   std::string body;
   std::vector<int> fds;            // this interpreter's own copies of the fds it carries
   bool torchscript = false;        // a TorchScript job: no Python
+  bool batch = false;              // a batched infer: the reply is a bundle (protocol/reply_bundle.h)
   std::shared_ptr<Gather> gather;  // set when every interpreter handles it
 };
 

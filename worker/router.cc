@@ -10,6 +10,7 @@
 #include "protocol/channel.h"
 #include "protocol/frame.h"
 #include "protocol/messages.h"
+#include "protocol/reply_bundle.h"
 #include "shm/output_arenas.h"
 #include "worker/lanes.h"
 #include "worker/torchscript.h"
@@ -48,9 +49,11 @@ void ServeOne(int fd, Interpreter* interp) {
       if (body.status().code() != Code::kUnavailable) spdlog::error("{}", body.status().ToString());
       break;  // supervisor gone or stream broken: nothing left to serve
     }
+    bool batch = false;  // a batched infer: the runner answers with a bundle
     if (auto oh = Decode(*body); oh.ok()) {
       MapView m(oh->get());
       std::string op = m.Str("op").value_or("");
+      batch = op == "infer" && m.Find("batch") != nullptr;
       if (op == "release") {
         auto route = RouteRelease(m);
         if (!route || route->lane != 0) continue;  // not an arena of ours: ignored
@@ -74,6 +77,14 @@ void ServeOne(int fd, Interpreter* interp) {
     if (!reply.ok()) {
       spdlog::critical("{}", reply.status().ToString());
       _exit(4);
+    }
+    if (batch) {  // a batched infer: each member's reply as its own frame
+      auto parts = SplitReplyBundle(*reply);
+      if (!parts.ok()) spdlog::error("{}", parts.status().ToString());
+      bool sent = true;
+      for (const auto& r : parts.ok() ? *parts : std::vector<EncodedReply>{*reply}) sent = sent && send(r.body, r.fds);
+      if (!sent) break;
+      continue;
     }
     if (!send(reply->body, reply->fds)) break;
   }
@@ -115,6 +126,7 @@ void ServeMany(int fd, int slot, const std::vector<std::unique_ptr<Interpreter>>
       }
       Task t;
       t.torchscript = torchscript.Holds(m);
+      t.batch = m.Find("batch") != nullptr;
       t.body = std::move(*body);
       lanes[i]->Push(std::move(t));
       continue;

@@ -69,6 +69,15 @@ class Client {
   // (which never opens a client's path); BAD_REQUEST if it cannot be opened here.
   // `device`: "" (where it was exported), "cpu", "cuda" or "cuda:N".
   Status Load(const std::string& name, const std::string& archive_path, const std::string& device = "");
+  // A load's options: `device` as above; dynamic batching (docs/architecture.md): each
+  // key set overrides the archive manifest's "batching" (max_batch 1: off).
+  struct LoadOptions {
+    std::string device;
+    std::optional<uint32_t> max_batch;
+    std::optional<uint64_t> max_delay_us;
+    std::optional<std::vector<uint32_t>> preferred_batch_sizes;
+  };
+  Status Load(const std::string& name, const std::string& archive_path, const LoadOptions& options);
   Status Unload(const std::string& name);
   Result<std::vector<ModelInfo>> Models();
   // The status map as JSON-like text (workers, queue, counters), for display.

@@ -89,11 +89,15 @@ class Runner:
         except Exception as e:  # a bug here must cost one request, not the worker
             if "id" not in msg:
                 raise
-            return _error(msg["id"], "INTERNAL", f"worker {self.slot}: {type(e).__name__}: {e}",
-                          traceback.format_exc())
+            text, tb = f"worker {self.slot}: {type(e).__name__}: {e}", traceback.format_exc()
+            if isinstance(msg.get("batch"), list):  # every member is answered
+                return _bundle([_error(m.get("job", 0), "INTERNAL", text, tb) for m in msg["batch"]])
+            return _error(msg["id"], "INTERNAL", text, tb)
 
     def _dispatch(self, msg, fds):
         op = msg["op"]
+        if op == "infer" and "batch" in msg:
+            return self._infer_batch(msg)
         if op == "infer":
             return self._infer(msg)
         if op == "arena":
@@ -159,6 +163,13 @@ class Runner:
         return msgpack.packb(reply)
 
     # -- inference ------------------------------------------------------------------
+    def _map(self, arenas):
+        """The client arenas ``arenas`` mapped, by id. Mapped when a job first reads them;
+        idle mappings go when the address space is full (shm/client_arena_maps.h, the
+        TorchScript runner's policy too), never one of ``arenas``."""
+        needed = sorted(arenas)
+        return {aid: self.arenas.map(aid, needed) for aid in needed}
+
     def _infer(self, msg):
         rid, name = msg["id"], msg["model"]
         model = self.models.get(name)
@@ -169,25 +180,11 @@ class Runner:
             problem = _check_inputs(msg["inputs"], specs)
             if problem:
                 return _error(rid, "BAD_REQUEST", f"model '{name}', job {rid}: {problem}")
-        # Mapped when a job first reads them; idle mappings go when the address space is
-        # full (shm/client_arena_maps.h, the TorchScript runner's policy too).
-        needed = sorted({d["arena"] for d in msg["inputs"]})
-        mapped = {}
-        for aid in needed:
-            try:
-                mapped[aid] = self.arenas.map(aid, needed)
-            except OSError as e:
-                return _error(rid, "UNAVAILABLE", f"model '{name}', job {rid}: worker {self.slot}: {e}")
-        inputs, spans = [], []
-        for d in msg["inputs"]:
-            arena = mapped[d["arena"]]
-            if arena.device >= 0:
-                inputs.append(_tensors.gpu_view(arena, arena.device, arena.address, 0, d))
-            else:
-                inputs.append(_tensors.view(arena, 0, d))
-            spans.append((d["arena"], d["block"], d["offset"],
-                          d["offset"] + _tensors.extent(d["shape"], d["strides"], _tensors.ITEMSIZE[d["dtype"]]),
-                          arena.address))
+        try:
+            mapped = self._map({d["arena"] for d in msg["inputs"]})
+        except OSError as e:
+            return _error(rid, "UNAVAILABLE", f"model '{name}', job {rid}: worker {self.slot}: {e}")
+        inputs, spans = _views(mapped, msg["inputs"])
         try:
             archive.use_quantized_engine(self.engines.get(name), name)  # process-wide: models may differ
             out = model(*inputs)
@@ -206,6 +203,131 @@ class Runner:
                           f"model '{name}' raised {type(e).__name__} in job {rid}: {e}" +
                           ("; its worker's CUDA context is unusable now, the worker is replaced" if poisoned else ""),
                           traceback.format_exc(), poisoned=poisoned)
+
+    def _infer_batch(self, msg):
+        """One run of the model for several jobs (docs/architecture.md, "Dynamic batching"):
+        shoald grouped jobs whose inputs agree on all but the first dimension. Each input is
+        concatenated along dim 0 (one copy), the model runs once, every tensor of the
+        output is split back along dim 0 by the members' rows, and each member gets its own
+        reply (a bundle: protocol/reply_bundle.h)."""
+        name, members = msg["model"], msg["batch"]
+        ids = [m["job"] for m in members]
+        replies = {}
+        model = self.models.get(name)
+        specs = self.specs.get(name)
+        run = []
+        for m in members:
+            if model is None:
+                replies[m["job"]] = _error(m["job"], "MODEL_NOT_FOUND", f"model '{name}' is not loaded in worker {self.slot}")
+                continue
+            problem = _check_inputs(m["inputs"], specs) if specs is not None else None
+            if problem:
+                replies[m["job"]] = _error(m["job"], "BAD_REQUEST", f"model '{name}', job {m['job']}: {problem}")
+            else:
+                run.append(m)
+        try:
+            mapped = self._map({d["arena"] for m in run for d in m["inputs"]})
+        except OSError as e:
+            for m in run:
+                replies[m["job"]] = _error(m["job"], "UNAVAILABLE", f"model '{name}', job {m['job']}: worker {self.slot}: {e}")
+            run = []
+        if run:
+            which = f"a batch of {len(run)} jobs ({', '.join(str(m['job']) for m in run)})"
+            error = None
+            try:
+                parts = [_views(mapped, m["inputs"])[0] for m in run]
+                rows = [p[0].shape[0] for p in parts]
+                inputs = [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
+                archive.use_quantized_engine(self.engines.get(name), name)
+                out = model(*inputs)
+                pieces = _split(out, rows, sum(rows), "output", 0)
+            except _Unbatchable as e:
+                error = ("MODEL_ERROR", f"model '{name}' cannot be batched ({which}): {e}; the batch failed. "
+                                        f"Load it without max_batch, or make every output carry the batch along dim 0",
+                         None, False)
+            except Exception as e:
+                poisoned = _cuda_poisoned()
+                error = ("MODEL_ERROR",
+                         f"model '{name}' raised {type(e).__name__} in {which}: {e}" +
+                         ("; its worker's CUDA context is unusable now, the worker is replaced" if poisoned else ""),
+                         traceback.format_exc(), poisoned)
+            if error is not None:
+                code, message, tb, poisoned = error
+                for m in run:
+                    replies[m["job"]] = _error(m["job"], code, message, tb, poisoned and m is run[-1])
+            else:
+                for m, piece in zip(run, pieces):
+                    try:
+                        # Outputs are the model's own tensors (the inputs were copied): no spans.
+                        replies[m["job"]] = _native.encode_reply(
+                            m["job"], name, piece, self.outputs, m["client"], msg.get("out_bytes", 64 << 20),
+                            msg.get("out_arenas", 8), [], _tensors.write, msg.get("outputs") != "cpu")
+                    except _native.OutputError as e:
+                        code, message = e.args
+                        replies[m["job"]] = _error(m["job"], code, message)
+                _synchronize()
+        return _bundle([replies[i] for i in ids])
+
+
+class _Unbatchable(Exception):
+    """A batch's output that cannot be split back by rows."""
+
+
+_MAX_SPLIT_DEPTH = 32
+
+
+def _split(out, rows, total, path, depth):
+    """``out`` split into one tree per member, each tensor along dim 0 by ``rows`` (views:
+    the encoder copies each member's rows once). Containers keep their kind; None goes to
+    every member; anything else cannot be split."""
+    if depth > _MAX_SPLIT_DEPTH:
+        raise _Unbatchable(f"{path} nests deeper than {_MAX_SPLIT_DEPTH} levels")
+    if isinstance(out, torch.Tensor):
+        if out.dim() == 0 or out.shape[0] != total:
+            raise _Unbatchable(f"{path} has shape {list(out.shape)}, not the batch's {total} rows along dim 0")
+        return list(torch.split(out, rows))
+    if out is None:
+        return [None] * len(rows)
+    if isinstance(out, (tuple, list)):
+        cols = [_split(x, rows, total, f"{path}[{i}]", depth + 1) for i, x in enumerate(out)]
+        per = [[c[k] for c in cols] for k in range(len(rows))]
+        if isinstance(out, list):
+            return per
+        if hasattr(type(out), "_fields"):  # a named tuple stays one
+            return [type(out)(*p) for p in per]
+        return [tuple(p) for p in per]
+    if isinstance(out, dict):
+        cols = {key: _split(x, rows, total, f"{path}[{key!r}]", depth + 1) for key, x in out.items()}
+        return [{key: c[k] for key, c in cols.items()} for k in range(len(rows))]
+    raise _Unbatchable(f"{path} is a {type(out).__name__}, not a tensor with the batch's rows along dim 0")
+
+
+def _bundle(replies):
+    """The replies of a batch's members as one bundle (protocol/reply_bundle.h): each reply
+    is bytes, or (bytes, [fd]) when it announces output arenas."""
+    bodies, counts, fds = [], [], []
+    for r in replies:
+        body, attached = r if isinstance(r, tuple) else (r, [])
+        bodies.append(body)
+        counts.append(len(attached))
+        fds.extend(attached)
+    packed = msgpack.packb({"replies": bodies, "fds": counts}, use_bin_type=True)
+    return (packed, fds) if fds else packed
+
+
+def _views(mapped, descs):
+    """Tensors over the mapped input bytes (no copy), and each one's byte span."""
+    inputs, spans = [], []
+    for d in descs:
+        arena = mapped[d["arena"]]
+        if arena.device >= 0:
+            inputs.append(_tensors.gpu_view(arena, arena.device, arena.address, 0, d))
+        else:
+            inputs.append(_tensors.view(arena, 0, d))
+        spans.append((d["arena"], d["block"], d["offset"],
+                      d["offset"] + _tensors.extent(d["shape"], d["strides"], _tensors.ITEMSIZE[d["dtype"]]),
+                      arena.address))
+    return inputs, spans
 
 
 def _fmt(spec):

@@ -108,7 +108,7 @@ def use_quantized_engine(engine, path):
 
 
 def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, example_inputs=None,
-           progress=None, broadcast_inputs=False, quantized_engine=None):
+           progress=None, broadcast_inputs=False, quantized_engine=None, batching=None):
     """Packages ``model`` (any picklable object; usually an ``nn.Module``) into ``path``.
 
     torch, numpy, torchvision, shoal and Python's standard library are extern (taken from the
@@ -124,7 +124,16 @@ def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, 
     ``quantized_engine`` ("qnnpack", "onednn", "fbgemm", "x86"): the engine workers load and
     run the model with; by default, for a model that holds quantized modules, the engine of
     this process (packed weights compute differently per engine).
+    ``batching`` ({"max_batch": 8, "max_delay_us": 2000, "preferred_batch_sizes": [4, 8]}):
+    shoald's dynamic batching for this model unless its load says otherwise
+    (docs/architecture.md, "Dynamic batching"); every output must carry the batch along
+    dim 0.
     """
+    if batching is not None:
+        known = {"max_batch", "max_delay_us", "preferred_batch_sizes"}
+        if not isinstance(batching, dict) or not set(batching) <= known:
+            raise TypeError(f"batching must be a dict with keys among {sorted(known)}, not {batching!r}")
+        batching = {k: ([int(n) for n in v] if k == "preferred_batch_sizes" else int(v)) for k, v in batching.items()}
     if quantized_engine is None and _holds_quantized_modules(model):
         quantized_engine = torch.backends.quantized.engine
     if quantized_engine is not None and not isinstance(quantized_engine, str):
@@ -136,6 +145,8 @@ def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, 
                 "broadcast_inputs": bool(broadcast_inputs)}
     if quantized_engine is not None:
         manifest["quantized_engine"] = quantized_engine
+    if batching is not None:
+        manifest["batching"] = batching
     example = None
     if example_inputs is not None:
         if isinstance(example_inputs, torch.Tensor):

@@ -1,6 +1,7 @@
 """The `shoal` command: talk to shoald from a shell.
 
-    shoal [--socket PATH] load NAME ARCHIVE [--device cpu|cuda|cuda:N]
+    shoal [--socket PATH] load NAME ARCHIVE [--device cpu|cuda|cuda:N] [--max-batch N]
+          [--max-delay-us N] [--preferred-batch-sizes N,N]
     shoal [--socket PATH] unload NAME
     shoal [--socket PATH] models
     shoal [--socket PATH] status
@@ -62,6 +63,11 @@ def build_parser():
     s.add_argument("name")
     s.add_argument("archive")
     s.add_argument("--device", help="where it runs: cpu, cuda or cuda:N (default: where it was exported)")
+    s.add_argument("--max-batch", type=int, help="dynamic batching: at most this many jobs per run (1: off; "
+                   "default: the archive's manifest)")
+    s.add_argument("--max-delay-us", type=int, help="dynamic batching: how long a batch may wait to fill")
+    s.add_argument("--preferred-batch-sizes", type=lambda v: [int(n) for n in v.split(",") if n],
+                   help="dynamic batching: sizes that run at once, comma-separated (e.g. 4,8)")
     s = sub.add_parser("unload", help="unload a model")
     s.add_argument("name")
     sub.add_parser("models", help="list loaded models")
@@ -100,7 +106,8 @@ def main(argv=None):
     try:
         with Client(args.socket) as c:
             if args.cmd == "load":
-                c.load(args.name, args.archive, device=args.device)
+                c.load(args.name, args.archive, device=args.device, max_batch=args.max_batch,
+                       max_delay_us=args.max_delay_us, preferred_batch_sizes=args.preferred_batch_sizes)
                 print(f"loaded {args.name} from {args.archive}" + (f" on {args.device}" if args.device else ""))
             elif args.cmd == "unload":
                 c.unload(args.name)

@@ -286,10 +286,15 @@ class Client:
         return device.index if device.index is not None else torch.cuda.current_device()
 
     # -- administration -------------------------------------------------------------
-    def load(self, name, archive, device=None):
+    def load(self, name, archive, device=None, max_batch=None, max_delay_us=None, preferred_batch_sizes=None):
         """Loads an archive into every worker under ``name``; returns when all are ready.
         ``device``: where it runs: None (where it was exported: a model exported from CUDA
         runs on a GPU), "cpu", "cuda" (every worker's GPU) or "cuda:N" (GPU N's workers).
+        Dynamic batching (docs/architecture.md): ``max_batch`` > 1 lets shoald run up to
+        that many queued jobs whose inputs agree on all but dim 0 as one run, waiting at
+        most ``max_delay_us`` for a batch to fill and not at all once it reaches one of
+        ``preferred_batch_sizes``; each given key overrides the archive manifest's
+        ``batching`` (``max_batch=1`` turns it off).
 
         The archive is opened here, with this process's rights, and the open file is passed
         to shoald (SCM_RIGHTS); workers load from that very file. The path is sent only as
@@ -298,6 +303,10 @@ class Client:
         msg = {"op": "load", "name": name, "path": path}
         if device is not None:
             msg["device"] = str(device)
+        for key, value in (("max_batch", max_batch), ("max_delay_us", max_delay_us),
+                           ("preferred_batch_sizes", preferred_batch_sizes)):
+            if value is not None:
+                msg[key] = [int(n) for n in value] if key == "preferred_batch_sizes" else int(value)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         except OSError as e:

@@ -112,6 +112,19 @@ class FakeSlots : public SlotPool {
     job->interp = slot.interp;
     running.push_back({job, std::move(done)});
   }
+  // Each member runs as its own entry (Finish answers them in turn); `batches` records
+  // the ids of each batch started.
+  std::vector<std::vector<uint64_t>> batches;
+  void RunBatch(Slot slot, const std::vector<std::shared_ptr<Job>>& jobs, MemberReplyFn done) override {
+    std::vector<uint64_t> ids;
+    for (const auto& job : jobs) {
+      ids.push_back(job->id);
+      job->worker = slot.worker;
+      job->interp = slot.interp;
+      running.push_back({job, [job, done](const Status& st, const MapView* reply) { done(job, st, reply); }});
+    }
+    batches.push_back(ids);
+  }
   bool IsRunning(const Job& job) const override {
     for (const auto& r : running) {
       if (r.job.get() == &job) return true;
