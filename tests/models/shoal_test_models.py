@@ -2,6 +2,7 @@
 import collections
 import ctypes
 import os
+import time
 from typing import NamedTuple
 
 import torch
@@ -501,3 +502,26 @@ class CudaAssert(nn.Module):
             torch.cuda.synchronize()
             return y
         return x * 2
+
+
+class Rows(nn.Module):
+    """Each row's own result, for dynamic batching: a row whose first value is -1 exits the
+    worker, -2 raises, -4 sleeps a second first. Returns a dict with a tuple inside."""
+
+    def forward(self, x):
+        first = x[:, 0]
+        if bool((first == -1).any()):
+            os._exit(3)
+        if bool((first == -2).any()):
+            raise ValueError("a row asked this model to fail")
+        if bool((first == -4).any()):
+            time.sleep(1.0)
+        y = x * 2 + x.sum(dim=-1, keepdim=True)
+        return {"y": y, "pair": (y[:, :1], x.sum(dim=-1))}
+
+
+class RowsAndTotal(nn.Module):
+    """Per-row results and a total over the whole input: cannot be split back by rows."""
+
+    def forward(self, x):
+        return x * 2, x.sum()
