@@ -69,3 +69,29 @@ TEST_CASE("the manifest names the quantized engine a TorchScript model runs with
     CHECK(ParseManifestPolicy(bad).status().code() == Code::kBadRequest);
   }
 }
+
+TEST_CASE("a manifest's batching is read, and values shoald cannot follow are refused", "[manifest][batching]") {
+  auto p = ParseManifestPolicy(
+      R"({"name": "m", "batching": {"max_batch": 8, "max_delay_us": 2000, "preferred_batch_sizes": [4, 8], "note": [1]}})");
+  REQUIRE(p.ok());
+  CHECK(p->batching.max_batch == 8);
+  CHECK(p->batching.max_delay_us == 2000);
+  CHECK(p->batching.preferred_batch_sizes == std::vector<uint32_t>{4, 8});
+  CHECK(CheckBatchPolicy(p->batching, "model 'm'").ok());
+  CHECK_FALSE(ParseManifestPolicy("{}")->batching.on());
+  CHECK(ParseManifestPolicy(R"({"batching": {"max_batch": 1.5}})").status().message().find("whole number") !=
+        std::string::npos);
+  CHECK(ParseManifestPolicy(R"({"batching": {"max_batch": -2}})").status().message().find("whole number") !=
+        std::string::npos);
+  CHECK_FALSE(ParseManifestPolicy(R"({"batching": 8})").ok());
+  CHECK_FALSE(ParseManifestPolicy(R"({"batching": {}, "batching": {}})").ok());
+  BatchPolicy bad;
+  bad.max_batch = 65;
+  CHECK(CheckBatchPolicy(bad, "model 'm'").message() == "model 'm': max_batch 65 is more than 64 jobs per batch");
+  bad.max_batch = 0;
+  bad.max_delay_us = 10;
+  CHECK(CheckBatchPolicy(bad, "model 'm'").message().find("only with max_batch > 1") != std::string::npos);
+  bad.max_batch = 4;
+  bad.preferred_batch_sizes = {4, 2};
+  CHECK(CheckBatchPolicy(bad, "model 'm'").message().find("must ascend") != std::string::npos);
+}

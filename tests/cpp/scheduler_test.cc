@@ -316,3 +316,152 @@ TEST_CASE("a full queue makes room for a newcomer by dropping the biggest holder
   CHECK(f.Submit(f.MakeJob("m", 0, 2)).code() == Code::kOverloaded);
   CHECK(f.scheduler.Queued("m") == 3);
 }
+
+namespace {
+// Dynamic batching: jobs of model "b" whose policy batches, with one input each.
+std::shared_ptr<const BatchPolicy> Policy(uint32_t max_batch, uint64_t delay_us, std::vector<uint32_t> preferred = {}) {
+  auto p = std::make_shared<BatchPolicy>();
+  p->max_batch = max_batch;
+  p->max_delay_us = delay_us;
+  p->preferred_batch_sizes = std::move(preferred);
+  return p;
+}
+Descriptor Input(std::vector<int64_t> shape, const std::string& dtype = "float32") {
+  Descriptor d;
+  d.dtype = dtype;
+  d.shape = std::move(shape);
+  d.strides.assign(d.shape.size(), 1);
+  return d;
+}
+std::shared_ptr<Job> BatchJob(Fixture& f, const std::shared_ptr<const BatchPolicy>& p, std::vector<Descriptor> inputs) {
+  auto job = f.MakeJob("b");
+  job->batching = p;
+  job->inputs = std::move(inputs);
+  return job;
+}
+}  // namespace
+
+TEST_CASE("a batch takes the oldest jobs whose inputs agree on all but dim 0, up to max_batch", "[scheduler][batching]") {
+  Fixture f;
+  f.slots.free_slots = 0;  // every slot busy: the jobs queue
+  f.slots.serving = {"b"};
+  auto p = Policy(3, 0);
+  auto a = BatchJob(f, p, {Input({1, 4})});
+  auto other_shape = BatchJob(f, p, {Input({1, 5})});
+  auto c = BatchJob(f, p, {Input({2, 4})});
+  auto other_dtype = BatchJob(f, p, {Input({1, 4}, "float64")});
+  auto e = BatchJob(f, p, {Input({3, 4})});
+  auto late = BatchJob(f, p, {Input({1, 4})});
+  auto rows_differ = BatchJob(f, p, {Input({1, 4}), Input({2, 4})});  // its own inputs disagree on dim 0
+  auto scalar = BatchJob(f, p, {Input({})});
+  for (const auto& j : {a, other_shape, c, other_dtype, e, late, rows_differ, scalar}) REQUIRE(f.Submit(j).ok());
+  f.slots.free_slots = 20;
+  f.scheduler.Dispatch();
+  REQUIRE(f.slots.batches.size() == 1);
+  CHECK(f.slots.batches[0] == std::vector<uint64_t>{a->id, c->id, e->id});
+  // The rest run alone: none agrees with another (`late` is alone in what is left).
+  CHECK(f.slots.running.size() == 8);
+  CHECK(f.scheduler.queued() == 0);
+  CHECK(f.scheduler.Batches("b").batches == 1);
+  CHECK(f.scheduler.Batches("b").batched_jobs == 3);
+  CHECK(BatchCompatible(*a, *late));
+  CHECK_FALSE(BatchCompatible(*a, *other_shape));
+  CHECK_FALSE(BatchCompatible(*a, *other_dtype));
+  CHECK_FALSE(BatchCompatible(*rows_differ, *rows_differ));
+  CHECK_FALSE(BatchCompatible(*scalar, *scalar));
+}
+
+TEST_CASE("a batch waits for max_delay_us to fill, then goes with what it has", "[scheduler][batching]") {
+  Fixture f;
+  f.slots.serving = {"b"};
+  auto p = Policy(4, 50'000);
+  auto a = BatchJob(f, p, {Input({1, 4})});
+  auto b = BatchJob(f, p, {Input({1, 4})});
+  REQUIRE(f.Submit(a).ok());
+  REQUIRE(f.Submit(b).ok());
+  CHECK(f.slots.running.empty());  // held: a free slot, but the batch may still fill
+  f.io.run_for(std::chrono::milliseconds(200));
+  REQUIRE(f.slots.batches.size() == 1);
+  CHECK(f.slots.batches[0] == std::vector<uint64_t>{a->id, b->id});
+  // Each member is answered on its own.
+  f.slots.Finish(ValueReply(a->id));
+  f.slots.Finish(ValueReply(b->id));
+  f.io.poll();
+  CHECK(f.client.Next().id == a->request_id);
+  CHECK(f.client.Next().id == b->request_id);
+}
+
+TEST_CASE("a full batch or a preferred size goes at once", "[scheduler][batching]") {
+  Fixture f;
+  f.slots.free_slots = 20;
+  f.slots.serving = {"b"};
+  auto p = Policy(8, 10'000'000, {2, 4});
+  REQUIRE(f.Submit(BatchJob(f, p, {Input({1, 4})})).ok());
+  CHECK(f.slots.running.empty());
+  REQUIRE(f.Submit(BatchJob(f, p, {Input({1, 4})})).ok());
+  REQUIRE(f.slots.batches.size() == 1);  // 2 is a preferred size
+  CHECK(f.slots.batches[0].size() == 2);
+  auto full = Policy(2, 10'000'000);
+  auto x = BatchJob(f, full, {Input({1, 3})});
+  auto y = BatchJob(f, full, {Input({1, 3})});
+  REQUIRE(f.Submit(x).ok());
+  REQUIRE(f.Submit(y).ok());
+  REQUIRE(f.slots.batches.size() == 2);
+  CHECK(f.slots.batches[1] == std::vector<uint64_t>{x->id, y->id});
+}
+
+TEST_CASE("a job whose deadline would pass while its batch fills is not held", "[scheduler][batching]") {
+  Fixture f;
+  f.slots.serving = {"b"};
+  auto p = Policy(8, 10'000'000);
+  auto patient = BatchJob(f, p, {Input({1, 4})});
+  REQUIRE(f.Submit(patient).ok());
+  CHECK(f.slots.running.empty());
+  auto hurried = BatchJob(f, p, {Input({1, 4})});
+  REQUIRE(f.Submit(hurried, 1000).ok());  // 1 s: before the 10 s the batch could wait
+  REQUIRE(f.slots.batches.size() == 1);
+  CHECK(f.slots.batches[0] == std::vector<uint64_t>{patient->id, hurried->id});
+}
+
+TEST_CASE("a batch's worker is killed only once every member passed its deadline and grace", "[scheduler][batching]") {
+  Fixture f;
+  f.config.kill_grace_ms = 30;
+  f.slots.serving = {"b"};
+  auto p = Policy(2, 0);
+  f.slots.free_slots = 0;
+  auto soon = BatchJob(f, p, {Input({1, 4})});
+  auto later = BatchJob(f, p, {Input({1, 4})});
+  REQUIRE(f.Submit(soon, 20).ok());
+  REQUIRE(f.Submit(later, 300).ok());
+  f.slots.free_slots = 2;
+  f.scheduler.Dispatch();
+  REQUIRE(f.slots.batches.size() == 1);
+  f.io.run_for(std::chrono::milliseconds(150));
+  auto first = f.client.Next();
+  CHECK(first.id == soon->request_id);
+  CHECK(first.code == "TIMEOUT");
+  CHECK(f.slots.terminated.empty());  // `later` is still within its time
+  f.io.run_for(std::chrono::milliseconds(400));
+  CHECK(f.client.Next().code == "TIMEOUT");
+  REQUIRE(f.slots.terminated.size() == 1);
+  CHECK(f.slots.terminated[0].find("a batch of 2 jobs") != std::string::npos);
+}
+
+TEST_CASE("a crash answers every member of its batch", "[scheduler][batching]") {
+  Fixture f;
+  f.slots.serving = {"b"};
+  f.slots.free_slots = 0;
+  auto p = Policy(2, 0);
+  auto a = BatchJob(f, p, {Input({1, 4})});
+  auto b = BatchJob(f, p, {Input({1, 4})});
+  REQUIRE(f.Submit(a).ok());
+  REQUIRE(f.Submit(b).ok());
+  f.slots.free_slots = 2;
+  f.scheduler.Dispatch();
+  f.slots.free_slots = 0;  // no re-run may start
+  f.slots.Finish("", Status(Code::kWorkerCrashed, "worker 0 died"));
+  f.slots.Finish("", Status(Code::kWorkerCrashed, "worker 0 died"));
+  f.io.poll();
+  CHECK(f.client.Next().code == "WORKER_CRASHED");
+  CHECK(f.client.Next().code == "WORKER_CRASHED");
+}
