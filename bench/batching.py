@@ -1,0 +1,124 @@
+"""Dynamic batching: throughput and latency of N concurrent clients, each sending batch-1
+jobs back to back, with batching off and on (docs/architecture.md, "Dynamic batching").
+
+One command (after scripts/build.sh):
+    /usr/bin/python3 bench/batching.py [--model resnet50|small] [--clients 1,4,16,32]
+        [--seconds 10] [--workers 1] [--max-batch 32] [--max-delay-us 2000] [--device cpu|cuda]
+
+A real shoald with `--workers` workers serves one model, loaded twice: plain, and with
+max_batch / max_delay_us. For each client count, the clients (one connection each, one
+thread each) run the plain model, then the batching one, for `--seconds` each. Reported:
+jobs per second, p50 and p99 latency (ms), and the mean batch size (status' batched_jobs /
+batches). ResNet-50 has torchvision's architecture with random weights; "small" is a
+three-layer CNN on 3x64x64 inputs for slow CPUs.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUILD = os.environ.get("SHOAL_BUILD_DIR", os.path.join(HERE, "..", "build"))
+
+
+def small_cnn():
+    import torch
+    from torch import nn
+    return nn.Sequential(nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval(), torch.randn(1, 3, 64, 64)
+
+
+def resnet50():
+    import torch
+    import torchvision
+    return torchvision.models.resnet50().eval(), torch.randn(1, 3, 224, 224)
+
+
+def run_clients(socket, model, x, n, seconds):
+    import shoal
+    latencies, stop = [], time.monotonic() + seconds
+    lock = threading.Lock()
+    start = threading.Barrier(n)
+
+    def client():
+        mine = []
+        with shoal.Client(socket) as c:
+            xin = c.empty(tuple(x.shape), dtype=x.dtype)
+            xin.copy_(x)
+            c.infer(model, xin, timeout=120)  # warm: mapped arenas, output arenas
+            start.wait()
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                c.infer(model, xin, timeout=120)
+                mine.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(mine)
+    threads = [threading.Thread(target=client) for _ in range(n)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+    return len(latencies) / elapsed, statistics.median(latencies) * 1e3, p99 * 1e3
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=["resnet50", "small"], default="resnet50")
+    ap.add_argument("--clients", default="1,4,16,32")
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--max-delay-us", type=int, default=2000)
+    ap.add_argument("--device", default=None, help="the load's device (default: where it was exported)")
+    args = ap.parse_args()
+    sys.path.insert(0, os.path.join(BUILD, "python"))
+    import torch
+    import shoal
+    model, x = (resnet50 if args.model == "resnet50" else small_cnn)()
+    tmp = tempfile.mkdtemp(prefix="shoal-batching-")
+    path = shoal.export(model, os.path.join(tmp, "model.pt"))
+    socket = os.path.join(tmp, "shoal.sock")
+    log = open(os.path.join(tmp, "shoald.log"), "w")
+    proc = subprocess.Popen([os.path.join(BUILD, "bin", "shoald"), "--socket", socket, "--workers",
+                             str(args.workers)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):
+            try:
+                shoal.Client(socket).close()
+                break
+            except (shoal.Unavailable, FileNotFoundError, ConnectionRefusedError):
+                time.sleep(0.05)
+        with shoal.Client(socket) as c:
+            c.load("off", path, device=args.device)
+            c.load("on", path, device=args.device, max_batch=args.max_batch, max_delay_us=args.max_delay_us)
+            print(f"model {args.model}, {args.workers} worker(s), torch {torch.__version__}, "
+                  f"max_batch {args.max_batch}, max_delay_us {args.max_delay_us}, {args.seconds} s per row")
+            print("| clients | batching | jobs/s | p50 (ms) | p99 (ms) | mean size of runs >1 |")
+            print("|---|---|---|---|---|---|")
+            for n in [int(v) for v in args.clients.split(",")]:
+                rate_off = None
+                for name in ("off", "on"):
+                    before = next(m for m in c.models() if m["name"] == name)
+                    rate, p50, p99 = run_clients(socket, name, x, n, args.seconds)
+                    after = next(m for m in c.models() if m["name"] == name)
+                    runs = after["batches"] - before["batches"]
+                    mean = (after["batched_jobs"] - before["batched_jobs"]) / runs if runs else 1.0
+                    speedup = f" ({rate / rate_off:.2f}x)" if rate_off else ""
+                    rate_off = rate_off or rate
+                    print(f"| {n} | {name} | {rate:.1f}{speedup} | {p50:.1f} | {p99:.1f} | {mean:.1f} |", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+if __name__ == "__main__":
+    main()
