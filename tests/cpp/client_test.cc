@@ -98,6 +98,25 @@ TEST_CASE("C++ client: infer with ordinary and arena-backed tensors", "[client]"
   REQUIRE(models->size() == 2);
 }
 
+TEST_CASE("C++ client: a load's batching options reach shoald, and bad ones are refused", "[client][batching]") {
+  Daemon d;
+  auto c = shoal::Client::Connect(d.socket());
+  REQUIRE(c.ok());
+  shoal::Client::LoadOptions options;
+  options.max_batch = 4;
+  options.max_delay_us = 1500;
+  options.preferred_batch_sizes = std::vector<uint32_t>{2, 4};
+  REQUIRE((*c)->Load("batched", Archive("identity"), options).ok());
+  auto text = (*c)->StatusText();
+  REQUIRE(text.ok());
+  CHECK(text->find("\"max_batch\":4") != std::string::npos);
+  CHECK(text->find("\"max_delay_us\":1500") != std::string::npos);
+  options.max_batch = 100;
+  auto refused = (*c)->Load("too_big", Archive("identity"), options);
+  CHECK(refused.code() == shoal::Code::kBadRequest);
+  CHECK(refused.message() == "model 'too_big': max_batch 100 is more than 64 jobs per batch");
+}
+
 TEST_CASE("C++ client: structured outputs become IValues", "[client]") {
   Daemon d;
   auto c = shoal::Client::Connect(d.socket());
