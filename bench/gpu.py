@@ -64,6 +64,8 @@ def make_models(names, device):
                 print("skipping bert: transformers is not installed")
                 continue
             out.append(("BERT-base b1 s128", m, torch.randint(0, 30000, (1, 128)), ("transformers.**",)))
+        elif name == "big":
+            out.append(bench_models.big_model())
         elif name == "tiny":
             out.append(("tiny MLP", shoal_test_models.ScriptableMLP().eval(), torch.randn(4, 8), ()))
     return [(label, m.to(device), x.to(device), extern) for label, m, x, extern in out]
@@ -74,13 +76,26 @@ def percentile(samples, q):
     return s[min(len(s) - 1, int(len(s) * q))] if s else float("nan")
 
 
+def run_threads(loop, n, errors):
+    """Runs loop(i) for each i < n in its own thread and waits for them all; then raises the
+    first exception the loops put in `errors`."""
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
 def drive(call_fns, seconds):
     """Runs each fn in its own thread for `seconds`; (calls per second, latencies in ms)."""
     lat = [[] for _ in call_fns]
     stop = time.perf_counter() + seconds
     errors = []
 
-    def loop(i, fn):
+    def loop(i):
+        fn = call_fns[i]
         try:
             fn()  # warm
             while time.perf_counter() < stop:
@@ -90,13 +105,7 @@ def drive(call_fns, seconds):
         except Exception as e:  # noqa: BLE001
             errors.append(e)
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=loop, args=(i, fn)) for i, fn in enumerate(call_fns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    run_threads(loop, len(call_fns), errors)
     elapsed = time.perf_counter() - t0
     flat = [x for one in lat for x in one]
     return len(flat) / elapsed, flat
@@ -116,16 +125,23 @@ def gpu_memory_by_pid():
 
 
 class Daemon:
-    def __init__(self, workers, tmp, device):
-        self.socket = os.path.join(tmp, f"shoal-{workers}.sock")
-        self.log = open(os.path.join(tmp, f"shoald-{workers}.log"), "w")
+    """shoald with `workers` workers (`extra`: more options; `tag` tells its socket and log
+    apart from other daemons' of the same size); its log is tmp/shoald-{workers}{tag}.log."""
+
+    def __init__(self, workers, tmp, device, extra=(), tag=""):
+        self.socket = os.path.join(tmp, f"shoal-{workers}{tag}.sock")
+        self.log = open(os.path.join(tmp, f"shoald-{workers}{tag}.log"), "w")
         args = [os.path.join(BUILD, "bin", "shoald"), "--socket", self.socket, "--workers", str(workers),
-                "--timeout-ms", "0"]
+                "--timeout-ms", "0", *extra]
         if device == "cpu":
             args += ["--gpus", "none"]
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while time.time() < deadline:
+            if self.proc.poll() is not None:
+                self.log.close()
+                raise RuntimeError(f"shoald {' '.join(args[1:])} exited with {self.proc.returncode} at start; "
+                                   f"see {self.log.name}")
             try:
                 shoal.Client(self.socket).close()
                 return
@@ -139,7 +155,12 @@ class Daemon:
 
     def stop(self):
         self.proc.terminate()
-        self.proc.wait(30)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            print(f"shoald (pid {self.proc.pid}) still running 30 s after SIGTERM; killing it", flush=True)
+            self.proc.kill()
+            self.proc.wait()
         self.log.close()
 
 
