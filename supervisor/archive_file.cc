@@ -33,6 +33,7 @@ Result<std::shared_ptr<const ArchiveFile>> ArchiveFile::Adopt(int fd, std::strin
   auto info = InspectArchiveFd(fd, file->label_);
   if (!info.ok()) return info.status();
   file->policy_ = info->policy;
+  file->saved_on_cuda_ = info->saved_on_cuda;
   return std::shared_ptr<const ArchiveFile>(std::move(file));
 }
 

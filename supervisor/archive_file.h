@@ -45,6 +45,8 @@ class ArchiveFile {
   // What its manifest says shoald must allow (package_format/manifest.h), read when it was
   // adopted; the defaults for a file made directly (tests).
   const ManifestPolicy& policy() const { return policy_; }
+  // Whether its tensors were saved from a CUDA device (where a load's "auto" puts them).
+  bool saved_on_cuda() const { return saved_on_cuda_; }
   // OK while the file has the size and modification time it was validated with; else
   // why (rewritten in place since: workers would load what shoald never checked, or fault
   // on a truncated mapping).
@@ -55,6 +57,7 @@ class ArchiveFile {
   std::string label_;
   struct stat checked_ {};
   ManifestPolicy policy_;
+  bool saved_on_cuda_ = false;
 };
 
 using ArchiveRef = std::shared_ptr<const ArchiveFile>;
