@@ -27,10 +27,11 @@ application server: each with its own shoal.Client and its input in that client'
 or its own reply queue. Every process uses OMP_NUM_THREADS intra-op threads (1 unless set),
 so N is the parallelism. Each round runs every contender once, in turn, for --seconds
 after one warm-up call per caller (bench/gpu.py's drive(): only calls that end inside the
-window count); items/s, p50 and p99 are medians over --rounds rounds. "x own 1 slot"
-divides by the same contender's 1-slot figure ((a') by (a)'s), "x (c)" by the C++ threads
-at the same N. The table, then the targets and whether they were met, are printed and
-written to --out.
+window count); items/s, p50 and p99 are medians over --rounds rounds, "calls/round" the
+fewest calls one round completed (below 30 the rate moves in steps of over 3%: raise
+--seconds). "x own 1 slot" divides by the same contender's 1-slot figure ((a') by (a)'s),
+"x (c)" by the C++ threads at the same N. The table, then the targets and whether they
+were met, are printed and written to --out.
 """
 import argparse
 import os
@@ -55,6 +56,7 @@ import shoal  # noqa: E402  (gpu put the build's python/ on the path)
 
 torch.set_num_threads(INTRA_OP)
 
+MIN_CALLS = 30  # fewer calls per window than this and a rate moves in steps of over 3%
 A, A1, B, C, D, E = ("(a) shoal python", "(a') shoal python 1xN interpreters", "(b) shoal torchscript",
                      "(c) C++ threads (TorchScript)", "(d) eager Python threads", "(e) mp pool")
 
@@ -178,10 +180,8 @@ def bench_slots(label, module, x, py_path, ts_path, n, args, tmp):
         for r in range(args.rounds):
             for name, run in contenders.items():
                 rate, p50, p99 = run()
-                if rate == 0:
-                    print(f"{label} N={n}: {name} completed no call in {args.seconds} s: raise --seconds",
-                          flush=True)
-                results[name].append((rate * batch, p50, p99))
+                calls = round(rate * args.seconds)
+                results[name].append((rate * batch, p50, p99, calls))
                 print(f"  {label} N={n} round {r}: {name}: {rate * batch:.1f} items/s, p50 {p50:.2f} ms, "
                       f"p99 {p99:.2f} ms", file=sys.stderr, flush=True)
         return results
@@ -196,7 +196,7 @@ def bench_slots(label, module, x, py_path, ts_path, n, args, tmp):
 
 def targets(rows, cores, large_models):
     """Lines saying, for each target of issue 15, what was measured and whether it was met."""
-    by = {(m, n, c): (rate, p50, p99) for m, n, c, rate, p50, p99 in rows}
+    by = {(m, n, c): (rate, p50, p99) for m, n, c, rate, p50, p99, _ in rows}
     lines = []
     for (m, n, c), (rate, p50, p99) in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         if c == A and m in large_models and (m, n, C) in by:
@@ -265,17 +265,22 @@ def main():
                     print(f"{label} N={n}: failed: {type(e).__name__}: {str(e)[:2000]}", flush=True)
                     continue
                 for name, runs in results.items():
-                    rows.append((label, n, name, *(statistics.median(r[i] for r in runs) for i in range(3))))
-    by = {(m, n, c): rate for m, n, c, rate, _, _ in rows}
+                    rows.append((label, n, name, *(statistics.median(r[i] for r in runs) for i in range(3)),
+                                 min(r[3] for r in runs)))
+    by = {(m, n, c): rate for m, n, c, rate, *_ in rows}
     lines = [f"machine: {machine(args.device)}", f"command: {' '.join([sys.executable] + sys.argv)}",
              f"device {args.device}, OMP_NUM_THREADS={INTRA_OP}, medians of {args.rounds} rounds x {args.seconds} s",
-             "", "| model | slots | contender | items/s | x own 1 slot | x (c) | p50 (ms) | p99 (ms) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for m, n, c, rate, p50, p99 in rows:
+             "", "| model | slots | contender | items/s | x own 1 slot | x (c) | p50 (ms) | p99 (ms) | calls/round |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for m, n, c, rate, p50, p99, calls in rows:
         own = by.get((m, 1, A if c == A1 else c))
         cpp = by.get((m, n, C))
         lines.append(f"| {m} | {n} | {c} | {rate:.1f} | {ratio(rate, own)} | {ratio(rate, cpp)} | {p50:.2f} | "
-                     f"{p99:.2f} |")
+                     f"{p99:.2f} | {calls} |")
+    few = sorted({m for m, *_, calls in rows if calls < MIN_CALLS})
+    if few:
+        lines += ["", f"Too few calls in a window for {', '.join(few)} (calls/round < {MIN_CALLS}): their rates "
+                  "move in steps of over 3%; raise --seconds."]
     lines += ["", "Targets (issue 15):"] + targets(rows, cores, large)
     gpu.emit(lines, args.out)
     return 0
