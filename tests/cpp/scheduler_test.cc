@@ -17,7 +17,8 @@ namespace {
 struct Fixture : RoleFixture {
   FakeSlots slots;
   ArenaTable arenas;
-  Scheduler scheduler{io, config, &slots, &arenas};
+  Metrics metrics;
+  Scheduler scheduler{io, config, &slots, &arenas, &metrics};
   FakeClient client{io};
   uint64_t next_id = 1;
 
