@@ -56,8 +56,14 @@ std::string EscapeHelp(std::string_view help) {
 std::string FormatValue(double value) {
   if (std::isnan(value)) return "NaN";
   if (std::isinf(value)) return value > 0 ? "+Inf" : "-Inf";
-  char buf[32];
-  auto r = std::to_chars(buf, buf + sizeof buf, value);  // shortest form that reads back exactly
+  char buf[64];
+  if (value == std::trunc(value) && std::fabs(value) < 1e15) {  // counts and byte figures: all digits
+    auto r = std::to_chars(buf, buf + sizeof buf, static_cast<int64_t>(value));
+    return std::string(buf, r.ptr);
+  }
+  // The shortest form that reads back exactly, written as %g would ("0.0001", "1e-05"), like
+  // Prometheus's own clients.
+  auto r = std::to_chars(buf, buf + sizeof buf, value, std::chars_format::general);
   return std::string(buf, r.ptr);
 }
 

@@ -68,8 +68,8 @@ class Exposition {
 // The format's escapes: label values escape \, " and newline; HELP texts \ and newline.
 std::string EscapeLabelValue(std::string_view value);
 std::string EscapeHelp(std::string_view help);
-// A sample value: integers without a fraction, others in the shortest form that reads back
-// exactly; NaN, +Inf, -Inf.
+// A sample value: whole numbers with all their digits, others in the shortest form that
+// reads back exactly (as %g writes it); NaN, +Inf, -Inf.
 std::string FormatValue(double value);
 
 // What a crash loop decided (ModelRegistry::RecordCrash).
