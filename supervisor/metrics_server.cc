@@ -162,8 +162,13 @@ Result<std::string> MetricsServer::ListenTcp() {
   tcp::endpoint endpoint(asio::ip::make_address(address_.ip), address_.port);
   try {
     tcp_ = std::make_unique<tcp::acceptor>(io_, endpoint, /*reuse_addr=*/true);
-  } catch (const std::exception& e) {
-    return Status(Code::kIoError, "cannot serve metrics on " + address_.ToString() + ": " + e.what());
+  } catch (const boost::system::system_error& e) {
+    std::string hint;
+    if (e.code() == asio::error::address_family_not_supported) {
+      hint = " (shoal.service allows Unix sockets only: add RestrictAddressFamilies=AF_INET AF_INET6 in a drop-in, "
+             "systemctl edit shoal, or serve metrics on a Unix socket path)";
+    }
+    return Status(Code::kIoError, "cannot serve metrics on " + address_.ToString() + ": " + e.code().message() + hint);
   }
   Accept<tcp>(tcp_.get());
   return address_.ToString();
