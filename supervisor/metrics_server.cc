@@ -204,7 +204,7 @@ bool MetricsServer::Admit(const std::shared_ptr<Connection>& c) {
                    "warning at most every 10 s)",
                    connections_.size());
     }
-    if (!oldest) {  // every one is being answered: the newcomer waits its turn elsewhere
+    if (!oldest) {  // every one is being answered now: the newcomer is turned away, and may retry
       c->Close();
       return false;
     }
