@@ -1,6 +1,7 @@
 // The /metrics HTTP server (supervisor/metrics_server.h).
 #include "supervisor/metrics_server.h"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
@@ -154,6 +155,7 @@ Result<std::string> MetricsServer::ListenUnix() {
     return fail(e.what());
   }
   made_socket_file_ = true;
+  fcntl(unix_->native_handle(), F_SETFD, FD_CLOEXEC);  // no helper shoald runs gets it either
   Accept<local>(unix_.get());
   return path;
 }
@@ -170,6 +172,7 @@ Result<std::string> MetricsServer::ListenTcp() {
     }
     return Status(Code::kIoError, "cannot serve metrics on " + address_.ToString() + ": " + e.code().message() + hint);
   }
+  fcntl(tcp_->native_handle(), F_SETFD, FD_CLOEXEC);
   Accept<tcp>(tcp_.get());
   return address_.ToString();
 }

@@ -378,3 +378,17 @@ def test_prometheus_scrapes_the_counts(make_daemon, tmp_path, archives, promethe
     assert count == {json.dumps([["model", "add"]]): N_OK, json.dumps([["model", "raises"]]): M_ERRORS}
     p99 = promql(server, 'histogram_quantile(0.99, sum by (le) (shoal_compute_duration_seconds_bucket{model="add"}))')
     assert len(p99) == 1 and 0 < list(p99.values())[0] <= 60
+
+
+@pytest.mark.parametrize("zygote", ["yes", "no"])
+def test_model_code_holds_no_listening_socket_of_shoald(make_daemon, tmp_path, zygote):
+    """Neither the metrics socket (TCP: model code gets no network) nor the client socket
+    reaches a worker, forked by the zygote or exec'd: model code cannot accept scrapes or
+    clients' connections."""
+    import shoal_test_models as m
+    archive = shoal.export(m.InheritedListeners(), tmp_path / "listeners.pt")
+    d, address = metrics_daemon(make_daemon, tmp_path, "tcp", args=["--zygote", zygote])
+    with d.client() as c:
+        c.load("listeners", archive)
+        assert c.infer("listeners", torch.zeros(1)).item() == 0
+    assert value(scrape(address), "shoal_requests_total", model="listeners", code="OK") == 1
