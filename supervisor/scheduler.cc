@@ -15,8 +15,13 @@ namespace shoal {
 namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
 
-Scheduler::Scheduler(asio::io_context& io, const SupervisorConfig& config, SlotPool* pool, ArenaTable* arenas)
-    : io_(io), config_(config), pool_(pool), arenas_(arenas) {}
+Scheduler::Scheduler(asio::io_context& io, const SupervisorConfig& config, SlotPool* pool, ArenaTable* arenas,
+                     Metrics* metrics)
+    : io_(io), config_(config), pool_(pool), arenas_(arenas), metrics_(metrics) {}
+
+namespace {
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+}  // namespace
 
 Status Scheduler::Submit(const std::shared_ptr<Job>& job, uint64_t timeout_ms, uint64_t* retry_after_ms) {
   if (stopped_) return Status(Code::kUnavailable, "shoald is shutting down; retry on another instance");
@@ -173,6 +178,7 @@ void Scheduler::Dispatch() {
     if (!first) it = queue_.begin();
     else it = fairest;
     job->started = Clock::now();
+    if (job->crashes == 0) metrics_->Waited(job->model, Seconds(job->started - job->accepted));  // not a re-run
     ++stats_[job->model].running_by[job->client_uid];
     pool_->Run(*slot, job, [this, job](const Status& st, const MapView* reply) {
       auto& running = stats_[job->model].running_by;
@@ -199,6 +205,7 @@ void Scheduler::OnReply(const std::shared_ptr<Job>& job, const Status& st, const
   }
   ModelStats& stats = stats_[job->model];
   double ms = std::chrono::duration<double, std::milli>(Clock::now() - job->started).count();
+  metrics_->Ran(job->model, ms / 1000);
   stats.avg_ms = stats.avg_ms == 0 ? ms : 0.9 * stats.avg_ms + 0.1 * ms;
 
   auto ok = reply->Bool("ok");
@@ -264,6 +271,7 @@ void Scheduler::OnReply(const std::shared_ptr<Job>& job, const Status& st, const
     }
     Answer(job, r.body(), std::move(fds));
     ++jobs_done_;
+    metrics_->Answered(job->model, Code::kOk);
   }
   Dispatch();
 }
@@ -285,6 +293,7 @@ void Scheduler::Answer(const std::shared_ptr<Job>& job, std::string_view body,
 void Scheduler::Fail(const std::shared_ptr<Job>& job, const Status& st, std::string_view traceback) {
   if (job->answered) return;
   ++jobs_failed_;
+  metrics_->Answered(job->model, st.code());
   Answer(job, ErrorReply(job->request_id, st, traceback));
 }
 

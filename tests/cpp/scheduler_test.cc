@@ -17,7 +17,8 @@ namespace {
 struct Fixture : RoleFixture {
   FakeSlots slots;
   ArenaTable arenas;
-  Scheduler scheduler{io, config, &slots, &arenas};
+  Metrics metrics;
+  Scheduler scheduler{io, config, &slots, &arenas, &metrics};
   FakeClient client{io};
   uint64_t next_id = 1;
 
@@ -315,4 +316,30 @@ TEST_CASE("a full queue makes room for a newcomer by dropping the biggest holder
   // a holds 2, b holds 1: b's next would make them even, so nothing is dropped for it.
   CHECK(f.Submit(f.MakeJob("m", 0, 2)).code() == Code::kOverloaded);
   CHECK(f.scheduler.Queued("m") == 3);
+}
+
+TEST_CASE("the scheduler counts every answer by model and code, and each job's time queued and running",
+          "[scheduler][metrics]") {
+  Fixture f;
+  f.slots.serving = {"m"};
+  auto ok = f.MakeJob("m"), error = f.MakeJob("m"), crash = f.MakeJob("m");
+  REQUIRE(f.Submit(ok).ok());
+  f.slots.Finish(ValueReply(ok->id));
+  REQUIRE(f.Submit(error).ok());
+  f.slots.Finish(ErrorReply(error->id, Status(Code::kModelError, "ValueError: bad input")));
+  REQUIRE(f.Submit(crash).ok());
+  f.slots.Finish("", Status(Code::kWorkerCrashed, "worker 0 died"));
+  f.slots.free_slots = 0;
+  REQUIRE(f.Submit(f.MakeJob("m"), 20).ok());  // times out in the queue: answered, never ran
+  f.io.run_for(std::chrono::milliseconds(100));
+  Exposition out;
+  f.metrics.Render(&out);
+  const std::string& t = out.text();
+  CAPTURE(t);
+  CHECK(t.find("shoal_requests_total{model=\"m\",code=\"OK\"} 1\n") != std::string::npos);
+  CHECK(t.find("shoal_requests_total{model=\"m\",code=\"MODEL_ERROR\"} 1\n") != std::string::npos);
+  CHECK(t.find("shoal_requests_total{model=\"m\",code=\"WORKER_CRASHED\"} 1\n") != std::string::npos);
+  CHECK(t.find("shoal_requests_total{model=\"m\",code=\"TIMEOUT\"} 1\n") != std::string::npos);
+  CHECK(t.find("shoal_queue_duration_seconds_count{model=\"m\"} 3\n") != std::string::npos);  // the three that ran
+  CHECK(t.find("shoal_compute_duration_seconds_count{model=\"m\"} 2\n") != std::string::npos);  // a worker answered
 }
