@@ -45,6 +45,8 @@ _HEADER = struct.Struct("<I")
 # How long past a job's own deadline the client waits for shoald's answer before the job
 # fails with Timeout (shoald answers at the deadline; this covers a stopped or wedged shoald).
 ANSWER_MARGIN_S = 2.0
+# How often the reader looks at the deadlines of jobs nobody waits for (see _expire_overdue).
+_RECHECK_S = 0.25
 _FD_BYTES = 16 * array.array("i").itemsize  # fds one recvmsg takes (shoald sends at most 8 a frame)
 
 
@@ -311,12 +313,19 @@ class Connection:
 
     def _expire_overdue(self):
         """Fails the jobs past their deadlines with Timeout (their entries stay, so that a
-        late reply is dropped); returns (whether any was, the next deadline)."""
+        late reply is dropped); returns (whether any was, when to look again). While a job
+        nobody waits for is in flight, that is at most _RECHECK_S away: one submitted while
+        this thread blocks in recvmsg may have the earliest deadline, and only the reader
+        enforces it (a waiter enforces its own)."""
         now = time.monotonic()
         due, upcoming = [], None
         with self._mu:
             for j in self._jobs.values():
-                if j._deadline is None or j._claimed:
+                if j._claimed:
+                    continue
+                if j._attention == 0 and (upcoming is None or now + _RECHECK_S < upcoming):
+                    upcoming = now + _RECHECK_S
+                if j._deadline is None:
                     continue
                 if now >= j._deadline:
                     j._claimed = True

@@ -230,18 +230,24 @@ def test_close_fails_the_jobs_still_in_flight(daemon, archives):
 def test_deadlines_hold_with_jobs_in_flight_while_shoald_is_stopped(daemon, archives):
     with daemon.client() as c:
         c.load("add", archives["add"])
-        before = c.submit("add", torch.full((4,), 5.0))  # no deadline of its own
+        before = c.submit("add", torch.full((4,), 5.0))
         before.result(timeout=60)
-        early = c.submit("add", torch.full((4,), 6.0))
         os.kill(daemon.proc.pid, signal.SIGSTOP)
         try:
-            waits = c.submit("add", torch.ones(4), timeout=0.3)  # nobody waits on it: the reader expires it
+            early = c.submit("add", torch.full((4,), 6.0))  # no deadline: the reader blocks for its answer
+            conn = c._conn
+            settle(lambda: (conn._reader == conn._pump.ident, "the reader thread is not reading"))
+            # Submitted while the reader waits with no deadline; nobody calls result(), and
+            # it still fails by its deadline plus the margin.
+            waits = c.submit("add", torch.ones(4), timeout=0.3)
+            assert not cf.wait([waits], timeout=30).not_done
+            e = waits.exception()
+            assert isinstance(e, shoal.Timeout) and "did not answer infer request" in e.message
+            # infer enforces its own deadline while another thread holds the reading role.
             t0 = time.monotonic()
             with pytest.raises(shoal.Timeout, match="did not answer infer request"):
                 c.infer("add", torch.ones(4), timeout=0.5)
             assert time.monotonic() - t0 < 30
-            e = waits.exception(timeout=30)
-            assert isinstance(e, shoal.Timeout) and "did not answer infer request" in e.message
             with pytest.raises(cf.TimeoutError):  # result()'s own timeout leaves the job pending
                 early.result(timeout=0.2)
             assert not early.done()
