@@ -64,6 +64,10 @@ def make_models(names, device):
                 print("skipping bert: transformers is not installed")
                 continue
             out.append(("BERT-base b1 s128", m, torch.randint(0, 30000, (1, 128)), ("transformers.**",)))
+        elif name == "big":
+            out.append(bench_models.big_model())
+        elif name == "python_bound":
+            out.append(("python_bound b1", bench_models.PythonBound().eval(), torch.randn(1, 32), ()))
         elif name == "tiny":
             out.append(("tiny MLP", shoal_test_models.ScriptableMLP().eval(), torch.randn(4, 8), ()))
     return [(label, m.to(device), x.to(device), extern) for label, m, x, extern in out]
@@ -74,32 +78,57 @@ def percentile(samples, q):
     return s[min(len(s) - 1, int(len(s) * q))] if s else float("nan")
 
 
-def drive(call_fns, seconds):
-    """Runs each fn in its own thread for `seconds`; (calls per second, latencies in ms)."""
-    lat = [[] for _ in call_fns]
-    stop = time.perf_counter() + seconds
-    errors = []
-
-    def loop(i, fn):
-        try:
-            fn()  # warm
-            while time.perf_counter() < stop:
-                t0 = time.perf_counter()
-                fn()
-                lat[i].append((time.perf_counter() - t0) * 1e3)
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=loop, args=(i, fn)) for i, fn in enumerate(call_fns)]
+def run_threads(loop, n, errors):
+    """Runs loop(i) for each i < n in its own thread and waits for them all; then raises the
+    first exception the loops put in `errors`."""
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     if errors:
         raise errors[0]
-    elapsed = time.perf_counter() - t0
+
+
+def drive(call_fns, seconds):
+    """Runs each fn in its own thread: one warm-up call each, then all of them together for a
+    window of `seconds`. Only calls that end inside the window count (a call still running
+    at its end keeps the load on and is dropped), so warm-ups and the tail do not bias the
+    rate: (calls per second, latencies in ms)."""
+    lat = [[] for _ in call_fns]
+    errors = []
+    window = []
+    start_line = threading.Barrier(len(call_fns), action=lambda: window.append(time.perf_counter() + seconds))
+
+    def loop(i):
+        fn = call_fns[i]
+        try:
+            fn()  # warm-up
+            start_line.wait()
+            stop = window[0]
+            while (t0 := time.perf_counter()) < stop:
+                fn()
+                t1 = time.perf_counter()
+                if t1 > stop:
+                    break
+                lat[i].append((t1 - t0) * 1e3)
+        except threading.BrokenBarrierError:
+            pass  # another thread failed; its error is reported
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+            start_line.abort()
+    run_threads(loop, len(call_fns), errors)
     flat = [x for one in lat for x in one]
-    return len(flat) / elapsed, flat
+    return len(flat) / seconds, flat
+
+
+def emit(lines, out):
+    """Prints the result's lines, and writes them to the file `out` when given."""
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
 
 
 def gpu_memory_by_pid():
@@ -116,22 +145,32 @@ def gpu_memory_by_pid():
 
 
 class Daemon:
-    def __init__(self, workers, tmp, device):
-        self.socket = os.path.join(tmp, f"shoal-{workers}.sock")
-        self.log = open(os.path.join(tmp, f"shoald-{workers}.log"), "w")
+    """shoald with `workers` workers of `interpreters` interpreters each (`extra`: more
+    options; `tag` tells its socket and log apart from other daemons of the same size)."""
+
+    def __init__(self, workers, tmp, device, interpreters=1, extra=(), tag=""):
+        name = f"{workers}x{interpreters}{tag}"
+        self.socket = os.path.join(tmp, f"shoal-{name}.sock")
+        self.log = open(os.path.join(tmp, f"shoald-{name}.log"), "w")
         args = [os.path.join(BUILD, "bin", "shoald"), "--socket", self.socket, "--workers", str(workers),
-                "--timeout-ms", "0"]
+                "--interpreters", str(interpreters), "--timeout-ms", "0", *extra]
         if device == "cpu":
             args += ["--gpus", "none"]
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
+        deadline = time.time() + 180  # K > 1 copies libpython and torch's extensions on a first start
         while time.time() < deadline:
+            if self.proc.poll() is not None:
+                self.log.close()
+                with open(self.log.name) as f:
+                    tail = f.read()[-1500:]
+                raise RuntimeError(f"shoald {' '.join(args[1:])} exited ({self.proc.returncode}) at start: {tail}")
             try:
                 shoal.Client(self.socket).close()
                 return
             except shoal.Error:
                 time.sleep(0.1)
-        raise RuntimeError(f"shoald with {workers} workers did not come up")
+        self.stop()
+        raise RuntimeError(f"shoald with {workers} workers x {interpreters} interpreters did not come up")
 
     def worker_pids(self):
         with shoal.Client(self.socket) as c:
@@ -139,7 +178,12 @@ class Daemon:
 
     def stop(self):
         self.proc.terminate()
-        self.proc.wait(30)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            print(f"shoald (pid {self.proc.pid}) still running 30 s after SIGTERM; killing it", flush=True)
+            self.proc.kill()
+            self.proc.wait()
         self.log.close()
 
 
@@ -263,11 +307,7 @@ def main():
     lines += ["", "| identity round trip, 4 KiB input | p50 (us) | p99 (us) |", "|---|---|---|"]
     for where, p50, p99 in rt:
         lines.append(f"| input in a {where.upper()} arena | {p50:.1f} | {p99:.1f} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(lines, args.out)
     return 0
 
 

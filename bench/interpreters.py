@@ -35,16 +35,9 @@ import torch  # noqa: E402
 
 import shoal  # noqa: E402
 import bench_models  # noqa: E402
+from bench_models import pss_kb  # noqa: E402
 
 torch.set_num_threads(1)
-
-
-def pss_kb(pid):
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
-    except (OSError, StopIteration):
-        return 0
 
 
 def percentile(xs, q):

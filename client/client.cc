@@ -13,6 +13,7 @@
 
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
+#include "client/connection.h"
 #include "protocol/channel.h"
 #include "protocol/client_writer.h"
 #include "protocol/descriptor.h"
@@ -86,141 +87,30 @@ constexpr size_t kGpuArenaSize = 64u << 20;  // a client's GPU arena (more when 
 
 }  // namespace
 
-// How long past a job's own deadline Infer waits for shoald's answer before it returns
-// TIMEOUT itself (shoald answers at the deadline; this covers a stopped or wedged shoald).
-constexpr std::chrono::milliseconds kAnswerMargin{2000};
+using InputBlocks = std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<BlockRef>>;  // by (arena, block)
 
 struct Client::Impl {
-  int sock = -1;
   size_t arena_size = 0;
-  std::string socket_path;
-  std::mutex mu;  // serialises requests on the socket; guards everything below
-  uint64_t next_id = 1;
-  FrameReader reader;
-  std::vector<int> fds;                                   // received, not yet claimed by an answer
-  std::map<uint64_t, std::shared_ptr<Arena>> arenas;      // ours: inputs
-  std::map<uint64_t, std::shared_ptr<Arena>> out_arenas;  // workers': results, mapped here
-  std::shared_ptr<ClientWriter> writer;                   // every frame this client sends
+  std::unique_ptr<ClientConnection> conn;  // requests and replies, many in flight (client/connection.h)
+  std::mutex alloc_mu;                     // guards arenas; held across the round trip that adds one
+  std::map<uint64_t, std::shared_ptr<Arena>> arenas;  // ours: inputs. GUARDED_BY(alloc_mu)
 
-  ~Impl() {
-    if (writer) writer->Stop();  // sends the releases still queued
-    if (sock >= 0) close(sock);
-    CloseAll(&fds);
+  // Sends one request and waits for its reply (or its error).
+  Result<msgpack::object_handle> Call(uint64_t id, const Writer& w, const std::string& op,
+                                      const std::vector<int>& fds = {}) {
+    std::optional<Result<msgpack::object_handle>> out;
+    auto job = conn->Submit(id, w.body(), fds, op + " request " + std::to_string(id), std::nullopt,
+                            [&out](Result<msgpack::object_handle> r) { out.emplace(std::move(r)); }, true);
+    if (!job.ok()) return job.status();
+    conn->Wait(*job);  // returns once the completion ran
+    return std::move(*out);
   }
 
-  // Maps the output arenas an answer introduces ("new_arenas"; their fds came with it, in
-  // order). REQUIRES(mu).
-  Status TakeArenas(const MapView& m) {
-    const msgpack::object* list = m.Find("new_arenas");
-    if (list == nullptr || list->type != msgpack::type::ARRAY) return Status::Ok();
-    uint32_t n = list->via.array.size;
-    if (fds.size() < n) {
-      return Status::Internal("shoald announced " + std::to_string(n) + " output arenas with " +
-                              std::to_string(fds.size()) + " fds");
-    }
-    // Every fd of this reply is taken first: one that cannot be mapped must not shift the
-    // next reply's fds.
-    std::vector<int> mine(fds.begin(), fds.begin() + n);
-    fds.erase(fds.begin(), fds.begin() + n);
-    Status first = Status::Ok();
-    for (uint32_t i = 0; i < n; ++i) {
-      int fd = mine[i];
-      auto a = MapView::Of(list->via.array.ptr[i], "arenas entry");
-      auto id = a.ok() ? a->Uint("arena") : Result<uint64_t>(a.status());
-      if (!id.ok()) {
-        close(fd);
-        if (first.ok()) first = id.status();
-        continue;
-      }
-      auto gpu = a->OptStr("gpu");
-      Result<std::unique_ptr<Arena>> mapped = Status::Ok();
-      if (gpu.ok() && gpu->has_value()) {  // a worker's GPU output arena
-        auto ordinal = GpuOrdinalOfBus(**gpu);
-        if (!ordinal.ok()) {
-          close(fd);  // Arena::Open/OpenGpu close theirs, also on failure
-          mapped = Status(Code::kBadRequest, "output arena on GPU " + **gpu + " cannot be mapped here (" +
-                                                 ordinal.status().message() +
-                                                 "); ask for host tensors (Infer's host_outputs)");
-        } else {
-          mapped = Arena::OpenGpu(fd, a->Uint("size").value_or(0), *ordinal);
-        }
-      } else {
-        mapped = Arena::Open(fd);
-      }
-      if (!mapped.ok()) {
-        if (first.ok()) first = mapped.status();
-        continue;
-      }
-      out_arenas[*id] = std::shared_ptr<Arena>(std::move(*mapped));
-    }
-    return first;
-  }
-
-  // A late answer to a request this client gave up on: its results go back to their
-  // workers. REQUIRES(mu).
-  void Discard(const MapView& m) {
-    if (!TakeArenas(m).ok()) return;
-    auto ok = m.Bool("ok");
-    const msgpack::object* outputs = m.Find("outputs");
-    if (!ok.ok() || !*ok || outputs == nullptr) return;
-    std::set<std::pair<uint64_t, uint64_t>> seen;
-    (void)DecodeTree(*outputs, [&](const Descriptor& d) -> Result<torch::Tensor> {
-      auto extent = d.Extent();
-      if (extent.ok() && *extent > 0 && out_arenas.count(d.arena) != 0 && seen.insert({d.arena, d.block}).second) {
-        writer->Release(d.arena, d.block);
-      }
-      return torch::Tensor();
-    });
-  }
-
-  // Sends one request and waits for its reply, until `deadline` if set (then TIMEOUT; a
-  // late answer is skipped by a later call). REQUIRES(mu).
-  Result<msgpack::object_handle> Call(Writer& w, uint64_t id, const std::vector<int>& send_fds = {},
-                                      std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt) {
-    if (auto st = writer->Send(EncodeFrame(w.body()), send_fds); !st.ok()) {
-      return Status(Code::kUnavailable, "lost the connection to shoald: " + st.message());
-    }
-    for (;;) {
-      auto body = RecvFrame(sock, &reader, &fds, deadline);
-      if (!body.ok() && body.status().code() == Code::kTimeout) {
-        return Status(Code::kTimeout, "shoald at " + socket_path + " did not answer request " + std::to_string(id) +
-                                          " by its deadline plus " + std::to_string(kAnswerMargin.count()) +
-                                          " ms; it may be stopped or overloaded. The client stays usable; a late "
-                                          "answer is discarded");
-      }
-      if (!body.ok()) return Status(Code::kUnavailable, "lost the connection to shoald: " + body.status().message());
-      auto oh = Decode(*body);
-      if (!oh.ok()) return oh.status();
-      MapView m(oh->get());
-      auto rid = m.Uint("id");
-      if (rid.ok() && *rid < id && *rid != 0) {  // an answer we stopped waiting for
-        Discard(m);
-        continue;
-      }
-      if (!rid.ok() || *rid != id) return Status::Internal("reply to another request");
-      if (auto st = TakeArenas(m); !st.ok()) return st;
-      return Reply(std::move(*oh));
-    }
-  }
-
-  static Result<msgpack::object_handle> Reply(msgpack::object_handle oh) {
-    MapView m(oh.get());
-    auto ok = m.Bool("ok");
-    if (!ok.ok() || !*ok) {
-      std::string tb;
-      Status st = StatusFromReply(m, &tb);
-      if (!tb.empty()) st = Status(st.code(), st.message() + "\n--- model traceback ---\n" + tb);
-      return st;
-    }
-    return oh;
-  }
-
-
-  // An arena on `device` (-1: host memory, else a GPU ordinal). REQUIRES(mu)
+  // An arena on `device` (-1: host memory, else a GPU ordinal). REQUIRES(alloc_mu)
   Result<uint64_t> AddArena(size_t size, int device = -1) {
     auto arena = device < 0 ? Arena::Create("shoal-client", size) : Arena::CreateGpu(device, size);
     if (!arena.ok()) return arena.status();
-    uint64_t id = next_id++;
+    uint64_t id = conn->NextId();
     Writer w;
     if (device < 0) {
       BeginRequest(&w, "register_arena", id, 0);
@@ -231,7 +121,7 @@ struct Client::Impl {
       w.Key("gpu"); w.Str(*bus);
       w.Key("size"); w.Val(static_cast<uint64_t>((*arena)->size()));
     }
-    auto reply = Call(w, id, {(*arena)->fd()});
+    auto reply = Call(id, w, "register_arena", {(*arena)->fd()});
     if (!reply.ok()) return reply.status();
     auto aid = MapView(reply->get()).Uint("arena");
     if (!aid.ok()) return aid.status();
@@ -239,7 +129,7 @@ struct Client::Impl {
     return *aid;
   }
 
-  // A block in one of our arenas on `device` (-1: host memory). REQUIRES(mu)
+  // A block in one of our arenas on `device` (-1: host memory). REQUIRES(alloc_mu)
   Result<std::shared_ptr<BlockRef>> Alloc(size_t nbytes, int device = -1) {
     for (auto& [id, arena] : arenas) {
       if (arena->device() != device) continue;
@@ -253,6 +143,25 @@ struct Client::Impl {
     if (!off.ok()) return off.status();
     return std::make_shared<BlockRef>(arenas[*id], *id, *off);
   }
+
+  // An infer request ready to send: its id, body, the blocks of its inputs, and how long
+  // the client waits for its answer.
+  struct Request {
+    uint64_t id = 0;
+    Writer w;
+    std::shared_ptr<InputBlocks> inputs;
+    std::optional<std::chrono::milliseconds> wait;
+    std::string what;
+  };
+  Result<std::unique_ptr<Request>> PrepareInfer(const std::string& model, const std::vector<torch::Tensor>& inputs,
+                                                std::optional<std::chrono::milliseconds> timeout, int retries,
+                                                bool host_outputs);
+  // What an infer's completion makes of its reply: the outputs over their blocks. On the
+  // reading thread (it reads the connection's output arenas).
+  Result<c10::IValue> DecodeOutputs(Result<msgpack::object_handle> reply, const InputBlocks& inputs);
+  // Submits `r`; `done` gets the decoded outputs, once.
+  Status SubmitInfer(std::unique_ptr<Request> r, std::function<void(Result<c10::IValue>)> done, bool attended,
+                     std::shared_ptr<ClientConnection::Job>* job);
 };
 
 Client::Client(std::unique_ptr<Impl> impl, std::string path) : impl_(std::move(impl)), socket_path_(std::move(path)) {}
@@ -260,24 +169,28 @@ Client::~Client() = default;
 
 Result<std::unique_ptr<Client>> Client::Connect(const std::string& socket_path, size_t arena_size) {
   std::string path = socket_path.empty() ? DefaultSocketPath() : socket_path;
-  auto impl = std::make_unique<Impl>();
-  impl->arena_size = arena_size;
-  impl->socket_path = path;
-  impl->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (impl->sock < 0) return Status::FromErrno("socket", errno);
+  int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (sock < 0) return Status::FromErrno("socket", errno);
+  auto fail = [sock](Status st) -> Status {
+    close(sock);
+    return st;
+  };
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) return Status::BadRequest("socket path too long: " + path);
+  if (path.size() >= sizeof(addr.sun_path)) return fail(Status::BadRequest("socket path too long: " + path));
   std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  if (connect(impl->sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return Status(Code::kUnavailable, "cannot connect to shoald at " + path + ": " + std::strerror(errno) +
-                                          "; is shoald running? (start it with `shoald --socket " + path + "`)");
+  if (connect(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return fail(Status(Code::kUnavailable, "cannot connect to shoald at " + path + ": " + std::strerror(errno) +
+                                               "; is shoald running? (start it with `shoald --socket " + path +
+                                               "`)"));
   }
   // Nothing is sent (no arena) before we know who listens.
-  if (auto st = CheckServerPeer(impl->sock, path); !st.ok()) return st;
-  impl->writer = std::make_shared<ClientWriter>(impl->sock);
+  if (auto st = CheckServerPeer(sock, path); !st.ok()) return fail(st);
+  auto impl = std::make_unique<Impl>();
+  impl->arena_size = arena_size;
+  impl->conn = std::make_unique<ClientConnection>(sock, path);
   {
-    std::lock_guard<std::mutex> lock(impl->mu);
+    std::lock_guard<std::mutex> lock(impl->alloc_mu);
     auto id = impl->AddArena(arena_size);
     if (!id.ok()) return id.status();
   }
@@ -300,8 +213,7 @@ Status Client::Load(const std::string& name, const std::string& archive_path, co
     return Status::BadRequest("cannot read archive " + abs.string() + ": " + std::strerror(errno) +
                               " (the client opens archives with your own rights and passes the open file to shoald)");
   }
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  uint64_t id = impl_->next_id++;
+  uint64_t id = impl_->conn->NextId();
   Writer w;
   BeginRequest(&w, "load", id,
                2 + !device.empty() + options.max_batch.has_value() + options.max_delay_us.has_value() +
@@ -322,26 +234,24 @@ Status Client::Load(const std::string& name, const std::string& archive_path, co
     w.pk().pack_array(static_cast<uint32_t>(options.preferred_batch_sizes->size()));
     for (uint32_t n : *options.preferred_batch_sizes) w.Val(static_cast<uint64_t>(n));
   }
-  auto st = impl_->Call(w, id, {fd}).status();
+  auto st = impl_->Call(id, w, "load", {fd}).status();
   close(fd);
   return st;
 }
 
 Status Client::Unload(const std::string& name) {
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  uint64_t id = impl_->next_id++;
+  uint64_t id = impl_->conn->NextId();
   Writer w;
   BeginRequest(&w, "unload", id, 1);
   w.Key("name"); w.Str(name);
-  return impl_->Call(w, id).status();
+  return impl_->Call(id, w, "unload").status();
 }
 
 Result<std::vector<ModelInfo>> Client::Models() {
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  uint64_t id = impl_->next_id++;
+  uint64_t id = impl_->conn->NextId();
   Writer w;
   BeginRequest(&w, "models", id, 0);
-  auto reply = impl_->Call(w, id);
+  auto reply = impl_->Call(id, w, "models");
   if (!reply.ok()) return reply.status();
   auto arr = MapView(reply->get()).Array("models");
   if (!arr.ok()) return arr.status();
@@ -358,11 +268,10 @@ Result<std::vector<ModelInfo>> Client::Models() {
 }
 
 Result<std::string> Client::StatusText() {
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  uint64_t id = impl_->next_id++;
+  uint64_t id = impl_->conn->NextId();
   Writer w;
   BeginRequest(&w, "status", id, 0);
-  auto reply = impl_->Call(w, id);
+  auto reply = impl_->Call(id, w, "status");
   if (!reply.ok()) return reply.status();
   std::ostringstream os;
   os << reply->get();
@@ -370,11 +279,10 @@ Result<std::string> Client::StatusText() {
 }
 
 Result<HealthInfo> Client::Health() {
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  uint64_t id = impl_->next_id++;
+  uint64_t id = impl_->conn->NextId();
   Writer w;
   BeginRequest(&w, "health", id, 0);
-  auto reply = impl_->Call(w, id);
+  auto reply = impl_->Call(id, w, "health");
   if (!reply.ok()) return reply.status();
   MapView m(reply->get());
   HealthInfo h;
@@ -402,16 +310,17 @@ Result<torch::Tensor> Client::Empty(at::IntArrayRef shape, at::ScalarType dtype,
     numel *= s;
   }
   size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
-  std::lock_guard<std::mutex> lock(impl_->mu);
+  std::lock_guard<std::mutex> lock(impl_->alloc_mu);
   auto block = impl_->Alloc(std::max<size_t>(nbytes, 1), *ordinal);
   if (!block.ok()) return block.status();
   return TensorOver(*block, (*block)->offset, dtype, shape, ContiguousStrides(shape.vec()), nbytes);
 }
 
-Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<torch::Tensor>& inputs,
-                                  std::optional<std::chrono::milliseconds> timeout, int retries, bool host_outputs) {
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<BlockRef>> keep;  // (arena, block)
+Result<std::unique_ptr<Client::Impl::Request>> Client::Impl::PrepareInfer(
+    const std::string& model, const std::vector<torch::Tensor>& inputs, std::optional<std::chrono::milliseconds> timeout,
+    int retries, bool host_outputs) {
+  auto r = std::make_unique<Request>();
+  r->inputs = std::make_shared<InputBlocks>();
   std::vector<Descriptor> descs;
   std::set<int> gpus;  // GPU ordinals of the inputs
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -426,7 +335,9 @@ Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<to
     d.dtype = dtype;
     d.shape = x.sizes().vec();
     auto block = x.numel() > 0 ? BlockOf(x) : nullptr;
-    if (block && impl_->arenas.count(block->arena_id) != 0 && block->arena->device() == *ordinal) {
+    std::unique_lock<std::mutex> lock(alloc_mu);
+    if (block && arenas.count(block->arena_id) != 0 && block->arena->device() == *ordinal) {
+      lock.unlock();
       // Arena-backed: describe the bytes where they are.
       d.arena = block->arena_id;
       d.block = block->offset;
@@ -434,7 +345,8 @@ Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<to
       d.strides = x.strides().vec();
     } else {
       size_t nbytes = static_cast<size_t>(x.numel()) * x.element_size();
-      auto b = impl_->Alloc(std::max<size_t>(nbytes, 1), *ordinal);
+      auto b = Alloc(std::max<size_t>(nbytes, 1), *ordinal);
+      lock.unlock();
       if (!b.ok()) return b.status();
       block = *b;  // a CUDA tensor: one copy on its GPU below
       d.arena = block->arena_id;
@@ -444,15 +356,16 @@ Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<to
         TensorOver(block, block->offset, x.scalar_type(), x.sizes(), d.strides, nbytes).copy_(x);
       }
     }
-    keep[{d.arena, d.block}] = block;
+    (*r->inputs)[{d.arena, d.block}] = block;
     descs.push_back(std::move(d));
   }
   // The writes to GPU inputs (the caller's kernels, our copies) are complete before the
   // worker, another process, reads them.
   for (int g : gpus) torch::cuda::synchronize(g);
-  uint64_t id = impl_->next_id++;
-  Writer w;
-  BeginRequest(&w, "infer", id, 2 + (timeout ? 1 : 0) + (retries > 0 ? 1 : 0) + (host_outputs ? 1 : 0));
+  r->id = conn->NextId();
+  r->what = "infer request " + std::to_string(r->id) + " (model '" + model + "')";
+  Writer& w = r->w;
+  BeginRequest(&w, "infer", r->id, 2 + (timeout ? 1 : 0) + (retries > 0 ? 1 : 0) + (host_outputs ? 1 : 0));
   if (host_outputs) {
     w.Key("outputs"); w.Str("cpu");
   }
@@ -468,12 +381,17 @@ Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<to
     w.Key("retries");
     w.Val(static_cast<uint64_t>(retries));
   }
-  std::optional<std::chrono::steady_clock::time_point> deadline;
-  if (timeout) deadline = std::chrono::steady_clock::now() + *timeout * (1 + std::max(retries, 0)) + kAnswerMargin;
-  auto reply = impl_->Call(w, id, {}, deadline);
+  if (timeout) r->wait = *timeout * (1 + std::max(retries, 0)) + ClientConnection::kAnswerMargin;
+  return r;
+}
+
+Result<c10::IValue> Client::Impl::DecodeOutputs(Result<msgpack::object_handle> reply, const InputBlocks& inputs) {
   if (!reply.ok()) return reply.status();
   const msgpack::object* outputs = MapView(reply->get()).Find("outputs");
   if (outputs == nullptr) return Status::Internal("reply without outputs");
+  // One BlockRef per block of this answer: released once, when the last tensor over it goes.
+  std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<BlockRef>> blocks;
+  const auto& out_arenas = conn->out_arenas();
   auto make = [&](const Descriptor& d) -> Result<torch::Tensor> {
     auto type = ScalarTypeOf(d.dtype);
     auto extent = d.Extent();
@@ -487,12 +405,14 @@ Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<to
       }
       return torch::empty(d.shape, options);
     }
-    auto& block = keep[{d.arena, d.block}];  // an input returned in place: its block stays ours
+    auto& block = blocks[{d.arena, d.block}];
     if (!block) {
-      if (auto out = impl_->out_arenas.find(d.arena); out != impl_->out_arenas.end()) {
+      if (auto in = inputs.find({d.arena, d.block}); in != inputs.end()) {
+        block = in->second;  // an input returned in place: its block stays ours
+      } else if (auto out = out_arenas.find(d.arena); out != out_arenas.end()) {
         if (auto st = d.CheckBounds(out->second->size()); !st.ok()) return Status::Internal(st.message());
         // A block the worker allocated for this result: released to it when the last tensor goes.
-        block = std::make_shared<BlockRef>(out->second, d.arena, d.block, impl_->writer);
+        block = std::make_shared<BlockRef>(out->second, d.arena, d.block, conn->writer());
       } else {
         return Status::Internal("output in an unknown arena " + std::to_string(d.arena));
       }
@@ -501,6 +421,50 @@ Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<to
     return TensorOver(block, d.offset, *type, d.shape, d.strides, *extent);
   };
   return DecodeTree(*outputs, make);
+}
+
+Status Client::Impl::SubmitInfer(std::unique_ptr<Request> r, std::function<void(Result<c10::IValue>)> done,
+                                 bool attended, std::shared_ptr<ClientConnection::Job>* job) {
+  auto inputs = r->inputs;
+  auto submitted = conn->Submit(
+      r->id, r->w.body(), {}, std::move(r->what), r->wait,
+      [this, inputs, done = std::move(done)](Result<msgpack::object_handle> reply) {
+        done(DecodeOutputs(std::move(reply), *inputs));
+      },
+      attended, inputs);
+  if (!submitted.ok()) return submitted.status();
+  *job = std::move(*submitted);
+  return Status::Ok();
+}
+
+Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<torch::Tensor>& inputs,
+                                  std::optional<std::chrono::milliseconds> timeout, int retries, bool host_outputs) {
+  auto r = impl_->PrepareInfer(model, inputs, timeout, retries, host_outputs);
+  if (!r.ok()) return r.status();
+  std::optional<Result<c10::IValue>> out;
+  std::shared_ptr<ClientConnection::Job> job;
+  if (auto st = impl_->SubmitInfer(std::move(*r), [&out](Result<c10::IValue> v) { out.emplace(std::move(v)); },
+                                   true, &job);
+      !st.ok()) {
+    return st;
+  }
+  impl_->conn->Wait(job);  // returns once the completion ran
+  return std::move(*out);
+}
+
+std::future<Result<c10::IValue>> Client::InferAsync(const std::string& model, const std::vector<torch::Tensor>& inputs,
+                                                    std::optional<std::chrono::milliseconds> timeout, int retries,
+                                                    bool host_outputs) {
+  auto promise = std::make_shared<std::promise<Result<c10::IValue>>>();
+  auto future = promise->get_future();
+  auto r = impl_->PrepareInfer(model, inputs, timeout, retries, host_outputs);
+  std::shared_ptr<ClientConnection::Job> job;
+  Status st = r.ok() ? impl_->SubmitInfer(std::move(*r),
+                                          [promise](Result<c10::IValue> v) { promise->set_value(std::move(v)); },
+                                          false, &job)
+                     : r.status();
+  if (!st.ok()) promise->set_value(st);  // (the completion never runs then)
+  return future;
 }
 
 }  // namespace shoal

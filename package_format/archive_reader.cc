@@ -280,6 +280,12 @@ Result<ArchiveInfo> ReadArchive(std::string_view file) {
       info.policy = *policy;
     }
   }
+  // Where "auto" puts the tensors: the entry pickle's storage locations.
+  const std::string entry = info.kind == ArchiveKind::kTorchScript ? "data.pkl" : "model/model.pkl";
+  for (const auto& r : raw) {
+    if (r.name != entry) continue;
+    info.saved_on_cuda = r.method != 0 || PickleNamesCuda(file.substr(r.offset, r.size));
+  }
   info.records = std::move(raw);
   return info;
 }

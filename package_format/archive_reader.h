@@ -52,6 +52,10 @@ struct ArchiveInfo {
   ManifestPolicy policy;  // what it says shoald must allow (package_format/manifest.h)
   size_t storages = 0;
   uint64_t storage_bytes = 0;
+  // Whether its tensors were saved from a CUDA device (PickleNamesCuda over the entry
+  // pickle: model/model.pkl, a TorchScript archive's data.pkl; a compressed one counts as
+  // CUDA): where device "auto" puts them.
+  bool saved_on_cuda = false;
   // ReadArchive only: why shoal would refuse to serve this archive (empty: servable).
   std::string problem;
 };

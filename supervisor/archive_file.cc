@@ -34,6 +34,7 @@ Result<std::shared_ptr<const ArchiveFile>> ArchiveFile::Adopt(int fd, std::strin
   if (!info.ok()) return info.status();
   file->policy_ = info->policy;
   file->torchscript_ = info->kind == ArchiveKind::kTorchScript;
+  file->saved_on_cuda_ = info->saved_on_cuda;
   return std::shared_ptr<const ArchiveFile>(std::move(file));
 }
 

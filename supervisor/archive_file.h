@@ -47,6 +47,8 @@ class ArchiveFile {
   const ManifestPolicy& policy() const { return policy_; }
   // A TorchScript archive (run by libtorch in the worker, not by the Python runner).
   bool torchscript() const { return torchscript_; }
+  // Whether its tensors were saved from a CUDA device (where a load's "auto" puts them).
+  bool saved_on_cuda() const { return saved_on_cuda_; }
   // OK while the file has the size and modification time it was validated with; else
   // why (rewritten in place since: workers would load what shoald never checked, or fault
   // on a truncated mapping).
@@ -58,6 +60,7 @@ class ArchiveFile {
   struct stat checked_ {};
   ManifestPolicy policy_;
   bool torchscript_ = false;
+  bool saved_on_cuda_ = false;
 };
 
 using ArchiveRef = std::shared_ptr<const ArchiveFile>;

@@ -98,4 +98,13 @@ ArenaEntry *ArenaTable::FindWorkerArena(int slot, uint64_t generation,
   return it == by_worker_.end() ? nullptr : FindMutable(it->second);
 }
 
+ArenaTable::Bytes ArenaTable::ClientArenaBytes() const {
+  Bytes b;
+  for (const auto &[id, a] : arenas_) {
+    if (a.by_worker()) continue;
+    (a.gpu.empty() ? b.host : b.gpu) += a.size;
+  }
+  return b;
+}
+
 } // namespace shoal

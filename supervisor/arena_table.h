@@ -78,6 +78,11 @@ public:
   // The worker arena (slot, generation, local), or nullptr.
   ArenaEntry *FindWorkerArena(int slot, uint64_t generation, uint64_t local);
   size_t size() const { return arenas_.size(); }
+  // Bytes of the client arenas registered now, in host memory (memfds) and on GPUs.
+  struct Bytes {
+    uint64_t host = 0, gpu = 0;
+  };
+  Bytes ClientArenaBytes() const;
 
 private:
   uint64_t next_id_ = 1;

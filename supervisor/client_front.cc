@@ -24,7 +24,7 @@ using local = asio::local::stream_protocol;
 
 ClientFront::ClientFront(asio::io_context& io, const SupervisorConfig& config, ModelRegistry* registry,
                          const ModelRepository* repository, Scheduler* scheduler, ArenaTable* arenas,
-                         WorkerPool* pool)
+                         WorkerPool* pool, Metrics* metrics)
     : io_(io),
       config_(config),
       registry_(registry),
@@ -32,6 +32,7 @@ ClientFront::ClientFront(asio::io_context& io, const SupervisorConfig& config, M
       scheduler_(scheduler),
       arenas_(arenas),
       pool_(pool),
+      metrics_(metrics),
       started_(std::chrono::steady_clock::now()) {}
 
 Result<std::string> ClientFront::Listen() {
@@ -214,7 +215,12 @@ void ClientFront::OnFrame(const std::shared_ptr<ClientSession>& s, std::string b
       Release(*s, m);
       return Status::Ok();
     }
-    if (*op == "infer") return Infer(s, id, m);
+    if (*op == "infer") {
+      std::string model;
+      Status refused = Infer(s, id, m, &model);
+      if (!refused.ok()) metrics_->Answered(model, refused.code());
+      return refused;
+    }
     if (*op == "register_arena") return RegisterArena(s, id, m, fds);
     if (*op == "load") return Load(s, id, m, fds);
     if (*op == "unload") return Unload(s, id, m);
@@ -410,12 +416,14 @@ Status ClientFront::Unload(const std::shared_ptr<ClientSession>& s, uint64_t id,
   });
 }
 
-Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m) {
+Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m,
+                          std::string* model_key) {
   if (scheduler_->stopped()) return Status(Code::kUnavailable, "shoald is shutting down; retry on another instance");
   auto requested = m.Str("model");
   if (!requested.ok()) return requested.status();
   auto model = registry_->Resolve(*requested);
   if (!model.ok()) return model.status();
+  *model_key = *model;
   auto inputs = m.Array("inputs");
   if (!inputs.ok()) return inputs.status();
   const auto& arr = (*inputs)->via.array;
@@ -485,6 +493,7 @@ Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, 
   uint64_t retry_ms = 0;
   auto st = scheduler_->Submit(job, timeout->value_or(config_.default_timeout_ms), &retry_ms);
   if (st.code() == Code::kOverloaded) {
+    metrics_->Answered(*model, st.code());
     s->channel->Send(ErrorReply(id, st, {}, retry_ms));
     return Status::Ok();
   }

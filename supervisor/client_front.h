@@ -21,6 +21,7 @@
 #include "supervisor/arena_table.h"
 #include "supervisor/client_session.h"
 #include "supervisor/config.h"
+#include "supervisor/metrics.h"
 #include "supervisor/model_registry.h"
 #include "supervisor/model_repository.h"
 #include "supervisor/scheduler.h"
@@ -30,9 +31,11 @@ namespace shoal {
 
 class ClientFront {
  public:
-  // Everything passed must outlive the front.
+  // Everything passed must outlive the front. Infer requests it refuses before they become
+  // jobs are counted into `metrics` (the scheduler counts the others).
   ClientFront(boost::asio::io_context& io, const SupervisorConfig& config, ModelRegistry* registry,
-              const ModelRepository* repository, Scheduler* scheduler, ArenaTable* arenas, WorkerPool* pool);
+              const ModelRepository* repository, Scheduler* scheduler, ArenaTable* arenas, WorkerPool* pool,
+              Metrics* metrics);
   ClientFront(const ClientFront&) = delete;
   ClientFront& operator=(const ClientFront&) = delete;
 
@@ -71,7 +74,8 @@ class ClientFront {
   // the registry checks their values.
   static Result<BatchOverride> LoadBatching(const std::string& name, const MapView& m);
   Status Unload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
-  Status Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
+  // *model: the key the request's model resolved to, once it did.
+  Status Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m, std::string* model);
   bool IsAdmin(const ClientSession& s) const;
   // release {arena, blocks}: passed on to the worker that owns that output arena.
   void Release(const ClientSession& s, const MapView& m);
@@ -86,6 +90,7 @@ class ClientFront {
   Scheduler* scheduler_;
   ArenaTable* arenas_;
   WorkerPool* pool_;
+  Metrics* metrics_;
   std::unique_ptr<boost::asio::local::stream_protocol::acceptor> acceptor_;
   bool accepting_ = false;
   std::unique_ptr<boost::asio::steady_timer> accept_timer_;

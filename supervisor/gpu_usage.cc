@@ -1,7 +1,13 @@
 // GPU memory figures through NVML (supervisor/gpu_usage.h).
 #include "supervisor/gpu_usage.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
 
 #include <mutex>
 
@@ -24,6 +30,24 @@ struct Nvml {
   Status ready = Status(Code::kUnavailable, "NVML (libnvidia-ml.so.1) was not loaded");
 };
 
+// NVML opens the driver's device files without O_CLOEXEC: processes shoald starts later
+// (the zygote, exec'd workers) must not inherit them.
+void CloseOnExecDriverFds() {
+  DIR* d = opendir("/proc/self/fd");
+  if (d == nullptr) return;
+  while (dirent* e = readdir(d)) {
+    int fd = atoi(e->d_name);
+    if (e->d_name[0] == '.' || fd == dirfd(d)) continue;
+    char target[256];
+    std::string link = std::string("/proc/self/fd/") + e->d_name;
+    ssize_t n = readlink(link.c_str(), target, sizeof(target) - 1);
+    if (n <= 0) continue;
+    target[n] = 0;
+    if (std::string(target).rfind("/dev/nvidia", 0) == 0) fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC);
+  }
+  closedir(d);
+}
+
 const Nvml& N() {
   static Nvml n;
   static std::once_flag once;
@@ -40,7 +64,9 @@ const Nvml& N() {
       n.ready = Status(Code::kUnavailable, "NVML lacks nvmlDeviceGetHandleByPciBusId_v2 (driver too old)");
       return;
     }
-    if (NvmlReturn r = n.init(); r != 0) {
+    NvmlReturn r = n.init();
+    CloseOnExecDriverFds();
+    if (r != 0) {
       n.ready = Status(Code::kUnavailable, "nvmlInit failed (NVML error " + std::to_string(r) + ")");
       return;
     }

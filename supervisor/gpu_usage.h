@@ -1,6 +1,7 @@
 // GpuUsage: how much memory each GPU has in use, for `status`, read through NVML
-// (libnvidia-ml.so.1, loaded when first asked), which needs no CUDA context: shoald
-// never creates one (fork safety, and ~620 MB a context).
+// (libnvidia-ml.so.1, loaded when first asked: WorkerPool asks at start-up on a GPU host),
+// which needs no CUDA context: shoald never creates one (fork safety, and ~620 MB a
+// context). NVML's descriptors of the driver's devices are made close-on-exec.
 // Thread-safety: any thread (NVML is thread-safe; loading it happens once).
 #pragma once
 

@@ -279,9 +279,9 @@ bool ModelRegistry::AllReady() const {
   return true;
 }
 
-void ModelRegistry::RecordCrash(const CrashCharge& charge, const std::string& how) {
+CrashVerdict ModelRegistry::RecordCrash(const CrashCharge& charge, const std::string& how) {
   auto it = models_.find(charge.model);
-  if (it == models_.end() || it->second.failed) return;
+  if (it == models_.end() || it->second.failed) return CrashVerdict::kCounted;
   Entry& m = it->second;
   auto now = Clock::now();
   auto window = std::chrono::seconds(config_.crash_window_s);
@@ -301,11 +301,13 @@ void ModelRegistry::RecordCrash(const CrashCharge& charge, const std::string& ho
   }
   std::string window_text = std::to_string(config_.crash_window_s) + " s (last: " + how + ")";
   if (loads >= limit) {
-    return MarkFailed(charge.model, &m, "it crashed " + std::to_string(loads) + " workers while loading within " + window_text);
+    MarkFailed(charge.model, &m, "it crashed " + std::to_string(loads) + " workers while loading within " + window_text);
+    return CrashVerdict::kModelFailed;
   }
   if (m.crashes.size() - loads >= limit && clients.size() >= 2) {
-    return MarkFailed(charge.model, &m, "it crashed " + std::to_string(m.crashes.size() - loads) + " workers for " +
-                                            std::to_string(clients.size()) + " different clients within " + window_text);
+    MarkFailed(charge.model, &m, "it crashed " + std::to_string(m.crashes.size() - loads) + " workers for " +
+                                     std::to_string(clients.size()) + " different clients within " + window_text);
+    return CrashVerdict::kModelFailed;
   }
   if (charge.client && own >= limit) {
     uid_t uid = *charge.client;
@@ -314,7 +316,9 @@ void ModelRegistry::RecordCrash(const CrashCharge& charge, const std::string& ho
     m.refused[uid] = {now + window, why};
     spdlog::warn("model '{}' refuses jobs from uid {} for {} s: {}; other clients keep it", charge.model, uid,
                  config_.crash_window_s, why);
+    return CrashVerdict::kClientRefused;
   }
+  return CrashVerdict::kCounted;
 }
 
 void ModelRegistry::MarkFailed(const std::string& key, Entry* m, const std::string& why) {

@@ -27,6 +27,7 @@
 #include "shoal/status.h"
 #include "supervisor/archive_file.h"
 #include "supervisor/config.h"
+#include "supervisor/metrics.h"
 #include "supervisor/scheduler.h"
 
 namespace shoal {
@@ -109,8 +110,8 @@ class ModelRegistry {
   // Blame goes where it belongs: a client whose jobs crash crash_loop_limit workers within
   // crash_window_s is refused that model for the window, and others keep it; the model is
   // marked failed only for that many crashes while loading, or job crashes from at least
-  // two distinct clients within the window.
-  void RecordCrash(const CrashCharge& charge, const std::string& how);
+  // two distinct clients within the window. Says which of these it decided.
+  CrashVerdict RecordCrash(const CrashCharge& charge, const std::string& how);
   // OK unless `client` is refused `key` (see RecordCrash); then why, and until when.
   Status Admits(const std::string& key, uid_t client) const;
   // The device model `key` was loaded for ("auto" when unknown).

@@ -7,6 +7,8 @@
 #include <sstream>
 #include <type_traits>
 
+#include "supervisor/listen_address.h"
+
 namespace shoal {
 
 namespace po = boost::program_options;
@@ -108,6 +110,10 @@ std::vector<Option> MakeTable() {
                                  "NAME:VERSION; loaded at start, and on SIGHUP new ones are loaded, removed ones "
                                  "unloaded, changed ones loaded again; relative paths of the file's model lines are "
                                  "under DIR too"),
+      Make<&C::metrics_address>("metrics_address", K::kAddress, "ADDRESS", kRestart,
+                                "serve Prometheus metrics (GET /metrics over HTTP) on a Unix socket PATH, on "
+                                "127.0.0.1:PORT or [::1]:PORT, or on every interface when written 0.0.0.0:PORT or "
+                                "[::]:PORT (no other address: the page has no authentication); empty: off"),
       Make<&C::default_timeout_ms>("timeout_ms", K::kNumber, "MS", kReload,
                                    "deadline of jobs that give none (0 = none)", 0, kMaxMs),
       Make<&C::kill_grace_ms>("kill_grace_ms", K::kNumber, "MS", kReload,
@@ -238,6 +244,13 @@ Result<OptionValue> Check(const Option& o, const std::string& value, const std::
       break;
     }
     case OptionKind::kText:
+      v.text = value;
+      break;
+    case OptionKind::kAddress:
+      if (!value.empty()) {
+        auto a = ParseListenAddress(value, name);
+        if (!a.ok()) return a.status();
+      }
       v.text = value;
       break;
   }

@@ -24,6 +24,7 @@ enum class OptionKind {
   kYesNo,     // yes | no (on the command line also --no-FLAG)
   kLogLevel,  // trace | debug | info | warn | error | critical | off
   kModel,     // NAME=ARCHIVE, repeatable: every one is loaded at start-up
+  kAddress,   // where an HTTP front listens (supervisor/listen_address.h); empty: off
 };
 
 // A value that passed its option's checks.
@@ -31,7 +32,7 @@ struct OptionValue {
   uint64_t number = 0;  // kNumber
   bool automatic = false;  // kNumber of an option that takes "auto": worked out at start-up
   bool yes = false;     // kYesNo
-  std::string text;     // kText, kLogLevel; kModel: the archive
+  std::string text;     // kText, kLogLevel, kAddress; kModel: the archive
   std::string name;     // kModel: the model's name
 };
 

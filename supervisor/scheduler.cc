@@ -46,8 +46,13 @@ bool BatchCompatible(const Job& a, const Job& b) {
   return true;
 }
 
-Scheduler::Scheduler(asio::io_context& io, const SupervisorConfig& config, SlotPool* pool, ArenaTable* arenas)
-    : io_(io), config_(config), pool_(pool), arenas_(arenas), hold_timer_(io) {}
+Scheduler::Scheduler(asio::io_context& io, const SupervisorConfig& config, SlotPool* pool, ArenaTable* arenas,
+                     Metrics* metrics)
+    : io_(io), config_(config), pool_(pool), arenas_(arenas), metrics_(metrics), hold_timer_(io) {}
+
+namespace {
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+}  // namespace
 
 Status Scheduler::Submit(const std::shared_ptr<Job>& job, uint64_t timeout_ms, uint64_t* retry_after_ms) {
   if (stopped_) return Status(Code::kUnavailable, "shoald is shutting down; retry on another instance");
@@ -244,6 +249,8 @@ void Scheduler::Dispatch() {
 
 void Scheduler::StartOne(SlotPool::Slot slot, const std::shared_ptr<Job>& job) {
   job->started = Clock::now();
+  if (job->crashes == 0) metrics_->Waited(job->model, Seconds(job->started - job->accepted));  // not a re-run
+  if (job->batching) metrics_->Batched(job->model, 1);
   ++stats_[job->model].running_by[job->client_uid];
   pool_->Run(slot, job, [this, job](const Status& st, const MapView* reply) {
     auto& running = stats_[job->model].running_by;
@@ -257,12 +264,14 @@ void Scheduler::StartBatch(SlotPool::Slot slot, const std::vector<std::shared_pt
   ModelStats& stats = stats_[group.front()->model];
   for (const auto& job : group) {
     job->started = Clock::now();
+    if (job->crashes == 0) metrics_->Waited(job->model, Seconds(job->started - job->accepted));  // not a re-run
     job->batch_peers = peers;
     job->grace_over = false;
     ++stats.running_by[job->client_uid];
   }
   ++stats.batches.batches;
   stats.batches.batched_jobs += group.size();
+  metrics_->Batched(group.front()->model, group.size());
   pool_->RunBatch(slot, group, [this](const std::shared_ptr<Job>& job, const Status& st, const MapView* reply) {
     auto& running = stats_[job->model].running_by;
     if (auto r = running.find(job->client_uid); r != running.end() && --r->second == 0) running.erase(r);
@@ -328,6 +337,7 @@ void Scheduler::OnReply(const std::shared_ptr<Job>& job, const Status& st, const
   }
   ModelStats& stats = stats_[job->model];
   double ms = std::chrono::duration<double, std::milli>(Clock::now() - job->started).count();
+  metrics_->Ran(job->model, ms / 1000);
   stats.avg_ms = stats.avg_ms == 0 ? ms : 0.9 * stats.avg_ms + 0.1 * ms;
 
   auto ok = reply->Bool("ok");
@@ -393,6 +403,7 @@ void Scheduler::OnReply(const std::shared_ptr<Job>& job, const Status& st, const
     }
     Answer(job, r.body(), std::move(fds));
     ++jobs_done_;
+    metrics_->Answered(job->model, Code::kOk);
   }
   Dispatch();
 }
@@ -414,6 +425,7 @@ void Scheduler::Answer(const std::shared_ptr<Job>& job, std::string_view body,
 void Scheduler::Fail(const std::shared_ptr<Job>& job, const Status& st, std::string_view traceback) {
   if (job->answered) return;
   ++jobs_failed_;
+  metrics_->Answered(job->model, st.code());
   Answer(job, ErrorReply(job->request_id, st, traceback));
 }
 

@@ -30,6 +30,7 @@
 
 #include "supervisor/config.h"
 #include "supervisor/job.h"
+#include "supervisor/metrics.h"
 #include "supervisor/output_check.h"
 
 namespace shoal {
@@ -94,8 +95,10 @@ bool BatchCompatible(const Job& a, const Job& b);
 class Scheduler : public JobQueue {
  public:
   using Clock = std::chrono::steady_clock;
-  // `config`, `pool` and `arenas` must outlive the scheduler.
-  Scheduler(boost::asio::io_context& io, const SupervisorConfig& config, SlotPool* pool, ArenaTable* arenas);
+  // `config`, `pool`, `arenas` and `metrics` must outlive the scheduler. It counts every
+  // answer, and each job's time in the queue and on its worker, into `metrics`.
+  Scheduler(boost::asio::io_context& io, const SupervisorConfig& config, SlotPool* pool, ArenaTable* arenas,
+            Metrics* metrics);
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
@@ -161,6 +164,7 @@ class Scheduler : public JobQueue {
   const SupervisorConfig& config_;
   SlotPool* pool_;
   ArenaTable* arenas_;
+  Metrics* metrics_;
   std::function<void()> before_dispatch_;
   bool stopped_ = false;
   std::deque<std::shared_ptr<Job>> queue_;

@@ -114,36 +114,49 @@ void PackStatus(Writer* w, uint64_t id, const ServiceFigures& service, const Mod
   PackGpus(w, workers, pool.GpuWeightCopies());
 }
 
-void PackGpus(Writer* w, const std::vector<WorkerPool::WorkerInfo>& workers, const std::vector<GpuWeights::Held>& copies) {
-  struct Gpu {
-    uint64_t workers = 0;
-    std::vector<const GpuWeights::Held*> copies;
-  };
-  std::map<std::string, Gpu> gpus;
+std::vector<GpuFigures> GpusOf(const std::vector<WorkerPool::WorkerInfo>& workers,
+                               const std::vector<GpuWeights::Held>& copies) {
+  std::map<std::string, GpuFigures> gpus;
   for (const auto& wk : workers) {
     if (!wk.gpu.empty()) ++gpus[wk.gpu].workers;
   }
-  for (const auto& c : copies) gpus[c.bus].copies.push_back(&c);
+  for (const auto& c : copies) {
+    GpuFigures& g = gpus[c.bus];
+    g.copies.push_back(c);
+    g.weights_bytes += c.bytes;
+  }
+  std::vector<GpuFigures> out;
+  for (auto& [bus, g] : gpus) {
+    g.bus = bus;
+    if (auto memory = GpuMemoryOf(bus); memory.ok()) {  // NVML: no CUDA context
+      g.memory_known = true;
+      g.memory_used = memory->used;
+      g.memory_total = memory->total;
+    }
+    out.push_back(std::move(g));
+  }
+  return out;
+}
+
+void PackGpus(Writer* w, const std::vector<WorkerPool::WorkerInfo>& workers, const std::vector<GpuWeights::Held>& copies) {
+  auto gpus = GpusOf(workers, copies);
   w->Key("gpus");
   w->pk().pack_array(static_cast<uint32_t>(gpus.size()));
-  for (const auto& [bus, g] : gpus) {
-    uint64_t weights = 0;
-    for (const auto* c : g.copies) weights += c->bytes;
-    auto memory = GpuMemoryOf(bus);  // NVML: no CUDA context
+  for (const auto& g : gpus) {
     w->Map(6);
-    w->Key("bus"); w->Str(bus);
+    w->Key("bus"); w->Str(g.bus);
     w->Key("workers"); w->Val(g.workers);
-    w->Key("weights_bytes"); w->Val(weights);  // shared copies shoald holds on it
+    w->Key("weights_bytes"); w->Val(g.weights_bytes);  // shared copies shoald holds on it
     w->Key("weights");
     w->pk().pack_array(static_cast<uint32_t>(g.copies.size()));
-    for (const auto* c : g.copies) {
+    for (const auto& c : g.copies) {
       w->Map(3);
-      w->Key("model"); w->Str(c->model);
-      w->Key("bytes"); w->Val(c->bytes);
-      w->Key("uploads"); w->Val(c->uploads);
+      w->Key("model"); w->Str(c.model);
+      w->Key("bytes"); w->Val(c.bytes);
+      w->Key("uploads"); w->Val(c.uploads);
     }
-    w->Key("memory_used_bytes"); w->Val(memory.ok() ? memory->used : 0);  // every process's; 0: unknown
-    w->Key("memory_total_bytes"); w->Val(memory.ok() ? memory->total : 0);
+    w->Key("memory_used_bytes"); w->Val(g.memory_used);  // every process's; 0: unknown
+    w->Key("memory_total_bytes"); w->Val(g.memory_total);
   }
 }
 

@@ -35,9 +35,22 @@ struct ServiceFigures {
 // The body of a `status` reply to request `id`.
 void PackStatus(Writer* w, uint64_t id, const ServiceFigures& service, const ModelRegistry& registry,
                 const ModelRepository& repository, const Scheduler& scheduler, const WorkerPool& pool);
+// One GPU workers are placed on, as `status` and /metrics (supervisor/metrics_page.h) show
+// it: its workers, the shared weight copies shoald holds there, its memory in use (NVML).
+struct GpuFigures {
+  std::string bus;  // PCI bus id
+  uint64_t workers = 0;
+  uint64_t weights_bytes = 0;  // of the copies below
+  std::vector<GpuWeights::Held> copies;
+  bool memory_known = false;   // NVML answered
+  uint64_t memory_used = 0;    // bytes, every process's
+  uint64_t memory_total = 0;
+};
+// By bus id. Asks NVML for each GPU's memory (no CUDA context).
+std::vector<GpuFigures> GpusOf(const std::vector<WorkerPool::WorkerInfo>& workers,
+                               const std::vector<GpuWeights::Held>& copies);
 // "gpus": [{bus, workers, weights_bytes, weights: [{model, bytes, uploads}],
-// memory_used_bytes, memory_total_bytes}]: each GPU workers are placed on, the shared
-// weight copies shoald holds there, and its memory in use (NVML; 0 when unknown).
+// memory_used_bytes, memory_total_bytes}]: GpusOf, memory 0 when unknown.
 void PackGpus(Writer* w, const std::vector<WorkerPool::WorkerInfo>& workers, const std::vector<GpuWeights::Held>& copies);
 // The body of a `health` reply: live, ready (every model ready and not stopping), per model.
 void PackHealth(Writer* w, uint64_t id, bool stopping, const ModelRegistry& registry);

@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "base/subprocess.h"
+#include "supervisor/metrics_page.h"
 
 namespace shoal {
 
@@ -19,10 +20,10 @@ Supervisor::Supervisor(asio::io_context& io, SupervisorConfig config)
     : io_(io),
       config_(std::move(config)),
       pool_(io, config_, &arenas_, this),
-      scheduler_(io, config_, &pool_, &arenas_),
+      scheduler_(io, config_, &pool_, &arenas_, &metrics_),
       registry_(io, config_, &pool_, &scheduler_),
       repository_(io, config_, &registry_),
-      front_(io, config_, &registry_, &repository_, &scheduler_, &arenas_, &pool_),
+      front_(io, config_, &registry_, &repository_, &scheduler_, &arenas_, &pool_, &metrics_),
       signals_(io) {
   scheduler_.set_before_dispatch([this] { BeforeDispatch(); });
   registry_.set_on_failed([this](const std::string& model, const std::string& why) {
@@ -83,6 +84,16 @@ Status Supervisor::Start(std::vector<std::pair<std::string, ArchiveRef>> models)
   }
   auto where = front_.Listen();
   if (!where.ok()) return where.status();
+  if (!config_.metrics_address.empty()) {
+    auto address = ParseListenAddress(config_.metrics_address, "metrics_address");  // checked already
+    if (!address.ok()) return address.status();
+    metrics_server_ = std::make_unique<MetricsServer>(io_, *address, [this] {
+      return MetricsPage(metrics_, front_.clients(), registry_, pool_, arenas_);
+    });
+    auto served = metrics_server_->Listen();
+    if (!served.ok()) return served.status();
+    spdlog::info("metrics served on {} (GET /metrics)", *served);
+  }
 
   signals_.add(SIGCHLD);
   signals_.add(SIGTERM);
@@ -169,7 +180,7 @@ void Supervisor::OnWorkerSpawned(ModelHosts::Worker worker) {
 }
 
 void Supervisor::OnWorkerDied(const std::vector<CrashCharge>& charges, const std::string& how) {
-  for (const auto& charge : charges) registry_.RecordCrash(charge, how);
+  for (const auto& charge : charges) metrics_.CrashLoop(charge.model, registry_.RecordCrash(charge, how));
   scheduler_.Dispatch();  // may finish the drain
 }
 
@@ -250,6 +261,7 @@ void Supervisor::FinishShutdown() {
   auto t = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(50));
   t->async_wait([this, t](const boost::system::error_code&) {
     front_.CloseAll();
+    if (metrics_server_) metrics_server_->Stop();
     pool_.Reap();
     signals_.cancel();
     io_.stop();

@@ -6,7 +6,8 @@
 // The roles, each in its own file: ClientFront (client socket and operations),
 // ModelRegistry (models, versions, load/unload, crash records), ModelRepository (the
 // model_repository folder, read at start and on SIGHUP), Scheduler (queue, dispatch,
-// deadlines, answers), WorkerPool (processes, zygote, slots), ArenaTable.
+// deadlines, answers), WorkerPool (processes, zygote, slots), ArenaTable, and where
+// metrics_address is set, Metrics and the MetricsServer that serves them.
 // Everything runs on one Boost.Asio event loop thread; signals are only queued by Asio's
 // signal_set and handled on the loop. Every accepted job is answered exactly once.
 // Thread-safety: construct, Start() and run the loop on one thread; nothing is shared.
@@ -21,6 +22,8 @@
 #include "supervisor/arena_table.h"
 #include "supervisor/client_front.h"
 #include "supervisor/config.h"
+#include "supervisor/metrics.h"
+#include "supervisor/metrics_server.h"
 #include "supervisor/model_registry.h"
 #include "supervisor/model_repository.h"
 #include "supervisor/scheduler.h"
@@ -71,12 +74,14 @@ class Supervisor : private PoolListener {
 
   boost::asio::io_context& io_;
   SupervisorConfig config_;  // the roles read it; only Reload changes it
+  Metrics metrics_;          // counted into by the scheduler, the front and OnWorkerDied
   ArenaTable arenas_;
   WorkerPool pool_;
   Scheduler scheduler_;
   ModelRegistry registry_;
   ModelRepository repository_;
   ClientFront front_;
+  std::unique_ptr<MetricsServer> metrics_server_;  // where metrics_address is set
   boost::asio::signal_set signals_;
   Notifier notifier_;
   bool stopping_ = false;

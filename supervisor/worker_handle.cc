@@ -5,7 +5,9 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -59,6 +61,9 @@ Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, const std::
   for (auto& a : arg_store) argv.push_back(a.data());
   argv.push_back(nullptr);
   pid_t parent = getpid();
+  struct rlimit files;
+  int max_fd = getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < (1u << 20) ? static_cast<int>(files.rlim_cur)
+                                                                                       : (1 << 20);
 
   pid_t pid = fork();
   if (pid < 0) {
@@ -79,6 +84,17 @@ Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, const std::
       fcntl(3, F_SETFD, 0);
     } else if (dup2(sv[1], 3) < 0) {  // dup2 clears close-on-exec on fd 3
       _exit(127);
+    }
+    // Nothing else of shoald's goes with it: not its listening sockets (clients, metrics),
+    // on which model code could accept connections meant for shoald (a TCP one even where
+    // it may not create sockets), nor whatever shoald inherited. Asio does not mark its
+    // sockets close-on-exec.
+    long closed = -1;
+#ifdef SYS_close_range
+    closed = syscall(SYS_close_range, 4u, ~0u, 0u);
+#endif
+    if (closed != 0) {
+      for (int fd = 4; fd < max_fd; ++fd) close(fd);  // kernels before 5.9
     }
     execv(binary.c_str(), argv.data());
     _exit(127);

@@ -105,7 +105,7 @@ struct SpawnedProcess {
 };
 
 // fork + exec `binary --fd 3 ARGS...`, with the child's end of a fresh socketpair as fd 3
-// and a parent-death signal.
+// and a parent-death signal; every other descriptor above 2 is closed in the child.
 Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, const std::vector<std::string>& args);
 
 }  // namespace shoal

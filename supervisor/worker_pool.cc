@@ -1,5 +1,7 @@
 #include "supervisor/worker_pool.h"
 
+#include "supervisor/gpu_usage.h"
+
 #include <linux/magic.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -99,6 +101,11 @@ void WorkerPool::Start(std::optional<WorkerUser> user) {
   }
   if (auto st = gpus_.Discover(config_.worker_binary, config_.gpus); !st.ok()) {
     spdlog::error("{}; workers run without GPUs", st.ToString());
+  }
+  if (gpus_.count() > 0) {
+    // NVML (status's GPU memory) opens the driver's devices once: now, with its
+    // descriptors close-on-exec, rather than in the middle of serving.
+    if (auto m = GpuMemoryOf(gpus_.BusOf(0)); !m.ok()) spdlog::info("{}; status shows no GPU memory figures", m.status().message());
   }
   if (config_.zygote) {
     std::vector<std::string> args = {"--zygote", "--supervisor", std::to_string(getpid())};

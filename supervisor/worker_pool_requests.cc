@@ -192,7 +192,8 @@ void WorkerPool::Load(Worker worker, const std::string& name, const ArchiveRef& 
   // for it and then map that copy (supervisor/gpu_weights.h).
   const std::string bus = gpus_.BusOf(worker.slot);
   GpuWeights::Next weights;
-  if (config_.share_gpu_weights && !bus.empty() && GpuPlacement::WorkerDevice(device) != "cpu") {
+  const std::string on = GpuPlacement::WorkerDevice(device);
+  if (config_.share_gpu_weights && !bus.empty() && (on == "cuda" || (on == "auto" && archive->saved_on_cuda()))) {
     weights = weights_.Begin(name, bus, [this, worker, name, archive, device, keep, done] {
       if (!keep()) return done(Status(Code::kUnavailable, "model '" + name + "' was unloaded while it loaded"), "", "");
       Load(worker, name, archive, device, keep, done);

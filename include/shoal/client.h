@@ -15,19 +15,32 @@
 // the worker made for this connection) whose blocks go back to their worker when the last
 // reference goes (the release is sent at once, by a thread of the client's own); they stay
 // valid after the Client is gone.
-// Infer with a timeout returns Code::kTimeout by itself when shoald has not answered by
-// the deadline plus 2 s (a stopped or wedged shoald); the client stays usable and skips
-// the late answer.
+// Many jobs may be in flight on one connection: InferAsync sends a job and returns a
+// std::future of its outputs; shoald answers in any order (a slow job does not hold back a
+// fast one) and each future gets exactly one value: the outputs, the job's error, TIMEOUT,
+// or UNAVAILABLE when the connection is lost or the Client is destroyed first.
+//
+//   std::vector<std::future<shoal::Result<c10::IValue>>> jobs;
+//   for (auto& x : batch) jobs.push_back(c->InferAsync("resnet", {x}));
+//   for (auto& j : jobs) { auto y = j.get(); ... }
+//
+// A job with a timeout fails with Code::kTimeout by itself when shoald has not answered by
+// the deadline plus 2 s (a stopped or wedged shoald); the client stays usable and drops
+// the late answer, releasing its outputs.
 // Errors are Status values whose code says what happened (Code::kWorkerCrashed,
 // kModelNotFound, kModelError (the message carries the model's traceback), kTimeout,
 // kBadRequest, ...).
-// Thread-safety: a Client may be shared by threads; its requests are serialised.
+// Thread-safety: a Client may be shared by threads. Requests are written under one send
+// lock; replies are read by whichever thread waits in Infer (or a call like Models) when no
+// other thread is reading, else by a reader thread the first InferAsync starts
+// (client/connection.h). Futures and results may outlive the Client.
 #pragma once
 
 #include <torch/torch.h>
 
 #include <chrono>
 #include <cstdint>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -89,10 +102,17 @@ class Client {
   Result<torch::Tensor> Empty(at::IntArrayRef shape, at::ScalarType dtype = at::kFloat,
                               torch::Device device = torch::kCPU);
 
-  // `retries` = 1 re-runs the job once on a fresh worker if its worker crashes.
+  // `retries` = 1 re-runs the job once on a fresh worker if its worker crashes. Reads its
+  // own answer when no other thread is reading (no thread hand-off).
   Result<c10::IValue> Infer(const std::string& model, const std::vector<torch::Tensor>& inputs,
                             std::optional<std::chrono::milliseconds> timeout = std::nullopt, int retries = 0,
                             bool host_outputs = false);
+  // Infer without waiting: the job is sent before this returns (errors in the inputs come
+  // back through the future at once). The input tensors may be dropped at once; one from
+  // Empty() keeps its block until the job is answered, so do not write into it before.
+  std::future<Result<c10::IValue>> InferAsync(const std::string& model, const std::vector<torch::Tensor>& inputs,
+                                              std::optional<std::chrono::milliseconds> timeout = std::nullopt,
+                                              int retries = 0, bool host_outputs = false);
 
   const std::string& socket_path() const { return socket_path_; }
 

@@ -6,8 +6,19 @@
     x.normal_()
     y = c.infer("resnet", x)                 # y is a view on the arena; dropping it frees it
 
-Ordinary tensors and numpy arrays work too (one copy into the arena). A Client may be
-shared by threads; its requests are serialised. Results stay valid after close().
+Ordinary tensors and numpy arrays work too (one copy into the arena). Results stay valid
+after close().
+
+Many jobs in flight on one connection (docs/protocol.md: replies carry their request's id
+and come in any order):
+
+    futs = [c.submit("resnet", x) for x in batch]   # concurrent.futures.Future each
+    ys = [f.result() for f in futs]                  # or as_completed, callbacks, ...
+    y = await c.infer_async("resnet", x)             # asyncio
+
+A Client may be shared by threads: requests are written under one send lock, and replies
+are read by whichever waiting thread holds the connection's reading role, or by a reader
+thread started with the first submit() (python/shoal/_connection.py).
 
 GPU (docs/architecture.md, "GPU"): ``c.empty(shape, device="cuda")`` is a CUDA tensor in a
 GPU arena this client owns (GPU memory passed to shoald as an fd): no copy at all; another
@@ -24,28 +35,19 @@ with the first answer that uses them, and a result's block goes back to that wor
 (``_native.ClientWriter``, the C++ client's own: protocol/client_writer.h) sends it at
 once from a thread of its own, so a client that goes quiet keeps nothing in the worker.
 """
-import array
+import asyncio
 import os
 import socket as _socket
-import struct
-import threading
-import time
 import weakref
 
-import msgpack
 import numpy as np
 import torch
 
 from . import _native, _tensors, errors
+from ._connection import ANSWER_MARGIN_S, Connection
 
-VERSION = 1
 DEFAULT_ARENA_SIZE = 256 << 20
 DEFAULT_GPU_ARENA_SIZE = 64 << 20  # a client's GPU arena (more when a tensor needs it)
-_HEADER = struct.Struct("<I")
-# How long past a job's own deadline the client waits for shoald's answer before raising
-# Timeout itself (shoald answers at the deadline; this covers a stopped or wedged shoald).
-ANSWER_MARGIN_S = 2.0
-_FD_BYTES = 16 * array.array("i").itemsize  # fds one recvmsg takes (shoald sends at most 8 a frame)
 
 
 # $SHOAL_SOCKET, else /run/shoal/shoal.sock for root, else $XDG_RUNTIME_DIR/shoal/shoal.sock,
@@ -62,37 +64,36 @@ class Client:
             if why is not None:
                 raise errors.Unavailable(f"not connecting to {self.socket_path}: {why}")
         self._arena_size = arena_size
-        self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
-            self._sock.connect(self.socket_path)
+            sock.connect(self.socket_path)
         except OSError as e:
-            self._sock.close()
+            sock.close()
             raise errors.Unavailable(
                 f"cannot connect to shoald at {self.socket_path}: {e.strerror}; is shoald running? "
                 f"(start it with `shoald --socket {self.socket_path}`)") from None
         # Nothing is sent (no arena) before we know who listens there (protocol/paths.h).
-        why = _native.check_server_peer(self._sock.fileno(), self.socket_path)
+        why = _native.check_server_peer(sock.fileno(), self.socket_path)
         if why is not None:
-            self._sock.close()
+            sock.close()
             raise errors.Unavailable(why)
-        self._lock = threading.Lock()  # one request at a time: its send, then its answer
-        self._writer = _native.ClientWriter(self._sock.fileno())  # every frame we send, releases too
-        self._rbuf = bytearray()  # received bytes not yet part of a whole frame
-        self._next_id = 1
+        self._conn = Connection(sock, self.socket_path)
+        # A client dropped without close() must not leave its reader thread and socket behind.
+        self._finalizer = weakref.finalize(self, self._conn.close)
+        self._finalizer.atexit = False
+        self._writer = self._conn.writer  # every frame we send, releases too
         self._arenas = {}    # arena id -> _native.Arena we own (inputs; .device >= 0: GPU memory)
         self._blocks = {}    # (arena id, block offset) -> weakref to the Block of empty()
-        self._out_arenas = {}  # arena id -> _native.Arena a worker owns (results), mapped here
-        self._fds = []       # received fds not yet claimed by a reply, oldest first
-        self._add_arena(arena_size)
+        try:
+            self._add_arena(arena_size)
+        except BaseException:
+            self.close()
+            raise
 
     # -- plumbing -------------------------------------------------------------------
     def close(self):
-        with self._lock:
-            self._writer.stop()  # sends the releases still queued
-            self._sock.close()
-            for fd in self._fds:
-                os.close(fd)
-            self._fds.clear()
+        """Closes the connection; jobs still in flight fail with Unavailable."""
+        self._finalizer()
 
     def __enter__(self):
         return self
@@ -102,146 +103,7 @@ class Client:
 
     def _call(self, msg, fds=(), wait=None):
         """Sends ``msg`` and returns its reply; ``wait`` (seconds) bounds the wait for it."""
-        with self._lock:
-            rid = self._next_id
-            self._next_id += 1
-            msg["v"] = VERSION
-            msg["id"] = rid
-            body = msgpack.packb(msg)
-            data = _HEADER.pack(len(body)) + body
-            try:
-                self._writer.send(data, list(fds))
-                reply = self._recv_reply(rid, wait)
-            except _socket.timeout:
-                raise errors.Timeout(
-                    f"shoald at {self.socket_path} did not answer {msg.get('op')} request {rid} within "
-                    f"{wait:.1f} s (its deadline plus {ANSWER_MARGIN_S} s); it may be stopped or overloaded. "
-                    f"The connection stays usable; a late answer is discarded") from None
-            except (OSError, ConnectionError) as e:
-                self._raise_parting_error()
-                raise errors.Unavailable(f"lost the connection to shoald at {self.socket_path}: {e}") from None
-        if not reply.get("ok"):
-            raise errors.from_reply(reply.get("error", {}))
-        return reply
-
-    def _take_arenas(self, reply):
-        """Maps the output arenas an answer introduces (their fds came with it, in order)."""
-        announced = reply.get("new_arenas", ())
-        if len(self._fds) < len(announced):
-            raise errors.InternalError(f"shoald announced {len(announced)} output arenas with {len(self._fds)} fds")
-        # Every fd of this reply is taken first: one that cannot be mapped must not shift
-        # the next reply's fds.
-        fds = [self._fds.pop(0) for _ in announced]
-        failed = None
-        for a, fd in zip(announced, fds):
-            try:
-                if "gpu" in a:  # a worker's GPU output arena, on the GPU with that PCI bus id
-                    try:
-                        ordinal = _native.gpu_ordinal(a["gpu"])
-                    except OSError:
-                        os.close(fd)  # Arena.open/open_gpu close theirs, also on failure
-                        raise
-                    arena = _native.Arena.open_gpu(fd, a["size"], ordinal)
-                else:
-                    arena = _native.Arena.open(fd)
-                self._out_arenas[a["arena"]] = arena
-            except OSError as e:
-                failed = failed or (f"output arena {a['arena']}" + (f" on GPU {a['gpu']}" if "gpu" in a else "") +
-                                    f" cannot be mapped here: {e}; a client that cannot use the model's GPU can ask "
-                                    "for host tensors (infer(..., outputs='cpu'))")
-        if failed:
-            raise errors.BadRequest(failed)
-
-    def _discard_reply(self, reply):
-        """An answer nobody waits for any more: its results go back to their workers."""
-        try:
-            self._take_arenas(reply)
-        except (errors.Error, OSError):
-            return
-        seen = set()
-
-        def walk(node):
-            (kind, val), = node.items()
-            if kind == "tensor":
-                key = (val["arena"], val["block"])
-                if val["arena"] in self._out_arenas and 0 not in val["shape"] and key not in seen:
-                    seen.add(key)
-                    self._writer.release(*key)
-            elif kind in ("tuple", "list"):
-                for n in val:
-                    walk(n)
-            elif kind == "dict":
-                for _, n in val:
-                    walk(n)
-        if reply.get("ok") and "outputs" in reply:
-            walk(reply["outputs"])
-
-    def _raise_parting_error(self):
-        """shoald may say why before it hangs up (too many clients, a framing error): raise
-        that instead of a bare broken pipe."""
-        try:
-            self._sock.setblocking(False)
-            while True:
-                chunk = self._sock.recv(1 << 16)
-                if not chunk:
-                    break
-                self._rbuf += chunk
-        except OSError:
-            pass
-        finally:
-            self._sock.setblocking(True)
-        if len(self._rbuf) >= 4:
-            (n,) = _HEADER.unpack_from(self._rbuf)
-            if len(self._rbuf) >= 4 + n:
-                reply = msgpack.unpackb(bytes(self._rbuf[4:4 + n]), raw=False, strict_map_key=False)
-                if not reply.get("ok") and reply.get("id") == 0:
-                    raise errors.from_reply(reply.get("error", {}))
-
-    def _recv_reply(self, rid, wait):
-        """The reply to request ``rid``; answers to earlier requests the caller stopped
-        waiting for are skipped. socket.timeout after ``wait`` seconds (None: no limit);
-        a frame half-read then is kept for the next call."""
-        deadline = None if wait is None else time.monotonic() + wait
-        while True:
-            reply = msgpack.unpackb(self._recv_frame(deadline), raw=False, strict_map_key=False)
-            got = reply.get("id")
-            if got == rid:
-                self._take_arenas(reply)
-                return reply
-            if got == 0 and not reply.get("ok"):  # shoald could not read a request at all
-                raise errors.from_reply(reply.get("error", {}))
-            if not isinstance(got, int) or got > rid:
-                raise errors.InternalError(f"reply for request {got} while waiting for {rid}")
-            self._discard_reply(reply)  # a late answer to a request we gave up on
-
-    def _recv_frame(self, deadline):
-        while True:
-            if len(self._rbuf) >= 4:
-                (n,) = _HEADER.unpack_from(self._rbuf)
-                if len(self._rbuf) >= 4 + n:
-                    body = bytes(self._rbuf[4:4 + n])
-                    del self._rbuf[:4 + n]
-                    return body
-            if deadline is None:
-                self._sock.settimeout(None)
-            else:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _socket.timeout()
-                self._sock.settimeout(left)
-            try:
-                chunk, ancdata, _, _ = self._sock.recvmsg(1 << 16, _socket.CMSG_SPACE(_FD_BYTES),
-                                                           getattr(_socket, "MSG_CMSG_CLOEXEC", 0))
-            finally:
-                self._sock.settimeout(None)
-            for level, kind, payload in ancdata:  # output arenas' fds, claimed by their answers
-                if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                    fds = array.array("i")
-                    fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
-                    self._fds.extend(fds)
-            if not chunk:
-                raise ConnectionError("shoald closed the connection")
-            self._rbuf += chunk
+        return self._conn.outcome(self._conn.submit(msg, fds, wait=wait, attended=True))
 
     def _add_arena(self, size, device=-1):
         if device < 0:
@@ -256,8 +118,10 @@ class Client:
 
     def _alloc(self, nbytes, device=-1):
         """A Block of ``nbytes`` in one of our arenas on ``device`` (-1: host memory, else a
-        GPU ordinal); adds an arena when all are full."""
-        for aid, arena in self._arenas.items():
+        GPU ordinal); adds an arena when all are full. Any thread: arenas allocate under
+        their own lock, and ``_arenas`` is read as a snapshot (two threads that find every
+        arena full may each add one)."""
+        for aid, arena in tuple(self._arenas.items()):
             if arena.device != device:
                 continue
             try:
@@ -371,7 +235,7 @@ class Client:
         """(arena id, Block) when ``t`` lives in a block made by empty(), else None."""
         start = _tensors.storage_ptr(t)
         device = t.get_device() if t.is_cuda else -1
-        for aid, arena in self._arenas.items():
+        for aid, arena in tuple(self._arenas.items()):  # a snapshot: another thread may add one
             if arena.device != device:
                 continue
             off = start - arena.address
@@ -411,8 +275,33 @@ class Client:
         structure, tensors as views on shared memory. ``timeout`` in seconds. With
         ``retries=1`` a job whose worker crashed is run once more (on a fresh worker);
         by default a crash is reported at once (WorkerCrashed). ``outputs="cpu"``: outputs
-        a model leaves on its GPU come back as host tensors."""
-        keep = {}  # blocks of this request's inputs, by (arena, offset)
+        a model leaves on its GPU come back as host tensors. Raises Timeout itself when
+        shoald has not answered by the deadline plus ANSWER_MARGIN_S (the connection stays
+        usable; the late answer is discarded)."""
+        return self._conn.outcome(self._submit(name, inputs, timeout, retries, outputs, attended=True))
+
+    def submit(self, name, *inputs, timeout=None, retries=0, outputs=None):
+        """Sends a job like infer() without waiting: a ``concurrent.futures.Future`` of its
+        output. Many may be in flight on one connection; they resolve in any order (each
+        exactly once: the output, the job's error, Timeout past the deadline plus
+        ANSWER_MARGIN_S, or Unavailable if the connection is lost or closed). Inputs may be
+        dropped or reused once submit returns (ordinary tensors were copied; a tensor from
+        empty() keeps its block while the job runs, so do not write into it until then).
+        ``cancel()`` before the answer: the answer is dropped when it comes and its output
+        blocks go back to the worker; shoald still runs the job. Errors in the inputs
+        (BadRequest) and a connection already lost (Unavailable) raise here."""
+        return self._submit(name, inputs, timeout, retries, outputs, pump=True)
+
+    async def infer_async(self, name, *inputs, timeout=None, retries=0, outputs=None):
+        """``await c.infer_async(...)``: infer() for asyncio; the event loop keeps running
+        while the job does (inputs are prepared and sent on the caller's thread, replies
+        read by the client's reader thread). Cancelling the awaiting task cancels the job
+        as Future.cancel() does."""
+        return await asyncio.wrap_future(self.submit(name, *inputs, timeout=timeout, retries=retries,
+                                                     outputs=outputs))
+
+    def _submit(self, name, inputs, timeout, retries, outputs, attended=False, pump=False):
+        keep = {}  # blocks of this request's inputs, by (arena, offset): alive until it is answered
         descs = [self._describe(x, keep) for x in inputs]
         for ordinal in {self._arenas[d["arena"]].device for d in descs} - {-1}:
             # The writes to GPU inputs (the caller's kernels, our copies) are complete
@@ -426,19 +315,21 @@ class Client:
         if retries:
             msg["retries"] = int(retries)
         wait = None if timeout is None else timeout * (1 + int(retries)) + ANSWER_MARGIN_S
-        reply = self._call(msg, wait=wait)
+        out_arenas = self._conn.out_arenas
+        writer = self._writer
 
-        def make_tensor(d):
+        def make_tensor(d):  # on the reading thread
             if 0 in d["shape"]:  # no bytes, no block (its "block" 0 is not one to free)
                 device = f"cuda:{_native.gpu_ordinal(d['gpu'])}" if d.get("gpu") else "cpu"
                 return torch.empty(d["shape"], dtype=_tensors.DTYPES[d["dtype"]], device=device)
             key = (d["arena"], d["block"])
             block = keep.get(key)  # an input returned in place: its block stays ours
             if block is None:
-                arena = self._out_arenas.get(d["arena"])
+                arena = out_arenas.get(d["arena"])
                 if arena is not None:
-                    # A block the worker allocated for this result: released to it when dropped.
-                    block = _native.Block(arena, d["block"], arena.size - d["block"], writer=self._writer,
+                    # A block the worker allocated for this result: released to it when the
+                    # last tensor over it is dropped (one Block per block of this answer).
+                    block = _native.Block(arena, d["block"], arena.size - d["block"], writer=writer,
                                           arena_id=d["arena"])
                 else:
                     arena = self._arenas.get(d["arena"])
@@ -448,4 +339,11 @@ class Client:
                 keep[key] = block
             return self._view(block, d)
 
-        return _tensors.decode_tree(reply["outputs"], make_tensor)
+        def decode(reply):
+            try:
+                return _tensors.decode_tree(reply["outputs"], make_tensor)
+            finally:
+                keep.clear()  # the inputs' blocks: the outputs over them hold their own references
+
+        return self._conn.submit(msg, decode=decode, wait=wait, about=f"model {name!r}", attended=attended,
+                                 pump=pump)

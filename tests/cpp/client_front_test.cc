@@ -24,10 +24,11 @@ namespace {
 struct Front : RoleFixture, PoolListener {
   ArenaTable arenas;
   WorkerPool pool{io, config, &arenas, this};
-  Scheduler scheduler{io, config, &pool, &arenas};
+  Metrics metrics;
+  Scheduler scheduler{io, config, &pool, &arenas, &metrics};
   ModelRegistry registry{io, config, &pool, &scheduler};
   ModelRepository repository{io, config, &registry};
-  ClientFront front{io, config, &registry, &repository, &scheduler, &arenas, &pool};
+  ClientFront front{io, config, &registry, &repository, &scheduler, &arenas, &pool, &metrics};
   int sock = -1;
   FrameReader reader;
 

@@ -7,8 +7,12 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <future>
+#include <mutex>
+#include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "shm/gpu_memory.h"
 #include "shoal/client.h"
@@ -24,7 +28,9 @@ std::string Env(const char* name) {
 class Daemon {
  public:
   Daemon() {
-    socket_ = "/tmp/shoal-client-test-" + std::to_string(getpid()) + ".sock";
+    // A fresh path each time: a shoald killed by a test leaves its socket file behind.
+    static int made = 0;
+    socket_ = "/tmp/shoal-client-test-" + std::to_string(getpid()) + "-" + std::to_string(made++) + ".sock";
     std::string bin = Env("SHOAL_BUILD_DIR") + "/bin/shoald";
     std::string add = "add=" + Env("SHOAL_TEST_ARCHIVES") + "/add.pt";
     pid_ = fork();
@@ -44,9 +50,19 @@ class Daemon {
     FAIL("shoald did not come up");
   }
   ~Daemon() {
-    kill(pid_, SIGTERM);
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      int st;
+      waitpid(pid_, &st, 0);
+    }
+    unlink(socket_.c_str());
+  }
+  // SIGKILL, and reaped.
+  void Kill() {
+    kill(pid_, SIGKILL);
     int st;
     waitpid(pid_, &st, 0);
+    pid_ = -1;
   }
   const std::string& socket() const { return socket_; }
   pid_t pid() const { return pid_; }
@@ -238,6 +254,207 @@ TEST_CASE("C++ client: a dropped result goes back to its worker without another 
   auto again = (*quiet)->Infer("add", {torch::zeros({4})});  // still usable
   REQUIRE(again.ok());
   CHECK(torch::equal(again->toTensor(), torch::ones({4})));
+}
+
+using Future = std::future<shoal::Result<c10::IValue>>;
+
+bool Ready(Future& f, std::chrono::seconds within = std::chrono::seconds(60)) {
+  return f.wait_for(within) == std::future_status::ready;
+}
+
+TEST_CASE("C++ client: 32 jobs in flight on one connection each get their own result", "[client][async]") {
+  Daemon d;
+  auto c = shoal::Client::Connect(d.socket(), 1 << 20);
+  REQUIRE(c.ok());
+  constexpr int kJobs = 32;
+  constexpr int64_t kFloats = 64 * 1024;  // 256 KiB outputs
+  std::vector<Future> jobs;
+  for (int k = 0; k < kJobs; ++k) {
+    torch::Tensor x;
+    if (k % 2) {  // arena-backed and ordinary inputs, each its own value
+      auto e = (*c)->Empty({kFloats});
+      REQUIRE(e.ok());
+      x = *e;
+    } else {
+      x = torch::empty({kFloats});
+    }
+    x.fill_(static_cast<float>(k));
+    jobs.push_back((*c)->InferAsync("add", {x}, std::chrono::seconds(60)));
+  }  // the inputs are dropped here: the jobs keep their blocks
+  std::vector<torch::Tensor> ys;
+  std::set<void*> blocks;
+  for (int k = 0; k < kJobs; ++k) {
+    REQUIRE(Ready(jobs[k]));
+    auto y = jobs[k].get();
+    REQUIRE(y.ok());
+    CHECK(torch::equal(y->toTensor(), torch::full({kFloats}, 2.0f * k + 1)));
+    blocks.insert(y->toTensor().data_ptr());
+    ys.push_back(y->toTensor());
+  }
+  CHECK(blocks.size() == kJobs);  // each result owns its own block
+  CHECK(OutputBytes(**c) >= kJobs * kFloats * 4);
+  ys.clear();
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (OutputBytes(**c) != 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK(OutputBytes(**c) == 0);
+}
+
+TEST_CASE("C++ client: a slow job submitted first does not hold back a fast one", "[client][async]") {
+  Daemon d;  // two workers
+  auto c = shoal::Client::Connect(d.socket());
+  REQUIRE(c.ok());
+  REQUIRE((*c)->Load("sleeps", Archive("sleeps")).ok());
+  auto slow = (*c)->InferAsync("sleeps", {torch::full({4}, 8.0f)}, std::chrono::seconds(60));  // one worker sleeps 8 s
+  auto fast = (*c)->InferAsync("add", {torch::ones({4})}, std::chrono::seconds(60));
+  REQUIRE(Ready(fast));
+  CHECK(slow.wait_for(std::chrono::seconds(0)) != std::future_status::ready);
+  auto y = fast.get();
+  REQUIRE(y.ok());
+  CHECK(torch::equal(y->toTensor(), torch::full({4}, 3.0f)));
+  REQUIRE(Ready(slow));
+  auto s = slow.get();
+  REQUIRE(s.ok());
+  CHECK(torch::equal(s->toTensor(), torch::full({4}, 8.0f)));
+}
+
+TEST_CASE("C++ client: threads sharing a client are not held back by a slow Infer", "[client][async]") {
+  Daemon d;
+  auto c = shoal::Client::Connect(d.socket());
+  REQUIRE(c.ok());
+  REQUIRE((*c)->Load("sleeps", Archive("sleeps")).ok());
+  std::mutex mu;
+  std::vector<std::string> events;
+  int wrong = 0;
+  std::thread slow([&] {
+    auto y = (*c)->Infer("sleeps", {torch::full({4}, 8.0f)}, std::chrono::seconds(60));
+    std::lock_guard<std::mutex> lock(mu);
+    wrong += !y.ok();
+    events.push_back("slow");
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // (the outcome does not depend on it)
+  std::vector<std::thread> fast;
+  for (int t = 0; t < 4; ++t) {
+    fast.emplace_back([&, t] {
+      for (int i = 0; i < 20; ++i) {
+        float v = static_cast<float>(t * 100 + i);
+        auto y = (*c)->Infer("add", {torch::full({64}, v)}, std::chrono::seconds(60));
+        std::lock_guard<std::mutex> lock(mu);
+        wrong += !(y.ok() && torch::equal(y->toTensor(), torch::full({64}, 2 * v + 1)));
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      events.push_back("fast");
+    });
+  }
+  for (auto& t : fast) t.join();
+  slow.join();
+  CHECK(wrong == 0);
+  CHECK(events == std::vector<std::string>{"fast", "fast", "fast", "fast", "slow"});
+}
+
+TEST_CASE("C++ client: a model error fails only its own future", "[client][async]") {
+  Daemon d;
+  auto c = shoal::Client::Connect(d.socket());
+  REQUIRE(c.ok());
+  REQUIRE((*c)->Load("raises", Archive("raises")).ok());
+  std::vector<Future> jobs;
+  for (int k = 0; k < 32; ++k) {
+    jobs.push_back((*c)->InferAsync(k % 3 == 0 ? "raises" : "add", {torch::full({8}, static_cast<float>(k))}));
+  }
+  for (int k = 0; k < 32; ++k) {
+    REQUIRE(Ready(jobs[k]));
+    auto y = jobs[k].get();
+    if (k % 3 == 0) {
+      REQUIRE(y.status().code() == shoal::Code::kModelError);
+      CHECK(y.status().message().find("ValueError") != std::string::npos);
+      CHECK(y.status().message().find("model 'raises'") != std::string::npos);
+    } else {
+      REQUIRE(y.ok());
+      CHECK(torch::equal(y->toTensor(), torch::full({8}, 2.0f * k + 1)));
+    }
+  }
+  // An input that cannot be sent fails its future at once.
+  auto bad = (*c)->InferAsync("add", {torch::Tensor()});
+  REQUIRE(Ready(bad, std::chrono::seconds(0)));
+  CHECK(bad.get().status().code() == shoal::Code::kBadRequest);
+}
+
+TEST_CASE("C++ client: killing shoald fails every pending future with a clear error", "[client][async]") {
+  Daemon d;
+  auto c = shoal::Client::Connect(d.socket());
+  REQUIRE(c.ok());
+  REQUIRE((*c)->Load("sleeps", Archive("sleeps")).ok());
+  std::vector<Future> jobs;
+  for (int k = 0; k < 8; ++k) jobs.push_back((*c)->InferAsync("sleeps", {torch::full({4}, 30.0f)}));
+  REQUIRE((*c)->Models().ok());  // answered after shoald read the jobs: 2 run, 6 wait
+  d.Kill();
+  for (auto& j : jobs) {
+    REQUIRE(Ready(j));
+    auto y = j.get();
+    REQUIRE(y.status().code() == shoal::Code::kUnavailable);
+    CHECK(y.status().message().find("lost the connection to shoald at " + d.socket() +
+                                    " before it answered infer request") == 0);
+    CHECK(y.status().message().find("(model 'sleeps')") != std::string::npos);
+    CHECK(y.status().message().find("resubmit") != std::string::npos);
+  }
+  auto after = (*c)->InferAsync("sleeps", {torch::ones({1})});
+  REQUIRE(Ready(after, std::chrono::seconds(0)));
+  CHECK(after.get().status().code() == shoal::Code::kUnavailable);
+  CHECK((*c)->Infer("sleeps", {torch::ones({1})}).status().code() == shoal::Code::kUnavailable);
+}
+
+TEST_CASE("C++ client: destroying the client fails the futures still in flight", "[client][async]") {
+  Daemon d;
+  std::vector<Future> jobs;
+  {
+    auto c = shoal::Client::Connect(d.socket());
+    REQUIRE(c.ok());
+    REQUIRE((*c)->Load("sleeps", Archive("sleeps")).ok());
+    for (int k = 0; k < 4; ++k) jobs.push_back((*c)->InferAsync("sleeps", {torch::full({4}, 2.0f)}));
+  }
+  for (auto& j : jobs) {
+    REQUIRE(Ready(j, std::chrono::seconds(0)));
+    auto y = j.get();
+    REQUIRE(y.status().code() == shoal::Code::kUnavailable);
+    CHECK(y.status().message().find("the client was closed before shoald answered infer request") == 0);
+  }
+}
+
+TEST_CASE("C++ client: deadlines hold with jobs in flight while shoald is stopped", "[client][async]") {
+  Daemon d;
+  auto c = shoal::Client::Connect(d.socket());
+  REQUIRE(c.ok());
+  REQUIRE((*c)->Infer("add", {torch::zeros({1})}).ok());
+  kill(d.pid(), SIGSTOP);
+  auto early = (*c)->InferAsync("add", {torch::full({4}, 6.0f)});  // no deadline: the reader blocks for it
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));    // (the outcome does not depend on it)
+  auto timed = (*c)->InferAsync("add", {torch::ones({4})}, std::chrono::milliseconds(300));
+  auto start = std::chrono::steady_clock::now();
+  auto late = (*c)->Infer("add", {torch::zeros({1})}, std::chrono::milliseconds(200));
+  bool timed_ready = Ready(timed, std::chrono::seconds(30));
+  auto waited = std::chrono::steady_clock::now() - start;
+  bool early_ready = early.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+  kill(d.pid(), SIGCONT);
+  REQUIRE(late.status().code() == shoal::Code::kTimeout);
+  CHECK(late.status().message().find("did not answer infer request") != std::string::npos);
+  REQUIRE(timed_ready);
+  auto t = timed.get();
+  REQUIRE(t.status().code() == shoal::Code::kTimeout);
+  CHECK(t.status().message().find("did not answer infer request") != std::string::npos);
+  CHECK(waited < std::chrono::seconds(30));
+  CHECK_FALSE(early_ready);
+  // The late answers are dropped (their outputs released); the job without a deadline gets its own.
+  REQUIRE(Ready(early));
+  auto e = early.get();
+  REQUIRE(e.ok());
+  CHECK(torch::equal(e->toTensor(), torch::full({4}, 13.0f)));
+  e = shoal::Status::Ok();
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (OutputBytes(**c) != 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK(OutputBytes(**c) == 0);
 }
 
 TEST_CASE("C++ client: CUDA tensors in and out through GPU arenas", "[client][gpu]") {

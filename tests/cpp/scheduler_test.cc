@@ -17,7 +17,8 @@ namespace {
 struct Fixture : RoleFixture {
   FakeSlots slots;
   ArenaTable arenas;
-  Scheduler scheduler{io, config, &slots, &arenas};
+  Metrics metrics;
+  Scheduler scheduler{io, config, &slots, &arenas, &metrics};
   FakeClient client{io};
   uint64_t next_id = 1;
 
@@ -364,6 +365,12 @@ TEST_CASE("a batch takes the oldest jobs whose inputs agree on all but dim 0, up
   CHECK(f.scheduler.queued() == 0);
   CHECK(f.scheduler.Batches("b").batches == 1);
   CHECK(f.scheduler.Batches("b").batched_jobs == 3);
+  Exposition out;
+  f.metrics.Render(&out);  // one run of 3, seven of 1
+  CAPTURE(out.text());
+  CHECK(out.text().find("shoal_batch_size_bucket{model=\"b\",le=\"1\"} 7\n") != std::string::npos);
+  CHECK(out.text().find("shoal_batch_size_bucket{model=\"b\",le=\"4\"} 8\n") != std::string::npos);
+  CHECK(out.text().find("shoal_batch_size_sum{model=\"b\"} 10\n") != std::string::npos);
   CHECK(BatchCompatible(*a, *late));
   CHECK_FALSE(BatchCompatible(*a, *other_shape));
   CHECK_FALSE(BatchCompatible(*a, *other_dtype));
@@ -464,4 +471,30 @@ TEST_CASE("a crash answers every member of its batch", "[scheduler][batching]") 
   f.io.poll();
   CHECK(f.client.Next().code == "WORKER_CRASHED");
   CHECK(f.client.Next().code == "WORKER_CRASHED");
+}
+
+TEST_CASE("the scheduler counts every answer by model and code, and each job's time queued and running",
+          "[scheduler][metrics]") {
+  Fixture f;
+  f.slots.serving = {"m"};
+  auto ok = f.MakeJob("m"), error = f.MakeJob("m"), crash = f.MakeJob("m");
+  REQUIRE(f.Submit(ok).ok());
+  f.slots.Finish(ValueReply(ok->id));
+  REQUIRE(f.Submit(error).ok());
+  f.slots.Finish(ErrorReply(error->id, Status(Code::kModelError, "ValueError: bad input")));
+  REQUIRE(f.Submit(crash).ok());
+  f.slots.Finish("", Status(Code::kWorkerCrashed, "worker 0 died"));
+  f.slots.free_slots = 0;
+  REQUIRE(f.Submit(f.MakeJob("m"), 20).ok());  // times out in the queue: answered, never ran
+  f.io.run_for(std::chrono::milliseconds(100));
+  Exposition out;
+  f.metrics.Render(&out);
+  const std::string& t = out.text();
+  CAPTURE(t);
+  CHECK(t.find("shoal_requests_total{model=\"m\",code=\"OK\"} 1\n") != std::string::npos);
+  CHECK(t.find("shoal_requests_total{model=\"m\",code=\"MODEL_ERROR\"} 1\n") != std::string::npos);
+  CHECK(t.find("shoal_requests_total{model=\"m\",code=\"WORKER_CRASHED\"} 1\n") != std::string::npos);
+  CHECK(t.find("shoal_requests_total{model=\"m\",code=\"TIMEOUT\"} 1\n") != std::string::npos);
+  CHECK(t.find("shoal_queue_duration_seconds_count{model=\"m\"} 3\n") != std::string::npos);  // the three that ran
+  CHECK(t.find("shoal_compute_duration_seconds_count{model=\"m\"} 2\n") != std::string::npos);  // a worker answered
 }

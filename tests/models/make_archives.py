@@ -10,6 +10,7 @@ import shoal_test_models as m  # noqa: E402
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
 for name, obj in {"add": m.AddConst(1.0), "identity": m.Identity(), "crashy": m.Crashy(),
-                  "raises": m.Raises(), "branchy": m.Branchy(), "lift": m.LiftsToGpu()}.items():
+                  "raises": m.Raises(), "branchy": m.Branchy(), "lift": m.LiftsToGpu(),
+                  "sleeps": m.Sleeps()}.items():
     shoal.export(obj, os.path.join(out, f"{name}.pt"))
 print(f"archives in {out}")

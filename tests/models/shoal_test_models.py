@@ -525,3 +525,27 @@ class RowsAndTotal(nn.Module):
 
     def forward(self, x):
         return x * 2, x.sum()
+
+
+class InheritedListeners(nn.Module):
+    """Counts the listening sockets its worker process holds: model code could accept()
+    connections meant for shoald (clients, metrics scrapers) on any of them, and use a TCP
+    one even where it may not create sockets."""
+
+    def forward(self, x):
+        import os
+        import socket
+        import stat
+        n = 0
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                if not stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                    continue
+                s = socket.socket(fileno=os.dup(int(name)))
+            except OSError:
+                continue  # the listing's own descriptor, gone already
+            try:
+                n += s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            finally:
+                s.close()
+        return torch.tensor([float(n)])

@@ -79,6 +79,17 @@ class Daemon:
         return self.proc.returncode
 
 
+def settle(check, timeout=15):
+    """Polls `check()` (returns (ok, what)) until ok; asserts with the last `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ok, what = check()
+        if ok or time.monotonic() > deadline:
+            assert ok, what
+            return
+        time.sleep(0.1)
+
+
 def running_models(worker):
     """Models of the jobs a worker (an entry of status()["workers"]) runs now, one per busy
     interpreter."""

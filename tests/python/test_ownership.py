@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import shoal
-from conftest import worker_vm_size_mb
+from conftest import settle, worker_vm_size_mb
 
 
 def fd_count(pid):
@@ -24,17 +24,6 @@ def fd_count(pid):
 def rss_kb(pid):
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
-def settle(check, timeout=15):
-    """Polls `check()` (returns (ok, what)) until ok; asserts with the last `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        ok, what = check()
-        if ok or time.monotonic() > deadline:
-            assert ok, what
-            return
-        time.sleep(0.1)
 
 
 class Victim:
@@ -129,7 +118,7 @@ def test_scribbled_arenas_cannot_crash_a_worker_or_corrupt_another_client(make_d
                 y = a.infer("add", x, timeout=30)
                 # Every byte of its own arena, where the old allocator's header and mutex
                 # were too, and every byte of the output arena the worker made for it.
-                for arena in list(a._arenas.values()) + list(a._out_arenas.values()):
+                for arena in list(a._arenas.values()) + list(a._conn.out_arenas.values()):
                     view = memoryview(arena).cast("B")
                     view[:] = os.urandom(len(view)) if i % 2 else b"\xff" * len(view)
                 # The worker serves it on: its bookkeeping is out of the attacker's reach.
@@ -178,9 +167,10 @@ def test_a_timed_out_jobs_new_outputs_are_freed_by_their_owner(make_daemon, arch
     assert_back_to(d, base)
 
 
-def _send(sock, msg):
+def _send(client, msg):
+    """A raw frame on `client`'s connection, through its writer (which keeps frames whole)."""
     body = msgpack.packb(msg)
-    sock.sendall(len(body).to_bytes(4, "little") + body)
+    client._writer.send(len(body).to_bytes(4, "little") + body)
 
 
 def test_block_0_and_forged_blocks_in_descriptors_and_releases_are_harmless(make_daemon, archives):
@@ -199,12 +189,11 @@ def test_block_0_and_forged_blocks_in_descriptors_and_releases_are_harmless(make
                 y = a.infer("add", torch.ones(16))
                 # Releases of offsets nobody handed out, twice over, in every arena id there
                 # is (the victim's output arenas included: their ids are small numbers).
-                with a._lock:
-                    for arena in range(1, 64):
-                        for block in (0, 64, 128, 4096, 1 << 20, 1 << 62):
-                            _send(a._sock, {"v": 1, "op": "release", "arena": arena, "blocks": [block, block]})
-                    _send(a._sock, {"v": 1, "op": "release", "arena": "x", "blocks": 7})
-                    _send(a._sock, {"v": 1, "op": "release", "arena": 1})
+                for arena in range(1, 64):
+                    for block in (0, 64, 128, 4096, 1 << 20, 1 << 62):
+                        _send(a, {"v": 1, "op": "release", "arena": arena, "blocks": [block, block]})
+                _send(a, {"v": 1, "op": "release", "arena": "x", "blocks": 7})
+                _send(a, {"v": 1, "op": "release", "arena": 1})
                 a.ping()
                 del y
                 assert float(a.infer("add", torch.ones(16))[0]) == 3.0

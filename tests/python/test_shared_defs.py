@@ -165,13 +165,14 @@ def _run_on_both(daemon, cls, tmp_path):
         with daemon.client() as c:
             c.load("m", path)
             seen = []
-            call = c._call
+            submit = c._conn.submit
 
-            def spy(msg, **kw):
-                reply = call(msg, **kw)
-                seen.append((msg, reply))
-                return reply
-            c._call = spy
+            def spy(msg, *args, decode=None, **kw):  # sees each request and its ok reply
+                def decode_seen(reply):
+                    seen.append((msg, reply))
+                    return decode(reply)
+                return submit(msg, *args, decode=decode_seen if decode else None, **kw)
+            c._conn.submit = spy
             free = [a.free_bytes() for a in c._arenas.values()]
             x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
             try:
