@@ -4,9 +4,10 @@
 // - Metrics owns the event counters and histograms, kept since shoald started: infer
 //   requests answered, by model and outcome code; how long jobs waited in the queue and
 //   ran, per model (histograms with fixed buckets, in seconds); the size of each run of a
-//   model that batches; crash loops, by model and verdict. The scheduler and the client front count into it; nothing else does. Figures
-//   the roles already hold (queued jobs, workers' memory, ...) are not copied here: the
-//   page reads them from their owners when it is scraped (supervisor/metrics_page.h).
+//   model that batches; crash loops, by model and verdict. The scheduler and the client
+//   front count into it; nothing else does. Figures the roles already hold (queued jobs,
+//   workers' memory, ...) are not copied here: the page reads them from their owners when
+//   it is scraped (supervisor/metrics_page.h).
 // - Exposition writes the format: each family once with its HELP and TYPE lines, label
 //   values and help texts escaped as the format says, histograms as cumulative _bucket
 //   lines (le="+Inf" last) plus _sum and _count. Pure: tested alone.

@@ -51,7 +51,7 @@ Scheduler::Scheduler(asio::io_context& io, const SupervisorConfig& config, SlotP
     : io_(io), config_(config), pool_(pool), arenas_(arenas), metrics_(metrics), hold_timer_(io) {}
 
 namespace {
-double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+double Seconds(Scheduler::Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 }  // namespace
 
 Status Scheduler::Submit(const std::shared_ptr<Job>& job, uint64_t timeout_ms, uint64_t* retry_after_ms) {
