@@ -108,7 +108,13 @@ TEST_CASE("Metrics renders requests by model and code, job times and crash loops
   CHECK(t.find("shoal_queue_duration_seconds_count{model=\"crashy\"}") == std::string::npos);
   int types = 0;
   for (const auto& l : Lines(t)) types += l.rfind("# TYPE ", 0) == 0;
-  CHECK(types == 4);
+  CHECK(types == 5);  // requests, queue and compute times, batch sizes, crash loops
+  m.Batched("add", 3);
+  Exposition again;
+  m.Render(&again);
+  CHECK(Has(again.text(), "shoal_batch_size_bucket{model=\"add\",le=\"2\"} 0"));
+  CHECK(Has(again.text(), "shoal_batch_size_bucket{model=\"add\",le=\"4\"} 1"));
+  CHECK(again.text().find("shoal_batch_size_count{model=\"crashy\"}") == std::string::npos);
 }
 
 TEST_CASE("metrics_address takes a Unix socket path, loopback, or every interface written out", "[metrics]") {

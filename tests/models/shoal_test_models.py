@@ -549,3 +549,30 @@ class InheritedListeners(nn.Module):
             finally:
                 s.close()
         return torch.tensor([float(n)])
+
+
+_PROFILER = {}
+
+
+class ProfilesItsRunner(nn.Module):
+    """The worker's side of a job, profiled from inside: a call with no profiler running
+    starts torch's profiler (CUDA activity included) and returns; the next call stops it.
+    What it saw in between is the runner's work: the first job's output written into the
+    output arena, the second job's inputs made into tensors. Returns (x * 2, counts) where
+    counts (on the CPU) is [-1, -1] for the first call, else [CUDA copies through the host
+    (HtoD, DtoH), copies on the device (DtoD)]."""
+
+    def forward(self, x):
+        from torch.profiler import ProfilerActivity, profile
+        running = _PROFILER.pop("p", None)
+        if running is None:
+            p = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            p.__enter__()
+            _PROFILER["p"] = p
+            return x * 2, torch.tensor([-1, -1])
+        torch.cuda.synchronize()
+        running.__exit__(None, None, None)
+        names = [e.name for e in running.events()]
+        host = sum(1 for n in names if "HtoD" in n or "DtoH" in n)
+        device = sum(1 for n in names if "DtoD" in n)
+        return x * 2, torch.tensor([host, device])

@@ -86,6 +86,27 @@ def test_no_host_copy_on_the_client_path(make_daemon, tmp_path):
         assert host == [], host
 
 
+def test_no_host_copy_on_the_workers_path(make_daemon, tmp_path):
+    """The worker's side: inputs made into tensors over the GPU arena and outputs written
+    into the output arena copy nothing through the host. The model's own profiler runs from
+    one job to the next, so it sees the runner's work in between: the output's copy on the
+    device (which shows that it sees the runner at all) and no host copy."""
+    path = shoal.export(models.ProfilesItsRunner(), tmp_path / "prof.pt")
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        c.load("prof", path, device="cuda")
+        xa = c.empty((8, 64), device="cuda")
+        xa.normal_()
+        y, counts = c.infer("prof", xa)  # starts the profiler
+        assert counts.tolist() == [-1, -1]
+        del y
+        y, counts = c.infer("prof", xa)  # stops it
+        assert torch.equal(y, xa * 2)
+        host, device = counts.tolist()
+        assert device >= 1, "the profiler saw no copy of the first job's output: it does not see the runner"
+        assert host == 0, f"{host} CUDA copies through the host on the worker's side of a job"
+
+
 def test_input_returned_in_place_is_the_same_gpu_memory(make_daemon, archives):
     d = make_daemon(workers=1)
     with d.client() as c:
