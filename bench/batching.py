@@ -7,7 +7,7 @@ One command (after scripts/build.sh):
 
 A real shoald with `--workers` workers serves one model, loaded twice: plain, and with
 max_batch / max_delay_us. For each client count, the clients (one connection each, one
-thread each) run the plain model, then the batching one, for `--seconds` each. Reported:
+process each) run the plain model, then the batching one, for `--seconds` each. Reported:
 jobs per second, p50 and p99 latency (ms), and the mean batch size (status' batched_jobs /
 batches). ResNet-50 has torchvision's architecture with random weights; "small" is a
 three-layer CNN on 3x64x64 inputs for slow CPUs.
@@ -38,35 +38,45 @@ def resnet50():
     return torchvision.models.resnet50().eval(), torch.randn(1, 3, 224, 224)
 
 
-def run_clients(socket, model, x, n, seconds, device):
+def client_process(socket, model, shape, dtype, device, seconds, barrier, results):
+    """One client in its own process (threads in one process would queue on its GIL and
+    make the clients, not shoald, the bottleneck): warm, wait for the others, then send
+    batch-1 jobs back to back for `seconds`; puts its latencies in `results`."""
+    sys.path.insert(0, os.path.join(BUILD, "python"))
+    import torch
     import shoal
-    latencies, stop = [], time.monotonic() + seconds
-    lock = threading.Lock()
-    start = threading.Barrier(n)
+    mine = []
+    with shoal.Client(socket) as c:
+        xin = c.empty(shape, dtype=dtype, device=device)  # a GPU arena for cuda
+        xin.copy_(torch.randn(shape).to(dtype))
+        c.infer(model, xin, timeout=120)  # warm: mapped arenas, output arenas
+        barrier.wait()
+        stop = time.monotonic() + seconds
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            c.infer(model, xin, timeout=120)
+            mine.append(time.perf_counter() - t0)
+    results.put(mine)
 
-    def client():
-        mine = []
-        with shoal.Client(socket) as c:
-            xin = c.empty(tuple(x.shape), dtype=x.dtype, device=device)  # a GPU arena for cuda
-            xin.copy_(x)
-            c.infer(model, xin, timeout=120)  # warm: mapped arenas, output arenas
-            start.wait()
-            while time.monotonic() < stop:
-                t0 = time.perf_counter()
-                c.infer(model, xin, timeout=120)
-                mine.append(time.perf_counter() - t0)
-        with lock:
-            latencies.extend(mine)
-    threads = [threading.Thread(target=client) for _ in range(n)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - t0
+
+def run_clients(socket, model, x, n, seconds, device):
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")  # this process may hold a CUDA context
+    barrier, results = ctx.Barrier(n + 1), ctx.Queue()
+    procs = [ctx.Process(target=client_process,
+                         args=(socket, model, tuple(x.shape), x.dtype, device, seconds, barrier, results))
+             for _ in range(n)]
+    for p in procs:
+        p.start()
+    barrier.wait()  # every client warm; each sends for `seconds` from here
+    latencies = []
+    for _ in procs:
+        latencies.extend(results.get(timeout=seconds + 300))
+    for p in procs:
+        p.join()
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-    return len(latencies) / elapsed, statistics.median(latencies) * 1e3, p99 * 1e3
+    return len(latencies) / seconds, statistics.median(latencies) * 1e3, p99 * 1e3
 
 
 def main():
