@@ -67,7 +67,9 @@ def make_models(names, device):
         elif name == "big":
             out.append(bench_models.big_model())
         elif name == "python_bound":
-            out.append(("python_bound b1", bench_models.PythonBound().eval(), torch.randn(1, 32), ()))
+            # bench_models' source names transformers (BertEncoder): torch.package would
+            # follow it into the archive where transformers is installed.
+            out.append(("python_bound b1", bench_models.PythonBound().eval(), torch.randn(1, 32), ("transformers.**",)))
         elif name == "tiny":
             out.append(("tiny MLP", shoal_test_models.ScriptableMLP().eval(), torch.randn(4, 8), ()))
     return [(label, m.to(device), x.to(device), extern) for label, m, x, extern in out]
