@@ -18,11 +18,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.environ.get("SHOAL_BUILD_DIR", os.path.join(HERE, "..", "build"))
+sys.path.insert(0, HERE)
 
 
 def small_cnn():
@@ -38,45 +38,11 @@ def resnet50():
     return torchvision.models.resnet50().eval(), torch.randn(1, 3, 224, 224)
 
 
-def client_process(socket, model, shape, dtype, device, seconds, barrier, results):
-    """One client in its own process (threads in one process would queue on its GIL and
-    make the clients, not shoald, the bottleneck): warm, wait for the others, then send
-    batch-1 jobs back to back for `seconds`; puts its latencies in `results`."""
-    sys.path.insert(0, os.path.join(BUILD, "python"))
-    import torch
-    import shoal
-    mine = []
-    with shoal.Client(socket) as c:
-        xin = c.empty(shape, dtype=dtype, device=device)  # a GPU arena for cuda
-        xin.copy_(torch.randn(shape).to(dtype))
-        c.infer(model, xin, timeout=120)  # warm: mapped arenas, output arenas
-        barrier.wait()
-        stop = time.monotonic() + seconds
-        while time.monotonic() < stop:
-            t0 = time.perf_counter()
-            c.infer(model, xin, timeout=120)
-            mine.append(time.perf_counter() - t0)
-    results.put(mine)
-
-
 def run_clients(socket, model, x, n, seconds, device):
-    import multiprocessing
-    ctx = multiprocessing.get_context("spawn")  # this process may hold a CUDA context
-    barrier, results = ctx.Barrier(n + 1), ctx.Queue()
-    procs = [ctx.Process(target=client_process,
-                         args=(socket, model, tuple(x.shape), x.dtype, device, seconds, barrier, results))
-             for _ in range(n)]
-    for p in procs:
-        p.start()
-    barrier.wait()  # every client warm; each sends for `seconds` from here
-    latencies = []
-    for _ in procs:
-        latencies.extend(results.get(timeout=seconds + 300))
-    for p in procs:
-        p.join()
-    latencies.sort()
-    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-    return len(latencies) / seconds, statistics.median(latencies) * 1e3, p99 * 1e3
+    """(jobs/s, p50 ms, p99 ms) of n clients, each in its own process (bench/gpu.py)."""
+    import gpu
+    rate, lat = gpu.drive_processes(socket, model, x, n, seconds, device)
+    return rate, gpu.percentile(lat, 0.5), gpu.percentile(lat, 0.99)
 
 
 def main():

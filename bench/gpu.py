@@ -124,6 +124,55 @@ def drive(call_fns, seconds):
     return len(flat) / seconds, flat
 
 
+def _shoal_caller(socket, model, x, device, seconds, barrier, results):
+    """One caller of drive_processes(), in a process of its own."""
+    try:
+        with shoal.Client(socket) as c:
+            xa = c.empty(tuple(x.shape), x.dtype, device=device)
+            xa.copy_(x)
+            c.infer(model, xa, timeout=300)  # warm-up: arenas mapped, output arenas made
+            barrier.wait(timeout=600)
+            stop = time.perf_counter() + seconds
+            lat = []
+            while (t0 := time.perf_counter()) < stop:
+                c.infer(model, xa, timeout=300)
+                t1 = time.perf_counter()
+                if t1 > stop:
+                    break
+                lat.append((t1 - t0) * 1e3)
+        results.put(lat)
+    except Exception as e:  # noqa: BLE001
+        barrier.abort()
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def drive_processes(socket, model, x, n, seconds, device=None):
+    """drive() for n shoal callers of `model`, each in its own (spawned) process with its own
+    client and its input in that client's arena: callers that are threads of one process
+    queue on its GIL, and with fast models they, not shoald, become the bottleneck. The same
+    window: each caller counts the calls that end within `seconds` of the common start."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")  # this process may hold a CUDA context
+    barrier, results = ctx.Barrier(n + 1), ctx.Queue()
+    procs = [ctx.Process(target=_shoal_caller, args=(socket, model, x.cpu(), device, seconds, barrier, results),
+                         daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        barrier.wait(timeout=600)  # every caller warm
+    except threading.BrokenBarrierError:
+        pass  # a caller failed: its error is in results
+    flat, errors = [], []
+    for _ in procs:
+        got = results.get(timeout=seconds + 600)
+        (errors.append(got) if isinstance(got, str) else flat.extend(got))
+    for p in procs:
+        p.join(30)
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {n} caller processes failed; first: {errors[0]}")
+    return len(flat) / seconds, flat
+
+
 def emit(lines, out):
     """Prints the result's lines, and writes them to the file `out` when given."""
     text = "\n".join(lines)
