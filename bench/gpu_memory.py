@@ -1,7 +1,7 @@
 """GPU memory of shoal's workers against the in-process design (issue 14, "Memory comparison").
 
 One command on the GPU machine (after scripts/gpu.sh test, which builds build-gpu):
-    SHOAL_BUILD_DIR=build-gpu PYTHONPATH=.gpudeps/python python3 bench/gpu_memory.py \\
+    scripts/gpu.sh run python3 bench/gpu_memory.py \\
         [--slots 1,2,4,8] [--models resnet50,bert,big] [--out FILE.md]
 (`--device cpu --models tiny` checks the harness on a machine without a GPU: only (c), on
 the CPU, and (d) run; their figures mean nothing.)

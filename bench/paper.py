@@ -5,7 +5,7 @@ over the number of slots.
 One command (after scripts/build.sh):
     /usr/bin/python3 bench/paper.py [--models resnet50,bert,python_bound] [--slots 1,2,4]
         [--seconds 3] [--rounds 3] [--device cpu|cuda] [--out FILE.md]
-(on the GPU host, after scripts/gpu.sh test: SHOAL_BUILD_DIR=build-gpu PYTHONPATH=.gpudeps/python)
+(on the GPU host, after scripts/gpu.sh test: scripts/gpu.sh run /usr/bin/env python3 bench/paper.py ...)
 
 Models, random weights (no download), skipped with a message where torchvision /
 transformers is missing: ResNet-50 (1x3x224x224), BERT-base (BertConfig(), 1x128 ids),

@@ -4,6 +4,7 @@
 # spdlog/fmt/msgpack-cxx headers, Boost.Program_options (headers + library), patchelf and
 # the pure-Python msgpack. `scripts/gpu.sh test` there (carry .gpudeps) builds and runs
 # every test, GPU tests included; they skip cleanly on machines without a GPU.
+# `scripts/gpu.sh run CMD ...` runs CMD (a benchmark) in the same environment, after test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEPS=$PWD/.gpudeps
@@ -19,16 +20,26 @@ case "${1:-}" in
     cp /usr/lib/python3/dist-packages/msgpack/*.py "$DEPS/python/msgpack/"  # pure Python: any version
     du -sh "$DEPS"
     ;;
-  test)
-    export PATH=$DEPS/bin:$PATH PYTHONPATH=$DEPS/python${PYTHONPATH:+:$PYTHONPATH}
+  test | run)
+    export PATH=$DEPS/bin:$PATH
+    # The carried msgpack is pure Python (10x slower than the C extension): only where the
+    # host has none. It used to come first and shadow the host's own, so every Python
+    # client and worker on the GPU host encoded through it.
+    if ! python3 -c "import msgpack" 2>/dev/null; then
+      export PYTHONPATH=$DEPS/python${PYTHONPATH:+:$PYTHONPATH}
+    fi
     export SHOAL_NO_INSTALL=1 SHOAL_BUILD_DIR=${SHOAL_BUILD_DIR:-build-gpu}
+    if [ "$1" = run ]; then  # a command (a benchmark) in this environment, on the build
+      shift
+      exec "$@"
+    fi
     export SHOAL_CMAKE_ARGS="-DSHOAL_EXTRA_INCLUDE=$DEPS/include -DSHOAL_EXTRA_LIB=$DEPS/lib ${SHOAL_CMAKE_ARGS:-}"
     ./scripts/build.sh
     cd "$SHOAL_BUILD_DIR"
     ctest --output-on-failure -j"$(nproc)" --timeout 900 ${CTEST_ARGS:-}
     ;;
   *)
-    echo "usage: scripts/gpu.sh pack | test" >&2
+    echo "usage: scripts/gpu.sh pack | test | run CMD..." >&2
     exit 2
     ;;
 esac
