@@ -461,6 +461,14 @@ Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, 
     }
     job->inputs.push_back(std::move(*d));
   }
+  // The call's own structure (docs/protocol.md, "Call structure"): checked here, so that
+  // a worker only builds structures that are sound; forwarded as it came.
+  auto call = ParseCallTree(m, job->inputs.size());
+  if (!call.ok()) {
+    return Status(call.status().code(),
+                  "model '" + *model + "', request " + std::to_string(id) + ": " + call.status().message());
+  }
+  job->call = std::move(*call);
   auto timeout = m.OptUint("timeout_ms");
   if (!timeout.ok()) return timeout.status();
   auto retries = m.OptUint("retries");
@@ -482,7 +490,8 @@ Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, 
   job->client_id = s->id;
   job->client_uid = s->uid;
   job->model = *model;
-  job->batching = registry_->Batching(*model);
+  // A job that calls with a structure or another method runs alone (BatchCompatible).
+  if (!job->call.structured() && job->call.method.empty()) job->batching = registry_->Batching(*model);
   if (auto st = registry_->Admits(*model, s->uid); !st.ok()) return st;
   // Placement, not readiness, decides: while GPU X's only worker restarts, X's jobs wait.
   if (!job->gpu.empty() && !pool_->PlacesOnGpu(registry_->Device(*model), job->gpu)) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "package_format/manifest.h"
+#include "protocol/call_tree.h"
 #include "protocol/descriptor.h"
 #include "protocol/messages.h"
 #include "supervisor/client_session.h"
@@ -25,6 +26,7 @@ struct Job {
   uid_t client_uid = static_cast<uid_t>(-1);  // who asked: a crash it causes is charged to them
   std::string model;        // resolved key ("name" or "name:version")
   std::vector<Descriptor> inputs;
+  CallTree call;            // args/kwargs/method when the client sent them (checked); runs alone
   std::string gpu;          // PCI bus id of the GPU its GPU inputs are on (one); empty: none
   uint64_t client_id = 0;   // the connection's session id: the worker keeps its outputs apart
   bool answered = false;

@@ -34,6 +34,9 @@ bool BatchCompatible(const Job& a, const Job& b) {
   if (a.model != b.model || a.gpu != b.gpu || a.host_outputs != b.host_outputs || a.inputs.size() != b.inputs.size()) {
     return false;
   }
+  // A structured call (args/kwargs) or another method than forward is not batched: the
+  // rows of its inputs need not be the model's batch dimension.
+  if (a.call.structured() || b.call.structured() || !a.call.method.empty() || !b.call.method.empty()) return false;
   if (!Rows(a) || !Rows(b)) return false;
   for (size_t i = 0; i < a.inputs.size(); ++i) {
     const Descriptor& x = a.inputs[i];

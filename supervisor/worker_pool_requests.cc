@@ -46,7 +46,9 @@ void WorkerPool::Place(WorkerHandle* w, int interp, Job* job) {
 }
 
 void WorkerPool::BeginInfer(Writer* m, int interp, const Job& job, bool batch) const {
-  BeginRequest(m, "infer", job.id, (job.host_outputs ? 7 : 6) - (batch ? 1 : 0));
+  uint32_t fields = (job.host_outputs ? 7 : 6) - (batch ? 1 : 0) + (job.call.args.empty() ? 0 : 1) +
+                    (job.call.kwargs.empty() ? 0 : 1) + (job.call.method.empty() ? 0 : 1);
+  BeginRequest(m, "infer", job.id, fields);
   m->Key("interp"); m->Val(static_cast<uint64_t>(interp));
   m->Key("model"); m->Str(job.model);
   if (!batch) {  // a batch names each member's connection
@@ -56,6 +58,16 @@ void WorkerPool::BeginInfer(Writer* m, int interp, const Job& job, bool batch) c
   m->Key("out_arenas"); m->Val(config_.output_arenas);
   if (job.host_outputs) {
     m->Key("outputs"); m->Str("cpu");
+  }
+  // The call's structure as the client sent it (shoald checked it; never in a batch).
+  if (!job.call.args.empty()) {
+    m->Key("args"); PackEncoded(m, job.call.args);
+  }
+  if (!job.call.kwargs.empty()) {
+    m->Key("kwargs"); PackEncoded(m, job.call.kwargs);
+  }
+  if (!job.call.method.empty()) {
+    m->Key("method"); m->Str(job.call.method);
   }
 }
 

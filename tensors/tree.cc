@@ -1,6 +1,9 @@
 #include "tensors/tree.h"
 
+#include <sstream>
+
 #include "protocol/dtypes.h"
+#include "protocol/tree_walk.h"
 
 namespace shoal {
 
@@ -43,80 +46,89 @@ std::string DTypeName(at::ScalarType t) {
   return "";
 }
 
-Result<c10::IValue> DecodeTree(const msgpack::object& node, const TensorMaker& make, int depth) {
-  if (depth > kMaxOutputDepth || node.type != msgpack::type::MAP || node.via.map.size != 1 ||
-      node.via.map.ptr[0].key.type != msgpack::type::STR) {
-    return Status::Internal("malformed output tree");
+namespace {
+
+// c10::IValues from the tree grammar's nodes (protocol/tree_walk.h). Lists and dict values
+// get the type that unifies their items' (a List[Tensor] for tensors, as a TorchScript
+// signature says), Any when none does.
+class IValueReader {
+ public:
+  using Value = c10::IValue;
+  using LeafFn = std::function<Result<c10::IValue>(const msgpack::object&, const TreePath&)>;
+  IValueReader(std::string_view leaf, LeafFn make) : leaf_(leaf), make_(std::move(make)) {}
+
+  Status Enter(const TreePath&) { return Status::Ok(); }
+  Result<Value> Leaf(std::string_view kind, const msgpack::object& val, const TreePath& at) {
+    if (kind != leaf_) return TreeError(Code::kInternal, at, "unexpected \"" + std::string(kind) + "\" node");
+    return make_(val, at);
   }
-  const auto& kv = node.via.map.ptr[0];
-  std::string_view kind(kv.key.via.str.ptr, kv.key.via.str.size);
-  const auto& val = kv.val;
-  if (kind == "tensor") {
-    auto d = Descriptor::Parse(val);
-    if (!d.ok()) return d.status();
-    auto t = make(*d);
-    if (!t.ok()) return t.status();
-    return c10::IValue(std::move(*t));
-  }
-  if (kind == "value") return Scalar(val);
-  if (kind == "float") {
-    if (val.type == msgpack::type::POSITIVE_INTEGER) return c10::IValue(static_cast<double>(val.via.u64));
-    if (val.type == msgpack::type::NEGATIVE_INTEGER) return c10::IValue(static_cast<double>(val.via.i64));
-    return Scalar(val);
-  }
-  if (val.type != msgpack::type::ARRAY) return Status::Internal("malformed output tree");
-  const auto& arr = val.via.array;
-  if (kind == "tuple" || kind == "list") {
-    std::vector<c10::IValue> items;
-    for (uint32_t i = 0; i < arr.size; ++i) {
-      auto item = DecodeTree(arr.ptr[i], make, depth + 1);
-      if (!item.ok()) return item.status();
-      items.push_back(std::move(*item));
-    }
-    if (kind == "tuple") return c10::IValue(c10::ivalue::Tuple::create(std::move(items)));
-    c10::impl::GenericList list(c10::AnyType::get());
+  Result<Value> Scalar(const msgpack::object& v, const TreePath&) { return shoal::Scalar(v); }
+  Result<Value> Float(double d, const TreePath&) { return c10::IValue(d); }
+  Result<Value> Sequence(bool tuple, std::vector<Value> items, const TreePath&) {
+    if (tuple) return c10::IValue(c10::ivalue::Tuple::create(std::move(items)));
+    c10::impl::GenericList list(Unified(items));
     for (auto& it : items) list.push_back(std::move(it));
     return c10::IValue(list);
   }
-  if (kind == "namedtuple") {  // [name, [field, ...], [node, ...]]
-    if (arr.size != 3 || arr.ptr[0].type != msgpack::type::STR || arr.ptr[1].type != msgpack::type::ARRAY ||
-        arr.ptr[2].type != msgpack::type::ARRAY || arr.ptr[1].via.array.size != arr.ptr[2].via.array.size) {
-      return Status::Internal("malformed output namedtuple");
-    }
-    std::vector<std::string> fields;
+  Result<Value> NamedTuple(std::string name, std::vector<std::string> fields, std::vector<Value> items,
+                           const TreePath&) {
     std::vector<c10::TypePtr> types;
-    std::vector<c10::IValue> items;
-    for (uint32_t i = 0; i < arr.ptr[1].via.array.size; ++i) {
-      const auto& f = arr.ptr[1].via.array.ptr[i];
-      if (f.type != msgpack::type::STR) return Status::Internal("malformed output namedtuple field");
-      fields.emplace_back(f.via.str.ptr, f.via.str.size);
-      auto item = DecodeTree(arr.ptr[2].via.array.ptr[i], make, depth + 1);
-      if (!item.ok()) return item.status();
-      types.push_back(item->type());
-      items.push_back(std::move(*item));
-    }
-    std::string name(arr.ptr[0].via.str.ptr, arr.ptr[0].via.str.size);
+    for (const auto& it : items) types.push_back(it.type());
     auto type = c10::TupleType::createNamed(c10::QualifiedName(name.empty() ? "NamedTuple" : name), fields, types);
     return c10::IValue(c10::ivalue::Tuple::createNamed(std::move(items), std::move(type)));
   }
-  if (kind == "dict") {
-    bool str_keys = arr.size == 0 || (arr.ptr[0].type == msgpack::type::ARRAY && arr.ptr[0].via.array.size == 2 &&
-                                      arr.ptr[0].via.array.ptr[0].type == msgpack::type::STR);
+  Result<Value> Dict(std::vector<std::pair<const msgpack::object*, Value>> entries, const TreePath& at) {
+    bool str_keys = entries.empty() || entries.front().first->type == msgpack::type::STR;
     c10::TypePtr key_type = str_keys ? c10::TypePtr(c10::StringType::get()) : c10::TypePtr(c10::IntType::get());
-    c10::impl::GenericDict dict(key_type, c10::AnyType::get());
-    for (uint32_t i = 0; i < arr.size; ++i) {
-      const auto& pair = arr.ptr[i];
-      if (pair.type != msgpack::type::ARRAY || pair.via.array.size != 2) return Status::Internal("malformed dict");
-      auto key = Scalar(pair.via.array.ptr[0]);
-      auto value = DecodeTree(pair.via.array.ptr[1], make, depth + 1);
-      if (!key.ok()) return key.status();
-      if (!value.ok()) return value.status();
-      if (str_keys != key->isString()) return Status::Internal("output dict mixes str and int keys");
-      dict.insert(std::move(*key), std::move(*value));
+    std::vector<c10::IValue> values;
+    for (const auto& e : entries) values.push_back(e.second);
+    c10::impl::GenericDict dict(key_type, Unified(values));
+    for (auto& e : entries) {
+      auto key = shoal::Scalar(*e.first);
+      if (!key.ok()) return TreeError(Code::kInternal, at, key.status().message());
+      dict.insert(std::move(*key), std::move(e.second));
     }
     return c10::IValue(dict);
   }
-  return Status::Internal("unknown output node '" + std::string(kind) + "'");
+
+ private:
+  static c10::TypePtr Unified(const std::vector<c10::IValue>& items) {
+    if (items.empty()) return c10::AnyType::get();
+    std::vector<c10::TypePtr> types;
+    // Without shapes: a list is invariant, and List[Tensor] is what a signature says.
+    for (const auto& it : items) types.push_back(c10::unshapedType(it.type()));
+    std::stringstream why;
+    auto t = c10::unifyTypeList(types, why);
+    return t ? *t : c10::TypePtr(c10::AnyType::get());
+  }
+
+  std::string_view leaf_;
+  LeafFn make_;
+};
+
+}  // namespace
+
+Result<c10::IValue> DecodeTree(const msgpack::object& node, const TensorMaker& make) {
+  IValueReader reader("tensor", [&](const msgpack::object& val, const TreePath& at) -> Result<c10::IValue> {
+    auto d = Descriptor::Parse(val);
+    if (!d.ok()) return TreeError(Code::kInternal, at, d.status().message());
+    auto t = make(*d);
+    if (!t.ok()) return t.status();
+    return c10::IValue(std::move(*t));
+  });
+  TreePath root{nullptr, "output"};
+  return WalkTree(node, reader, root, 0, kMaxOutputDepth, Code::kInternal);
+}
+
+Result<c10::IValue> DecodeCallNode(const msgpack::object& node, const std::vector<c10::IValue>& inputs,
+                                   const TreePath& at) {
+  IValueReader reader("input", [&](const msgpack::object& val, const TreePath& where) -> Result<c10::IValue> {
+    if (val.type != msgpack::type::POSITIVE_INTEGER || val.via.u64 >= inputs.size()) {
+      return TreeError(Code::kInternal, where, "input index out of range");
+    }
+    return inputs[val.via.u64];
+  });
+  return WalkTree(node, reader, at, 0, kMaxOutputDepth, Code::kInternal);
 }
 
 }  // namespace shoal

@@ -318,6 +318,86 @@ EncodedReply TorchScriptModels::Load(uint64_t id, const std::string& name, int f
   return {OkReply(id, "libtorch", where), {}};
 }
 
+namespace {
+
+// `v` typed as the signature says where the wire could not tell: an empty list or dict, or
+// one whose items unify to no single type (built as List[Any]: the schema's check would
+// refuse it). Containers are rebuilt with the schema's element types; anything else is
+// left for the schema's own check.
+c10::IValue Retype(c10::IValue v, const c10::TypePtr& want) {
+  c10::TypePtr t = want;
+  if (auto opt = t->cast<c10::OptionalType>()) {
+    if (v.isNone()) return v;
+    t = opt->getElementType();
+  }
+  if (auto list_type = t->cast<c10::ListType>(); list_type && v.isList()) {
+    c10::impl::GenericList out(list_type->getElementType());
+    for (const auto& item : v.toListRef()) out.push_back(Retype(item, list_type->getElementType()));
+    return out;
+  }
+  if (auto dict_type = t->cast<c10::DictType>(); dict_type && v.isGenericDict()) {
+    c10::impl::GenericDict out(dict_type->getKeyType(), dict_type->getValueType());
+    for (const auto& e : v.toGenericDict()) out.insert(e.key(), Retype(e.value(), dict_type->getValueType()));
+    return out;
+  }
+  if (auto tuple_type = t->cast<c10::TupleType>(); tuple_type && v.isTuple() &&
+                                                   tuple_type->elements().size() == v.toTupleRef().elements().size()) {
+    std::vector<c10::IValue> items;
+    for (size_t i = 0; i < tuple_type->elements().size(); ++i) {
+      items.push_back(Retype(v.toTupleRef().elements()[i], tuple_type->elements()[i]));
+    }
+    if (tuple_type->schema()) return c10::ivalue::Tuple::createNamed(std::move(items), tuple_type);
+    return c10::ivalue::Tuple::create(std::move(items));
+  }
+  return v;
+}
+
+// The arguments of a structured call (docs/protocol.md, "Call structure"; shoald checked
+// its grammar and references): `*args` holds the job's input tensors in, the call's
+// positional arguments out. A keyword the method's schema does not name is BAD_REQUEST here,
+// rather than libtorch's error from deep inside the call.
+Status BuildCall(const MapView& msg, const c10::FunctionSchema& schema, std::vector<torch::jit::IValue>* args,
+                 torch::jit::Kwargs* kwargs) {
+  std::vector<torch::jit::IValue> inputs = std::move(*args);
+  args->clear();
+  if (const auto* a = msg.Find("args"); a != nullptr && a->type == msgpack::type::ARRAY) {
+    TreePath root{nullptr, "args"};
+    for (uint32_t i = 0; i < a->via.array.size; ++i) {
+      TreePath at{&root, {}, nullptr, i};
+      auto v = DecodeCallNode(a->via.array.ptr[i], inputs, at);
+      if (!v.ok()) return v.status();
+      if (i + 1 < schema.arguments().size()) *v = Retype(std::move(*v), schema.arguments()[i + 1].type());  // 0: self
+      args->push_back(std::move(*v));
+    }
+  }
+  const auto* kw = msg.Find("kwargs");
+  if (kw == nullptr || kw->type != msgpack::type::ARRAY) return Status::Ok();
+  std::string known;
+  for (size_t i = 1; i < schema.arguments().size(); ++i) {  // 0 is self
+    known += (known.empty() ? "" : ", ") + schema.arguments()[i].name();
+  }
+  TreePath root{nullptr, "kwargs"};
+  for (uint32_t i = 0; i < kw->via.array.size; ++i) {
+    const auto& pair = kw->via.array.ptr[i];
+    if (pair.type != msgpack::type::ARRAY || pair.via.array.size != 2 || pair.via.array.ptr[0].type != msgpack::type::STR) {
+      return Status::Internal("malformed kwargs");
+    }
+    std::string key(pair.via.array.ptr[0].via.str.ptr, pair.via.array.ptr[0].via.str.size);
+    auto index = schema.argumentIndexWithName(key);
+    if (key == "self" || !index) {
+      return Status::BadRequest(schema.name() + "() has no argument named '" + key + "' (it takes " +
+                                (known.empty() ? "none" : known) + ")");
+    }
+    TreePath at{&root, {}, &pair.via.array.ptr[0], i};
+    auto v = DecodeCallNode(pair.via.array.ptr[1], inputs, at);
+    if (!v.ok()) return v.status();
+    (*kwargs)[key] = Retype(std::move(*v), schema.arguments()[*index].type());
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
   auto fail = [id](const Status& st) { return EncodedReply{ErrorReply(id, st), {}}; };
   auto name = *msg.Str("model");
@@ -350,11 +430,22 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
     args.emplace_back(torch::from_blob(base + d.offset, d.shape, d.strides, [keep = *a](void*) {}, options));
     spans.push_back({d.arena, d.block, d.offset, d.offset + extent, base});
   }
+  torch::jit::Kwargs kwargs;
+  std::string method_name = msg.OptStr("method").value_or(std::nullopt).value_or("forward");
+  auto method = impl_->models.at(name).find_method(method_name);
+  if (!method) {
+    return fail(Status::BadRequest("model '" + name + "', job " + std::to_string(id) + ": the TorchScript module has no method '" +
+                                   method_name + "'"));
+  }
+  if (msg.Find("args") != nullptr || msg.Find("kwargs") != nullptr) {
+    auto st = BuildCall(msg, method->function().getSchema(), &args, &kwargs);
+    if (!st.ok()) return fail(Status(st.code(), "model '" + name + "', job " + std::to_string(id) + ": " + st.message()));
+  }
   torch::jit::IValue out;
   try {
     c10::InferenceMode guard;
     if (auto e = impl_->engines.find(name); e != impl_->engines.end()) UseQEngine(e->second);
-    out = impl_->models.at(name).forward(args);
+    out = (*method)(std::move(args), kwargs);
   } catch (const std::exception& e) {
     std::string tb;
     Status st(Code::kModelError, "model '" + name + "' raised in job " + std::to_string(id) + ": " +

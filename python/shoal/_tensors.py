@@ -14,6 +14,7 @@ dtype names are torch's, so ``torch.<name>`` is the torch dtype.
 import collections
 import functools
 
+import numpy as np
 import torch
 
 from . import _native
@@ -118,25 +119,62 @@ def _named_tuple(name, fields):
     return collections.namedtuple(short if short.isidentifier() else "NamedTuple", fields, rename=True)
 
 
-def decode_tree(node, make_tensor):
-    """Rebuilds a Python structure from an output tree; ``make_tensor(desc)`` builds tensors."""
+def decode_tree(node, make_tensor, leaf="tensor"):
+    """Rebuilds a Python structure from a tree (docs/protocol.md, "Output tree"); its
+    ``leaf`` nodes (``tensor``: a descriptor; ``input``: an index into a call's inputs,
+    "Call structure") are built by ``make_tensor(value)``. Trees come checked: an output
+    tree by the worker's encoder, a call structure by shoald (protocol/call_tree.h)."""
     (kind, val), = node.items()
-    if kind == "tensor":
+    if kind == leaf:
         return make_tensor(val)
     if kind == "tuple":
-        return tuple(decode_tree(n, make_tensor) for n in val)
+        return tuple(decode_tree(n, make_tensor, leaf) for n in val)
     if kind == "list":
-        return [decode_tree(n, make_tensor) for n in val]
+        return [decode_tree(n, make_tensor, leaf) for n in val]
     if kind == "namedtuple":  # [name, [field, ...], [node, ...]]
         name, fields, items = val
-        return _named_tuple(name, tuple(fields))(*(decode_tree(n, make_tensor) for n in items))
+        return _named_tuple(name, tuple(fields))(*(decode_tree(n, make_tensor, leaf) for n in items))
     if kind == "dict":
-        return {k: decode_tree(n, make_tensor) for k, n in val}
+        return {k: decode_tree(n, make_tensor, leaf) for k, n in val}
     if kind == "value":
         return val
     if kind == "float":
         return float(val)
     raise ValueError(f"unknown output node {kind!r}")
+
+
+MAX_CALL_DEPTH = 16  # protocol/output_tree.h's kMaxOutputDepth; shoald checks it again
+
+
+def encode_call_node(x, tensor_node, depth=0):
+    """One argument of a model call as a node of its call structure (docs/protocol.md,
+    "Call structure"); ``tensor_node(t)`` places a tensor (or numpy array) among the
+    request's inputs and returns its ``{"input": i}``. Raises TypeError for a value that
+    cannot travel (shoald checks the structure again: this is the client's courtesy)."""
+    if depth > MAX_CALL_DEPTH:
+        raise ValueError(f"arguments nested more than {MAX_CALL_DEPTH} levels deep")
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        return tensor_node(x)
+    if x is None or isinstance(x, (bool, str)):
+        return {"value": x}
+    if isinstance(x, int):
+        return {"value": int(x)}
+    if isinstance(x, float):
+        return {"float": float(x)}
+    if isinstance(x, tuple) and hasattr(type(x), "_fields"):  # a named tuple
+        return {"namedtuple": [type(x).__name__, list(type(x)._fields),
+                               [encode_call_node(v, tensor_node, depth + 1) for v in x]]}
+    if isinstance(x, (tuple, list)):
+        return {"tuple" if isinstance(x, tuple) else "list": [encode_call_node(v, tensor_node, depth + 1) for v in x]}
+    if isinstance(x, dict):
+        entries = []
+        for k, v in x.items():
+            if isinstance(k, bool) or not isinstance(k, (str, int)):
+                raise TypeError(f"dict keys in a model's arguments are str or int, not {type(k).__name__}")
+            entries.append([k, encode_call_node(v, tensor_node, depth + 1)])
+        return {"dict": entries}
+    raise TypeError(f"a model's arguments are tensors, numpy arrays, lists, tuples and dicts of them, int, float, "
+                    f"bool, str or None; not {type(x).__name__}")
 
 
 def write(arena, offset, t):

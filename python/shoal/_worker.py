@@ -175,8 +175,9 @@ class Runner:
         model = self.models.get(name)
         if model is None:
             return _error(rid, "MODEL_NOT_FOUND", f"model '{name}' is not loaded in worker {self.slot}")
+        structured = "args" in msg or "kwargs" in msg
         specs = self.specs.get(name)
-        if specs is not None:
+        if specs is not None and not structured:  # the manifest's specs are of positional inputs
             problem = _check_inputs(msg["inputs"], specs)
             if problem:
                 return _error(rid, "BAD_REQUEST", f"model '{name}', job {rid}: {problem}")
@@ -187,7 +188,15 @@ class Runner:
         inputs, spans = _views(mapped, msg["inputs"])
         try:
             archive.use_quantized_engine(self.engines.get(name), name)  # process-wide: models may differ
-            out = model(*inputs)
+            target = _method(model, msg.get("method"))
+            if structured:
+                # The call's structure, checked by shoald (protocol/call_tree.h): {"input": i}
+                # is inputs[i], the zero-copy view.
+                args = [_tensors.decode_tree(n, inputs.__getitem__, "input") for n in msg.get("args", ())]
+                kwargs = {k: _tensors.decode_tree(n, inputs.__getitem__, "input") for k, n in msg.get("kwargs", ())}
+                out = target(*args, **kwargs)
+            else:
+                out = target(*inputs)
             # The one output encoder (protocol/output_tree.h), shared with TorchScript models.
             reply = _native.encode_reply(rid, name, out, self.outputs, msg["client"], msg.get("out_bytes", 64 << 20),
                                          msg.get("out_arenas", 8), spans, _tensors.write,
@@ -300,6 +309,12 @@ def _split(out, rows, total, path, depth):
         cols = {key: _split(x, rows, total, f"{path}[{key!r}]", depth + 1) for key, x in out.items()}
         return [{key: c[k] for key, c in cols.items()} for k in range(len(rows))]
     raise _Unbatchable(f"{path} is a {type(out).__name__}, not a tensor with the batch's rows along dim 0")
+
+
+def _method(model, name):
+    """What a job calls: the served object itself (forward), or its method ``name``, which
+    shoald let through only when the load or the manifest allows it."""
+    return model if not name else getattr(model, name)
 
 
 def _bundle(replies):

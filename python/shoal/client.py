@@ -270,44 +270,79 @@ class Client:
         return desc
 
     # -- inference ------------------------------------------------------------------
-    def infer(self, name, *inputs, timeout=None, retries=0, outputs=None):
-        """Runs model ``name`` on ``inputs``; returns its output with the model's own
-        structure, tensors as views on shared memory. ``timeout`` in seconds. With
-        ``retries=1`` a job whose worker crashed is run once more (on a fresh worker);
-        by default a crash is reported at once (WorkerCrashed). ``outputs="cpu"``: outputs
-        a model leaves on its GPU come back as host tensors. Raises Timeout itself when
-        shoald has not answered by the deadline plus ANSWER_MARGIN_S (the connection stays
-        usable; the late answer is discarded)."""
-        return self._conn.outcome(self._submit(name, inputs, timeout, retries, outputs, attended=True))
+    def infer(self, name, *args, timeout=None, retries=0, outputs=None, method=None, kwargs=None, **model_kwargs):
+        """Runs model ``name`` as ``model(*args, **kwargs)``; returns its output with the
+        model's own structure, tensors as views on shared memory.
 
-    def submit(self, name, *inputs, timeout=None, retries=0, outputs=None):
-        """Sends a job like infer() without waiting: a ``concurrent.futures.Future`` of its
-        output. Many may be in flight on one connection; they resolve in any order (each
-        exactly once: the output, the job's error, Timeout past the deadline plus
-        ANSWER_MARGIN_S, or Unavailable if the connection is lost or closed). Inputs may be
-        dropped or reused once submit returns (ordinary tensors were copied; a tensor from
-        empty() keeps its block while the job runs, so do not write into it until then).
-        ``cancel()`` before the answer: the answer is dropped when it comes and its output
-        blocks go back to the worker; shoald still runs the job. Errors in the inputs
-        (BadRequest) and a connection already lost (Unavailable) raise here."""
-        return self._submit(name, inputs, timeout, retries, outputs, pump=True)
+        Arguments are what the model's ``forward`` takes: tensors (and numpy arrays),
+        lists, tuples (named ones too) and dicts (str or int keys) of them, nested, and
+        Python int, float, bool, str and None (docs/protocol.md, "Call structure"):
+        ``c.infer("bert", input_ids=ids, attention_mask=mask)``, ``c.infer("det", [img1,
+        img2])``. Any other value raises TypeError before anything is sent. Keywords
+        other than the client's own (``timeout``, ``retries``, ``outputs``, ``method``,
+        ``kwargs``) go to the model; ``kwargs={...}`` passes a model keyword that has one
+        of those names. ``method``: a method of the served object to call instead of
+        forward, one its load (``methods=``) or manifest allows.
 
-    async def infer_async(self, name, *inputs, timeout=None, retries=0, outputs=None):
+        ``timeout`` in seconds. With ``retries=1`` a job whose worker crashed is run once
+        more (on a fresh worker); by default a crash is reported at once (WorkerCrashed).
+        ``outputs="cpu"``: outputs a model leaves on its GPU come back as host tensors.
+        Raises Timeout itself when shoald has not answered by the deadline plus
+        ANSWER_MARGIN_S (the connection stays usable; the late answer is discarded)."""
+        return self._conn.outcome(self._submit(name, args, _merge_kwargs(kwargs, model_kwargs), timeout, retries,
+                                               outputs, method, attended=True))
+
+    def submit(self, name, *args, timeout=None, retries=0, outputs=None, method=None, kwargs=None, **model_kwargs):
+        """Sends a job like infer() (same arguments) without waiting: a
+        ``concurrent.futures.Future`` of its output. Many may be in flight on one
+        connection; they resolve in any order (each exactly once: the output, the job's
+        error, Timeout past the deadline plus ANSWER_MARGIN_S, or Unavailable if the
+        connection is lost or closed). Inputs may be dropped or reused once submit returns
+        (ordinary tensors were copied; a tensor from empty() keeps its block while the job
+        runs, so do not write into it until then). ``cancel()`` before the answer: the
+        answer is dropped when it comes and its output blocks go back to the worker;
+        shoald still runs the job. Errors in the inputs (BadRequest, TypeError) and a
+        connection already lost (Unavailable) raise here."""
+        return self._submit(name, args, _merge_kwargs(kwargs, model_kwargs), timeout, retries, outputs, method,
+                            pump=True)
+
+    async def infer_async(self, name, *args, timeout=None, retries=0, outputs=None, method=None, kwargs=None,
+                          **model_kwargs):
         """``await c.infer_async(...)``: infer() for asyncio; the event loop keeps running
         while the job does (inputs are prepared and sent on the caller's thread, replies
         read by the client's reader thread). Cancelling the awaiting task cancels the job
         as Future.cancel() does."""
-        return await asyncio.wrap_future(self.submit(name, *inputs, timeout=timeout, retries=retries,
-                                                     outputs=outputs))
+        return await asyncio.wrap_future(self.submit(name, *args, timeout=timeout, retries=retries, outputs=outputs,
+                                                     method=method, kwargs=_merge_kwargs(kwargs, model_kwargs)))
 
-    def _submit(self, name, inputs, timeout, retries, outputs, attended=False, pump=False):
+    def _submit(self, name, args, kwargs, timeout, retries, outputs, method=None, attended=False, pump=False):
         keep = {}  # blocks of this request's inputs, by (arena, offset): alive until it is answered
-        descs = [self._describe(x, keep) for x in inputs]
+        descs = []
+
+        def tensor_node(x):
+            descs.append(self._describe(x, keep))
+            return {"input": len(descs) - 1}
+
+        # Only tensors, passed positionally: the plain call (model(*inputs)), which
+        # dynamic batching can group; anything else travels with its structure.
+        plain = not kwargs and all(isinstance(x, (torch.Tensor, np.ndarray)) for x in args)
+        if plain:
+            for x in args:
+                tensor_node(x)
+        else:
+            call_args = [_tensors.encode_call_node(x, tensor_node) for x in args]
+            call_kwargs = [[k, _tensors.encode_call_node(v, tensor_node)] for k, v in kwargs.items()]
         for ordinal in {self._arenas[d["arena"]].device for d in descs} - {-1}:
             # The writes to GPU inputs (the caller's kernels, our copies) are complete
             # before the worker reads them: it runs on another process's streams.
             torch.cuda.synchronize(ordinal)
         msg = {"op": "infer", "model": name, "inputs": descs}
+        if not plain:
+            msg["args"] = call_args
+            if call_kwargs:
+                msg["kwargs"] = call_kwargs
+        if method is not None:
+            msg["method"] = method
         if outputs is not None:
             msg["outputs"] = outputs
         if timeout is not None:
@@ -347,3 +382,16 @@ class Client:
 
         return self._conn.submit(msg, decode=decode, wait=wait, about=f"model {name!r}", attended=attended,
                                  pump=pump)
+
+
+def _merge_kwargs(explicit, extra):
+    """The model's keyword arguments: ``kwargs=`` (for names the client's own keywords
+    take) and the rest of the call's keywords."""
+    if explicit is None:
+        return extra
+    if not isinstance(explicit, dict):
+        raise TypeError(f"kwargs must be a dict of the model's keyword arguments, not {type(explicit).__name__}")
+    both = set(explicit) & set(extra)
+    if both:
+        raise TypeError(f"keyword argument {sorted(both)[0]!r} given both in kwargs= and as a keyword")
+    return {**explicit, **extra}

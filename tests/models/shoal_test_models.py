@@ -3,7 +3,7 @@ import collections
 import ctypes
 import os
 import time
-from typing import NamedTuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -576,3 +576,52 @@ class ProfilesItsRunner(nn.Module):
         host = sum(1 for n in names if "HtoD" in n or "DtoH" in n)
         device = sum(1 for n in names if "DtoD" in n)
         return x * 2, torch.tensor([host, device])
+
+
+# -- inputs with the model's own structure (docs/protocol.md, "Call structure") --------
+# Each is scriptable, so the same model serves from a torch.package and a TorchScript archive.
+
+class KeywordEncoder(nn.Module):
+    """Hugging Face style: model(input_ids=..., attention_mask=...), the mask optional."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                scale: float = 1.0) -> Dict[str, torch.Tensor]:
+        h = input_ids.to(torch.float32) * scale
+        if attention_mask is not None:
+            h = h * attention_mask.to(torch.float32)
+        return {"last_hidden_state": h, "pooled": h.sum(dim=-1)}
+
+
+class ListOfImages(nn.Module):
+    """torchvision detector style: model([img1, img2]) -> [{"boxes", "scores"}, ...]."""
+
+    def forward(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+        out: List[Dict[str, torch.Tensor]] = []
+        for img in images:
+            out.append({"boxes": img.flatten()[:4].reshape(1, 4), "scores": img.mean().reshape(1)})
+        return out
+
+
+class DictAndScalars(nn.Module):
+    """A dict of tensors, and int, float, bool, str and None arguments."""
+
+    def forward(self, feats: Dict[str, torch.Tensor], k: int, alpha: float, flag: bool, mode: str,
+                bias: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, int, float, bool, str, bool]:
+        total = feats["a"] * alpha + feats["b"] * float(k)
+        if bias is not None:
+            total = total + bias
+        if flag:
+            total = -total
+        return total, k + 1, alpha * 2.0, not flag, mode + "!", bias is None
+
+
+class Nested(nn.Module):
+    """Nested tuples, lists and dicts: ((x, [y, z]), {"w": (v,)})."""
+
+    def forward(self, pair: Tuple[torch.Tensor, List[torch.Tensor]],
+                extra: Dict[str, Tuple[torch.Tensor]]) -> torch.Tensor:
+        x, ys = pair
+        total = x.clone()
+        for y in ys:
+            total = total + y
+        return total + extra["w"][0]
