@@ -18,10 +18,12 @@
 #include "protocol/client_writer.h"
 #include "protocol/descriptor.h"
 #include "protocol/frame.h"
+#include "protocol/call_tree.h"
 #include "protocol/messages.h"
 #include "protocol/paths.h"
 #include "shm/arena.h"
 #include "shm/gpu_memory.h"
+#include "tensors/ivalue_output.h"
 #include "tensors/tree.h"
 
 namespace shoal {
@@ -153,15 +155,30 @@ struct Client::Impl {
     std::optional<std::chrono::milliseconds> wait;
     std::string what;
   };
+  // `call`: the call's structure (args/kwargs encoded, method), none for model(*inputs).
+  struct CallShape {
+    std::string args;    // a MessagePack array of nodes; empty: absent
+    std::string kwargs;  // a MessagePack array of [name, node]; empty: absent
+    std::string method;
+  };
   Result<std::unique_ptr<Request>> PrepareInfer(const std::string& model, const std::vector<torch::Tensor>& inputs,
                                                 std::optional<std::chrono::milliseconds> timeout, int retries,
-                                                bool host_outputs);
+                                                bool host_outputs, const CallShape& call = CallShape());
+  // Encodes model(*args, **kwargs): `call` gets the structure, `inputs` its tensors in order.
+  static Status EncodeCall(const std::vector<c10::IValue>& args, const std::map<std::string, c10::IValue>& kwargs,
+                           CallShape* call, std::vector<torch::Tensor>* inputs);
+  Result<std::unique_ptr<Request>> PrepareCall(const std::string& model, const std::vector<c10::IValue>& args,
+                                               const std::map<std::string, c10::IValue>& kwargs,
+                                               const InferOptions& options);
   // What an infer's completion makes of its reply: the outputs over their blocks. On the
   // reading thread (it reads the connection's output arenas).
   Result<c10::IValue> DecodeOutputs(Result<msgpack::object_handle> reply, const InputBlocks& inputs);
   // Submits `r`; `done` gets the decoded outputs, once.
   Status SubmitInfer(std::unique_ptr<Request> r, std::function<void(Result<c10::IValue>)> done, bool attended,
                      std::shared_ptr<ClientConnection::Job>* job);
+  // A prepared request sent and waited for (reading its own answer), or sent with a future.
+  Result<c10::IValue> Run(Result<std::unique_ptr<Request>> r);
+  std::future<Result<c10::IValue>> Start(Result<std::unique_ptr<Request>> r);
 };
 
 Client::Client(std::unique_ptr<Impl> impl, std::string path) : impl_(std::move(impl)), socket_path_(std::move(path)) {}
@@ -318,7 +335,7 @@ Result<torch::Tensor> Client::Empty(at::IntArrayRef shape, at::ScalarType dtype,
 
 Result<std::unique_ptr<Client::Impl::Request>> Client::Impl::PrepareInfer(
     const std::string& model, const std::vector<torch::Tensor>& inputs, std::optional<std::chrono::milliseconds> timeout,
-    int retries, bool host_outputs) {
+    int retries, bool host_outputs, const CallShape& call) {
   auto r = std::make_unique<Request>();
   r->inputs = std::make_shared<InputBlocks>();
   std::vector<Descriptor> descs;
@@ -365,9 +382,20 @@ Result<std::unique_ptr<Client::Impl::Request>> Client::Impl::PrepareInfer(
   r->id = conn->NextId();
   r->what = "infer request " + std::to_string(r->id) + " (model '" + model + "')";
   Writer& w = r->w;
-  BeginRequest(&w, "infer", r->id, 2 + (timeout ? 1 : 0) + (retries > 0 ? 1 : 0) + (host_outputs ? 1 : 0));
+  BeginRequest(&w, "infer", r->id,
+               2 + (timeout ? 1 : 0) + (retries > 0 ? 1 : 0) + (host_outputs ? 1 : 0) + (call.args.empty() ? 0 : 1) +
+                   (call.kwargs.empty() ? 0 : 1) + (call.method.empty() ? 0 : 1));
   if (host_outputs) {
     w.Key("outputs"); w.Str("cpu");
+  }
+  if (!call.args.empty()) {
+    w.Key("args"); PackEncoded(&w, call.args);
+  }
+  if (!call.kwargs.empty()) {
+    w.Key("kwargs"); PackEncoded(&w, call.kwargs);
+  }
+  if (!call.method.empty()) {
+    w.Key("method"); w.Str(call.method);
   }
   w.Key("model"); w.Str(model);
   w.Key("inputs");
@@ -383,6 +411,52 @@ Result<std::unique_ptr<Client::Impl::Request>> Client::Impl::PrepareInfer(
   }
   if (timeout) r->wait = *timeout * (1 + std::max(retries, 0)) + ClientConnection::kAnswerMargin;
   return r;
+}
+
+Status Client::Impl::EncodeCall(const std::vector<c10::IValue>& args, const std::map<std::string, c10::IValue>& kwargs,
+                                CallShape* call, std::vector<torch::Tensor>* inputs) {
+  // The one tree encoder (protocol/output_tree.h), with each tensor one of the inputs.
+  CallTensorFn tensor = [inputs](OutputValue& v) -> Result<uint64_t> {
+    inputs->push_back(static_cast<IValueOutput&>(v).value().toTensor());
+    return inputs->size() - 1;
+  };
+  auto node = [&](const c10::IValue& value, const std::string& where) -> Result<std::string> {
+    IValueOutput root(value);
+    auto encoded = EncodeCallNode(root, tensor);
+    if (!encoded.ok()) return Status(encoded.status().code(), where + ": " + encoded.status().message());
+    return encoded;
+  };
+  Writer a;
+  a.pk().pack_array(static_cast<uint32_t>(args.size()));
+  for (size_t i = 0; i < args.size(); ++i) {
+    auto n = node(args[i], "args[" + std::to_string(i) + "]");
+    if (!n.ok()) return n.status();
+    PackEncoded(&a, *n);
+  }
+  call->args = std::string(a.body());
+  if (kwargs.empty()) return Status::Ok();
+  Writer k;
+  k.pk().pack_array(static_cast<uint32_t>(kwargs.size()));
+  for (const auto& [name, value] : kwargs) {
+    if (!IsIdentifier(name)) return Status::BadRequest("keyword argument '" + name + "' is not an identifier");
+    auto n = node(value, "kwargs[\"" + name + "\"]");
+    if (!n.ok()) return n.status();
+    k.pk().pack_array(2);
+    k.Str(name);
+    PackEncoded(&k, *n);
+  }
+  call->kwargs = std::string(k.body());
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<Client::Impl::Request>> Client::Impl::PrepareCall(
+    const std::string& model, const std::vector<c10::IValue>& args, const std::map<std::string, c10::IValue>& kwargs,
+    const InferOptions& options) {
+  CallShape call;
+  call.method = options.method;
+  std::vector<torch::Tensor> inputs;
+  if (auto st = EncodeCall(args, kwargs, &call, &inputs); !st.ok()) return st;
+  return PrepareInfer(model, inputs, options.timeout, options.retries, options.host_outputs, call);
 }
 
 Result<c10::IValue> Client::Impl::DecodeOutputs(Result<msgpack::object_handle> reply, const InputBlocks& inputs) {
@@ -439,27 +513,43 @@ Status Client::Impl::SubmitInfer(std::unique_ptr<Request> r, std::function<void(
 
 Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<torch::Tensor>& inputs,
                                   std::optional<std::chrono::milliseconds> timeout, int retries, bool host_outputs) {
-  auto r = impl_->PrepareInfer(model, inputs, timeout, retries, host_outputs);
+  return impl_->Run(impl_->PrepareInfer(model, inputs, timeout, retries, host_outputs));
+}
+
+Result<c10::IValue> Client::Infer(const std::string& model, const std::vector<c10::IValue>& args,
+                                  const std::map<std::string, c10::IValue>& kwargs, const InferOptions& options) {
+  return impl_->Run(impl_->PrepareCall(model, args, kwargs, options));
+}
+
+std::future<Result<c10::IValue>> Client::InferAsync(const std::string& model, const std::vector<c10::IValue>& args,
+                                                    const std::map<std::string, c10::IValue>& kwargs,
+                                                    const InferOptions& options) {
+  return impl_->Start(impl_->PrepareCall(model, args, kwargs, options));
+}
+
+Result<c10::IValue> Client::Impl::Run(Result<std::unique_ptr<Request>> r) {
   if (!r.ok()) return r.status();
   std::optional<Result<c10::IValue>> out;
   std::shared_ptr<ClientConnection::Job> job;
-  if (auto st = impl_->SubmitInfer(std::move(*r), [&out](Result<c10::IValue> v) { out.emplace(std::move(v)); },
-                                   true, &job);
+  if (auto st = SubmitInfer(std::move(*r), [&out](Result<c10::IValue> v) { out.emplace(std::move(v)); }, true, &job);
       !st.ok()) {
     return st;
   }
-  impl_->conn->Wait(job);  // returns once the completion ran
+  conn->Wait(job);  // returns once the completion ran
   return std::move(*out);
 }
 
 std::future<Result<c10::IValue>> Client::InferAsync(const std::string& model, const std::vector<torch::Tensor>& inputs,
                                                     std::optional<std::chrono::milliseconds> timeout, int retries,
                                                     bool host_outputs) {
+  return impl_->Start(impl_->PrepareInfer(model, inputs, timeout, retries, host_outputs));
+}
+
+std::future<Result<c10::IValue>> Client::Impl::Start(Result<std::unique_ptr<Request>> r) {
   auto promise = std::make_shared<std::promise<Result<c10::IValue>>>();
   auto future = promise->get_future();
-  auto r = impl_->PrepareInfer(model, inputs, timeout, retries, host_outputs);
   std::shared_ptr<ClientConnection::Job> job;
-  Status st = r.ok() ? impl_->SubmitInfer(std::move(*r),
+  Status st = r.ok() ? SubmitInfer(std::move(*r),
                                           [promise](Result<c10::IValue> v) { promise->set_value(std::move(v)); },
                                           false, &job)
                      : r.status();

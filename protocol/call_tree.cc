@@ -115,7 +115,9 @@ Result<CallTree> ParseCallTree(const MapView& infer, size_t inputs) {
       return Status::BadRequest("method must be a Python identifier of at most " + std::to_string(kMaxMethodBytes) +
                                 " bytes");
     }
-    call.method = **method;
+    // Which methods a model allows (its load's `methods`, its manifest) is not recorded
+    // yet: until it is, only forward may be called.
+    return Status::BadRequest("method '" + **method + "' is not allowed: this model serves forward only");
   }
   const msgpack::object* args = infer.Find("args");
   const msgpack::object* kwargs = infer.Find("kwargs");

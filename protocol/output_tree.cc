@@ -38,11 +38,15 @@ std::string DTypeNames() {
   return out;
 }
 
+Status ModelError(std::string message) { return Status(Code::kModelError, std::move(message)); }
+
 // One job's encoding: the tree goes into `w_`; blocks it allocates are remembered so that a
 // failure part-way frees them all.
 class Encoder {
  public:
   explicit Encoder(const OutputPlacement& place) : place_(place) {}
+  // A call structure's encoder: each tensor becomes {"input": tensor(v)}.
+  explicit Encoder(const CallTensorFn& tensor) : place_(kNoPlacement), tensor_(&tensor) {}
   Encoder(const Encoder&) = delete;
   Encoder& operator=(const Encoder&) = delete;
 
@@ -56,21 +60,34 @@ class Encoder {
  private:
   Status Int(const OutputValue& v);
   Status Tensor(OutputValue& v);
+  // What cannot be encoded: the model's error in an output, the caller's in a call.
+  Status Error(const std::string& what) const {
+    return tensor_ != nullptr ? Status::BadRequest("argument " + what) : ModelError("output " + what);
+  }
 
+  static const OutputPlacement kNoPlacement;
   const OutputPlacement& place_;
+  const CallTensorFn* tensor_ = nullptr;
   Writer w_;
   std::vector<OutputBlock> allocated_;
 };
 
-Status ModelError(std::string message) { return Status(Code::kModelError, std::move(message)); }
+const OutputPlacement Encoder::kNoPlacement{};
 
 Status Encoder::Node(OutputValue& v, int depth) {
   if (depth > kMaxOutputDepth) {
-    return ModelError("output nested more than " + std::to_string(kMaxOutputDepth) + " levels deep");
+    return Error("nested more than " + std::to_string(kMaxOutputDepth) + " levels deep");
   }
   switch (v.kind()) {
     case Kind::kTensor:
       w_.Map(1);
+      if (tensor_ != nullptr) {
+        auto index = (*tensor_)(v);
+        if (!index.ok()) return index.status();
+        w_.Key("input");
+        w_.Val(*index);
+        return Status::Ok();
+      }
       w_.Key("tensor");
       return Tensor(v);
     case Kind::kFloat:
@@ -104,7 +121,7 @@ Status Encoder::Node(OutputValue& v, int depth) {
       size_t n = v.Size();
       if (auto fields = v.kind() == Kind::kTuple ? v.TupleFields() : std::vector<std::string>{}; !fields.empty()) {
         // {"namedtuple": [name, [field, ...], [node, ...]]}
-        if (fields.size() != n) return ModelError("named tuple " + v.TupleName() + " has fields and items that differ");
+        if (fields.size() != n) return Error("named tuple " + v.TupleName() + " has fields and items that differ");
         w_.Key("namedtuple");
         w_.pk().pack_array(3);
         w_.Str(v.TupleName().substr(0, kMaxTupleNameBytes));
@@ -132,13 +149,18 @@ Status Encoder::Node(OutputValue& v, int depth) {
         } else if (key->kind() == Kind::kInt) {
           if (auto st = Int(*key); !st.ok()) return st;
         } else {
-          return ModelError("output dict key of type " + TypeName(*key) + "; use str or int keys");
+          return Error("dict key of type " + TypeName(*key) + "; use str or int keys");
         }
         if (auto st = Node(*v.Value(i), depth + 1); !st.ok()) return st;
       }
       return Status::Ok();
     }
     case Kind::kOther: break;
+  }
+  if (tensor_ != nullptr) {
+    return Status::BadRequest("an argument of type " + TypeName(v) +
+                              " cannot be sent; pass tensors, tuples, lists, dicts (str/int keys), numbers, "
+                              "bools, strings or None");
   }
   return ModelError("the model returned a " + TypeName(v) +
                     ", which shoal cannot send back; return tensors, tuples, lists, dicts (str/int keys) "
@@ -152,7 +174,7 @@ Status Encoder::Int(const OutputValue& v) {
     case OutputInt::kUnsigned: w_.Val(i.u); return Status::Ok();
     case OutputInt::kTooLarge: break;
   }
-  return ModelError("integer output " + i.text + " does not fit in 64 bits");
+  return Error("integer " + i.text + " does not fit in 64 bits");
 }
 
 Status Encoder::Tensor(OutputValue& v) {
@@ -264,6 +286,12 @@ OutputLimits OutputLimitsOf(const MapView& infer) {
 bool KeepGpuOutputs(const MapView& infer) {
   auto o = infer.OptStr("outputs");
   return !(o.ok() && o->has_value() && **o == "cpu");
+}
+
+Result<std::string> EncodeCallNode(OutputValue& v, const CallTensorFn& tensor) {
+  Encoder enc(tensor);
+  if (auto st = enc.Node(v, 0); !st.ok()) return st;
+  return std::string(enc.writer()->body());
 }
 
 std::string UsageNotice(const OutputUsage& usage) {

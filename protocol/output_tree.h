@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -125,6 +126,13 @@ struct EncodedReply {
 // names the model and the job.
 Result<EncodedReply> EncodeOutputReply(uint64_t job, std::string_view model, OutputValue& root,
                                        const OutputPlacement& place);
+
+// One argument of a model call as a node of its call structure (docs/protocol.md, "Call
+// structure"), for the C++ client: the same walk and rules as an output, with each tensor
+// written {"input": i}, i from `tensor` (which places it among the request's inputs).
+// BAD_REQUEST for what cannot travel.
+using CallTensorFn = std::function<Result<uint64_t>(OutputValue&)>;
+Result<std::string> EncodeCallNode(OutputValue& v, const CallTensorFn& tensor);
 
 // {"v":1,"op":"usage","usage":{owner,bytes,arenas}}: what an owner holds, sent after it frees
 // blocks or drops a client's arenas (shoald shows it in status).

@@ -20,6 +20,8 @@ class IValueOutput : public OutputValue {
   IValueOutput(const IValueOutput&) = delete;
   IValueOutput& operator=(const IValueOutput&) = delete;
 
+  // The value itself (the C++ client takes its tensors from it).
+  const c10::IValue& value() const { return value_; }
   Kind kind() const override { return kind_; }
   std::string OtherTypeName() const override { return value_.tagKind(); }
   double Float() const override { return value_.toDouble(); }

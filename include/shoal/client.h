@@ -67,6 +67,16 @@ struct HealthInfo {
   std::map<std::string, bool> models;  // per model: ready?
 };
 
+// How Infer runs a call (the IValue overloads): `retries` = 1 re-runs it once on a fresh
+// worker if its worker crashes; `host_outputs`: GPU outputs come back on the CPU; `method`:
+// empty calls forward, else a method of the served object its load or manifest allows.
+struct InferOptions {
+  std::optional<std::chrono::milliseconds> timeout;
+  int retries = 0;
+  bool host_outputs = false;
+  std::string method;
+};
+
 class Client {
  public:
   static constexpr size_t kDefaultArenaSize = 256u << 20;
@@ -113,6 +123,19 @@ class Client {
   std::future<Result<c10::IValue>> InferAsync(const std::string& model, const std::vector<torch::Tensor>& inputs,
                                               std::optional<std::chrono::milliseconds> timeout = std::nullopt,
                                               int retries = 0, bool host_outputs = false);
+
+  // The model's own call (docs/protocol.md, "Call structure"): model(*args, **kwargs) where
+  // each argument is an IValue tree of tensors, tuples (named ones too), lists, dicts (str
+  // or int keys), doubles, ints, bools, strings and None, e.g.
+  //   c->Infer("bert", {}, {{"input_ids", ids}, {"attention_mask", mask}});
+  //   c->Infer("detector", {c10::List<torch::Tensor>({img1, img2})}, {});
+  // An argument of any other type is BAD_REQUEST before anything is sent. `kwargs` has no
+  // default, so that Infer(model, {x}) stays the tensor overload above.
+  Result<c10::IValue> Infer(const std::string& model, const std::vector<c10::IValue>& args,
+                            const std::map<std::string, c10::IValue>& kwargs, const InferOptions& options = InferOptions());
+  std::future<Result<c10::IValue>> InferAsync(const std::string& model, const std::vector<c10::IValue>& args,
+                                              const std::map<std::string, c10::IValue>& kwargs,
+                                              const InferOptions& options = InferOptions());
 
   const std::string& socket_path() const { return socket_path_; }
 

@@ -491,3 +491,49 @@ TEST_CASE("C++ client: CUDA tensors in and out through GPU arenas", "[client][gp
   CHECK(host->toTensor().is_cpu());
   CHECK(torch::equal(host->toTensor(), (x * 2 + 1).cpu()));
 }
+
+TEST_CASE("C++ client: IValue arguments and keywords reach the model, from both engines", "[client]") {
+  Daemon d;
+  auto c = shoal::Client::Connect(d.socket());
+  REQUIRE(c.ok());
+  for (std::string suffix : {"", "_ts"}) {
+    INFO("archives" << suffix);
+    REQUIRE((*c)->Load("kwenc" + suffix, Archive(("kwenc" + suffix).c_str())).ok());
+    REQUIRE((*c)->Load("images" + suffix, Archive(("images" + suffix).c_str())).ok());
+    REQUIRE((*c)->Load("dicts" + suffix, Archive(("dicts" + suffix).c_str())).ok());
+
+    // Hugging Face style: keywords only.
+    auto ids = torch::arange(6).reshape({2, 3});
+    auto mask = torch::tensor({1, 1, 0, 1, 0, 0}).reshape({2, 3});
+    auto enc = (*c)->Infer("kwenc" + suffix, {}, {{"input_ids", ids}, {"attention_mask", mask}, {"scale", 2.0}});
+    REQUIRE(enc.ok());
+    auto pooled = enc->toGenericDict().at("pooled").toTensor();
+    CHECK(torch::equal(pooled, (ids * mask * 2).to(torch::kFloat).sum(-1)));
+
+    // torchvision detector style: one List[Tensor] argument, through InferAsync.
+    c10::List<torch::Tensor> images({torch::rand({3, 4, 4}), torch::rand({3, 2, 5})});
+    auto det = (*c)->InferAsync("images" + suffix, {images}, {}).get();
+    REQUIRE(det.ok());
+    auto found = det->toList();
+    REQUIRE(found.size() == 2);
+    CHECK(torch::equal(found.get(1).toGenericDict().at("scores").toTensor(), images.get(1).mean().reshape({1})));
+
+    // A dict of tensors, int, double, bool, str and None.
+    c10::Dict<std::string, torch::Tensor> feats;
+    feats.insert("a", torch::ones({3}));
+    feats.insert("b", torch::arange(3, torch::kFloat));
+    auto out = (*c)->Infer("dicts" + suffix, {feats, int64_t{3}, 0.5, true, std::string("fast"), c10::IValue()}, {});
+    REQUIRE(out.ok());
+    auto items = out->toTupleRef().elements();
+    CHECK(torch::equal(items[0].toTensor(), -(torch::ones({3}) * 0.5 + torch::arange(3, torch::kFloat) * 3)));
+    CHECK(items[1].toInt() == 4);
+    CHECK(items[4].toStringRef() == "fast!");
+    CHECK(items[5].toBool());
+  }
+  // What cannot travel is refused before anything is sent.
+  auto bad = (*c)->Infer("kwenc", {c10::IValue(c10::Device(torch::kCPU))}, {});
+  CHECK(bad.status().code() == shoal::Code::kBadRequest);
+  CHECK(bad.status().message().find("args[0]") != std::string::npos);
+  auto badname = (*c)->Infer("kwenc", {}, {{"input-ids", torch::ones({1})}});
+  CHECK(badname.status().code() == shoal::Code::kBadRequest);
+}
