@@ -201,8 +201,15 @@ Result<std::unique_ptr<Client>> Client::Connect(const std::string& socket_path, 
                                                "; is shoald running? (start it with `shoald --socket " + path +
                                                "`)"));
   }
+  return Adopt(sock, path, arena_size);
+}
+
+Result<std::unique_ptr<Client>> Client::Adopt(int sock, const std::string& path, size_t arena_size) {
   // Nothing is sent (no arena) before we know who listens.
-  if (auto st = CheckServerPeer(sock, path); !st.ok()) return fail(st);
+  if (auto st = CheckServerPeer(sock, path); !st.ok()) {
+    close(sock);
+    return st;
+  }
   auto impl = std::make_unique<Impl>();
   impl->arena_size = arena_size;
   impl->conn = std::make_unique<ClientConnection>(sock, path);
@@ -279,6 +286,8 @@ Result<std::vector<ModelInfo>> Client::Models() {
     if (auto n = m.Str("name"); n.ok()) info.name = *n;
     if (auto p = m.Str("path"); p.ok()) info.path = *p;
     if (auto r = m.Bool("ready"); r.ok()) info.ready = *r;
+    if (auto e = m.Str("engine"); e.ok()) info.engine = *e;
+    if (auto d = m.Str("device"); d.ok()) info.device = *d;
     out.push_back(std::move(info));
   }
   return out;

@@ -16,7 +16,7 @@ set(SHOAL_PYTHON_INSTALL_DIR "${_shoal_pydir_default}" CACHE STRING
   "where the shoal Python package goes, relative to the prefix")
 set(SHOAL_SYSTEMD_UNIT_DIR "lib/systemd/system" CACHE STRING "systemd units, relative to the prefix")
 
-install(TARGETS shoald shoal-worker RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(TARGETS shoald shoal-worker shoal-http RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(TARGETS shoal_pyhost LIBRARY DESTINATION lib/shoal)
 
 # The installed CLI finds the shoal package on the interpreter's own path.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU machine's one command (it has no package registry): `scripts/gpu.sh pack` here,
 # on a Debian machine, gathers into .gpudeps/ (git-ignored) what that machine lacks:
-# spdlog/fmt/msgpack-cxx headers, Boost.Program_options (headers + library), patchelf and
+# spdlog/fmt/msgpack-cxx/nlohmann-json headers, Boost.Program_options (headers + library), patchelf and
 # the pure-Python msgpack. `scripts/gpu.sh test` there (carry .gpudeps) builds and runs
 # every test, GPU tests included; they skip cleanly on machines without a GPU.
 # `scripts/gpu.sh run CMD ...` runs CMD (a benchmark) in the same environment, after test.
@@ -11,7 +11,7 @@ DEPS=$PWD/.gpudeps
 case "${1:-}" in
   pack)
     rm -rf "$DEPS" && mkdir -p "$DEPS"/{include/boost,lib,bin,python}
-    cp -r /usr/include/spdlog /usr/include/fmt /usr/include/msgpack /usr/include/msgpack.hpp "$DEPS/include/"
+    cp -r /usr/include/spdlog /usr/include/fmt /usr/include/msgpack /usr/include/msgpack.hpp /usr/include/nlohmann "$DEPS/include/"
     cp -r /usr/include/boost/program_options /usr/include/boost/program_options.hpp "$DEPS/include/boost/"
     cp /usr/lib/x86_64-linux-gnu/libboost_program_options.so.1.* "$DEPS/lib/"
     cp "$DEPS"/lib/libboost_program_options.so.1.* "$DEPS/lib/libboost_program_options.so"  # no links: carried trees may drop them

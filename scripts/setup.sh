@@ -5,7 +5,7 @@ set -euo pipefail
 PACKAGES=(build-essential cmake pkg-config libboost-dev libboost-program-options-dev libmsgpack-cxx-dev python3-msgpack
           libtorch-dev python3-torch python3-torchvision python3.11-dev python3-numpy
           python3-pytest catch2 libspdlog-dev patchelf systemd dpkg-dev libseccomp-dev
-          pandoc man-db prometheus)
+          pandoc man-db prometheus nlohmann-json3-dev)
 # pandoc renders the manual pages (docs/man); man-db reads them. prometheus: test_metrics.py
 # scrapes shoald with a real Prometheus it starts on loopback (the package's own service is
 # not needed: where apt starts it, on a host with systemd, `systemctl disable --now

@@ -126,33 +126,43 @@ void ClientFront::Accept() {
                                                            std::to_string(sessions_.size()) +
                                                            " clients); close idle connections or retry later"));
     } else if (!ec) {
-      auto s = std::make_shared<ClientSession>();
-      s->id = next_session_++;
-      int fd = sock.release();
-      if (auto st = ReadPeerCredentials(fd, s.get()); !st.ok()) spdlog::warn("{}", st.ToString());
-      s->channel = std::make_shared<AsyncChannel>(io_, fd);
-      s->channel->set_frame_timeout(std::chrono::milliseconds(config_.frame_timeout_ms));
-      sessions_[s->id] = s;
-      std::weak_ptr<ClientSession> weak = s;
-      s->channel->Start(
-          [this, weak](std::string body, std::vector<int>* fds) {
-            if (auto s = weak.lock()) OnFrame(s, std::move(body), fds);
-          },
-          [this, weak](const Status& why) {
-            auto s = weak.lock();
-            if (!s) return;
-            if (why.code() == Code::kBadRequest) {
-              // A framing error cannot be resynchronised: say why, then hang up.
-              spdlog::warn("{}: {}", s->Describe(), why.message());
-              s->channel->Send(ErrorReply(0, why));
-            }
-            OnClosed(s);
-          });
+      Serve(sock.release());
     } else {
       spdlog::warn("accept: {}", ec.message());
     }
     Accept();
   });
+}
+
+std::shared_ptr<ClientSession> ClientFront::Serve(int fd) {
+  auto s = std::make_shared<ClientSession>();
+  s->id = next_session_++;
+  if (auto st = ReadPeerCredentials(fd, s.get()); !st.ok()) spdlog::warn("{}", st.ToString());
+  s->channel = std::make_shared<AsyncChannel>(io_, fd);
+  s->channel->set_frame_timeout(std::chrono::milliseconds(config_.frame_timeout_ms));
+  sessions_[s->id] = s;
+  std::weak_ptr<ClientSession> weak = s;
+  s->channel->Start(
+      [this, weak](std::string body, std::vector<int>* fds) {
+        if (auto s = weak.lock()) OnFrame(s, std::move(body), fds);
+      },
+      [this, weak](const Status& why) {
+        auto s = weak.lock();
+        if (!s) return;
+        if (why.code() == Code::kBadRequest) {
+          // A framing error cannot be resynchronised: say why, then hang up.
+          spdlog::warn("{}: {}", s->Describe(), why.message());
+          s->channel->Send(ErrorReply(0, why));
+        }
+        OnClosed(s);
+      });
+  return s;
+}
+
+uint64_t ClientFront::Adopt(int fd) {
+  auto s = Serve(fd);
+  s->never_admin = true;
+  return s->id;
 }
 
 void ClientFront::AcceptLater(const boost::system::error_code& why) {
@@ -310,6 +320,7 @@ Status ClientFront::RegisterArena(const std::shared_ptr<ClientSession>& s, uint6
 }
 
 bool ClientFront::IsAdmin(const ClientSession& s) const {
+  if (s.never_admin) return false;
   if (s.uid == 0 || s.uid == geteuid()) return true;
   if (admin_gid_ == static_cast<gid_t>(-1)) return false;
   if (s.gid == admin_gid_) return true;
@@ -322,6 +333,10 @@ bool ClientFront::IsAdmin(const ClientSession& s) const {
 Status ClientFront::CheckAdmin(const ClientSession& s, const std::string& what) const {
   if (IsAdmin(s)) return Status::Ok();
   spdlog::warn("refused {} from {}: not an administrator", what, s.Describe());
+  if (s.never_admin) {
+    return Status::BadRequest(what + " refused: this connection is the HTTP front's (shoal-http), which may not " + what +
+                              " models; an administrator does that on shoald's Unix socket");
+  }
   return Status::BadRequest(what + " refused for uid " + std::to_string(s.uid) + ": " +
                             (what == "load" ? "loading a model runs its code; " : "") +
                             "only root, shoald's own user" +

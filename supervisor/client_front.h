@@ -50,6 +50,9 @@ class ClientFront {
   // Closes every client connection (after the last replies were queued).
   void CloseAll();
   size_t clients() const { return sessions_.size(); }
+  // Serves `fd`, one end of a socketpair shoald made for a front of its own (shoal-http),
+  // as a client session that is never an admin's. Returns the session's id.
+  uint64_t Adopt(int fd);
 
  private:
   void Accept();
@@ -61,6 +64,8 @@ class ClientFront {
   // Whether the peer runs in a worker's process group: model code may not be a client
   // (it would have shoald's uid, so it would be an admin).
   bool FromModelCode(int fd) const;
+  // Serves an accepted (or adopted) connection; its peer's credentials are read from it.
+  std::shared_ptr<ClientSession> Serve(int fd);
   // Descriptors kept free for what workers send (output arenas travel with answers).
   static constexpr rlim_t kReservedDescriptors = 16;
   // Whether accepting `fd` left fewer than kReservedDescriptors free.

@@ -23,6 +23,9 @@ struct ClientSession {
   std::vector<gid_t> groups;  // supplementary groups (SO_PEERGROUPS)
   std::set<uint64_t> arenas;  // ids registered on this connection
   bool closed = false;
+  // A session shoald made itself for a front of its own (shoal-http): never an admin,
+  // whatever its uid (the front runs with shoald's).
+  bool never_admin = false;
 
   std::string Describe() const;
 };

@@ -66,6 +66,8 @@ struct SupervisorConfig {
   std::string worker_user = "auto";  // who workers run as when shoald is root (supervisor/worker_user.h)
   std::string model_repository;     // served (supervisor/model_repository.h); relative model lines are under it
   std::string metrics_address;      // /metrics over HTTP (supervisor/metrics_server.h); empty: off
+  std::string http_address;         // the KServe v2 front, shoal-http (supervisor/http_front.h); empty: off
+  uint64_t http_max_body_mb = 64;   // the largest infer request shoal-http takes
   std::string log_level = "info";
   bool zygote = true;               // fork workers from a zygote (else exec each one)
   std::string gpus = "all";         // GPUs workers are placed on: all, none, or indices "0,1"

@@ -7,7 +7,7 @@
 #include <sstream>
 #include <type_traits>
 
-#include "supervisor/listen_address.h"
+#include "http/listen_address.h"
 
 namespace shoal {
 
@@ -114,6 +114,13 @@ std::vector<Option> MakeTable() {
                                 "serve Prometheus metrics (GET /metrics over HTTP) on a Unix socket PATH, on "
                                 "127.0.0.1:PORT or [::1]:PORT, or on every interface when written 0.0.0.0:PORT or "
                                 "[::]:PORT (no other address: the page has no authentication); empty: off"),
+      Make<&C::http_address>("http_address", K::kAddress, "ADDRESS", kRestart,
+                             "serve the KServe v2 REST API (Open Inference Protocol: health, model metadata, "
+                             "infer with JSON or binary tensors) on a Unix socket PATH, 127.0.0.1:PORT or "
+                             "[::1]:PORT, or on every interface when written 0.0.0.0:PORT or [::]:PORT, through "
+                             "shoal-http, a process of its own that may not load or unload models; empty: off"),
+      Make<&C::http_max_body_mb>("http_max_body_mb", K::kNumber, "MB", kRestart,
+                                 "the largest infer request body shoal-http takes (413 beyond)", 1, 65536),
       Make<&C::default_timeout_ms>("timeout_ms", K::kNumber, "MS", kReload,
                                    "deadline of jobs that give none (0 = none)", 0, kMaxMs),
       Make<&C::kill_grace_ms>("kill_grace_ms", K::kNumber, "MS", kReload,

@@ -24,7 +24,7 @@ enum class OptionKind {
   kYesNo,     // yes | no (on the command line also --no-FLAG)
   kLogLevel,  // trace | debug | info | warn | error | critical | off
   kModel,     // NAME=ARCHIVE, repeatable: every one is loaded at start-up
-  kAddress,   // where an HTTP front listens (supervisor/listen_address.h); empty: off
+  kAddress,   // where an HTTP front listens (http/listen_address.h); empty: off
 };
 
 // A value that passed its option's checks.

@@ -124,6 +124,17 @@ Status Supervisor::Start(std::vector<std::pair<std::string, ArchiveRef>> models)
   for (const auto& [name, device] : devices) {
     if (auto st = pool_.CheckDevice(name, device); !st.ok()) return st.status();
   }
+  if (!config_.http_address.empty()) {
+    std::error_code ec;
+    auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    std::string binary = (self.parent_path() / "shoal-http").string();
+    if (access(binary.c_str(), X_OK) != 0) {
+      return Status::FromErrno("http_address is set but " + binary + " (the HTTP front) is not executable", errno);
+    }
+    http_front_ = std::make_unique<HttpFront>(io_, config_, &front_, binary);
+    pool_.set_other_children([this](pid_t pid, int status) { return http_front_->OnExited(pid, status); });
+    if (auto st = http_front_->Start(); !st.ok()) return st;
+  }
   spdlog::info("shoald listening on {} with {} workers", *where, config_.workers);
   if (notifier_.watchdog_interval()) Watchdog();
   CheckReady();
@@ -235,6 +246,7 @@ void Supervisor::Shutdown() {
   stopping_ = true;
   notifier_.Notify("STOPPING=1\nSTATUS=draining: finishing running jobs");
   front_.StopAccepting();
+  if (http_front_) http_front_->Stop();
   pool_.Stop();
   scheduler_.Stop();
   drain_timer_ = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(config_.drain_grace_ms));

@@ -23,6 +23,7 @@
 #include "supervisor/client_front.h"
 #include "supervisor/config.h"
 #include "supervisor/metrics.h"
+#include "supervisor/http_front.h"
 #include "supervisor/metrics_server.h"
 #include "supervisor/model_registry.h"
 #include "supervisor/model_repository.h"
@@ -82,6 +83,7 @@ class Supervisor : private PoolListener {
   ModelRepository repository_;
   ClientFront front_;
   std::unique_ptr<MetricsServer> metrics_server_;  // where metrics_address is set
+  std::unique_ptr<HttpFront> http_front_;          // where http_address is set
   boost::asio::signal_set signals_;
   Notifier notifier_;
   bool stopping_ = false;

@@ -240,6 +240,7 @@ void WorkerPool::Reap() {
       zygote_.OnExited(DescribeWaitStatus(status));
       continue;
     }
+    if (other_children_ && other_children_(pid, status)) continue;
     WorkerHandle* found = nullptr;
     bool unforked = false;  // a worker still waiting for the zygote to name its pid
     for (auto& [slot, w] : workers_) {

@@ -14,6 +14,7 @@
 
 #include <boost/asio.hpp>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <memory>
@@ -63,6 +64,9 @@ class WorkerPool : public SlotPool, public ModelHosts {
   void Start(std::optional<WorkerUser> user = std::nullopt);
   // SIGCHLD: collects every exited child (WNOHANG).
   void Reap();
+  // Children of shoald that are not workers (shoal-http): Reap hands each exited pid it
+  // does not know to `claim` first (true: it was that child's, and is handled).
+  void set_other_children(std::function<bool(pid_t pid, int wait_status)> claim) { other_children_ = std::move(claim); }
   // The worker's start-up loads are done (a crash after this is not a start-up crash).
   void MarkStarted(Worker worker);
   // Starts or retires workers to match config.workers; restarts the zygote when the
@@ -192,6 +196,7 @@ class WorkerPool : public SlotPool, public ModelHosts {
   std::string new_copies_;          // user_'s folder for K > 1 library copies (worker --new-copies)
   std::map<int, int> crash_streak_;  // slot -> consecutive crashes before a worker finished starting
   uint64_t restarts_ = 0;
+  std::function<bool(pid_t, int)> other_children_;
 };
 
 }  // namespace shoal

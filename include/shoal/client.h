@@ -56,7 +56,9 @@ class Arena;
 
 struct ModelInfo {
   std::string name;
-  std::string path;
+  std::string path;    // for admins; empty for others
+  std::string engine;  // "python" or "torchscript"
+  std::string device;  // as loaded: auto (where it was exported), cpu, cuda, cuda:N
   bool ready = false;
 };
 
@@ -84,6 +86,10 @@ class Client {
   // Connects to shoald at `socket_path` (empty: the default path) and registers an arena.
   static Result<std::unique_ptr<Client>> Connect(const std::string& socket_path = "",
                                                  size_t arena_size = kDefaultArenaSize);
+  // Takes `sock`, a socket connected to shoald by someone else (shoald's socketpair with
+  // shoal-http, its HTTP front); `label` names it in messages. Closes it on error.
+  static Result<std::unique_ptr<Client>> Adopt(int sock, const std::string& label,
+                                               size_t arena_size = kDefaultArenaSize);
   ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;

@@ -185,3 +185,27 @@ TEST_CASE("front loads only from a file the client passed, validated, and never 
   CHECK(*f.Ask([](Writer* w) { BeginRequest(w, "register_arena", 6, 0); }, {*arena}).Bool("ok"));
   close(*arena);
 }
+
+TEST_CASE("a session adopted for the HTTP front is never an admin, though it runs as shoald's user", "[front]") {
+  Front f;
+  int sv[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  f.front.Adopt(sv[0]);  // the front serves the other end, as HttpFront does for shoal-http
+  std::swap(f.sock, sv[1]);
+  close(sv[1]);  // the connection Front made: this test speaks on the adopted one
+  auto unload = f.Ask([](Writer* w) {
+    BeginRequest(w, "unload", 1, 1);
+    w->Key("name"); w->Str("m");
+  });
+  CHECK(Front::ErrorCode(unload) == "BAD_REQUEST");
+  CHECK(Front::ErrorMessage(unload).find("the HTTP front's (shoal-http), which may not unload models") !=
+        std::string::npos);
+  auto load = f.Ask([](Writer* w) {
+    BeginRequest(w, "load", 2, 2);
+    w->Key("name"); w->Str("m");
+    w->Key("path"); w->Str("/x.pt");
+  });
+  CHECK(Front::ErrorMessage(load).find("may not load models") != std::string::npos);
+  // Everything an ordinary client may do still works on it.
+  CHECK(*f.Ask([](Writer* w) { BeginRequest(w, "ping", 3, 0); }).Bool("ok"));
+}

@@ -1,11 +1,11 @@
 // The Prometheus text exposition format (supervisor/metrics.h) and the addresses the
-// metrics server may listen on (supervisor/listen_address.h).
+// metrics server may listen on (http/listen_address.h).
 #include "supervisor/metrics.h"
 
 #include <limits>
 #include <sstream>
 
-#include "supervisor/listen_address.h"
+#include "http/listen_address.h"
 #include "supervisor/options.h"
 #include "tests/cpp/catch.h"
 

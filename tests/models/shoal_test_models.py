@@ -625,3 +625,10 @@ class Nested(nn.Module):
         for y in ys:
             total = total + y
         return total + extra["w"][0]
+
+
+class ReturnsDetection(nn.Module):
+    """One typing.NamedTuple of a tensor and a float: outputs named by its fields."""
+
+    def forward(self, x):
+        return Detection(x + 1, 0.5)

@@ -3,7 +3,6 @@ socket and on TCP loopback; after known traffic the counters say exactly what ha
 other paths and methods are refused; a client that opens connections and sends nothing
 keeps neither scrapes nor jobs from being served; and a real Prometheus server scrapes it
 and answers PromQL with the same counts."""
-import http.client
 import json
 import os
 import re
@@ -20,40 +19,7 @@ import torch
 import shoal
 
 
-# ---- an HTTP client for both kinds of address, and a strict reader of the format ----
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=30):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
-
-
-def connect(address, timeout=30):
-    if address.startswith("/"):
-        return UnixHTTPConnection(address, timeout)
-    host, port = address.rsplit(":", 1)
-    return http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
-
-
-def request(address, method="GET", path="/metrics", body=None, headers=None):
-    conn = connect(address)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        r = conn.getresponse()
-        return r.status, dict(r.getheaders()), r.read()
-    finally:
-        conn.close()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from httpc import connect, free_port, request  # noqa: E402
 
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')

@@ -1,5 +1,5 @@
-// Parsing of an HTTP front's listening address (supervisor/listen_address.h).
-#include "supervisor/listen_address.h"
+// Parsing of an HTTP front's listening address (http/listen_address.h).
+#include "http/listen_address.h"
 
 #include <boost/asio/ip/address.hpp>
 

@@ -1,0 +1,428 @@
+// KServe v2 bodies <-> shoal's call (http/kserve_codec.h).
+#include "http/kserve_codec.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstring>
+#include <limits>
+#include <set>
+
+#include "tensors/tree.h"
+
+namespace shoal {
+
+using json = nlohmann::json;
+
+namespace {
+
+// v2 datatype <-> shoal dtype name (protocol/dtypes.h). UINT16/32/64 have no torch dtype
+// shoal carries; complex64/128 have no v2 datatype.
+constexpr std::pair<std::string_view, std::string_view> kV2Types[] = {
+    {"BOOL", "bool"},   {"UINT8", "uint8"}, {"INT8", "int8"},    {"INT16", "int16"}, {"INT32", "int32"},
+    {"INT64", "int64"}, {"FP16", "float16"}, {"BF16", "bfloat16"}, {"FP32", "float32"}, {"FP64", "float64"},
+};
+
+constexpr size_t kMaxDims = 16;
+constexpr size_t kMaxNameBytes = 256;
+constexpr size_t kMaxInputs = 256;
+constexpr int kMaxNesting = 32;  // of a JSON tensor's "data" arrays
+
+Status Bad(const std::string& where, const std::string& what) { return Status::BadRequest(where + ": " + what); }
+
+std::string Where(size_t i, const std::string& name) {
+  return "inputs[" + std::to_string(i) + "]" + (name.empty() ? "" : " ('" + name + "')");
+}
+
+// Appends the scalars of `data` (a flat or nested array, row-major) to `out`.
+Status Flatten(const json& data, int depth, std::vector<const json*>* out) {
+  if (!data.is_array()) {
+    out->push_back(&data);
+    return Status::Ok();
+  }
+  if (depth > kMaxNesting) return Status::BadRequest("\"data\" is nested deeper than " + std::to_string(kMaxNesting));
+  for (const auto& e : data) {
+    if (auto st = Flatten(e, depth + 1, out); !st.ok()) return st;
+  }
+  return Status::Ok();
+}
+
+// "NAME__N" -> N (Triton's PyTorch convention for positional arguments).
+std::optional<size_t> PositionOf(const std::string& name) {
+  auto at = name.rfind("__");
+  if (at == std::string::npos || at == 0 || at + 2 == name.size() || name.size() - at > 6) return std::nullopt;
+  size_t n = 0;
+  for (size_t i = at + 2; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return std::nullopt;
+    n = n * 10 + static_cast<size_t>(name[i] - '0');
+  }
+  return n;
+}
+
+// Fills `t` (contiguous, on the CPU) from JSON scalars.
+Status FillFromJson(const std::vector<const json*>& items, const std::string& datatype, torch::Tensor* t) {
+  const auto n = static_cast<int64_t>(items.size());
+  if (datatype == "BOOL") {
+    auto* p = t->data_ptr<bool>();
+    for (int64_t i = 0; i < n; ++i) {
+      if (!items[i]->is_boolean()) return Status::BadRequest("BOOL data must be true or false");
+      p[i] = items[i]->get<bool>();
+    }
+    return Status::Ok();
+  }
+  bool integral = datatype.rfind("INT", 0) == 0 || datatype == "UINT8";
+  if (integral) {
+    std::vector<int64_t> v(n);
+    for (int64_t i = 0; i < n; ++i) {
+      if (!items[i]->is_number_integer()) return Status::BadRequest(datatype + " data must be integers");
+      v[i] = items[i]->get<int64_t>();
+    }
+    t->copy_(torch::from_blob(v.data(), {n}, at::kLong).view(t->sizes()));
+    return Status::Ok();
+  }
+  std::vector<double> v(n);
+  for (int64_t i = 0; i < n; ++i) {
+    if (!items[i]->is_number()) return Status::BadRequest(datatype + " data must be numbers");
+    v[i] = items[i]->get<double>();
+  }
+  t->copy_(torch::from_blob(v.data(), {n}, at::kDouble).view(t->sizes()));
+  return Status::Ok();
+}
+
+// BYTES: JSON strings, or binary elements each prefixed by its 4-byte little-endian length.
+Result<std::vector<std::string>> ReadBytes(const std::vector<const json*>* items, std::string_view binary,
+                                           size_t count) {
+  std::vector<std::string> out;
+  if (items != nullptr) {
+    for (const json* j : *items) {
+      if (!j->is_string()) return Status::BadRequest("BYTES data must be strings");
+      out.push_back(j->get<std::string>());
+    }
+  } else {
+    size_t at = 0;
+    while (at < binary.size()) {
+      if (binary.size() - at < 4) return Status::BadRequest("BYTES binary data ends inside an element's length");
+      uint32_t len = static_cast<uint8_t>(binary[at]) | static_cast<uint8_t>(binary[at + 1]) << 8 |
+                     static_cast<uint8_t>(binary[at + 2]) << 16 | static_cast<uint32_t>(static_cast<uint8_t>(binary[at + 3])) << 24;
+      at += 4;
+      if (binary.size() - at < len) return Status::BadRequest("BYTES binary data ends inside an element");
+      out.emplace_back(binary.substr(at, len));
+      at += len;
+    }
+  }
+  if (out.size() != count) {
+    return Status::BadRequest("BYTES holds " + std::to_string(out.size()) + " elements, its shape " +
+                              std::to_string(count));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<at::ScalarType> ScalarTypeOfV2(std::string_view datatype) {
+  for (const auto& [v2, ours] : kV2Types) {
+    if (v2 == datatype) return ScalarTypeOf(ours);
+  }
+  return std::nullopt;
+}
+
+std::string V2DataType(at::ScalarType t) {
+  std::string ours = DTypeName(t);
+  for (const auto& [v2, name] : kV2Types) {
+    if (name == ours) return std::string(v2);
+  }
+  return {};
+}
+
+std::string V2Error(const std::string& message) {
+  return json{{"error", message}}.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+Result<V2Request> ParseV2Request(std::string_view body, std::optional<size_t> header_length, const V2Alloc& alloc) {
+  size_t json_size = body.size();
+  if (header_length) {
+    if (*header_length > body.size()) {
+      return Status::BadRequest("Inference-Header-Content-Length is " + std::to_string(*header_length) +
+                                " but the body has " + std::to_string(body.size()) + " bytes");
+    }
+    json_size = *header_length;
+  }
+  json doc;
+  try {
+    doc = json::parse(body.substr(0, json_size));
+  } catch (const json::exception& e) {
+    return Status::BadRequest(std::string("the request is not JSON: ") + e.what());
+  }
+  if (!doc.is_object()) return Status::BadRequest("the request must be a JSON object with \"inputs\"");
+  V2Request req;
+  if (auto it = doc.find("id"); it != doc.end()) {
+    if (!it->is_string()) return Status::BadRequest("\"id\" must be a string");
+    req.id = it->get<std::string>();
+  }
+  if (auto it = doc.find("parameters"); it != doc.end()) {
+    if (!it->is_object()) return Status::BadRequest("\"parameters\" must be an object");
+    if (auto b = it->find("binary_data_output"); b != it->end()) {
+      if (!b->is_boolean()) return Status::BadRequest("parameters.binary_data_output must be true or false");
+      req.binary_default = b->get<bool>();
+    }
+  }
+  auto inputs = doc.find("inputs");
+  if (inputs == doc.end() || !inputs->is_array()) return Status::BadRequest("the request needs \"inputs\": [...]");
+  if (inputs->size() > kMaxInputs) return Status::BadRequest("more than " + std::to_string(kMaxInputs) + " inputs");
+  std::string_view binary = body.substr(json_size);
+  size_t binary_at = 0;
+  std::set<std::string> names;
+  std::map<size_t, c10::IValue> positional;
+  for (size_t i = 0; i < inputs->size(); ++i) {
+    const json& in = (*inputs)[i];
+    if (!in.is_object()) return Bad(Where(i, ""), "each input must be an object");
+    auto name_it = in.find("name");
+    if (name_it == in.end() || !name_it->is_string() || name_it->get<std::string>().empty()) {
+      return Bad(Where(i, ""), "\"name\" must be a non-empty string");
+    }
+    std::string name = name_it->get<std::string>();
+    std::string where = Where(i, name.size() > kMaxNameBytes ? name.substr(0, 32) + "..." : name);
+    if (name.size() > kMaxNameBytes) return Bad(where, "a name is at most " + std::to_string(kMaxNameBytes) + " bytes");
+    if (!names.insert(name).second) return Bad(where, "two inputs have this name");
+    auto dt_it = in.find("datatype");
+    if (dt_it == in.end() || !dt_it->is_string()) return Bad(where, "\"datatype\" must be a string (\"FP32\")");
+    std::string datatype = dt_it->get<std::string>();
+    auto shape_it = in.find("shape");
+    if (shape_it == in.end() || !shape_it->is_array()) return Bad(where, "\"shape\" must be an array of sizes");
+    if (shape_it->size() > kMaxDims) return Bad(where, "more than " + std::to_string(kMaxDims) + " dimensions");
+    std::vector<int64_t> shape;
+    uint64_t count = 1;
+    for (const auto& d : *shape_it) {
+      if (!d.is_number_integer() || d.get<int64_t>() < 0) return Bad(where, "shape sizes must be integers >= 0");
+      uint64_t n = d.get<uint64_t>();
+      if (n != 0 && count > (uint64_t{1} << 40) / n) return Bad(where, "the shape holds more than 2^40 elements");
+      count *= n;
+      shape.push_back(static_cast<int64_t>(n));
+    }
+    std::optional<size_t> binary_size;
+    if (auto p = in.find("parameters"); p != in.end()) {
+      if (!p->is_object()) return Bad(where, "\"parameters\" must be an object");
+      if (auto b = p->find("binary_data_size"); b != p->end()) {
+        if (!b->is_number_unsigned()) return Bad(where, "parameters.binary_data_size must be an integer >= 0");
+        binary_size = b->get<size_t>();
+      }
+    }
+    auto data_it = in.find("data");
+    if (binary_size && data_it != in.end()) return Bad(where, "has both \"data\" and binary_data_size");
+    if (!binary_size && data_it == in.end()) return Bad(where, "needs \"data\" (or binary data: binary_data_size)");
+    std::string_view bytes;
+    if (binary_size) {
+      if (binary.size() - binary_at < *binary_size) {
+        return Bad(where, "binary_data_size is " + std::to_string(*binary_size) + " but only " +
+                              std::to_string(binary.size() - binary_at) + " bytes of binary data are left");
+      }
+      bytes = binary.substr(binary_at, *binary_size);
+      binary_at += *binary_size;
+    }
+    std::vector<const json*> items;
+    if (data_it != in.end()) {
+      if (auto st = Flatten(*data_it, 0, &items); !st.ok()) return Bad(where, st.message());
+    }
+    c10::IValue value;
+    if (datatype == "BYTES") {
+      auto strings = ReadBytes(binary_size ? nullptr : &items, bytes, count);
+      if (!strings.ok()) return Bad(where, strings.status().message());
+      if (shape.empty() || (shape.size() == 1 && shape[0] == 1)) {
+        value = (*strings)[0];
+      } else if (shape.size() == 1) {
+        c10::List<std::string> list;
+        for (auto& s : *strings) list.push_back(std::move(s));
+        value = list;
+      } else {
+        return Bad(where, "BYTES inputs are one string (shape [1]) or a list of strings (shape [N])");
+      }
+    } else {
+      auto type = ScalarTypeOfV2(datatype);
+      if (!type) {
+        return Bad(where, "datatype '" + datatype + "' is not one shoal carries (BOOL, UINT8, INT8, INT16, INT32, "
+                          "INT64, FP16, BF16, FP32, FP64, BYTES)");
+      }
+      size_t element = c10::elementSize(*type);
+      if (binary_size && *binary_size != count * element) {
+        return Bad(where, "binary_data_size is " + std::to_string(*binary_size) + " bytes; shape and " + datatype +
+                              " make " + std::to_string(count * element));
+      }
+      if (!binary_size && items.size() != count) {
+        return Bad(where, "\"data\" holds " + std::to_string(items.size()) + " elements; the shape holds " +
+                              std::to_string(count));
+      }
+      auto t = alloc(shape, *type);
+      if (!t.ok()) return t.status();
+      if (binary_size) {
+        if (count != 0) std::memcpy(t->data_ptr(), bytes.data(), bytes.size());
+      } else if (auto st = FillFromJson(items, datatype, &*t); !st.ok()) {
+        return Bad(where, st.message());
+      }
+      value = *t;
+    }
+    if (auto n = PositionOf(name)) {
+      positional[*n] = std::move(value);
+    } else {
+      req.kwargs[name] = std::move(value);
+    }
+  }
+  if (binary_at != binary.size()) {
+    return Status::BadRequest(std::to_string(binary.size() - binary_at) +
+                              " bytes of binary data follow the header that no input's binary_data_size claims");
+  }
+  for (auto& [n, value] : positional) {
+    if (n != req.args.size()) {
+      return Status::BadRequest("positional inputs (NAME__N) must be numbered 0, 1, ... without gaps: __" +
+                                std::to_string(req.args.size()) + " is missing");
+    }
+    req.args.push_back(std::move(value));
+  }
+  if (auto outs = doc.find("outputs"); outs != doc.end()) {
+    if (!outs->is_array()) return Status::BadRequest("\"outputs\" must be an array");
+    req.outputs.emplace();
+    for (size_t i = 0; i < outs->size(); ++i) {
+      const json& o = (*outs)[i];
+      std::string where = "outputs[" + std::to_string(i) + "]";
+      if (!o.is_object() || !o.contains("name") || !o["name"].is_string()) {
+        return Bad(where, "each output must be an object with a \"name\"");
+      }
+      std::string name = o["name"].get<std::string>();
+      req.outputs->push_back(name);
+      if (auto p = o.find("parameters"); p != o.end() && p->is_object()) {
+        if (auto b = p->find("binary_data"); b != p->end()) {
+          if (!b->is_boolean()) return Bad(where, "parameters.binary_data must be true or false");
+          req.binary[name] = b->get<bool>();
+        }
+      }
+    }
+  }
+  return req;
+}
+
+namespace {
+
+std::string OutputName(size_t i) { return "output__" + std::to_string(i); }
+
+// The named results of a model's output; INTERNAL when it nests deeper.
+Result<std::vector<std::pair<std::string, c10::IValue>>> NamedOutputs(const c10::IValue& out) {
+  std::vector<std::pair<std::string, c10::IValue>> named;
+  if (out.isTuple()) {
+    auto tt = out.type()->cast<c10::TupleType>();
+    const auto& items = out.toTupleRef().elements();
+    bool has_names = tt && tt->schema();
+    for (size_t i = 0; i < items.size(); ++i) {
+      named.emplace_back(has_names ? tt->schema()->arguments()[i].name() : OutputName(i), items[i]);
+    }
+  } else if (out.isList()) {
+    auto list = out.toList();
+    for (size_t i = 0; i < list.size(); ++i) named.emplace_back(OutputName(i), list.get(i));
+  } else if (out.isGenericDict()) {
+    for (const auto& e : out.toGenericDict()) {
+      const auto& k = e.key();
+      named.emplace_back(k.isString() ? k.toStringRef() : k.isInt() ? std::to_string(k.toInt()) : "?", e.value());
+    }
+  } else {
+    named.emplace_back(OutputName(0), out);
+  }
+  for (const auto& [name, v] : named) {
+    if (!(v.isTensor() || v.isDouble() || v.isInt() || v.isBool() || v.isString())) {
+      return Status(Code::kInternal, "the model's result holds '" + name + "', a " + v.tagKind() +
+                                         ", which is no v2 tensor (results are a tensor, or a tuple, list or dict of "
+                                         "tensors, scalars and strings); call it over shoal's own protocol instead");
+    }
+  }
+  return named;
+}
+
+void AppendBinary(std::string* out, const void* data, size_t n) { out->append(static_cast<const char*>(data), n); }
+
+}  // namespace
+
+Result<V2Response> EncodeV2Response(const std::string& model, const std::string& version, const V2Request& request,
+                                    const c10::IValue& out) {
+  auto named = NamedOutputs(out);
+  if (!named.ok()) return named.status();
+  std::vector<std::pair<std::string, c10::IValue>> chosen;
+  if (request.outputs) {
+    for (const auto& want : *request.outputs) {
+      auto it = std::find_if(named->begin(), named->end(), [&](const auto& p) { return p.first == want; });
+      if (it == named->end()) {
+        std::string have;
+        for (const auto& [name, v] : *named) have += (have.empty() ? "" : ", ") + name;
+        return Status::BadRequest("model '" + model + "' has no output '" + want + "' (it has: " + have + ")");
+      }
+      chosen.push_back(*it);
+    }
+  } else {
+    chosen = std::move(*named);
+  }
+  json doc;
+  doc["model_name"] = model;
+  if (!version.empty()) doc["model_version"] = version;
+  if (!request.id.empty()) doc["id"] = request.id;
+  json outputs = json::array();
+  std::string binary;
+  for (const auto& [name, v] : chosen) {
+    auto b = request.binary.find(name);
+    bool as_binary = b != request.binary.end() ? b->second : request.binary_default;
+    json o;
+    o["name"] = name;
+    if (v.isString()) {
+      const std::string& s = v.toStringRef();
+      o["datatype"] = "BYTES";
+      o["shape"] = {1};
+      if (as_binary) {
+        uint32_t len = static_cast<uint32_t>(s.size());
+        char prefix[4] = {static_cast<char>(len), static_cast<char>(len >> 8), static_cast<char>(len >> 16),
+                          static_cast<char>(len >> 24)};
+        AppendBinary(&binary, prefix, 4);
+        binary += s;
+        o["parameters"]["binary_data_size"] = s.size() + 4;
+      } else {
+        o["data"] = {s};
+      }
+      outputs.push_back(std::move(o));
+      continue;
+    }
+    torch::Tensor t = v.isTensor() ? v.toTensor() : v.isDouble() ? torch::scalar_tensor(v.toDouble(), at::kDouble)
+                                                   : v.isInt()  ? torch::scalar_tensor(v.toInt(), at::kLong)
+                                                                : torch::scalar_tensor(v.toBool(), at::kBool);
+    t = t.cpu().contiguous();
+    std::string datatype = V2DataType(t.scalar_type());
+    if (datatype.empty()) {
+      return Status(Code::kInternal, "output '" + name + "' is a " + std::string(c10::toString(t.scalar_type())) +
+                                         " tensor, which has no v2 datatype");
+    }
+    o["datatype"] = datatype;
+    o["shape"] = t.sizes().vec();
+    if (as_binary) {
+      size_t n = t.numel() * t.element_size();
+      if (n != 0) AppendBinary(&binary, t.data_ptr(), n);
+      o["parameters"]["binary_data_size"] = n;
+    } else if (t.scalar_type() == at::kBool) {
+      const bool* p = t.data_ptr<bool>();
+      o["data"] = std::vector<bool>(p, p + t.numel());
+    } else if (at::isFloatingType(t.scalar_type())) {
+      auto d = t.to(at::kDouble);
+      const double* p = d.data_ptr<double>();
+      o["data"] = std::vector<double>(p, p + d.numel());
+    } else {
+      auto d = t.to(at::kLong);
+      const int64_t* p = d.data_ptr<int64_t>();
+      o["data"] = std::vector<int64_t>(p, p + d.numel());
+    }
+    outputs.push_back(std::move(o));
+  }
+  doc["outputs"] = std::move(outputs);
+  V2Response r;
+  r.body = doc.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (!binary.empty() || std::any_of(chosen.begin(), chosen.end(), [&](const auto& p) {
+        auto b = request.binary.find(p.first);
+        return b != request.binary.end() ? b->second : request.binary_default;
+      })) {
+    r.header_length = r.body.size();
+    r.body += binary;
+  }
+  return r;
+}
+
+}  // namespace shoal

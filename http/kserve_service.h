@@ -1,0 +1,47 @@
+// KServeService: the KServe v2 REST API (Open Inference Protocol; docs/http.md) over one
+// shoal Client: server and model health, model metadata, infer. Routes an HttpServer
+// request, does the blocking part (calls into shoald, encoding) on a pool of its own
+// threads, and answers through the request's Respond. Load and unload have no route: the
+// HTTP front has no write access to models (and shoald never takes them from it anyway:
+// its session is never an admin's).
+// Owns the thread pool; borrows the Client, which must outlive it.
+// Thread-safety: Handle on the server's loop; Stop from the thread that owns the service.
+#pragma once
+
+#include <boost/asio/thread_pool.hpp>
+#include <string>
+
+#include "http/server.h"
+#include "shoal/client.h"
+
+namespace shoal {
+
+class KServeService {
+ public:
+  KServeService(Client* client, size_t threads);
+  ~KServeService();  // Stop()
+  KServeService(const KServeService&) = delete;
+  KServeService& operator=(const KServeService&) = delete;
+
+  // An HttpServer::Handler: queues the request on the pool.
+  void Handle(HttpServer::Request request, HttpServer::Respond respond);
+  // Waits for the requests being handled; later ones are not.
+  void Stop();
+
+  // The HTTP status for a shoal error code.
+  static unsigned HttpStatus(Code code);
+  // The answer to one request (a pool thread).
+  HttpServer::Reply Route(const HttpServer::Request& request);
+
+ private:
+  HttpServer::Reply ModelRoute(const HttpServer::Request& request, const std::string& rest);
+  HttpServer::Reply Metadata(const std::string& model, const std::string& version);
+  HttpServer::Reply ModelReady(const std::string& model, const std::string& version);
+  HttpServer::Reply Infer(const std::string& model, const std::string& version, const HttpServer::Request& request);
+
+  Client* client_;
+  boost::asio::thread_pool pool_;
+  bool stopped_ = false;
+};
+
+}  // namespace shoal

@@ -1,0 +1,337 @@
+"""The KServe v2 REST front (http_address, shoal-http): a real shoald starts shoal-http, and a
+real HTTP client checks the Open Inference Protocol's examples, keyword inputs and named
+outputs, the binary tensor data extension with 16 MiB tensors both ways, bad requests
+(clear 400s), model errors, readiness that follows shoald's, concurrency, idle connections,
+the front's confinement (never an admin, no connect(2)), and a SIGKILLed front that is
+started again while a Unix-socket client keeps being served."""
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import shoal
+import shoal_test_models as m
+from conftest import settle
+from httpc import connect, free_port, request
+
+
+def http_daemon(make_daemon, workers=1, args=()):
+    port = free_port()
+    d = make_daemon(workers=workers, args=("--http-address", f"127.0.0.1:{port}", *args))
+    d.http = f"127.0.0.1:{port}"
+    settle(lambda: (_up(d.http), "shoal-http does not answer on " + d.http), timeout=30)
+    return d
+
+
+def _up(address):
+    try:
+        return request(address, path="/v2")[0] == 200
+    except OSError:
+        return False
+
+
+def call(address, method, path, doc=None, raw=None, headers=None):
+    body = raw if raw is not None else (json.dumps(doc).encode() if doc is not None else None)
+    status, h, out = request(address, method, path, body=body, headers=headers or {})
+    return status, h, out
+
+
+def get_json(address, path):
+    status, _, body = call(address, "GET", path)
+    return status, json.loads(body)
+
+
+def infer(address, model, doc, raw=None, headers=None):
+    status, h, body = call(address, "POST", f"/v2/models/{model}/infer", doc, raw, headers)
+    return status, h, body
+
+
+def shoal_http_pid(d):
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                st = f.read()
+        except OSError:
+            continue
+        if "\nPPid:\t%d\n" % d.proc.pid in st and st.startswith("Name:\tshoal-http"):
+            return int(pid)
+    return None
+
+
+@pytest.fixture
+def served(make_daemon, tmp_path):
+    d = http_daemon(make_daemon)
+    models = {"add": m.AddConst(1.0), "kw": m.KeywordEncoder(), "raises": m.Raises(),
+              "nested": m.ReturnsNamedTuples(), "detection": m.ReturnsDetection(), "crashy": m.Crashy()}
+    with d.client() as c:
+        for name, obj in models.items():
+            c.load(name, shoal.export(obj, tmp_path / f"{name}.pt"))
+    return d
+
+
+def test_the_specs_examples_health_metadata_and_a_json_infer(served):
+    a = served.http
+    status, doc = get_json(a, "/v2")
+    assert status == 200 and doc["name"] == "shoal" and "binary_tensor_data" in doc["extensions"]
+    assert get_json(a, "/v2/health/live") == (200, {"live": True})
+    assert get_json(a, "/v2/health/ready") == (200, {"ready": True})
+    status, doc = get_json(a, "/v2/models/add")
+    assert status == 200 and doc["name"] == "add" and doc["platform"] == "shoal_python"
+    assert get_json(a, "/v2/models/add/ready")[0] == 200
+    # The spec's request form: a flat row-major "data" with its shape; nested arrays too.
+    x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    for data in (x.flatten().tolist(), x.tolist()):
+        status, h, body = infer(a, "add", {"id": "42", "inputs": [
+            {"name": "INPUT__0", "shape": [2, 3], "datatype": "FP32", "data": data}]})
+        assert status == 200, body
+        assert h["Content-Type"] == "application/json"
+        doc = json.loads(body)
+        assert doc["id"] == "42" and doc["model_name"] == "add"
+        (out,) = doc["outputs"]
+        assert out["name"] == "output__0" and out["datatype"] == "FP32" and out["shape"] == [2, 3]
+        assert out["data"] == (x + 1).flatten().tolist()
+    # Integer tensors keep their type.
+    status, _, body = infer(a, "add", {"inputs": [{"name": "x", "shape": [3], "datatype": "INT64",
+                                                   "data": [1, 2, 3]}]})
+    assert status == 200, body
+    (out,) = json.loads(body)["outputs"]
+    assert out["datatype"] == "FP32" and out["data"] == [2.0, 3.0, 4.0]  # x + 1.0 promotes
+
+
+def test_inputs_by_keyword_and_outputs_by_name(served):
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    expected = m.KeywordEncoder()(input_ids=ids, attention_mask=mask)
+    status, _, body = infer(served.http, "kw", {"inputs": [
+        {"name": "input_ids", "shape": [2, 3], "datatype": "INT64", "data": ids.flatten().tolist()},
+        {"name": "attention_mask", "shape": [2, 3], "datatype": "INT64", "data": mask.flatten().tolist()}],
+        "outputs": [{"name": "pooled"}]})
+    assert status == 200, body
+    (out,) = json.loads(body)["outputs"]
+    assert out["name"] == "pooled" and out["shape"] == [2]
+    assert out["data"] == expected["pooled"].tolist()
+    # Without "outputs": every key of the dict; a named tuple's fields, a float as a 0-d FP64.
+    status, _, body = infer(served.http, "kw", {"inputs": [
+        {"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]}]})
+    assert sorted(o["name"] for o in json.loads(body)["outputs"]) == ["last_hidden_state", "pooled"]
+    status, _, body = infer(served.http, "detection", {"inputs": [
+        {"name": "INPUT__0", "shape": [2], "datatype": "FP32", "data": [1, 2]}]})
+    outs = {o["name"]: o for o in json.loads(body)["outputs"]}
+    assert outs["boxes"]["data"] == [2.0, 3.0]
+    assert outs["score"] == {"name": "score", "datatype": "FP64", "shape": [], "data": [0.5]}
+
+
+def test_binary_tensors_of_16_mib_both_ways(served):
+    x = torch.randn(4, 1024, 1024)  # 16 MiB of FP32
+    header = json.dumps({"inputs": [{"name": "INPUT__0", "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.numel() * 4}}],
+                         "outputs": [{"name": "output__0", "parameters": {"binary_data": True}}]}).encode()
+    body = header + x.numpy().tobytes()
+    status, h, out = infer(served.http, "add", None, raw=body,
+                           headers={"Inference-Header-Content-Length": str(len(header)),
+                                    "Content-Type": "application/octet-stream"})
+    assert status == 200, out[:500]
+    n = int(h["Inference-Header-Content-Length"])
+    doc = json.loads(out[:n])
+    (o,) = doc["outputs"]
+    assert o["parameters"]["binary_data_size"] == x.numel() * 4 and o["shape"] == [4, 1024, 1024]
+    y = np.frombuffer(out[n:], dtype=np.float32).reshape(4, 1024, 1024)
+    assert torch.equal(torch.from_numpy(y.copy()), x + 1)
+    # binary_data_output: every output binary; a binary input beside a JSON one.
+    ids = np.array([[3, 4]], dtype=np.int64)
+    header = json.dumps({"inputs": [
+        {"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "parameters": {"binary_data_size": 16}},
+        {"name": "attention_mask", "shape": [1, 2], "datatype": "INT64", "data": [1, 0]}],
+        "parameters": {"binary_data_output": True}}).encode()
+    status, h, out = infer(served.http, "kw", None, raw=header + ids.tobytes(),
+                           headers={"Inference-Header-Content-Length": str(len(header))})
+    assert status == 200, out
+    n = int(h["Inference-Header-Content-Length"])
+    outs, at, got = json.loads(out[:n])["outputs"], n, {}
+    for o in outs:
+        size = o["parameters"]["binary_data_size"]
+        got[o["name"]] = np.frombuffer(out[at:at + size], dtype=np.float32).tolist()
+        at += size
+    assert at == len(out)
+    assert got == {"last_hidden_state": [3.0, 0.0], "pooled": [3.0]}
+
+
+SHORT = b'{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":4}}]}'
+BAD = [
+    ("not JSON", b"{nope", {}, 400, "not JSON"),
+    ("no inputs", json.dumps({"id": "1"}).encode(), {}, 400, "\"inputs\""),
+    ("unknown datatype", json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP8",
+                                                 "data": [1]}]}).encode(), {}, 400, "'FP8'"),
+    ("shape and data disagree", json.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32",
+                                                        "data": [1, 2, 3]}]}).encode(), {}, 400, "holds 3"),
+    ("ints as floats", json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "INT32",
+                                               "data": [1.5]}]}).encode(), {}, 400, "integers"),
+    ("negative size", json.dumps({"inputs": [{"name": "x", "shape": [-1], "datatype": "FP32",
+                                              "data": []}]}).encode(), {}, 400, ">= 0"),
+    ("two inputs of one name", json.dumps({"inputs": [
+        {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]},
+        {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}).encode(), {}, 400, "two inputs"),
+    ("a gap in positions", json.dumps({"inputs": [{"name": "INPUT__1", "shape": [1], "datatype": "FP32",
+                                                   "data": [1]}]}).encode(), {}, 400, "__0 is missing"),
+    ("binary size not the shape's", SHORT + b"\0" * 4, {"Inference-Header-Content-Length": str(len(SHORT))}, 400,
+     "make 8"),
+    ("header length past the body", b"{}", {"Inference-Header-Content-Length": "100"}, 400, "the body has 2"),
+    ("unclaimed binary bytes", b'{"inputs":[]}xyz', {"Inference-Header-Content-Length": "13"}, 400,
+     "3 bytes of binary data"),
+    ("unknown output", json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],
+                                   "outputs": [{"name": "logits"}]}).encode(), {}, 400, "no output 'logits'"),
+]
+
+
+@pytest.mark.parametrize("what,body,headers,status,says", BAD, ids=[b[0] for b in BAD])
+def test_bad_requests_get_clear_errors(served, what, body, headers, status, says):
+    got, h, out = infer(served.http, "add", None, raw=body, headers=headers)
+    assert got == status, out
+    error = json.loads(out)["error"]
+    assert says in error, error
+    if what != "unknown output":
+        assert "model 'add'" in error  # which model it was for
+
+
+def test_wrong_models_routes_and_methods(served):
+    a = served.http
+    status, _, body = infer(a, "nope", {"inputs": []})
+    assert status == 404 and "'nope' is not loaded" in json.loads(body)["error"]
+    assert get_json(a, "/v2/models/nope")[0] == 404
+    assert get_json(a, "/v2/models/add/versions/7/ready")[0] == 404
+    assert get_json(a, "/v2/elsewhere")[0] == 404
+    status, h, _ = call(a, "GET", "/v2/models/add/infer")
+    assert status == 405 and h["Allow"] == "POST"
+    status, h, _ = call(a, "DELETE", "/v2/models/add")  # no write access to models over HTTP
+    assert status == 405 and h["Allow"] == "GET, HEAD"
+    # The model's own error and a result that is no v2 tensor: 500 with what happened.
+    x = {"inputs": [{"name": "INPUT__0", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}
+    status, _, body = infer(a, "raises", x)
+    assert status == 500 and "bad input of shape (2,)" in json.loads(body)["error"]
+    status, _, body = infer(a, "nested", x)
+    assert status == 500 and "'labels'" in json.loads(body)["error"]
+    status, _, body = infer(a, "crashy", {"inputs": [{"name": "INPUT__0", "shape": [1], "datatype": "FP32",
+                                                      "data": [-1]}]})
+    assert status == 500 and "WORKER_CRASHED" in json.loads(body)["error"]
+
+
+def test_a_body_over_http_max_body_mb_is_413(make_daemon):
+    d = http_daemon(make_daemon, args=("--http-max-body-mb", "1"))
+    status, _, body = infer(d.http, "add", None, raw=b" " * (2 << 20))
+    assert status == 413 and b"larger than 1048576" in body
+    assert request(d.http, path="/v2/health/live")[0] == 200  # and it still serves
+
+
+def test_concurrent_clients_on_kept_alive_connections(served):
+    errors, done = [], []
+
+    def client(k):
+        conn = connect(served.http)
+        try:
+            for i in range(25):
+                x = [float(k), float(i)]
+                conn.request("POST", "/v2/models/add/infer", body=json.dumps({"inputs": [
+                    {"name": "INPUT__0", "shape": [2], "datatype": "FP32", "data": x}]}))
+                r = conn.getresponse()
+                body = r.read()
+                out = json.loads(body)["outputs"][0]["data"] if r.status == 200 else body
+                if out != [k + 1.0, i + 1.0]:
+                    errors.append((k, i, r.status, out))
+            done.append(k)
+        finally:
+            conn.close()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(done) == 16
+
+
+def test_idle_connections_do_not_keep_a_client_out(served):
+    host, port = served.http.split(":")
+    idle = [socket.create_connection((host, int(port))) for _ in range(80)]  # past the 64 allowed
+    try:
+        status, _, body = infer(served.http, "add", {"inputs": [
+            {"name": "INPUT__0", "shape": [1], "datatype": "FP32", "data": [1]}]})
+        assert status == 200, body
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_readiness_follows_shoalds(make_daemon, tmp_path):
+    d = http_daemon(make_daemon)
+    slow = shoal.export(m.SlowLoad(4), tmp_path / "slow.pt")
+    loader = threading.Thread(target=lambda: d.client().load("slow", slow))
+    loader.start()
+    try:
+        settle(lambda: (get_json(d.http, "/v2/models/slow/ready")[0] == 503, "slow is not reported as loading"))
+        assert get_json(d.http, "/v2/health/ready")[0] == 503
+    finally:
+        loader.join(60)
+    assert get_json(d.http, "/v2/models/slow/ready")[0] == 200
+    assert get_json(d.http, "/v2/health/ready")[0] == 200
+
+
+def test_the_front_is_never_an_admin_and_cannot_connect(served):
+    pid = shoal_http_pid(served)
+    assert pid is not None
+    with open(f"/proc/{pid}/status") as f:
+        status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    assert status["Seccomp"].strip() == "2"  # a filter: connect(2) is refused
+    assert status["NoNewPrivs"].strip() == "1"
+    # Its session: the models list shows no archive paths (those are for admins only).
+    with served.client() as c:
+        paths = {x["name"]: x["path"] for x in c.models()}
+    assert paths["add"]  # we, the test, are shoald's own user: an admin
+
+
+def test_a_killed_front_is_started_again_while_socket_clients_are_served(served):
+    pid = shoal_http_pid(served)
+    stop, failures, served_jobs = threading.Event(), [], []
+
+    def victim():
+        with served.client() as c:
+            while not stop.is_set():
+                try:
+                    y = c.infer("add", torch.ones(3))
+                    assert torch.equal(y, torch.full((3,), 2.0))
+                    served_jobs.append(1)
+                except Exception as e:  # noqa: BLE001 - any failure is the test's
+                    failures.append(repr(e))
+    t = threading.Thread(target=victim)
+    t.start()
+    try:
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        before = len(served_jobs)
+        settle(lambda: (shoal_http_pid(served) not in (None, pid), "shoal-http was not started again"), 30)
+        settle(lambda: (_up(served.http), "the new shoal-http does not answer"), 30)
+        status, _, body = infer(served.http, "add", {"inputs": [
+            {"name": "INPUT__0", "shape": [1], "datatype": "FP32", "data": [1]}]})
+        assert status == 200, body
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        t.join(30)
+    assert not failures
+    assert len(served_jobs) > before  # served while the front was down and after
+    with open(served.log_path) as f:
+        assert "shoal-http (the HTTP front on" in f.read()
+
+
+def test_shoal_http_ends_with_shoald(make_daemon):
+    d = http_daemon(make_daemon)
+    pid = shoal_http_pid(d)
+    assert d.stop() == 0
+    settle(lambda: (not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+                    "shoal-http outlived shoald"), 10)
