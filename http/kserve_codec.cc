@@ -7,6 +7,7 @@
 #include <limits>
 #include <set>
 
+#include "protocol/descriptor.h"
 #include "tensors/tree.h"
 
 namespace shoal {
@@ -22,7 +23,6 @@ constexpr std::pair<std::string_view, std::string_view> kV2Types[] = {
     {"INT64", "int64"}, {"FP16", "float16"}, {"BF16", "bfloat16"}, {"FP32", "float32"}, {"FP64", "float64"},
 };
 
-constexpr size_t kMaxDims = 16;
 constexpr size_t kMaxNameBytes = 256;
 constexpr size_t kMaxInputs = 256;
 constexpr int kMaxNesting = 32;  // of a JSON tensor's "data" arrays

@@ -94,7 +94,7 @@ class Session : public HttpServer::Connection, public std::enable_shared_from_th
     request.method = std::string(req.method_string());
     request.target = std::string(req.target());
     request.path = request.target.substr(0, request.target.find('?'));
-    for (const auto& field : req) request.headers[Lower(field.name_string())] = std::string(field.value());
+    for (const auto& field : req) request.headers[Lower(std::string(field.name_string()))] = std::string(field.value());
     request.body = std::move(req.body());
     head_ = request.method == "HEAD";
     // The reply may come from another thread: it is carried back to the loop, where the
@@ -136,7 +136,7 @@ class Session : public HttpServer::Connection, public std::enable_shared_from_th
   }
 
   beast::basic_stream<Protocol> stream_;
-  const HttpServer::Limits& limits_;
+  const HttpServer::Limits limits_;  // a copy: a reply may be written after the server is gone
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http::response<http::string_body> response_;
