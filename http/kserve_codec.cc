@@ -333,8 +333,6 @@ Result<std::vector<std::pair<std::string, c10::IValue>>> NamedOutputs(const c10:
   return named;
 }
 
-void AppendBinary(std::string* out, const void* data, size_t n) { out->append(static_cast<const char*>(data), n); }
-
 }  // namespace
 
 Result<V2Response> EncodeV2Response(const std::string& model, const std::string& version, const V2Request& request,
@@ -360,7 +358,14 @@ Result<V2Response> EncodeV2Response(const std::string& model, const std::string&
   if (!version.empty()) doc["model_version"] = version;
   if (!request.id.empty()) doc["id"] = request.id;
   json outputs = json::array();
-  std::string binary;
+  // The binary data in output order, written once into the body after the JSON; `keep`
+  // holds what the pointers point into.
+  std::vector<std::pair<const void*, size_t>> binary;
+  std::vector<torch::Tensor> keep;
+  std::vector<std::string> bytes_kept;
+  bytes_kept.reserve(chosen.size());
+  size_t binary_bytes = 0;
+  bool any_binary = false;
   for (const auto& [name, v] : chosen) {
     auto b = request.binary.find(name);
     bool as_binary = b != request.binary.end() ? b->second : request.binary_default;
@@ -372,10 +377,13 @@ Result<V2Response> EncodeV2Response(const std::string& model, const std::string&
       o["shape"] = {1};
       if (as_binary) {
         uint32_t len = static_cast<uint32_t>(s.size());
-        char prefix[4] = {static_cast<char>(len), static_cast<char>(len >> 8), static_cast<char>(len >> 16),
-                          static_cast<char>(len >> 24)};
-        AppendBinary(&binary, prefix, 4);
-        binary += s;
+        std::string element = {static_cast<char>(len), static_cast<char>(len >> 8), static_cast<char>(len >> 16),
+                               static_cast<char>(len >> 24)};
+        element += s;
+        bytes_kept.push_back(std::move(element));
+        binary.emplace_back(bytes_kept.back().data(), bytes_kept.back().size());
+        binary_bytes += bytes_kept.back().size();
+        any_binary = true;
         o["parameters"]["binary_data_size"] = s.size() + 4;
       } else {
         o["data"] = {s};
@@ -396,7 +404,10 @@ Result<V2Response> EncodeV2Response(const std::string& model, const std::string&
     o["shape"] = t.sizes().vec();
     if (as_binary) {
       size_t n = t.numel() * t.element_size();
-      if (n != 0) AppendBinary(&binary, t.data_ptr(), n);
+      keep.push_back(t);
+      if (n != 0) binary.emplace_back(t.data_ptr(), n);
+      binary_bytes += n;
+      any_binary = true;
       o["parameters"]["binary_data_size"] = n;
     } else if (t.scalar_type() == at::kBool) {
       const bool* p = t.data_ptr<bool>();
@@ -414,14 +425,15 @@ Result<V2Response> EncodeV2Response(const std::string& model, const std::string&
   }
   doc["outputs"] = std::move(outputs);
   V2Response r;
-  r.body = doc.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (!binary.empty() || std::any_of(chosen.begin(), chosen.end(), [&](const auto& p) {
-        auto b = request.binary.find(p.first);
-        return b != request.binary.end() ? b->second : request.binary_default;
-      })) {
-    r.header_length = r.body.size();
-    r.body += binary;
+  std::string header = doc.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (!any_binary) {
+    r.body = std::move(header);
+    return r;
   }
+  r.header_length = header.size();
+  r.body = std::move(header);
+  r.body.reserve(r.body.size() + binary_bytes);
+  for (const auto& [data, n] : binary) r.body.append(static_cast<const char*>(data), n);
   return r;
 }
 
