@@ -19,4 +19,11 @@ import torch  # noqa: E402
 for name, cls in {"kwenc": m.KeywordEncoder, "images": m.ListOfImages, "dicts": m.DictAndScalars}.items():
     shoal.export(cls(), os.path.join(out, f"{name}.pt"))
     torch.jit.save(torch.jit.script(cls()), os.path.join(out, f"{name}_ts.pt"))
+# A MultiPy-style package whose served object is not model/model.pkl (a predictor with
+# make_prediction), and the same predictor as a TorchScript archive.
+from torch.package import PackageExporter  # noqa: E402
+with PackageExporter(os.path.join(out, "predictor.pt")) as e:
+    e.intern("**")
+    e.save_pickle("predictor", "predictor.pkl", m.PairPredictor())
+torch.jit.save(torch.jit.script(m.PairPredictor()), os.path.join(out, "predictor_ts.pt"))
 print(f"archives in {out}")
