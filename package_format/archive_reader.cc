@@ -102,8 +102,10 @@ bool IsPackage(const std::set<std::string>& names) {
 }
 
 // OK when info.entry is a pickle record of the archive (stored, not a tensor storage, a
-// pickle's first and last opcodes); else why, with the pickles the archive does hold.
-Status CheckEntryRecord(const ArchiveInfo& info, const std::vector<ArchiveRecord>& raw, std::string_view file) {
+// pickle's first and last opcodes); else why (`origin`: where the name came from, for the
+// message), with the pickles the archive does hold.
+Status CheckEntryRecord(const ArchiveInfo& info, const std::vector<ArchiveRecord>& raw, std::string_view file,
+                        const std::string& origin) {
   const ArchiveRecord* found = nullptr;
   std::vector<std::string> pickles;
   for (const auto& r : raw) {
@@ -116,7 +118,7 @@ Status CheckEntryRecord(const ArchiveInfo& info, const std::vector<ArchiveRecord
   held = pickles.empty() ? "it holds no pickle (.pkl) records"
                          : "its pickles are " + held + " (load one with entry=\"package/resource.pkl\", "
                                                    "`shoal load --entry`)";
-  if (found == nullptr) return Status::BadRequest("no entry pickle " + info.entry + "; " + held);
+  if (found == nullptr) return Status::BadRequest("no entry pickle " + info.entry + origin + "; " + held);
   if (found->storage) return Status::BadRequest("entry " + info.entry + " is a tensor storage, not a pickle; " + held);
   if (found->method == 0) {
     // Protocol 2 and later open with PROTO (0x80, version); every pickle ends with STOP.
@@ -271,34 +273,9 @@ Result<ArchiveInfo> ReadArchive(std::string_view file, std::string_view entry) {
     Refuse(&info, "no entry pickle model/model.pkl (and not a TorchScript archive); export the model with "
                   "shoal.export or `shoal package`");
   }
-  for (auto& r : raw) {
-    r.storage = IsStorage(r.name, info.kind);
-    if (!r.storage) continue;
-    if (r.method != 0) {
-      Refuse(&info, "storage record " + r.name + " is compressed; shoal maps weights in place and needs them stored "
-                    "(fix it with `shoal package --repack IN -o OUT`)");
-    } else if (r.offset % kStorageAlignment != 0) {
-      Refuse(&info, "storage record " + r.name + " starts at byte " + std::to_string(r.offset) + ", not " +
-                        std::to_string(kStorageAlignment) +
-                        "-byte aligned (fix it with `shoal package --repack IN -o OUT`)");
-    }
-    ++info.storages;
-    info.storage_bytes += r.size;
-  }
-  // Records read as bytes (pickles, code, the manifest) must be intact; storages, mapped
-  // in place and possibly huge, are not summed.
-  for (const auto& r : raw) {
-    if (r.method != 0 && r.method != 8) {
-      Refuse(&info, "record " + r.name + " uses zip compression method " + std::to_string(r.method) +
-                        "; shoal reads stored and deflated records");
-    } else if (r.method != 0 && info.kind == ArchiveKind::kPackage) {  // torch.package stores every record
-      Refuse(&info, "record " + r.name + " is compressed; shoal reads torch.package records in place "
-                    "(fix it with `shoal package --repack IN -o OUT`)");
-    } else if (!r.storage && r.method == 0 && Crc32(file.substr(r.offset, r.size)) != r.crc32) {
-      Refuse(&info, "record " + r.name + " is damaged (CRC mismatch)");
-    }
-  }
-  // The manifest's keys that shoald acts on, read in place like the storages.
+  for (auto& r : raw) r.storage = IsStorage(r.name, info.kind);
+  // The manifest's keys that shoald acts on, read in place like the storages, and the
+  // entry pickle: what the archive serves comes before how well it is laid out.
   const std::string manifest = info.kind == ArchiveKind::kTorchScript ? "extra/shoal/manifest.json"
                                                                        : "shoal/manifest.json";
   info.has_manifest = names.count(manifest) != 0;
@@ -328,9 +305,37 @@ Result<ArchiveInfo> ReadArchive(std::string_view file, std::string_view entry) {
       info.entry = std::string(kDefaultEntry);
     }
     if (!entry.empty() && !info.policy.entry.empty() && !names.count(info.policy.entry)) {
-      Refuse(&info, "its manifest names entry " + info.policy.entry + ", which the archive does not contain");
+      Refuse(&info, "its manifest names entry '" + info.policy.entry + "', which the archive does not contain");
     }
-    if (auto st = CheckEntryRecord(info, raw, file); !st.ok()) Refuse(&info, st.message());
+    const std::string origin =
+        entry.empty() && !info.policy.entry.empty() ? " (its manifest names entry '" + info.policy.entry + "')" : "";
+    if (auto st = CheckEntryRecord(info, raw, file, origin); !st.ok()) Refuse(&info, st.message());
+  }
+  for (const auto& r : raw) {
+    if (!r.storage) continue;
+    if (r.method != 0) {
+      Refuse(&info, "storage record " + r.name + " is compressed; shoal maps weights in place and needs them stored "
+                    "(fix it with `shoal package --repack IN -o OUT`)");
+    } else if (r.offset % kStorageAlignment != 0) {
+      Refuse(&info, "storage record " + r.name + " starts at byte " + std::to_string(r.offset) + ", not " +
+                        std::to_string(kStorageAlignment) +
+                        "-byte aligned (fix it with `shoal package --repack IN -o OUT`)");
+    }
+    ++info.storages;
+    info.storage_bytes += r.size;
+  }
+  // Records read as bytes (pickles, code, the manifest) must be intact; storages, mapped
+  // in place and possibly huge, are not summed.
+  for (const auto& r : raw) {
+    if (r.method != 0 && r.method != 8) {
+      Refuse(&info, "record " + r.name + " uses zip compression method " + std::to_string(r.method) +
+                        "; shoal reads stored and deflated records");
+    } else if (r.method != 0 && info.kind == ArchiveKind::kPackage) {  // torch.package stores every record
+      Refuse(&info, "record " + r.name + " is compressed; shoal reads torch.package records in place "
+                    "(fix it with `shoal package --repack IN -o OUT`)");
+    } else if (!r.storage && r.method == 0 && Crc32(file.substr(r.offset, r.size)) != r.crc32) {
+      Refuse(&info, "record " + r.name + " is damaged (CRC mismatch)");
+    }
   }
   // Where "auto" puts the tensors: the entry pickle's storage locations.
   const std::string pickle = info.kind == ArchiveKind::kTorchScript ? "data.pkl" : info.entry;

@@ -38,15 +38,14 @@ Status CheckEntryName(std::string_view entry) {
   if (resource.empty() || resource == ".") {
     return Status::BadRequest("entry '" + shown + "' names no resource after its last '/'" + hint);
   }
-  for (size_t start = 0; start < slash;) {
-    size_t end = entry.find('/', start);
+  for (size_t start = 0, end = 0; end < slash; start = end + 1) {
+    end = entry.find('/', start);  // at most `slash`, the last one
     std::string_view part = entry.substr(start, end - start);
     if (part == "..") return Status::BadRequest("entry '" + shown + "' leaves the archive ('..')" + hint);
     if (!IsIdentifier(part)) {
       return Status::BadRequest("entry '" + shown + "': folder '" + std::string(part) +
                                 "' is not a Python module name (torch.package's package)" + hint);
     }
-    start = end + 1;
   }
   return Status::Ok();
 }

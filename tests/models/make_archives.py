@@ -5,6 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shoal  # noqa: E402
+import multipy_style  # noqa: E402
 import shoal_test_models as m  # noqa: E402
 
 out = sys.argv[1]
@@ -24,6 +25,6 @@ for name, cls in {"kwenc": m.KeywordEncoder, "images": m.ListOfImages, "dicts": 
 from torch.package import PackageExporter  # noqa: E402
 with PackageExporter(os.path.join(out, "predictor.pt")) as e:
     e.intern("**")
-    e.save_pickle("predictor", "predictor.pkl", m.PairPredictor())
-torch.jit.save(torch.jit.script(m.PairPredictor()), os.path.join(out, "predictor_ts.pt"))
+    e.save_pickle("predictor", "predictor.pkl", multipy_style.PairPredictor())
+torch.jit.save(torch.jit.script(multipy_style.PairPredictor()), os.path.join(out, "predictor_ts.pt"))
 print(f"archives in {out}")

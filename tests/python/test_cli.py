@@ -8,6 +8,7 @@ from torch.package import PackageExporter
 
 from shoal import export
 
+import multipy_style
 import shoal_test_models as models
 from conftest import BUILD
 
@@ -77,7 +78,7 @@ def test_npz_names_become_keyword_arguments(daemon, tmp_path):
 
 
 def test_load_entry_and_methods_and_infer_method(daemon, tmp_path):
-    scorer = models.Scorer(torch.arange(3.0))
+    scorer = multipy_style.Scorer(torch.arange(3.0))
     with PackageExporter(str(tmp_path / "scorer.pt")) as e:
         e.intern("**")
         e.save_pickle("scorer", "scorer.pkl", scorer)

@@ -10,7 +10,7 @@ from torch.package import PackageExporter
 
 import shoal
 
-import shoal_test_models as models
+import multipy_style as models
 
 
 def package(path, pickles):
@@ -34,7 +34,7 @@ def multipy(tmp_path_factory):
         # the torch::deploy convention, a tuple-input model
         "pairs": package(out / "pairs.pt", {"model/model.pkl": models.PairInPairsOut()}),
         # the served object at another resource, beside a model/model.pkl and an example
-        "two": package(out / "two.pt", {"model/model.pkl": models.AddConst(1.0), "fn/fn.pkl": models.AddConst(5.0),
+        "two": package(out / "two.pt", {"model/model.pkl": models.Shift(1.0), "fn/fn.pkl": models.Shift(5.0),
                                         "model/example.pkl": (torch.ones(2),), "a/b/c.pkl": predictor}),
         # no model/model.pkl at all
         "predictor": package(out / "predictor.pt", {"predictor/predictor.pkl": predictor}),
@@ -61,8 +61,8 @@ def test_the_entry_a_load_names_is_served(daemon, multipy):
         c.load("nested", multipy["two"], entry="a/b/c.pkl", methods=["make_prediction"])
         c.load("only", multipy["predictor"], entry="predictor/predictor.pkl")
         x = torch.arange(3.0)
-        assert torch.equal(c.infer("default", x)[0], x + 1)
-        assert torch.equal(c.infer("fn", x)[0], x + 5)
+        assert torch.equal(c.infer("default", x), x + 1)
+        assert torch.equal(c.infer("fn", x), x + 5)
         for name in ("nested", "only"):
             neg, double = c.infer(name, x, x)
             assert torch.equal(neg, -x) and torch.equal(double, 2 * x)
@@ -98,7 +98,7 @@ def test_bad_entries_are_refused_with_what_the_archive_holds(daemon, multipy, tm
         path = tmp_path / "text.pt"
         with PackageExporter(str(path)) as e:
             e.intern("**")
-            e.save_pickle("model", "model.pkl", models.AddConst(1.0))
+            e.save_pickle("model", "model.pkl", models.Shift(1.0))
             e.save_text("notes", "readme.pkl", "not a pickle")
     with daemon.client() as c:
         with pytest.raises(shoal.BadRequest) as e:
@@ -108,7 +108,7 @@ def test_bad_entries_are_refused_with_what_the_archive_holds(daemon, multipy, tm
         if "pickles are" in says or "not a pickle" in says:
             assert str(path) in message and "model/model.pkl" in message  # names the archive, lists its pickles
         c.load("ok", path)  # the daemon still serves, and the archive itself is fine
-        assert torch.equal(c.infer("ok", torch.zeros(1))[0], torch.ones(1))
+        assert torch.equal(c.infer("ok", torch.zeros(1)), torch.ones(1))
 
 
 def test_a_torchscript_archive_takes_no_entry(daemon, tmp_path):
