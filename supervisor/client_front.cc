@@ -10,11 +10,11 @@
 #include <cerrno>
 #include <filesystem>
 
+#include "package_format/served_object.h"
 #include "protocol/channel.h"
 #include "protocol/frame.h"
 #include "protocol/model_name.h"
 #include "protocol/paths.h"
-#include "package_format/served_object.h"
 #include "supervisor/archive_file.h"
 #include "supervisor/status_report.h"
 

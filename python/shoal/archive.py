@@ -499,6 +499,7 @@ def _load_fd(fd, path, device, gpu_weights=None, entry=None):
     return obj, manifest
 
 
-def load(path):
-    """Loads the served object of an archive with its weights mapped, not copied."""
-    return load_with_manifest(path)[0]
+def load(path, entry=None):
+    """Loads the served object of an archive with its weights mapped, not copied
+    (``entry``: see ``load_with_manifest``)."""
+    return load_with_manifest(path, entry=entry)[0]

@@ -63,6 +63,8 @@ def test_the_entry_a_load_names_is_served(daemon, multipy):
         x = torch.arange(3.0)
         assert torch.equal(c.infer("default", x), x + 1)
         assert torch.equal(c.infer("fn", x), x + 5)
+        # in process, the same entry of the same archive (weights mapped as a worker maps them)
+        assert torch.equal(shoal.load_archive(multipy["two"], entry="fn/fn.pkl")(x), x + 5)
         for name in ("nested", "only"):
             neg, double = c.infer(name, x, x)
             assert torch.equal(neg, -x) and torch.equal(double, 2 * x)
