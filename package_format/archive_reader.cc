@@ -70,9 +70,11 @@ class Cursor {
 Status Bad(const std::string& what) { return Status::BadRequest(what); }
 
 // Records why the archive cannot be served; the first reason is the one reported.
-void Refuse(ArchiveInfo* info, std::string why) {
-  if (info->problem.empty()) info->problem = std::move(why);
+void Refuse(std::string* problem, std::string why) {
+  if (problem->empty()) *problem = std::move(why);
 }
+
+void Refuse(ArchiveInfo* info, std::string why) { Refuse(&info->problem, std::move(why)); }
 
 bool SafeName(std::string_view name) {
   if (name.empty() || name.front() == '/' || name.find('\\') != std::string_view::npos ||
@@ -274,25 +276,29 @@ Result<ArchiveInfo> ReadArchive(std::string_view file, std::string_view entry) {
                   "shoal.export or `shoal package`");
   }
   for (auto& r : raw) r.storage = IsStorage(r.name, info.kind);
-  // The manifest's keys that shoald acts on, read in place like the storages, and the
-  // entry pickle: what the archive serves comes before how well it is laid out.
+  // The manifest's keys that shoald acts on, read in place like the storages. What the
+  // archive serves (the entry pickle, which the manifest may name) is checked first; what
+  // is wrong with the manifest itself is reported after the records' layout and damage.
+  std::string manifest_problem;
   const std::string manifest = info.kind == ArchiveKind::kTorchScript ? "extra/shoal/manifest.json"
                                                                        : "shoal/manifest.json";
   info.has_manifest = names.count(manifest) != 0;
   for (const auto& r : raw) {
     if (r.name != manifest) continue;
     if (r.method != 0) {
-      Refuse(&info, "its manifest " + r.name + " is compressed; shoald reads it in place "
-                    "(fix it with `shoal package --repack IN -o OUT`)");
+      Refuse(&manifest_problem, "its manifest " + r.name + " is compressed; shoald reads it in place "
+                                "(fix it with `shoal package --repack IN -o OUT`)");
     } else if (r.size > kMaxManifestBytes) {
-      Refuse(&info, "its manifest " + r.name + " is larger than " + std::to_string(kMaxManifestBytes) + " bytes");
+      Refuse(&manifest_problem,
+             "its manifest " + r.name + " is larger than " + std::to_string(kMaxManifestBytes) + " bytes");
     } else if (auto policy = ParseManifestPolicy(file.substr(r.offset, r.size)); !policy.ok()) {
-      Refuse(&info, policy.status().message());
+      Refuse(&manifest_problem, policy.status().message());
     } else if (auto st = CheckBatchPolicy(policy->batching, "its manifest's batching"); !st.ok()) {
-      Refuse(&info, st.message());
+      Refuse(&manifest_problem, st.message());
     } else if (policy->batching.on() && info.kind == ArchiveKind::kTorchScript) {
-      Refuse(&info, "its manifest asks for dynamic batching, which shoal does not do for TorchScript archives yet; "
-                    "export the model as a torch.package (shoal.export) to batch it");
+      Refuse(&manifest_problem,
+             "its manifest asks for dynamic batching, which shoal does not do for TorchScript archives yet; "
+             "export the model as a torch.package (shoal.export) to batch it");
     } else {
       info.policy = *policy;
     }
@@ -337,6 +343,7 @@ Result<ArchiveInfo> ReadArchive(std::string_view file, std::string_view entry) {
       Refuse(&info, "record " + r.name + " is damaged (CRC mismatch)");
     }
   }
+  if (!manifest_problem.empty()) Refuse(&info, manifest_problem);
   // Where "auto" puts the tensors: the entry pickle's storage locations.
   const std::string pickle = info.kind == ArchiveKind::kTorchScript ? "data.pkl" : info.entry;
   for (const auto& r : raw) {
