@@ -241,7 +241,7 @@ Status Client::Load(const std::string& name, const std::string& archive_path, co
   Writer w;
   BeginRequest(&w, "load", id,
                2 + !device.empty() + options.max_batch.has_value() + options.max_delay_us.has_value() +
-                   options.preferred_batch_sizes.has_value());
+                   options.preferred_batch_sizes.has_value() + !options.entry.empty() + !options.methods.empty());
   w.Key("name"); w.Str(name);
   w.Key("path"); w.Str(abs.string());  // a label for `models`; shoald never opens it
   if (!device.empty()) {
@@ -257,6 +257,14 @@ Status Client::Load(const std::string& name, const std::string& archive_path, co
     w.Key("preferred_batch_sizes");
     w.pk().pack_array(static_cast<uint32_t>(options.preferred_batch_sizes->size()));
     for (uint32_t n : *options.preferred_batch_sizes) w.Val(static_cast<uint64_t>(n));
+  }
+  if (!options.entry.empty()) {
+    w.Key("entry"); w.Str(options.entry);
+  }
+  if (!options.methods.empty()) {
+    w.Key("methods");
+    w.pk().pack_array(static_cast<uint32_t>(options.methods.size()));
+    for (const auto& m : options.methods) w.Str(m);
   }
   auto st = impl_->Call(id, w, "load", {fd}).status();
   close(fd);
@@ -288,6 +296,13 @@ Result<std::vector<ModelInfo>> Client::Models() {
     if (auto r = m.Bool("ready"); r.ok()) info.ready = *r;
     if (auto e = m.Str("engine"); e.ok()) info.engine = *e;
     if (auto d = m.Str("device"); d.ok()) info.device = *d;
+    if (auto e = m.OptStr("entry"); e.ok() && e->has_value()) info.entry = **e;
+    if (const msgpack::object* ms = m.Find("methods"); ms != nullptr && ms->type == msgpack::type::ARRAY) {
+      for (uint32_t k = 0; k < ms->via.array.size; ++k) {
+        const auto& n = ms->via.array.ptr[k];
+        if (n.type == msgpack::type::STR) info.methods.emplace_back(n.via.str.ptr, n.via.str.size);
+      }
+    }
     out.push_back(std::move(info));
   }
   return out;

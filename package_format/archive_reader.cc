@@ -1,5 +1,7 @@
 #include "package_format/archive_reader.h"
 
+#include "package_format/served_object.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -68,9 +70,11 @@ class Cursor {
 Status Bad(const std::string& what) { return Status::BadRequest(what); }
 
 // Records why the archive cannot be served; the first reason is the one reported.
-void Refuse(ArchiveInfo* info, std::string why) {
-  if (info->problem.empty()) info->problem = std::move(why);
+void Refuse(std::string* problem, std::string why) {
+  if (problem->empty()) *problem = std::move(why);
 }
+
+void Refuse(ArchiveInfo* info, std::string why) { Refuse(&info->problem, std::move(why)); }
 
 bool SafeName(std::string_view name) {
   if (name.empty() || name.front() == '/' || name.find('\\') != std::string_view::npos ||
@@ -94,9 +98,45 @@ bool IsStorage(const std::string& rel, ArchiveKind kind) {
   return rel.rfind("data/", 0) == 0 && rel.size() > 5;
 }
 
+// torch.package writes these records into every archive it makes.
+bool IsPackage(const std::set<std::string>& names) {
+  return names.count(".data/version") != 0 || names.count(".data/extern_modules") != 0;
+}
+
+// OK when info.entry is a pickle record of the archive (stored, not a tensor storage, a
+// pickle's first and last opcodes); else why (`origin`: where the name came from, for the
+// message), with the pickles the archive does hold.
+Status CheckEntryRecord(const ArchiveInfo& info, const std::vector<ArchiveRecord>& raw, std::string_view file,
+                        const std::string& origin) {
+  const ArchiveRecord* found = nullptr;
+  std::vector<std::string> pickles;
+  for (const auto& r : raw) {
+    if (r.name == info.entry) found = &r;
+    if (!r.storage && r.name.size() > 4 && r.name.compare(r.name.size() - 4, 4, ".pkl") == 0) pickles.push_back(r.name);
+  }
+  std::string held;
+  for (size_t i = 0; i < pickles.size() && i < 8; ++i) held += (i ? ", " : "") + pickles[i];
+  if (pickles.size() > 8) held += " and " + std::to_string(pickles.size() - 8) + " more";
+  held = pickles.empty() ? "it holds no pickle (.pkl) records"
+                         : "its pickles are " + held + " (load one with entry=\"package/resource.pkl\", "
+                                                   "`shoal load --entry`)";
+  if (found == nullptr) return Status::BadRequest("no entry pickle " + info.entry + origin + "; " + held);
+  if (found->storage) return Status::BadRequest("entry " + info.entry + " is a tensor storage, not a pickle; " + held);
+  if (found->method == 0) {
+    // Protocol 2 and later open with PROTO (0x80, version); every pickle ends with STOP.
+    std::string_view bytes = file.substr(found->offset, found->size);
+    if (bytes.size() < 3 || static_cast<unsigned char>(bytes[0]) != 0x80 || bytes[1] < 2 || bytes[1] > 5 ||
+        bytes.back() != '.') {
+      return Status::BadRequest("entry " + info.entry + " is not a pickle (torch.package's save_pickle writes "
+                                "the served object as one); " + held);
+    }
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
-Result<ArchiveInfo> ReadArchive(std::string_view file) {
+Result<ArchiveInfo> ReadArchive(std::string_view file, std::string_view entry) {
   if (file.size() < 22) return Bad("not a zip file (" + std::to_string(file.size()) + " bytes, too short)");
   // End of central directory: the last 22+ bytes, after an optional comment.
   uint64_t eocd = UINT64_MAX;
@@ -222,17 +262,62 @@ Result<ArchiveInfo> ReadArchive(std::string_view file) {
   }
   std::set<std::string> names;
   for (const auto& r : raw) names.insert(r.name);
-  if (names.count("model/model.pkl")) {
+  // torch::deploy's model/model.pkl, or torch.package's own records (a MultiPy package
+  // may serve another pickle, named by the load or the manifest).
+  if (names.count(std::string(kDefaultEntry)) || (!names.count("constants.pkl") && IsPackage(names))) {
     info.kind = ArchiveKind::kPackage;
   } else if (names.count("data.pkl") && names.count("constants.pkl")) {
     info.kind = ArchiveKind::kTorchScript;
+  } else if (IsPackage(names)) {
+    info.kind = ArchiveKind::kPackage;
   } else {
     info.kind = ArchiveKind::kUnknown;
     Refuse(&info, "no entry pickle model/model.pkl (and not a TorchScript archive); export the model with "
                   "shoal.export or `shoal package`");
   }
-  for (auto& r : raw) {
-    r.storage = IsStorage(r.name, info.kind);
+  for (auto& r : raw) r.storage = IsStorage(r.name, info.kind);
+  // The manifest's keys that shoald acts on, read in place like the storages. What the
+  // archive serves (the entry pickle, which the manifest may name) is checked first; what
+  // is wrong with the manifest itself is reported after the records' layout and damage.
+  std::string manifest_problem;
+  const std::string manifest = info.kind == ArchiveKind::kTorchScript ? "extra/shoal/manifest.json"
+                                                                       : "shoal/manifest.json";
+  info.has_manifest = names.count(manifest) != 0;
+  for (const auto& r : raw) {
+    if (r.name != manifest) continue;
+    if (r.method != 0) {
+      Refuse(&manifest_problem, "its manifest " + r.name + " is compressed; shoald reads it in place "
+                                "(fix it with `shoal package --repack IN -o OUT`)");
+    } else if (r.size > kMaxManifestBytes) {
+      Refuse(&manifest_problem,
+             "its manifest " + r.name + " is larger than " + std::to_string(kMaxManifestBytes) + " bytes");
+    } else if (auto policy = ParseManifestPolicy(file.substr(r.offset, r.size)); !policy.ok()) {
+      Refuse(&manifest_problem, policy.status().message());
+    } else if (auto st = CheckBatchPolicy(policy->batching, "its manifest's batching"); !st.ok()) {
+      Refuse(&manifest_problem, st.message());
+    } else if (policy->batching.on() && info.kind == ArchiveKind::kTorchScript) {
+      Refuse(&manifest_problem,
+             "its manifest asks for dynamic batching, which shoal does not do for TorchScript archives yet; "
+             "export the model as a torch.package (shoal.export) to batch it");
+    } else {
+      info.policy = *policy;
+    }
+  }
+  if (info.kind == ArchiveKind::kPackage) {
+    if (!entry.empty() || !info.policy.entry.empty()) {
+      info.entry = std::string(entry.empty() ? info.policy.entry : entry);
+      if (auto st = CheckEntryName(info.entry); !st.ok()) Refuse(&info, st.message());
+    } else {
+      info.entry = std::string(kDefaultEntry);
+    }
+    if (!entry.empty() && !info.policy.entry.empty() && !names.count(info.policy.entry)) {
+      Refuse(&info, "its manifest names entry '" + info.policy.entry + "', which the archive does not contain");
+    }
+    const std::string origin =
+        entry.empty() && !info.policy.entry.empty() ? " (its manifest names entry '" + info.policy.entry + "')" : "";
+    if (auto st = CheckEntryRecord(info, raw, file, origin); !st.ok()) Refuse(&info, st.message());
+  }
+  for (const auto& r : raw) {
     if (!r.storage) continue;
     if (r.method != 0) {
       Refuse(&info, "storage record " + r.name + " is compressed; shoal maps weights in place and needs them stored "
@@ -258,40 +343,19 @@ Result<ArchiveInfo> ReadArchive(std::string_view file) {
       Refuse(&info, "record " + r.name + " is damaged (CRC mismatch)");
     }
   }
-  // The manifest's keys that shoald acts on, read in place like the storages.
-  const std::string manifest = info.kind == ArchiveKind::kTorchScript ? "extra/shoal/manifest.json"
-                                                                       : "shoal/manifest.json";
-  info.has_manifest = names.count(manifest) != 0;
-  for (const auto& r : raw) {
-    if (r.name != manifest) continue;
-    if (r.method != 0) {
-      Refuse(&info, "its manifest " + r.name + " is compressed; shoald reads it in place "
-                    "(fix it with `shoal package --repack IN -o OUT`)");
-    } else if (r.size > kMaxManifestBytes) {
-      Refuse(&info, "its manifest " + r.name + " is larger than " + std::to_string(kMaxManifestBytes) + " bytes");
-    } else if (auto policy = ParseManifestPolicy(file.substr(r.offset, r.size)); !policy.ok()) {
-      Refuse(&info, policy.status().message());
-    } else if (auto st = CheckBatchPolicy(policy->batching, "its manifest's batching"); !st.ok()) {
-      Refuse(&info, st.message());
-    } else if (policy->batching.on() && info.kind == ArchiveKind::kTorchScript) {
-      Refuse(&info, "its manifest asks for dynamic batching, which shoal does not do for TorchScript archives yet; "
-                    "export the model as a torch.package (shoal.export) to batch it");
-    } else {
-      info.policy = *policy;
-    }
-  }
+  if (!manifest_problem.empty()) Refuse(&info, manifest_problem);
   // Where "auto" puts the tensors: the entry pickle's storage locations.
-  const std::string entry = info.kind == ArchiveKind::kTorchScript ? "data.pkl" : "model/model.pkl";
+  const std::string pickle = info.kind == ArchiveKind::kTorchScript ? "data.pkl" : info.entry;
   for (const auto& r : raw) {
-    if (r.name != entry) continue;
+    if (r.name != pickle) continue;
     info.saved_on_cuda = r.method != 0 || PickleNamesCuda(file.substr(r.offset, r.size));
   }
   info.records = std::move(raw);
   return info;
 }
 
-Result<ArchiveInfo> ParseArchive(std::string_view file) {
-  auto info = ReadArchive(file);
+Result<ArchiveInfo> ParseArchive(std::string_view file, std::string_view entry) {
+  auto info = ReadArchive(file, entry);
   if (info.ok() && !info->problem.empty()) return Bad(info->problem);
   return info;
 }
@@ -299,31 +363,37 @@ Result<ArchiveInfo> ParseArchive(std::string_view file) {
 namespace {
 // Maps the open file `fd` read-only and runs `read` over its bytes; errors start with
 // "archive LABEL: ". `fd` stays open.
-Result<ArchiveInfo> ReadFd(int fd, const std::string& label, Result<ArchiveInfo> (*read)(std::string_view)) {
+Result<ArchiveInfo> ReadFd(int fd, const std::string& label, std::string_view entry,
+                           Result<ArchiveInfo> (*read)(std::string_view, std::string_view)) {
   struct stat st;
   if (fstat(fd, &st) != 0) return Status::FromErrno("archive " + label, errno);
   if (!S_ISREG(st.st_mode)) return Status::BadRequest("archive " + label + ": not a regular file");
   size_t size = static_cast<size_t>(st.st_size);
   void* p = size ? mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0) : nullptr;
   if (size && p == MAP_FAILED) return Status::FromErrno("cannot map archive " + label, errno);
-  auto info = read(std::string_view(static_cast<const char*>(p), size));
+  auto info = read(std::string_view(static_cast<const char*>(p), size), entry);
   if (p) munmap(p, size);
   if (!info.ok()) return Status(info.status().code(), "archive " + label + ": " + info.status().message());
   return info;
 }
 
-Result<ArchiveInfo> ReadFile(const std::string& path, Result<ArchiveInfo> (*read)(std::string_view)) {
+Result<ArchiveInfo> ReadFile(const std::string& path, std::string_view entry,
+                             Result<ArchiveInfo> (*read)(std::string_view, std::string_view)) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Status::FromErrno("cannot read archive " + path, errno);
-  auto info = ReadFd(fd, path, read);
+  auto info = ReadFd(fd, path, entry, read);
   close(fd);
   return info;
 }
 }  // namespace
 
-Result<ArchiveInfo> InspectArchiveFile(const std::string& path) { return ReadFile(path, ParseArchive); }
+Result<ArchiveInfo> InspectArchiveFile(const std::string& path, std::string_view entry) {
+  return ReadFile(path, entry, ParseArchive);
+}
 
-Result<ArchiveInfo> ReadArchiveFile(const std::string& path) { return ReadFile(path, ReadArchive); }
+Result<ArchiveInfo> ReadArchiveFile(const std::string& path, std::string_view entry) {
+  return ReadFile(path, entry, ReadArchive);
+}
 
 namespace {
 
@@ -484,8 +554,12 @@ bool PickleNamesCuda(std::string_view pkl) {
   return false;
 }
 
-Result<ArchiveInfo> InspectArchiveFd(int fd, const std::string& label) { return ReadFd(fd, label, ParseArchive); }
+Result<ArchiveInfo> InspectArchiveFd(int fd, const std::string& label, std::string_view entry) {
+  return ReadFd(fd, label, entry, ParseArchive);
+}
 
-Result<ArchiveInfo> ReadArchiveFd(int fd, const std::string& label) { return ReadFd(fd, label, ReadArchive); }
+Result<ArchiveInfo> ReadArchiveFd(int fd, const std::string& label, std::string_view entry) {
+  return ReadFd(fd, label, entry, ReadArchive);
+}
 
 }  // namespace shoal

@@ -7,7 +7,7 @@
 // a BadRequest out), so it is fuzzed alone (tests/fuzz). ParseArchive rejects: not a zip,
 // truncated files, records outside the file, encrypted records, names that are empty,
 // absolute or contain "..", duplicate names, records outside one top-level folder, a
-// missing entry pickle, tensor storages that are compressed or not 64-byte aligned
+// missing entry pickle or one that is not a pickle (package_format/served_object.h), tensor storages that are compressed or not 64-byte aligned
 // (workers map them in place), records neither stored nor deflated, compressed records
 // of a torch.package archive (its writer stores them all), and stored records other than
 // storages whose CRC-32 does not match. ReadArchive reads the same, but reports the first of those
@@ -52,9 +52,12 @@ struct ArchiveInfo {
   ManifestPolicy policy;  // what it says shoald must allow (package_format/manifest.h)
   size_t storages = 0;
   uint64_t storage_bytes = 0;
+  // A torch.package archive's entry pickle, the served object: the one asked for, else
+  // the manifest's "entry", else model/model.pkl. Empty for other kinds.
+  std::string entry;
   // Whether its tensors were saved from a CUDA device (PickleNamesCuda over the entry
-  // pickle: model/model.pkl, a TorchScript archive's data.pkl; a compressed one counts as
-  // CUDA): where device "auto" puts them.
+  // pickle, a TorchScript archive's data.pkl; a compressed one counts as CUDA): where
+  // device "auto" puts them.
   bool saved_on_cuda = false;
   // ReadArchive only: why shoal would refuse to serve this archive (empty: servable).
   std::string problem;
@@ -63,18 +66,20 @@ struct ArchiveInfo {
 constexpr uint64_t kStorageAlignment = 64;
 
 // Fails only when `file` is not a readable zip (bad structure, records outside it).
-Result<ArchiveInfo> ReadArchive(std::string_view file);
+// `entry`: the pickle a load asks for ("package/resource"; empty: the manifest's or
+// model/model.pkl); a torch.package archive without that pickle is refused.
+Result<ArchiveInfo> ReadArchive(std::string_view file, std::string_view entry = {});
 // ReadArchive, and a BadRequest carrying `problem` when there is one.
-Result<ArchiveInfo> ParseArchive(std::string_view file);
+Result<ArchiveInfo> ParseArchive(std::string_view file, std::string_view entry = {});
 // Maps `path` read-only and parses it; errors start with "archive PATH: ".
-Result<ArchiveInfo> InspectArchiveFile(const std::string& path);
+Result<ArchiveInfo> InspectArchiveFile(const std::string& path, std::string_view entry = {});
 // Maps `path` read-only and reads it (ReadArchive); errors start with "archive PATH: ".
-Result<ArchiveInfo> ReadArchiveFile(const std::string& path);
+Result<ArchiveInfo> ReadArchiveFile(const std::string& path, std::string_view entry = {});
 // The same for an open file (it stays open): what shoald checks a load with and workers
 // ask, since neither opens an archive path on a client's behalf. `label` names the file in
 // errors ("archive LABEL: ").
-Result<ArchiveInfo> InspectArchiveFd(int fd, const std::string& label);
-Result<ArchiveInfo> ReadArchiveFd(int fd, const std::string& label);
+Result<ArchiveInfo> InspectArchiveFd(int fd, const std::string& label, std::string_view entry = {});
+Result<ArchiveInfo> ReadArchiveFd(int fd, const std::string& label, std::string_view entry = {});
 
 // Whether a tensor pickle (a TorchScript archive's data.pkl) puts a storage on a CUDA
 // device: a persistent id ('storage', type, key, location, numel) whose location is

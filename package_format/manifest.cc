@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <string>
 
+#include "package_format/served_object.h"
+
 namespace shoal {
 
 namespace {
@@ -21,6 +23,7 @@ class Reader {
     ManifestPolicy policy;
     bool seen_broadcast = false;
     bool seen_batching = false;
+    bool seen_methods = false;
     Space();
     if (!Eat('}')) {
       for (;;) {
@@ -47,6 +50,15 @@ class Reader {
           if (policy.quantized_engine.empty() || policy.quantized_engine.size() > 32) {
             return Invalid("quantized_engine must be an engine's name");
           }
+        } else if (key == "entry") {
+          if (!policy.entry.empty()) return Invalid("entry is given twice");
+          if (i_ >= s_.size() || s_[i_] != '"') return Invalid("entry must be a string like \"model/model.pkl\"");
+          if (auto st = String(&policy.entry); !st.ok()) return st;
+          if (auto st = CheckEntryName(policy.entry); !st.ok()) return Invalid(st.message());
+        } else if (key == "methods") {
+          if (seen_methods) return Invalid("methods is given twice");
+          seen_methods = true;
+          if (auto st = Methods(&policy.methods); !st.ok()) return st;
         } else if (key == "batching") {
           if (seen_batching) return Invalid("batching is given twice");
           seen_batching = true;
@@ -108,6 +120,28 @@ class Reader {
       if (Eat('}')) return Status::Ok();
       if (!Eat(',')) return Bad("expects ',' or '}' after a value");
     }
+  }
+
+  // ["name", ...]: the methods besides forward clients may call (CheckMethodNames).
+  Status Methods(std::vector<std::string>* out) {
+    const Status wrong = Invalid("methods must be a list of at most " + std::to_string(kMaxMethods) +
+                                 " method names like [\"make_prediction\"]");
+    if (!Eat('[')) return wrong;
+    Space();
+    if (!Eat(']')) {
+      for (;;) {
+        Space();
+        if (i_ >= s_.size() || s_[i_] != '"' || out->size() >= kMaxMethods) return wrong;
+        std::string name;
+        if (auto st = String(&name); !st.ok()) return st;
+        out->push_back(std::move(name));
+        Space();
+        if (Eat(']')) break;
+        if (!Eat(',')) return Bad("expects ',' or ']'");
+      }
+    }
+    if (auto st = CheckMethodNames(*out); !st.ok()) return Invalid("methods: " + st.message());
+    return Status::Ok();
   }
 
   // A non-negative integer below 2^53 (JSON numbers past it are not exact).

@@ -1,11 +1,11 @@
 // The part of an archive's manifest that shoald acts on itself, read without running
-// anything in the archive: whether the model accepts broadcast inputs, and how its jobs
-// may be batched.
+// anything in the archive: whether the model accepts broadcast inputs, how its jobs may be
+// batched, which pickle it serves and which of its methods clients may call.
 //
 // The manifest is JSON: shoal/manifest.json in a torch.package archive (shoal.export
 // writes it), the extra file extra/shoal/manifest.json in a TorchScript archive
 // (torch.jit.save(m, path, _extra_files=shoal.torchscript_manifest(...))). Its other keys
-// (name, version, entry, input specs, example) are the worker's business
+// (name, version, input specs, example) are the worker's business
 // (python/shoal/archive.py). The archive reader (archive_reader.h) calls this, so a
 // manifest shoald cannot read is a reason to refuse the archive, and this reader is
 // fuzzed with it. A strict JSON reader: RFC 8259 values, at most 32 levels deep.
@@ -48,6 +48,12 @@ struct ManifestPolicy {
   // "batching": {"max_batch": N, "max_delay_us": N, "preferred_batch_sizes": [N, ...]}
   // (shoal.export(..., batching={...})); unchecked here beyond types: CheckBatchPolicy.
   BatchPolicy batching;
+  // "entry": the served object's pickle, "package/resource" (CheckEntryName; empty: absent,
+  // model/model.pkl). A load's entry overrides it.
+  std::string entry;
+  // "methods": ["make_prediction", ...], methods besides forward clients may call
+  // (CheckMethodNames); a load's `methods` add to them.
+  std::vector<std::string> methods;
 };
 
 // BadRequest when `json` is not one JSON object, or when a key shoald reads has a value

@@ -92,16 +92,6 @@ Status Walk(const msgpack::object& node, CallChecker& checker, const TreePath& a
 
 }  // namespace
 
-bool IsIdentifier(std::string_view name) {
-  if (name.empty()) return false;
-  for (size_t i = 0; i < name.size(); ++i) {
-    char c = name[i];
-    bool letter = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
-    if (!letter && (i == 0 || c < '0' || c > '9')) return false;
-  }
-  return true;
-}
-
 void PackEncoded(Writer* w, std::string_view encoded) {
   w->pk().pack_bin_body(encoded.data(), static_cast<uint32_t>(encoded.size()));  // already MessagePack
 }
@@ -111,13 +101,9 @@ Result<CallTree> ParseCallTree(const MapView& infer, size_t inputs) {
   auto method = infer.OptStr("method");
   if (!method.ok()) return method.status();
   if (method->has_value() && **method != "forward") {
-    if ((*method)->size() > kMaxMethodBytes || !IsIdentifier(**method)) {
-      return Status::BadRequest("method must be a Python identifier of at most " + std::to_string(kMaxMethodBytes) +
-                                " bytes");
-    }
-    // Which methods a model allows (its load's `methods`, its manifest) is not recorded
-    // yet: until it is, only forward may be called.
-    return Status::BadRequest("method '" + **method + "' is not allowed: this model serves forward only");
+    // Whether the model allows it is the registry's to say (ModelRegistry::AllowsMethod).
+    if (auto st = CheckMethodName(**method); !st.ok()) return st;
+    call.method = **method;
   }
   const msgpack::object* args = infer.Find("args");
   const msgpack::object* kwargs = infer.Find("kwargs");
@@ -150,8 +136,8 @@ Result<CallTree> ParseCallTree(const MapView& infer, size_t inputs) {
       }
       const auto& key = pair.via.array.ptr[0];
       std::string name(key.via.str.ptr, key.via.str.size);
-      if (name.size() > kMaxMethodBytes || !IsIdentifier(name)) {
-        return Status::BadRequest("kwargs[" + std::to_string(i) + "]: keyword name \"" + name.substr(0, kMaxMethodBytes) +
+      if (name.size() > kMaxKeywordBytes || !IsIdentifier(name)) {
+        return Status::BadRequest("kwargs[" + std::to_string(i) + "]: keyword name \"" + name.substr(0, kMaxKeywordBytes) +
                                   "\" is not a Python identifier");
       }
       if (!names.insert(name).second) {

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <string>
 
+#include "package_format/served_object.h"  // IsIdentifier, CheckMethodName
 #include "protocol/messages.h"
 #include "shoal/status.h"
 
@@ -21,7 +22,7 @@ namespace shoal {
 constexpr size_t kMaxCallNodes = 4096;
 constexpr size_t kMaxCallStringBytes = 64 * 1024;
 constexpr size_t kMaxCallKwargs = 256;
-constexpr size_t kMaxMethodBytes = 128;
+constexpr size_t kMaxKeywordBytes = kMaxMethodNameBytes;
 
 // A validated call: `args` and `kwargs` as MessagePack (an array each; empty: absent, the
 // call is model(*inputs)); `method` empty: forward.
@@ -35,12 +36,10 @@ struct CallTree {
 // Reads and checks `args`, `kwargs` and `method` of an infer that has `inputs` inputs:
 // depth, node count and string bounds, every index in range, every input referenced
 // exactly once (when args or kwargs are present), keyword names that are identifiers and
-// unique, known node kinds, a method name that is an identifier. BAD_REQUEST saying what
+// unique, known node kinds, a method name that may be allowed (CheckMethodName; whether
+// the model allows it is checked by the client front). BAD_REQUEST saying what
 // and where (`args[1]["boxes"]: input index 7 out of range (3 inputs)`).
 Result<CallTree> ParseCallTree(const MapView& infer, size_t inputs);
-
-// Whether `name` is an identifier ([A-Za-z_][A-Za-z0-9_]*).
-bool IsIdentifier(std::string_view name);
 
 // Appends an already encoded MessagePack value (one of CallTree's) to `w`.
 void PackEncoded(Writer* w, std::string_view encoded);

@@ -14,7 +14,7 @@ ArchiveFile::ArchiveFile(int fd, std::string label)
   if (fstat(fd, &checked_) != 0) checked_ = {};
 }
 
-Result<std::shared_ptr<const ArchiveFile>> ArchiveFile::Adopt(int fd, std::string label) {
+Result<std::shared_ptr<const ArchiveFile>> ArchiveFile::Adopt(int fd, std::string label, const std::string& entry) {
   auto file = std::make_shared<ArchiveFile>(fd, std::move(label));  // closes fd on every error below
   const std::string what = "archive " + file->label_;
   int flags = fcntl(fd, F_GETFL);
@@ -30,8 +30,13 @@ Result<std::shared_ptr<const ArchiveFile>> ArchiveFile::Adopt(int fd, std::strin
     return Status::BadRequest(what + ": the file passed is not a regular file; pass the archive itself");
   }
   // Broken archives are refused here, before any worker runs code from them.
-  auto info = InspectArchiveFd(fd, file->label_);
+  auto info = InspectArchiveFd(fd, file->label_, entry);
   if (!info.ok()) return info.status();
+  if (!entry.empty() && info->kind == ArchiveKind::kTorchScript) {
+    return Status::BadRequest(what + ": a TorchScript archive serves its module, it has no entry pickle to choose; "
+                              "load it without an entry (its methods are allowed with methods=)");
+  }
+  file->entry_ = info->entry;
   file->policy_ = info->policy;
   file->torchscript_ = info->kind == ArchiveKind::kTorchScript;
   file->saved_on_cuda_ = info->saved_on_cuda;

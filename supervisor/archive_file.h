@@ -30,7 +30,10 @@ class ArchiveFile {
   ArchiveFile& operator=(const ArchiveFile&) = delete;
 
   // Takes `fd` (closed on error too). Errors speak only of the file given, as `label`.
-  static Result<std::shared_ptr<const ArchiveFile>> Adopt(int fd, std::string label);
+  // `entry`: the pickle a load asks to serve (checked with CheckEntryName first; empty:
+  // the manifest's or model/model.pkl), which the archive must hold as a pickle; a
+  // TorchScript archive takes none.
+  static Result<std::shared_ptr<const ArchiveFile>> Adopt(int fd, std::string label, const std::string& entry = {});
   // shoald's own act (configuration, --model, model_repository): opens `path` with
   // shoald's rights (O_RDONLY | O_CLOEXEC, O_NONBLOCK so that a FIFO cannot hang it),
   // then Adopt.
@@ -45,6 +48,8 @@ class ArchiveFile {
   // What its manifest says shoald must allow (package_format/manifest.h), read when it was
   // adopted; the defaults for a file made directly (tests).
   const ManifestPolicy& policy() const { return policy_; }
+  // The entry pickle workers serve (ArchiveInfo::entry); empty for TorchScript.
+  const std::string& entry() const { return entry_; }
   // A TorchScript archive (run by libtorch in the worker, not by the Python runner).
   bool torchscript() const { return torchscript_; }
   // Whether its tensors were saved from a CUDA device (where a load's "auto" puts them).
@@ -59,6 +64,7 @@ class ArchiveFile {
   std::string label_;
   struct stat checked_ {};
   ManifestPolicy policy_;
+  std::string entry_;
   bool torchscript_ = false;
   bool saved_on_cuda_ = false;
 };

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <filesystem>
 
+#include "package_format/served_object.h"
 #include "protocol/channel.h"
 #include "protocol/frame.h"
 #include "protocol/model_name.h"
@@ -366,6 +367,13 @@ Status ClientFront::Load(const std::shared_ptr<ClientSession>& s, uint64_t id, c
   if (!device.ok()) return device.status();
   auto batching = LoadBatching(*name, m);
   if (!batching.ok()) return batching.status();
+  auto entry = m.OptStr("entry");
+  if (!entry.ok()) return entry.status();
+  if (entry->has_value()) {
+    if (auto st = CheckEntryName(**entry); !st.ok()) return Status::BadRequest("model '" + *name + "': " + st.message());
+  }
+  auto methods = LoadMethods(*name, m);
+  if (!methods.ok()) return methods.status();
   if (!passed) {
     return Status::BadRequest("model '" + *name + "': load needs the archive passed as an open file (SCM_RIGHTS): "
                               "the client opens it with its own rights and attaches it; shoald opens no path on a "
@@ -373,7 +381,7 @@ Status ClientFront::Load(const std::shared_ptr<ClientSession>& s, uint64_t id, c
   }
   std::string shown = label->value_or("");
   if (shown.empty()) shown = "(passed by uid " + std::to_string(s->uid) + ")";
-  auto archive = ArchiveFile::Adopt(passed->release(), shown);
+  auto archive = ArchiveFile::Adopt(passed->release(), shown, entry->value_or(""));
   if (!archive.ok()) return Status(archive.status().code(), "model '" + *name + "': " + archive.status().message());
   std::weak_ptr<ClientSession> weak = s;
   return registry_->Load(
@@ -387,7 +395,23 @@ Status ClientFront::Load(const std::shared_ptr<ClientSession>& s, uint64_t id, c
           s->channel->Send(ErrorReply(id, st, tb));
         }
       },
-      *device, *batching);
+      *device, *batching, std::move(*methods));
+}
+
+Result<std::vector<std::string>> ClientFront::LoadMethods(const std::string& name, const MapView& m) {
+  std::vector<std::string> out;
+  const msgpack::object* o = m.Find("methods");
+  if (o == nullptr || o->type == msgpack::type::NIL) return out;
+  const Status wrong = Status::BadRequest("model '" + name + "': methods must be a list of at most " +
+                                          std::to_string(kMaxMethods) + " method names");
+  if (o->type != msgpack::type::ARRAY || o->via.array.size > kMaxMethods) return wrong;
+  for (uint32_t i = 0; i < o->via.array.size; ++i) {
+    const auto& e = o->via.array.ptr[i];
+    if (e.type != msgpack::type::STR) return wrong;
+    out.emplace_back(e.via.str.ptr, e.via.str.size);
+  }
+  if (auto st = CheckMethodNames(out); !st.ok()) return Status::BadRequest("model '" + name + "': " + st.message());
+  return out;
 }
 
 Result<BatchOverride> ClientFront::LoadBatching(const std::string& name, const MapView& m) {
@@ -482,6 +506,9 @@ Status ClientFront::Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, 
   if (!call.ok()) {
     return Status(call.status().code(),
                   "model '" + *model + "', request " + std::to_string(id) + ": " + call.status().message());
+  }
+  if (auto st = registry_->AllowsMethod(*model, call->method); !st.ok()) {
+    return Status(st.code(), "model '" + *model + "', request " + std::to_string(id) + ": " + st.message());
   }
   job->call = std::move(*call);
   auto timeout = m.OptUint("timeout_ms");

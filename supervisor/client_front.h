@@ -73,11 +73,14 @@ class ClientFront {
   void OnFrame(const std::shared_ptr<ClientSession>& s, std::string body, std::vector<int>* fds);
   void OnClosed(const std::shared_ptr<ClientSession>& s);
   Status RegisterArena(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m, std::vector<int>* fds);
-  // load {name, path?, device?} with the archive's open file attached (the path is a label only).
+  // load {name, path?, device?, entry?, methods?, batching keys} with the archive's open
+  // file attached (the path is a label only).
   Status Load(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m, std::vector<int>* fds);
   // A load's batching keys ("max_batch", "max_delay_us", "preferred_batch_sizes"), typed;
   // the registry checks their values.
   static Result<BatchOverride> LoadBatching(const std::string& name, const MapView& m);
+  // A load's "methods": the methods besides forward clients may call (CheckMethodNames).
+  static Result<std::vector<std::string>> LoadMethods(const std::string& name, const MapView& m);
   Status Unload(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m);
   // *model: the key the request's model resolved to, once it did.
   Status Infer(const std::shared_ptr<ClientSession>& s, uint64_t id, const MapView& m, std::string* model);

@@ -2,6 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
+#include "package_format/served_object.h"
+
 namespace shoal {
 
 namespace asio = boost::asio;
@@ -48,6 +52,26 @@ bool ModelRegistry::TakesBroadcastInputs(const std::string& key) const {
   return it != models_.end() && it->second.archive && it->second.archive->policy().broadcast_inputs;
 }
 
+std::vector<std::string> ModelRegistry::Entry::Methods() const {
+  std::vector<std::string> out = archive ? archive->policy().methods : std::vector<std::string>{};
+  for (const auto& m : methods) {
+    if (std::find(out.begin(), out.end(), m) == out.end()) out.push_back(m);
+  }
+  return out;
+}
+
+Status ModelRegistry::AllowsMethod(const std::string& key, const std::string& method) const {
+  if (method.empty() || method == "forward") return Status::Ok();
+  auto it = models_.find(key);
+  if (it == models_.end()) return Status(Code::kModelNotFound, "model '" + key + "' is not loaded");
+  auto allowed = it->second.Methods();
+  if (std::find(allowed.begin(), allowed.end(), method) != allowed.end()) return Status::Ok();
+  return Status::BadRequest("method '" + method + "' is not allowed; this model allows " +
+                            AllowedMethodsText(allowed) + ". An admin allows a method when loading the model " +
+                            "(load(..., methods=[\"" + method + "\"]), shoal load --methods " + method +
+                            ") or in its manifest (shoal.export(..., methods=[...]))");
+}
+
 std::string ModelRegistry::Loaded() const {
   std::string out;
   for (const auto& [name, m] : models_) out += (out.empty() ? "" : ", ") + name;
@@ -78,7 +102,7 @@ std::vector<ModelHosts::Worker> ModelRegistry::HostsFor(const std::string& devic
 }
 
 Status ModelRegistry::Load(const std::string& name, ArchiveRef archive, Done done, const std::string& device,
-                           const BatchOverride& batching) {
+                           const BatchOverride& batching, std::vector<std::string> methods) {
   BatchPolicy policy = archive->policy().batching;
   if (batching.max_batch) policy.max_batch = *batching.max_batch;
   if (batching.max_delay_us) policy.max_delay_us = *batching.max_delay_us;
@@ -103,6 +127,7 @@ Status ModelRegistry::Load(const std::string& name, ArchiveRef archive, Done don
   entry.archive = archive;
   entry.device = device;
   entry.batching = policy.on() ? std::make_shared<const BatchPolicy>(policy) : nullptr;
+  entry.methods = std::move(methods);
   entry.loading = true;
   auto live = HostsFor(device);
   if (live.empty()) {
@@ -352,6 +377,8 @@ std::vector<ModelRegistry::Info> ModelRegistry::List() const {
     i.name = name;
     i.engine = m.engine;
     i.path = m.archive ? m.archive->label() : "";
+    i.entry = m.archive ? m.archive->entry() : "";
+    i.methods = m.Methods();
     i.device = m.device;
     i.ready = Ready(name);
     i.queued = jobs_->Queued(name);

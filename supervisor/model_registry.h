@@ -91,8 +91,10 @@ class ModelRegistry {
   // `device`: where it runs ("auto": where it was exported; gpu_placement.h checked it).
   // `batching`: the load's keys over the manifest's "batching" (CheckBatchPolicy; not for
   // TorchScript archives), BAD_REQUEST at once when shoald cannot follow them.
+  // `methods` (checked: CheckMethodNames): methods besides forward that clients may call,
+  // with those of the archive's manifest.
   Status Load(const std::string& name, ArchiveRef archive, Done done, const std::string& device = "auto",
-              const BatchOverride& batching = {});
+              const BatchOverride& batching = {}, std::vector<std::string> methods = {});
   // "name:version" unloads that version; a plain name unloads "name" or every "name:*".
   // `done` runs once their jobs are finished or the grace period is over.
   Status Unload(const std::string& name, std::function<void()> done);
@@ -118,6 +120,10 @@ class ModelRegistry {
   std::string Device(const std::string& key) const;
   // Whether model `key`'s manifest lets inputs with overlapping strides through.
   bool TakesBroadcastInputs(const std::string& key) const;
+  // OK when clients may call `method` of model `key` (empty or "forward": always; else one
+  // its load or its manifest allows); else a BadRequest that says which methods are
+  // allowed and how an admin allows another.
+  Status AllowsMethod(const std::string& key, const std::string& method) const;
   // Model `key`'s dynamic batching, or null when it runs its jobs one at a time.
   std::shared_ptr<const BatchPolicy> Batching(const std::string& key) const;
   // Finishes unloads whose models have no jobs left.
@@ -125,6 +131,8 @@ class ModelRegistry {
 
   struct Info {
     std::string name, engine, path, last_error, device;  // path: the archive's label (ArchiveFile)
+    std::string entry;                 // the pickle it serves (torch.package), else empty
+    std::vector<std::string> methods;  // allowed besides forward
     bool ready = false;
     bool failed = false;
     size_t queued = 0;
@@ -146,6 +154,7 @@ class ModelRegistry {
     ArchiveRef archive;  // the open file workers load from
     std::string device = "auto";  // as loaded (ModelHosts::Places says where it runs)
     std::shared_ptr<const BatchPolicy> batching;  // null: off
+    std::vector<std::string> methods;  // the load's allowed methods (the manifest's: Methods())
     bool loading = true;    // a client's load() is still waiting for the workers
     bool failed = false;    // crash loop: no longer loaded nor served until loaded again
     bool draining = false;  // being unloaded: takes no new jobs, finishes those it has
@@ -161,6 +170,8 @@ class ModelRegistry {
       std::string why;
     };
     std::map<uid_t, Refusal> refused;
+    // The methods besides forward clients may call: the manifest's, then the load's.
+    std::vector<std::string> Methods() const;
   };
   void MarkFailed(const std::string& key, Entry* m, const std::string& why);
   struct UnloadOp {

@@ -13,12 +13,16 @@ void PackModels(Writer* w, const ModelRegistry& registry, bool show_paths) {
   w->Key("models");
   w->pk().pack_array(static_cast<uint32_t>(models.size()));
   for (const auto& m : models) {
-    w->Map(9 + (m.failed ? 1 : 0) + (m.refused.empty() ? 0 : 1) + (m.batching ? 1 : 0));
+    w->Map(10 + (m.failed ? 1 : 0) + (m.refused.empty() ? 0 : 1) + (m.batching ? 1 : 0) + (m.entry.empty() ? 0 : 1));
     w->Key("name"); w->Str(m.name);
     w->Key("device"); w->Str(m.device);  // as loaded: auto (where it was exported), cpu, cuda, cuda:N
     w->Key("engine"); w->Str(m.engine);
     w->Key("path"); w->Str(show_paths ? m.path : std::string());
     w->Key("ready"); w->Val(m.ready);
+    if (!m.entry.empty()) { w->Key("entry"); w->Str(m.entry); }  // the pickle it serves (torch.package)
+    w->Key("methods");  // callable besides forward
+    w->pk().pack_array(static_cast<uint32_t>(m.methods.size()));
+    for (const auto& name : m.methods) w->Str(name);
     w->Key("queued"); w->Val(static_cast<uint64_t>(m.queued));
     w->Key("failed"); w->Val(m.failed);
     // Dynamic batching: runs of more than one job, and the jobs they ran.

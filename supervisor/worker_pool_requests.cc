@@ -216,9 +216,12 @@ void WorkerPool::Load(Worker worker, const std::string& name, const ArchiveRef& 
   const bool map = weights.step == GpuWeights::Step::kMap;
   uint64_t rid = next_request_++;
   Writer m;
-  BeginRequest(&m, "load", rid, upload || map ? 4 : 3);
+  BeginRequest(&m, "load", rid, (upload || map ? 4 : 3) + (archive->entry().empty() ? 0 : 1));
   m.Key("name"); m.Str(name);
   m.Key("path"); m.Str(archive->label());  // for messages only: the worker loads from the file sent along
+  if (!archive->entry().empty()) {
+    m.Key("entry"); m.Str(archive->entry());  // the pickle to serve, as shoald checked it
+  }
   m.Key("device"); m.Str(GpuPlacement::WorkerDevice(device));
   if (upload) {
     m.Key("gpu_weights"); m.Str("upload");

@@ -194,7 +194,7 @@ bool TorchScriptModels::Handle(const MapView& msg, std::vector<int>* fds, Encode
     auto name = msg.Str("name");
     std::string label = msg.OptStr("path").value_or(std::nullopt).value_or("");
     if (!name.ok() || fds->empty()) return false;
-    auto info = InspectArchiveFd(fds->front(), label);
+    auto info = InspectArchiveFd(fds->front(), label, msg.OptStr("entry").value_or(std::nullopt).value_or(""));
     if (!info.ok() || info->kind != ArchiveKind::kTorchScript) return false;  // the Python runner's
     int fd = fds->front();
     fds->erase(fds->begin());

@@ -60,6 +60,8 @@ struct ModelInfo {
   std::string engine;  // "python" or "torchscript"
   std::string device;  // as loaded: auto (where it was exported), cpu, cuda, cuda:N
   bool ready = false;
+  std::string entry;                 // the pickle a torch.package archive serves; empty otherwise
+  std::vector<std::string> methods;  // allowed besides forward
 };
 
 struct HealthInfo {
@@ -99,12 +101,18 @@ class Client {
   // `device`: "" (where it was exported), "cpu", "cuda" or "cuda:N".
   Status Load(const std::string& name, const std::string& archive_path, const std::string& device = "");
   // A load's options: `device` as above; dynamic batching (docs/architecture.md): each
-  // key set overrides the archive manifest's "batching" (max_batch 1: off).
+  // key set overrides the archive manifest's "batching" (max_batch 1: off). `entry`
+  // ("package/resource.pkl", MultiPy's load_pickle(package, resource)): the pickle of a
+  // torch.package archive to serve (empty: the manifest's entry, else model/model.pkl).
+  // `methods`: methods besides forward that clients may call (InferOptions::method), with
+  // those the manifest allows.
   struct LoadOptions {
     std::string device;
     std::optional<uint32_t> max_batch;
     std::optional<uint64_t> max_delay_us;
     std::optional<std::vector<uint32_t>> preferred_batch_sizes;
+    std::string entry;
+    std::vector<std::string> methods;
   };
   Status Load(const std::string& name, const std::string& archive_path, const LoadOptions& options);
   Status Unload(const std::string& name);

@@ -137,7 +137,7 @@ class Runner:
                 return _error(rid, "INTERNAL", f"model '{name}': shoald's load came without the weights' fd")
             weights = _gpu_weights.Weights("map", fds.pop(0), share)
         try:
-            self.models[name], manifest = archive.load_with_manifest(fd, device, path, weights)
+            self.models[name], manifest = archive.load_with_manifest(fd, device, path, weights, msg.get("entry"))
             _synchronize()
             self.specs.pop(name, None)
             self.engines[name] = (manifest or {}).get("quantized_engine")
@@ -177,7 +177,12 @@ class Runner:
             return _error(rid, "MODEL_NOT_FOUND", f"model '{name}' is not loaded in worker {self.slot}")
         structured = "args" in msg or "kwargs" in msg
         specs = self.specs.get(name)
-        if specs is not None and not structured:  # the manifest's specs are of positional inputs
+        target = _method(model, msg.get("method"))
+        if target is None:
+            return _error(rid, "BAD_REQUEST", f"model '{name}', job {rid}: its served object "
+                          f"({type(model).__name__}) has no method {msg['method']!r}, although its load or "
+                          "manifest allows it; allow only methods the model has")
+        if specs is not None and not structured and not msg.get("method"):  # specs: forward's positional inputs
             problem = _check_inputs(msg["inputs"], specs)
             if problem:
                 return _error(rid, "BAD_REQUEST", f"model '{name}', job {rid}: {problem}")
@@ -188,7 +193,6 @@ class Runner:
         inputs, spans = _views(mapped, msg["inputs"])
         try:
             archive.use_quantized_engine(self.engines.get(name), name)  # process-wide: models may differ
-            target = _method(model, msg.get("method"))
             if structured:
                 # The call's structure, checked by shoald (protocol/call_tree.h): {"input": i}
                 # is inputs[i], the zero-copy view.
@@ -313,8 +317,12 @@ def _split(out, rows, total, path, depth):
 
 def _method(model, name):
     """What a job calls: the served object itself (forward), or its method ``name``, which
-    shoald let through only when the load or the manifest allows it."""
-    return model if not name else getattr(model, name)
+    shoald let through only when the load or the manifest allows it; None when the object
+    has no such callable attribute."""
+    if not name:
+        return model
+    target = getattr(model, name, None)
+    return target if callable(target) else None
 
 
 def _bundle(replies):

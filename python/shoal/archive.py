@@ -1,5 +1,6 @@
 """Model archives: torch.package zips whose served object is the pickle ``model/model.pkl``
-(the torch::deploy / MultiPy convention), optionally with a manifest
+(the torch::deploy / MultiPy convention) or another one that the load or the manifest names
+(its ``entry``, "package/resource.pkl"), optionally with a manifest
 (``shoal/manifest.json``) and an example input and reference output (``shoal/example.pkl``)
 that the model is checked against when it loads. TorchScript zips (``torch.jit.save``)
 are archives too.
@@ -20,8 +21,7 @@ from torch.package import PackageExporter, PackageImporter
 
 from . import _native, _tensors
 
-ENTRY_PACKAGE = "model"
-ENTRY_RESOURCE = "model.pkl"
+ENTRY_PACKAGE, ENTRY_RESOURCE = _native.DEFAULT_ENTRY.rsplit("/", 1)  # the C++ reader's default
 MANIFEST = "shoal/manifest.json"
 EXAMPLE = "shoal/example.pkl"
 MANIFEST_FORMAT = 1
@@ -107,8 +107,18 @@ def use_quantized_engine(engine, path):
         torch.backends.quantized.engine = engine
 
 
+def _checked_methods(methods):
+    """``methods`` as a manifest lists them; ValueError with shoald's reason when it would
+    refuse them (package_format/served_object.h)."""
+    if isinstance(methods, str):
+        raise TypeError(f"methods must be a list of method names, not the string {methods!r}")
+    methods = list(methods)
+    _native.check_methods(methods)
+    return methods
+
+
 def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, example_inputs=None,
-           progress=None, broadcast_inputs=False, quantized_engine=None, batching=None):
+           progress=None, broadcast_inputs=False, quantized_engine=None, batching=None, methods=None):
     """Packages ``model`` (any picklable object; usually an ``nn.Module``) into ``path``.
 
     torch, numpy, torchvision, shoal and Python's standard library are extern (taken from the
@@ -128,7 +138,11 @@ def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, 
     shoald's dynamic batching for this model unless its load says otherwise
     (docs/architecture.md, "Dynamic batching"); every output must carry the batch along
     dim 0.
+    ``methods`` (["make_prediction"]): methods of the model besides forward that clients
+    may call (``infer(..., method="make_prediction")``); a load may allow more.
     """
+    if methods is not None:
+        methods = _checked_methods(methods)
     if batching is not None:
         known = {"max_batch", "max_delay_us", "preferred_batch_sizes"}
         if not isinstance(batching, dict) or not set(batching) <= known:
@@ -141,12 +155,14 @@ def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, 
     path = os.fspath(path)
     manifest = {"format": MANIFEST_FORMAT, "name": name or os.path.splitext(os.path.basename(path))[0],
                 "version": str(version) if version is not None else "1",
-                "entry": f"{ENTRY_PACKAGE}/{ENTRY_RESOURCE}", "inputs": [], "outputs": [], "example": None,
+                "entry": _native.DEFAULT_ENTRY, "inputs": [], "outputs": [], "example": None,
                 "broadcast_inputs": bool(broadcast_inputs)}
     if quantized_engine is not None:
         manifest["quantized_engine"] = quantized_engine
     if batching is not None:
         manifest["batching"] = batching
+    if methods:
+        manifest["methods"] = methods
     example = None
     if example_inputs is not None:
         if isinstance(example_inputs, torch.Tensor):
@@ -175,25 +191,29 @@ def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, 
     return path
 
 
-def torchscript_manifest(broadcast_inputs=False, quantized_engine=None):
+def torchscript_manifest(broadcast_inputs=False, quantized_engine=None, methods=None):
     """The manifest of a TorchScript archive, as ``torch.jit.save``'s ``_extra_files``:
     ``torch.jit.save(m, path, _extra_files=shoal.torchscript_manifest(broadcast_inputs=True))``.
     shoald reads it (extra/shoal/manifest.json) when the archive is loaded.
-    ``quantized_engine``: the engine the worker loads and runs it with (see ``export``)."""
+    ``quantized_engine``: the engine the worker loads and runs it with (see ``export``).
+    ``methods``: methods of the module besides forward that clients may call."""
     manifest = {"format": MANIFEST_FORMAT, "broadcast_inputs": bool(broadcast_inputs)}
     if quantized_engine is not None:
         manifest["quantized_engine"] = quantized_engine
+    if methods:
+        manifest["methods"] = _checked_methods(methods)
     return {MANIFEST: json.dumps(manifest)}
 
 
-def read_zip(path, label=None):
+def read_zip(path, label=None, entry=None):
     """The archive as the C++ reader sees it (package_format/archive_reader.h, the one
-    shoald checks loads with): ``{"kind", "prefix", "problem", "records", "broadcast_inputs"}``;
-    ``problem`` is why shoald would refuse it (None: servable); ``broadcast_inputs`` what
-    its manifest says. ArchiveError when it is not a readable zip.
+    shoald checks loads with): ``{"kind", "prefix", "problem", "records", "broadcast_inputs",
+    "entry"}``; ``problem`` is why shoald would refuse it (None: servable) when serving
+    ``entry`` (None: the manifest's or model/model.pkl); ``broadcast_inputs`` what its
+    manifest says; ``entry`` the pickle it serves. ArchiveError when it is not a readable zip.
     ``path`` may be an open file descriptor (``label`` then names it in errors)."""
     try:
-        return _native.read_archive(path if isinstance(path, int) else os.fspath(path))
+        return _native.read_archive(path if isinstance(path, int) else os.fspath(path), entry)
     except (_native.ZipError, OSError) as e:
         raise ArchiveError(f"archive {label or path}: not a readable zip file ({e}); "
                            "build archives with shoal.export") from None
@@ -218,11 +238,12 @@ def record_bytes(f, record):
     return data
 
 
-def storage_records(path, label=None):
+def storage_records(path, label=None, entry=None):
     """Maps each ``.data/<n>.storage`` record to (data offset in the file, size), after the
-    C++ reader checked that the archive is servable (storages stored and 64-byte aligned).
-    ``path`` may be an open file descriptor, named ``label`` in errors."""
-    return _storage_records(read_zip(path, label), label or path)
+    C++ reader checked that the archive is servable (storages stored and 64-byte aligned)
+    with ``entry`` as its served pickle. ``path`` may be an open file descriptor, named
+    ``label`` in errors."""
+    return _storage_records(read_zip(path, label, entry), label or path)
 
 
 def _storage_records(info, label):
@@ -279,7 +300,7 @@ def read_manifest(path, reader):
         raise ArchiveError(f"archive {path}: {MANIFEST} does not parse: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ArchiveError(f"archive {path}: {MANIFEST} is not a format-{MANIFEST_FORMAT} shoal manifest")
-    entry = manifest.get("entry", f"{ENTRY_PACKAGE}/{ENTRY_RESOURCE}")
+    entry = manifest.get("entry", _native.DEFAULT_ENTRY)
     if not isinstance(entry, str) or "/" not in entry or not reader.has_record(entry):
         raise ArchiveError(f"archive {path}: the manifest names entry {entry!r}, which the archive does not contain")
     example = manifest.get("example")
@@ -410,11 +431,15 @@ def device_of(obj):
     return "cpu"
 
 
-def load_with_manifest(path, device="auto", label=None, gpu_weights=None):
+def load_with_manifest(path, device="auto", label=None, gpu_weights=None, entry=None):
     """(served object, manifest or None) for ``device`` ("auto": where it was exported,
     "cpu", "cuda"). Weights are mapped, not copied, on the CPU (TorchScript archives are
     read by torch.jit.load). A manifest with an example is checked: the model must
     reproduce the reference output.
+
+    ``entry`` ("package/resource.pkl", MultiPy's ``load_pickle(package, resource)``): the
+    pickle to serve instead of the manifest's entry or model/model.pkl; the example, which
+    belongs to the manifest's entry, is then not run.
 
     ``path`` may be an open file descriptor (it stays open; ``label`` names it in errors):
     a worker loads the very file shoald passed it and opens no path. Everything is read
@@ -424,17 +449,17 @@ def load_with_manifest(path, device="auto", label=None, gpu_weights=None):
     ``gpu_weights`` (a worker's _gpu_weights.Weights): weights that go to the GPU are the
     copy shared by every worker on it (packaged models)."""
     if isinstance(path, int):
-        return _load_fd(path, label or f"<fd {path}>", device, gpu_weights)
+        return _load_fd(path, label or f"<fd {path}>", device, gpu_weights, entry)
     path = os.fspath(path)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return _load_fd(fd, path, device, gpu_weights)
+        return _load_fd(fd, path, device, gpu_weights, entry)
     finally:
         os.close(fd)
 
 
-def _load_fd(fd, path, device, gpu_weights=None):
-    info = read_zip(fd, path)
+def _load_fd(fd, path, device, gpu_weights=None, entry=None):
+    info = read_zip(fd, path, entry)
     if info["kind"] == "torchscript":
         with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapping:
             if device == "auto":
@@ -455,19 +480,17 @@ def _load_fd(fd, path, device, gpu_weights=None):
     importer.filename = path
     manifest = read_manifest(path, importer.zip_reader)
     use_quantized_engine((manifest or {}).get("quantized_engine"), path)  # before its packed weights are made
-    entry = (manifest or {}).get("entry", f"{ENTRY_PACKAGE}/{ENTRY_RESOURCE}")
-    if not importer.zip_reader.has_record(entry):
-        raise ArchiveError(f"archive {path}: no entry pickle {entry}; "
-                           "export the model with shoal.export (or save_pickle('model', 'model.pkl', m))")
+    served = info["entry"]  # the C++ reader checked it is a pickle of this archive (_storage_records)
     importer.zip_reader = _MappedReader(importer.zip_reader, mapping, path, records)
-    package, resource = entry.rsplit("/", 1)
+    folder, resource = served.rsplit("/", 1)
+    package = folder.replace("/", ".")  # torch.package's save_pickle("a.b", "x.pkl") wrote a/b/x.pkl
     if gpu_weights is not None:
         gpu_weights.bind(mapping, records, path)
     where = _restore(path, device, gpu_weights)
     obj = importer.load_pickle(package, resource, map_location=where)
     if isinstance(obj, torch.nn.Module):
         obj.eval()
-    if manifest and manifest.get("example"):
+    if manifest and manifest.get("example") and served == manifest.get("entry", _native.DEFAULT_ENTRY):
         pkg, res = manifest["example"].rsplit("/", 1)
         example = importer.load_pickle(pkg, res, map_location=where)
         with torch.no_grad():
@@ -476,6 +499,7 @@ def _load_fd(fd, path, device, gpu_weights=None):
     return obj, manifest
 
 
-def load(path):
-    """Loads the served object of an archive with its weights mapped, not copied."""
-    return load_with_manifest(path)[0]
+def load(path, entry=None):
+    """Loads the served object of an archive with its weights mapped, not copied
+    (``entry``: see ``load_with_manifest``)."""
+    return load_with_manifest(path, entry=entry)[0]

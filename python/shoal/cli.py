@@ -1,12 +1,12 @@
 """The `shoal` command: talk to shoald from a shell.
 
     shoal [--socket PATH] load NAME ARCHIVE [--device cpu|cuda|cuda:N] [--max-batch N]
-          [--max-delay-us N] [--preferred-batch-sizes N,N]
+          [--max-delay-us N] [--preferred-batch-sizes N,N] [--entry PKG/NAME.pkl] [--methods M,M]
     shoal [--socket PATH] unload NAME
     shoal [--socket PATH] models
     shoal [--socket PATH] status
     shoal [--socket PATH] health
-    shoal [--socket PATH] infer NAME IN.npy... [-o OUT.npy] [--timeout SECONDS]
+    shoal [--socket PATH] infer NAME IN.npy|IN.npz... [-o OUT.npy] [--timeout SECONDS] [--method M]
     shoal package MODULE.py:FACTORY -o OUT.pt [--name N] [--version V] [--example-input X.npy]...
                   [--extern PATTERN]... [--intern PATTERN]...
     shoal package --repack IN.pt -o OUT.pt
@@ -15,6 +15,7 @@
 import argparse
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -53,6 +54,39 @@ def _show(obj, indent=""):
     return repr(obj)
 
 
+INPUTS_HELP = ("inputs: each .npy is one positional argument; in a .npz, arrays named arr_0, arr_1, ... "
+               "(numpy's names for unnamed arrays: np.savez(f, a, b)) are positional arguments in that "
+               "order, at the file's place, and every other name is a keyword argument "
+               "(np.savez(f, input_ids=a) calls model(input_ids=a))")
+_POSITIONAL = re.compile(r"arr_(0|[1-9][0-9]*)")
+
+
+def read_inputs(paths):
+    """(args, kwargs) for ``shoal infer`` from .npy and .npz files (the rule: INPUTS_HELP).
+    ValueError naming the file when one cannot be read or a keyword comes twice."""
+    args, kwargs = [], {}
+    for path in paths:
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read input {path}: {e}") from None
+        if isinstance(data, np.ndarray):
+            args.append(data)
+            continue
+        with data:
+            positional = []
+            for key in data.files:
+                m = _POSITIONAL.fullmatch(key)
+                if m:
+                    positional.append((int(m.group(1)), data[key]))
+                elif key in kwargs:
+                    raise ValueError(f"input {path}: keyword argument {key!r} is given by an earlier .npz too")
+                else:
+                    kwargs[key] = data[key]
+            args.extend(a for _, a in sorted(positional, key=lambda p: p[0]))
+    return args, kwargs
+
+
 def build_parser():
     """The command line: every subcommand and option (shoal(1), docs/man/shoal.1.md, is
     checked against it)."""
@@ -68,14 +102,21 @@ def build_parser():
     s.add_argument("--max-delay-us", type=int, help="dynamic batching: how long a batch may wait to fill")
     s.add_argument("--preferred-batch-sizes", type=lambda v: [int(n) for n in v.split(",") if n],
                    help="dynamic batching: sizes that run at once, comma-separated (e.g. 4,8)")
+    s.add_argument("--entry", metavar="PKG/NAME.pkl",
+                   help="the pickle of a torch.package archive to serve, MultiPy's load_pickle(package, "
+                   "resource) as package/resource (default: the manifest's entry, else model/model.pkl)")
+    s.add_argument("--methods", type=lambda v: [n for n in v.split(",") if n], metavar="M,M",
+                   help="methods besides forward that clients may call (infer --method), comma-separated")
     s = sub.add_parser("unload", help="unload a model")
     s.add_argument("name")
     sub.add_parser("models", help="list loaded models")
     sub.add_parser("status", help="workers, queue and counters (JSON)")
     sub.add_parser("health", help="liveness and readiness; exit code 0 only when ready")
-    s = sub.add_parser("infer", help="run a model on .npy inputs")
+    s = sub.add_parser("infer", help="run a model on .npy/.npz inputs", description=INPUTS_HELP)
     s.add_argument("name")
-    s.add_argument("inputs", nargs="*", metavar="IN.npy")
+    s.add_argument("inputs", nargs="*", metavar="IN.npy|IN.npz", help=INPUTS_HELP)
+    s.add_argument("--method", help="call this method of the model instead of forward (one its load or "
+                   "manifest allows)")
     s.add_argument("-o", "--output", help="write the result: .npy for one tensor, .npz for a structure")
     s.add_argument("--timeout", type=float, help="deadline in seconds")
     s.add_argument("--retries", type=int, default=0, choices=(0, 1),
@@ -107,7 +148,8 @@ def main(argv=None):
         with Client(args.socket) as c:
             if args.cmd == "load":
                 c.load(args.name, args.archive, device=args.device, max_batch=args.max_batch,
-                       max_delay_us=args.max_delay_us, preferred_batch_sizes=args.preferred_batch_sizes)
+                       max_delay_us=args.max_delay_us, preferred_batch_sizes=args.preferred_batch_sizes,
+                       entry=args.entry, methods=args.methods)
                 print(f"loaded {args.name} from {args.archive}" + (f" on {args.device}" if args.device else ""))
             elif args.cmd == "unload":
                 c.unload(args.name)
@@ -127,14 +169,13 @@ def main(argv=None):
                     print(f"  {name}: {'ready' if ready else 'NOT READY'}")
                 return 0 if h["ready"] else 1
             elif args.cmd == "infer":
-                inputs = []
-                for path in args.inputs:
-                    try:
-                        inputs.append(np.load(path, allow_pickle=False))
-                    except (OSError, ValueError) as e:
-                        print(f"shoal: cannot read input {path}: {e}", file=sys.stderr)
-                        return 2
-                out = c.infer(args.name, *inputs, timeout=args.timeout, retries=args.retries)
+                try:
+                    inputs, keywords = read_inputs(args.inputs)
+                except ValueError as e:
+                    print(f"shoal: {e}", file=sys.stderr)
+                    return 2
+                out = c.infer(args.name, *inputs, timeout=args.timeout, retries=args.retries, method=args.method,
+                              kwargs=keywords)
                 print(_show(out))
                 if args.output:
                     if isinstance(out, torch.Tensor):

@@ -150,7 +150,8 @@ class Client:
         return device.index if device.index is not None else torch.cuda.current_device()
 
     # -- administration -------------------------------------------------------------
-    def load(self, name, archive, device=None, max_batch=None, max_delay_us=None, preferred_batch_sizes=None):
+    def load(self, name, archive, device=None, max_batch=None, max_delay_us=None, preferred_batch_sizes=None,
+             entry=None, methods=None):
         """Loads an archive into every worker under ``name``; returns when all are ready.
         ``device``: where it runs: None (where it was exported: a model exported from CUDA
         runs on a GPU), "cpu", "cuda" (every worker's GPU) or "cuda:N" (GPU N's workers).
@@ -159,6 +160,11 @@ class Client:
         most ``max_delay_us`` for a batch to fill and not at all once it reaches one of
         ``preferred_batch_sizes``; each given key overrides the archive manifest's
         ``batching`` (``max_batch=1`` turns it off).
+        ``entry`` ("package/resource.pkl"): the pickle of a torch.package archive to serve,
+        as MultiPy's ``load_pickle(package, resource)`` names it (default: the manifest's
+        entry, else model/model.pkl). ``methods`` (["make_prediction"]): methods of the
+        served object besides forward that clients may call (``infer(..., method=...)``),
+        with those its manifest allows; names are public identifiers.
 
         The archive is opened here, with this process's rights, and the open file is passed
         to shoald (SCM_RIGHTS); workers load from that very file. The path is sent only as
@@ -171,6 +177,12 @@ class Client:
                            ("preferred_batch_sizes", preferred_batch_sizes)):
             if value is not None:
                 msg[key] = [int(n) for n in value] if key == "preferred_batch_sizes" else int(value)
+        if entry is not None:
+            msg["entry"] = str(entry)
+        if methods is not None:
+            if isinstance(methods, str):
+                raise TypeError(f"methods must be a list of method names, not the string {methods!r}")
+            msg["methods"] = [str(m) for m in methods]
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         except OSError as e:
@@ -185,7 +197,8 @@ class Client:
         self._call({"op": "unload", "name": name})
 
     def models(self):
-        """[{"name", "path", "ready"}] of the loaded models."""
+        """[{"name", "path", "ready", "methods", "entry"?, ...}] of the loaded models
+        (``methods``: allowed besides forward; ``entry``: the pickle a package serves)."""
         return self._call({"op": "models"})["models"]
 
     def repository(self):

@@ -78,6 +78,7 @@ def inspect_archive(path):
         problems.append(str(e))
         return out
     out["kind"] = info["kind"]
+    out["entry"] = info["entry"]  # the pickle a load without entry= serves
     out["broadcast_inputs"] = info["broadcast_inputs"]
     if info["problem"]:
         problems.append(info["problem"])  # why shoald would refuse it, in its words
@@ -132,6 +133,8 @@ def inspect_archive(path):
 
 def format_inspection(info):
     lines = [f"archive   {info['path']}", f"kind      {info['kind'] or '?'}"]
+    if info.get("entry"):
+        lines.append(f"entry     {info['entry']}")
     m = info["manifest"]
     if m:
         lines.append(f"manifest  name={m.get('name')} version={m.get('version')} entry={m.get('entry')}")

@@ -537,3 +537,45 @@ TEST_CASE("C++ client: IValue arguments and keywords reach the model, from both 
   auto badname = (*c)->Infer("kwenc", {}, {{"input-ids", torch::ones({1})}});
   CHECK(badname.status().code() == shoal::Code::kBadRequest);
 }
+
+TEST_CASE("C++ client: a load names the entry pickle and the methods clients may call", "[client][methods]") {
+  Daemon d;
+  auto c = shoal::Client::Connect(d.socket());
+  REQUIRE(c.ok());
+  // Without its entry, a package with no model/model.pkl says which pickle to name.
+  auto plain = (*c)->Load("p", Archive("predictor"));
+  CHECK(plain.code() == shoal::Code::kBadRequest);
+  CHECK(plain.message().find("its pickles are predictor/predictor.pkl") != std::string::npos);
+  shoal::Client::LoadOptions options;
+  options.entry = "predictor/predictor.pkl";
+  options.methods = {"make_prediction"};
+  REQUIRE((*c)->Load("p", Archive("predictor"), options).ok());
+  options.entry.clear();
+  REQUIRE((*c)->Load("p_ts", Archive("predictor_ts"), options).ok());
+  auto models = (*c)->Models();
+  REQUIRE(models.ok());
+  for (const auto& m : *models) {
+    INFO(m.name);
+    if (m.name != "p" && m.name != "p_ts") continue;  // the daemon's own model
+    CHECK(m.entry == (m.name == "p" ? "predictor/predictor.pkl" : ""));
+    CHECK(m.methods == std::vector<std::string>{"make_prediction"});
+  }
+  for (std::string name : {"p", "p_ts"}) {
+    INFO(name);
+    auto a = torch::rand({3});
+    auto b = torch::rand({3});
+    c10::impl::GenericList pairs(c10::TupleType::create({c10::TensorType::get(), c10::TensorType::get()}));
+    pairs.push_back(c10::ivalue::Tuple::create({a, b}));
+    shoal::InferOptions call;
+    call.method = "make_prediction";
+    auto out = (*c)->Infer(name, {pairs}, {}, call);
+    REQUIRE(out.ok());
+    auto first = out->toList().get(0).toTupleRef().elements();
+    CHECK(torch::equal(first[0].toTensor(), -a));
+    CHECK(torch::equal(first[1].toTensor(), b * 2));
+    call.method = "make_batch";
+    auto refused = (*c)->Infer(name, {pairs, int64_t{1}}, {}, call);
+    CHECK(refused.status().code() == shoal::Code::kBadRequest);
+    CHECK(refused.status().message().find("this model allows forward, make_prediction.") != std::string::npos);
+  }
+}

@@ -1,8 +1,10 @@
 // The manifest keys shoald reads itself (package_format/manifest.h), from JSON as
 // shoal.export and torch.jit.save's extra files write it, and from JSON that is not.
 #include <string>
+#include <vector>
 
 #include "package_format/manifest.h"
+#include "package_format/served_object.h"
 #include "tests/cpp/catch.h"
 
 using namespace shoal;
@@ -94,4 +96,76 @@ TEST_CASE("a manifest's batching is read, and values shoald cannot follow are re
   bad.max_batch = 4;
   bad.preferred_batch_sizes = {4, 2};
   CHECK(CheckBatchPolicy(bad, "model 'm'").message().find("must ascend") != std::string::npos);
+}
+
+TEST_CASE("the manifest names the served pickle and the methods clients may call", "[manifest][served]") {
+  auto p = ParseManifestPolicy(R"({"format": 1, "entry": "predictor/obj.pkl", "methods": ["make_prediction", "embed"]})");
+  REQUIRE(p.ok());
+  CHECK(p->entry == "predictor/obj.pkl");
+  CHECK(p->methods == std::vector<std::string>{"make_prediction", "embed"});
+  CHECK(ParseManifestPolicy(R"({"format": 1})")->entry.empty());
+  CHECK(ParseManifestPolicy(R"({"methods": []})")->methods.empty());
+  struct Case {
+    const char* json;
+    const char* why;
+  };
+  const Case cases[] = {
+      {R"({"entry": 3})", "entry must be a string"},
+      {R"({"entry": "../x.pkl"})", "leaves the archive"},
+      {R"({"entry": "/model/model.pkl"})", "is an absolute path"},
+      {R"({"entry": "model.pkl"})", "names no package"},
+      {R"({"entry": "a/b.pkl", "entry": "a/c.pkl"})", "entry is given twice"},
+      {R"({"methods": "make_prediction"})", "methods must be a list"},
+      {R"({"methods": [1]})", "methods must be a list"},
+      {R"({"methods": ["__call__"]})", "is private or special"},
+      {R"({"methods": ["_helper"]})", "is private or special"},
+      {R"({"methods": ["a b"]})", "is not a Python identifier"},
+      {R"({"methods": ["m", "m"]})", "is named twice"},
+      {R"({"methods": [], "methods": []})", "methods is given twice"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.json);
+    auto r = ParseManifestPolicy(c.json);
+    REQUIRE(r.status().code() == Code::kBadRequest);
+    CHECK(r.status().message().find(c.why) != std::string::npos);
+  }
+  std::string many = R"({"methods": [)";
+  for (size_t i = 0; i <= kMaxMethods; ++i) many += (i ? ", \"m" : "\"m") + std::to_string(i) + "\"";
+  CHECK(ParseManifestPolicy(many + "]}").status().message().find("methods must be a list") != std::string::npos);
+}
+
+TEST_CASE("an entry names a pickle inside the archive, never a path out of it", "[served]") {
+  for (const char* good : {"model/model.pkl", "pkg/name.pkl", "a/b/c.pkl", "fn/fn.pkl", "pkg/data.bin"}) {
+    CAPTURE(good);
+    CHECK(CheckEntryName(good).ok());
+  }
+  struct Case {
+    std::string entry;
+    const char* why;
+  };
+  const Case cases[] = {
+      {"", "is empty"},
+      {"../model/model.pkl", "leaves the archive"},
+      {"a/../../x.pkl", "leaves the archive"},
+      {"a/..", "leaves the archive"},
+      {"/etc/passwd", "is an absolute path"},
+      {"model.pkl", "names no package"},
+      {"model/", "names no resource"},
+      {"a//b.pkl", "is not a Python module name"},
+      {"./a/b.pkl", "is not a Python module name"},
+      {"my-pkg/x.pkl", "is not a Python module name"},
+      {std::string("a/b\0.pkl", 8), "NUL or other control character"},
+      {"a/" + std::string(kMaxEntryBytes, 'x'), "bytes long, more than 256"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.entry);
+    auto st = CheckEntryName(c.entry);
+    REQUIRE(st.code() == Code::kBadRequest);
+    CHECK(st.message().find(c.why) != std::string::npos);
+  }
+  CHECK(CheckMethodName("make_prediction").ok());
+  CHECK(CheckMethodName("forward").ok());
+  CHECK(CheckMethodName(std::string(kMaxMethodNameBytes + 1, 'm')).code() == Code::kBadRequest);
+  CHECK(CheckMethodNames(std::vector<std::string>(kMaxMethods + 1, "m")).message().find("at most 32") !=
+        std::string::npos);
 }

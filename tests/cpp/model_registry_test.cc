@@ -226,3 +226,28 @@ TEST_CASE("a model loaded for cuda:N goes only to the workers on GPU N, also to 
   REQUIRE(f.registry.Load("n", NamedArchive("/n.pt"), f.Record(), "cuda").ok());
   CHECK(f.hosts.loads.size() == 3);
 }
+
+TEST_CASE("only forward and the methods a load allows may be called, and a refusal says how to allow one",
+          "[registry][methods]") {
+  Fixture f;
+  REQUIRE(f.registry.Load("m", NamedArchive("/m.pt"), f.Record(), "auto", {}, {"make_prediction", "embed"}).ok());
+  REQUIRE(f.registry.Load("plain", NamedArchive("/p.pt"), f.Record()).ok());
+  CHECK(f.registry.AllowsMethod("m", "").ok());
+  CHECK(f.registry.AllowsMethod("m", "forward").ok());
+  CHECK(f.registry.AllowsMethod("m", "make_prediction").ok());
+  CHECK(f.registry.AllowsMethod("m", "embed").ok());
+  CHECK(f.registry.AllowsMethod("plain", "forward").ok());
+  auto no = f.registry.AllowsMethod("plain", "make_prediction");
+  CHECK(no.code() == Code::kBadRequest);
+  for (const char* says : {"method 'make_prediction' is not allowed; this model allows forward.",
+                           "methods=[\"make_prediction\"]", "shoal load --methods make_prediction"}) {
+    CAPTURE(says);
+    CHECK(no.message().find(says) != std::string::npos);
+  }
+  CHECK(f.registry.AllowsMethod("m", "load_state_dict").message().find(
+            "this model allows forward, make_prediction, embed.") != std::string::npos);
+  for (const auto& info : f.registry.List()) {
+    CHECK(info.methods == (info.name == "m" ? std::vector<std::string>{"make_prediction", "embed"}
+                                            : std::vector<std::string>{}));
+  }
+}

@@ -140,7 +140,7 @@ BAD = [
     ({"args": [{"input": 0}, {"input": 1}, {"tensor": {}}]}, "not \"tensor\""),
     ({"args": [{"input": 0}, {"input": 1}, {"dict": [[1.5, {"input": 2}]]}]}, "dict keys are str or int"),
     ({"args": [{"input": 0}, {"input": 1}, {"value": "x" * 70000}, {"input": 2}]}, "a string of 70000 bytes"),
-    ({"args": [{"input": 0}, {"input": 1}, {"input": 2}], "method": "no such"}, "method must be a Python identifier"),
+    ({"args": [{"input": 0}, {"input": 1}, {"input": 2}], "method": "no such"}, "method 'no such' is not a Python identifier"),
     ({"args": [{"input": 0}, {"input": 1}, {"input": 2}], "method": "load_state_dict"},
      "method 'load_state_dict' is not allowed"),
 ]
