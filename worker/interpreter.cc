@@ -138,4 +138,11 @@ Result<EncodedReply> Interpreter::Handle(const std::string& body, std::vector<in
   return out;
 }
 
+std::string Interpreter::Release(uint64_t arena, const std::vector<uint64_t>& blocks) {
+  char notice[256];  // {"v":1,"op":"usage","usage":{"owner","bytes","arenas"}}: under 100 bytes
+  size_t len = 0;
+  if (api_->release(arena, blocks.data(), blocks.size(), notice, sizeof(notice), &len) != 0) return "";
+  return std::string(notice, len);
+}
+
 }  // namespace shoal

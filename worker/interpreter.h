@@ -4,7 +4,8 @@
 // RTLD_GLOBAL, when the worker has one interpreter; private copies, loaded RTLD_LOCAL,
 // when it has several (worker/private_copy.h). All model semantics live in Python
 // (python/shoal/_worker.py). Thread-safety: Handle/CreateRunner need the GIL of this
-// interpreter on the calling thread (AcquireGil, or AttachThread for a new thread).
+// interpreter on the calling thread (AcquireGil, or AttachThread for a new thread);
+// Release needs none.
 #pragma once
 
 #include <memory>
@@ -66,6 +67,10 @@ class Interpreter {
   // Returns the reply (empty body: the message needs no reply) with the fds to attach to
   // it (owned by the runner).
   Result<EncodedReply> Handle(const std::string& body, std::vector<int>* fds);
+
+  // Frees `blocks` of the runner's output arena `arena` (a release notice) and returns the
+  // usage notice to send back. No Python runs: any thread may call it, GIL or not.
+  std::string Release(uint64_t arena, const std::vector<uint64_t>& blocks);
 
   // Releases / re-acquires the GIL around blocking waits (for the calling thread).
   void ReleaseGil() { api_->release_gil(); }

@@ -11,12 +11,14 @@
 #include <cstring>
 #include <string>
 
+#include "shm/output_release_api.h"
 #include "worker/pyhost.h"
 
 namespace {
 
 PyObject* g_module = nullptr;  // shoal._worker
 PyObject* g_handle = nullptr;  // runner.handle
+const ShoalOutputReleaseApi* g_release = nullptr;  // frees runner.outputs' blocks; kept with its capsule
 std::string g_versions;
 ShoalPrepareExtensionFn g_prepare = nullptr;
 void* g_prepare_ctx = nullptr;
@@ -156,9 +158,25 @@ int CreateRunner(int slot, int interp, char** error) {
   PyObject* runner = PyObject_CallMethod(g_module, "Runner", "ii", slot, interp);
   if (runner == nullptr) return Fail(error, "shoal._worker.Runner failed:\n" + FetchPythonError());
   g_handle = PyObject_GetAttrString(runner, "handle");
+  PyObject* outputs = PyObject_GetAttrString(runner, "outputs");
   Py_DECREF(runner);  // the bound method keeps it alive
   if (g_handle == nullptr) return Fail(error, "Runner has no handle():\n" + FetchPythonError());
+  // Releases are the worker loop's, in C++: the capsule (never freed) keeps the arenas.
+  PyObject* capsule = outputs != nullptr ? PyObject_CallMethod(outputs, "release_api", nullptr) : nullptr;
+  Py_XDECREF(outputs);
+  if (capsule == nullptr) return Fail(error, "Runner.outputs has no release_api():\n" + FetchPythonError());
+  auto* api = static_cast<const ShoalOutputReleaseApi*>(PyCapsule_GetPointer(capsule, kShoalOutputReleaseCapsule));
+  if (api == nullptr || api->version != kShoalOutputReleaseApiVersion) {
+    PyErr_Clear();
+    return Fail(error, "shoal._native is not of this shoal-worker's build (its OutputArenas.release_api differs); "
+                       "rebuild or reinstall shoal");
+  }
+  g_release = api;
   return 0;
+}
+
+int Release(uint64_t arena, const uint64_t* blocks, size_t n, char* notice, size_t cap, size_t* len) {
+  return g_release->release(g_release->arenas, arena, blocks, n, notice, cap, len);
 }
 
 int Freeze(char** error) {
@@ -260,6 +278,7 @@ int Handle(const char* body, size_t len, int* fds, size_t* nfds, char** reply, s
 const ShoalPyhostApi kApi = {
     kShoalPyhostAbi, Start,       Versions,   CreateRunner, Freeze, PyOS_BeforeFork, PyOS_AfterFork_Parent,
     PyOS_AfterFork_Child, ReleaseGil, AcquireGil, AttachThread, SelfTest, Handle, ImportFolders, EnterSandbox,
+    Release,
 };
 
 }  // namespace

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 extern "C" {
 
@@ -55,9 +56,13 @@ struct ShoalPyhostApi {
   // With the GIL, in a worker before its sandbox closes: shoal._sandbox.enter(tmp_dir,
   // confined) points the interpreter's temporary files at `tmp_dir`.
   int (*enter_sandbox)(const char* tmp_dir, int confined, const char* env, char** error);
+  // Without the GIL, from any thread, once create_runner succeeded: frees `n` blocks of the
+  // runner's output arena `arena` (shm/output_release_api.h; no Python runs) and writes the
+  // usage notice to send back in notice[0..*len); -1 when it does not fit in `cap` bytes.
+  int (*release)(uint64_t arena, const uint64_t* blocks, size_t n, char* notice, size_t cap, size_t* len);
 };
 
-constexpr int kShoalPyhostAbi = 4;
+constexpr int kShoalPyhostAbi = 5;
 
 typedef const ShoalPyhostApi* (*ShoalPyhostApiFn)();
 const ShoalPyhostApi* shoal_pyhost_api();

@@ -19,17 +19,33 @@ namespace shoal {
 
 namespace {
 
-// Where a release goes: the TorchScript runner's or the Python runner's output arenas of a
-// lane; nullopt for an arena no owner here could have made.
-struct ReleaseRoute {
+// A release notice, read: the output arena, its owner (the TorchScript runner or the
+// Python runner of a lane: the arena id says which, shm/output_arenas.h) and the blocks.
+struct ReleaseNotice {
+  uint64_t arena = 0;
   uint32_t lane = 0;
   bool torchscript = false;
+  std::vector<uint64_t> blocks;
 };
-std::optional<ReleaseRoute> RouteRelease(const MapView& m) {
+// nullopt for an arena no owner here could have made.
+std::optional<ReleaseNotice> ReadRelease(const MapView& m) {
   auto arena = m.Uint("arena");
   if (!arena.ok() || !IsWorkerArena(*arena)) return std::nullopt;
   uint32_t owner = OwnerOfWorkerArena(*arena);
-  return ReleaseRoute{owner / 2, owner % 2 == 1};
+  ReleaseNotice r{*arena, owner / 2, owner % 2 == 1, {}};
+  if (auto blocks = m.Array("blocks"); blocks.ok()) {
+    for (uint32_t i = 0; i < (*blocks)->via.array.size; ++i) {
+      const auto& b = (*blocks)->via.array.ptr[i];
+      if (b.type == msgpack::type::POSITIVE_INTEGER) r.blocks.push_back(b.via.u64);  // not an offset: not ours
+    }
+  }
+  return r;
+}
+
+// Frees a release's blocks where they were handed out, in C++ for either engine (no GIL,
+// no Python); the owner's usage notice, for shoald.
+std::string Release(const ReleaseNotice& r, TorchScriptModels* torchscript, Interpreter* interp) {
+  return r.torchscript ? torchscript->Release(r.arena, r.blocks) : interp->Release(r.arena, r.blocks);
 }
 
 }  // namespace
@@ -41,10 +57,9 @@ void ServeOne(int fd, Interpreter* interp) {
   auto send = [fd](const std::string& body, const std::vector<int>& attached = {}) {
     return body.empty() || SendAll(fd, EncodeFrame(body), attached).ok();
   };
+  interp->ReleaseGil();  // held only while Python runs
   for (;;) {
-    interp->ReleaseGil();
     auto body = RecvFrame(fd, &reader, &fds);
-    interp->AcquireGil();
     if (!body.ok()) {
       if (body.status().code() != Code::kUnavailable) spdlog::error("{}", body.status().ToString());
       break;  // supervisor gone or stream broken: nothing left to serve
@@ -55,12 +70,9 @@ void ServeOne(int fd, Interpreter* interp) {
       std::string op = m.Str("op").value_or("");
       batch = op == "infer" && m.Find("batch") != nullptr;
       if (op == "release") {
-        auto route = RouteRelease(m);
-        if (!route || route->lane != 0) continue;  // not an arena of ours: ignored
-        if (route->torchscript) {
-          if (!send(torchscript.Release(m))) break;
-          continue;
-        }
+        auto r = ReadRelease(m);
+        if (r && r->lane == 0 && !send(Release(*r, &torchscript, interp))) break;  // else not ours: ignored
+        continue;
       } else if (op == "drop_client") {
         bool sent = true;
         for (const auto& n : torchscript.DropClient(m.Uint("client").value_or(0))) sent = sent && send(n);
@@ -73,7 +85,9 @@ void ServeOne(int fd, Interpreter* interp) {
         }
       }
     }
+    interp->AcquireGil();
     auto reply = interp->Handle(*body, &fds);
+    interp->ReleaseGil();
     if (!reply.ok()) {
       spdlog::critical("{}", reply.status().ToString());
       _exit(4);
@@ -131,17 +145,10 @@ void ServeMany(int fd, int slot, const std::vector<std::unique_ptr<Interpreter>>
       lanes[i]->Push(std::move(t));
       continue;
     }
-    if (op == "release") {  // only the owner of the arena frees its blocks
-      auto route = RouteRelease(m);
-      if (!route || route->lane >= static_cast<uint32_t>(k)) continue;  // not an arena of ours: ignored
-      if (route->torchscript) {
-        sink.Send(torchscript.Release(m));
-        continue;
-      }
-      Task t;
-      t.body = std::move(*body);
-      lanes[route->lane]->Push(std::move(t));
-      continue;
+    if (op == "release") {  // only the owner of the arena frees its blocks, here (no lane's turn)
+      auto r = ReadRelease(m);
+      if (r && r->lane < static_cast<uint32_t>(k)) sink.Send(Release(*r, &torchscript, interps[r->lane].get()));
+      continue;  // else not an arena of ours: ignored
     }
     if (op == "drop_client") {  // every owner drops that client's output arenas
       for (const auto& n : torchscript.DropClient(m.Uint("client").value_or(0))) sink.Send(n);

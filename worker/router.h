@@ -6,11 +6,13 @@
 //   ServeMany  K interpreters: the reading thread only routes, to one Lane per interpreter
 //              (worker/lanes.h): a job to the interpreter shoald chose ("interp"), loads and
 //              unloads to all (one reply once all are done), arenas and client drops to
-//              all, a release to the owner of its output arena (the arena id names the
-//              lane and the engine, shm/output_arenas.h).
+//              all.
+// Both free the blocks of a `release` on the reading thread, in C++, in the owner's output
+// arenas (the arena id names the lane and the engine, shm/output_arenas.h): the Python
+// runner's through shm/output_release_api.h, without its GIL.
 // Threading: called on the worker's main thread, which becomes the reading thread; neither
 // returns (the process exits when shoald goes away). The caller holds the GIL of the only
-// interpreter for ServeOne and none for ServeMany.
+// interpreter for ServeOne (which keeps it only while Python runs) and none for ServeMany.
 #pragma once
 
 #include <memory>

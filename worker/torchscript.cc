@@ -233,17 +233,10 @@ bool TorchScriptModels::Holds(const MapView& msg) {
   return model.ok() && impl_->models.count(*model) != 0;
 }
 
-std::string TorchScriptModels::Release(const MapView& msg) {
-  auto arena = msg.Uint("arena");
-  auto blocks = msg.Array("blocks");
-  if (!arena.ok() || !IsWorkerArena(*arena) || OwnerOfWorkerArena(*arena) % 2 != 1) return "";
-  OutputArenas* out = impl_->Outputs(OwnerOfWorkerArena(*arena) / 2);
-  if (blocks.ok()) {
-    for (uint32_t i = 0; i < (*blocks)->via.array.size; ++i) {
-      const auto& b = (*blocks)->via.array.ptr[i];
-      if (b.type == msgpack::type::POSITIVE_INTEGER) out->Free(*arena, b.via.u64);  // ignores what it did not hand out
-    }
-  }
+std::string TorchScriptModels::Release(uint64_t arena, const std::vector<uint64_t>& blocks) {
+  if (!IsWorkerArena(arena) || OwnerOfWorkerArena(arena) % 2 != 1) return "";
+  OutputArenas* out = impl_->Outputs(OwnerOfWorkerArena(arena) / 2);
+  for (uint64_t b : blocks) out->Free(arena, b);  // ignores what it did not hand out
   return UsageNotice(out->Usage());
 }
 

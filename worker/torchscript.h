@@ -37,9 +37,10 @@ class TorchScriptModels {
   bool Handle(const MapView& msg, std::vector<int>* fds, EncodedReply* reply);
   // Whether `msg` is a job of a model held here (Handle will run it).
   bool Holds(const MapView& msg);
-  // release {arena, blocks} of one of this runner's output arenas: frees the blocks it
-  // handed out (anything else is ignored) and returns the owner's usage notice.
-  std::string Release(const MapView& msg);
+  // release {arena, blocks} of one of this runner's output arenas (worker/router.cc read
+  // it): frees the blocks it handed out (anything else is ignored) and returns the
+  // owner's usage notice.
+  std::string Release(uint64_t arena, const std::vector<uint64_t>& blocks);
   // The client connection is gone: its output arenas are dropped; usage notices.
   std::vector<std::string> DropClient(uint64_t client);
 

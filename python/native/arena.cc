@@ -20,18 +20,21 @@
 //        .add(arena, fd, size=0, gpu='')  .drop(arena)  .map(arena, keep) -> Arena (idle mappings dropped
 //        when mapping fails)  .mapped
 //   OutputArenas(owner_tag)   -> a worker runner's output arenas (shm/output_arenas.h):
-//        .release(arena, blocks) -> usage notice   .drop_client(client) -> usage notice
+//        .release_api() -> capsule of the C entry shoal-worker frees blocks through
+//        (shm/output_release_api.h)   .drop_client(client) -> usage notice
 // torch.frombuffer keeps a reference to the object it reads, so a tensor built over a
 // Block keeps the block alive, and dropping the tensor frees (or releases) it.
 // Thread-safety: the GIL protects the Python objects; Arena and OutputArenas are
 // thread-safe themselves.
 #include <cstddef>
+#include <cstring>
 #include <memory>
 #include <set>
 
 #include "protocol/output_tree.h"
 #include "python/native/native.h"
 #include "shm/client_arena_maps.h"
+#include "shm/output_release_api.h"
 
 namespace {
 
@@ -354,22 +357,33 @@ PyObject* OutputArenas_new(PyTypeObject* type, PyObject* args, PyObject*) {
   return NewOwner<OutputArenasObject, shoal::OutputArenas>(type, static_cast<uint32_t>(owner));
 }
 
-PyObject* OutputArenas_release(OutputArenasObject* self, PyObject* args) {
-  unsigned long long arena;
-  PyObject* blocks;
-  if (!PyArg_ParseTuple(args, "KO", &arena, &blocks)) return nullptr;
-  PyObject* fast = PySequence_Fast(blocks, "release: blocks must be a sequence of offsets");
-  if (fast == nullptr) return nullptr;
-  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); ++i) {
-    unsigned long long off = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, i));
-    if (PyErr_Occurred()) {
-      PyErr_Clear();  // not an offset: nothing of ours
-      continue;
-    }
-    self->impl->Free(arena, off);  // refuses anything it did not hand out
+// The C entry of shm/output_release_api.h: the worker's loop frees blocks through it.
+int ReleaseBlocks(void* arenas, uint64_t arena, const uint64_t* blocks, size_t n, char* notice, size_t cap,
+                  size_t* len) {
+  auto* impl = static_cast<shoal::OutputArenas*>(arenas);
+  for (size_t i = 0; i < n; ++i) impl->Free(arena, blocks[i]);  // refuses anything it did not hand out
+  std::string usage = shoal::UsageNotice(impl->Usage());
+  if (usage.size() > cap) return -1;
+  std::memcpy(notice, usage.data(), usage.size());
+  *len = usage.size();
+  return 0;
+}
+
+void ReleaseApiDestroy(PyObject* capsule) {
+  delete static_cast<ShoalOutputReleaseApi*>(PyCapsule_GetPointer(capsule, kShoalOutputReleaseCapsule));
+  Py_XDECREF(static_cast<PyObject*>(PyCapsule_GetContext(capsule)));
+}
+
+PyObject* OutputArenas_release_api(OutputArenasObject* self, PyObject*) {
+  auto* api = new ShoalOutputReleaseApi{kShoalOutputReleaseApiVersion, self->impl, ReleaseBlocks};
+  PyObject* capsule = PyCapsule_New(api, kShoalOutputReleaseCapsule, ReleaseApiDestroy);
+  if (capsule == nullptr) {
+    delete api;
+    return nullptr;
   }
-  Py_DECREF(fast);
-  return Bytes(shoal::UsageNotice(self->impl->Usage()));
+  // The capsule keeps the arenas alive.
+  PyCapsule_SetContext(capsule, Py_NewRef(reinterpret_cast<PyObject*>(self)));
+  return capsule;
 }
 
 PyObject* OutputArenas_drop_client(OutputArenasObject* self, PyObject* args) {
@@ -380,8 +394,8 @@ PyObject* OutputArenas_drop_client(OutputArenasObject* self, PyObject* args) {
 }
 
 PyMethodDef OutputArenas_methods[] = {
-    {"release", reinterpret_cast<PyCFunction>(OutputArenas_release), METH_VARARGS,
-     "release(arena, blocks) -> usage notice: frees the blocks handed out here, ignores the rest"},
+    {"release_api", reinterpret_cast<PyCFunction>(OutputArenas_release_api), METH_NOARGS,
+     "release_api() -> capsule of the C entry that frees blocks without Python (shm/output_release_api.h)"},
     {"drop_client", reinterpret_cast<PyCFunction>(OutputArenas_drop_client), METH_VARARGS,
      "drop_client(client) -> usage notice: unmaps and closes that connection's output arenas"},
     {nullptr, nullptr, 0, nullptr}};

@@ -10,7 +10,8 @@ runner only reads and writes the bytes a descriptor names, and maps an arena whe
 first needs it (unmapping idle ones when the address space runs out:
 ``_native.ClientArenas``, the policy the TorchScript runner follows too). Outputs go into this
 runner's own output arenas (``_native.OutputArenas``, one set per client connection), and
-only this runner frees their blocks, on ``release`` from the client or shoald.
+only the worker frees their blocks, on ``release`` from the client or shoald: its C++ loop
+does, through ``outputs.release_api()`` (shm/output_release_api.h), without Python.
 """
 import gc
 import os
@@ -104,8 +105,6 @@ class Runner:
             self.arenas.add(msg["arena"], fds.pop(0), msg.get("size", 0), msg.get("gpu") or "")
         elif op == "drop_arena":
             self.arenas.drop(msg["arena"])
-        elif op == "release":
-            return self.outputs.release(msg["arena"], msg["blocks"])
         elif op == "drop_client":
             return self.outputs.drop_client(msg["client"])
         elif op == "load":
