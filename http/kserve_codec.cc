@@ -25,6 +25,7 @@ constexpr std::pair<std::string_view, std::string_view> kV2Types[] = {
 
 constexpr size_t kMaxNameBytes = 256;
 constexpr size_t kMaxInputs = 256;
+constexpr size_t kMaxJsonBytes = 16u << 20;  // the JSON part; big tensors go as binary data
 constexpr int kMaxNesting = 32;  // of a JSON tensor's "data" arrays
 
 Status Bad(const std::string& where, const std::string& what) { return Status::BadRequest(where + ": " + what); }
@@ -58,6 +59,8 @@ std::optional<size_t> PositionOf(const std::string& name) {
   return n;
 }
 
+Result<int64_t> IntegerOf(const json& j, const std::string& datatype);
+
 // Fills `t` (contiguous, on the CPU) from JSON scalars.
 Status FillFromJson(const std::vector<const json*>& items, const std::string& datatype, torch::Tensor* t) {
   const auto n = static_cast<int64_t>(items.size());
@@ -73,8 +76,9 @@ Status FillFromJson(const std::vector<const json*>& items, const std::string& da
   if (integral) {
     std::vector<int64_t> v(n);
     for (int64_t i = 0; i < n; ++i) {
-      if (!items[i]->is_number_integer()) return Status::BadRequest(datatype + " data must be integers");
-      v[i] = items[i]->get<int64_t>();
+      auto x = IntegerOf(*items[i], datatype);
+      if (!x.ok()) return x.status();
+      v[i] = *x;
     }
     t->copy_(torch::from_blob(v.data(), {n}, at::kLong).view(t->sizes()));
     return Status::Ok();
@@ -116,6 +120,48 @@ Result<std::vector<std::string>> ReadBytes(const std::vector<const json*>* items
   return out;
 }
 
+// Whether `text` nests arrays and objects at most `limit` deep (strings skipped). Checked
+// before parsing: a parse of 8 MiB of "[" takes a gigabyte.
+bool NestsAtMost(std::string_view text, int limit) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > limit) return false;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return true;
+}
+
+// An integer of `datatype` from JSON, range-checked.
+Result<int64_t> IntegerOf(const json& j, const std::string& datatype) {
+  if (!j.is_number_integer()) return Status::BadRequest(datatype + " data must be integers");
+  if (j.is_number_unsigned() && j.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    return Status::BadRequest(datatype + " data holds " + j.dump() + ", out of range");
+  }
+  int64_t v = j.get<int64_t>();
+  std::pair<int64_t, int64_t> range = {std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max()};
+  if (datatype == "UINT8") range = {0, 255};
+  if (datatype == "INT8") range = {-128, 127};
+  if (datatype == "INT16") range = {-32768, 32767};
+  if (datatype == "INT32") range = {std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max()};
+  if (v < range.first || v > range.second) {
+    return Status::BadRequest(datatype + " data holds " + std::to_string(v) + ", out of its range");
+  }
+  return v;
+}
+
 }  // namespace
 
 std::optional<at::ScalarType> ScalarTypeOfV2(std::string_view datatype) {
@@ -146,6 +192,13 @@ Result<V2Request> ParseV2Request(std::string_view body, std::optional<size_t> he
     }
     json_size = *header_length;
   }
+  if (json_size > kMaxJsonBytes) {
+    return Status::BadRequest("the JSON part is " + std::to_string(json_size) + " bytes, more than " +
+                              std::to_string(kMaxJsonBytes) + "; send big tensors as binary data (binary_data_size)");
+  }
+  if (!NestsAtMost(body.substr(0, json_size), kMaxNesting + 8)) {
+    return Status::BadRequest("the request's JSON nests deeper than " + std::to_string(kMaxNesting + 8));
+  }
   json doc;
   try {
     doc = json::parse(body.substr(0, json_size));
@@ -163,6 +216,13 @@ Result<V2Request> ParseV2Request(std::string_view body, std::optional<size_t> he
     if (auto b = it->find("binary_data_output"); b != it->end()) {
       if (!b->is_boolean()) return Status::BadRequest("parameters.binary_data_output must be true or false");
       req.binary_default = b->get<bool>();
+    }
+    if (auto t = it->find("timeout"); t != it->end()) {  // Triton's: microseconds
+      if (!t->is_number_unsigned() || t->get<uint64_t>() > (uint64_t{1} << 40)) {
+        return Status::BadRequest("parameters.timeout must be microseconds, an integer >= 0");
+      }
+      uint64_t us = t->get<uint64_t>();
+      if (us > 0) req.timeout_ms = static_cast<int64_t>((us + 999) / 1000);
     }
   }
   auto inputs = doc.find("inputs");
@@ -194,7 +254,9 @@ Result<V2Request> ParseV2Request(std::string_view body, std::optional<size_t> he
     for (const auto& d : *shape_it) {
       if (!d.is_number_integer() || d.get<int64_t>() < 0) return Bad(where, "shape sizes must be integers >= 0");
       uint64_t n = d.get<uint64_t>();
-      if (n != 0 && count > (uint64_t{1} << 40) / n) return Bad(where, "the shape holds more than 2^40 elements");
+      if (n > (uint64_t{1} << 40) || (n != 0 && count > (uint64_t{1} << 40) / n)) {
+        return Bad(where, "the shape holds more than 2^40 elements");
+      }
       count *= n;
       shape.push_back(static_cast<int64_t>(n));
     }
@@ -226,14 +288,12 @@ Result<V2Request> ParseV2Request(std::string_view body, std::optional<size_t> he
     if (datatype == "BYTES") {
       auto strings = ReadBytes(binary_size ? nullptr : &items, bytes, count);
       if (!strings.ok()) return Bad(where, strings.status().message());
-      if (shape.empty() || (shape.size() == 1 && shape[0] == 1)) {
+      if (count == 1) {  // [], [1], [1, 1]: one str
         value = (*strings)[0];
-      } else if (shape.size() == 1) {
+      } else {  // any other shape: its strings in row-major order, one list
         c10::List<std::string> list;
         for (auto& s : *strings) list.push_back(std::move(s));
         value = list;
-      } else {
-        return Bad(where, "BYTES inputs are one string (shape [1]) or a list of strings (shape [N])");
       }
     } else {
       auto type = ScalarTypeOfV2(datatype);
@@ -253,6 +313,11 @@ Result<V2Request> ParseV2Request(std::string_view body, std::optional<size_t> he
       auto t = alloc(shape, *type);
       if (!t.ok()) return t.status();
       if (binary_size) {
+        if (*type == at::kBool) {
+          for (char c : bytes) {
+            if (c != 0 && c != 1) return Bad(where, "BOOL binary data must be bytes 0 or 1");
+          }
+        }
         if (count != 0) std::memcpy(t->data_ptr(), bytes.data(), bytes.size());
       } else if (auto st = FillFromJson(items, datatype, &*t); !st.ok()) {
         return Bad(where, st.message());
@@ -260,7 +325,9 @@ Result<V2Request> ParseV2Request(std::string_view body, std::optional<size_t> he
       value = *t;
     }
     if (auto n = PositionOf(name)) {
-      positional[*n] = std::move(value);
+      if (!positional.emplace(*n, std::move(value)).second) {
+        return Bad(where, "positional argument " + std::to_string(*n) + " is given twice");
+      }
     } else {
       req.kwargs[name] = std::move(value);
     }

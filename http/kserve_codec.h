@@ -38,7 +38,7 @@ struct V2Request {
   std::optional<std::vector<std::string>> outputs;  // asked for by name; none: all
   std::map<std::string, bool> binary;               // per asked output: as binary data?
   bool binary_default = false;                      // parameters.binary_data_output
-  std::optional<int64_t> timeout_ms;                // parameters.timeout (ms), if given
+  std::optional<int64_t> timeout_ms;                // parameters.timeout (Triton's, in us), rounded up to ms
 };
 
 // Allocates a tensor to fill (the client's shared memory, so that it travels without

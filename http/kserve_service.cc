@@ -92,7 +92,7 @@ std::string NotFound(const std::string& model, const std::string& version) {
 
 }  // namespace
 
-KServeService::KServeService(Client* client, size_t threads) : client_(client), pool_(threads) {}
+KServeService::KServeService(Client* client, size_t threads) : client_(client), pool_(threads), probes_(2) {}
 
 KServeService::~KServeService() { Stop(); }
 
@@ -100,6 +100,7 @@ void KServeService::Stop() {
   if (stopped_) return;
   stopped_ = true;
   pool_.join();
+  probes_.join();
 }
 
 unsigned KServeService::HttpStatus(Code code) {
@@ -109,13 +110,17 @@ unsigned KServeService::HttpStatus(Code code) {
     case Code::kModelNotFound: return 404;
     case Code::kTimeout: return 504;
     case Code::kOverloaded:
+    case Code::kArenaFull:  // shoal-http's own shared memory: busy, not the client's fault
     case Code::kUnavailable: return 503;
     default: return 500;  // the model's error, a crash, a full arena, shoal's own
   }
 }
 
 void KServeService::Handle(HttpServer::Request request, HttpServer::Respond respond) {
-  boost::asio::post(pool_, [this, request = std::move(request), respond = std::move(respond)] {
+  const std::string infer = "/infer";
+  bool is_infer = request.path.size() >= infer.size() &&
+                  request.path.compare(request.path.size() - infer.size(), infer.size(), infer) == 0;
+  boost::asio::post(is_infer ? pool_ : probes_, [this, request = std::move(request), respond = std::move(respond)] {
     HttpServer::Reply reply;
     try {
       reply = Route(request);
@@ -220,12 +225,27 @@ HttpServer::Reply KServeService::Infer(const std::string& model, const std::stri
     header_length = static_cast<size_t>(n);
   }
   const std::string name = ShoalName(model, version);
+  size_t json_bytes = std::min(request.body.size(), header_length.value_or(request.body.size()));
+  {
+    std::unique_lock<std::mutex> lock(json_mu_);
+    json_cv_.wait(lock, [&] { return json_bytes_ == 0 || json_bytes_ + json_bytes <= kJsonBudget; });
+    json_bytes_ += json_bytes;
+  }
   auto parsed = ParseV2Request(request.body, header_length, [this](at::IntArrayRef shape, at::ScalarType dtype) {
     return client_->Empty(shape, dtype);
   });
-  if (!parsed.ok()) return Error(400, "infer on model '" + name + "': " + parsed.status().message());
+  {
+    std::lock_guard<std::mutex> lock(json_mu_);
+    json_bytes_ -= json_bytes;
+  }
+  json_cv_.notify_all();
+  if (!parsed.ok()) {
+    const Status& st = parsed.status();
+    return Error(HttpStatus(st.code()), "infer on model '" + name + "': " + st.message());
+  }
   InferOptions options;
   options.host_outputs = true;
+  if (parsed->timeout_ms) options.timeout = std::chrono::milliseconds(*parsed->timeout_ms);
   auto out = client_->Infer(name, parsed->args, parsed->kwargs, options);
   if (!out.ok()) return Error(out.status());
   auto response = EncodeV2Response(model, version, *parsed, *out);

@@ -4,11 +4,15 @@
 // threads, and answers through the request's Respond. Load and unload have no route: the
 // HTTP front has no write access to models (and shoald never takes them from it anyway:
 // its session is never an admin's).
-// Owns the thread pool; borrows the Client, which must outlive it.
+// Infer runs on a pool of `threads`; health, metadata and the rest on a pool of 2 of their own,
+// so that probes are answered while every infer thread waits on a slow model.
+// Owns the thread pools; borrows the Client, which must outlive it.
 // Thread-safety: Handle on the server's loop; Stop from the thread that owns the service.
 #pragma once
 
 #include <boost/asio/thread_pool.hpp>
+#include <condition_variable>
+#include <mutex>
 #include <string>
 
 #include "http/server.h"
@@ -40,7 +44,14 @@ class KServeService {
   HttpServer::Reply Infer(const std::string& model, const std::string& version, const HttpServer::Request& request);
 
   Client* client_;
-  boost::asio::thread_pool pool_;
+  boost::asio::thread_pool pool_;    // infer: decoding, the job, encoding
+  boost::asio::thread_pool probes_;  // everything else: health probes never wait behind slow jobs
+  // Bytes of JSON being parsed at once (a parse takes ~20x its text): at most kJsonBudget,
+  // one request past it waits.
+  static constexpr size_t kJsonBudget = 64u << 20;
+  std::mutex json_mu_;
+  std::condition_variable json_cv_;
+  size_t json_bytes_ = 0;  // GUARDED_BY(json_mu_)
   bool stopped_ = false;
 };
 

@@ -6,18 +6,15 @@
 //   shoal-http --listen ADDRESS (--fd FD | --socket PATH) [--threads N]
 //              [--max-body-mb N] [--max-connections N]
 //
-// Once it listens it gives up what it does not need: a seccomp filter refuses connect(2)
-// (it can reach shoald only through the connection it has: no new session with its uid),
-// execve and ptrace (where libseccomp is present).
+// Once it listens it gives up what it does not need (http/confine.h): no new connections
+// (it reaches shoald only through the session shoald made), no programs, no signals to
+// others.
 #include <malloc.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
-#ifdef SHOAL_HAVE_SECCOMP
-#include <seccomp.h>
-#endif
 
 #include <boost/asio.hpp>
 #include <cerrno>
@@ -26,6 +23,7 @@
 #include <iostream>
 #include <string>
 
+#include "http/confine.h"
 #include "http/kserve_service.h"
 #include "http/listen_address.h"
 #include "http/server.h"
@@ -38,26 +36,6 @@ int Usage(const std::string& why) {
             << "usage: shoal-http --listen ADDRESS (--fd FD | --socket PATH) [--threads N] "
                "[--max-body-mb N] [--max-connections N]\n";
   return 2;
-}
-
-// Refuses new connections, program execution and tracing from here on.
-shoal::Status Confine() {
-#ifdef SHOAL_HAVE_SECCOMP
-  scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
-  if (ctx == nullptr) return shoal::Status::Internal("seccomp_init failed");
-  // Every thread of the process (the service's pool is running already).
-  int rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
-  for (int call : {SCMP_SYS(connect), SCMP_SYS(execve), SCMP_SYS(execveat), SCMP_SYS(ptrace)}) {
-    rc = rc != 0 ? rc : seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), call, 0);
-  }
-  if (rc == 0) rc = seccomp_load(ctx);  // sets no_new_privs itself
-  seccomp_release(ctx);
-  if (rc != 0) return shoal::Status::FromErrno("seccomp filter", -rc);
-  return shoal::Status::Ok();
-#else
-  prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-  return shoal::Status::Internal("built without libseccomp: connect(2) stays allowed");
-#endif
 }
 
 }  // namespace
@@ -132,7 +110,14 @@ int main(int argc, char** argv) {
     spdlog::error("shoal-http: {}", where.status().ToString());
     return 1;
   }
-  if (auto st = Confine(); !st.ok()) spdlog::warn("shoal-http: {}", st.ToString());
+  if (auto st = shoal::Confine(); !st.ok()) {
+#ifdef SHOAL_HAVE_SECCOMP
+    spdlog::error("shoal-http: {}", st.ToString());  // not served unconfined
+    return 1;
+#else
+    spdlog::warn("shoal-http: {}", st.ToString());
+#endif
+  }
   boost::asio::signal_set signals(io, SIGTERM, SIGINT);
   signals.async_wait([&](const boost::system::error_code&, int) {
     server.Stop();

@@ -73,8 +73,26 @@ class Session : public HttpServer::Connection, public std::enable_shared_from_th
     parser_->header_limit(static_cast<uint32_t>(limits_.max_header_bytes));
     parser_->body_limit(limits_.max_body_bytes);
     stream_.expires_after(limits_.request_timeout);
-    http::async_read(stream_, buffer_, *parser_,
-                     [self = this->shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
+    // The header first: once it is in, the connection is busy with a request, and a
+    // newcomer past max_connections never closes it (an upload in progress is not idle).
+    http::async_read_header(stream_, buffer_, *parser_,
+                            [self = this->shared_from_this()](beast::error_code ec, size_t) { self->OnHeader(ec); });
+  }
+
+  void OnHeader(beast::error_code ec) {
+    if (ec) return OnRead(ec);
+    waiting = false;
+    auto body = [self = this->shared_from_this()] {
+      http::async_read(self->stream_, self->buffer_, *self->parser_,
+                       [self](beast::error_code ec, size_t) { self->OnRead(ec); });
+    };
+    if (!beast::iequals(parser_->get()[http::field::expect], "100-continue") || parser_->is_done()) return body();
+    // curl and others wait (a second) for this before sending a body over 1 MiB.
+    continue_.emplace(http::status::continue_, parser_->get().version());
+    http::async_write(stream_, *continue_, [self = this->shared_from_this(), body](beast::error_code ec, size_t) {
+      if (ec) return self->Finish();
+      body();
+    });
   }
 
   void OnRead(beast::error_code ec) {
@@ -147,6 +165,7 @@ class Session : public HttpServer::Connection, public std::enable_shared_from_th
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http::response<http::string_body> response_;
+  std::optional<http::response<http::empty_body>> continue_;
   unsigned version_ = 11;
   bool keep_alive_ = false;
   bool head_ = false;

@@ -135,9 +135,10 @@ void ClientFront::Accept() {
   });
 }
 
-std::shared_ptr<ClientSession> ClientFront::Serve(int fd) {
+std::shared_ptr<ClientSession> ClientFront::Serve(int fd, bool never_admin) {
   auto s = std::make_shared<ClientSession>();
   s->id = next_session_++;
+  s->never_admin = never_admin;  // before a frame can be read
   if (auto st = ReadPeerCredentials(fd, s.get()); !st.ok()) spdlog::warn("{}", st.ToString());
   s->channel = std::make_shared<AsyncChannel>(io_, fd);
   s->channel->set_frame_timeout(std::chrono::milliseconds(config_.frame_timeout_ms));
@@ -160,11 +161,7 @@ std::shared_ptr<ClientSession> ClientFront::Serve(int fd) {
   return s;
 }
 
-uint64_t ClientFront::Adopt(int fd) {
-  auto s = Serve(fd);
-  s->never_admin = true;
-  return s->id;
-}
+uint64_t ClientFront::Adopt(int fd) { return Serve(fd, /*never_admin=*/true)->id; }
 
 void ClientFront::AcceptLater(const boost::system::error_code& why) {
   auto now = std::chrono::steady_clock::now();

@@ -65,7 +65,7 @@ class ClientFront {
   // (it would have shoald's uid, so it would be an admin).
   bool FromModelCode(int fd) const;
   // Serves an accepted (or adopted) connection; its peer's credentials are read from it.
-  std::shared_ptr<ClientSession> Serve(int fd);
+  std::shared_ptr<ClientSession> Serve(int fd, bool never_admin = false);
   // Descriptors kept free for what workers send (output arenas travel with answers).
   static constexpr rlim_t kReservedDescriptors = 16;
   // Whether accepting `fd` left fewer than kReservedDescriptors free.

@@ -173,6 +173,7 @@ def test_binary_tensors_of_16_mib_both_ways(served):
     assert got == {"last_hidden_state": [3.0, 0.0], "pooled": [3.0]}
 
 
+BOOLS = b'{"inputs":[{"name":"x","shape":[1],"datatype":"BOOL","parameters":{"binary_data_size":1}}]}'
 SHORT = b'{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":4}}]}'
 BAD = [
     ("not JSON", b"{nope", {}, 400, "not JSON"),
@@ -195,6 +196,17 @@ BAD = [
     ("header length past the body", b"{}", {"Inference-Header-Content-Length": "100"}, 400, "the body has 2"),
     ("unclaimed binary bytes", b'{"inputs":[]}xyz', {"Inference-Header-Content-Length": "13"}, 400,
      "3 bytes of binary data"),
+    ("a JSON nesting bomb", b"[" * (8 << 20), {}, 400, "nests deeper than"),
+    ("a zero hiding a huge size", json.dumps({"inputs": [{"name": "x", "shape": [0, 1 << 62, 1 << 62],
+                                                          "datatype": "FP32", "data": []}]}).encode(), {}, 400,
+     "2^40 elements"),
+    ("one position twice", json.dumps({"inputs": [
+        {"name": "a__0", "shape": [1], "datatype": "FP32", "data": [1]},
+        {"name": "b__0", "shape": [1], "datatype": "FP32", "data": [2]}]}).encode(), {}, 400, "given twice"),
+    ("UINT8 out of range", json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "UINT8",
+                                                   "data": [300]}]}).encode(), {}, 400, "out of its range"),
+    ("BOOL bytes not 0 or 1", BOOLS + b"\x02", {"Inference-Header-Content-Length": str(len(BOOLS))}, 400,
+     "bytes 0 or 1"),
     ("unknown output", json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],
                                    "outputs": [{"name": "logits"}]}).encode(), {}, 400, "no output 'logits'"),
 ]
@@ -230,6 +242,55 @@ def test_wrong_models_routes_and_methods(served):
     status, _, body = infer(a, "crashy", {"inputs": [{"name": "INPUT__0", "shape": [1], "datatype": "FP32",
                                                       "data": [-1]}]})
     assert status == 500 and "WORKER_CRASHED" in json.loads(body)["error"]
+
+
+def test_expect_100_continue_and_head(served):
+    x = np.ones(4, dtype=np.float32)
+    header = json.dumps({"inputs": [{"name": "INPUT__0", "shape": [4], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 16}}]}).encode()
+    body = header + x.tobytes()
+    host, port = served.http.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v2/models/add/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  + f"Inference-Header-Content-Length: {len(header)}\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        assert s.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n")  # before the body is sent
+        s.sendall(body)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += s.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200 ")
+    status, h, out = call(served.http, "HEAD", "/v2")
+    assert status == 200 and out == b""
+    assert int(h["Content-Length"]) == len(request(served.http, path="/v2")[2])
+
+
+def test_probes_are_answered_while_every_infer_thread_waits(served, tmp_path):
+    with served.client() as c:
+        c.load("sleepy", shoal.export(m.Sleeps(), tmp_path / "sleepy.pt"))
+    x = {"inputs": [{"name": "INPUT__0", "shape": [1], "datatype": "FP32", "data": [1.5]}],
+         "parameters": {"timeout": 2_500_000}}  # Triton's: microseconds
+    busy = [threading.Thread(target=infer, args=(served.http, "sleepy", x)) for _ in range(34)]
+    for t in busy:
+        t.start()
+    try:
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        assert get_json(served.http, "/v2/health/live")[0] == 200
+        assert time.monotonic() - t0 < 1.0  # not behind the jobs that hold every infer thread
+    finally:
+        for t in busy:
+            t.join(120)
+
+
+def test_a_request_timeout_is_the_jobs_deadline(served, tmp_path):
+    with served.client() as c:
+        if "sleepy2" not in [x["name"] for x in c.models()]:
+            c.load("sleepy2", shoal.export(m.Sleeps(), tmp_path / "sleepy2.pt"))
+    status, _, body = infer(served.http, "sleepy2", {
+        "inputs": [{"name": "INPUT__0", "shape": [1], "datatype": "FP32", "data": [5]}],
+        "parameters": {"timeout": 300_000}})
+    assert status == 504, body
+    assert "TIMEOUT" in json.loads(body)["error"]
 
 
 def test_a_body_over_http_max_body_mb_is_413(make_daemon):
