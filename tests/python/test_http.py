@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import shoal
+import shoal._build_info
 import shoal_test_models as m
 from conftest import Daemon, settle
 from httpc import connect, free_port, request
@@ -352,6 +353,7 @@ def test_readiness_follows_shoalds(make_daemon, tmp_path):
     assert get_json(d.http, "/v2/health/ready")[0] == 200
 
 
+@pytest.mark.skipif(not shoal._build_info.SECCOMP, reason="built without libseccomp")
 def test_the_front_runs_confined(served):
     """shoal-http's session is never an admin's (client_front_test shows the refusal); its
     seccomp filter keeps it from opening another connection with shoald's uid."""
