@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
+#include <array>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <cctype>
@@ -103,6 +104,7 @@ class Session : public HttpServer::Connection, public std::enable_shared_from_th
     }
     keep_alive_ = false;
     version_ = 11;
+    linger_ = true;  // an error while reading: what the client still sends is read and dropped
     if (ec == http::error::header_limit) {
       return Write(HttpServer::Plain(431, "request header larger than " + std::to_string(limits_.max_header_bytes) +
                                               " bytes\n"));
@@ -112,6 +114,7 @@ class Session : public HttpServer::Connection, public std::enable_shared_from_th
                                               " bytes (" + limits_.what + "'s limit)\n"));
     }
     if (ec) return Write(HttpServer::Plain(400, "bad request: " + ec.message() + "\n"));
+    linger_ = false;
     auto req = parser_->release();
     version_ = req.version();
     keep_alive_ = req.keep_alive();
@@ -149,10 +152,27 @@ class Session : public HttpServer::Connection, public std::enable_shared_from_th
   }
 
   void OnWritten(beast::error_code ec) {
+    if (!ec && linger_ && server != nullptr) return Linger();
     if (ec || !keep_alive_ || server == nullptr) return Finish();
     response_ = {};
     head_ = false;
     Read();
+  }
+
+  // After an error reply to a request whose body was not read (413): closing now would
+  // reset the connection, and the client could lose the reply with the bytes it was still
+  // sending. Stop sending, read and drop what comes until the client closes, for at most
+  // kLingerTime, then close.
+  void Linger() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(Protocol::socket::shutdown_send, ignored);
+    if (!linger_until_) linger_until_ = std::chrono::steady_clock::now() + kLingerTime;
+    if (std::chrono::steady_clock::now() >= *linger_until_) return Finish();
+    stream_.expires_at(*linger_until_);
+    stream_.async_read_some(asio::buffer(drain_), [self = this->shared_from_this()](beast::error_code ec, size_t) {
+      if (ec || self->server == nullptr) return self->Finish();
+      self->Linger();
+    });
   }
 
   void Finish() {
@@ -168,6 +188,10 @@ class Session : public HttpServer::Connection, public std::enable_shared_from_th
   std::optional<http::response<http::empty_body>> continue_;
   unsigned version_ = 11;
   bool keep_alive_ = false;
+  bool linger_ = false;
+  static constexpr std::chrono::seconds kLingerTime{5};
+  std::optional<std::chrono::steady_clock::time_point> linger_until_;
+  std::array<char, 65536> drain_;
   bool head_ = false;
 };
 
