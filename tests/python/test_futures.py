@@ -131,9 +131,10 @@ def test_cancelled_jobs_leak_no_output_blocks(daemon, archives):
         c.load("sleeps", archives["sleeps"])
         c.load("add", archives["add"])
         free = [a.free_bytes() for a in c._arenas.values()]
-        # Both workers sleep for a second, so the jobs below wait in shoald's queue and
-        # every cancel() comes before its answer.
-        busy = [c.submit("sleeps", torch.full((4,), 1.0), timeout=60) for _ in range(2)]
+        # Both workers sleep for 3 s, so the jobs below wait in shoald's queue and every
+        # cancel() comes before its answer (1 s was not always enough on a GPU host running
+        # 16 test files at once: every cancel came too late).
+        busy = [c.submit("sleeps", torch.full((4,), 3.0), timeout=60) for _ in range(2)]
         futs = [c.submit("add", torch.full((KIB256,), float(k)), timeout=60) for k in range(N)]
         cancelled = [f.cancel() for f in futs[::2]]
         assert all(cancelled)
