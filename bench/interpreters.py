@@ -8,6 +8,7 @@ For each K, in one run and alternating:
   (a) gil      one in-process interpreter shared by K threads (the GIL case)
   (b) interp   shoald --workers 1 --interpreters K
   (c) workers  shoald --workers K --interpreters 1
+      (--no-send-ahead: also "workers-no-ahead", the same with shoald --no-send-ahead)
 Each configuration is driven to saturation by 2K client processes (Python clients, one
 connection each) for --seconds after a warm-up; throughput is jobs/s, p50/p99 are the
 clients' round trips. Every process uses one intra-op thread (torch.set_num_threads(1),
@@ -121,11 +122,11 @@ def run_gil(net, shape, threads, seconds):
     return len(lats) / seconds, lats, pss_kb(os.getpid())
 
 
-def run_shoald(archive, shape, workers, k, seconds, tmp):
+def run_shoald(archive, shape, workers, k, seconds, tmp, extra=()):
     sock = os.path.join(tmp, f"s-{workers}-{k}.sock")
     log = open(os.path.join(tmp, f"shoald-{workers}-{k}.log"), "w")
     proc = subprocess.Popen([os.path.join(BUILD, "bin", "shoald"), "--socket", sock, "--workers", str(workers),
-                             "--interpreters", str(k), "--interpreter-cache", os.path.join(tmp, "cache")],
+                             "--interpreters", str(k), "--interpreter-cache", os.path.join(tmp, "cache"), *extra],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
@@ -153,6 +154,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--models", default="python_bound,resnet18")
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--no-send-ahead", action="store_true",
+                    help="also run (c) with shoald --no-send-ahead (jobs wait in shoald until a slot is free)")
     args = ap.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
     tmp = tempfile.mkdtemp(prefix="shoal-interp-bench-")
@@ -169,7 +172,8 @@ def main():
         results = {}
         for run in range(args.runs):
             for k in ks:
-                for mode in ("gil", "interp", "workers"):
+                modes = ("gil", "interp", "workers") + (("workers-no-ahead",) if args.no_send_ahead else ())
+                for mode in modes:
                     if mode == "gil":
                         r = run_gil(net, shape, k, args.seconds)
                     elif mode == "interp":
@@ -178,12 +182,14 @@ def main():
                         except RuntimeError as e:  # --interpreters K refused by this torch
                             print(f"{mode} K={k} refused: {str(e)[-600:]}", file=sys.stderr)
                             continue
-                    else:
+                    elif mode == "workers":
                         r = run_shoald(archive, shape, k, 1, args.seconds, tmp)
+                    else:
+                        r = run_shoald(archive, shape, k, 1, args.seconds, tmp, ["--no-send-ahead"])
                     results.setdefault((mode, k), []).append(r)
                     print(f"{name} run {run} {mode} K={k}: {r[0]:.1f}/s, p50 {percentile(r[1], .5) * 1e3:.2f} ms, "
                           f"Pss {r[2] / 1024:.0f} MB", file=sys.stderr, flush=True)
-        base = {m: statistics.median(x[0] for x in results[(m, 1)]) for m in ("gil", "interp", "workers")
+        base = {m: statistics.median(x[0] for x in results[(m, 1)]) for m in ("gil", "interp", "workers", "workers-no-ahead")
                 if (m, 1) in results}
         for (mode, k), rs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             rate = statistics.median(x[0] for x in rs)

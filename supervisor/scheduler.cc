@@ -325,6 +325,15 @@ bool Scheduler::BatchOverdue(const Job& job) const {
 
 void Scheduler::OnReply(const std::shared_ptr<Job>& job, const Status& st, const MapView* reply) {
   if (!st.ok()) {
+    if (job->ahead && st.code() == Code::kWorkerCrashed && !job->answered && !stopped_) {
+      // Sent ahead, it never started: queued again, first, as if never dispatched.
+      job->ahead = false;
+      spdlog::info("job {} of model '{}' was sent ahead to a worker that died first; queued again", job->id,
+                   job->model);
+      Enqueue(job, true);
+      Dispatch();
+      return;
+    }
     // The worker died under it. Re-run it only if the client asked for that, and never a
     // job that has now crashed two workers.
     if (!job->answered && ++job->crashes < 2 && job->retries > 0 && !stopped_) {
@@ -443,10 +452,18 @@ void Scheduler::OnDeadline(const std::shared_ptr<Job>& job) {
                                                   " ms in the queue and passed its deadline"));
     }
   }
-  Fail(job, Status(Code::kTimeout, what + " passed its deadline after " + std::to_string(waited) +
-                                       " ms while running; its worker is given " +
-                                       std::to_string(config_.kill_grace_ms) + " ms before it is killed"));
-  if (!pool_->IsRunning(*job)) return;
+  if (job->ahead) {
+    // Its worker skips it (the job carries its deadline). Should it have started just
+    // before, shoald learns so with the reply before it, well within the grace below.
+    Fail(job, Status(Code::kTimeout, what + " waited " + std::to_string(waited) +
+                                         " ms, the last of it queued in worker " + std::to_string(job->worker) +
+                                         " behind another job, and passed its deadline; it will not run"));
+  } else {
+    Fail(job, Status(Code::kTimeout, what + " passed its deadline after " + std::to_string(waited) +
+                                         " ms while running; its worker is given " +
+                                         std::to_string(config_.kill_grace_ms) + " ms before it is killed"));
+    if (!pool_->IsRunning(*job)) return;
+  }
   // The grace period is the job's own (its deadline timer, re-armed): with K interpreters
   // several jobs of one worker may be past their deadlines, and each must still get its
   // worker killed if it never returns.

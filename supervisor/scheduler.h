@@ -47,24 +47,27 @@ class SlotPool {
   };
   // A free interpreter of a live worker that serves `job`'s model and, when its inputs
   // are on a GPU (job.gpu), runs on that GPU (it maps no other GPU's memory): preferably
-  // one that ran the model last, then the least busy worker; or nullopt. *any_free says
-  // whether any slot at all is free.
+  // one that ran the model last, then the least busy worker; with none free and
+  // send_ahead, a busy one that may take it ahead of its turn (never for a batching
+  // model); or nullopt. *any_free says whether any slot at all could take a job.
   virtual std::optional<Slot> Pick(const Job& job, bool* any_free) const = 0;
-  // Starts `job` on `slot` (fills job->worker/interp/generation/started); `done` runs once.
+  // Starts `job` on `slot` (fills job->worker/interp/generation/started), or sends it
+  // ahead when the slot is busy (Job::ahead); `done` runs once.
   virtual void Run(Slot slot, const std::shared_ptr<Job>& job, ReplyFn done) = 0;
   using MemberReplyFn = std::function<void(const std::shared_ptr<Job>& job, const Status& st, const MapView* reply)>;
   // Starts `jobs` (2 or more, batch-compatible, of one model) on `slot` as one run of the
   // model (one message to the worker); `done` runs once per member with its own reply. The
   // slot is taken until every member is answered.
   virtual void RunBatch(Slot slot, const std::vector<std::shared_ptr<Job>>& jobs, MemberReplyFn done) = 0;
-  // Whether `job` (alone or a member of a batch) still runs on the slot it was started on.
+  // Whether `job` (alone or a member of a batch) still runs on the slot it was started on;
+  // false while it was sent ahead and waits there (Job::ahead).
   virtual bool IsRunning(const Job& job) const = 0;
   // Kills the worker that runs `job` (SIGTERM, then SIGKILL).
   virtual void Terminate(const Job& job, const std::string& why) = 0;
   // Tells the worker that ran `job` to free output blocks nobody will read, in its output
   // arena `arena` (the worker's own id for it).
   virtual void FreeBlocks(const Job& job, uint64_t arena, const std::vector<uint64_t>& blocks) = 0;
-  virtual int RunningJobs(const std::string& model = {}) const = 0;  // of one model, or all
+  virtual int RunningJobs(const std::string& model = {}) const = 0;  // of one model, or all (sent ahead too)
   virtual size_t Serving(const std::string& model) const = 0;          // live workers that serve it
 };
 

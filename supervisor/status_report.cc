@@ -94,17 +94,22 @@ void PackStatus(Writer* w, uint64_t id, const ServiceFigures& service, const Mod
     w->pk().pack_array(static_cast<uint32_t>(wk.interps.size()));
     for (size_t i = 0; i < wk.interps.size(); ++i) {
       const auto& in = wk.interps[i];
-      w->Map(3);
+      w->Map(4);
       w->Key("index"); w->Val(static_cast<uint64_t>(i));
       w->Key("state"); w->Str(wk.state == "restarting" ? "restarting" : in.busy ? "busy" : "idle");
-      w->Key("job");
-      if (in.busy) {
+      auto job = [w](uint64_t id, const std::string& model) {
+        if (id == 0) {
+          w->pk().pack_nil();
+          return;
+        }
         w->Map(2);
-        w->Key("id"); w->Val(in.job);
-        w->Key("model"); w->Str(in.model);
-      } else {
-        w->pk().pack_nil();
-      }
+        w->Key("id"); w->Val(id);
+        w->Key("model"); w->Str(model);
+      };
+      w->Key("job");
+      job(in.busy ? in.job : 0, in.model);
+      w->Key("next");  // sent ahead of its turn (send_ahead): it runs when `job` ends
+      job(in.next, in.next_model);
     }
     w->Key("models"); w->Val(wk.models);
     w->Key("rss_kb"); w->Val(wk.memory.rss_kb);

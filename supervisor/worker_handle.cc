@@ -49,6 +49,23 @@ int WorkerHandle::FreeInterpreter(const std::string& model) const {
   return any;
 }
 
+int WorkerHandle::AheadInterpreter(const std::string& model) const {
+  int best = -1;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const auto& j = jobs[i];
+    if (j == nullptr || !j->batch.empty() || ahead[i] != nullptr) continue;
+    if (best < 0) {
+      best = static_cast<int>(i);
+      continue;
+    }
+    const auto& b = jobs[static_cast<size_t>(best)];
+    bool warm = j->model == model;
+    bool best_warm = b->model == model;
+    if ((warm && !best_warm) || (warm == best_warm && j->started < b->started)) best = static_cast<int>(i);
+  }
+  return best;
+}
+
 Result<SpawnedProcess> SpawnWorkerProcess(const std::string& binary, const std::vector<std::string>& args) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {

@@ -79,7 +79,11 @@ struct WorkerHandle {
   // Per interpreter: its in-flight inference, or null; a batch is its first member, which
   // holds the others (Job::batch).
   std::vector<std::shared_ptr<Job>> jobs;
-  std::vector<std::string> last_model;     // per interpreter: the model it ran last
+  // Per interpreter: the job sent to it ahead of its turn (send_ahead), which it starts the
+  // moment jobs[i] ends; never a batch, and only behind a job that is not one. Not running
+  // yet: if the worker dies first it is queued again, not charged (Job::ahead).
+  std::vector<std::shared_ptr<Job>> ahead;
+  std::vector<std::string> last_model;     // per interpreter: the model it ran (or runs next) last
   std::unique_ptr<boost::asio::steady_timer> kill_timer;
   // Its /proc/self/smaps_rollup, opened by the worker and handed over (`memory_file`): a
   // non-root shoald cannot open a non-dumpable worker's. Given to the sampler with the pid.
@@ -93,10 +97,14 @@ struct WorkerHandle {
   std::shared_ptr<Job> JobOf(uint64_t id) const;
   int FreeInterpreter(const std::string& model) const;  // a free one (preferring one that ran
                                                         // `model` last), or -1
+  // A busy interpreter a job of `model` may be sent ahead to: it runs one job (not a batch)
+  // and has none waiting; preferring one whose job is of `model`, then the one whose job
+  // started first. -1: none.
+  int AheadInterpreter(const std::string& model) const;
 };
 
-// The job in `jobs` (per interpreter, as WorkerHandle::jobs) or in a batch one of them
-// leads whose id is `id`, or null.
+// The job in `jobs` (per interpreter, as WorkerHandle::jobs or ::ahead) or in a batch one
+// of them leads whose id is `id`, or null.
 std::shared_ptr<Job> FindJob(const std::vector<std::shared_ptr<Job>>& jobs, uint64_t id);
 
 struct SpawnedProcess {

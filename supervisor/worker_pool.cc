@@ -119,6 +119,7 @@ void WorkerPool::Spawn(int slot) {
   auto w = std::make_unique<WorkerHandle>();
   w->slot = slot;
   w->jobs.resize(static_cast<size_t>(config_.interpreters));
+  w->ahead.resize(static_cast<size_t>(config_.interpreters));
   w->last_model.resize(static_cast<size_t>(config_.interpreters));
   w->started = Clock::now();
   w->generation = next_generation_++;
@@ -352,6 +353,7 @@ void WorkerPool::OnGone(WorkerHandle* w, std::string how) {
   // A worker shoald killed for a job's deadline is charged to nobody.
   std::set<std::pair<std::string, std::optional<uid_t>>> charged;
   for (const auto& [rid, model] : w->pending_model) {
+    if (FindJob(w->ahead, rid)) continue;  // sent ahead, not started: it crashed nothing
     std::optional<uid_t> client;
     if (auto j = w->JobOf(rid)) client = j->client_uid;  // in a batch: each member's client
     if (!w->killed_for_deadline) charged.insert({model, client});
@@ -372,6 +374,8 @@ void WorkerPool::OnGone(WorkerHandle* w, std::string how) {
   w->pending.clear();
   auto jobs = std::move(w->jobs);
   w->jobs.assign(jobs.size(), nullptr);
+  auto ahead = std::move(w->ahead);
+  w->ahead.assign(jobs.size(), nullptr);
   w->ready_models.clear();
   w->arenas.clear();
   w->arena_lru.clear();
@@ -380,6 +384,12 @@ void WorkerPool::OnGone(WorkerHandle* w, std::string how) {
   arenas_->DropWorker(w->slot, w->generation);  // clients keep the mappings they hold
   std::string who = "worker " + std::to_string(w->slot) + " (pid " + std::to_string(w->pid) + ")";
   for (auto& [rid, fn] : pending) {
+    if (auto waiting = FindJob(ahead, rid)) {  // the scheduler queues it again (Job::ahead)
+      fn(Status(Code::kWorkerCrashed, who + " died from " + how + " before starting job " + std::to_string(rid) +
+                                          " of model '" + waiting->model + "', sent to it ahead of its turn"),
+         nullptr);
+      continue;
+    }
     std::shared_ptr<Job> job = FindJob(jobs, rid);
     std::string what =
         !job ? who + " died from " + how + " before answering"
@@ -471,9 +481,13 @@ void WorkerPool::KillAll() {
     w->pending.clear();
     auto jobs = std::move(w->jobs);
     w->jobs.assign(jobs.size(), nullptr);
+    auto ahead = std::move(w->ahead);
+    w->ahead.assign(jobs.size(), nullptr);
     for (auto& [rid, fn] : pending) {
       std::string what = "shoald stopped before " + w->Describe() + " answered";
-      if (auto j = FindJob(jobs, rid)) what = "shoald stopped before job " + std::to_string(rid) + " of model '" + j->model + "' finished";
+      if (auto j = FindJob(ahead, rid)) {
+        what = "shoald stopped before job " + std::to_string(rid) + " of model '" + j->model + "' started";
+      } else if (auto j = FindJob(jobs, rid)) what = "shoald stopped before job " + std::to_string(rid) + " of model '" + j->model + "' finished";
       fn(Status(Code::kUnavailable, what), nullptr);
     }
     w->gone = true;
@@ -631,7 +645,9 @@ void WorkerPool::SendArenaIfNeeded(WorkerHandle* w, uint64_t arena) {
   if (a == nullptr) return;
   // Arenas a running job of this worker reads stay; the idle ones go, oldest first.
   std::set<uint64_t> busy;
-  for (const auto& j : w->jobs) {
+  std::vector<std::shared_ptr<Job>> placed = w->jobs;
+  placed.insert(placed.end(), w->ahead.begin(), w->ahead.end());
+  for (const auto& j : placed) {
     if (!j) continue;
     for (const auto& d : j->inputs) busy.insert(d.arena);
     for (const auto& m : j->batch) {

@@ -32,6 +32,28 @@ std::optional<SlotPool::Slot> WorkerPool::Pick(const Job& job, bool* any_free) c
       best_warm = warm;
     }
   }
+  if (best != nullptr) return Slot{best->slot, best_interp};
+  if (!config_.send_ahead) return std::nullopt;
+  // Every interpreter that could run it is busy: one whose job ends first (a guess: the one
+  // that started first, preferring a job of the same model) may take it ahead of its turn.
+  // A batching model's jobs wait in the queue instead, where batches form.
+  const Job* best_head = nullptr;
+  for (const auto& [slot, w] : workers_) {
+    if (w->gone || w->retiring) continue;
+    int i = w->AheadInterpreter(model);
+    if (i < 0) continue;
+    *any_free = true;
+    if (job.batching || w->ready_models.count(model) == 0) continue;
+    if (!job.gpu.empty() && gpus_.BusOf(slot) != job.gpu) continue;
+    const Job* head = w->jobs[static_cast<size_t>(i)].get();
+    bool warm = head->model == model;
+    bool best_warm = best_head != nullptr && best_head->model == model;
+    if (best_head == nullptr || (warm && !best_warm) || (warm == best_warm && head->started < best_head->started)) {
+      best = w.get();
+      best_interp = i;
+      best_head = head;
+    }
+  }
   if (best == nullptr) return std::nullopt;
   return Slot{best->slot, best_interp};
 }
@@ -46,13 +68,19 @@ void WorkerPool::Place(WorkerHandle* w, int interp, Job* job) {
 }
 
 void WorkerPool::BeginInfer(Writer* m, int interp, const Job& job, bool batch) const {
+  const bool deadline = !batch && job.deadline != nullptr;
   uint32_t fields = (job.host_outputs ? 7 : 6) - (batch ? 1 : 0) + (job.call.args.empty() ? 0 : 1) +
-                    (job.call.kwargs.empty() ? 0 : 1) + (job.call.method.empty() ? 0 : 1);
+                    (job.call.kwargs.empty() ? 0 : 1) + (job.call.method.empty() ? 0 : 1) + (deadline ? 1 : 0);
   BeginRequest(m, "infer", job.id, fields);
   m->Key("interp"); m->Val(static_cast<uint64_t>(interp));
   m->Key("model"); m->Str(job.model);
   if (!batch) {  // a batch names each member's connection
     m->Key("client"); m->Val(job.client_id);
+  }
+  if (deadline) {  // CLOCK_MONOTONIC ns: the worker skips a job whose turn comes after it (send_ahead)
+    m->Key("deadline");
+    m->Val(static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(job.deadline->expiry().time_since_epoch()).count()));
   }
   m->Key("out_bytes"); m->Val(config_.output_arena_mb << 20);
   m->Key("out_arenas"); m->Val(config_.output_arenas);
@@ -73,8 +101,12 @@ void WorkerPool::BeginInfer(Writer* m, int interp, const Job& job, bool batch) c
 
 void WorkerPool::Run(Slot slot, const std::shared_ptr<Job>& job, ReplyFn done) {
   WorkerHandle* w = workers_.at(slot.worker).get();
-  w->jobs[static_cast<size_t>(slot.interp)] = job;  // first: the arenas it reads are not dropped below
-  w->last_model[static_cast<size_t>(slot.interp)] = job->model;
+  auto i = static_cast<size_t>(slot.interp);
+  // First: the arenas it reads are not dropped below. Behind a running job it waits in
+  // the worker's queue for that job's end (Pick chose it for that).
+  job->ahead = w->jobs[i] != nullptr;
+  (job->ahead ? w->ahead[i] : w->jobs[i]) = job;
+  w->last_model[i] = job->model;
   Place(w, slot.interp, job.get());
   Writer m;
   BeginInfer(&m, slot.interp, *job, false);
@@ -126,7 +158,13 @@ void WorkerPool::FreeSlotIfDone(const std::shared_ptr<Job>& lead, uint64_t gener
   for (const auto& m : lead->batch) {
     if (w->pending.count(m->id) != 0) return;
   }
-  w->jobs[static_cast<size_t>(lead->interp)].reset();
+  // The job sent ahead to this interpreter, if any, starts now.
+  auto& next = w->jobs[static_cast<size_t>(lead->interp)];
+  next = std::move(w->ahead[static_cast<size_t>(lead->interp)]);
+  if (next) {
+    next->ahead = false;
+    next->started = Clock::now();
+  }
   // kill_timer stays armed: with K interpreters this reply may come from another job
   // than the one whose worker is being killed.
   ++w->jobs_run;
@@ -166,6 +204,7 @@ int WorkerPool::RunningJobs(const std::string& model) const {
     for (const auto& j : w->jobs) {
       if (j != nullptr && (model.empty() || j->model == model)) n += 1 + static_cast<int>(j->batch.size());
     }
+    for (const auto& j : w->ahead) n += j != nullptr && (model.empty() || j->model == model);
   }
   return n;
 }
@@ -347,12 +386,17 @@ std::vector<WorkerPool::WorkerInfo> WorkerPool::Describe() const {
                  : running == 0 ? "idle"
                  : running < static_cast<int>(w->jobs.size()) ? "partly busy"
                                                                : "busy";
-    for (const auto& job : w->jobs) {
+    for (size_t k = 0; k < w->jobs.size(); ++k) {
+      const auto& job = w->jobs[k];
       InterpInfo i;
       i.busy = job != nullptr;
       if (job) {
         i.job = job->id;
         i.model = job->model;
+      }
+      if (const auto& next = w->ahead[k]) {
+        i.next = next->id;
+        i.next_model = next->model;
       }
       info.interps.push_back(i);
     }

@@ -63,6 +63,11 @@ void Lane::Loop() {
       t = std::move(queue_.front());
       queue_.pop_front();
     }
+    if (auto late = t.deadline.ReplyIfPassed(slot_); !late.empty()) {
+      --load_;
+      sink_->Send(late);
+      continue;
+    }
     EncodedReply reply;
     if (t.torchscript) {
       std::vector<int> none;  // a TorchScript job carries no fd

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "worker/interpreter.h"
+#include "worker/job_deadline.h"
 #include "worker/torchscript.h"
 
 namespace shoal {
@@ -69,6 +70,7 @@ struct Task {
   std::vector<int> fds;            // this interpreter's own copies of the fds it carries
   bool torchscript = false;        // a TorchScript job: no Python
   bool batch = false;              // a batched infer: the reply is a bundle (protocol/reply_bundle.h)
+  JobDeadline deadline;            // an infer's: past it when its turn comes, it is not run
   std::shared_ptr<Gather> gather;  // set when every interpreter handles it
 };
 

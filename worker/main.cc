@@ -276,5 +276,5 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", st.ToString());
     _exit(3);
   }
-  shoal::ServeOne(fd, only);
+  shoal::ServeOne(fd, slot, only);
 }

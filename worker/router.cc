@@ -12,6 +12,7 @@
 #include "protocol/messages.h"
 #include "protocol/reply_bundle.h"
 #include "shm/output_arenas.h"
+#include "worker/job_deadline.h"
 #include "worker/lanes.h"
 #include "worker/torchscript.h"
 
@@ -50,7 +51,7 @@ std::string Release(const ReleaseNotice& r, TorchScriptModels* torchscript, Inte
 
 }  // namespace
 
-void ServeOne(int fd, Interpreter* interp) {
+void ServeOne(int fd, int slot, Interpreter* interp) {
   FrameReader reader;
   std::vector<int> fds;
   TorchScriptModels torchscript;  // TorchScript runs here, in C++, without Python
@@ -69,6 +70,10 @@ void ServeOne(int fd, Interpreter* interp) {
       MapView m(oh->get());
       std::string op = m.Str("op").value_or("");
       batch = op == "infer" && m.Find("batch") != nullptr;
+      if (auto late = JobDeadline::Of(m).ReplyIfPassed(slot); !late.empty()) {  // sent ahead, waited too long
+        if (!send(late)) break;
+        continue;
+      }
       if (op == "release") {
         auto r = ReadRelease(m);
         if (r && r->lane == 0 && !send(Release(*r, &torchscript, interp))) break;  // else not ours: ignored
@@ -141,6 +146,7 @@ void ServeMany(int fd, int slot, const std::vector<std::unique_ptr<Interpreter>>
       Task t;
       t.torchscript = torchscript.Holds(m);
       t.batch = m.Find("batch") != nullptr;
+      t.deadline = JobDeadline::Of(m);
       t.body = std::move(*body);
       lanes[i]->Push(std::move(t));
       continue;

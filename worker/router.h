@@ -7,7 +7,8 @@
 //              (worker/lanes.h): a job to the interpreter shoald chose ("interp"), loads and
 //              unloads to all (one reply once all are done), arenas and client drops to
 //              all.
-// Both free the blocks of a `release` on the reading thread, in C++, in the owner's output
+// Both answer a job whose turn comes after its deadline TIMEOUT without running it
+// (worker/job_deadline.h). Both free the blocks of a `release` on the reading thread, in C++, in the owner's output
 // arenas (the arena id names the lane and the engine, shm/output_arenas.h): the Python
 // runner's through shm/output_release_api.h, without its GIL.
 // Threading: called on the worker's main thread, which becomes the reading thread; neither
@@ -22,7 +23,7 @@
 
 namespace shoal {
 
-[[noreturn]] void ServeOne(int fd, Interpreter* interp);
+[[noreturn]] void ServeOne(int fd, int slot, Interpreter* interp);
 [[noreturn]] void ServeMany(int fd, int slot, const std::vector<std::unique_ptr<Interpreter>>& interps);
 
 }  // namespace shoal

@@ -632,3 +632,26 @@ class ReturnsDetection(nn.Module):
 
     def forward(self, x):
         return Detection(x + 1, 0.5)
+
+
+class SleepsThenCrashes(nn.Module):
+    """Sleeps x[0] seconds; then segfaults when x[1] < 0, else returns x + 1."""
+
+    def forward(self, x):
+        time.sleep(float(x[0]))
+        if float(x[1]) < 0:
+            ctypes.string_at(0)
+        return x + 1
+
+
+class CountsCalls(nn.Module):
+    """Sleeps x[0] seconds, then returns how many times it ran in this process, itself included."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        time.sleep(float(x[0]))
+        self.calls += 1
+        return torch.tensor([self.calls])

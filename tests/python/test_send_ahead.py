@@ -1,0 +1,121 @@
+"""send_ahead: with every interpreter busy, shoald sends a job to one of them ahead of its
+turn, so it starts the moment the job before it ends (docs/architecture.md, "The job
+path"). Such a job has not started: a crash of its worker re-queues it instead of failing
+it, its deadline can pass while it waits there (answered TIMEOUT and never run), and status
+shows it as the interpreter's `next`."""
+import time
+
+import pytest
+import torch
+
+import shoal
+import shoal_test_models as models
+
+
+def wait_next(c, timeout=20):
+    """Until an interpreter has a job sent ahead; returns (its running job, the next one)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for w in c.status()["workers"]:
+            for i in w["interpreters"]:
+                if i["next"]:
+                    return i["job"], i["next"]
+        time.sleep(0.01)
+    raise TimeoutError("no job was sent ahead")
+
+
+def wait_running(c, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(i["job"] for w in c.status()["workers"] for i in w["interpreters"]):
+            return
+        time.sleep(0.01)
+    raise TimeoutError("no job started")
+
+
+def one_behind_another(a, b, name, archive, first, second, first_timeout=None, second_timeout=None):
+    """Loads `archive` as `name`, starts `first` from client a, then submits `second` from
+    client b while it runs; returns both futures."""
+    a.load(name, archive)
+    running = a.submit(name, first, timeout=first_timeout)
+    wait_running(b)
+    return running, b.submit(name, second, timeout=second_timeout)
+
+
+@pytest.fixture(scope="module")
+def counts(tmp_path_factory):
+    return shoal.export(models.CountsCalls(), tmp_path_factory.mktemp("ahead") / "counts.pt")
+
+
+@pytest.fixture(scope="module")
+def crashes(tmp_path_factory):
+    return shoal.export(models.SleepsThenCrashes(), tmp_path_factory.mktemp("ahead") / "crashes.pt")
+
+
+def test_a_job_sent_ahead_waits_in_the_worker_and_runs_right_after(make_daemon, counts):
+    d = make_daemon(workers=1)
+    with d.client() as a, d.client() as b:
+        first, second = one_behind_another(a, b, "counts", counts, torch.tensor([0.6]), torch.tensor([0.0]))
+        running, nxt = wait_next(b)
+        assert running["model"] == nxt["model"] == "counts" and nxt["id"] > running["id"]
+        assert b.status()["queued"] == 0  # it left shoald's queue
+        assert torch.equal(first.result(30), torch.tensor([1]))
+        assert torch.equal(second.result(30), torch.tensor([2]))
+        assert b.status()["jobs_failed"] == 0
+
+
+def test_without_send_ahead_a_job_waits_in_shoalds_queue(make_daemon, counts):
+    d = make_daemon(workers=1, args=["--no-send-ahead"])
+    with d.client() as a, d.client() as b:
+        first, second = one_behind_another(a, b, "counts", counts, torch.tensor([0.6]), torch.tensor([0.0]))
+        time.sleep(0.2)
+        st = b.status()
+        assert st["queued"] == 1
+        assert all(i["next"] is None for w in st["workers"] for i in w["interpreters"])
+        assert torch.equal(first.result(30), torch.tensor([1]))
+        assert torch.equal(second.result(30), torch.tensor([2]))
+
+
+def test_a_job_sent_ahead_to_a_worker_that_crashes_is_run_by_its_replacement(make_daemon, crashes):
+    d = make_daemon(workers=1)
+    with d.client() as a, d.client() as b:
+        doomed, victim = one_behind_another(a, b, "crashes", crashes, torch.tensor([0.6, -1.0]),
+                                            torch.tensor([0.0, 1.0]))
+        wait_next(b)
+        with pytest.raises(shoal.WorkerCrashed, match="SIGSEGV"):
+            doomed.result(30)
+        # It never started on the dead worker: queued again, it runs on the new one.
+        assert torch.equal(victim.result(60), torch.tensor([1.0, 2.0]))
+        st = b.status()
+        assert st["worker_restarts"] == 1 and st["jobs_failed"] == 1
+    assert "queued again" in open(d.log_path).read()
+
+
+def test_a_job_sent_ahead_whose_deadline_passes_is_answered_timeout_and_never_runs(make_daemon, counts):
+    d = make_daemon(workers=1)
+    with d.client() as a, d.client() as b:
+        first, late = one_behind_another(a, b, "counts", counts, torch.tensor([1.5]), torch.tensor([0.0]),
+                                         second_timeout=0.3)
+        wait_next(b)
+        t0 = time.monotonic()
+        with pytest.raises(shoal.Timeout, match="queued in worker 0 behind another job"):
+            late.result(30)
+        assert time.monotonic() - t0 < 1.2  # answered at its deadline, not when its turn came
+        assert torch.equal(first.result(30), torch.tensor([1]))
+        # The worker skipped it (its deadline travelled with it): this is the second call.
+        assert torch.equal(b.infer("counts", torch.tensor([0.0])), torch.tensor([2]))
+        assert b.status()["worker_restarts"] == 0
+
+
+def test_a_job_sent_ahead_of_a_job_killed_for_its_deadline_runs_on_the_replacement(make_daemon, counts):
+    d = make_daemon(workers=1, args=["--kill-grace-ms", "200"])
+    with d.client() as a, d.client() as b:
+        hung, victim = one_behind_another(a, b, "counts", counts, torch.tensor([3600.0]), torch.tensor([0.0]),
+                                          first_timeout=0.5, second_timeout=60)
+        wait_next(b)
+        with pytest.raises(shoal.Timeout, match="while running"):
+            hung.result(30)
+        # The hung job's worker is killed after the grace; the job waiting behind it had not
+        # started, so it runs on the replacement (its first call there).
+        assert torch.equal(victim.result(60), torch.tensor([1]))
+        assert b.status()["worker_restarts"] == 1
