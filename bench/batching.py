@@ -4,13 +4,16 @@ jobs back to back, with batching off and on (docs/architecture.md, "Dynamic batc
 One command (after scripts/build.sh):
     /usr/bin/python3 bench/batching.py [--model resnet50|small] [--clients 1,4,16,32]
         [--seconds 10] [--workers 1] [--max-batch 32] [--max-delay-us 2000] [--device cpu|cuda]
+        [--max-delays 500,1000,2000] [--only-on]
 
 A real shoald with `--workers` workers serves one model, loaded twice: plain, and with
 max_batch / max_delay_us. For each client count, the clients (one connection each, one
 process each) run the plain model, then the batching one, for `--seconds` each. Reported:
 jobs per second, p50 and p99 latency (ms), and the mean batch size (status' batched_jobs /
-batches). ResNet-50 has torchvision's architecture with random weights; "small" is a
-three-layer CNN on 3x64x64 inputs for slow CPUs.
+batches). `--max-delays` loads one batching model per max_delay_us (named "on-US", rows one
+after the other for each client count; the p99 target of each is printed); `--only-on` skips
+the plain model's rows (half the time). ResNet-50 has torchvision's architecture with random
+weights; "small" is a three-layer CNN on 3x64x64 inputs for slow CPUs.
 """
 import argparse
 import os
@@ -53,6 +56,9 @@ def main():
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-delay-us", type=int, default=2000)
+    ap.add_argument("--max-delays", default=None,
+                    help="comma-separated max_delay_us values, each its own batching model (overrides --max-delay-us)")
+    ap.add_argument("--only-on", action="store_true", help="skip the rows without batching")
     ap.add_argument("--device", default=None, help="the load's device (default: where it was exported)")
     args = ap.parse_args()
     sys.path.insert(0, os.path.join(BUILD, "python"))
@@ -93,25 +99,36 @@ def main():
                 break
             except (shoal.Unavailable, FileNotFoundError, ConnectionRefusedError):
                 time.sleep(0.05)
+        # (model name, max_delay_us); None: the plain model. One delay keeps the name "on".
+        if args.max_delays:
+            delays = [int(v) for v in args.max_delays.split(",")]
+            batching = [(f"on-{d}", d) for d in delays]
+        else:
+            delays, batching = [args.max_delay_us], [("on", args.max_delay_us)]
+        names = ([] if args.only_on else [("off", None)]) + batching
         with shoal.Client(socket) as c:
-            c.load("off", path, device=args.device)
-            c.load("on", path, device=args.device, max_batch=args.max_batch, max_delay_us=args.max_delay_us)
+            for name, delay in names:
+                if delay is None:
+                    c.load(name, path, device=args.device)
+                else:
+                    c.load(name, path, device=args.device, max_batch=args.max_batch, max_delay_us=delay)
+            targets = ", ".join(f"{d / 1e3 + batch_ms:.1f} ms" + (f" (max_delay_us {d})" if len(delays) > 1 else "")
+                                for d in delays)
             print(f"model {args.model}, {args.workers} worker(s), torch {torch.__version__}, "
-                  f"max_batch {args.max_batch}, max_delay_us {args.max_delay_us}, {args.seconds} s per row; "
-                  f"one batch of {args.max_batch} in-process: {batch_ms:.1f} ms, so the p99 target is "
-                  f"{args.max_delay_us / 1e3 + batch_ms:.1f} ms")
+                  f"max_batch {args.max_batch}, max_delay_us {','.join(map(str, delays))}, {args.seconds} s per row; "
+                  f"one batch of {args.max_batch} in-process: {batch_ms:.1f} ms, so the p99 target is {targets}")
             print("| clients | batching | jobs/s | p50 (ms) | p99 (ms) | mean size of runs >1 |")
             print("|---|---|---|---|---|---|")
             for n in [int(v) for v in args.clients.split(",")]:
                 rate_off = None
-                for name in ("off", "on"):
+                for name, _ in names:
                     before = next(m for m in c.models() if m["name"] == name)
                     rate, p50, p99 = run_clients(socket, name, x, n, args.seconds, input_device)
                     after = next(m for m in c.models() if m["name"] == name)
                     runs = after["batches"] - before["batches"]
                     mean = (after["batched_jobs"] - before["batched_jobs"]) / runs if runs else 1.0
                     speedup = f" ({rate / rate_off:.2f}x)" if rate_off else ""
-                    rate_off = rate_off or rate
+                    rate_off = rate if name == "off" else rate_off
                     print(f"| {n} | {name} | {rate:.1f}{speedup} | {p50:.1f} | {p99:.1f} | {mean:.1f} |", flush=True)
     finally:
         proc.terminate()
