@@ -8,7 +8,7 @@ For each K, in one run and alternating:
   (a) gil      one in-process interpreter shared by K threads (the GIL case)
   (b) interp   shoald --workers 1 --interpreters K
   (c) workers  shoald --workers K --interpreters 1
-      (--no-send-ahead: also "workers-no-ahead", the same with shoald --no-send-ahead)
+      (--no-send-ahead: also "workers-no-ahead", the same with shoald --send-ahead-ms 0)
 Each configuration is driven to saturation by 2K client processes (Python clients, one
 connection each) for --seconds after a warm-up; throughput is jobs/s, p50/p99 are the
 clients' round trips. Every process uses one intra-op thread (torch.set_num_threads(1),
@@ -155,7 +155,7 @@ def main():
     ap.add_argument("--models", default="python_bound,resnet18")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--no-send-ahead", action="store_true",
-                    help="also run (c) with shoald --no-send-ahead (jobs wait in shoald until a slot is free)")
+                    help="also run (c) with shoald --send-ahead-ms 0 (jobs wait in shoald until a slot is free)")
     args = ap.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
     tmp = tempfile.mkdtemp(prefix="shoal-interp-bench-")
@@ -185,7 +185,7 @@ def main():
                     elif mode == "workers":
                         r = run_shoald(archive, shape, k, 1, args.seconds, tmp)
                     else:
-                        r = run_shoald(archive, shape, k, 1, args.seconds, tmp, ["--no-send-ahead"])
+                        r = run_shoald(archive, shape, k, 1, args.seconds, tmp, ["--send-ahead-ms", "0"])
                     results.setdefault((mode, k), []).append(r)
                     print(f"{name} run {run} {mode} K={k}: {r[0]:.1f}/s, p50 {percentile(r[1], .5) * 1e3:.2f} ms, "
                           f"Pss {r[2] / 1024:.0f} MB", file=sys.stderr, flush=True)

@@ -58,7 +58,8 @@ struct SupervisorConfig {
   int crash_loop_limit = 3;       // this many crashes within crash_window_s mark a model failed
   uint64_t crash_window_s = 60;
   uint64_t max_jobs_per_worker = 0;  // recycle a worker after this many jobs (0 = never)
-  bool send_ahead = true;  // a job may wait in a busy interpreter's queue behind the running one
+  // A job may wait in a busy interpreter's queue behind a job shorter than this (0 = never).
+  uint64_t send_ahead_ms = 10;
   uint64_t load_timeout_ms = 300000;  // a worker still loading a model after this is restarted
   uint64_t unload_grace_ms = 5000;   // unload waits this long for the jobs a model has
   std::string config_path;         // re-read on SIGHUP

@@ -30,9 +30,12 @@ struct Job {
   std::string gpu;          // PCI bus id of the GPU its GPU inputs are on (one); empty: none
   uint64_t client_id = 0;   // the connection's session id: the worker keeps its outputs apart
   bool answered = false;
-  // Sent to its worker ahead of its turn (send_ahead: WorkerHandle::ahead), queued there
+  // Sent to its worker ahead of its turn (send_ahead_ms: WorkerHandle::ahead), queued there
   // behind a running job; false once that job ends and this one starts.
   bool ahead = false;
+  // Its model's average run time (ms) when it started; 0: none known yet. A job is sent
+  // ahead only behind one whose model is quick (send_ahead_ms).
+  double expected_ms = 0;
   int worker = -1;          // where it runs: worker slot, its interpreter, its generation
   int interp = -1;
   uint64_t generation = 0;

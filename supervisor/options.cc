@@ -144,9 +144,11 @@ std::vector<Option> MakeTable() {
       Make<&C::worker_user>("worker_user", K::kText, "USER", kRestart,
                             "who workers run as when shoald runs as root: auto (user shoal-worker if it "
                             "exists, else nobody), a user name, or shoald (shoald's uid, no capabilities)"),
-      Make<&C::send_ahead>("send_ahead", K::kYesNo, "yes|no", kReload,
-                            "when every interpreter is busy, send a job to one of them ahead of its turn, "
-                            "so it starts the moment the job before it ends (never a batch)"),
+      Make<&C::send_ahead_ms>("send_ahead_ms", K::kNumber, "MS", kReload,
+                              "when every interpreter is busy, send a job to one of them ahead of its turn, so "
+                              "it starts the moment the job before it ends; only behind a job that has run less "
+                              "than MS so far and whose model's jobs take less on average; never a batch (0 = never)",
+                              0, kMaxMs),
       Make<&C::max_jobs_per_worker>("max_jobs_per_worker", K::kNumber, "N", kReload,
                                     "recycle a worker after this many jobs (0 = never)", 0, kMaxMs),
       Make<&C::crash_loop_limit>("crash_loop_limit", K::kNumber, "N", kReload,

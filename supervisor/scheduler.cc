@@ -252,6 +252,7 @@ void Scheduler::Dispatch() {
 
 void Scheduler::StartOne(SlotPool::Slot slot, const std::shared_ptr<Job>& job) {
   job->started = Clock::now();
+  job->expected_ms = stats_[job->model].avg_ms;
   if (job->crashes == 0) metrics_->Waited(job->model, Seconds(job->started - job->accepted));  // not a re-run
   if (job->batching) metrics_->Batched(job->model, 1);
   ++stats_[job->model].running_by[job->client_uid];

@@ -48,8 +48,8 @@ class SlotPool {
   // A free interpreter of a live worker that serves `job`'s model and, when its inputs
   // are on a GPU (job.gpu), runs on that GPU (it maps no other GPU's memory): preferably
   // one that ran the model last, then the least busy worker; with none free and
-  // send_ahead, a busy one that may take it ahead of its turn (never for a batching
-  // model); or nullopt. *any_free says whether any slot at all could take a job.
+  // send_ahead_ms, a busy one whose short job ends soon may take it ahead of its turn
+  // (never for a batching model); or nullopt. *any_free says whether any slot at all could take a job.
   virtual std::optional<Slot> Pick(const Job& job, bool* any_free) const = 0;
   // Starts `job` on `slot` (fills job->worker/interp/generation/started), or sends it
   // ahead when the slot is busy (Job::ahead); `done` runs once.

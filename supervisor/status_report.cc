@@ -108,7 +108,7 @@ void PackStatus(Writer* w, uint64_t id, const ServiceFigures& service, const Mod
       };
       w->Key("job");
       job(in.busy ? in.job : 0, in.model);
-      w->Key("next");  // sent ahead of its turn (send_ahead): it runs when `job` ends
+      w->Key("next");  // sent ahead of its turn (send_ahead_ms): it runs when `job` ends
       job(in.next, in.next_model);
     }
     w->Key("models"); w->Val(wk.models);

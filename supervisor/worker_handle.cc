@@ -49,11 +49,14 @@ int WorkerHandle::FreeInterpreter(const std::string& model) const {
   return any;
 }
 
-int WorkerHandle::AheadInterpreter(const std::string& model) const {
+int WorkerHandle::AheadInterpreter(const std::string& model, std::chrono::milliseconds limit) const {
   int best = -1;
+  const auto now = std::chrono::steady_clock::now();
   for (size_t i = 0; i < jobs.size(); ++i) {
     const auto& j = jobs[i];
     if (j == nullptr || !j->batch.empty() || ahead[i] != nullptr) continue;
+    // A long job could hold it past the moment another slot frees: only behind short ones.
+    if (j->expected_ms <= 0 || j->expected_ms >= static_cast<double>(limit.count()) || now - j->started >= limit) continue;
     if (best < 0) {
       best = static_cast<int>(i);
       continue;

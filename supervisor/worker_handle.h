@@ -79,7 +79,7 @@ struct WorkerHandle {
   // Per interpreter: its in-flight inference, or null; a batch is its first member, which
   // holds the others (Job::batch).
   std::vector<std::shared_ptr<Job>> jobs;
-  // Per interpreter: the job sent to it ahead of its turn (send_ahead), which it starts the
+  // Per interpreter: the job sent to it ahead of its turn (send_ahead_ms), which it starts the
   // moment jobs[i] ends; never a batch, and only behind a job that is not one. Not running
   // yet: if the worker dies first it is queued again, not charged (Job::ahead).
   std::vector<std::shared_ptr<Job>> ahead;
@@ -98,9 +98,10 @@ struct WorkerHandle {
   int FreeInterpreter(const std::string& model) const;  // a free one (preferring one that ran
                                                         // `model` last), or -1
   // A busy interpreter a job of `model` may be sent ahead to: it runs one job (not a batch)
-  // and has none waiting; preferring one whose job is of `model`, then the one whose job
-  // started first. -1: none.
-  int AheadInterpreter(const std::string& model) const;
+  // of a model whose jobs took less than `limit` on average when it started (Job::expected_ms),
+  // which has run less than `limit` so far, and has none waiting; preferring one whose job is
+  // of `model`, then the one whose job started first. -1: none.
+  int AheadInterpreter(const std::string& model, std::chrono::milliseconds limit) const;
 };
 
 // The job in `jobs` (per interpreter, as WorkerHandle::jobs or ::ahead) or in a batch one

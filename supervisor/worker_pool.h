@@ -92,7 +92,7 @@ class WorkerPool : public SlotPool, public ModelHosts {
     bool busy = false;
     uint64_t job = 0;
     std::string model;
-    uint64_t next = 0;  // the job sent to it ahead of its turn (send_ahead); 0: none
+    uint64_t next = 0;  // the job sent to it ahead of its turn (send_ahead_ms); 0: none
     std::string next_model;
   };
   struct WorkerInfo {

@@ -33,14 +33,14 @@ std::optional<SlotPool::Slot> WorkerPool::Pick(const Job& job, bool* any_free) c
     }
   }
   if (best != nullptr) return Slot{best->slot, best_interp};
-  if (!config_.send_ahead) return std::nullopt;
-  // Every interpreter that could run it is busy: one whose job ends first (a guess: the one
-  // that started first, preferring a job of the same model) may take it ahead of its turn.
+  if (config_.send_ahead_ms == 0) return std::nullopt;
+  // Every interpreter that could run it is busy: one whose job ends soon (its model's jobs
+  // are short and it has not run long) may take it ahead of its turn.
   // A batching model's jobs wait in the queue instead, where batches form.
   const Job* best_head = nullptr;
   for (const auto& [slot, w] : workers_) {
     if (w->gone || w->retiring) continue;
-    int i = w->AheadInterpreter(model);
+    int i = w->AheadInterpreter(model, std::chrono::milliseconds(config_.send_ahead_ms));
     if (i < 0) continue;
     *any_free = true;
     if (job.batching || w->ready_models.count(model) == 0) continue;
@@ -77,7 +77,7 @@ void WorkerPool::BeginInfer(Writer* m, int interp, const Job& job, bool batch) c
   if (!batch) {  // a batch names each member's connection
     m->Key("client"); m->Val(job.client_id);
   }
-  if (deadline) {  // CLOCK_MONOTONIC ns: the worker skips a job whose turn comes after it (send_ahead)
+  if (deadline) {  // CLOCK_MONOTONIC ns: the worker skips a job whose turn comes after it (send_ahead_ms)
     m->Key("deadline");
     m->Val(static_cast<uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(job.deadline->expiry().time_since_epoch()).count()));

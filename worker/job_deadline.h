@@ -1,6 +1,6 @@
 // JobDeadline: a job's deadline as shoald sends it with the job (infer's `deadline`,
 // CLOCK_MONOTONIC nanoseconds), and the answer for a job whose turn comes after it. shoald
-// may send a job to an interpreter still running another (send_ahead); if it waited there
+// may send a job to an interpreter still running another (send_ahead_ms); if it waited there
 // past its deadline, shoald has answered its client TIMEOUT already, and the worker answers
 // shoald the same at once instead of running it (docs/protocol.md).
 // Plain value; any thread.

@@ -1,8 +1,10 @@
-"""send_ahead: with every interpreter busy, shoald sends a job to one of them ahead of its
-turn, so it starts the moment the job before it ends (docs/architecture.md, "The job
-path"). Such a job has not started: a crash of its worker re-queues it instead of failing
-it, its deadline can pass while it waits there (answered TIMEOUT and never run), and status
-shows it as the interpreter's `next`."""
+"""send_ahead_ms: with every interpreter busy, shoald sends a job to one of them ahead of its
+turn, behind a short job, so it starts the moment that one ends (docs/architecture.md,
+"Sent ahead"). Such a job has not started: a crash of its worker re-queues it instead of
+failing it, its deadline can pass while it waits there (answered TIMEOUT and never run),
+and status shows it as the interpreter's `next`. The tests raise send_ahead_ms to 5 s so
+that a job is sent ahead behind one that sleeps; a quick call first gives the model the
+short average a job is sent ahead behind."""
 import time
 
 import pytest
@@ -37,6 +39,7 @@ def one_behind_another(a, b, name, archive, first, second, first_timeout=None, s
     """Loads `archive` as `name`, starts `first` from client a, then submits `second` from
     client b while it runs; returns both futures."""
     a.load(name, archive)
+    a.infer(name, second)  # the model's jobs are short on average
     running = a.submit(name, first, timeout=first_timeout)
     wait_running(b)
     return running, b.submit(name, second, timeout=second_timeout)
@@ -52,32 +55,38 @@ def crashes(tmp_path_factory):
     return shoal.export(models.SleepsThenCrashes(), tmp_path_factory.mktemp("ahead") / "crashes.pt")
 
 
+AHEAD = ["--send-ahead-ms", "5000"]
+
+
 def test_a_job_sent_ahead_waits_in_the_worker_and_runs_right_after(make_daemon, counts):
-    d = make_daemon(workers=1)
+    d = make_daemon(workers=1, args=AHEAD)
     with d.client() as a, d.client() as b:
         first, second = one_behind_another(a, b, "counts", counts, torch.tensor([0.6]), torch.tensor([0.0]))
         running, nxt = wait_next(b)
         assert running["model"] == nxt["model"] == "counts" and nxt["id"] > running["id"]
         assert b.status()["queued"] == 0  # it left shoald's queue
-        assert torch.equal(first.result(30), torch.tensor([1]))
-        assert torch.equal(second.result(30), torch.tensor([2]))
+        assert torch.equal(first.result(30), torch.tensor([2]))
+        assert torch.equal(second.result(30), torch.tensor([3]))
         assert b.status()["jobs_failed"] == 0
 
 
-def test_without_send_ahead_a_job_waits_in_shoalds_queue(make_daemon, counts):
-    d = make_daemon(workers=1, args=["--no-send-ahead"])
+@pytest.mark.parametrize("args", [["--send-ahead-ms", "0"], []], ids=["off", "default"])
+def test_a_job_is_not_sent_ahead_when_off_or_behind_a_job_longer_than_send_ahead_ms(make_daemon, counts, args):
+    # The default, 10 ms: the running job sleeps 0.6 s, so the next one waits in shoald's
+    # queue (another slot could free first) although the model's average is short.
+    d = make_daemon(workers=1, args=args)
     with d.client() as a, d.client() as b:
         first, second = one_behind_another(a, b, "counts", counts, torch.tensor([0.6]), torch.tensor([0.0]))
         time.sleep(0.2)
         st = b.status()
         assert st["queued"] == 1
         assert all(i["next"] is None for w in st["workers"] for i in w["interpreters"])
-        assert torch.equal(first.result(30), torch.tensor([1]))
-        assert torch.equal(second.result(30), torch.tensor([2]))
+        assert torch.equal(first.result(30), torch.tensor([2]))
+        assert torch.equal(second.result(30), torch.tensor([3]))
 
 
 def test_a_job_sent_ahead_to_a_worker_that_crashes_is_run_by_its_replacement(make_daemon, crashes):
-    d = make_daemon(workers=1)
+    d = make_daemon(workers=1, args=AHEAD)
     with d.client() as a, d.client() as b:
         doomed, victim = one_behind_another(a, b, "crashes", crashes, torch.tensor([0.6, -1.0]),
                                             torch.tensor([0.0, 1.0]))
@@ -92,7 +101,7 @@ def test_a_job_sent_ahead_to_a_worker_that_crashes_is_run_by_its_replacement(mak
 
 
 def test_a_job_sent_ahead_whose_deadline_passes_is_answered_timeout_and_never_runs(make_daemon, counts):
-    d = make_daemon(workers=1)
+    d = make_daemon(workers=1, args=AHEAD)
     with d.client() as a, d.client() as b:
         first, late = one_behind_another(a, b, "counts", counts, torch.tensor([1.5]), torch.tensor([0.0]),
                                          second_timeout=0.3)
@@ -101,14 +110,14 @@ def test_a_job_sent_ahead_whose_deadline_passes_is_answered_timeout_and_never_ru
         with pytest.raises(shoal.Timeout, match="queued in worker 0 behind another job"):
             late.result(30)
         assert time.monotonic() - t0 < 1.2  # answered at its deadline, not when its turn came
-        assert torch.equal(first.result(30), torch.tensor([1]))
-        # The worker skipped it (its deadline travelled with it): this is the second call.
-        assert torch.equal(b.infer("counts", torch.tensor([0.0])), torch.tensor([2]))
+        assert torch.equal(first.result(30), torch.tensor([2]))
+        # The worker skipped it (its deadline travelled with it): this is the third call.
+        assert torch.equal(b.infer("counts", torch.tensor([0.0])), torch.tensor([3]))
         assert b.status()["worker_restarts"] == 0
 
 
 def test_a_job_sent_ahead_of_a_job_killed_for_its_deadline_runs_on_the_replacement(make_daemon, counts):
-    d = make_daemon(workers=1, args=["--kill-grace-ms", "200"])
+    d = make_daemon(workers=1, args=AHEAD + ["--kill-grace-ms", "200"])
     with d.client() as a, d.client() as b:
         hung, victim = one_behind_another(a, b, "counts", counts, torch.tensor([3600.0]), torch.tensor([0.0]),
                                           first_timeout=0.5, second_timeout=60)
