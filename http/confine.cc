@@ -1,4 +1,4 @@
-// shoal-http's seccomp filter (http/confine.h).
+// shoal-http's seccomp filter and Landlock ruleset (http/confine.h).
 #include "http/confine.h"
 
 #include <sys/prctl.h>
@@ -11,7 +11,20 @@
 
 #include <cerrno>
 
+#include "worker/landlock.h"
+
 namespace shoal {
+
+Status ConfineFilesystem(int* abi) {
+  *abi = LandlockAbi();
+  if (*abi == 0) return Status::Ok();
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return Status::FromErrno("PR_SET_NO_NEW_PRIVS", errno);
+  // An empty view: every path denied; no TCP bind or connect (allow_network = false).
+  if (auto st = RestrictFilesystem(FilesystemView{}, false); !st.ok()) {
+    return Status(st.code(), "shoal-http's Landlock ruleset: " + st.message());
+  }
+  return Status::Ok();
+}
 
 Status Confine() {
 #ifdef SHOAL_HAVE_SECCOMP

@@ -9,11 +9,22 @@
 // Denied calls fail with EPERM. Accepting connections on its listening socket stays
 // allowed (accept4 makes sockets without socket()).
 // Thread-safety: call once, from any thread; the filter covers every thread (TSYNC).
+//
+// ConfineFilesystem: Landlock (worker/landlock.h), where the kernel has it: no file or
+// folder may be opened, made or removed any more, no TCP bind or connect, and (ABI 6)
+// abstract Unix sockets and signals scoped to shoal-http. Descriptors open already (the
+// listening socket, shoald's socket, stderr) keep working. Landlock binds the calling
+// thread and the threads it starts later, not threads that exist: call it after listening
+// (a Unix socket address is a file it makes) and before any thread starts.
 #pragma once
 
 #include "shoal/status.h"
 
 namespace shoal {
+
+// *abi: the kernel's Landlock ABI, 0 where it has none (then nothing is enforced and the
+// result is OK: the caller logs it).
+Status ConfineFilesystem(int* abi);
 
 // An error when the filter could not be installed, or when shoal-http was built without
 // libseccomp (then only no_new_privs is set).

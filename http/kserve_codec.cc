@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <set>
 
 #include "protocol/descriptor.h"
@@ -369,6 +370,18 @@ namespace {
 
 std::string OutputName(size_t i) { return "output__" + std::to_string(i); }
 
+// A string is BYTES [1], a non-empty list of strings BYTES [N]; nullopt for anything else.
+std::optional<std::vector<std::string>> Strings(const c10::IValue& v) {
+  if (v.isString()) return std::vector<std::string>{v.toStringRef()};
+  if (!v.isList() || v.toListRef().empty()) return std::nullopt;
+  std::vector<std::string> out;
+  for (const auto& e : v.toListRef()) {
+    if (!e.isString()) return std::nullopt;
+    out.push_back(e.toStringRef());
+  }
+  return out;
+}
+
 // The named results of a model's output; INTERNAL when it nests deeper.
 Result<std::vector<std::pair<std::string, c10::IValue>>> NamedOutputs(const c10::IValue& out) {
   std::vector<std::pair<std::string, c10::IValue>> named;
@@ -379,7 +392,7 @@ Result<std::vector<std::pair<std::string, c10::IValue>>> NamedOutputs(const c10:
     for (size_t i = 0; i < items.size(); ++i) {
       named.emplace_back(has_names ? tt->schema()->arguments()[i].name() : OutputName(i), items[i]);
     }
-  } else if (out.isList()) {
+  } else if (out.isList() && !Strings(out)) {  // a list of strings is one BYTES output
     auto list = out.toList();
     for (size_t i = 0; i < list.size(); ++i) named.emplace_back(OutputName(i), list.get(i));
   } else if (out.isGenericDict()) {
@@ -391,10 +404,11 @@ Result<std::vector<std::pair<std::string, c10::IValue>>> NamedOutputs(const c10:
     named.emplace_back(OutputName(0), out);
   }
   for (const auto& [name, v] : named) {
-    if (!(v.isTensor() || v.isDouble() || v.isInt() || v.isBool() || v.isString())) {
+    if (!(v.isTensor() || v.isDouble() || v.isInt() || v.isBool() || Strings(v))) {
       return Status(Code::kInternal, "the model's result holds '" + name + "', a " + v.tagKind() +
                                          ", which is no v2 tensor (results are a tensor, or a tuple, list or dict of "
-                                         "tensors, scalars and strings); call it over shoal's own protocol instead");
+                                         "tensors, scalars, strings and lists of strings); call it over shoal's own "
+                                         "protocol instead");
     }
   }
   return named;
@@ -438,22 +452,24 @@ Result<V2Response> EncodeV2Response(const std::string& model, const std::string&
     bool as_binary = b != request.binary.end() ? b->second : request.binary_default;
     json o;
     o["name"] = name;
-    if (v.isString()) {
-      const std::string& s = v.toStringRef();
+    if (auto strings = v.isTensor() ? std::nullopt : Strings(v)) {
       o["datatype"] = "BYTES";
-      o["shape"] = {1};
-      if (as_binary) {
-        uint32_t len = static_cast<uint32_t>(s.size());
-        std::string element = {static_cast<char>(len), static_cast<char>(len >> 8), static_cast<char>(len >> 16),
-                               static_cast<char>(len >> 24)};
-        element += s;
-        bytes_kept.push_back(std::move(element));
+      o["shape"] = {strings->size()};
+      if (as_binary) {  // each element: its length (4 bytes, little-endian), then its bytes
+        std::string elements;
+        for (const auto& s : *strings) {
+          uint32_t len = static_cast<uint32_t>(s.size());
+          elements += {static_cast<char>(len), static_cast<char>(len >> 8), static_cast<char>(len >> 16),
+                       static_cast<char>(len >> 24)};
+          elements += s;
+        }
+        o["parameters"]["binary_data_size"] = elements.size();
+        bytes_kept.push_back(std::move(elements));
         binary.emplace_back(bytes_kept.back().data(), bytes_kept.back().size());
         binary_bytes += bytes_kept.back().size();
         any_binary = true;
-        o["parameters"]["binary_data_size"] = s.size() + 4;
       } else {
-        o["data"] = {s};
+        o["data"] = *strings;
       }
       outputs.push_back(std::move(o));
       continue;

@@ -7,7 +7,8 @@
 // (forward(self, input_ids, attention_mask)). BYTES inputs become str (one element) or a
 // list of str. Outputs take names from the model's result: a tensor is "output__0", a
 // tuple or list "output__I", a dict or named tuple its keys; scalars are 0-d tensors,
-// strings BYTES. Deeper structures cannot be expressed as v2 tensors and are an error.
+// a string BYTES [1], a list of strings one BYTES [N] (at the top too: "output__0").
+// Deeper structures cannot be expressed as v2 tensors and are an error.
 //
 // Datatypes map to shoal's dtype table (protocol/dtypes.h) by one table here; complex
 // tensors have no v2 datatype.

@@ -18,6 +18,7 @@
 #include <boost/asio.hpp>
 #include <cstdlib>
 #include <iostream>
+#include <memory>
 #include <string>
 
 #include "http/confine.h"
@@ -91,7 +92,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   boost::asio::io_context io;
-  shoal::KServeService service(client->get(), threads);
+  std::unique_ptr<shoal::KServeService> service;  // its threads start once Landlock is on
   shoal::HttpServer::Limits limits;
   limits.what = "http";
   limits.max_connections = max_connections;
@@ -100,13 +101,22 @@ int main(int argc, char** argv) {
   limits.request_timeout = std::chrono::seconds(60);
   limits.write_timeout = std::chrono::seconds(60);
   shoal::HttpServer server(io, *address, limits, [&service](shoal::HttpServer::Request r, shoal::HttpServer::Respond f) {
-    service.Handle(std::move(r), std::move(f));
+    service->Handle(std::move(r), std::move(f));
   });
   auto where = server.Listen();
   if (!where.ok()) {
     spdlog::error("shoal-http: {}", where.status().ToString());
     return 1;
   }
+  // Listening (its address may be a socket file): from here on no path is opened. Before
+  // any thread starts, so that every thread is bound.
+  int landlock = 0;
+  if (auto st = shoal::ConfineFilesystem(&landlock); !st.ok()) {
+    spdlog::error("shoal-http: {}", st.ToString());  // not served unconfined
+    return 1;
+  }
+  if (landlock == 0) spdlog::warn("shoal-http: this kernel has no Landlock: it may open what its user may");
+  service = std::make_unique<shoal::KServeService>(client->get(), threads);
   if (auto st = shoal::Confine(); !st.ok()) {
 #ifdef SHOAL_HAVE_SECCOMP
     spdlog::error("shoal-http: {}", st.ToString());  // not served unconfined
@@ -120,8 +130,8 @@ int main(int argc, char** argv) {
     server.Stop();
     io.stop();
   });
-  spdlog::info("shoal-http: KServe v2 on {}", *where);
+  spdlog::info("shoal-http: KServe v2 on {} (Landlock ABI {})", *where, landlock);
   io.run();
-  service.Stop();
+  service->Stop();
   return 0;
 }

@@ -119,3 +119,35 @@ TEST_CASE("results become named v2 outputs, JSON or binary, and nested ones are 
   CHECK(refused.status().message().find("'output__1'") != std::string::npos);
   CHECK(!EncodeV2Response("m", "", *req, torch::ones(1, at::kComplexFloat)).ok());
 }
+
+TEST_CASE("a list of strings is one BYTES [N] output, JSON or binary", "[kserve]") {
+  auto req = Parse({{"inputs", json::array()}});
+  REQUIRE(req.ok());
+  c10::List<std::string> labels({"cat", "", "dog"});
+  auto top = EncodeV2Response("m", "", *req, labels);
+  REQUIRE(top.ok());
+  auto doc = json::parse(top->body);
+  REQUIRE(doc["outputs"].size() == 1);
+  CHECK(doc["outputs"][0] ==
+        json({{"name", "output__0"}, {"datatype", "BYTES"}, {"shape", {3}}, {"data", {"cat", "", "dog"}}}));
+
+  c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
+  d.insert("scores", torch::tensor({0.5f}));
+  d.insert("labels", labels);
+  req->binary_default = true;
+  auto binary = EncodeV2Response("m", "", *req, d);
+  REQUIRE(binary.ok());
+  REQUIRE(binary->header_length);
+  auto head = json::parse(binary->body.substr(0, *binary->header_length));
+  CHECK(head["outputs"][1]["shape"] == json({3}));
+  CHECK(head["outputs"][1]["parameters"]["binary_data_size"] == 3 * 4 + 6);
+  // After the scores' 4 bytes: each label as its 4-byte little-endian length, then its bytes.
+  std::string data = binary->body.substr(*binary->header_length + 4);
+  CHECK(data == std::string("\x03\x00\x00\x00" "cat" "\x00\x00\x00\x00" "\x03\x00\x00\x00" "dog", 18));
+
+  // A list of tensors is still one output per element.
+  c10::List<at::Tensor> tensors({torch::ones(1), torch::zeros(1)});
+  auto two = EncodeV2Response("m", "", *req, tensors);
+  REQUIRE(two.ok());
+  CHECK(json::parse(two->body.substr(0, *two->header_length))["outputs"].size() == 2);
+}

@@ -655,3 +655,10 @@ class CountsCalls(nn.Module):
         time.sleep(float(x[0]))
         self.calls += 1
         return torch.tensor([self.calls])
+
+
+class Labels(nn.Module):
+    """A label per element of x: a list of str ("cat" where positive, else "dog")."""
+
+    def forward(self, x):
+        return ["cat" if v > 0 else "dog" for v in x.tolist()]

@@ -79,7 +79,8 @@ def served(tmp_path_factory):
         return made[-1]
     d = http_daemon(make, workers=2)
     models = {"add": m.AddConst(1.0), "kw": m.KeywordEncoder(), "raises": m.Raises(),
-              "nested": m.ReturnsNamedTuples(), "detection": m.ReturnsDetection(), "crashy": m.Crashy()}
+              "nested": m.ReturnsNamedTuples(), "detection": m.ReturnsDetection(), "crashy": m.Crashy(),
+              "labels": m.Labels()}
     with d.client() as c:
         for name, obj in models.items():
             c.load(name, shoal.export(obj, tmp_path / f"{name}.pt"))
@@ -137,6 +138,14 @@ def test_inputs_by_keyword_and_outputs_by_name(served):
     outs = {o["name"]: o for o in json.loads(body)["outputs"]}
     assert outs["boxes"]["data"] == [2.0, 3.0]
     assert outs["score"] == {"name": "score", "datatype": "FP64", "shape": [], "data": [0.5]}
+
+
+def test_a_list_of_strings_is_one_bytes_output(served):
+    status, _, body = infer(served.http, "labels", {"inputs": [
+        {"name": "INPUT__0", "shape": [3], "datatype": "FP32", "data": [1, -1, 2]}]})
+    assert status == 200, body
+    assert json.loads(body)["outputs"] == [
+        {"name": "output__0", "datatype": "BYTES", "shape": [3], "data": ["cat", "dog", "cat"]}]
 
 
 def test_binary_tensors_of_16_mib_both_ways(served):

@@ -35,13 +35,14 @@ def wait_running(c, timeout=20):
     raise TimeoutError("no job started")
 
 
-def one_behind_another(a, b, name, archive, first, second, first_timeout=None, second_timeout=None):
-    """Loads `archive` as `name`, starts `first` from client a, then submits `second` from
-    client b while it runs; returns both futures."""
+def one_behind_another(a, b, name, archive, first, second, first_timeout=None, second_timeout=None, after=0.0):
+    """Loads `archive` as `name`, starts `first` from client a, then, `after` seconds into its
+    run, submits `second` from client b; returns both futures."""
     a.load(name, archive)
     a.infer(name, second)  # the model's jobs are short on average
     running = a.submit(name, first, timeout=first_timeout)
     wait_running(b)
+    time.sleep(after)
     return running, b.submit(name, second, timeout=second_timeout)
 
 
@@ -76,7 +77,8 @@ def test_a_job_is_not_sent_ahead_when_off_or_behind_a_job_longer_than_send_ahead
     # queue (another slot could free first) although the model's average is short.
     d = make_daemon(workers=1, args=args)
     with d.client() as a, d.client() as b:
-        first, second = one_behind_another(a, b, "counts", counts, torch.tensor([0.6]), torch.tensor([0.0]))
+        # 0.1 s into its run: well past the default 10 ms, however busy the machine.
+        first, second = one_behind_another(a, b, "counts", counts, torch.tensor([0.6]), torch.tensor([0.0]), after=0.1)
         time.sleep(0.2)
         st = b.status()
         assert st["queued"] == 1
