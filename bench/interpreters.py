@@ -9,6 +9,7 @@ For each K, in one run and alternating:
   (b) interp   shoald --workers 1 --interpreters K
   (c) workers  shoald --workers K --interpreters 1
       (--no-send-ahead: also "workers-no-ahead", the same with shoald --send-ahead-ms 0)
+  --busy-sibling: also "gil-busy", (a) with K=1 while another process spins on a CPU
 Each configuration is driven to saturation by 2K client processes (Python clients, one
 connection each) for --seconds after a warm-up; throughput is jobs/s, p50/p99 are the
 clients' round trips. Every process uses one intra-op thread (torch.set_num_threads(1),
@@ -156,6 +157,9 @@ def main():
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--no-send-ahead", action="store_true",
                     help="also run (c) with shoald --send-ahead-ms 0 (jobs wait in shoald until a slot is free)")
+    ap.add_argument("--busy-sibling", action="store_true",
+                    help="also run (a) while one more process spins on the CPU (gil-busy): on a 2-core VM, "
+                         "what the in-process rate is when the other core is not idle, as shoald's is not")
     args = ap.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
     tmp = tempfile.mkdtemp(prefix="shoal-interp-bench-")
@@ -172,10 +176,19 @@ def main():
         results = {}
         for run in range(args.runs):
             for k in ks:
-                modes = ("gil", "interp", "workers") + (("workers-no-ahead",) if args.no_send_ahead else ())
+                modes = (("gil", "interp", "workers") + (("workers-no-ahead",) if args.no_send_ahead else ())
+                         + (("gil-busy",) if args.busy_sibling and k == 1 else ()))
                 for mode in modes:
                     if mode == "gil":
                         r = run_gil(net, shape, k, args.seconds)
+                    elif mode == "gil-busy":
+                        spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                        try:
+                            time.sleep(0.3)
+                            r = run_gil(net, shape, k, args.seconds)
+                        finally:
+                            spin.kill()
+                            spin.wait()
                     elif mode == "interp":
                         try:
                             r = run_shoald(archive, shape, 1, k, args.seconds, tmp)
@@ -189,7 +202,7 @@ def main():
                     results.setdefault((mode, k), []).append(r)
                     print(f"{name} run {run} {mode} K={k}: {r[0]:.1f}/s, p50 {percentile(r[1], .5) * 1e3:.2f} ms, "
                           f"Pss {r[2] / 1024:.0f} MB", file=sys.stderr, flush=True)
-        base = {m: statistics.median(x[0] for x in results[(m, 1)]) for m in ("gil", "interp", "workers", "workers-no-ahead")
+        base = {m: statistics.median(x[0] for x in results[(m, 1)]) for m in ("gil", "gil-busy", "interp", "workers", "workers-no-ahead")
                 if (m, 1) in results}
         for (mode, k), rs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             rate = statistics.median(x[0] for x in rs)
