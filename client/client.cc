@@ -303,6 +303,23 @@ Result<std::vector<ModelInfo>> Client::Models() {
         if (n.type == msgpack::type::STR) info.methods.emplace_back(n.via.str.ptr, n.via.str.size);
       }
     }
+    for (auto* specs : {&info.inputs, &info.outputs}) {
+      const msgpack::object* a = m.Find(specs == &info.inputs ? "inputs" : "outputs");
+      if (a == nullptr || a->type != msgpack::type::ARRAY) continue;
+      for (uint32_t k = 0; k < a->via.array.size; ++k) {
+        MapView s(a->via.array.ptr[k]);
+        ModelInfo::Tensor t;
+        t.name = s.Str("name").value_or("");
+        t.dtype = s.Str("dtype").value_or("");
+        if (auto shape = s.Array("shape"); shape.ok()) {
+          for (uint32_t d = 0; d < (*shape)->via.array.size; ++d) {
+            const auto& n = (*shape)->via.array.ptr[d];
+            t.shape.push_back(n.type == msgpack::type::POSITIVE_INTEGER ? static_cast<int64_t>(n.via.u64) : -1);
+          }
+        }
+        specs->push_back(std::move(t));
+      }
+    }
     out.push_back(std::move(info));
   }
   return out;

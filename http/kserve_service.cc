@@ -9,6 +9,7 @@
 #include <cstdlib>
 
 #include "http/kserve_codec.h"
+#include "tensors/tree.h"
 
 namespace shoal {
 
@@ -193,12 +194,27 @@ HttpServer::Reply KServeService::Metadata(const std::string& model, const std::s
     auto colon = m.name.find(':');
     if (colon != std::string::npos) versions.push_back(m.name.substr(colon + 1));
   }
-  // shoal runs Python: a model's inputs are its forward's arguments, not declared tensors.
+  // shoal runs Python: a model's inputs are its forward's arguments, not declared tensors,
+  // unless its manifest declares them (shoal.export with example inputs): then positional
+  // INPUT__N, and outputs named as the result will name them.
+  const ModelInfo& shown = found.front();
+  auto specs = [](const std::vector<ModelInfo::Tensor>& tensors, bool inputs) {
+    json out = json::array();
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const auto& t = tensors[i];
+      auto type = ScalarTypeOf(t.dtype);
+      std::string name = inputs ? "INPUT__" + std::to_string(i)
+                                : !t.name.empty() ? t.name
+                                                  : "output__" + std::to_string(i);
+      out.push_back({{"name", name}, {"datatype", type ? V2DataType(*type) : std::string()}, {"shape", t.shape}});
+    }
+    return out;
+  };
   return Json(200, {{"name", model},
                     {"versions", versions},
                     {"platform", "shoal_" + (found.front().engine.empty() ? "python" : found.front().engine)},
-                    {"inputs", json::array()},
-                    {"outputs", json::array()}});
+                    {"inputs", specs(shown.inputs, true)},
+                    {"outputs", specs(shown.outputs, false)}});
 }
 
 HttpServer::Reply KServeService::ModelReady(const std::string& model, const std::string& version) {

@@ -6,6 +6,8 @@
 #include <string>
 
 #include "package_format/served_object.h"
+#include "protocol/descriptor.h"
+#include "protocol/dtypes.h"
 
 namespace shoal {
 
@@ -59,6 +61,16 @@ class Reader {
           if (seen_methods) return Invalid("methods is given twice");
           seen_methods = true;
           if (auto st = Methods(&policy.methods); !st.ok()) return st;
+        } else if (key == "inputs" || key == "outputs") {
+          // Read when they are specs shoald understands, else skipped (the worker refuses them).
+          size_t start = i_;
+          std::vector<TensorSpec> specs;
+          if (Specs(&specs)) {
+            (key == "inputs" ? policy.inputs : policy.outputs) = std::move(specs);
+          } else {
+            i_ = start;
+            if (auto st = Value(1); !st.ok()) return st;
+          }
         } else if (key == "batching") {
           if (seen_batching) return Invalid("batching is given twice");
           seen_batching = true;
@@ -142,6 +154,67 @@ class Reader {
     }
     if (auto st = CheckMethodNames(*out); !st.ok()) return Invalid("methods: " + st.message());
     return Status::Ok();
+  }
+
+  // [{"name"?: str, "dtype": str of protocol/dtypes.h, "shape": [N or null, ...]}, ...], at
+  // most kMaxSpecs of at most kMaxDims dimensions; false (position unspecified) otherwise.
+  bool Specs(std::vector<TensorSpec>* out) {
+    if (!Eat('[')) return false;
+    Space();
+    if (Eat(']')) return true;
+    for (;;) {
+      Space();
+      if (out->size() >= kMaxSpecs || !Eat('{')) return false;
+      TensorSpec spec;
+      bool shaped = false;
+      Space();
+      if (!Eat('}')) {
+        for (;;) {
+          Space();
+          std::string key;
+          if (!String(&key).ok()) return false;
+          Space();
+          if (!Eat(':')) return false;
+          Space();
+          if (key == "name" || key == "dtype") {
+            std::string v;
+            if (i_ >= s_.size() || s_[i_] != '"' || !String(&v).ok() || v.size() > 256) return false;
+            (key == "name" ? spec.name : spec.dtype) = std::move(v);
+          } else if (key == "shape") {
+            if (!Eat('[')) return false;
+            shaped = true;
+            Space();
+            if (!Eat(']')) {
+              for (;;) {
+                Space();
+                uint64_t n = 0;
+                if (spec.shape.size() >= kMaxDims) return false;
+                if (Word("null")) {
+                  spec.shape.push_back(-1);
+                } else if (Uint(&n)) {
+                  spec.shape.push_back(static_cast<int64_t>(n));
+                } else {
+                  return false;
+                }
+                Space();
+                if (Eat(']')) break;
+                if (!Eat(',')) return false;
+              }
+            }
+          } else if (!Value(3).ok()) {
+            return false;
+          }
+          Space();
+          if (Eat('}')) break;
+          if (!Eat(',')) return false;
+        }
+      }
+      if (!shaped || FindDType(spec.dtype) == nullptr) return false;
+      out->push_back(std::move(spec));
+      Space();
+      if (Eat(']')) return true;
+      if (!Eat(',')) return false;
+    }
   }
 
   // A non-negative integer below 2^53 (JSON numbers past it are not exact).

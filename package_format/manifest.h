@@ -1,11 +1,12 @@
 // The part of an archive's manifest that shoald acts on itself, read without running
 // anything in the archive: whether the model accepts broadcast inputs, how its jobs may be
-// batched, which pickle it serves and which of its methods clients may call.
+// batched, which pickle it serves, which of its methods clients may call, and the tensor
+// specs it declares.
 //
 // The manifest is JSON: shoal/manifest.json in a torch.package archive (shoal.export
 // writes it), the extra file extra/shoal/manifest.json in a TorchScript archive
 // (torch.jit.save(m, path, _extra_files=shoal.torchscript_manifest(...))). Its other keys
-// (name, version, input specs, example) are the worker's business
+// (name, version, example) are the worker's business
 // (python/shoal/archive.py). The archive reader (archive_reader.h) calls this, so a
 // manifest shoald cannot read is a reason to refuse the archive, and this reader is
 // fuzzed with it. A strict JSON reader: RFC 8259 values, at most 32 levels deep.
@@ -37,6 +38,17 @@ constexpr uint64_t kMaxBatchDelayUs = 10'000'000;   // 10 s
 // and max_batch (at most 8 of them), and neither of the latter without max_batch > 1.
 Status CheckBatchPolicy(const BatchPolicy& p, const std::string& who);
 
+// One tensor the model takes or returns, as shoal.export wrote it from the example inputs
+// ("inputs"/"outputs": [{"name"?, "dtype", "shape": [N or null, ...]}]): a dtype of shoal's
+// table (protocol/dtypes.h), -1 for a dimension of any size (null). Shown to clients
+// (`models`, the KServe v2 metadata); the worker checks inputs against them.
+struct TensorSpec {
+  std::string name;  // may be empty (a tuple's output)
+  std::string dtype;
+  std::vector<int64_t> shape;
+};
+constexpr size_t kMaxSpecs = 64;
+
 struct ManifestPolicy {
   // "broadcast_inputs": true lets inputs whose strides overlap (a stride of 0 stands for
   // many elements) reach this model; without it shoald refuses them (BAD_REQUEST).
@@ -54,6 +66,9 @@ struct ManifestPolicy {
   // "methods": ["make_prediction", ...], methods besides forward clients may call
   // (CheckMethodNames); a load's `methods` add to them.
   std::vector<std::string> methods;
+  // "inputs" / "outputs": the tensor specs; empty when absent, or when they are not specs
+  // shoald can read (the worker refuses those at load).
+  std::vector<TensorSpec> inputs, outputs;
 };
 
 // BadRequest when `json` is not one JSON object, or when a key shoald reads has a value

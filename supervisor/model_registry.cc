@@ -378,6 +378,10 @@ std::vector<ModelRegistry::Info> ModelRegistry::List() const {
     i.engine = m.engine;
     i.path = m.archive ? m.archive->label() : "";
     i.entry = m.archive ? m.archive->entry() : "";
+    if (m.archive) {
+      i.inputs = m.archive->policy().inputs;
+      i.outputs = m.archive->policy().outputs;
+    }
     i.methods = m.Methods();
     i.device = m.device;
     i.ready = Ready(name);

@@ -133,6 +133,7 @@ class ModelRegistry {
     std::string name, engine, path, last_error, device;  // path: the archive's label (ArchiveFile)
     std::string entry;                 // the pickle it serves (torch.package), else empty
     std::vector<std::string> methods;  // allowed besides forward
+    std::vector<TensorSpec> inputs, outputs;  // as its manifest declares them (often none)
     bool ready = false;
     bool failed = false;
     size_t queued = 0;

@@ -13,7 +13,7 @@ void PackModels(Writer* w, const ModelRegistry& registry, bool show_paths) {
   w->Key("models");
   w->pk().pack_array(static_cast<uint32_t>(models.size()));
   for (const auto& m : models) {
-    w->Map(10 + (m.failed ? 1 : 0) + (m.refused.empty() ? 0 : 1) + (m.batching ? 1 : 0) + (m.entry.empty() ? 0 : 1));
+    w->Map(12 + (m.failed ? 1 : 0) + (m.refused.empty() ? 0 : 1) + (m.batching ? 1 : 0) + (m.entry.empty() ? 0 : 1));
     w->Key("name"); w->Str(m.name);
     w->Key("device"); w->Str(m.device);  // as loaded: auto (where it was exported), cpu, cuda, cuda:N
     w->Key("engine"); w->Str(m.engine);
@@ -23,6 +23,18 @@ void PackModels(Writer* w, const ModelRegistry& registry, bool show_paths) {
     w->Key("methods");  // callable besides forward
     w->pk().pack_array(static_cast<uint32_t>(m.methods.size()));
     for (const auto& name : m.methods) w->Str(name);
+    for (const auto* specs : {&m.inputs, &m.outputs}) {  // as its manifest declares them: often none
+      w->Key(specs == &m.inputs ? "inputs" : "outputs");
+      w->pk().pack_array(static_cast<uint32_t>(specs->size()));
+      for (const auto& s : *specs) {
+        w->Map(3);
+        w->Key("name"); w->Str(s.name);
+        w->Key("dtype"); w->Str(s.dtype);
+        w->Key("shape");  // -1: any size
+        w->pk().pack_array(static_cast<uint32_t>(s.shape.size()));
+        for (int64_t n : s.shape) w->pk().pack_int64(n);
+      }
+    }
     w->Key("queued"); w->Val(static_cast<uint64_t>(m.queued));
     w->Key("failed"); w->Val(m.failed);
     // Dynamic batching: runs of more than one job, and the jobs they ran.

@@ -62,6 +62,14 @@ struct ModelInfo {
   bool ready = false;
   std::string entry;                 // the pickle a torch.package archive serves; empty otherwise
   std::vector<std::string> methods;  // allowed besides forward
+  // The tensors it takes and returns as its manifest declares them (shoal.export with
+  // example inputs); often none: a Python model's forward takes what it takes.
+  struct Tensor {
+    std::string name;            // may be empty (an output of a tuple)
+    std::string dtype;           // shoal's name: "float32", ...
+    std::vector<int64_t> shape;  // -1: any size
+  };
+  std::vector<Tensor> inputs, outputs;
 };
 
 struct HealthInfo {

@@ -169,3 +169,30 @@ TEST_CASE("an entry names a pickle inside the archive, never a path out of it", 
   CHECK(CheckMethodNames(std::vector<std::string>(kMaxMethods + 1, "m")).message().find("at most 32") !=
         std::string::npos);
 }
+
+TEST_CASE("the manifest's tensor specs are read, and ones shoald cannot read are skipped", "[manifest]") {
+  auto p = ParseManifestPolicy(R"({"name": "m", "inputs": [{"dtype": "float32", "shape": [null, 3, 224, 224], "name": "input0"}],
+                                   "outputs": [{"dtype": "int64", "shape": [null]}, {"name": "scores", "dtype": "float16", "shape": []}]})");
+  REQUIRE(p.ok());
+  REQUIRE(p->inputs.size() == 1);
+  CHECK(p->inputs[0].name == "input0");
+  CHECK(p->inputs[0].dtype == "float32");
+  CHECK(p->inputs[0].shape == std::vector<int64_t>{-1, 3, 224, 224});
+  REQUIRE(p->outputs.size() == 2);
+  CHECK(p->outputs[0].name.empty());
+  CHECK(p->outputs[0].shape == std::vector<int64_t>{-1});
+  CHECK(p->outputs[1].name == "scores");
+  CHECK(p->outputs[1].shape.empty());
+  // Not specs shoald can read: skipped (the worker refuses them when it loads the model),
+  // and the keys after them are still read.
+  for (const char* bad : {R"("nope")", R"([{"dtype": "float128", "shape": [1]}])", R"([{"dtype": "float32"}])",
+                          R"([{"dtype": "float32", "shape": [-1]}])", R"([{"dtype": "float32", "shape": [1.5]}])",
+                          R"([{"dtype": "float32", "shape": [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}])", R"({})"}) {
+    CAPTURE(bad);
+    auto q = ParseManifestPolicy(std::string(R"({"inputs": )") + bad + R"(, "broadcast_inputs": true})");
+    REQUIRE(q.ok());
+    CHECK(q->inputs.empty());
+    CHECK(q->broadcast_inputs);
+  }
+  CHECK(!ParseManifestPolicy(R"({"inputs": [{"dtype": "float32", "shape": [1]})").ok());  // not JSON
+}

@@ -84,6 +84,8 @@ def served(tmp_path_factory):
     with d.client() as c:
         for name, obj in models.items():
             c.load(name, shoal.export(obj, tmp_path / f"{name}.pt"))
+        # Exported with example inputs: its manifest declares its tensors.
+        c.load("declared", shoal.export(m.AddConst(1.0), tmp_path / "declared.pt", example_inputs=(torch.zeros(2, 3),)))
     yield d
     d.stop()
 
@@ -138,6 +140,18 @@ def test_inputs_by_keyword_and_outputs_by_name(served):
     outs = {o["name"]: o for o in json.loads(body)["outputs"]}
     assert outs["boxes"]["data"] == [2.0, 3.0]
     assert outs["score"] == {"name": "score", "datatype": "FP64", "shape": [], "data": [0.5]}
+
+
+def test_metadata_lists_the_tensors_a_manifest_declares(served):
+    status, doc = get_json(served.http, "/v2/models/declared")
+    assert status == 200, doc
+    assert doc["inputs"] == [{"name": "INPUT__0", "datatype": "FP32", "shape": [-1, 3]}]
+    assert doc["outputs"] == [{"name": "output__0", "datatype": "FP32", "shape": [-1, 3]}]
+    status, doc = get_json(served.http, "/v2/models/add")  # exported without: none declared
+    assert (doc["inputs"], doc["outputs"]) == ([], [])
+    with served.client() as c:
+        declared = next(x for x in c.models() if x["name"] == "declared")
+        assert declared["inputs"] == [{"name": "input0", "dtype": "float32", "shape": [-1, 3]}]
 
 
 def test_a_list_of_strings_is_one_bytes_output(served):

@@ -132,7 +132,8 @@ def test_notify_ready_watchdog_stopping(tmp_path):
         # READY only once the configured model serves: at this moment it is ready everywhere
         with shoal.Client(sock) as c:
             assert c.models() == [{"name": "big", "device": "auto", "engine": "python", "path": str(slow),
-                                    "ready": True, "entry": "model/model.pkl", "methods": [], "queued": 0,
+                                    "ready": True, "entry": "model/model.pkl", "methods": [], "inputs": [], "outputs": [],
+                                    "queued": 0,
                                     "failed": False, "batches": 0, "batched_jobs": 0}]
             assert all("big" in w["models"] for w in c.status()["workers"])
         first = [t for t, msg in listener.messages if "STATUS=starting" in msg]
