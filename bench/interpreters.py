@@ -10,6 +10,7 @@ For each K, in one run and alternating:
   (c) workers  shoald --workers K --interpreters 1
       (--no-send-ahead: also "workers-no-ahead", the same with shoald --send-ahead-ms 0)
   --busy-sibling: also "gil-busy", (a) with K=1 while another process spins on a CPU
+  --shared-libpython: also "workers-shared", (c) on shoal-worker (the shared libpython)
 Each configuration is driven to saturation by 2K client processes (Python clients, one
 connection each) for --seconds after a warm-up; throughput is jobs/s, p50/p99 are the
 clients' round trips. Every process uses one intra-op thread (torch.set_num_threads(1),
@@ -157,6 +158,9 @@ def main():
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--no-send-ahead", action="store_true",
                     help="also run (c) with shoald --send-ahead-ms 0 (jobs wait in shoald until a slot is free)")
+    ap.add_argument("--shared-libpython", action="store_true",
+                    help="also run (c) with shoald --worker-binary shoal-worker (workers-shared: the worker "
+                         "on the shared libpython; with one interpreter shoald runs shoal-worker-static)")
     ap.add_argument("--busy-sibling", action="store_true",
                     help="also run (a) while one more process spins on the CPU (gil-busy): on a 2-core VM, "
                          "what the in-process rate is when the other core is not idle, as shoald's is not")
@@ -177,6 +181,7 @@ def main():
         for run in range(args.runs):
             for k in ks:
                 modes = (("gil", "interp", "workers") + (("workers-no-ahead",) if args.no_send_ahead else ())
+                         + (("workers-shared",) if args.shared_libpython else ())
                          + (("gil-busy",) if args.busy_sibling and k == 1 else ()))
                 for mode in modes:
                     if mode == "gil":
@@ -197,12 +202,15 @@ def main():
                             continue
                     elif mode == "workers":
                         r = run_shoald(archive, shape, k, 1, args.seconds, tmp)
+                    elif mode == "workers-shared":
+                        r = run_shoald(archive, shape, k, 1, args.seconds, tmp,
+                                       ["--worker-binary", os.path.join(BUILD, "bin", "shoal-worker")])
                     else:
                         r = run_shoald(archive, shape, k, 1, args.seconds, tmp, ["--send-ahead-ms", "0"])
                     results.setdefault((mode, k), []).append(r)
                     print(f"{name} run {run} {mode} K={k}: {r[0]:.1f}/s, p50 {percentile(r[1], .5) * 1e3:.2f} ms, "
                           f"Pss {r[2] / 1024:.0f} MB", file=sys.stderr, flush=True)
-        base = {m: statistics.median(x[0] for x in results[(m, 1)]) for m in ("gil", "gil-busy", "interp", "workers", "workers-no-ahead")
+        base = {m: statistics.median(x[0] for x in results[(m, 1)]) for m in ("gil", "gil-busy", "interp", "workers", "workers-no-ahead", "workers-shared")
                 if (m, 1) in results}
         for (mode, k), rs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             rate = statistics.median(x[0] for x in rs)

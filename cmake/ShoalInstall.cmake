@@ -17,6 +17,9 @@ set(SHOAL_PYTHON_INSTALL_DIR "${_shoal_pydir_default}" CACHE STRING
 set(SHOAL_SYSTEMD_UNIT_DIR "lib/systemd/system" CACHE STRING "systemd units, relative to the prefix")
 
 install(TARGETS shoald shoal-worker shoal-http RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+if(TARGET shoal-worker-static)
+  install(TARGETS shoal-worker-static RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+endif()
 install(TARGETS shoal_pyhost LIBRARY DESTINATION lib/shoal)
 
 # The installed CLI finds the shoal package on the interpreter's own path.

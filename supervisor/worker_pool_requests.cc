@@ -68,7 +68,9 @@ void WorkerPool::Place(WorkerHandle* w, int interp, Job* job) {
 }
 
 void WorkerPool::BeginInfer(Writer* m, int interp, const Job& job, bool batch) const {
-  const bool deadline = !batch && job.deadline != nullptr;
+  // A job sent ahead carries its deadline: its turn may come after it (a job that starts at
+  // once runs, and is killed with its worker if it overstays its deadline and the grace).
+  const bool deadline = !batch && job.ahead && job.deadline != nullptr;
   uint32_t fields = (job.host_outputs ? 7 : 6) - (batch ? 1 : 0) + (job.call.args.empty() ? 0 : 1) +
                     (job.call.kwargs.empty() ? 0 : 1) + (job.call.method.empty() ? 0 : 1) + (deadline ? 1 : 0);
   BeginRequest(m, "infer", job.id, fields);
@@ -77,7 +79,7 @@ void WorkerPool::BeginInfer(Writer* m, int interp, const Job& job, bool batch) c
   if (!batch) {  // a batch names each member's connection
     m->Key("client"); m->Val(job.client_id);
   }
-  if (deadline) {  // CLOCK_MONOTONIC ns: the worker skips a job whose turn comes after it (send_ahead_ms)
+  if (deadline) {  // CLOCK_MONOTONIC ns: the worker skips the job if its turn comes after it
     m->Key("deadline");
     m->Val(static_cast<uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(job.deadline->expiry().time_since_epoch()).count()));

@@ -47,6 +47,13 @@ Result<std::unique_ptr<Interpreter>> Interpreter::Start(const std::string& pytho
                                                         int index) {
   std::unique_ptr<Interpreter> it(new Interpreter());
   it->index_ = index;
+#ifdef SHOAL_BUILTIN_PYHOST
+  // shoal-worker-static: Python is linked into this executable (one interpreter).
+  if (!copies_dir.empty() || index != 0) {
+    return Status::BadRequest("shoal-worker-static runs one interpreter; shoal-worker runs several");
+  }
+  it->api_ = shoal_pyhost_api();
+#else
   std::string lib = PyhostPath();
   int flags = RTLD_NOW | RTLD_GLOBAL;
   if (!copies_dir.empty()) {
@@ -67,6 +74,7 @@ Result<std::unique_ptr<Interpreter>> Interpreter::Start(const std::string& pytho
     return Status::Internal(lib + " is not a libshoal_pyhost of this shoal-worker (rebuild or reinstall shoal)");
   }
   it->api_ = api_fn();
+#endif
   char* error = nullptr;
   if (it->api_->start(python_dir.c_str(), index, it->copies_ ? PrepareExtension : nullptr, it->copies_.get(),
                       &error) != 0) {
