@@ -44,7 +44,7 @@ struct Job {
   int retries = 0;          // how many times the client allows it to be re-run after a crash
   int crashes = 0;          // workers it was running on that died
   std::chrono::steady_clock::time_point accepted;
-  std::chrono::steady_clock::time_point started;
+  std::chrono::steady_clock::time_point started;  // first set when the scheduler starts it (zero: never yet)
   std::unique_ptr<boost::asio::steady_timer> deadline;
   // Dynamic batching (docs/architecture.md): its model's policy when that batches (null:
   // off, the one-job path). Once it runs in a batch: `batch_peers` are every member of it

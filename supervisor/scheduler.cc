@@ -251,9 +251,12 @@ void Scheduler::Dispatch() {
 }
 
 void Scheduler::StartOne(SlotPool::Slot slot, const std::shared_ptr<Job>& job) {
+  // Its wait is counted once: not again for a re-run after a crash, nor for a job queued
+  // again because the worker it was sent ahead to died.
+  const bool first = job->started == Clock::time_point{};
   job->started = Clock::now();
   job->expected_ms = stats_[job->model].avg_ms;
-  if (job->crashes == 0) metrics_->Waited(job->model, Seconds(job->started - job->accepted));  // not a re-run
+  if (first) metrics_->Waited(job->model, Seconds(job->started - job->accepted));
   if (job->batching) metrics_->Batched(job->model, 1);
   ++stats_[job->model].running_by[job->client_uid];
   pool_->Run(slot, job, [this, job](const Status& st, const MapView* reply) {
@@ -267,8 +270,9 @@ void Scheduler::StartBatch(SlotPool::Slot slot, const std::vector<std::shared_pt
   auto peers = std::make_shared<std::vector<std::weak_ptr<Job>>>(group.begin(), group.end());
   ModelStats& stats = stats_[group.front()->model];
   for (const auto& job : group) {
+    const bool first = job->started == Clock::time_point{};  // not a re-run (StartOne)
     job->started = Clock::now();
-    if (job->crashes == 0) metrics_->Waited(job->model, Seconds(job->started - job->accepted));  // not a re-run
+    if (first) metrics_->Waited(job->model, Seconds(job->started - job->accepted));
     job->batch_peers = peers;
     job->grace_over = false;
     ++stats.running_by[job->client_uid];

@@ -645,13 +645,13 @@ void WorkerPool::SendArenaIfNeeded(WorkerHandle* w, uint64_t arena) {
   if (a == nullptr) return;
   // Arenas a running job of this worker reads stay; the idle ones go, oldest first.
   std::set<uint64_t> busy;
-  std::vector<std::shared_ptr<Job>> placed = w->jobs;
-  placed.insert(placed.end(), w->ahead.begin(), w->ahead.end());
-  for (const auto& j : placed) {
-    if (!j) continue;
-    for (const auto& d : j->inputs) busy.insert(d.arena);
-    for (const auto& m : j->batch) {
-      for (const auto& d : m->inputs) busy.insert(d.arena);
+  for (const auto* placed : {&w->jobs, &w->ahead}) {  // running, and sent ahead
+    for (const auto& j : *placed) {
+      if (!j) continue;
+      for (const auto& d : j->inputs) busy.insert(d.arena);
+      for (const auto& m : j->batch) {
+        for (const auto& d : m->inputs) busy.insert(d.arena);
+      }
     }
   }
   // Host and GPU arenas each have worker_arena_mb: dropping one kind frees none of the other.

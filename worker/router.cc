@@ -70,9 +70,11 @@ void ServeOne(int fd, int slot, Interpreter* interp) {
       MapView m(oh->get());
       std::string op = m.Str("op").value_or("");
       batch = op == "infer" && m.Find("batch") != nullptr;
-      if (auto late = JobDeadline::Of(m).ReplyIfPassed(slot); !late.empty()) {  // sent ahead, waited too long
-        if (!send(late)) break;
-        continue;
+      if (op == "infer" && !batch) {  // sent ahead, it may have waited past its deadline
+        if (auto late = JobDeadline::Of(m).ReplyIfPassed(slot); !late.empty()) {
+          if (!send(late)) break;
+          continue;
+        }
       }
       if (op == "release") {
         auto r = ReadRelease(m);
