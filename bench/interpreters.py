@@ -160,7 +160,7 @@ def main():
                     help="also run (c) with shoald --send-ahead-ms 0 (jobs wait in shoald until a slot is free)")
     ap.add_argument("--shared-libpython", action="store_true",
                     help="also run (c) with shoald --worker-binary shoal-worker (workers-shared: the worker "
-                         "on the shared libpython; with one interpreter shoald runs shoal-worker-static)")
+                         "on the shared libpython; with one interpreter shoald runs shoal-worker-py, the python3 executable)")
     ap.add_argument("--busy-sibling", action="store_true",
                     help="also run (a) while one more process spins on the CPU (gil-busy): on a 2-core VM, "
                          "what the in-process rate is when the other core is not idle, as shoald's is not")

@@ -1,6 +1,6 @@
 """What embedding costs Python itself: the same Python-bound model run in-process by the
 `python3` executable and by a minimal embedder linked against libpython3.X.so (what every
-embedded interpreter, shoal's workers included, must run on).
+embedded interpreter, shoal-worker's included, runs on; shoal-worker-py runs on python3).
 
 One command (needs a C compiler and python3-dev, which scripts/setup.sh installs):
     /usr/bin/python3 bench/libpython.py [--runs 5] [--seconds 3]

@@ -17,9 +17,9 @@ set(SHOAL_PYTHON_INSTALL_DIR "${_shoal_pydir_default}" CACHE STRING
 set(SHOAL_SYSTEMD_UNIT_DIR "lib/systemd/system" CACHE STRING "systemd units, relative to the prefix")
 
 install(TARGETS shoald shoal-worker shoal-http RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
-if(TARGET shoal-worker-static)
-  install(TARGETS shoal-worker-static RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
-endif()
+# shoal-worker-py finds the shoal package (and its _worker_host) on the interpreter's own path.
+shoal_worker_py_script(${CMAKE_BINARY_DIR}/install/shoal-worker-py "")
+install(PROGRAMS ${CMAKE_BINARY_DIR}/install/shoal-worker-py DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(TARGETS shoal_pyhost LIBRARY DESTINATION lib/shoal)
 
 # The installed CLI finds the shoal package on the interpreter's own path.
@@ -34,7 +34,7 @@ install(PROGRAMS ${CMAKE_BINARY_DIR}/install/shoal DESTINATION ${CMAKE_INSTALL_B
 # Python package
 install(FILES ${SHOAL_PY_SOURCES} ${CMAKE_BINARY_DIR}/python/shoal/_build_info.py
   DESTINATION ${SHOAL_PYTHON_INSTALL_DIR}/shoal)
-install(TARGETS shoal_native LIBRARY DESTINATION ${SHOAL_PYTHON_INSTALL_DIR}/shoal)
+install(TARGETS shoal_native shoal_worker_host LIBRARY DESTINATION ${SHOAL_PYTHON_INSTALL_DIR}/shoal)
 
 # C++ client: static libraries, public headers, package config
 install(TARGETS shoal_client shoal_tensors shoal_core ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})

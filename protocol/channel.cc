@@ -67,7 +67,7 @@ Result<size_t> SendSome(int sock, std::string_view data, const std::vector<int>&
   return static_cast<size_t>(n);
 }
 
-Result<size_t> RecvSome(int sock, uint8_t* buf, size_t cap, std::vector<int>* fds) {
+Result<size_t> RecvSome(int sock, uint8_t* buf, size_t cap, std::vector<int>* fds, int flags) {
   struct iovec iov;
   iov.iov_base = buf;
   iov.iov_len = cap;
@@ -80,7 +80,7 @@ Result<size_t> RecvSome(int sock, uint8_t* buf, size_t cap, std::vector<int>* fd
   msg.msg_controllen = sizeof(ctrl);
   ssize_t n;
   do {
-    n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | flags);
   } while (n < 0 && errno == EINTR);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return Status(Code::kUnavailable, "would block");
@@ -108,15 +108,23 @@ Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* f
     auto frame = reader->Next();
     if (!frame.ok()) return frame.status();
     if (frame->has_value()) return std::move(**frame);
+    int flags = 0;
     if (deadline) {
       auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - std::chrono::steady_clock::now());
-      struct pollfd p = {sock, POLLIN, 0};
-      int r = left.count() > 0 ? poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), INT32_MAX))) : 0;
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0) return Status::FromErrno("poll", errno);
-      if (r == 0) return Status(Code::kTimeout, "no answer before the deadline");
+      if (left.count() > 0) {
+        struct pollfd p = {sock, POLLIN, 0};
+        int r = poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), INT32_MAX)));
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return Status::FromErrno("poll", errno);
+        if (r == 0) return Status(Code::kTimeout, "no answer before the deadline");
+      } else {
+        flags = MSG_DONTWAIT;  // past the deadline: only what has come (one call, no poll)
+      }
     }
-    auto n = RecvSome(sock, buf, sizeof(buf), fds);
+    auto n = RecvSome(sock, buf, sizeof(buf), fds, flags);
+    if (!n.ok() && flags != 0 && n.status().code() == Code::kUnavailable) {
+      return Status(Code::kTimeout, "no answer before the deadline");
+    }
     if (!n.ok()) return n.status();
     if (*n == 0) return Status(Code::kUnavailable, "connection closed by peer");
     reader->Append(buf, *n);

@@ -27,12 +27,13 @@ Status SendAll(int sock, std::string_view data, const std::vector<int>& fds = {}
 Result<size_t> SendSome(int sock, std::string_view data, const std::vector<int>& fds);
 
 // One recvmsg: appends received fds (close-on-exec) to *fds. Returns bytes read, 0 on EOF;
-// a non-blocking socket with nothing to read gives Code::kUnavailable.
-Result<size_t> RecvSome(int sock, uint8_t* buf, size_t cap, std::vector<int>* fds);
+// a non-blocking socket (or `flags` MSG_DONTWAIT) with nothing to read gives Code::kUnavailable.
+Result<size_t> RecvSome(int sock, uint8_t* buf, size_t cap, std::vector<int>* fds, int flags = 0);
 
 // Blocking: reads until one full frame is available. Returns the body; fds received so far
 // are appended to *fds. EOF gives Code::kUnavailable; with a `deadline`, Code::kTimeout
-// when it passes first (a frame half-read stays in *reader for the next call).
+// when it passes first (a frame half-read stays in *reader for the next call). A deadline
+// already past reads only what has arrived: no frame there gives Code::kTimeout at once.
 class FrameReader;
 Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* fds,
                               std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt);

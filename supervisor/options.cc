@@ -201,7 +201,7 @@ std::vector<Option> MakeTable() {
       Make<&C::log_level>("log_level", K::kLogLevel, "LEVEL", kReload,
                           "trace|debug|info|warn|error|critical|off"),
       Make<&C::worker_binary>("worker_binary", K::kText, "PATH", kRestart, "the worker executable", 0, 0,
-                              "shoal-worker-static next to shoald for one interpreter where built, else shoal-worker"),
+                              "shoal-worker-py next to shoald for one interpreter, else shoal-worker"),
   };
   return t;
 }

@@ -48,9 +48,9 @@ Result<std::unique_ptr<Interpreter>> Interpreter::Start(const std::string& pytho
   std::unique_ptr<Interpreter> it(new Interpreter());
   it->index_ = index;
 #ifdef SHOAL_BUILTIN_PYHOST
-  // shoal-worker-static: Python is linked into this executable (one interpreter).
+  // shoal-worker-py: the interpreter python3 started, this process's only one.
   if (!copies_dir.empty() || index != 0) {
-    return Status::BadRequest("shoal-worker-static runs one interpreter; shoal-worker runs several");
+    return Status::BadRequest("shoal-worker-py runs one interpreter; shoal-worker runs several");
   }
   it->api_ = shoal_pyhost_api();
 #else

@@ -39,6 +39,7 @@
 #include "worker/interpreter.h"
 #include "worker/router.h"
 #include "worker/sandbox.h"
+#include "worker/worker_main.h"
 #include "worker/zygote.h"
 
 namespace {
@@ -188,7 +189,7 @@ void HandOverMemoryFile(int sock) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int shoal::WorkerMain(int argc, char** argv) {
   int fd = -1;
   int slot = 0;
   int interpreters = 1;
@@ -278,3 +279,7 @@ int main(int argc, char** argv) {
   }
   shoal::ServeOne(fd, slot, only);
 }
+
+#ifndef SHOAL_HOSTED_BY_PYTHON
+int main(int argc, char** argv) { return shoal::WorkerMain(argc, argv); }
+#endif

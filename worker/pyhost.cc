@@ -118,6 +118,10 @@ int Start(const char* python_dir, int index, ShoalPrepareExtensionFn prepare, vo
   if (prepare != nullptr && PyImport_AppendInittab("_shoal_host", InitHostModule) != 0) {
     return Fail(error, "cannot register the _shoal_host module");
   }
+#ifdef SHOAL_HOSTED_BY_PYTHON
+  // shoal-worker-py: the python3 executable started the interpreter (worker/python_host.cc).
+  if (!Py_IsInitialized()) return Fail(error, "shoal._worker_host runs inside a running Python only");
+#else
   PyConfig config;
   PyConfig_InitPythonConfig(&config);
   config.install_signal_handlers = 0;  // a worker dies by the default action of its signals
@@ -127,6 +131,7 @@ int Start(const char* python_dir, int index, ShoalPrepareExtensionFn prepare, vo
   if (PyStatus_Exception(st)) {
     return Fail(error, std::string("Python failed to initialise: ") + (st.err_msg ? st.err_msg : "?"));
   }
+#endif
   std::string dir = python_dir != nullptr ? python_dir : "";
   if (!dir.empty()) {
     PyObject* sys_path = PySys_GetObject("path");  // borrowed

@@ -3,7 +3,10 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
+#include <map>
+#include <utility>
 #include <optional>
 #include <string>
 
@@ -49,6 +52,36 @@ std::string Release(const ReleaseNotice& r, TorchScriptModels* torchscript, Inte
   return r.torchscript ? torchscript->Release(r.arena, r.blocks) : interp->Release(r.arena, r.blocks);
 }
 
+// Usage notices owed to shoald after releases. A release's notice is not sent at once:
+// under load the next job's reply carries its owner's usage anyway, and a notice a job costs
+// shoald a wake-up and the worker a send. They go when the reading thread would otherwise
+// block (RecvOrOwe), each computed then (the owner's usage now, never a stale one).
+// Used by the reading thread only.
+class OwedUsage {
+ public:
+  void Owe(const ReleaseNotice& r) { arena_[{r.lane, r.torchscript}] = r.arena; }
+  // The next message, as RecvFrame; first the notices owed, computed now, through `send`,
+  // when none has come yet. False from `send` (shoald is gone) gives Code::kUnavailable.
+  template <typename Send>
+  Result<std::string> Recv(int fd, FrameReader* reader, std::vector<int>* fds, Send&& send,
+                           TorchScriptModels* torchscript, const std::vector<Interpreter*>& interps) {
+    if (!arena_.empty()) {
+      auto body = RecvFrame(fd, reader, fds, std::chrono::steady_clock::now());
+      if (body.ok() || body.status().code() != Code::kTimeout) return body;
+      for (const auto& [owner, arena] : arena_) {
+        const auto& [lane, ts] = owner;
+        ReleaseNotice now{arena, lane, ts, {}};  // no blocks: the usage alone
+        if (!send(Release(now, torchscript, interps[lane]))) return Status(Code::kUnavailable, "shoald is gone");
+      }
+      arena_.clear();
+    }
+    return RecvFrame(fd, reader, fds);
+  }
+
+ private:
+  std::map<std::pair<uint32_t, bool>, uint64_t> arena_;  // (lane, TorchScript?) -> an arena of that owner
+};
+
 }  // namespace
 
 void ServeOne(int fd, int slot, Interpreter* interp) {
@@ -58,9 +91,11 @@ void ServeOne(int fd, int slot, Interpreter* interp) {
   auto send = [fd](const std::string& body, const std::vector<int>& attached = {}) {
     return body.empty() || SendAll(fd, EncodeFrame(body), attached).ok();
   };
+  OwedUsage owed;
+  const std::vector<Interpreter*> interps{interp};
   interp->ReleaseGil();  // held only while Python runs
   for (;;) {
-    auto body = RecvFrame(fd, &reader, &fds);
+    auto body = owed.Recv(fd, &reader, &fds, send, &torchscript, interps);
     if (!body.ok()) {
       if (body.status().code() != Code::kUnavailable) spdlog::error("{}", body.status().ToString());
       break;  // supervisor gone or stream broken: nothing left to serve
@@ -77,8 +112,10 @@ void ServeOne(int fd, int slot, Interpreter* interp) {
         }
       }
       if (op == "release") {
-        auto r = ReadRelease(m);
-        if (r && r->lane == 0 && !send(Release(*r, &torchscript, interp))) break;  // else not ours: ignored
+        if (auto r = ReadRelease(m); r && r->lane == 0) {  // else not ours: ignored
+          Release(*r, &torchscript, interp);
+          owed.Owe(*r);
+        }
         continue;
       } else if (op == "drop_client") {
         bool sent = true;
@@ -123,8 +160,15 @@ void ServeMany(int fd, int slot, const std::vector<std::unique_ptr<Interpreter>>
   const int k = static_cast<int>(lanes.size());
   FrameReader reader;
   std::vector<int> fds;
+  OwedUsage owed;
+  std::vector<Interpreter*> by_lane;
+  for (const auto& it : interps) by_lane.push_back(it.get());
+  auto send = [&sink](const std::string& notice) {
+    sink.Send(notice);  // exits if shoald is gone
+    return true;
+  };
   for (;;) {
-    auto body = RecvFrame(fd, &reader, &fds);
+    auto body = owed.Recv(fd, &reader, &fds, send, &torchscript, by_lane);
     if (!body.ok()) {
       if (body.status().code() != Code::kUnavailable) spdlog::error("{}", body.status().ToString());
       break;
@@ -154,9 +198,11 @@ void ServeMany(int fd, int slot, const std::vector<std::unique_ptr<Interpreter>>
       continue;
     }
     if (op == "release") {  // only the owner of the arena frees its blocks, here (no lane's turn)
-      auto r = ReadRelease(m);
-      if (r && r->lane < static_cast<uint32_t>(k)) sink.Send(Release(*r, &torchscript, interps[r->lane].get()));
-      continue;  // else not an arena of ours: ignored
+      if (auto r = ReadRelease(m); r && r->lane < static_cast<uint32_t>(k)) {  // else not ours: ignored
+        Release(*r, &torchscript, interps[r->lane].get());
+        owed.Owe(*r);
+      }
+      continue;
     }
     if (op == "drop_client") {  // every owner drops that client's output arenas
       for (const auto& n : torchscript.DropClient(m.Uint("client").value_or(0))) sink.Send(n);
