@@ -53,8 +53,9 @@ Status Supervisor::Start(std::vector<std::pair<std::string, ArchiveRef>> models)
   if (config_.worker_binary.empty()) {
     std::error_code ec;
     auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
-    // One interpreter per worker: the worker run by the python3 executable (PGO+LTO: about
-    // 15% faster Python than the shared libpython, bench/README.md); several need shoal-worker.
+    // One interpreter per worker: the worker run by the python3 executable (PGO+LTO: Python
+    // takes about 20% less time than on the shared libpython, bench/README.md); several
+    // need shoal-worker.
     auto fast = self.parent_path() / "shoal-worker-py";
     config_.worker_binary = config_.interpreters == 1 && access(fast.c_str(), X_OK) == 0
                                 ? fast.string()

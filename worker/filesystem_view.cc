@@ -97,10 +97,14 @@ FilesystemView WorkerFilesystem(const std::vector<std::string>& python_paths, co
   if (const char* ld = getenv("LD_LIBRARY_PATH")) {
     for (auto& dir : Split(ld, ':')) v.read_exec.push_back(dir);
   }
-  // shoal's own prefix (bin/.., holding lib/shoal and python/ in a build tree).
+#ifndef SHOAL_HOSTED_BY_PYTHON
+  // shoal's own prefix (bin/.., holding lib/shoal and python/ in a build tree). Not for
+  // shoal-worker-py: the executable is Python's (a conda prefix would open all of conda),
+  // and the shoal package is on its import path already.
   std::error_code ec;
   auto prefix = std::filesystem::read_symlink("/proc/self/exe", ec).parent_path().parent_path();
   if (!ec && prefix.has_relative_path() && !SharedWritable(prefix.string())) v.read_exec.push_back(prefix.string());
+#endif
 
   v.read_only.assign(std::begin(kSystemReadOnly), std::end(kSystemReadOnly));
 

@@ -55,7 +55,10 @@ std::string Release(const ReleaseNotice& r, TorchScriptModels* torchscript, Inte
 // Usage notices owed to shoald after releases. A release's notice is not sent at once:
 // under load the next job's reply carries its owner's usage anyway, and a notice a job costs
 // shoald a wake-up and the worker a send. They go when the reading thread would otherwise
-// block (RecvOrOwe), each computed then (the owner's usage now, never a stale one).
+// block (Recv), each computed then (the owner's usage at that moment, not at the release).
+// A reply of another owner does not carry this one's usage: its notice waits for the next
+// pause. (With several lanes a lane's reply may still carry a usage computed before a
+// release and reach shoald after the notice, as before: `status` figures, no accounting.)
 // Used by the reading thread only.
 class OwedUsage {
  public:

@@ -5,10 +5,12 @@
 //                      extension module shoal._worker_host (worker/python_host.cc): one
 //                      interpreter, the one python3 started, on the executable's own build
 //                      of Python (Debian's is PGO+LTO, the shared library is neither:
-//                      bench/README.md, "The worker on python3").
+//                      bench/README.md, "The worker on python3"). Its SHOAL_PYTHONPATH is
+//                      not read: the script found the shoal package already.
 // Threading: called on the process's main thread; the caller holds the GIL when Python is
-// already running (shoal-worker-py). Returns only for --list-gpus and bad command lines:
-// a worker or zygote ends with _exit.
+// already running (shoal-worker-py). Returns only for --list-gpus, --check-interpreters
+// that could not start its interpreters and bad command lines (then the GIL may have been
+// given away: shoal-worker-py ends the process at once); a worker or zygote ends with _exit.
 #pragma once
 
 namespace shoal {

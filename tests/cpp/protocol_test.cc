@@ -1,5 +1,10 @@
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <limits>
 
+#include "protocol/channel.h"
 #include "protocol/descriptor.h"
 #include "protocol/frame.h"
 #include "protocol/messages.h"
@@ -155,4 +160,31 @@ TEST_CASE("an empty tensor's GPU travels in its descriptor; others carry none", 
   auto oh2 = Decode(std::string(plain.body()));
   REQUIRE(oh2.ok());
   CHECK_FALSE(MapView(oh2->get()).Find("gpu"));
+}
+
+TEST_CASE("a deadline already past reads what has come, and times out at once without a frame", "[protocol]") {
+  int sv[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  FrameReader reader;
+  std::vector<int> fds;
+  auto past = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+  auto t0 = std::chrono::steady_clock::now();
+  auto none = RecvFrame(sv[0], &reader, &fds, past);  // a blocking socket with nothing in it
+  REQUIRE(!none.ok());
+  CHECK(none.status().code() == Code::kTimeout);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(500));
+  std::string two = EncodeFrame("first") + EncodeFrame("second");
+  REQUIRE(SendAll(sv[1], two.substr(0, two.size() - 2)).ok());  // the second frame cut short
+  auto first = RecvFrame(sv[0], &reader, &fds, past);
+  REQUIRE(first.ok());
+  CHECK(*first == "first");
+  auto partial = RecvFrame(sv[0], &reader, &fds, past);
+  REQUIRE(!partial.ok());
+  CHECK(partial.status().code() == Code::kTimeout);
+  REQUIRE(SendAll(sv[1], two.substr(two.size() - 2)).ok());
+  auto second = RecvFrame(sv[0], &reader, &fds, past);  // the half kept, the rest read
+  REQUIRE(second.ok());
+  CHECK(*second == "second");
+  close(sv[0]);
+  close(sv[1]);
 }

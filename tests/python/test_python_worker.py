@@ -7,9 +7,13 @@ defaults an embedded interpreter has."""
 import os
 import signal
 import subprocess
+import sysconfig
 
 import pytest
 import torch
+
+import shoal
+import shoal._build_info
 
 from conftest import BUILD, Daemon
 from test_interpreters import interpreters_supported, needs_k  # noqa: F401 (fixtures)
@@ -43,11 +47,13 @@ def test_one_interpreter_runs_on_the_python_executable_and_serves(tmp_path, arch
         assert os.path.realpath(exe) == os.path.realpath(python_of_script())
         maps = open(f"/proc/{pid}/maps").read()
         assert "_worker_host" in maps
-        # Python is the executable's own: neither the shared libpython nor shoal's embedding
-        # glue (libshoal_pyhost) was loaded.
-        assert "libpython" not in maps and "libshoal_pyhost" not in maps
+        # Python is the executable's own: shoal's embedding glue (libshoal_pyhost) and, where
+        # that Python is not itself built on one, the shared libpython were not loaded.
+        assert "libshoal_pyhost" not in maps
+        if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+            assert "libpython" not in maps
         status = open(f"/proc/{pid}/status").read()
-        if "Seccomp:" in status:  # the same sandbox as shoal-worker
+        if shoal._build_info.SECCOMP:  # the same sandbox as shoal-worker
             assert "Seccomp:\t2" in status
         # python3 ignores SIGPIPE and handles SIGINT; a worker has the defaults.
         sig_ign = int(next(l for l in status.splitlines() if l.startswith("SigIgn:")).split()[1], 16)
@@ -76,3 +82,20 @@ def test_the_script_runs_the_workers_command_line(tmp_path):
     assert out.returncode == 2 and "unknown option --no-such-option" in out.stderr
     out = subprocess.run([PY_WORKER], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "started by shoald" in out.stderr
+
+
+def test_run_again_as_a_module_it_does_nothing(tmp_path):
+    """multiprocessing's spawn and forkserver run the parent's __main__ file again in the
+    child (as __mp_main__, with the parent's argv): that must not become a second worker."""
+    code = ("import runpy, sys; sys.argv = [sys.argv[1], '--fd', '0', '--slot', '0']; "
+            "runpy.run_path(sys.argv[0], run_name='__mp_main__'); print('returned')")
+    out = subprocess.run([python_of_script(), "-c", code, PY_WORKER], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "returned", out.stderr
+
+
+def test_a_start_up_check_that_fails_ends_cleanly(tmp_path):
+    """--check-interpreters 2 without a cache starts one interpreter (its GIL given away),
+    then fails: the process ends with the check's code, not a fatal error of Python's."""
+    out = subprocess.run([PY_WORKER, "--check-interpreters", "2"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert "Fatal Python error" not in out.stderr and "one interpreter" in out.stderr

@@ -271,12 +271,16 @@ def test_deb_installs_expected_files_and_they_work(tmp_path, archives):
     files = {str(p.relative_to(root)) for p in root.rglob("*")}
     pydir = next(f for f in files if f.endswith("/shoal/client.py")).rsplit("/", 1)[0]
     libdir = next(f for f in files if f.endswith("libshoal_client.a")).rsplit("/", 1)[0]
-    for f in ("usr/bin/shoald", "usr/bin/shoal-worker", "usr/bin/shoal", "usr/include/shoal/client.h",
+    for f in ("usr/bin/shoald", "usr/bin/shoal-worker", "usr/bin/shoal-worker-py", f"{pydir}/_worker_host.so",
+              "usr/bin/shoal", "usr/include/shoal/client.h",
               "usr/include/shoal/status.h", f"{libdir}/libshoal_core.a", f"{libdir}/cmake/shoal/shoalConfig.cmake",
               f"{pydir}/__init__.py", f"{pydir}/_worker.py", f"{pydir}/_native.so",
               "usr/lib/systemd/system/shoal.service", "usr/lib/systemd/system/shoal.socket",
               "usr/lib/sysusers.d/shoal.conf", "etc/shoal/shoald.conf", "var/lib/shoal/models"):
         assert f in files, f
+    # The installed worker script finds shoal on its Python's own path, not in this build.
+    script = (root / "usr/bin/shoal-worker-py").read_text()
+    assert "sys.path.insert" not in script and "_worker_host" in script
     if shoal._build_info.MAN_PAGES:
         for f in ("usr/share/man/man8/shoald.8.gz", "usr/share/man/man5/shoald.conf.5.gz",
                   "usr/share/man/man1/shoal.1.gz"):
