@@ -6,9 +6,9 @@
 #include <chrono>
 #include <cstdio>
 #include <map>
-#include <utility>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "protocol/channel.h"
 #include "protocol/frame.h"
