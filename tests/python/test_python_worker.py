@@ -99,3 +99,14 @@ def test_a_start_up_check_that_fails_ends_cleanly(tmp_path):
     out = subprocess.run([PY_WORKER, "--check-interpreters", "2"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1, out.stderr
     assert "Fatal Python error" not in out.stderr and "one interpreter" in out.stderr
+
+
+def test_gpu_discovery_does_not_start_torch():
+    """shoald asks its worker binary --list-gpus at every start: the script hands that to
+    shoal-worker, so the answer is the same and no Python module of torch is imported."""
+    want = subprocess.run([os.path.join(BUILD, "bin", "shoal-worker"), "--list-gpus"], capture_output=True,
+                          text=True, timeout=120)
+    got = subprocess.run([python_of_script(), "-X", "importtime", PY_WORKER, "--list-gpus"], capture_output=True,
+                         text=True, timeout=120)
+    assert got.returncode == 0 == want.returncode and got.stdout == want.stdout
+    assert "torch" not in got.stderr
