@@ -14,7 +14,6 @@ times: only what the model's code costs where it runs.
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,12 +21,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.path.abspath(os.environ.get("SHOAL_BUILD_DIR", os.path.join(HERE, "..", "build")))
 sys.path.insert(0, os.path.join(BUILD, "python"))
+sys.path.insert(0, HERE)
 os.environ["OMP_NUM_THREADS"] = "1"
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import shoal  # noqa: E402
+from gpu import Daemon  # noqa: E402  (bench/gpu.py's shoald, started and stopped)
 
 torch.set_num_threads(1)
 
@@ -58,26 +59,15 @@ def in_process(net, x, jobs):
 
 
 def served(archive, x, jobs, worker, tmp):
-    sock = os.path.join(tmp, f"{worker}.sock")
-    log = open(os.path.join(tmp, f"{worker}.log"), "w")
-    proc = subprocess.Popen([os.path.join(BUILD, "bin", "shoald"), "--socket", sock, "--workers", "1",
-                             "--worker-binary", os.path.join(BUILD, "bin", worker)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    d = Daemon(1, tmp, "cpu", extra=["--worker-binary", os.path.join(BUILD, "bin", worker)], tag=worker)
     try:
-        deadline = time.time() + 120
-        while not os.path.exists(sock):
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(open(log.name).read())
-            time.sleep(0.05)
-        with shoal.Client(sock) as c:
+        with shoal.Client(d.socket) as c:
             c.load("m", archive)
             for _ in range(20):
                 c.infer("m", x)
             return medians([c.infer("m", x).tolist() for _ in range(jobs)])
     finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+        d.stop()
 
 
 def main():

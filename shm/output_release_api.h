@@ -19,12 +19,12 @@ struct ShoalOutputReleaseApi {
   void* arenas;   // the runner's shoal::OutputArenas, owned by its _native.OutputArenas
   // Frees the `n` blocks of `arena` handed out there (anything else is ignored) and writes
   // the usage notice that follows (protocol/output_tree.h: UsageNotice) to
-  // notice[0..*len); returns -1 when `cap` bytes cannot hold it.
+  // notice[0..*len), unless `notice` is null; returns -1 when `cap` bytes cannot hold it.
   int (*release)(void* arenas, uint64_t arena, const uint64_t* blocks, size_t n, char* notice, size_t cap,
                  size_t* len);
 };
 
 }  // extern "C"
 
-constexpr int kShoalOutputReleaseApiVersion = 1;
+constexpr int kShoalOutputReleaseApiVersion = 2;  // 2: a null notice frees only
 constexpr const char* kShoalOutputReleaseCapsule = "shoal._native.OutputArenas.release_api";

@@ -47,7 +47,7 @@ Result<std::unique_ptr<Interpreter>> Interpreter::Start(const std::string& pytho
                                                         int index) {
   std::unique_ptr<Interpreter> it(new Interpreter());
   it->index_ = index;
-#ifdef SHOAL_BUILTIN_PYHOST
+#ifdef SHOAL_HOSTED_BY_PYTHON
   // shoal-worker-py: the interpreter python3 started, this process's only one.
   if (!copies_dir.empty() || index != 0) {
     return Status::BadRequest("shoal-worker-py runs one interpreter; shoal-worker runs several");
@@ -146,11 +146,11 @@ Result<EncodedReply> Interpreter::Handle(const std::string& body, std::vector<in
   return out;
 }
 
-std::string Interpreter::Release(uint64_t arena, const std::vector<uint64_t>& blocks) {
-  char notice[256];  // {"v":1,"op":"usage","usage":{"owner","bytes","arenas"}}: under 100 bytes
+std::string Interpreter::Release(uint64_t arena, const std::vector<uint64_t>& blocks, bool notice) {
+  char text[256];  // {"v":1,"op":"usage","usage":{"owner","bytes","arenas"}}: under 100 bytes
   size_t len = 0;
-  if (api_->release(arena, blocks.data(), blocks.size(), notice, sizeof(notice), &len) != 0) return "";
-  return std::string(notice, len);
+  if (api_->release(arena, blocks.data(), blocks.size(), notice ? text : nullptr, sizeof(text), &len) != 0) return "";
+  return notice ? std::string(text, len) : "";
 }
 
 }  // namespace shoal

@@ -69,8 +69,9 @@ class Interpreter {
   Result<EncodedReply> Handle(const std::string& body, std::vector<int>* fds);
 
   // Frees `blocks` of the runner's output arena `arena` (a release notice) and returns the
-  // usage notice to send back. No Python runs: any thread may call it, GIL or not.
-  std::string Release(uint64_t arena, const std::vector<uint64_t>& blocks);
+  // usage notice to send back ("" with `notice` false: nothing is worked out). No Python
+  // runs: any thread may call it, GIL or not.
+  std::string Release(uint64_t arena, const std::vector<uint64_t>& blocks, bool notice = true);
 
   // Releases / re-acquires the GIL around blocking waits (for the calling thread).
   void ReleaseGil() { api_->release_gil(); }

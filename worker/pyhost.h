@@ -58,7 +58,8 @@ struct ShoalPyhostApi {
   int (*enter_sandbox)(const char* tmp_dir, int confined, const char* env, char** error);
   // Without the GIL, from any thread, once create_runner succeeded: frees `n` blocks of the
   // runner's output arena `arena` (shm/output_release_api.h; no Python runs) and writes the
-  // usage notice to send back in notice[0..*len); -1 when it does not fit in `cap` bytes.
+  // usage notice to send back in notice[0..*len) (none when `notice` is null); -1 when it
+  // does not fit in `cap` bytes.
   int (*release)(uint64_t arena, const uint64_t* blocks, size_t n, char* notice, size_t cap, size_t* len);
 };
 

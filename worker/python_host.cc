@@ -6,7 +6,7 @@
 //   if __name__ == '__main__': from shoal import _worker_host; _worker_host.main(sys.argv)
 //
 // The interpreter python3 started is the worker's only one (worker/pyhost.cc adopts it:
-// SHOAL_BUILTIN_PYHOST, SHOAL_HOSTED_BY_PYTHON). Signals get back the default actions an
+// SHOAL_HOSTED_BY_PYTHON: pyhost.cc is compiled in). Signals get back the default actions an
 // embedded interpreter leaves them (python3 ignores SIGPIPE and SIGXFSZ and handles
 // SIGINT): a worker dies by the default action of its signals, as shoal-worker does.
 // Threading: main() is called by Python's main thread with the GIL held.

@@ -47,9 +47,9 @@ std::optional<ReleaseNotice> ReadRelease(const MapView& m) {
 }
 
 // Frees a release's blocks where they were handed out, in C++ for either engine (no GIL,
-// no Python); the owner's usage notice, for shoald.
-std::string Release(const ReleaseNotice& r, TorchScriptModels* torchscript, Interpreter* interp) {
-  return r.torchscript ? torchscript->Release(r.arena, r.blocks) : interp->Release(r.arena, r.blocks);
+// no Python); with `notice`, the owner's usage notice for shoald (else "").
+std::string Release(const ReleaseNotice& r, TorchScriptModels* torchscript, Interpreter* interp, bool notice) {
+  return r.torchscript ? torchscript->Release(r.arena, r.blocks, notice) : interp->Release(r.arena, r.blocks, notice);
 }
 
 // Usage notices owed to shoald after releases. A release's notice is not sent at once:
@@ -74,7 +74,7 @@ class OwedUsage {
       for (const auto& [owner, arena] : arena_) {
         const auto& [lane, ts] = owner;
         ReleaseNotice now{arena, lane, ts, {}};  // no blocks: the usage alone
-        if (!send(Release(now, torchscript, interps[lane]))) return Status(Code::kUnavailable, "shoald is gone");
+        if (!send(Release(now, torchscript, interps[lane], true))) return Status(Code::kUnavailable, "shoald is gone");
       }
       arena_.clear();
     }
@@ -116,7 +116,7 @@ void ServeOne(int fd, int slot, Interpreter* interp) {
       }
       if (op == "release") {
         if (auto r = ReadRelease(m); r && r->lane == 0) {  // else not ours: ignored
-          Release(*r, &torchscript, interp);
+          Release(*r, &torchscript, interp, false);  // its notice is owed
           owed.Owe(*r);
         }
         continue;
@@ -202,7 +202,7 @@ void ServeMany(int fd, int slot, const std::vector<std::unique_ptr<Interpreter>>
     }
     if (op == "release") {  // only the owner of the arena frees its blocks, here (no lane's turn)
       if (auto r = ReadRelease(m); r && r->lane < static_cast<uint32_t>(k)) {  // else not ours: ignored
-        Release(*r, &torchscript, interps[r->lane].get());
+        Release(*r, &torchscript, interps[r->lane].get(), false);  // its notice is owed
         owed.Owe(*r);
       }
       continue;

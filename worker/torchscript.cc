@@ -233,11 +233,11 @@ bool TorchScriptModels::Holds(const MapView& msg) {
   return model.ok() && impl_->models.count(*model) != 0;
 }
 
-std::string TorchScriptModels::Release(uint64_t arena, const std::vector<uint64_t>& blocks) {
+std::string TorchScriptModels::Release(uint64_t arena, const std::vector<uint64_t>& blocks, bool notice) {
   if (!IsWorkerArena(arena) || OwnerOfWorkerArena(arena) % 2 != 1) return "";
   OutputArenas* out = impl_->Outputs(OwnerOfWorkerArena(arena) / 2);
   for (uint64_t b : blocks) out->Free(arena, b);  // ignores what it did not hand out
-  return UsageNotice(out->Usage());
+  return notice ? UsageNotice(out->Usage()) : "";
 }
 
 std::vector<std::string> TorchScriptModels::DropClient(uint64_t client) {

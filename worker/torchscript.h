@@ -39,8 +39,8 @@ class TorchScriptModels {
   bool Holds(const MapView& msg);
   // release {arena, blocks} of one of this runner's output arenas (worker/router.cc read
   // it): frees the blocks it handed out (anything else is ignored) and returns the
-  // owner's usage notice.
-  std::string Release(uint64_t arena, const std::vector<uint64_t>& blocks);
+  // owner's usage notice ("" with `notice` false).
+  std::string Release(uint64_t arena, const std::vector<uint64_t>& blocks, bool notice = true);
   // The client connection is gone: its output arenas are dropped; usage notices.
   std::vector<std::string> DropClient(uint64_t client);
 

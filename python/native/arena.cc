@@ -362,6 +362,7 @@ int ReleaseBlocks(void* arenas, uint64_t arena, const uint64_t* blocks, size_t n
                   size_t* len) {
   auto* impl = static_cast<shoal::OutputArenas*>(arenas);
   for (size_t i = 0; i < n; ++i) impl->Free(arena, blocks[i]);  // refuses anything it did not hand out
+  if (notice == nullptr) return 0;  // freed only: the caller sends the usage later
   std::string usage = shoal::UsageNotice(impl->Usage());
   if (usage.size() > cap) return -1;
   std::memcpy(notice, usage.data(), usage.size());
