@@ -2,11 +2,17 @@
 
 namespace shoal {
 
-std::string EncodeFrame(std::string_view body) {
-  std::string out(kFrameHeaderSize + body.size(), '\0');
+void AppendFrame(std::string* out, std::string_view body) {
   uint32_t n = static_cast<uint32_t>(body.size());
-  for (size_t i = 0; i < kFrameHeaderSize; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
-  out.replace(kFrameHeaderSize, body.size(), body);
+  char header[kFrameHeaderSize];
+  for (size_t i = 0; i < kFrameHeaderSize; ++i) header[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  out->append(header, kFrameHeaderSize);
+  out->append(body);
+}
+
+std::string EncodeFrame(std::string_view body) {
+  std::string out;
+  AppendFrame(&out, body);
   return out;
 }
 

@@ -18,6 +18,8 @@ constexpr size_t kMaxFrameSize = 1 << 20;  // 1 MiB of control data; tensors nev
 
 // Returns header + body, ready to send.
 std::string EncodeFrame(std::string_view body);
+// Appends header + body to *out (frames sent back to back in one write).
+void AppendFrame(std::string* out, std::string_view body);
 
 class FrameReader {
  public:

@@ -7,6 +7,10 @@
 
 namespace shoal {
 
+namespace {
+thread_local SendBatch* open_batch = nullptr;  // the outermost SendBatch alive on this thread
+}  // namespace
+
 namespace asio = boost::asio;
 // A peer that does not read its replies: past kPauseReadingBytes of unsent replies its
 // requests are no longer read (the kernel's buffers then block its writes); replies to
@@ -14,6 +18,7 @@ namespace asio = boost::asio;
 constexpr size_t kPauseReadingBytes = 1u << 20;
 constexpr size_t kMaxQueuedBytes = 16u << 20;
 constexpr size_t kMaxPendingFds = 64;
+constexpr size_t kMergeBytes = 64u << 10;  // consecutive frames written as one, up to this
 
 OwnedFd::~OwnedFd() {
   if (fd_ >= 0) close(fd_);
@@ -40,6 +45,7 @@ void AsyncChannel::ReadSome() {
   sd_.async_wait(asio::posix::descriptor_base::wait_read, [self](const boost::system::error_code& ec) {
     if (self->closed_ || ec == asio::error::operation_aborted) return;
     if (ec) return self->Fail(Status(Code::kIoError, "wait_read: " + ec.message()));
+    SendBatch batch;  // what the frames' handlers send goes out when this read is handled
     uint8_t buf[64 * 1024];
     for (int round = 0; round < 16 && !self->closed_ && !self->read_paused_; ++round) {
       auto n = RecvSome(self->sd_.native_handle(), buf, sizeof(buf), &self->pending_fds_);
@@ -103,22 +109,48 @@ void AsyncChannel::Send(std::string_view body, std::vector<std::shared_ptr<Owned
   if (queued_bytes_ > kMaxQueuedBytes) {
     return Fail(Status(Code::kUnavailable, "peer is not reading its replies"));
   }
-  Out o;
-  o.data = EncodeFrame(body);
-  o.fds = std::move(fds);
-  queued_bytes_ += o.data.size();
-  out_.push_back(std::move(o));
+  size_t bytes = kFrameHeaderSize + body.size();
+  queued_bytes_ += bytes;
+  Out* tail = out_.empty() ? nullptr : &out_.back();
+  if (tail != nullptr && tail->off == 0 && tail->data.size() + bytes <= kMergeBytes &&
+      tail->fds.size() + fds.size() <= kMaxFdsPerFrame) {
+    // Not started yet: this frame goes in the same write (its fds ride on that write's
+    // first byte, which is no later than this frame's: receivers take them in order).
+    AppendFrame(&tail->data, body);
+    for (auto& f : fds) tail->fds.push_back(std::move(f));
+  } else {
+    Out o;
+    AppendFrame(&o.data, body);
+    o.fds = std::move(fds);
+    out_.push_back(std::move(o));
+  }
+  if (open_batch != nullptr && !failing_) {
+    if (!batched_) {
+      batched_ = true;
+      SendBatch::Hold(shared_from_this());
+    }
+    return;
+  }
   if (!writing_) Flush();
+}
+
+Result<size_t> AsyncChannel::WriteFront() {
+  Out& o = out_.front();
+  std::vector<int> fds;
+  if (o.off == 0) {
+    for (const auto& f : o.fds) fds.push_back(f->get());
+  }
+  auto n = SendSome(sd_.native_handle(), std::string_view(o.data).substr(o.off), fds);
+  if (!n.ok() || *n == 0) return n;
+  o.off += *n;
+  queued_bytes_ -= *n;
+  if (o.off == o.data.size()) out_.pop_front();
+  return n;
 }
 
 void AsyncChannel::Flush() {
   while (!out_.empty() && !closed_) {
-    Out& o = out_.front();
-    std::vector<int> fds;
-    if (o.off == 0) {
-      for (const auto& f : o.fds) fds.push_back(f->get());
-    }
-    auto n = SendSome(sd_.native_handle(), std::string_view(o.data).substr(o.off), fds);
+    auto n = WriteFront();
     if (!n.ok()) return Fail(n.status());
     if (*n == 0) {
       writing_ = true;
@@ -131,9 +163,6 @@ void AsyncChannel::Flush() {
       });
       return;
     }
-    o.off += *n;
-    queued_bytes_ -= *n;
-    if (o.off == o.data.size()) out_.pop_front();
   }
   if (read_paused_ && queued_bytes_ <= kPauseReadingBytes / 2 && !closed_) {
     read_paused_ = false;
@@ -156,6 +185,12 @@ void AsyncChannel::Fail(const Status& why) {
 
 void AsyncChannel::Close() {
   if (closed_) return;
+  // One more attempt at what is queued (frames an open SendBatch holds have had none);
+  // whatever the socket does not take now is dropped with the connection.
+  while (!out_.empty() && !writing_) {
+    auto n = WriteFront();
+    if (!n.ok() || *n == 0) break;
+  }
   closed_ = true;
   boost::system::error_code ignored;
   sd_.cancel(ignored);
@@ -164,5 +199,20 @@ void AsyncChannel::Close() {
   out_.clear();
   CloseAll(&pending_fds_);
 }
+
+SendBatch::SendBatch() : outermost_(open_batch == nullptr) {
+  if (outermost_) open_batch = this;
+}
+
+SendBatch::~SendBatch() {
+  if (!outermost_) return;
+  open_batch = nullptr;  // what the writes below set off (a failure's last reply) goes at once
+  for (auto& channel : held_) {
+    channel->batched_ = false;
+    if (!channel->closed_ && !channel->writing_) channel->Flush();
+  }
+}
+
+void SendBatch::Hold(std::shared_ptr<AsyncChannel> channel) { open_batch->held_.push_back(std::move(channel)); }
 
 }  // namespace shoal

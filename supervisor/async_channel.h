@@ -2,6 +2,10 @@
 //
 // Reads whole frames and hands each, with the fds that arrived with it, to the frame
 // handler; queues writes the socket does not take at once. Owns the socket fd.
+// Frames sent while a SendBatch is open on the loop thread are written when it closes, in
+// as few sendmsg calls as they allow: each read handler runs its frames' handlers inside
+// one, so a client's release and next request, which arrive together, reach their worker
+// together (one write there, one wake-up of the worker) instead of one after the other.
 // Thread-safety: loop thread only. Callbacks run on the loop thread and may call Close().
 #pragma once
 
@@ -57,8 +61,10 @@ class AsyncChannel : public std::enable_shared_from_this<AsyncChannel> {
   void set_frame_timeout(std::chrono::milliseconds timeout) { frame_timeout_ = timeout; }
 
   // Queues one message body (framed here) with `fds` attached; the fds stay open until sent.
+  // Written at once, or when the open SendBatch closes.
   void Send(std::string_view body, std::vector<std::shared_ptr<OwnedFd>> fds = {});
-  // Stops I/O and closes the socket; the close handler is not called.
+  // Stops I/O and closes the socket; the close handler is not called. What is queued gets
+  // one more write attempt first (a last reply sent inside a SendBatch is not lost).
   void Close();
   bool closed() const { return closed_; }
 
@@ -68,10 +74,13 @@ class AsyncChannel : public std::enable_shared_from_this<AsyncChannel> {
     size_t off = 0;
     std::vector<std::shared_ptr<OwnedFd>> fds;
   };
+  friend class SendBatch;
   void ReadSome();
   // Handles the whole frames read so far, unless replies pile up (then pauses). False
   // when the channel failed or closed.
   bool HandleFrames();
+  // One sendmsg of the queue's front; the bytes the socket took (0: it is full).
+  Result<size_t> WriteFront();
   void Flush();
   void ArmFrameTimer();
   void Fail(const Status& why);
@@ -87,8 +96,27 @@ class AsyncChannel : public std::enable_shared_from_this<AsyncChannel> {
   std::unique_ptr<boost::asio::steady_timer> frame_timer_;
   bool closed_ = false;
   bool failing_ = false;
+  bool batched_ = false;  // has frames held by the open SendBatch
   FrameHandler on_frame_;
   CloseHandler on_close_;
+};
+
+// While one is alive, AsyncChannel::Send on this thread queues instead of writing; its
+// destructor writes each channel's queue (consecutive frames merge into one write, up to
+// 64 KiB and kMaxFdsPerFrame descriptors: what every receiver takes in one recvmsg).
+// Nested batches are part of the outermost. Loop thread only; never held across a wait.
+class SendBatch {
+ public:
+  SendBatch();
+  ~SendBatch();
+  SendBatch(const SendBatch&) = delete;
+  SendBatch& operator=(const SendBatch&) = delete;
+
+ private:
+  friend class AsyncChannel;
+  static void Hold(std::shared_ptr<AsyncChannel> channel);
+  bool outermost_;
+  std::vector<std::shared_ptr<AsyncChannel>> held_;
 };
 
 }  // namespace shoal

@@ -53,11 +53,11 @@ std::string Release(const ReleaseNotice& r, TorchScriptModels* torchscript, Inte
 }
 
 // Usage notices owed to shoald after releases. A release's notice is not sent at once:
-// under load the next job's reply carries its owner's usage anyway, and a notice a job costs
-// shoald a wake-up and the worker a send. They go when the reading thread would otherwise
+// the next job's reply carries its owner's usage anyway (computed after the release, which
+// was read first), and a notice a job costs shoald a wake-up and the worker a send. Such a
+// reply settles the notice (Settle); the rest go when the reading thread would otherwise
 // block (Recv), each computed then (the owner's usage at that moment, not at the release).
-// A reply of another owner does not carry this one's usage: its notice waits for the next
-// pause. (With several lanes a lane's reply may still carry a usage computed before a
+// A reply of another owner does not carry this one's usage: its notice waits. (With several lanes a lane's reply may still carry a usage computed before a
 // release and reach shoald after the notice, as before: `status` figures, no accounting.)
 // Used by the reading thread only.
 class OwedUsage {
@@ -79,6 +79,17 @@ class OwedUsage {
       arena_.clear();
     }
     return RecvFrame(fd, reader, fds);
+  }
+  // `reply`, just sent by the reading thread, settles the notice of the owner whose usage it
+  // carries (`usage.owner`: lane x 2, + 1 for TorchScript; shm/output_arenas.h).
+  void Settle(const std::string& reply) {
+    if (arena_.empty()) return;
+    auto oh = Decode(reply);
+    if (!oh.ok()) return;
+    const msgpack::object* usage = MapView(oh->get()).Find("usage");
+    if (usage == nullptr || usage->type != msgpack::type::MAP) return;
+    auto owner = MapView(*usage).Uint("owner");
+    if (owner.ok()) arena_.erase({static_cast<uint32_t>(*owner / 2), *owner % 2 == 1});
   }
 
  private:
@@ -128,6 +139,7 @@ void ServeOne(int fd, int slot, Interpreter* interp) {
         EncodedReply ts_reply;
         if (torchscript.Handle(m, &fds, &ts_reply)) {
           if (!send(ts_reply.body, ts_reply.fds)) break;
+          owed.Settle(ts_reply.body);
           continue;
         }
       }
@@ -143,11 +155,15 @@ void ServeOne(int fd, int slot, Interpreter* interp) {
       auto parts = SplitReplyBundle(*reply);
       if (!parts.ok()) spdlog::error("{}", parts.status().ToString());
       bool sent = true;
-      for (const auto& r : parts.ok() ? *parts : std::vector<EncodedReply>{*reply}) sent = sent && send(r.body, r.fds);
+      for (const auto& r : parts.ok() ? *parts : std::vector<EncodedReply>{*reply}) {
+        sent = sent && send(r.body, r.fds);
+        owed.Settle(r.body);
+      }
       if (!sent) break;
       continue;
     }
     if (!send(reply->body, reply->fds)) break;
+    owed.Settle(reply->body);
   }
   fflush(stderr);
   // No Py_Finalize: tearing torch down at exit can hang and buys nothing.
