@@ -17,84 +17,18 @@
 #include "shm/output_arenas.h"
 #include "worker/job_deadline.h"
 #include "worker/lanes.h"
+#include "worker/owed_usage.h"
 #include "worker/torchscript.h"
 
 namespace shoal {
 
 namespace {
 
-// A release notice, read: the output arena, its owner (the TorchScript runner or the
-// Python runner of a lane: the arena id says which, shm/output_arenas.h) and the blocks.
-struct ReleaseNotice {
-  uint64_t arena = 0;
-  uint32_t lane = 0;
-  bool torchscript = false;
-  std::vector<uint64_t> blocks;
-};
-// nullopt for an arena no owner here could have made.
-std::optional<ReleaseNotice> ReadRelease(const MapView& m) {
-  auto arena = m.Uint("arena");
-  if (!arena.ok() || !IsWorkerArena(*arena)) return std::nullopt;
-  uint32_t owner = OwnerOfWorkerArena(*arena);
-  ReleaseNotice r{*arena, owner / 2, owner % 2 == 1, {}};
-  if (auto blocks = m.Array("blocks"); blocks.ok()) {
-    for (uint32_t i = 0; i < (*blocks)->via.array.size; ++i) {
-      const auto& b = (*blocks)->via.array.ptr[i];
-      if (b.type == msgpack::type::POSITIVE_INTEGER) r.blocks.push_back(b.via.u64);  // not an offset: not ours
-    }
-  }
-  return r;
-}
-
 // Frees a release's blocks where they were handed out, in C++ for either engine (no GIL,
 // no Python); with `notice`, the owner's usage notice for shoald (else "").
 std::string Release(const ReleaseNotice& r, TorchScriptModels* torchscript, Interpreter* interp, bool notice) {
   return r.torchscript ? torchscript->Release(r.arena, r.blocks, notice) : interp->Release(r.arena, r.blocks, notice);
 }
-
-// Usage notices owed to shoald after releases. A release's notice is not sent at once:
-// the next job's reply carries its owner's usage anyway (computed after the release, which
-// was read first), and a notice a job costs shoald a wake-up and the worker a send. Such a
-// reply settles the notice (Settle); the rest go when the reading thread would otherwise
-// block (Recv), each computed then (the owner's usage at that moment, not at the release).
-// A reply of another owner does not carry this one's usage: its notice waits. (With several lanes a lane's reply may still carry a usage computed before a
-// release and reach shoald after the notice, as before: `status` figures, no accounting.)
-// Used by the reading thread only.
-class OwedUsage {
- public:
-  void Owe(const ReleaseNotice& r) { arena_[{r.lane, r.torchscript}] = r.arena; }
-  // The next message, as RecvFrame; first the notices owed, computed now, through `send`,
-  // when none has come yet. False from `send` (shoald is gone) gives Code::kUnavailable.
-  template <typename Send>
-  Result<std::string> Recv(int fd, FrameReader* reader, std::vector<int>* fds, Send&& send,
-                           TorchScriptModels* torchscript, const std::vector<Interpreter*>& interps) {
-    if (!arena_.empty()) {
-      auto body = RecvFrame(fd, reader, fds, std::chrono::steady_clock::now());
-      if (body.ok() || body.status().code() != Code::kTimeout) return body;
-      for (const auto& [owner, arena] : arena_) {
-        const auto& [lane, ts] = owner;
-        ReleaseNotice now{arena, lane, ts, {}};  // no blocks: the usage alone
-        if (!send(Release(now, torchscript, interps[lane], true))) return Status(Code::kUnavailable, "shoald is gone");
-      }
-      arena_.clear();
-    }
-    return RecvFrame(fd, reader, fds);
-  }
-  // `reply`, just sent by the reading thread, settles the notice of the owner whose usage it
-  // carries (`usage.owner`: lane x 2, + 1 for TorchScript; shm/output_arenas.h).
-  void Settle(const std::string& reply) {
-    if (arena_.empty()) return;
-    auto oh = Decode(reply);
-    if (!oh.ok()) return;
-    const msgpack::object* usage = MapView(oh->get()).Find("usage");
-    if (usage == nullptr || usage->type != msgpack::type::MAP) return;
-    auto owner = MapView(*usage).Uint("owner");
-    if (owner.ok()) arena_.erase({static_cast<uint32_t>(*owner / 2), *owner % 2 == 1});
-  }
-
- private:
-  std::map<std::pair<uint32_t, bool>, uint64_t> arena_;  // (lane, TorchScript?) -> an arena of that owner
-};
 
 }  // namespace
 
@@ -106,10 +40,10 @@ void ServeOne(int fd, int slot, Interpreter* interp) {
     return body.empty() || SendAll(fd, EncodeFrame(body), attached).ok();
   };
   OwedUsage owed;
-  const std::vector<Interpreter*> interps{interp};
   interp->ReleaseGil();  // held only while Python runs
   for (;;) {
-    auto body = owed.Recv(fd, &reader, &fds, send, &torchscript, interps);
+    auto body = owed.Recv(fd, &reader, &fds, send,
+                          [&](const ReleaseNotice& r) { return Release(r, &torchscript, interp, true); });
     if (!body.ok()) {
       if (body.status().code() != Code::kUnavailable) spdlog::error("{}", body.status().ToString());
       break;  // supervisor gone or stream broken: nothing left to serve
@@ -180,14 +114,13 @@ void ServeMany(int fd, int slot, const std::vector<std::unique_ptr<Interpreter>>
   FrameReader reader;
   std::vector<int> fds;
   OwedUsage owed;
-  std::vector<Interpreter*> by_lane;
-  for (const auto& it : interps) by_lane.push_back(it.get());
   auto send = [&sink](const std::string& notice) {
     sink.Send(notice);  // exits if shoald is gone
     return true;
   };
   for (;;) {
-    auto body = owed.Recv(fd, &reader, &fds, send, &torchscript, by_lane);
+    auto body = owed.Recv(fd, &reader, &fds, send,
+                          [&](const ReleaseNotice& r) { return Release(r, &torchscript, interps[r.lane].get(), true); });
     if (!body.ok()) {
       if (body.status().code() != Code::kUnavailable) spdlog::error("{}", body.status().ToString());
       break;

@@ -11,8 +11,8 @@
 // (worker/job_deadline.h). Both free the blocks of a `release` on the reading thread, in C++, in the owner's output
 // arenas (the arena id names the lane and the engine, shm/output_arenas.h): the Python
 // runner's through shm/output_release_api.h, without its GIL. The owner's usage notice
-// that follows a release waits until the reading thread would block (a job's reply
-// carries its owner's usage meanwhile): one message a job fewer for shoald under load.
+// that follows a release is owed (worker/owed_usage.h): a reply of that owner settles it,
+// else it goes when the reading thread would block: one message a job fewer for shoald.
 // Threading: called on the worker's main thread, which becomes the reading thread; neither
 // returns (the process exits when shoald goes away). The caller holds the GIL of the only
 // interpreter for ServeOne (which keeps it only while Python runs) and none for ServeMany.
