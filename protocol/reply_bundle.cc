@@ -1,6 +1,7 @@
 #include "protocol/reply_bundle.h"
 
 #include "protocol/channel.h"
+#include "protocol/frame.h"
 #include "protocol/messages.h"
 
 namespace shoal {
@@ -31,6 +32,17 @@ Result<std::vector<EncodedReply>> SplitReplyBundle(const EncodedReply& bundle) {
   }
   if (next_fd != bundle.fds.size()) return Status::Internal("batch reply bundle: fds left over");
   return out;
+}
+
+std::vector<EncodedReply> JoinFrames(const std::vector<EncodedReply>& replies) {
+  std::vector<EncodedReply> writes;
+  for (const auto& r : replies) {
+    if (r.body.empty()) continue;  // nothing to send (as a frame of its own would not be)
+    if (writes.empty() || writes.back().fds.size() + r.fds.size() > kMaxFdsPerFrame) writes.emplace_back();
+    AppendFrame(&writes.back().body, r.body);
+    writes.back().fds.insert(writes.back().fds.end(), r.fds.begin(), r.fds.end());
+  }
+  return writes;
 }
 
 }  // namespace shoal

@@ -5,6 +5,10 @@
 # the pure-Python msgpack. `scripts/gpu.sh test` there (carry .gpudeps) builds and runs
 # every test, GPU tests included; they skip cleanly on machines without a GPU.
 # `scripts/gpu.sh run CMD ...` runs CMD (a benchmark) in the same environment, after test.
+# `scripts/gpu.sh bench quick|batching|paper`, after test (or build.sh): the open issues'
+# GPU-host figures, a set per device call (quick: the job path, ~4 min; batching: ResNet-50
+# with dynamic batching, ~5 min; paper: ResNet-50 on the host's CPUs, ~6 min), each
+# benchmark under its own time limit (bench/README.md says what each means).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEPS=$PWD/.gpudeps
@@ -20,7 +24,7 @@ case "${1:-}" in
     cp /usr/lib/python3/dist-packages/msgpack/*.py "$DEPS/python/msgpack/"  # pure Python: any version
     du -sh "$DEPS"
     ;;
-  test | run)
+  test | run | bench)
     export PATH=$DEPS/bin:$PATH
     # The carried msgpack is pure Python (10x slower than the C extension): only where the
     # host has none. It used to come first and shadow the host's own, so every Python
@@ -33,13 +37,31 @@ case "${1:-}" in
       shift
       exec "$@"
     fi
+    if [ "$1" = bench ]; then  # each set fits one device call (10 min) after a build
+      PY=$(command -v python3)
+      limited() { local t=$1; shift; echo "== $* (limit ${t} s)"; timeout "$t" "$@" || echo "== exit $? ($*)"; }
+      case "${2:-}" in
+        quick)
+          limited 90 "$PY" bench/gpu_path.py --runs 3 --jobs 2000
+          limited 120 "$PY" bench/roundtrip.py --runs 3 --iters 2000
+          limited 60 "$PY" bench/worker_python.py --runs 3 --jobs 200 ;;
+        batching)
+          for w in 2 3; do
+            limited 160 "$PY" bench/batching.py --model resnet50 --clients 32 --seconds 8 --device cuda --workers $w \
+              --only-on --max-delays 500,1000,2000
+          done ;;
+        paper) limited 420 "$PY" bench/paper.py --models resnet50 --slots 1,16 --seconds 10 ;;
+        *) echo "usage: scripts/gpu.sh bench quick|batching|paper" >&2; exit 2 ;;
+      esac
+      exit 0
+    fi
     export SHOAL_CMAKE_ARGS="-DSHOAL_EXTRA_INCLUDE=$DEPS/include -DSHOAL_EXTRA_LIB=$DEPS/lib ${SHOAL_CMAKE_ARGS:-}"
     ./scripts/build.sh
     cd "$SHOAL_BUILD_DIR"
     ctest --output-on-failure -j"$(nproc)" --timeout 900 ${CTEST_ARGS:-}
     ;;
   *)
-    echo "usage: scripts/gpu.sh pack | test | run CMD..." >&2
+    echo "usage: scripts/gpu.sh pack | test | run CMD... | bench quick|batching|paper" >&2
     exit 2
     ;;
 esac

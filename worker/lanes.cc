@@ -22,7 +22,10 @@ void ReplySink::SendBatch(const EncodedReply& bundle) {
     spdlog::error("{}", parts.status().ToString());
     return Send(bundle);
   }
-  for (const auto& r : *parts) Send(r);
+  for (const auto& w : JoinFrames(*parts)) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!SendAll(fd_, w.body, w.fds).ok()) _exit(0);  // shoald is gone
+  }
 }
 
 void Gather::Add(const EncodedReply& r, ReplySink* sink) {

@@ -88,12 +88,11 @@ void ServeOne(int fd, int slot, Interpreter* interp) {
     if (batch) {  // a batched infer: each member's reply as its own frame
       auto parts = SplitReplyBundle(*reply);
       if (!parts.ok()) spdlog::error("{}", parts.status().ToString());
+      const auto& members = parts.ok() ? *parts : std::vector<EncodedReply>{*reply};
       bool sent = true;
-      for (const auto& r : parts.ok() ? *parts : std::vector<EncodedReply>{*reply}) {
-        sent = sent && send(r.body, r.fds);
-        owed.Settle(r.body);
-      }
+      for (const auto& w : JoinFrames(members)) sent = sent && SendAll(fd, w.body, w.fds).ok();
       if (!sent) break;
+      for (const auto& r : members) owed.Settle(r.body);
       continue;
     }
     if (!send(reply->body, reply->fds)) break;

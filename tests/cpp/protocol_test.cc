@@ -8,6 +8,7 @@
 #include "protocol/descriptor.h"
 #include "protocol/frame.h"
 #include "protocol/messages.h"
+#include "protocol/reply_bundle.h"
 #include "tests/cpp/catch.h"
 
 using namespace shoal;
@@ -187,4 +188,20 @@ TEST_CASE("a deadline already past reads what has come, and times out at once wi
   CHECK(*second == "second");
   close(sv[0]);
   close(sv[1]);
+}
+
+TEST_CASE("a batch's member replies go back to back, a write per kMaxFdsPerFrame fds", "[protocol]") {
+  // Fds are numbers here: JoinFrames only carries them.
+  std::vector<EncodedReply> members = {{"a", {}}, {"b", {10, 11, 12, 13, 14}}, {"", {}}, {"c", {}}, {"d", {20, 21, 22, 23}}};
+  auto writes = JoinFrames(members);
+  REQUIRE(writes.size() == 2);  // 5 + 4 fds do not fit one write
+  CHECK(writes[0].body == EncodeFrame("a") + EncodeFrame("b") + EncodeFrame("c"));
+  CHECK(writes[0].fds == std::vector<int>{10, 11, 12, 13, 14});
+  CHECK(writes[1].body == EncodeFrame("d"));
+  CHECK(writes[1].fds == std::vector<int>{20, 21, 22, 23});
+  std::vector<EncodedReply> many(40, EncodedReply{"m", {1}});
+  auto w = JoinFrames(many);
+  REQUIRE(w.size() == 5);
+  for (const auto& x : w) CHECK(x.fds.size() == kMaxFdsPerFrame);
+  CHECK(JoinFrames({}).empty());
 }
