@@ -15,8 +15,9 @@ One command on the GPU machine (after scripts/gpu.sh test, or scripts/build.sh):
    the two inputs alternating.
 2. The GPU steps of that path, timed alone in this process on GPU arena memory (what the
    client and the worker do per job): a tensor over arena bytes through
-   __cuda_array_interface__ (torch.as_tensor), the same as a slice of a tensor made once
-   per arena, torch.cuda.synchronize() with the GPU idle.
+   __cuda_array_interface__ (torch.as_tensor: the client's views), the same as a slice of
+   a tensor made once per arena (the worker's inputs), torch.cuda.synchronize() with the
+   GPU idle.
 """
 import argparse
 import os
@@ -70,20 +71,22 @@ def per_call_us(fn, n=2000):
 def gpu_steps(ordinal):
     arena = _native.Arena.create_gpu(64 << 20, ordinal)
     desc = {"dtype": "float32", "shape": [1024], "strides": [1], "offset": 4096}
-    base = torch.as_tensor(_tensors._DeviceBytes(arena, arena.address, arena.size),
-                           device=torch.device("cuda", ordinal))
+    base = _tensors.gpu_base(arena, ordinal)  # the worker's, once per arena
 
     def sliced():
-        return base[4096:4096 + 4096].view(torch.float32).view([1024])
+        return _tensors.gpu_slice(base, desc)
 
     def as_tensor():
         return _tensors.gpu_view(arena, ordinal, arena.address, 0, desc)
 
     assert torch.equal(sliced(), as_tensor())
     torch.cuda.synchronize()
-    return [("tensor over arena bytes: torch.as_tensor(__cuda_array_interface__)", per_call_us(as_tensor)),
-            ("the same: a slice of one tensor over the whole arena", per_call_us(sliced)),
+    return [("tensor over arena bytes: torch.as_tensor(__cuda_array_interface__) (_tensors.gpu_view)",
+             per_call_us(as_tensor)),
+            ("the same as a slice of one tensor over the whole arena (_tensors.gpu_slice)", per_call_us(sliced)),
             ("torch.cuda.synchronize(), GPU idle", per_call_us(torch.cuda.synchronize)),
+            ("torch.cuda.synchronize(ordinal), GPU idle (the client's, before a request)",
+             per_call_us(lambda: torch.cuda.synchronize(ordinal))),
             ("torch.cuda.current_stream().synchronize(), GPU idle",
              per_call_us(lambda: torch.cuda.current_stream().synchronize()))]
 

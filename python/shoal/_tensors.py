@@ -98,6 +98,32 @@ def gpu_view(owner, device, address, base_offset, desc):
     return flat.as_strided(shape, strides)
 
 
+def gpu_base(arena, device):
+    """A uint8 CUDA tensor over all of GPU arena ``arena`` (on GPU ordinal ``device``),
+    which it keeps alive: the tensor every input in it is a slice of (gpu_slice)."""
+    return torch.as_tensor(_DeviceBytes(arena, arena.address, arena.size), device=torch.device("cuda", device))
+
+
+def gpu_slice(base, desc):
+    """The tensor gpu_view makes over arena bytes described by ``desc`` (its offset from
+    the arena's start), as a view of the arena's ``base`` (gpu_base): slicing a tensor
+    costs less than making one over new memory. Bytes not aligned to their dtype (which
+    a view of a byte tensor cannot give) go through gpu_view."""
+    name = desc["dtype"]
+    itemsize = ITEMSIZE[name]
+    offset = desc["offset"]
+    if offset % itemsize:
+        return gpu_view(base, base.get_device(), base.data_ptr(), 0, desc)
+    shape, strides = desc["shape"], desc["strides"]
+    nbytes = extent(shape, strides, itemsize)
+    flat = base[offset:offset + max(nbytes, itemsize)].view(DTYPES[name])
+    if nbytes == 0:
+        return flat[:0].view(shape)
+    if list(strides) == contiguous_strides(shape):
+        return flat.view(shape)
+    return flat.as_strided(shape, strides)
+
+
 def contiguous_strides(shape):
     strides, acc = [], 1
     for n in reversed(shape):

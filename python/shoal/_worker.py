@@ -77,6 +77,10 @@ class Runner:
         self.specs = {}    # name -> input specs from the manifest (or absent)
         self.engines = {}  # name -> the quantized engine its manifest names (or None)
         self.arenas = _native.ClientArenas()  # client arenas shoald sent, mapped when a job reads them
+        # GPU client arena id -> a uint8 CUDA tensor over all of it, made when a job first
+        # reads it: a job's inputs are slices of it (_views). ClientArenas keeps a GPU
+        # arena mapped until it is dropped or replaced, and so does this tensor.
+        self.gpu_bases = {}
         self.outputs = _native.OutputArenas(2 * interp)  # owner tag: lane `interp`, Python engine
         torch.set_grad_enabled(False)
 
@@ -102,8 +106,10 @@ class Runner:
         if op == "infer":
             return self._infer(msg)
         if op == "arena":
+            self.gpu_bases.pop(msg["arena"], None)  # a new arena under this id
             self.arenas.add(msg["arena"], fds.pop(0), msg.get("size", 0), msg.get("gpu") or "")
         elif op == "drop_arena":
+            self.gpu_bases.pop(msg["arena"], None)  # its memory goes with the last tensor over it
             self.arenas.drop(msg["arena"])
         elif op == "drop_client":
             return self.outputs.drop_client(msg["client"])
@@ -189,7 +195,7 @@ class Runner:
             mapped = self._map({d["arena"] for d in msg["inputs"]})
         except OSError as e:
             return _error(rid, "UNAVAILABLE", f"model '{name}', job {rid}: worker {self.slot}: {e}")
-        inputs, spans = _views(mapped, msg["inputs"])
+        inputs, spans = _views(mapped, msg["inputs"], self.gpu_bases)
         try:
             archive.use_quantized_engine(self.engines.get(name), name)  # process-wide: models may differ
             if structured:
@@ -247,7 +253,7 @@ class Runner:
             which = f"a batch of {len(run)} jobs ({', '.join(str(m['job']) for m in run)})"
             error = None
             try:
-                parts = [_views(mapped, m["inputs"])[0] for m in run]
+                parts = [_views(mapped, m["inputs"], self.gpu_bases)[0] for m in run]
                 rows = [p[0].shape[0] for p in parts]
                 inputs = [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
                 archive.use_quantized_engine(self.engines.get(name), name)
@@ -337,13 +343,17 @@ def _bundle(replies):
     return (packed, fds) if fds else packed
 
 
-def _views(mapped, descs):
-    """Tensors over the mapped input bytes (no copy), and each one's byte span."""
+def _views(mapped, descs, gpu_bases):
+    """Tensors over the mapped input bytes (no copy), and each one's byte span. A GPU
+    input is a slice of its arena's tensor in ``gpu_bases`` (made here the first time)."""
     inputs, spans = [], []
     for d in descs:
         arena = mapped[d["arena"]]
         if arena.device >= 0:
-            inputs.append(_tensors.gpu_view(arena, arena.device, arena.address, 0, d))
+            base = gpu_bases.get(d["arena"])
+            if base is None:
+                base = gpu_bases[d["arena"]] = _tensors.gpu_base(arena, arena.device)
+            inputs.append(_tensors.gpu_slice(base, d))
         else:
             inputs.append(_tensors.view(arena, 0, d))
         spans.append((d["arena"], d["block"], d["offset"],

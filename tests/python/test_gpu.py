@@ -117,6 +117,27 @@ def test_input_returned_in_place_is_the_same_gpu_memory(make_daemon, archives):
         assert y.is_cuda and y.data_ptr() == xa.data_ptr()
 
 
+def test_gpu_inputs_that_are_views_arrive_as_they_are(make_daemon, archives):
+    # The worker's GPU inputs are slices of one tensor per arena (python/shoal/_tensors.py,
+    # gpu_slice): offsets, strides, empty and one-element views, several in one arena and
+    # dtypes of every size must come out exactly as passed.
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        c.load("identity", archives["identity"])
+        xa = c.empty((8, 64), device="cuda")
+        xa.copy_(torch.arange(8 * 64, dtype=torch.float32, device="cuda").view(8, 64))
+        half = c.empty((16,), dtype=torch.float16, device="cuda").fill_(1.5)
+        i64 = c.empty((5,), dtype=torch.int64, device="cuda").copy_(torch.arange(5, device="cuda") - 2)
+        cases = [xa, xa[3:], xa[:, 1::2], xa.t(), xa[2, 5], xa[:0], half[1:], i64[::2]]
+        outs = c.infer("identity", *cases)
+        for i, (sent, got) in enumerate(zip(cases, outs)):
+            assert got.is_cuda and got.dtype == sent.dtype and got.shape == sent.shape, f"input {i}"
+            assert torch.equal(got, sent), f"input {i} changed on the way"
+        # the same arenas again: the worker's tensor over each is reused
+        again = c.infer("identity", xa[1:], i64)
+        assert torch.equal(again[0], xa[1:]) and torch.equal(again[1], i64)
+
+
 def test_torchscript_saved_from_cuda_runs_on_the_gpu(make_daemon, tmp_path):
     torch.manual_seed(0)
     net = torch.jit.script(models.ScriptableMLP().cuda().eval())
