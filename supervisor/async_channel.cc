@@ -40,30 +40,46 @@ void AsyncChannel::Start(FrameHandler on_frame, CloseHandler on_close) {
 }
 
 void AsyncChannel::ReadSome() {
-  if (closed_) return;
+  // One wait at a time: a batch's writes may resume a paused channel's reading (Flush)
+  // inside the read handler that is about to wait again.
+  if (closed_ || waiting_read_) return;
+  waiting_read_ = true;
   auto self = shared_from_this();
   sd_.async_wait(asio::posix::descriptor_base::wait_read, [self](const boost::system::error_code& ec) {
+    self->waiting_read_ = false;
     if (self->closed_ || ec == asio::error::operation_aborted) return;
     if (ec) return self->Fail(Status(Code::kIoError, "wait_read: " + ec.message()));
-    SendBatch batch;  // what the frames' handlers send goes out when this read is handled
-    uint8_t buf[64 * 1024];
-    for (int round = 0; round < 16 && !self->closed_ && !self->read_paused_; ++round) {
-      auto n = RecvSome(self->sd_.native_handle(), buf, sizeof(buf), &self->pending_fds_);
-      if (!n.ok()) {
-        if (n.status().code() == Code::kUnavailable) break;  // would block
-        return self->Fail(n.status());
-      }
-      if (*n == 0) return self->Fail(Status(Code::kUnavailable, "peer closed the connection"));
-      if (self->pending_fds_.size() > kMaxPendingFds) {
-        return self->Fail(Status::BadRequest("too many file descriptors sent without a message"));
-      }
-      self->reader_.Append(buf, *n);
-      if (!self->HandleFrames()) return;
-      if (*n < sizeof(buf)) break;
-    }
+    if (!self->ReadFrames()) return;
     self->ArmFrameTimer();
     if (!self->read_paused_) self->ReadSome();
   });
+}
+
+bool AsyncChannel::ReadFrames() {
+  // What the frames' handlers send goes out when they are all handled, before this channel
+  // waits again (the re-arm is a system call: replies do not wait behind it).
+  SendBatch batch;
+  uint8_t buf[64 * 1024];
+  for (int round = 0; round < 16 && !closed_ && !read_paused_; ++round) {
+    auto n = RecvSome(sd_.native_handle(), buf, sizeof(buf), &pending_fds_);
+    if (!n.ok()) {
+      if (n.status().code() == Code::kUnavailable) break;  // would block
+      Fail(n.status());
+      return false;
+    }
+    if (*n == 0) {
+      Fail(Status(Code::kUnavailable, "peer closed the connection"));
+      return false;
+    }
+    if (pending_fds_.size() > kMaxPendingFds) {
+      Fail(Status::BadRequest("too many file descriptors sent without a message"));
+      return false;
+    }
+    reader_.Append(buf, *n);
+    if (!HandleFrames()) return false;
+    if (*n < sizeof(buf)) break;
+  }
+  return true;
 }
 
 bool AsyncChannel::HandleFrames() {

@@ -76,6 +76,9 @@ class AsyncChannel : public std::enable_shared_from_this<AsyncChannel> {
   };
   friend class SendBatch;
   void ReadSome();
+  // Reads what has come (up to 16 x 64 KiB) and handles its whole frames inside one
+  // SendBatch. False when the channel failed or closed.
+  bool ReadFrames();
   // Handles the whole frames read so far, unless replies pile up (then pauses). False
   // when the channel failed or closed.
   bool HandleFrames();
@@ -91,6 +94,7 @@ class AsyncChannel : public std::enable_shared_from_this<AsyncChannel> {
   std::deque<Out> out_;
   size_t queued_bytes_ = 0;
   bool writing_ = false;
+  bool waiting_read_ = false;  // a wait_read is outstanding
   bool read_paused_ = false;  // replies pile up: reading waits until the peer takes them
   std::chrono::milliseconds frame_timeout_{0};
   std::unique_ptr<boost::asio::steady_timer> frame_timer_;

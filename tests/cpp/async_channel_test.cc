@@ -5,7 +5,9 @@
 #include <unistd.h>
 
 #include <boost/asio.hpp>
+#include <chrono>
 #include <memory>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -147,4 +149,44 @@ TEST_CASE("a reply sent inside a batch just before Close() still goes", "[async_
   REQUIRE(body.ok());
   CHECK(*body == "goodbye");
   CHECK(RecvFrame(p.peer, &reader, &fds).status().code() == Code::kUnavailable);  // then EOF
+}
+
+TEST_CASE("a peer whose replies pile up inside one read's batch is paused, then served in full", "[async_channel]") {
+  // 12 requests in one write, each answered with 200 KiB: past 1 MiB of unsent replies the
+  // channel stops handling requests; once the batch's writes drain (the peer reads),
+  // handling resumes with the requests already read, and every reply comes, in order.
+  boost::asio::io_context io;
+  Pair p;
+  auto ch = std::make_shared<AsyncChannel>(io, p.mine);
+  constexpr int kRequests = 12;
+  int handled = 0;
+  ch->Start(
+      [&](std::string body, std::vector<int>*) {
+        ++handled;
+        ch->Send(body + std::string(200 << 10, 'x'));
+      },
+      [](const Status& why) { FAIL("closed: " << why.ToString()); });
+  std::string all;
+  for (int i = 0; i < kRequests; ++i) all += EncodeFrame("request " + std::to_string(i));
+  REQUIRE(SendAll(p.peer, all).ok());
+  timeval patience{20, 0};  // a reader that gets nothing gives up instead of hanging the test
+  setsockopt(p.peer, SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof(patience));
+  std::vector<std::string> replies;
+  std::thread reader([&] {
+    FrameReader r;
+    std::vector<int> fds;
+    while (replies.size() < kRequests) {
+      auto body = RecvFrame(p.peer, &r, &fds);
+      if (!body.ok()) return;
+      replies.push_back(body->substr(0, body->find('x')));
+    }
+  });
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (handled < kRequests && std::chrono::steady_clock::now() < until) io.run_for(std::chrono::milliseconds(50));
+  io.run_for(std::chrono::milliseconds(200));  // the last writes
+  reader.join();
+  CHECK(handled == kRequests);
+  REQUIRE(replies.size() == kRequests);
+  for (int i = 0; i < kRequests; ++i) CHECK(replies[i] == "request " + std::to_string(i));
+  ch->Close();
 }
