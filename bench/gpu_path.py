@@ -15,9 +15,9 @@ One command on the GPU machine (after scripts/gpu.sh test, or scripts/build.sh):
    the two inputs alternating.
 2. The GPU steps of that path, timed alone in this process on GPU arena memory (what the
    client and the worker do per job): a tensor over arena bytes through
-   __cuda_array_interface__ (torch.as_tensor: the client's views), the same as a slice of
-   a tensor made once per arena (the worker's inputs), torch.cuda.synchronize() with the
-   GPU idle.
+   __cuda_array_interface__ (torch.as_tensor, as gpu_view did), through DLPack (as it does
+   now: the client's views, the worker's output copies), as a slice of a tensor made once
+   per arena (the worker's inputs), torch.cuda.synchronize() with the GPU idle.
 """
 import argparse
 import os
@@ -68,22 +68,38 @@ def per_call_us(fn, n=2000):
     return (time.perf_counter() - t) / n * 1e6
 
 
+class _CudaArrayInterface:
+    """What gpu_view passed torch.as_tensor before it used DLPack (the comparison's baseline)."""
+
+    def __init__(self, owner, address, nbytes):
+        self.owner = owner
+        self.__cuda_array_interface__ = {"shape": (nbytes,), "typestr": "|u1", "data": (address, False),
+                                         "version": 2}
+
+
 def gpu_steps(ordinal):
     arena = _native.Arena.create_gpu(64 << 20, ordinal)
     desc = {"dtype": "float32", "shape": [1024], "strides": [1], "offset": 4096}
     base = _tensors.gpu_base(arena, ordinal)  # the worker's, once per arena
+    device = torch.device("cuda", ordinal)
+
+    def by_interface():
+        raw = torch.as_tensor(_CudaArrayInterface(arena, arena.address + 4096, 4096), device=device)
+        return raw.view(torch.float32).view([1024])
+
+    def by_dlpack():
+        return _tensors.gpu_view(arena, ordinal, arena.address, 0, desc)
 
     def sliced():
         return _tensors.gpu_slice(base, desc)
 
-    def as_tensor():
-        return _tensors.gpu_view(arena, ordinal, arena.address, 0, desc)
-
-    assert torch.equal(sliced(), as_tensor())
+    assert torch.equal(sliced(), by_dlpack()) and torch.equal(by_interface(), by_dlpack())
     torch.cuda.synchronize()
-    return [("tensor over arena bytes: torch.as_tensor(__cuda_array_interface__) (_tensors.gpu_view)",
-             per_call_us(as_tensor)),
-            ("the same as a slice of one tensor over the whole arena (_tensors.gpu_slice)", per_call_us(sliced)),
+    return [("a tensor over arena bytes by torch.as_tensor(__cuda_array_interface__) (the old gpu_view)",
+             per_call_us(by_interface)),
+            ("the same by DLPack (_tensors.gpu_view now: client views, worker output copies)", per_call_us(by_dlpack)),
+            ("the same as a slice of one tensor over the whole arena (_tensors.gpu_slice: worker inputs)",
+             per_call_us(sliced)),
             ("torch.cuda.synchronize(), GPU idle", per_call_us(torch.cuda.synchronize)),
             ("torch.cuda.synchronize(ordinal), GPU idle (the client's, before a request)",
              per_call_us(lambda: torch.cuda.synchronize(ordinal))),

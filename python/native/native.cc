@@ -136,7 +136,7 @@ PyMODINIT_FUNC PyInit__native() {
   PyObject* m = PyModule_Create(&module_def);
   if (m == nullptr) return nullptr;
   if (!shoal_native::AddArenaTypes(m) || !shoal_native::AddSharedDefs(m) || !shoal_native::AddArchiveReader(m) ||
-      !shoal_native::AddOutputEncoder(m) || !shoal_native::AddClientWriter(m) || !shoal_native::AddGpuMemoryType(m)) {
+      !shoal_native::AddOutputEncoder(m) || !shoal_native::AddClientWriter(m) || !shoal_native::AddGpuMemoryType(m) || !shoal_native::AddDlpack(m)) {
     Py_DECREF(m);
     return nullptr;
   }

@@ -49,5 +49,6 @@ bool AddArchiveReader(PyObject* module); // archive.cc: read_archive, ZipError
 bool AddOutputEncoder(PyObject* module); // output.cc: encode_reply, OutputError
 bool AddClientWriter(PyObject* module);  // writer.cc: ClientWriter
 bool AddGpuMemoryType(PyObject* module); // gpu_memory.cc: GpuMemory
+bool AddDlpack(PyObject* module);        // dlpack.cc: byte_capsule
 
 }  // namespace shoal_native

@@ -16,7 +16,7 @@ import warnings
 import torch
 
 from . import _native
-from ._tensors import _DeviceBytes
+from ._tensors import device_bytes
 
 ALIGN = 512  # bytes: each storage starts on a boundary torch's own allocator would give it
 
@@ -69,7 +69,7 @@ class Weights:
         if nbytes == 0 or offset not in self._where:
             return storage.cuda(device.index)
         self._ensure(device.index)
-        raw = torch.as_tensor(_DeviceBytes(self, self._memory.address + self._where[offset], nbytes), device=device)
+        raw = device_bytes(self, self._memory.address + self._where[offset], nbytes, device.index)
         return torch.storage.TypedStorage(wrap_storage=raw.untyped_storage(), dtype=storage.dtype, _internal=True)
 
     def _ensure(self, ordinal):
@@ -90,7 +90,7 @@ class Weights:
         device = torch.device("cuda", ordinal)
         for offset, size in self._records.values():
             if size:
-                dst = torch.as_tensor(_DeviceBytes(made, made.address + self._where[offset], size), device=device)
+                dst = device_bytes(made, made.address + self._where[offset], size, ordinal)
                 dst.copy_(self._host[offset:offset + size])
         torch.cuda.synchronize(device)
         self.export_fd = os.dup(made.fd)

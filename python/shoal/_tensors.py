@@ -16,6 +16,7 @@ import functools
 
 import numpy as np
 import torch
+from torch.utils.dlpack import from_dlpack as _from_dlpack
 
 from . import _native
 
@@ -67,15 +68,13 @@ def view(buffer, base_offset, desc):
     return flat.as_strided(shape, strides)
 
 
-class _DeviceBytes:
-    """``nbytes`` of GPU memory at device ``address``, as torch.as_tensor reads it
-    (``__cuda_array_interface__``); keeps ``owner`` (the Block or Arena the bytes belong
-    to) alive as long as a tensor over them lives: torch holds this object until then."""
-
-    def __init__(self, owner, address, nbytes):
-        self.owner = owner
-        self.__cuda_array_interface__ = {"shape": (nbytes,), "typestr": "|u1", "data": (address, False),
-                                         "version": 2}
+def device_bytes(owner, address, nbytes, device):
+    """``nbytes`` bytes of GPU memory at device ``address`` on CUDA ordinal ``device`` (-1:
+    host memory) as a 1-D uint8 tensor, no copy; the tensor's storage keeps ``owner`` (the
+    Block or Arena the bytes belong to) alive until torch lets the memory go. Made through
+    DLPack (shoal._native.byte_capsule): the device is named, so torch does not ask the
+    driver whose pointer it is, as it does for __cuda_array_interface__."""
+    return _from_dlpack(_native.byte_capsule(owner, address, nbytes, device))
 
 
 def gpu_view(owner, device, address, base_offset, desc):
@@ -88,8 +87,7 @@ def gpu_view(owner, device, address, base_offset, desc):
     shape, strides = desc["shape"], desc["strides"]
     itemsize = ITEMSIZE[name]
     nbytes = extent(shape, strides, itemsize)
-    raw = torch.as_tensor(_DeviceBytes(owner, address + desc["offset"] - base_offset, max(nbytes, itemsize)),
-                          device=torch.device("cuda", device))
+    raw = device_bytes(owner, address + desc["offset"] - base_offset, max(nbytes, itemsize), device)
     flat = raw.view(dtype)
     if nbytes == 0:
         return flat[:0].view(shape)
@@ -101,7 +99,7 @@ def gpu_view(owner, device, address, base_offset, desc):
 def gpu_base(arena, device):
     """A uint8 CUDA tensor over all of GPU arena ``arena`` (on GPU ordinal ``device``),
     which it keeps alive: the tensor every input in it is a slice of (gpu_slice)."""
-    return torch.as_tensor(_DeviceBytes(arena, arena.address, arena.size), device=torch.device("cuda", device))
+    return device_bytes(arena, arena.address, arena.size, device)
 
 
 def gpu_slice(base, desc):
@@ -209,7 +207,7 @@ def write(arena, offset, t):
     CUDA tensor (a copy on the GPU, never through the host)."""
     if isinstance(arena, int):
         nbytes = t.numel() * t.element_size()
-        dst = torch.as_tensor(_DeviceBytes(None, arena + offset, nbytes), device=t.device).view(t.dtype).view(t.shape)
+        dst = device_bytes(None, arena + offset, nbytes, t.get_device()).view(t.dtype).view(t.shape)
         dst.copy_(t)
         return
     flat = torch.frombuffer(arena, dtype=t.dtype, count=t.numel(), offset=offset)

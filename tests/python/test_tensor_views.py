@@ -26,4 +26,49 @@ def test_a_slice_of_the_arenas_byte_tensor_is_the_tensor_over_its_bytes(desc):
     got = _tensors.gpu_slice(base, desc)
     assert got.dtype == want.dtype and list(got.shape) == list(want.shape) and got.stride() == want.stride()
     assert got.data_ptr() == want.data_ptr()  # the same bytes, not a copy
-    assert torch.equal(got, want) or (want.is_floating_point() and torch.equal(got.isnan(), want.isnan()))
+    def raw(t):  # the bytes themselves (random bytes make NaNs, which equal nothing)
+        return t.reshape(-1).contiguous().view(torch.uint8)
+    assert torch.equal(raw(got), raw(want))
+
+
+class _Owner:
+    """Stands for the Block or Arena a tensor's bytes belong to."""
+
+
+def test_device_bytes_is_the_memory_itself_and_keeps_its_owner_while_any_view_lives():
+    import gc
+    import weakref
+
+    arena = bytearray(range(256)) * 4
+    base = torch.frombuffer(arena, dtype=torch.uint8)
+    owner = _Owner()
+    gone = weakref.ref(owner)
+    t = _tensors.device_bytes(owner, base.data_ptr() + 64, 128, -1)  # -1: host memory (the GPU path names a CUDA ordinal)
+    del owner
+    assert t.dtype == torch.uint8 and t.shape == (128,) and t.data_ptr() == base.data_ptr() + 64
+    assert torch.equal(t, base[64:192])
+    floats = t.view(torch.float32)[4:]  # a view of a view: the same storage
+    del t
+    gc.collect()
+    assert gone() is not None, "the owner went while a view of its bytes lived"
+    base[80] = 7
+    assert floats.view(torch.uint8)[0] == 7  # still the arena's bytes, not a copy
+    del floats
+    gc.collect()
+    assert gone() is None, "the owner outlived every tensor over its bytes"
+
+
+def test_a_capsule_torch_never_took_lets_its_owner_go():
+    import gc
+    import weakref
+
+    from shoal import _native
+
+    owner = _Owner()
+    gone = weakref.ref(owner)
+    capsule = _native.byte_capsule(owner, 4096, 16, 0)
+    del owner, capsule
+    gc.collect()
+    assert gone() is None
+    with pytest.raises(ValueError):
+        _native.byte_capsule(None, 0, 1, -2)
