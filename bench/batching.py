@@ -60,6 +60,7 @@ def main():
                     help="comma-separated max_delay_us values, each its own batching model (overrides --max-delay-us)")
     ap.add_argument("--only-on", action="store_true", help="skip the rows without batching")
     ap.add_argument("--device", default=None, help="the load's device (default: where it was exported)")
+    ap.add_argument("--shoald-args", default="", help="more options for shoald, e.g. '--worker-binary PATH'")
     args = ap.parse_args()
     sys.path.insert(0, os.path.join(BUILD, "python"))
     import torch
@@ -91,7 +92,7 @@ def main():
     socket = os.path.join(tmp, "shoal.sock")
     log = open(os.path.join(tmp, "shoald.log"), "w")
     proc = subprocess.Popen([os.path.join(BUILD, "bin", "shoald"), "--socket", socket, "--workers",
-                             str(args.workers)], stdout=log, stderr=subprocess.STDOUT)
+                             str(args.workers), *args.shoald_args.split()], stdout=log, stderr=subprocess.STDOUT)
     try:
         for _ in range(600):
             try:
@@ -115,6 +116,7 @@ def main():
             targets = ", ".join(f"{d / 1e3 + batch_ms:.1f} ms" + (f" (max_delay_us {d})" if len(delays) > 1 else "")
                                 for d in delays)
             print(f"model {args.model}, {args.workers} worker(s), torch {torch.__version__}, "
+                  f"{'shoald ' + args.shoald_args + ', ' if args.shoald_args else ''}"
                   f"max_batch {args.max_batch}, max_delay_us {','.join(map(str, delays))}, {args.seconds} s per row; "
                   f"one batch of {args.max_batch} in-process: {batch_ms:.1f} ms, so the p99 target is {targets}")
             print("| clients | batching | jobs/s | p50 (ms) | p99 (ms) | mean size of runs >1 |")

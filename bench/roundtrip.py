@@ -1,7 +1,7 @@
 """Round trip of a job through shoald vs calling the model in-process.
 
 One command (after scripts/build.sh):
-    /usr/bin/python3 bench/roundtrip.py [--runs 5] [--iters 2000]
+    /usr/bin/python3 bench/roundtrip.py [--runs 5] [--iters 2000] [--spin-us 0,50]
 
 Starts shoald (1 worker) on a temporary socket, packages an identity model, and measures
 p50/p99 per call, for arena-backed inputs of 4 KiB and 64 MiB:
@@ -11,6 +11,9 @@ p50/p99 per call, for arena-backed inputs of 4 KiB and 64 MiB:
   - the floor of this machine: one socketpair ping-pong between two processes
     (a shoal job needs two such hops: client -> shoald -> worker and back).
 Each figure is the median over --runs runs; all measured in the same invocation.
+--spin-us: a shoald per value, started with SHOAL_SPIN_US (protocol/spin.h: shoald, its
+worker and both clients poll that long for the next message before they sleep), the
+variants' runs alternating.
 """
 import argparse
 import os
@@ -29,6 +32,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "models"))
 import torch  # noqa: E402
 
 import shoal  # noqa: E402
+from shoal import _connection  # noqa: E402
 import shoal_test_models  # noqa: E402
 
 
@@ -65,48 +69,79 @@ def pingpong(iters):
     return r
 
 
+def start_daemon(tmp, archive, spin_us):
+    """shoald with one worker serving `archive` as "identity", polling `spin_us` before it
+    and its worker sleep (protocol/spin.h); returns (process, socket path, client)."""
+    sock = os.path.join(tmp, f"shoal-{spin_us}.sock")
+    log = open(os.path.join(tmp, f"shoald-{spin_us}.log"), "w")
+    env = dict(os.environ, SHOAL_SPIN_US=str(spin_us))
+    daemon = subprocess.Popen([os.path.join(BUILD, "bin", "shoald"), "--socket", sock, "--workers", "1",
+                               "--model", f"identity={archive}"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    for _ in range(300):
+        try:
+            c = shoal.Client(sock, arena_size=512 << 20)
+            if c.models()[0]["ready"]:
+                return daemon, sock, c
+        except shoal.Error:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"shoald (spin {spin_us} us) did not get ready: see {log.name}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--spin-us", default="0",
+                    help="comma-separated SHOAL_SPIN_US values, each a shoald of its own, runs alternating "
+                         "(0: receivers sleep at once, the default)")
     args = ap.parse_args()
+    spins = [int(v) for v in args.spin_us.split(",")]
     tmp = tempfile.mkdtemp(prefix="shoal-bench-")
     model = shoal_test_models.Identity()
     archive = shoal.export(model, os.path.join(tmp, "identity.pt"))
-    sock = os.path.join(tmp, "shoal.sock")
-    log = open(os.path.join(tmp, "shoald.log"), "w")
-    daemon = subprocess.Popen([os.path.join(BUILD, "bin", "shoald"), "--socket", sock, "--workers", "1",
-                               "--model", f"identity={archive}"], stdout=log, stderr=subprocess.STDOUT)
+    daemons = {}
+    rows = []
     try:
-        for _ in range(300):
-            try:
-                c = shoal.Client(sock, arena_size=512 << 20)
-                if c.models()[0]["ready"]:
-                    break
-            except shoal.Error:
-                time.sleep(0.1)
-        rows = []
+        for spin in spins:
+            daemons[spin] = start_daemon(tmp, archive, spin)
         for label, nbytes in (("4 KiB", 4096), ("64 MiB", 64 << 20)):
-            x = c.empty((nbytes // 4,))
-            x.fill_(1.0)
-            results = {"in-process": [], "shoal (Python client)": [], "shoal (C++ client)": []}
+            xs = {}
+            for spin, (_, _, c) in daemons.items():
+                xs[spin] = c.empty((nbytes // 4,))
+                xs[spin].fill_(1.0)
+            x = xs[spins[0]]
+            results = {"in-process": []}
+            for spin in spins:
+                results[("py", spin)] = []
+                results[("cpp", spin)] = []
             for _ in range(args.runs):
                 with torch.inference_mode():
                     results["in-process"].append(time_calls(lambda: model(x), args.iters))
-                results["shoal (Python client)"].append(time_calls(lambda: c.infer("identity", x), args.iters))
-                out = subprocess.run([os.path.join(BUILD, "bin", "bench_roundtrip"), sock, "identity",
-                                      str(nbytes), str(args.iters)], capture_output=True, text=True, check=True)
-                p50, p99 = map(float, out.stdout.split())
-                results["shoal (C++ client)"].append((p50, p99))
-            for name, runs in results.items():
+                for spin, (_, sock, c) in daemons.items():
+                    _connection._SPIN_S = spin / 1e6  # the Python client's own polling, as its env would set
+                    results[("py", spin)].append(time_calls(lambda: c.infer("identity", xs[spin]), args.iters))
+                    out = subprocess.run([os.path.join(BUILD, "bin", "bench_roundtrip"), sock, "identity",
+                                          str(nbytes), str(args.iters)], capture_output=True, text=True, check=True,
+                                         env=dict(os.environ, SHOAL_SPIN_US=str(spin)))
+                    p50, p99 = map(float, out.stdout.split())
+                    results[("cpp", spin)].append((p50, p99))
+            for key, runs in results.items():
+                if key == "in-process":
+                    name = key
+                else:
+                    client, spin = key
+                    tag = f", spin {spin} us" if len(spins) > 1 or spin else ""
+                    name = f"shoal ({'Python' if client == 'py' else 'C++'} client{tag})"
                 rows.append((label, name, statistics.median(r[0] for r in runs),
                              statistics.median(r[1] for r in runs)))
         floor = [pingpong(args.iters) for _ in range(args.runs)]
         rows.append(("1 byte", "socketpair ping-pong (machine floor, 1 hop)",
                      statistics.median(r[0] for r in floor), statistics.median(r[1] for r in floor)))
     finally:
-        daemon.terminate()
-        daemon.wait()
+        for daemon, _, _ in daemons.values():
+            daemon.terminate()
+            daemon.wait()
     print(f"runs={args.runs} iters={args.iters} cpus={os.cpu_count()} torch={torch.__version__}")
     print("| input | path | p50 (us) | p99 (us) |")
     print("|---|---|---|---|")

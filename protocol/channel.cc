@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "protocol/frame.h"
+#include "protocol/spin.h"
 
 namespace shoal {
 
@@ -101,6 +102,23 @@ Result<size_t> RecvSome(int sock, uint8_t* buf, size_t cap, std::vector<int>* fd
   return static_cast<size_t>(n);
 }
 
+namespace {
+// Polls the socket without blocking for up to SpinBudget(): the bytes read, or 0 when
+// nothing came (then the caller blocks as before). EOF reads as an error here.
+Result<size_t> SpinRecv(int sock, uint8_t* buf, size_t cap, std::vector<int>* fds) {
+  const auto budget = SpinBudget();
+  if (budget.count() == 0) return size_t{0};
+  const auto until = std::chrono::steady_clock::now() + budget;
+  for (;;) {
+    auto n = RecvSome(sock, buf, cap, fds, MSG_DONTWAIT);
+    if (n.ok() && *n == 0) return Status(Code::kUnavailable, "connection closed by peer");
+    if (n.ok() || n.status().code() != Code::kUnavailable) return n;
+    if (std::chrono::steady_clock::now() >= until) return size_t{0};
+    CpuRelax();
+  }
+}
+}  // namespace
+
 Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* fds,
                               std::optional<std::chrono::steady_clock::time_point> deadline) {
   uint8_t buf[64 * 1024];
@@ -108,6 +126,12 @@ Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* f
     auto frame = reader->Next();
     if (!frame.ok()) return frame.status();
     if (frame->has_value()) return std::move(**frame);
+    auto spun = SpinRecv(sock, buf, sizeof(buf), fds);
+    if (!spun.ok()) return spun.status();
+    if (*spun > 0) {
+      reader->Append(buf, *spun);
+      continue;
+    }
     int flags = 0;
     if (deadline) {
       auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - std::chrono::steady_clock::now());

@@ -7,7 +7,9 @@
 #include <string>
 
 #include "protocol/paths.h"
+#include "protocol/spin.h"
 #include "supervisor/config.h"
+#include "supervisor/event_loop.h"
 #include "supervisor/options.h"
 #include "supervisor/supervisor.h"
 #include "supervisor/systemd.h"
@@ -37,13 +39,15 @@ int main(int argc, char** argv) {
     std::cerr << "shoald: " << models.status().message() << "\n";
     return 2;
   }
+  // Before any process starts: the zygote and workers inherit the budget.
+  if (cfg->spin_us > 0) shoal::SetSpinBudget(std::chrono::microseconds(cfg->spin_us));
   boost::asio::io_context io;
   shoal::Supervisor sup(io, std::move(*cfg));
   if (auto st = sup.Start(std::move(*models)); !st.ok()) {
     spdlog::critical("{}", st.ToString());
     return 1;
   }
-  io.run();
+  shoal::RunSpinning(io, shoal::SpinBudget());
   spdlog::info("shoald stopped");
   return sup.exit_code();
 }

@@ -200,6 +200,11 @@ std::vector<Option> MakeTable() {
                        "fork workers from a zygote that imported torch once (no: exec every one)"),
       Make<&C::log_level>("log_level", K::kLogLevel, "LEVEL", kReload,
                           "trace|debug|info|warn|error|critical|off"),
+      Make<&C::spin_us>("spin_us", K::kNumber, "US", kRestart,
+                        "shoald and its workers poll for the next message this long before they sleep "
+                        "(clients: SHOAL_SPIN_US in their environment): fewer wake-ups a job where cores "
+                        "are idle, a core kept busy that long after each message (0: SHOAL_SPIN_US, else never)",
+                        0, 10000),
       Make<&C::worker_binary>("worker_binary", K::kText, "PATH", kRestart, "the worker executable", 0, 0,
                               "shoal-worker-py next to shoald for one interpreter, else shoal-worker"),
   };

@@ -50,6 +50,17 @@ _RECHECK_S = 0.25
 _FD_BYTES = 16 * array.array("i").itemsize  # fds one recvmsg takes (shoald sends at most 8 a frame)
 
 
+def _spin_budget():
+    """Seconds a reader polls for a reply before it sleeps: SHOAL_SPIN_US, as shoald and its
+    workers read it (protocol/spin.h; 0..10000 us, anything else: 0)."""
+    v = os.environ.get("SHOAL_SPIN_US", "")
+    return int(v) / 1e6 if v.isdigit() and int(v) <= 10000 else 0.0
+
+
+_SPIN_S = _spin_budget()
+_CLOEXEC = getattr(_socket, "MSG_CMSG_CLOEXEC", 0)
+
+
 class Job:
     """One request in flight; resolves once (see the module's docstring). Its outcome is
     read with ``Connection.outcome(job)`` (waits, returns the value or raises), or through
@@ -441,7 +452,10 @@ class Connection:
                     body = bytes(self._rbuf[4:4 + n])
                     del self._rbuf[:4 + n]
                     return body
-            if nowait:
+            got = self._spin() if _SPIN_S and not nowait else None
+            if got is not None:
+                chunk, ancdata = got
+            elif nowait:
                 self._set_timeout(0.0)
             elif deadline is None:
                 self._set_timeout(None)
@@ -450,8 +464,8 @@ class Connection:
                 if left <= 0:
                     raise _socket.timeout()
                 self._set_timeout(left)
-            chunk, ancdata, _, _ = self._sock.recvmsg(1 << 16, _socket.CMSG_SPACE(_FD_BYTES),
-                                                       getattr(_socket, "MSG_CMSG_CLOEXEC", 0))
+            if got is None:
+                chunk, ancdata, _, _ = self._sock.recvmsg(1 << 16, _socket.CMSG_SPACE(_FD_BYTES), _CLOEXEC)
             for level, kind, payload in ancdata:  # output arenas' fds, claimed by their answers
                 if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
                     fds = array.array("i")
@@ -460,6 +474,18 @@ class Connection:
             if not chunk:
                 raise ConnectionError("shoald closed the connection")
             self._rbuf += chunk
+
+    def _spin(self):
+        """(chunk, ancdata) read within _SPIN_S without sleeping, or None (then block)."""
+        self._set_timeout(0.0)
+        until = time.monotonic() + _SPIN_S
+        while True:
+            try:
+                chunk, ancdata, _, _ = self._sock.recvmsg(1 << 16, _socket.CMSG_SPACE(_FD_BYTES), _CLOEXEC)
+                return chunk, ancdata
+            except BlockingIOError:
+                if time.monotonic() >= until:
+                    return None
 
     def _set_timeout(self, t):
         if t != self._timeout:  # settimeout costs system calls: only when it changes

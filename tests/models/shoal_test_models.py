@@ -46,6 +46,15 @@ class Identity(nn.Module):
         return xs[0] if len(xs) == 1 else xs
 
 
+class StampedIdentity(nn.Module):
+    """x back, with the time (time.perf_counter: a clock every process on the machine shares)
+    forward began and ended: bench/gpu_path.py splits a round trip with it."""
+
+    def forward(self, x):
+        t0 = time.perf_counter()
+        return x, torch.tensor([t0, time.perf_counter()], dtype=torch.float64)
+
+
 class Crashy(nn.Module):
     """Segfaults (a NULL write through ctypes) when the input's sum is negative."""
 

@@ -1,0 +1,31 @@
+// Busy-polling before blocking: a process that expects its next message within a few
+// microseconds (a job's reply, the next request of a busy client) can read it without
+// sleeping and being woken, which costs several microseconds per hop on an idle core.
+// SHOAL_SPIN_US (environment, read at first use; shoald's `spin_us` option sets it for
+// itself, its zygote and workers) bounds the polling after which every receiver blocks as
+// before; 0 or unset: no polling. Each wait spins at most that long, so an idle process
+// burns at most one budget per message it gets. Worth it only with spare cores.
+// Thread-safety: SpinBudget() may be called from any thread.
+#pragma once
+
+#include <chrono>
+
+namespace shoal {
+
+// The budget, from SHOAL_SPIN_US (0..10000 us; other values: 0).
+std::chrono::microseconds SpinBudget();
+
+// Sets the budget for this process and SHOAL_SPIN_US for the children it starts later
+// (setenv: call it while no other thread reads the environment).
+void SetSpinBudget(std::chrono::microseconds budget);
+
+// A pause instruction for busy-wait loops (less power, room for the sibling hyperthread).
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+}  // namespace shoal

@@ -1,0 +1,29 @@
+#include "supervisor/event_loop.h"
+
+#include "protocol/spin.h"
+
+namespace shoal {
+
+void RunSpinning(boost::asio::io_context& io, std::chrono::microseconds budget) {
+  if (budget.count() == 0) {
+    io.run();
+    return;
+  }
+  using Clock = std::chrono::steady_clock;
+  auto last = Clock::now();
+  while (!io.stopped()) {
+    if (io.poll() > 0) {  // epoll_wait with no timeout, then what is ready
+      last = Clock::now();
+      continue;
+    }
+    if (io.stopped()) break;  // no work left
+    if (Clock::now() - last < budget) {
+      CpuRelax();
+      continue;
+    }
+    io.run_one();  // sleeps until something is ready
+    last = Clock::now();
+  }
+}
+
+}  // namespace shoal
