@@ -4,6 +4,7 @@
 //   DTYPES                 ((name, itemsize, scalar_type, storage_class), ...): the dtype
 //                          table of protocol/dtypes.h, the only one
 //   default_socket_path()  where shoald listens by default (protocol/paths.h)
+//   spin_budget_us()       how long a receiver polls before it sleeps (protocol/spin.h)
 //
 // Thread-safety: called with the GIL held; the data is constant.
 #include <cstring>
@@ -12,6 +13,7 @@
 
 #include "protocol/dtypes.h"
 #include "protocol/paths.h"
+#include "protocol/spin.h"
 #include "python/native/native.h"
 
 namespace shoal_native {
@@ -70,6 +72,10 @@ PyObject* DefaultSocketPath(PyObject*, PyObject*) {
   return PyUnicode_DecodeFSDefault(shoal::DefaultSocketPath().c_str());
 }
 
+PyObject* SpinBudgetUs(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(static_cast<long long>(shoal::SpinBudget().count()));
+}
+
 PyObject* CheckSocketFolder(PyObject*, PyObject* args) {
   const char* path = nullptr;
   if (!PyArg_ParseTuple(args, "s", &path)) return nullptr;
@@ -95,6 +101,9 @@ PyMethodDef kMethods[] = {
     {"default_socket_path", DefaultSocketPath, METH_NOARGS,
      "default_socket_path() -> str: $SHOAL_SOCKET, else /run/shoal/shoal.sock for root, else "
      "$XDG_RUNTIME_DIR/shoal/shoal.sock, else /tmp/shoal-UID/shoal.sock"},
+    {"spin_budget_us", SpinBudgetUs, METH_NOARGS,
+     "spin_budget_us() -> int: microseconds a receiver polls before it sleeps ($SHOAL_SPIN_US, "
+     "0..10000; anything else: 0)"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyObject* DTypeTable() {

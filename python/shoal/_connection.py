@@ -50,14 +50,9 @@ _RECHECK_S = 0.25
 _FD_BYTES = 16 * array.array("i").itemsize  # fds one recvmsg takes (shoald sends at most 8 a frame)
 
 
-def _spin_budget():
-    """Seconds a reader polls for a reply before it sleeps: SHOAL_SPIN_US, as shoald and its
-    workers read it (protocol/spin.h; 0..10000 us, anything else: 0)."""
-    v = os.environ.get("SHOAL_SPIN_US", "")
-    return int(v) / 1e6 if v.isdigit() and int(v) <= 10000 else 0.0
-
-
-_SPIN_S = _spin_budget()
+# Seconds a reader polls for a reply before it sleeps: SHOAL_SPIN_US, read as shoald and its
+# workers read it (protocol/spin.h).
+_SPIN_S = _native.spin_budget_us() / 1e6
 _CLOEXEC = getattr(_socket, "MSG_CMSG_CLOEXEC", 0)
 
 

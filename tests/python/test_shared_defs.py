@@ -1,5 +1,5 @@
 """One definition, used by C++ and Python alike: the dtype table, the default socket path,
-the zip reader and the output encoder (issue 10). Each test shows that the Python side is
+the zip reader, the output encoder (issue 10) and the spin budget. Each test shows that the Python side is
 the C++ one, or behaves exactly like it."""
 import os
 import re
@@ -70,6 +70,18 @@ def test_the_default_socket_path_is_shoalds(env):
         assert got == "/run/user/1234/shoal/shoal.sock"
     else:
         assert got == f"/tmp/shoal-{os.geteuid()}/shoal.sock"
+
+
+# ---- the spin budget ---------------------------------------------------------------------
+@pytest.mark.parametrize("value,us", [("75", 75), ("10000", 10000), ("10001", 0), ("-5", 0), ("5us", 0),
+                                      ("", 0)])
+def test_the_python_client_polls_as_long_as_shoald_reads_shoal_spin_us(value, us):
+    code = "from shoal import _connection, _native; print(_native.spin_budget_us(), _connection._SPIN_S)"
+    full = dict(os.environ, PYTHONPATH=os.path.join(BUILD, "python"), SHOAL_SPIN_US=value)
+    native, client = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
+                                    check=True).stdout.split()
+    assert int(native) == us
+    assert float(client) == us / 1e6
 
 
 # ---- the zip reader ---------------------------------------------------------------------
