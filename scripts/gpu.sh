@@ -7,7 +7,7 @@
 # `scripts/gpu.sh run CMD ...` runs CMD (a benchmark) in the same environment, after test.
 # `scripts/gpu.sh bench quick|batching|paper`, after test (or build.sh): the open issues'
 # GPU-host figures, a set per device call (quick: the job path, ~4 min; batching: ResNet-50
-# with dynamic batching, ~5 min; paper: ResNet-50 on the host's CPUs, ~6 min), each
+# with dynamic batching under either worker executable, ~5 min; paper: ResNet-50 on the host's CPUs, ~6 min), each
 # benchmark under its own time limit (bench/README.md says what each means).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,12 +43,14 @@ case "${1:-}" in
       case "${2:-}" in
         quick)
           limited 90 "$PY" bench/gpu_path.py --runs 3 --jobs 2000
-          limited 120 "$PY" bench/roundtrip.py --runs 3 --iters 2000
+          limited 120 "$PY" bench/roundtrip.py --runs 3 --iters 2000 --spin-us 0,50
           limited 60 "$PY" bench/worker_python.py --runs 3 --jobs 200 ;;
-        batching)
-          for w in 2 3; do
-            limited 160 "$PY" bench/batching.py --model resnet50 --clients 32 --seconds 8 --device cuda --workers $w \
-              --only-on --max-delays 500,1000,2000
+        batching)  # the worker executables alternating, twice each (a run: ~50 s of export and load)
+          for i in 1 2; do
+            for wb in shoal-worker-py shoal-worker; do
+              limited 90 "$PY" bench/batching.py --model resnet50 --clients 32 --seconds 8 --device cuda --workers 2 \
+                --only-on --max-delays 2000 --shoald-args "--worker-binary $PWD/$SHOAL_BUILD_DIR/bin/$wb"
+            done
           done ;;
         paper) limited 420 "$PY" bench/paper.py --models resnet50 --slots 1,16 --seconds 10 ;;
         *) echo "usage: scripts/gpu.sh bench quick|batching|paper" >&2; exit 2 ;;
