@@ -103,12 +103,16 @@ Result<size_t> RecvSome(int sock, uint8_t* buf, size_t cap, std::vector<int>* fd
 }
 
 namespace {
-// Polls the socket without blocking for up to SpinBudget(): the bytes read, or 0 when
-// nothing came (then the caller blocks as before). EOF reads as an error here.
-Result<size_t> SpinRecv(int sock, uint8_t* buf, size_t cap, std::vector<int>* fds) {
+// Polls the socket without blocking for up to SpinBudget(), and not past `deadline`: the
+// bytes read, or 0 when nothing came (then the caller blocks, or times out, as before).
+// EOF reads as an error here.
+Result<size_t> SpinRecv(int sock, uint8_t* buf, size_t cap, std::vector<int>* fds,
+                        std::optional<std::chrono::steady_clock::time_point> deadline) {
   const auto budget = SpinBudget();
   if (budget.count() == 0) return size_t{0};
-  const auto until = std::chrono::steady_clock::now() + budget;
+  const auto now = std::chrono::steady_clock::now();
+  const auto until = deadline ? std::min(now + budget, *deadline) : now + budget;
+  if (until <= now) return size_t{0};  // a deadline already past: only what has come
   for (;;) {
     auto n = RecvSome(sock, buf, cap, fds, MSG_DONTWAIT);
     if (n.ok() && *n == 0) return Status(Code::kUnavailable, "connection closed by peer");
@@ -126,7 +130,7 @@ Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* f
     auto frame = reader->Next();
     if (!frame.ok()) return frame.status();
     if (frame->has_value()) return std::move(**frame);
-    auto spun = SpinRecv(sock, buf, sizeof(buf), fds);
+    auto spun = SpinRecv(sock, buf, sizeof(buf), fds, deadline);
     if (!spun.ok()) return spun.status();
     if (*spun > 0) {
       reader->Append(buf, *spun);

@@ -3,8 +3,9 @@
 // sleeping and being woken, which costs several microseconds per hop on an idle core.
 // SHOAL_SPIN_US (environment, read at first use; shoald's `spin_us` option sets it for
 // itself, its zygote and workers) bounds the polling after which every receiver blocks as
-// before; 0 or unset: no polling. Each wait spins at most that long, so an idle process
-// burns at most one budget per message it gets. Worth it only with spare cores.
+// before; 0 or unset: no polling. Each wait spins at most that long and never past the
+// wait's deadline, so an idle process burns about one budget per wake-up (a message, or a
+// client's periodic deadline check). Worth it only with spare cores.
 // Thread-safety: SpinBudget() may be called from any thread.
 #pragma once
 

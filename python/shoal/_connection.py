@@ -447,7 +447,7 @@ class Connection:
                     body = bytes(self._rbuf[4:4 + n])
                     del self._rbuf[:4 + n]
                     return body
-            got = self._spin() if _SPIN_S and not nowait else None
+            got = self._spin(deadline) if _SPIN_S and not nowait else None
             if got is not None:
                 chunk, ancdata = got
             elif nowait:
@@ -470,13 +470,21 @@ class Connection:
                 raise ConnectionError("shoald closed the connection")
             self._rbuf += chunk
 
-    def _spin(self):
-        """(chunk, ancdata) read within _SPIN_S without sleeping, or None (then block)."""
-        self._set_timeout(0.0)
-        until = time.monotonic() + _SPIN_S
+    def _spin(self, deadline):
+        """(chunk, ancdata) read within _SPIN_S (and before ``deadline``) without sleeping,
+        or None: then the caller blocks, or times out. MSG_DONTWAIT on a socket with no
+        timeout: a positive timeout would make Python poll before each recvmsg, and
+        switching to 0.0 and back would cost fcntl calls on every wait that ends blocking."""
+        now = time.monotonic()
+        until = now + _SPIN_S if deadline is None else min(now + _SPIN_S, deadline)
+        if until <= now:
+            return None
+        if self._timeout is not None and self._timeout != 0.0:
+            self._set_timeout(None)
         while True:
             try:
-                chunk, ancdata, _, _ = self._sock.recvmsg(1 << 16, _socket.CMSG_SPACE(_FD_BYTES), _CLOEXEC)
+                chunk, ancdata, _, _ = self._sock.recvmsg(1 << 16, _socket.CMSG_SPACE(_FD_BYTES),
+                                                           _CLOEXEC | _socket.MSG_DONTWAIT)
                 return chunk, ancdata
             except BlockingIOError:
                 if time.monotonic() >= until:

@@ -3,8 +3,11 @@ the zip reader, the output encoder (issue 10) and the spin budget. Each test sho
 the C++ one, or behaves exactly like it."""
 import os
 import re
+import socket
+import struct
 import subprocess
 import sys
+import time
 import zipfile
 
 import pytest
@@ -82,6 +85,25 @@ def test_the_python_client_polls_as_long_as_shoald_reads_shoal_spin_us(value, us
                                     check=True).stdout.split()
     assert int(native) == us
     assert float(client) == us / 1e6
+
+
+def test_the_python_client_does_not_poll_past_a_deadline(monkeypatch):
+    from shoal import _connection
+    monkeypatch.setattr(_connection, "_SPIN_S", 0.01)  # the largest budget, 10 ms
+    a, b = socket.socketpair()
+    conn = _connection.Connection(a, "test")
+    try:
+        t0 = time.monotonic()
+        for _ in range(20):  # 200 ms if each read polled its budget
+            with pytest.raises(socket.timeout):
+                conn._recv_frame(t0 - 1)
+        assert time.monotonic() - t0 < 0.1
+        b.sendall(struct.pack("<I", 2) + b"ok")
+        assert conn._recv_frame(None) == b"ok"  # read by polling, on a socket without a timeout
+        assert conn._timeout is None
+    finally:
+        a.close()
+        b.close()
 
 
 # ---- the zip reader ---------------------------------------------------------------------
