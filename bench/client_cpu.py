@@ -1,0 +1,78 @@
+"""The Python client's own CPU time a job (time.process_time of the client process), beside
+the round trip's wall time: what the client's Python costs, with the waiting left out.
+
+One command (after scripts/build.sh):
+    /usr/bin/python3 bench/client_cpu.py [--runs 5] [--jobs 2000]
+
+Starts shoald (1 worker) with the identity model; one client, one job at a time, a 4 KiB
+input in the client's arena (c.empty) and an ordinary tensor (copied into it per job).
+Medians over --runs runs. CPU time is less noisy than wall time on shared machines, so a
+change to the client's Python shows here when the round trip's spread would hide it.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUILD = os.environ.get("SHOAL_BUILD_DIR", os.path.join(HERE, "..", "build"))
+sys.path.insert(0, os.path.join(BUILD, "python"))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "models"))
+
+import torch  # noqa: E402
+
+import shoal  # noqa: E402
+import shoal_test_models  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--jobs", type=int, default=2000)
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="shoal-client-cpu-")
+    archive = shoal.export(shoal_test_models.Identity(), os.path.join(tmp, "identity.pt"))
+    sock = os.path.join(tmp, "shoal.sock")
+    log = open(os.path.join(tmp, "shoald.log"), "w")
+    daemon = subprocess.Popen([os.path.join(BUILD, "bin", "shoald"), "--socket", sock, "--workers", "1",
+                               "--model", f"identity={archive}"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(300):
+            try:
+                c = shoal.Client(sock)
+                if c.models()[0]["ready"]:
+                    break
+            except shoal.Error:
+                pass
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"shoald did not get ready: see {log.name}")
+        arena_input = c.empty((1024,))
+        arena_input.fill_(1.0)
+        inputs = {"4 KiB in the client's arena": arena_input, "4 KiB ordinary tensor (one copy)": torch.ones(1024)}
+        for x in inputs.values():
+            for _ in range(args.jobs // 4):
+                c.infer("identity", x)
+        results = {name: [] for name in inputs}
+        for _ in range(args.runs):
+            for name, x in inputs.items():
+                cpu, wall = time.process_time(), time.perf_counter()
+                for _ in range(args.jobs):
+                    c.infer("identity", x)
+                results[name].append(((time.process_time() - cpu) / args.jobs * 1e6,
+                                      (time.perf_counter() - wall) / args.jobs * 1e6))
+    finally:
+        daemon.terminate()
+        daemon.wait()
+    print(f"runs={args.runs} jobs={args.jobs} cpus={os.cpu_count()} torch={torch.__version__}")
+    print("| input | client CPU a job (us) | round trip a job (us) |")
+    print("|---|---|---|")
+    for name, runs in results.items():
+        print(f"| {name} | {statistics.median(r[0] for r in runs):.1f} | {statistics.median(r[1] for r in runs):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
