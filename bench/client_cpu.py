@@ -4,15 +4,15 @@ the round trip's wall time: what the client's Python costs, with the waiting lef
 One command (after scripts/build.sh):
     /usr/bin/python3 bench/client_cpu.py [--runs 5] [--jobs 2000]
 
-Starts shoald (1 worker) with the identity model; one client, one job at a time, a 4 KiB
-input in the client's arena (c.empty) and an ordinary tensor (copied into it per job).
+Starts shoald as bench/gpu.py does (1 worker, no GPUs) and loads the identity model; one
+client, one job at a time, a 4 KiB input in the client's arena (c.empty) and an ordinary
+tensor (copied into it per job).
 Medians over --runs runs. CPU time is less noisy than wall time on shared machines, so a
 change to the client's Python shows here when the round trip's spread would hide it.
 """
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,11 +21,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.environ.get("SHOAL_BUILD_DIR", os.path.join(HERE, "..", "build"))
 sys.path.insert(0, os.path.join(BUILD, "python"))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "models"))
+sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
 
 import shoal  # noqa: E402
 import shoal_test_models  # noqa: E402
+from gpu import Daemon  # noqa: E402  (bench/gpu.py's shoald, started and stopped)
 
 
 def main():
@@ -35,21 +37,10 @@ def main():
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="shoal-client-cpu-")
     archive = shoal.export(shoal_test_models.Identity(), os.path.join(tmp, "identity.pt"))
-    sock = os.path.join(tmp, "shoal.sock")
-    log = open(os.path.join(tmp, "shoald.log"), "w")
-    daemon = subprocess.Popen([os.path.join(BUILD, "bin", "shoald"), "--socket", sock, "--workers", "1",
-                               "--model", f"identity={archive}"], stdout=log, stderr=subprocess.STDOUT)
+    daemon = Daemon(1, tmp, "cpu")
     try:
-        for _ in range(300):
-            try:
-                c = shoal.Client(sock)
-                if c.models()[0]["ready"]:
-                    break
-            except shoal.Error:
-                pass
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"shoald did not get ready: see {log.name}")
+        c = shoal.Client(daemon.socket)
+        c.load("identity", archive)
         arena_input = c.empty((1024,))
         arena_input.fill_(1.0)
         inputs = {"4 KiB in the client's arena": arena_input, "4 KiB ordinary tensor (one copy)": torch.ones(1024)}
@@ -65,8 +56,7 @@ def main():
                 results[name].append(((time.process_time() - cpu) / args.jobs * 1e6,
                                       (time.perf_counter() - wall) / args.jobs * 1e6))
     finally:
-        daemon.terminate()
-        daemon.wait()
+        daemon.stop()
     print(f"runs={args.runs} jobs={args.jobs} cpus={os.cpu_count()} torch={torch.__version__}")
     print("| input | client CPU a job (us) | round trip a job (us) |")
     print("|---|---|---|")

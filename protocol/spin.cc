@@ -13,7 +13,7 @@ std::chrono::microseconds FromEnvironment() {
   if (v == nullptr || *v == '\0') return std::chrono::microseconds(0);
   char* end = nullptr;
   long us = std::strtol(v, &end, 10);
-  if (*end != '\0' || us < 0 || us > 10000) return std::chrono::microseconds(0);
+  if (*end != '\0' || us < 0 || us > kMaxSpinUs) return std::chrono::microseconds(0);
   return std::chrono::microseconds(us);
 }
 

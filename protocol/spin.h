@@ -10,10 +10,14 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 
 namespace shoal {
 
-// The budget, from SHOAL_SPIN_US (0..10000 us; other values: 0).
+// The largest budget, in microseconds (SHOAL_SPIN_US and shoald's spin_us).
+constexpr int64_t kMaxSpinUs = 10000;
+
+// The budget, from SHOAL_SPIN_US (0..kMaxSpinUs; other values: 0).
 std::chrono::microseconds SpinBudget();
 
 // Sets the budget for this process and SHOAL_SPIN_US for the children it starts later

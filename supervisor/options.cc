@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "http/listen_address.h"
+#include "protocol/spin.h"
 
 namespace shoal {
 
@@ -204,7 +205,7 @@ std::vector<Option> MakeTable() {
                         "shoald and its workers poll for the next message this long before they sleep "
                         "(clients: SHOAL_SPIN_US in their environment): fewer wake-ups a job where cores "
                         "are idle, a core kept busy that long after each message (0: SHOAL_SPIN_US, else never)",
-                        0, 10000),
+                        0, kMaxSpinUs),
       Make<&C::worker_binary>("worker_binary", K::kText, "PATH", kRestart, "the worker executable", 0, 0,
                               "shoal-worker-py next to shoald for one interpreter, else shoal-worker"),
   };

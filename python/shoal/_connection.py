@@ -48,6 +48,7 @@ ANSWER_MARGIN_S = 2.0
 # How often the reader looks at the deadlines of jobs nobody waits for (see _expire_overdue).
 _RECHECK_S = 0.25
 _FD_BYTES = 16 * array.array("i").itemsize  # fds one recvmsg takes (shoald sends at most 8 a frame)
+_ANC_SPACE = _socket.CMSG_SPACE(_FD_BYTES)  # recvmsg's room for them
 
 
 # Seconds a reader polls for a reply before it sleeps: SHOAL_SPIN_US, read as shoald and its
@@ -460,7 +461,7 @@ class Connection:
                     raise _socket.timeout()
                 self._set_timeout(left)
             if got is None:
-                chunk, ancdata, _, _ = self._sock.recvmsg(1 << 16, _socket.CMSG_SPACE(_FD_BYTES), _CLOEXEC)
+                chunk, ancdata, _, _ = self._sock.recvmsg(1 << 16, _ANC_SPACE, _CLOEXEC)
             for level, kind, payload in ancdata:  # output arenas' fds, claimed by their answers
                 if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
                     fds = array.array("i")
@@ -483,8 +484,7 @@ class Connection:
             self._set_timeout(None)
         while True:
             try:
-                chunk, ancdata, _, _ = self._sock.recvmsg(1 << 16, _socket.CMSG_SPACE(_FD_BYTES),
-                                                           _CLOEXEC | _socket.MSG_DONTWAIT)
+                chunk, ancdata, _, _ = self._sock.recvmsg(1 << 16, _ANC_SPACE, _CLOEXEC | _socket.MSG_DONTWAIT)
                 return chunk, ancdata
             except BlockingIOError:
                 if time.monotonic() >= until:
