@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "models"))
 import torch  # noqa: E402
 
 import shoal  # noqa: E402
-from shoal import _connection  # noqa: E402
+from shoal import _native  # noqa: E402
 import shoal_test_models  # noqa: E402
 
 
@@ -119,7 +119,7 @@ def main():
                 with torch.inference_mode():
                     results["in-process"].append(time_calls(lambda: model(x), args.iters))
                 for spin, (_, sock, c) in daemons.items():
-                    _connection._SPIN_S = spin / 1e6  # the Python client's own polling, as its env would set
+                    _native.set_spin_budget_us(spin)  # the Python client's own polling, as its env would set
                     results[("py", spin)].append(time_calls(lambda: c.infer("identity", xs[spin]), args.iters))
                     out = subprocess.run([os.path.join(BUILD, "bin", "bench_roundtrip"), sock, "identity",
                                           str(nbytes), str(args.iters)], capture_output=True, text=True, check=True,

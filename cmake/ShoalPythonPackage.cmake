@@ -12,7 +12,7 @@ endforeach()
 add_custom_target(shoal_python ALL DEPENDS ${_shoal_py_outputs})
 
 Python3_add_library(shoal_native MODULE python/native/native.cc python/native/arena.cc
-  python/native/archive.cc python/native/output.cc python/native/writer.cc python/native/gpu_memory.cc
+  python/native/archive.cc python/native/output.cc python/native/writer.cc python/native/reader.cc python/native/gpu_memory.cc
   python/native/dlpack.cc)
 target_link_libraries(shoal_native PRIVATE shoal_core)
 target_compile_options(shoal_native PRIVATE -Wall -Wextra -Wno-missing-field-initializers)  # CPython type objects

@@ -4,9 +4,12 @@
 //   DTYPES                 ((name, itemsize, scalar_type, storage_class), ...): the dtype
 //                          table of protocol/dtypes.h, the only one
 //   default_socket_path()  where shoald listens by default (protocol/paths.h)
-//   spin_budget_us()       how long a receiver polls before it sleeps (protocol/spin.h)
+//   spin_budget_us()       how long a receiver polls before it sleeps (protocol/spin.h);
+//   set_spin_budget_us(us) sets it (benchmarks)
 //
-// Thread-safety: called with the GIL held; the data is constant.
+// Thread-safety: called with the GIL held; the data is constant (set_spin_budget_us: call it
+// while no client reads).
+#include <chrono>
 #include <cstring>
 #include <iterator>
 #include <string>
@@ -76,6 +79,17 @@ PyObject* SpinBudgetUs(PyObject*, PyObject*) {
   return PyLong_FromLongLong(static_cast<long long>(shoal::SpinBudget().count()));
 }
 
+PyObject* SetSpinBudgetUs(PyObject*, PyObject* args) {
+  long long us;
+  if (!PyArg_ParseTuple(args, "L", &us)) return nullptr;
+  if (us < 0 || us > shoal::kMaxSpinUs) {
+    return PyErr_Format(PyExc_ValueError, "spin budget %lld us: must be 0..%lld", us,
+                        static_cast<long long>(shoal::kMaxSpinUs));
+  }
+  shoal::SetSpinBudget(std::chrono::microseconds(us));
+  Py_RETURN_NONE;
+}
+
 PyObject* CheckSocketFolder(PyObject*, PyObject* args) {
   const char* path = nullptr;
   if (!PyArg_ParseTuple(args, "s", &path)) return nullptr;
@@ -104,6 +118,9 @@ PyMethodDef kMethods[] = {
     {"spin_budget_us", SpinBudgetUs, METH_NOARGS,
      "spin_budget_us() -> int: microseconds a receiver polls before it sleeps ($SHOAL_SPIN_US, "
      "0..10000; anything else: 0)"},
+    {"set_spin_budget_us", SetSpinBudgetUs, METH_VARARGS,
+     "set_spin_budget_us(us): this process's budget (0..10000), and SHOAL_SPIN_US for the children it "
+     "starts (a benchmark comparing budgets in one process)"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyObject* DTypeTable() {
@@ -137,7 +154,7 @@ bool AddSharedDefs(PyObject* m) {
 namespace {
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "shoal._native",
                           "shoal's C++ shared with Python: arenas, dtypes, socket path, archive reader, "
-                          "output encoder, the client's writer",
+                          "output encoder, the client's writer and reader",
                           -1, nullptr, nullptr, nullptr, nullptr, nullptr};
 }  // namespace
 
@@ -145,7 +162,7 @@ PyMODINIT_FUNC PyInit__native() {
   PyObject* m = PyModule_Create(&module_def);
   if (m == nullptr) return nullptr;
   if (!shoal_native::AddArenaTypes(m) || !shoal_native::AddSharedDefs(m) || !shoal_native::AddArchiveReader(m) ||
-      !shoal_native::AddOutputEncoder(m) || !shoal_native::AddClientWriter(m) || !shoal_native::AddGpuMemoryType(m) || !shoal_native::AddDlpack(m)) {
+      !shoal_native::AddOutputEncoder(m) || !shoal_native::AddClientWriter(m) || !shoal_native::AddFrameReader(m) || !shoal_native::AddGpuMemoryType(m) || !shoal_native::AddDlpack(m)) {
     Py_DECREF(m);
     return nullptr;
   }

@@ -48,6 +48,7 @@ bool AddSharedDefs(PyObject* module);    // shared_defs.cc: DTYPES, default_sock
 bool AddArchiveReader(PyObject* module); // archive.cc: read_archive, ZipError
 bool AddOutputEncoder(PyObject* module); // output.cc: encode_reply, OutputError
 bool AddClientWriter(PyObject* module);  // writer.cc: ClientWriter
+bool AddFrameReader(PyObject* module);   // reader.cc: FrameReader
 bool AddGpuMemoryType(PyObject* module); // gpu_memory.cc: GpuMemory
 bool AddDlpack(PyObject* module);        // dlpack.cc: byte_capsule
 

@@ -28,7 +28,6 @@ Thread-safety: ``submit``, ``Job`` methods and ``close`` may be called from any 
 Done-callbacks run on the reading thread; one that submits and waits reads on that thread
 (the role is re-entered), but a callback that blocks on another thread's request deadlocks.
 """
-import array
 import concurrent.futures as cf
 import os
 import socket as _socket
@@ -47,14 +46,6 @@ _HEADER = struct.Struct("<I")
 ANSWER_MARGIN_S = 2.0
 # How often the reader looks at the deadlines of jobs nobody waits for (see _expire_overdue).
 _RECHECK_S = 0.25
-_FD_BYTES = 16 * array.array("i").itemsize  # fds one recvmsg takes (shoald sends at most 8 a frame)
-_ANC_SPACE = _socket.CMSG_SPACE(_FD_BYTES)  # recvmsg's room for them
-
-
-# Seconds a reader polls for a reply before it sleeps: SHOAL_SPIN_US, read as shoald and its
-# workers read it (protocol/spin.h).
-_SPIN_S = _native.spin_budget_us() / 1e6
-_CLOEXEC = getattr(_socket, "MSG_CMSG_CLOEXEC", 0)
 
 
 class Job:
@@ -139,9 +130,10 @@ class Connection:
         self._sock = sock
         self.writer = _native.ClientWriter(sock.fileno())  # every frame we send, releases too
         self.out_arenas = {}  # arena id -> _native.Arena a worker owns (results). Reading role only
-        self._rbuf = bytearray()  # received bytes not yet part of a whole frame. Reading role only
-        self._fds = []            # received fds not yet claimed by a reply, oldest first. Reading role only
-        self._timeout = None      # the socket's current timeout. Reading role only
+        # Frames and the fds that came with them, read as the C++ client reads them (polling
+        # SHOAL_SPIN_US first, protocol/spin.h). Reading role only
+        sock.setblocking(True)
+        self._frames = _native.FrameReader(sock.fileno())
         self._mu = threading.Lock()
         self._cv = threading.Condition(self._mu)  # waiters and the pump sleep here
         self._jobs = {}           # id -> Job whose reply has not been read. GUARDED_BY(_mu)
@@ -391,12 +383,14 @@ class Connection:
     def _take_arenas(self, reply):
         """Maps the output arenas an answer introduces (their fds came with it, in order)."""
         announced = reply.get("new_arenas", ())
-        if len(self._fds) < len(announced):
-            raise errors.InternalError(f"shoald announced {len(announced)} output arenas with {len(self._fds)} fds")
+        if not announced:
+            return
+        held = self._frames.fds_held()
+        if held < len(announced):
+            raise errors.InternalError(f"shoald announced {len(announced)} output arenas with {held} fds")
         # Every fd of this reply is taken first: one that cannot be mapped must not shift
         # the next reply's fds.
-        fds = self._fds[:len(announced)]
-        del self._fds[:len(announced)]
+        fds = self._frames.take_fds(len(announced))
         failed = None
         for a, fd in zip(announced, fds):
             try:
@@ -438,62 +432,12 @@ class Connection:
             walk(reply["outputs"])
 
     def _recv_frame(self, deadline, nowait=False):
-        """The next frame's body; socket.timeout past ``deadline`` (None: no limit), or
-        BlockingIOError when ``nowait`` and nothing is there. A frame read in part stays
-        for the next call."""
-        while True:
-            if len(self._rbuf) >= 4:
-                (n,) = _HEADER.unpack_from(self._rbuf)
-                if len(self._rbuf) >= 4 + n:
-                    body = bytes(self._rbuf[4:4 + n])
-                    del self._rbuf[:4 + n]
-                    return body
-            got = self._spin(deadline) if _SPIN_S and not nowait else None
-            if got is not None:
-                chunk, ancdata = got
-            elif nowait:
-                self._set_timeout(0.0)
-            elif deadline is None:
-                self._set_timeout(None)
-            else:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _socket.timeout()
-                self._set_timeout(left)
-            if got is None:
-                chunk, ancdata, _, _ = self._sock.recvmsg(1 << 16, _ANC_SPACE, _CLOEXEC)
-            for level, kind, payload in ancdata:  # output arenas' fds, claimed by their answers
-                if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                    fds = array.array("i")
-                    fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
-                    self._fds.extend(fds)
-            if not chunk:
-                raise ConnectionError("shoald closed the connection")
-            self._rbuf += chunk
-
-    def _spin(self, deadline):
-        """(chunk, ancdata) read within _SPIN_S (and before ``deadline``) without sleeping,
-        or None: then the caller blocks, or times out. MSG_DONTWAIT on a socket with no
-        timeout: a positive timeout would make Python poll before each recvmsg, and
-        switching to 0.0 and back would cost fcntl calls on every wait that ends blocking."""
-        now = time.monotonic()
-        until = now + _SPIN_S if deadline is None else min(now + _SPIN_S, deadline)
-        if until <= now:
-            return None
-        if self._timeout is not None and self._timeout != 0.0:
-            self._set_timeout(None)
-        while True:
-            try:
-                chunk, ancdata, _, _ = self._sock.recvmsg(1 << 16, _ANC_SPACE, _CLOEXEC | _socket.MSG_DONTWAIT)
-                return chunk, ancdata
-            except BlockingIOError:
-                if time.monotonic() >= until:
-                    return None
-
-    def _set_timeout(self, t):
-        if t != self._timeout:  # settimeout costs system calls: only when it changes
-            self._sock.settimeout(t)
-            self._timeout = t
+        """The next frame's body; TimeoutError (socket.timeout) past ``deadline`` (None: no
+        limit) or at once when ``nowait`` and no whole frame has come. A frame read in part
+        stays for the next call."""
+        if nowait or deadline is None:
+            return self._frames.read(0 if nowait else None)
+        return self._frames.read(deadline - time.monotonic())  # <= 0: only what has come
 
     def _read_parting(self):
         """After a failed send: reads what shoald sent before it hung up (answers, and an
@@ -506,7 +450,7 @@ class Connection:
             while True:
                 try:
                     body = self._recv_frame(None, nowait=True)
-                except BlockingIOError:
+                except TimeoutError:
                     return
                 except (OSError, ConnectionError) as e:
                     self._connection_lost(e)
@@ -566,9 +510,7 @@ class Connection:
                     self._sleeping -= 1
         self._connection_lost(ConnectionError("closed by this client"))
         self._sock.close()
-        for fd in self._fds:
-            os.close(fd)
-        self._fds.clear()
+        self._frames.close_fds()
 
 
 def _earliest(*times):

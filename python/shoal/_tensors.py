@@ -42,10 +42,9 @@ def extent(shape, strides, itemsize):
 
 
 def storage_ptr(t):
-    """Address of the start of a tensor's storage (torch 1.13 and 2.x)."""
-    if hasattr(t, "untyped_storage"):
-        return t.untyped_storage().data_ptr()
-    return t.storage().data_ptr()
+    """Address of the start of a tensor's storage (torch 1.13 and 2.x), from the tensor's own
+    address: making a storage object costs more than the rest of a request's description."""
+    return t.data_ptr() - t.storage_offset() * t.element_size()
 
 
 def view(buffer, base_offset, desc):
@@ -55,13 +54,14 @@ def view(buffer, base_offset, desc):
     dtype = DTYPES[name]
     shape, strides = desc["shape"], desc["strides"]
     itemsize = ITEMSIZE[name]
-    nbytes = extent(shape, strides, itemsize)
+    flat_1d = len(shape) == 1 and strides[0] == 1
+    nbytes = shape[0] * itemsize if flat_1d else extent(shape, strides, itemsize)
     if nbytes == 0:
         return torch.empty(shape, dtype=dtype)
     # Arena and Block buffers are writable, so frombuffer does not warn (or copy).
     flat = torch.frombuffer(buffer, dtype=dtype, count=nbytes // itemsize,
                             offset=desc["offset"] - base_offset)
-    if len(shape) == 1 and strides[0] == 1:
+    if flat_1d:
         return flat
     if list(strides) == contiguous_strides(shape):
         return flat.view(shape)

@@ -263,7 +263,7 @@ class Client:
             x = torch.from_numpy(np.ascontiguousarray(x) if x.dtype.byteorder == ">" else x)
         if not isinstance(x, torch.Tensor):
             raise errors.BadRequest(f"inputs must be torch tensors or numpy arrays, not {type(x).__name__}")
-        ordinal = self._gpu_ordinal(x.device)
+        ordinal = -1 if x.is_cpu else x.get_device() if x.is_cuda else self._gpu_ordinal(x.device)
         dtype = _tensors.dtype_name(x.dtype)
         found = self._find_block(x) if x.numel() > 0 else None
         if found is not None:

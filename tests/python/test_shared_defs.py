@@ -1,5 +1,5 @@
 """One definition, used by C++ and Python alike: the dtype table, the default socket path,
-the zip reader, the output encoder (issue 10) and the spin budget. Each test shows that the Python side is
+the zip reader, the output encoder (issue 10), the spin budget and the client's frame reader. Each test shows that the Python side is
 the C++ one, or behaves exactly like it."""
 import os
 import re
@@ -75,21 +75,80 @@ def test_the_default_socket_path_is_shoalds(env):
         assert got == f"/tmp/shoal-{os.geteuid()}/shoal.sock"
 
 
-# ---- the spin budget ---------------------------------------------------------------------
+# ---- the spin budget and the frame reader -----------------------------------------------
 @pytest.mark.parametrize("value,us", [("75", 75), ("10000", 10000), ("10001", 0), ("-5", 0), ("5us", 0),
                                       ("", 0)])
-def test_the_python_client_polls_as_long_as_shoald_reads_shoal_spin_us(value, us):
-    code = "from shoal import _connection, _native; print(_native.spin_budget_us(), _connection._SPIN_S)"
+def test_the_python_client_reads_shoal_spin_us_as_shoald_does(value, us):
+    code = "from shoal import _native; print(_native.spin_budget_us())"
     full = dict(os.environ, PYTHONPATH=os.path.join(BUILD, "python"), SHOAL_SPIN_US=value)
-    native, client = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
-                                    check=True).stdout.split()
-    assert int(native) == us
-    assert float(client) == us / 1e6
+    got = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert int(got) == us
 
 
-def test_the_python_client_does_not_poll_past_a_deadline(monkeypatch):
+@pytest.fixture
+def spin_budget():
+    """Sets this process's budget (and restores it): the Python client reads frames through
+    the C++ client's RecvFrame, which polls that long."""
+    before = _native.spin_budget_us()
+    yield _native.set_spin_budget_us
+    _native.set_spin_budget_us(before)
+
+
+def _voluntary_switches():
+    with open("/proc/thread-self/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches in /proc/thread-self/status")
+
+
+# The peer: another process, started before and running (busy-waiting) when the frame goes.
+_PEER = """
+import os, socket, struct, sys, time
+sock = socket.socket(fileno=int(sys.argv[1]))
+print("ready", flush=True)
+sys.stdin.read(1)
+until = time.perf_counter() + float(sys.argv[2])
+while time.perf_counter() < until:
+    pass
+sock.sendall(struct.pack("<I", 2) + b"ok")
+"""
+
+
+def _switches_reading_a_frame_sent_after(delay_s):
+    """The reading thread's voluntary context switches while it reads one frame that another
+    process (busy-waiting, so it is running) sends ``delay_s`` after the read began."""
     from shoal import _connection
-    monkeypatch.setattr(_connection, "_SPIN_S", 0.01)  # the largest budget, 10 ms
+    a, b = socket.socketpair()
+    conn = _connection.Connection(a, "test")
+    peer = subprocess.Popen([sys.executable, "-c", _PEER, str(b.fileno()), str(delay_s)], pass_fds=[b.fileno()],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert peer.stdout.readline() == "ready\n"
+        before = _voluntary_switches()
+        os.write(peer.stdin.fileno(), b"g")
+        body = conn._recv_frame(None)
+        after = _voluntary_switches()
+        assert body == b"ok"
+        return after - before
+    finally:
+        peer.stdin.close()
+        peer.wait()
+        conn.close()
+        b.close()
+
+
+def test_the_python_client_polls_for_a_reply_before_it_sleeps(spin_budget):
+    spin_budget(10000)  # a frame 2 ms away comes within the budget: read without sleeping
+    assert min(_switches_reading_a_frame_sent_after(0.002) for _ in range(3)) == 0
+    spin_budget(0)      # no budget: the reader sleeps until the frame comes
+    assert min(_switches_reading_a_frame_sent_after(0.002) for _ in range(3)) >= 1
+
+
+def test_the_python_client_does_not_poll_past_a_deadline(spin_budget):
+    from shoal import _connection
+    spin_budget(10000)  # the largest budget, 10 ms
     a, b = socket.socketpair()
     conn = _connection.Connection(a, "test")
     try:
@@ -98,12 +157,36 @@ def test_the_python_client_does_not_poll_past_a_deadline(monkeypatch):
             with pytest.raises(socket.timeout):
                 conn._recv_frame(t0 - 1)
         assert time.monotonic() - t0 < 0.1
-        b.sendall(struct.pack("<I", 2) + b"ok")
-        assert conn._recv_frame(None) == b"ok"  # read by polling, on a socket without a timeout
-        assert conn._timeout is None
+        b.sendall(struct.pack("<I", 2) + b"o")  # half a frame stays for the next read
+        with pytest.raises(socket.timeout):
+            conn._recv_frame(time.monotonic() + 0.02)
+        b.sendall(b"k")
+        assert conn._recv_frame(None) == b"ok"
     finally:
-        a.close()
+        conn.close()
         b.close()
+
+
+def test_the_python_client_takes_the_fds_that_came_with_frames():
+    from shoal import _connection
+    a, b = socket.socketpair()
+    conn = _connection.Connection(a, "test")
+    r, w = os.pipe()
+    try:
+        socket.send_fds(b, [struct.pack("<I", 1) + b"x"], [r, w])
+        assert conn._recv_frame(None) == b"x"
+        assert conn._frames.fds_held() == 2
+        got = conn._frames.take_fds(1)
+        assert len(got) == 1 and os.fstat(got[0]).st_ino == os.fstat(r).st_ino
+        os.close(got[0])
+        with pytest.raises(ValueError):
+            conn._frames.take_fds(2)
+    finally:
+        conn.close()  # closes the fd not taken
+        b.close()
+        os.close(r)
+        os.close(w)
+    assert conn._frames.fds_held() == 0
 
 
 # ---- the zip reader ---------------------------------------------------------------------
