@@ -68,7 +68,10 @@ Result<size_t> SendSome(int sock, std::string_view data, const std::vector<int>&
   return static_cast<size_t>(n);
 }
 
-Result<size_t> RecvSome(int sock, uint8_t* buf, size_t cap, std::vector<int>* fds, int flags) {
+namespace {
+// One recvmsg (RecvSome); a signal during it retries, or with `interrupted` sets
+// *interrupted and returns 0 bytes.
+Result<size_t> RecvOnce(int sock, uint8_t* buf, size_t cap, std::vector<int>* fds, int flags, bool* interrupted) {
   struct iovec iov;
   iov.iov_base = buf;
   iov.iov_len = cap;
@@ -82,6 +85,10 @@ Result<size_t> RecvSome(int sock, uint8_t* buf, size_t cap, std::vector<int>* fd
   ssize_t n;
   do {
     n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | flags);
+    if (n < 0 && errno == EINTR && interrupted != nullptr) {
+      *interrupted = true;
+      return size_t{0};
+    }
   } while (n < 0 && errno == EINTR);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return Status(Code::kUnavailable, "would block");
@@ -100,6 +107,11 @@ Result<size_t> RecvSome(int sock, uint8_t* buf, size_t cap, std::vector<int>* fd
                               std::to_string(kMaxFdsPerFrame) + ")");
   }
   return static_cast<size_t>(n);
+}
+}  // namespace
+
+Result<size_t> RecvSome(int sock, uint8_t* buf, size_t cap, std::vector<int>* fds, int flags) {
+  return RecvOnce(sock, buf, cap, fds, flags, nullptr);
 }
 
 namespace {
@@ -121,10 +133,10 @@ Result<size_t> SpinRecv(int sock, uint8_t* buf, size_t cap, std::vector<int>* fd
     CpuRelax();
   }
 }
-}  // namespace
 
-Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* fds,
-                              std::optional<std::chrono::steady_clock::time_point> deadline) {
+// RecvFrame; with `interrupted`, a signal ends the wait (*interrupted set, an empty body).
+Result<std::string> ReadFrame(int sock, FrameReader* reader, std::vector<int>* fds,
+                              std::optional<std::chrono::steady_clock::time_point> deadline, bool* interrupted) {
   uint8_t buf[64 * 1024];
   for (;;) {
     auto frame = reader->Next();
@@ -142,6 +154,10 @@ Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* f
       if (left.count() > 0) {
         struct pollfd p = {sock, POLLIN, 0};
         int r = poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), INT32_MAX)));
+        if (r < 0 && errno == EINTR && interrupted != nullptr) {
+          *interrupted = true;
+          return std::string();
+        }
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) return Status::FromErrno("poll", errno);
         if (r == 0) return Status(Code::kTimeout, "no answer before the deadline");
@@ -149,7 +165,8 @@ Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* f
         flags = MSG_DONTWAIT;  // past the deadline: only what has come (one call, no poll)
       }
     }
-    auto n = RecvSome(sock, buf, sizeof(buf), fds, flags);
+    auto n = RecvOnce(sock, buf, sizeof(buf), fds, flags, interrupted);
+    if (interrupted != nullptr && *interrupted) return std::string();
     if (!n.ok() && flags != 0 && n.status().code() == Code::kUnavailable) {
       return Status(Code::kTimeout, "no answer before the deadline");
     }
@@ -157,6 +174,19 @@ Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* f
     if (*n == 0) return Status(Code::kUnavailable, "connection closed by peer");
     reader->Append(buf, *n);
   }
+}
+}  // namespace
+
+Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* fds,
+                              std::optional<std::chrono::steady_clock::time_point> deadline) {
+  return ReadFrame(sock, reader, fds, deadline, nullptr);
+}
+
+Result<std::string> RecvFrameUntilSignal(int sock, FrameReader* reader, std::vector<int>* fds,
+                                         std::optional<std::chrono::steady_clock::time_point> deadline,
+                                         bool* interrupted) {
+  *interrupted = false;
+  return ReadFrame(sock, reader, fds, deadline, interrupted);
 }
 
 void CloseAll(std::vector<int>* fds) {

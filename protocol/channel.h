@@ -38,6 +38,14 @@ class FrameReader;
 Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* fds,
                               std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt);
 
+// RecvFrame for a caller that must act on signals while it waits (the Python client, whose
+// Ctrl-C handler runs only once the wait returns): a signal that interrupts the wait
+// returns an empty body with *interrupted set; bytes read so far stay in *reader, so the
+// caller handles the signal and calls again.
+Result<std::string> RecvFrameUntilSignal(int sock, FrameReader* reader, std::vector<int>* fds,
+                                         std::optional<std::chrono::steady_clock::time_point> deadline,
+                                         bool* interrupted);
+
 void CloseAll(std::vector<int>* fds);
 
 }  // namespace shoal

@@ -11,7 +11,8 @@
 //   reader.take_fds(n)       -> the n oldest of them (a list of ints; the caller owns them)
 //   reader.close_fds()       -> closes those not taken
 // Thread-safety: one thread reads at a time (the connection's reading role); a mutex keeps
-// a second from corrupting the buffer. read releases the GIL while it waits.
+// a second from corrupting the buffer. read releases the GIL while it waits, and runs the
+// Python signal handlers when a signal interrupts the wait (Ctrl-C stops a waiting client).
 #include <chrono>
 #include <mutex>
 #include <optional>
@@ -64,13 +65,18 @@ PyObject* FrameReader_read(FrameReaderObject* self, PyObject* args) {
                                          std::chrono::duration<double>(s));
   }
   shoal::Result<std::string> body = shoal::Status::Ok();
-  Py_BEGIN_ALLOW_THREADS {
-    std::lock_guard<std::mutex> hold(*self->mu);
-    body = shoal::RecvFrame(self->fd, self->frames, self->fds, deadline);
+  for (;;) {
+    bool interrupted = false;
+    Py_BEGIN_ALLOW_THREADS {
+      std::lock_guard<std::mutex> hold(*self->mu);
+      body = shoal::RecvFrameUntilSignal(self->fd, self->frames, self->fds, deadline, &interrupted);
+    }
+    Py_END_ALLOW_THREADS if (!interrupted) break;
+    // A signal: its Python handler runs now (Ctrl-C raises KeyboardInterrupt here, as a
+    // blocking socket read would); a frame read in part stays for the next read.
+    if (PyErr_CheckSignals() < 0) return nullptr;
   }
-  Py_END_ALLOW_THREADS if (body.ok()) {
-    return PyBytes_FromStringAndSize(body->data(), static_cast<Py_ssize_t>(body->size()));
-  }
+  if (body.ok()) return PyBytes_FromStringAndSize(body->data(), static_cast<Py_ssize_t>(body->size()));
   const std::string& why = body.status().message();
   switch (body.status().code()) {
     case shoal::Code::kTimeout:

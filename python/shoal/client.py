@@ -301,7 +301,9 @@ class Client:
         more (on a fresh worker); by default a crash is reported at once (WorkerCrashed).
         ``outputs="cpu"``: outputs a model leaves on its GPU come back as host tensors.
         Raises Timeout itself when shoald has not answered by the deadline plus
-        ANSWER_MARGIN_S (the connection stays usable; the late answer is discarded)."""
+        ANSWER_MARGIN_S (the connection stays usable; the late answer is discarded).
+        Ctrl-C while it waits raises KeyboardInterrupt; the job still runs in shoald, and
+        its answer is dropped when it comes (its output blocks go back)."""
         return self._conn.outcome(self._submit(name, args, _merge_kwargs(kwargs, model_kwargs), timeout, retries,
                                                outputs, method, attended=True))
 

@@ -1,7 +1,10 @@
+#include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <future>
 #include <limits>
 
 #include "protocol/channel.h"
@@ -188,6 +191,73 @@ TEST_CASE("a deadline already past reads what has come, and times out at once wi
   CHECK(*second == "second");
   close(sv[0]);
   close(sv[1]);
+}
+
+namespace {
+void NoteSignal(int) {}
+
+// Raises SIGUSR1 for the process, blocked in this thread (so it lands in the waiting one),
+// until `waiting` is ready or `tries` are spent; true if it became ready.
+template <typename T>
+bool SignalUntilReady(std::future<T>& waiting, int tries) {
+  sigset_t usr1;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &usr1, nullptr);
+  bool ready = false;
+  for (int i = 0; i < tries && !ready; ++i) {
+    kill(getpid(), SIGUSR1);
+    ready = waiting.wait_for(std::chrono::milliseconds(10)) == std::future_status::ready;
+  }
+  pthread_sigmask(SIG_UNBLOCK, &usr1, nullptr);  // one still pending runs the handler here
+  return ready;
+}
+}  // namespace
+
+TEST_CASE("a signal ends RecvFrameUntilSignal's wait and keeps the half frame; RecvFrame waits on", "[protocol]") {
+  struct sigaction sa = {}, old = {};
+  sa.sa_handler = NoteSignal;  // no SA_RESTART, as Python installs its handler for SIGINT
+  REQUIRE(sigaction(SIGUSR1, &sa, &old) == 0);
+  int sv[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  const std::string frame = EncodeFrame("whole");
+  for (bool with_deadline : {false, true}) {  // blocked in recvmsg, or in poll
+    INFO("with a deadline: " << with_deadline);
+    std::optional<std::chrono::steady_clock::time_point> deadline;
+    if (with_deadline) deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    REQUIRE(SendAll(sv[1], frame.substr(0, 3)).ok());  // half a frame
+    FrameReader reader;
+    std::vector<int> fds;
+    bool interrupted = false;
+    auto got = std::async(std::launch::async,
+                          [&] { return RecvFrameUntilSignal(sv[0], &reader, &fds, deadline, &interrupted); });
+    CHECK(got.wait_for(std::chrono::milliseconds(200)) == std::future_status::timeout);  // waits for the rest
+    bool ended = SignalUntilReady(got, 500);
+    if (!ended) shutdown(sv[0], SHUT_RDWR);  // ends the wait: a failure, not a hang
+    REQUIRE(ended);
+    auto body = got.get();
+    REQUIRE(body.ok());
+    CHECK(interrupted);
+    CHECK(body->empty());
+    CHECK(reader.buffered() == 3);  // what was read stays for the next call
+    REQUIRE(SendAll(sv[1], frame.substr(3)).ok());
+    auto whole = RecvFrameUntilSignal(sv[0], &reader, &fds, deadline, &interrupted);
+    REQUIRE(whole.ok());
+    CHECK(!interrupted);
+    CHECK(*whole == "whole");
+  }
+  // RecvFrame (shoald's worker, the C++ client) goes on waiting through signals.
+  FrameReader reader;
+  std::vector<int> fds;
+  auto got = std::async(std::launch::async, [&] { return RecvFrame(sv[0], &reader, &fds); });
+  CHECK(!SignalUntilReady(got, 20));
+  REQUIRE(SendAll(sv[1], frame).ok());
+  auto whole = got.get();
+  REQUIRE(whole.ok());
+  CHECK(*whole == "whole");
+  close(sv[0]);
+  close(sv[1]);
+  sigaction(SIGUSR1, &old, nullptr);
 }
 
 TEST_CASE("a batch's member replies go back to back, a write per kMaxFdsPerFrame fds", "[protocol]") {

@@ -7,6 +7,8 @@ import asyncio
 import concurrent.futures as cf
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,7 +16,7 @@ import pytest
 import torch
 
 import shoal
-from conftest import running_models, settle
+from conftest import BUILD, running_models, settle
 
 N = 32
 KIB256 = 64 * 1024  # float32 elements in 256 KiB
@@ -259,3 +261,35 @@ def test_deadlines_hold_with_jobs_in_flight_while_shoald_is_stopped(daemon, arch
         assert torch.equal(c.infer("add", torch.arange(3.0), timeout=30), torch.arange(3.0) * 2 + 1)
         del before, early
         settle(lambda: ((n := output_bytes(c)) == 0, f"{n} output bytes still held"))
+
+
+_WAITS_THEN_GOES_ON = """
+import sys
+import torch
+import shoal
+c = shoal.Client(sys.argv[1])
+print("waiting", flush=True)
+try:
+    c.infer("sleeps", torch.full((1,), 60.0))
+    print("answered", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+print(c.infer("add", torch.zeros(2)).tolist(), flush=True)
+"""
+
+
+def test_ctrl_c_stops_a_waiting_infer_and_the_client_goes_on(daemon, archives):
+    with daemon.client() as c:
+        c.load("sleeps", archives["sleeps"])
+        c.load("add", archives["add"])
+    env = dict(os.environ, PYTHONPATH=os.path.join(BUILD, "python"))
+    child = subprocess.Popen([sys.executable, "-c", _WAITS_THEN_GOES_ON, daemon.socket], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "waiting\n"
+        time.sleep(0.5)  # inside infer, waiting for the reply of a 60 s job
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=30)  # a client deaf to Ctrl-C prints only after 60 s
+    finally:
+        child.kill()
+    assert out.splitlines() == ["interrupted", "[1.0, 1.0]"], err
