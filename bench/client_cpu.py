@@ -1,5 +1,7 @@
 """The Python client's own CPU time a job (time.process_time of the client process), beside
-the round trip's wall time: what the client's Python costs, with the waiting left out.
+the round trip's wall time: what the client's Python costs, with the waiting left out; and
+shoald's and the worker's CPU a job over the same jobs (/proc/PID/stat): where a job's CPU
+goes.
 
 One command (after scripts/build.sh):
     /usr/bin/python3 bench/client_cpu.py [--runs 5] [--jobs 2000]
@@ -30,6 +32,13 @@ import shoal_test_models  # noqa: E402
 from gpu import Daemon  # noqa: E402  (bench/gpu.py's shoald, started and stopped)
 
 
+def process_cpu_s(pid):
+    """User + system CPU seconds of process ``pid`` so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
@@ -44,24 +53,28 @@ def main():
         arena_input = c.empty((1024,))
         arena_input.fill_(1.0)
         inputs = {"4 KiB in the client's arena": arena_input, "4 KiB ordinary tensor (one copy)": torch.ones(1024)}
+        servers = [daemon.proc.pid, *daemon.worker_pids()]  # shoald, then its one worker
         for x in inputs.values():
             for _ in range(args.jobs // 4):
                 c.infer("identity", x)
         results = {name: [] for name in inputs}
         for _ in range(args.runs):
             for name, x in inputs.items():
+                theirs = [process_cpu_s(p) for p in servers]
                 cpu, wall = time.process_time(), time.perf_counter()
                 for _ in range(args.jobs):
                     c.infer("identity", x)
-                results[name].append(((time.process_time() - cpu) / args.jobs * 1e6,
-                                      (time.perf_counter() - wall) / args.jobs * 1e6))
+                per_job = [(time.process_time() - cpu) / args.jobs * 1e6,
+                           (time.perf_counter() - wall) / args.jobs * 1e6]
+                per_job += [(process_cpu_s(p) - t) / args.jobs * 1e6 for p, t in zip(servers, theirs)]
+                results[name].append(per_job)
     finally:
         daemon.stop()
     print(f"runs={args.runs} jobs={args.jobs} cpus={os.cpu_count()} torch={torch.__version__}")
-    print("| input | client CPU a job (us) | round trip a job (us) |")
-    print("|---|---|---|")
+    print("| input | client CPU a job (us) | round trip a job (us) | shoald CPU a job (us) | worker CPU a job (us) |")
+    print("|---|---|---|---|---|")
     for name, runs in results.items():
-        print(f"| {name} | {statistics.median(r[0] for r in runs):.1f} | {statistics.median(r[1] for r in runs):.1f} |")
+        print(f"| {name} | " + " | ".join(f"{statistics.median(r[i] for r in runs):.1f}" for i in range(4)) + " |")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ case "${1:-}" in
         quick)
           limited 90 "$PY" bench/gpu_path.py --runs 3 --jobs 2000
           limited 120 "$PY" bench/roundtrip.py --runs 3 --iters 2000 --spin-us 0,50
-          limited 60 "$PY" bench/worker_python.py --runs 3 --jobs 200 ;;
+          limited 60 "$PY" bench/worker_python.py --runs 3 --jobs 200
+          limited 60 "$PY" bench/client_cpu.py --runs 5 --jobs 3000 ;;
         batching)  # the worker executables alternating, twice each (a run: ~50 s of export and load)
           for i in 1 2; do
             for wb in shoal-worker-py shoal-worker; do
