@@ -13,7 +13,9 @@ p50/p99 per call, for arena-backed inputs of 4 KiB and 64 MiB:
 Each figure is the median over --runs runs; all measured in the same invocation.
 --spin-us: a shoald per value, started with SHOAL_SPIN_US (protocol/spin.h: shoald, its
 worker and both clients poll that long for the next message before they sleep), the
-variants' runs alternating.
+variants' runs alternating. "S/C": shoald and its worker poll S us, the clients C;
+"auto": shoald's default (spin_us = auto: it chooses by the CPUs it has), clients not
+polling, as a user's would by default.
 """
 import argparse
 import os
@@ -69,12 +71,25 @@ def pingpong(iters):
     return r
 
 
+def parse_spin(spec):
+    """"50" -> (50, 50); "50/0" -> (50, 0); "auto" -> (None, 0): (shoald's, the clients')."""
+    if spec == "auto":
+        return None, 0
+    server, _, client = spec.partition("/")
+    return int(server), int(client or server)
+
+
 def start_daemon(tmp, archive, spin_us):
     """shoald with one worker serving `archive` as "identity", polling `spin_us` before it
-    and its worker sleep (protocol/spin.h); returns (process, socket path, client)."""
-    sock = os.path.join(tmp, f"shoal-{spin_us}.sock")
-    log = open(os.path.join(tmp, f"shoald-{spin_us}.log"), "w")
-    env = dict(os.environ, SHOAL_SPIN_US=str(spin_us))
+    and its worker sleep (protocol/spin.h; None: shoald's own choice, spin_us = auto);
+    returns (process, socket path, client)."""
+    tag = "auto" if spin_us is None else spin_us
+    sock = os.path.join(tmp, f"shoal-{tag}.sock")
+    log = open(os.path.join(tmp, f"shoald-{tag}.log"), "w")
+    env = dict(os.environ)
+    env.pop("SHOAL_SPIN_US", None)
+    if spin_us is not None:
+        env["SHOAL_SPIN_US"] = str(spin_us)
     daemon = subprocess.Popen([os.path.join(BUILD, "bin", "shoald"), "--socket", sock, "--workers", "1",
                                "--model", f"identity={archive}"], stdout=log, stderr=subprocess.STDOUT, env=env)
     for _ in range(300):
@@ -94,9 +109,10 @@ def main():
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--spin-us", default="0",
                     help="comma-separated SHOAL_SPIN_US values, each a shoald of its own, runs alternating "
-                         "(0: receivers sleep at once, the default)")
+                         "(0: receivers sleep at once, the default); S/C: shoald S, clients C; auto: shoald's "
+                         "own choice, clients 0")
     args = ap.parse_args()
-    spins = [int(v) for v in args.spin_us.split(",")]
+    spins = args.spin_us.split(",")
     tmp = tempfile.mkdtemp(prefix="shoal-bench-")
     model = shoal_test_models.Identity()
     archive = shoal.export(model, os.path.join(tmp, "identity.pt"))
@@ -104,7 +120,7 @@ def main():
     rows = []
     try:
         for spin in spins:
-            daemons[spin] = start_daemon(tmp, archive, spin)
+            daemons[spin] = start_daemon(tmp, archive, parse_spin(spin)[0])
         for label, nbytes in (("4 KiB", 4096), ("64 MiB", 64 << 20)):
             xs = {}
             for spin, (_, _, c) in daemons.items():
@@ -119,11 +135,12 @@ def main():
                 with torch.inference_mode():
                     results["in-process"].append(time_calls(lambda: model(x), args.iters))
                 for spin, (_, sock, c) in daemons.items():
-                    _native.set_spin_budget_us(spin)  # the Python client's own polling, as its env would set
+                    client_spin = parse_spin(spin)[1]
+                    _native.set_spin_budget_us(client_spin)  # the Python client's own polling, as its env would set
                     results[("py", spin)].append(time_calls(lambda: c.infer("identity", xs[spin]), args.iters))
                     out = subprocess.run([os.path.join(BUILD, "bin", "bench_roundtrip"), sock, "identity",
                                           str(nbytes), str(args.iters)], capture_output=True, text=True, check=True,
-                                         env=dict(os.environ, SHOAL_SPIN_US=str(spin)))
+                                         env=dict(os.environ, SHOAL_SPIN_US=str(client_spin)))
                     p50, p99 = map(float, out.stdout.split())
                     results[("cpp", spin)].append((p50, p99))
             for key, runs in results.items():
@@ -131,7 +148,13 @@ def main():
                     name = key
                 else:
                     client, spin = key
-                    tag = f", spin {spin} us" if len(spins) > 1 or spin else ""
+                    server_spin, client_spin = parse_spin(spin)
+                    if server_spin is None:
+                        tag = f", spin auto, clients {client_spin} us"
+                    elif server_spin != client_spin:
+                        tag = f", spin {server_spin} us, clients {client_spin} us"
+                    else:
+                        tag = f", spin {server_spin} us" if len(spins) > 1 or server_spin else ""
                     name = f"shoal ({'Python' if client == 'py' else 'C++'} client{tag})"
                 rows.append((label, name, statistics.median(r[0] for r in runs),
                              statistics.median(r[1] for r in runs)))

@@ -7,16 +7,16 @@
 
 namespace shoal {
 
-namespace {
-std::chrono::microseconds FromEnvironment() {
+std::optional<std::chrono::microseconds> SpinBudgetFromEnvironment() {
   const char* v = std::getenv("SHOAL_SPIN_US");
-  if (v == nullptr || *v == '\0') return std::chrono::microseconds(0);
+  if (v == nullptr || *v == '\0') return std::nullopt;
   char* end = nullptr;
   long us = std::strtol(v, &end, 10);
   if (*end != '\0' || us < 0 || us > kMaxSpinUs) return std::chrono::microseconds(0);
   return std::chrono::microseconds(us);
 }
 
+namespace {
 // Microseconds; -1 until first read from the environment.
 std::atomic<int64_t> g_budget_us{-1};
 }  // namespace
@@ -24,7 +24,7 @@ std::atomic<int64_t> g_budget_us{-1};
 std::chrono::microseconds SpinBudget() {
   int64_t us = g_budget_us.load(std::memory_order_relaxed);
   if (us < 0) {
-    us = FromEnvironment().count();
+    us = SpinBudgetFromEnvironment().value_or(std::chrono::microseconds(0)).count();
     g_budget_us.store(us, std::memory_order_relaxed);
   }
   return std::chrono::microseconds(us);

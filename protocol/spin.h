@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 
 namespace shoal {
 
@@ -19,6 +20,10 @@ constexpr int64_t kMaxSpinUs = 10000;
 
 // The budget, from SHOAL_SPIN_US (0..kMaxSpinUs; other values: 0).
 std::chrono::microseconds SpinBudget();
+
+// SHOAL_SPIN_US as the environment has it now, parsed as SpinBudget does; nullopt where it
+// is unset or empty (shoald's spin_us = auto defers to it).
+std::optional<std::chrono::microseconds> SpinBudgetFromEnvironment();
 
 // Sets the budget for this process and SHOAL_SPIN_US for the children it starts later
 // (setenv: call it while no other thread reads the environment).

@@ -5,6 +5,8 @@
 # the pure-Python msgpack. `scripts/gpu.sh test` there (carry .gpudeps) builds and runs
 # every test, GPU tests included; they skip cleanly on machines without a GPU.
 # `scripts/gpu.sh run CMD ...` runs CMD (a benchmark) in the same environment, after test.
+# `scripts/gpu.sh build` builds only what the benchmarks run (shoald, the workers, the Python
+# package, bench_roundtrip): a minute or two less than test, for a call with little time.
 # `scripts/gpu.sh bench quick|batching|paper`, after test (or build.sh): the open issues'
 # GPU-host figures, a set per device call (quick: the job path, ~4 min; batching: ResNet-50
 # with dynamic batching under either worker executable, then 3 workers, ~7 min; paper: ResNet-50 on the host's CPUs, ~6 min), each
@@ -24,7 +26,7 @@ case "${1:-}" in
     cp /usr/lib/python3/dist-packages/msgpack/*.py "$DEPS/python/msgpack/"  # pure Python: any version
     du -sh "$DEPS"
     ;;
-  test | run | bench)
+  test | run | bench | build)
     export PATH=$DEPS/bin:$PATH
     # The carried msgpack is pure Python (10x slower than the C extension): only where the
     # host has none. It used to come first and shadow the host's own, so every Python
@@ -57,17 +59,24 @@ case "${1:-}" in
           limited 120 "$PY" bench/batching.py --model resnet50 --clients 32 --seconds 8 --device cuda --workers 3 \
             --only-on --max-delays 1000,2000 ;;
         paper) limited 420 "$PY" bench/paper.py --models resnet50 --slots 1,16 --seconds 10 ;;
-        *) echo "usage: scripts/gpu.sh bench quick|batching|paper" >&2; exit 2 ;;
+        spin)  # who polls: nobody, shoald's own choice (spin_us = auto), everyone
+          limited 100 "$PY" bench/roundtrip.py --runs 3 --iters 2000 --spin-us 0,auto,50
+          limited 60 "$PY" bench/client_cpu.py --runs 5 --jobs 3000 ;;
+        *) echo "usage: scripts/gpu.sh bench quick|batching|paper|spin" >&2; exit 2 ;;
       esac
       exit 0
     fi
     export SHOAL_CMAKE_ARGS="-DSHOAL_EXTRA_INCLUDE=$DEPS/include -DSHOAL_EXTRA_LIB=$DEPS/lib ${SHOAL_CMAKE_ARGS:-}"
+    if [ "$1" = build ]; then
+      SHOAL_BUILD_TARGETS="shoald shoal-worker shoal_worker_host shoal_native shoal_python bench_roundtrip" \
+        exec ./scripts/build.sh
+    fi
     ./scripts/build.sh
     cd "$SHOAL_BUILD_DIR"
     ctest --output-on-failure -j"$(nproc)" --timeout 900 ${CTEST_ARGS:-}
     ;;
   *)
-    echo "usage: scripts/gpu.sh pack | test | run CMD... | bench quick|batching|paper" >&2
+    echo "usage: scripts/gpu.sh pack | test | build | run CMD... | bench quick|batching|paper|spin" >&2
     exit 2
     ;;
 esac

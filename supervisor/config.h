@@ -41,6 +41,9 @@ struct CommandLine {
 // worker_memory_mb = auto: a share of the machine, worked out as each worker starts
 // (supervisor/worker_memory.h).
 constexpr uint64_t kAutoWorkerMemory = ~uint64_t{0};
+// spin_us = auto: polling where the machine has CPUs to spare, worked out at start-up
+// (supervisor/event_loop.h, AutoSpinBudget).
+constexpr uint64_t kAutoSpin = ~uint64_t{0};
 
 struct SupervisorConfig {
   std::string socket_path;
@@ -49,7 +52,7 @@ struct SupervisorConfig {
   int interpreters = 1;           // per worker (K > 1: private library copies, worker/private_copy.h)
   std::string interpreter_cache;  // where the copies live; default: the runtime folder
   std::string worker_binary;                                   // default: next to shoald
-  uint64_t spin_us = 0;  // receivers poll this long before blocking (protocol/spin.h); 0: never
+  uint64_t spin_us = kAutoSpin;  // receivers poll this long before blocking (protocol/spin.h)
   std::vector<std::pair<std::string, std::string>> models;     // loaded at start-up
   uint64_t default_timeout_ms = 60000;                         // a job's deadline if it gives none
   uint64_t kill_grace_ms = 2000;  // a worker whose job timed out gets this long before SIGKILL

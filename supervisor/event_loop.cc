@@ -1,6 +1,9 @@
 #include "supervisor/event_loop.h"
 
+#include <sched.h>
+
 #include "protocol/spin.h"
+#include "supervisor/config.h"
 
 namespace shoal {
 
@@ -24,6 +27,19 @@ void RunSpinning(boost::asio::io_context& io, std::chrono::microseconds budget) 
     io.run_one();  // sleeps until something is ready
     last = Clock::now();
   }
+}
+
+std::chrono::microseconds StartupSpinBudget(uint64_t spin_us, int cpus, int slots) {
+  if (spin_us != kAutoSpin) return std::chrono::microseconds(spin_us);
+  if (auto from_env = SpinBudgetFromEnvironment()) return *from_env;
+  return cpus >= 2 * slots + 4 ? kAutoSpinBudget : std::chrono::microseconds(0);
+}
+
+int UsableCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return CPU_COUNT(&set);
 }
 
 }  // namespace shoal

@@ -7,9 +7,23 @@
 
 #include <boost/asio/io_context.hpp>
 #include <chrono>
+#include <cstdint>
 
 namespace shoal {
 
 void RunSpinning(boost::asio::io_context& io, std::chrono::microseconds budget);
+
+// What spin_us = auto polls where the machine has CPUs to spare.
+constexpr std::chrono::microseconds kAutoSpinBudget{50};
+
+// The budget shoald, its zygote and its workers run with (spin_us, supervisor/config.h): a
+// number as given (0: none); auto (kAutoSpin): SHOAL_SPIN_US where the environment sets it,
+// else kAutoSpinBudget where shoald may use two CPUs per worker interpreter (`slots`) and
+// four more for itself, its clients and the rest, else none: on fewer CPUs a poller takes
+// the CPU its sender needs (bench/README.md, "Polling before sleeping").
+std::chrono::microseconds StartupSpinBudget(uint64_t spin_us, int cpus, int slots);
+
+// CPUs this process may run on (its affinity mask).
+int UsableCpus();
 
 }  // namespace shoal

@@ -40,7 +40,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   // Before any process starts: the zygote and workers inherit the budget.
-  if (cfg->spin_us > 0) shoal::SetSpinBudget(std::chrono::microseconds(cfg->spin_us));
+  const int cpus = shoal::UsableCpus();
+  const auto spin = shoal::StartupSpinBudget(cfg->spin_us, cpus, cfg->workers * cfg->interpreters);
+  shoal::SetSpinBudget(spin);
+  spdlog::info("receivers poll {} us before they sleep (spin_us {}, {} CPUs, {} worker interpreters)", spin.count(),
+               cfg->spin_us == shoal::kAutoSpin ? std::string("auto") : std::to_string(cfg->spin_us), cpus,
+               cfg->workers * cfg->interpreters);
   boost::asio::io_context io;
   shoal::Supervisor sup(io, std::move(*cfg));
   if (auto st = sup.Start(std::move(*models)); !st.ok()) {

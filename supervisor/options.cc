@@ -79,6 +79,12 @@ void SetWorkerMemory(SupervisorConfig* c, const OptionValue& v) {
   c->worker_memory_mb = v.automatic ? kAutoWorkerMemory : v.number;
 }
 
+// spin_us: a number, or "auto".
+std::string GetSpin(const SupervisorConfig& c) {
+  return c.spin_us == kAutoSpin ? "auto" : std::to_string(c.spin_us);
+}
+void SetSpin(SupervisorConfig* c, const OptionValue& v) { c->spin_us = v.automatic ? kAutoSpin : v.number; }
+
 constexpr bool kReload = true;
 constexpr bool kRestart = false;
 constexpr uint64_t kMaxMs = uint64_t{1} << 40;
@@ -201,11 +207,12 @@ std::vector<Option> MakeTable() {
                        "fork workers from a zygote that imported torch once (no: exec every one)"),
       Make<&C::log_level>("log_level", K::kLogLevel, "LEVEL", kReload,
                           "trace|debug|info|warn|error|critical|off"),
-      Make<&C::spin_us>("spin_us", K::kNumber, "US", kRestart,
-                        "shoald and its workers poll for the next message this long before they sleep "
-                        "(clients: SHOAL_SPIN_US in their environment): fewer wake-ups a job where cores "
-                        "are idle, a core kept busy that long after each message (0: SHOAL_SPIN_US, else never)",
-                        0, kMaxSpinUs),
+      Option{"spin_us", K::kNumber, "US|auto", kRestart,
+             "shoald and its workers poll for the next message this long before they sleep (clients: "
+             "SHOAL_SPIN_US in their environment): fewer wake-ups a job, a core kept busy that long after "
+             "each message; 0: never; auto: SHOAL_SPIN_US if set, else 50 where shoald may use at least "
+             "2 CPUs per worker interpreter and 4 more, else never",
+             0, kMaxSpinUs, nullptr, &GetSpin, &SetSpin, &Keep<&C::spin_us>, true},
       Make<&C::worker_binary>("worker_binary", K::kText, "PATH", kRestart, "the worker executable", 0, 0,
                               "shoal-worker-py next to shoald for one interpreter, else shoal-worker"),
   };

@@ -96,6 +96,8 @@ TEST_CASE("a bad value gets the same words from the file and from the command li
       {"model", "nopath", "takes NAME=ARCHIVE, not 'nopath'"},
       {"model", "=a.pt", "takes NAME=ARCHIVE, not '=a.pt'"},
       {"worker_memory_mb", "lots", "takes an integer in [0, 1073741824] or auto, not 'lots'"},
+      {"spin_us", "fast", "takes an integer in [0, 10000] or auto, not 'fast'"},
+      {"spin_us", "10001", "takes an integer in [0, 10000] or auto, not '10001'"},
   };
   for (const Case& c : cases) {
     CAPTURE(c.key, c.value);

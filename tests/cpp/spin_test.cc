@@ -14,6 +14,7 @@
 #include "protocol/channel.h"
 #include "protocol/frame.h"
 #include "protocol/spin.h"
+#include "supervisor/config.h"
 #include "supervisor/event_loop.h"
 #include "tests/cpp/catch.h"
 
@@ -130,4 +131,39 @@ TEST_CASE("shoald's loop with a budget runs a handler ready within it without sl
     CHECK(ran);
     CHECK((blocks > 0) == sleeps);
   }
+}
+
+TEST_CASE("spin_us auto polls where shoald has two CPUs a worker interpreter and four more", "[spin]") {
+  SupervisorConfig defaults;
+  CHECK(defaults.spin_us == kAutoSpin);
+  SupervisorConfig cfg;
+  REQUIRE(ParseConfig("spin_us = auto\n", "shoald.conf", &cfg).ok());
+  CHECK(cfg.spin_us == kAutoSpin);
+  REQUIRE(ParseConfig("spin_us = 0\n", "shoald.conf", &cfg).ok());
+  CHECK(cfg.spin_us == 0);
+
+  const char* had = getenv("SHOAL_SPIN_US");
+  std::string saved = had != nullptr ? had : "";
+  unsetenv("SHOAL_SPIN_US");
+  CHECK(StartupSpinBudget(kAutoSpin, 16, 1) == kAutoSpinBudget);   // the GPU host, one worker
+  CHECK(StartupSpinBudget(kAutoSpin, 16, 6) == kAutoSpinBudget);   // 2 x 6 + 4 = 16
+  CHECK(StartupSpinBudget(kAutoSpin, 16, 7) == 0us);               // 18 wanted
+  CHECK(StartupSpinBudget(kAutoSpin, 2, 1) == 0us);                // the 2-core VM
+  CHECK(StartupSpinBudget(kAutoSpin, 128, 16) == kAutoSpinBudget);
+  CHECK(StartupSpinBudget(0, 128, 1) == 0us);     // a number is the budget, whatever the CPUs
+  CHECK(StartupSpinBudget(120, 2, 4) == 120us);
+  setenv("SHOAL_SPIN_US", "75", 1);  // auto defers to the environment, CPUs or not
+  CHECK(StartupSpinBudget(kAutoSpin, 2, 1) == 75us);
+  CHECK(StartupSpinBudget(kAutoSpin, 128, 1) == 75us);
+  setenv("SHOAL_SPIN_US", "soon", 1);  // read as SpinBudget reads it: nothing valid, no polling
+  CHECK(StartupSpinBudget(kAutoSpin, 128, 1) == 0us);
+  setenv("SHOAL_SPIN_US", "", 1);      // empty: as if unset
+  CHECK(StartupSpinBudget(kAutoSpin, 128, 1) == kAutoSpinBudget);
+  CHECK(StartupSpinBudget(0, 128, 1) == 0us);  // an explicit number wins over the environment
+  if (had != nullptr) {
+    setenv("SHOAL_SPIN_US", saved.c_str(), 1);
+  } else {
+    unsetenv("SHOAL_SPIN_US");
+  }
+  CHECK(UsableCpus() >= 1);
 }
