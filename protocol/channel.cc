@@ -117,14 +117,16 @@ Result<size_t> RecvSome(int sock, uint8_t* buf, size_t cap, std::vector<int>* fd
 namespace {
 // Polls the socket without blocking for up to SpinBudget(), and not past `deadline`: the
 // bytes read, or 0 when nothing came (then the caller blocks, or times out, as before).
-// EOF reads as an error here.
+// *polled: whether it polled at all. EOF reads as an error here.
 Result<size_t> SpinRecv(int sock, uint8_t* buf, size_t cap, std::vector<int>* fds,
-                        std::optional<std::chrono::steady_clock::time_point> deadline) {
+                        std::optional<std::chrono::steady_clock::time_point> deadline, bool* polled) {
+  *polled = false;
   const auto budget = SpinBudget();
   if (budget.count() == 0) return size_t{0};
   const auto now = std::chrono::steady_clock::now();
   const auto until = deadline ? std::min(now + budget, *deadline) : now + budget;
   if (until <= now) return size_t{0};  // a deadline already past: only what has come
+  *polled = true;
   for (;;) {
     auto n = RecvSome(sock, buf, cap, fds, MSG_DONTWAIT);
     if (n.ok() && *n == 0) return Status(Code::kUnavailable, "connection closed by peer");
@@ -134,19 +136,26 @@ Result<size_t> SpinRecv(int sock, uint8_t* buf, size_t cap, std::vector<int>* fd
   }
 }
 
-// RecvFrame; with `interrupted`, a signal ends the wait (*interrupted set, an empty body).
+// RecvFrame (RecvFrameUntilSignal with `interrupted`; `spin`: whether to poll first).
 Result<std::string> ReadFrame(int sock, FrameReader* reader, std::vector<int>* fds,
-                              std::optional<std::chrono::steady_clock::time_point> deadline, bool* interrupted) {
+                              std::optional<std::chrono::steady_clock::time_point> deadline, bool spin,
+                              bool* interrupted) {
   uint8_t buf[64 * 1024];
   for (;;) {
     auto frame = reader->Next();
     if (!frame.ok()) return frame.status();
     if (frame->has_value()) return std::move(**frame);
-    auto spun = SpinRecv(sock, buf, sizeof(buf), fds, deadline);
+    bool polled = false;
+    auto spun = spin ? SpinRecv(sock, buf, sizeof(buf), fds, deadline, &polled) : Result<size_t>(size_t{0});
     if (!spun.ok()) return spun.status();
     if (*spun > 0) {
       reader->Append(buf, *spun);
       continue;
+    }
+    if (polled && interrupted != nullptr) {
+      // A signal while it polled interrupted nothing: back to the caller before it blocks.
+      *interrupted = true;
+      return std::string();
     }
     int flags = 0;
     if (deadline) {
@@ -162,7 +171,7 @@ Result<std::string> ReadFrame(int sock, FrameReader* reader, std::vector<int>* f
         if (r < 0) return Status::FromErrno("poll", errno);
         if (r == 0) return Status(Code::kTimeout, "no answer before the deadline");
       } else {
-        flags = MSG_DONTWAIT;  // past the deadline: only what has come (one call, no poll)
+        flags = MSG_DONTWAIT;  // past the deadline: only what has come (no poll, no blocking)
       }
     }
     auto n = RecvOnce(sock, buf, sizeof(buf), fds, flags, interrupted);
@@ -179,14 +188,14 @@ Result<std::string> ReadFrame(int sock, FrameReader* reader, std::vector<int>* f
 
 Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* fds,
                               std::optional<std::chrono::steady_clock::time_point> deadline) {
-  return ReadFrame(sock, reader, fds, deadline, nullptr);
+  return ReadFrame(sock, reader, fds, deadline, true, nullptr);
 }
 
 Result<std::string> RecvFrameUntilSignal(int sock, FrameReader* reader, std::vector<int>* fds,
-                                         std::optional<std::chrono::steady_clock::time_point> deadline,
+                                         std::optional<std::chrono::steady_clock::time_point> deadline, bool spin,
                                          bool* interrupted) {
   *interrupted = false;
-  return ReadFrame(sock, reader, fds, deadline, interrupted);
+  return ReadFrame(sock, reader, fds, deadline, spin, interrupted);
 }
 
 void CloseAll(std::vector<int>* fds) {

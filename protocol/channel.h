@@ -39,11 +39,13 @@ Result<std::string> RecvFrame(int sock, FrameReader* reader, std::vector<int>* f
                               std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt);
 
 // RecvFrame for a caller that must act on signals while it waits (the Python client, whose
-// Ctrl-C handler runs only once the wait returns): a signal that interrupts the wait
-// returns an empty body with *interrupted set; bytes read so far stay in *reader, so the
-// caller handles the signal and calls again.
+// Ctrl-C handler runs only once the wait returns). It returns an empty body with
+// *interrupted set when a signal interrupts the wait, and, with `spin`, also once polling
+// (SpinBudget) ended without a frame, since a signal that comes while it polls interrupts
+// nothing; the caller handles what signals came and calls again with `spin` false. Bytes
+// read so far stay in *reader.
 Result<std::string> RecvFrameUntilSignal(int sock, FrameReader* reader, std::vector<int>* fds,
-                                         std::optional<std::chrono::steady_clock::time_point> deadline,
+                                         std::optional<std::chrono::steady_clock::time_point> deadline, bool spin,
                                          bool* interrupted);
 
 void CloseAll(std::vector<int>* fds);

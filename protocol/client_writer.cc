@@ -2,6 +2,8 @@
 #include "protocol/client_writer.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -105,6 +107,12 @@ Status ClientWriter::SendReleases(const Releases& taken) {
 }
 
 void ClientWriter::Loop() {
+  // Signals are the application's: a process-directed one (Ctrl-C) must land in a thread
+  // of the application, such as one waiting for a reply, not in this one.
+  sigset_t all;
+  sigfillset(&all);
+  for (int sync : {SIGSEGV, SIGBUS, SIGFPE, SIGILL}) sigdelset(&all, sync);
+  pthread_sigmask(SIG_BLOCK, &all, nullptr);
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopped_) {
     wake_.wait(lock, [this] { return stopped_ || !queued_.empty(); });

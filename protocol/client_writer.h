@@ -15,7 +15,8 @@
 // the wait cannot be made, those blocks stay queued and are tried again.
 // The writer sends on its own descriptor of the socket (a dup), so that closing the
 // client's descriptor first never lets a late release go to whatever file reuses it.
-// Thread-safety: every method may be called from any thread.
+// Thread-safety: every method may be called from any thread. The writer's thread blocks the
+// asynchronous signals: they land in the application's threads (Ctrl-C in a waiting client).
 #pragma once
 
 #include <condition_variable>

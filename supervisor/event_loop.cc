@@ -1,7 +1,5 @@
 #include "supervisor/event_loop.h"
 
-#include <sched.h>
-
 #include "protocol/spin.h"
 #include "supervisor/config.h"
 
@@ -33,13 +31,6 @@ std::chrono::microseconds StartupSpinBudget(uint64_t spin_us, int cpus, int slot
   if (spin_us != kAutoSpin) return std::chrono::microseconds(spin_us);
   if (auto from_env = SpinBudgetFromEnvironment()) return *from_env;
   return cpus >= 2 * slots + 4 ? kAutoSpinBudget : std::chrono::microseconds(0);
-}
-
-int UsableCpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
-  return CPU_COUNT(&set);
 }
 
 }  // namespace shoal

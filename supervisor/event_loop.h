@@ -23,7 +23,4 @@ constexpr std::chrono::microseconds kAutoSpinBudget{50};
 // the CPU its sender needs (bench/README.md, "Polling before sleeping").
 std::chrono::microseconds StartupSpinBudget(uint64_t spin_us, int cpus, int slots);
 
-// CPUs this process may run on (its affinity mask).
-int UsableCpus();
-
 }  // namespace shoal

@@ -3,6 +3,7 @@
 // one table), opens and checks the archives it is to load, and runs the Supervisor's loop.
 #include <spdlog/spdlog.h>
 
+#include <cstdlib>
 #include <iostream>
 #include <string>
 
@@ -11,6 +12,7 @@
 #include "supervisor/config.h"
 #include "supervisor/event_loop.h"
 #include "supervisor/options.h"
+#include "supervisor/own_cgroup.h"
 #include "supervisor/supervisor.h"
 #include "supervisor/systemd.h"
 
@@ -41,11 +43,22 @@ int main(int argc, char** argv) {
   }
   // Before any process starts: the zygote and workers inherit the budget.
   const int cpus = shoal::UsableCpus();
-  const auto spin = shoal::StartupSpinBudget(cfg->spin_us, cpus, cfg->workers * cfg->interpreters);
+  const int slots = cfg->workers * cfg->interpreters;
+  const auto from_env = shoal::SpinBudgetFromEnvironment();
+  const auto spin = shoal::StartupSpinBudget(cfg->spin_us, cpus, slots);
+  if (cfg->spin_us != shoal::kAutoSpin) {
+    spdlog::info("receivers poll {} us before they sleep (spin_us)", spin.count());
+  } else if (from_env) {
+    if (from_env->count() == 0 && std::string(std::getenv("SHOAL_SPIN_US")) != "0") {
+      spdlog::warn("SHOAL_SPIN_US='{}' is not a number of microseconds in 0..{}: receivers do not poll",
+                   std::getenv("SHOAL_SPIN_US"), shoal::kMaxSpinUs);
+    }
+    spdlog::info("receivers poll {} us before they sleep (spin_us auto: SHOAL_SPIN_US)", spin.count());
+  } else {
+    spdlog::info("receivers poll {} us before they sleep (spin_us auto: {} CPUs for {} worker interpreters)",
+                 spin.count(), cpus, slots);
+  }
   shoal::SetSpinBudget(spin);
-  spdlog::info("receivers poll {} us before they sleep (spin_us {}, {} CPUs, {} worker interpreters)", spin.count(),
-               cfg->spin_us == shoal::kAutoSpin ? std::string("auto") : std::to_string(cfg->spin_us), cpus,
-               cfg->workers * cfg->interpreters);
   boost::asio::io_context io;
   shoal::Supervisor sup(io, std::move(*cfg));
   if (auto st = sup.Start(std::move(*models)); !st.ok()) {

@@ -15,6 +15,8 @@
 #include <sstream>
 #include <vector>
 
+#include "supervisor/own_cgroup.h"
+
 namespace shoal {
 
 namespace {
@@ -26,14 +28,6 @@ std::string Trim(const std::string& s) {
   size_t a = s.find_first_not_of(" \t\r\n");
   if (a == std::string::npos) return "";
   return s.substr(a, s.find_last_not_of(" \t\r\n") - a + 1);
-}
-
-// The text of a small file; empty when it cannot be read.
-std::string ReadSmall(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 Status WriteSmall(const std::string& path, const std::string& text) {
@@ -54,67 +48,6 @@ uint64_t Field(const std::string& text, const std::string& key) {
     if (line.rfind(key + " ", 0) == 0) return std::strtoull(line.c_str() + key.size() + 1, nullptr, 10);
   }
   return 0;
-}
-
-// Where the hierarchy that has `controller` (v1; "" for the v2 hierarchy) is mounted, and
-// the folder of shoald's own cgroup in it; false when there is none.
-bool FindOwnCgroup(const std::string& controller, std::string* folder, std::string* mount) {
-  // /proc/self/cgroup: "ID:CONTROLLERS:PATH"; v2 is "0::PATH".
-  std::string path;
-  bool found = false;
-  {
-    std::istringstream in(ReadSmall("/proc/self/cgroup"));
-    std::string line;
-    while (std::getline(in, line)) {
-      auto a = line.find(':');
-      auto b = a == std::string::npos ? a : line.find(':', a + 1);
-      if (b == std::string::npos) continue;
-      std::string ctrls = line.substr(a + 1, b - a - 1);
-      bool match = controller.empty() ? ctrls.empty() && line.substr(0, a) == "0"
-                                      : ("," + ctrls + ",").find("," + controller + ",") != std::string::npos;
-      if (match) {
-        path = line.substr(b + 1);
-        found = true;
-        break;
-      }
-    }
-  }
-  if (!found) return false;
-  // /proc/self/mountinfo: "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS".
-  std::istringstream in(ReadSmall("/proc/self/mountinfo"));
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream fields(line);
-    std::vector<std::string> f;
-    for (std::string x; fields >> x;) f.push_back(x);
-    auto dash = std::find(f.begin(), f.end(), "-");
-    if (f.size() < 5 || dash == f.end() || dash + 3 > f.end()) continue;
-    const std::string& fstype = *(dash + 1);
-    const std::string& superopts = *(dash + 3);
-    bool match = controller.empty() ? fstype == "cgroup2"
-                                    : fstype == "cgroup" &&
-                                          ("," + superopts + ",").find("," + controller + ",") != std::string::npos;
-    if (!match) continue;
-    const std::string& root = f[3];
-    if (path.rfind(root, 0) != 0) continue;  // our cgroup is outside what this mount shows
-    std::string rel = root == "/" ? path : path.substr(root.size());
-    *mount = f[4];
-    *folder = f[4] + (rel == "/" ? "" : rel);
-    return true;
-  }
-  return false;
-}
-
-// The lowest memory limit of shoald's cgroup and its ancestors up to `mount`, in bytes
-// (v2 "max" and v1's huge "unlimited" count as none).
-uint64_t CgroupLimit(const std::string& folder, const std::string& mount, const std::string& file) {
-  uint64_t lowest = ~uint64_t{0};
-  for (std::string dir = folder; dir.size() >= mount.size(); dir = dir.substr(0, dir.rfind('/'))) {
-    std::string text = Trim(ReadSmall(dir + "/" + file));
-    if (!text.empty() && text != "max") lowest = std::min<uint64_t>(lowest, std::strtoull(text.c_str(), nullptr, 10));
-    if (dir == mount) break;
-  }
-  return lowest;
 }
 
 // What shoald may use: MemTotal, or its cgroup's limit when that is lower.

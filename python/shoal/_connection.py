@@ -299,8 +299,11 @@ class Connection:
             expired, next_deadline = self._expire_overdue()
             if expired and not keep_going():
                 return
+            body = None
             try:
                 body = self._recv_frame(_earliest(until, next_deadline))
+                self._dispatch(body)
+                body = None
             except _socket.timeout:
                 if until is not None and time.monotonic() >= until:
                     return
@@ -308,7 +311,15 @@ class Connection:
             except (OSError, ConnectionError) as e:
                 self._connection_lost(e)
                 return
-            self._dispatch(body)
+            except BaseException:
+                if body is not None:
+                    # Ctrl-C (or another exception from a signal handler) between reading a
+                    # reply and handing it to its job: its fds may not have been taken, and
+                    # later replies' fds would map the wrong arenas. The connection ends.
+                    self._connection_lost(errors.Unavailable(
+                        "interrupted while handing a reply to its request; the connection to shoald was closed "
+                        "so that no later reply reads the wrong output arenas. Connect again (a new Client)"))
+                raise
 
     def _expire_overdue(self):
         """Fails the jobs past their deadlines with Timeout (their entries stay, so that a
@@ -443,7 +454,7 @@ class Connection:
         """After a failed send: reads what shoald sent before it hung up (answers, and an
         id-0 error such as too many clients), unless another thread is reading."""
         with self._mu:
-            if self._reader is not None:
+            if self._reader is not None or self._closing:
                 return
             self._reader = threading.get_ident()
         try:
@@ -509,8 +520,8 @@ class Connection:
                 finally:
                     self._sleeping -= 1
         self._connection_lost(ConnectionError("closed by this client"))
+        self._frames.close()  # its own socket descriptor and the fds nobody took
         self._sock.close()
-        self._frames.close_fds()
 
 
 def _earliest(*times):

@@ -230,7 +230,7 @@ TEST_CASE("a signal ends RecvFrameUntilSignal's wait and keeps the half frame; R
     std::vector<int> fds;
     bool interrupted = false;
     auto got = std::async(std::launch::async,
-                          [&] { return RecvFrameUntilSignal(sv[0], &reader, &fds, deadline, &interrupted); });
+                          [&] { return RecvFrameUntilSignal(sv[0], &reader, &fds, deadline, false, &interrupted); });
     CHECK(got.wait_for(std::chrono::milliseconds(200)) == std::future_status::timeout);  // waits for the rest
     bool ended = SignalUntilReady(got, 500);
     if (!ended) shutdown(sv[0], SHUT_RDWR);  // ends the wait: a failure, not a hang
@@ -241,7 +241,7 @@ TEST_CASE("a signal ends RecvFrameUntilSignal's wait and keeps the half frame; R
     CHECK(body->empty());
     CHECK(reader.buffered() == 3);  // what was read stays for the next call
     REQUIRE(SendAll(sv[1], frame.substr(3)).ok());
-    auto whole = RecvFrameUntilSignal(sv[0], &reader, &fds, deadline, &interrupted);
+    auto whole = RecvFrameUntilSignal(sv[0], &reader, &fds, deadline, false, &interrupted);
     REQUIRE(whole.ok());
     CHECK(!interrupted);
     CHECK(*whole == "whole");

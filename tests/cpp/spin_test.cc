@@ -2,12 +2,15 @@
 // it without sleeping, and still sleeps (and wakes) for what comes later. "Sleeping" is read
 // from the kernel: a thread's voluntary context switches count the times it blocked.
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/asio/steady_timer.hpp>
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -16,6 +19,7 @@
 #include "protocol/spin.h"
 #include "supervisor/config.h"
 #include "supervisor/event_loop.h"
+#include "supervisor/own_cgroup.h"
 #include "tests/cpp/catch.h"
 
 using namespace shoal;
@@ -165,5 +169,64 @@ TEST_CASE("spin_us auto polls where shoald has two CPUs a worker interpreter and
   } else {
     unsetenv("SHOAL_SPIN_US");
   }
-  CHECK(UsableCpus() >= 1);
+}
+
+TEST_CASE("RecvFrameUntilSignal returns once its polling ends, so signals that came meanwhile are seen", "[spin]") {
+  int sv[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  FrameReader reader;
+  std::vector<int> fds;
+  bool interrupted = false;
+  {
+    Budget spin(2000us);
+    auto first = RecvFrameUntilSignal(sv[0], &reader, &fds, std::nullopt, true, &interrupted);
+    REQUIRE(first.ok());
+    CHECK(interrupted);  // polled 2 ms, nothing came: back before it blocks
+    // Without polling it blocks (here: until a deadline) and is not interrupted.
+    auto second = RecvFrameUntilSignal(sv[0], &reader, &fds, std::chrono::steady_clock::now() + 20ms, false,
+                                       &interrupted);
+    REQUIRE(!second.ok());
+    CHECK(second.status().code() == Code::kTimeout);
+    CHECK(!interrupted);
+    REQUIRE(SendAll(sv[1], EncodeFrame("reply")).ok());
+    auto third = RecvFrameUntilSignal(sv[0], &reader, &fds, std::nullopt, true, &interrupted);
+    REQUIRE(third.ok());
+    CHECK(*third == "reply");  // a frame there is read while polling, no return before it
+    CHECK(!interrupted);
+  }
+  {
+    Budget none(0us);  // no polling: no extra return
+    REQUIRE(SendAll(sv[1], EncodeFrame("later")).ok());
+    auto got = RecvFrameUntilSignal(sv[0], &reader, &fds, std::nullopt, true, &interrupted);
+    REQUIRE(got.ok());
+    CHECK(*got == "later");
+    CHECK(!interrupted);
+  }
+  close(sv[0]);
+  close(sv[1]);
+}
+
+TEST_CASE("spin_us auto counts the CPUs the cgroup quotas allow, the lowest of shoald's and its ancestors'", "[spin]") {
+  char tmpl[] = "/tmp/shoal-cgroup-XXXXXX";
+  REQUIRE(mkdtemp(tmpl) != nullptr);
+  const std::string root = tmpl, parent = root + "/system.slice", own = parent + "/shoald.service";
+  REQUIRE(mkdir(parent.c_str(), 0755) == 0);
+  REQUIRE(mkdir(own.c_str(), 0755) == 0);
+  auto write = [](const std::string& path, const std::string& text) { std::ofstream(path) << text; };
+  CHECK(!CgroupCpuQuota(own, root).has_value());  // no files: no quota
+  write(root + "/cpu.max", "max 100000\n");
+  write(own + "/cpu.max", "max 100000\n");
+  CHECK(!CgroupCpuQuota(own, root).has_value());  // "max": no quota
+  write(parent + "/cpu.max", "250000 100000\n");  // 2.5 CPUs: 3
+  CHECK(CgroupCpuQuota(own, root) == 3);
+  write(own + "/cpu.max", "150000 100000\n");     // lower below it: 2
+  CHECK(CgroupCpuQuota(own, root) == 2);
+  write(own + "/cpu.cfs_quota_us", "50000\n");    // v1 files: half a CPU counts as one
+  write(own + "/cpu.cfs_period_us", "100000\n");
+  CHECK(CgroupCpuQuota(own, root) == 1);
+  write(own + "/cpu.cfs_quota_us", "-1\n");       // v1 "none"
+  CHECK(CgroupCpuQuota(own, root) == 2);
+  // What it means for polling: 16 CPUs by affinity, 2 by quota.
+  CHECK(StartupSpinBudget(kAutoSpin, std::min(16, *CgroupCpuQuota(own, root)), 1) == 0us);
+  std::filesystem::remove_all(root);
 }

@@ -268,28 +268,34 @@ import sys
 import torch
 import shoal
 c = shoal.Client(sys.argv[1])
+c.infer("add", torch.zeros(2))  # a result dropped at once: its release starts the writer's thread
 print("waiting", flush=True)
 try:
     c.infer("sleeps", torch.full((1,), 60.0))
     print("answered", flush=True)
 except KeyboardInterrupt:
-    print("interrupted", flush=True)
+    print("interrupted", "reading role free:", c._conn._reader is None, flush=True)
 print(c.infer("add", torch.zeros(2)).tolist(), flush=True)
 """
 
 
 def test_ctrl_c_stops_a_waiting_infer_and_the_client_goes_on(daemon, archives):
-    with daemon.client() as c:
-        c.load("sleeps", archives["sleeps"])
-        c.load("add", archives["add"])
+    c = daemon.client()
+    c.load("sleeps", archives["sleeps"])
+    c.load("add", archives["add"])
     env = dict(os.environ, PYTHONPATH=os.path.join(BUILD, "python"))
     child = subprocess.Popen([sys.executable, "-c", _WAITS_THEN_GOES_ON, daemon.socket], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline() == "waiting\n"
-        time.sleep(0.5)  # inside infer, waiting for the reply of a 60 s job
+        deadline = time.time() + 30  # until its job runs: the client is inside infer, waiting
+        while not any("sleeps" in running_models(w) for w in c.status()["workers"]):
+            assert time.time() < deadline, "the sleeps job never started"
+            time.sleep(0.05)
+        time.sleep(0.2)
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=30)  # a client deaf to Ctrl-C prints only after 60 s
     finally:
         child.kill()
-    assert out.splitlines() == ["interrupted", "[1.0, 1.0]"], err
+        c.close()
+    assert out.splitlines() == ["interrupted reading role free: True", "[1.0, 1.0]"], err

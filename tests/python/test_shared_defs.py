@@ -3,10 +3,12 @@ the zip reader, the output encoder (issue 10), the spin budget and the client's 
 the C++ one, or behaves exactly like it."""
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 
@@ -90,9 +92,13 @@ def test_the_python_client_reads_shoal_spin_us_as_shoald_does(value, us):
 def spin_budget():
     """Sets this process's budget (and restores it): the Python client reads frames through
     the C++ client's RecvFrame, which polls that long."""
-    before = _native.spin_budget_us()
+    before, env = _native.spin_budget_us(), os.environ.get("SHOAL_SPIN_US")
     yield _native.set_spin_budget_us
     _native.set_spin_budget_us(before)
+    if env is None:  # set_spin_budget_us sets it for children: unset, as it was
+        os.environ.pop("SHOAL_SPIN_US", None)
+    else:
+        os.environ["SHOAL_SPIN_US"] = env
 
 
 def _voluntary_switches():
@@ -141,7 +147,7 @@ def _switches_reading_a_frame_sent_after(delay_s):
 
 def test_the_python_client_polls_for_a_reply_before_it_sleeps(spin_budget):
     spin_budget(10000)  # a frame 2 ms away comes within the budget: read without sleeping
-    assert min(_switches_reading_a_frame_sent_after(0.002) for _ in range(3)) == 0
+    assert min(_switches_reading_a_frame_sent_after(0.002) for _ in range(5)) == 0
     spin_budget(0)      # no budget: the reader sleeps until the frame comes
     assert min(_switches_reading_a_frame_sent_after(0.002) for _ in range(3)) >= 1
 
@@ -187,6 +193,111 @@ def test_the_python_client_takes_the_fds_that_came_with_frames():
         os.close(r)
         os.close(w)
     assert conn._frames.fds_held() == 0
+
+
+def test_a_closed_connection_reads_nothing_even_where_its_descriptor_number_is_reused():
+    from shoal import _connection
+    a, b = socket.socketpair()
+    number = a.fileno()
+    conn = _connection.Connection(a, "test")
+    conn.close()
+    b.close()
+    others = []
+    try:
+        for _ in range(64):  # until a new socket gets the old number
+            pair = socket.socketpair()
+            others.append(pair)
+            if number in (pair[0].fileno(), pair[1].fileno()):
+                break
+        for x, y in others:
+            y.sendall(struct.pack("<I", 5) + b"other")
+            x.sendall(struct.pack("<I", 5) + b"other")
+        with pytest.raises(ConnectionError):
+            conn._frames.read(0.1)
+    finally:
+        for x, y in others:
+            x.close()
+            y.close()
+
+
+def test_the_frame_reader_takes_odd_timeouts_and_never_waits_for_a_read_with_the_gil():
+    from shoal import _connection
+    a, b = socket.socketpair()
+    conn = _connection.Connection(a, "test")
+    try:
+        with pytest.raises(ValueError):
+            conn._frames.read(float("nan"))
+        b.sendall(struct.pack("<I", 2) + b"ok")
+        assert conn._frames.read(1e30) == b"ok"  # no limit, no overflow
+        b.sendall(struct.pack("<I", 2) + b"ok")
+        assert conn._frames.read(float("inf")) == b"ok"
+        reading = threading.Thread(target=lambda: conn._frames.read(5.0))
+        reading.start()
+        time.sleep(0.2)  # blocked in read, holding the reader
+        with pytest.raises(RuntimeError, match="another thread is reading"):
+            conn._frames.fds_held()
+        b.sendall(struct.pack("<I", 2) + b"ok")
+        reading.join()
+        assert conn._frames.fds_held() == 0
+    finally:
+        conn.close()
+        b.close()
+
+
+# The peer for the next test: signals its parent, then sends a frame a little later.
+_SIGNALS_THEN_SENDS = """
+import os, signal, socket, struct, sys, time
+sock = socket.socket(fileno=int(sys.argv[1]))
+sys.stdin.read(1)
+os.kill(os.getppid(), signal.SIGUSR1)
+time.sleep(0.3)
+sock.sendall(struct.pack("<I", 2) + b"ok")
+"""
+
+
+def test_a_signal_whose_handler_returns_does_not_end_the_wait():
+    from shoal import _connection
+    seen = []
+    old = signal.signal(signal.SIGUSR1, lambda *_: seen.append(1))
+    a, b = socket.socketpair()
+    conn = _connection.Connection(a, "test")
+    peer = subprocess.Popen([sys.executable, "-c", _SIGNALS_THEN_SENDS, str(b.fileno())], pass_fds=[b.fileno()],
+                            stdin=subprocess.PIPE)
+    try:
+        os.write(peer.stdin.fileno(), b"g")
+        assert conn._recv_frame(time.monotonic() + 30) == b"ok"  # the handler ran; the wait went on
+        assert seen == [1]
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        peer.stdin.close()
+        peer.wait()
+        conn.close()
+        b.close()
+
+
+def _worker_spin_env(daemon):
+    """SHOAL_SPIN_US in the environment of the daemon's worker: the budget it polls with."""
+    pid = daemon.worker_pids()[0]
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+    return env.get(b"SHOAL_SPIN_US", b"").decode()
+
+
+@pytest.mark.parametrize("args,env,worker_spin,logged", [
+    (("--spin-us", "120"), None, "120", "poll 120 us before they sleep (spin_us)"),
+    ((), "75", "75", "poll 75 us before they sleep (spin_us auto: SHOAL_SPIN_US)"),
+    ((), "50us", "0", "SHOAL_SPIN_US='50us' is not a number"),
+    ((), None, "0", "poll 0 us before they sleep (spin_us auto: 1 CPUs for 1 worker interpreters)"),
+])
+def test_the_worker_polls_what_shoald_chose(make_daemon, monkeypatch, args, env, worker_spin, logged):
+    if env is None:
+        monkeypatch.delenv("SHOAL_SPIN_US", raising=False)
+    else:
+        monkeypatch.setenv("SHOAL_SPIN_US", env)
+    # One CPU: spin_us = auto does not poll there (it wants 2 a worker interpreter and 4 more).
+    d = make_daemon(workers=1, args=args, preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+    assert _worker_spin_env(d) == worker_spin
+    assert logged in open(d.log_path).read()
 
 
 # ---- the zip reader ---------------------------------------------------------------------
