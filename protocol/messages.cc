@@ -10,8 +10,8 @@ namespace {
 // then the tensor's node map, descriptor map and shape array.
 constexpr size_t kMaxNesting = 1 + 3 * kMaxOutputDepth + 3;
 // Bounds applied before any object is built: element counts, string/bin bytes, nesting.
-const msgpack::unpack_limit kLimits(/*array=*/4096, /*map=*/256, /*str=*/256 * 1024,
-                                    /*bin=*/256 * 1024, /*ext=*/0, /*depth=*/kMaxNesting);
+const msgpack::unpack_limit kLimits(kMaxMessageArrayItems, kMaxMessageMapEntries, kMaxMessageStrBytes,
+                                    /*bin=*/kMaxMessageStrBytes, /*ext=*/0, /*depth=*/kMaxNesting);
 
 std::string KeyStr(std::string_view key) { return std::string(key); }
 }  // namespace

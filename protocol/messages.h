@@ -17,6 +17,13 @@ namespace shoal {
 
 constexpr uint32_t kProtocolVersion = 1;
 
+// What Decode() takes, before anything is built: items of an array, entries of a map, and
+// bytes of a string or binary. A message beyond them is BAD_REQUEST (from a worker: shoald
+// cuts it off), so encoders of what a model returns keep within them (protocol/output_tree.h).
+constexpr uint32_t kMaxMessageArrayItems = 4096;
+constexpr uint32_t kMaxMessageMapEntries = 256;
+constexpr uint32_t kMaxMessageStrBytes = 256 * 1024;
+
 // Parses one message body; the top level must be a map.
 Result<msgpack::object_handle> Decode(std::string_view body);
 

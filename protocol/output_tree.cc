@@ -64,6 +64,19 @@ class Encoder {
   Status Error(const std::string& what) const {
     return tensor_ != nullptr ? Status::BadRequest("argument " + what) : ModelError("output " + what);
   }
+  // Within what a message may hold (protocol/messages.h): a string, or a container of `n`.
+  Status FitsMessage(const std::string& text) const {
+    if (text.size() <= kMaxMessageStrBytes) return Status::Ok();
+    return Error("string of " + std::to_string(text.size()) + " bytes, over the " +
+                 std::to_string(kMaxMessageStrBytes) + " a message may hold; " + kUseTensors);
+  }
+  Status FitsMessage(size_t n, const char* what) const {
+    if (n <= kMaxMessageArrayItems) return Status::Ok();
+    return Error(std::string(what) + " of " + std::to_string(n) + " items, over the " +
+                 std::to_string(kMaxMessageArrayItems) + " a message may hold; " + kUseTensors);
+  }
+  static constexpr const char* kUseTensors =
+      "send large data as tensors (they travel in shared memory, not in the message)";
 
   static const OutputPlacement kNoPlacement;
   const OutputPlacement& place_;
@@ -105,11 +118,14 @@ Status Encoder::Node(OutputValue& v, int depth) {
       w_.Key("value");
       w_.Val(v.Bool());
       return Status::Ok();
-    case Kind::kStr:
+    case Kind::kStr: {
+      std::string text = v.Str();
+      if (auto st = FitsMessage(text); !st.ok()) return st;
       w_.Map(1);
       w_.Key("value");
-      w_.Str(v.Str());
+      w_.Str(text);
       return Status::Ok();
+    }
     case Kind::kNone:
       w_.Map(1);
       w_.Key("value");
@@ -119,6 +135,7 @@ Status Encoder::Node(OutputValue& v, int depth) {
     case Kind::kList: {
       w_.Map(1);
       size_t n = v.Size();
+      if (auto st = FitsMessage(n, v.kind() == Kind::kTuple ? "tuple" : "list"); !st.ok()) return st;
       if (auto fields = v.kind() == Kind::kTuple ? v.TupleFields() : std::vector<std::string>{}; !fields.empty()) {
         // {"namedtuple": [name, [field, ...], [node, ...]]}
         if (fields.size() != n) return Error("named tuple " + v.TupleName() + " has fields and items that differ");
@@ -140,12 +157,15 @@ Status Encoder::Node(OutputValue& v, int depth) {
       w_.Map(1);
       w_.Key("dict");
       size_t n = v.Size();
+      if (auto st = FitsMessage(n, "dict"); !st.ok()) return st;
       w_.pk().pack_array(static_cast<uint32_t>(n));
       for (size_t i = 0; i < n; ++i) {
         w_.pk().pack_array(2);
         auto key = v.Key(i);
         if (key->kind() == Kind::kStr) {
-          w_.Str(key->Str());
+          std::string text = key->Str();
+          if (auto st = FitsMessage(text); !st.ok()) return st;
+          w_.Str(text);
         } else if (key->kind() == Kind::kInt) {
           if (auto st = Int(*key); !st.ok()) return st;
         } else {
@@ -246,12 +266,22 @@ Result<EncodedReply> EncodeOutputReply(uint64_t job, std::string_view model, Out
     enc.FreeAllocated();
     return Status(st.code(), "model '" + std::string(model) + "', job " + std::to_string(job) + ": " + st.message());
   }
+  auto tree = enc.writer()->body();
+  if (tree.size() > kMaxOutputTreeBytes) {
+    // Its reply would be a frame nobody reads (shoald cuts off a worker that sends one).
+    enc.FreeAllocated();
+    return Status(Code::kModelError,
+                  "model '" + std::string(model) + "', job " + std::to_string(job) + ": its output encodes to " +
+                      std::to_string(tree.size()) + " bytes besides its tensors, over the limit of " +
+                      std::to_string(kMaxOutputTreeBytes) +
+                      "; return large data as tensors (they travel in shared memory, not in the message)");
+    // (The walk already kept each string and container within Decode's own limits.)
+  }
   auto fresh = place.outputs->TakeNew(place.client);
   EncodedReply out;
   Writer w;
   BeginReply(&w, job, fresh.empty() ? 2 : 3);
   w.Key("outputs");
-  auto tree = enc.writer()->body();
   w.pk().pack_bin_body(tree.data(), static_cast<uint32_t>(tree.size()));  // already MessagePack
   w.Key("usage");
   PackUsage(&w, place.outputs->Usage());

@@ -17,11 +17,17 @@
 #include <string_view>
 #include <vector>
 
+#include "protocol/frame.h"
 #include "protocol/messages.h"
 #include "shm/output_arenas.h"
 #include "shoal/status.h"
 
 namespace shoal {
+
+// An output tree (the message, without the tensors' bytes) larger than this is a model
+// error: with the reply around it, and shoald's reply to the client around that, it must
+// fit in one frame (protocol/frame.h, kMaxFrameSize).
+constexpr size_t kMaxOutputTreeBytes = kMaxFrameSize - (64 << 10);
 
 // A node nested deeper than this (the root is at depth 0) is a model error; clients
 // refuse such trees too (tensors/tree.h).

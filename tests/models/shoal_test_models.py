@@ -74,6 +74,19 @@ class Exits(nn.Module):
         os._exit(7)
 
 
+class ReturnsValues(nn.Module):
+    """Outputs that travel in the message itself, of size n = x[0]: x[1] 0 -> a string of n
+    characters, 1 -> a list of n ints, 2 -> a list of n strings of 250 characters."""
+
+    def forward(self, x):
+        n, kind = int(x[0]), int(x[1])
+        if kind == 0:
+            return "y" * n
+        if kind == 1:
+            return list(range(n))
+        return ["y" * 250] * n
+
+
 class Sleeps(nn.Module):
     def forward(self, x):
         import time

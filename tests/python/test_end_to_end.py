@@ -232,3 +232,24 @@ def test_a_detector_with_and_without_detections(daemon, tmp_path, threshold, fou
             assert torch.allclose(out["boxes"], expected["boxes"], atol=1e-3)
             assert torch.equal(out["labels"], expected["labels"])
             del out
+
+
+@pytest.mark.parametrize("n,kind,why", [
+    (300_000, 0, "output string of 300000 bytes, over the 262144 a message may hold"),
+    (5_000, 1, "output list of 5000 items, over the 4096 a message may hold"),
+    (4_000, 2, "besides its tensors, over the limit of 983040"),  # 4000 x 250 bytes: too much in all
+])
+def test_an_output_too_large_for_a_message_is_a_model_error_and_the_worker_goes_on(daemon, tmp_path, n, kind, why):
+    archive = shoal.export(models.ReturnsValues(), tmp_path / "values.pt")
+    with daemon.client() as c:
+        c.load("values", archive)
+        assert c.infer("values", torch.tensor([200_000.0, 0.0])) == "y" * 200_000  # these fit
+        assert c.infer("values", torch.tensor([4096.0, 1.0])) == list(range(4096))
+        assert len(c.infer("values", torch.tensor([3000.0, 2.0]))) == 3000
+        pids = daemon.worker_pids()
+        with pytest.raises(shoal.ModelError) as e:
+            c.infer("values", torch.tensor([float(n), float(kind)]))
+        assert "model 'values'" in e.value.message and why in e.value.message
+        assert "as tensors (they travel in shared memory" in e.value.message
+        assert daemon.worker_pids() == pids  # no worker was cut off or replaced
+        assert c.infer("values", torch.tensor([3.0, 0.0])) == "yyy"
