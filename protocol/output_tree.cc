@@ -9,6 +9,11 @@
 namespace shoal {
 
 namespace {
+// The advice of every error for what a message cannot hold.
+constexpr const char* kUseTensors = "send large data as tensors (they travel in shared memory, not in the message)";
+}  // namespace
+
+namespace {
 
 using Kind = OutputValue::Kind;
 
@@ -75,8 +80,6 @@ class Encoder {
     return Error(std::string(what) + " of " + std::to_string(n) + " items, over the " +
                  std::to_string(kMaxMessageArrayItems) + " a message may hold; " + kUseTensors);
   }
-  static constexpr const char* kUseTensors =
-      "send large data as tensors (they travel in shared memory, not in the message)";
 
   static const OutputPlacement kNoPlacement;
   const OutputPlacement& place_;
@@ -268,14 +271,13 @@ Result<EncodedReply> EncodeOutputReply(uint64_t job, std::string_view model, Out
   }
   auto tree = enc.writer()->body();
   if (tree.size() > kMaxOutputTreeBytes) {
-    // Its reply would be a frame nobody reads (shoald cuts off a worker that sends one).
+    // Each string and container is within Decode's limits (the walk saw to it), but the
+    // whole would be a frame nobody reads (shoald cuts off a worker that sends one).
     enc.FreeAllocated();
-    return Status(Code::kModelError,
-                  "model '" + std::string(model) + "', job " + std::to_string(job) + ": its output encodes to " +
-                      std::to_string(tree.size()) + " bytes besides its tensors, over the limit of " +
-                      std::to_string(kMaxOutputTreeBytes) +
-                      "; return large data as tensors (they travel in shared memory, not in the message)");
-    // (The walk already kept each string and container within Decode's own limits.)
+    return Status(Code::kModelError, "model '" + std::string(model) + "', job " + std::to_string(job) +
+                                         ": its output encodes to " + std::to_string(tree.size()) +
+                                         " bytes besides its tensors, over the limit of " +
+                                         std::to_string(kMaxOutputTreeBytes) + "; " + kUseTensors);
   }
   auto fresh = place.outputs->TakeNew(place.client);
   EncodedReply out;

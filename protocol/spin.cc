@@ -7,12 +7,16 @@
 
 namespace shoal {
 
-std::optional<std::chrono::microseconds> SpinBudgetFromEnvironment() {
+std::optional<std::chrono::microseconds> SpinBudgetFromEnvironment(bool* valid) {
+  if (valid != nullptr) *valid = true;
   const char* v = std::getenv("SHOAL_SPIN_US");
   if (v == nullptr || *v == '\0') return std::nullopt;
   char* end = nullptr;
   long us = std::strtol(v, &end, 10);
-  if (*end != '\0' || us < 0 || us > kMaxSpinUs) return std::chrono::microseconds(0);
+  if (*end != '\0' || us < 0 || us > kMaxSpinUs) {
+    if (valid != nullptr) *valid = false;
+    return std::chrono::microseconds(0);
+  }
   return std::chrono::microseconds(us);
 }
 

@@ -22,8 +22,9 @@ constexpr int64_t kMaxSpinUs = 10000;
 std::chrono::microseconds SpinBudget();
 
 // SHOAL_SPIN_US as the environment has it now, parsed as SpinBudget does; nullopt where it
-// is unset or empty (shoald's spin_us = auto defers to it).
-std::optional<std::chrono::microseconds> SpinBudgetFromEnvironment();
+// is unset or empty (shoald's spin_us = auto defers to it). *valid (if given): false when it
+// is set to something other than a number of microseconds in 0..kMaxSpinUs (read as 0).
+std::optional<std::chrono::microseconds> SpinBudgetFromEnvironment(bool* valid = nullptr);
 
 // Sets the budget for this process and SHOAL_SPIN_US for the children it starts later
 // (setenv: call it while no other thread reads the environment).

@@ -42,7 +42,7 @@ struct CommandLine {
 // (supervisor/worker_memory.h).
 constexpr uint64_t kAutoWorkerMemory = ~uint64_t{0};
 // spin_us = auto: polling where the machine has CPUs to spare, worked out at start-up
-// (supervisor/event_loop.h, AutoSpinBudget).
+// (supervisor/event_loop.h, StartupSpinBudget).
 constexpr uint64_t kAutoSpin = ~uint64_t{0};
 
 struct SupervisorConfig {

@@ -27,10 +27,12 @@ void RunSpinning(boost::asio::io_context& io, std::chrono::microseconds budget) 
   }
 }
 
-std::chrono::microseconds StartupSpinBudget(uint64_t spin_us, int cpus, int slots) {
-  if (spin_us != kAutoSpin) return std::chrono::microseconds(spin_us);
-  if (auto from_env = SpinBudgetFromEnvironment()) return *from_env;
-  return cpus >= 2 * slots + 4 ? kAutoSpinBudget : std::chrono::microseconds(0);
+SpinChoice StartupSpinBudget(uint64_t spin_us, int cpus, int slots) {
+  if (spin_us != kAutoSpin) return {std::chrono::microseconds(spin_us), "spin_us"};
+  bool valid = true;
+  if (auto from_env = SpinBudgetFromEnvironment(&valid)) return {*from_env, "spin_us auto: SHOAL_SPIN_US", !valid};
+  return {cpus >= 2 * slots + 4 ? kAutoSpinBudget : std::chrono::microseconds(0),
+          "spin_us auto: " + std::to_string(cpus) + " CPUs for " + std::to_string(slots) + " worker interpreters"};
 }
 
 }  // namespace shoal

@@ -8,6 +8,7 @@
 #include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <cstdint>
+#include <string>
 
 namespace shoal {
 
@@ -21,6 +22,11 @@ constexpr std::chrono::microseconds kAutoSpinBudget{50};
 // else kAutoSpinBudget where shoald may use two CPUs per worker interpreter (`slots`) and
 // four more for itself, its clients and the rest, else none: on fewer CPUs a poller takes
 // the CPU its sender needs (bench/README.md, "Polling before sleeping").
-std::chrono::microseconds StartupSpinBudget(uint64_t spin_us, int cpus, int slots);
+struct SpinChoice {
+  std::chrono::microseconds budget{0};
+  std::string why;                 // for the log: "spin_us auto: 16 CPUs for 1 worker interpreters"
+  bool bad_environment = false;    // auto met a SHOAL_SPIN_US that is no budget (read as 0)
+};
+SpinChoice StartupSpinBudget(uint64_t spin_us, int cpus, int slots);
 
 }  // namespace shoal

@@ -42,23 +42,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   // Before any process starts: the zygote and workers inherit the budget.
-  const int cpus = shoal::UsableCpus();
-  const int slots = cfg->workers * cfg->interpreters;
-  const auto from_env = shoal::SpinBudgetFromEnvironment();
-  const auto spin = shoal::StartupSpinBudget(cfg->spin_us, cpus, slots);
-  if (cfg->spin_us != shoal::kAutoSpin) {
-    spdlog::info("receivers poll {} us before they sleep (spin_us)", spin.count());
-  } else if (from_env) {
-    if (from_env->count() == 0 && std::string(std::getenv("SHOAL_SPIN_US")) != "0") {
-      spdlog::warn("SHOAL_SPIN_US='{}' is not a number of microseconds in 0..{}: receivers do not poll",
-                   std::getenv("SHOAL_SPIN_US"), shoal::kMaxSpinUs);
-    }
-    spdlog::info("receivers poll {} us before they sleep (spin_us auto: SHOAL_SPIN_US)", spin.count());
-  } else {
-    spdlog::info("receivers poll {} us before they sleep (spin_us auto: {} CPUs for {} worker interpreters)",
-                 spin.count(), cpus, slots);
+  const auto spin = shoal::StartupSpinBudget(cfg->spin_us, shoal::UsableCpus(), cfg->workers * cfg->interpreters);
+  if (spin.bad_environment) {
+    spdlog::warn("SHOAL_SPIN_US='{}' is not a number of microseconds in 0..{}: receivers do not poll",
+                 std::getenv("SHOAL_SPIN_US"), shoal::kMaxSpinUs);
   }
-  shoal::SetSpinBudget(spin);
+  spdlog::info("receivers poll {} us before they sleep ({})", spin.budget.count(), spin.why);
+  shoal::SetSpinBudget(spin.budget);
   boost::asio::io_context io;
   shoal::Supervisor sup(io, std::move(*cfg));
   if (auto st = sup.Start(std::move(*models)); !st.ok()) {

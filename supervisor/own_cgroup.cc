@@ -18,6 +18,13 @@ std::string ReadSmall(const std::string& path) {
   return ss.str();
 }
 
+std::string ReadValue(const std::string& path) {
+  std::string s = ReadSmall(path);
+  size_t a = s.find_first_not_of(" \t\r\n");
+  if (a == std::string::npos) return "";
+  return s.substr(a, s.find_last_not_of(" \t\r\n") - a + 1);
+}
+
 bool FindOwnCgroup(const std::string& controller, std::string* folder, std::string* mount) {
   // /proc/self/cgroup: "ID:CONTROLLERS:PATH"; v2 is "0::PATH".
   std::string path;
@@ -74,18 +81,12 @@ void ForEachUp(const std::string& folder, const std::string& mount, Fn fn) {
     if (dir == mount || dir.find('/') == std::string::npos) break;
   }
 }
-
-std::string Trimmed(const std::string& s) {
-  size_t a = s.find_first_not_of(" \t\r\n");
-  if (a == std::string::npos) return "";
-  return s.substr(a, s.find_last_not_of(" \t\r\n") - a + 1);
-}
 }  // namespace
 
 uint64_t CgroupLimit(const std::string& folder, const std::string& mount, const std::string& file) {
   uint64_t lowest = ~uint64_t{0};
   ForEachUp(folder, mount, [&](const std::string& dir) {
-    std::string text = Trimmed(ReadSmall(dir + "/" + file));
+    std::string text = ReadValue(dir + "/" + file);
     if (!text.empty() && text != "max") lowest = std::min<uint64_t>(lowest, std::strtoull(text.c_str(), nullptr, 10));
   });
   return lowest;
@@ -103,8 +104,8 @@ std::optional<int> CgroupCpuQuota(const std::string& folder, const std::string& 
     std::string quota;
     long long period = 0;
     if (v2 >> quota >> period && quota != "max") take(std::atoll(quota.c_str()), period);
-    std::string v1_quota = Trimmed(ReadSmall(dir + "/cpu.cfs_quota_us"));  // -1: none
-    std::string v1_period = Trimmed(ReadSmall(dir + "/cpu.cfs_period_us"));
+    std::string v1_quota = ReadValue(dir + "/cpu.cfs_quota_us");  // -1: none
+    std::string v1_period = ReadValue(dir + "/cpu.cfs_period_us");
     if (!v1_quota.empty() && !v1_period.empty()) take(std::atoll(v1_quota.c_str()), std::atoll(v1_period.c_str()));
   });
   return lowest;

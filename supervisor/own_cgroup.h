@@ -11,6 +11,8 @@ namespace shoal {
 
 // The text of a small file; empty when it cannot be read.
 std::string ReadSmall(const std::string& path);
+// The same without surrounding whitespace: a cgroup value ("max", "250000 100000").
+std::string ReadValue(const std::string& path);
 
 // Where the hierarchy that has `controller` (v1; "" for the v2 hierarchy) is mounted, and
 // the folder of shoald's own cgroup in it; false when there is none.

@@ -24,11 +24,6 @@ namespace {
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kMinAutoLimit = 512 * kMiB;
 
-std::string Trim(const std::string& s) {
-  size_t a = s.find_first_not_of(" \t\r\n");
-  if (a == std::string::npos) return "";
-  return s.substr(a, s.find_last_not_of(" \t\r\n") - a + 1);
-}
 
 Status WriteSmall(const std::string& path, const std::string& text) {
   int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
@@ -222,7 +217,7 @@ Result<WorkerCgroup> WorkerMemory::Create(const std::string& name, uint64_t limi
   g.name = name;
   g.procs = std::make_shared<OwnedFd>(fd);
   g.limit_file = path + "/" + limit_file_;
-  g.limit_text = Trim(ReadSmall(g.limit_file));  // as the kernel keeps it (v1 rounds to pages)
+  g.limit_text = ReadValue(g.limit_file);  // as the kernel keeps it (v1 rounds to pages)
   groups_.insert(name);
   return g;
 }

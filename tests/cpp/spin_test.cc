@@ -149,21 +149,25 @@ TEST_CASE("spin_us auto polls where shoald has two CPUs a worker interpreter and
   const char* had = getenv("SHOAL_SPIN_US");
   std::string saved = had != nullptr ? had : "";
   unsetenv("SHOAL_SPIN_US");
-  CHECK(StartupSpinBudget(kAutoSpin, 16, 1) == kAutoSpinBudget);   // the GPU host, one worker
-  CHECK(StartupSpinBudget(kAutoSpin, 16, 6) == kAutoSpinBudget);   // 2 x 6 + 4 = 16
-  CHECK(StartupSpinBudget(kAutoSpin, 16, 7) == 0us);               // 18 wanted
-  CHECK(StartupSpinBudget(kAutoSpin, 2, 1) == 0us);                // the 2-core VM
-  CHECK(StartupSpinBudget(kAutoSpin, 128, 16) == kAutoSpinBudget);
-  CHECK(StartupSpinBudget(0, 128, 1) == 0us);     // a number is the budget, whatever the CPUs
-  CHECK(StartupSpinBudget(120, 2, 4) == 120us);
+  CHECK(StartupSpinBudget(kAutoSpin, 16, 1).budget == kAutoSpinBudget);   // the GPU host, one worker
+  CHECK(StartupSpinBudget(kAutoSpin, 16, 6).budget == kAutoSpinBudget);   // 2 x 6 + 4 = 16
+  CHECK(StartupSpinBudget(kAutoSpin, 16, 7).budget == 0us);               // 18 wanted
+  CHECK(StartupSpinBudget(kAutoSpin, 2, 1).budget == 0us);                // the 2-core VM
+  CHECK(StartupSpinBudget(kAutoSpin, 128, 16).budget == kAutoSpinBudget);
+  CHECK(StartupSpinBudget(0, 128, 1).budget == 0us);     // a number is the budget, whatever the CPUs
+  CHECK(StartupSpinBudget(120, 2, 4).budget == 120us);
   setenv("SHOAL_SPIN_US", "75", 1);  // auto defers to the environment, CPUs or not
-  CHECK(StartupSpinBudget(kAutoSpin, 2, 1) == 75us);
-  CHECK(StartupSpinBudget(kAutoSpin, 128, 1) == 75us);
+  CHECK(StartupSpinBudget(kAutoSpin, 2, 1).budget == 75us);
+  CHECK(StartupSpinBudget(kAutoSpin, 128, 1).budget == 75us);
+  CHECK(!StartupSpinBudget(kAutoSpin, 128, 1).bad_environment);
   setenv("SHOAL_SPIN_US", "soon", 1);  // read as SpinBudget reads it: nothing valid, no polling
-  CHECK(StartupSpinBudget(kAutoSpin, 128, 1) == 0us);
+  CHECK(StartupSpinBudget(kAutoSpin, 128, 1).budget == 0us);
+  CHECK(StartupSpinBudget(kAutoSpin, 128, 1).bad_environment);  // shoald warns
+  setenv("SHOAL_SPIN_US", "0", 1);
+  CHECK(!StartupSpinBudget(kAutoSpin, 128, 1).bad_environment);
   setenv("SHOAL_SPIN_US", "", 1);      // empty: as if unset
-  CHECK(StartupSpinBudget(kAutoSpin, 128, 1) == kAutoSpinBudget);
-  CHECK(StartupSpinBudget(0, 128, 1) == 0us);  // an explicit number wins over the environment
+  CHECK(StartupSpinBudget(kAutoSpin, 128, 1).budget == kAutoSpinBudget);
+  CHECK(StartupSpinBudget(0, 128, 1).budget == 0us);  // an explicit number wins over the environment
   if (had != nullptr) {
     setenv("SHOAL_SPIN_US", saved.c_str(), 1);
   } else {
@@ -227,6 +231,6 @@ TEST_CASE("spin_us auto counts the CPUs the cgroup quotas allow, the lowest of s
   write(own + "/cpu.cfs_quota_us", "-1\n");       // v1 "none"
   CHECK(CgroupCpuQuota(own, root) == 2);
   // What it means for polling: 16 CPUs by affinity, 2 by quota.
-  CHECK(StartupSpinBudget(kAutoSpin, std::min(16, *CgroupCpuQuota(own, root)), 1) == 0us);
+  CHECK(StartupSpinBudget(kAutoSpin, std::min(16, *CgroupCpuQuota(own, root)), 1).budget == 0us);
   std::filesystem::remove_all(root);
 }
