@@ -9,8 +9,9 @@ One command (after scripts/build.sh):
 A real shoald with `--workers` workers serves one model, loaded twice: plain, and with
 max_batch / max_delay_us. For each client count, the clients (one connection each, one
 process each) run the plain model, then the batching one, for `--seconds` each. Reported:
-jobs per second, p50 and p99 latency (ms), and the mean batch size (status' batched_jobs /
-batches). `--max-delays` loads one batching model per max_delay_us (named "on-US", rows one
+jobs per second, p50 and p99 latency (ms), the mean batch size (status' batched_jobs /
+batches), and the mean time a job queued in shoald (the hold included) and ran on a worker
+(dispatch to answer), from shoald's metrics histograms (`--metrics-address`). `--max-delays` loads one batching model per max_delay_us (named "on-US", rows one
 after the other for each client count; the p99 target of each is printed); `--only-on` skips
 the plain model's rows (half the time). ResNet-50 has torchvision's architecture with random
 weights; "small" is a three-layer CNN on 3x64x64 inputs for slow CPUs.
@@ -46,6 +47,32 @@ def run_clients(socket, model, x, n, seconds, device):
     import gpu
     rate, lat = gpu.drive_processes(socket, model, x, n, seconds, device)
     return rate, gpu.percentile(lat, 0.5), gpu.percentile(lat, 0.99)
+
+
+def scrape(path):
+    """{(family, model): value} of the _sum and _count samples of shoald's queue and compute
+    histograms, read from its metrics endpoint (a Unix socket) by a plain HTTP/1.0 GET."""
+    import socket as so
+    with so.socket(so.AF_UNIX) as s:
+        s.connect(path)
+        s.sendall(b"GET /metrics HTTP/1.0\r\nHost: shoald\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    out = {}
+    for line in data.decode().splitlines():
+        for fam in ("shoal_queue_duration_seconds", "shoal_compute_duration_seconds"):
+            for part in ("_sum", "_count"):
+                if line.startswith(fam + part + "{"):
+                    model = line.split('model="', 1)[1].split('"', 1)[0]
+                    out[(fam + part, model)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def mean_ms(before, after, fam, model):
+    n = after.get((fam + "_count", model), 0) - before.get((fam + "_count", model), 0)
+    s = after.get((fam + "_sum", model), 0) - before.get((fam + "_sum", model), 0)
+    return s / n * 1e3 if n else float("nan")
 
 
 def main():
@@ -91,8 +118,9 @@ def main():
     path = shoal.export(model, os.path.join(tmp, "model.pt"))
     socket = os.path.join(tmp, "shoal.sock")
     log = open(os.path.join(tmp, "shoald.log"), "w")
+    metrics = os.path.join(tmp, "metrics.sock")
     proc = subprocess.Popen([os.path.join(BUILD, "bin", "shoald"), "--socket", socket, "--workers",
-                             str(args.workers), *args.shoald_args.split()], stdout=log, stderr=subprocess.STDOUT)
+                             str(args.workers), "--metrics-address", metrics, *args.shoald_args.split()], stdout=log, stderr=subprocess.STDOUT)
     try:
         for _ in range(600):
             try:
@@ -119,19 +147,25 @@ def main():
                   f"{'shoald ' + args.shoald_args + ', ' if args.shoald_args else ''}"
                   f"max_batch {args.max_batch}, max_delay_us {','.join(map(str, delays))}, {args.seconds} s per row; "
                   f"one batch of {args.max_batch} in-process: {batch_ms:.1f} ms, so the p99 target is {targets}")
-            print("| clients | batching | jobs/s | p50 (ms) | p99 (ms) | mean size of runs >1 |")
-            print("|---|---|---|---|---|---|")
+            print("| clients | batching | jobs/s | p50 (ms) | p99 (ms) | mean size of runs >1 | queued (ms, mean) "
+                  "| ran (ms, mean) |")
+            print("|---|---|---|---|---|---|---|---|")
             for n in [int(v) for v in args.clients.split(",")]:
                 rate_off = None
                 for name, _ in names:
                     before = next(m for m in c.models() if m["name"] == name)
+                    seen = scrape(metrics)
                     rate, p50, p99 = run_clients(socket, name, x, n, args.seconds, input_device)
+                    now = scrape(metrics)
                     after = next(m for m in c.models() if m["name"] == name)
+                    queued = mean_ms(seen, now, "shoal_queue_duration_seconds", name)
+                    ran = mean_ms(seen, now, "shoal_compute_duration_seconds", name)
                     runs = after["batches"] - before["batches"]
                     mean = (after["batched_jobs"] - before["batched_jobs"]) / runs if runs else 1.0
                     speedup = f" ({rate / rate_off:.2f}x)" if rate_off else ""
                     rate_off = rate if name == "off" else rate_off
-                    print(f"| {n} | {name} | {rate:.1f}{speedup} | {p50:.1f} | {p99:.1f} | {mean:.1f} |", flush=True)
+                    print(f"| {n} | {name} | {rate:.1f}{speedup} | {p50:.1f} | {p99:.1f} | {mean:.1f} | {queued:.2f} "
+                          f"| {ran:.2f} |", flush=True)
     finally:
         proc.terminate()
         proc.wait(30)

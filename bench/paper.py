@@ -18,6 +18,10 @@ these contenders, each kept busy by N callers:
   (b)  shoal torchscript  the same daemon as (a) serving the model's torch.jit.trace, saved;
   (c)  C++ threads        the paper's baseline, build/bin/bench_ts_threads: that TorchScript
                           file run by N C++ threads through libtorch (the floor of (b));
+  (c2) C++ processes      the same baseline as N processes of one thread each (N > 1, CPU):
+                          what N slots cost as processes rather than threads, with no shoal
+                          anywhere (each loads its own copy of the weights); items/s summed,
+                          p50 and p99 the median of the processes' own;
   (d)  eager threads      the model in this process, called by N Python threads;
   (e)  mp pool            what a user would write instead: N torch.multiprocessing processes
                           holding the model, fed through queues (tensors travel in shared
@@ -62,6 +66,7 @@ MIN_CALLS = 30  # fewer calls per window than this and a rate moves in steps of 
 A, A1, B, C, D, E = ("(a) shoal python", "(a') shoal python 1xN interpreters", "(b) shoal torchscript",
                      "(c) C++ threads (TorchScript)", "(d) eager Python threads", "(e) mp pool")
 AP = "(a) shoal python, N caller processes"
+C2 = "(c2) C++ processes (TorchScript)"
 
 
 def pool_worker(module, requests, replies, ready, device):
@@ -112,15 +117,23 @@ def summarise(rate_lat):
     return rate, gpu.percentile(lat, 0.5), gpu.percentile(lat, 0.99)
 
 
-def cpp_threads(ts_path, n, x, dev, seconds):
-    """(c): bench_ts_threads on the TorchScript file, n threads; (calls/s, p50, p99)."""
+def cpp_threads(ts_path, n, x, dev, seconds, processes=1):
+    """(c): bench_ts_threads on the TorchScript file, n threads; (calls/s, p50, p99). With
+    processes > 1 ((c2)): that many bench_ts_threads at once, n threads each; calls/s summed,
+    p50 and p99 the median of theirs (their windows start when each has loaded and warmed up)."""
     dtype = {torch.float32: "float32", torch.int64: "int64"}[x.dtype]
     args = [os.path.join(gpu.BUILD, "bin", "bench_ts_threads"), ts_path, str(n), str(seconds), str(INTRA_OP),
             dev, dtype, *(str(d) for d in x.shape)]
-    out = subprocess.run(args, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"bench_ts_threads exited {out.returncode}: {out.stderr.strip()[-1500:]}")
-    return tuple(float(v) for v in out.stdout.split())
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(processes)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench_ts_threads exited {proc.returncode}: {err.strip()[-1500:]}")
+        results.append(tuple(float(v) for v in out.split()))
+    return (sum(r[0] for r in results), statistics.median(r[1] for r in results),
+            statistics.median(r[2] for r in results))
 
 
 def eager_caller(module, x, dev):
@@ -174,6 +187,8 @@ def bench_slots(label, module, x, py_path, ts_path, n, args, tmp):
         fns_b = shoal_callers(d.socket, "ts", x, n, dev, clients)
         contenders[B] = lambda: summarise(gpu.drive(fns_b, args.seconds))
         contenders[C] = lambda: cpp_threads(ts_path, n, x, dev, args.seconds)
+        if n > 1 and dev == "cpu":
+            contenders[C2] = lambda: cpp_threads(ts_path, 1, x, dev, args.seconds, processes=n)
         fns_d = [eager_caller(module, x, dev) for _ in range(n)]
         contenders[D] = lambda: summarise(gpu.drive(fns_d, args.seconds))
         pool = ProcessPool(module, n, n, dev)
@@ -208,6 +223,10 @@ def targets(rows, cores, large_models):
             floor = by[(m, n, C)][0]
             lines.append(f"- {m}, {n} slot(s): (a) / (c) = {ratio(rate, floor)} (target >= 0.97): "
                          f"{'met' if floor and rate / floor >= 0.97 else 'NOT met'}")
+        if c == C2 and (m, n, C) in by and (m, n, A) in by:
+            lines.append(f"- {m}, {n} slots: the baseline as {n} processes, (c2) / (c) = {ratio(rate, by[(m, n, C)][0])}; "
+                         f"(a) / (c2) = {ratio(by[(m, n, A)][0], rate)} (what processes cost, and what shoal "
+                         "costs beyond them; no target)")
         if c == A and (m, n, E) in by:
             e = by[(m, n, E)]
             met = rate > e[0] and p50 < e[1] and p99 < e[2]
@@ -279,7 +298,7 @@ def main():
              "", "| model | slots | contender | items/s | x own 1 slot | x (c) | p50 (ms) | p99 (ms) | calls/round |",
              "|---|---|---|---|---|---|---|---|---|"]
     for m, n, c, rate, p50, p99, calls in rows:
-        own = by.get((m, 1, A if c == A1 else c))
+        own = by.get((m, 1, {A1: A, C2: C}.get(c, c)))
         cpp = by.get((m, n, C))
         lines.append(f"| {m} | {n} | {c} | {rate:.1f} | {ratio(rate, own)} | {ratio(rate, cpp)} | {p50:.2f} | "
                      f"{p99:.2f} | {calls} |")

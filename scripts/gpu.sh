@@ -6,7 +6,7 @@
 # every test, GPU tests included; they skip cleanly on machines without a GPU.
 # `scripts/gpu.sh run CMD ...` runs CMD (a benchmark) in the same environment, after test.
 # `scripts/gpu.sh build` builds only what the benchmarks run (shoald, the workers, the Python
-# package, bench_roundtrip): a minute or two less than test, for a call with little time.
+# package, bench_roundtrip, bench_ts_threads): a minute or two less than test, for a call with little time.
 # `scripts/gpu.sh bench quick|batching|paper`, after test (or build.sh): the open issues'
 # GPU-host figures, a set per device call (quick: the job path, ~4 min; batching: ResNet-50
 # with dynamic batching under either worker executable, then 3 workers, ~7 min; paper: ResNet-50 on the host's CPUs, ~6 min), each
@@ -58,17 +58,22 @@ case "${1:-}" in
           # a third worker on the GPU, and a hold below 2 ms (left to try on 2026-12-06)
           limited 120 "$PY" bench/batching.py --model resnet50 --clients 32 --seconds 8 --device cuda --workers 3 \
             --only-on --max-delays 1000,2000 ;;
+        hold)  # two workers, holds below 2 ms; the queued/ran columns split the latency
+          limited 150 "$PY" bench/batching.py --model resnet50 --clients 32 --seconds 8 --device cuda --workers 2 \
+            --only-on --max-delays 500,1000,2000 ;;
         paper) limited 420 "$PY" bench/paper.py --models resnet50 --slots 1,16 --seconds 10 ;;
+        paper16)  # 16 slots only, with (c2): the baseline as 16 processes (the 16-slot gap)
+          limited 330 "$PY" bench/paper.py --models resnet50 --slots 16 --seconds 10 ;;
         spin)  # who polls: nobody, shoald's own choice (spin_us = auto), everyone
           limited 100 "$PY" bench/roundtrip.py --runs 3 --iters 2000 --spin-us 0,auto,50
           limited 60 "$PY" bench/client_cpu.py --runs 5 --jobs 3000 ;;
-        *) echo "usage: scripts/gpu.sh bench quick|batching|paper|spin" >&2; exit 2 ;;
+        *) echo "usage: scripts/gpu.sh bench quick|batching|hold|paper|paper16|spin" >&2; exit 2 ;;
       esac
       exit 0
     fi
     export SHOAL_CMAKE_ARGS="-DSHOAL_EXTRA_INCLUDE=$DEPS/include -DSHOAL_EXTRA_LIB=$DEPS/lib ${SHOAL_CMAKE_ARGS:-}"
     if [ "$1" = build ]; then
-      SHOAL_BUILD_TARGETS="shoald shoal-worker shoal_worker_host shoal_native shoal_python bench_roundtrip" \
+      SHOAL_BUILD_TARGETS="shoald shoal-worker shoal_worker_host shoal_native shoal_python bench_roundtrip bench_ts_threads" \
         exec ./scripts/build.sh
     fi
     ./scripts/build.sh
@@ -76,7 +81,7 @@ case "${1:-}" in
     ctest --output-on-failure -j"$(nproc)" --timeout 900 ${CTEST_ARGS:-}
     ;;
   *)
-    echo "usage: scripts/gpu.sh pack | test | build | run CMD... | bench quick|batching|paper|spin" >&2
+    echo "usage: scripts/gpu.sh pack | test | build | run CMD... | bench quick|batching|hold|paper|paper16|spin" >&2
     exit 2
     ;;
 esac
