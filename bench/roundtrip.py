@@ -1,7 +1,7 @@
 """Round trip of a job through shoald vs calling the model in-process.
 
 One command (after scripts/build.sh):
-    /usr/bin/python3 bench/roundtrip.py [--runs 5] [--iters 2000] [--spin-us 0,50]
+    /usr/bin/python3 bench/roundtrip.py [--runs 5] [--iters 2000] [--spin-us 0,50] [--torchscript]
 
 Starts shoald (1 worker) on a temporary socket, packages an identity model, and measures
 p50/p99 per call, for arena-backed inputs of 4 KiB and 64 MiB:
@@ -16,6 +16,9 @@ worker and both clients poll that long for the next message before they sleep), 
 variants' runs alternating. "S/C": shoald and its worker poll S us, the clients C;
 "auto": shoald's default (spin_us = auto: it chooses by the CPUs it has), clients not
 polling, as a user's would by default.
+--torchscript: the same identity as a TorchScript module too, which the worker runs in C++
+(worker/torchscript.h) without its Python: rows "(TorchScript model)" show what the job
+path costs without the worker's Python (the lower bound of the Python model's rows).
 """
 import argparse
 import os
@@ -79,8 +82,13 @@ def parse_spin(spec):
     return int(server), int(client or server)
 
 
-def start_daemon(tmp, archive, spin_us):
-    """shoald with one worker serving `archive` as "identity", polling `spin_us` before it
+class ScriptedIdentity(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def start_daemon(tmp, archives, spin_us):
+    """shoald with one worker serving `archives` ({model name: path}), polling `spin_us` before it
     and its worker sleep (protocol/spin.h; None: shoald's own choice, spin_us = auto);
     returns (process, socket path, client)."""
     tag = "auto" if spin_us is None else spin_us
@@ -90,12 +98,13 @@ def start_daemon(tmp, archive, spin_us):
     env.pop("SHOAL_SPIN_US", None)
     if spin_us is not None:
         env["SHOAL_SPIN_US"] = str(spin_us)
-    daemon = subprocess.Popen([os.path.join(BUILD, "bin", "shoald"), "--socket", sock, "--workers", "1",
-                               "--model", f"identity={archive}"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    models = [arg for name, path in archives.items() for arg in ("--model", f"{name}={path}")]
+    daemon = subprocess.Popen([os.path.join(BUILD, "bin", "shoald"), "--socket", sock, "--workers", "1", *models],
+                              stdout=log, stderr=subprocess.STDOUT, env=env)
     for _ in range(300):
         try:
             c = shoal.Client(sock, arena_size=512 << 20)
-            if c.models()[0]["ready"]:
+            if all(m["ready"] for m in c.models()) and len(c.models()) == len(archives):
                 return daemon, sock, c
         except shoal.Error:
             pass
@@ -111,16 +120,21 @@ def main():
                     help="comma-separated SHOAL_SPIN_US values, each a shoald of its own, runs alternating "
                          "(0: receivers sleep at once, the default); S/C: shoald S, clients C; auto: shoald's "
                          "own choice, clients 0")
+    ap.add_argument("--torchscript", action="store_true",
+                    help="also the identity as a TorchScript module (run by the worker in C++, no Python)")
     args = ap.parse_args()
     spins = args.spin_us.split(",")
     tmp = tempfile.mkdtemp(prefix="shoal-bench-")
     model = shoal_test_models.Identity()
-    archive = shoal.export(model, os.path.join(tmp, "identity.pt"))
+    archives = {"identity": shoal.export(model, os.path.join(tmp, "identity.pt"))}
+    if args.torchscript:
+        archives["identity_ts"] = os.path.join(tmp, "identity_ts.pt")
+        torch.jit.save(torch.jit.script(ScriptedIdentity()), archives["identity_ts"])
     daemons = {}
     rows = []
     try:
         for spin in spins:
-            daemons[spin] = start_daemon(tmp, archive, parse_spin(spin)[0])
+            daemons[spin] = start_daemon(tmp, archives, parse_spin(spin)[0])
         # Both sizes, every daemon, in each run, in turn: whichever is measured first after the
         # daemons start runs on colder caches and clocks (it was always 4 KiB, up to 1.3x slower).
         sizes = (("4 KiB", 4096), ("64 MiB", 64 << 20))
@@ -131,8 +145,9 @@ def main():
                 xs[label, spin].fill_(1.0)
             results[label] = {"in-process": []}
             for spin in spins:
-                results[label][("py", spin)] = []
-                results[label][("cpp", spin)] = []
+                for name in archives:
+                    results[label][("py", spin, name)] = []
+                    results[label][("cpp", spin, name)] = []
         for r in range(args.runs):
             for label, nbytes in (sizes if r % 2 == 0 else sizes[::-1]):
                 x = xs[label, spins[0]]
@@ -141,19 +156,20 @@ def main():
                 for spin, (_, sock, c) in daemons.items():
                     client_spin = parse_spin(spin)[1]
                     _native.set_spin_budget_us(client_spin)  # the Python client's own polling, as its env would set
-                    results[label][("py", spin)].append(
-                        time_calls(lambda: c.infer("identity", xs[label, spin]), args.iters))
-                    out = subprocess.run([os.path.join(BUILD, "bin", "bench_roundtrip"), sock, "identity",
-                                          str(nbytes), str(args.iters)], capture_output=True, text=True, check=True,
-                                         env=dict(os.environ, SHOAL_SPIN_US=str(client_spin)))
-                    p50, p99 = map(float, out.stdout.split())
-                    results[label][("cpp", spin)].append((p50, p99))
+                    for name in archives:
+                        results[label][("py", spin, name)].append(
+                            time_calls(lambda: c.infer(name, xs[label, spin]), args.iters))
+                        out = subprocess.run([os.path.join(BUILD, "bin", "bench_roundtrip"), sock, name,
+                                              str(nbytes), str(args.iters)], capture_output=True, text=True,
+                                             check=True, env=dict(os.environ, SHOAL_SPIN_US=str(client_spin)))
+                        p50, p99 = map(float, out.stdout.split())
+                        results[label][("cpp", spin, name)].append((p50, p99))
         for label, _ in sizes:
             for key, runs in results[label].items():
                 if key == "in-process":
                     name = key
                 else:
-                    client, spin = key
+                    client, spin, model_name = key
                     server_spin, client_spin = parse_spin(spin)
                     if server_spin is None:
                         tag = f", spin auto, clients {client_spin} us"
@@ -161,7 +177,8 @@ def main():
                         tag = f", spin {server_spin} us, clients {client_spin} us"
                     else:
                         tag = f", spin {server_spin} us" if len(spins) > 1 or server_spin else ""
-                    name = f"shoal ({'Python' if client == 'py' else 'C++'} client{tag})"
+                    engine = ", TorchScript model" if model_name == "identity_ts" else ""
+                    name = f"shoal ({'Python' if client == 'py' else 'C++'} client{tag}{engine})"
                 rows.append((label, name, statistics.median(r[0] for r in runs),
                              statistics.median(r[1] for r in runs)))
         floor = [pingpong(args.iters) for _ in range(args.runs)]

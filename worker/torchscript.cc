@@ -1,6 +1,5 @@
 #include "worker/torchscript.h"
 
-#include <ATen/detail/CUDAHooksInterface.h>
 #include <caffe2/serialize/inline_container.h>
 #include <caffe2/serialize/read_adapter_interface.h>
 #include <fcntl.h>
@@ -19,6 +18,7 @@
 #include "protocol/output_tree.h"
 #include "shm/client_arena_maps.h"
 #include "shm/gpu_memory.h"
+#include "tensors/cuda_context.h"
 #include "tensors/ivalue_output.h"
 #include "tensors/tree.h"
 #include "worker/shared_weights.h"
@@ -60,16 +60,6 @@ std::string OkReply(uint64_t id, const std::string& engine = "", const std::stri
   }
   if (gpu_weights) { w.Key("gpu_weights"); w.Val(gpu_weights); }
   return std::string(w.body());
-}
-
-// Whether this process has a CUDA context (its one GPU's): only then is there GPU work to
-// wait for. Never creates one, so CPU models on a GPU host cost no context.
-bool CudaInUse() {
-  try {
-    return at::detail::getCUDAHooks().hasPrimaryContext(0);
-  } catch (const std::exception&) {  // a build of torch without CUDA
-    return false;
-  }
 }
 
 // A CUDA error that leaves the process's context unusable (sticky: a synchronise fails
@@ -299,7 +289,7 @@ EncodedReply TorchScriptModels::Load(uint64_t id, const std::string& name, int f
     }
   } catch (const std::exception& e) {
     Status st(Code::kModelError, "model '" + name + "': TorchScript archive " + path + " does not load: " + e.what());
-    if (CudaInUse()) {
+    if (CudaContextInUse()) {
       try {
         torch::cuda::synchronize();
       } catch (const std::exception&) {
@@ -444,7 +434,7 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
     Status st(Code::kModelError, "model '" + name + "' raised in job " + std::to_string(id) + ": " +
                                      ModelErrorText(e, &tb));
     // Its queued GPU work is waited for; a context that cannot be synchronised is dead.
-    if (CudaInUse()) {
+    if (CudaContextInUse()) {
       try {
         torch::cuda::synchronize();
       } catch (const std::exception&) {
@@ -464,7 +454,7 @@ EncodedReply TorchScriptModels::Infer(uint64_t id, const MapView& msg) {
   auto reply = EncodeOutputReply(id, name, root, place);
   try {
     // The worker's GPU work is complete before the reply leaves (docs/architecture.md, "GPU").
-    if (CudaInUse()) torch::cuda::synchronize();
+    if (CudaContextInUse()) torch::cuda::synchronize();
   } catch (const std::exception& e) {
     return EncodedReply{PoisonedReply(id, Status(Code::kModelError, "model '" + name + "', job " +
                                                                         std::to_string(id) + ": " + e.what())),
