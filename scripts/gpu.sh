@@ -68,7 +68,7 @@ case "${1:-}" in
         paper16)  # 16 slots only, with (c2): the baseline as 16 processes (the 16-slot gap)
           limited 330 "$PY" bench/paper.py --models resnet50 --slots 16 --seconds 8 ;;
         spin)  # who polls: nobody, shoald's own choice (spin_us = auto), everyone
-          limited 100 "$PY" bench/roundtrip.py --runs 3 --iters 2000 --spin-us 0,auto,50
+          limited 160 "$PY" bench/roundtrip.py --runs 3 --iters 2000 --spin-us 0,auto,50 --torchscript
           limited 60 "$PY" bench/client_cpu.py --runs 5 --jobs 3000 ;;
         *) echo "usage: scripts/gpu.sh bench quick|batching|hold|hold-private|paper|paper16|spin" >&2; exit 2 ;;
       esac
