@@ -18,6 +18,7 @@ weights; "small" is a three-layer CNN on 3x64x64 inputs for slow CPUs.
 """
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,11 @@ def run_clients(socket, model, x, n, seconds, device):
     return rate, gpu.percentile(lat, 0.5), gpu.percentile(lat, 0.99)
 
 
+_SAMPLE = re.compile(r'^(shoal_(?:queue|compute)_duration_seconds_(?:sum|count))\{(.*)\} (\S+)$')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')  # name="value", value with \\ \" \n escapes
+_ESCAPE = re.compile(r'\\(.)')
+
+
 def scrape(path):
     """{(family, model): value} of the _sum and _count samples of shoald's queue and compute
     histograms, read from its metrics endpoint (a Unix socket) by a plain HTTP/1.0 GET."""
@@ -61,11 +67,12 @@ def scrape(path):
             data += chunk
     out = {}
     for line in data.decode().splitlines():
-        for fam in ("shoal_queue_duration_seconds", "shoal_compute_duration_seconds"):
-            for part in ("_sum", "_count"):
-                if line.startswith(fam + part + "{"):
-                    model = line.split('model="', 1)[1].split('"', 1)[0]
-                    out[(fam + part, model)] = float(line.rsplit(" ", 1)[1])
+        m = _SAMPLE.match(line)
+        if m:
+            labels = {k: _ESCAPE.sub(lambda e: "\n" if e.group(1) == "n" else e.group(1), v)
+                      for k, v in _LABEL.findall(m.group(2))}
+            if "model" in labels:
+                out[(m.group(1), labels["model"])] = float(m.group(3))
     return out
 
 

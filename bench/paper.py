@@ -20,8 +20,8 @@ these contenders, each kept busy by N callers:
                           file run by N C++ threads through libtorch (the floor of (b));
   (c2) C++ processes      the same baseline as N processes of one thread each (N > 1, CPU):
                           what N slots cost as processes rather than threads, with no shoal
-                          anywhere (each loads its own copy of the weights); items/s summed,
-                          p50 and p99 the median of the processes' own;
+                          anywhere (each loads its own copy of the weights; their windows
+                          start together); items/s summed, p50 and p99 the median of theirs;
   (d)  eager threads      the model in this process, called by N Python threads;
   (e)  mp pool            what a user would write instead: N torch.multiprocessing processes
                           holding the model, fed through queues (tensors travel in shared
@@ -119,19 +119,39 @@ def summarise(rate_lat):
 
 def cpp_threads(ts_path, n, x, dev, seconds, processes=1):
     """(c): bench_ts_threads on the TorchScript file, n threads; (calls/s, p50, p99). With
-    processes > 1 ((c2)): that many bench_ts_threads at once, n threads each; calls/s summed,
-    p50 and p99 the median of theirs (their windows start when each has loaded and warmed up)."""
+    processes > 1 ((c2)): that many bench_ts_threads, n threads each, their windows started
+    together once all have loaded and warmed up (SHOAL_BENCH_START_LINE); calls/s summed, p50
+    and p99 the median of theirs."""
     dtype = {torch.float32: "float32", torch.int64: "int64"}[x.dtype]
     args = [os.path.join(gpu.BUILD, "bin", "bench_ts_threads"), ts_path, str(n), str(seconds), str(INTRA_OP),
             dev, dtype, *(str(d) for d in x.shape)]
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(processes)]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"bench_ts_threads exited {proc.returncode}: {err.strip()[-1500:]}")
-        results.append(tuple(float(v) for v in out.split()))
+    if processes == 1:
+        out = subprocess.run(args, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"bench_ts_threads exited {out.returncode}: {out.stderr.strip()[-1500:]}")
+        return tuple(float(v) for v in out.stdout.split())
+    env = dict(os.environ, SHOAL_BENCH_START_LINE="1")
+    procs = [subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(processes)]
+    try:
+        for proc in procs:  # each says "ready" once warm (or ends: its error follows)
+            if proc.stdout.readline().strip() != "ready":
+                proc.wait()
+                raise RuntimeError(f"bench_ts_threads exited {proc.returncode}: {proc.stderr.read().strip()[-1500:]}")
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = []
+        for proc in procs:
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench_ts_threads exited {proc.returncode}: {err.strip()[-1500:]}")
+            results.append(tuple(float(v) for v in out.split()))
+    finally:
+        for proc in procs:  # none outlives a failure
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return (sum(r[0] for r in results), statistics.median(r[1] for r in results),
             statistics.median(r[2] for r in results))
 

@@ -17,8 +17,9 @@ variants' runs alternating. "S/C": shoald and its worker poll S us, the clients 
 "auto": shoald's default (spin_us = auto: it chooses by the CPUs it has), clients not
 polling, as a user's would by default.
 --torchscript: the same identity as a TorchScript module too, which the worker runs in C++
-(worker/torchscript.h) without its Python: rows "(TorchScript model)" show what the job
-path costs without the worker's Python (the lower bound of the Python model's rows).
+(worker/torchscript.h) without its Python: rows marked "TorchScript model" show what the
+job path costs without the worker's Python (the lower bound of the Python model's rows);
+the two models take turns going first, run by run.
 """
 import argparse
 import os
@@ -156,7 +157,7 @@ def main():
                 for spin, (_, sock, c) in daemons.items():
                     client_spin = parse_spin(spin)[1]
                     _native.set_spin_budget_us(client_spin)  # the Python client's own polling, as its env would set
-                    for name in archives:
+                    for name in (list(archives) if r % 2 == 0 else list(archives)[::-1]):
                         results[label][("py", spin, name)].append(
                             time_calls(lambda: c.infer(name, xs[label, spin]), args.iters))
                         out = subprocess.run([os.path.join(BUILD, "bin", "bench_roundtrip"), sock, name,

@@ -6,7 +6,10 @@
 //   prints one line: CALLS_PER_S P50_MS P99_MS
 // Each thread makes kWarmupCalls calls first (the profiling executor specialises the graph
 // on its first runs); then all threads run together for SECONDS, and only calls that end
-// inside that window count, the same rule as bench/gpu.py's drive().
+// inside that window count, the same rule as bench/gpu.py's drive(). With
+// SHOAL_BENCH_START_LINE=1 in the environment, the window waits for the caller too: once
+// warm, the process prints "ready" and starts when a line comes on its stdin (bench/paper.py
+// starts several processes' windows together so).
 // Runs in the forward of shoal's TorchScript runner: c10::InferenceMode, the module shared
 // by every thread (Module::forward is reentrant).
 #include <ATen/Parallel.h>
@@ -37,6 +40,13 @@ class StartLine {
   Clock::time_point Arrive() {
     std::unique_lock<std::mutex> lock(mu_);
     if (--waiting_ == 0) {
+      const char* caller = std::getenv("SHOAL_BENCH_START_LINE");
+      if (caller != nullptr && std::string(caller) == "1") {
+        std::printf("ready\n");
+        std::fflush(stdout);
+        char line[16];
+        if (std::fgets(line, sizeof(line), stdin) == nullptr) std::exit(3);  // the caller is gone
+      }
       start_ = Clock::now();
       open_ = true;
       cv_.notify_all();
