@@ -59,9 +59,12 @@ def soak(args, fault_rate):
     log_path = os.path.join(tmp, "shoald.log")
     daemon = subprocess.Popen([os.path.join(BUILD, "bin", "shoald"), "--socket", sock, "--workers",
                                str(args.workers), "--model", f"add={add}", "--model", f"crashy={crashy}",
-                               "--crash-loop-limit", "1000000000", "--timeout-ms", "60000"],
+                               # crashes are the point here: the most the limit allows, counted over 1 s
+                               "--crash-loop-limit", "1000", "--crash-window-s", "1", "--timeout-ms", "60000"],
                               stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     for _ in range(600):
+        if daemon.poll() is not None:
+            sys.exit(f"shoald exited ({daemon.returncode}) before serving: {open(log_path).read()}")
         try:
             with shoal.Client(sock) as c:
                 if c.health()["ready"] and all(w["models"] for w in c.status()["workers"]):
