@@ -280,8 +280,13 @@ Result<ArchiveInfo> ReadArchive(std::string_view file, std::string_view entry) {
   // archive serves (the entry pickle, which the manifest may name) is checked first; what
   // is wrong with the manifest itself is reported after the records' layout and damage.
   std::string manifest_problem;
+  // A torch.package archive's in _shoal/ (shoal.export since 2026-12-08), else in shoal/
+  // (before: a folder named like the extern module shoal, which torch.package's own
+  // importer refuses when the model's code imports shoal); a TorchScript archive's is an
+  // extra file.
   const std::string manifest = info.kind == ArchiveKind::kTorchScript ? "extra/shoal/manifest.json"
-                                                                       : "shoal/manifest.json";
+                               : names.count("_shoal/manifest.json") != 0 ? "_shoal/manifest.json"
+                                                                          : "shoal/manifest.json";
   info.has_manifest = names.count(manifest) != 0;
   for (const auto& r : raw) {
     if (r.name != manifest) continue;
@@ -291,7 +296,7 @@ Result<ArchiveInfo> ReadArchive(std::string_view file, std::string_view entry) {
     } else if (r.size > kMaxManifestBytes) {
       Refuse(&manifest_problem,
              "its manifest " + r.name + " is larger than " + std::to_string(kMaxManifestBytes) + " bytes");
-    } else if (auto policy = ParseManifestPolicy(file.substr(r.offset, r.size)); !policy.ok()) {
+    } else if (auto policy = ParseManifestPolicy(file.substr(r.offset, r.size), r.name); !policy.ok()) {
       Refuse(&manifest_problem, policy.status().message());
     } else if (auto st = CheckBatchPolicy(policy->batching, "its manifest's batching"); !st.ok()) {
       Refuse(&manifest_problem, st.message());

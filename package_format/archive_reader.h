@@ -47,7 +47,8 @@ struct ArchiveInfo {
   ArchiveKind kind = ArchiveKind::kPackage;
   std::string prefix;    // the top-level folder every record sits in
   std::vector<ArchiveRecord> records;
-  // shoal/manifest.json (a TorchScript archive's: the extra file extra/shoal/manifest.json)
+  // _shoal/manifest.json, or shoal/manifest.json in older exports (a TorchScript archive's:
+  // the extra file extra/shoal/manifest.json)
   bool has_manifest = false;
   ManifestPolicy policy;  // what it says shoald must allow (package_format/manifest.h)
   size_t storages = 0;

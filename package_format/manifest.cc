@@ -17,7 +17,7 @@ constexpr int kMaxDepth = 32;
 
 class Reader {
  public:
-  explicit Reader(std::string_view text) : s_(text) {}
+  Reader(std::string_view text, std::string_view what) : s_(text), what_(what) {}
 
   Result<ManifestPolicy> Manifest() {
     Space();
@@ -228,9 +228,11 @@ class Reader {
 
  private:
   // The text is not JSON (or not an object).
-  static Status Bad(const std::string& why) { return Status::BadRequest("shoal/manifest.json does not parse: it " + why); }
+  Status Bad(const std::string& why) const {
+    return Status::BadRequest(std::string(what_) + " does not parse: it " + why);
+  }
   // JSON, but a key shoald reads holds what it cannot use.
-  static Status Invalid(const std::string& why) { return Status::BadRequest("shoal/manifest.json: " + why); }
+  Status Invalid(const std::string& why) const { return Status::BadRequest(std::string(what_) + ": " + why); }
 
   void Space() {
     while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) ++i_;
@@ -366,12 +368,15 @@ class Reader {
   }
 
   std::string_view s_;
+  std::string_view what_;  // names the manifest in errors
   size_t i_ = 0;
 };
 
 }  // namespace
 
-Result<ManifestPolicy> ParseManifestPolicy(std::string_view json) { return Reader(json).Manifest(); }
+Result<ManifestPolicy> ParseManifestPolicy(std::string_view json, std::string_view what) {
+  return Reader(json, what).Manifest();
+}
 
 Status CheckBatchPolicy(const BatchPolicy& p, const std::string& who) {
   auto bad = [&](const std::string& why) { return Status::BadRequest(who + ": " + why); };

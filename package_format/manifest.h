@@ -3,8 +3,8 @@
 // batched, which pickle it serves, which of its methods clients may call, and the tensor
 // specs it declares.
 //
-// The manifest is JSON: shoal/manifest.json in a torch.package archive (shoal.export
-// writes it), the extra file extra/shoal/manifest.json in a TorchScript archive
+// The manifest is JSON: _shoal/manifest.json in a torch.package archive (shoal.export
+// writes it; shoal/manifest.json in exports before 2026-12-08), the extra file extra/shoal/manifest.json in a TorchScript archive
 // (torch.jit.save(m, path, _extra_files=shoal.torchscript_manifest(...))). Its other keys
 // (name, version, example) are the worker's business
 // (python/shoal/archive.py). The archive reader (archive_reader.h) calls this, so a
@@ -73,6 +73,7 @@ struct ManifestPolicy {
 
 // BadRequest when `json` is not one JSON object, or when a key shoald reads has a value
 // of the wrong type.
-Result<ManifestPolicy> ParseManifestPolicy(std::string_view json);
+// `what` names it in errors ("_shoal/manifest.json does not parse: it ...").
+Result<ManifestPolicy> ParseManifestPolicy(std::string_view json, std::string_view what = "the manifest");
 
 }  // namespace shoal

@@ -1,8 +1,11 @@
 """Model archives: torch.package zips whose served object is the pickle ``model/model.pkl``
 (the torch::deploy / MultiPy convention) or another one that the load or the manifest names
 (its ``entry``, "package/resource.pkl"), optionally with a manifest
-(``shoal/manifest.json``) and an example input and reference output (``shoal/example.pkl``)
-that the model is checked against when it loads. TorchScript zips (``torch.jit.save``)
+(``_shoal/manifest.json``) and an example input and reference output (``_shoal/example.pkl``)
+that the model is checked against when it loads (archives exported before 2026-12-08 keep
+them in ``shoal/``, which is read too: a folder named like the extern module ``shoal``
+made torch.package's own importer refuse the archive when the model's code imports
+shoal). TorchScript zips (``torch.jit.save``)
 are archives too.
 
 ``export`` writes one; ``load`` reads one the way a worker does: the file is mapped
@@ -22,8 +25,12 @@ from torch.package import PackageExporter, PackageImporter
 from . import _native, _tensors
 
 ENTRY_PACKAGE, ENTRY_RESOURCE = _native.DEFAULT_ENTRY.rsplit("/", 1)  # the C++ reader's default
-MANIFEST = "shoal/manifest.json"
-EXAMPLE = "shoal/example.pkl"
+SHOAL_PACKAGE = "_shoal"  # the folder of shoal's records in a torch.package archive
+MANIFEST = SHOAL_PACKAGE + "/manifest.json"
+EXAMPLE = SHOAL_PACKAGE + "/example.pkl"
+OLD_MANIFEST, OLD_EXAMPLE = "shoal/manifest.json", "shoal/example.pkl"  # where exports before 2026-12-08 put them
+# A TorchScript archive's manifest: the extra file extra/shoal/manifest.json (torch.jit.save's _extra_files).
+TORCHSCRIPT_MANIFEST = "shoal/manifest.json"
 MANIFEST_FORMAT = 1
 ALIGNMENT = 64
 DEFAULT_EXTERN = ["torch", "torch.**", "numpy", "numpy.**", "torchvision", "torchvision.**",
@@ -184,8 +191,8 @@ def export(model, path, extern=(), intern=(), mock=(), name=None, version=None, 
         exp.intern(list(intern) + ["**"])
         exp.save_pickle(ENTRY_PACKAGE, ENTRY_RESOURCE, model)
         if example is not None:
-            exp.save_pickle("shoal", "example.pkl", example)
-        exp.save_text("shoal", "manifest.json", json.dumps(manifest, indent=2))
+            exp.save_pickle(SHOAL_PACKAGE, "example.pkl", example)
+        exp.save_text(SHOAL_PACKAGE, "manifest.json", json.dumps(manifest, indent=2))
     if progress is not None:
         progress.write("\n")
     return path
@@ -202,7 +209,7 @@ def torchscript_manifest(broadcast_inputs=False, quantized_engine=None, methods=
         manifest["quantized_engine"] = quantized_engine
     if methods:
         manifest["methods"] = _checked_methods(methods)
-    return {MANIFEST: json.dumps(manifest)}
+    return {TORCHSCRIPT_MANIFEST: json.dumps(manifest)}
 
 
 def read_zip(path, label=None, entry=None):
@@ -289,17 +296,27 @@ def is_torchscript(path):
         return False
 
 
+def manifest_record(has_record):
+    """The name of a torch.package archive's manifest (``has_record(name)`` says whether the
+    archive holds a record), None without one: ``_shoal/``, else where older exports put it."""
+    for name in (MANIFEST, OLD_MANIFEST):
+        if has_record(name):
+            return name
+    return None
+
+
 def read_manifest(path, reader):
     """The archive's manifest (a dict), None without one; ArchiveError if it is broken or
     contradicts the archive."""
-    if not reader.has_record(MANIFEST):
+    name = manifest_record(reader.has_record)
+    if name is None:
         return None
     try:
-        manifest = json.loads(bytes(reader.get_record(MANIFEST)).decode())
+        manifest = json.loads(bytes(reader.get_record(name)).decode())
     except (ValueError, UnicodeDecodeError) as e:
-        raise ArchiveError(f"archive {path}: {MANIFEST} does not parse: {e}") from None
+        raise ArchiveError(f"archive {path}: {name} does not parse: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ArchiveError(f"archive {path}: {MANIFEST} is not a format-{MANIFEST_FORMAT} shoal manifest")
+        raise ArchiveError(f"archive {path}: {name} is not a format-{MANIFEST_FORMAT} shoal manifest")
     entry = manifest.get("entry", _native.DEFAULT_ENTRY)
     if not isinstance(entry, str) or "/" not in entry or not reader.has_record(entry):
         raise ArchiveError(f"archive {path}: the manifest names entry {entry!r}, which the archive does not contain")
@@ -346,18 +363,23 @@ def _close(a, b, path):
         raise SelfCheckError(f"archive {path}: self-check failed: {a!r} != reference {b!r}")
 
 
+_OLD_RECORDS = (OLD_MANIFEST, OLD_EXAMPLE)
+
+
 class _Importer(PackageImporter):
-    """PackageImporter that leaves shoal's own records (manifest, example) out of the
-    module tree: a model whose code imports shoal has shoal extern, and torch.package
-    refuses files inside an extern package. They are read as records, not modules."""
+    """PackageImporter that leaves shoal's records in an archive exported before
+    2026-12-08 (``shoal/manifest.json``, ``shoal/example.pkl``) out of the module tree: a
+    model whose code imports shoal has shoal extern, and torch.package refuses files inside
+    an extern package. They are read as records, not modules. (Exports now put them in
+    ``_shoal/``, which no model imports.)"""
 
     def _add_file(self, filename):
-        if filename in (MANIFEST, EXAMPLE):
+        if filename in _OLD_RECORDS:
             return
         super()._add_file(filename)
 
     def _zipfile_path(self, package, resource=None):
-        if isinstance(package, str) and resource is not None and f"{package}/{resource}" in (MANIFEST, EXAMPLE):
+        if isinstance(package, str) and resource is not None and f"{package}/{resource}" in _OLD_RECORDS:
             return f"{package}/{resource}"
         return super()._zipfile_path(package, resource)
 

@@ -101,12 +101,13 @@ def inspect_archive(path):
                     data = read(name)
                     if data is not None:
                         dtypes.update(_storage_dtypes(data))
-            if archive.MANIFEST in rel:
-                data = read(archive.MANIFEST)
+            manifest = archive.manifest_record(lambda name: name in rel)
+            if manifest is not None:
+                data = read(manifest)
                 try:
                     out["manifest"] = json.loads(data.decode()) if data is not None else None
                 except ValueError as e:
-                    problems.append(f"{archive.MANIFEST} does not parse: {e}")
+                    problems.append(f"{manifest} does not parse: {e}")
             if ".data/extern_modules" in rel:
                 data = read(".data/extern_modules") or b""
                 out["extern_modules"] = sorted(x for x in data.decode(errors="replace").split("\n") if x)

@@ -51,9 +51,12 @@ TEST_CASE("a manifest shoald cannot read is a bad request that says why", "[mani
     CAPTURE(c.json);
     auto r = ParseManifestPolicy(c.json);
     REQUIRE(r.status().code() == Code::kBadRequest);
-    CHECK(r.status().message().rfind("shoal/manifest.json", 0) == 0);
+    CHECK(r.status().message().rfind("the manifest", 0) == 0);
     CHECK(r.status().message().find(c.why) != std::string::npos);
   }
+  // The archive reader names the record it read.
+  CHECK(ParseManifestPolicy("{", "_shoal/manifest.json").status().message().rfind(
+            "_shoal/manifest.json does not parse: it ", 0) == 0);
   std::string deep = "{\"a\": " + std::string(40, '[') + std::string(40, ']') + "}";
   CHECK(ParseManifestPolicy(deep).status().message().find("nests deeper than 32 levels") != std::string::npos);
   std::string fine = "{\"a\": " + std::string(31, '[') + std::string(31, ']') + "}";

@@ -96,15 +96,15 @@ def test_duplicate_records(daemon, good, tmp_path):
 
 def test_manifest_that_does_not_parse(daemon, tmp_path):
     src = shoal.export(models.AddConst(1.0), tmp_path / "m.pt")
-    path = rewrite(src, tmp_path / "badmanifest.pt", replace={"shoal/manifest.json": b"{not json"})
+    path = rewrite(src, tmp_path / "badmanifest.pt", replace={shoal.archive.MANIFEST: b"{not json"})
     path = shoal.tools.repack(path, tmp_path / "badmanifest2.pt") and tmp_path / "badmanifest2.pt"
-    assert_refused(daemon, path, shoal.BadRequest, "manifest.json does not parse")
+    assert_refused(daemon, path, shoal.BadRequest, "_shoal/manifest.json does not parse: it expects a string at byte 1")
 
 
 def test_manifest_that_contradicts_the_archive(daemon, tmp_path):
     src = shoal.export(models.AddConst(1.0), tmp_path / "m.pt")
     manifest = {"format": 1, "name": "m", "version": "1", "entry": "model/other.pkl", "inputs": [], "outputs": []}
-    path = rewrite(src, tmp_path / "contra.pt", replace={"shoal/manifest.json": json.dumps(manifest).encode()})
+    path = rewrite(src, tmp_path / "contra.pt", replace={shoal.archive.MANIFEST: json.dumps(manifest).encode()})
     path = shoal.tools.repack(path, tmp_path / "contra2.pt") and tmp_path / "contra2.pt"
     assert_refused(daemon, path, shoal.BadRequest, "names entry 'model/other.pkl'")
 
@@ -205,7 +205,7 @@ def test_cli_package_inspect_and_serve(daemon, tmp_path):
     assert info["servable"] and info["kind"] == "torch.package"
     assert info["manifest"]["name"] == "tiny" and info["manifest"]["version"] == "2"
     assert info["manifest"]["inputs"][0] == {"dtype": "float32", "shape": [None, 8], "name": "input0"}
-    assert info["manifest"]["example"] == "shoal/example.pkl"
+    assert info["manifest"]["example"] == "_shoal/example.pkl"
     assert "tiny_classifier" in info["interned_modules"] and "torch" in info["extern_modules"]
     # 4 weights + the example input + the reference output
     assert info["storages"]["count"] == 6 and info["storages"]["dtypes"] == {"float32": 6}
@@ -327,6 +327,62 @@ def test_a_model_whose_code_imports_shoal_exports_loads_and_serves(daemon, tmp_p
     path = shoal.export(uses_shoal.UsesShoal(), tmp_path / "uses.pt", example_inputs=[torch.ones(2)])
     with daemon.client() as c:
         c.load("uses", str(path))  # the self-check runs the example in the worker
+        assert torch.equal(c.infer("uses", torch.zeros(3), timeout=30), torch.ones(3))
+
+
+def test_torch_packages_own_importer_opens_an_archive_whose_code_imports_shoal(tmp_path):
+    """shoal.export writes a torch.package zip: torch's PackageImporter opens it, also when
+    the model's code imports shoal (shoal is extern then, and torch.package refuses files
+    in an extern module's folder, where the manifest was until 2026-12-08)."""
+    import uses_shoal
+    from torch.package import PackageImporter
+    path = shoal.export(uses_shoal.UsesShoal(), tmp_path / "uses.pt", example_inputs=[torch.ones(2)])
+    assert "shoal" in zipfile.ZipFile(path).read("uses/.data/extern_modules").decode().split("\n")
+    model = PackageImporter(str(path)).load_pickle("model", "model.pkl")
+    assert torch.equal(model(torch.zeros(3)), torch.ones(3))
+
+
+def _old_layout(src, dst):
+    """``src`` as exports before 2026-12-08 wrote it: the manifest and the example in
+    shoal/, the manifest naming shoal/example.pkl."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        prefix = zin.namelist()[0].split("/", 1)[0] + "/"
+        for info in zin.infolist():
+            rel, data = info.filename[len(prefix):], zin.read(info)
+            if rel == shoal.archive.MANIFEST:
+                manifest = json.loads(data)
+                if manifest.get("example"):
+                    manifest["example"] = shoal.archive.OLD_EXAMPLE
+                rel, data = shoal.archive.OLD_MANIFEST, json.dumps(manifest).encode()
+            elif rel == shoal.archive.EXAMPLE:
+                rel = shoal.archive.OLD_EXAMPLE
+            zout.writestr(prefix + rel, data)
+    return shoal.tools.repack(dst, str(dst) + ".repacked") and str(dst) + ".repacked"
+
+
+def test_archives_exported_before_the_manifest_moved_still_load_with_their_manifest(daemon, tmp_path):
+    import uses_shoal
+    new = shoal.export(models.AddConst(1.0), tmp_path / "add.pt", example_inputs=(torch.ones(2, 4),),
+                       batching={"max_batch": 4, "max_delay_us": 1000})
+    old = _old_layout(new, tmp_path / "old.pt")
+    names = [n.split("/", 1)[1] for n in zipfile.ZipFile(old).namelist()]
+    assert shoal.archive.OLD_MANIFEST in names and shoal.archive.MANIFEST not in names
+    info = json.loads(run("inspect", old, "--json").stdout)
+    assert info["servable"] and info["manifest"]["example"] == shoal.archive.OLD_EXAMPLE
+    # Python reads it (the self-check runs from shoal/example.pkl) ...
+    assert torch.equal(shoal.archive.load(old)(torch.zeros(1, 4)), torch.ones(1, 4))
+    # ... and so does shoald: the manifest's batching and input specs hold.
+    with daemon.client() as c:
+        c.load("old", old)
+        (m,) = [m for m in c.models() if m["name"] == "old"]
+        assert m["batching"]["max_batch"] == 4
+        with pytest.raises(shoal.BadRequest, match=r"input 0 must be float32\[\*, 4\]"):
+            c.infer("old", torch.zeros(5, 3))
+        assert torch.equal(c.infer("old", torch.zeros(2, 4)), torch.ones(2, 4))
+        # A model whose code imports shoal, in the old layout (shoal's importer skips the
+        # manifest's folder there).
+        c.load("uses", _old_layout(shoal.export(uses_shoal.UsesShoal(), tmp_path / "uses.pt",
+                                                example_inputs=[torch.ones(2)]), tmp_path / "uses-old.pt"))
         assert torch.equal(c.infer("uses", torch.zeros(3), timeout=30), torch.ones(3))
 
 
