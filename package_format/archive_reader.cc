@@ -280,7 +280,7 @@ Result<ArchiveInfo> ReadArchive(std::string_view file, std::string_view entry) {
   // archive serves (the entry pickle, which the manifest may name) is checked first; what
   // is wrong with the manifest itself is reported after the records' layout and damage.
   std::string manifest_problem;
-  // A torch.package archive's in _shoal/ (shoal.export since 2026-12-08), else in shoal/
+  // A torch.package archive's in _shoal/ (shoal.export since 2026-12-07), else in shoal/
   // (before: a folder named like the extern module shoal, which torch.package's own
   // importer refuses when the model's code imports shoal); a TorchScript archive's is an
   // extra file.

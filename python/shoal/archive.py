@@ -2,7 +2,7 @@
 (the torch::deploy / MultiPy convention) or another one that the load or the manifest names
 (its ``entry``, "package/resource.pkl"), optionally with a manifest
 (``_shoal/manifest.json``) and an example input and reference output (``_shoal/example.pkl``)
-that the model is checked against when it loads (archives exported before 2026-12-08 keep
+that the model is checked against when it loads (archives exported before 2026-12-07 keep
 them in ``shoal/``, which is read too: a folder named like the extern module ``shoal``
 made torch.package's own importer refuse the archive when the model's code imports
 shoal). TorchScript zips (``torch.jit.save``)
@@ -28,7 +28,7 @@ ENTRY_PACKAGE, ENTRY_RESOURCE = _native.DEFAULT_ENTRY.rsplit("/", 1)  # the C++ 
 SHOAL_PACKAGE = "_shoal"  # the folder of shoal's records in a torch.package archive
 MANIFEST = SHOAL_PACKAGE + "/manifest.json"
 EXAMPLE = SHOAL_PACKAGE + "/example.pkl"
-OLD_MANIFEST, OLD_EXAMPLE = "shoal/manifest.json", "shoal/example.pkl"  # where exports before 2026-12-08 put them
+OLD_MANIFEST, OLD_EXAMPLE = "shoal/manifest.json", "shoal/example.pkl"  # where exports before 2026-12-07 put them
 # A TorchScript archive's manifest: the extra file extra/shoal/manifest.json (torch.jit.save's _extra_files).
 TORCHSCRIPT_MANIFEST = "shoal/manifest.json"
 MANIFEST_FORMAT = 1
@@ -368,7 +368,7 @@ _OLD_RECORDS = (OLD_MANIFEST, OLD_EXAMPLE)
 
 class _Importer(PackageImporter):
     """PackageImporter that leaves shoal's records in an archive exported before
-    2026-12-08 (``shoal/manifest.json``, ``shoal/example.pkl``) out of the module tree: a
+    2026-12-07 (``shoal/manifest.json``, ``shoal/example.pkl``) out of the module tree: a
     model whose code imports shoal has shoal extern, and torch.package refuses files inside
     an extern package. They are read as records, not modules. (Exports now put them in
     ``_shoal/``, which no model imports.)"""

@@ -333,7 +333,7 @@ def test_a_model_whose_code_imports_shoal_exports_loads_and_serves(daemon, tmp_p
 def test_torch_packages_own_importer_opens_an_archive_whose_code_imports_shoal(tmp_path):
     """shoal.export writes a torch.package zip: torch's PackageImporter opens it, also when
     the model's code imports shoal (shoal is extern then, and torch.package refuses files
-    in an extern module's folder, where the manifest was until 2026-12-08)."""
+    in an extern module's folder, where the manifest was until 2026-12-07)."""
     import uses_shoal
     from torch.package import PackageImporter
     path = shoal.export(uses_shoal.UsesShoal(), tmp_path / "uses.pt", example_inputs=[torch.ones(2)])
@@ -343,7 +343,7 @@ def test_torch_packages_own_importer_opens_an_archive_whose_code_imports_shoal(t
 
 
 def _old_layout(src, dst):
-    """``src`` as exports before 2026-12-08 wrote it: the manifest and the example in
+    """``src`` as exports before 2026-12-07 wrote it: the manifest and the example in
     shoal/, the manifest naming shoal/example.pkl."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         prefix = zin.namelist()[0].split("/", 1)[0] + "/"
