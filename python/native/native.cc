@@ -4,6 +4,10 @@
 //   DTYPES                 ((name, itemsize, scalar_type, storage_class), ...): the dtype
 //                          table of protocol/dtypes.h, the only one
 //   default_socket_path()  where shoald listens by default (protocol/paths.h)
+//   layout(dtype, shape, strides)
+//                          (bytes from the first element to the end of the last, whether the
+//                          strides are the contiguous ones): protocol/descriptor.h's Extent()
+//                          and ContiguousStrides(), what shoald checks descriptors with
 //   spin_budget_us()       how long a receiver polls before it sleeps (protocol/spin.h);
 //   set_spin_budget_us(us) sets it (benchmarks)
 //
@@ -13,7 +17,9 @@
 #include <cstring>
 #include <iterator>
 #include <string>
+#include <vector>
 
+#include "protocol/descriptor.h"
 #include "protocol/dtypes.h"
 #include "protocol/paths.h"
 #include "protocol/spin.h"
@@ -107,7 +113,69 @@ PyObject* CheckServerPeer(PyObject*, PyObject* args) {
   return PyUnicode_FromString(st.message().c_str());
 }
 
+// A list or tuple of ints, at most kMaxDims of them, into `out`; false with a Python error set.
+bool Int64s(PyObject* seq, const char* what, std::vector<int64_t>* out) {
+  PyObject* fast = PySequence_Fast(seq, what);
+  if (fast == nullptr) return false;
+  Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+  if (n > static_cast<Py_ssize_t>(shoal::kMaxDims)) {
+    Py_DECREF(fast);
+    PyErr_Format(PyExc_ValueError, "%s has %zd dimensions, more than %zu", what, n, shoal::kMaxDims);
+    return false;
+  }
+  out->resize(static_cast<size_t>(n));
+  PyObject** items = PySequence_Fast_ITEMS(fast);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    long long v = PyLong_AsLongLong(items[i]);
+    if (v == -1 && PyErr_Occurred()) {
+      Py_DECREF(fast);
+      return false;
+    }
+    (*out)[static_cast<size_t>(i)] = v;
+  }
+  Py_DECREF(fast);
+  return true;
+}
+
+PyObject* Layout(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3 || !PyUnicode_Check(args[0])) {
+    PyErr_SetString(PyExc_TypeError, "layout(dtype: str, shape, strides)");
+    return nullptr;
+  }
+  shoal::Descriptor d;
+  Py_ssize_t len = 0;
+  const char* dtype = PyUnicode_AsUTF8AndSize(args[0], &len);
+  if (dtype == nullptr) return nullptr;
+  d.dtype.assign(dtype, static_cast<size_t>(len));
+  if (!Int64s(args[1], "shape", &d.shape) || !Int64s(args[2], "strides", &d.strides)) return nullptr;
+  if (d.shape.size() != d.strides.size()) {
+    PyErr_SetString(PyExc_ValueError, "shape and strides differ in length");
+    return nullptr;
+  }
+  auto extent = d.Extent();
+  if (!extent.ok()) {
+    PyErr_SetString(PyExc_ValueError, extent.status().message().c_str());
+    return nullptr;
+  }
+  // ContiguousStrides(shape) == strides, without its product of sizes (which a broadcast's
+  // zero strides leave unbounded); an empty tensor has no layout to speak of: true.
+  bool contiguous = true;
+  if (*extent > 0) {
+    unsigned __int128 expected = 1;  // every size is >= 1 here
+    for (size_t i = d.shape.size(); i-- > 0 && contiguous;) {
+      contiguous = static_cast<unsigned __int128>(d.strides[i]) == expected;
+      expected *= static_cast<unsigned __int128>(d.shape[i]);
+    }
+  }
+  return Py_BuildValue("(KO)", static_cast<unsigned long long>(*extent), contiguous ? Py_True : Py_False);
+}
+
 PyMethodDef kMethods[] = {
+    {"layout", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Layout)), METH_FASTCALL,
+     "layout(dtype, shape, strides) -> (extent in bytes, contiguous): bytes from the first element to the end "
+     "of the last (0 for an empty tensor) and whether the strides are the contiguous ones (True when empty), "
+     "as shoald checks descriptors (protocol/descriptor.h); ValueError for a negative size or stride, an "
+     "unknown dtype, an overflow"},
     {"check_server_peer", CheckServerPeer, METH_VARARGS,
      "check_server_peer(fd, path) -> None, or why the process listening at path is not to be trusted"},
     {"check_socket_folder", CheckSocketFolder, METH_VARARGS,

@@ -34,11 +34,11 @@ def dtype_name(dtype):
                         f"use one of {', '.join(DTYPES)}") from None
 
 
-def extent(shape, strides, itemsize):
-    """Bytes from a tensor's first element to the end of its last."""
-    if any(s == 0 for s in shape):
-        return 0
-    return (1 + sum((n - 1) * st for n, st in zip(shape, strides))) * itemsize
+def layout(desc):
+    """(bytes from the first element to the end of the last, whether the strides are the
+    contiguous ones) of a descriptor: shoald's own arithmetic (protocol/descriptor.h, through
+    ``_native.layout``); ValueError for a negative size or stride or an overflow."""
+    return _native.layout(desc["dtype"], desc["shape"], desc["strides"])
 
 
 def storage_ptr(t):
@@ -47,25 +47,24 @@ def storage_ptr(t):
     return t.data_ptr() - t.storage_offset() * t.element_size()
 
 
-def view(buffer, base_offset, desc):
+def view(buffer, base_offset, desc, lay=None):
     """A tensor over ``buffer`` (an object with the buffer protocol whose byte 0 is arena
-    offset ``base_offset``) described by ``desc``. No bytes are copied."""
+    offset ``base_offset``) described by ``desc`` (``lay``: its ``layout``, when the caller
+    has it). No bytes are copied."""
     name = desc["dtype"]
     dtype = DTYPES[name]
-    shape, strides = desc["shape"], desc["strides"]
-    itemsize = ITEMSIZE[name]
-    flat_1d = len(shape) == 1 and strides[0] == 1
-    nbytes = shape[0] * itemsize if flat_1d else extent(shape, strides, itemsize)
+    shape = desc["shape"]
+    if lay is None and len(shape) == 1 and desc["strides"][0] == 1 and shape[0] >= 0:
+        lay = (shape[0] * ITEMSIZE[name], True)  # the common flat case, without the call
+    nbytes, contiguous = lay or _native.layout(name, shape, desc["strides"])
     if nbytes == 0:
         return torch.empty(shape, dtype=dtype)
     # Arena and Block buffers are writable, so frombuffer does not warn (or copy).
-    flat = torch.frombuffer(buffer, dtype=dtype, count=nbytes // itemsize,
+    flat = torch.frombuffer(buffer, dtype=dtype, count=nbytes // ITEMSIZE[name],
                             offset=desc["offset"] - base_offset)
-    if flat_1d:
-        return flat
-    if list(strides) == contiguous_strides(shape):
-        return flat.view(shape)
-    return flat.as_strided(shape, strides)
+    if not contiguous:
+        return flat.as_strided(shape, desc["strides"])
+    return flat if len(shape) == 1 else flat.view(shape)
 
 
 def device_bytes(owner, address, nbytes, device):
@@ -83,17 +82,10 @@ def gpu_view(owner, device, address, base_offset, desc):
     is kept alive by the tensor. No bytes are copied (the device is explicit, so a default
     device never turns this into a copy)."""
     name = desc["dtype"]
-    dtype = DTYPES[name]
-    shape, strides = desc["shape"], desc["strides"]
-    itemsize = ITEMSIZE[name]
-    nbytes = extent(shape, strides, itemsize)
-    raw = device_bytes(owner, address + desc["offset"] - base_offset, max(nbytes, itemsize), device)
-    flat = raw.view(dtype)
-    if nbytes == 0:
-        return flat[:0].view(shape)
-    if list(strides) == contiguous_strides(shape):
-        return flat.view(shape)
-    return flat.as_strided(shape, strides)
+    shape = desc["shape"]
+    nbytes, contiguous = _native.layout(name, shape, desc["strides"])
+    raw = device_bytes(owner, address + desc["offset"] - base_offset, max(nbytes, ITEMSIZE[name]), device)
+    return _shaped(raw.view(DTYPES[name]), nbytes, contiguous, desc)
 
 
 def gpu_base(arena, device):
@@ -102,24 +94,29 @@ def gpu_base(arena, device):
     return device_bytes(arena, arena.address, arena.size, device)
 
 
-def gpu_slice(base, desc):
+def gpu_slice(base, desc, lay=None):
     """The tensor gpu_view makes over arena bytes described by ``desc`` (its offset from
-    the arena's start), as a view of the arena's ``base`` (gpu_base): slicing a tensor
-    costs less than making one over new memory. Bytes not aligned to their dtype (which
-    a view of a byte tensor cannot give) go through gpu_view."""
+    the arena's start; ``lay``: its ``layout``, when the caller has it), as a view of the
+    arena's ``base`` (gpu_base): slicing a tensor costs less than making one over new
+    memory. Bytes not aligned to their dtype (which a view of a byte tensor cannot give)
+    go through gpu_view."""
     name = desc["dtype"]
     itemsize = ITEMSIZE[name]
     offset = desc["offset"]
     if offset % itemsize:
         return gpu_view(base, base.get_device(), base.data_ptr(), 0, desc)
-    shape, strides = desc["shape"], desc["strides"]
-    nbytes = extent(shape, strides, itemsize)
-    flat = base[offset:offset + max(nbytes, itemsize)].view(DTYPES[name])
+    nbytes, contiguous = lay or _native.layout(name, desc["shape"], desc["strides"])
+    return _shaped(base[offset:offset + max(nbytes, itemsize)].view(DTYPES[name]), nbytes, contiguous, desc)
+
+
+def _shaped(flat, nbytes, contiguous, desc):
+    """``flat`` (the elements from the first to the last, or one element when the tensor is
+    empty) shaped as ``desc`` says."""
     if nbytes == 0:
-        return flat[:0].view(shape)
-    if list(strides) == contiguous_strides(shape):
-        return flat.view(shape)
-    return flat.as_strided(shape, strides)
+        return flat[:0].view(desc["shape"])
+    if contiguous:
+        return flat.view(desc["shape"])
+    return flat.as_strided(desc["shape"], desc["strides"])
 
 
 def contiguous_strides(shape):

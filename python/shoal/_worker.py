@@ -349,16 +349,15 @@ def _views(mapped, descs, gpu_bases):
     inputs, spans = [], []
     for d in descs:
         arena = mapped[d["arena"]]
+        lay = _tensors.layout(d)
         if arena.device >= 0:
             base = gpu_bases.get(d["arena"])
             if base is None:
                 base = gpu_bases[d["arena"]] = _tensors.gpu_base(arena, arena.device)
-            inputs.append(_tensors.gpu_slice(base, d))
+            inputs.append(_tensors.gpu_slice(base, d, lay))
         else:
-            inputs.append(_tensors.view(arena, 0, d))
-        spans.append((d["arena"], d["block"], d["offset"],
-                      d["offset"] + _tensors.extent(d["shape"], d["strides"], _tensors.ITEMSIZE[d["dtype"]]),
-                      arena.address))
+            inputs.append(_tensors.view(arena, 0, d, lay))
+        spans.append((d["arena"], d["block"], d["offset"], d["offset"] + lay[0], arena.address))
     return inputs, spans
 
 

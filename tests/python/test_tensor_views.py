@@ -16,6 +16,10 @@ def descriptors():
         yield {"dtype": name, "shape": [], "strides": [], "offset": 5 * itemsize}  # one element
         yield {"dtype": name, "shape": [0, 7], "strides": [7, 1], "offset": 256}  # empty
         yield {"dtype": name, "shape": [5], "strides": [1], "offset": 0}
+        yield {"dtype": name, "shape": [5], "strides": [2], "offset": 0}  # 1-d, not contiguous
+        yield {"dtype": name, "shape": [2, 3, 2], "strides": [6, 2, 1], "offset": 32}
+        yield {"dtype": name, "shape": [3, 1, 4], "strides": [4, 1, 1], "offset": 16}  # a size-1 dim's stride
+        yield {"dtype": name, "shape": [2, 3], "strides": [0, 1], "offset": 0}  # a broadcast row
 
 
 @pytest.mark.parametrize("desc", list(descriptors()), ids=lambda d: f"{d['dtype']}{d['shape']}@{d['offset']}")
@@ -29,6 +33,45 @@ def test_a_slice_of_the_arenas_byte_tensor_is_the_tensor_over_its_bytes(desc):
     def raw(t):  # the bytes themselves (random bytes make NaNs, which equal nothing)
         return t.reshape(-1).contiguous().view(torch.uint8)
     assert torch.equal(raw(got), raw(want))
+
+
+@pytest.mark.parametrize("desc", list(descriptors()), ids=lambda d: f"{d['dtype']}{d['shape']}{d['strides']}@{d['offset']}")
+def test_a_view_is_torchs_own_strided_view_of_the_bytes(desc):
+    """view() and layout() (shoald's arithmetic, protocol/descriptor.h) against torch's
+    as_strided over the same bytes."""
+    arena = bytearray(torch.randint(0, 256, (1024,), dtype=torch.uint8).numpy().tobytes())
+    dtype, itemsize = _tensors.DTYPES[desc["dtype"]], _tensors.ITEMSIZE[desc["dtype"]]
+    got = _tensors.view(arena, 0, desc)
+    assert got.dtype == dtype and list(got.shape) == desc["shape"]
+    nbytes, contiguous = _tensors.layout(desc)
+    if 0 in desc["shape"]:
+        assert nbytes == 0 and got.numel() == 0
+        return
+    assert nbytes == (1 + sum((n - 1) * s for n, s in zip(desc["shape"], desc["strides"]))) * itemsize
+    assert contiguous == (desc["strides"] == _tensors.contiguous_strides(desc["shape"]))
+    want = torch.frombuffer(arena, dtype=torch.uint8).view(dtype).as_strided(
+        desc["shape"], desc["strides"], desc["offset"] // itemsize)
+    assert got.stride() == want.stride() and got.data_ptr() == want.data_ptr()
+    assert torch.equal(got.reshape(-1).contiguous().view(torch.uint8), want.reshape(-1).contiguous().view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype,shape,strides,says", [
+    ("float8", [1], [1], "unknown dtype"),
+    ("float32", [-1], [1], "negative"),
+    ("float32", [2], [-1], "negative"),
+    ("float32", [1 << 40, 1 << 40], [1 << 40, 1], "overflows"),
+    ("float32", [1, 2], [1], "differ in length"),
+    ("float32", [1] * 17, [1] * 17, "more than 16"),
+])
+def test_a_layout_shoald_would_refuse_is_a_value_error(dtype, shape, strides, says):
+    with pytest.raises(ValueError, match=says):
+        _tensors.layout({"dtype": dtype, "shape": shape, "strides": strides})
+
+
+def test_zero_strides_and_empty_tensors_have_bounded_layouts():
+    # A broadcast of 2^80 elements spans one; an empty tensor of huge sizes spans none.
+    assert _tensors.layout({"dtype": "float32", "shape": [1 << 40, 1 << 40], "strides": [0, 0]}) == (4, False)
+    assert _tensors.layout({"dtype": "float32", "shape": [0, 1 << 62, 1 << 62], "strides": [1, 1, 1]}) == (0, True)
 
 
 class _Owner:
