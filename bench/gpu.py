@@ -197,14 +197,15 @@ def gpu_memory_by_pid():
 
 class Daemon:
     """shoald with `workers` workers of `interpreters` interpreters each (`extra`: more
-    options; `tag` tells its socket and log apart from other daemons of the same size)."""
+    options; `tag` tells its socket and log apart from other daemons of the same size;
+    `timeout_ms`: jobs' default deadline, none unless given)."""
 
-    def __init__(self, workers, tmp, device, interpreters=1, extra=(), tag=""):
+    def __init__(self, workers, tmp, device, interpreters=1, extra=(), tag="", timeout_ms=0):
         name = f"{workers}x{interpreters}{tag}"
         self.socket = os.path.join(tmp, f"shoal-{name}.sock")
         self.log = open(os.path.join(tmp, f"shoald-{name}.log"), "w")
         args = [os.path.join(BUILD, "bin", "shoald"), "--socket", self.socket, "--workers", str(workers),
-                "--interpreters", str(interpreters), "--timeout-ms", "0", *extra]
+                "--interpreters", str(interpreters), "--timeout-ms", str(timeout_ms), *extra]
         if device == "cpu":
             args += ["--gpus", "none"]
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)

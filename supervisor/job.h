@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "protocol/descriptor.h"
 #include "protocol/messages.h"
 #include "supervisor/client_session.h"
+#include "supervisor/deadline_queue.h"
 
 namespace shoal {
 
@@ -45,7 +47,13 @@ struct Job {
   int crashes = 0;          // workers it was running on that died
   std::chrono::steady_clock::time_point accepted;
   std::chrono::steady_clock::time_point started;  // first set when the scheduler starts it (zero: never yet)
-  std::unique_ptr<boost::asio::steady_timer> deadline;
+  // Its deadline (none: no limit) and, while the scheduler watches it, its entry there
+  // (supervisor/deadline_queue.h: one timer for every job's deadline).
+  std::optional<std::chrono::steady_clock::time_point> deadline_at;
+  DeadlineQueue::Entries::iterator deadline_entry;
+  bool in_deadlines = false;
+  // Once its deadline passed while it ran: the grace before its worker is killed.
+  std::unique_ptr<boost::asio::steady_timer> grace;
   // Dynamic batching (docs/architecture.md): its model's policy when that batches (null:
   // off, the one-job path). Once it runs in a batch: `batch_peers` are every member of it
   // (itself too; weak, so no member keeps another alive), and the member the worker pool

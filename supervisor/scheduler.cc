@@ -51,7 +51,8 @@ bool BatchCompatible(const Job& a, const Job& b) {
 
 Scheduler::Scheduler(asio::io_context& io, const SupervisorConfig& config, SlotPool* pool, ArenaTable* arenas,
                      Metrics* metrics)
-    : io_(io), config_(config), pool_(pool), arenas_(arenas), metrics_(metrics), hold_timer_(io) {}
+    : io_(io), config_(config), pool_(pool), arenas_(arenas), metrics_(metrics), hold_timer_(io),
+      deadlines_(io, [this](const std::shared_ptr<Job>& job) { OnDeadline(job); }) {}
 
 namespace {
 double Seconds(Scheduler::Clock::duration d) { return std::chrono::duration<double>(d).count(); }
@@ -70,14 +71,7 @@ Status Scheduler::Submit(const std::shared_ptr<Job>& job, uint64_t timeout_ms, u
                                          std::to_string(*retry_after_ms) + " ms");
   }
   job->accepted = Clock::now();
-  if (timeout_ms > 0) {
-    job->deadline = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(timeout_ms));
-    std::weak_ptr<Job> weak = job;
-    job->deadline->async_wait([this, weak](const boost::system::error_code& ec) {
-      auto j = weak.lock();
-      if (!ec && j) OnDeadline(j);
-    });
-  }
+  if (timeout_ms > 0) deadlines_.Add(job, job->accepted + std::chrono::milliseconds(timeout_ms));
   Enqueue(job, false);
   Dispatch();
   return Status::Ok();
@@ -151,7 +145,7 @@ void Scheduler::DropClient(const ClientSession* session) {
     if ((*it)->client.lock().get() == session) {
       auto job = Dequeue(it);
       job->answered = true;
-      if (job->deadline) job->deadline->cancel();
+      deadlines_.Remove(job.get());
     } else {
       ++it;
     }
@@ -309,7 +303,7 @@ std::optional<Scheduler::Clock::time_point> Scheduler::HoldUntil(const std::vect
   auto until = oldest + std::chrono::microseconds(p.max_delay_us);
   if (until <= Clock::now()) return std::nullopt;
   for (const auto& j : group) {
-    if (j->deadline && j->deadline->expiry() <= until) return std::nullopt;  // it would pass waiting
+    if (j->deadline_at && *j->deadline_at <= until) return std::nullopt;  // it would pass waiting
   }
   return until;
 }
@@ -435,7 +429,7 @@ void Scheduler::Answer(const std::shared_ptr<Job>& job, std::string_view body,
                        std::vector<std::shared_ptr<OwnedFd>> fds) {
   if (job->answered) return;
   job->answered = true;
-  if (job->deadline) job->deadline->cancel();
+  deadlines_.Remove(job.get());
   if (auto s = job->client.lock(); s && !s->closed) s->channel->Send(body, std::move(fds));
 }
 
@@ -469,13 +463,13 @@ void Scheduler::OnDeadline(const std::shared_ptr<Job>& job) {
                                          std::to_string(config_.kill_grace_ms) + " ms before it is killed"));
     if (!pool_->IsRunning(*job)) return;
   }
-  // The grace period is the job's own (its deadline timer, re-armed): with K interpreters
+  // The grace period is the job's own (a timer of its own): with K interpreters
   // several jobs of one worker may be past their deadlines, and each must still get its
   // worker killed if it never returns.
-  job->deadline->expires_after(std::chrono::milliseconds(config_.kill_grace_ms));
+  job->grace = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(config_.kill_grace_ms));
   // In a batch, the run is the members': it is killed only once every member still
   // running has passed its own deadline and grace.
-  job->deadline->async_wait([this, job](const boost::system::error_code& ec) {
+  job->grace->async_wait([this, job](const boost::system::error_code& ec) {
     if (ec || !pool_->IsRunning(*job)) return;
     job->grace_over = true;
     if (!BatchOverdue(*job)) return;

@@ -172,6 +172,7 @@ class Scheduler : public JobQueue {
   bool stopped_ = false;
   std::deque<std::shared_ptr<Job>> queue_;
   boost::asio::steady_timer hold_timer_;  // dispatches when the earliest held batch must go
+  DeadlineQueue deadlines_;               // every queued or running job's deadline
   std::map<std::string, ModelStats> stats_;
   uint64_t jobs_done_ = 0;
   uint64_t jobs_failed_ = 0;

@@ -70,7 +70,7 @@ void WorkerPool::Place(WorkerHandle* w, int interp, Job* job) {
 void WorkerPool::BeginInfer(Writer* m, int interp, const Job& job, bool batch) const {
   // A job sent ahead carries its deadline: its turn may come after it (a job that starts at
   // once runs, and is killed with its worker if it overstays its deadline and the grace).
-  const bool deadline = !batch && job.ahead && job.deadline != nullptr;
+  const bool deadline = !batch && job.ahead && job.deadline_at.has_value();
   uint32_t fields = (job.host_outputs ? 7 : 6) - (batch ? 1 : 0) + (job.call.args.empty() ? 0 : 1) +
                     (job.call.kwargs.empty() ? 0 : 1) + (job.call.method.empty() ? 0 : 1) + (deadline ? 1 : 0);
   BeginRequest(m, "infer", job.id, fields);
@@ -82,7 +82,7 @@ void WorkerPool::BeginInfer(Writer* m, int interp, const Job& job, bool batch) c
   if (deadline) {  // CLOCK_MONOTONIC ns: the worker skips the job if its turn comes after it
     m->Key("deadline");
     m->Val(static_cast<uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(job.deadline->expiry().time_since_epoch()).count()));
+        std::chrono::duration_cast<std::chrono::nanoseconds>(job.deadline_at->time_since_epoch()).count()));
   }
   m->Key("out_bytes"); m->Val(config_.output_arena_mb << 20);
   m->Key("out_arenas"); m->Val(config_.output_arenas);
