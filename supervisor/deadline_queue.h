@@ -9,8 +9,12 @@
 // one a job.
 //
 // Owns the entries (deadline, weak job) and the timer; `fire(job)` runs on the loop for
-// each job whose deadline has passed and that was not removed (after it left the queue, so
-// it may add or remove others). A job in the queue carries its entry (Job::deadline_entry).
+// each job whose deadline has passed and that was not removed, also by an earlier fire of
+// the same round (after it left the queue, so it may add or remove others). A job is in at
+// most one queue, and only the queue writes its deadline_at, deadline_entry, in_deadlines
+// and deadline_due (supervisor/job.h). Remove never moves the timer: after the last job is
+// answered a wait stays set until the deadline it was set for (shoald stops its loop with
+// io_context::stop, not by running out of work). The io_context outlives the queue.
 // Thread-safety: loop thread only.
 #pragma once
 

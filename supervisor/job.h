@@ -1,6 +1,7 @@
 // Job: one accepted inference request as the supervisor tracks it, from the client front
 // (which builds it) through the scheduler (queue, deadline, batching, answer) to the worker
-// pool (the slot that runs it, alone or in a batch). Plain data shared by those roles; loop thread only.
+// pool (the slot that runs it, alone or in a batch). Plain data shared by those roles, but
+// for its deadline's entry, which is the DeadlineQueue's; loop thread only.
 #pragma once
 
 #include <boost/asio/steady_timer.hpp>
@@ -49,10 +50,13 @@ struct Job {
   std::chrono::steady_clock::time_point started;  // first set when the scheduler starts it (zero: never yet)
   // Its deadline (none: no limit) and, while the scheduler watches it, its entry there
   // (supervisor/deadline_queue.h: one timer for every job's deadline).
+  // The last three are the queue's alone.
   std::optional<std::chrono::steady_clock::time_point> deadline_at;
   DeadlineQueue::Entries::iterator deadline_entry;
   bool in_deadlines = false;
-  // Once its deadline passed while it ran: the grace before its worker is killed.
+  bool deadline_due = false;
+  // Once its deadline passed while it ran or waited in its worker's queue (sent ahead): the
+  // grace before its worker is killed.
   std::unique_ptr<boost::asio::steady_timer> grace;
   // Dynamic batching (docs/architecture.md): its model's policy when that batches (null:
   // off, the one-job path). Once it runs in a batch: `batch_peers` are every member of it

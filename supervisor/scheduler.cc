@@ -71,7 +71,12 @@ Status Scheduler::Submit(const std::shared_ptr<Job>& job, uint64_t timeout_ms, u
                                          std::to_string(*retry_after_ms) + " ms");
   }
   job->accepted = Clock::now();
-  if (timeout_ms > 0) deadlines_.Add(job, job->accepted + std::chrono::milliseconds(timeout_ms));
+  if (timeout_ms > 0) {
+    // A client's timeout_ms is any uint64: past kMaxTimeoutMs (35 years) it is that, not an
+    // overflow into the past.
+    timeout_ms = std::min(timeout_ms, kMaxTimeoutMs);
+    deadlines_.Add(job, job->accepted + std::chrono::milliseconds(timeout_ms));
+  }
   Enqueue(job, false);
   Dispatch();
   return Status::Ok();

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "supervisor/config.h"
+#include "supervisor/deadline_queue.h"
 #include "supervisor/job.h"
 #include "supervisor/metrics.h"
 #include "supervisor/output_check.h"
@@ -36,6 +37,9 @@
 namespace shoal {
 
 class ArenaTable;
+
+// The longest deadline a job gets (2^40 ms, about 35 years); a longer timeout_ms is this.
+constexpr uint64_t kMaxTimeoutMs = uint64_t{1} << 40;
 
 // What the scheduler needs of the worker pool.
 class SlotPool {
@@ -172,7 +176,7 @@ class Scheduler : public JobQueue {
   bool stopped_ = false;
   std::deque<std::shared_ptr<Job>> queue_;
   boost::asio::steady_timer hold_timer_;  // dispatches when the earliest held batch must go
-  DeadlineQueue deadlines_;               // every queued or running job's deadline
+  DeadlineQueue deadlines_;               // the deadline of every job not answered yet
   std::map<std::string, ModelStats> stats_;
   uint64_t jobs_done_ = 0;
   uint64_t jobs_failed_ = 0;

@@ -105,6 +105,17 @@ TEST_CASE("a job whose deadline passes in the queue is answered TIMEOUT and neve
   CHECK(f.slots.running.empty());
 }
 
+TEST_CASE("a timeout too long to add is the longest deadline, not one in the past", "[scheduler]") {
+  Fixture f;
+  f.slots.free_slots = 0;
+  auto job = f.MakeJob("m");
+  REQUIRE(f.Submit(job, UINT64_MAX).ok());  // a client's timeout_ms is any uint64
+  REQUIRE(job->deadline_at.has_value());
+  CHECK(*job->deadline_at - job->accepted == std::chrono::milliseconds(kMaxTimeoutMs));
+  f.io.run_for(std::chrono::milliseconds(50));
+  CHECK(f.scheduler.queued() == 1);  // still waiting for a slot, not answered TIMEOUT
+}
+
 TEST_CASE("a running job past its deadline is answered, and its worker killed after the grace", "[scheduler]") {
   Fixture f;
   f.config.kill_grace_ms = 30;
