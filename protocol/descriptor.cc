@@ -88,6 +88,9 @@ Result<uint64_t> Descriptor::Extent() const {
     if (shape[i] < 0 || strides[i] < 0) return Status::BadRequest("negative size or stride");
     if (shape[i] == 0) return uint64_t{0};
     last += static_cast<unsigned __int128>(shape[i] - 1) * static_cast<unsigned __int128>(strides[i]);
+    // Checked as it grows: 16 terms of up to 2^126 could wrap the sum (values shoald reads
+    // are bounded by Parse; _native.layout passes any int64).
+    if (last > (static_cast<unsigned __int128>(1) << 62)) return Status::BadRequest("tensor extent overflows");
   }
   unsigned __int128 bytes = (last + 1) * esize;
   if (bytes > (static_cast<unsigned __int128>(1) << 62)) return Status::BadRequest("tensor extent overflows");

@@ -134,10 +134,15 @@ class Client:
 
     @staticmethod
     def _view(block, desc):
-        """A tensor over ``block`` (host or GPU memory) described by ``desc``."""
-        if block.arena.device >= 0:
-            return _tensors.gpu_view(block, block.arena.device, block.address, block.offset, desc)
-        return _tensors.view(block, block.offset, desc)
+        """A tensor over ``block`` (host or GPU memory) described by ``desc``; BadRequest for
+        a layout shoald would refuse (more than 16 dimensions, ...)."""
+        try:
+            if block.arena.device >= 0:
+                return _tensors.gpu_view(block, block.arena.device, block.address, block.offset, desc)
+            return _tensors.view(block, block.offset, desc)
+        except (ValueError, OverflowError) as e:  # _native.layout: shoald's own rules
+            raise errors.BadRequest(f"a tensor of shape {list(desc['shape'])} cannot travel through shoal: {e}") \
+                from None
 
     @staticmethod
     def _gpu_ordinal(device):

@@ -111,6 +111,16 @@ def test_descriptors_outside_their_arena(daemon, archives, bad, needle):
         assert float(c.infer("add", torch.zeros(1))[0]) == 1.0
 
 
+def test_a_tensor_shoald_would_refuse_is_a_bad_request_in_the_client(daemon, archives):
+    with daemon.client() as c:
+        c.load("add", archives["add"])
+        with pytest.raises(shoal.BadRequest, match="more than 16"):
+            c.empty([1] * 17)
+        with pytest.raises(shoal.BadRequest, match="more than 16"):
+            c.infer("add", torch.zeros([1] * 17))  # copied into an arena first
+        assert float(c.infer("add", torch.zeros(1))[0]) == 1.0
+
+
 def test_another_clients_arena_is_off_limits(daemon, archives):
     with daemon.client() as a, daemon.client() as b:
         a.load("add", archives["add"])

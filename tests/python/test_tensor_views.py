@@ -62,6 +62,7 @@ def test_a_view_is_torchs_own_strided_view_of_the_bytes(desc):
     ("float32", [1 << 40, 1 << 40], [1 << 40, 1], "overflows"),
     ("float32", [1, 2], [1], "differ in length"),
     ("float32", [1] * 17, [1] * 17, "more than 16"),
+    ("float32", [2 ** 62 + 1] * 16, [2 ** 62] * 16, "overflows"),  # a sum that would wrap 128 bits
 ])
 def test_a_layout_shoald_would_refuse_is_a_value_error(dtype, shape, strides, says):
     with pytest.raises(ValueError, match=says):
