@@ -78,23 +78,6 @@ class LinearStack(nn.Module):
         return self.layers(x)
 
 
-class TwoLinear(nn.Module):
-    """About `mb` MB of float32 weights in two square Linear layers (bench/load.py). Its
-    module imports torch only, so plain torch.package can open its archive too (an archive
-    whose code imports shoal keeps shoal's manifest in a folder torch.package refuses)."""
-
-    def __init__(self, mb=500):
-        super().__init__()
-        n = int((mb * 1024 * 1024 / 4 / 2) ** 0.5)
-        torch.manual_seed(1)
-        self.a = nn.Linear(n, n, bias=False)
-        self.b = nn.Linear(n, n, bias=False)
-        self.n = n
-
-    def forward(self, x):
-        return self.b(self.a(x))
-
-
 def big_model():
     """(label, module, example input, extern) of a model with ~4 GiB of fp32 weights."""
     try:

@@ -54,17 +54,17 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     sys.path.insert(0, os.path.join(BUILD, "python"))
-    sys.path.insert(0, HERE)
+    sys.path.insert(0, os.path.join(HERE, "..", "tests", "models"))
     import shoal
-    import bench_models
+    import shoal_test_models
     tmp = tempfile.mkdtemp(prefix="shoal-load-")
-    path = shoal.export(bench_models.TwoLinear(args.mb), os.path.join(tmp, "big.pt"))
+    path = shoal.export(shoal_test_models.BigWeights(args.mb), os.path.join(tmp, "big.pt"))
     size_mb = os.path.getsize(path) / 2**20
     results = {"shoal": [], "PackageImporter": []}
     for _ in range(args.runs):
         for how in results:
             out = subprocess.run([sys.executable, "-c", CHILD, "shoal" if how == "shoal" else "importer", path,
-                                  os.path.join(BUILD, "python"), HERE],
+                                  os.path.join(BUILD, "python"), os.path.join(HERE, "..", "tests", "models")],
                                  capture_output=True, text=True, check=True)
             results[how].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"archive {size_mb:.0f} MiB, runs={args.runs}, cpus={os.cpu_count()}")

@@ -4,7 +4,8 @@
 // specs it declares.
 //
 // The manifest is JSON: _shoal/manifest.json in a torch.package archive (shoal.export
-// writes it; shoal/manifest.json in exports before 2026-12-07), the extra file extra/shoal/manifest.json in a TorchScript archive
+// writes it; shoal/manifest.json in exports before 2026-12-07), the extra file
+// extra/shoal/manifest.json in a TorchScript archive
 // (torch.jit.save(m, path, _extra_files=shoal.torchscript_manifest(...))). Its other keys
 // (name, version, example) are the worker's business
 // (python/shoal/archive.py). The archive reader (archive_reader.h) calls this, so a
