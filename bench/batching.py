@@ -43,11 +43,32 @@ def resnet50():
     return torchvision.models.resnet50().eval(), torch.randn(1, 3, 224, 224)
 
 
-def run_clients(socket, model, x, n, seconds, device):
-    """(jobs/s, p50 ms, p99 ms) of n clients, each in its own process (bench/gpu.py)."""
+def run_clients(socket, model, x, n, seconds, device, timed=False):
+    """(jobs/s, p50 ms, p99 ms, [(rows, model ms) a job] when ``timed``) of n clients, each
+    in its own process (bench/gpu.py)."""
     import gpu
-    rate, lat = gpu.drive_processes(socket, model, x, n, seconds, device)
-    return rate, gpu.percentile(lat, 0.5), gpu.percentile(lat, 0.99)
+    rate, got = gpu.drive_processes(socket, model, x, n, seconds, device, timed)
+    lat = [e[0] for e in got] if timed else got
+    return rate, gpu.percentile(lat, 0.5), gpu.percentile(lat, 0.99), [e[1:] for e in got] if timed else None
+
+
+def in_process_ms(model, x, rows, dev, runs=5, warm=2):
+    """The median ms of one run of ``model`` (on ``dev``) on a batch of ``rows`` copies of
+    ``x`` in this process: ``runs`` runs after ``warm`` of warm-up, synchronized on a GPU."""
+    import torch
+    xb = x.to(dev).repeat(rows, *([1] * (x.dim() - 1)))
+    times = []
+    with torch.no_grad():
+        for i in range(warm + runs):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model(xb)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warm:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
 
 
 _SAMPLE = re.compile(r'^(shoal_(?:queue|compute)_duration_seconds_(?:sum|count))\{(.*)\} (\S+)$')
@@ -95,6 +116,10 @@ def main():
     ap.add_argument("--only-on", action="store_true", help="skip the rows without batching")
     ap.add_argument("--device", default=None, help="the load's device (default: where it was exported)")
     ap.add_argument("--shoald-args", default="", help="more options for shoald, e.g. '--worker-binary PATH'")
+    ap.add_argument("--timed", action="store_true",
+                    help="serve the model inside bench_models.TimedRun: a second table splits each row's 'ran' "
+                         "into the model's own time in the worker and the rest, beside the same batch sizes "
+                         "run in this process")
     args = ap.parse_args()
     sys.path.insert(0, os.path.join(BUILD, "python"))
     import torch
@@ -104,25 +129,17 @@ def main():
     # One batch's compute in this process (the p99 target is max_delay + this): the median
     # of 10 runs of a max_batch batch, after 3 of warm-up.
     dev = torch.device(args.device or "cpu")
-    m, xb = model.to(dev), x.to(dev).repeat(args.max_batch, *([1] * (x.dim() - 1)))
-    times = []
-    with torch.no_grad():
-        for i in range(13):
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            m(xb)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
-    batch_ms = statistics.median(times) * 1e3
+    model = model.to(dev)
+    batch_ms = in_process_ms(model, x, args.max_batch, dev, runs=10, warm=3)
     model = model.cpu()
-    del m, xb
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     tmp = tempfile.mkdtemp(prefix="shoal-batching-")
-    path = shoal.export(model, os.path.join(tmp, "model.pt"))
+    if args.timed:
+        import bench_models
+        path = shoal.export(bench_models.TimedRun(model).eval(), os.path.join(tmp, "model.pt"))
+    else:
+        path = shoal.export(model, os.path.join(tmp, "model.pt"))
     socket = os.path.join(tmp, "shoal.sock")
     log = open(os.path.join(tmp, "shoald.log"), "w")
     metrics = os.path.join(tmp, "metrics.sock")
@@ -157,12 +174,14 @@ def main():
             print("| clients | batching | jobs/s | p50 (ms) | p99 (ms) | mean size of runs >1 | queued (ms, mean) "
                   "| ran (ms, mean) |")
             print("|---|---|---|---|---|---|---|---|")
+            timed_rows = []  # (clients, model name, [(rows, model ms) a job], ran ms)
             for n in [int(v) for v in args.clients.split(",")]:
                 rate_off = None
                 for name, _ in names:
                     before = next(m for m in c.models() if m["name"] == name)
                     seen = scrape(metrics)
-                    rate, p50, p99 = run_clients(socket, name, x, n, args.seconds, input_device)
+                    rate, p50, p99, runs_seen = run_clients(socket, name, x, n, args.seconds, input_device,
+                                                            args.timed)
                     now = scrape(metrics)
                     after = next(m for m in c.models() if m["name"] == name)
                     queued = mean_ms(seen, now, "shoal_queue_duration_seconds", name)
@@ -173,10 +192,34 @@ def main():
                     rate_off = rate if name == "off" else rate_off
                     print(f"| {n} | {name} | {rate:.1f}{speedup} | {p50:.1f} | {p99:.1f} | {mean:.1f} | {queued:.2f} "
                           f"| {ran:.2f} |", flush=True)
+                    if runs_seen:
+                        timed_rows.append((n, name, runs_seen, ran))
+            if timed_rows:
+                print_timed(timed_rows, model, x, dev)
     finally:
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+def print_timed(timed_rows, model, x, dev):
+    """--timed: each row's 'ran' (shoald: dispatch to answer, a job's mean) beside the
+    model's own time in the worker (TimedRun's, a job's mean and p99) and the same batch
+    sizes run in this process (a job's mean of the median at its batch's size)."""
+    import gpu
+    model = model.to(dev)
+    sizes = sorted({int(r) for _, _, runs, _ in timed_rows for r, _ in runs})
+    in_process_ms(model, x, sizes[-1], dev)  # this process's first run after the move costs more
+    here = {rows: in_process_ms(model, x, rows, dev) for rows in sizes}
+    print("\n| clients | batching | ran (ms, mean) | model in the worker (ms, mean) | p99 | same sizes in this "
+          "process (ms, mean) | ran - model (ms) | model: worker / here |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n, name, runs, ran in timed_rows:
+        worker = statistics.mean(ms for _, ms in runs)
+        same = statistics.mean(here[int(r)] for r, _ in runs)
+        print(f"| {n} | {name} | {ran:.2f} | {worker:.2f} | {gpu.percentile([ms for _, ms in runs], 0.99):.2f} "
+              f"| {same:.2f} | {ran - worker:.2f} | {worker / same:.2f} |")
+    print("batch sizes seen: " + ", ".join(f"{r} ({here[r]:.2f} ms here)" for r in sizes), flush=True)
 
 
 if __name__ == "__main__":

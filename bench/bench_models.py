@@ -1,5 +1,7 @@
 """Models of the benchmarks (interned into their archives by shoal.export), and the
 benchmarks' shared memory helper."""
+import time
+
 import torch
 from torch import nn
 
@@ -23,6 +25,29 @@ class PythonBound(nn.Module):
             else:
                 h = layer(h) * 0.5
         return h
+
+
+class TimedRun(nn.Module):
+    """``inner`` that also reports, for each row of its input, what its own run cost where
+    it ran: returns (inner(x), a CPU float tensor [rows, 2] of (the run's rows, its ms)),
+    the time taken inside forward between two synchronizes of x's GPU (the batch's inputs
+    are joined before the first). Served with dynamic batching, every member's second
+    output says how big its batch was and what the model cost in the worker; the host
+    output needs no GPU work from the client that reads it (bench/batching.py --timed)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        t0 = time.perf_counter()
+        y = self.inner(x)
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        ms = (time.perf_counter() - t0) * 1e3
+        return y, torch.tensor([[float(x.shape[0]), ms]]).repeat(x.shape[0], 1)
 
 
 class BertEncoder(nn.Module):

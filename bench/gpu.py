@@ -124,8 +124,9 @@ def drive(call_fns, seconds):
     return len(flat) / seconds, flat
 
 
-def _shoal_caller(socket, model, x, device, seconds, barrier, results):
-    """One caller of drive_processes(), in a process of its own."""
+def _shoal_caller(socket, model, x, device, seconds, barrier, results, timed=False):
+    """One caller of drive_processes(), in a process of its own. ``timed``: the model is a
+    bench_models.TimedRun, whose second output (rows, ms) each job keeps beside its latency."""
     try:
         with shoal.Client(socket) as c:
             xa = c.empty(tuple(x.shape), x.dtype, device=device)
@@ -135,26 +136,29 @@ def _shoal_caller(socket, model, x, device, seconds, barrier, results):
             stop = time.perf_counter() + seconds
             lat = []
             while (t0 := time.perf_counter()) < stop:
-                c.infer(model, xa, timeout=300)
+                out = c.infer(model, xa, timeout=300)
                 t1 = time.perf_counter()
                 if t1 > stop:
                     break
-                lat.append((t1 - t0) * 1e3)
+                lat.append((t1 - t0) * 1e3 if not timed else ((t1 - t0) * 1e3, *out[1][0].tolist()))
+                del out
         results.put(lat)
     except Exception as e:  # noqa: BLE001
         barrier.abort()
         results.put(f"{type(e).__name__}: {e}")
 
 
-def drive_processes(socket, model, x, n, seconds, device=None):
+def drive_processes(socket, model, x, n, seconds, device=None, timed=False):
     """drive() for n shoal callers of `model`, each in its own (spawned) process with its own
     client and its input in that client's arena: callers that are threads of one process
     queue on its GIL, and with fast models they, not shoald, become the bottleneck. The same
-    window: each caller counts the calls that end within `seconds` of the common start."""
+    window: each caller counts the calls that end within `seconds` of the common start.
+    ``timed`` (a bench_models.TimedRun model): each job's entry is (latency ms, its batch's
+    rows, the model's ms in the worker)."""
     import multiprocessing
     ctx = multiprocessing.get_context("spawn")  # this process may hold a CUDA context
     barrier, results = ctx.Barrier(n + 1), ctx.Queue()
-    procs = [ctx.Process(target=_shoal_caller, args=(socket, model, x.cpu(), device, seconds, barrier, results),
+    procs = [ctx.Process(target=_shoal_caller, args=(socket, model, x.cpu(), device, seconds, barrier, results, timed),
                          daemon=True) for _ in range(n)]
     for p in procs:
         p.start()

@@ -61,6 +61,11 @@ case "${1:-}" in
         hold)  # two workers, holds below 2 ms; the queued/ran columns split the latency
           limited 150 "$PY" bench/batching.py --model resnet50 --clients 32 --seconds 8 --device cuda --workers 2 \
             --only-on --max-delays 500,1000,2000 ;;
+        split)  # where a batch's time goes: ResNet-50 timed inside the worker (TimedRun) against this process
+          for w in 1 2; do
+            limited 110 "$PY" bench/batching.py --model resnet50 --clients 32 --seconds 8 --device cuda --workers $w \
+              --only-on --max-delays 2000 --timed
+          done ;;
         hold-private)  # the same at 2000 us, each worker with its own copy of the weights
           limited 100 "$PY" bench/batching.py --model resnet50 --clients 32 --seconds 8 --device cuda --workers 2 \
             --only-on --max-delays 2000 --shoald-args "--share-gpu-weights no" ;;
@@ -70,7 +75,7 @@ case "${1:-}" in
         spin)  # who polls: nobody, shoald's own choice (spin_us = auto), everyone
           limited 160 "$PY" bench/roundtrip.py --runs 3 --iters 2000 --spin-us 0,auto,50 --torchscript
           limited 60 "$PY" bench/client_cpu.py --runs 5 --jobs 3000 ;;
-        *) echo "usage: scripts/gpu.sh bench quick|batching|hold|hold-private|paper|paper16|spin" >&2; exit 2 ;;
+        *) echo "usage: scripts/gpu.sh bench quick|batching|hold|hold-private|split|paper|paper16|spin" >&2; exit 2 ;;
       esac
       exit 0
     fi
@@ -84,7 +89,7 @@ case "${1:-}" in
     ctest --output-on-failure -j"$(nproc)" --timeout 900 ${CTEST_ARGS:-}
     ;;
   *)
-    echo "usage: scripts/gpu.sh pack | test | build | run CMD... | bench quick|batching|hold|hold-private|paper|paper16|spin" >&2
+    echo "usage: scripts/gpu.sh pack | test | build | run CMD... | bench quick|batching|hold|hold-private|split|paper|paper16|spin" >&2
     exit 2
     ;;
 esac
