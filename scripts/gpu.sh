@@ -6,7 +6,8 @@
 # every test, GPU tests included; they skip cleanly on machines without a GPU.
 # `scripts/gpu.sh run CMD ...` runs CMD (a benchmark) in the same environment, after test.
 # `scripts/gpu.sh build` builds only what the benchmarks run (shoald, the workers, the Python
-# package, bench_roundtrip, bench_ts_threads): a minute or two less than test, for a call with little time.
+# package, bench_roundtrip, bench_ts_threads): a minute or two less than test, for a call with little time
+# (on a fresh H200 host, 2026-12-07: about 450 s, so a first call should give it 480 before any benchmark).
 # `scripts/gpu.sh bench quick|batching|paper`, after test (or build.sh): the open issues'
 # GPU-host figures, a set per device call (quick: the job path, ~4 min; batching: ResNet-50
 # with dynamic batching under either worker executable, then 3 workers, ~7 min; paper: ResNet-50 on the host's CPUs, ~6 min), each
