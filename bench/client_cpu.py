@@ -4,7 +4,7 @@ shoald's and the worker's CPU a job over the same jobs (/proc/PID/stat): where a
 goes.
 
 One command (after scripts/build.sh):
-    /usr/bin/python3 bench/client_cpu.py [--runs 5] [--jobs 2000]
+    /usr/bin/python3 bench/client_cpu.py [--runs 5] [--jobs 2000] [--profile]
 
 Starts shoald as bench/gpu.py does (1 worker, no GPUs) and loads the identity model; one
 client, one job at a time, a 4 KiB input in the client's arena (c.empty) and an ordinary
@@ -13,7 +13,9 @@ Medians over --runs runs. CPU time is less noisy than wall time on shared machin
 change to the client's Python shows here when the round trip's spread would hide it.
 """
 import argparse
+import cProfile
 import os
+import pstats
 import statistics
 import sys
 import tempfile
@@ -43,6 +45,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=2000)
+    ap.add_argument("--profile", action="store_true",
+                    help="then cProfile the client over --jobs more jobs per input: the functions with the most "
+                         "time of their own")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="shoal-client-cpu-")
     archive = shoal.export(shoal_test_models.Identity(), os.path.join(tmp, "identity.pt"))
@@ -58,6 +63,7 @@ def main():
             for _ in range(args.jobs // 4):
                 c.infer("identity", x)
         results = {name: [] for name in inputs}
+        profiles = {}
         for _ in range(args.runs):
             for name, x in inputs.items():
                 theirs = [process_cpu_s(p) for p in servers]
@@ -68,6 +74,14 @@ def main():
                            (time.perf_counter() - wall) / args.jobs * 1e6]
                 per_job += [(process_cpu_s(p) - t) / args.jobs * 1e6 for p, t in zip(servers, theirs)]
                 results[name].append(per_job)
+        if args.profile:
+            for name, x in inputs.items():
+                prof = cProfile.Profile()
+                prof.enable()
+                for _ in range(args.jobs):
+                    c.infer("identity", x)
+                prof.disable()
+                profiles[name] = prof
     finally:
         daemon.stop()
     print(f"runs={args.runs} jobs={args.jobs} cpus={os.cpu_count()} torch={torch.__version__}")
@@ -75,6 +89,9 @@ def main():
     print("|---|---|---|---|---|")
     for name, runs in results.items():
         print(f"| {name} | " + " | ".join(f"{statistics.median(r[i] for r in runs):.1f}" for i in range(4)) + " |")
+    for name, prof in profiles.items():
+        print(f"\n{name}: cProfile of the client over {args.jobs} jobs, by time of their own")
+        pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(15)
 
 
 if __name__ == "__main__":

@@ -73,10 +73,14 @@ case "${1:-}" in
         paper) limited 420 "$PY" bench/paper.py --models resnet50 --slots 1,16 --seconds 10 ;;
         paper16)  # 16 slots only, with (c2): the baseline as 16 processes (the 16-slot gap)
           limited 330 "$PY" bench/paper.py --models resnet50 --slots 16 --seconds 8 ;;
+        python)  # what Python costs a job on this torch: the worker's side in-process, the client's, profiled
+          limited 60 "$PY" bench/worker_handle.py --runs 3 --jobs 5000 --device cuda --profile
+          limited 40 "$PY" bench/worker_handle.py --runs 3 --jobs 5000
+          limited 90 "$PY" bench/client_cpu.py --runs 3 --jobs 3000 --profile ;;
         spin)  # who polls: nobody, shoald's own choice (spin_us = auto), everyone
           limited 160 "$PY" bench/roundtrip.py --runs 3 --iters 2000 --spin-us 0,auto,50 --torchscript
           limited 60 "$PY" bench/client_cpu.py --runs 5 --jobs 3000 ;;
-        *) echo "usage: scripts/gpu.sh bench quick|batching|hold|hold-private|split|paper|paper16|spin" >&2; exit 2 ;;
+        *) echo "usage: scripts/gpu.sh bench quick|batching|hold|hold-private|split|python|paper|paper16|spin" >&2; exit 2 ;;
       esac
       exit 0
     fi
@@ -90,7 +94,7 @@ case "${1:-}" in
     ctest --output-on-failure -j"$(nproc)" --timeout 900 ${CTEST_ARGS:-}
     ;;
   *)
-    echo "usage: scripts/gpu.sh pack | test | build | run CMD... | bench quick|batching|hold|hold-private|split|paper|paper16|spin" >&2
+    echo "usage: scripts/gpu.sh pack | test | build | run CMD... | bench quick|batching|hold|hold-private|split|python|paper|paper16|spin" >&2
     exit 2
     ;;
 esac
