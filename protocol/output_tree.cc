@@ -1,5 +1,6 @@
 #include "protocol/output_tree.h"
 
+#include <cstring>
 
 #include "protocol/descriptor.h"
 #include "protocol/dtypes.h"
@@ -9,6 +10,9 @@
 namespace shoal {
 
 namespace {
+// Host outputs up to this size already in the block's layout are copied by the encoder
+// itself (std::memcpy); larger ones by the engine, whose copy may use several threads.
+constexpr uint64_t kDirectCopyBytes = 128 << 10;
 // The advice of every error for what a message cannot hold.
 constexpr const char* kUseTensors = "send large data as tensors (they travel in shared memory, not in the message)";
 }  // namespace
@@ -220,18 +224,21 @@ Status Encoder::Tensor(OutputValue& v) {
     d.Pack(&w_);
     return Status::Ok();
   }
-  // Already inside an input (the input itself, or a view of it)? It goes back where it is.
+  // Already inside an input (the input itself, or a view of it)? It goes back where it is,
+  // unless its values are not its bytes (a lazy negation or conjugation of the input).
   auto data = reinterpret_cast<uintptr_t>(t->data);
-  for (const auto& in : place_.inputs) {
-    auto base = reinterpret_cast<uintptr_t>(in.base);
-    if (data < base) continue;
-    uint64_t off = data - base;
-    if (in.start <= off && off <= in.end && *extent <= in.end - off) {
-      d.arena = in.arena;
-      d.block = in.block;
-      d.offset = off;
-      d.Pack(&w_);
-      return Status::Ok();
+  if (!t->lazy) {
+    for (const auto& in : place_.inputs) {
+      auto base = reinterpret_cast<uintptr_t>(in.base);
+      if (data < base) continue;
+      uint64_t off = data - base;
+      if (in.start <= off && off <= in.end && *extent <= in.end - off) {
+        d.arena = in.arena;
+        d.block = in.block;
+        d.offset = off;
+        d.Pack(&w_);
+        return Status::Ok();
+      }
     }
   }
   // Otherwise one copy into a block of this worker's output arenas for the client.
@@ -243,7 +250,11 @@ Status Encoder::Tensor(OutputValue& v) {
   d.arena = block->arena;
   d.block = d.offset = block->offset;
   d.strides = ContiguousStrides(d.shape);
-  if (auto st = v.CopyTensor(block->data, d.strides); !st.ok()) {
+  if (t->device < 0 && !t->lazy && *nbytes <= kDirectCopyBytes && t->strides == d.strides) {
+    // Host bytes already in the block's layout: copied here, not through the engine (a
+    // Python call and three tensor operations a tensor for the Python engine).
+    std::memcpy(block->data, t->data, *nbytes);
+  } else if (auto st = v.CopyTensor(block->data, d.strides); !st.ok()) {
     return ModelError("an output tensor cannot be copied into the output arena: " + st.message());
   }
   d.Pack(&w_);

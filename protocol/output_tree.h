@@ -44,6 +44,10 @@ struct OutputTensor {
   std::vector<int64_t> strides;  // in elements, >= 0
   const uint8_t* data = nullptr;
   int device = -1;
+  // Negation or conjugation pending (torch's neg and conj bits: a flag on the tensor, not in
+  // its bytes). Such a tensor is never sent back in place nor copied byte for byte:
+  // CopyTensor resolves it.
+  bool lazy = false;
 };
 
 // An integer output: Python's are unbounded, so it may not fit the wire's 64 bits.

@@ -157,7 +157,8 @@ class PyOutput : public shoal::OutputValue {
     PyObject* strides = PyObject_CallMethod(cpu_, "stride", nullptr);
     PyObject* ptr = PyObject_CallMethod(cpu_, "data_ptr", nullptr);
     bool ok = shape != nullptr && strides != nullptr && ptr != nullptr && Ints(shape, &t.shape) &&
-              Ints(strides, &t.strides);
+              Ints(strides, &t.strides) && Flag("is_neg", &t.lazy) &&
+              (t.lazy || t.dtype.rfind("complex", 0) != 0 || Flag("is_conj", &t.lazy));
     if (ok) {
       t.data = reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(PyLong_AsUnsignedLongLong(ptr)));
       ok = !PyErr_Occurred();
@@ -209,6 +210,15 @@ class PyOutput : public shoal::OutputValue {
       PyErr_Clear();
     }
     return Kind::kOther;
+  }
+
+  // *out |= tensor.method(); false with a Python error set when the call fails.
+  bool Flag(const char* method, bool* out) const {
+    PyObject* r = PyObject_CallMethod(cpu_, method, nullptr);
+    if (r == nullptr) return false;
+    *out = *out || r == Py_True;
+    Py_DECREF(r);
+    return true;
   }
 
   static bool Ints(PyObject* seq, std::vector<int64_t>* out) {

@@ -1,0 +1,46 @@
+"""Outputs the worker writes into its output arena (protocol/output_tree.cc, Encoder::Tensor),
+and outputs that go back inside their input: whatever the layout (contiguous, transposed,
+strided, broadcast, 0-dim), the size (small ones are copied byte for byte, larger ones by
+torch) and torch's lazy views (a conjugate or negative view is a flag on the tensor, not
+its bytes), the client gets the values the model returned."""
+import pytest
+import torch
+
+import shoal
+import shoal_test_models as models
+
+CASES = ["plus zero", "transposed", "every other column", "broadcast row", "0-dim", "conj of the input",
+         "negative view", "negated"]
+
+
+def expected(x):
+    y = x + 0
+    return [y, y.t(), y[:, ::2], y[:1].expand(3, -1), y[0, 0], x.conj().resolve_conj(), -y, -x]
+
+
+@pytest.fixture(scope="module", params=["package", "torchscript"])
+def archive(request, tmp_path_factory):
+    """Reshapes as a torch.package (the Python engine) and as TorchScript (the C++ one)."""
+    path = tmp_path_factory.mktemp("outputs") / f"reshapes-{request.param}.pt"
+    if request.param == "package":
+        shoal.export(models.Reshapes(), path)
+    else:
+        torch.jit.save(torch.jit.script(models.Reshapes()), str(path))
+    return path
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.complex64, torch.float16])
+@pytest.mark.parametrize("rows", [4, 600])  # 600 x 64 float32: 150 KiB, past the byte-for-byte copy's bound
+def test_every_output_layout_arrives_with_the_models_values(daemon, archive, dtype, rows):
+    path = archive
+    with daemon.client() as c:
+        c.load("reshapes", path)
+        x = c.empty((rows, 64), dtype=dtype)
+        x.copy_((torch.arange(rows * 64) - 100).view(rows, 64).to(dtype))
+        if dtype.is_complex:
+            x.imag.copy_(torch.arange(rows * 64).view(rows, 64).float() * 0.5)
+        got = c.infer("reshapes", x)
+        for name, g, want in zip(CASES, got, expected(x.clone())):
+            assert g.shape == want.shape and g.dtype == want.dtype, name
+            assert torch.equal(g.resolve_conj().resolve_neg(), want.resolve_conj().resolve_neg()), name
+            assert not g.is_conj() and not g.is_neg(), f"{name}: the client's tensor carries a lazy flag"
