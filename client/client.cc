@@ -392,7 +392,8 @@ Result<std::unique_ptr<Client::Impl::Request>> Client::Impl::PrepareInfer(
     Descriptor d;
     d.dtype = dtype;
     d.shape = x.sizes().vec();
-    auto block = x.numel() > 0 ? BlockOf(x) : nullptr;
+    // A lazily conjugated or negated view (torch's conj/neg bits) is not its bytes: copied.
+    auto block = x.numel() > 0 && !x.is_conj() && !x.is_neg() ? BlockOf(x) : nullptr;
     std::unique_lock<std::mutex> lock(alloc_mu);
     if (block && arenas.count(block->arena_id) != 0 && block->arena->device() == *ordinal) {
       lock.unlock();

@@ -270,7 +270,8 @@ class Client:
             raise errors.BadRequest(f"inputs must be torch tensors or numpy arrays, not {type(x).__name__}")
         ordinal = -1 if x.is_cpu else x.get_device() if x.is_cuda else self._gpu_ordinal(x.device)
         dtype = _tensors.dtype_name(x.dtype)
-        found = self._find_block(x) if x.numel() > 0 else None
+        # A lazily conjugated or negated view (torch's conj/neg bits) is not its bytes: copied.
+        found = self._find_block(x) if x.numel() > 0 and not (x.is_neg() or x.is_conj()) else None
         if found is not None:
             aid, block = found
             keep[(aid, block.offset)] = block

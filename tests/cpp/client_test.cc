@@ -110,6 +110,16 @@ TEST_CASE("C++ client: infer with ordinary and arena-backed tensors", "[client]"
   CHECK(missing.message().find("cannot read archive " + Archive("no-such-archive") + ": No such file") == 0);
   auto same = (*c)->Infer("identity", {*xa});
   REQUIRE(same->toTensor().data_ptr() == xa->data_ptr());  // zero copies
+  // A lazy view of an arena tensor is its values, not its bytes: it travels as a copy.
+  auto za = (*c)->Empty({2, 3}, at::kComplexFloat);
+  REQUIRE(za.ok());
+  za->copy_(torch::complex(torch::arange(6, torch::kFloat).reshape({2, 3}), torch::ones({2, 3})));
+  auto conj = (*c)->Infer("identity", {za->conj()});
+  REQUIRE(conj.ok());
+  CHECK(torch::equal(conj->toTensor().resolve_conj(), za->conj().resolve_conj()));
+  auto neg = (*c)->Infer("identity", {torch::_neg_view(*xa)});
+  REQUIRE(neg.ok());
+  CHECK(torch::equal(neg->toTensor().resolve_neg(), -*xa));
   auto models = (*c)->Models();
   REQUIRE(models->size() == 2);
 }

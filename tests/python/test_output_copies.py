@@ -2,7 +2,8 @@
 and outputs that go back inside their input: whatever the layout (contiguous, transposed,
 strided, broadcast, 0-dim), the size (small ones are copied byte for byte, larger ones by
 torch) and torch's lazy views (a conjugate or negative view is a flag on the tensor, not
-its bytes), the client gets the values the model returned."""
+its bytes), the client gets the values the model returned. And the client's side: a lazy
+view of a tensor in its arena is sent as its values."""
 import pytest
 import torch
 
@@ -44,3 +45,16 @@ def test_every_output_layout_arrives_with_the_models_values(daemon, archive, dty
             assert g.shape == want.shape and g.dtype == want.dtype, name
             assert torch.equal(g.resolve_conj().resolve_neg(), want.resolve_conj().resolve_neg()), name
             assert not g.is_conj() and not g.is_neg(), f"{name}: the client's tensor carries a lazy flag"
+
+
+@pytest.mark.parametrize("lazy", ["conj", "neg"])
+def test_a_lazy_view_of_an_arena_input_travels_as_its_values(daemon, archives, lazy):
+    """The client's side: a tensor from empty() goes by reference, but a conjugated or
+    negated view of it (a flag, not bytes) must be sent as the values it reads as."""
+    with daemon.client() as c:
+        c.load("identity", archives["identity"])
+        z = c.empty((2, 3), dtype=torch.complex64)
+        z.copy_(torch.complex(torch.arange(6.0).view(2, 3), torch.ones(2, 3)))
+        x = z.conj() if lazy == "conj" else torch._neg_view(z)
+        got = c.infer("identity", x)
+        assert torch.equal(got.resolve_conj().resolve_neg(), x.resolve_conj().resolve_neg())
