@@ -115,6 +115,8 @@ class Releaser:
         get = ctypes.pythonapi.PyCapsule_GetPointer
         get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
         self._api = self._Api.from_address(get(self._capsule, b"shoal._native.OutputArenas.release_api"))
+        if self._api.version != 2:  # this layout, where a null notice frees only
+            raise RuntimeError(f"release entry version {self._api.version}: this script knows version 2")
         self._mine = set()
 
     def release_outputs(self, bundle):

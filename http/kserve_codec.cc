@@ -477,7 +477,7 @@ Result<V2Response> EncodeV2Response(const std::string& model, const std::string&
     torch::Tensor t = v.isTensor() ? v.toTensor() : v.isDouble() ? torch::scalar_tensor(v.toDouble(), at::kDouble)
                                                    : v.isInt()  ? torch::scalar_tensor(v.toInt(), at::kLong)
                                                                 : torch::scalar_tensor(v.toBool(), at::kBool);
-    t = t.cpu().contiguous();
+    t = t.cpu().resolve_conj().resolve_neg().contiguous();  // its values, not a lazy view's bytes
     std::string datatype = V2DataType(t.scalar_type());
     if (datatype.empty()) {
       return Status(Code::kInternal, "output '" + name + "' is a " + std::string(c10::toString(t.scalar_type())) +

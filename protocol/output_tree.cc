@@ -225,9 +225,9 @@ Status Encoder::Tensor(OutputValue& v) {
     return Status::Ok();
   }
   // Already inside an input (the input itself, or a view of it)? It goes back where it is,
-  // unless its values are not its bytes (a lazy negation or conjugation of the input).
+  // if its bytes are its values (OutputTensor::plain; not a lazy negation of the input).
   auto data = reinterpret_cast<uintptr_t>(t->data);
-  if (!t->lazy) {
+  if (t->plain) {
     for (const auto& in : place_.inputs) {
       auto base = reinterpret_cast<uintptr_t>(in.base);
       if (data < base) continue;
@@ -250,7 +250,7 @@ Status Encoder::Tensor(OutputValue& v) {
   d.arena = block->arena;
   d.block = d.offset = block->offset;
   d.strides = ContiguousStrides(d.shape);
-  if (t->device < 0 && !t->lazy && *nbytes <= kDirectCopyBytes && t->strides == d.strides) {
+  if (t->device < 0 && t->plain && *nbytes <= kDirectCopyBytes && t->strides == d.strides) {
     // Host bytes already in the block's layout: copied here, not through the engine (a
     // Python call and three tensor operations a tensor for the Python engine).
     std::memcpy(block->data, t->data, *nbytes);

@@ -44,10 +44,12 @@ struct OutputTensor {
   std::vector<int64_t> strides;  // in elements, >= 0
   const uint8_t* data = nullptr;
   int device = -1;
-  // Negation or conjugation pending (torch's neg and conj bits: a flag on the tensor, not in
-  // its bytes). Such a tensor is never sent back in place nor copied byte for byte:
-  // CopyTensor resolves it.
-  bool lazy = false;
+  // Its memory at `data` holds its elements as they read: not a tensor with torch's lazy
+  // negation or conjugation pending (a flag, not bytes), a zero tensor with no memory, or
+  // (the Python engine) a tensor subclass whose answers the encoder cannot trust. Only
+  // such a tensor is sent back in place or copied byte for byte; CopyTensor copies the rest
+  // through the engine, which resolves them.
+  bool plain = false;
 };
 
 // An integer output: Python's are unbounded, so it may not fit the wire's 64 bits.

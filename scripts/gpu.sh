@@ -74,7 +74,7 @@ case "${1:-}" in
         paper16)  # 16 slots only, with (c2): the baseline as 16 processes (the 16-slot gap)
           limited 330 "$PY" bench/paper.py --models resnet50 --slots 16 --seconds 8 ;;
         python)  # what Python costs a job on this torch: the worker's side in-process, the client's, profiled
-          limited 60 "$PY" bench/worker_handle.py --runs 3 --jobs 5000 --device cuda --profile
+          limited 60 "$PY" bench/worker_handle.py --runs 3 --jobs 5000 --device cuda --batch 8,32 --profile
           limited 40 "$PY" bench/worker_handle.py --runs 3 --jobs 5000
           limited 90 "$PY" bench/client_cpu.py --runs 3 --jobs 3000 --profile ;;
         spin)  # who polls: nobody, shoald's own choice (spin_us = auto), everyone

@@ -78,7 +78,7 @@ Result<OutputTensor> IValueOutput::Tensor(bool keep_gpu) {
   t.shape = cpu_.sizes().vec();
   t.strides = cpu_.strides().vec();
   t.data = static_cast<const uint8_t*>(cpu_.data_ptr());
-  t.lazy = cpu_.is_conj() || cpu_.is_neg();
+  t.plain = t.data != nullptr && !cpu_.is_conj() && !cpu_.is_neg() && !cpu_._is_zerotensor();
   if (cpu_.device().is_cuda()) t.device = cpu_.device().index();
   return t;
 }

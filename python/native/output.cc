@@ -157,11 +157,17 @@ class PyOutput : public shoal::OutputValue {
     PyObject* strides = PyObject_CallMethod(cpu_, "stride", nullptr);
     PyObject* ptr = PyObject_CallMethod(cpu_, "data_ptr", nullptr);
     bool ok = shape != nullptr && strides != nullptr && ptr != nullptr && Ints(shape, &t.shape) &&
-              Ints(strides, &t.strides) && Flag("is_neg", &t.lazy) &&
-              (t.lazy || t.dtype.rfind("complex", 0) != 0 || Flag("is_conj", &t.lazy));
+              Ints(strides, &t.strides);
     if (ok) {
       t.data = reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(PyLong_AsUnsignedLongLong(ptr)));
       ok = !PyErr_Occurred();
+    }
+    // Plain: a torch.Tensor itself (a subclass may answer anything), with memory (a zero
+    // tensor has none: data_ptr 0) and no negation or conjugation pending.
+    bool lazy = false;
+    if (ok && Py_TYPE(cpu_) == reinterpret_cast<PyTypeObject*>(ctx_->tensor_type) && t.data != nullptr) {
+      ok = Flag("is_neg", &lazy) && (lazy || t.dtype.rfind("complex", 0) != 0 || Flag("is_conj", &lazy));
+      t.plain = ok && !lazy;
     }
     nbytes_ = shoal::DTypeSize(t.dtype);
     for (int64_t n : t.shape) nbytes_ *= static_cast<uint64_t>(std::max<int64_t>(n, 0));

@@ -607,11 +607,13 @@ class Reshapes(nn.Module):
     """Outputs of many layouts, each a new tensor or a view of one, for the encoder's copy
     into the output arena (protocol/output_tree.cc): returns (x + 0, a transposed copy,
     every other column, a broadcast row, a 0-dim tensor, x.conj() of the input itself,
-    torch._neg_view of a new tensor, -x as a plain tensor), whatever x's dtype."""
+    torch._neg_view of a new tensor, -x as a plain tensor, a zero tensor with no memory),
+    whatever x's dtype."""
 
     def forward(self, x):
         y = x + 0
-        return (y, y.t(), y[:, ::2], y[:1].expand(3, -1), y[0, 0], x.conj(), torch._neg_view(y.clone()), -x)
+        return (y, y.t(), y[:, ::2], y[:1].expand(3, -1), y[0, 0], x.conj(), torch._neg_view(y.clone()), -x,
+                torch._efficientzerotensor(y.shape, dtype=y.dtype))
 
 
 class KeywordEncoder(nn.Module):

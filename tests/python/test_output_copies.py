@@ -11,12 +11,12 @@ import shoal
 import shoal_test_models as models
 
 CASES = ["plus zero", "transposed", "every other column", "broadcast row", "0-dim", "conj of the input",
-         "negative view", "negated"]
+         "negative view", "negated", "zero tensor"]
 
 
 def expected(x):
     y = x + 0
-    return [y, y.t(), y[:, ::2], y[:1].expand(3, -1), y[0, 0], x.conj().resolve_conj(), -y, -x]
+    return [y, y.t(), y[:, ::2], y[:1].expand(3, -1), y[0, 0], x.conj().resolve_conj(), -y, -x, torch.zeros_like(y)]
 
 
 @pytest.fixture(scope="module", params=["package", "torchscript"])
@@ -31,7 +31,7 @@ def archive(request, tmp_path_factory):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.complex64, torch.float16])
-@pytest.mark.parametrize("rows", [4, 600])  # 600 x 64 float32: 150 KiB, past the byte-for-byte copy's bound
+@pytest.mark.parametrize("rows", [4, 1200])  # 1200 x 64 float16: 150 KiB, past the byte-for-byte copy's bound
 def test_every_output_layout_arrives_with_the_models_values(daemon, archive, dtype, rows):
     path = archive
     with daemon.client() as c:
