@@ -12,6 +12,7 @@
 #include <utility>
 
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <torch/cuda.h>
 
 #include "client/connection.h"
 #include "protocol/channel.h"

@@ -15,7 +15,8 @@
 // Pure functions of their arguments (tensors are allocated through `alloc`). Thread-safe.
 #pragma once
 
-#include <torch/torch.h>
+#include <ATen/core/ivalue.h>
+#include <torch/types.h>  // torch::Tensor and the factories; not torch/torch.h (nn, optim, data: much slower to compile)
 
 #include <functional>
 #include <map>

@@ -6,8 +6,11 @@
 # every test, GPU tests included; they skip cleanly on machines without a GPU.
 # `scripts/gpu.sh run CMD ...` runs CMD (a benchmark) in the same environment, after test.
 # `scripts/gpu.sh build` builds only what the benchmarks run (shoald, the workers, the Python
-# package, bench_roundtrip, bench_ts_threads): a minute or two less than test, for a call with little time
-# (on a fresh H200 host, 2026-12-07: about 450 s, so a first call should give it 480 before any benchmark).
+# package, bench_roundtrip, bench_ts_threads: CMakeLists.txt's shoal_bench_programs), for a call
+# with little time. On a fresh H200 host, 2026-12-07, it took about 450 s, its seven targets
+# built one after another; one target since 2026-12-08, with lighter libtorch headers and the
+# worker's files compiled once (on the 2-core VM 494 -> 412 s for the first change alone; not
+# yet timed there: give a first call 480 s before any benchmark until it is).
 # `scripts/gpu.sh bench quick|batching|paper`, after test (or build.sh): the open issues'
 # GPU-host figures, a set per device call (quick: the job path, ~4 min; batching: ResNet-50
 # with dynamic batching under either worker executable, then 3 workers, ~7 min; paper: ResNet-50 on the host's CPUs, ~6 min), each
@@ -86,8 +89,7 @@ case "${1:-}" in
     fi
     export SHOAL_CMAKE_ARGS="-DSHOAL_EXTRA_INCLUDE=$DEPS/include -DSHOAL_EXTRA_LIB=$DEPS/lib ${SHOAL_CMAKE_ARGS:-}"
     if [ "$1" = build ]; then
-      SHOAL_BUILD_TARGETS="shoald shoal-worker shoal_worker_host shoal_native shoal_python bench_roundtrip bench_ts_threads" \
-        exec ./scripts/build.sh
+      SHOAL_BUILD_TARGETS=shoal_bench_programs exec ./scripts/build.sh  # CMakeLists.txt says what it holds
     fi
     ./scripts/build.sh
     cd "$SHOAL_BUILD_DIR"

@@ -4,7 +4,8 @@
 // Thread-compatible: one per job, on the job's thread.
 #pragma once
 
-#include <torch/torch.h>
+#include <ATen/core/ivalue.h>
+#include <torch/types.h>  // torch::Tensor and the factories; not torch/torch.h (nn, optim, data: much slower to compile)
 
 #include <memory>
 #include <string>

@@ -5,7 +5,8 @@
 // Pure: no I/O. Thread-compatible.
 #pragma once
 
-#include <torch/torch.h>
+#include <ATen/core/ivalue.h>
+#include <torch/types.h>  // torch::Tensor and the factories; not torch/torch.h (nn, optim, data: much slower to compile)
 
 #include <functional>
 #include <msgpack.hpp>

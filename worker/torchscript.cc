@@ -4,6 +4,7 @@
 #include <caffe2/serialize/read_adapter_interface.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <torch/cuda.h>
 #include <torch/script.h>
 #include <unistd.h>
 

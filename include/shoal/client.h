@@ -36,7 +36,8 @@
 // (client/connection.h). Futures and results may outlive the Client.
 #pragma once
 
-#include <torch/torch.h>
+#include <ATen/core/ivalue.h>
+#include <torch/types.h>  // torch::Tensor and the factories; not torch/torch.h (nn, optim, data: much slower to compile)
 
 #include <chrono>
 #include <cstdint>

@@ -3,6 +3,7 @@
 // SHOAL_TEST_ARCHIVES come from ctest.
 #include <signal.h>
 #include <sys/wait.h>
+#include <torch/cuda.h>
 #include <unistd.h>
 
 #include <chrono>

@@ -2,7 +2,7 @@
 // the one output encoder (protocol/output_tree.h) over c10::IValue produces trees that the
 // client's decoder (tensors/tree.h) rebuilds, with in-memory arenas: the input arena a
 // client owns, and the output arenas (shm/output_arenas.h) the encoder allocates from.
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include <unistd.h>
 
