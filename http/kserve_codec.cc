@@ -9,6 +9,7 @@
 #include <set>
 
 #include "protocol/descriptor.h"
+#include "protocol/utf8.h"
 #include "tensors/tree.h"
 
 namespace shoal {
@@ -112,6 +113,12 @@ Result<std::vector<std::string>> ReadBytes(const std::vector<const json*>* items
       if (binary.size() - at < len) return Status::BadRequest("BYTES binary data ends inside an element");
       out.emplace_back(binary.substr(at, len));
       at += len;
+      // JSON strings were checked by the parser; these bytes reach the model as a str too.
+      if (auto bad = FirstNonUtf8(out.back())) {
+        return Status::BadRequest("BYTES element " + std::to_string(out.size() - 1) + " is not UTF-8 text (byte " +
+                                  std::to_string(*bad) + "); shoal passes BYTES to the model as str: send raw "
+                                  "bytes as a UINT8 tensor");
+      }
     }
   }
   if (out.size() != count) {

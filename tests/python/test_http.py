@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 
@@ -244,6 +245,27 @@ def test_bad_requests_get_clear_errors(served, what, body, headers, status, says
     assert says in error, error
     if what != "unknown output":
         assert "model 'add'" in error  # which model it was for
+
+
+def test_bytes_that_are_not_utf8_are_a_bad_request_and_no_worker_dies(served):
+    """A BYTES element reaches the model as a str: bytes that do not decode as UTF-8 (an
+    image sent as BYTES) are the request's fault, said before anything reaches a worker,
+    whose message loop would stop on them (it did: a dead worker per request)."""
+    with served.client() as c:
+        restarts = c.status()["worker_restarts"]
+    element = struct.pack("<I", 4) + b"\xff\xd8\xff\xe0"  # a JPEG's first bytes
+    header = json.dumps({"inputs": [{"name": "INPUT__0", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(element)}}]}).encode()
+    status, _, body = infer(served.http, "add", None, raw=header + element,
+                            headers={"Inference-Header-Content-Length": str(len(header))})
+    assert status == 400, body
+    error = json.loads(body)["error"]
+    assert "inputs[0] ('INPUT__0')" in error and "not UTF-8" in error and "model 'add'" in error, error
+    with served.client() as c:
+        assert c.status()["worker_restarts"] == restarts
+    status, _, body = infer(served.http, "add", {"inputs": [
+        {"name": "INPUT__0", "shape": [1], "datatype": "FP32", "data": [1]}]})
+    assert status == 200, body
 
 
 def test_wrong_models_routes_and_methods(served):
