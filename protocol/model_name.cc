@@ -13,4 +13,12 @@ Status CheckModelName(const std::string& name) {
   return Status::Ok();
 }
 
+bool NewerVersion(const std::string& a, const std::string& b) {
+  auto numeric = [](const std::string& v) {
+    return !v.empty() && v.find_first_not_of("0123456789") == std::string::npos && v.size() < 19;
+  };
+  if (numeric(a) && numeric(b)) return std::stoull(a) > std::stoull(b);
+  return a > b;
+}
+
 }  // namespace shoal

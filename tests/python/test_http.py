@@ -155,6 +155,25 @@ def test_metadata_lists_the_tensors_a_manifest_declares(served):
         assert declared["inputs"] == [{"name": "input0", "dtype": "float32", "shape": [-1, 3]}]
 
 
+def test_a_plain_name_describes_the_version_that_serves_it(served, tmp_path):
+    """GET /v2/models/M without a version is the version an infer on M runs: the newest
+    (numbers compare as numbers, 10 > 2), not the first name in sorted order (it was v:1,
+    whose declared inputs differ)."""
+    with served.client() as c:
+        for version, width in (("1", 3), ("2", 4), ("10", 5)):
+            c.load(f"v:{version}", shoal.export(m.AddConst(float(version)), tmp_path / f"v{version}.pt",
+                                                example_inputs=(torch.zeros(2, width),)))
+    x = {"inputs": [{"name": "INPUT__0", "shape": [1, 5], "datatype": "FP32", "data": [0] * 5}]}
+    status, _, body = infer(served.http, "v", x)
+    assert status == 200 and json.loads(body)["outputs"][0]["data"] == [10.0] * 5, body  # v:10 runs
+    status, doc = get_json(served.http, "/v2/models/v")
+    assert status == 200, doc
+    assert doc["inputs"] == [{"name": "INPUT__0", "datatype": "FP32", "shape": [-1, 5]}], doc
+    assert sorted(doc["versions"]) == ["1", "10", "2"]
+    status, doc = get_json(served.http, "/v2/models/v/versions/2")  # a version: that one
+    assert status == 200 and doc["inputs"][0]["shape"] == [-1, 4], doc
+
+
 def test_a_list_of_strings_is_one_bytes_output(served):
     status, _, body = infer(served.http, "labels", {"inputs": [
         {"name": "INPUT__0", "shape": [3], "datatype": "FP32", "data": [1, -1, 2]}]})
