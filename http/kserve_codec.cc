@@ -353,7 +353,8 @@ Result<V2Request> ParseV2Request(std::string_view body, std::optional<size_t> he
   }
   if (auto outs = doc.find("outputs"); outs != doc.end()) {
     if (!outs->is_array()) return Status::BadRequest("\"outputs\" must be an array");
-    req.outputs.emplace();
+    // An empty list names no output: every one is sent, as without "outputs" (Triton too).
+    if (!outs->empty()) req.outputs.emplace();
     for (size_t i = 0; i < outs->size(); ++i) {
       const json& o = (*outs)[i];
       std::string where = "outputs[" + std::to_string(i) + "]";

@@ -174,6 +174,15 @@ def test_a_plain_name_describes_the_version_that_serves_it(served, tmp_path):
     assert status == 200 and doc["inputs"][0]["shape"] == [-1, 4], doc
 
 
+def test_an_empty_outputs_list_asks_for_every_output(served):
+    """The spec: without requested outputs, all of them; "outputs": [] requests none by
+    name, as Triton reads it (it answered with no outputs at all)."""
+    status, _, body = infer(served.http, "kw", {"inputs": [
+        {"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]}], "outputs": []})
+    assert status == 200, body
+    assert sorted(o["name"] for o in json.loads(body)["outputs"]) == ["last_hidden_state", "pooled"]
+
+
 def test_a_list_of_strings_is_one_bytes_output(served):
     status, _, body = infer(served.http, "labels", {"inputs": [
         {"name": "INPUT__0", "shape": [3], "datatype": "FP32", "data": [1, -1, 2]}]})
