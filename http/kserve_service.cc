@@ -134,6 +134,8 @@ unsigned KServeService::HttpStatus(Code code) {
   }
 }
 
+HttpServer::Reply KServeService::RefusedReply(unsigned status, std::string message) { return Error(status, message); }
+
 void KServeService::Handle(HttpServer::Request request, HttpServer::Respond respond) {
   const std::string infer = "/infer";
   bool is_infer = request.path.size() >= infer.size() &&

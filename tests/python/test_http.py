@@ -374,6 +374,35 @@ def test_a_body_over_http_max_body_mb_is_413(make_daemon):
     assert request(d.http, path="/v2/health/live")[0] == 200  # and it still serves
 
 
+def test_errors_before_the_request_is_read_are_v2_errors_too(served):
+    """A body over the limit (413), a header over 16 KiB (431) and a request HTTP cannot
+    parse (400) are answered before the service sees them; they too are the v2 error body,
+    {"error": ...} as application/json, which clients (tritonclient) decode: they were
+    text/plain."""
+    host, port = served.http.split(":")
+
+    def raw(head):
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(head)
+            reply = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return reply
+                reply += chunk
+    for head, status, says in (
+            (b"POST /v2/models/add/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n", 413,
+             "larger than 67108864"),
+            (b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431, "larger than 16384"),
+            (b"POST /v2/models/add/infer HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400,
+             "Content-Length")):
+        reply = raw(head)
+        headers, _, body = reply.partition(b"\r\n\r\n")
+        assert headers.startswith(b"HTTP/1.1 %d " % status), reply[:300]
+        assert b"\r\nContent-Type: application/json\r\n" in headers, headers
+        assert says in json.loads(body)["error"], body
+
+
 def test_concurrent_clients_on_kept_alive_connections(served):
     errors, done = [], []
 
