@@ -1,5 +1,5 @@
 // What a model may be called (docs/protocol.md, "Model names"): NAME or NAME:VERSION,
-// 1-128 characters, no spaces or '/'. One rule for every way a model gets its name: a
+// 1-128 characters of UTF-8, no spaces or '/'. One rule for every way a model gets its name: a
 // client's `load` and the files of the model repository (supervisor/model_repository.h);
 // and one for which of its versions a plain NAME means.
 // Thread-safety: pure; any thread.

@@ -37,4 +37,17 @@ std::optional<size_t> FirstNonUtf8(std::string_view s) {
   return std::nullopt;
 }
 
+std::string ShowNonUtf8(std::string_view s) {
+  std::string out;
+  while (auto bad = FirstNonUtf8(s)) {
+    static constexpr char kHex[] = "0123456789abcdef";
+    auto b = static_cast<unsigned char>(s[*bad]);
+    out.append(s.substr(0, *bad));
+    out += {'\\', 'x', kHex[b >> 4], kHex[b & 15]};
+    s.remove_prefix(*bad + 1);
+  }
+  out.append(s);
+  return out;
+}
+
 }  // namespace shoal
