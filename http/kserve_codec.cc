@@ -9,6 +9,7 @@
 #include <set>
 
 #include "protocol/descriptor.h"
+#include "protocol/utf8.h"
 #include "tensors/tree.h"
 
 namespace shoal {
@@ -112,6 +113,12 @@ Result<std::vector<std::string>> ReadBytes(const std::vector<const json*>* items
       if (binary.size() - at < len) return Status::BadRequest("BYTES binary data ends inside an element");
       out.emplace_back(binary.substr(at, len));
       at += len;
+      // JSON strings were checked by the parser; these bytes reach the model as a str too.
+      if (auto bad = FirstNonUtf8(out.back())) {
+        return Status::BadRequest("BYTES element " + std::to_string(out.size() - 1) + " is not UTF-8 text (byte " +
+                                  std::to_string(*bad) + "); shoal passes BYTES to the model as str: send raw "
+                                  "bytes as a UINT8 tensor");
+      }
     }
   }
   if (out.size() != count) {
@@ -346,7 +353,8 @@ Result<V2Request> ParseV2Request(std::string_view body, std::optional<size_t> he
   }
   if (auto outs = doc.find("outputs"); outs != doc.end()) {
     if (!outs->is_array()) return Status::BadRequest("\"outputs\" must be an array");
-    req.outputs.emplace();
+    // An empty list names no output: every one is sent, as without "outputs" (Triton too).
+    if (!outs->empty()) req.outputs.emplace();
     for (size_t i = 0; i < outs->size(); ++i) {
       const json& o = (*outs)[i];
       std::string where = "outputs[" + std::to_string(i) + "]";

@@ -9,6 +9,7 @@
 #include <cstdlib>
 
 #include "http/kserve_codec.h"
+#include "protocol/model_name.h"
 #include "tensors/tree.h"
 
 namespace shoal {
@@ -86,6 +87,22 @@ std::vector<ModelInfo> Matching(const std::vector<ModelInfo>& models, const std:
   return out;
 }
 
+// Of `found` (Matching, non-empty), the model an infer on `model` without a version runs, as
+// shoald resolves it (ModelRegistry::Resolve): the plain name itself, else the newest
+// version, one that is ready before one that is not.
+const ModelInfo& Serving(const std::vector<ModelInfo>& found, const std::string& model) {
+  const ModelInfo* best = nullptr;
+  for (const auto& m : found) {
+    if (m.name == model) return m;
+    auto newer = [&] {
+      if (m.ready != best->ready) return m.ready;
+      return NewerVersion(m.name.substr(model.size() + 1), best->name.substr(model.size() + 1));
+    };
+    if (best == nullptr || newer()) best = &m;
+  }
+  return *best;
+}
+
 std::string NotFound(const std::string& model, const std::string& version) {
   return "model '" + ShoalName(model, version) + "' is not loaded (GET /v2/models/... of a loaded one; shoal loads "
          "models through its Unix socket or model_repository, not over HTTP)";
@@ -116,6 +133,8 @@ unsigned KServeService::HttpStatus(Code code) {
     default: return 500;  // the model's error, a crash, a full arena, shoal's own
   }
 }
+
+HttpServer::Reply KServeService::RefusedReply(unsigned status, std::string message) { return Error(status, message); }
 
 void KServeService::Handle(HttpServer::Request request, HttpServer::Respond respond) {
   const std::string infer = "/infer";
@@ -197,7 +216,7 @@ HttpServer::Reply KServeService::Metadata(const std::string& model, const std::s
   // shoal runs Python: a model's inputs are its forward's arguments, not declared tensors,
   // unless its manifest declares them (shoal.export with example inputs): then positional
   // INPUT__N, and outputs named as the result will name them.
-  const ModelInfo& shown = found.front();
+  const ModelInfo& shown = version.empty() ? Serving(found, model) : found.front();
   auto specs = [](const std::vector<ModelInfo::Tensor>& tensors, bool inputs) {
     json out = json::array();
     for (size_t i = 0; i < tensors.size(); ++i) {
@@ -212,7 +231,7 @@ HttpServer::Reply KServeService::Metadata(const std::string& model, const std::s
   };
   return Json(200, {{"name", model},
                     {"versions", versions},
-                    {"platform", "shoal_" + (found.front().engine.empty() ? "python" : found.front().engine)},
+                    {"platform", "shoal_" + (shown.engine.empty() ? "python" : shown.engine)},
                     {"inputs", specs(shown.inputs, true)},
                     {"outputs", specs(shown.outputs, false)}});
 }

@@ -34,6 +34,9 @@ class KServeService {
 
   // The HTTP status for a shoal error code.
   static unsigned HttpStatus(Code code);
+  // A request the server refused before it was read (HttpServer::ErrorReply): the v2 error
+  // body, as every other error.
+  static HttpServer::Reply RefusedReply(unsigned status, std::string message);
   // The answer to one request (a pool thread).
   HttpServer::Reply Route(const HttpServer::Request& request);
 

@@ -100,9 +100,12 @@ int main(int argc, char** argv) {
   limits.max_body_bytes = max_body_mb << 20;
   limits.request_timeout = std::chrono::seconds(60);
   limits.write_timeout = std::chrono::seconds(60);
-  shoal::HttpServer server(io, *address, limits, [&service](shoal::HttpServer::Request r, shoal::HttpServer::Respond f) {
-    service->Handle(std::move(r), std::move(f));
-  });
+  shoal::HttpServer server(
+      io, *address, limits,
+      [&service](shoal::HttpServer::Request r, shoal::HttpServer::Respond f) {
+        service->Handle(std::move(r), std::move(f));
+      },
+      shoal::KServeService::RefusedReply);
   auto where = server.Listen();
   if (!where.ok()) {
     spdlog::error("shoal-http: {}", where.status().ToString());

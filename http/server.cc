@@ -49,8 +49,11 @@ std::string Lower(std::string_view s) {
 template <class Protocol>
 class Session : public HttpServer::Connection, public std::enable_shared_from_this<Session<Protocol>> {
  public:
-  Session(typename Protocol::socket sock, const HttpServer::Limits& limits)
-      : stream_(std::move(sock)), limits_(limits), buffer_(limits.max_header_bytes + kReadBytes) {
+  Session(typename Protocol::socket sock, const HttpServer::Limits& limits, HttpServer::ErrorReply error_reply)
+      : stream_(std::move(sock)),
+        limits_(limits),
+        error_reply_(std::move(error_reply)),
+        buffer_(limits.max_header_bytes + kReadBytes) {
     // Beast reads as much as the buffer has room for: without room, 512 bytes a recvmsg
     // (6500 system calls for a 4 MiB body).
     buffer_.reserve(limits.max_header_bytes + kReadBytes);
@@ -106,14 +109,14 @@ class Session : public HttpServer::Connection, public std::enable_shared_from_th
     version_ = 11;
     linger_ = true;  // an error while reading: what the client still sends is read and dropped
     if (ec == http::error::header_limit) {
-      return Write(HttpServer::Plain(431, "request header larger than " + std::to_string(limits_.max_header_bytes) +
-                                              " bytes\n"));
+      return Write(error_reply_(431, "request header larger than " + std::to_string(limits_.max_header_bytes) +
+                                         " bytes"));
     }
     if (ec == http::error::body_limit) {
-      return Write(HttpServer::Plain(413, "request body larger than " + std::to_string(limits_.max_body_bytes) +
-                                              " bytes (" + limits_.what + "'s limit)\n"));
+      return Write(error_reply_(413, "request body larger than " + std::to_string(limits_.max_body_bytes) +
+                                         " bytes (" + limits_.what + "'s limit)"));
     }
-    if (ec) return Write(HttpServer::Plain(400, "bad request: " + ec.message() + "\n"));
+    if (ec) return Write(error_reply_(400, "bad request: " + ec.message()));
     linger_ = false;
     auto req = parser_->release();
     version_ = req.version();
@@ -182,6 +185,7 @@ class Session : public HttpServer::Connection, public std::enable_shared_from_th
 
   beast::basic_stream<Protocol> stream_;
   const HttpServer::Limits limits_;  // a copy: a reply may be written after the server is gone
+  const HttpServer::ErrorReply error_reply_;  // a copy too
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http::response<http::string_body> response_;
@@ -202,8 +206,14 @@ bool OutOfDescriptors(const boost::system::error_code& ec) {
 
 }  // namespace
 
-HttpServer::HttpServer(asio::io_context& io, ListenAddress address, Limits limits, Handler handler)
-    : io_(io), address_(std::move(address)), limits_(std::move(limits)), handler_(std::move(handler)) {}
+HttpServer::HttpServer(asio::io_context& io, ListenAddress address, Limits limits, Handler handler,
+                       ErrorReply error_reply)
+    : io_(io),
+      address_(std::move(address)),
+      limits_(std::move(limits)),
+      handler_(std::move(handler)),
+      error_reply_(error_reply ? std::move(error_reply)
+                               : [](unsigned status, std::string message) { return Plain(status, message + "\n"); }) {}
 
 HttpServer::~HttpServer() { Stop(); }
 
@@ -278,7 +288,7 @@ void HttpServer::Accept(typename Protocol::acceptor* acceptor) {
         boost::system::error_code ignored;
         sock.set_option(tcp::no_delay(true), ignored);
       }
-      auto session = std::make_shared<Session<Protocol>>(std::move(sock), limits_);
+      auto session = std::make_shared<Session<Protocol>>(std::move(sock), limits_, error_reply_);
       if (Admit(session)) session->Start();
     }
     Accept<Protocol>(acceptor);

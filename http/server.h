@@ -8,7 +8,7 @@
 //    within Limits::request_timeout of the connection or of the previous reply, a reply
 //    must be taken within Limits::write_timeout; otherwise the connection is closed;
 //  - a request is at most Limits::max_header_bytes of header and max_body_bytes of body
-//    (431, 413);
+//    (431, 413, in the handler's format: ErrorReply);
 //  - at most Limits::max_connections connections; a newcomer past that closes the
 //    connection that has waited longest for a request, so a client that opens connections
 //    and sends nothing cannot keep a real client out (one that sends at once is never the
@@ -69,7 +69,13 @@ class HttpServer {
   // Called on the loop for each request; must call `respond` exactly once, now or later.
   using Handler = std::function<void(Request, Respond)>;
 
-  HttpServer(boost::asio::io_context& io, ListenAddress address, Limits limits, Handler handler);
+  // The reply to a request refused before any handler saw it (431: header too big, 413:
+  // body too big, 400: not HTTP), from its status and what was wrong; a server whose
+  // handler answers in a format of its own answers these in it too (shoal-http: v2 JSON).
+  using ErrorReply = std::function<Reply(unsigned status, std::string message)>;
+  // `error_reply` null: Plain.
+  HttpServer(boost::asio::io_context& io, ListenAddress address, Limits limits, Handler handler,
+             ErrorReply error_reply = nullptr);
   ~HttpServer();  // Stop()
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
@@ -110,6 +116,7 @@ class HttpServer {
   const ListenAddress address_;
   const Limits limits_;
   const Handler handler_;
+  const ErrorReply error_reply_;
   std::unique_ptr<boost::asio::local::stream_protocol::acceptor> unix_;
   std::unique_ptr<boost::asio::ip::tcp::acceptor> tcp_;
   bool made_socket_file_ = false;

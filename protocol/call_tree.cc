@@ -5,6 +5,7 @@
 
 #include "protocol/output_tree.h"
 #include "protocol/tree_walk.h"
+#include "protocol/utf8.h"
 
 namespace shoal {
 
@@ -40,31 +41,40 @@ class CallChecker {
   }
   Result<Value> Scalar(const msgpack::object& val, const TreePath& at) {
     if (val.type == msgpack::type::STR) {
-      if (auto st = String(val.via.str.size, at); !st.ok()) return st;
+      if (auto st = String({val.via.str.ptr, val.via.str.size}, at); !st.ok()) return st;
     }
     return Value{};
   }
   Result<Value> Float(double, const TreePath&) { return Value{}; }
   Result<Value> Sequence(bool, std::vector<Value>, const TreePath&) { return Value{}; }
   Result<Value> NamedTuple(std::string name, std::vector<std::string> fields, std::vector<Value>, const TreePath& at) {
-    if (auto st = String(name.size(), at); !st.ok()) return st;
+    if (auto st = String(name, at); !st.ok()) return st;
     for (const auto& f : fields) {
-      if (auto st = String(f.size(), at); !st.ok()) return st;
+      if (auto st = String(f, at); !st.ok()) return st;
     }
     return Value{};
   }
   Result<Value> Dict(std::vector<std::pair<const msgpack::object*, Value>> entries, const TreePath& at) {
     for (const auto& e : entries) {
       if (e.first->type != msgpack::type::STR) continue;
-      if (auto st = String(e.first->via.str.size, at); !st.ok()) return st;
+      if (auto st = String({e.first->via.str.ptr, e.first->via.str.size}, at); !st.ok()) return st;
     }
     return Value{};
   }
 
-  Status String(size_t bytes, const TreePath& at) const {
-    if (bytes <= kMaxCallStringBytes) return Status::Ok();
-    return TreeError(Code::kBadRequest, at,
-                     "a string of " + std::to_string(bytes) + " bytes (at most " + std::to_string(kMaxCallStringBytes) + ")");
+  // A worker decodes every string as a Python str: one that is not UTF-8 would stop it.
+  Status String(std::string_view s, const TreePath& at) const {
+    if (s.size() > kMaxCallStringBytes) {
+      return TreeError(Code::kBadRequest, at,
+                       "a string of " + std::to_string(s.size()) + " bytes (at most " +
+                           std::to_string(kMaxCallStringBytes) + ")");
+    }
+    if (auto bad = FirstNonUtf8(s)) {
+      return TreeError(Code::kBadRequest, at,
+                       "a string that is not UTF-8 (byte " + std::to_string(*bad) +
+                           "); strings reach the model as Python str: send bytes as a uint8 tensor");
+    }
+    return Status::Ok();
   }
   // The first input no node refers to, or -1.
   int64_t Unreferenced() const {

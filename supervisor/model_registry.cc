@@ -5,24 +5,12 @@
 #include <algorithm>
 
 #include "package_format/served_object.h"
+#include "protocol/model_name.h"
 
 namespace shoal {
 
 namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
-
-namespace {
-
-// Is version a newer than b? Numbers compare as numbers, anything else as text.
-bool Newer(const std::string& a, const std::string& b) {
-  auto numeric = [](const std::string& v) {
-    return !v.empty() && v.find_first_not_of("0123456789") == std::string::npos && v.size() < 19;
-  };
-  if (numeric(a) && numeric(b)) return std::stoull(a) > std::stoull(b);
-  return a > b;
-}
-
-}  // namespace
 
 ModelRegistry::ModelRegistry(asio::io_context& io, const SupervisorConfig& config, ModelHosts* hosts, JobQueue* jobs)
     : io_(io), config_(config), hosts_(hosts), jobs_(jobs) {}
@@ -284,7 +272,7 @@ Result<std::string> ModelRegistry::Resolve(const std::string& name) const {
     if (key.rfind(name + ":", 0) != 0 || entry.draining || entry.failed) continue;
     std::string version = key.substr(name.size() + 1);
     std::string& slot = entry.loading ? best_loading : best;
-    if (slot.empty() || Newer(version, slot.substr(name.size() + 1))) slot = key;
+    if (slot.empty() || NewerVersion(version, slot.substr(name.size() + 1))) slot = key;
   }
   if (!best.empty()) return best;
   if (!best_loading.empty()) return best_loading;  // queue until it is ready

@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "protocol/model_name.h"
+#include "protocol/utf8.h"
 
 namespace shoal {
 
@@ -85,7 +86,7 @@ Result<RepositoryScan> ScanRepository(const std::string& folder, uid_t shoald_ui
   if (auto st = TrustedByShoald(top_st, shoald_uid, "the folder"); !st.ok()) return Status(st.code(), where + st.message());
   RepositoryScan scan;
   auto problem = [&](const std::string& path, const std::string& model, const std::string& error) {
-    scan.problems.push_back({path, model, error + kWhatToDo});
+    scan.problems.push_back({ShowNonUtf8(path), model, error + kWhatToDo});  // a reply's str is read as UTF-8
   };
   auto archive = [&](const std::string& path, const std::string& model, const struct stat& st) {
     if (auto ok = CheckModelName(model); !ok.ok()) return problem(path, "", ok.message());

@@ -181,3 +181,38 @@ def test_malformed_structures_are_bad_requests_and_the_victim_is_served(daemon, 
         # the attacker's connection keeps working too
         x = torch.ones(2)
         assert torch.equal(attacker.infer("nested", (x, [x]), {"w": (x,)}), torch.full((2,), 3.0))
+
+
+def test_a_string_that_is_not_utf8_is_a_bad_request_not_a_dead_worker(daemon, served, monkeypatch):
+    """Workers decode every string of a call as a Python str; one that is not UTF-8 (a C++
+    client's std::string of raw bytes; here packed by hand) stopped the worker's message
+    loop. shoald refuses it, for a value, a dict key and a named tuple's name alike."""
+    _, paths = served
+    import msgpack
+    import shoal._connection
+
+    class Packs:  # the client's msgpack, packing surrogate-escaped str as the raw bytes they stand for
+        def __getattr__(self, name):
+            return getattr(msgpack, name)
+
+        @staticmethod
+        def packb(o, **kw):
+            return msgpack.packb(o, unicode_errors="surrogateescape", **kw)
+    with daemon.client() as c:
+        load(c, paths, "ds")
+        keep = {}
+        feats = [c._describe(torch.ones(2), keep) for _ in range(2)]
+        call = {"args": [{"dict": [["a", {"input": 0}], ["b", {"input": 1}]]}, {"value": 3}, {"float": 0.5},
+                         {"value": False}, {"value": "m"}]}
+        monkeypatch.setattr(shoal._connection, "msgpack", Packs())
+        bad_value = {"args": call["args"][:4] + [{"value": "caf\udce9"}]}
+        bad_key = {"args": [{"dict": [["a", {"input": 0}], ["\udcff", {"input": 1}]]}] + call["args"][1:]}
+        bad_name = {"args": call["args"][:4] + [{"namedtuple": ["T\udcff", ["x"], [{"value": 1}]]}]}
+        for fields, where in ((bad_value, "args[4]"), (bad_key, "args[0]"), (bad_name, "args[4]")):
+            with pytest.raises(shoal.BadRequest, match="not UTF-8") as e:
+                c._call({"op": "infer", "model": "ds", "inputs": feats, **fields})
+            assert where in str(e.value) and "model 'ds'" in str(e.value)
+        monkeypatch.undo()
+        assert c.status()["worker_restarts"] == 0
+        total, *_ = c.infer("ds", {"a": torch.ones(2), "b": torch.ones(2)}, 3, 0.5, False, "m")
+        assert torch.equal(total, torch.full((2,), 3.5))

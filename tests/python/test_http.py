@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 
@@ -154,6 +155,34 @@ def test_metadata_lists_the_tensors_a_manifest_declares(served):
         assert declared["inputs"] == [{"name": "input0", "dtype": "float32", "shape": [-1, 3]}]
 
 
+def test_a_plain_name_describes_the_version_that_serves_it(served, tmp_path):
+    """GET /v2/models/M without a version is the version an infer on M runs: the newest
+    (numbers compare as numbers, 10 > 2), not the first name in sorted order (it was v:1,
+    whose declared inputs differ)."""
+    with served.client() as c:
+        for version, width in (("1", 3), ("2", 4), ("10", 5)):
+            c.load(f"v:{version}", shoal.export(m.AddConst(float(version)), tmp_path / f"v{version}.pt",
+                                                example_inputs=(torch.zeros(2, width),)))
+    x = {"inputs": [{"name": "INPUT__0", "shape": [1, 5], "datatype": "FP32", "data": [0] * 5}]}
+    status, _, body = infer(served.http, "v", x)
+    assert status == 200 and json.loads(body)["outputs"][0]["data"] == [10.0] * 5, body  # v:10 runs
+    status, doc = get_json(served.http, "/v2/models/v")
+    assert status == 200, doc
+    assert doc["inputs"] == [{"name": "INPUT__0", "datatype": "FP32", "shape": [-1, 5]}], doc
+    assert sorted(doc["versions"]) == ["1", "10", "2"]
+    status, doc = get_json(served.http, "/v2/models/v/versions/2")  # a version: that one
+    assert status == 200 and doc["inputs"][0]["shape"] == [-1, 4], doc
+
+
+def test_an_empty_outputs_list_asks_for_every_output(served):
+    """The spec: without requested outputs, all of them; "outputs": [] requests none by
+    name, as Triton reads it (it answered with no outputs at all)."""
+    status, _, body = infer(served.http, "kw", {"inputs": [
+        {"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]}], "outputs": []})
+    assert status == 200, body
+    assert sorted(o["name"] for o in json.loads(body)["outputs"]) == ["last_hidden_state", "pooled"]
+
+
 def test_a_list_of_strings_is_one_bytes_output(served):
     status, _, body = infer(served.http, "labels", {"inputs": [
         {"name": "INPUT__0", "shape": [3], "datatype": "FP32", "data": [1, -1, 2]}]})
@@ -246,6 +275,27 @@ def test_bad_requests_get_clear_errors(served, what, body, headers, status, says
         assert "model 'add'" in error  # which model it was for
 
 
+def test_bytes_that_are_not_utf8_are_a_bad_request_and_no_worker_dies(served):
+    """A BYTES element reaches the model as a str: bytes that do not decode as UTF-8 (an
+    image sent as BYTES) are the request's fault, said before anything reaches a worker,
+    whose message loop would stop on them (it did: a dead worker per request)."""
+    with served.client() as c:
+        restarts = c.status()["worker_restarts"]
+    element = struct.pack("<I", 4) + b"\xff\xd8\xff\xe0"  # a JPEG's first bytes
+    header = json.dumps({"inputs": [{"name": "INPUT__0", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(element)}}]}).encode()
+    status, _, body = infer(served.http, "add", None, raw=header + element,
+                            headers={"Inference-Header-Content-Length": str(len(header))})
+    assert status == 400, body
+    error = json.loads(body)["error"]
+    assert "inputs[0] ('INPUT__0')" in error and "not UTF-8" in error and "model 'add'" in error, error
+    with served.client() as c:
+        assert c.status()["worker_restarts"] == restarts
+    status, _, body = infer(served.http, "add", {"inputs": [
+        {"name": "INPUT__0", "shape": [1], "datatype": "FP32", "data": [1]}]})
+    assert status == 200, body
+
+
 def test_wrong_models_routes_and_methods(served):
     a = served.http
     status, _, body = infer(a, "nope", {"inputs": []})
@@ -322,6 +372,35 @@ def test_a_body_over_http_max_body_mb_is_413(make_daemon):
     status, _, body = infer(d.http, "add", None, raw=b" " * (2 << 20))
     assert status == 413 and b"larger than 1048576" in body
     assert request(d.http, path="/v2/health/live")[0] == 200  # and it still serves
+
+
+def test_errors_before_the_request_is_read_are_v2_errors_too(served):
+    """A body over the limit (413), a header over 16 KiB (431) and a request HTTP cannot
+    parse (400) are answered before the service sees them; they too are the v2 error body,
+    {"error": ...} as application/json, which clients (tritonclient) decode: they were
+    text/plain."""
+    host, port = served.http.split(":")
+
+    def raw(head):
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(head)
+            reply = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return reply
+                reply += chunk
+    for head, status, says in (
+            (b"POST /v2/models/add/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n", 413,
+             "larger than 67108864"),
+            (b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431, "larger than 16384"),
+            (b"POST /v2/models/add/infer HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400,
+             "Content-Length")):
+        reply = raw(head)
+        headers, _, body = reply.partition(b"\r\n\r\n")
+        assert headers.startswith(b"HTTP/1.1 %d " % status), reply[:300]
+        assert b"\r\nContent-Type: application/json\r\n" in headers, headers
+        assert says in json.loads(body)["error"], body
 
 
 def test_concurrent_clients_on_kept_alive_connections(served):

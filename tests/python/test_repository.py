@@ -297,3 +297,24 @@ def test_a_crash_loop_makes_a_repository_model_a_problem_until_the_next_sighup(p
         hup(d)
         assert until("crashy serves again", lambda: float(c.infer("crashy", torch.ones(1))[0]) == 2.0)
         assert problems(c) == {}
+
+
+def test_a_file_name_that_is_not_utf8_is_that_files_problem_and_no_worker_dies(make_daemon, archives, tmp_path):
+    """A model's name travels to the workers as a str: a file named in another encoding
+    (Latin-1 caf\\xe9.pt) is not a model name, reported as its file's problem; it crashed
+    every worker that was sent the load, over and over."""
+    repo = tmp_path / "models"
+    repo.mkdir()
+    shutil.copy(archives["add"], repo / "add.pt")
+    shutil.copy(archives["identity"], os.path.join(os.fsencode(repo), b"caf\xe9.pt"))
+    d = make_daemon(workers=2, args=["--model-repository", str(repo)])
+    d.wait_ready("add")
+    with d.client() as c:
+        found = until("the file's problem", lambda: problems(c))
+        (name, problem), = found.items()
+        assert name == "caf\\xe9.pt" and "model name 'caf\\xe9' is not UTF-8" in problem["error"], found
+        assert names(c) == ["add"] and add(c, "add") == 3.0
+        assert c.status()["worker_restarts"] == 0
+        hup(d)
+        until("read again", lambda: open(d.log_path, errors="replace").read().count(f"model repository {repo}: ") == 2)
+        assert add(c, "add") == 3.0 and c.status()["worker_restarts"] == 0
