@@ -8,6 +8,7 @@
 #include <optional>
 #include <set>
 
+#include "protocol/call_tree.h"  // kMaxCallStringBytes, kMaxCallNodes: what shoald takes in a call
 #include "protocol/descriptor.h"
 #include "protocol/utf8.h"
 #include "tensors/tree.h"
@@ -125,6 +126,15 @@ Result<std::vector<std::string>> ReadBytes(const std::vector<const json*>* items
     return Status::BadRequest("BYTES holds " + std::to_string(out.size()) + " elements, its shape " +
                               std::to_string(count));
   }
+  // shoald would refuse it too (protocol/call_tree.h), in the call's terms; here the answer
+  // can say what to send instead.
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (out[i].size() > kMaxCallStringBytes) {
+      return Status::BadRequest("BYTES element " + std::to_string(i) + " is " + std::to_string(out[i].size()) +
+                                " bytes, more than the " + std::to_string(kMaxCallStringBytes) +
+                                " a str in shoal's call may hold; send large data as a UINT8 tensor");
+    }
+  }
   return out;
 }
 
@@ -240,6 +250,7 @@ Result<V2Request> ParseV2Request(std::string_view body, std::optional<size_t> he
   size_t binary_at = 0;
   std::set<std::string> names;
   std::map<size_t, c10::IValue> positional;
+  size_t nodes = 0;  // of the call shoald gets: one per input, and one more per string of a BYTES list
   for (size_t i = 0; i < inputs->size(); ++i) {
     const json& in = (*inputs)[i];
     if (!in.is_object()) return Bad(Where(i, ""), "each input must be an object");
@@ -296,6 +307,12 @@ Result<V2Request> ParseV2Request(std::string_view body, std::optional<size_t> he
     if (datatype == "BYTES") {
       auto strings = ReadBytes(binary_size ? nullptr : &items, bytes, count);
       if (!strings.ok()) return Bad(where, strings.status().message());
+      nodes += count == 1 ? 1 : 1 + count;
+      if (nodes > kMaxCallNodes) {
+        return Bad(where, "its " + std::to_string(count) + " elements take the request past the " +
+                              std::to_string(kMaxCallNodes) + " items a call to shoald holds (a BYTES input of N > 1 " +
+                              "elements is N + 1, any other input 1); send large data as a UINT8 tensor");
+      }
       if (count == 1) {  // [], [1], [1, 1]: one str
         value = (*strings)[0];
       } else {  // any other shape: its strings in row-major order, one list
@@ -304,6 +321,7 @@ Result<V2Request> ParseV2Request(std::string_view body, std::optional<size_t> he
         value = list;
       }
     } else {
+      ++nodes;
       auto type = ScalarTypeOfV2(datatype);
       if (!type) {
         return Bad(where, "datatype '" + datatype + "' is not one shoal carries (BOOL, UINT8, INT8, INT16, INT32, "

@@ -296,6 +296,20 @@ def test_bytes_that_are_not_utf8_are_a_bad_request_and_no_worker_dies(served):
     assert status == 200, body
 
 
+def test_bytes_over_shoalds_call_limits_are_a_bad_request_naming_the_limit(served):
+    """A BYTES element reaches the model as a str in shoal's call, which holds at most 64 KiB
+    a string and 4096 items (protocol/call_tree.h): past either the answer is a 400 that says
+    the limit and what to send instead, before anything reaches shoald."""
+    big = {"inputs": [{"name": "INPUT__0", "shape": [1], "datatype": "BYTES", "data": ["a" * (64 * 1024 + 1)]}]}
+    many = {"inputs": [{"name": "INPUT__0", "shape": [4096], "datatype": "BYTES", "data": ["a"] * 4096}]}
+    for doc, says in ((big, "65537 bytes, more than the 65536"), (many, "past the 4096")):
+        status, _, body = infer(served.http, "add", doc)
+        assert status == 400, body
+        error = json.loads(body)["error"]
+        assert says in error and "as a UINT8 tensor" in error, error
+        assert "inputs[0] ('INPUT__0')" in error and "model 'add'" in error, error
+
+
 def test_wrong_models_routes_and_methods(served):
     a = served.http
     status, _, body = infer(a, "nope", {"inputs": []})
