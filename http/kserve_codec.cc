@@ -373,6 +373,7 @@ Result<V2Request> ParseV2Request(std::string_view body, std::optional<size_t> he
     if (!outs->is_array()) return Status::BadRequest("\"outputs\" must be an array");
     // An empty list names no output: every one is sent, as without "outputs" (Triton too).
     if (!outs->empty()) req.outputs.emplace();
+    std::set<std::string> asked;
     for (size_t i = 0; i < outs->size(); ++i) {
       const json& o = (*outs)[i];
       std::string where = "outputs[" + std::to_string(i) + "]";
@@ -380,6 +381,8 @@ Result<V2Request> ParseV2Request(std::string_view body, std::optional<size_t> he
         return Bad(where, "each output must be an object with a \"name\"");
       }
       std::string name = o["name"].get<std::string>();
+      // Asked twice, an output would come back twice under one name; Triton refuses it too.
+      if (!asked.insert(name).second) return Bad(where, "'" + name + "' is asked for twice; name each output once");
       req.outputs->push_back(name);
       if (auto p = o.find("parameters"); p != o.end() && p->is_object()) {
         if (auto b = p->find("binary_data"); b != p->end()) {

@@ -262,6 +262,9 @@ BAD = [
      "bytes 0 or 1"),
     ("unknown output", json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],
                                    "outputs": [{"name": "logits"}]}).encode(), {}, 400, "no output 'logits'"),
+    ("an output named twice", json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],
+                                          "outputs": [{"name": "output__0"}, {"name": "output__0"}]}).encode(), {},
+     400, "outputs[1]: 'output__0' is asked for twice"),
 ]
 
 
