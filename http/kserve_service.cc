@@ -210,20 +210,13 @@ HttpServer::Reply KServeService::Metadata(const std::string& model, const std::s
   auto found = Matching(*models, model, version);
   if (found.empty()) return Error(404, NotFound(model, version));
   // Oldest first, newest last, by the rule that picks the one a plain name runs (10 after 2).
-  // NewerVersion orders numbers among numbers and text among text but is no order across
-  // the two ("10" > "2" > "1a" > "10"), which std::sort must not be given: each version
-  // goes by how many of the others it is newer than.
-  std::vector<std::pair<size_t, std::string>> ranked;
+  std::vector<std::string> ranked;
   for (const auto& m : found) {
     auto colon = m.name.find(':');
-    if (colon != std::string::npos) ranked.emplace_back(0, m.name.substr(colon + 1));
+    if (colon != std::string::npos) ranked.push_back(m.name.substr(colon + 1));
   }
-  for (auto& [newer_than, v] : ranked) {
-    for (const auto& other : ranked) newer_than += NewerVersion(v, other.second) ? 1 : 0;
-  }
-  std::sort(ranked.begin(), ranked.end());
-  json versions = json::array();
-  for (const auto& r : ranked) versions.push_back(r.second);
+  std::sort(ranked.begin(), ranked.end(), [](const std::string& a, const std::string& b) { return NewerVersion(b, a); });
+  json versions = ranked;
   // shoal runs Python: a model's inputs are its forward's arguments, not declared tensors,
   // unless its manifest declares them (shoal.export with example inputs): then positional
   // INPUT__N, and outputs named as the result will name them.

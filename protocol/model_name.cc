@@ -23,8 +23,13 @@ bool NewerVersion(const std::string& a, const std::string& b) {
   auto numeric = [](const std::string& v) {
     return !v.empty() && v.find_first_not_of("0123456789") == std::string::npos && v.size() < 19;
   };
-  if (numeric(a) && numeric(b)) return std::stoull(a) > std::stoull(b);
-  return a > b;
+  bool na = numeric(a), nb = numeric(b);
+  if (na != nb) return nb;  // text after every number
+  if (na) {
+    auto x = std::stoull(a), y = std::stoull(b);
+    if (x != y) return x > y;
+  }
+  return a > b;  // text among text; "01" against "1" as text
 }
 
 }  // namespace shoal

@@ -15,8 +15,10 @@ namespace shoal {
 Status CheckModelName(const std::string& name);
 
 // Whether version `a` is newer than `b` (of NAME:VERSION): numbers compare as numbers
-// (10 > 2), anything else as text. The one rule by which a plain NAME runs its newest
-// version (ModelRegistry::Resolve) and the KServe front describes it.
+// (10 > 2), text as text, and every text version is newer than every number; a strict
+// order, so which version is newest never depends on the order versions are looked at. The
+// one rule by which a plain NAME runs its newest version (ModelRegistry::Resolve) and the
+// KServe front describes and lists versions.
 bool NewerVersion(const std::string& a, const std::string& b);
 
 }  // namespace shoal

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <thread>
 
+#include "protocol/model_name.h"
 #include "supervisor/model_registry.h"
 #include "tests/cpp/catch.h"
 #include "tests/cpp/supervisor_fakes.h"
@@ -75,6 +76,20 @@ TEST_CASE("a plain name resolves to the newest serving version", "[registry]") {
   CHECK(*f.registry.Resolve("r") == "r:10");
   CHECK(f.registry.Resolve("r:3").status().code() == Code::kModelNotFound);
   CHECK(f.registry.Resolve("q").status().message().find("load it with `shoal load q ARCHIVE`") != std::string::npos);
+}
+
+TEST_CASE("which version is newest does not depend on the order versions are looked at", "[registry]") {
+  // Numbers as numbers, text as text, text after numbers: one strict order. Compared pairwise
+  // as before, "10" < "1a" (text) < "2" (text) < "10" (numbers) went round in a circle, and
+  // the registry's walk in key order picked r:2.
+  CHECK(NewerVersion("10", "2"));
+  CHECK(NewerVersion("1a", "10"));
+  CHECK(NewerVersion("1a", "2"));
+  Fixture f;
+  f.LoadEverywhere("r:2");
+  f.LoadEverywhere("r:10");
+  f.LoadEverywhere("r:1a");
+  CHECK(*f.registry.Resolve("r") == "r:1a");
 }
 
 TEST_CASE("job crashes from two clients within the window mark a model failed", "[registry]") {
